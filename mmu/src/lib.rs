@@ -1,0 +1,2 @@
+//! The second-level (EPT / NPT) MMU of microhv, modelled on KVM's TDP MMU.
+#![no_std]
