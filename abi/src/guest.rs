@@ -1,0 +1,219 @@
+//! Guest-side hypercall wrappers.
+//!
+//! [`Hypervisor::detect`] finds microhv through CPUID and learns which instruction to use; the
+//! typed wrappers then pass buffers by address. They assume the caller's virtual addresses are
+//! its guest-physical addresses (true of every guest in this repository, which run
+//! identity-mapped); other guests use [`Hypervisor::call`] with translated addresses.
+
+pub use crate::arch::Insn;
+use crate::cpuid;
+use crate::hypercall::{Op, ShutdownReason, decode_ret};
+use crate::types::{DomainCreate, DomainInfo, DomainStats, PhysInfo, VcpuState};
+use crate::{Errno, split_version_word};
+use core::arch::x86_64::__cpuid;
+use zerocopy::{FromZeros, IntoBytes};
+
+/// Why [`Hypervisor::detect`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetectError {
+    /// CPUID leaf 1 does not report a hypervisor.
+    NoHypervisor,
+    /// A hypervisor is present but its signature is not microhv's.
+    NotMicrohv([u8; 12]),
+    /// microhv names a hypercall instruction this code does not know.
+    UnknownInstruction(u32),
+}
+
+/// What the CPUID leaves say about microhv and the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hypervisor {
+    /// The hypercall instruction.
+    pub insn: Insn,
+    /// ABI `(major, minor)` from CPUID.
+    pub version: (u16, u16),
+    /// The caller's domain id.
+    pub domid: u32,
+    /// The caller is dom0.
+    pub privileged: bool,
+}
+
+impl Hypervisor {
+    /// Reads microhv's CPUID leaves.
+    pub fn detect() -> Result<Self, DetectError> {
+        let l1 = __cpuid(1);
+        if l1.ecx & (1 << 31) == 0 {
+            return Err(DetectError::NoHypervisor);
+        }
+        let base = __cpuid(cpuid::LEAF_BASE);
+        let mut sig = [0u8; 12];
+        sig[..4].copy_from_slice(&base.ebx.to_le_bytes());
+        sig[4..8].copy_from_slice(&base.ecx.to_le_bytes());
+        sig[8..].copy_from_slice(&base.edx.to_le_bytes());
+        if sig != cpuid::SIGNATURE || base.eax < cpuid::LEAF_MAX {
+            return Err(DetectError::NotMicrohv(sig));
+        }
+        let ver = __cpuid(cpuid::LEAF_VERSION);
+        let hc = __cpuid(cpuid::LEAF_HYPERCALL);
+        let insn = match hc.eax {
+            cpuid::HYPERCALL_VMCALL => Insn::Vmcall,
+            cpuid::HYPERCALL_VMMCALL => Insn::Vmmcall,
+            other => return Err(DetectError::UnknownInstruction(other)),
+        };
+        Ok(Self {
+            insn,
+            version: split_version_word(ver.eax),
+            domid: ver.ebx,
+            privileged: ver.ecx & cpuid::FLAG_PRIVILEGED != 0,
+        })
+    }
+
+    /// Issues a raw hypercall and returns `rax` as microhv left it.
+    ///
+    /// # Safety
+    /// Addresses among `args` that the operation writes through must be guest-physical
+    /// addresses of memory the caller owns, as long as the operation writes.
+    pub unsafe fn call(&self, op: u64, args: [u64; 5]) -> i64 {
+        // SAFETY: forwarded to the caller's contract.
+        unsafe { crate::arch::hypercall(self.insn, op, args) }
+    }
+
+    fn op(&self, op: Op, args: [u64; 5]) -> Result<u64, Errno> {
+        // SAFETY: the typed wrappers below only pass addresses of Rust objects they borrow
+        // (mutably when the operation writes), and guests here are identity-mapped.
+        decode_ret(unsafe { self.call(op as u64, args) })
+    }
+
+    /// `Version`: ABI `(major, minor)`.
+    pub fn abi_version(&self) -> Result<(u16, u16), Errno> {
+        self.op(Op::Version, [0; 5])
+            .map(|w| split_version_word(w as u32))
+    }
+
+    /// `ConsoleWrite`: at most `CONSOLE_WRITE_MAX` bytes per call.
+    pub fn console_write(&self, bytes: &[u8]) -> Result<u64, Errno> {
+        self.op(Op::ConsoleWrite, [addr(bytes), bytes.len() as u64, 0, 0, 0])
+    }
+
+    /// `Yield`.
+    pub fn yield_now(&self) -> Result<(), Errno> {
+        self.op(Op::Yield, [0; 5]).map(drop)
+    }
+
+    /// `Shutdown`: returns only if microhv refused.
+    pub fn shutdown(&self, reason: ShutdownReason, status: u32) -> Errno {
+        match self.op(Op::Shutdown, [reason as u64, u64::from(status), 0, 0, 0]) {
+            Err(e) => e,
+            // A shutdown that returns success is a microhv bug; report it as such.
+            Ok(_) => Errno::EINVAL,
+        }
+    }
+
+    /// `DomainCreate`: the new domain's id.
+    pub fn domain_create(&self, create: &DomainCreate) -> Result<u32, Errno> {
+        self.op(Op::DomainCreate, [addr(create.as_bytes()), 0, 0, 0, 0])
+            .map(|d| d as u32)
+    }
+
+    /// `DomainDestroy`.
+    pub fn domain_destroy(&self, domid: u32) -> Result<(), Errno> {
+        self.op(Op::DomainDestroy, [domid.into(), 0, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// `DomainPause`.
+    pub fn domain_pause(&self, domid: u32) -> Result<(), Errno> {
+        self.op(Op::DomainPause, [domid.into(), 0, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// `DomainUnpause`.
+    pub fn domain_unpause(&self, domid: u32) -> Result<(), Errno> {
+        self.op(Op::DomainUnpause, [domid.into(), 0, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// `DomainShutdown`.
+    pub fn domain_shutdown(
+        &self,
+        domid: u32,
+        reason: ShutdownReason,
+        status: u32,
+    ) -> Result<(), Errno> {
+        let args = [domid.into(), reason as u64, status.into(), 0, 0];
+        self.op(Op::DomainShutdown, args).map(drop)
+    }
+
+    /// `DomainGetInfo`.
+    pub fn domain_info(&self, domid: u32) -> Result<DomainInfo, Errno> {
+        let mut info = DomainInfo::new_zeroed();
+        let a = addr_mut(info.as_mut_bytes());
+        self.op(Op::DomainGetInfo, [domid.into(), a, 0, 0, 0])?;
+        Ok(info)
+    }
+
+    /// `DomainList`: fills `out` and returns how many domains exist.
+    pub fn domain_list(&self, out: &mut [DomainInfo]) -> Result<u64, Errno> {
+        let a = addr_mut(out.as_mut_bytes());
+        self.op(Op::DomainList, [a, out.len() as u64, 0, 0, 0])
+    }
+
+    /// `MmuPagesSet`.
+    pub fn mmu_pages_set(&self, domid: u32, pages: u64) -> Result<(), Errno> {
+        self.op(Op::MmuPagesSet, [domid.into(), pages, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// `MmuPagesGet`: the cap in force.
+    pub fn mmu_pages_get(&self, domid: u32) -> Result<u64, Errno> {
+        self.op(Op::MmuPagesGet, [domid.into(), 0, 0, 0, 0])
+    }
+
+    /// `MemSet`.
+    pub fn mem_set(&self, domid: u32, bytes: u64) -> Result<(), Errno> {
+        self.op(Op::MemSet, [domid.into(), bytes, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// `MemWrite`: copies `src` to `dst_gpa` in the domain.
+    pub fn mem_write(&self, domid: u32, dst_gpa: u64, src: &[u8]) -> Result<u64, Errno> {
+        let args = [domid.into(), dst_gpa, addr(src), src.len() as u64, 0];
+        self.op(Op::MemWrite, args)
+    }
+
+    /// `VcpuSetState`.
+    pub fn vcpu_set_state(&self, domid: u32, vcpu: u32, state: &VcpuState) -> Result<(), Errno> {
+        let args = [domid.into(), vcpu.into(), addr(state.as_bytes()), 0, 0];
+        self.op(Op::VcpuSetState, args).map(drop)
+    }
+
+    /// `ConsoleRead`: bytes taken from the domain's console ring into `buf`.
+    pub fn console_read(&self, domid: u32, buf: &mut [u8]) -> Result<u64, Errno> {
+        let len = buf.len() as u64;
+        self.op(Op::ConsoleRead, [domid.into(), addr_mut(buf), len, 0, 0])
+    }
+
+    /// `PhysInfo`.
+    pub fn phys_info(&self) -> Result<PhysInfo, Errno> {
+        let mut info = PhysInfo::new_zeroed();
+        self.op(Op::PhysInfo, [addr_mut(info.as_mut_bytes()), 0, 0, 0, 0])?;
+        Ok(info)
+    }
+
+    /// `Stats`.
+    pub fn stats(&self, domid: u32) -> Result<DomainStats, Errno> {
+        let mut st = DomainStats::new_zeroed();
+        self.op(
+            Op::Stats,
+            [domid.into(), addr_mut(st.as_mut_bytes()), 0, 0, 0],
+        )?;
+        Ok(st)
+    }
+}
+
+fn addr(b: &[u8]) -> u64 {
+    b.as_ptr() as u64
+}
+
+fn addr_mut(b: &mut [u8]) -> u64 {
+    b.as_mut_ptr() as u64
+}

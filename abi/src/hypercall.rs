@@ -1,0 +1,226 @@
+//! Hypercall numbers, the register convention, limits and error codes.
+//!
+//! Convention: `rax` = operation, arguments in `rdi, rsi, rdx, r10, r8`; the result comes back
+//! in `rax`: zero or a positive value on success, `-errno` on failure. The instruction is
+//! `VMCALL` on Intel and `VMMCALL` on AMD; CPUID leaf `0x4000_0002` says which. Only guest ring 0
+//! may call; a call from another ring gets `EPERM`.
+
+/// Error codes. Each has exactly one meaning across the ABI (numbers are Linux's, for
+/// familiarity). A hypercall returns `-(code as i64)`.
+#[repr(i64)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Errno {
+    /// The caller may not perform this operation (not dom0, not ring 0, or the target is dom0).
+    EPERM = 1,
+    /// No domain with that id.
+    ESRCH = 3,
+    /// A length or count is above the documented maximum for the operation.
+    E2BIG = 7,
+    /// Not enough free host memory.
+    ENOMEM = 12,
+    /// A guest-physical address range is not entirely inside the caller's memory.
+    EFAULT = 14,
+    /// The target is in a state that does not allow the operation.
+    EBUSY = 16,
+    /// An object with that identity already exists (a domain name).
+    EEXIST = 17,
+    /// An argument or a structure field has a value the operation does not accept.
+    EINVAL = 22,
+    /// A fixed-capacity table is full (domains), or a page-table limit leaves no room.
+    ENOSPC = 28,
+    /// No operation with that number.
+    ENOSYS = 38,
+}
+
+impl Errno {
+    /// Every error code, in numeric order.
+    pub const ALL: [Errno; 10] = [
+        Errno::EPERM,
+        Errno::ESRCH,
+        Errno::E2BIG,
+        Errno::ENOMEM,
+        Errno::EFAULT,
+        Errno::EBUSY,
+        Errno::EEXIST,
+        Errno::EINVAL,
+        Errno::ENOSPC,
+        Errno::ENOSYS,
+    ];
+
+    /// The value returned in `rax`.
+    pub const fn to_ret(self) -> i64 {
+        -(self as i64)
+    }
+
+    /// The code for a positive errno value.
+    pub fn from_code(code: i64) -> Option<Errno> {
+        Errno::ALL.into_iter().find(|e| *e as i64 == code)
+    }
+
+    /// The symbolic name, as the tools print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Errno::EPERM => "EPERM",
+            Errno::ESRCH => "ESRCH",
+            Errno::E2BIG => "E2BIG",
+            Errno::ENOMEM => "ENOMEM",
+            Errno::EFAULT => "EFAULT",
+            Errno::EBUSY => "EBUSY",
+            Errno::EEXIST => "EEXIST",
+            Errno::EINVAL => "EINVAL",
+            Errno::ENOSPC => "ENOSPC",
+            Errno::ENOSYS => "ENOSYS",
+        }
+    }
+
+    /// A one-line description for people.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Errno::EPERM => "operation not permitted",
+            Errno::ESRCH => "no such domain",
+            Errno::E2BIG => "length or count too large",
+            Errno::ENOMEM => "out of host memory",
+            Errno::EFAULT => "bad guest address",
+            Errno::EBUSY => "domain state does not allow this",
+            Errno::EEXIST => "already exists",
+            Errno::EINVAL => "invalid argument",
+            Errno::ENOSPC => "no space left (table or limit full)",
+            Errno::ENOSYS => "no such operation",
+        }
+    }
+}
+
+impl core::fmt::Display for Errno {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.describe())
+    }
+}
+
+/// Decodes a raw `rax` result.
+pub fn decode_ret(ret: i64) -> Result<u64, Errno> {
+    if ret >= 0 {
+        Ok(ret as u64)
+    } else {
+        // An unknown negative value cannot come from microhv; report it as the generic EINVAL
+        // rather than inventing a code.
+        Err(Errno::from_code(ret.unsigned_abs() as i64).unwrap_or(Errno::EINVAL))
+    }
+}
+
+macro_rules! ops {
+    ($( $(#[$m:meta])* $name:ident = $num:expr, $priv:expr; )*) => {
+        /// Hypercall operation numbers (`rax`).
+        #[repr(u64)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Op {
+            $( $(#[$m])* $name = $num, )*
+        }
+
+        impl Op {
+            /// Every operation, in numeric order.
+            pub const ALL: &'static [Op] = &[$(Op::$name,)*];
+
+            /// The operation with this number.
+            pub fn from_number(n: u64) -> Option<Op> {
+                match n {
+                    $( $num => Some(Op::$name), )*
+                    _ => None,
+                }
+            }
+
+            /// True for the operations only dom0 may call.
+            pub const fn dom0_only(self) -> bool {
+                match self {
+                    $( Op::$name => $priv, )*
+                }
+            }
+        }
+    };
+}
+
+ops! {
+    /// `() -> major << 16 | minor`.
+    Version = 0x00, false;
+    /// `(buf_gpa, len) -> len`: append to the caller's console ring (and microhv's log).
+    ConsoleWrite = 0x01, false;
+    /// `() -> 0`: give up the CPU to the next runnable vCPU.
+    Yield = 0x02, false;
+    /// `(reason, status) -> does not return`: stop the calling domain.
+    Shutdown = 0x03, false;
+    /// `(create_gpa) -> domid`: build a new domain (paused, state Created).
+    DomainCreate = 0x10, true;
+    /// `(domid) -> 0`: free every resource of a domain.
+    DomainDestroy = 0x11, true;
+    /// `(domid) -> 0`: stop scheduling a running domain.
+    DomainPause = 0x12, true;
+    /// `(domid) -> 0`: start a created domain or resume a paused one.
+    DomainUnpause = 0x13, true;
+    /// `(domid, info_gpa) -> 0`: fill a `DomainInfo`.
+    DomainGetInfo = 0x14, true;
+    /// `(array_gpa, capacity) -> total`: fill up to `capacity` `DomainInfo`s.
+    DomainList = 0x15, true;
+    /// `(domid, n) -> 0`: set `n_requested_mmu_pages` (0 = default).
+    MmuPagesSet = 0x16, true;
+    /// `(domid) -> n_max`: the page-table page cap in force.
+    MmuPagesGet = 0x17, true;
+    /// `(domid, bytes) -> 0`: grow or shrink a domain's memory.
+    MemSet = 0x18, true;
+    /// `(domid, dst_gpa, src_gpa, len) -> len`: copy from the caller into a domain's memory.
+    MemWrite = 0x19, true;
+    /// `(domid, vcpu, state_gpa) -> 0`: set a vCPU's initial state before the first unpause.
+    VcpuSetState = 0x1A, true;
+    /// `(domid, buf_gpa, len) -> n`: take up to `len` bytes from a domain's console ring.
+    ConsoleRead = 0x1B, true;
+    /// `(info_gpa) -> 0`: fill a `PhysInfo`.
+    PhysInfo = 0x1C, true;
+    /// `(domid, stats_gpa) -> 0`: fill a `DomainStats`.
+    Stats = 0x1D, true;
+    /// `(domid, reason, status) -> 0`: stop another domain with a shutdown reason.
+    DomainShutdown = 0x1E, true;
+}
+
+/// Shutdown reasons (`Shutdown`, `DomainShutdown`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ShutdownReason {
+    /// The domain is done.
+    Poweroff = 0,
+    /// The domain asks to be restarted (microhv records it; restarting is the tools' business).
+    Reboot = 1,
+    /// The domain detected a fatal error in itself.
+    Crash = 2,
+}
+
+impl ShutdownReason {
+    /// The reason with this number.
+    pub fn from_u64(v: u64) -> Option<Self> {
+        match v {
+            0 => Some(Self::Poweroff),
+            1 => Some(Self::Reboot),
+            2 => Some(Self::Crash),
+            _ => None,
+        }
+    }
+}
+
+/// Domain id of dom0.
+pub const DOMID_DOM0: u32 = 0;
+/// Domains microhv can hold at once, dom0 included.
+pub const MAX_DOMAINS: u32 = 16;
+/// vCPUs one domain may have.
+pub const MAX_VCPUS_PER_DOMAIN: u32 = 4;
+/// Bytes of a domain name field (printable ASCII, NUL-padded, at least one character).
+pub const DOMAIN_NAME_LEN: usize = 32;
+/// Smallest memory a domain may have: the PVH image lives at 1 MiB.
+pub const MIN_DOMAIN_MEM: u64 = 2 << 20;
+/// Largest memory one domain may have.
+pub const MAX_DOMAIN_MEM: u64 = 2 << 30;
+/// Longest `ConsoleWrite`.
+pub const CONSOLE_WRITE_MAX: u64 = 1024;
+/// Longest `ConsoleRead`; also the size of each domain's console ring.
+pub const CONSOLE_READ_MAX: u64 = 4096;
+/// Longest `MemWrite`: bounds the time one hypercall spends in ring 0.
+pub const MEM_WRITE_MAX: u64 = 64 * 1024;
+
+/// Register that carries each argument, in order.
+pub const ARG_REGISTERS: [&str; 5] = ["rdi", "rsi", "rdx", "r10", "r8"];

@@ -1,0 +1,439 @@
+//! Argument and result structures passed by guest-physical address.
+//!
+//! Every structure is `#[repr(C)]`, has no implicit padding (zerocopy's `IntoBytes` derive
+//! refuses padding at compile time), and has its size and field offsets asserted below, so the
+//! same bytes mean the same thing to microhv, dom0 and the tools. Fields that hold enumerations
+//! are plain integers: microhv reads the structures in place from guest memory, where any bit
+//! pattern can appear, and validates every field.
+
+use crate::hypercall::DOMAIN_NAME_LEN;
+use core::mem::{offset_of, size_of};
+use serde::{Deserialize, Serialize};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+macro_rules! layout {
+    ($t:ty, $size:expr, { $($field:ident @ $off:expr),* $(,)? }) => {
+        const _: () = assert!(size_of::<$t>() == $size);
+        $( const _: () = assert!(offset_of!($t, $field) == $off); )*
+    };
+}
+
+/// IN to `DomainCreate`.
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Serialize,
+    Deserialize,
+)]
+pub struct DomainCreate {
+    /// Printable ASCII (0x20..=0x7e), NUL-padded, at least one character, unique among domains.
+    pub name: [u8; DOMAIN_NAME_LEN],
+    /// Memory in bytes: a multiple of 4 KiB in `MIN_DOMAIN_MEM..=MAX_DOMAIN_MEM`.
+    pub mem_bytes: u64,
+    /// Initial `n_requested_mmu_pages`: 0 for the default, otherwise at least the MMU floor
+    /// (reported by `PhysInfo::mmu_pages_floor`).
+    pub mmu_pages: u64,
+    /// vCPUs, `1..=MAX_VCPUS_PER_DOMAIN`.
+    pub vcpus: u32,
+    /// Reserved, must be 0.
+    pub flags: u32,
+}
+layout!(DomainCreate, 56, { name @ 0, mem_bytes @ 32, mmu_pages @ 40, vcpus @ 48, flags @ 52 });
+
+/// Domain states (`DomainInfo::state`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DomainState {
+    /// Built, never run: waiting for its first unpause.
+    Created = 0,
+    /// Runnable.
+    Running = 1,
+    /// Not scheduled until unpaused.
+    Paused = 2,
+    /// Stopped itself or was stopped by dom0; `shutdown_reason` / `shutdown_status` say how.
+    Shutdown = 3,
+    /// Stopped by microhv for misbehaving; `crash_reason` says why.
+    Crashed = 4,
+}
+
+impl DomainState {
+    /// The state with this number.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        [
+            Self::Created,
+            Self::Running,
+            Self::Paused,
+            Self::Shutdown,
+            Self::Crashed,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    /// Lower-case name, as the tools print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Shutdown => "shutdown",
+            Self::Crashed => "crashed",
+        }
+    }
+}
+
+/// Why microhv stopped a domain (`DomainInfo::crash_reason`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CrashReason {
+    /// Not crashed.
+    None = 0,
+    /// The vCPU triple-faulted.
+    TripleFault = 1,
+    /// The guest touched guest-physical memory outside its slots that nothing emulates.
+    OutsideMemory = 2,
+    /// A VM exit microhv does not handle.
+    UnhandledExit = 3,
+    /// The hardware refused to enter the vCPU (invalid guest state).
+    EntryFailure = 4,
+    /// The MMU could not map memory the guest owns (page-table memory exhausted).
+    MmuFailure = 5,
+    /// An I/O instruction microhv does not emulate (string or REP I/O to a trapped port).
+    UnsupportedIo = 6,
+    /// The guest shut itself down with the `crash` reason.
+    GuestRequested = 7,
+}
+
+impl CrashReason {
+    /// The reason with this number.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        [
+            Self::None,
+            Self::TripleFault,
+            Self::OutsideMemory,
+            Self::UnhandledExit,
+            Self::EntryFailure,
+            Self::MmuFailure,
+            Self::UnsupportedIo,
+            Self::GuestRequested,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    /// Lower-case name, as logs and tools print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::TripleFault => "triple fault",
+            Self::OutsideMemory => "access outside its memory",
+            Self::UnhandledExit => "unhandled exit",
+            Self::EntryFailure => "vm entry failure",
+            Self::MmuFailure => "mmu failure",
+            Self::UnsupportedIo => "unsupported i/o",
+            Self::GuestRequested => "guest requested crash",
+        }
+    }
+}
+
+/// `DomainInfo::flags` bit: the domain is dom0.
+pub const DOMINFO_PRIVILEGED: u32 = 1 << 0;
+
+/// OUT of `DomainGetInfo` and `DomainList`.
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Serialize,
+    Deserialize,
+)]
+pub struct DomainInfo {
+    /// Domain id.
+    pub domid: u32,
+    /// A [`DomainState`] number.
+    pub state: u32,
+    /// The name given at creation.
+    pub name: [u8; DOMAIN_NAME_LEN],
+    /// vCPU count.
+    pub vcpus: u32,
+    /// `DOMINFO_*` bits.
+    pub flags: u32,
+    /// Memory the domain owns, in bytes.
+    pub mem_bytes: u64,
+    /// Page-table pages in use (`n_used_mmu_pages`).
+    pub mmu_used: u64,
+    /// Page-table page cap in force (`n_max_mmu_pages`).
+    pub mmu_max: u64,
+    /// Requested cap, 0 for the default (`n_requested_mmu_pages`).
+    pub mmu_requested: u64,
+    /// VM exits taken.
+    pub exits: u64,
+    /// EPT violations / nested page faults taken.
+    pub ept_faults: u64,
+    /// Page-table pages zapped.
+    pub mmu_zaps: u64,
+    /// CPU time used, in TSC ticks.
+    pub cpu_time: u64,
+    /// A `ShutdownReason` number; meaningful in state Shutdown.
+    pub shutdown_reason: u32,
+    /// The status given with the shutdown.
+    pub shutdown_status: u32,
+    /// A [`CrashReason`] number.
+    pub crash_reason: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+layout!(DomainInfo, 128, {
+    domid @ 0, state @ 4, name @ 8, vcpus @ 40, flags @ 44, mem_bytes @ 48, mmu_used @ 56,
+    mmu_max @ 64, mmu_requested @ 72, exits @ 80, ept_faults @ 88, mmu_zaps @ 96,
+    cpu_time @ 104, shutdown_reason @ 112, shutdown_status @ 116, crash_reason @ 120,
+    reserved @ 124,
+});
+
+impl DomainInfo {
+    /// The name up to its first NUL (names are validated ASCII at creation).
+    pub fn name_str(&self) -> &str {
+        name_str(&self.name)
+    }
+}
+
+/// The text of a NUL-padded name field; non-ASCII content reads as `"?"`.
+pub fn name_str(name: &[u8; DOMAIN_NAME_LEN]) -> &str {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    core::str::from_utf8(&name[..end]).unwrap_or("?")
+}
+
+/// Builds a name field from text; `None` if it is empty, too long or not printable ASCII.
+pub fn name_field(name: &str) -> Option<[u8; DOMAIN_NAME_LEN]> {
+    let ok = !name.is_empty()
+        && name.len() <= DOMAIN_NAME_LEN
+        && name.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if !ok {
+        return None;
+    }
+    let mut field = [0u8; DOMAIN_NAME_LEN];
+    field[..name.len()].copy_from_slice(name.as_bytes());
+    Some(field)
+}
+
+/// `VcpuState::mode`: 32-bit protected mode, flat 4 GiB segments, paging off — the PVH and
+/// multiboot entry state.
+pub const VCPU_MODE_FLAT32: u32 = 1;
+
+/// IN to `VcpuSetState`: the state a vCPU starts in.
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Serialize,
+    Deserialize,
+)]
+pub struct VcpuState {
+    /// `VCPU_MODE_*`; only `VCPU_MODE_FLAT32` in ABI 1.0.
+    pub mode: u32,
+    /// Reserved, must be 0.
+    pub flags: u32,
+    /// Entry point (below 4 GiB in flat32 mode).
+    pub rip: u64,
+    /// Initial stack pointer (below 4 GiB in flat32 mode).
+    pub rsp: u64,
+    /// Initial `rax` (multiboot: the loader magic).
+    pub rax: u64,
+    /// Initial `rbx` (PVH: start info; multiboot: information structure).
+    pub rbx: u64,
+    /// Initial `rcx`.
+    pub rcx: u64,
+    /// Initial `rdx`.
+    pub rdx: u64,
+    /// Initial `rsi`.
+    pub rsi: u64,
+    /// Initial `rdi`.
+    pub rdi: u64,
+}
+layout!(VcpuState, 72, {
+    mode @ 0, flags @ 4, rip @ 8, rsp @ 16, rax @ 24, rbx @ 32, rcx @ 40, rdx @ 48, rsi @ 56,
+    rdi @ 64,
+});
+
+/// OUT of `PhysInfo`.
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Serialize,
+    Deserialize,
+)]
+pub struct PhysInfo {
+    /// Host memory managed by microhv's frame allocator, in bytes.
+    pub total_bytes: u64,
+    /// Of which free, in bytes.
+    pub free_bytes: u64,
+    /// Host memory microhv keeps for itself (its image, boot data), in bytes.
+    pub hv_bytes: u64,
+    /// The smallest non-zero `n_requested_mmu_pages` accepted.
+    pub mmu_pages_floor: u64,
+    /// Physical CPUs microhv runs on.
+    pub cpus: u32,
+    /// Domains that exist, dom0 included.
+    pub domains: u32,
+    /// `MAX_DOMAINS`.
+    pub max_domains: u32,
+    /// `major << 16 | minor`.
+    pub abi_version: u32,
+    /// 1 = VMX with EPT, 2 = SVM with NPT.
+    pub virt: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+layout!(PhysInfo, 56, {
+    total_bytes @ 0, free_bytes @ 8, hv_bytes @ 16, mmu_pages_floor @ 24, cpus @ 32,
+    domains @ 36, max_domains @ 40, abi_version @ 44, virt @ 48, reserved @ 52,
+});
+
+/// Arch-neutral exit reasons, the index into `DomainStats::exits_by_reason`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReason {
+    /// VMCALL / VMMCALL.
+    Hypercall = 0,
+    /// EPT violation / nested page fault.
+    NestedPageFault = 1,
+    /// IN / OUT to a trapped port.
+    Io = 2,
+    /// CPUID.
+    Cpuid = 3,
+    /// RDMSR / WRMSR.
+    Msr = 4,
+    /// HLT.
+    Hlt = 5,
+    /// The time slice ended (preemption timer).
+    Timer = 6,
+    /// A control-register access microhv intercepts.
+    CrAccess = 7,
+    /// An external interrupt or NMI arrived.
+    Interrupt = 8,
+    /// Triple fault.
+    TripleFault = 9,
+    /// Anything else (counted, and the domain crashed with `UnhandledExit`).
+    Other = 10,
+}
+
+/// Entries in `DomainStats::exits_by_reason`.
+pub const EXIT_REASONS: usize = 16;
+
+impl ExitReason {
+    /// Every reason, in index order.
+    pub const ALL: [ExitReason; 11] = [
+        Self::Hypercall,
+        Self::NestedPageFault,
+        Self::Io,
+        Self::Cpuid,
+        Self::Msr,
+        Self::Hlt,
+        Self::Timer,
+        Self::CrAccess,
+        Self::Interrupt,
+        Self::TripleFault,
+        Self::Other,
+    ];
+
+    /// Lower-case name, as the tools print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Hypercall => "hypercall",
+            Self::NestedPageFault => "ept-violation",
+            Self::Io => "io",
+            Self::Cpuid => "cpuid",
+            Self::Msr => "msr",
+            Self::Hlt => "hlt",
+            Self::Timer => "timer",
+            Self::CrAccess => "cr-access",
+            Self::Interrupt => "interrupt",
+            Self::TripleFault => "triple-fault",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// OUT of `Stats`.
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Serialize,
+    Deserialize,
+)]
+pub struct DomainStats {
+    /// Domain id.
+    pub domid: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// Exits counted by [`ExitReason`] index; unused entries are 0.
+    pub exits_by_reason: [u64; EXIT_REASONS],
+    /// Hypercalls made.
+    pub hypercalls: u64,
+    /// Nested page faults that installed a mapping.
+    pub faults_fixed: u64,
+    /// Nested page faults that found the mapping already valid.
+    pub faults_spurious: u64,
+    /// Nested page faults outside every memory slot.
+    pub faults_mmio: u64,
+    /// Page-table pages allocated.
+    pub mmu_pages_allocated: u64,
+    /// Page-table pages zapped.
+    pub mmu_pages_zapped: u64,
+    /// Pages zapped to stay under the cap (oldest first).
+    pub mmu_reclaims: u64,
+    /// TLB flushes (INVEPT / ASID flush) executed.
+    pub tlb_flushes: u64,
+    /// `n_used_mmu_pages`.
+    pub mmu_used: u64,
+    /// `n_max_mmu_pages`.
+    pub mmu_max: u64,
+    /// `n_requested_mmu_pages`.
+    pub mmu_requested: u64,
+    /// CPU time used, in TSC ticks.
+    pub cpu_time: u64,
+}
+layout!(DomainStats, 232, {
+    domid @ 0, reserved @ 4, exits_by_reason @ 8, hypercalls @ 136, faults_fixed @ 144,
+    faults_spurious @ 152, faults_mmio @ 160, mmu_pages_allocated @ 168, mmu_pages_zapped @ 176,
+    mmu_reclaims @ 184, tlb_flushes @ 192, mmu_used @ 200, mmu_max @ 208, mmu_requested @ 216,
+    cpu_time @ 224,
+});

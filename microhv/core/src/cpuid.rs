@@ -1,0 +1,185 @@
+//! What a guest sees through CPUID: the host's values filtered down to what microhv really
+//! provides, plus microhv's own leaves from `0x4000_0000` (see `abi::cpuid`).
+//!
+//! The policy is a whitelist per leaf. Anything microhv does not virtualize is hidden: VMX and
+//! SVM (no nesting), SMX, x2APIC and the TSC deadline timer (only the xAPIC page is emulated),
+//! XSAVE and AVX (guest extended state is saved with FXSAVE only), PCID, performance monitoring,
+//! thermal and power management, and every leaf describing those. Leaf 1 sets the
+//! hypervisor-present bit.
+
+use abi::cpuid as hv;
+
+/// Highest basic leaf reported.
+pub const MAX_BASIC_LEAF: u32 = 0x7;
+/// Highest extended leaf reported.
+pub const MAX_EXT_LEAF: u32 = 0x8000_0008;
+
+/// Leaf 1 ecx bits passed through: SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
+/// MOVBE, POPCNT, AES, RDRAND.
+const L1_ECX_KEEP: u32 = (1 << 0)
+    | (1 << 1)
+    | (1 << 9)
+    | (1 << 13)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 22)
+    | (1 << 23)
+    | (1 << 25)
+    | (1 << 30);
+/// Leaf 1 edx bits passed through: FPU, VME, DE, PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE,
+/// CMOV, PAT, PSE36, CLFSH, MMX, FXSR, SSE, SSE2.
+const L1_EDX_KEEP: u32 = (1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 15)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 19)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 26);
+/// Leaf 7.0 ebx bits passed through: FSGSBASE, BMI1, SMEP, BMI2, ERMS, RDSEED, ADX, SMAP,
+/// CLFLUSHOPT.
+const L7_EBX_KEEP: u32 = (1 << 0)
+    | (1 << 3)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 18)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 23);
+/// Leaf 0x8000_0001 ecx bits passed through: LAHF/SAHF, ABM/LZCNT, PREFETCHW.
+const E1_ECX_KEEP: u32 = (1 << 0) | (1 << 5) | (1 << 8);
+/// Leaf 0x8000_0001 edx bits passed through: the leaf-1 edx duplicates AMD reports, SYSCALL, NX,
+/// 1 GiB pages, long mode. RDTSCP is hidden: microhv does not enable it for guests.
+const E1_EDX_KEEP: u32 = L1_EDX_KEEP | (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29);
+
+/// Who is asking, for microhv's leaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The caller's domain id.
+    pub domid: u32,
+    /// The caller is dom0.
+    pub privileged: bool,
+    /// The vCPU's index in its domain (its APIC id).
+    pub vcpu: u32,
+    /// `abi::cpuid::HYPERCALL_*` for this machine.
+    pub hypercall_insn: u32,
+}
+
+/// The guest's view of CPUID `(leaf, subleaf)`, given the host's `host(leaf, subleaf)`.
+pub fn guest_cpuid(
+    leaf: u32,
+    subleaf: u32,
+    caller: &Caller,
+    host: impl Fn(u32, u32) -> [u32; 4],
+) -> [u32; 4] {
+    match leaf {
+        0 => {
+            let [max, b, c, d] = host(0, 0);
+            [max.min(MAX_BASIC_LEAF), b, c, d]
+        }
+        1 => {
+            let [a, b, c, d] = host(1, 0);
+            // ebx: keep brand index and CLFLUSH size; one logical CPU; APIC id = vCPU index.
+            let b = (b & 0xffff) | (1 << 16) | (caller.vcpu << 24);
+            [a, b, (c & L1_ECX_KEEP) | (1 << 31), d & L1_EDX_KEEP]
+        }
+        7 if subleaf == 0 => {
+            let [_, b, _, _] = host(7, 0);
+            [0, b & L7_EBX_KEEP, 0, 0]
+        }
+        hv::LEAF_BASE => {
+            let [b, c, d] = hv::signature_regs();
+            [hv::LEAF_MAX, b, c, d]
+        }
+        hv::LEAF_VERSION => [
+            abi::abi_version_word(),
+            caller.domid,
+            if caller.privileged {
+                hv::FLAG_PRIVILEGED
+            } else {
+                0
+            },
+            0,
+        ],
+        hv::LEAF_HYPERCALL => [caller.hypercall_insn, 0, 0, 0],
+        0x8000_0000 => {
+            let [max, b, c, d] = host(0x8000_0000, 0);
+            [max.min(MAX_EXT_LEAF), b, c, d]
+        }
+        0x8000_0001 => {
+            let [a, b, c, d] = host(0x8000_0001, 0);
+            [a, b, c & E1_ECX_KEEP, d & E1_EDX_KEEP]
+        }
+        // Brand string and cache description carry no features.
+        0x8000_0002..=0x8000_0006 => host(leaf, subleaf),
+        0x8000_0008 => {
+            let [a, _, _, _] = host(0x8000_0008, 0);
+            [a & 0xffff, 0, 0, 0]
+        }
+        _ => [0; 4],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_ones(_: u32, _: u32) -> [u32; 4] {
+        [u32::MAX; 4]
+    }
+
+    const CALLER: Caller = Caller {
+        domid: 3,
+        privileged: false,
+        vcpu: 1,
+        hypercall_insn: hv::HYPERCALL_VMCALL,
+    };
+
+    #[test]
+    fn virtualization_and_unsupported_state_are_hidden() {
+        let [_, b, c, _] = guest_cpuid(1, 0, &CALLER, all_ones);
+        assert_eq!(c & (1 << 5), 0, "VMX");
+        assert_eq!(c & (1 << 21), 0, "x2APIC");
+        assert_eq!(c & (1 << 26), 0, "XSAVE");
+        assert_eq!(c & (1 << 28), 0, "AVX");
+        assert_ne!(c & (1 << 31), 0, "hypervisor bit");
+        assert_eq!(b >> 24, 1, "APIC id is the vCPU index");
+        let [_, _, c, _] = guest_cpuid(0x8000_0001, 0, &CALLER, all_ones);
+        assert_eq!(c & (1 << 2), 0, "SVM");
+        assert_eq!(guest_cpuid(0xd, 0, &CALLER, all_ones), [0; 4], "XSAVE leaf");
+        assert_eq!(guest_cpuid(0, 0, &CALLER, all_ones)[0], MAX_BASIC_LEAF);
+    }
+
+    #[test]
+    fn microhv_leaves_identify_caller_and_instruction() {
+        let base = guest_cpuid(hv::LEAF_BASE, 0, &CALLER, all_ones);
+        assert_eq!(base[0], hv::LEAF_MAX);
+        assert_eq!(&base[1..], &hv::signature_regs());
+        let v = guest_cpuid(hv::LEAF_VERSION, 0, &CALLER, all_ones);
+        assert_eq!(v, [abi::abi_version_word(), 3, 0, 0]);
+        let dom0 = Caller {
+            domid: 0,
+            privileged: true,
+            ..CALLER
+        };
+        assert_eq!(
+            guest_cpuid(hv::LEAF_VERSION, 0, &dom0, all_ones)[2],
+            hv::FLAG_PRIVILEGED
+        );
+        assert_eq!(guest_cpuid(hv::LEAF_HYPERCALL, 0, &CALLER, all_ones)[0], 1);
+        assert_eq!(guest_cpuid(hv::LEAF_MAX + 1, 0, &CALLER, all_ones), [0; 4]);
+    }
+}

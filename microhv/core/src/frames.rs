@@ -1,0 +1,264 @@
+//! The physical frame allocator: two bitmaps over the first [`MAX_PHYS_BYTES`] of host memory.
+//!
+//! One bitmap says which frames the allocator manages (usable RAM that is not microhv's image,
+//! a boot module or boot data), the other which of those are free. Keeping both lets `free`
+//! refuse a frame it never handed out, so a double free or a stray address is an error instead
+//! of silent corruption, and lets tests and the leak checks compare free counts exactly.
+
+/// Size of a host frame.
+pub const FRAME_SIZE: u64 = 4096;
+/// Host physical memory the allocator can manage; RAM above it is ignored (logged at boot).
+pub const MAX_PHYS_BYTES: u64 = 4 << 30;
+/// Bitmap words needed for [`MAX_PHYS_BYTES`].
+pub const HOST_BITMAP_WORDS: usize = (MAX_PHYS_BYTES / FRAME_SIZE / 64) as usize;
+
+/// The allocator microhv uses for the whole machine.
+pub type HostFrames = FrameAllocator<HOST_BITMAP_WORDS>;
+
+/// Why a frame operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The address is not frame-aligned.
+    Unaligned,
+    /// The frame is not one this allocator manages (reserved, absent, or out of range).
+    NotManaged,
+    /// The frame is already free: a double free.
+    AlreadyFree,
+}
+
+/// A frame allocator over `WORDS * 64` frames starting at physical address 0.
+pub struct FrameAllocator<const WORDS: usize> {
+    managed: [u64; WORDS],
+    free: [u64; WORDS],
+    managed_count: u64,
+    free_count: u64,
+    /// Word where the last allocation succeeded: the next search starts there.
+    hint: usize,
+}
+
+impl<const WORDS: usize> Default for FrameAllocator<WORDS> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const WORDS: usize> FrameAllocator<WORDS> {
+    /// Frames this allocator can describe.
+    pub const CAPACITY_FRAMES: u64 = WORDS as u64 * 64;
+
+    /// An allocator that manages nothing yet.
+    pub const fn new() -> Self {
+        Self {
+            managed: [0; WORDS],
+            free: [0; WORDS],
+            managed_count: 0,
+            free_count: 0,
+            hint: 0,
+        }
+    }
+
+    /// Frames whose whole 4 KiB lies inside `[start, end)` become managed and free; the part
+    /// of the range beyond the capacity is ignored. Returns the frames added.
+    pub fn add_free_range(&mut self, start: u64, end: u64) -> u64 {
+        let first = start.div_ceil(FRAME_SIZE);
+        let last = (end / FRAME_SIZE).min(Self::CAPACITY_FRAMES);
+        let mut added = 0;
+        for f in first..last {
+            let (w, bit) = split(f);
+            if self.managed[w] & bit == 0 {
+                self.managed[w] |= bit;
+                self.free[w] |= bit;
+                added += 1;
+            }
+        }
+        self.managed_count += added;
+        self.free_count += added;
+        added
+    }
+
+    /// Frames touching `[start, end)` stop being managed: they are never handed out and can
+    /// never be freed. For microhv's image, boot modules and boot information. Frames of the
+    /// range that are currently allocated are left alone (and keep counting as allocated).
+    pub fn reserve_range(&mut self, start: u64, end: u64) -> u64 {
+        let first = start / FRAME_SIZE;
+        let last = end.div_ceil(FRAME_SIZE).min(Self::CAPACITY_FRAMES);
+        let mut removed = 0;
+        for f in first..last {
+            let (w, bit) = split(f);
+            if self.managed[w] & bit != 0 && self.free[w] & bit != 0 {
+                self.managed[w] &= !bit;
+                self.free[w] &= !bit;
+                removed += 1;
+            }
+        }
+        self.managed_count -= removed;
+        self.free_count -= removed;
+        removed
+    }
+
+    /// One free frame (not zeroed: the caller owns the memory and clears what it needs).
+    pub fn alloc(&mut self) -> Option<u64> {
+        if self.free_count == 0 {
+            return None;
+        }
+        for i in 0..WORDS {
+            let w = (self.hint + i) % WORDS;
+            let bits = self.free[w];
+            if bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                self.free[w] &= !(1 << b);
+                self.free_count -= 1;
+                self.hint = w;
+                return Some((w as u64 * 64 + b) * FRAME_SIZE);
+            }
+        }
+        debug_assert!(false, "free_count {} but no free bit", self.free_count);
+        None
+    }
+
+    /// `count` physically contiguous free frames whose first frame number is a multiple of
+    /// `align_frames` (a power of two); the lowest such run.
+    pub fn alloc_contiguous(&mut self, count: u64, align_frames: u64) -> Option<u64> {
+        if count == 0 || count > self.free_count || !align_frames.is_power_of_two() {
+            return None;
+        }
+        let mut start = 0u64;
+        while start.checked_add(count)? <= Self::CAPACITY_FRAMES {
+            match (start..start + count).find(|&f| !self.is_free(f)) {
+                None => {
+                    for f in start..start + count {
+                        let (w, bit) = split(f);
+                        self.free[w] &= !bit;
+                    }
+                    self.free_count -= count;
+                    return Some(start * FRAME_SIZE);
+                }
+                // Restart past the busy frame, rounded up to the alignment.
+                Some(busy) => start = (busy + 1).next_multiple_of(align_frames),
+            }
+        }
+        None
+    }
+
+    /// Returns a frame obtained from [`alloc`](Self::alloc) or
+    /// [`alloc_contiguous`](Self::alloc_contiguous).
+    pub fn free(&mut self, pa: u64) -> Result<(), FrameError> {
+        if pa % FRAME_SIZE != 0 {
+            return Err(FrameError::Unaligned);
+        }
+        let f = pa / FRAME_SIZE;
+        if f >= Self::CAPACITY_FRAMES {
+            return Err(FrameError::NotManaged);
+        }
+        let (w, bit) = split(f);
+        if self.managed[w] & bit == 0 {
+            return Err(FrameError::NotManaged);
+        }
+        if self.free[w] & bit != 0 {
+            return Err(FrameError::AlreadyFree);
+        }
+        self.free[w] |= bit;
+        self.free_count += 1;
+        Ok(())
+    }
+
+    /// True if `pa`'s frame is managed and currently allocated.
+    pub fn is_allocated(&self, pa: u64) -> bool {
+        let f = pa / FRAME_SIZE;
+        if f >= Self::CAPACITY_FRAMES {
+            return false;
+        }
+        let (w, bit) = split(f);
+        self.managed[w] & bit != 0 && self.free[w] & bit == 0
+    }
+
+    fn is_free(&self, f: u64) -> bool {
+        let (w, bit) = split(f);
+        self.free[w] & bit != 0
+    }
+
+    /// Frames free now.
+    pub fn free_frames(&self) -> u64 {
+        self.free_count
+    }
+
+    /// Frames managed (free or allocated).
+    pub fn managed_frames(&self) -> u64 {
+        self.managed_count
+    }
+}
+
+fn split(frame: u64) -> (usize, u64) {
+    ((frame / 64) as usize, 1u64 << (frame % 64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    type Small = FrameAllocator<16>; // 1024 frames = 4 MiB
+
+    #[test]
+    fn ranges_round_inward_and_reserve_rounds_outward() {
+        let mut a = Small::new();
+        assert_eq!(a.add_free_range(100, 3 * FRAME_SIZE + 5), 2); // frames 1 and 2
+        assert_eq!(a.reserve_range(2 * FRAME_SIZE + 1, 2 * FRAME_SIZE + 2), 1); // frame 2
+        assert_eq!(a.alloc(), Some(FRAME_SIZE));
+        assert_eq!(a.alloc(), None);
+        assert_eq!(a.free(2 * FRAME_SIZE), Err(FrameError::NotManaged));
+    }
+
+    #[test]
+    fn reserved_frames_are_never_handed_out() {
+        let mut a = Small::new();
+        a.add_free_range(0, 1024 * FRAME_SIZE);
+        a.reserve_range(0x100000, 0x180000);
+        let mut got = Vec::new();
+        while let Some(f) = a.alloc() {
+            assert!(!(0x100000..0x180000).contains(&f));
+            got.push(f);
+        }
+        assert_eq!(got.len() as u64, 1024 - 128);
+        assert_eq!(a.free_frames(), 0);
+        for f in got {
+            a.free(f).unwrap();
+        }
+        assert_eq!(a.free_frames(), a.managed_frames());
+    }
+
+    #[test]
+    fn double_free_and_bad_addresses_are_errors() {
+        let mut a = Small::new();
+        a.add_free_range(0, 16 * FRAME_SIZE);
+        let f = a.alloc().unwrap();
+        assert_eq!(a.free(f + 1), Err(FrameError::Unaligned));
+        assert_eq!(a.free(f), Ok(()));
+        assert_eq!(a.free(f), Err(FrameError::AlreadyFree));
+        assert_eq!(a.free(u64::MAX & !0xfff), Err(FrameError::NotManaged));
+        assert_eq!(a.free(1000 * FRAME_SIZE), Err(FrameError::NotManaged));
+    }
+
+    #[test]
+    fn contiguous_runs_respect_alignment_and_holes() {
+        let mut a = Small::new();
+        a.add_free_range(0, 1024 * FRAME_SIZE);
+        a.reserve_range(5 * FRAME_SIZE, 6 * FRAME_SIZE);
+        let run = a.alloc_contiguous(8, 8).unwrap();
+        assert_eq!(run, 8 * FRAME_SIZE);
+        let run2 = a.alloc_contiguous(512, 512).unwrap();
+        assert_eq!(run2, 512 * FRAME_SIZE);
+        assert_eq!(a.alloc_contiguous(512, 512), None);
+        assert_eq!(a.alloc_contiguous(0, 1), None);
+        assert_eq!(a.alloc_contiguous(1, 3), None);
+        assert_eq!(a.free_frames(), 1023 - 8 - 512);
+    }
+
+    #[test]
+    fn the_host_allocator_fits_a_static() {
+        let a: Box<HostFrames> = Box::new(HostFrames::new());
+        assert_eq!(HostFrames::CAPACITY_FRAMES * FRAME_SIZE, MAX_PHYS_BYTES);
+        assert_eq!(a.free_frames(), 0);
+    }
+}

@@ -1,0 +1,298 @@
+//! Decoding of the CPU's virtualization capability values (CPUID leaves and the VMX capability
+//! MSRs). This is pure arithmetic on values the arch backends read, kept here so it is tested on
+//! the host: which features are missing, and which control values to program.
+
+use heapless::Vec;
+
+/// A feature microhv needs and did not find, with where it looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing {
+    /// What is missing, in words.
+    pub what: &'static str,
+    /// Where it is reported (CPUID bit or MSR field).
+    pub source: &'static str,
+}
+
+/// Every missing feature found by one check.
+pub type MissingList = Vec<Missing, 16>;
+
+/// The value of a VMX control field: `desired` plus the bits the capability MSR forces to 1,
+/// if every desired bit is allowed to be 1. `cap` is the `IA32_VMX_*_CTLS` / `TRUE_*` value:
+/// allowed 0-settings in bits 31:0 (a 1 there means "must be 1"), allowed 1-settings in 63:32.
+pub fn adjust_controls(desired: u32, cap: u64) -> Result<u32, u32> {
+    let must_be_one = cap as u32;
+    let may_be_one = (cap >> 32) as u32;
+    let missing = desired & !may_be_one;
+    if missing != 0 {
+        return Err(missing);
+    }
+    Ok((desired | must_be_one) & may_be_one)
+}
+
+/// `IA32_FEATURE_CONTROL` bits.
+pub mod feature_control {
+    /// Lock: the MSR can no longer be written until reset.
+    pub const LOCK: u64 = 1 << 0;
+    /// VMXON allowed outside SMX operation.
+    pub const VMX_OUTSIDE_SMX: u64 = 1 << 2;
+}
+
+/// What to do about `IA32_FEATURE_CONTROL` before VMXON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureControl {
+    /// Already locked with VMX enabled.
+    Ready,
+    /// Unlocked: write this value (VMX enabled, locked).
+    Write(u64),
+    /// Locked with VMX disabled by the firmware.
+    DisabledByFirmware,
+}
+
+/// Decides what `IA32_FEATURE_CONTROL` needs.
+pub fn feature_control(value: u64) -> FeatureControl {
+    use feature_control::*;
+    match (value & LOCK != 0, value & VMX_OUTSIDE_SMX != 0) {
+        (true, true) => FeatureControl::Ready,
+        (true, false) => FeatureControl::DisabledByFirmware,
+        (false, _) => FeatureControl::Write(value | LOCK | VMX_OUTSIDE_SMX),
+    }
+}
+
+/// The VMX capability MSRs microhv reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmxMsrs {
+    /// `IA32_VMX_BASIC`.
+    pub basic: u64,
+    /// `IA32_VMX_TRUE_PINBASED_CTLS` (or the non-TRUE MSR when TRUE ones are absent).
+    pub pinbased: u64,
+    /// `IA32_VMX_TRUE_PROCBASED_CTLS`.
+    pub procbased: u64,
+    /// `IA32_VMX_PROCBASED_CTLS2`.
+    pub procbased2: u64,
+    /// `IA32_VMX_TRUE_EXIT_CTLS`.
+    pub exit: u64,
+    /// `IA32_VMX_TRUE_ENTRY_CTLS`.
+    pub entry: u64,
+    /// `IA32_VMX_MISC`.
+    pub misc: u64,
+    /// `IA32_VMX_EPT_VPID_CAP`.
+    pub ept_vpid: u64,
+    /// `IA32_VMX_CR0_FIXED0`.
+    pub cr0_fixed0: u64,
+    /// `IA32_VMX_CR0_FIXED1`.
+    pub cr0_fixed1: u64,
+    /// `IA32_VMX_CR4_FIXED0`.
+    pub cr4_fixed0: u64,
+    /// `IA32_VMX_CR4_FIXED1`.
+    pub cr4_fixed1: u64,
+}
+
+/// `IA32_VMX_BASIC` bit 55: the TRUE control MSRs exist.
+pub const VMX_BASIC_TRUE_CTLS: u64 = 1 << 55;
+
+/// Secondary-control bits microhv relies on.
+pub mod secondary {
+    /// Enable EPT.
+    pub const EPT: u32 = 1 << 1;
+    /// Enable VPID.
+    pub const VPID: u32 = 1 << 5;
+    /// Unrestricted guest.
+    pub const UNRESTRICTED_GUEST: u32 = 1 << 7;
+}
+
+/// `IA32_VMX_EPT_VPID_CAP` bits.
+pub mod ept_vpid {
+    /// Page-walk length 4.
+    pub const WALK_4: u64 = 1 << 6;
+    /// Write-back EPT paging structures.
+    pub const WB: u64 = 1 << 14;
+    /// 2 MiB EPT pages.
+    pub const PAGE_2M: u64 = 1 << 16;
+    /// 1 GiB EPT pages.
+    pub const PAGE_1G: u64 = 1 << 17;
+    /// INVEPT.
+    pub const INVEPT: u64 = 1 << 20;
+    /// INVEPT single-context.
+    pub const INVEPT_SINGLE: u64 = 1 << 25;
+    /// INVVPID.
+    pub const INVVPID: u64 = 1 << 32;
+    /// INVVPID single-context.
+    pub const INVVPID_SINGLE: u64 = 1 << 41;
+}
+
+/// What the VMX backend may use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmxFeatures {
+    /// VMCS revision identifier.
+    pub revision: u32,
+    /// 2 MiB EPT leaves.
+    pub ept_2m: bool,
+    /// 1 GiB EPT leaves.
+    pub ept_1g: bool,
+    /// The preemption timer exists.
+    pub preemption_timer: bool,
+    /// The preemption timer counts down every `2^rate` TSC ticks.
+    pub preemption_timer_rate: u8,
+}
+
+/// Checks every VMX capability microhv needs: the TRUE controls, write-back VMCS memory, the
+/// secondary controls with EPT, unrestricted guest and VPID, 4-level write-back EPT with
+/// single-context INVEPT, and single-context INVVPID.
+pub fn check_vmx(m: &VmxMsrs) -> Result<VmxFeatures, MissingList> {
+    let mut missing = MissingList::new();
+    let mut need = |ok: bool, what, source| {
+        if !ok {
+            let _ = missing.push(Missing { what, source });
+        }
+    };
+    need(
+        m.basic & VMX_BASIC_TRUE_CTLS != 0,
+        "TRUE VMX control MSRs",
+        "IA32_VMX_BASIC[55]",
+    );
+    need(
+        (m.basic >> 50) & 0xf == 6,
+        "write-back VMCS memory",
+        "IA32_VMX_BASIC[53:50]",
+    );
+    need(
+        m.procbased >> 63 != 0,
+        "secondary processor controls",
+        "IA32_VMX_PROCBASED_CTLS[63]",
+    );
+    let sec = (m.procbased2 >> 32) as u32;
+    need(
+        sec & secondary::EPT != 0,
+        "EPT",
+        "IA32_VMX_PROCBASED_CTLS2[33]",
+    );
+    need(
+        sec & secondary::UNRESTRICTED_GUEST != 0,
+        "unrestricted guest",
+        "IA32_VMX_PROCBASED_CTLS2[39]",
+    );
+    need(
+        sec & secondary::VPID != 0,
+        "VPID",
+        "IA32_VMX_PROCBASED_CTLS2[37]",
+    );
+    use ept_vpid::*;
+    need(
+        m.ept_vpid & WALK_4 != 0,
+        "4-level EPT",
+        "IA32_VMX_EPT_VPID_CAP[6]",
+    );
+    need(
+        m.ept_vpid & WB != 0,
+        "write-back EPT tables",
+        "IA32_VMX_EPT_VPID_CAP[14]",
+    );
+    need(
+        m.ept_vpid & INVEPT != 0 && m.ept_vpid & INVEPT_SINGLE != 0,
+        "single-context INVEPT",
+        "IA32_VMX_EPT_VPID_CAP[20,25]",
+    );
+    need(
+        m.ept_vpid & INVVPID != 0 && m.ept_vpid & INVVPID_SINGLE != 0,
+        "single-context INVVPID",
+        "IA32_VMX_EPT_VPID_CAP[32,41]",
+    );
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    Ok(VmxFeatures {
+        revision: (m.basic & 0x7fff_ffff) as u32,
+        ept_2m: m.ept_vpid & PAGE_2M != 0,
+        ept_1g: m.ept_vpid & PAGE_1G != 0,
+        preemption_timer: (m.pinbased >> 32) & (1 << 6) != 0,
+        preemption_timer_rate: (m.misc & 0x1f) as u8,
+    })
+}
+
+/// CPUID bits the backends are chosen by.
+pub mod cpuid_bits {
+    /// Leaf 1 ecx: VMX.
+    pub const VMX: u32 = 1 << 5;
+    /// Leaf 0x8000_0001 ecx: SVM.
+    pub const SVM: u32 = 1 << 2;
+    /// Leaf 0x8000_000A edx: nested paging.
+    pub const NPT: u32 = 1 << 0;
+    /// Leaf 0x8000_000A edx: NRIP save.
+    pub const NRIP_SAVE: u32 = 1 << 3;
+}
+
+/// The vendor string of CPUID leaf 0.
+pub fn vendor(leaf0: [u32; 4]) -> [u8; 12] {
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&leaf0[1].to_le_bytes());
+    v[4..8].copy_from_slice(&leaf0[3].to_le_bytes());
+    v[8..].copy_from_slice(&leaf0[2].to_le_bytes());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Capability values as Bochs reports them for `corei7_skylake_x` (shape, not exact).
+    fn good() -> VmxMsrs {
+        VmxMsrs {
+            basic: (1 << 55) | (6 << 50) | 1,
+            pinbased: (0x7fu64 << 32) | 0x16,
+            procbased: (0xffff_fffeu64 << 32) | 0x0401_e172,
+            procbased2: (0x0000_00ffu64 << 32),
+            exit: 0,
+            entry: 0,
+            misc: 5,
+            ept_vpid: ept_vpid::WALK_4
+                | ept_vpid::WB
+                | ept_vpid::PAGE_2M
+                | ept_vpid::INVEPT
+                | ept_vpid::INVEPT_SINGLE
+                | ept_vpid::INVVPID
+                | ept_vpid::INVVPID_SINGLE,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_capable_cpu_passes() {
+        let f = check_vmx(&good()).unwrap();
+        assert_eq!(f.revision, 1);
+        assert!(f.ept_2m && !f.ept_1g && f.preemption_timer);
+        assert_eq!(f.preemption_timer_rate, 5);
+    }
+
+    #[test]
+    fn each_missing_feature_is_named() {
+        let mut m = good();
+        m.procbased2 &= !((u64::from(secondary::UNRESTRICTED_GUEST)) << 32);
+        m.ept_vpid &= !ept_vpid::INVVPID;
+        let missing = check_vmx(&m).unwrap_err();
+        let names: std::vec::Vec<_> = missing.iter().map(|x| x.what).collect();
+        assert_eq!(names, ["unrestricted guest", "single-context INVVPID"]);
+        let none = check_vmx(&VmxMsrs::default()).unwrap_err();
+        assert!(none.len() >= 8, "{none:?}");
+    }
+
+    #[test]
+    fn controls_are_adjusted_to_the_capabilities() {
+        let cap = (0x0000_ff0fu64 << 32) | 0x0000_0006;
+        assert_eq!(adjust_controls(0x1, cap), Ok(0x7));
+        assert_eq!(adjust_controls(0x100, cap), Ok(0x106));
+        assert_eq!(adjust_controls(0x30, cap), Err(0x30 & !0xff0f));
+    }
+
+    #[test]
+    fn feature_control_cases() {
+        assert_eq!(feature_control(0b101), FeatureControl::Ready);
+        assert_eq!(feature_control(0b001), FeatureControl::DisabledByFirmware);
+        assert_eq!(feature_control(0), FeatureControl::Write(0b101));
+    }
+
+    #[test]
+    fn vendor_string() {
+        let leaf0 = [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69];
+        assert_eq!(&vendor(leaf0), b"GenuineIntel");
+    }
+}

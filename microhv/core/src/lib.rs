@@ -1,0 +1,19 @@
+//! The arch-neutral core of microhv.
+//!
+//! Everything here is logic that needs no privilege: the frame allocator, the boot-information
+//! model, the domain table, the hypercall dispatcher, the CPUID policy, consoles, scheduling and
+//! the run loop that drives an arch backend through the [`exit::Backend`] trait. It executes no
+//! privileged instruction, so `cargo test` runs it on the host against a fake backend and a
+//! simulated physical memory. The ring-0 binary (`microhv/`) supplies the real backends (VMX,
+//! SVM), the boot path and the identity-mapped physical memory.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod boot;
+pub mod console;
+pub mod cpuid;
+pub mod frames;
+pub mod hwcaps;
+pub mod status;

@@ -1,0 +1,152 @@
+//! The IDT: every one of the 256 vectors has a stub that records the vector (and a zero error
+//! code where the CPU pushes none), saves the registers and calls [`exception_entry`], which
+//! prints everything and stops the machine. microhv runs with interrupts off in root mode, so
+//! any vector arriving here is a bug or a hardware event it cannot handle.
+
+use super::gdt::{IST_CRITICAL, IST_EXCEPTION};
+use core::arch::global_asm;
+use spin::Once;
+
+/// Bytes between consecutive stubs (each fits in 12).
+const STUB_STRIDE: u64 = 16;
+
+// Vectors for which the CPU pushes an error code: #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP, #VC,
+// #SX.
+global_asm!(
+    r#"
+    .section .text.idt_stubs, "ax"
+    .balign 16
+    .global microhv_idt_stubs
+microhv_idt_stubs:
+    .set vec, 0
+    .rept 256
+    .balign 16
+    .if (vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    pushq $vec
+    .else
+    pushq $0
+    pushq $vec
+    .endif
+    jmp microhv_exception_common
+    .set vec, vec + 1
+    .endr
+
+microhv_exception_common:
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, %rdi
+    cld
+    call {entry}
+    ud2
+"#,
+    entry = sym exception_entry,
+    options(att_syntax),
+);
+
+unsafe extern "C" {
+    static microhv_idt_stubs: u8;
+}
+
+/// What the stubs leave on the stack, lowest address first.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ExceptionFrame {
+    /// General registers, saved by the common stub.
+    pub r15: u64,
+    /// r14.
+    pub r14: u64,
+    /// r13.
+    pub r13: u64,
+    /// r12.
+    pub r12: u64,
+    /// r11.
+    pub r11: u64,
+    /// r10.
+    pub r10: u64,
+    /// r9.
+    pub r9: u64,
+    /// r8.
+    pub r8: u64,
+    /// rbp.
+    pub rbp: u64,
+    /// rdi.
+    pub rdi: u64,
+    /// rsi.
+    pub rsi: u64,
+    /// rdx.
+    pub rdx: u64,
+    /// rcx.
+    pub rcx: u64,
+    /// rbx.
+    pub rbx: u64,
+    /// rax.
+    pub rax: u64,
+    /// The vector.
+    pub vector: u64,
+    /// The CPU's error code, or 0.
+    pub error_code: u64,
+    /// Interrupted RIP.
+    pub rip: u64,
+    /// Interrupted CS.
+    pub cs: u64,
+    /// Interrupted RFLAGS.
+    pub rflags: u64,
+    /// Interrupted RSP.
+    pub rsp: u64,
+    /// Interrupted SS.
+    pub ss: u64,
+}
+
+extern "C" fn exception_entry(frame: &ExceptionFrame) -> ! {
+    crate::fatal::exception(frame)
+}
+
+#[repr(C, align(16))]
+struct Idt([u64; 512]);
+
+static IDT: Once<Idt> = Once::new();
+
+/// Builds and loads the IDT. `code` is microhv's code selector.
+pub fn init(code: u16) {
+    let idt = IDT.call_once(|| {
+        // Only the address of the stub block is taken; it is never read as data.
+        let base = core::ptr::addr_of!(microhv_idt_stubs) as u64;
+        let mut t = Idt([0; 512]);
+        for v in 0..256u64 {
+            let handler = base + v * STUB_STRIDE;
+            let ist = if v == 2 || v == 8 {
+                IST_CRITICAL
+            } else {
+                IST_EXCEPTION
+            };
+            // 64-bit interrupt gate, present, DPL 0.
+            let low = (handler & 0xffff)
+                | (u64::from(code) << 16)
+                | (u64::from(ist) << 32)
+                | (0x8e << 40)
+                | ((handler >> 16) & 0xffff) << 48;
+            t.0[(2 * v) as usize] = low;
+            t.0[(2 * v + 1) as usize] = handler >> 32;
+        }
+        t
+    });
+    let ptr = x86_64::structures::DescriptorTablePointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: x86_64::VirtAddr::from_ptr(idt),
+    };
+    // SAFETY: the table is static and every entry points at a stub above.
+    unsafe { x86_64::instructions::tables::lidt(&ptr) };
+}

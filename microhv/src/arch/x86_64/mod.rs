@@ -1,0 +1,5 @@
+//! x86-64 CPU plumbing for ring 0.
+pub mod cpu;
+pub mod gdt;
+pub mod idt;
+pub mod power;

@@ -1,0 +1,96 @@
+//! The ways microhv stops the machine: with a verdict line on COM1 and an exit status.
+
+use crate::arch::x86_64::{cpu, idt::ExceptionFrame, power};
+use crate::logger;
+use core::fmt::Write;
+use microhv_core::status::{STOP_LINE_MARKER, StopStatus};
+
+/// Prints the verdict line and ends the machine.
+pub fn stop(status: StopStatus, reason: core::fmt::Arguments<'_>) -> ! {
+    let mut u = logger::emergency();
+    let _ = writeln!(
+        u,
+        "[hv] {STOP_LINE_MARKER}{} ({}): {reason}",
+        status as u8,
+        status.name()
+    );
+    u.flush();
+    power::exit_machine(status as u8)
+}
+
+const EXCEPTION_NAMES: [&str; 22] = [
+    "divide error",
+    "debug",
+    "NMI",
+    "breakpoint",
+    "overflow",
+    "bound range",
+    "invalid opcode",
+    "device not available",
+    "double fault",
+    "coprocessor overrun",
+    "invalid TSS",
+    "segment not present",
+    "stack fault",
+    "general protection",
+    "page fault",
+    "reserved",
+    "x87 FP error",
+    "alignment check",
+    "machine check",
+    "SIMD FP error",
+    "virtualization",
+    "control protection",
+];
+
+/// Reports a CPU exception taken in ring 0 and stops.
+pub fn exception(f: &ExceptionFrame) -> ! {
+    let mut u = logger::emergency();
+    let name = EXCEPTION_NAMES
+        .get(f.vector as usize)
+        .copied()
+        .unwrap_or("interrupt");
+    let _ = writeln!(
+        u,
+        "[hv] ERROR: exception in ring 0: vector {} ({name}) error code {:#x}\n\
+         [hv]   rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x} cr2 {:#018x}\n\
+         [hv]   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n\
+         [hv]   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}\n\
+         [hv]   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}\n\
+         [hv]   r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+        f.vector,
+        f.error_code,
+        f.rip,
+        f.cs,
+        f.rflags,
+        f.rsp,
+        f.ss,
+        cpu::cr2(),
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx,
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.r8,
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12,
+        f.r13,
+        f.r14,
+        f.r15,
+    );
+    stop(
+        StopStatus::Exception,
+        format_args!("CPU exception {} ({name}) in ring 0", f.vector),
+    )
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let mut u = logger::emergency();
+    let _ = writeln!(u, "[hv] ERROR: panic: {info}");
+    stop(StopStatus::Panic, format_args!("panic in ring 0"))
+}

@@ -1,0 +1,130 @@
+//! microhv: the ring-0 image.
+//!
+//! Boot path: `rt_entry32` (the `rt` crate) takes the CPU from the loader's 32-bit state to
+//! 64-bit mode and calls [`rt_main`], which sets up logging and the per-CPU tables, copies the
+//! boot information, starts the frame allocator, picks the virtualization backend, builds dom0
+//! and hands the CPU to the core's run loop. It never returns: the run ends with a verdict line
+//! and an exit status (`fatal::stop`).
+#![no_std]
+#![no_main]
+
+mod arch;
+mod bootinfo;
+mod fatal;
+mod logger;
+
+use arch::x86_64::{gdt, idt};
+use microhv_core::boot::{self, Options, Range};
+use microhv_core::frames::{FRAME_SIZE, HostFrames};
+use microhv_core::status::StopStatus;
+use spin::Mutex;
+
+rt::multiboot1_header!();
+rt::multiboot2_header!();
+
+/// Every host frame not reserved at boot.
+static FRAMES: Mutex<HostFrames> = Mutex::new(HostFrames::new());
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __image_end: u8;
+}
+
+fn image_range() -> Range {
+    // Only the addresses of the linker-script symbols are taken.
+    Range {
+        start: core::ptr::addr_of!(__image_start) as u64,
+        end: core::ptr::addr_of!(__image_end) as u64,
+    }
+}
+
+/// Called by `rt_entry32` in 64-bit mode with the loader's `eax` and `ebx`.
+#[unsafe(no_mangle)]
+extern "C" fn rt_main(magic: u32, info: u32) -> ! {
+    logger::init();
+    let sel = gdt::init();
+    idt::init(sel.code.0);
+    log::info!("microhv {} starting", env!("CARGO_PKG_VERSION"));
+
+    // SAFETY: nothing has allocated yet; the loader's structures are intact.
+    let boot = match unsafe { bootinfo::parse(magic, info) } {
+        Ok(b) => b,
+        Err(e) => fatal::stop(
+            StopStatus::BootError,
+            format_args!("boot information: {e:?}"),
+        ),
+    };
+    let (opts, bad) = Options::parse(&boot.cmdline);
+    log::set_max_level(opts.log_level);
+    for b in bad {
+        log::warn!("ignoring command-line word {:?}", b.0);
+    }
+    if boot.truncated_cmdline {
+        log::warn!(
+            "a command line longer than {} bytes was cut",
+            boot::MAX_CMDLINE
+        );
+    }
+    let image = image_range();
+    let free = {
+        let mut frames = FRAMES.lock();
+        boot::init_frames(&boot, image, &mut frames)
+    };
+    log::info!(
+        "loader {:?}: {} MiB RAM, {} module(s); image {:#x}-{:#x}; {} MiB free",
+        boot.loader,
+        boot.ram_bytes() >> 20,
+        boot.modules.len(),
+        image.start,
+        image.end,
+        free * FRAME_SIZE >> 20,
+    );
+    for m in &boot.modules {
+        log::info!(
+            "module {:#x}-{:#x} {:?}",
+            m.range.start,
+            m.range.end,
+            m.cmdline.as_str()
+        );
+    }
+
+    match arch::vmx::detect() {
+        Ok((f, _)) => log::info!("VMX ready: {f:?}"),
+        Err(e) => no_virtualization(e),
+    }
+    fatal::stop(StopStatus::Ok, format_args!("nothing more to do yet"))
+}
+
+fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
+    use arch::vmx::Unavailable;
+    use microhv_core::hwcaps::{cpuid_bits, vendor};
+    let cpuid = arch::x86_64::cpu::cpuid;
+    let v = vendor(cpuid(0, 0));
+    let vendor = core::str::from_utf8(&v).unwrap_or("?");
+    match e {
+        Unavailable::NoVmx => {
+            let svm = cpuid(0x8000_0000, 0)[0] >= 0x8000_0001
+                && cpuid(0x8000_0001, 0)[2] & cpuid_bits::SVM != 0;
+            log::error!(
+                "no VMX: CPUID.1:ECX.VMX[bit 5] = 0 on this {vendor} CPU{}",
+                if svm {
+                    "; it offers AMD SVM, for which microhv has no backend yet"
+                } else {
+                    ""
+                }
+            );
+        }
+        Unavailable::DisabledByFirmware => log::error!(
+            "no VMX: the firmware locked IA32_FEATURE_CONTROL with VMX disabled ({vendor})"
+        ),
+        Unavailable::Missing(list) => {
+            for m in &list {
+                log::error!("VMX lacks {} ({})", m.what, m.source);
+            }
+        }
+    }
+    fatal::stop(
+        StopStatus::NoVirtualization,
+        format_args!("this CPU cannot run microhv"),
+    )
+}

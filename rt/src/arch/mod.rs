@@ -1,0 +1,2 @@
+//! Everything in the runtime that is assembly or a privileged instruction.
+pub mod x86_64;

@@ -1,0 +1,5 @@
+//! x86-64: the 32-bit entry, boot headers, port I/O and the C memory functions.
+mod entry;
+pub mod headers;
+pub mod io;
+mod mem;
