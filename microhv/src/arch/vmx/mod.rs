@@ -1,6 +1,650 @@
 //! The Intel VMX backend: feature detection, VMXON, the VMCS, the entry/exit path, EPT and
-//! VPID flushes, and the translation of VM exits into the core's arch-neutral `Exit` values.
+//! VPID flushes, and the translation of VM exits into the core's arch-neutral [`Exit`] values.
+//!
+//! Choices, and why:
+//! - Unrestricted guest with EPT: vCPUs start in the PVH state (32-bit, paging off) with no
+//!   real-mode emulation, and the CPU itself moves the guest into long mode (it stores
+//!   EFER.LMA into the "IA-32e mode guest" entry control on every exit).
+//! - CR0/CR4: only the bits the hardware forces (CR0.NE, CR4.VMXE) and the CR4 features microhv
+//!   does not offer are host-owned; writes touching them exit and the core validates them.
+//! - One I/O bitmap for dom0 (COM2 passed through) and one for domUs (everything traps); one
+//!   MSR bitmap passing through only state the VMCS saves or that microhv swaps itself.
+//! - Guest FPU/SSE state is swapped in the entry/exit assembly; the syscall MSRs (STAR, LSTAR,
+//!   CSTAR, SFMASK, KERNEL_GS_BASE) are passed through and swapped when another vCPU runs.
+//! - Every vCPU has its own VPID (flushed when reused) and the EPTP of its domain.
 
 mod caps;
+mod entry;
+mod vmcs;
 
 pub use caps::{Unavailable, detect};
+
+use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
+use crate::arch::x86_64::gdt::{Selectors, tss_base};
+use entry::{FxArea, microhv_vmx_exit, vmx_run};
+use microhv_core::exit::{
+    Access, Backend, BackendError, Event, Exit, ExitInfo, FrameSource, GuestReg, Gprs, VcpuConfig,
+    VcpuInit,
+};
+use microhv_core::frames::FRAME_SIZE;
+use microhv_core::hwcaps::{VmxFeatures, VmxMsrs, adjust_controls};
+use microhv_core::policy::{GUEST_CR4_ALLOWED, VCPU_SLICE_NONE};
+use x86::msr;
+use x86::vmx::vmcs::control::{
+    EntryControls, ExitControls, PinbasedControls, PrimaryControls, SecondaryControls,
+};
+use x86::vmx::vmcs::{control, guest, host, ro};
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_FIXED: u64 = 1 << 1;
+/// The power-on PAT.
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+
+/// Syscall MSRs the guest owns outright; microhv never uses them in ring 0.
+const SWAPPED_MSRS: [u32; 5] = [
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_KERNEL_GSBASE,
+];
+
+/// MSRs guests read and write without an exit: saved by the VMCS or swapped by microhv.
+const PASSTHROUGH_MSRS: [u32; 11] = [
+    msr::IA32_FS_BASE,
+    msr::IA32_GS_BASE,
+    msr::IA32_KERNEL_GSBASE,
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_SYSENTER_CS,
+    msr::IA32_SYSENTER_ESP,
+    msr::IA32_SYSENTER_EIP,
+    msr::IA32_PAT,
+];
+
+/// COM2, passed through to dom0.
+const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
+
+/// The hardware state of one vCPU.
+pub struct VmxVcpu {
+    vmcs: u64,
+    launched: bool,
+    vpid: u16,
+    eptp: u64,
+    fx: FxArea,
+    syscall_msrs: [u64; 5],
+}
+
+/// The VMX backend.
+pub struct Vmx {
+    features: VmxFeatures,
+    msrs: VmxMsrs,
+    pin: u32,
+    proc1: u32,
+    proc2: u32,
+    exit_ctl: u32,
+    entry_ctl: u32,
+    cr0_mask: u64,
+    cr4_mask: u64,
+    /// I/O bitmaps A and B for dom0.
+    io_dom0: (u64, u64),
+    /// I/O bitmaps A and B for every other domain.
+    io_domu: (u64, u64),
+    msr_bitmap: u64,
+    selectors: Selectors,
+    /// VMCS currently loaded (0: none).
+    current: u64,
+    /// VPID of the vCPU whose syscall MSRs are in the hardware (0: the boot values).
+    msr_owner: u16,
+}
+
+fn frame_bytes(pa: u64) -> &'static mut [u8; 4096] {
+    // SAFETY: only called on frames this backend allocated and owns exclusively, inside the
+    // identity map; no other reference to them exists.
+    unsafe { &mut *(pa as *mut [u8; 4096]) }
+}
+
+fn set_bit(bytes: &mut [u8], bit: usize, on: bool) {
+    if on {
+        bytes[bit / 8] |= 1 << (bit % 8);
+    } else {
+        bytes[bit / 8] &= !(1 << (bit % 8));
+    }
+}
+
+impl Vmx {
+    /// Enters VMX operation and builds the structures all vCPUs share.
+    pub fn new(
+        features: VmxFeatures,
+        msrs: VmxMsrs,
+        selectors: Selectors,
+        frames: &mut dyn FrameSource,
+    ) -> Result<Self, &'static str> {
+        let pin = adjust_controls(
+            (PinbasedControls::EXTERNAL_INTERRUPT_EXITING
+                | PinbasedControls::NMI_EXITING
+                | PinbasedControls::VMX_PREEMPTION_TIMER)
+                .bits(),
+            msrs.pinbased,
+        )
+        .map_err(|_| "pin-based controls")?;
+        let proc1 = adjust_controls(
+            (PrimaryControls::HLT_EXITING
+                | PrimaryControls::MWAIT_EXITING
+                | PrimaryControls::MONITOR_EXITING
+                | PrimaryControls::USE_IO_BITMAPS
+                | PrimaryControls::USE_MSR_BITMAPS
+                | PrimaryControls::SECONDARY_CONTROLS)
+                .bits(),
+            msrs.procbased,
+        )
+        .map_err(|_| "primary processor controls")?;
+        let proc2 = adjust_controls(
+            (SecondaryControls::ENABLE_EPT
+                | SecondaryControls::ENABLE_VPID
+                | SecondaryControls::UNRESTRICTED_GUEST)
+                .bits(),
+            msrs.procbased2,
+        )
+        .map_err(|_| "secondary processor controls")?;
+        let exit_ctl = adjust_controls(
+            (ExitControls::HOST_ADDRESS_SPACE_SIZE
+                | ExitControls::SAVE_IA32_EFER
+                | ExitControls::LOAD_IA32_EFER
+                | ExitControls::SAVE_IA32_PAT
+                | ExitControls::LOAD_IA32_PAT)
+                .bits(),
+            msrs.exit,
+        )
+        .map_err(|_| "VM-exit controls")?;
+        let entry_ctl = adjust_controls(
+            (EntryControls::LOAD_IA32_EFER | EntryControls::LOAD_IA32_PAT).bits(),
+            msrs.entry,
+        )
+        .map_err(|_| "VM-entry controls")?;
+
+        // Host-owned CR bits: what the hardware forces (except PE/PG, free with unrestricted
+        // guest) and the CR4 features guests are not offered.
+        let cr0_forced = (msrs.cr0_fixed0 & !(CR0_PE | CR0_PG)) | !msrs.cr0_fixed1;
+        let cr4_forced = msrs.cr4_fixed0 | !msrs.cr4_fixed1;
+        let cr0_mask = cr0_forced & 0xffff_ffff;
+        let cr4_mask = (cr4_forced | !GUEST_CR4_ALLOWED) & 0xffff_ffff_ffff;
+
+        // SAFETY: CR4.VMXE and the fixed bits are what VMXON requires; setting them does not
+        // disturb anything microhv relies on (they only add requirements satisfied here).
+        unsafe {
+            cpu::write_cr0((cpu::cr0() | msrs.cr0_fixed0) & msrs.cr0_fixed1);
+            cpu::write_cr4((cpu::cr4() | msrs.cr4_fixed0) & msrs.cr4_fixed1);
+        }
+        let vmxon = frames.alloc_zeroed().ok_or("no frame for the VMXON region")?;
+        frame_bytes(vmxon)[..4].copy_from_slice(&features.revision.to_le_bytes());
+        // SAFETY: CR4.VMXE set, fixed bits honoured, the region is ours for good.
+        unsafe { vmcs::vmxon(vmxon) }.map_err(|_| "VMXON failed")?;
+        entry::capture_host_fx();
+
+        let io_dom0 = Self::io_bitmap(frames, true)?;
+        let io_domu = Self::io_bitmap(frames, false)?;
+        let msr_bitmap = frames.alloc_zeroed().ok_or("no frame for the MSR bitmap")?;
+        let bm = frame_bytes(msr_bitmap);
+        bm.fill(0xff);
+        for m in PASSTHROUGH_MSRS {
+            let (base, idx) = if m >= 0xC000_0000 { (1024, m - 0xC000_0000) } else { (0, m) };
+            set_bit(&mut bm[base..base + 1024], idx as usize, false);
+            set_bit(&mut bm[base + 2048..base + 3072], idx as usize, false);
+        }
+        // TSC reads are harmless; writes still exit.
+        set_bit(&mut bm[..1024], msr::IA32_TIME_STAMP_COUNTER as usize, false);
+
+        Ok(Self {
+            features,
+            msrs,
+            pin,
+            proc1,
+            proc2,
+            exit_ctl,
+            entry_ctl,
+            cr0_mask,
+            cr4_mask,
+            io_dom0,
+            io_domu,
+            msr_bitmap,
+            selectors,
+            current: 0,
+            msr_owner: 0,
+        })
+    }
+
+    /// Bitmaps A and B: every port traps, except COM2 for dom0.
+    fn io_bitmap(frames: &mut dyn FrameSource, dom0: bool) -> Result<(u64, u64), &'static str> {
+        let a = frames.alloc_zeroed().ok_or("no frame for an I/O bitmap")?;
+        let b = frames.alloc_zeroed().ok_or("no frame for an I/O bitmap")?;
+        frame_bytes(a).fill(0xff);
+        frame_bytes(b).fill(0xff);
+        if dom0 {
+            for p in DOM0_PORTS {
+                set_bit(frame_bytes(a), usize::from(p), false);
+            }
+        }
+        Ok((a, b))
+    }
+
+    fn make_current(&mut self, v: &VmxVcpu) {
+        if self.current != v.vmcs {
+            // SAFETY: `v.vmcs` was initialized by `create_vcpu` and is still owned by `v`.
+            if unsafe { vmcs::load(v.vmcs) }.is_err() {
+                log::error!("VMPTRLD {:#x} failed", v.vmcs);
+            }
+            self.current = v.vmcs;
+        }
+    }
+
+    fn write_cr0(&self, visible: u64) {
+        let real = (visible | (self.msrs.cr0_fixed0 & !(CR0_PE | CR0_PG))) & self.msrs.cr0_fixed1;
+        vmcs::write(guest::CR0, real);
+        vmcs::write(control::CR0_READ_SHADOW, visible);
+    }
+
+    fn write_cr4(&self, visible: u64) {
+        let real = (visible | self.msrs.cr4_fixed0) & self.msrs.cr4_fixed1;
+        vmcs::write(guest::CR4, real);
+        vmcs::write(control::CR4_READ_SHADOW, visible);
+    }
+
+    fn visible(real: u64, shadow: u64, mask: u64) -> u64 {
+        (real & !mask) | (shadow & mask)
+    }
+
+    fn setup_vmcs(&self, cfg: &VcpuConfig, vpid: u16) {
+        use vmcs::write;
+        write(control::PINBASED_EXEC_CONTROLS, self.pin.into());
+        write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, self.proc1.into());
+        write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, self.proc2.into());
+        write(control::VMEXIT_CONTROLS, self.exit_ctl.into());
+        write(control::VMENTRY_CONTROLS, self.entry_ctl.into());
+        write(control::EXCEPTION_BITMAP, 0);
+        write(control::CR3_TARGET_COUNT, 0);
+        write(control::CR0_GUEST_HOST_MASK, self.cr0_mask);
+        write(control::CR4_GUEST_HOST_MASK, self.cr4_mask);
+        let io = if cfg.privileged { self.io_dom0 } else { self.io_domu };
+        write(control::IO_BITMAP_A_ADDR_FULL, io.0);
+        write(control::IO_BITMAP_B_ADDR_FULL, io.1);
+        write(control::MSR_BITMAPS_ADDR_FULL, self.msr_bitmap);
+        write(control::VPID, vpid.into());
+        write(control::EPTP_FULL, cfg.root);
+        write(guest::LINK_PTR_FULL, u64::MAX);
+
+        // Host state: what `vmx_run`'s caller runs with.
+        let sel = &self.selectors;
+        write(host::CR0, cpu::cr0());
+        write(host::CR3, cpu::cr3());
+        write(host::CR4, cpu::cr4());
+        write(host::CS_SELECTOR, sel.code.0.into());
+        for f in [host::SS_SELECTOR, host::DS_SELECTOR, host::ES_SELECTOR] {
+            write(f, sel.data.0.into());
+        }
+        write(host::FS_SELECTOR, 0);
+        write(host::GS_SELECTOR, 0);
+        write(host::TR_SELECTOR, sel.tss.0.into());
+        write(host::FS_BASE, 0);
+        write(host::GS_BASE, 0);
+        write(host::TR_BASE, tss_base());
+        write(host::GDTR_BASE, x86_64::instructions::tables::sgdt().base.as_u64());
+        write(host::IDTR_BASE, x86_64::instructions::tables::sidt().base.as_u64());
+        write(host::IA32_SYSENTER_CS, 0);
+        write(host::IA32_SYSENTER_ESP, 0);
+        write(host::IA32_SYSENTER_EIP, 0);
+        // SAFETY: EFER and PAT exist on every CPU with VMX.
+        let (efer, pat) = unsafe { (rdmsr(msr::IA32_EFER), rdmsr(msr::IA32_PAT)) };
+        write(host::IA32_EFER_FULL, efer);
+        write(host::IA32_PAT_FULL, pat);
+        write(host::RIP, core::ptr::addr_of!(microhv_vmx_exit) as u64);
+    }
+
+    /// The PVH / multiboot entry state: flat 32-bit protected mode, paging off.
+    fn write_flat32_state(&self, init: &VcpuInit) {
+        use vmcs::write;
+        self.write_cr0(CR0_PE | CR0_ET);
+        self.write_cr4(0);
+        write(guest::CR3, 0);
+        write(guest::DR7, 0x400);
+        write(guest::RIP, init.rip);
+        write(guest::RSP, init.rsp);
+        write(guest::RFLAGS, RFLAGS_FIXED);
+        // 32-bit code (accessed, readable), data (accessed, writable), both 4 GiB, DPL 0.
+        let code = (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS);
+        write(code.0, 0x08);
+        write(code.1, 0);
+        write(code.2, 0xffff_ffff);
+        write(code.3, 0xc09b);
+        for (s, b, l, a) in [
+            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
+            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
+            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
+            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
+            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
+        ] {
+            write(s, 0x10);
+            write(b, 0);
+            write(l, 0xffff_ffff);
+            write(a, 0xc093);
+        }
+        // A busy 32-bit TSS (required by the entry checks) and an unusable LDT.
+        write(guest::TR_SELECTOR, 0);
+        write(guest::TR_BASE, 0);
+        write(guest::TR_LIMIT, 0x67);
+        write(guest::TR_ACCESS_RIGHTS, 0x8b);
+        write(guest::LDTR_SELECTOR, 0);
+        write(guest::LDTR_BASE, 0);
+        write(guest::LDTR_LIMIT, 0);
+        write(guest::LDTR_ACCESS_RIGHTS, 1 << 16);
+        write(guest::GDTR_BASE, 0);
+        write(guest::GDTR_LIMIT, 0xffff);
+        write(guest::IDTR_BASE, 0);
+        write(guest::IDTR_LIMIT, 0xffff);
+        write(guest::IA32_EFER_FULL, 0);
+        write(guest::IA32_PAT_FULL, DEFAULT_PAT);
+        write(guest::IA32_DEBUGCTL_FULL, 0);
+        write(guest::IA32_SYSENTER_CS, 0);
+        write(guest::IA32_SYSENTER_ESP, 0);
+        write(guest::IA32_SYSENTER_EIP, 0);
+        write(guest::ACTIVITY_STATE, 0);
+        write(guest::INTERRUPTIBILITY_STATE, 0);
+        write(guest::PENDING_DBG_EXCEPTIONS, 0);
+        write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
+        write(control::VMENTRY_CONTROLS, self.entry_ctl.into());
+    }
+
+    /// Puts this vCPU's syscall MSRs into the hardware unless they are there already.
+    fn load_syscall_msrs(&mut self, v: &VmxVcpu) {
+        if self.msr_owner == v.vpid {
+            return;
+        }
+        for (m, val) in SWAPPED_MSRS.iter().zip(v.syscall_msrs) {
+            // SAFETY: these MSRs exist on every 64-bit CPU and microhv never uses them itself;
+            // the values were read from the hardware (or are the reset value 0).
+            unsafe { wrmsr(*m, val) };
+        }
+        self.msr_owner = v.vpid;
+    }
+
+    fn translate(&self, reason: u64, qual: u64, gprs: &Gprs, visible_cr0: u64) -> Exit {
+        if reason & (1 << 31) != 0 {
+            return Exit::EntryFailure;
+        }
+        match reason & 0xffff {
+            0 => {
+                let info = vmcs::read(ro::VMEXIT_INTERRUPTION_INFO);
+                // Type 2: NMI. No exception is intercepted, so anything else is unexpected.
+                if (info >> 8) & 7 == 2 { Exit::Interrupt } else { Exit::Unhandled }
+            }
+            1 => Exit::Interrupt,
+            2 => Exit::TripleFault,
+            10 => Exit::Cpuid,
+            12 => Exit::Hlt,
+            18 => Exit::Hypercall,
+            19..=27 | 36 | 39 | 50 | 53 | 55 => Exit::InvalidOpcode,
+            28 => Self::cr_access(qual, gprs, visible_cr0),
+            30 => Exit::Io {
+                port: (qual >> 16) as u16,
+                size: (qual & 7) as u8 + 1,
+                write: qual & (1 << 3) == 0,
+                string: qual & (1 << 4) != 0,
+                rep: qual & (1 << 5) != 0,
+            },
+            31 => Exit::RdMsr,
+            32 => Exit::WrMsr,
+            48 => Exit::NestedPageFault {
+                gpa: vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL),
+                access: Access {
+                    read: qual & 1 != 0,
+                    write: qual & 2 != 0,
+                    exec: qual & 4 != 0,
+                    present: qual & 0x38 != 0,
+                },
+            },
+            52 => Exit::Timer,
+            _ => Exit::Unhandled,
+        }
+    }
+
+    /// Decodes a control-register access exit (only writes to host-owned bits exit).
+    fn cr_access(qual: u64, gprs: &Gprs, visible_cr0: u64) -> Exit {
+        let cr = (qual & 0xf) as u8;
+        match (qual >> 4) & 3 {
+            // MOV to CR: the source register; RSP as a source is read from the VMCS.
+            0 => {
+                let reg = ((qual >> 8) & 0xf) as u8;
+                let value = gprs.get(reg).unwrap_or_else(|| vmcs::read(guest::RSP));
+                Exit::CrWrite { cr, value }
+            }
+            // CLTS.
+            2 => Exit::CrWrite { cr: 0, value: visible_cr0 & !(1 << 3) },
+            // LMSW: loads CR0[3:0] but can never clear PE.
+            3 => {
+                let src = (qual >> 16) & 0xf;
+                Exit::CrWrite { cr: 0, value: (visible_cr0 & !0xe) | src | (visible_cr0 & 1) }
+            }
+            _ => Exit::Unhandled,
+        }
+    }
+}
+
+impl Backend for Vmx {
+    type Vcpu = VmxVcpu;
+
+    fn hypercall_insn(&self) -> u32 {
+        abi::cpuid::HYPERCALL_VMCALL
+    }
+
+    fn kind(&self) -> u32 {
+        1
+    }
+
+    fn create_vcpu(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        cfg: &VcpuConfig,
+        init: &VcpuInit,
+    ) -> Result<VmxVcpu, BackendError> {
+        let pa = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
+        frame_bytes(pa)[..4].copy_from_slice(&self.features.revision.to_le_bytes());
+        // SAFETY: a fresh frame with the revision identifier, owned by the new vCPU.
+        if let Err(e) = unsafe { vmcs::clear_and_load(pa) } {
+            frames.free(pa);
+            return Err(BackendError::Hardware(e as u64));
+        }
+        self.current = pa;
+        // VPIDs are derived from the slot, so a reused slot must not inherit stale entries.
+        let vpid = (1 + cfg.domid * abi::hypercall::MAX_VCPUS_PER_DOMAIN + cfg.index) as u16;
+        vmcs::invvpid_single(vpid);
+        self.setup_vmcs(cfg, vpid);
+        let mut v = VmxVcpu {
+            vmcs: pa,
+            launched: false,
+            vpid,
+            eptp: cfg.root,
+            fx: FxArea([0; 512]),
+            syscall_msrs: [0; 5],
+        };
+        self.reset_vcpu(&mut v, init);
+        vmcs::invept_single(cfg.root);
+        Ok(v)
+    }
+
+    fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
+        self.make_current(v);
+        self.write_flat32_state(init);
+        // The guest starts with the default FPU state: FCW 0x37f, MXCSR 0x1f80.
+        v.fx.0.fill(0);
+        v.fx.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        v.fx.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        v.syscall_msrs = [0; 5];
+        if self.msr_owner == v.vpid {
+            self.msr_owner = 0;
+        }
+    }
+
+    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: VmxVcpu) {
+        // SAFETY: the VMCS belongs to `v`, which is being dropped; VMCLEAR makes the frame
+        // ordinary memory again.
+        if unsafe { vmcs::clear(v.vmcs) }.is_err() {
+            log::error!("VMCLEAR {:#x} failed", v.vmcs);
+        }
+        if self.current == v.vmcs {
+            self.current = 0;
+        }
+        if self.msr_owner == v.vpid {
+            self.msr_owner = 0;
+        }
+        frames.free(v.vmcs);
+    }
+
+    fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+        self.make_current(v);
+        self.load_syscall_msrs(v);
+        let timer = if slice == VCPU_SLICE_NONE {
+            u64::from(u32::MAX)
+        } else {
+            (slice >> self.features.preemption_timer_rate).min(u32::MAX.into())
+        };
+        vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer);
+        let start = cpu::rdtsc();
+        // SAFETY: the VMCS is current and initialized; `gprs` and `fx` are this vCPU's.
+        let failed = unsafe { vmx_run(gprs, &mut v.fx, u64::from(v.launched)) } != 0;
+        let ran = cpu::rdtsc().wrapping_sub(start);
+        let (raw, qual) = if failed {
+            // VMfail: report the VM-instruction error as an entry failure.
+            ((1 << 31) | vmcs::read(ro::VM_INSTRUCTION_ERROR), 0)
+        } else {
+            v.launched = true;
+            (vmcs::read(ro::EXIT_REASON), vmcs::read(ro::EXIT_QUALIFICATION))
+        };
+        let cr0 = Self::visible(
+            vmcs::read(guest::CR0),
+            vmcs::read(control::CR0_READ_SHADOW),
+            self.cr0_mask,
+        );
+        let cr4 = Self::visible(
+            vmcs::read(guest::CR4),
+            vmcs::read(control::CR4_READ_SHADOW),
+            self.cr4_mask,
+        );
+        ExitInfo {
+            exit: self.translate(raw, qual, gprs, cr0),
+            raw_reason: raw,
+            qualification: qual,
+            rip: vmcs::read(guest::RIP),
+            rsp: vmcs::read(guest::RSP),
+            rflags: vmcs::read(guest::RFLAGS),
+            cr0,
+            cr3: vmcs::read(guest::CR3),
+            cr4,
+            efer: vmcs::read(guest::IA32_EFER_FULL),
+            insn_len: vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8,
+            cpl: ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
+            ran_ticks: ran,
+        }
+    }
+
+    fn unload(&mut self, v: &mut VmxVcpu) {
+        if self.msr_owner != v.vpid {
+            return;
+        }
+        for (m, val) in SWAPPED_MSRS.iter().zip(v.syscall_msrs.iter_mut()) {
+            // SAFETY: as in `load_syscall_msrs`; reading has no side effects.
+            *val = unsafe { rdmsr(*m) };
+        }
+        self.msr_owner = 0;
+    }
+
+    fn read(&mut self, v: &mut VmxVcpu, reg: GuestReg) -> u64 {
+        self.make_current(v);
+        match reg {
+            GuestReg::Rip => vmcs::read(guest::RIP),
+            GuestReg::Rsp => vmcs::read(guest::RSP),
+            GuestReg::Rflags => vmcs::read(guest::RFLAGS),
+            GuestReg::Cr0 => Self::visible(
+                vmcs::read(guest::CR0),
+                vmcs::read(control::CR0_READ_SHADOW),
+                self.cr0_mask,
+            ),
+            GuestReg::Cr4 => Self::visible(
+                vmcs::read(guest::CR4),
+                vmcs::read(control::CR4_READ_SHADOW),
+                self.cr4_mask,
+            ),
+            GuestReg::Efer => vmcs::read(guest::IA32_EFER_FULL),
+            GuestReg::FsBase => vmcs::read(guest::FS_BASE),
+            GuestReg::GsBase => vmcs::read(guest::GS_BASE),
+        }
+    }
+
+    fn write(&mut self, v: &mut VmxVcpu, reg: GuestReg, value: u64) {
+        self.make_current(v);
+        match reg {
+            GuestReg::Rip => vmcs::write(guest::RIP, value),
+            GuestReg::Rsp => vmcs::write(guest::RSP, value),
+            GuestReg::Rflags => vmcs::write(guest::RFLAGS, value | RFLAGS_FIXED),
+            GuestReg::Cr0 => self.write_cr0(value),
+            GuestReg::Cr4 => self.write_cr4(value),
+            GuestReg::Efer => {
+                let lma = vmcs::read(guest::IA32_EFER_FULL) & EFER_LMA;
+                vmcs::write(guest::IA32_EFER_FULL, (value & !EFER_LMA) | lma);
+            }
+            GuestReg::FsBase => vmcs::write(guest::FS_BASE, value),
+            GuestReg::GsBase => vmcs::write(guest::GS_BASE, value),
+        }
+    }
+
+    fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) {
+        self.make_current(v);
+        let rip = vmcs::read(guest::RIP);
+        let cs_l = vmcs::read(guest::CS_ACCESS_RIGHTS) & (1 << 13) != 0;
+        let next = rip.wrapping_add(len.into());
+        vmcs::write(guest::RIP, if cs_l { next } else { next & 0xffff_ffff });
+        // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
+        let intr = vmcs::read(guest::INTERRUPTIBILITY_STATE);
+        vmcs::write(guest::INTERRUPTIBILITY_STATE, intr & !3);
+    }
+
+    fn inject(&mut self, v: &mut VmxVcpu, event: Event) {
+        self.make_current(v);
+        let (vector, has_code) = match event {
+            Event::InvalidOpcode => (6u64, false),
+            Event::GeneralProtection => (13, true),
+        };
+        // Real mode delivers no error code.
+        let pe = vmcs::read(control::CR0_READ_SHADOW) & CR0_PE != 0
+            || vmcs::read(guest::CR0) & CR0_PE != 0;
+        let code = has_code && pe;
+        let info = vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31);
+        vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
+        vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+    }
+
+    fn set_root(&mut self, v: &mut VmxVcpu, root: u64) {
+        self.make_current(v);
+        vmcs::write(control::EPTP_FULL, root);
+        v.eptp = root;
+        vmcs::invept_single(root);
+    }
+
+    fn flush(&mut self, v: &mut VmxVcpu) {
+        vmcs::invept_single(v.eptp);
+    }
+
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        cpu::cpuid(leaf, subleaf)
+    }
+
+    fn now(&self) -> u64 {
+        cpu::rdtsc()
+    }
+}
+
+const _: () = assert!(FRAME_SIZE == 4096);

@@ -1,0 +1,303 @@
+//! The arch-neutral interface between the core and an arch backend (VMX or SVM).
+//!
+//! The core asks the backend to run a vCPU until its next exit ([`Backend::run`]), receives an
+//! [`ExitInfo`] whose [`Exit`] no longer mentions VMCS fields or VMCB offsets, decides what to
+//! do, and tells the backend what to apply: advance RIP, write a guest register, inject an
+//! event, load a new second-level root, flush. Calls only go from the core to the backend.
+
+use abi::types::ExitReason;
+
+/// The guest's general-purpose registers that VM exits do not save in hardware state (RSP and
+/// RIP live in the VMCS / VMCB). The entry/exit code loads and stores this layout.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Gprs {
+    /// rax.
+    pub rax: u64,
+    /// rbx.
+    pub rbx: u64,
+    /// rcx.
+    pub rcx: u64,
+    /// rdx.
+    pub rdx: u64,
+    /// rsi.
+    pub rsi: u64,
+    /// rdi.
+    pub rdi: u64,
+    /// rbp.
+    pub rbp: u64,
+    /// r8.
+    pub r8: u64,
+    /// r9.
+    pub r9: u64,
+    /// r10.
+    pub r10: u64,
+    /// r11.
+    pub r11: u64,
+    /// r12.
+    pub r12: u64,
+    /// r13.
+    pub r13: u64,
+    /// r14.
+    pub r14: u64,
+    /// r15.
+    pub r15: u64,
+}
+
+impl Gprs {
+    /// Register by its x86 encoding number (0 = rax … 15 = r15); 4 (rsp) is not here and
+    /// reads as `None`.
+    pub fn get(&self, n: u8) -> Option<u64> {
+        Some(match n {
+            0 => self.rax,
+            1 => self.rcx,
+            2 => self.rdx,
+            3 => self.rbx,
+            5 => self.rbp,
+            6 => self.rsi,
+            7 => self.rdi,
+            8 => self.r8,
+            9 => self.r9,
+            10 => self.r10,
+            11 => self.r11,
+            12 => self.r12,
+            13 => self.r13,
+            14 => self.r14,
+            15 => self.r15,
+            _ => return None,
+        })
+    }
+}
+
+/// What a nested page fault was trying to do.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// A read (or a page walk).
+    pub read: bool,
+    /// A write.
+    pub write: bool,
+    /// An instruction fetch.
+    pub exec: bool,
+    /// A translation was present but lacked the permission.
+    pub present: bool,
+}
+
+/// Why the vCPU stopped running, in arch-neutral terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// VMCALL / VMMCALL: operation in rax, arguments in rdi, rsi, rdx, r10, r8.
+    Hypercall,
+    /// EPT violation / nested page fault at a guest-physical address.
+    NestedPageFault {
+        /// The faulting guest-physical address.
+        gpa: u64,
+        /// The access.
+        access: Access,
+    },
+    /// IN / OUT (or their string forms) to a trapped port.
+    Io {
+        /// Port.
+        port: u16,
+        /// Bytes: 1, 2 or 4.
+        size: u8,
+        /// OUT rather than IN.
+        write: bool,
+        /// INS / OUTS.
+        string: bool,
+        /// REP prefix.
+        rep: bool,
+    },
+    /// CPUID: leaf in eax, subleaf in ecx.
+    Cpuid,
+    /// RDMSR: index in ecx.
+    RdMsr,
+    /// WRMSR: index in ecx, value in edx:eax.
+    WrMsr,
+    /// HLT.
+    Hlt,
+    /// The time slice given to [`Backend::run`] ran out.
+    Timer,
+    /// A write to CR0 or CR4 that changes a bit microhv owns; `value` is what the guest wrote.
+    CrWrite {
+        /// 0 or 4.
+        cr: u8,
+        /// The value the guest asked for.
+        value: u64,
+    },
+    /// An instruction the guest's CPU must not have (VMX/SVM instructions, MONITOR/MWAIT,
+    /// XSETBV): the core injects #UD.
+    InvalidOpcode,
+    /// An external interrupt or NMI arrived while the guest ran.
+    Interrupt,
+    /// The guest triple-faulted (shutdown).
+    TripleFault,
+    /// The hardware refused to enter the guest.
+    EntryFailure,
+    /// Anything the backend does not translate.
+    Unhandled,
+}
+
+impl Exit {
+    /// The statistics bucket.
+    pub fn reason(&self) -> ExitReason {
+        match self {
+            Exit::Hypercall => ExitReason::Hypercall,
+            Exit::NestedPageFault { .. } => ExitReason::NestedPageFault,
+            Exit::Io { .. } => ExitReason::Io,
+            Exit::Cpuid => ExitReason::Cpuid,
+            Exit::RdMsr | Exit::WrMsr => ExitReason::Msr,
+            Exit::Hlt => ExitReason::Hlt,
+            Exit::Timer => ExitReason::Timer,
+            Exit::CrWrite { .. } => ExitReason::CrAccess,
+            Exit::Interrupt => ExitReason::Interrupt,
+            Exit::TripleFault => ExitReason::TripleFault,
+            Exit::InvalidOpcode | Exit::EntryFailure | Exit::Unhandled => ExitReason::Other,
+        }
+    }
+}
+
+/// An exit, with the guest state a handler or a crash report needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The translated exit.
+    pub exit: Exit,
+    /// The arch's own exit code (VMX basic exit reason with its flags, SVM exit code).
+    pub raw_reason: u64,
+    /// The arch's exit qualification (VMX) or EXITINFO1 (SVM).
+    pub qualification: u64,
+    /// Guest RIP.
+    pub rip: u64,
+    /// Guest RSP.
+    pub rsp: u64,
+    /// Guest RFLAGS.
+    pub rflags: u64,
+    /// Guest CR0 as the guest sees it.
+    pub cr0: u64,
+    /// Guest CR3.
+    pub cr3: u64,
+    /// Guest CR4 as the guest sees it.
+    pub cr4: u64,
+    /// Guest EFER.
+    pub efer: u64,
+    /// Length of the exiting instruction; 0 when the hardware does not say.
+    pub insn_len: u8,
+    /// Guest privilege level (CPL).
+    pub cpl: u8,
+    /// TSC ticks the guest ran.
+    pub ran_ticks: u64,
+}
+
+/// A guest register the core reads or writes through the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestReg {
+    /// RIP.
+    Rip,
+    /// RSP.
+    Rsp,
+    /// RFLAGS.
+    Rflags,
+    /// CR0 (the guest's view; the backend keeps the bits the hardware forces).
+    Cr0,
+    /// CR4 (the guest's view).
+    Cr4,
+    /// IA32_EFER (LMA is owned by the hardware and kept).
+    Efer,
+    /// IA32_FS_BASE.
+    FsBase,
+    /// IA32_GS_BASE.
+    GsBase,
+}
+
+/// An event to deliver to the guest on the next entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// #UD.
+    InvalidOpcode,
+    /// #GP(0).
+    GeneralProtection,
+}
+
+/// The state a vCPU starts in (`abi::types::VcpuState`, validated).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuInit {
+    /// Entry point.
+    pub rip: u64,
+    /// Stack pointer.
+    pub rsp: u64,
+    /// General registers.
+    pub gprs: Gprs,
+}
+
+/// Why a backend operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendError {
+    /// No frame for the hardware control structure.
+    NoMemory,
+    /// The hardware rejected an operation (a VMX instruction failed).
+    Hardware(u64),
+}
+
+/// Where backends get frames from (zeroed 4 KiB frames).
+pub trait FrameSource {
+    /// A zeroed frame.
+    fn alloc_zeroed(&mut self) -> Option<u64>;
+    /// Gives a frame back.
+    fn free(&mut self, pa: u64);
+}
+
+/// Per-vCPU facts a backend needs when building the hardware state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuConfig {
+    /// Owning domain.
+    pub domid: u32,
+    /// Index in the domain.
+    pub index: u32,
+    /// dom0: COM2 is passed through.
+    pub privileged: bool,
+    /// Second-level root as the hardware takes it (EPTP / nCR3, from the `mmu`).
+    pub root: u64,
+}
+
+/// An arch backend: the only code that touches the VMCS / VMCB or enters a guest.
+pub trait Backend {
+    /// The hardware state of one vCPU.
+    type Vcpu;
+
+    /// `abi::cpuid::HYPERCALL_*` for this backend.
+    fn hypercall_insn(&self) -> u32;
+    /// `abi::types::PhysInfo::virt` value.
+    fn kind(&self) -> u32;
+    /// Builds a vCPU in the state `init`.
+    fn create_vcpu(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        cfg: &VcpuConfig,
+        init: &VcpuInit,
+    ) -> Result<Self::Vcpu, BackendError>;
+    /// Resets a vCPU to `init` (before its first run).
+    fn reset_vcpu(&mut self, vcpu: &mut Self::Vcpu, init: &VcpuInit);
+    /// Frees a vCPU's hardware state.
+    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, vcpu: Self::Vcpu);
+    /// Runs the vCPU until its next exit, or until `slice` TSC ticks have passed.
+    fn run(&mut self, vcpu: &mut Self::Vcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo;
+    /// The vCPU will not be the next to run: save whatever guest state the hardware still
+    /// holds for it outside its control structure.
+    fn unload(&mut self, vcpu: &mut Self::Vcpu);
+    /// Reads a guest register.
+    fn read(&mut self, vcpu: &mut Self::Vcpu, reg: GuestReg) -> u64;
+    /// Writes a guest register.
+    fn write(&mut self, vcpu: &mut Self::Vcpu, reg: GuestReg, value: u64);
+    /// Moves RIP past the exiting instruction of `len` bytes.
+    fn advance_rip(&mut self, vcpu: &mut Self::Vcpu, len: u8);
+    /// Delivers `event` on the next entry.
+    fn inject(&mut self, vcpu: &mut Self::Vcpu, event: Event);
+    /// Installs a new second-level root (the EPTP / nCR3 value the `mmu` computed) and flushes
+    /// what the CPU may have cached for it.
+    fn set_root(&mut self, vcpu: &mut Self::Vcpu, root: u64);
+    /// Flushes the vCPU's cached second-level translations (INVEPT / ASID flush).
+    fn flush(&mut self, vcpu: &mut Self::Vcpu);
+    /// Host CPUID.
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// The TSC.
+    fn now(&self) -> u64;
+}

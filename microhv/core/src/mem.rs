@@ -1,0 +1,44 @@
+//! Host physical memory as the core sees it, and the frame source built on it.
+//!
+//! In ring 0, [`PhysMem`] is implemented over microhv's identity map; in host tests, over a
+//! simulated memory. Everything the core writes into frames (guest images, hypercall results,
+//! page tables through the `mmu` crate) goes through it.
+
+use crate::exit::FrameSource;
+use crate::frames::{FRAME_SIZE, FrameAllocator};
+
+/// Access to host physical memory. Addresses are host-physical; callers only pass addresses of
+/// frames they own (allocated from the frame allocator, or boot modules).
+pub trait PhysMem {
+    /// Copies `buf.len()` bytes from `pa`.
+    fn read(&self, pa: u64, buf: &mut [u8]);
+    /// Copies `data` to `pa`.
+    fn write(&mut self, pa: u64, data: &[u8]);
+    /// Sets `len` bytes at `pa` to zero.
+    fn zero(&mut self, pa: u64, len: u64);
+}
+
+/// The frame allocator and physical memory together: what the `mmu` crate and the backends
+/// need to get zeroed frames and touch them.
+pub struct Machine<'a, P: PhysMem, const W: usize> {
+    /// Frames.
+    pub frames: &'a mut FrameAllocator<W>,
+    /// Memory.
+    pub mem: &'a mut P,
+}
+
+impl<P: PhysMem, const W: usize> FrameSource for Machine<'_, P, W> {
+    fn alloc_zeroed(&mut self) -> Option<u64> {
+        let pa = self.frames.alloc()?;
+        self.mem.zero(pa, FRAME_SIZE);
+        Some(pa)
+    }
+
+    fn free(&mut self, pa: u64) {
+        let r = self.frames.free(pa);
+        debug_assert!(r.is_ok(), "freeing {pa:#x}: {r:?}");
+        if r.is_err() {
+            log::error!("frame {pa:#x} returned twice or never allocated: {r:?}");
+        }
+    }
+}

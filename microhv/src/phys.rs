@@ -1,0 +1,36 @@
+//! Host physical memory through the entry code's identity map of the first 4 GiB.
+
+use microhv_core::frames::MAX_PHYS_BYTES;
+use microhv_core::mem::PhysMem;
+
+// The frame allocator never hands out a frame the identity map does not cover.
+const _: () = assert!(MAX_PHYS_BYTES <= rt::IDENTITY_MAP_BYTES);
+
+/// [`PhysMem`] over the identity map.
+pub struct IdentityMem;
+
+fn check(pa: u64, len: usize) {
+    let end = pa.checked_add(len as u64);
+    assert!(end.is_some_and(|e| e <= rt::IDENTITY_MAP_BYTES), "pa {pa:#x}+{len:#x} unmapped");
+}
+
+impl PhysMem for IdentityMem {
+    fn read(&self, pa: u64, buf: &mut [u8]) {
+        check(pa, buf.len());
+        // SAFETY: the range is inside the identity map (checked), and the core only passes
+        // frames it owns (allocated frames, boot modules), which no Rust reference aliases.
+        unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, buf.as_mut_ptr(), buf.len()) }
+    }
+
+    fn write(&mut self, pa: u64, data: &[u8]) {
+        check(pa, data.len());
+        // SAFETY: as in `read`; the destination frames belong to the caller.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), pa as *mut u8, data.len()) }
+    }
+
+    fn zero(&mut self, pa: u64, len: u64) {
+        check(pa, len as usize);
+        // SAFETY: as in `write`.
+        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, len as usize) }
+    }
+}
