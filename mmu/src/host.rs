@@ -1,0 +1,26 @@
+//! The one door to physical memory: everything the crate stores lives in frames the caller hands
+//! out through [`Host`], because ring 0 has no heap.
+
+/// Physical memory and frames, implemented by the caller.
+///
+/// In microhv the implementation reads and writes through the identity map of host physical
+/// memory and allocates from the bitmap frame allocator; in tests, [`crate::sim::SimHost`]
+/// simulates both with exact accounting.
+///
+/// Contract (the crate checks what it cheaply can and reports [`crate::Error::Internal`] or
+/// [`crate::Error::OutOfMemory`] otherwise, never undefined behaviour):
+/// - `alloc_frame` returns a 4 KiB-aligned, **zeroed** frame below 2^52 and never frame 0
+///   (the crate uses 0 as "none" in its metadata; frame 0 is reserved on x86 anyway).
+/// - The crate only reads and writes 8-aligned addresses inside frames it obtained from
+///   `alloc_frame` and has not yet returned with `free_frame`.
+/// - It returns each frame exactly once, with arbitrary contents.
+pub trait Host {
+    /// A zeroed 4 KiB frame, or `None` when memory is exhausted.
+    fn alloc_frame(&mut self) -> Option<u64>;
+    /// Give back a frame obtained from [`Host::alloc_frame`].
+    fn free_frame(&mut self, hpa: u64);
+    /// Read the 64-bit word at `hpa` (8-aligned, inside a frame this crate owns).
+    fn read_u64(&self, hpa: u64) -> u64;
+    /// Write the 64-bit word at `hpa` (8-aligned, inside a frame this crate owns).
+    fn write_u64(&mut self, hpa: u64, val: u64);
+}
