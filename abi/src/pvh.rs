@@ -77,3 +77,236 @@ pub struct MemmapEntry {
     pub reserved: u32,
 }
 const _: () = assert!(size_of::<MemmapEntry>() == 24);
+
+/// Program segments a PVH image may have.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// A loadable segment of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Guest-physical load address.
+    pub paddr: u64,
+    /// Where its bytes start in the file.
+    pub offset: usize,
+    /// Bytes copied from the file.
+    pub filesz: usize,
+    /// Bytes occupied in memory; the part beyond `filesz` is zeroed.
+    pub memsz: u64,
+}
+
+impl Segment {
+    /// One past the last guest-physical byte.
+    pub fn end(&self) -> u64 {
+        // `parse` checked this does not overflow.
+        self.paddr + self.memsz
+    }
+}
+
+/// Why an image cannot be booted as a PVH guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageError {
+    /// Not an ELF file, or a malformed one.
+    NotElf,
+    /// Not a little-endian x86 or x86-64 executable.
+    WrongMachine,
+    /// No `XEN_ELFNOTE_PHYS32_ENTRY` note.
+    NoPvhEntry,
+    /// A segment's file range or memory range is impossible.
+    BadSegment,
+    /// More than [`MAX_SEGMENTS`] loadable segments.
+    TooManySegments,
+}
+
+/// A parsed PVH image: where its bytes go and where it starts.
+#[derive(Debug, Clone)]
+pub struct Image<'a> {
+    bytes: &'a [u8],
+    /// The 32-bit entry point from the PVH note.
+    pub entry: u32,
+    /// Loadable segments.
+    pub segments: heapless::Vec<Segment, MAX_SEGMENTS>,
+}
+
+impl<'a> Image<'a> {
+    /// Parses an ELF image carrying a PVH entry note. Every size and offset is checked, so the
+    /// result can be loaded without further validation of the file.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
+        use elf::ElfBytes;
+        use elf::abi::{EM_386, EM_X86_64, PT_LOAD, PT_NOTE};
+        use elf::endian::LittleEndian;
+        use elf::note::Note;
+
+        let file =
+            ElfBytes::<LittleEndian>::minimal_parse(bytes).map_err(|_| ImageError::NotElf)?;
+        if !matches!(file.ehdr.e_machine, EM_X86_64 | EM_386) {
+            return Err(ImageError::WrongMachine);
+        }
+        let phdrs = file.segments().ok_or(ImageError::NotElf)?;
+        let mut entry = None;
+        let mut segments = heapless::Vec::new();
+        for ph in phdrs.iter() {
+            match ph.p_type {
+                PT_LOAD if ph.p_memsz > 0 => {
+                    let offset =
+                        usize::try_from(ph.p_offset).map_err(|_| ImageError::BadSegment)?;
+                    let filesz =
+                        usize::try_from(ph.p_filesz).map_err(|_| ImageError::BadSegment)?;
+                    let in_file = offset.checked_add(filesz).is_some_and(|e| e <= bytes.len());
+                    let fits =
+                        ph.p_filesz <= ph.p_memsz && ph.p_paddr.checked_add(ph.p_memsz).is_some();
+                    if !in_file || !fits {
+                        return Err(ImageError::BadSegment);
+                    }
+                    segments
+                        .push(Segment {
+                            paddr: ph.p_paddr,
+                            offset,
+                            filesz,
+                            memsz: ph.p_memsz,
+                        })
+                        .map_err(|_| ImageError::TooManySegments)?;
+                }
+                PT_NOTE => {
+                    let notes = file
+                        .segment_data_as_notes(&ph)
+                        .map_err(|_| ImageError::NotElf)?;
+                    for n in notes {
+                        if let Note::Unknown(any) = n
+                            && any.n_type == u64::from(XEN_ELFNOTE_PHYS32_ENTRY)
+                            && any.name_str().is_ok_and(|n| n == "Xen")
+                            && any.desc.len() >= 4
+                        {
+                            let d = [any.desc[0], any.desc[1], any.desc[2], any.desc[3]];
+                            entry = Some(u32::from_le_bytes(d));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Self {
+            bytes,
+            entry: entry.ok_or(ImageError::NoPvhEntry)?,
+            segments,
+        })
+    }
+
+    /// The file bytes of a segment.
+    pub fn data(&self, s: &Segment) -> &'a [u8] {
+        // `parse` checked the range.
+        &self.bytes[s.offset..s.offset + s.filesz]
+    }
+
+    /// The lowest and one-past-highest guest-physical address the segments occupy.
+    pub fn span(&self) -> (u64, u64) {
+        let lo = self.segments.iter().map(|s| s.paddr).min().unwrap_or(0);
+        let hi = self.segments.iter().map(Segment::end).max().unwrap_or(0);
+        (lo, hi)
+    }
+}
+
+/// Guest-physical address of the page holding the start info, memory map, module list and
+/// strings.
+pub const START_INFO_GPA: u64 = 0x1000;
+/// Memory-map entries the start page can describe.
+pub const MAX_MEMMAP: usize = 8;
+/// Modules the start page can list.
+pub const MAX_MODULES: usize = 8;
+
+/// Why a start page could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPageError {
+    /// Too many entries or too much text for one page.
+    TooBig,
+}
+
+/// A module to list in the start info.
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleDesc<'a> {
+    /// Guest-physical address.
+    pub paddr: u64,
+    /// Bytes.
+    pub size: u64,
+    /// Command line.
+    pub cmdline: &'a str,
+}
+
+/// Builds the page placed at [`START_INFO_GPA`]: a [`StartInfo`], then the memory map, the
+/// module list and the NUL-terminated strings, every address in it guest-physical.
+pub fn build_start_page(
+    mem_bytes: u64,
+    cmdline: &str,
+    modules: &[ModuleDesc<'_>],
+) -> Result<[u8; 4096], StartPageError> {
+    use zerocopy::IntoBytes;
+    let mut page = [0u8; 4096];
+    let memmap = [
+        MemmapEntry {
+            addr: 0,
+            size: START_INFO_GPA,
+            kind: MEMMAP_RAM,
+            reserved: 0,
+        },
+        MemmapEntry {
+            addr: START_INFO_GPA,
+            size: 0x1000,
+            kind: MEMMAP_RESERVED,
+            reserved: 0,
+        },
+        MemmapEntry {
+            addr: START_INFO_GPA + 0x1000,
+            size: mem_bytes.saturating_sub(START_INFO_GPA + 0x1000),
+            kind: MEMMAP_RAM,
+            reserved: 0,
+        },
+    ];
+    if modules.len() > MAX_MODULES {
+        return Err(StartPageError::TooBig);
+    }
+    let memmap_off = size_of::<StartInfo>();
+    let modlist_off = memmap_off + memmap.len() * size_of::<MemmapEntry>();
+    let mut text = modlist_off + modules.len() * size_of::<ModlistEntry>();
+    let mut put_str = |page: &mut [u8; 4096], s: &str| -> Result<u64, StartPageError> {
+        let end = text + s.len() + 1;
+        if end > page.len() {
+            return Err(StartPageError::TooBig);
+        }
+        page[text..text + s.len()].copy_from_slice(s.as_bytes());
+        let gpa = START_INFO_GPA + text as u64;
+        text = end;
+        Ok(gpa)
+    };
+    let cmdline_paddr = put_str(&mut page, cmdline)?;
+    for (i, m) in modules.iter().enumerate() {
+        let e = ModlistEntry {
+            paddr: m.paddr,
+            size: m.size,
+            cmdline_paddr: put_str(&mut page, m.cmdline)?,
+            reserved: 0,
+        };
+        let at = modlist_off + i * size_of::<ModlistEntry>();
+        page[at..at + size_of::<ModlistEntry>()].copy_from_slice(e.as_bytes());
+    }
+    for (i, e) in memmap.iter().enumerate() {
+        let at = memmap_off + i * size_of::<MemmapEntry>();
+        page[at..at + size_of::<MemmapEntry>()].copy_from_slice(e.as_bytes());
+    }
+    let info = StartInfo {
+        magic: START_INFO_MAGIC,
+        version: 1,
+        flags: 0,
+        nr_modules: modules.len() as u32,
+        modlist_paddr: if modules.is_empty() {
+            0
+        } else {
+            START_INFO_GPA + modlist_off as u64
+        },
+        cmdline_paddr,
+        rsdp_paddr: 0,
+        memmap_paddr: START_INFO_GPA + memmap_off as u64,
+        memmap_entries: memmap.len() as u32,
+        reserved: 0,
+    };
+    page[..size_of::<StartInfo>()].copy_from_slice(info.as_bytes());
+    Ok(page)
+}

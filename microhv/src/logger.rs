@@ -9,7 +9,7 @@ use rt::uart::{COM1, Uart};
 use spin::Mutex;
 
 /// `log` target for domain console lines, printed verbatim.
-pub const GUEST_TARGET: &str = "guest";
+pub const GUEST_TARGET: &str = microhv_core::GUEST_LOG_TARGET;
 
 // SAFETY (for `Uart::new`): COM1 belongs to microhv alone; no guest is given access to it.
 static UART: Mutex<Uart> = Mutex::new(unsafe { Uart::new(COM1) });

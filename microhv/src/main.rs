@@ -12,18 +12,30 @@ mod arch;
 mod bootinfo;
 mod fatal;
 mod logger;
+mod phys;
 
+use arch::Arch;
 use arch::x86_64::{gdt, idt};
-use microhv_core::boot::{self, Options, Range};
-use microhv_core::frames::{FRAME_SIZE, HostFrames};
+use microhv_core::boot::{self, BootInfo, Options, Range};
+use microhv_core::frames::FRAME_SIZE;
+use microhv_core::hv::{Hv, ModuleRef};
 use microhv_core::status::StopStatus;
+use phys::IdentityMem;
 use spin::Mutex;
 
 rt::multiboot1_header!();
 rt::multiboot2_header!();
 
-/// Every host frame not reserved at boot.
-static FRAMES: Mutex<HostFrames> = Mutex::new(HostFrames::new());
+/// The hypervisor: frames, domains, backend. Filled in by `rt_main`.
+static HV: Mutex<Hv<Arch, IdentityMem>> = Mutex::new(Hv::new(
+    Arch::None,
+    IdentityMem,
+    mmu::Config {
+        format: mmu::Format::Ept,
+        large_2m: false,
+        large_1g: false,
+    },
+));
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -66,10 +78,9 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         );
     }
     let image = image_range();
-    let free = {
-        let mut frames = FRAMES.lock();
-        boot::init_frames(&boot, image, &mut frames)
-    };
+    let mut hv = HV.lock();
+    let free = boot::init_frames(&boot, image, &mut hv.frames);
+    hv.hv_frames = (boot.ram_bytes() / FRAME_SIZE).saturating_sub(hv.frames.managed_frames());
     log::info!(
         "loader {:?}: {} MiB RAM, {} module(s); image {:#x}-{:#x}; {} MiB free",
         boot.loader,
@@ -88,13 +99,56 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         );
     }
 
-    match arch::vmx::detect() {
-        Ok((f, _)) => log::info!("VMX ready: {f:?}"),
+    let (features, msrs) = match arch::vmx::detect() {
+        Ok(f) => f,
         Err(e) => no_virtualization(e),
+    };
+    log::info!(
+        "VMX with EPT (2M {}, 1G {}), VPID, unrestricted guest, preemption timer rate {}",
+        features.ept_2m,
+        features.ept_1g,
+        features.preemption_timer_rate
+    );
+    hv.mmu_config = mmu::Config {
+        format: mmu::Format::Ept,
+        large_2m: features.ept_2m,
+        large_1g: features.ept_1g,
+    };
+    let vmx = arch::vmx::Vmx::new(features, msrs, sel, &mut hv.machine());
+    match vmx {
+        Ok(b) => hv.backend = Arch::Vmx(b),
+        Err(e) => fatal::stop(StopStatus::NoVirtualization, format_args!("VMX setup: {e}")),
     }
-    fatal::stop(StopStatus::Ok, format_args!("nothing more to do yet"))
+
+    start_dom0(&mut hv, &boot, &opts);
+    let stop = hv.run();
+    fatal::stop(stop.status, format_args!("{}", stop.reason))
 }
 
+/// Builds dom0 from the first boot module; the others are handed to it.
+fn start_dom0(hv: &mut Hv<Arch, IdentityMem>, boot: &BootInfo, opts: &Options) {
+    let Some((dom0, rest)) = boot.modules.split_first() else {
+        fatal::stop(StopStatus::BootError, format_args!("no dom0 module"))
+    };
+    // SAFETY: the module's frames are reserved from the allocator for ever and lie in the
+    // identity map (the loader placed them in RAM below 4 GiB); nothing writes to them.
+    let image = unsafe {
+        core::slice::from_raw_parts(dom0.range.start as *const u8, dom0.range.len() as usize)
+    };
+    let mut mods: heapless::Vec<ModuleRef<'_>, { boot::MAX_MODULES }> = heapless::Vec::new();
+    for m in rest {
+        let _ = mods.push(ModuleRef {
+            range: m.range,
+            cmdline: m.cmdline.as_str(),
+        });
+    }
+    if let Err(e) = hv.build_dom0(image, dom0.args(), opts.dom0_mem, &mods) {
+        fatal::stop(
+            StopStatus::BootError,
+            format_args!("cannot build dom0: {e:?}"),
+        );
+    }
+}
 fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
     use arch::vmx::Unavailable;
     use microhv_core::hwcaps::{cpuid_bits, vendor};

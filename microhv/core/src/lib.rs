@@ -14,6 +14,17 @@ extern crate std;
 pub mod boot;
 pub mod console;
 pub mod cpuid;
+pub mod domain;
+pub mod exit;
 pub mod frames;
+pub mod hv;
 pub mod hwcaps;
+pub mod hypercall;
+pub mod io;
+pub mod mem;
+pub mod policy;
 pub mod status;
+
+/// `log` target of domain console lines; the logger prints them verbatim (they carry their
+/// `[dN]` prefix).
+pub const GUEST_LOG_TARGET: &str = "guest";

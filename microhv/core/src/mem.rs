@@ -42,3 +42,23 @@ impl<P: PhysMem, const W: usize> FrameSource for Machine<'_, P, W> {
         }
     }
 }
+
+impl<P: PhysMem, const W: usize> mmu::Host for Machine<'_, P, W> {
+    fn alloc_frame(&mut self) -> Option<u64> {
+        FrameSource::alloc_zeroed(self)
+    }
+
+    fn free_frame(&mut self, hpa: u64) {
+        FrameSource::free(self, hpa);
+    }
+
+    fn read_u64(&self, hpa: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.mem.read(hpa, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn write_u64(&mut self, hpa: u64, val: u64) {
+        self.mem.write(hpa, &val.to_le_bytes());
+    }
+}

@@ -5,3 +5,149 @@
 //! - [`vmx`]: the Intel VMX backend.
 pub mod vmx;
 pub mod x86_64;
+
+use microhv_core::exit::{
+    Backend, BackendError, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig, VcpuInit,
+};
+
+/// The backend chosen at boot. `None` only exists so the hypervisor's static storage can be
+/// initialized at compile time; no vCPU is ever created before a real backend is installed.
+pub enum Arch {
+    /// No backend yet.
+    None,
+    /// Intel VMX.
+    Vmx(vmx::Vmx),
+}
+
+/// A vCPU of whichever backend runs.
+pub enum ArchVcpu {
+    /// A VMX vCPU.
+    Vmx(vmx::VmxVcpu),
+}
+
+/// What a vCPU of the wrong kind (impossible by construction) reports.
+fn mismatch() -> ExitInfo {
+    ExitInfo {
+        exit: Exit::EntryFailure,
+        raw_reason: u64::MAX,
+        qualification: 0,
+        rip: 0,
+        rsp: 0,
+        rflags: 0,
+        cr0: 0,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        insn_len: 0,
+        cpl: 0,
+        ran_ticks: 0,
+    }
+}
+
+impl Backend for Arch {
+    type Vcpu = ArchVcpu;
+
+    fn hypercall_insn(&self) -> u32 {
+        match self {
+            Arch::Vmx(b) => b.hypercall_insn(),
+            Arch::None => 0,
+        }
+    }
+
+    fn kind(&self) -> u32 {
+        match self {
+            Arch::Vmx(b) => b.kind(),
+            Arch::None => 0,
+        }
+    }
+
+    fn create_vcpu(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        cfg: &VcpuConfig,
+        init: &VcpuInit,
+    ) -> Result<ArchVcpu, BackendError> {
+        match self {
+            Arch::Vmx(b) => b.create_vcpu(frames, cfg, init).map(ArchVcpu::Vmx),
+            Arch::None => Err(BackendError::Hardware(0)),
+        }
+    }
+
+    fn reset_vcpu(&mut self, vcpu: &mut ArchVcpu, init: &VcpuInit) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.reset_vcpu(v, init),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, vcpu: ArchVcpu) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.destroy_vcpu(frames, v),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn run(&mut self, vcpu: &mut ArchVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.run(v, gprs, slice),
+            (Arch::None, _) => mismatch(),
+        }
+    }
+
+    fn unload(&mut self, vcpu: &mut ArchVcpu) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.unload(v),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn read(&mut self, vcpu: &mut ArchVcpu, reg: GuestReg) -> u64 {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.read(v, reg),
+            (Arch::None, _) => 0,
+        }
+    }
+
+    fn write(&mut self, vcpu: &mut ArchVcpu, reg: GuestReg, value: u64) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.write(v, reg, value),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn advance_rip(&mut self, vcpu: &mut ArchVcpu, len: u8) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.advance_rip(v, len),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn inject(&mut self, vcpu: &mut ArchVcpu, event: Event) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.inject(v, event),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn set_root(&mut self, vcpu: &mut ArchVcpu, root: u64) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.set_root(v, root),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn flush(&mut self, vcpu: &mut ArchVcpu) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.flush(v),
+            (Arch::None, _) => {}
+        }
+    }
+
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        self::x86_64::cpu::cpuid(leaf, subleaf)
+    }
+
+    fn now(&self) -> u64 {
+        self::x86_64::cpu::rdtsc()
+    }
+}

@@ -1,0 +1,110 @@
+//! dom0-agent: microhv's privileged domain.
+//!
+//! It finds microhv through CPUID, refuses an ABI major version it does not know, reports
+//! ready on its console, and serves the host tools' control protocol on COM2 (passed through
+//! to it). Command-line words steer the boot tests:
+//!
+//! - `smoke`: power off (status 0) right after reporting ready.
+//! - `bench`: measure the null-hypercall round trip before reporting ready.
+//! - `misbehave=triple-fault` / `misbehave=outside-memory`: misbehave on purpose after
+//!   reporting ready, so the tests can check microhv's crash report and clean stop.
+#![no_std]
+#![no_main]
+
+use abi::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
+use guest_rt::{println, rdtsc};
+
+rt::pvh_note!();
+
+/// Null hypercalls timed by `bench`.
+const BENCH_CALLS: u64 = 1000;
+/// A guest-physical address in no slot of dom0: above its RAM, below the module window.
+const OUTSIDE_MEMORY: u64 = 0xb000_0000;
+
+#[unsafe(no_mangle)]
+extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
+    let boot = match guest_rt::init(ebx) {
+        Ok(b) => b,
+        // No microhv, no console: nothing to report to.
+        Err(_) => loop {
+            core::hint::spin_loop();
+        },
+    };
+    let hv = guest_rt::hv();
+    println!(
+        "dom0-agent {} cmdline {:?}",
+        env!("CARGO_PKG_VERSION"),
+        boot.cmdline
+    );
+    let (major, minor) = match hv.abi_version() {
+        Ok(v) => v,
+        Err(e) => {
+            println!("version hypercall failed: {e}");
+            guest_rt::exit(2);
+        }
+    };
+    if major != ABI_VERSION_MAJOR || !hv.privileged {
+        println!(
+            "refusing microhv ABI {major}.{minor} (privileged: {}); this dom0 speaks {}.{}",
+            hv.privileged, ABI_VERSION_MAJOR, ABI_VERSION_MINOR
+        );
+        guest_rt::exit(3);
+    }
+    println!(
+        "microhv ABI {major}.{minor} (dom0 built for {ABI_VERSION_MAJOR}.{ABI_VERSION_MINOR}): ok"
+    );
+
+    if boot.has_flag("bench") {
+        bench();
+    }
+    println!("dom0 ready (domid {}, tsc {})", hv.domid, rdtsc());
+
+    match boot.option("misbehave") {
+        Some("triple-fault") => triple_fault(),
+        Some("outside-memory") => {
+            println!("reading guest-physical {OUTSIDE_MEMORY:#x}, outside dom0's memory");
+            // SAFETY: deliberately touches memory dom0 does not own; microhv must stop dom0.
+            let v = unsafe { core::ptr::read_volatile(OUTSIDE_MEMORY as *const u64) };
+            println!("read {v:#x}: microhv did not stop dom0");
+            guest_rt::exit(4);
+        }
+        Some(other) => println!("unknown misbehave={other}"),
+        None => {}
+    }
+    if boot.has_flag("smoke") {
+        guest_rt::exit(0);
+    }
+    loop {
+        // Nothing to serve yet: give the CPU back.
+        let _ = hv.yield_now();
+    }
+}
+
+/// Times `BENCH_CALLS` null (`version`) hypercalls with the TSC.
+fn bench() {
+    let hv = guest_rt::hv();
+    let start = rdtsc();
+    for _ in 0..BENCH_CALLS {
+        let _ = hv.abi_version();
+    }
+    let ticks = rdtsc() - start;
+    println!(
+        "bench: null hypercall round trip {} TSC ticks (average of {BENCH_CALLS})",
+        ticks / BENCH_CALLS
+    );
+}
+
+/// Loads an empty IDT and raises an exception: #BP cannot be delivered, nor the #DF that
+/// follows, so the vCPU triple-faults.
+fn triple_fault() -> ! {
+    println!("triple-faulting on purpose");
+    #[repr(C, packed)]
+    struct Idtr {
+        limit: u16,
+        base: u64,
+    }
+    let idtr = Idtr { limit: 0, base: 0 };
+    // SAFETY: deliberately destroys this domain; nothing after it is expected to run.
+    unsafe { core::arch::asm!("lidt [{}]", "int3", in(reg) &idtr) };
+    guest_rt::exit(5);
+}

@@ -1,0 +1,177 @@
+//! Domains and vCPUs: the fixed-capacity domain table's entries.
+
+use crate::console::Console;
+use crate::exit::{Gprs, VcpuInit};
+use abi::hypercall::{DOMAIN_NAME_LEN, MAX_VCPUS_PER_DOMAIN};
+use abi::types::{CrashReason, DomainState, EXIT_REASONS, ExitReason};
+use mmu::Mmu;
+
+/// vCPUs per domain, as an array length.
+pub const VCPUS: usize = MAX_VCPUS_PER_DOMAIN as usize;
+/// Memory slots a domain's RAM may be split into (host memory is found in contiguous runs).
+pub const MAX_RAM_SLOTS: usize = 16;
+/// First slot id used for dom0's read-only boot-module windows.
+pub const MODULE_SLOT_BASE: usize = MAX_RAM_SLOTS;
+
+/// One vCPU.
+pub struct Vcpu<V> {
+    /// Hardware state, once created.
+    pub arch: Option<V>,
+    /// General registers while the vCPU is not running.
+    pub gprs: Gprs,
+    /// The state `VcpuSetState` gave it (applied at the first unpause).
+    pub init: Option<VcpuInit>,
+    /// TSC before which a halted vCPU does not run.
+    pub blocked_until: u64,
+}
+
+impl<V> Vcpu<V> {
+    const fn new() -> Self {
+        Self {
+            arch: None,
+            gprs: zero_gprs(),
+            init: None,
+            blocked_until: 0,
+        }
+    }
+}
+
+const fn zero_gprs() -> Gprs {
+    Gprs {
+        rax: 0,
+        rbx: 0,
+        rcx: 0,
+        rdx: 0,
+        rsi: 0,
+        rdi: 0,
+        rbp: 0,
+        r8: 0,
+        r9: 0,
+        r10: 0,
+        r11: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+        r15: 0,
+    }
+}
+
+/// Per-domain counters microhv keeps (the MMU keeps its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Counters {
+    /// Exits by `ExitReason` index.
+    pub exits: [u64; EXIT_REASONS],
+    /// Hypercalls made.
+    pub hypercalls: u64,
+    /// TSC ticks spent in the guest.
+    pub cpu_time: u64,
+    /// Second-level TLB flushes executed for the domain.
+    pub tlb_flushes: u64,
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Self {
+            exits: [0; EXIT_REASONS],
+            hypercalls: 0,
+            cpu_time: 0,
+            tlb_flushes: 0,
+        }
+    }
+
+    /// Counts an exit.
+    pub fn count_exit(&mut self, r: ExitReason) {
+        if let Some(c) = self.exits.get_mut(r as usize) {
+            *c += 1;
+        }
+    }
+
+    /// Exits of every kind.
+    pub fn total_exits(&self) -> u64 {
+        self.exits.iter().sum()
+    }
+}
+
+/// One entry of the domain table.
+pub struct Domain<V> {
+    /// `None`: the entry is free.
+    pub state: Option<DomainState>,
+    /// Its name.
+    pub name: [u8; DOMAIN_NAME_LEN],
+    /// dom0.
+    pub privileged: bool,
+    /// RAM in bytes (guest-physical `[0, mem_bytes)`, in slots `0..MAX_RAM_SLOTS`).
+    pub mem_bytes: u64,
+    /// The second-level MMU.
+    pub mmu: Mmu,
+    /// vCPUs `0..vcpu_count`.
+    pub vcpus: [Vcpu<V>; VCPUS],
+    /// How many vCPUs it has.
+    pub vcpu_count: u32,
+    /// Console output.
+    pub console: Console,
+    /// Counters.
+    pub counters: Counters,
+    /// `ShutdownReason` and status, once shut down.
+    pub shutdown: (u32, u32),
+    /// Why microhv stopped it, if it did.
+    pub crash: CrashReason,
+}
+
+impl<V> Domain<V> {
+    /// A free entry.
+    pub const fn new(mmu_config: mmu::Config) -> Self {
+        Self {
+            state: None,
+            name: [0; DOMAIN_NAME_LEN],
+            privileged: false,
+            mem_bytes: 0,
+            mmu: Mmu::new(mmu_config),
+            vcpus: [const { Vcpu::new() }; VCPUS],
+            vcpu_count: 0,
+            console: Console::new(),
+            counters: Counters::new(),
+            shutdown: (0, 0),
+            crash: CrashReason::None,
+        }
+    }
+
+    /// True while the entry holds a domain.
+    pub fn exists(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// True if its vCPUs may be scheduled.
+    pub fn runnable(&self) -> bool {
+        self.state == Some(DomainState::Running)
+    }
+
+    /// True once it has stopped for good (shut down or crashed).
+    pub fn stopped(&self) -> bool {
+        matches!(
+            self.state,
+            Some(DomainState::Shutdown | DomainState::Crashed)
+        )
+    }
+
+    /// Resets everything but the MMU (which `Mmu::destroy` resets) for reuse.
+    pub fn clear(&mut self) {
+        self.state = None;
+        self.name = [0; DOMAIN_NAME_LEN];
+        self.privileged = false;
+        self.mem_bytes = 0;
+        for v in &mut self.vcpus {
+            *v = Vcpu::new();
+        }
+        self.vcpu_count = 0;
+        self.console = Console::new();
+        self.counters = Counters::new();
+        self.shutdown = (0, 0);
+        self.crash = CrashReason::None;
+    }
+
+    /// The name as text.
+    pub fn name_str(&self) -> &str {
+        abi::types::name_str(&self.name)
+    }
+}

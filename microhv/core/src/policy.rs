@@ -1,0 +1,117 @@
+//! What guests may do with control registers and MSRs, and scheduling constants.
+//!
+//! The backends own the bits the hardware forces; these functions decide, for a write a guest
+//! attempted, whether it is architecturally valid and offered by microhv (apply it) or not
+//! (inject #GP, as a CPU without the feature would).
+
+/// CR4 bits a guest may set: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT,
+/// FSGSBASE, SMEP, SMAP. Everything else (VMXE, SMXE, OSXSAVE, PCIDE, PKE, LA57, UMIP, CET, …)
+/// is for features CPUID hides.
+pub const GUEST_CR4_ALLOWED: u64 = 0x1ff | (1 << 9) | (1 << 10) | (1 << 16) | (1 << 20) | (1 << 21);
+
+/// Time slice given to a vCPU when another one is waiting, in TSC ticks (under Bochs: retired
+/// instructions).
+pub const VCPU_SLICE: u64 = 4_000_000;
+/// "No slice": run until the next exit of any other kind.
+pub const VCPU_SLICE_NONE: u64 = u64::MAX;
+/// How long a vCPU that executed HLT waits before it runs again (nothing else wakes it: guests
+/// get no interrupts).
+pub const HLT_BLOCK_TICKS: u64 = 2_000_000;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_SCE: u64 = 1 << 0;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+/// EFER bits a guest may write (LMA is the hardware's).
+pub const GUEST_EFER_ALLOWED: u64 = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
+
+/// Whether a guest write of `new` to CR0 is valid, given the current EFER and CR4.
+pub fn cr0_write_ok(new: u64, efer: u64, cr4: u64) -> bool {
+    let reserved = new >> 32 != 0;
+    let pg_without_pe = new & CR0_PG != 0 && new & CR0_PE == 0;
+    let nw_without_cd = new & CR0_NW != 0 && new & CR0_CD == 0;
+    let long_without_pae = new & CR0_PG != 0 && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0;
+    !(reserved || pg_without_pe || nw_without_cd || long_without_pae)
+}
+
+/// Whether a guest write of `new` to CR4 is valid (only offered features; PAE stays on in
+/// long mode).
+pub fn cr4_write_ok(new: u64, efer: u64) -> bool {
+    new & !GUEST_CR4_ALLOWED == 0 && !(efer & EFER_LMA != 0 && new & CR4_PAE == 0)
+}
+
+/// Whether a guest write of `new` to EFER is valid, given the current EFER and CR0: only
+/// offered bits, and LME may not change while paging is on.
+pub fn efer_write_ok(new: u64, cur: u64, cr0: u64) -> bool {
+    new & !GUEST_EFER_ALLOWED == 0 && !(cr0 & CR0_PG != 0 && (new ^ cur) & EFER_LME != 0)
+}
+
+/// MSRs microhv answers itself when they exit.
+pub mod msr {
+    /// IA32_TIME_STAMP_COUNTER.
+    pub const TSC: u32 = 0x10;
+    /// IA32_APIC_BASE.
+    pub const APIC_BASE: u32 = 0x1b;
+    /// IA32_FEATURE_CONTROL.
+    pub const FEATURE_CONTROL: u32 = 0x3a;
+    /// IA32_MISC_ENABLE.
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    /// IA32_EFER.
+    pub const EFER: u32 = 0xc000_0080;
+    /// IA32_FS_BASE.
+    pub const FS_BASE: u32 = 0xc000_0100;
+    /// IA32_GS_BASE.
+    pub const GS_BASE: u32 = 0xc000_0101;
+}
+
+/// The xAPIC base microhv reports: the default address, enabled, this CPU is the BSP.
+pub const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
+/// IA32_MISC_ENABLE as reported: fast strings.
+pub const MISC_ENABLE_VALUE: u64 = 1;
+/// IA32_FEATURE_CONTROL as reported: locked, VMX off (guests get no VMX).
+pub const FEATURE_CONTROL_VALUE: u64 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cr0_rules() {
+        assert!(cr0_write_ok(0x8000_0011, 0, CR4_PAE));
+        assert!(!cr0_write_ok(0x8000_0000, 0, 0), "PG without PE");
+        assert!(!cr0_write_ok(CR0_NW | CR0_PE, 0, 0), "NW without CD");
+        assert!(!cr0_write_ok(1 << 32, 0, 0), "reserved");
+        assert!(
+            !cr0_write_ok(CR0_PG | CR0_PE, EFER_LME, 0),
+            "long mode without PAE"
+        );
+    }
+
+    #[test]
+    fn cr4_rules() {
+        assert!(cr4_write_ok(CR4_PAE | (1 << 9) | (1 << 10), 0));
+        assert!(!cr4_write_ok(1 << 13, 0), "VMXE");
+        assert!(!cr4_write_ok(1 << 18, 0), "OSXSAVE");
+        assert!(!cr4_write_ok(0, EFER_LMA), "PAE off in long mode");
+    }
+
+    #[test]
+    fn efer_rules() {
+        assert!(efer_write_ok(EFER_LME | EFER_NXE, 0, 0));
+        assert!(!efer_write_ok(1 << 12, 0, 0), "SVME");
+        assert!(
+            !efer_write_ok(0, EFER_LME | EFER_LMA, CR0_PG),
+            "LME off while paging"
+        );
+        assert!(efer_write_ok(
+            EFER_LME | EFER_LMA | EFER_SCE,
+            EFER_LME | EFER_LMA,
+            CR0_PG
+        ));
+    }
+}
