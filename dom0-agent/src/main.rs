@@ -5,11 +5,20 @@
 //! to it). Command-line words steer the boot tests:
 //!
 //! - `smoke`: power off (status 0) right after reporting ready.
-//! - `bench`: measure the null-hypercall round trip before reporting ready.
+//! - `bench`: measure the null-hypercall round trip after reporting ready.
 //! - `misbehave=triple-fault` / `misbehave=outside-memory`: misbehave on purpose after
 //!   reporting ready, so the tests can check microhv's crash report and clean stop.
 #![no_std]
-#![no_main]
+#![cfg_attr(image, no_main)]
+
+// Without `cfg(image)` (see `rt::build`) this is a hosted stub that only points at the runner.
+#[cfg(not(image))]
+extern crate std;
+#[cfg(not(image))]
+fn main() {
+    std::eprintln!("this is a freestanding image: build it with `cargo xtask build`");
+    std::process::exit(2);
+}
 
 use abi::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
 use guest_rt::{println, rdtsc};
@@ -54,10 +63,10 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         "microhv ABI {major}.{minor} (dom0 built for {ABI_VERSION_MAJOR}.{ABI_VERSION_MINOR}): ok"
     );
 
+    println!("dom0 ready (domid {}, tsc {})", hv.domid, rdtsc());
     if boot.has_flag("bench") {
         bench();
     }
-    println!("dom0 ready (domid {}, tsc {})", hv.domid, rdtsc());
 
     match boot.option("misbehave") {
         Some("triple-fault") => triple_fault(),

@@ -18,6 +18,16 @@ pub enum Error {
     TooBig(BootInfoError),
 }
 
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::UnknownLoader(m) => write!(f, "not started by a multiboot loader (eax {m:#x})"),
+            Error::Malformed(why) => write!(f, "malformed: {why}"),
+            Error::TooBig(e) => write!(f, "more than microhv keeps: {e:?}"),
+        }
+    }
+}
+
 struct IdentityMap;
 
 impl multiboot::information::MemoryManagement for IdentityMap {

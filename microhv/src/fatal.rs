@@ -88,6 +88,7 @@ pub fn exception(f: &ExceptionFrame) -> ! {
     )
 }
 
+#[cfg(image)]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut u = logger::emergency();

@@ -6,7 +6,16 @@
 //! and hands the CPU to the core's run loop. It never returns: the run ends with a verdict line
 //! and an exit status (`fatal::stop`).
 #![no_std]
-#![no_main]
+#![cfg_attr(image, no_main)]
+
+// Without `cfg(image)` (see `rt::build`) this is a hosted stub that only points at the runner.
+#[cfg(not(image))]
+extern crate std;
+#[cfg(not(image))]
+fn main() {
+    std::eprintln!("this is a freestanding image: build it with `cargo xtask build`");
+    std::process::exit(2);
+}
 
 mod arch;
 mod bootinfo;
@@ -56,15 +65,16 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     logger::init();
     let sel = gdt::init();
     idt::init(sel.code.0);
-    log::info!("microhv {} starting", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "microhv {} starting (tsc {})",
+        env!("CARGO_PKG_VERSION"),
+        arch::x86_64::cpu::rdtsc()
+    );
 
     // SAFETY: nothing has allocated yet; the loader's structures are intact.
     let boot = match unsafe { bootinfo::parse(magic, info) } {
         Ok(b) => b,
-        Err(e) => fatal::stop(
-            StopStatus::BootError,
-            format_args!("boot information: {e:?}"),
-        ),
+        Err(e) => fatal::stop(StopStatus::BootError, format_args!("boot information: {e}")),
     };
     let (opts, bad) = Options::parse(&boot.cmdline);
     log::set_max_level(opts.log_level);
@@ -88,7 +98,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         boot.modules.len(),
         image.start,
         image.end,
-        free * FRAME_SIZE >> 20,
+        (free * FRAME_SIZE) >> 20,
     );
     for m in &boot.modules {
         log::info!(
@@ -172,7 +182,7 @@ fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
             "no VMX: the firmware locked IA32_FEATURE_CONTROL with VMX disabled ({vendor})"
         ),
         Unavailable::Missing(list) => {
-            for m in &list {
+            for m in list.iter() {
                 log::error!("VMX lacks {} ({})", m.what, m.source);
             }
         }

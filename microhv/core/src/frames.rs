@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(a.free(f + 1), Err(FrameError::Unaligned));
         assert_eq!(a.free(f), Ok(()));
         assert_eq!(a.free(f), Err(FrameError::AlreadyFree));
-        assert_eq!(a.free(u64::MAX & !0xfff), Err(FrameError::NotManaged));
+        assert_eq!(a.free(!0xfff), Err(FrameError::NotManaged));
         assert_eq!(a.free(1000 * FRAME_SIZE), Err(FrameError::NotManaged));
     }
 
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn the_host_allocator_fits_a_static() {
-        let a: Box<HostFrames> = Box::new(HostFrames::new());
+        let a: Box<HostFrames> = Box::default();
         assert_eq!(HostFrames::CAPACITY_FRAMES * FRAME_SIZE, MAX_PHYS_BYTES);
         assert_eq!(a.free_frames(), 0);
     }

@@ -768,9 +768,31 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     // ---- stopping domains -----------------------------------------------------------------------
 
+    /// Logs what the MMU did for domain `d`.
+    fn report_mmu(&self, d: usize) {
+        let dom = &self.domains[d];
+        let st = dom.mmu.stats();
+        let faults = dom.counters.exits[abi::types::ExitReason::NestedPageFault as usize];
+        log::info!(
+            "d{d}: {faults} EPT violations served by the mmu: {} mapped ({} as 2M, {} as 1G), {} \
+             spurious, {} outside memory; {} page-table pages in use (cap {}), {} zapped, {} \
+             TLB flushes",
+            st.faults_fixed + st.faults_fast,
+            st.large_2m_mapped,
+            st.large_1g_mapped,
+            st.faults_spurious,
+            st.faults_no_slot + st.faults_read_only,
+            st.n_used,
+            st.n_max,
+            st.pages_zapped,
+            dom.counters.tlb_flushes,
+        );
+    }
+
     /// Records a shutdown.
     pub(crate) fn shutdown_domain(&mut self, d: usize, reason: u32, status: u32) {
         self.flush_console(d);
+        self.report_mmu(d);
         let dom = &mut self.domains[d];
         dom.state = Some(DomainState::Shutdown);
         dom.shutdown = (reason, status);
@@ -851,6 +873,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 g.r15,
             );
         }
+        self.report_mmu(d);
         let dom = &mut self.domains[d];
         dom.state = Some(DomainState::Crashed);
         dom.crash = reason;

@@ -2,19 +2,81 @@
 //! MSRs). This is pure arithmetic on values the arch backends read, kept here so it is tested on
 //! the host: which features are missing, and which control values to program.
 
-use heapless::Vec;
-
-/// A feature microhv needs and did not find, with where it looked.
+/// A feature microhv needs, with where the CPU reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Missing {
-    /// What is missing, in words.
+pub struct Requirement {
+    /// What it is, in words.
     pub what: &'static str,
     /// Where it is reported (CPUID bit or MSR field).
     pub source: &'static str,
 }
 
-/// Every missing feature found by one check.
-pub type MissingList = Vec<Missing, 16>;
+/// The VMX capabilities microhv needs, in the order [`check_vmx`] checks them.
+pub const VMX_REQUIREMENTS: [Requirement; 10] = [
+    Requirement {
+        what: "TRUE VMX control MSRs",
+        source: "IA32_VMX_BASIC[55]",
+    },
+    Requirement {
+        what: "write-back VMCS memory",
+        source: "IA32_VMX_BASIC[53:50]",
+    },
+    Requirement {
+        what: "secondary processor controls",
+        source: "IA32_VMX_PROCBASED_CTLS[63]",
+    },
+    Requirement {
+        what: "EPT",
+        source: "IA32_VMX_PROCBASED_CTLS2[33]",
+    },
+    Requirement {
+        what: "unrestricted guest",
+        source: "IA32_VMX_PROCBASED_CTLS2[39]",
+    },
+    Requirement {
+        what: "VPID",
+        source: "IA32_VMX_PROCBASED_CTLS2[37]",
+    },
+    Requirement {
+        what: "4-level EPT",
+        source: "IA32_VMX_EPT_VPID_CAP[6]",
+    },
+    Requirement {
+        what: "write-back EPT tables",
+        source: "IA32_VMX_EPT_VPID_CAP[14]",
+    },
+    Requirement {
+        what: "single-context INVEPT",
+        source: "IA32_VMX_EPT_VPID_CAP[20,25]",
+    },
+    Requirement {
+        what: "single-context INVVPID",
+        source: "IA32_VMX_EPT_VPID_CAP[32,41]",
+    },
+];
+
+/// The requirements a check found missing: bit `i` stands for `table[i]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing {
+    bits: u32,
+    table: &'static [Requirement],
+}
+
+impl Missing {
+    /// The missing requirements.
+    pub fn iter(&self) -> impl Iterator<Item = &'static Requirement> + '_ {
+        self.table
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.bits & (1 << i) != 0)
+            .map(|(_, r)| r)
+    }
+
+    /// How many are missing.
+    pub fn count(&self) -> u32 {
+        self.bits.count_ones()
+    }
+}
 
 /// The value of a VMX control field: `desired` plus the bits the capability MSR forces to 1,
 /// if every desired bit is allowed to be 1. `cap` is the `IA32_VMX_*_CTLS` / `TRUE_*` value:
@@ -138,67 +200,31 @@ pub struct VmxFeatures {
 /// Checks every VMX capability microhv needs: the TRUE controls, write-back VMCS memory, the
 /// secondary controls with EPT, unrestricted guest and VPID, 4-level write-back EPT with
 /// single-context INVEPT, and single-context INVVPID.
-pub fn check_vmx(m: &VmxMsrs) -> Result<VmxFeatures, MissingList> {
-    let mut missing = MissingList::new();
-    let mut need = |ok: bool, what, source| {
-        if !ok {
-            let _ = missing.push(Missing { what, source });
-        }
-    };
-    need(
-        m.basic & VMX_BASIC_TRUE_CTLS != 0,
-        "TRUE VMX control MSRs",
-        "IA32_VMX_BASIC[55]",
-    );
-    need(
-        (m.basic >> 50) & 0xf == 6,
-        "write-back VMCS memory",
-        "IA32_VMX_BASIC[53:50]",
-    );
-    need(
-        m.procbased >> 63 != 0,
-        "secondary processor controls",
-        "IA32_VMX_PROCBASED_CTLS[63]",
-    );
-    let sec = (m.procbased2 >> 32) as u32;
-    need(
-        sec & secondary::EPT != 0,
-        "EPT",
-        "IA32_VMX_PROCBASED_CTLS2[33]",
-    );
-    need(
-        sec & secondary::UNRESTRICTED_GUEST != 0,
-        "unrestricted guest",
-        "IA32_VMX_PROCBASED_CTLS2[39]",
-    );
-    need(
-        sec & secondary::VPID != 0,
-        "VPID",
-        "IA32_VMX_PROCBASED_CTLS2[37]",
-    );
+pub fn check_vmx(m: &VmxMsrs) -> Result<VmxFeatures, Missing> {
     use ept_vpid::*;
-    need(
+    let sec = (m.procbased2 >> 32) as u32;
+    let has = [
+        m.basic & VMX_BASIC_TRUE_CTLS != 0,
+        (m.basic >> 50) & 0xf == 6,
+        m.procbased >> 63 != 0,
+        sec & secondary::EPT != 0,
+        sec & secondary::UNRESTRICTED_GUEST != 0,
+        sec & secondary::VPID != 0,
         m.ept_vpid & WALK_4 != 0,
-        "4-level EPT",
-        "IA32_VMX_EPT_VPID_CAP[6]",
-    );
-    need(
         m.ept_vpid & WB != 0,
-        "write-back EPT tables",
-        "IA32_VMX_EPT_VPID_CAP[14]",
-    );
-    need(
         m.ept_vpid & INVEPT != 0 && m.ept_vpid & INVEPT_SINGLE != 0,
-        "single-context INVEPT",
-        "IA32_VMX_EPT_VPID_CAP[20,25]",
-    );
-    need(
         m.ept_vpid & INVVPID != 0 && m.ept_vpid & INVVPID_SINGLE != 0,
-        "single-context INVVPID",
-        "IA32_VMX_EPT_VPID_CAP[32,41]",
-    );
-    if !missing.is_empty() {
-        return Err(missing);
+    ];
+    let bits = has
+        .iter()
+        .enumerate()
+        .filter(|(_, ok)| !**ok)
+        .fold(0, |b, (i, _)| b | 1 << i);
+    if bits != 0 {
+        return Err(Missing {
+            bits,
+            table: &VMX_REQUIREMENTS,
+        });
     }
     Ok(VmxFeatures {
         revision: (m.basic & 0x7fff_ffff) as u32,
@@ -272,7 +298,7 @@ mod tests {
         let names: std::vec::Vec<_> = missing.iter().map(|x| x.what).collect();
         assert_eq!(names, ["unrestricted guest", "single-context INVVPID"]);
         let none = check_vmx(&VmxMsrs::default()).unwrap_err();
-        assert!(none.len() >= 8, "{none:?}");
+        assert_eq!(none.count(), VMX_REQUIREMENTS.len() as u32, "{none:?}");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! the domain down with the `crash` reason.
 #![no_std]
 
+#[cfg(not(image))]
+extern crate std;
+
 use abi::guest::Hypervisor;
 use abi::hypercall::{CONSOLE_WRITE_MAX, ShutdownReason};
 use abi::pvh::{ModlistEntry, START_INFO_MAGIC, StartInfo};
@@ -186,6 +189,7 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+#[cfg(image)]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     // The console lock may be held by the code that panicked; format without it.

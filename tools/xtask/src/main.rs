@@ -1,1 +1,223 @@
-fn main() {}
+//! `cargo xtask`: builds microhv's images, boots them under Bochs or QEMU, and runs every test.
+//!
+//! - `cargo xtask run`: boots microhv with dom0 and shows its console until interrupted.
+//! - `cargo xtask smoke`: boots, waits for dom0 to report ready, prints `dom0 ready`.
+//! - `cargo xtask test`: formatting, clippy, host tests, then every boot test.
+//!
+//! Logs of each boot are kept in `target/microhv/<name>/` (`com1.log` is microhv's console).
+
+mod boots;
+mod deps;
+mod emu;
+mod images;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use emu::Emulator;
+use microhv_core::status::StopStatus;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Build, boot and test microhv", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot microhv with dom0 and show its console until interrupted (Ctrl-C).
+    Run {
+        /// Emulator to boot under.
+        #[arg(long, value_enum, default_value = "bochs")]
+        emulator: Emulator,
+        /// QEMU with KVM (a workstation with VMX or SVM exposed to it).
+        #[arg(long)]
+        kvm: bool,
+        /// microhv's command line (e.g. `dom0_mem=64M loglvl=debug`).
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// dom0's command line.
+        #[arg(long, default_value = "")]
+        dom0_args: String,
+    },
+    /// Boot, wait for dom0 to report ready, stop; exits 0 only if it did.
+    Smoke {
+        /// Emulator to boot under.
+        #[arg(long, value_enum, default_value = "bochs")]
+        emulator: Emulator,
+    },
+    /// Every test: formatting, clippy, host tests, boot tests.
+    Test,
+    /// Build the freestanding images only.
+    Build,
+}
+
+fn main() -> ExitCode {
+    let _ = ctrlc::set_handler(|| emu::INTERRUPTED.store(true, Ordering::SeqCst));
+    match run(Cli::parse().cmd) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn needs(emulator: Emulator) -> Vec<&'static [&'static str]> {
+    match emulator {
+        Emulator::Bochs => vec![deps::BOCHS, deps::ISO],
+        Emulator::Qemu => vec![deps::QEMU],
+    }
+}
+
+fn run(cmd: Cmd) -> Result<bool> {
+    match cmd {
+        Cmd::Build => {
+            let i = images::build()?;
+            println!("{}\n{}", i.microhv.display(), i.dom0.display());
+            Ok(true)
+        }
+        Cmd::Run {
+            emulator,
+            kvm,
+            cmdline,
+            dom0_args,
+        } => {
+            deps::ensure(&needs(emulator))?;
+            let images = images::build()?;
+            let mut spec = boots::spec("run", emulator, &images, &dom0_args);
+            spec.cmdline = cmdline;
+            spec.kvm = kvm;
+            spec.echo = true;
+            spec.timeout = Duration::MAX;
+            eprintln!(
+                "xtask: booting microhv under {emulator:?}; logs in {}; Ctrl-C stops",
+                images::out_dir().join("run").display()
+            );
+            let out = emu::boot(&spec, &images)?;
+            match out.stop() {
+                Some((s, why)) => eprintln!("xtask: microhv stopped: {} ({why})", s.name()),
+                None => eprintln!("xtask: stopped"),
+            }
+            Ok(out.stop().is_none_or(|(s, _)| s == StopStatus::Ok))
+        }
+        Cmd::Smoke { emulator } => smoke(emulator),
+        Cmd::Test => test(),
+    }
+}
+
+/// Extracts the figure after `key` in the log (up to the next non-digit).
+fn figure(log: &str, key: &str) -> Option<u64> {
+    let at = log.find(key)? + key.len();
+    log[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn smoke(emulator: Emulator) -> Result<bool> {
+    deps::ensure(&needs(emulator))?;
+    let images = images::build()?;
+    let spec = boots::spec(
+        &format!("smoke-{emulator:?}").to_lowercase(),
+        emulator,
+        &images,
+        "smoke bench",
+    );
+    let out = emu::boot(&spec, &images)?;
+    println!(
+        "--- {} (last lines) ---\n{}\n---",
+        out.dir.join("com1.log").display(),
+        out.tail(20)
+    );
+    let ready = out.log.lines().find(|l| l.contains("dom0 ready"));
+    if let Some(t) = figure(&out.log, "dom0 ready (domid 0, tsc ") {
+        println!("TSC at dom0 ready: {t}");
+    }
+    if let Some(t) = figure(&out.log, "null hypercall round trip ") {
+        println!("null hypercall round trip: {t} TSC ticks");
+    }
+    println!("wall time: {:.2} s", out.wall.as_secs_f64());
+    match (ready, out.stop()) {
+        (Some(_), Some((StopStatus::Ok, _))) => {
+            println!("dom0 ready");
+            Ok(true)
+        }
+        (_, Some((s, why))) => {
+            println!(
+                "smoke failed: microhv stopped with status {} ({}): {why}",
+                s as u8,
+                s.name()
+            );
+            Ok(false)
+        }
+        (_, None) => {
+            println!("smoke failed: no verdict (timed out: {})", out.timed_out);
+            Ok(false)
+        }
+    }
+}
+
+fn step(name: &str, cmd: &mut Command) -> Result<()> {
+    let t = Instant::now();
+    println!("== {name}");
+    let status = cmd.current_dir(images::root()).status()?;
+    println!(
+        "== {name}: {} ({:.1} s)",
+        if status.success() { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        bail!("{name} failed");
+    }
+    Ok(())
+}
+
+fn test() -> Result<bool> {
+    let start = Instant::now();
+    deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
+    let cargo = env!("CARGO");
+    step(
+        "cargo fmt --check",
+        Command::new(cargo).args(["fmt", "--all", "--check"]),
+    )?;
+    step(
+        "cargo clippy",
+        Command::new(cargo).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // The freestanding crates again, as images (`cfg(image)`, see `rt::build`).
+    for p in images::PACKAGES {
+        step(
+            &format!("cargo clippy -p {p} (image)"),
+            Command::new(cargo)
+                .env("MICROHV_IMAGE", "1")
+                .env("CARGO_TARGET_DIR", images::image_target_dir())
+                .args(["clippy", "--release", "-p", p, "--", "-D", "warnings"]),
+        )?;
+    }
+    step(
+        "cargo test",
+        Command::new(cargo).args(["test", "--workspace", "--release"]),
+    )?;
+    println!("== boot tests");
+    let images = images::build()?;
+    let ok = boots::run_all(&images)?;
+    println!(
+        "== all tests: {} ({:.0} s)",
+        if ok { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ok)
+}

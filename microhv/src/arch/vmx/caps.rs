@@ -3,7 +3,7 @@
 
 use crate::arch::x86_64::cpu::{cpuid, rdmsr, wrmsr};
 use microhv_core::hwcaps::{
-    self, FeatureControl, MissingList, VMX_BASIC_TRUE_CTLS, VmxFeatures, VmxMsrs, cpuid_bits,
+    self, FeatureControl, Missing, VMX_BASIC_TRUE_CTLS, VmxFeatures, VmxMsrs, cpuid_bits,
 };
 use x86::msr;
 
@@ -15,7 +15,7 @@ pub enum Unavailable {
     /// The firmware locked `IA32_FEATURE_CONTROL` with VMX off.
     DisabledByFirmware,
     /// VMX is there, without features microhv needs.
-    Missing(MissingList),
+    Missing(Missing),
 }
 
 /// Reads every capability MSR. Only called once CPUID says VMX exists (they #GP otherwise).

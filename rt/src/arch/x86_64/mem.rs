@@ -1,7 +1,8 @@
 //! The C memory functions the host target's prebuilt `core` calls (its `compiler_builtins` does
-//! not export them). Copies and fills are single `rep` string instructions; the comparisons read
-//! through `read_volatile` so LLVM cannot recognise the loops and turn them back into calls to
-//! the very functions being defined.
+//! not export them). Copies and fills are `rep movsq` / `rep stosq` for the 8-byte words and
+//! `rep movsb` / `rep stosb` for the tail (eight times fewer iterations for page-sized work,
+//! which is what Bochs counts); the comparisons read through `read_volatile` so LLVM cannot
+//! recognise the loops and turn them back into calls to the very functions being defined.
 
 use core::arch::asm;
 use core::ffi::c_int;
@@ -11,9 +12,12 @@ use core::ptr::read_volatile;
 /// C `memcpy`: `dst` and `src` are valid for `n` bytes and do not overlap.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges are valid; DF is clear in all our code.
+    // SAFETY: the caller guarantees both ranges are valid and disjoint; DF is clear in all our
+    // code. The word copy advances rdi/rsi to where the byte copy continues.
     unsafe {
-        asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+        asm!("rep movsq", "mov rcx, {tail}", "rep movsb",
+             tail = in(reg) n % 8,
+             inout("rcx") n / 8 => _, inout("rdi") dst => _, inout("rsi") src => _,
              options(nostack, preserves_flags));
     }
     dst
@@ -44,9 +48,13 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 /// C `memset`: `dst` is valid for `n` bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn memset(dst: *mut u8, c: c_int, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees the range is valid; DF is clear.
+    let word = u64::from(c as u8) * 0x0101_0101_0101_0101;
+    // SAFETY: the caller guarantees the range is valid; DF is clear. The word fill advances
+    // rdi to where the byte fill continues; al is the low byte of the pattern.
     unsafe {
-        asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+        asm!("rep stosq", "mov rcx, {tail}", "rep stosb",
+             tail = in(reg) n % 8,
+             inout("rcx") n / 8 => _, inout("rdi") dst => _, in("rax") word,
              options(nostack, preserves_flags));
     }
     dst

@@ -2,4 +2,6 @@
 mod entry;
 pub mod headers;
 pub mod io;
+// The C runtime symbols exist only in images: a hosted build gets them from libc.
+#[cfg(image)]
 mod mem;

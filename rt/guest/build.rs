@@ -1,0 +1,3 @@
+fn main() {
+    rt::build::image_cfg();
+}
