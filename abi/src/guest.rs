@@ -85,8 +85,7 @@ impl Hypervisor {
 
     /// `Version`: ABI `(major, minor)`.
     pub fn abi_version(&self) -> Result<(u16, u16), Errno> {
-        self.op(Op::Version, [0; 5])
-            .map(|w| split_version_word(w as u32))
+        self.op(Op::Version, [0; 5]).map(|w| split_version_word(w as u32))
     }
 
     /// `ConsoleWrite`: at most `CONSOLE_WRITE_MAX` bytes per call.
@@ -110,26 +109,22 @@ impl Hypervisor {
 
     /// `DomainCreate`: the new domain's id.
     pub fn domain_create(&self, create: &DomainCreate) -> Result<u32, Errno> {
-        self.op(Op::DomainCreate, [addr(create.as_bytes()), 0, 0, 0, 0])
-            .map(|d| d as u32)
+        self.op(Op::DomainCreate, [addr(create.as_bytes()), 0, 0, 0, 0]).map(|d| d as u32)
     }
 
     /// `DomainDestroy`.
     pub fn domain_destroy(&self, domid: u32) -> Result<(), Errno> {
-        self.op(Op::DomainDestroy, [domid.into(), 0, 0, 0, 0])
-            .map(drop)
+        self.op(Op::DomainDestroy, [domid.into(), 0, 0, 0, 0]).map(drop)
     }
 
     /// `DomainPause`.
     pub fn domain_pause(&self, domid: u32) -> Result<(), Errno> {
-        self.op(Op::DomainPause, [domid.into(), 0, 0, 0, 0])
-            .map(drop)
+        self.op(Op::DomainPause, [domid.into(), 0, 0, 0, 0]).map(drop)
     }
 
     /// `DomainUnpause`.
     pub fn domain_unpause(&self, domid: u32) -> Result<(), Errno> {
-        self.op(Op::DomainUnpause, [domid.into(), 0, 0, 0, 0])
-            .map(drop)
+        self.op(Op::DomainUnpause, [domid.into(), 0, 0, 0, 0]).map(drop)
     }
 
     /// `DomainShutdown`.
@@ -159,8 +154,7 @@ impl Hypervisor {
 
     /// `MmuPagesSet`.
     pub fn mmu_pages_set(&self, domid: u32, pages: u64) -> Result<(), Errno> {
-        self.op(Op::MmuPagesSet, [domid.into(), pages, 0, 0, 0])
-            .map(drop)
+        self.op(Op::MmuPagesSet, [domid.into(), pages, 0, 0, 0]).map(drop)
     }
 
     /// `MmuPagesGet`: the cap in force.
@@ -170,8 +164,7 @@ impl Hypervisor {
 
     /// `MemSet`.
     pub fn mem_set(&self, domid: u32, bytes: u64) -> Result<(), Errno> {
-        self.op(Op::MemSet, [domid.into(), bytes, 0, 0, 0])
-            .map(drop)
+        self.op(Op::MemSet, [domid.into(), bytes, 0, 0, 0]).map(drop)
     }
 
     /// `MemWrite`: copies `src` to `dst_gpa` in the domain.
@@ -202,10 +195,7 @@ impl Hypervisor {
     /// `Stats`.
     pub fn stats(&self, domid: u32) -> Result<DomainStats, Errno> {
         let mut st = DomainStats::new_zeroed();
-        self.op(
-            Op::Stats,
-            [domid.into(), addr_mut(st.as_mut_bytes()), 0, 0, 0],
-        )?;
+        self.op(Op::Stats, [domid.into(), addr_mut(st.as_mut_bytes()), 0, 0, 0])?;
         Ok(st)
     }
 }

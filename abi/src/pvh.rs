@@ -158,18 +158,11 @@ impl<'a> Image<'a> {
                         return Err(ImageError::BadSegment);
                     }
                     segments
-                        .push(Segment {
-                            paddr: ph.p_paddr,
-                            offset,
-                            filesz,
-                            memsz: ph.p_memsz,
-                        })
+                        .push(Segment { paddr: ph.p_paddr, offset, filesz, memsz: ph.p_memsz })
                         .map_err(|_| ImageError::TooManySegments)?;
                 }
                 PT_NOTE => {
-                    let notes = file
-                        .segment_data_as_notes(&ph)
-                        .map_err(|_| ImageError::NotElf)?;
+                    let notes = file.segment_data_as_notes(&ph).map_err(|_| ImageError::NotElf)?;
                     for n in notes {
                         if let Note::Unknown(any) = n
                             && any.n_type == u64::from(XEN_ELFNOTE_PHYS32_ENTRY)
@@ -184,11 +177,7 @@ impl<'a> Image<'a> {
                 _ => {}
             }
         }
-        Ok(Self {
-            bytes,
-            entry: entry.ok_or(ImageError::NoPvhEntry)?,
-            segments,
-        })
+        Ok(Self { bytes, entry: entry.ok_or(ImageError::NoPvhEntry)?, segments })
     }
 
     /// The file bytes of a segment.
@@ -241,18 +230,8 @@ pub fn build_start_page(
     use zerocopy::IntoBytes;
     let mut page = [0u8; 4096];
     let memmap = [
-        MemmapEntry {
-            addr: 0,
-            size: START_INFO_GPA,
-            kind: MEMMAP_RAM,
-            reserved: 0,
-        },
-        MemmapEntry {
-            addr: START_INFO_GPA,
-            size: 0x1000,
-            kind: MEMMAP_RESERVED,
-            reserved: 0,
-        },
+        MemmapEntry { addr: 0, size: START_INFO_GPA, kind: MEMMAP_RAM, reserved: 0 },
+        MemmapEntry { addr: START_INFO_GPA, size: 0x1000, kind: MEMMAP_RESERVED, reserved: 0 },
         MemmapEntry {
             addr: START_INFO_GPA + 0x1000,
             size: mem_bytes.saturating_sub(START_INFO_GPA + 0x1000),
@@ -296,11 +275,7 @@ pub fn build_start_page(
         version: 1,
         flags: 0,
         nr_modules: modules.len() as u32,
-        modlist_paddr: if modules.is_empty() {
-            0
-        } else {
-            START_INFO_GPA + modlist_off as u64
-        },
+        modlist_paddr: if modules.is_empty() { 0 } else { START_INFO_GPA + modlist_off as u64 },
         cmdline_paddr,
         rsdp_paddr: 0,
         memmap_paddr: START_INFO_GPA + memmap_off as u64,
@@ -309,4 +284,119 @@ pub fn build_start_page(
     };
     page[..size_of::<StartInfo>()].copy_from_slice(info.as_bytes());
     Ok(page)
+}
+
+/// Builds minimal PVH images for tests: an ELF64 header, one `PT_LOAD` segment and one
+/// `PT_NOTE` segment with the entry note.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    extern crate alloc;
+    use alloc::vec::Vec;
+
+    /// An image that loads `code` at `paddr` (with `bss` zero bytes after it) and enters at
+    /// `entry`.
+    pub fn image(paddr: u64, code: &[u8], bss: u64, entry: u32) -> Vec<u8> {
+        let ehsize = 64u64;
+        let phsize = 56u64;
+        let note_off = ehsize + 2 * phsize;
+        let note: Vec<u8> = [4u32, 4, super::XEN_ELFNOTE_PHYS32_ENTRY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .chain(*b"Xen\0")
+            .chain(entry.to_le_bytes())
+            .collect();
+        let code_off = note_off + note.len() as u64;
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&u64::from(entry).to_le_bytes());
+        f.extend_from_slice(&ehsize.to_le_bytes()); // e_phoff
+        f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&(ehsize as u16).to_le_bytes());
+        f.extend_from_slice(&(phsize as u16).to_le_bytes());
+        f.extend_from_slice(&2u16.to_le_bytes());
+        f.extend_from_slice(&[0u8; 6]); // shentsize, shnum, shstrndx
+        let ph = |f: &mut Vec<u8>, ty: u32, off: u64, addr: u64, filesz: u64, memsz: u64| {
+            f.extend_from_slice(&ty.to_le_bytes());
+            f.extend_from_slice(&7u32.to_le_bytes());
+            for v in [off, addr, addr, filesz, memsz, 4] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        let len = code.len() as u64;
+        ph(&mut f, 1, code_off, paddr, len, len + bss);
+        ph(&mut f, 4, note_off, 0, note.len() as u64, note.len() as u64);
+        f.extend_from_slice(&note);
+        f.extend_from_slice(code);
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pvh_image_parses() {
+        let img = testing::image(0x10_0000, &[0x90; 100], 0x2000, 0x10_0010);
+        let p = Image::parse(&img).unwrap();
+        assert_eq!(p.entry, 0x10_0010);
+        assert_eq!(p.segments.len(), 1);
+        assert_eq!(p.span(), (0x10_0000, 0x10_0000 + 100 + 0x2000));
+        assert_eq!(p.data(&p.segments[0]), &[0x90; 100]);
+    }
+
+    #[test]
+    fn broken_images_are_refused() {
+        let good = testing::image(0x10_0000, &[1; 16], 0, 0x10_0000);
+        assert_eq!(Image::parse(&good[..40]).unwrap_err(), ImageError::NotElf);
+        let mut no_note = good.clone();
+        no_note[64 + 56] = 0; // the PT_NOTE program header becomes PT_NULL
+        assert_eq!(Image::parse(&no_note).unwrap_err(), ImageError::NoPvhEntry);
+        let mut past_end = good.clone();
+        past_end[64 + 32] = 0xff; // p_filesz of the PT_LOAD far beyond the file
+        assert_eq!(Image::parse(&past_end).unwrap_err(), ImageError::BadSegment);
+        let mut wrong = good;
+        wrong[18] = 40; // EM_ARM
+        assert_eq!(Image::parse(&wrong).unwrap_err(), ImageError::WrongMachine);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Image::parse(&bytes);
+        }
+
+        #[test]
+        fn corrupted_images_never_panic(at in 0usize..200, v in proptest::num::u8::ANY) {
+            let mut img = testing::image(0x10_0000, &[7; 32], 16, 0x10_0000);
+            let i = at % img.len();
+            img[i] = v;
+            if let Ok(p) = Image::parse(&img) {
+                for s in &p.segments {
+                    let _ = p.data(s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn start_page_layout() {
+        let mods = [ModuleDesc { paddr: 0xc000_0000, size: 1234, cmdline: "hello arg" }];
+        let page = build_start_page(32 << 20, "smoke", &mods).unwrap();
+        let info = <StartInfo as zerocopy::FromBytes>::read_from_prefix(&page).unwrap().0;
+        assert_eq!(info.magic, START_INFO_MAGIC);
+        assert_eq!(info.memmap_entries, 3);
+        assert_eq!(info.nr_modules, 1);
+        let at = (info.cmdline_paddr - START_INFO_GPA) as usize;
+        assert_eq!(&page[at..at + 6], b"smoke\0");
+        let m_at = (info.modlist_paddr - START_INFO_GPA) as usize;
+        let m = <ModlistEntry as zerocopy::FromBytes>::read_from_prefix(&page[m_at..]).unwrap().0;
+        assert_eq!((m.paddr, m.size), (0xc000_0000, 1234));
+        let too_long = "x".repeat(5000);
+        assert_eq!(build_start_page(1 << 20, &too_long, &[]), Err(StartPageError::TooBig));
+    }
 }

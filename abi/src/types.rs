@@ -67,15 +67,9 @@ pub enum DomainState {
 impl DomainState {
     /// The state with this number.
     pub fn from_u32(v: u32) -> Option<Self> {
-        [
-            Self::Created,
-            Self::Running,
-            Self::Paused,
-            Self::Shutdown,
-            Self::Crashed,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
+        [Self::Created, Self::Running, Self::Paused, Self::Shutdown, Self::Crashed]
+            .into_iter()
+            .find(|s| *s as u32 == v)
     }
 
     /// Lower-case name, as the tools print it.

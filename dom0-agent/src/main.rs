@@ -40,11 +40,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         },
     };
     let hv = guest_rt::hv();
-    println!(
-        "dom0-agent {} cmdline {:?}",
-        env!("CARGO_PKG_VERSION"),
-        boot.cmdline
-    );
+    println!("dom0-agent {} cmdline {:?}", env!("CARGO_PKG_VERSION"), boot.cmdline);
     let (major, minor) = match hv.abi_version() {
         Ok(v) => v,
         Err(e) => {

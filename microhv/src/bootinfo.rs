@@ -65,32 +65,20 @@ unsafe fn parse_v1(info: u32) -> Result<BootInfo, Error> {
     let mut mm = IdentityMap;
     // SAFETY: the loader put a multiboot v1 information structure at `info` (eax said so), and
     // the identity map makes it addressable.
-    let mb = unsafe { Multiboot::from_ptr(info.into(), &mut mm) }.ok_or(Error::Malformed(
-        "multiboot information outside the identity map",
-    ))?;
+    let mb = unsafe { Multiboot::from_ptr(info.into(), &mut mm) }
+        .ok_or(Error::Malformed("multiboot information outside the identity map"))?;
     let mut b = BootInfo::new(Loader::Multiboot1);
-    b.info_range = Range {
-        start: info.into(),
-        end: u64::from(info) + 4096,
-    };
-    let regions = mb
-        .memory_regions()
-        .ok_or(Error::Malformed("no memory map"))?;
+    b.info_range = Range { start: info.into(), end: u64::from(info) + 4096 };
+    let regions = mb.memory_regions().ok_or(Error::Malformed("no memory map"))?;
     for r in regions.filter(|r| r.memory_type() == MemoryType::Available) {
-        b.add_ram(r.base_address(), r.length())
-            .map_err(Error::TooBig)?;
+        b.add_ram(r.base_address(), r.length()).map_err(Error::TooBig)?;
     }
     for m in mb.modules().into_iter().flatten() {
-        b.add_module(m.start, m.end, m.string.unwrap_or(""))
-            .map_err(Error::TooBig)?;
+        b.add_module(m.start, m.end, m.string.unwrap_or("")).map_err(Error::TooBig)?;
     }
     // A multiboot v1 command line starts with the image's own path.
     let cmdline = mb.command_line().unwrap_or("").trim_start();
-    b.set_cmdline(
-        cmdline
-            .split_once(char::is_whitespace)
-            .map_or("", |(_, args)| args),
-    );
+    b.set_cmdline(cmdline.split_once(char::is_whitespace).map_or("", |(_, args)| args));
     Ok(b)
 }
 
@@ -100,30 +88,16 @@ unsafe fn parse_v2(info: u32) -> Result<BootInfo, Error> {
     let mb = unsafe { BootInformation::load(info as usize as *const BootInformationHeader) }
         .map_err(|_| Error::Malformed("multiboot2 information does not load"))?;
     let mut b = BootInfo::new(Loader::Multiboot2);
-    b.info_range = Range {
-        start: mb.start_address() as u64,
-        end: mb.end_address() as u64,
-    };
-    let mmap = mb
-        .memory_map_tag()
-        .ok_or(Error::Malformed("no memory map tag"))?;
-    for a in mmap
-        .memory_areas()
-        .iter()
-        .filter(|a| a.typ() == MemoryAreaType::Available)
-    {
-        b.add_ram(a.start_address(), a.size())
-            .map_err(Error::TooBig)?;
+    b.info_range = Range { start: mb.start_address() as u64, end: mb.end_address() as u64 };
+    let mmap = mb.memory_map_tag().ok_or(Error::Malformed("no memory map tag"))?;
+    for a in mmap.memory_areas().iter().filter(|a| a.typ() == MemoryAreaType::Available) {
+        b.add_ram(a.start_address(), a.size()).map_err(Error::TooBig)?;
     }
     for m in mb.module_tags() {
         let cmdline = m.cmdline().unwrap_or("");
         b.add_module(m.start_address().into(), m.end_address().into(), cmdline)
             .map_err(Error::TooBig)?;
     }
-    b.set_cmdline(
-        mb.command_line_tag()
-            .and_then(|c| c.cmdline().ok())
-            .unwrap_or(""),
-    );
+    b.set_cmdline(mb.command_line_tag().and_then(|c| c.cmdline().ok()).unwrap_or(""));
     Ok(b)
 }

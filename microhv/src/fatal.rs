@@ -8,12 +8,7 @@ use microhv_core::status::{STOP_LINE_MARKER, StopStatus};
 /// Prints the verdict line and ends the machine.
 pub fn stop(status: StopStatus, reason: core::fmt::Arguments<'_>) -> ! {
     let mut u = logger::emergency();
-    let _ = writeln!(
-        u,
-        "[hv] {STOP_LINE_MARKER}{} ({}): {reason}",
-        status as u8,
-        status.name()
-    );
+    let _ = writeln!(u, "[hv] {STOP_LINE_MARKER}{} ({}): {reason}", status as u8, status.name());
     u.flush();
     power::exit_machine(status as u8)
 }
@@ -46,10 +41,7 @@ const EXCEPTION_NAMES: [&str; 22] = [
 /// Reports a CPU exception taken in ring 0 and stops.
 pub fn exception(f: &ExceptionFrame) -> ! {
     let mut u = logger::emergency();
-    let name = EXCEPTION_NAMES
-        .get(f.vector as usize)
-        .copied()
-        .unwrap_or("interrupt");
+    let name = EXCEPTION_NAMES.get(f.vector as usize).copied().unwrap_or("interrupt");
     let _ = writeln!(
         u,
         "[hv] ERROR: exception in ring 0: vector {} ({name}) error code {:#x}\n\
@@ -82,10 +74,7 @@ pub fn exception(f: &ExceptionFrame) -> ! {
         f.r14,
         f.r15,
     );
-    stop(
-        StopStatus::Exception,
-        format_args!("CPU exception {} ({name}) in ring 0", f.vector),
-    )
+    stop(StopStatus::Exception, format_args!("CPU exception {} ({name}) in ring 0", f.vector))
 }
 
 #[cfg(image)]

@@ -39,11 +39,7 @@ rt::multiboot2_header!();
 static HV: Mutex<Hv<Arch, IdentityMem>> = Mutex::new(Hv::new(
     Arch::None,
     IdentityMem,
-    mmu::Config {
-        format: mmu::Format::Ept,
-        large_2m: false,
-        large_1g: false,
-    },
+    mmu::Config { format: mmu::Format::Ept, large_2m: false, large_1g: false },
 ));
 
 unsafe extern "C" {
@@ -82,10 +78,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         log::warn!("ignoring command-line word {:?}", b.0);
     }
     if boot.truncated_cmdline {
-        log::warn!(
-            "a command line longer than {} bytes was cut",
-            boot::MAX_CMDLINE
-        );
+        log::warn!("a command line longer than {} bytes was cut", boot::MAX_CMDLINE);
     }
     let image = image_range();
     let mut hv = HV.lock();
@@ -101,12 +94,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         (free * FRAME_SIZE) >> 20,
     );
     for m in &boot.modules {
-        log::info!(
-            "module {:#x}-{:#x} {:?}",
-            m.range.start,
-            m.range.end,
-            m.cmdline.as_str()
-        );
+        log::info!("module {:#x}-{:#x} {:?}", m.range.start, m.range.end, m.cmdline.as_str());
     }
 
     let (features, msrs) = match arch::vmx::detect() {
@@ -147,16 +135,10 @@ fn start_dom0(hv: &mut Hv<Arch, IdentityMem>, boot: &BootInfo, opts: &Options) {
     };
     let mut mods: heapless::Vec<ModuleRef<'_>, { boot::MAX_MODULES }> = heapless::Vec::new();
     for m in rest {
-        let _ = mods.push(ModuleRef {
-            range: m.range,
-            cmdline: m.cmdline.as_str(),
-        });
+        let _ = mods.push(ModuleRef { range: m.range, cmdline: m.cmdline.as_str() });
     }
     if let Err(e) = hv.build_dom0(image, dom0.args(), opts.dom0_mem, &mods) {
-        fatal::stop(
-            StopStatus::BootError,
-            format_args!("cannot build dom0: {e:?}"),
-        );
+        fatal::stop(StopStatus::BootError, format_args!("cannot build dom0: {e:?}"));
     }
 }
 fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
@@ -171,11 +153,7 @@ fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
                 && cpuid(0x8000_0001, 0)[2] & cpuid_bits::SVM != 0;
             log::error!(
                 "no VMX: CPUID.1:ECX.VMX[bit 5] = 0 on this {vendor} CPU{}",
-                if svm {
-                    "; it offers AMD SVM, for which microhv has no backend yet"
-                } else {
-                    ""
-                }
+                if svm { "; it offers AMD SVM, for which microhv has no backend yet" } else { "" }
             );
         }
         Unavailable::DisabledByFirmware => log::error!(
@@ -187,8 +165,5 @@ fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
             }
         }
     }
-    fatal::stop(
-        StopStatus::NoVirtualization,
-        format_args!("this CPU cannot run microhv"),
-    )
+    fatal::stop(StopStatus::NoVirtualization, format_args!("this CPU cannot run microhv"))
 }

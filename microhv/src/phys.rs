@@ -11,10 +11,7 @@ pub struct IdentityMem;
 
 fn check(pa: u64, len: usize) {
     let end = pa.checked_add(len as u64);
-    assert!(
-        end.is_some_and(|e| e <= rt::IDENTITY_MAP_BYTES),
-        "pa {pa:#x}+{len:#x} unmapped"
-    );
+    assert!(end.is_some_and(|e| e <= rt::IDENTITY_MAP_BYTES), "pa {pa:#x}+{len:#x} unmapped");
 }
 
 impl PhysMem for IdentityMem {

@@ -45,37 +45,17 @@ impl Mmu {
     pub fn check_invariants<H: Host>(&self, host: &H) -> Result<(), Violation> {
         self.check_counters()?;
         let (listed, leaves) = self.check_pages(host)?;
-        ensure(
-            listed == self.n_used,
-            "active list length != n_used",
-            listed,
-            self.n_used,
-        )?;
+        ensure(listed == self.n_used, "active list length != n_used", listed, self.n_used)?;
         self.check_hash(host)?;
         self.check_roots(host)?;
         let rmapped = self.check_rmaps(host)?;
-        ensure(
-            rmapped == leaves,
-            "rmap entries != present leaves",
-            rmapped,
-            leaves,
-        )
+        ensure(rmapped == leaves, "rmap entries != present leaves", rmapped, leaves)
     }
 
     fn check_counters(&self) -> Result<(), Violation> {
         let s = &self.stats;
-        ensure(
-            self.n_used <= self.n_max,
-            "n_used > n_max",
-            self.n_used,
-            self.n_max,
-        )?;
-        ensure(
-            self.n_max >= self.goal,
-            "n_max below goal",
-            self.n_max,
-            self.goal,
-        )?;
+        ensure(self.n_used <= self.n_max, "n_used > n_max", self.n_used, self.n_max)?;
+        ensure(self.n_max >= self.goal, "n_max below goal", self.n_max, self.goal)?;
         ensure(
             self.n_max == self.goal || self.n_max == self.n_used,
             "n_max neither goal nor n_used",
@@ -87,12 +67,7 @@ impl Mmu {
         } else {
             self.n_requested
         };
-        ensure(
-            self.goal == expect_goal,
-            "goal stale",
-            self.goal,
-            expect_goal,
-        )?;
+        ensure(self.goal == expect_goal, "goal stale", self.goal, expect_goal)?;
         ensure(
             s.pages_allocated - s.pages_freed == self.n_used,
             "allocated - freed != n_used",
@@ -133,12 +108,7 @@ impl Mmu {
                 }
             }
         }
-        ensure(
-            total == self.total_pages,
-            "total_pages stale",
-            total,
-            self.total_pages,
-        )
+        ensure(total == self.total_pages, "total_pages stale", total, self.total_pages)
     }
 
     /// Walk the active list; check each page and its entries. Returns (pages, present leaves).
@@ -154,12 +124,7 @@ impl Mmu {
             if free_headers > u64::from(self.hdr_total) {
                 return fail("free list cycles", u64::from(f), 0);
             }
-            ensure(
-                !self.sp(host, f).in_use,
-                "free header in use",
-                u64::from(f),
-                0,
-            )?;
+            ensure(!self.sp(host, f).in_use, "free header in use", u64::from(f), 0)?;
             f = self.chain_next(host, f);
         }
         ensure(
@@ -174,22 +139,12 @@ impl Mmu {
                 return fail("active list cycles", u64::from(i), 0);
             }
             let (p, n) = self.lru_links(host, i);
-            ensure(
-                p == prev,
-                "active list prev link",
-                u64::from(i),
-                u64::from(p),
-            )?;
+            ensure(p == prev, "active list prev link", u64::from(i), u64::from(p))?;
             leaves += self.check_page(host, i)?;
             prev = i;
             i = n;
         }
-        ensure(
-            prev == self.lru_tail,
-            "active list tail",
-            u64::from(prev),
-            0,
-        )?;
+        ensure(prev == self.lru_tail, "active list tail", u64::from(prev), 0)?;
         Ok((count, leaves))
     }
 
@@ -197,12 +152,7 @@ impl Mmu {
         let sp = self.sp(host, i);
         let ix = u64::from(i);
         ensure(sp.in_use, "listed page not in use", ix, 0)?;
-        ensure(
-            (1..=LEVELS).contains(&sp.level),
-            "bad level",
-            ix,
-            u64::from(sp.level),
-        )?;
+        ensure((1..=LEVELS).contains(&sp.level), "bad level", ix, u64::from(sp.level))?;
         ensure(frame_ok(sp.table), "bad table frame", ix, sp.table)?;
         ensure(
             sp.gfn & (pages_per_entry(sp.level + 1) - 1) == 0,
@@ -221,12 +171,7 @@ impl Mmu {
             ensure(sp.root_count > 0, "invalid page not pinned", ix, 0)?;
             ensure(parent == 0, "invalid page has a parent", ix, parent)?;
             for k in 0..512 {
-                ensure(
-                    host.read_u64(sp.table + k * 8) == 0,
-                    "invalid root not empty",
-                    ix,
-                    k,
-                )?;
+                ensure(host.read_u64(sp.table + k * 8) == 0, "invalid root not empty", ix, k)?;
             }
             return Ok(0);
         }
@@ -267,12 +212,7 @@ impl Mmu {
             }
             let g = sp.gfn + k * span;
             if !is_leaf(e, sp.level) {
-                ensure(
-                    e & !ADDR_MASK == self.masks.table,
-                    "table entry bits",
-                    addr,
-                    e,
-                )?;
+                ensure(e & !ADDR_MASK == self.masks.table, "table entry bits", addr, e)?;
                 let c = self.find_sp(host, g, sp.level - 1);
                 ensure(c != NIL, "table entry without child", addr, g)?;
                 ensure(
@@ -281,12 +221,7 @@ impl Mmu {
                     addr,
                     e,
                 )?;
-                ensure(
-                    self.parent(host, c) == addr,
-                    "child parent word",
-                    addr,
-                    u64::from(c),
-                )?;
+                ensure(self.parent(host, c) == addr, "child parent word", addr, u64::from(c))?;
                 continue;
             }
             leaves += 1;
@@ -313,18 +248,8 @@ impl Mmu {
         let Some(s) = self.find_slot(g) else {
             return fail("leaf outside every slot", addr, g);
         };
-        ensure(
-            s.contains(g + span - 1),
-            "leaf crosses its slot's end",
-            addr,
-            g,
-        )?;
-        ensure(
-            e & ADDR_MASK == s.pfn_of(g) << 12,
-            "leaf maps the wrong frame",
-            addr,
-            e,
-        )?;
+        ensure(s.contains(g + span - 1), "leaf crosses its slot's end", addr, g)?;
+        ensure(e & ADDR_MASK == s.pfn_of(g) << 12, "leaf maps the wrong frame", addr, e)?;
         let mut fixed = self.masks.leaf;
         if level > 1 {
             fixed |= LARGE;
@@ -333,24 +258,9 @@ impl Mmu {
             fixed |= HOST_WRITABLE;
         }
         let w = e & self.masks.writable;
-        ensure(
-            w == 0 || w == self.masks.writable,
-            "partial write permission",
-            addr,
-            e,
-        )?;
-        ensure(
-            e & !ADDR_MASK & !self.masks.writable == fixed,
-            "leaf bits",
-            addr,
-            e,
-        )?;
-        ensure(
-            w == 0 || s.writable(),
-            "writable leaf in read-only slot",
-            addr,
-            e,
-        )?;
+        ensure(w == 0 || w == self.masks.writable, "partial write permission", addr, e)?;
+        ensure(e & !ADDR_MASK & !self.masks.writable == fixed, "leaf bits", addr, e)?;
+        ensure(w == 0 || s.writable(), "writable leaf in read-only slot", addr, e)?;
         for l in 2..=level {
             let c = host.read_u64(s.count_addr(host, g, l));
             ensure(c == 0, "large leaf where disallowed", addr, u64::from(l))?;
@@ -402,12 +312,7 @@ impl Mmu {
                 i = self.chain_next(host, i);
             }
         }
-        ensure(
-            hashed == self.n_used,
-            "hashed pages != n_used",
-            hashed,
-            self.n_used,
-        )
+        ensure(hashed == self.n_used, "hashed pages != n_used", hashed, self.n_used)
     }
 
     fn check_roots<H: Host>(&self, host: &H) -> Result<(), Violation> {
@@ -437,12 +342,7 @@ impl Mmu {
                 ensure(!flagged, "reload flag without a root", v as u64, 0)?;
                 continue;
             }
-            ensure(
-                r < self.hdr_total,
-                "vCPU root index",
-                v as u64,
-                u64::from(r),
-            )?;
+            ensure(r < self.hdr_total, "vCPU root index", v as u64, u64::from(r))?;
             let sp = self.sp(host, r);
             ensure(
                 sp.in_use && sp.level == LEVELS,
@@ -450,12 +350,7 @@ impl Mmu {
                 v as u64,
                 u64::from(r),
             )?;
-            ensure(
-                sp.invalid == flagged,
-                "reload flag != root invalid",
-                v as u64,
-                u64::from(r),
-            )?;
+            ensure(sp.invalid == flagged, "reload flag != root invalid", v as u64, u64::from(r))?;
         }
         Ok(())
     }

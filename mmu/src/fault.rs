@@ -37,12 +37,7 @@ impl Mmu {
             let addr = table + index(gfn, level) * 8;
             let entry = host.read_u64(addr);
             if level == 1 || !self.masks.is_present(entry) || is_leaf(entry, level) {
-                return Walk {
-                    table,
-                    level,
-                    addr,
-                    entry,
-                };
+                return Walk { table, level, addr, entry };
             }
             table = entry & ADDR_MASK;
             level -= 1;
@@ -138,9 +133,7 @@ impl Mmu {
                 host.write_u64(w.addr, w.entry | self.masks.writable);
                 self.mark_dirty(host, &slot, gfn);
                 self.stats.faults_fast += 1;
-                return Ok(FaultOutcome::Fixed {
-                    size: PageSize::Size4K,
-                });
+                return Ok(FaultOutcome::Fixed { size: PageSize::Size4K });
             }
         }
 
@@ -153,17 +146,12 @@ impl Mmu {
         };
         // Resume from where the walk stopped unless reclaim may have freed part of it, or the
         // walk went below the level being mapped (a table is about to become a large leaf).
-        let (table, from) = if zapped || w.level < level {
-            (rsp.table, LEVELS)
-        } else {
-            (w.table, w.level)
-        };
+        let (table, from) =
+            if zapped || w.level < level { (rsp.table, LEVELS) } else { (w.table, w.level) };
         let writable = slot.writable() && (access.write || !slot.logging());
         self.direct_map(host, table, from, gfn, level, &slot, writable)?;
         self.stats.faults_fixed += 1;
-        Ok(FaultOutcome::Fixed {
-            size: PageSize::from_level(level),
-        })
+        Ok(FaultOutcome::Fixed { size: PageSize::from_level(level) })
     }
 
     /// `mapping_level`: 4 KiB while the slot logs dirty pages; otherwise the largest size the
@@ -263,14 +251,7 @@ impl Mmu {
             table = e & ADDR_MASK;
             level -= 1;
         }
-        self.install_leaf(
-            host,
-            table + index(gfn, target) * 8,
-            target,
-            gfn,
-            slot,
-            writable,
-        )
+        self.install_leaf(host, table + index(gfn, target) * 8, target, gfn, slot, writable)
     }
 
     /// `mmu_set_spte` for a direct leaf.
@@ -384,10 +365,7 @@ impl Mmu {
         };
         let a = slot.rmap_addr(host, head, level);
         if host.read_u64(a) != spte {
-            debug_assert!(
-                false,
-                "rmap of gfn {head:#x} level {level} does not hold {spte:#x}"
-            );
+            debug_assert!(false, "rmap of gfn {head:#x} level {level} does not hold {spte:#x}");
             return Err(Error::Internal);
         }
         host.write_u64(a, 0);

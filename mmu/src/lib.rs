@@ -218,37 +218,17 @@ pub struct Access {
 
 impl Access {
     /// A read of a missing translation.
-    pub const READ: Access = Access {
-        read: true,
-        write: false,
-        fetch: false,
-        present: false,
-    };
+    pub const READ: Access = Access { read: true, write: false, fetch: false, present: false };
     /// A write of a missing translation.
-    pub const WRITE: Access = Access {
-        read: false,
-        write: true,
-        fetch: false,
-        present: false,
-    };
+    pub const WRITE: Access = Access { read: false, write: true, fetch: false, present: false };
     /// An instruction fetch of a missing translation.
-    pub const FETCH: Access = Access {
-        read: false,
-        write: false,
-        fetch: true,
-        present: false,
-    };
+    pub const FETCH: Access = Access { read: false, write: false, fetch: true, present: false };
 
     /// Decode an EPT-violation exit qualification (SDM table "Exit Qualification for EPT
     /// Violations"): bits 0/1/2 = read/write/fetch, bits 3..5 = the entry allowed R/W/X, any of
     /// which means it was present.
     pub const fn from_ept_qualification(q: u64) -> Access {
-        Access {
-            read: q & 1 != 0,
-            write: q & 2 != 0,
-            fetch: q & 4 != 0,
-            present: q & 0x38 != 0,
-        }
+        Access { read: q & 1 != 0, write: q & 2 != 0, fetch: q & 4 != 0, present: q & 0x38 != 0 }
     }
 
     /// Decode an NPT #NPF error code (EXITINFO1): bit 0 present, bit 1 write, bit 4 fetch; an
@@ -256,12 +236,7 @@ impl Access {
     pub const fn from_npt_error_code(ec: u64) -> Access {
         let write = ec & 2 != 0;
         let fetch = ec & 16 != 0;
-        Access {
-            read: !write && !fetch,
-            write,
-            fetch,
-            present: ec & 1 != 0,
-        }
+        Access { read: !write && !fetch, write, fetch, present: ec & 1 != 0 }
     }
 }
 

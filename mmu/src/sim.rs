@@ -82,8 +82,7 @@ impl SimHost {
 
     /// Whether `hpa` lies in a frame currently allocated.
     pub fn is_allocated(&self, hpa: u64) -> bool {
-        self.frame_index(hpa)
-            .is_some_and(|i| self.state.get(i) == Some(&State::Allocated))
+        self.frame_index(hpa).is_some_and(|i| self.state.get(i) == Some(&State::Allocated))
     }
 
     fn frame_index(&self, hpa: u64) -> Option<usize> {
@@ -94,9 +93,8 @@ impl SimHost {
     #[inline]
     fn word(&self, hpa: u64) -> usize {
         assert!(hpa & 7 == 0, "unaligned access at {hpa:#x}");
-        let i = self
-            .frame_index(hpa)
-            .unwrap_or_else(|| panic!("access to foreign address {hpa:#x}"));
+        let i =
+            self.frame_index(hpa).unwrap_or_else(|| panic!("access to foreign address {hpa:#x}"));
         match self.state.get(i) {
             Some(State::Allocated) => {}
             Some(State::Free) => panic!("access to freed frame at {hpa:#x}"),
@@ -139,9 +137,7 @@ impl Host for SimHost {
 
     fn free_frame(&mut self, hpa: u64) {
         assert!(hpa & 0xfff == 0, "free of unaligned address {hpa:#x}");
-        let i = self
-            .frame_index(hpa)
-            .unwrap_or_else(|| panic!("free of foreign address {hpa:#x}"));
+        let i = self.frame_index(hpa).unwrap_or_else(|| panic!("free of foreign address {hpa:#x}"));
         match self.state.get(i) {
             Some(State::Allocated) => {}
             Some(State::Free) => panic!("double free of {hpa:#x}"),

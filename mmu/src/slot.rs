@@ -36,14 +36,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub const EMPTY: Slot = Slot {
-        base: 0,
-        npages: 0,
-        pfn: 0,
-        meta: 0,
-        dirty: 0,
-        flags: 0,
-    };
+    pub const EMPTY: Slot = Slot { base: 0, npages: 0, pfn: 0, meta: 0, dirty: 0, flags: 0 };
 
     #[inline]
     pub const fn used(&self) -> bool {
@@ -98,31 +91,17 @@ impl Slot {
     }
 
     const fn large_base(&self, level: u32) -> u64 {
-        if level == 2 {
-            self.npages
-        } else {
-            self.npages + 2 * lpages(self.base, self.npages, 2)
-        }
+        if level == 2 { self.npages } else { self.npages + 2 * lpages(self.base, self.npages, 2) }
     }
 
     #[inline]
     pub fn rmap_addr<H: Host>(&self, host: &H, gfn: u64, level: u32) -> u64 {
-        store::addr(
-            host,
-            self.meta,
-            self.meta_words(),
-            self.rmap_word(gfn, level),
-        )
+        store::addr(host, self.meta, self.meta_words(), self.rmap_word(gfn, level))
     }
 
     #[inline]
     pub fn count_addr<H: Host>(&self, host: &H, gfn: u64, level: u32) -> u64 {
-        store::addr(
-            host,
-            self.meta,
-            self.meta_words(),
-            self.count_word(gfn, level),
-        )
+        store::addr(host, self.meta, self.meta_words(), self.count_word(gfn, level))
     }
 
     /// Host pfn backing `gfn` (inside the slot).
@@ -173,14 +152,7 @@ pub(crate) fn alloc_meta<H: Host>(
 ) -> Result<u64, Error> {
     let words = meta_words(base, npages);
     let root = store::alloc(host, words)?;
-    let probe = Slot {
-        base,
-        npages,
-        pfn,
-        meta: root,
-        dirty: 0,
-        flags: 0,
-    };
+    let probe = Slot { base, npages, pfn, meta: root, dirty: 0, flags: 0 };
     for level in 2..=MAX_LEAF_LEVEL {
         let span = pages_per_entry(level);
         let n = lpages(base, npages, level);

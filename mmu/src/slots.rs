@@ -37,14 +37,7 @@ impl Mmu {
         let pfn = hpa >> 12;
         let meta = alloc_meta(host, base, npages, pfn)?;
         if let Some(s) = self.slots.get_mut(id) {
-            *s = Slot {
-                base,
-                npages,
-                pfn,
-                meta,
-                dirty: 0,
-                flags,
-            };
+            *s = Slot { base, npages, pfn, meta, dirty: 0, flags };
         }
         self.total_pages += npages;
         self.update_goal(host)

@@ -143,10 +143,7 @@ impl Mmu {
 
     fn bucket_addr(&self, b: usize) -> (u64, u32) {
         let frame = self.hash[(b >> 10) % HASH_FRAMES];
-        (
-            frame + (((b & 1023) >> 1) as u64) * 8,
-            ((b & 1) * 32) as u32,
-        )
+        (frame + (((b & 1023) >> 1) as u64) * 8, ((b & 1) * 32) as u32)
     }
 
     pub(crate) fn bucket_head<H: Host>(&self, host: &H, b: usize) -> u32 {

@@ -58,8 +58,7 @@ impl Module {
     /// Its arguments: the command line after the first word.
     pub fn args(&self) -> &str {
         let s = self.cmdline.trim_start();
-        s.find(char::is_whitespace)
-            .map_or("", |i| s[i..].trim_start())
+        s.find(char::is_whitespace).map_or("", |i| s[i..].trim_start())
     }
 }
 
@@ -114,21 +113,14 @@ impl BootInfo {
     /// Records a usable RAM range.
     pub fn add_ram(&mut self, start: u64, len: u64) -> Result<(), BootInfoError> {
         let end = start.saturating_add(len);
-        self.ram
-            .push(Range { start, end })
-            .map_err(|_| BootInfoError::TooManyRegions)
+        self.ram.push(Range { start, end }).map_err(|_| BootInfoError::TooManyRegions)
     }
 
     /// Records a module.
     pub fn add_module(&mut self, start: u64, end: u64, cmdline: &str) -> Result<(), BootInfoError> {
-        let mut m = Module {
-            range: Range { start, end },
-            cmdline: String::new(),
-        };
+        let mut m = Module { range: Range { start, end }, cmdline: String::new() };
         self.truncated_cmdline |= !push_truncated(&mut m.cmdline, cmdline);
-        self.modules
-            .push(m)
-            .map_err(|_| BootInfoError::TooManyModules)
+        self.modules.push(m).map_err(|_| BootInfoError::TooManyModules)
     }
 
     /// Records microhv's command line.
@@ -186,10 +178,7 @@ pub const DEFAULT_DOM0_MEM: u64 = 32 << 20;
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            dom0_mem: DEFAULT_DOM0_MEM,
-            log_level: log::LevelFilter::Info,
-        }
+        Self { dom0_mem: DEFAULT_DOM0_MEM, log_level: log::LevelFilter::Info }
     }
 }
 
@@ -239,16 +228,9 @@ mod tests {
         let mut info = BootInfo::new(Loader::Multiboot2);
         info.add_ram(0, 0x9f000).unwrap();
         info.add_ram(0x100000, 63 << 20).unwrap();
-        info.add_module(0x400000, 0x401234, "/boot/dom0.elf smoke")
-            .unwrap();
-        info.info_range = Range {
-            start: 0x10000,
-            end: 0x10100,
-        };
-        let image = Range {
-            start: 0x100000,
-            end: 0x180000,
-        };
+        info.add_module(0x400000, 0x401234, "/boot/dom0.elf smoke").unwrap();
+        info.info_range = Range { start: 0x10000, end: 0x10100 };
+        let image = Range { start: 0x100000, end: 0x180000 };
         let mut f = FrameAllocator::<256>::new(); // 64 MiB
         init_frames(&info, image, &mut f);
         let expect = (64 << 20) / FRAME_SIZE - 256 - 2; // minus first MiB, minus module frames
@@ -262,8 +244,7 @@ mod tests {
     #[test]
     fn module_names_and_args() {
         let mut info = BootInfo::new(Loader::Multiboot1);
-        info.add_module(0, 1, "/boot/dom0.elf smoke  crash=triple")
-            .unwrap();
+        info.add_module(0, 1, "/boot/dom0.elf smoke  crash=triple").unwrap();
         info.add_module(0, 1, "hello").unwrap();
         assert_eq!(info.modules[0].name(), "dom0.elf");
         assert_eq!(info.modules[0].args(), "smoke  crash=triple");
@@ -285,10 +266,7 @@ mod tests {
         let (o, bad) = Options::parse("dom0_mem=64M loglvl=debug bogus dom0_mem=12Q");
         assert_eq!(o.dom0_mem, 64 << 20);
         assert_eq!(o.log_level, log::LevelFilter::Debug);
-        assert_eq!(
-            bad.as_slice(),
-            &[BadOption("bogus"), BadOption("dom0_mem=12Q")]
-        );
+        assert_eq!(bad.as_slice(), &[BadOption("bogus"), BadOption("dom0_mem=12Q")]);
         assert_eq!(parse_size("18446744073709551615G"), None);
         assert_eq!(parse_size("4096"), Some(4096));
         assert_eq!(parse_size(""), None);

@@ -118,9 +118,7 @@ mod tests {
     #[test]
     fn overflow_drops_oldest_and_counts() {
         let mut c = Console::new();
-        let data: Vec<u8> = (0..CONSOLE_RING_BYTES + 10)
-            .map(|i| b'a' + (i % 26) as u8)
-            .collect();
+        let data: Vec<u8> = (0..CONSOLE_RING_BYTES + 10).map(|i| b'a' + (i % 26) as u8).collect();
         c.write(&data, |_| {});
         assert_eq!(c.pending(), CONSOLE_RING_BYTES);
         assert_eq!(c.dropped(), 10);

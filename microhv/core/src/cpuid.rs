@@ -107,11 +107,7 @@ pub fn guest_cpuid(
         hv::LEAF_VERSION => [
             abi::abi_version_word(),
             caller.domid,
-            if caller.privileged {
-                hv::FLAG_PRIVILEGED
-            } else {
-                0
-            },
+            if caller.privileged { hv::FLAG_PRIVILEGED } else { 0 },
             0,
         ],
         hv::LEAF_HYPERCALL => [caller.hypercall_insn, 0, 0, 0],
@@ -141,12 +137,8 @@ mod tests {
         [u32::MAX; 4]
     }
 
-    const CALLER: Caller = Caller {
-        domid: 3,
-        privileged: false,
-        vcpu: 1,
-        hypercall_insn: hv::HYPERCALL_VMCALL,
-    };
+    const CALLER: Caller =
+        Caller { domid: 3, privileged: false, vcpu: 1, hypercall_insn: hv::HYPERCALL_VMCALL };
 
     #[test]
     fn virtualization_and_unsupported_state_are_hidden() {
@@ -170,15 +162,8 @@ mod tests {
         assert_eq!(&base[1..], &hv::signature_regs());
         let v = guest_cpuid(hv::LEAF_VERSION, 0, &CALLER, all_ones);
         assert_eq!(v, [abi::abi_version_word(), 3, 0, 0]);
-        let dom0 = Caller {
-            domid: 0,
-            privileged: true,
-            ..CALLER
-        };
-        assert_eq!(
-            guest_cpuid(hv::LEAF_VERSION, 0, &dom0, all_ones)[2],
-            hv::FLAG_PRIVILEGED
-        );
+        let dom0 = Caller { domid: 0, privileged: true, ..CALLER };
+        assert_eq!(guest_cpuid(hv::LEAF_VERSION, 0, &dom0, all_ones)[2], hv::FLAG_PRIVILEGED);
         assert_eq!(guest_cpuid(hv::LEAF_HYPERCALL, 0, &CALLER, all_ones)[0], 1);
         assert_eq!(guest_cpuid(hv::LEAF_MAX + 1, 0, &CALLER, all_ones), [0; 4]);
     }

@@ -27,12 +27,7 @@ pub struct Vcpu<V> {
 
 impl<V> Vcpu<V> {
     const fn new() -> Self {
-        Self {
-            arch: None,
-            gprs: zero_gprs(),
-            init: None,
-            blocked_until: 0,
-        }
+        Self { arch: None, gprs: zero_gprs(), init: None, blocked_until: 0 }
     }
 }
 
@@ -71,12 +66,7 @@ pub struct Counters {
 
 impl Counters {
     const fn new() -> Self {
-        Self {
-            exits: [0; EXIT_REASONS],
-            hypercalls: 0,
-            cpu_time: 0,
-            tlb_flushes: 0,
-        }
+        Self { exits: [0; EXIT_REASONS], hypercalls: 0, cpu_time: 0, tlb_flushes: 0 }
     }
 
     /// Counts an exit.
@@ -148,10 +138,7 @@ impl<V> Domain<V> {
 
     /// True once it has stopped for good (shut down or crashed).
     pub fn stopped(&self) -> bool {
-        matches!(
-            self.state,
-            Some(DomainState::Shutdown | DomainState::Crashed)
-        )
+        matches!(self.state, Some(DomainState::Shutdown | DomainState::Crashed))
     }
 
     /// Resets everything but the MMU (which `Mmu::destroy` resets) for reuse.

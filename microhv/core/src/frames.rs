@@ -48,13 +48,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
 
     /// An allocator that manages nothing yet.
     pub const fn new() -> Self {
-        Self {
-            managed: [0; WORDS],
-            free: [0; WORDS],
-            managed_count: 0,
-            free_count: 0,
-            hint: 0,
-        }
+        Self { managed: [0; WORDS], free: [0; WORDS], managed_count: 0, free_count: 0, hint: 0 }
     }
 
     /// Frames whose whole 4 KiB lies inside `[start, end)` become managed and free; the part

@@ -117,10 +117,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// The frame allocator and memory, as the MMU and the backends take them.
     pub fn machine(&mut self) -> Machine<'_, P, W> {
-        Machine {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-        }
+        Machine { frames: &mut self.frames, mem: &mut self.mem }
     }
 
     // ---- domain memory ------------------------------------------------------------------------
@@ -154,14 +151,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 n /= 2;
             };
             self.mem.zero(run, n * FRAME_SIZE);
-            let mut m = Machine {
-                frames: &mut self.frames,
-                mem: &mut self.mem,
-            };
-            if let Err(e) = self.domains[d]
-                .mmu
-                .add_slot(&mut m, id, at, n * FRAME_SIZE, run, 0)
-            {
+            let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+            if let Err(e) = self.domains[d].mmu.add_slot(&mut m, id, at, n * FRAME_SIZE, run, 0) {
                 free_run(&mut self.frames, run, n);
                 self.rollback_ram(d, added);
                 return Err(mmu_errno(e));
@@ -185,10 +176,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let Some(s) = self.domains[d].mmu.slot(id) else {
             return;
         };
-        let mut m = Machine {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-        };
+        let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         if let Err(e) = self.domains[d].mmu.remove_slot(&mut m, id) {
             log::error!("d{d}: removing slot {id}: {e}");
         }
@@ -206,17 +194,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.remove_ram_slot(d, id);
             } else if s.gpa + s.size > bytes {
                 let keep = bytes - s.gpa;
-                let mut m = Machine {
-                    frames: &mut self.frames,
-                    mem: &mut self.mem,
-                };
+                let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                 let mmu = &mut self.domains[d].mmu;
                 mmu.remove_slot(&mut m, id).map_err(mmu_errno)?;
                 free_run(&mut self.frames, s.hpa + keep, (s.size - keep) / FRAME_SIZE);
-                let mut m = Machine {
-                    frames: &mut self.frames,
-                    mem: &mut self.mem,
-                };
+                let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                 self.domains[d]
                     .mmu
                     .add_slot(&mut m, id, s.gpa, keep, s.hpa, 0)
@@ -247,31 +229,19 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         init: VcpuInit,
     ) -> Result<(), Errno> {
         for i in 0..count as usize {
-            let mut m = Machine {
-                frames: &mut self.frames,
-                mem: &mut self.mem,
-            };
-            let root = self.domains[d]
-                .mmu
-                .acquire_root(&mut m, i)
-                .map_err(mmu_errno)?;
+            let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+            let root = self.domains[d].mmu.acquire_root(&mut m, i).map_err(mmu_errno)?;
             let cfg = VcpuConfig {
                 domid: d as u32,
                 index: i as u32,
                 privileged: self.domains[d].privileged,
                 root,
             };
-            let v = self
-                .backend
-                .create_vcpu(&mut m, &cfg, &init)
-                .map_err(|_| Errno::ENOMEM);
+            let v = self.backend.create_vcpu(&mut m, &cfg, &init).map_err(|_| Errno::ENOMEM);
             let v = match v {
                 Ok(v) => v,
                 Err(e) => {
-                    let mut m = Machine {
-                        frames: &mut self.frames,
-                        mem: &mut self.mem,
-                    };
+                    let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                     let _ = self.domains[d].mmu.release_root(&mut m, i);
                     return Err(e);
                 }
@@ -290,10 +260,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.flush_console(d);
         for i in 0..VCPUS {
             if let Some(v) = self.domains[d].vcpus[i].arch.take() {
-                let mut m = Machine {
-                    frames: &mut self.frames,
-                    mem: &mut self.mem,
-                };
+                let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                 let _ = self.domains[d].mmu.release_root(&mut m, i);
                 self.backend.destroy_vcpu(&mut m, v);
             }
@@ -303,10 +270,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 free_run(&mut self.frames, s.hpa, s.size / FRAME_SIZE);
             }
         }
-        let mut m = Machine {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-        };
+        let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         self.domains[d].mmu.destroy(&mut m);
         self.domains[d].clear();
     }
@@ -331,8 +295,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.domains[d].privileged = true;
         self.domains[d].name = abi::types::name_field("dom0").unwrap_or_default();
         self.domains[d].state = Some(DomainState::Created);
-        self.add_ram(d, 0, mem_bytes)
-            .map_err(Dom0Error::Resources)?;
+        self.add_ram(d, 0, mem_bytes).map_err(Dom0Error::Resources)?;
 
         for s in &img.segments {
             let data = img.data(s);
@@ -346,20 +309,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         for (i, m) in modules.iter().enumerate() {
             let base = m.range.start & !(FRAME_SIZE - 1);
             let size = (m.range.end - base).next_multiple_of(FRAME_SIZE);
-            let mut mach = Machine {
-                frames: &mut self.frames,
-                mem: &mut self.mem,
-            };
+            let mut mach = Machine { frames: &mut self.frames, mem: &mut self.mem };
             self.domains[d]
                 .mmu
-                .add_slot(
-                    &mut mach,
-                    MODULE_SLOT_BASE + i,
-                    window,
-                    size,
-                    base,
-                    mmu::SLOT_READ_ONLY,
-                )
+                .add_slot(&mut mach, MODULE_SLOT_BASE + i, window, size, base, mmu::SLOT_READ_ONLY)
                 .map_err(|e| Dom0Error::Resources(mmu_errno(e)))?;
             let desc = ModuleDesc {
                 paddr: window + (m.range.start - base),
@@ -372,16 +325,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let page =
             pvh::build_start_page(mem_bytes, cmdline, &descs).map_err(|_| Dom0Error::StartPage)?;
         let at = self.guest_range(d, pvh::START_INFO_GPA, FRAME_SIZE, true);
-        self.mem
-            .write(at.ok_or(Dom0Error::ImageOutsideMemory)?, &page);
+        self.mem.write(at.ok_or(Dom0Error::ImageOutsideMemory)?, &page);
 
-        let mut init = VcpuInit {
-            rip: img.entry.into(),
-            ..VcpuInit::default()
-        };
+        let mut init = VcpuInit { rip: img.entry.into(), ..VcpuInit::default() };
         init.gprs.rbx = pvh::START_INFO_GPA;
-        self.create_vcpus(d, 1, init)
-            .map_err(Dom0Error::Resources)?;
+        self.create_vcpus(d, 1, init).map_err(Dom0Error::Resources)?;
         self.domains[d].state = Some(DomainState::Running);
         log::info!(
             "dom0: {} MiB RAM, entry {:#x}, image {lo:#x}-{hi:#x}, {} module(s), cmdline {cmdline:?}",
@@ -446,9 +394,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     continue;
                 };
                 if next != self.cursor
-                    && let Some(prev) = self.domains[self.cursor.0].vcpus[self.cursor.1]
-                        .arch
-                        .as_mut()
+                    && let Some(prev) =
+                        self.domains[self.cursor.0].vcpus[self.cursor.1].arch.as_mut()
                 {
                     self.backend.unload(prev);
                 }
@@ -485,15 +432,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Loads a new MMU root if the old one was zapped, and executes a flush the MMU owes.
     fn prepare_entry(&mut self, d: usize, v: usize) -> Result<(), CrashReason> {
-        let mut m = Machine {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-        };
+        let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let dom = &mut self.domains[d];
-        let arch = dom.vcpus[v]
-            .arch
-            .as_mut()
-            .ok_or(CrashReason::EntryFailure)?;
+        let arch = dom.vcpus[v].arch.as_mut().ok_or(CrashReason::EntryFailure)?;
         if dom.mmu.needs_reload(v) {
             let root = dom.mmu.reload_root(&mut m, v).map_err(|e| {
                 log::error!("d{d}v{v}: cannot load an MMU root: {e}");
@@ -526,13 +467,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             Exit::NestedPageFault { gpa, access } => {
                 self.nested_page_fault(d, v, gpa, access, info)
             }
-            Exit::Io {
-                port,
-                size,
-                write,
-                string,
-                rep,
-            } => {
+            Exit::Io { port, size, write, string, rep } => {
                 if string || rep {
                     return self.crash(d, v, CrashReason::UnsupportedIo, Some(info));
                 }
@@ -594,11 +529,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     _ => false,
                 };
                 if ok {
-                    let reg = if cr == 0 {
-                        GuestReg::Cr0
-                    } else {
-                        GuestReg::Cr4
-                    };
+                    let reg = if cr == 0 { GuestReg::Cr0 } else { GuestReg::Cr4 };
                     self.write_reg(d, v, reg, value);
                     self.skip(d, v, info.insn_len);
                 } else {
@@ -629,20 +560,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         a: crate::exit::Access,
         info: &ExitInfo,
     ) -> Option<Stop> {
-        let mut m = Machine {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-        };
+        let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let mmu = &mut self.domains[d].mmu;
-        let access = Access {
-            read: a.read,
-            write: a.write,
-            fetch: a.exec,
-            present: a.present,
-        };
-        let r = mmu
-            .topup(&mut m)
-            .and_then(|()| mmu.page_fault(&mut m, v, gpa, access));
+        let access = Access { read: a.read, write: a.write, fetch: a.exec, present: a.present };
+        let r = mmu.topup(&mut m).and_then(|()| mmu.page_fault(&mut m, v, gpa, access));
         match r {
             Ok(FaultOutcome::Fixed { size }) => {
                 log::trace!("d{d}v{v}: EPT violation at {gpa:#x} mapped ({size:?})");
@@ -796,10 +717,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let dom = &mut self.domains[d];
         dom.state = Some(DomainState::Shutdown);
         dom.shutdown = (reason, status);
-        log::info!(
-            "d{d} ({}) shut down: reason {reason}, status {status}",
-            dom.name_str()
-        );
+        log::info!("d{d} ({}) shut down: reason {reason}, status {status}", dom.name_str());
     }
 
     /// What happens after domain `d` stopped: dom0 stopping ends the machine.
@@ -815,16 +733,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             ));
         }
         let (reason, status) = dom.shutdown;
-        Some(
-            if reason == ShutdownReason::Poweroff as u32 && status == 0 {
-                Stop::new(StopStatus::Ok, format_args!("dom0 powered off"))
-            } else {
-                Stop::new(
-                    StopStatus::Dom0Failed,
-                    format_args!("dom0 shut down with reason {reason}, status {status}"),
-                )
-            },
-        )
+        Some(if reason == ShutdownReason::Poweroff as u32 && status == 0 {
+            Stop::new(StopStatus::Ok, format_args!("dom0 powered off"))
+        } else {
+            Stop::new(
+                StopStatus::Dom0Failed,
+                format_args!("dom0 shut down with reason {reason}, status {status}"),
+            )
+        })
     }
 
     /// Stops domain `d` for misbehaving, with a crash report.
@@ -836,11 +752,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         info: Option<&ExitInfo>,
     ) -> Option<Stop> {
         self.flush_console(d);
-        log::error!(
-            "d{d}v{v} ({}) crashed: {}",
-            self.domains[d].name_str(),
-            reason.name()
-        );
+        log::error!("d{d}v{v} ({}) crashed: {}", self.domains[d].name_str(), reason.name());
         if let Some(i) = info {
             let g = self.domains[d].vcpus[v].gprs;
             log::error!(
@@ -887,20 +799,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     fn flush_console(&mut self, d: usize) {
-        self.domains[d]
-            .console
-            .flush_line(|line| log_console_line(d, line));
+        self.domains[d].console.flush_line(|line| log_console_line(d, line));
     }
 }
 
 fn log_console_line(d: usize, line: &[u8]) {
     let mut s: heapless::String<CONSOLE_LINE_BYTES> = heapless::String::new();
     for &b in line {
-        let c = if (0x20..0x7f).contains(&b) {
-            b as char
-        } else {
-            '.'
-        };
+        let c = if (0x20..0x7f).contains(&b) { b as char } else { '.' };
         let _ = s.push(c);
     }
     log::info!(target: crate::GUEST_LOG_TARGET, "[d{d}] {s}");

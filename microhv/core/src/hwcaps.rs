@@ -13,46 +13,16 @@ pub struct Requirement {
 
 /// The VMX capabilities microhv needs, in the order [`check_vmx`] checks them.
 pub const VMX_REQUIREMENTS: [Requirement; 10] = [
-    Requirement {
-        what: "TRUE VMX control MSRs",
-        source: "IA32_VMX_BASIC[55]",
-    },
-    Requirement {
-        what: "write-back VMCS memory",
-        source: "IA32_VMX_BASIC[53:50]",
-    },
-    Requirement {
-        what: "secondary processor controls",
-        source: "IA32_VMX_PROCBASED_CTLS[63]",
-    },
-    Requirement {
-        what: "EPT",
-        source: "IA32_VMX_PROCBASED_CTLS2[33]",
-    },
-    Requirement {
-        what: "unrestricted guest",
-        source: "IA32_VMX_PROCBASED_CTLS2[39]",
-    },
-    Requirement {
-        what: "VPID",
-        source: "IA32_VMX_PROCBASED_CTLS2[37]",
-    },
-    Requirement {
-        what: "4-level EPT",
-        source: "IA32_VMX_EPT_VPID_CAP[6]",
-    },
-    Requirement {
-        what: "write-back EPT tables",
-        source: "IA32_VMX_EPT_VPID_CAP[14]",
-    },
-    Requirement {
-        what: "single-context INVEPT",
-        source: "IA32_VMX_EPT_VPID_CAP[20,25]",
-    },
-    Requirement {
-        what: "single-context INVVPID",
-        source: "IA32_VMX_EPT_VPID_CAP[32,41]",
-    },
+    Requirement { what: "TRUE VMX control MSRs", source: "IA32_VMX_BASIC[55]" },
+    Requirement { what: "write-back VMCS memory", source: "IA32_VMX_BASIC[53:50]" },
+    Requirement { what: "secondary processor controls", source: "IA32_VMX_PROCBASED_CTLS[63]" },
+    Requirement { what: "EPT", source: "IA32_VMX_PROCBASED_CTLS2[33]" },
+    Requirement { what: "unrestricted guest", source: "IA32_VMX_PROCBASED_CTLS2[39]" },
+    Requirement { what: "VPID", source: "IA32_VMX_PROCBASED_CTLS2[37]" },
+    Requirement { what: "4-level EPT", source: "IA32_VMX_EPT_VPID_CAP[6]" },
+    Requirement { what: "write-back EPT tables", source: "IA32_VMX_EPT_VPID_CAP[14]" },
+    Requirement { what: "single-context INVEPT", source: "IA32_VMX_EPT_VPID_CAP[20,25]" },
+    Requirement { what: "single-context INVVPID", source: "IA32_VMX_EPT_VPID_CAP[32,41]" },
 ];
 
 /// The requirements a check found missing: bit `i` stands for `table[i]`.
@@ -65,11 +35,7 @@ pub struct Missing {
 impl Missing {
     /// The missing requirements.
     pub fn iter(&self) -> impl Iterator<Item = &'static Requirement> + '_ {
-        self.table
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.bits & (1 << i) != 0)
-            .map(|(_, r)| r)
+        self.table.iter().enumerate().filter(|(i, _)| self.bits & (1 << i) != 0).map(|(_, r)| r)
     }
 
     /// How many are missing.
@@ -215,16 +181,9 @@ pub fn check_vmx(m: &VmxMsrs) -> Result<VmxFeatures, Missing> {
         m.ept_vpid & INVEPT != 0 && m.ept_vpid & INVEPT_SINGLE != 0,
         m.ept_vpid & INVVPID != 0 && m.ept_vpid & INVVPID_SINGLE != 0,
     ];
-    let bits = has
-        .iter()
-        .enumerate()
-        .filter(|(_, ok)| !**ok)
-        .fold(0, |b, (i, _)| b | 1 << i);
+    let bits = has.iter().enumerate().filter(|(_, ok)| !**ok).fold(0, |b, (i, _)| b | 1 << i);
     if bits != 0 {
-        return Err(Missing {
-            bits,
-            table: &VMX_REQUIREMENTS,
-        });
+        return Err(Missing { bits, table: &VMX_REQUIREMENTS });
     }
     Ok(VmxFeatures {
         revision: (m.basic & 0x7fff_ffff) as u32,

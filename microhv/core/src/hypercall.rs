@@ -101,11 +101,7 @@ fn target_domu<B: Backend, P: PhysMem, const W: usize>(
     domid: u64,
 ) -> Result<usize, Errno> {
     let t = target(hv, domid)?;
-    if hv.domains[t].privileged {
-        Err(Errno::EPERM)
-    } else {
-        Ok(t)
-    }
+    if hv.domains[t].privileged { Err(Errno::EPERM) } else { Ok(t) }
 }
 
 /// Reads a structure argument from domain `d`'s memory.
@@ -151,9 +147,7 @@ fn copy_from_guest<B: Backend, P: PhysMem, const W: usize>(
     while done < out.len() {
         let at = gpa.checked_add(done as u64).ok_or(Errno::EFAULT)?;
         let chunk = ((FRAME_SIZE - at % FRAME_SIZE) as usize).min(out.len() - done);
-        let hpa = hv
-            .guest_range(d, at, chunk as u64, false)
-            .ok_or(Errno::EFAULT)?;
+        let hpa = hv.guest_range(d, at, chunk as u64, false).ok_or(Errno::EFAULT)?;
         hv.mem.read(hpa, &mut out[done..done + chunk]);
         done += chunk;
     }
@@ -172,8 +166,7 @@ fn check_range<B: Backend, P: PhysMem, const W: usize>(
     let mut at = gpa;
     while at < end {
         let chunk = (FRAME_SIZE - at % FRAME_SIZE).min(end - at);
-        hv.guest_range(d, at, chunk, writable)
-            .ok_or(Errno::EFAULT)?;
+        hv.guest_range(d, at, chunk, writable).ok_or(Errno::EFAULT)?;
         at += chunk;
     }
     Ok(())
@@ -190,9 +183,7 @@ fn copy_to_guest<B: Backend, P: PhysMem, const W: usize>(
     while done < data.len() {
         let at = gpa.checked_add(done as u64).ok_or(Errno::EFAULT)?;
         let chunk = ((FRAME_SIZE - at % FRAME_SIZE) as usize).min(data.len() - done);
-        let hpa = hv
-            .guest_range(d, at, chunk as u64, true)
-            .ok_or(Errno::EFAULT)?;
+        let hpa = hv.guest_range(d, at, chunk as u64, true).ok_or(Errno::EFAULT)?;
         hv.mem.write(hpa, &data[done..done + chunk]);
         done += chunk;
     }
@@ -283,9 +274,7 @@ fn domain_create<B: Backend, P: PhysMem, const W: usize>(
     if hv.domains.iter().any(|x| x.exists() && x.name == c.name) {
         return Err(Errno::EEXIST);
     }
-    let t = (0..DOMAINS)
-        .find(|&i| !hv.domains[i].exists())
-        .ok_or(Errno::ENOSPC)?;
+    let t = (0..DOMAINS).find(|&i| !hv.domains[i].exists()).ok_or(Errno::ENOSPC)?;
     if c.mem_bytes / FRAME_SIZE > hv.frames.free_frames() {
         return Err(Errno::ENOMEM);
     }
@@ -294,14 +283,8 @@ fn domain_create<B: Backend, P: PhysMem, const W: usize>(
     hv.domains[t].state = Some(DomainState::Created);
     let built = (|| {
         hv.add_ram(t, 0, c.mem_bytes)?;
-        let mut m = Machine {
-            frames: &mut hv.frames,
-            mem: &mut hv.mem,
-        };
-        hv.domains[t]
-            .mmu
-            .set_requested_pages(&mut m, c.mmu_pages)
-            .map_err(mmu_errno)?;
+        let mut m = Machine { frames: &mut hv.frames, mem: &mut hv.mem };
+        hv.domains[t].mmu.set_requested_pages(&mut m, c.mmu_pages).map_err(mmu_errno)?;
         hv.create_vcpus(t, c.vcpus, VcpuInit::default())?;
         // vCPUs wait for their state (VcpuSetState) before they may run.
         for i in 0..c.vcpus as usize {
@@ -311,11 +294,7 @@ fn domain_create<B: Backend, P: PhysMem, const W: usize>(
     })();
     match built {
         Ok(()) => {
-            log::info!(
-                "d{t} ({name}) created: {} MiB, {} vCPU(s)",
-                c.mem_bytes >> 20,
-                c.vcpus
-            );
+            log::info!("d{t} ({name}) created: {} MiB, {} vCPU(s)", c.mem_bytes >> 20, c.vcpus);
             Ok(t as u64)
         }
         Err(e) => {
@@ -365,11 +344,7 @@ fn fill_info<B: Backend, P: PhysMem, const W: usize>(hv: &Hv<B, P, W>, t: usize)
         state: dom.state.map_or(0, |s| s as u32),
         name: dom.name,
         vcpus: dom.vcpu_count,
-        flags: if dom.privileged {
-            DOMINFO_PRIVILEGED
-        } else {
-            0
-        },
+        flags: if dom.privileged { DOMINFO_PRIVILEGED } else { 0 },
         mem_bytes: dom.mem_bytes,
         mmu_used: st.n_used,
         mmu_max: st.n_max,
@@ -435,14 +410,8 @@ fn mmu_pages_set<B: Backend, P: PhysMem, const W: usize>(
     if hv.domains[t].stopped() {
         return Err(Errno::EBUSY);
     }
-    let mut m = Machine {
-        frames: &mut hv.frames,
-        mem: &mut hv.mem,
-    };
-    hv.domains[t]
-        .mmu
-        .set_requested_pages(&mut m, n)
-        .map_err(mmu_errno)?;
+    let mut m = Machine { frames: &mut hv.frames, mem: &mut hv.mem };
+    hv.domains[t].mmu.set_requested_pages(&mut m, n).map_err(mmu_errno)?;
     Ok(0)
 }
 
@@ -452,10 +421,7 @@ fn mem_set<B: Backend, P: PhysMem, const W: usize>(
     bytes: u64,
 ) -> R {
     let t = target_domu(hv, domid)?;
-    if !matches!(
-        hv.domains[t].state,
-        Some(DomainState::Created | DomainState::Paused)
-    ) {
+    if !matches!(hv.domains[t].state, Some(DomainState::Created | DomainState::Paused)) {
         return Err(Errno::EBUSY);
     }
     mem_size_ok(bytes)?;
@@ -480,10 +446,7 @@ fn mem_write<B: Backend, P: PhysMem, const W: usize>(
     len: u64,
 ) -> R {
     let t = target_domu(hv, domid)?;
-    if !matches!(
-        hv.domains[t].state,
-        Some(DomainState::Created | DomainState::Paused)
-    ) {
+    if !matches!(hv.domains[t].state, Some(DomainState::Created | DomainState::Paused)) {
         return Err(Errno::EBUSY);
     }
     if len > MEM_WRITE_MAX {
@@ -519,9 +482,7 @@ fn vcpu_set_state<B: Backend, P: PhysMem, const W: usize>(
     }
     let s: VcpuState = read_struct(hv, d, gpa)?;
     let below_4g = |x: u64| x <= u64::from(u32::MAX);
-    let regs_ok = [s.rax, s.rbx, s.rcx, s.rdx, s.rsi, s.rdi]
-        .into_iter()
-        .all(below_4g);
+    let regs_ok = [s.rax, s.rbx, s.rcx, s.rdx, s.rsi, s.rdi].into_iter().all(below_4g);
     if s.mode != VCPU_MODE_FLAT32
         || s.flags != 0
         || !below_4g(s.rip)
@@ -530,11 +491,7 @@ fn vcpu_set_state<B: Backend, P: PhysMem, const W: usize>(
     {
         return Err(Errno::EINVAL);
     }
-    let mut init = VcpuInit {
-        rip: s.rip,
-        rsp: s.rsp,
-        ..VcpuInit::default()
-    };
+    let mut init = VcpuInit { rip: s.rip, rsp: s.rsp, ..VcpuInit::default() };
     (init.gprs.rax, init.gprs.rbx, init.gprs.rcx) = (s.rax, s.rbx, s.rcx);
     (init.gprs.rdx, init.gprs.rsi, init.gprs.rdi) = (s.rdx, s.rsi, s.rdi);
     let vc = &mut hv.domains[t].vcpus[vcpu as usize];

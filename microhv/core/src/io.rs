@@ -52,26 +52,14 @@ mod tests {
     fn absent_ports_read_all_ones() {
         assert_eq!(port_io(false, 0x60, 1, false, 0), IoOutcome::Done(0xff));
         assert_eq!(port_io(true, 0x3f8, 4, false, 0), IoOutcome::Done(u32::MAX));
-        assert_eq!(
-            merge_in(0x1234_5678_9abc_def0, 1, 0xff),
-            0x1234_5678_9abc_deff
-        );
-        assert_eq!(
-            merge_in(0x1234_5678_9abc_def0, 2, 0xffff),
-            0x1234_5678_9abc_ffff
-        );
+        assert_eq!(merge_in(0x1234_5678_9abc_def0, 1, 0xff), 0x1234_5678_9abc_deff);
+        assert_eq!(merge_in(0x1234_5678_9abc_def0, 2, 0xffff), 0x1234_5678_9abc_ffff);
         assert_eq!(merge_in(0x1234_5678_9abc_def0, 4, 7), 7);
     }
 
     #[test]
     fn debug_exit_is_for_domus_only() {
-        assert_eq!(
-            port_io(false, DEBUG_EXIT_PORT, 1, true, 0x1ff),
-            IoOutcome::Shutdown(0xff)
-        );
-        assert_eq!(
-            port_io(true, DEBUG_EXIT_PORT, 1, true, 3),
-            IoOutcome::Done(0)
-        );
+        assert_eq!(port_io(false, DEBUG_EXIT_PORT, 1, true, 0x1ff), IoOutcome::Shutdown(0xff));
+        assert_eq!(port_io(true, DEBUG_EXIT_PORT, 1, true, 3), IoOutcome::Done(0));
     }
 }

@@ -23,7 +23,12 @@ pub mod hypercall;
 pub mod io;
 pub mod mem;
 pub mod policy;
+
 pub mod status;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
 
 /// `log` target of domain console lines; the logger prints them verbatim (they carry their
 /// `[dN]` prefix).

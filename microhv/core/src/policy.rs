@@ -86,10 +86,7 @@ mod tests {
         assert!(!cr0_write_ok(0x8000_0000, 0, 0), "PG without PE");
         assert!(!cr0_write_ok(CR0_NW | CR0_PE, 0, 0), "NW without CD");
         assert!(!cr0_write_ok(1 << 32, 0, 0), "reserved");
-        assert!(
-            !cr0_write_ok(CR0_PG | CR0_PE, EFER_LME, 0),
-            "long mode without PAE"
-        );
+        assert!(!cr0_write_ok(CR0_PG | CR0_PE, EFER_LME, 0), "long mode without PAE");
     }
 
     #[test]
@@ -104,14 +101,7 @@ mod tests {
     fn efer_rules() {
         assert!(efer_write_ok(EFER_LME | EFER_NXE, 0, 0));
         assert!(!efer_write_ok(1 << 12, 0, 0), "SVME");
-        assert!(
-            !efer_write_ok(0, EFER_LME | EFER_LMA, CR0_PG),
-            "LME off while paging"
-        );
-        assert!(efer_write_ok(
-            EFER_LME | EFER_LMA | EFER_SCE,
-            EFER_LME | EFER_LMA,
-            CR0_PG
-        ));
+        assert!(!efer_write_ok(0, EFER_LME | EFER_LMA, CR0_PG), "LME off while paging");
+        assert!(efer_write_ok(EFER_LME | EFER_LMA | EFER_SCE, EFER_LME | EFER_LMA, CR0_PG));
     }
 }

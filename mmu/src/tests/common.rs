@@ -9,21 +9,9 @@ pub const HPA: u64 = 0x40_0000_0000;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 
-pub const EPT4K: Config = Config {
-    format: Format::Ept,
-    large_2m: false,
-    large_1g: false,
-};
-pub const EPT: Config = Config {
-    format: Format::Ept,
-    large_2m: true,
-    large_1g: true,
-};
-pub const NPT: Config = Config {
-    format: Format::Npt,
-    large_2m: true,
-    large_1g: true,
-};
+pub const EPT4K: Config = Config { format: Format::Ept, large_2m: false, large_1g: false };
+pub const EPT: Config = Config { format: Format::Ept, large_2m: true, large_1g: true };
+pub const NPT: Config = Config { format: Format::Npt, large_2m: true, large_1g: true };
 
 pub fn host() -> SimHost {
     SimHost::new(1 << 22)
@@ -60,15 +48,9 @@ pub fn fault_on(m: &mut Mmu, h: &mut SimHost, vcpu: usize, gpa: u64, a: Access) 
     r
 }
 
-pub const FIXED_4K: FaultOutcome = FaultOutcome::Fixed {
-    size: PageSize::Size4K,
-};
-pub const FIXED_2M: FaultOutcome = FaultOutcome::Fixed {
-    size: PageSize::Size2M,
-};
-pub const FIXED_1G: FaultOutcome = FaultOutcome::Fixed {
-    size: PageSize::Size1G,
-};
+pub const FIXED_4K: FaultOutcome = FaultOutcome::Fixed { size: PageSize::Size4K };
+pub const FIXED_2M: FaultOutcome = FaultOutcome::Fixed { size: PageSize::Size2M };
+pub const FIXED_1G: FaultOutcome = FaultOutcome::Fixed { size: PageSize::Size1G };
 
 #[track_caller]
 pub fn teardown(mut m: Mmu, mut h: SimHost) {

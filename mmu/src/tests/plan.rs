@@ -12,20 +12,12 @@ fn p15_leaf_encoding_ept_and_npt() {
         // pfn | HOST_WRITABLE | IPAT | WB | X | W | R
         (EPT4K, 0x0010_0040_0000_0077u64, 0x0000_0040_0000_0075u64),
         // pfn | HOST_WRITABLE | D | A | US | RW | P
-        (
-            Config {
-                format: Format::Npt,
-                ..EPT4K
-            },
-            0x0010_0040_0000_0067,
-            0x0000_0040_0000_0025,
-        ),
+        (Config { format: Format::Npt, ..EPT4K }, 0x0010_0040_0000_0067, 0x0000_0040_0000_0025),
     ] {
         let mut h = host();
         let mut m = Mmu::new(cfg);
         m.add_slot(&mut h, 0, 0, 2 * MIB, HPA, 0).unwrap();
-        m.add_slot(&mut h, 1, 4 * MIB, 2 * MIB, HPA, SLOT_READ_ONLY)
-            .unwrap();
+        m.add_slot(&mut h, 1, 4 * MIB, 2 * MIB, HPA, SLOT_READ_ONLY).unwrap();
         m.acquire_root(&mut h, 0).unwrap();
         assert_eq!(fault(&mut m, &mut h, 0, Access::READ), FIXED_4K);
         assert_eq!(m.lookup(&h, 0).unwrap().entry, rw_leaf);
@@ -39,13 +31,7 @@ fn p15_leaf_encoding_ept_and_npt() {
 fn p16_nonleaf_entries_grant_everything() {
     for (cfg, bits) in [
         (EPT4K, ept::R | ept::W | ept::X),
-        (
-            Config {
-                format: Format::Npt,
-                ..EPT4K
-            },
-            npt::P | npt::RW | npt::US | npt::A,
-        ),
+        (Config { format: Format::Npt, ..EPT4K }, npt::P | npt::RW | npt::US | npt::A),
     ] {
         let (mut m, mut h) = domain(cfg, 2 * MIB);
         fault(&mut m, &mut h, 0x1000, Access::READ);
@@ -67,10 +53,7 @@ fn p20_eptp_and_ncr3() {
     let p = m.root_pointer(&h, 0).unwrap();
     assert_eq!(p & 0xfff, 0x1e, "WB, 4-level walk, no A/D");
     assert!(h.is_allocated(p & entry::ADDR_MASK));
-    let mut n = Mmu::new(Config {
-        format: Format::Npt,
-        ..EPT4K
-    });
+    let mut n = Mmu::new(Config { format: Format::Npt, ..EPT4K });
     let q = n.acquire_root(&mut h, 3).unwrap();
     assert_eq!(q & 0xfff, 0);
     assert!(h.is_allocated(q));
@@ -86,8 +69,7 @@ fn p22_first_touch_creates_missing_tables_only() {
     let mut h = host();
     let mut m = Mmu::new(EPT4K);
     m.add_slot(&mut h, 0, 0, 2 * GIB, HPA, 0).unwrap();
-    m.add_slot(&mut h, 1, 512 * GIB, 2 * MIB, HPA + 2 * GIB, 0)
-        .unwrap();
+    m.add_slot(&mut h, 1, 512 * GIB, 2 * MIB, HPA + 2 * GIB, 0).unwrap();
     m.set_requested_pages(&mut h, 1000).unwrap();
     m.acquire_root(&mut h, 0).unwrap();
     assert_eq!(m.n_used(), 1);
@@ -130,10 +112,7 @@ fn p31_vcpus_share_one_counted_root() {
     assert_eq!(m.acquire_root(&mut h, 5).unwrap(), p0);
     assert_eq!(m.acquire_root(&mut h, 5), Err(Error::Busy));
     assert_eq!(m.release_root(&mut h, 4), Err(Error::InvalidArgument));
-    assert_eq!(
-        m.acquire_root(&mut h, MAX_VCPUS),
-        Err(Error::InvalidArgument)
-    );
+    assert_eq!(m.acquire_root(&mut h, MAX_VCPUS), Err(Error::InvalidArgument));
     teardown(m, h);
 }
 
@@ -154,10 +133,7 @@ fn p38_lowering_the_limit_zaps_oldest_first_skipping_roots() {
     assert_eq!(m.n_max(), 10);
     // The root survived (it is pinned), so did the newest L1 tables; the oldest went first.
     assert!(!m.needs_reload(0));
-    assert!(
-        m.lookup(&h, 31 * 2 * MIB).is_none(),
-        "upper levels were zapped"
-    );
+    assert!(m.lookup(&h, 31 * 2 * MIB).is_none(), "upper levels were zapped");
     assert!(m.stats().reclaims >= 25);
     // The surviving (orphaned) L1 tables are re-linked, not rebuilt.
     let before = m.stats().pages_allocated;
@@ -169,8 +145,7 @@ fn p38_lowering_the_limit_zaps_oldest_first_skipping_roots() {
 #[test]
 fn teardown_returns_every_frame() {
     let (mut m, mut h) = domain(EPT, 8 * MIB);
-    m.add_slot(&mut h, 3, GIB, 4 * MIB, HPA + GIB, SLOT_READ_ONLY)
-        .unwrap();
+    m.add_slot(&mut h, 3, GIB, 4 * MIB, HPA + GIB, SLOT_READ_ONLY).unwrap();
     m.acquire_root(&mut h, 1).unwrap();
     for k in 0..2048 {
         fault(&mut m, &mut h, k * 0x1000, Access::READ);
@@ -193,16 +168,12 @@ fn mmu_is_small() {
 fn p11_mapping_level_follows_config_and_alignment() {
     for cfg in [EPT, NPT] {
         let (mut m, mut h) = domain(cfg, 2 * GIB);
-        m.add_slot(&mut h, 1, 4 * GIB, 4 * MIB, HPA + 4 * GIB, 0)
-            .unwrap();
+        m.add_slot(&mut h, 1, 4 * GIB, 4 * MIB, HPA + 4 * GIB, 0).unwrap();
         // gpa/hpa congruent at 1 GiB: a 1 GiB leaf.
         assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::READ), FIXED_1G);
         assert_eq!(m.lookup(&h, 0x1234_5678).unwrap().hpa, HPA + 0x1234_5678);
         // A 4 MiB slot: 2 MiB leaves only.
-        assert_eq!(
-            fault(&mut m, &mut h, 4 * GIB + 3 * MIB, Access::WRITE),
-            FIXED_2M
-        );
+        assert_eq!(fault(&mut m, &mut h, 4 * GIB + 3 * MIB, Access::WRITE), FIXED_2M);
         teardown(m, h);
     }
 }

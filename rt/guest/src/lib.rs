@@ -18,10 +18,7 @@ use spin::{Mutex, Once};
 use zerocopy::FromBytes;
 
 static HV: Once<Hypervisor> = Once::new();
-static CONSOLE: Mutex<Console> = Mutex::new(Console {
-    buf: [0; LINE],
-    len: 0,
-});
+static CONSOLE: Mutex<Console> = Mutex::new(Console { buf: [0; LINE], len: 0 });
 
 const LINE: usize = 256;
 
@@ -194,10 +191,7 @@ pub fn rdtsc() -> u64 {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     // The console lock may be held by the code that panicked; format without it.
     if let Some(h) = HV.get() {
-        let mut line = Console {
-            buf: [0; LINE],
-            len: 0,
-        };
+        let mut line = Console { buf: [0; LINE], len: 0 };
         let _ = writeln!(line, "panic: {info}");
         line.flush();
         let _ = h.shutdown(ShutdownReason::Crash, 1);

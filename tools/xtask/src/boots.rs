@@ -40,10 +40,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
         cpu: None,
         mem_mib: MACHINE_MIB,
         cmdline: String::new(),
-        modules: vec![Module {
-            path: images.dom0.clone(),
-            args: dom0_args.into(),
-        }],
+        modules: vec![Module { path: images.dom0.clone(), args: dom0_args.into() }],
         timeout: BOOT_TIMEOUT,
         kvm: false,
         echo: false,
@@ -76,12 +73,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
         },
         Case {
             name: "dom0-triple-fault",
-            spec: spec(
-                "dom0-triple-fault",
-                Emulator::Bochs,
-                images,
-                "misbehave=triple-fault",
-            ),
+            spec: spec("dom0-triple-fault", Emulator::Bochs, images, "misbehave=triple-fault"),
             checks: vec![
                 Status(StopStatus::Dom0Crashed),
                 Contains("[d0] triple-faulting on purpose"),
@@ -92,12 +84,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
         },
         Case {
             name: "dom0-outside-memory",
-            spec: spec(
-                "dom0-outside-memory",
-                Emulator::Bochs,
-                images,
-                "misbehave=outside-memory",
-            ),
+            spec: spec("dom0-outside-memory", Emulator::Bochs, images, "misbehave=outside-memory"),
             checks: vec![
                 Status(StopStatus::Dom0Crashed),
                 Contains("read access to guest-physical 0xb0000000 outside its memory"),
@@ -151,21 +138,13 @@ pub fn run_all(images: &Images) -> Result<bool> {
         let out = emu::boot(&case.spec, images)?;
         let failures = verify(&out, &case.checks);
         let verdict = if failures.is_empty() { "PASS" } else { "FAIL" };
-        println!(
-            "boot test {:<24} {verdict}  ({:.1} s)",
-            case.name,
-            out.wall.as_secs_f64()
-        );
+        println!("boot test {:<24} {verdict}  ({:.1} s)", case.name, out.wall.as_secs_f64());
         if !failures.is_empty() {
             ok = false;
             for f in &failures {
                 println!("    {f}");
             }
-            println!(
-                "    log: {}\n--- last lines ---\n{}\n---",
-                out.dir.display(),
-                out.tail(25)
-            );
+            println!("    log: {}\n--- last lines ---\n{}\n---", out.dir.display(), out.tail(25));
         }
     }
     Ok(ok)

@@ -35,11 +35,8 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// Makes sure every package in `groups` is installed: installs the missing ones as root
 /// (`apt-get update` first), or prints the exact command and fails.
 pub fn ensure(groups: &[&[&str]]) -> Result<()> {
-    let missing: Vec<&str> = groups
-        .iter()
-        .flat_map(|g| g.iter().copied())
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> =
+        groups.iter().flat_map(|g| g.iter().copied()).filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

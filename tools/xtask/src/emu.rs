@@ -106,21 +106,14 @@ fn bochs(
     // This Bochs build stops in its debugger at reset: continue, and quit when it returns.
     std::fs::write(dir.join("bochs.cmds"), "c\nquit\n")?;
     let mut cmd = Command::new("bochs");
-    cmd.arg("-q")
-        .arg("-f")
-        .arg(dir.join("bochsrc"))
-        .arg("-rc")
-        .arg(dir.join("bochs.cmds"));
+    cmd.arg("-q").arg("-f").arg(dir.join("bochsrc")).arg("-rc").arg(dir.join("bochs.cmds"));
     cmd.env("TERM", "dumb");
     Ok(cmd)
 }
 
 fn qemu(spec: &Spec, images: &Images, com1: &std::path::Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    let cpu = spec
-        .cpu
-        .clone()
-        .unwrap_or_else(|| if spec.kvm { "host" } else { "max" }.into());
+    let cpu = spec.cpu.clone().unwrap_or_else(|| if spec.kvm { "host" } else { "max" }.into());
     cmd.args(["-cpu", &cpu, "-m", &spec.mem_mib.to_string()]);
     if spec.kvm {
         cmd.arg("-enable-kvm");
@@ -133,11 +126,7 @@ fn qemu(spec: &Spec, images: &Images, com1: &std::path::Path) -> Command {
     let initrd: Vec<String> = spec
         .modules
         .iter()
-        .map(|m| {
-            format!("{} {}", m.path.display(), m.args)
-                .trim_end()
-                .replace(',', ",,")
-        })
+        .map(|m| format!("{} {}", m.path.display(), m.args).trim_end().replace(',', ",,"))
         .collect();
     if !initrd.is_empty() {
         cmd.arg("-initrd").arg(initrd.join(","));
@@ -161,14 +150,10 @@ pub fn boot(spec: &Spec, images: &Images) -> Result<Outcome> {
         Emulator::Qemu => qemu(spec, images, &com1),
     };
     let console = std::fs::File::create(dir.join("emulator.out"))?;
-    cmd.stdin(Stdio::null())
-        .stdout(console.try_clone()?)
-        .stderr(console);
+    cmd.stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
     std::fs::write(dir.join("command"), format!("{cmd:?}\n"))?;
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
     let mut log = std::fs::File::open(&com1)?;
     let mut seen = 0u64;
     let mut text = Vec::new();

@@ -6,10 +6,7 @@ use std::process::Command;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_default()
 }
 
 /// Where runs keep their files: `target/microhv/`.
@@ -50,10 +47,7 @@ pub fn build() -> Result<Images> {
         }
     }
     let rel = image_target_dir().join("release");
-    Ok(Images {
-        microhv: rel.join("microhv"),
-        dom0: rel.join("dom0-agent"),
-    })
+    Ok(Images { microhv: rel.join("microhv"), dom0: rel.join("dom0-agent") })
 }
 
 /// A boot module: an image and its command line (whose first word names it).
@@ -68,10 +62,7 @@ pub struct Module {
 impl Module {
     /// The name the module gets: its file name.
     pub fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 }
 
@@ -100,10 +91,7 @@ pub fn make_iso(dir: &Path, images: &Images, cmdline: &str, modules: &[Module]) 
         .output()
         .context("running grub-mkrescue")?;
     if !out.status.success() {
-        bail!(
-            "grub-mkrescue failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("grub-mkrescue failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(iso)
 }

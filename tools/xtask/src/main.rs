@@ -81,12 +81,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             println!("{}\n{}", i.microhv.display(), i.dom0.display());
             Ok(true)
         }
-        Cmd::Run {
-            emulator,
-            kvm,
-            cmdline,
-            dom0_args,
-        } => {
+        Cmd::Run { emulator, kvm, cmdline, dom0_args } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
             let mut spec = boots::spec("run", emulator, &images, &dom0_args);
@@ -113,11 +108,7 @@ fn run(cmd: Cmd) -> Result<bool> {
 /// Extracts the figure after `key` in the log (up to the next non-digit).
 fn figure(log: &str, key: &str) -> Option<u64> {
     let at = log.find(key)? + key.len();
-    log[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    log[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 fn smoke(emulator: Emulator) -> Result<bool> {
@@ -130,11 +121,7 @@ fn smoke(emulator: Emulator) -> Result<bool> {
         "smoke bench",
     );
     let out = emu::boot(&spec, &images)?;
-    println!(
-        "--- {} (last lines) ---\n{}\n---",
-        out.dir.join("com1.log").display(),
-        out.tail(20)
-    );
+    println!("--- {} (last lines) ---\n{}\n---", out.dir.join("com1.log").display(), out.tail(20));
     let ready = out.log.lines().find(|l| l.contains("dom0 ready"));
     if let Some(t) = figure(&out.log, "dom0 ready (domid 0, tsc ") {
         println!("TSC at dom0 ready: {t}");
@@ -149,11 +136,7 @@ fn smoke(emulator: Emulator) -> Result<bool> {
             Ok(true)
         }
         (_, Some((s, why))) => {
-            println!(
-                "smoke failed: microhv stopped with status {} ({}): {why}",
-                s as u8,
-                s.name()
-            );
+            println!("smoke failed: microhv stopped with status {} ({}): {why}", s as u8, s.name());
             Ok(false)
         }
         (_, None) => {
@@ -182,10 +165,7 @@ fn test() -> Result<bool> {
     let start = Instant::now();
     deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
     let cargo = env!("CARGO");
-    step(
-        "cargo fmt --check",
-        Command::new(cargo).args(["fmt", "--all", "--check"]),
-    )?;
+    step("cargo fmt --check", Command::new(cargo).args(["fmt", "--all", "--check"]))?;
     step(
         "cargo clippy",
         Command::new(cargo).args([
@@ -207,10 +187,7 @@ fn test() -> Result<bool> {
                 .args(["clippy", "--release", "-p", p, "--", "-D", "warnings"]),
         )?;
     }
-    step(
-        "cargo test",
-        Command::new(cargo).args(["test", "--workspace", "--release"]),
-    )?;
+    step("cargo test", Command::new(cargo).args(["test", "--workspace", "--release"]))?;
     println!("== boot tests");
     let images = images::build()?;
     let ok = boots::run_all(&images)?;

@@ -27,37 +27,21 @@ fn read_msrs() -> VmxMsrs {
         let basic = rdmsr(msr::IA32_VMX_BASIC);
         let t = basic & VMX_BASIC_TRUE_CTLS != 0;
         let pick = |tru, legacy| if t { tru } else { legacy };
-        let procbased = rdmsr(pick(
-            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
-            msr::IA32_VMX_PROCBASED_CTLS,
-        ));
+        let procbased =
+            rdmsr(pick(msr::IA32_VMX_TRUE_PROCBASED_CTLS, msr::IA32_VMX_PROCBASED_CTLS));
         let has_secondary = procbased >> 63 != 0;
-        let procbased2 = if has_secondary {
-            rdmsr(msr::IA32_VMX_PROCBASED_CTLS2)
-        } else {
-            0
-        };
+        let procbased2 = if has_secondary { rdmsr(msr::IA32_VMX_PROCBASED_CTLS2) } else { 0 };
         let sec = (procbased2 >> 32) as u32;
         let ept_or_vpid = sec & (hwcaps::secondary::EPT | hwcaps::secondary::VPID) != 0;
         VmxMsrs {
             basic,
-            pinbased: rdmsr(pick(
-                msr::IA32_VMX_TRUE_PINBASED_CTLS,
-                msr::IA32_VMX_PINBASED_CTLS,
-            )),
+            pinbased: rdmsr(pick(msr::IA32_VMX_TRUE_PINBASED_CTLS, msr::IA32_VMX_PINBASED_CTLS)),
             procbased,
             procbased2,
             exit: rdmsr(pick(msr::IA32_VMX_TRUE_EXIT_CTLS, msr::IA32_VMX_EXIT_CTLS)),
-            entry: rdmsr(pick(
-                msr::IA32_VMX_TRUE_ENTRY_CTLS,
-                msr::IA32_VMX_ENTRY_CTLS,
-            )),
+            entry: rdmsr(pick(msr::IA32_VMX_TRUE_ENTRY_CTLS, msr::IA32_VMX_ENTRY_CTLS)),
             misc: rdmsr(msr::IA32_VMX_MISC),
-            ept_vpid: if ept_or_vpid {
-                rdmsr(msr::IA32_VMX_EPT_VPID_CAP)
-            } else {
-                0
-            },
+            ept_vpid: if ept_or_vpid { rdmsr(msr::IA32_VMX_EPT_VPID_CAP) } else { 0 },
             cr0_fixed0: rdmsr(msr::IA32_VMX_CR0_FIXED0),
             cr0_fixed1: rdmsr(msr::IA32_VMX_CR0_FIXED1),
             cr4_fixed0: rdmsr(msr::IA32_VMX_CR4_FIXED0),
@@ -81,7 +65,5 @@ pub fn detect() -> Result<(VmxFeatures, VmxMsrs), Unavailable> {
         FeatureControl::Write(v) => unsafe { wrmsr(msr::IA32_FEATURE_CONTROL, v) },
     }
     let msrs = read_msrs();
-    hwcaps::check_vmx(&msrs)
-        .map(|f| (f, msrs))
-        .map_err(Unavailable::Missing)
+    hwcaps::check_vmx(&msrs).map(|f| (f, msrs)).map_err(Unavailable::Missing)
 }

@@ -45,13 +45,8 @@ const RFLAGS_FIXED: u64 = 1 << 1;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 
 /// Syscall MSRs the guest owns outright; microhv never uses them in ring 0.
-const SWAPPED_MSRS: [u32; 5] = [
-    msr::IA32_STAR,
-    msr::IA32_LSTAR,
-    msr::IA32_CSTAR,
-    msr::IA32_FMASK,
-    msr::IA32_KERNEL_GSBASE,
-];
+const SWAPPED_MSRS: [u32; 5] =
+    [msr::IA32_STAR, msr::IA32_LSTAR, msr::IA32_CSTAR, msr::IA32_FMASK, msr::IA32_KERNEL_GSBASE];
 
 /// MSRs guests read and write without an exit: saved by the VMCS or swapped by microhv.
 const PASSTHROUGH_MSRS: [u32; 11] = [
@@ -182,9 +177,7 @@ impl Vmx {
             cpu::write_cr0((cpu::cr0() | msrs.cr0_fixed0) & msrs.cr0_fixed1);
             cpu::write_cr4((cpu::cr4() | msrs.cr4_fixed0) & msrs.cr4_fixed1);
         }
-        let vmxon = frames
-            .alloc_zeroed()
-            .ok_or("no frame for the VMXON region")?;
+        let vmxon = frames.alloc_zeroed().ok_or("no frame for the VMXON region")?;
         frame_bytes(vmxon)[..4].copy_from_slice(&features.revision.to_le_bytes());
         // SAFETY: CR4.VMXE set, fixed bits honoured, the region is ours for good.
         unsafe { vmcs::vmxon(vmxon) }.map_err(|_| "VMXON failed")?;
@@ -196,20 +189,12 @@ impl Vmx {
         let bm = frame_bytes(msr_bitmap);
         bm.fill(0xff);
         for m in PASSTHROUGH_MSRS {
-            let (base, idx) = if m >= 0xC000_0000 {
-                (1024, m - 0xC000_0000)
-            } else {
-                (0, m)
-            };
+            let (base, idx) = if m >= 0xC000_0000 { (1024, m - 0xC000_0000) } else { (0, m) };
             set_bit(&mut bm[base..base + 1024], idx as usize, false);
             set_bit(&mut bm[base + 2048..base + 3072], idx as usize, false);
         }
         // TSC reads are harmless; writes still exit.
-        set_bit(
-            &mut bm[..1024],
-            msr::IA32_TIME_STAMP_COUNTER as usize,
-            false,
-        );
+        set_bit(&mut bm[..1024], msr::IA32_TIME_STAMP_COUNTER as usize, false);
 
         Ok(Self {
             features,
@@ -266,11 +251,7 @@ impl Vmx {
         if paging != was_paging {
             let efer = vmcs::read(guest::IA32_EFER_FULL);
             let long = paging && efer & EFER_LME != 0;
-            let efer = if long {
-                efer | EFER_LMA
-            } else {
-                efer & !EFER_LMA
-            };
+            let efer = if long { efer | EFER_LMA } else { efer & !EFER_LMA };
             vmcs::write(guest::IA32_EFER_FULL, efer);
             let entry = vmcs::read(control::VMENTRY_CONTROLS);
             let ia32e = u64::from(EntryControls::IA32E_MODE_GUEST.bits());
@@ -293,21 +274,14 @@ impl Vmx {
         use vmcs::write;
         write(control::PINBASED_EXEC_CONTROLS, self.pin.into());
         write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, self.proc1.into());
-        write(
-            control::SECONDARY_PROCBASED_EXEC_CONTROLS,
-            self.proc2.into(),
-        );
+        write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, self.proc2.into());
         write(control::VMEXIT_CONTROLS, self.exit_ctl.into());
         write(control::VMENTRY_CONTROLS, self.entry_ctl.into());
         write(control::EXCEPTION_BITMAP, 0);
         write(control::CR3_TARGET_COUNT, 0);
         write(control::CR0_GUEST_HOST_MASK, self.cr0_mask);
         write(control::CR4_GUEST_HOST_MASK, self.cr4_mask);
-        let io = if cfg.privileged {
-            self.io_dom0
-        } else {
-            self.io_domu
-        };
+        let io = if cfg.privileged { self.io_dom0 } else { self.io_domu };
         write(control::IO_BITMAP_A_ADDR_FULL, io.0);
         write(control::IO_BITMAP_B_ADDR_FULL, io.1);
         write(control::MSR_BITMAPS_ADDR_FULL, self.msr_bitmap);
@@ -330,14 +304,8 @@ impl Vmx {
         write(host::FS_BASE, 0);
         write(host::GS_BASE, 0);
         write(host::TR_BASE, tss_base());
-        write(
-            host::GDTR_BASE,
-            x86_64::instructions::tables::sgdt().base.as_u64(),
-        );
-        write(
-            host::IDTR_BASE,
-            x86_64::instructions::tables::sidt().base.as_u64(),
-        );
+        write(host::GDTR_BASE, x86_64::instructions::tables::sgdt().base.as_u64());
+        write(host::IDTR_BASE, x86_64::instructions::tables::sidt().base.as_u64());
         write(host::IA32_SYSENTER_CS, 0);
         write(host::IA32_SYSENTER_ESP, 0);
         write(host::IA32_SYSENTER_EIP, 0);
@@ -362,47 +330,17 @@ impl Vmx {
         write(guest::RSP, init.rsp);
         write(guest::RFLAGS, RFLAGS_FIXED);
         // 32-bit code (accessed, readable), data (accessed, writable), both 4 GiB, DPL 0.
-        let code = (
-            guest::CS_SELECTOR,
-            guest::CS_BASE,
-            guest::CS_LIMIT,
-            guest::CS_ACCESS_RIGHTS,
-        );
+        let code = (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS);
         write(code.0, 0x08);
         write(code.1, 0);
         write(code.2, 0xffff_ffff);
         write(code.3, 0xc09b);
         for (s, b, l, a) in [
-            (
-                guest::DS_SELECTOR,
-                guest::DS_BASE,
-                guest::DS_LIMIT,
-                guest::DS_ACCESS_RIGHTS,
-            ),
-            (
-                guest::ES_SELECTOR,
-                guest::ES_BASE,
-                guest::ES_LIMIT,
-                guest::ES_ACCESS_RIGHTS,
-            ),
-            (
-                guest::SS_SELECTOR,
-                guest::SS_BASE,
-                guest::SS_LIMIT,
-                guest::SS_ACCESS_RIGHTS,
-            ),
-            (
-                guest::FS_SELECTOR,
-                guest::FS_BASE,
-                guest::FS_LIMIT,
-                guest::FS_ACCESS_RIGHTS,
-            ),
-            (
-                guest::GS_SELECTOR,
-                guest::GS_BASE,
-                guest::GS_LIMIT,
-                guest::GS_ACCESS_RIGHTS,
-            ),
+            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
+            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
+            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
+            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
+            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
         ] {
             write(s, 0x10);
             write(b, 0);
@@ -454,11 +392,7 @@ impl Vmx {
             0 => {
                 let info = vmcs::read(ro::VMEXIT_INTERRUPTION_INFO);
                 // Type 2: NMI. No exception is intercepted, so anything else is unexpected.
-                if (info >> 8) & 7 == 2 {
-                    Exit::Interrupt
-                } else {
-                    Exit::Unhandled
-                }
+                if (info >> 8) & 7 == 2 { Exit::Interrupt } else { Exit::Unhandled }
             }
             1 => Exit::Interrupt,
             2 => Exit::TripleFault,
@@ -501,17 +435,11 @@ impl Vmx {
                 Exit::CrWrite { cr, value }
             }
             // CLTS.
-            2 => Exit::CrWrite {
-                cr: 0,
-                value: visible_cr0 & !(1 << 3),
-            },
+            2 => Exit::CrWrite { cr: 0, value: visible_cr0 & !(1 << 3) },
             // LMSW: loads CR0[3:0] but can never clear PE.
             3 => {
                 let src = (qual >> 16) & 0xf;
-                Exit::CrWrite {
-                    cr: 0,
-                    value: (visible_cr0 & !0xe) | src | (visible_cr0 & 1),
-                }
+                Exit::CrWrite { cr: 0, value: (visible_cr0 & !0xe) | src | (visible_cr0 & 1) }
             }
             _ => Exit::Unhandled,
         }
@@ -606,10 +534,7 @@ impl Backend for Vmx {
             ((1 << 31) | vmcs::read(ro::VM_INSTRUCTION_ERROR), 0)
         } else {
             v.launched = true;
-            (
-                vmcs::read(ro::EXIT_REASON),
-                vmcs::read(ro::EXIT_QUALIFICATION),
-            )
+            (vmcs::read(ro::EXIT_REASON), vmcs::read(ro::EXIT_QUALIFICATION))
         };
         let cr0 = Self::visible(
             vmcs::read(guest::CR0),

@@ -127,11 +127,7 @@ pub fn init(code: u16) {
         let mut t = Idt([0; 512]);
         for v in 0..256u64 {
             let handler = base + v * STUB_STRIDE;
-            let ist = if v == 2 || v == 8 {
-                IST_CRITICAL
-            } else {
-                IST_EXCEPTION
-            };
+            let ist = if v == 2 || v == 8 { IST_CRITICAL } else { IST_EXCEPTION };
             // 64-bit interrupt gate, present, DPL 0.
             let low = (handler & 0xffff)
                 | (u64::from(code) << 16)

@@ -1,0 +1,672 @@
+//! Host conformance tests of the hypercall dispatcher and the exit handling, against the fake
+//! backend and simulated memory (`testutil`). Each test names the ABI rule it checks.
+
+use crate::exit::{Exit, Gprs};
+use crate::hv::{DOMAINS, Stop};
+use crate::hypercall::{Outcome, dispatch};
+use crate::status::StopStatus;
+use crate::testutil::{DOM0_MEM, SCRATCH, Step, TestHv, world};
+use abi::hypercall::*;
+use abi::types::*;
+use abi::{Errno, Op};
+use proptest::prelude::*;
+use std::vec;
+use std::vec::Vec;
+use zerocopy::{FromBytes, IntoBytes};
+
+const EPERM: i64 = -1;
+const ESRCH: i64 = -3;
+const E2BIG: i64 = -7;
+const ENOMEM: i64 = -12;
+const EFAULT: i64 = -14;
+const EBUSY: i64 = -16;
+const EEXIST: i64 = -17;
+const EINVAL: i64 = -22;
+const ENOSPC: i64 = -28;
+const ENOSYS: i64 = -38;
+
+/// Issues a hypercall from vCPU 0 of domain `d`; `i64::MIN` if the caller stopped.
+fn call(hv: &mut TestHv, d: usize, op: u64, a: [u64; 5]) -> i64 {
+    let g = &mut hv.domains[d].vcpus[0].gprs;
+    (g.rax, g.rdi, g.rsi, g.rdx, g.r10, g.r8) = (op, a[0], a[1], a[2], a[3], a[4]);
+    match dispatch(hv, d, 0) {
+        Outcome::Return(r) => r,
+        Outcome::Stopped => i64::MIN,
+    }
+}
+
+fn put(hv: &mut TestHv, d: usize, gpa: u64, bytes: &[u8]) {
+    let hpa = hv.guest_range(d, gpa, bytes.len() as u64, true).expect("test address mapped");
+    crate::mem::PhysMem::write(&mut hv.mem, hpa, bytes);
+}
+
+fn get_bytes(hv: &TestHv, d: usize, gpa: u64, len: usize) -> Vec<u8> {
+    let hpa = hv.guest_range(d, gpa, len as u64, false).expect("test address mapped");
+    let mut v = std::vec![0; len];
+    crate::mem::PhysMem::read(&hv.mem, hpa, &mut v);
+    v
+}
+
+fn get<T: FromBytes>(hv: &TestHv, d: usize, gpa: u64) -> T {
+    T::read_from_bytes(&get_bytes(hv, d, gpa, size_of::<T>())).expect("size")
+}
+
+fn create_args(name: &str, mem: u64, vcpus: u32, mmu: u64) -> DomainCreate {
+    DomainCreate {
+        name: name_field(name).expect("valid test name"),
+        mem_bytes: mem,
+        mmu_pages: mmu,
+        vcpus,
+        flags: 0,
+    }
+}
+
+fn create_with(hv: &mut TestHv, c: &DomainCreate) -> i64 {
+    put(hv, 0, SCRATCH, c.as_bytes());
+    call(hv, 0, Op::DomainCreate as u64, [SCRATCH, 0, 0, 0, 0])
+}
+
+fn create(hv: &mut TestHv, name: &str) -> usize {
+    let r = create_with(hv, &create_args(name, 2 << 20, 1, 0));
+    assert!(r > 0, "create {name}: {r}");
+    r as usize
+}
+
+fn set_state(hv: &mut TestHv, d: usize, vcpu: u64, s: &VcpuState) -> i64 {
+    put(hv, 0, SCRATCH + 0x1000, s.as_bytes());
+    call(hv, 0, Op::VcpuSetState as u64, [d as u64, vcpu, SCRATCH + 0x1000, 0, 0])
+}
+
+fn flat32(rip: u64) -> VcpuState {
+    VcpuState {
+        mode: VCPU_MODE_FLAT32,
+        flags: 0,
+        rip,
+        rsp: 0x8000,
+        rax: 0,
+        rbx: 0x1000,
+        rcx: 0,
+        rdx: 0,
+        rsi: 0,
+        rdi: 0,
+    }
+}
+
+/// A created domain with vCPU 0 set, unpaused.
+fn running(hv: &mut TestHv, name: &str) -> usize {
+    let d = create(hv, name);
+    assert_eq!(set_state(hv, d, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    d
+}
+
+fn info(hv: &mut TestHv, d: u64) -> DomainInfo {
+    assert_eq!(call(hv, 0, Op::DomainGetInfo as u64, [d, SCRATCH, 0, 0, 0]), 0);
+    get(hv, 0, SCRATCH)
+}
+
+// ---- discovery and dispatch -----------------------------------------------------------------
+
+#[test]
+fn version_is_the_abi_word_for_everyone() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    for caller in [0, d] {
+        let r = call(&mut hv, caller, Op::Version as u64, [u64::MAX; 5]);
+        assert_eq!(r, i64::from(abi::abi_version_word()));
+    }
+}
+
+#[test]
+fn unknown_operations_are_enosys() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    for op in [0x04, 0x0f, 0x1f, 0x20, 0x100, 1 << 32, u64::MAX] {
+        assert_eq!(call(&mut hv, 0, op, [0; 5]), ENOSYS, "op {op:#x} from dom0");
+        assert_eq!(call(&mut hv, d, op, [0; 5]), ENOSYS, "op {op:#x} from a domU");
+    }
+}
+
+#[test]
+fn every_dom0_operation_is_eperm_from_a_domu() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    let before = info(&mut hv, d as u64);
+    for op in Op::ALL.iter().filter(|o| o.dom0_only()) {
+        // Arguments that would succeed from dom0 where that is easy: the domU itself.
+        let r = call(&mut hv, d, *op as u64, [d as u64, 0x2000, 0x2000, 16, 0]);
+        assert_eq!(r, EPERM, "{op:?}");
+    }
+    let after = info(&mut hv, d as u64);
+    assert_eq!((after.state, after.mem_bytes), (before.state, before.mem_bytes));
+}
+
+#[test]
+fn a_hypercall_from_ring_3_is_eperm() {
+    let mut hv = world();
+    let mut g = Gprs { rax: Op::PhysInfo as u64, rdi: SCRATCH, ..Gprs::default() };
+    g.rsi = 0;
+    hv.backend.push(0, 0, Step { exit: Exit::Hypercall, gprs: Some(g), cpl: 3 });
+    hv.backend.push(0, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    let stop = hv.run();
+    assert_eq!(stop.status, StopStatus::Dom0Crashed);
+    assert_eq!(hv.domains[0].vcpus[0].gprs.rax as i64, EPERM);
+}
+
+// ---- console ------------------------------------------------------------------------------------
+
+#[test]
+fn console_write_and_read() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    put(&mut hv, d, 0x3000, b"hello\n");
+    assert_eq!(call(&mut hv, d, Op::ConsoleWrite as u64, [0x3000, 6, 0, 0, 0]), 6);
+    assert_eq!(call(&mut hv, d, Op::ConsoleWrite as u64, [0x3000, 0, 0, 0, 0]), 0);
+    let max = CONSOLE_WRITE_MAX;
+    assert_eq!(call(&mut hv, d, Op::ConsoleWrite as u64, [0x3000, max, 0, 0, 0]), max as i64);
+    assert_eq!(call(&mut hv, d, Op::ConsoleWrite as u64, [0x3000, max + 1, 0, 0, 0]), E2BIG);
+    assert_eq!(call(&mut hv, 0, Op::ConsoleRead as u64, [d as u64, SCRATCH, 4, 0, 0]), 4);
+    assert_eq!(get_bytes(&hv, 0, SCRATCH, 4), b"hell");
+    let r = call(&mut hv, 0, Op::ConsoleRead as u64, [d as u64, SCRATCH, CONSOLE_READ_MAX, 0, 0]);
+    assert_eq!(r, 2 + max as i64);
+    let big = CONSOLE_READ_MAX + 1;
+    assert_eq!(call(&mut hv, 0, Op::ConsoleRead as u64, [d as u64, SCRATCH, big, 0, 0]), E2BIG);
+    assert_eq!(call(&mut hv, 0, Op::ConsoleRead as u64, [99, SCRATCH, 1, 0, 0]), ESRCH);
+}
+
+#[test]
+fn bad_guest_addresses_are_efault() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    let mem = 2u64 << 20;
+    for (gpa, len) in [
+        (mem, 1),          // just past the end of memory
+        (mem - 2, 4),      // straddling the end
+        (0xc000_0000, 8),  // unmapped hole
+        (u64::MAX - 3, 8), // overflowing
+        (u64::MAX, 1),
+        (1 << 52, 1),
+    ] {
+        let r = call(&mut hv, d, Op::ConsoleWrite as u64, [gpa, len, 0, 0, 0]);
+        assert_eq!(r, EFAULT, "console write at {gpa:#x}+{len}");
+    }
+    // Structure arguments: unmapped, straddling, overflowing → EFAULT; misaligned → EINVAL.
+    for gpa in [DOM0_MEM, DOM0_MEM - 8, u64::MAX - 7] {
+        assert_eq!(call(&mut hv, 0, Op::PhysInfo as u64, [gpa, 0, 0, 0, 0]), EFAULT, "{gpa:#x}");
+        assert_eq!(call(&mut hv, 0, Op::DomainCreate as u64, [gpa, 0, 0, 0, 0]), EFAULT);
+    }
+    assert_eq!(call(&mut hv, 0, Op::PhysInfo as u64, [SCRATCH + 4, 0, 0, 0, 0]), EINVAL);
+    // Results are never written over the caller's page tables' neighbour: ranges are checked
+    // whole before anything is written.
+    let before = get_bytes(&hv, 0, DOM0_MEM - 16, 16);
+    assert_eq!(call(&mut hv, 0, Op::DomainGetInfo as u64, [0, DOM0_MEM - 16, 0, 0, 0]), EFAULT);
+    assert_eq!(get_bytes(&hv, 0, DOM0_MEM - 16, 16), before);
+}
+
+// ---- domain lifecycle -----------------------------------------------------------------------
+
+#[test]
+fn create_validates_every_field() {
+    let mut hv = world();
+    let ok = create_args("a", 2 << 20, 1, 0);
+    let mut cases: Vec<(DomainCreate, i64)> = Vec::new();
+    let mut c = ok;
+    c.name = [0; 32];
+    cases.push((c, EINVAL)); // empty name
+    let mut c = ok;
+    c.name[0] = 0x07;
+    cases.push((c, EINVAL)); // not printable
+    let mut c = ok;
+    c.name[5] = b'x';
+    cases.push((c, EINVAL)); // a byte after the first NUL
+    let mut c = ok;
+    c.flags = 1;
+    cases.push((c, EINVAL));
+    let mut c = ok;
+    c.vcpus = 0;
+    cases.push((c, EINVAL));
+    let mut c = ok;
+    c.vcpus = MAX_VCPUS_PER_DOMAIN + 1;
+    cases.push((c, E2BIG));
+    let mut c = ok;
+    c.vcpus = u32::MAX;
+    cases.push((c, E2BIG));
+    for (mem, e) in [(0, EINVAL), (MIN_DOMAIN_MEM - 4096, EINVAL), ((2 << 20) + 1, EINVAL)] {
+        let mut c = ok;
+        c.mem_bytes = mem;
+        cases.push((c, e));
+    }
+    for mem in [MAX_DOMAIN_MEM + 4096, !0xfff] {
+        let mut c = ok;
+        c.mem_bytes = mem;
+        cases.push((c, E2BIG));
+    }
+    let mut c = ok;
+    c.mmu_pages = mmu::MIN_MMU_PAGES - 1;
+    cases.push((c, EINVAL));
+    let mut c = ok;
+    c.mmu_pages = mmu::MAX_MMU_PAGES + 1;
+    cases.push((c, E2BIG));
+    let free = hv.frames.free_frames();
+    for (c, e) in cases {
+        assert_eq!(create_with(&mut hv, &c), e, "{c:?}");
+    }
+    assert_eq!(hv.frames.free_frames(), free, "a refused create leaks nothing");
+    // Boundary values that are valid.
+    let mut c = create_args(&"n".repeat(32), MIN_DOMAIN_MEM, MAX_VCPUS_PER_DOMAIN, 0);
+    c.mmu_pages = mmu::MIN_MMU_PAGES;
+    assert!(create_with(&mut hv, &c) > 0);
+    assert_eq!(create_with(&mut hv, &c), EEXIST);
+}
+
+#[test]
+fn create_fails_cleanly_when_memory_or_slots_run_out() {
+    let mut hv = world();
+    let free = hv.frames.free_frames();
+    assert_eq!(create_with(&mut hv, &create_args("big", 1 << 30, 1, 0)), ENOMEM);
+    assert_eq!(hv.frames.free_frames(), free);
+    let mut made = Vec::new();
+    for i in 1..DOMAINS {
+        let r = create_with(&mut hv, &create_args(&std::format!("d{i}"), 2 << 20, 1, 0));
+        assert!(r > 0, "domain {i}: {r}");
+        made.push(r as u64);
+    }
+    assert_eq!(create_with(&mut hv, &create_args("one-too-many", 2 << 20, 1, 0)), ENOSPC);
+    for d in made {
+        assert_eq!(call(&mut hv, 0, Op::DomainDestroy as u64, [d, 0, 0, 0, 0]), 0);
+    }
+    assert_eq!(hv.frames.free_frames(), free, "destroy returns every frame");
+    assert_eq!(hv.backend.live, 1, "only dom0's vCPU is left");
+}
+
+#[test]
+fn lifecycle_and_state_misuse() {
+    let mut hv = world();
+    let d = create(&mut hv, "u") as u64;
+    let op = |o: Op| o as u64;
+    assert_eq!(info(&mut hv, d).state, DomainState::Created as u32);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainPause), [d, 0, 0, 0, 0]), EBUSY);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainUnpause), [d, 0, 0, 0, 0]), EINVAL, "no state yet");
+    assert_eq!(set_state(&mut hv, d as usize, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainUnpause), [d, 0, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainUnpause), [d, 0, 0, 0, 0]), EBUSY, "running");
+    assert_eq!(set_state(&mut hv, d as usize, 0, &flat32(0)), EBUSY, "state after start");
+    assert_eq!(call(&mut hv, 0, op(Op::DomainPause), [d, 0, 0, 0, 0]), 0);
+    assert_eq!(info(&mut hv, d).state, DomainState::Paused as u32);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainPause), [d, 0, 0, 0, 0]), EBUSY, "paused");
+    assert_eq!(call(&mut hv, 0, op(Op::DomainUnpause), [d, 0, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainShutdown), [d, 3, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainShutdown), [d, 0, 1 << 32, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainShutdown), [d, 1, 42, 0, 0]), 0);
+    let i = info(&mut hv, d);
+    assert_eq!((i.state, i.shutdown_reason, i.shutdown_status), (3, 1, 42));
+    assert_eq!(call(&mut hv, 0, op(Op::DomainShutdown), [d, 0, 0, 0, 0]), EBUSY, "stopped");
+    assert_eq!(call(&mut hv, 0, op(Op::DomainUnpause), [d, 0, 0, 0, 0]), EBUSY, "stopped");
+    assert_eq!(call(&mut hv, 0, op(Op::MmuPagesSet), [d, 0, 0, 0, 0]), EBUSY, "stopped");
+    assert_eq!(call(&mut hv, 0, op(Op::DomainDestroy), [d, 0, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, op(Op::DomainDestroy), [d, 0, 0, 0, 0]), ESRCH, "twice");
+    assert_eq!(call(&mut hv, 0, op(Op::DomainGetInfo), [d, SCRATCH, 0, 0, 0]), ESRCH);
+}
+
+#[test]
+fn dom0_cannot_be_the_target_of_destructive_operations() {
+    let mut hv = world();
+    for op in [
+        Op::DomainDestroy,
+        Op::DomainPause,
+        Op::DomainUnpause,
+        Op::DomainShutdown,
+        Op::MemSet,
+        Op::MemWrite,
+        Op::VcpuSetState,
+    ] {
+        assert_eq!(call(&mut hv, 0, op as u64, [0, 4 << 20, SCRATCH, 16, 0]), EPERM, "{op:?}");
+    }
+    assert!(hv.domains[0].runnable());
+}
+
+#[test]
+fn domids_out_of_range_are_esrch() {
+    let mut hv = world();
+    for domid in [1, DOMAINS as u64 - 1, DOMAINS as u64, u32::MAX as u64 + 1, u64::MAX] {
+        for op in [Op::DomainDestroy, Op::DomainPause, Op::MmuPagesGet, Op::DomainGetInfo] {
+            assert_eq!(call(&mut hv, 0, op as u64, [domid, SCRATCH, 0, 0, 0]), ESRCH);
+        }
+    }
+}
+
+#[test]
+fn shutdown_of_self() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    assert_eq!(call(&mut hv, d, Op::Shutdown as u64, [3, 0, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, d, Op::Shutdown as u64, [0, 1 << 32, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, d, Op::Shutdown as u64, [2, 7, 0, 0, 0]), i64::MIN);
+    let i = info(&mut hv, d as u64);
+    assert_eq!((i.state, i.shutdown_reason, i.shutdown_status), (3, 2, 7));
+    assert_eq!(i.crash_reason, CrashReason::GuestRequested as u32);
+}
+
+// ---- info, list, physinfo, stats --------------------------------------------------------------
+
+#[test]
+fn getinfo_list_physinfo_and_stats() {
+    let mut hv = world();
+    let a = running(&mut hv, "alpha");
+    let b = create(&mut hv, "beta");
+    let i = info(&mut hv, a as u64);
+    assert_eq!((i.domid, i.name_str(), i.vcpus, i.mem_bytes), (a as u32, "alpha", 1, 2 << 20));
+    assert_eq!(i.flags, 0);
+    assert!(i.mmu_max >= mmu::MIN_MMU_PAGES);
+    let d0 = info(&mut hv, 0);
+    assert_eq!((d0.flags, d0.mem_bytes), (DOMINFO_PRIVILEGED, DOM0_MEM));
+
+    assert_eq!(call(&mut hv, 0, Op::DomainList as u64, [SCRATCH, 0, 0, 0, 0]), 3);
+    assert_eq!(call(&mut hv, 0, Op::DomainList as u64, [SCRATCH, 2, 0, 0, 0]), 3);
+    let second: DomainInfo = get(&hv, 0, SCRATCH + 128);
+    assert_eq!(second.domid, a as u32);
+    assert_eq!(call(&mut hv, 0, Op::DomainList as u64, [SCRATCH, u64::MAX, 0, 0, 0]), 3);
+    let third: DomainInfo = get(&hv, 0, SCRATCH + 256);
+    assert_eq!(third.name_str(), "beta");
+    assert_eq!(third.domid, b as u32);
+    assert_eq!(call(&mut hv, 0, Op::DomainList as u64, [DOM0_MEM - 128, 2, 0, 0, 0]), EFAULT);
+    assert_eq!(call(&mut hv, 0, Op::DomainList as u64, [SCRATCH + 1, 2, 0, 0, 0]), EINVAL);
+
+    assert_eq!(call(&mut hv, 0, Op::PhysInfo as u64, [SCRATCH, 0, 0, 0, 0]), 0);
+    let p: PhysInfo = get(&hv, 0, SCRATCH);
+    assert_eq!(p.free_bytes, hv.frames.free_frames() * 4096);
+    assert_eq!((p.domains, p.max_domains, p.cpus), (3, MAX_DOMAINS, 1));
+    assert_eq!(p.mmu_pages_floor, mmu::MIN_MMU_PAGES);
+
+    assert_eq!(call(&mut hv, 0, Op::Stats as u64, [a as u64, SCRATCH, 0, 0, 0]), 0);
+    let s: DomainStats = get(&hv, 0, SCRATCH);
+    assert_eq!(s.domid, a as u32);
+    assert_eq!(s.mmu_max, i.mmu_max);
+}
+
+// ---- MMU pages and memory ---------------------------------------------------------------------
+
+#[test]
+fn mmu_pages_set_and_get() {
+    let mut hv = world();
+    let d = create(&mut hv, "u") as u64;
+    let default = call(&mut hv, 0, Op::MmuPagesGet as u64, [d, 0, 0, 0, 0]);
+    assert_eq!(default as u64, mmu::MIN_MMU_PAGES.max(512 * 20 / 1000));
+    let floor = mmu::MIN_MMU_PAGES;
+    assert_eq!(call(&mut hv, 0, Op::MmuPagesSet as u64, [d, floor - 1, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, Op::MmuPagesSet as u64, [d, u64::MAX, 0, 0, 0]), E2BIG);
+    assert_eq!(call(&mut hv, 0, Op::MmuPagesSet as u64, [d, 100, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, Op::MmuPagesGet as u64, [d, 0, 0, 0, 0]), 100);
+    assert_eq!(info(&mut hv, d).mmu_requested, 100);
+    assert_eq!(call(&mut hv, 0, Op::MmuPagesSet as u64, [d, 0, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, Op::MmuPagesGet as u64, [d, 0, 0, 0, 0]), default);
+    // dom0 may cap itself.
+    assert_eq!(call(&mut hv, 0, Op::MmuPagesSet as u64, [0, floor, 0, 0, 0]), 0);
+}
+
+#[test]
+fn mem_set_grows_and_shrinks() {
+    let mut hv = world();
+    let d = create(&mut hv, "u") as u64;
+    // Frames not used for the domain's RAM (the MMU keeps per-slot metadata in frames too).
+    let not_ram = |hv: &TestHv| hv.frames.free_frames() + hv.domains[d as usize].mmu.frames_held();
+    let free = not_ram(&hv);
+    assert_eq!(call(&mut hv, 0, Op::MemSet as u64, [d, 4 << 20, 0, 0, 0]), 0);
+    assert_eq!(info(&mut hv, d).mem_bytes, 4 << 20);
+    assert_eq!(not_ram(&hv), free - 512);
+    assert!(hv.guest_range(d as usize, (4 << 20) - 8, 8, true).is_some());
+    assert_eq!(call(&mut hv, 0, Op::MemSet as u64, [d, 3 << 20, 0, 0, 0]), 0);
+    assert_eq!(not_ram(&hv), free - 256);
+    assert!(hv.guest_range(d as usize, 3 << 20, 8, true).is_none());
+    assert_eq!(call(&mut hv, 0, Op::MemSet as u64, [d, 1 << 20, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, Op::MemSet as u64, [d, (3 << 20) + 1, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, Op::MemSet as u64, [d, !0xfff, 0, 0, 0]), E2BIG);
+    assert_eq!(call(&mut hv, 0, Op::MemSet as u64, [d, MAX_DOMAIN_MEM, 0, 0, 0]), ENOMEM);
+    let r = running(&mut hv, "r") as u64;
+    assert_eq!(call(&mut hv, 0, Op::MemSet as u64, [r, 4 << 20, 0, 0, 0]), EBUSY);
+}
+
+#[test]
+fn mem_write_copies_into_the_domain() {
+    let mut hv = world();
+    let d = create(&mut hv, "u") as u64;
+    let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    put(&mut hv, 0, SCRATCH, &data);
+    let len = data.len() as u64;
+    let w = |hv: &mut TestHv, dst: u64, src: u64, len: u64| {
+        call(hv, 0, Op::MemWrite as u64, [d, dst, src, len, 0])
+    };
+    assert_eq!(w(&mut hv, 0x10_0ff0, SCRATCH, len), len as i64);
+    assert_eq!(get_bytes(&hv, d as usize, 0x10_0ff0, data.len()), data);
+    assert_eq!(w(&mut hv, 0x10_0000, SCRATCH, 0), 0);
+    assert_eq!(w(&mut hv, 0x10_0000, SCRATCH, MEM_WRITE_MAX + 1), E2BIG);
+    assert_eq!(w(&mut hv, (2 << 20) - 8, SCRATCH, 16), EFAULT, "past the target's memory");
+    assert_eq!(w(&mut hv, 0, DOM0_MEM - 8, 16), EFAULT, "past dom0's memory");
+    assert_eq!(w(&mut hv, u64::MAX - 7, SCRATCH, 16), EFAULT, "overflow");
+    assert_eq!(set_state(&mut hv, d as usize, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d, 0, 0, 0, 0]), 0);
+    assert_eq!(w(&mut hv, 0x10_0000, SCRATCH, 16), EBUSY, "running");
+}
+
+#[test]
+fn vcpu_state_is_validated() {
+    let mut hv = world();
+    let d = create_with(&mut hv, &create_args("two", 2 << 20, 2, 0)) as usize;
+    assert_eq!(set_state(&mut hv, d, 2, &flat32(0x10_0000)), EINVAL, "no vCPU 2");
+    assert_eq!(set_state(&mut hv, d, u64::MAX, &flat32(0x10_0000)), EINVAL);
+    let mut s = flat32(0x10_0000);
+    s.mode = 2;
+    assert_eq!(set_state(&mut hv, d, 0, &s), EINVAL);
+    let mut s = flat32(0x10_0000);
+    s.flags = 1;
+    assert_eq!(set_state(&mut hv, d, 0, &s), EINVAL);
+    assert_eq!(set_state(&mut hv, d, 0, &flat32(1 << 32)), EINVAL);
+    let mut s = flat32(0x10_0000);
+    s.rbx = u64::MAX;
+    assert_eq!(set_state(&mut hv, d, 0, &s), EINVAL);
+    let r = call(&mut hv, 0, Op::VcpuSetState as u64, [d as u64, 0, SCRATCH + 4, 0, 0]);
+    assert_eq!(r, EINVAL, "misaligned");
+    let r = call(&mut hv, 0, Op::VcpuSetState as u64, [d as u64, 0, DOM0_MEM, 0, 0]);
+    assert_eq!(r, EFAULT);
+    assert_eq!(set_state(&mut hv, d, 1, &flat32(0x10_0100)), 0);
+    assert_eq!(hv.domains[d].vcpus[1].arch.as_ref().map(|v| v.rip), Some(0x10_0100));
+}
+
+// ---- exits handled by the run loop ---------------------------------------------------------------
+
+fn run_until_stop(hv: &mut TestHv) -> Stop {
+    hv.run()
+}
+
+#[test]
+fn dom0_triple_fault_stops_the_machine_with_a_crash() {
+    let mut hv = world();
+    hv.backend.push(0, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    let stop = run_until_stop(&mut hv);
+    assert_eq!(stop.status, StopStatus::Dom0Crashed);
+    assert!(stop.reason.contains("triple fault"), "{}", stop.reason);
+    assert_eq!(hv.domains[0].crash, CrashReason::TripleFault);
+}
+
+#[test]
+fn dom0_poweroff_stops_the_machine_ok() {
+    let mut hv = world();
+    let g = Gprs { rax: Op::Shutdown as u64, rdi: 0, rsi: 0, ..Gprs::default() };
+    hv.backend.push(0, 0, Step { exit: Exit::Hypercall, gprs: Some(g), cpl: 0 });
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let mut hv = world();
+    let g = Gprs { rax: Op::Shutdown as u64, rdi: 0, rsi: 9, ..Gprs::default() };
+    hv.backend.push(0, 0, Step { exit: Exit::Hypercall, gprs: Some(g), cpl: 0 });
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Dom0Failed);
+}
+
+#[test]
+fn a_crashing_domu_leaves_dom0_running() {
+    let mut hv = world();
+    let d = running(&mut hv, "bad");
+    hv.backend.push(d as u32, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    dom0_yields_then_powers_off(&mut hv, 3);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    assert_eq!(hv.domains[d].state, Some(DomainState::Crashed));
+    assert_eq!(hv.domains[d].crash, CrashReason::TripleFault);
+}
+
+fn push(hv: &mut TestHv, d: u32, exit: Exit, g: Gprs) {
+    hv.backend.push(d, 0, Step { exit, gprs: Some(g), cpl: 0 });
+}
+
+/// dom0 yields `n` times, then powers off.
+fn dom0_yields_then_powers_off(hv: &mut TestHv, n: usize) {
+    for _ in 0..n {
+        push(hv, 0, Exit::Hypercall, Gprs { rax: Op::Yield as u64, ..Gprs::default() });
+    }
+    push(hv, 0, Exit::Hypercall, Gprs { rax: Op::Shutdown as u64, ..Gprs::default() });
+}
+
+#[test]
+fn cpuid_msr_io_and_cr_exits() {
+    let mut hv = world();
+    let d = running(&mut hv, "u") as u32;
+    push(&mut hv, d, Exit::Cpuid, Gprs { rax: 0x4000_0001, ..Gprs::default() });
+    hv.backend.push(d, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    dom0_yields_then_powers_off(&mut hv, 4);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let g = hv.domains[d as usize].vcpus[0].gprs;
+    assert_eq!((g.rax as u32, g.rbx as u32), (abi::abi_version_word(), d));
+
+    // MSRs: EFER is emulated, an unknown MSR gets #GP, VMX MSRs get #GP.
+    let mut hv = world();
+    let d = running(&mut hv, "u") as u32;
+    let wr =
+        |idx: u64, v: u64| Gprs { rcx: idx, rax: v & 0xffff_ffff, rdx: v >> 32, ..Gprs::default() };
+    push(&mut hv, d, Exit::WrMsr, wr(0xc000_0080, 1 << 8));
+    push(&mut hv, d, Exit::WrMsr, wr(0xc000_0080, 1 << 12)); // SVME: refused
+    push(&mut hv, d, Exit::RdMsr, wr(0x480, 0)); // IA32_VMX_BASIC: refused
+    push(&mut hv, d, Exit::RdMsr, wr(0x1b, 0));
+    push(&mut hv, d, Exit::CrWrite { cr: 4, value: 1 << 13 }, Gprs::default()); // VMXE: refused
+    push(&mut hv, d, Exit::CrWrite { cr: 0, value: 0x8000_0000 }, Gprs::default()); // PG w/o PE
+    push(&mut hv, d, Exit::InvalidOpcode, Gprs::default());
+    push(
+        &mut hv,
+        d,
+        Exit::Io { port: 0x60, size: 1, write: false, string: false, rep: false },
+        Gprs { rax: 0x1234, ..Gprs::default() },
+    );
+    push(
+        &mut hv,
+        d,
+        Exit::Io { port: 0xf4, size: 1, write: true, string: false, rep: false },
+        Gprs { rax: 0x2a, ..Gprs::default() },
+    );
+    dom0_yields_then_powers_off(&mut hv, 12);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let v = hv.domains[d as usize].vcpus[0].arch.as_ref().expect("vcpu");
+    use crate::exit::Event::*;
+    assert_eq!(
+        v.injected,
+        [GeneralProtection, GeneralProtection, GeneralProtection, GeneralProtection, InvalidOpcode]
+    );
+    assert_eq!(v.regs.get("efer"), Some(&(1 << 8)));
+    assert_eq!(hv.domains[d as usize].state, Some(DomainState::Shutdown));
+    assert_eq!(hv.domains[d as usize].shutdown, (0, 0x2a));
+}
+
+#[test]
+fn string_io_crashes_only_the_domu() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    let io = Exit::Io { port: 0x3f8, size: 1, write: true, string: true, rep: true };
+    hv.backend.push(d as u32, 0, Step { exit: io, gprs: None, cpl: 0 });
+    dom0_yields_then_powers_off(&mut hv, 3);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    assert_eq!(hv.domains[d].crash, CrashReason::UnsupportedIo);
+}
+
+#[test]
+fn nested_page_faults_are_served_by_the_mmu() {
+    use crate::exit::Access;
+    let mut hv = world();
+    let read = Access { read: true, ..Access::default() };
+    for gpa in [0x10_0000, 0x10_0000, 0x1000] {
+        hv.backend.push(
+            0,
+            0,
+            Step { exit: Exit::NestedPageFault { gpa, access: read }, gprs: None, cpl: 0 },
+        );
+    }
+    hv.backend.push(
+        0,
+        0,
+        Step { exit: Exit::NestedPageFault { gpa: 0xb000_0000, access: read }, gprs: None, cpl: 0 },
+    );
+    let stop = run_until_stop(&mut hv);
+    assert_eq!(stop.status, StopStatus::Dom0Crashed);
+    assert_eq!(hv.domains[0].crash, CrashReason::OutsideMemory);
+    let st = hv.domains[0].mmu.stats();
+    assert_eq!(st.faults_fixed, 1, "one 2 MiB leaf covers both low addresses");
+    assert_eq!(st.faults_spurious, 2);
+    assert_eq!(st.faults_no_slot, 1);
+    let host = crate::mem::Machine { frames: &mut hv.frames, mem: &mut hv.mem };
+    let m = hv.domains[0].mmu.lookup(&host, 0x10_0123).expect("mapped");
+    assert_eq!(m.hpa, hv.domains[0].mmu.translate(0x10_0123).expect("in a slot"));
+}
+
+// ---- properties --------------------------------------------------------------------------------
+
+fn arg() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(u64::MAX),
+        Just(u32::MAX as u64),
+        Just(SCRATCH),
+        Just(SCRATCH + 4),
+        Just(DOM0_MEM - 8),
+        Just(2 << 20),
+        Just(4096),
+        Just(CONSOLE_READ_MAX),
+        0u64..20,
+        any::<u64>(),
+    ]
+}
+
+fn op() -> impl Strategy<Value = u64> {
+    prop_oneof![(0usize..Op::ALL.len()).prop_map(|i| Op::ALL[i] as u64), any::<u64>(),]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random hypercalls from dom0 and a domU: every result is success or a documented error,
+    /// nothing panics, and once every domU is destroyed no frame is lost.
+    #[test]
+    fn random_hypercalls_are_answered_and_leak_nothing(
+        calls in proptest::collection::vec((any::<bool>(), op(), [arg(), arg(), arg(), arg(), arg()]), 1..60)
+    ) {
+        let mut hv = world();
+        let held = |hv: &TestHv| hv.frames.free_frames() + hv.domains[0].mmu.frames_held();
+        let free = held(&hv);
+        let u = running(&mut hv, "victim");
+        // Valid structures at the scratch address, so creates and state sets sometimes succeed.
+        let c = create_args("made", 2 << 20, 1, 0);
+        put(&mut hv, 0, SCRATCH, c.as_bytes());
+        for (from_dom0, op, args) in calls {
+            let caller = if from_dom0 || !hv.domains[u].runnable() { 0 } else { u };
+            if !hv.domains[caller].runnable() {
+                break;
+            }
+            let r = call(&mut hv, caller, op, args);
+            let defined = r >= 0 || r == i64::MIN || Errno::from_code(-r).is_some();
+            prop_assert!(defined, "op {op:#x} args {args:?} returned {r}");
+            if caller == u && Op::from_number(op).is_some_and(Op::dom0_only) {
+                prop_assert_eq!(r, EPERM);
+            }
+        }
+        for d in 1..DOMAINS {
+            if hv.domains[d].exists() {
+                hv.destroy_domain(d);
+            }
+        }
+        prop_assert_eq!(held(&hv), free);
+    }
+}

@@ -1,0 +1,246 @@
+//! Host-test doubles: a simulated physical memory and a scripted fake backend.
+
+use crate::exit::{
+    Backend, BackendError, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig, VcpuInit,
+};
+use crate::hv::Hv;
+use crate::mem::PhysMem;
+use std::boxed::Box;
+use std::collections::{HashMap, VecDeque};
+use std::vec::Vec;
+
+/// Sparse simulated physical memory: frames come into being, zeroed, when first touched.
+#[derive(Default)]
+pub struct SimMem {
+    frames: HashMap<u64, Box<[u8; 4096]>>,
+}
+
+impl PhysMem for SimMem {
+    fn read(&self, pa: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = pa + i as u64;
+            *b = self.frames.get(&(a >> 12)).map_or(0, |f| f[(a & 0xfff) as usize]);
+        }
+    }
+
+    fn write(&mut self, pa: u64, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            let a = pa + i as u64;
+            let f = self.frames.entry(a >> 12).or_insert_with(|| Box::new([0; 4096]));
+            f[(a & 0xfff) as usize] = *b;
+        }
+    }
+
+    fn zero(&mut self, pa: u64, len: u64) {
+        let mut a = pa;
+        while a < pa + len {
+            if let Some(f) = self.frames.get_mut(&(a >> 12)) {
+                let start = (a & 0xfff) as usize;
+                let n = (4096 - start).min((pa + len - a) as usize);
+                f[start..start + n].fill(0);
+                a += n as u64;
+            } else {
+                a = (a | 0xfff) + 1;
+            }
+        }
+    }
+}
+
+/// A vCPU of the fake backend: its registers live here instead of a VMCS.
+#[derive(Debug)]
+pub struct FakeVcpu {
+    /// The frame a real backend would use for its VMCS / VMCB (to check it is returned).
+    pub frame: u64,
+    /// RIP.
+    pub rip: u64,
+    /// RSP.
+    pub rsp: u64,
+    /// CR0, CR4, EFER, FS base, GS base, RFLAGS as written.
+    pub regs: HashMap<&'static str, u64>,
+    /// Current second-level root.
+    pub root: u64,
+    /// Flushes requested.
+    pub flushes: u32,
+    /// Events injected.
+    pub injected: Vec<Event>,
+    /// Its domain and index.
+    pub cfg: VcpuConfig,
+}
+
+/// One scripted exit: what the "guest" does before exiting.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The exit.
+    pub exit: Exit,
+    /// Registers the guest set before it.
+    pub gprs: Option<Gprs>,
+    /// Privilege level at the exit.
+    pub cpl: u8,
+}
+
+/// A backend whose vCPUs replay a script of exits.
+#[derive(Default)]
+pub struct FakeBackend {
+    /// Exits still to produce, per (domid, vCPU).
+    pub script: HashMap<(u32, u32), VecDeque<Step>>,
+    /// vCPUs alive.
+    pub live: usize,
+    /// Runs performed, per (domid, vCPU).
+    pub runs: HashMap<(u32, u32), u64>,
+    /// A fake clock, advanced by every run.
+    pub clock: std::cell::Cell<u64>,
+}
+
+impl FakeBackend {
+    /// Appends exits for vCPU `v` of domain `d`.
+    pub fn push(&mut self, d: u32, v: u32, step: Step) {
+        self.script.entry((d, v)).or_default().push_back(step);
+    }
+}
+
+impl Backend for FakeBackend {
+    type Vcpu = FakeVcpu;
+
+    fn hypercall_insn(&self) -> u32 {
+        abi::cpuid::HYPERCALL_VMCALL
+    }
+
+    fn kind(&self) -> u32 {
+        1
+    }
+
+    fn create_vcpu(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        cfg: &VcpuConfig,
+        init: &VcpuInit,
+    ) -> Result<FakeVcpu, BackendError> {
+        let frame = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
+        self.live += 1;
+        Ok(FakeVcpu {
+            frame,
+            rip: init.rip,
+            rsp: init.rsp,
+            regs: HashMap::new(),
+            root: cfg.root,
+            flushes: 0,
+            injected: Vec::new(),
+            cfg: *cfg,
+        })
+    }
+
+    fn reset_vcpu(&mut self, v: &mut FakeVcpu, init: &VcpuInit) {
+        v.rip = init.rip;
+        v.rsp = init.rsp;
+    }
+
+    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: FakeVcpu) {
+        frames.free(v.frame);
+        self.live -= 1;
+    }
+
+    fn run(&mut self, v: &mut FakeVcpu, gprs: &mut Gprs, _slice: u64) -> ExitInfo {
+        let key = (v.cfg.domid, v.cfg.index);
+        *self.runs.entry(key).or_default() += 1;
+        self.clock.set(self.clock.get() + 1000);
+        let step = self.script.get_mut(&key).and_then(VecDeque::pop_front).unwrap_or(Step {
+            exit: Exit::TripleFault,
+            gprs: None,
+            cpl: 0,
+        });
+        if let Some(g) = step.gprs {
+            *gprs = g;
+        }
+        ExitInfo {
+            exit: step.exit,
+            raw_reason: 0,
+            qualification: 0,
+            rip: v.rip,
+            rsp: v.rsp,
+            rflags: 2,
+            cr0: v.regs.get("cr0").copied().unwrap_or(0x11),
+            cr3: 0,
+            cr4: v.regs.get("cr4").copied().unwrap_or(0),
+            efer: v.regs.get("efer").copied().unwrap_or(0),
+            insn_len: 3,
+            cpl: step.cpl,
+            ran_ticks: 1000,
+        }
+    }
+
+    fn unload(&mut self, _v: &mut FakeVcpu) {}
+
+    fn read(&mut self, v: &mut FakeVcpu, reg: GuestReg) -> u64 {
+        match reg {
+            GuestReg::Rip => v.rip,
+            GuestReg::Rsp => v.rsp,
+            other => v.regs.get(name(other)).copied().unwrap_or(0),
+        }
+    }
+
+    fn write(&mut self, v: &mut FakeVcpu, reg: GuestReg, value: u64) {
+        match reg {
+            GuestReg::Rip => v.rip = value,
+            GuestReg::Rsp => v.rsp = value,
+            other => {
+                v.regs.insert(name(other), value);
+            }
+        }
+    }
+
+    fn advance_rip(&mut self, v: &mut FakeVcpu, len: u8) {
+        v.rip += u64::from(len);
+    }
+
+    fn inject(&mut self, v: &mut FakeVcpu, event: Event) {
+        v.injected.push(event);
+    }
+
+    fn set_root(&mut self, v: &mut FakeVcpu, root: u64) {
+        v.root = root;
+    }
+
+    fn flush(&mut self, v: &mut FakeVcpu) {
+        v.flushes += 1;
+    }
+
+    fn host_cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
+        [leaf, u32::MAX, u32::MAX, u32::MAX]
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.get()
+    }
+}
+
+fn name(r: GuestReg) -> &'static str {
+    match r {
+        GuestReg::Rip => "rip",
+        GuestReg::Rsp => "rsp",
+        GuestReg::Rflags => "rflags",
+        GuestReg::Cr0 => "cr0",
+        GuestReg::Cr4 => "cr4",
+        GuestReg::Efer => "efer",
+        GuestReg::FsBase => "fs_base",
+        GuestReg::GsBase => "gs_base",
+    }
+}
+
+/// Frame-allocator words of the test machine: 256 * 64 frames = 64 MiB.
+pub const TEST_WORDS: usize = 256;
+/// The hypervisor under test.
+pub type TestHv = Hv<FakeBackend, SimMem, TEST_WORDS>;
+/// dom0's RAM in the tests.
+pub const DOM0_MEM: u64 = 8 << 20;
+/// Where the tests put hypercall arguments in dom0.
+pub const SCRATCH: u64 = 0x40_0000;
+
+/// A machine with 63 MiB free and dom0 built from a minimal PVH image.
+pub fn world() -> Box<TestHv> {
+    let cfg = mmu::Config { format: mmu::Format::Ept, large_2m: true, large_1g: false };
+    let mut hv = Box::new(Hv::new(FakeBackend::default(), SimMem::default(), cfg));
+    hv.frames.add_free_range(1 << 20, 64 << 20);
+    let img = abi::pvh::testing::image(0x10_0000, &[0xf4; 64], 0x1000, 0x10_0000);
+    hv.build_dom0(&img, "test", DOM0_MEM, &[]).expect("dom0 builds");
+    hv
+}
