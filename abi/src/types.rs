@@ -104,6 +104,9 @@ pub enum CrashReason {
     UnsupportedIo = 6,
     /// The guest shut itself down with the `crash` reason.
     GuestRequested = 7,
+    /// An access to emulated MMIO (the local APIC page) that microhv cannot emulate: an
+    /// instruction other than MOV, or a width or alignment the register does not take.
+    UnsupportedMmio = 8,
 }
 
 impl CrashReason {
@@ -118,6 +121,7 @@ impl CrashReason {
             Self::MmuFailure,
             Self::UnsupportedIo,
             Self::GuestRequested,
+            Self::UnsupportedMmio,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -134,6 +138,7 @@ impl CrashReason {
             Self::MmuFailure => "mmu failure",
             Self::UnsupportedIo => "unsupported i/o",
             Self::GuestRequested => "guest requested crash",
+            Self::UnsupportedMmio => "unsupported mmio access",
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::console::Console;
 use crate::exit::{Gprs, VcpuInit};
+use crate::io::{Lapic, Pc};
 use abi::hypercall::{DOMAIN_NAME_LEN, MAX_VCPUS_PER_DOMAIN};
 use abi::types::{CrashReason, DomainState, EXIT_REASONS, ExitReason};
 use mmu::Mmu;
@@ -23,11 +24,13 @@ pub struct Vcpu<V> {
     pub init: Option<VcpuInit>,
     /// TSC before which a halted vCPU does not run.
     pub blocked_until: u64,
+    /// Its local APIC.
+    pub lapic: Lapic,
 }
 
 impl<V> Vcpu<V> {
     const fn new() -> Self {
-        Self { arch: None, gprs: zero_gprs(), init: None, blocked_until: 0 }
+        Self { arch: None, gprs: zero_gprs(), init: None, blocked_until: 0, lapic: Lapic::new() }
     }
 }
 
@@ -100,6 +103,8 @@ pub struct Domain<V> {
     pub vcpu_count: u32,
     /// Console output.
     pub console: Console,
+    /// Emulated devices.
+    pub pc: Pc,
     /// Counters.
     pub counters: Counters,
     /// `ShutdownReason` and status, once shut down.
@@ -120,6 +125,7 @@ impl<V> Domain<V> {
             vcpus: [const { Vcpu::new() }; VCPUS],
             vcpu_count: 0,
             console: Console::new(),
+            pc: Pc::new(),
             counters: Counters::new(),
             shutdown: (0, 0),
             crash: CrashReason::None,
@@ -152,6 +158,7 @@ impl<V> Domain<V> {
         }
         self.vcpu_count = 0;
         self.console = Console::new();
+        self.pc = Pc::new();
         self.counters = Counters::new();
         self.shutdown = (0, 0);
         self.crash = CrashReason::None;

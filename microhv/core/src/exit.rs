@@ -67,6 +67,30 @@ impl Gprs {
             _ => return None,
         })
     }
+
+    /// Sets the register with encoding number `n`; 4 (rsp) and out-of-range numbers are
+    /// ignored (RSP lives in the backend).
+    pub fn set(&mut self, n: u8, value: u64) {
+        let r = match n {
+            0 => &mut self.rax,
+            1 => &mut self.rcx,
+            2 => &mut self.rdx,
+            3 => &mut self.rbx,
+            5 => &mut self.rbp,
+            6 => &mut self.rsi,
+            7 => &mut self.rdi,
+            8 => &mut self.r8,
+            9 => &mut self.r9,
+            10 => &mut self.r10,
+            11 => &mut self.r11,
+            12 => &mut self.r12,
+            13 => &mut self.r13,
+            14 => &mut self.r14,
+            15 => &mut self.r15,
+            _ => return,
+        };
+        *r = value;
+    }
 }
 
 /// What a nested page fault was trying to do.
@@ -156,6 +180,18 @@ impl Exit {
     }
 }
 
+/// The code segment's operating mode, for decoding the guest's instructions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum CpuMode {
+    /// Real mode (CR0.PE clear) or a 16-bit code segment.
+    #[default]
+    Bits16,
+    /// Protected mode with a 32-bit code segment (or compatibility mode).
+    Bits32,
+    /// 64-bit mode (EFER.LMA and CS.L).
+    Bits64,
+}
+
 /// An exit, with the guest state a handler or a crash report needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
@@ -183,6 +219,10 @@ pub struct ExitInfo {
     pub insn_len: u8,
     /// Guest privilege level (CPL).
     pub cpl: u8,
+    /// Code-segment mode.
+    pub mode: CpuMode,
+    /// Code-segment base (RIP is relative to it).
+    pub cs_base: u64,
     /// TSC ticks the guest ran.
     pub ran_ticks: u64,
 }

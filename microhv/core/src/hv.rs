@@ -11,10 +11,12 @@ use crate::cpuid::{Caller, guest_cpuid};
 use crate::domain::{Domain, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::exit::{Backend, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
-use crate::io::{IoOutcome, merge_in, port_io};
+use crate::insn::{self, MmioOp};
+use crate::io::{APIC_BASE, APIC_SIZE, IoOutcome, merge_in, merge_reg};
 use crate::mem::{Machine, PhysMem};
 use crate::policy::{self, HLT_BLOCK_TICKS, VCPU_SLICE, VCPU_SLICE_NONE};
 use crate::status::StopStatus;
+use crate::walk::{Paging, linear_to_phys};
 use abi::Errno;
 use abi::hypercall::{DOMID_DOM0, MAX_DOMAINS, ShutdownReason};
 use abi::pvh::{self, ModuleDesc};
@@ -473,11 +475,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
                 let dom = &mut self.domains[d];
                 let rax = dom.vcpus[v].gprs.rax;
-                match port_io(dom.privileged, port, size, write, rax as u32) {
+                match dom.pc.port_io(dom.privileged, port, size, write, rax as u32) {
                     IoOutcome::Done(val) => {
                         if !write {
                             dom.vcpus[v].gprs.rax = merge_in(rax, size, val);
                         }
+                        self.skip(d, v, info.insn_len);
+                        None
+                    }
+                    IoOutcome::Console(b) => {
+                        self.console_write(d, &[b]);
                         self.skip(d, v, info.insn_len);
                         None
                     }
@@ -570,6 +577,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 None
             }
             Ok(FaultOutcome::Spurious | FaultOutcome::Retry) => None,
+            Ok(FaultOutcome::NoSlot) if (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) => {
+                match self.emulate_apic(d, v, gpa - APIC_BASE, info) {
+                    Ok(()) => None,
+                    Err(why) => {
+                        log::warn!("d{d}v{v}: APIC access at {gpa:#x} not emulated: {why}");
+                        self.crash(d, v, CrashReason::UnsupportedMmio, Some(info))
+                    }
+                }
+            }
             Ok(FaultOutcome::NoSlot | FaultOutcome::ReadOnly) => {
                 log::warn!(
                     "d{d}v{v}: {} access to guest-physical {gpa:#x} outside its memory",
@@ -588,6 +604,74 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.crash(d, v, CrashReason::MmuFailure, Some(info))
             }
         }
+    }
+
+    /// Reads `len` bytes (1..=8) of domain `d`'s memory at `gpa`, little-endian.
+    fn read_guest(&self, d: usize, gpa: u64, len: u8) -> Option<u64> {
+        let hpa = self.guest_range(d, gpa, len.into(), false)?;
+        let mut b = [0u8; 8];
+        self.mem.read(hpa, &mut b[..usize::from(len)]);
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Emulates the instruction that touched register `off` of the local APIC page.
+    fn emulate_apic(
+        &mut self,
+        d: usize,
+        v: usize,
+        off: u64,
+        info: &ExitInfo,
+    ) -> Result<(), &'static str> {
+        let paging = Paging { cr0: info.cr0, cr3: info.cr3, cr4: info.cr4, efer: info.efer };
+        let linear = info.cs_base.wrapping_add(info.rip);
+        let mut bytes = [0u8; insn::MAX_INSN_LEN];
+        let mut n = 0;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            let at = linear.wrapping_add(i as u64);
+            let phys = linear_to_phys(&paging, at, |g, w| self.read_guest(d, g, w));
+            match phys.and_then(|p| self.read_guest(d, p, 1)) {
+                Some(x) => *b = x as u8,
+                None => break,
+            }
+            n += 1;
+        }
+        let m = insn::decode(&bytes[..n], info.mode).map_err(|_| "instruction not decoded")?;
+        let id = v as u32;
+        let reg_value = |hv: &mut Self, r: insn::Reg| -> u64 {
+            let raw = if r.num == 4 {
+                hv.read_reg(d, v, GuestReg::Rsp)
+            } else {
+                hv.domains[d].vcpus[v].gprs.get(r.num).unwrap_or(0)
+            };
+            if r.high_byte { raw >> 8 } else { raw }
+        };
+        match m.op {
+            MmioOp::Load { reg } => {
+                let val = self.domains[d].vcpus[v].lapic.read(id, off, m.size);
+                let val = u64::from(val.map_err(|_| "not an aligned 32-bit access")?);
+                if reg.num == 4 {
+                    let old = self.read_reg(d, v, GuestReg::Rsp);
+                    self.write_reg(d, v, GuestReg::Rsp, merge_reg(old, m.size, val, false));
+                } else {
+                    let g = &mut self.domains[d].vcpus[v].gprs;
+                    let old = g.get(reg.num).unwrap_or(0);
+                    g.set(reg.num, merge_reg(old, m.size, val, reg.high_byte));
+                }
+            }
+            MmioOp::StoreReg { reg } => {
+                let val = reg_value(self, reg) as u32;
+                let lapic = &mut self.domains[d].vcpus[v].lapic;
+                lapic.write(off, m.size, val).map_err(|_| "not an aligned 32-bit access")?;
+            }
+            MmioOp::StoreImm { value } => {
+                let lapic = &mut self.domains[d].vcpus[v].lapic;
+                lapic
+                    .write(off, m.size, value as u32)
+                    .map_err(|_| "not an aligned 32-bit access")?;
+            }
+        }
+        self.skip(d, v, m.len);
+        Ok(())
     }
 
     /// Emulates RDMSR / WRMSR; false means #GP.

@@ -20,9 +20,11 @@ pub mod frames;
 pub mod hv;
 pub mod hwcaps;
 pub mod hypercall;
+pub mod insn;
 pub mod io;
 pub mod mem;
 pub mod policy;
+pub mod walk;
 
 pub mod status;
 #[cfg(test)]

@@ -164,6 +164,8 @@ impl Backend for FakeBackend {
             efer: v.regs.get("efer").copied().unwrap_or(0),
             insn_len: 3,
             cpl: step.cpl,
+            mode: crate::exit::CpuMode::Bits64,
+            cs_base: 0,
             ran_ticks: 1000,
         }
     }

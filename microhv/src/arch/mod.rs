@@ -40,6 +40,8 @@ fn mismatch() -> ExitInfo {
         efer: 0,
         insn_len: 0,
         cpl: 0,
+        mode: microhv_core::exit::CpuMode::Bits16,
+        cs_base: 0,
         ran_ticks: 0,
     }
 }

@@ -424,6 +424,21 @@ impl Vmx {
         }
     }
 
+    /// The code segment's mode: real mode, or the CS.L / CS.D bits (L only counts with LMA).
+    fn mode(cr0: u64) -> CpuMode {
+        let ar = vmcs::read(guest::CS_ACCESS_RIGHTS);
+        let lma = vmcs::read(guest::IA32_EFER_FULL) & EFER_LMA != 0;
+        if cr0 & CR0_PE == 0 {
+            CpuMode::Bits16
+        } else if lma && ar & (1 << 13) != 0 {
+            CpuMode::Bits64
+        } else if ar & (1 << 14) != 0 {
+            CpuMode::Bits32
+        } else {
+            CpuMode::Bits16
+        }
+    }
+
     /// Decodes a control-register access exit (only writes to host-owned bits exit).
     fn cr_access(qual: u64, gprs: &Gprs, visible_cr0: u64) -> Exit {
         let cr = (qual & 0xf) as u8;
@@ -559,6 +574,8 @@ impl Backend for Vmx {
             efer: vmcs::read(guest::IA32_EFER_FULL),
             insn_len: vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8,
             cpl: ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
+            mode: Self::mode(cr0),
+            cs_base: vmcs::read(guest::CS_BASE),
             ran_ticks: ran,
         }
     }
