@@ -82,6 +82,7 @@ mod tests;
 
 pub use entry::{Format, eptp, ncr3};
 pub use host::Host;
+pub use limit::default_mmu_pages;
 
 use entry::Masks;
 use slot::Slot;

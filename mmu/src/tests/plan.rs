@@ -206,3 +206,435 @@ fn p11_mapping_level_follows_config_and_alignment() {
         teardown(m, h);
     }
 }
+
+// ---- object caches (1, 2) -----------------------------------------------------------------------
+
+#[test]
+fn p01_topup_noop_above_min_fills_to_capacity_keeps_partial_on_oom() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT4K);
+    m.add_slot(&mut h, 0, 0, 8 * GIB, HPA, 0).unwrap();
+    m.topup(&mut h).unwrap();
+    assert_eq!(m.cached_frames(), PAGE_CACHE_CAPACITY);
+    assert_eq!(m.cached_headers(), 128, "one frame of headers");
+    let allocs = h.allocs();
+    m.topup(&mut h).unwrap();
+    assert_eq!(h.allocs(), allocs, "no-op at or above the minimum");
+    m.acquire_root(&mut h, 0).unwrap();
+    // Drain without topping up: each fault in a fresh GiB takes two frames (L2, L1).
+    let mut k = 0;
+    while m.cached_frames() >= PAGE_CACHE_MIN {
+        assert!(matches!(
+            m.page_fault(&mut h, 0, k * GIB, Access::READ),
+            Ok(FaultOutcome::Fixed { .. })
+        ));
+        k += 1;
+    }
+    let before = m.cached_frames();
+    assert!(before + 1 < PAGE_CACHE_MIN);
+    let allocs = h.allocs();
+    h.fail_after(Some(1));
+    assert_eq!(m.topup(&mut h), Err(Error::OutOfMemory));
+    assert_eq!(h.allocs() - allocs, 1);
+    assert_eq!(m.cached_frames(), before + 1, "partial fill is kept");
+    h.fail_after(None);
+    check(&m, &h);
+    m.topup(&mut h).unwrap();
+    assert_eq!(
+        m.cached_frames(),
+        PAGE_CACHE_CAPACITY,
+        "below the minimum: filled to capacity"
+    );
+    teardown(m, h);
+}
+
+#[test]
+fn p02_a_fault_never_takes_more_than_one_walk_from_the_caches() {
+    for cfg in [EPT4K, EPT, NPT] {
+        let mut h = host();
+        let mut m = Mmu::new(cfg);
+        m.add_slot(&mut h, 0, 0, 4 * GIB, HPA, 0).unwrap();
+        m.add_slot(&mut h, 1, 1 << 40, 8 * MIB, HPA + 4 * GIB + 0x1000, 0)
+            .unwrap();
+        m.set_requested_pages(&mut h, 12).unwrap();
+        m.acquire_root(&mut h, 0).unwrap();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..400 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let gpa = if x & 1 == 0 {
+                (x >> 8) % (4 * GIB)
+            } else {
+                (1 << 40) + (x >> 8) % (8 * MIB)
+            };
+            m.topup(&mut h).unwrap();
+            let (f, n) = (m.cached_frames(), m.stats().pages_allocated);
+            m.page_fault(&mut h, 0, gpa, Access::WRITE).unwrap();
+            // Zapped tables go back to the host, never to the cache, so the cache only shrinks.
+            assert!(f - m.cached_frames() <= 3);
+            assert_eq!(
+                (f - m.cached_frames()) as u64,
+                m.stats().pages_allocated - n
+            );
+        }
+        check(&m, &h);
+        teardown(m, h);
+    }
+}
+
+// ---- reverse maps (3, 6, 8) ---------------------------------------------------------------------
+
+/// Internal inconsistencies are typed errors plus debug assertions: in a debug build the
+/// assertion fires, in a release build the error comes back.
+#[track_caller]
+fn assert_internal<T: core::fmt::Debug>(f: impl FnOnce() -> Result<T, Error>) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    match r {
+        Err(_) => assert!(cfg!(debug_assertions), "panicked in a release build"),
+        Ok(v) => assert_eq!(v.unwrap_err(), Error::Internal),
+    }
+}
+
+#[test]
+fn p03_rmap_holds_one_leaf_per_gfn_and_level() {
+    let (mut m, mut h) = domain(EPT4K, 2 * MIB);
+    fault(&mut m, &mut h, 0x5000, Access::READ);
+    let slot = m.slots[0];
+    let a = crate::host::Host::read_u64(&h, slot.rmap_addr(&h, 5, 1));
+    assert_ne!(a, 0);
+    // Re-adding the same entry is idempotent; a second, different leaf is refused.
+    m.rmap_set(&mut h, &slot, 5, 1, a).unwrap();
+    assert_internal(|| m.rmap_set(&mut h, &slot, 5, 1, a + 8));
+}
+
+#[test]
+fn p06_removing_an_absent_rmap_entry_is_refused() {
+    let (mut m, mut h) = domain(EPT4K, 2 * MIB);
+    fault(&mut m, &mut h, 0x5000, Access::READ);
+    let slot = m.slots[0];
+    let a = crate::host::Host::read_u64(&h, slot.rmap_addr(&h, 5, 1));
+    assert_internal(|| m.rmap_clear(&mut h, 6, 1, a));
+    assert_internal(|| m.rmap_clear(&mut h, 5, 1, a + 8));
+    assert_internal(|| m.rmap_clear(&mut h, 1 << 30, 1, a));
+}
+
+#[test]
+fn p08_rmap_index_formula_and_lengths() {
+    use crate::slot::{lpage_index, lpages, meta_words};
+    // (base, npages) -> (lpages level 2, lpages level 3)
+    for (base, n, l2, l3) in [
+        (0u64, 1u64, 1u64, 1u64),
+        (0, 512, 1, 1),
+        (0, 513, 2, 1),
+        (511, 1, 1, 1),
+        (511, 2, 2, 1),
+        (0x3ffff, 2, 2, 2),
+        (0x200, 0x40000, 512, 2),
+        (0x3fe00, 0x40200, 513, 2),
+    ] {
+        assert_eq!(lpages(base, n, 1), n);
+        assert_eq!(lpages(base, n, 2), l2, "base {base:#x} n {n:#x}");
+        assert_eq!(lpages(base, n, 3), l3, "base {base:#x} n {n:#x}");
+        assert_eq!(meta_words(base, n), n + 2 * l2 + 2 * l3);
+    }
+    assert_eq!(lpage_index(0x400, 0x3ff, 2), 1);
+    assert_eq!(lpage_index(0x3ff, 0x3ff, 2), 0);
+    assert_eq!(lpage_index(0x40000, 0x3ffff, 3), 1);
+    assert_eq!(lpage_index(0x1234, 0x1000, 1), 0x234);
+    // Word layout: L1 rmaps, then (rmap, count) pairs for level 2, then for level 3.
+    let s = crate::slot::Slot {
+        base: 0x1ff,
+        npages: 0x402,
+        ..crate::slot::Slot::EMPTY
+    };
+    assert_eq!(s.rmap_word(0x1ff, 1), 0);
+    assert_eq!(s.rmap_word(0x600, 1), 0x401);
+    assert_eq!(s.rmap_word(0x1ff, 2), 0x402);
+    assert_eq!(s.count_word(0x200, 2), 0x402 + 3);
+    assert_eq!(s.rmap_word(0x600, 2), 0x402 + 2 * 3);
+    assert_eq!(s.rmap_word(0x600, 3), 0x402 + 2 * 4);
+    assert_eq!(s.meta_words(), 0x402 + 2 * 4 + 2);
+}
+
+// ---- large pages (10, 11, 12, 14) -------------------------------------------------------------
+
+fn counts(m: &Mmu, h: &crate::sim::SimHost, level: u32) -> std::vec::Vec<u64> {
+    let s = m.slots[0];
+    let span = crate::slot::pages_per_entry(level);
+    (0..crate::slot::lpages(s.base, s.npages, level))
+        .map(|k| {
+            let g = (((s.base / span) + k) * span).max(s.base);
+            crate::host::Host::read_u64(h, s.count_addr(h, g, level))
+        })
+        .collect()
+}
+
+#[test]
+fn p10_disallow_counts_from_slot_geometry() {
+    let whole_gib = std::vec![0u64; 512];
+    for (base, n, pfn, l2, l3) in [
+        (0u64, 1024u64, 0u64, &[0u64, 0][..], &[1u64][..]),
+        (1, 1023, 1, &[1, 0], &[1]),
+        (0, 1024, 1, &[1, 1], &[1]),
+        (512, 1, 512, &[1], &[1]),
+        (0, 0x40000, 0, &whole_gib, &[0]),
+        (0, 0x40000, 512, &whole_gib, &[1]),
+        (0x3ffff, 2, 0x3ffff, &[1, 1], &[1, 1]),
+    ] {
+        let mut h = host();
+        let mut m = Mmu::new(EPT);
+        m.add_slot(&mut h, 0, base << 12, n << 12, pfn << 12, 0)
+            .unwrap();
+        assert_eq!(
+            counts(&m, &h, 2),
+            l2,
+            "base {base:#x} n {n:#x} pfn {pfn:#x}"
+        );
+        assert_eq!(
+            counts(&m, &h, 3),
+            l3,
+            "base {base:#x} n {n:#x} pfn {pfn:#x}"
+        );
+        teardown(m, h);
+    }
+}
+
+#[test]
+fn p11_mapping_level_table() {
+    let cases = [
+        (EPT, 0u64, 2 * GIB, 0u64, 0x1234_5000u64, 3u32),
+        (EPT, 0, 2 * GIB, 2 * MIB, 0x1234_5000, 2),
+        (EPT, 0, 2 * GIB, 0x1000, 0x1234_5000, 1),
+        (
+            Config {
+                large_1g: false,
+                ..EPT
+            },
+            0,
+            2 * GIB,
+            0,
+            0x1234_5000,
+            2,
+        ),
+        (EPT4K, 0, 2 * GIB, 0, 0x1234_5000, 1),
+        (NPT, 0, 2 * GIB, 0, 0x1234_5000, 3),
+        // Partial large pages at either end of the slot.
+        (EPT, 0x1000, 8 * MIB, 0x1000, 0x1000, 1),
+        (EPT, 0x1000, 8 * MIB, 0x1000, 4 * MIB, 2),
+        (EPT, 0x1000, 8 * MIB, 0x1000, 8 * MIB, 1),
+    ];
+    for (cfg, gpa, size, hpa_off, at, level) in cases {
+        let mut h = host();
+        let mut m = Mmu::new(cfg);
+        m.add_slot(&mut h, 0, gpa, size, HPA + hpa_off, 0).unwrap();
+        let s = m.slots[0];
+        assert_eq!(
+            m.mapping_level(&h, &s, at >> 12),
+            level,
+            "{cfg:?} at {at:#x}"
+        );
+        m.enable_dirty_log(&mut h, 0).unwrap();
+        let s = m.slots[0];
+        assert_eq!(m.mapping_level(&h, &s, at >> 12), 1, "logging forces 4K");
+        teardown(m, h);
+    }
+}
+
+#[test]
+fn p12_large_leaf_maps_the_aligned_range() {
+    let (mut m, mut h) = domain(EPT, 8 * MIB);
+    assert_eq!(
+        fault(&mut m, &mut h, 3 * MIB + 0x5000, Access::READ),
+        FIXED_2M
+    );
+    for off in [0, 0x1000, MIB, 2 * MIB - 8] {
+        let map = m.lookup(&h, 2 * MIB + off).unwrap();
+        assert_eq!(map.size, PageSize::Size2M);
+        assert_eq!(map.hpa, HPA + 2 * MIB + off);
+        assert_eq!(map.entry & entry::ADDR_MASK, HPA + 2 * MIB);
+    }
+    teardown(m, h);
+}
+
+#[test]
+fn p14_move_recomputes_large_page_metadata() {
+    let (mut m, mut h) = domain(EPT, 4 * MIB);
+    assert_eq!(fault(&mut m, &mut h, 0x3000, Access::WRITE), FIXED_2M);
+    // Move to a base that is not congruent with the host range at 2 MiB.
+    m.move_slot(&mut h, 0, 64 * MIB + 0x1000).unwrap();
+    check(&m, &h);
+    assert!(m.lookup(&h, 0x3000).is_none(), "old range zapped");
+    assert_eq!(
+        fault(&mut m, &mut h, 0x3000, Access::READ),
+        FaultOutcome::NoSlot
+    );
+    for k in 0..1024 {
+        let gpa = 64 * MIB + 0x1000 + k * 0x1000;
+        assert_eq!(
+            fault(&mut m, &mut h, gpa, Access::READ),
+            FIXED_4K,
+            "{gpa:#x}"
+        );
+        assert_eq!(m.lookup(&h, gpa).unwrap().hpa, HPA + k * 0x1000);
+    }
+    // And back to an aligned base: large pages again.
+    m.move_slot(&mut h, 0, 128 * MIB).unwrap();
+    assert_eq!(fault(&mut m, &mut h, 129 * MIB, Access::READ), FIXED_2M);
+    assert_eq!(m.lookup(&h, 129 * MIB).unwrap().hpa, HPA + MIB);
+    teardown(m, h);
+}
+
+// ---- fault path (21, 23-26, 29) ---------------------------------------------------------------
+
+#[test]
+fn p21_exit_qualification_and_error_code_decoding() {
+    for q in 0u64..64 {
+        for b8 in [0u64, 1 << 8] {
+            let a = Access::from_ept_qualification(q | b8 | (1 << 12));
+            assert_eq!(a.read, q & 1 != 0);
+            assert_eq!(a.write, q & 2 != 0);
+            assert_eq!(a.fetch, q & 4 != 0);
+            assert_eq!(a.present, q & 0x38 != 0);
+        }
+    }
+    for ec in 0u64..32 {
+        let a = Access::from_npt_error_code(ec | (1 << 32));
+        assert_eq!(a.present, ec & 1 != 0);
+        assert_eq!(a.write, ec & 2 != 0);
+        assert_eq!(a.fetch, ec & 16 != 0);
+        assert_eq!(a.read, ec & 0x12 == 0);
+    }
+}
+
+#[test]
+fn p23_refault_of_a_valid_translation_is_spurious_and_changes_nothing() {
+    let (mut m, mut h) = domain(EPT, 8 * MIB);
+    fault(&mut m, &mut h, 0x7000, Access::WRITE);
+    m.take_flush();
+    let before = (m.stats(), m.lookup(&h, 0x7000), h.allocs(), h.frees());
+    for a in [Access::READ, Access::WRITE, Access::FETCH] {
+        assert_eq!(fault(&mut m, &mut h, 0x7000, a), FaultOutcome::Spurious);
+    }
+    let after = (m.stats(), m.lookup(&h, 0x7000), h.allocs(), h.frees());
+    assert_eq!(before.1, after.1);
+    assert_eq!((before.2, before.3), (after.2, after.3));
+    assert_eq!(after.0.faults_spurious, before.0.faults_spurious + 3);
+    assert_eq!(after.0.pages_allocated, before.0.pages_allocated);
+    assert!(!m.take_flush());
+    teardown(m, h);
+}
+
+#[test]
+fn p24_fast_path_unprotects_4k_leaves_without_flush() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT);
+    // The first 2 MiB are partial (4 KiB leaves), the block at 4 MiB is whole (a 2 MiB leaf).
+    m.add_slot(&mut h, 0, 0x1000, 8 * MIB - 0x1000, HPA + 0x1000, 0)
+        .unwrap();
+    m.acquire_root(&mut h, 0).unwrap();
+    assert_eq!(fault(&mut m, &mut h, 0x1000, Access::WRITE), FIXED_4K);
+    assert_eq!(fault(&mut m, &mut h, 4 * MIB, Access::WRITE), FIXED_2M);
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    assert!(m.take_flush(), "write protection narrows present leaves");
+    assert!(!m.lookup(&h, 0x1000).unwrap().writable);
+    // 4 KiB leaf: fixed in place, bit set, no flush.
+    let s = m.stats();
+    assert_eq!(fault(&mut m, &mut h, 0x1000, Access::WRITE), FIXED_4K);
+    assert_eq!(m.stats().faults_fast, s.faults_fast + 1);
+    assert_eq!(m.stats().faults_fixed, s.faults_fixed);
+    assert!(!m.take_flush());
+    assert!(m.lookup(&h, 0x1000).unwrap().writable);
+    // Large leaf: refused by the fast path, split by the slow path (flush for the drop).
+    assert_eq!(
+        fault(&mut m, &mut h, 4 * MIB + 0x3000, Access::WRITE),
+        FIXED_4K
+    );
+    assert_eq!(m.stats().faults_fast, s.faults_fast + 1);
+    assert!(m.take_flush());
+    assert_eq!(
+        m.lookup(&h, 4 * MIB + 0x3000).unwrap().size,
+        PageSize::Size4K
+    );
+    let mut bits = [0u64; 32];
+    m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+    // Bits are slot-relative: gpa 0x1000 is page 0, gpa 4 MiB + 0x3000 is page 1026.
+    assert_eq!(bits[0], 1);
+    assert_eq!(bits[16], 1 << 2);
+    teardown(m, h);
+}
+
+#[test]
+fn p25_access_outside_every_slot_is_reported_and_installs_nothing() {
+    let (mut m, mut h) = domain(EPT, 8 * MIB);
+    let s = m.stats();
+    for gpa in [8 * MIB, GIB, GPA_LIMIT - 1, GPA_LIMIT, u64::MAX] {
+        assert_eq!(
+            fault(&mut m, &mut h, gpa, Access::READ),
+            FaultOutcome::NoSlot
+        );
+    }
+    assert_eq!(m.stats().faults_no_slot, s.faults_no_slot + 5);
+    assert_eq!(m.n_used(), 1);
+    assert!(!m.take_flush() || s.flushes_owed == m.stats().flushes_owed);
+    m.add_slot(&mut h, 1, GIB, 2 * MIB, HPA + GIB, 0).unwrap();
+    assert_eq!(fault(&mut m, &mut h, GIB, Access::READ), FIXED_2M);
+    teardown(m, h);
+}
+
+#[test]
+fn p26_read_only_slots() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT);
+    m.add_slot(&mut h, 0, 0, 4 * MIB, HPA, SLOT_READ_ONLY)
+        .unwrap();
+    m.acquire_root(&mut h, 0).unwrap();
+    assert_eq!(
+        fault(&mut m, &mut h, 0x2000, Access::WRITE),
+        FaultOutcome::ReadOnly
+    );
+    assert_eq!(m.n_used(), 1, "nothing built for a refused write");
+    assert_eq!(fault(&mut m, &mut h, 0x2000, Access::READ), FIXED_2M);
+    let map = m.lookup(&h, 0x2000).unwrap();
+    assert!(!map.writable);
+    assert_eq!(map.entry & entry::HOST_WRITABLE, 0);
+    assert_eq!(
+        fault(&mut m, &mut h, 0x2000, Access::WRITE),
+        FaultOutcome::ReadOnly
+    );
+    assert_eq!(
+        fault(&mut m, &mut h, 0x2000, Access::FETCH),
+        FaultOutcome::Spurious
+    );
+    assert_eq!(m.stats().faults_read_only, 2);
+    teardown(m, h);
+}
+
+#[test]
+fn p29_flush_rules_of_the_fault_path() {
+    let (mut m, mut h) = domain(EPT, 8 * MIB);
+    m.take_flush();
+    // not-present -> present: no flush.
+    assert_eq!(fault(&mut m, &mut h, 0, Access::WRITE), FIXED_2M);
+    assert!(!m.take_flush());
+    // large leaf -> table: flush.
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    m.take_flush();
+    assert_eq!(fault(&mut m, &mut h, 0x1000, Access::WRITE), FIXED_4K);
+    assert!(m.take_flush());
+    // table -> large leaf: flush. Disabling the log zaps the 4 KiB leaves (flush), the table
+    // stays linked until a fault wants a 2 MiB leaf there.
+    m.disable_dirty_log(&mut h, 0).unwrap();
+    assert!(m.take_flush());
+    assert_eq!(fault(&mut m, &mut h, 0x1000, Access::READ), FIXED_2M);
+    assert!(m.take_flush());
+    // same pfn, wider permission: no flush. A write-protected 2 MiB leaf survives the log.
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    m.disable_dirty_log(&mut h, 0).unwrap();
+    m.take_flush();
+    assert!(!m.lookup(&h, 0).unwrap().writable);
+    assert_eq!(fault(&mut m, &mut h, 0, Access::WRITE), FIXED_2M);
+    assert!(!m.take_flush());
+    assert!(m.lookup(&h, 0).unwrap().writable);
+    teardown(m, h);
+}
