@@ -291,7 +291,10 @@ fn p02_a_fault_never_takes_more_than_one_walk_from_the_caches() {
 fn assert_internal<T: core::fmt::Debug>(f: impl FnOnce() -> Result<T, Error>) {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     match r {
-        Err(_) => assert!(cfg!(debug_assertions), "panicked in a release build"),
+        Err(_) => {
+            let debug_build = cfg!(debug_assertions);
+            assert!(debug_build, "panicked in a release build");
+        }
         Ok(v) => assert_eq!(v.unwrap_err(), Error::Internal),
     }
 }
@@ -637,4 +640,826 @@ fn p29_flush_rules_of_the_fault_path() {
     assert!(!m.take_flush());
     assert!(m.lookup(&h, 0).unwrap().writable);
     teardown(m, h);
+}
+
+// ---- roots (30, 32) ---------------------------------------------------------------------------
+
+#[test]
+fn p30_root_load_fails_with_nospace_when_pinned_roots_fill_the_cap() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT4K);
+    assert_eq!(m.n_max(), MIN_MMU_PAGES, "no slots: the floor");
+    // Each vCPU pins a root that a zap-all then invalidates.
+    for v in 0..4 {
+        m.acquire_root(&mut h, v).unwrap();
+        m.zap_all(&mut h).unwrap();
+        assert!(m.needs_reload(v));
+        check(&m, &h);
+    }
+    assert_eq!(m.n_used(), 4);
+    assert_eq!(m.acquire_root(&mut h, 4), Err(Error::NoSpace));
+    check(&m, &h);
+    m.release_root(&mut h, 0).unwrap();
+    assert_eq!(
+        m.n_used(),
+        3,
+        "an invalid root goes with its last reference"
+    );
+    m.acquire_root(&mut h, 4).unwrap();
+    check(&m, &h);
+    teardown(m, h);
+}
+
+#[test]
+fn p32_loading_a_root_owes_a_flush() {
+    let mut h = host();
+    let mut m = Mmu::new(NPT);
+    assert!(!m.take_flush());
+    m.acquire_root(&mut h, 0).unwrap();
+    assert!(m.take_flush());
+    m.acquire_root(&mut h, 1).unwrap();
+    assert!(m.take_flush(), "every load, as kvm_mmu_load");
+    assert!(!m.take_flush(), "returned once");
+    assert_eq!(m.stats().flushes_owed, 2);
+    teardown(m, h);
+}
+
+#[test]
+fn p53_vcpu_ids_and_reference_errors() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT);
+    assert_eq!(
+        m.acquire_root(&mut h, MAX_VCPUS),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        m.acquire_root(&mut h, usize::MAX),
+        Err(Error::InvalidArgument)
+    );
+    m.acquire_root(&mut h, MAX_VCPUS - 1).unwrap();
+    assert_eq!(m.acquire_root(&mut h, MAX_VCPUS - 1), Err(Error::Busy));
+    assert_eq!(m.release_root(&mut h, 0), Err(Error::InvalidArgument));
+    assert_eq!(
+        m.release_root(&mut h, MAX_VCPUS),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        m.page_fault(&mut h, 0, 0, Access::READ),
+        Err(Error::InvalidArgument),
+        "a vCPU without a root cannot fault"
+    );
+    assert_eq!(
+        m.page_fault(&mut h, MAX_VCPUS, 0, Access::READ),
+        Err(Error::InvalidArgument)
+    );
+    assert!(m.needs_reload(0));
+    assert!(m.needs_reload(MAX_VCPUS));
+    assert!(!m.needs_reload(MAX_VCPUS - 1));
+    assert_eq!(m.root_pointer(&h, MAX_VCPUS), None);
+    // reload_root is idempotent on a valid root and replaces an invalid one.
+    let p = m.reload_root(&mut h, MAX_VCPUS - 1).unwrap();
+    assert_eq!(m.reload_root(&mut h, MAX_VCPUS - 1).unwrap(), p);
+    m.zap_all(&mut h).unwrap();
+    m.reload_root(&mut h, MAX_VCPUS - 1).unwrap();
+    assert!(!m.needs_reload(MAX_VCPUS - 1));
+    assert_eq!(m.n_used(), 1);
+    check(&m, &h);
+    teardown(m, h);
+}
+
+// ---- limits and accounting (33-40) --------------------------------------------------------------
+
+#[test]
+fn p33_frames_of_several_domains_add_up() {
+    let mut h = host();
+    let mut a = Mmu::new(EPT);
+    let mut b = Mmu::new(NPT);
+    a.add_slot(&mut h, 0, 0, 16 * MIB, HPA, 0).unwrap();
+    b.add_slot(&mut h, 7, GIB, 16 * MIB, HPA, 0).unwrap();
+    a.acquire_root(&mut h, 0).unwrap();
+    b.acquire_root(&mut h, 0).unwrap();
+    for k in 0..64 {
+        a.topup(&mut h).unwrap();
+        b.topup(&mut h).unwrap();
+        a.page_fault(&mut h, 0, k * 0x3000, Access::WRITE).unwrap();
+        b.page_fault(&mut h, 0, GIB + k * 0x5000, Access::READ)
+            .unwrap();
+        assert_eq!(a.frames_held() + b.frames_held(), h.outstanding() as u64);
+    }
+    a.check_invariants(&h).unwrap();
+    b.check_invariants(&h).unwrap();
+    a.destroy(&mut h);
+    assert_eq!(b.frames_held(), h.outstanding() as u64);
+    b.destroy(&mut h);
+    assert_eq!(h.outstanding(), 0);
+}
+
+#[test]
+fn p34_default_cap_follows_the_slots() {
+    for (pages, cap) in [
+        (0u64, 4u64),
+        (199, 4),
+        (3072, 61),
+        (262_144, 5242),
+        (1 << 20, 20971),
+        (4 << 20, 83886),
+    ] {
+        assert_eq!(default_mmu_pages(pages), cap, "{pages} pages");
+    }
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    assert_eq!(m.n_max(), default_mmu_pages(16384));
+    m.add_slot(&mut h, 1, GIB, 64 * MIB, HPA + GIB, 0).unwrap();
+    assert_eq!(m.n_max(), default_mmu_pages(32768));
+    for k in 0..32 {
+        fault(&mut m, &mut h, GIB + k * 2 * MIB, Access::READ);
+        fault(&mut m, &mut h, k * 2 * MIB, Access::READ);
+    }
+    assert_eq!(m.n_used(), 1 + 1 + 2 + 64);
+    // Deleting memory lowers the cap, and the pages above it are zapped at once.
+    m.remove_slot(&mut h, 1).unwrap();
+    check(&m, &h);
+    assert_eq!(m.n_max(), default_mmu_pages(16384));
+    assert!(m.n_used() <= m.n_max());
+    teardown(m, h);
+}
+
+#[test]
+fn p35_default_cap_arithmetic_does_not_wrap() {
+    // 4.19 computes total * 20 in 32 bits: wrong from ~214.7 M pages (819 GiB).
+    for pages in [214_748_365u64, 1 << 32, 1 << 40, u64::MAX / 20, u64::MAX] {
+        assert_eq!(default_mmu_pages(pages), MAX_MMU_PAGES);
+    }
+    assert_eq!(default_mmu_pages(50 * 500_000), 500_000);
+    let mut last = 0;
+    for pages in (0..(1u64 << 36)).step_by(1 << 24) {
+        let c = default_mmu_pages(pages);
+        assert!(c >= last);
+        last = c;
+    }
+}
+
+#[test]
+fn p36_requests_below_the_floor_are_refused_and_requests_pin_the_cap() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    let before = (m.n_max(), m.n_requested());
+    for n in 1..MIN_MMU_PAGES {
+        assert_eq!(
+            m.set_requested_pages(&mut h, n),
+            Err(Error::InvalidArgument)
+        );
+    }
+    assert_eq!(
+        m.set_requested_pages(&mut h, MAX_MMU_PAGES + 1),
+        Err(Error::TooBig)
+    );
+    assert_eq!(m.set_requested_pages(&mut h, u64::MAX), Err(Error::TooBig));
+    assert_eq!((m.n_max(), m.n_requested()), before, "no change on error");
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    assert_eq!(m.n_max(), MIN_MMU_PAGES);
+    m.set_requested_pages(&mut h, 50).unwrap();
+    m.add_slot(&mut h, 1, GIB, GIB, HPA, 0).unwrap();
+    assert_eq!(m.n_max(), 50, "slot changes leave a requested cap alone");
+    m.remove_slot(&mut h, 0).unwrap();
+    assert_eq!(m.n_max(), 50);
+    m.set_requested_pages(&mut h, 0).unwrap();
+    assert_eq!(m.n_requested(), 0);
+    assert_eq!(
+        m.n_max(),
+        default_mmu_pages(1 << 18),
+        "0 restores the default"
+    );
+    check(&m, &h);
+    teardown(m, h);
+}
+
+#[test]
+fn p37_raising_or_keeping_the_cap_zaps_nothing() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    for k in 0..10 {
+        fault(&mut m, &mut h, k * 2 * MIB, Access::READ);
+    }
+    let used = m.n_used();
+    let zapped = m.stats().pages_zapped;
+    for n in [used, used + 1, 1000, MAX_MMU_PAGES] {
+        m.set_requested_pages(&mut h, n).unwrap();
+        assert_eq!(m.n_max(), n);
+        assert_eq!(m.n_used(), used);
+        assert_eq!(m.stats().pages_zapped, zapped);
+    }
+    teardown(m, h);
+}
+
+#[test]
+fn p38b_cap_held_by_pinned_roots_falls_back_when_they_go() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    for v in 1..6 {
+        m.zap_all(&mut h).unwrap();
+        m.acquire_root(&mut h, v).unwrap();
+    }
+    fault_on(&mut m, &mut h, 5, 0, Access::READ);
+    assert_eq!(m.n_used(), 6 + 3);
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    check(&m, &h);
+    assert_eq!(m.n_used(), 6, "only pinned roots remain");
+    assert_eq!(m.n_max(), 6, "the cap in force cannot go below them");
+    for v in 0..5 {
+        m.release_root(&mut h, v).unwrap();
+        check(&m, &h);
+    }
+    assert_eq!(m.n_used(), 1);
+    assert_eq!(m.n_max(), MIN_MMU_PAGES, "back to the request");
+    teardown(m, h);
+}
+
+#[test]
+fn p39_make_room_only_when_short_then_in_a_batch() {
+    let (mut m, mut h) = domain(EPT4K, 256 * MIB);
+    m.set_requested_pages(&mut h, 100).unwrap();
+    for k in 0..96 {
+        fault(&mut m, &mut h, k * 2 * MIB, Access::READ);
+    }
+    // root + L3 + L2 + 96 L1 = 99: one left, and a new 2 MiB region needs one table.
+    assert_eq!(m.n_used(), 99);
+    let r = m.stats().reclaims;
+    fault(&mut m, &mut h, 96 * 2 * MIB, Access::READ);
+    assert_eq!(m.stats().reclaims, r, "enough room: no reclaim");
+    assert_eq!(m.n_used(), 100);
+    // Now short: the batch frees max(need, min(25, 100 / 16)) = 6 pages, then the walk takes
+    // what it needs (the L3 and L2 were the oldest, so three tables).
+    fault(&mut m, &mut h, 97 * 2 * MIB, Access::READ);
+    assert_eq!(m.stats().reclaims - r, 6);
+    assert_eq!(m.n_used(), 100 - 6 + 3);
+    teardown(m, h);
+}
+
+#[test]
+fn p40_the_cap_is_hard_and_a_fault_without_room_builds_nothing() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    for k in 0..32 {
+        fault(&mut m, &mut h, k * 2 * MIB + 0x1000, Access::WRITE);
+        assert!(m.n_used() <= MIN_MMU_PAGES);
+        assert_eq!(
+            m.lookup(&h, k * 2 * MIB + 0x1000).unwrap().hpa,
+            HPA + k * 2 * MIB + 0x1000
+        );
+    }
+    // A second vCPU pins the old root across a zap-all; vCPU 0 reloads: two pinned roots leave
+    // two pages, less than a full walk.
+    m.acquire_root(&mut h, 1).unwrap();
+    m.zap_all(&mut h).unwrap();
+    m.reload_root(&mut h, 0).unwrap();
+    assert_eq!(m.n_used(), 2);
+    let s = m.stats();
+    assert_eq!(
+        fault(&mut m, &mut h, 0x5000, Access::READ),
+        FaultOutcome::Retry
+    );
+    assert_eq!(m.stats().pages_allocated, s.pages_allocated);
+    assert_eq!(m.stats().faults_retry, s.faults_retry + 1);
+    // Once vCPU 1 reloads, the old root goes and the fault succeeds.
+    assert_eq!(
+        fault_on(&mut m, &mut h, 1, 0x5000, Access::READ),
+        FaultOutcome::Retry
+    );
+    m.reload_root(&mut h, 1).unwrap();
+    assert_eq!(fault(&mut m, &mut h, 0x5000, Access::READ), FIXED_4K);
+    teardown(m, h);
+}
+
+// ---- zapping (41-45) ----------------------------------------------------------------------------
+
+#[test]
+fn p41_eviction_follows_creation_order_not_use() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    for k in [3u64, 1, 2, 4] {
+        fault(&mut m, &mut h, k * 2 * MIB, Access::READ);
+    }
+    // Using the first table again must not protect it.
+    for _ in 0..10 {
+        fault(&mut m, &mut h, 3 * 2 * MIB + 0x1000, Access::READ);
+    }
+    let alive =
+        |m: &Mmu, h: &crate::sim::SimHost, k: u64| m.find_sp(h, k * 512, 1) != crate::sp::NIL;
+    // root, L3, L2, then L1 tables in creation order 3, 1, 2, 4: three go, oldest first.
+    m.set_requested_pages(&mut h, 4).unwrap();
+    assert!(!alive(&m, &h, 3) && alive(&m, &h, 1) && alive(&m, &h, 2) && alive(&m, &h, 4));
+    // A new walk: L3', L2', L1(5) are now the newest; the surviving orphans are older.
+    m.set_requested_pages(&mut h, 0).unwrap();
+    fault(&mut m, &mut h, 5 * 2 * MIB, Access::READ);
+    assert_eq!(m.n_used(), 7);
+    m.set_requested_pages(&mut h, 5).unwrap();
+    assert!(!alive(&m, &h, 1) && !alive(&m, &h, 2));
+    assert!(alive(&m, &h, 4) && alive(&m, &h, 5));
+    teardown(m, h);
+}
+
+#[test]
+fn p42_zapping_a_table_orphans_its_children() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    for k in 0..4 {
+        fault(&mut m, &mut h, k * 2 * MIB, Access::WRITE);
+    }
+    assert_eq!(m.n_used(), 1 + 1 + 1 + 4);
+    let s = m.stats();
+    m.take_flush();
+    assert!(m.zap_table(&mut h, 0, 3).unwrap());
+    check(&m, &h);
+    assert!(m.take_flush());
+    assert_eq!(m.n_used(), 6, "exactly one page freed");
+    assert_eq!(m.stats().pages_zapped, s.pages_zapped + 1);
+    assert_eq!(m.stats().pages_freed, s.pages_freed + 1);
+    assert!(m.lookup(&h, 0).is_none(), "unreachable");
+    // The orphaned L2 (with its L1 tables and their leaves) is re-linked by the next fault.
+    assert_eq!(fault(&mut m, &mut h, 0x1000, Access::READ), FIXED_4K);
+    assert_eq!(m.stats().pages_allocated, s.pages_allocated + 1);
+    for k in 0..4 {
+        assert!(
+            m.lookup(&h, k * 2 * MIB).is_some(),
+            "leaves survived in orphans"
+        );
+    }
+    assert!(!m.zap_table(&mut h, 40 * MIB, 1).unwrap(), "no such table");
+    assert_eq!(m.zap_table(&mut h, 0, 0), Err(Error::InvalidArgument));
+    assert_eq!(
+        m.zap_table(&mut h, GPA_LIMIT, 1),
+        Err(Error::InvalidArgument)
+    );
+    teardown(m, h);
+}
+
+#[test]
+fn p43_zapping_a_pinned_root_invalidates_it_until_released() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    m.acquire_root(&mut h, 1).unwrap();
+    fault(&mut m, &mut h, 0, Access::WRITE);
+    let old = m.root_pointer(&h, 0).unwrap();
+    assert!(m.zap_table(&mut h, 0, 4).unwrap());
+    check(&m, &h);
+    assert!(m.needs_reload(0) && m.needs_reload(1));
+    assert_eq!(m.n_used(), 4, "root still counted, children orphaned");
+    assert!(!m.zap_table(&mut h, 0, 4).unwrap(), "lookups skip it");
+    assert_eq!(fault(&mut m, &mut h, 0, Access::READ), FaultOutcome::Retry);
+    let new = m.reload_root(&mut h, 0).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(m.n_used(), 5);
+    m.release_root(&mut h, 1).unwrap();
+    assert_eq!(m.n_used(), 4, "freed with its last reference");
+    check(&m, &h);
+    assert_eq!(fault(&mut m, &mut h, 0x1000, Access::READ), FIXED_4K);
+    teardown(m, h);
+}
+
+#[test]
+fn p44_zap_all_unmaps_everything_and_owes_one_flush() {
+    let (mut m, mut h) = domain(EPT, 64 * MIB);
+    m.add_slot(&mut h, 1, GIB, GIB, HPA + GIB, 0).unwrap();
+    m.acquire_root(&mut h, 1).unwrap();
+    for k in 0..40 {
+        fault(&mut m, &mut h, k * 0x11000, Access::WRITE);
+    }
+    fault(&mut m, &mut h, GIB + 0x1000, Access::WRITE);
+    m.take_flush();
+    let owed = m.stats().flushes_owed;
+    m.zap_all(&mut h).unwrap();
+    check(&m, &h);
+    assert_eq!(m.n_used(), 1, "only the pinned, emptied root");
+    assert_eq!(m.stats().flushes_owed, owed + 1);
+    assert!(m.take_flush());
+    assert!(m.needs_reload(0) && m.needs_reload(1));
+    m.reload_root(&mut h, 0).unwrap();
+    m.reload_root(&mut h, 1).unwrap();
+    assert_eq!(m.n_used(), 1);
+    for k in 0..40 {
+        assert!(m.lookup(&h, k * 0x11000).is_none());
+    }
+    assert!(m.lookup(&h, GIB).is_none());
+    teardown(m, h);
+}
+
+#[test]
+fn p45_range_zap_drops_leaves_keeps_tables() {
+    let (mut m, mut h) = domain(EPT, 16 * MIB);
+    m.add_slot(&mut h, 1, 16 * MIB, 16 * MIB, HPA + 16 * MIB + 0x1000, 0)
+        .unwrap();
+    fault(&mut m, &mut h, 2 * MIB, Access::WRITE);
+    for k in 0..64 {
+        fault(&mut m, &mut h, 16 * MIB + k * 0x1000, Access::WRITE);
+    }
+    let used = m.n_used();
+    m.take_flush();
+    m.zap_gfn_range(&mut h, 3 * MIB, 13 * MIB + 0x5000).unwrap();
+    check(&m, &h);
+    assert!(m.take_flush());
+    assert!(
+        m.lookup(&h, 2 * MIB).is_none(),
+        "a 2 MiB leaf overlapping the range goes"
+    );
+    for k in 0..64 {
+        assert_eq!(m.lookup(&h, 16 * MIB + k * 0x1000).is_some(), k >= 5, "{k}");
+    }
+    assert_eq!(m.n_used(), used, "tables stay");
+    assert_eq!(
+        m.zap_gfn_range(&mut h, 0x800, 0x1000),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        m.zap_gfn_range(&mut h, !0xfffu64, 0x2000),
+        Err(Error::InvalidArgument)
+    );
+    m.zap_gfn_range(&mut h, 0, 0).unwrap();
+    teardown(m, h);
+}
+
+// ---- TLB flush bookkeeping (47) -----------------------------------------------------------------
+
+#[test]
+fn p47_every_narrowing_change_owes_a_flush_returned_once() {
+    let (mut m, mut h) = domain(EPT, 16 * MIB);
+    m.take_flush();
+    let expect = |m: &mut Mmu, h: &mut crate::sim::SimHost, what: &str, owed: bool| {
+        check(m, h);
+        assert_eq!(m.take_flush(), owed, "{what}");
+        assert!(!m.take_flush(), "{what}: taken twice");
+    };
+    fault(&mut m, &mut h, 0, Access::WRITE);
+    expect(&mut m, &mut h, "new mapping", false);
+    m.zap_gfn_range(&mut h, 8 * MIB, 2 * MIB).unwrap();
+    expect(&mut m, &mut h, "range zap of nothing", false);
+    m.zap_gfn_range(&mut h, 0, 4096).unwrap();
+    expect(&mut m, &mut h, "range zap", true);
+    fault(&mut m, &mut h, 0, Access::READ);
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    expect(&mut m, &mut h, "write protect", true);
+    fault(&mut m, &mut h, 0x1000, Access::WRITE);
+    expect(&mut m, &mut h, "split for logging", true);
+    fault(&mut m, &mut h, 0x1000, Access::WRITE);
+    expect(&mut m, &mut h, "spurious", false);
+    let mut bits = [0u64; 64];
+    m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+    expect(&mut m, &mut h, "harvest re-protects", true);
+    m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+    expect(&mut m, &mut h, "empty harvest", false);
+    fault(&mut m, &mut h, 4 * MIB, Access::WRITE);
+    expect(&mut m, &mut h, "new table and leaf", false);
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    expect(&mut m, &mut h, "reclaim", true);
+    m.move_slot(&mut h, 0, GIB).unwrap();
+    expect(&mut m, &mut h, "move", true);
+    m.zap_all(&mut h).unwrap();
+    expect(&mut m, &mut h, "zap all", true);
+    teardown(m, h);
+}
+
+// ---- dirty logging (48-50) ----------------------------------------------------------------------
+
+#[test]
+fn p48_logging_write_protects_forces_4k_and_reports_each_write_once() {
+    for cfg in [EPT, NPT] {
+        let (mut m, mut h) = domain(cfg, 8 * MIB);
+        fault(&mut m, &mut h, 0, Access::WRITE);
+        m.enable_dirty_log(&mut h, 0).unwrap();
+        check(&m, &h);
+        assert!(
+            !m.lookup(&h, 0).unwrap().writable,
+            "2 MiB leaf now read-only"
+        );
+        assert_eq!(fault(&mut m, &mut h, 4 * MIB, Access::READ), FIXED_4K);
+        assert!(
+            !m.lookup(&h, 4 * MIB).unwrap().writable,
+            "a read maps read-only"
+        );
+        for _ in 0..3 {
+            // The guest writes each page repeatedly; only the first write faults.
+            for gpa in [4 * MIB, 4 * MIB + 0x2000, 0x3000] {
+                if !m.lookup(&h, gpa).is_some_and(|x| x.writable) {
+                    fault(&mut m, &mut h, gpa, Access::WRITE);
+                }
+            }
+        }
+        let mut bits = [0u64; 32];
+        m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+        let mut expect = [0u64; 32];
+        expect[0] = 1 << 3;
+        expect[16] = 0b101;
+        assert_eq!(bits, expect);
+        assert_eq!(m.enable_dirty_log(&mut h, 0), Ok(()), "already on: no-op");
+        teardown(m, h);
+    }
+}
+
+#[test]
+fn p49_harvest_clears_reprotects_and_checks_its_arguments() {
+    let (mut m, mut h) = domain(EPT4K, 1 << 20);
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    for k in [0u64, 63, 64, 255] {
+        fault(&mut m, &mut h, k * 0x1000, Access::WRITE);
+    }
+    let mut bits = [0u64; 4];
+    let mut short = [0u64; 3];
+    assert_eq!(
+        m.get_dirty_log(&mut h, 0, &mut short),
+        Err(Error::InvalidArgument)
+    );
+    m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+    assert_eq!(bits, [1 | 1 << 63, 1, 0, 1 << 63]);
+    for k in [0u64, 63, 64, 255] {
+        assert!(!m.lookup(&h, k * 0x1000).unwrap().writable);
+    }
+    m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+    assert_eq!(bits, [0; 4]);
+    fault(&mut m, &mut h, 64 * 0x1000, Access::WRITE);
+    m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+    assert_eq!(bits, [0, 1, 0, 0]);
+    assert_eq!(
+        m.get_dirty_log(&mut h, 1, &mut bits),
+        Err(Error::NoSuchSlot)
+    );
+    assert_eq!(
+        m.get_dirty_log(&mut h, MAX_SLOTS, &mut bits),
+        Err(Error::InvalidArgument)
+    );
+    m.disable_dirty_log(&mut h, 0).unwrap();
+    assert_eq!(
+        m.get_dirty_log(&mut h, 0, &mut bits),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(m.disable_dirty_log(&mut h, 0), Err(Error::InvalidArgument));
+    teardown(m, h);
+}
+
+#[test]
+fn p50_disabling_the_log_lets_faults_rebuild_large_leaves() {
+    let (mut m, mut h) = domain(EPT, 8 * MIB);
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    for k in 0..8 {
+        fault(&mut m, &mut h, 2 * MIB + k * 0x1000, Access::WRITE);
+    }
+    m.disable_dirty_log(&mut h, 0).unwrap();
+    check(&m, &h);
+    assert!(
+        m.lookup(&h, 2 * MIB).is_none(),
+        "collapsible 4 KiB leaves zapped"
+    );
+    assert_eq!(fault(&mut m, &mut h, 2 * MIB, Access::WRITE), FIXED_2M);
+    assert_eq!(m.frames_held(), h.outstanding() as u64);
+    teardown(m, h);
+}
+
+// ---- slot validation (52) ------------------------------------------------------------------------
+
+#[test]
+fn p52_slot_validation_matrix() {
+    use Error::*;
+    let mut h = host();
+    let mut m = Mmu::new(EPT);
+    let add = |m: &mut Mmu, h: &mut crate::sim::SimHost, id, gpa, size, hpa, flags| {
+        let r = m.add_slot(h, id, gpa, size, hpa, flags);
+        check(m, h);
+        r
+    };
+    assert_eq!(
+        add(&mut m, &mut h, MAX_SLOTS, 0, 4096, 0, 0),
+        Err(InvalidArgument)
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 0, 0, 4096, 0, 1 << 5),
+        Err(InvalidArgument)
+    );
+    assert_eq!(add(&mut m, &mut h, 0, 0, 0, 0, 0), Err(InvalidArgument));
+    assert_eq!(
+        add(&mut m, &mut h, 0, 0x800, 4096, 0, 0),
+        Err(InvalidArgument)
+    );
+    assert_eq!(add(&mut m, &mut h, 0, 0, 4095, 0, 0), Err(InvalidArgument));
+    assert_eq!(add(&mut m, &mut h, 0, 0, 4096, 8, 0), Err(InvalidArgument));
+    assert_eq!(
+        add(&mut m, &mut h, 0, !0xfffu64, 8192, 0, 0),
+        Err(InvalidArgument),
+        "gpa + size overflows"
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 0, 0, 8192, !0xfffu64, 0),
+        Err(InvalidArgument),
+        "hpa + size overflows"
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 0, GPA_LIMIT - 4096, 8192, 0, 0),
+        Err(TooBig)
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 0, 0, 8192, HPA_LIMIT - 4096, 0),
+        Err(TooBig)
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 0, 0, (MAX_SLOT_PAGES + 1) << 12, 0, 0),
+        Err(TooBig)
+    );
+    assert_eq!(
+        add(
+            &mut m,
+            &mut h,
+            0,
+            GPA_LIMIT - 4096,
+            4096,
+            HPA_LIMIT - 4096,
+            0
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 0, 0, 4096, 0, 0),
+        Err(Exists),
+        "id in use"
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 1, 16 * MIB, 16 * MIB, HPA, SLOT_READ_ONLY),
+        Ok(())
+    );
+    for (gpa, size) in [
+        (16 * MIB, 4096),
+        (20 * MIB, 4096),
+        (32 * MIB - 4096, 4096),
+        (8 * MIB, 8 * MIB + 4096),
+        (31 * MIB, 2 * MIB),
+        (8 * MIB, 64 * MIB),
+    ] {
+        assert_eq!(
+            add(&mut m, &mut h, 2, gpa, size, HPA, 0),
+            Err(Exists),
+            "{gpa:#x}+{size:#x}"
+        );
+    }
+    assert_eq!(
+        add(&mut m, &mut h, 2, 8 * MIB, 8 * MIB, HPA, 0),
+        Ok(()),
+        "adjacent below"
+    );
+    assert_eq!(
+        add(&mut m, &mut h, 3, 32 * MIB, 8 * MIB, HPA, 0),
+        Ok(()),
+        "adjacent above"
+    );
+    // Every id can hold a slot.
+    for id in 4..MAX_SLOTS {
+        add(&mut m, &mut h, id, GIB * id as u64, 4096, HPA, 0).unwrap();
+    }
+    assert_eq!(m.remove_slot(&mut h, MAX_SLOTS), Err(InvalidArgument));
+    m.remove_slot(&mut h, 4).unwrap();
+    assert_eq!(m.remove_slot(&mut h, 4), Err(NoSuchSlot));
+    assert_eq!(m.move_slot(&mut h, 4, 0), Err(NoSuchSlot));
+    assert_eq!(m.move_slot(&mut h, 1, 30 * MIB), Err(Exists));
+    assert_eq!(m.move_slot(&mut h, 1, 0x800), Err(InvalidArgument));
+    assert_eq!(m.move_slot(&mut h, 1, GPA_LIMIT - 4096), Err(TooBig));
+    assert_eq!(m.move_slot(&mut h, 1, 16 * MIB), Ok(()), "to itself");
+    assert_eq!(
+        m.move_slot(&mut h, 1, 20 * MIB),
+        Err(Exists),
+        "overlaps only itself? no: slot 3"
+    );
+    assert_eq!(
+        m.move_slot(&mut h, 3, 36 * MIB),
+        Ok(()),
+        "may overlap its old range"
+    );
+    let info = m.slot(1).unwrap();
+    assert_eq!(
+        info,
+        SlotInfo {
+            gpa: 16 * MIB,
+            size: 16 * MIB,
+            hpa: HPA,
+            flags: SLOT_READ_ONLY,
+            dirty_logging: false
+        }
+    );
+    assert_eq!(m.slot(4), None);
+    assert_eq!(m.slot(MAX_SLOTS), None);
+    check(&m, &h);
+    teardown(m, h);
+}
+
+#[test]
+fn slot_translation_checks_bounds_and_overflow() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT);
+    m.add_slot(&mut h, 0, 0, 8 * MIB, HPA, 0).unwrap();
+    m.add_slot(&mut h, 1, 8 * MIB, 8 * MIB, 2 * HPA, 0).unwrap();
+    assert_eq!(m.translate(0x1234), Some(HPA + 0x1234));
+    assert_eq!(m.translate(8 * MIB + 8), Some(2 * HPA + 8));
+    assert_eq!(m.translate(16 * MIB), None);
+    assert_eq!(m.translate(u64::MAX), None);
+    assert_eq!(
+        m.translate_range(8 * MIB - 16, 16),
+        Some(HPA + 8 * MIB - 16)
+    );
+    assert_eq!(
+        m.translate_range(8 * MIB - 16, 17),
+        None,
+        "crosses into another slot"
+    );
+    assert_eq!(m.translate_range(0, 0), Some(HPA));
+    assert_eq!(m.translate_range(u64::MAX - 4, 16), None);
+    assert_eq!(m.translate_range(16, u64::MAX), None);
+    teardown(m, h);
+}
+
+#[test]
+fn faults_without_topup_fail_cleanly() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT4K);
+    m.add_slot(&mut h, 0, 0, 64 * MIB, HPA, 0).unwrap();
+    m.acquire_root(&mut h, 0).unwrap();
+    // acquire_root topped up; each fault in a fresh 2 MiB region now takes one frame.
+    let mut k = 0;
+    while m.cached_frames() >= 3 {
+        assert_eq!(
+            m.page_fault(&mut h, 0, k * 2 * MIB, Access::READ),
+            Ok(FIXED_4K)
+        );
+        k += 1;
+    }
+    let before = (m.stats(), h.allocs(), h.frees());
+    assert_eq!(
+        m.page_fault(&mut h, 0, k * 2 * MIB, Access::READ),
+        Err(Error::CachesEmpty)
+    );
+    assert_eq!(
+        (m.stats(), h.allocs(), h.frees()),
+        before,
+        "nothing changed"
+    );
+    check(&m, &h);
+    // Faults that need no table still work without a top-up.
+    assert_eq!(
+        m.page_fault(&mut h, 0, 0, Access::READ),
+        Ok(FaultOutcome::Spurious)
+    );
+    assert_eq!(
+        m.page_fault(&mut h, 0, GIB, Access::READ),
+        Ok(FaultOutcome::NoSlot)
+    );
+    m.topup(&mut h).unwrap();
+    assert_eq!(
+        m.page_fault(&mut h, 0, k * 2 * MIB, Access::READ),
+        Ok(FIXED_4K)
+    );
+    teardown(m, h);
+}
+
+#[test]
+fn out_of_memory_anywhere_leaks_nothing() {
+    // Fail the k-th allocation of a scripted sequence for every k until it runs through.
+    for k in 0.. {
+        let mut h = host();
+        let mut m = Mmu::new(EPT);
+        h.fail_after(Some(k));
+        let r = (|| -> Result<(), Error> {
+            m.add_slot(&mut h, 0, 0, 64 * MIB, HPA, 0)?;
+            m.add_slot(&mut h, 1, 8 * GIB, 8 * MIB, HPA + 0x1000, 0)?;
+            m.acquire_root(&mut h, 0)?;
+            m.topup(&mut h)?;
+            m.page_fault(&mut h, 0, 8 * GIB, Access::WRITE)?;
+            m.enable_dirty_log(&mut h, 0)?;
+            m.topup(&mut h)?;
+            m.page_fault(&mut h, 0, 0x1000, Access::WRITE)?;
+            Ok(())
+        })();
+        check(&m, &h);
+        let done = r.is_ok();
+        if !done {
+            assert_eq!(r, Err(Error::OutOfMemory));
+        }
+        teardown(m, h);
+        if done {
+            assert!(k > 20);
+            break;
+        }
+    }
+}
+
+/// A host that breaks its contract: frames that are not aligned.
+struct BadHost(crate::sim::SimHost);
+
+impl crate::Host for BadHost {
+    fn alloc_frame(&mut self) -> Option<u64> {
+        self.0.alloc_frame().map(|f| f + 8)
+    }
+    fn free_frame(&mut self, hpa: u64) {
+        self.0.free_frame(hpa)
+    }
+    fn read_u64(&self, hpa: u64) -> u64 {
+        self.0.read_u64(hpa)
+    }
+    fn write_u64(&mut self, hpa: u64, val: u64) {
+        self.0.write_u64(hpa, val)
+    }
+}
+
+#[test]
+fn a_host_breaking_its_contract_is_an_internal_error() {
+    let mut h = BadHost(host());
+    let mut m = Mmu::new(EPT);
+    assert_internal(|| m.acquire_root(&mut h, 0));
+    assert_internal(|| m.add_slot(&mut h, 0, 0, 8 * MIB, HPA, 0));
 }
