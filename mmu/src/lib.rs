@@ -595,8 +595,7 @@ impl Mmu {
             i = next;
             guard -= 1;
         }
-        for d in 0..sp::HDR_DIR_LEN {
-            let dir = self.hdr_dir[d];
+        for dir in self.hdr_dir {
             if dir == 0 {
                 continue;
             }
