@@ -4,210 +4,34 @@ use super::common::*;
 use crate::entry::{ept, npt};
 use crate::*;
 
-// ---- SPTE encoding (15, 16, 20) -------------------------------------------------------------
+// ---- helpers --------------------------------------------------------------------------------
 
-#[test]
-fn p15_leaf_encoding_ept_and_npt() {
-    for (cfg, rw_leaf, ro_leaf) in [
-        // pfn | HOST_WRITABLE | IPAT | WB | X | W | R
-        (EPT4K, 0x0010_0040_0000_0077u64, 0x0000_0040_0000_0075u64),
-        // pfn | HOST_WRITABLE | D | A | US | RW | P
-        (
-            Config {
-                format: Format::Npt,
-                ..EPT4K
-            },
-            0x0010_0040_0000_0067,
-            0x0000_0040_0000_0025,
-        ),
-    ] {
-        let mut h = host();
-        let mut m = Mmu::new(cfg);
-        m.add_slot(&mut h, 0, 0, 2 * MIB, HPA, 0).unwrap();
-        m.add_slot(&mut h, 1, 4 * MIB, 2 * MIB, HPA, SLOT_READ_ONLY)
-            .unwrap();
-        m.acquire_root(&mut h, 0).unwrap();
-        assert_eq!(fault(&mut m, &mut h, 0, Access::READ), FIXED_4K);
-        assert_eq!(m.lookup(&h, 0).unwrap().entry, rw_leaf);
-        assert_eq!(fault(&mut m, &mut h, 4 * MIB, Access::READ), FIXED_4K);
-        assert_eq!(m.lookup(&h, 4 * MIB).unwrap().entry, ro_leaf);
-        teardown(m, h);
-    }
-}
-
-#[test]
-fn p16_nonleaf_entries_grant_everything() {
-    for (cfg, bits) in [
-        (EPT4K, ept::R | ept::W | ept::X),
-        (
-            Config {
-                format: Format::Npt,
-                ..EPT4K
-            },
-            npt::P | npt::RW | npt::US | npt::A,
-        ),
-    ] {
-        let (mut m, mut h) = domain(cfg, 2 * MIB);
-        fault(&mut m, &mut h, 0x1000, Access::READ);
-        let mut table = m.root_pointer(&h, 0).unwrap() & entry::ADDR_MASK;
-        for _ in 0..3 {
-            let e = crate::host::Host::read_u64(&h, table);
-            assert_eq!(e & !entry::ADDR_MASK, bits);
-            table = e & entry::ADDR_MASK;
+/// Internal inconsistencies are typed errors plus debug assertions: in a debug build the
+/// assertion fires, in a release build the error comes back.
+#[track_caller]
+fn assert_internal<T: core::fmt::Debug>(f: impl FnOnce() -> Result<T, Error>) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    match r {
+        Err(_) => {
+            let debug_build = cfg!(debug_assertions);
+            assert!(debug_build, "panicked in a release build");
         }
-        teardown(m, h);
+        Ok(v) => assert_eq!(v.unwrap_err(), Error::Internal),
     }
 }
 
-#[test]
-fn p20_eptp_and_ncr3() {
-    assert_eq!(eptp(0x1234_5000), 0x1234_501e);
-    assert_eq!(ncr3(0x1234_5000), 0x1234_5000);
-    let (mut m, mut h) = domain(EPT4K, 2 * MIB);
-    let p = m.root_pointer(&h, 0).unwrap();
-    assert_eq!(p & 0xfff, 0x1e, "WB, 4-level walk, no A/D");
-    assert!(h.is_allocated(p & entry::ADDR_MASK));
-    let mut n = Mmu::new(Config {
-        format: Format::Npt,
-        ..EPT4K
-    });
-    let q = n.acquire_root(&mut h, 3).unwrap();
-    assert_eq!(q & 0xfff, 0);
-    assert!(h.is_allocated(q));
-    n.destroy(&mut h);
-    m.release_root(&mut h, 0).unwrap();
-    teardown(m, h);
+fn counts(m: &Mmu, h: &crate::sim::SimHost, level: u32) -> std::vec::Vec<u64> {
+    let s = m.slots[0];
+    let span = crate::slot::pages_per_entry(level);
+    (0..crate::slot::lpages(s.base, s.npages, level))
+        .map(|k| {
+            let g = (((s.base / span) + k) * span).max(s.base);
+            crate::host::Host::read_u64(h, s.count_addr(h, g, level))
+        })
+        .collect()
 }
 
-// ---- fault path (22) -------------------------------------------------------------------------
-
-#[test]
-fn p22_first_touch_creates_missing_tables_only() {
-    let mut h = host();
-    let mut m = Mmu::new(EPT4K);
-    m.add_slot(&mut h, 0, 0, 2 * GIB, HPA, 0).unwrap();
-    m.add_slot(&mut h, 1, 512 * GIB, 2 * MIB, HPA + 2 * GIB, 0)
-        .unwrap();
-    m.set_requested_pages(&mut h, 1000).unwrap();
-    m.acquire_root(&mut h, 0).unwrap();
-    assert_eq!(m.n_used(), 1);
-    for (gpa, new_tables) in [
-        (0x5000, 3),
-        (0x6000, 0),
-        (2 * MIB, 1),
-        (GIB + 0x3000, 2),
-        (GIB + 0x4000, 0),
-        (512 * GIB, 3),
-    ] {
-        let before = m.n_used();
-        let fixed = m.stats().faults_fixed;
-        assert_eq!(fault(&mut m, &mut h, gpa, Access::WRITE), FIXED_4K);
-        assert_eq!(m.n_used() - before, new_tables, "gpa {gpa:#x}");
-        assert_eq!(m.stats().faults_fixed, fixed + 1);
-        let map = m.lookup(&h, gpa + 0x123).unwrap();
-        assert_eq!(map.hpa, m.translate(gpa + 0x123).unwrap());
-        assert!(map.writable);
-    }
-    teardown(m, h);
-}
-
-// ---- roots (31) -------------------------------------------------------------------------------
-
-#[test]
-fn p31_vcpus_share_one_counted_root() {
-    let (mut m, mut h) = domain(EPT4K, 2 * MIB);
-    let p0 = m.root_pointer(&h, 0).unwrap();
-    assert_eq!(m.acquire_root(&mut h, 1).unwrap(), p0);
-    assert_eq!(m.acquire_root(&mut h, 2).unwrap(), p0);
-    assert_eq!(m.n_used(), 1);
-    check(&m, &h);
-    for v in 0..3 {
-        m.release_root(&mut h, v).unwrap();
-        check(&m, &h);
-    }
-    // A valid root with no references stays for the next acquire.
-    assert_eq!(m.n_used(), 1);
-    assert_eq!(m.acquire_root(&mut h, 5).unwrap(), p0);
-    assert_eq!(m.acquire_root(&mut h, 5), Err(Error::Busy));
-    assert_eq!(m.release_root(&mut h, 4), Err(Error::InvalidArgument));
-    assert_eq!(
-        m.acquire_root(&mut h, MAX_VCPUS),
-        Err(Error::InvalidArgument)
-    );
-    teardown(m, h);
-}
-
-// ---- limits (38) and teardown -------------------------------------------------------------------
-
-#[test]
-fn p38_lowering_the_limit_zaps_oldest_first_skipping_roots() {
-    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
-    m.set_requested_pages(&mut h, 100).unwrap();
-    for k in 0..32 {
-        fault(&mut m, &mut h, k * 2 * MIB, Access::WRITE);
-    }
-    // root + L3 + L2 + 32 L1
-    assert_eq!(m.n_used(), 35);
-    m.set_requested_pages(&mut h, 10).unwrap();
-    check(&m, &h);
-    assert_eq!(m.n_used(), 10);
-    assert_eq!(m.n_max(), 10);
-    // The root survived (it is pinned), so did the newest L1 tables; the oldest went first.
-    assert!(!m.needs_reload(0));
-    assert!(
-        m.lookup(&h, 31 * 2 * MIB).is_none(),
-        "upper levels were zapped"
-    );
-    assert!(m.stats().reclaims >= 25);
-    // The surviving (orphaned) L1 tables are re-linked, not rebuilt.
-    let before = m.stats().pages_allocated;
-    fault(&mut m, &mut h, 31 * 2 * MIB, Access::READ);
-    assert_eq!(m.stats().pages_allocated - before, 2, "L3 and L2 only");
-    teardown(m, h);
-}
-
-#[test]
-fn teardown_returns_every_frame() {
-    let (mut m, mut h) = domain(EPT, 8 * MIB);
-    m.add_slot(&mut h, 3, GIB, 4 * MIB, HPA + GIB, SLOT_READ_ONLY)
-        .unwrap();
-    m.acquire_root(&mut h, 1).unwrap();
-    for k in 0..2048 {
-        fault(&mut m, &mut h, k * 0x1000, Access::READ);
-    }
-    m.enable_dirty_log(&mut h, 3).unwrap();
-    check(&m, &h);
-    assert!(h.outstanding() > 0);
-    teardown(m, h);
-}
-
-#[test]
-fn mmu_is_small() {
-    assert!(core::mem::size_of::<Mmu>() <= MMU_INLINE_BYTES_MAX);
-    std::println!("size_of::<Mmu>() = {}", core::mem::size_of::<Mmu>());
-}
-
-// ---- large pages (11) ---------------------------------------------------------------------------
-
-#[test]
-fn p11_mapping_level_follows_config_and_alignment() {
-    for cfg in [EPT, NPT] {
-        let (mut m, mut h) = domain(cfg, 2 * GIB);
-        m.add_slot(&mut h, 1, 4 * GIB, 4 * MIB, HPA + 4 * GIB, 0)
-            .unwrap();
-        // gpa/hpa congruent at 1 GiB: a 1 GiB leaf.
-        assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::READ), FIXED_1G);
-        assert_eq!(m.lookup(&h, 0x1234_5678).unwrap().hpa, HPA + 0x1234_5678);
-        // A 4 MiB slot: 2 MiB leaves only.
-        assert_eq!(
-            fault(&mut m, &mut h, 4 * GIB + 3 * MIB, Access::WRITE),
-            FIXED_2M
-        );
-        teardown(m, h);
-    }
-}
-
-// ---- object caches (1, 2) -----------------------------------------------------------------------
+// ---- object caches -------------------------------------------------------------------------
 
 #[test]
 fn p01_topup_noop_above_min_fills_to_capacity_keeps_partial_on_oom() {
@@ -283,21 +107,7 @@ fn p02_a_fault_never_takes_more_than_one_walk_from_the_caches() {
     }
 }
 
-// ---- reverse maps (3, 6, 8) ---------------------------------------------------------------------
-
-/// Internal inconsistencies are typed errors plus debug assertions: in a debug build the
-/// assertion fires, in a release build the error comes back.
-#[track_caller]
-fn assert_internal<T: core::fmt::Debug>(f: impl FnOnce() -> Result<T, Error>) {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    match r {
-        Err(_) => {
-            let debug_build = cfg!(debug_assertions);
-            assert!(debug_build, "panicked in a release build");
-        }
-        Ok(v) => assert_eq!(v.unwrap_err(), Error::Internal),
-    }
-}
+// ---- reverse maps --------------------------------------------------------------------------
 
 #[test]
 fn p03_rmap_holds_one_leaf_per_gfn_and_level() {
@@ -360,18 +170,7 @@ fn p08_rmap_index_formula_and_lengths() {
     assert_eq!(s.meta_words(), 0x402 + 2 * 4 + 2);
 }
 
-// ---- large pages (10, 11, 12, 14) -------------------------------------------------------------
-
-fn counts(m: &Mmu, h: &crate::sim::SimHost, level: u32) -> std::vec::Vec<u64> {
-    let s = m.slots[0];
-    let span = crate::slot::pages_per_entry(level);
-    (0..crate::slot::lpages(s.base, s.npages, level))
-        .map(|k| {
-            let g = (((s.base / span) + k) * span).max(s.base);
-            crate::host::Host::read_u64(h, s.count_addr(h, g, level))
-        })
-        .collect()
-}
+// ---- large pages ---------------------------------------------------------------------------
 
 #[test]
 fn p10_disallow_counts_from_slot_geometry() {
@@ -398,6 +197,24 @@ fn p10_disallow_counts_from_slot_geometry() {
             counts(&m, &h, 3),
             l3,
             "base {base:#x} n {n:#x} pfn {pfn:#x}"
+        );
+        teardown(m, h);
+    }
+}
+
+#[test]
+fn p11_mapping_level_follows_config_and_alignment() {
+    for cfg in [EPT, NPT] {
+        let (mut m, mut h) = domain(cfg, 2 * GIB);
+        m.add_slot(&mut h, 1, 4 * GIB, 4 * MIB, HPA + 4 * GIB, 0)
+            .unwrap();
+        // gpa/hpa congruent at 1 GiB: a 1 GiB leaf.
+        assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::READ), FIXED_1G);
+        assert_eq!(m.lookup(&h, 0x1234_5678).unwrap().hpa, HPA + 0x1234_5678);
+        // A 4 MiB slot: 2 MiB leaves only.
+        assert_eq!(
+            fault(&mut m, &mut h, 4 * GIB + 3 * MIB, Access::WRITE),
+            FIXED_2M
         );
         teardown(m, h);
     }
@@ -488,7 +305,82 @@ fn p14_move_recomputes_large_page_metadata() {
     teardown(m, h);
 }
 
-// ---- fault path (21, 23-26, 29) ---------------------------------------------------------------
+// ---- entry encoding ------------------------------------------------------------------------
+
+#[test]
+fn p15_leaf_encoding_ept_and_npt() {
+    for (cfg, rw_leaf, ro_leaf) in [
+        // pfn | HOST_WRITABLE | IPAT | WB | X | W | R
+        (EPT4K, 0x0010_0040_0000_0077u64, 0x0000_0040_0000_0075u64),
+        // pfn | HOST_WRITABLE | D | A | US | RW | P
+        (
+            Config {
+                format: Format::Npt,
+                ..EPT4K
+            },
+            0x0010_0040_0000_0067,
+            0x0000_0040_0000_0025,
+        ),
+    ] {
+        let mut h = host();
+        let mut m = Mmu::new(cfg);
+        m.add_slot(&mut h, 0, 0, 2 * MIB, HPA, 0).unwrap();
+        m.add_slot(&mut h, 1, 4 * MIB, 2 * MIB, HPA, SLOT_READ_ONLY)
+            .unwrap();
+        m.acquire_root(&mut h, 0).unwrap();
+        assert_eq!(fault(&mut m, &mut h, 0, Access::READ), FIXED_4K);
+        assert_eq!(m.lookup(&h, 0).unwrap().entry, rw_leaf);
+        assert_eq!(fault(&mut m, &mut h, 4 * MIB, Access::READ), FIXED_4K);
+        assert_eq!(m.lookup(&h, 4 * MIB).unwrap().entry, ro_leaf);
+        teardown(m, h);
+    }
+}
+
+#[test]
+fn p16_nonleaf_entries_grant_everything() {
+    for (cfg, bits) in [
+        (EPT4K, ept::R | ept::W | ept::X),
+        (
+            Config {
+                format: Format::Npt,
+                ..EPT4K
+            },
+            npt::P | npt::RW | npt::US | npt::A,
+        ),
+    ] {
+        let (mut m, mut h) = domain(cfg, 2 * MIB);
+        fault(&mut m, &mut h, 0x1000, Access::READ);
+        let mut table = m.root_pointer(&h, 0).unwrap() & entry::ADDR_MASK;
+        for _ in 0..3 {
+            let e = crate::host::Host::read_u64(&h, table);
+            assert_eq!(e & !entry::ADDR_MASK, bits);
+            table = e & entry::ADDR_MASK;
+        }
+        teardown(m, h);
+    }
+}
+
+#[test]
+fn p20_eptp_and_ncr3() {
+    assert_eq!(eptp(0x1234_5000), 0x1234_501e);
+    assert_eq!(ncr3(0x1234_5000), 0x1234_5000);
+    let (mut m, mut h) = domain(EPT4K, 2 * MIB);
+    let p = m.root_pointer(&h, 0).unwrap();
+    assert_eq!(p & 0xfff, 0x1e, "WB, 4-level walk, no A/D");
+    assert!(h.is_allocated(p & entry::ADDR_MASK));
+    let mut n = Mmu::new(Config {
+        format: Format::Npt,
+        ..EPT4K
+    });
+    let q = n.acquire_root(&mut h, 3).unwrap();
+    assert_eq!(q & 0xfff, 0);
+    assert!(h.is_allocated(q));
+    n.destroy(&mut h);
+    m.release_root(&mut h, 0).unwrap();
+    teardown(m, h);
+}
+
+// ---- fault path ----------------------------------------------------------------------------
 
 #[test]
 fn p21_exit_qualification_and_error_code_decoding() {
@@ -508,6 +400,36 @@ fn p21_exit_qualification_and_error_code_decoding() {
         assert_eq!(a.fetch, ec & 16 != 0);
         assert_eq!(a.read, ec & 0x12 == 0);
     }
+}
+
+#[test]
+fn p22_first_touch_creates_missing_tables_only() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT4K);
+    m.add_slot(&mut h, 0, 0, 2 * GIB, HPA, 0).unwrap();
+    m.add_slot(&mut h, 1, 512 * GIB, 2 * MIB, HPA + 2 * GIB, 0)
+        .unwrap();
+    m.set_requested_pages(&mut h, 1000).unwrap();
+    m.acquire_root(&mut h, 0).unwrap();
+    assert_eq!(m.n_used(), 1);
+    for (gpa, new_tables) in [
+        (0x5000, 3),
+        (0x6000, 0),
+        (2 * MIB, 1),
+        (GIB + 0x3000, 2),
+        (GIB + 0x4000, 0),
+        (512 * GIB, 3),
+    ] {
+        let before = m.n_used();
+        let fixed = m.stats().faults_fixed;
+        assert_eq!(fault(&mut m, &mut h, gpa, Access::WRITE), FIXED_4K);
+        assert_eq!(m.n_used() - before, new_tables, "gpa {gpa:#x}");
+        assert_eq!(m.stats().faults_fixed, fixed + 1);
+        let map = m.lookup(&h, gpa + 0x123).unwrap();
+        assert_eq!(map.hpa, m.translate(gpa + 0x123).unwrap());
+        assert!(map.writable);
+    }
+    teardown(m, h);
 }
 
 #[test]
@@ -642,7 +564,7 @@ fn p29_flush_rules_of_the_fault_path() {
     teardown(m, h);
 }
 
-// ---- roots (30, 32) ---------------------------------------------------------------------------
+// ---- roots ---------------------------------------------------------------------------------
 
 #[test]
 fn p30_root_load_fails_with_nospace_when_pinned_roots_fill_the_cap() {
@@ -671,6 +593,30 @@ fn p30_root_load_fails_with_nospace_when_pinned_roots_fill_the_cap() {
 }
 
 #[test]
+fn p31_vcpus_share_one_counted_root() {
+    let (mut m, mut h) = domain(EPT4K, 2 * MIB);
+    let p0 = m.root_pointer(&h, 0).unwrap();
+    assert_eq!(m.acquire_root(&mut h, 1).unwrap(), p0);
+    assert_eq!(m.acquire_root(&mut h, 2).unwrap(), p0);
+    assert_eq!(m.n_used(), 1);
+    check(&m, &h);
+    for v in 0..3 {
+        m.release_root(&mut h, v).unwrap();
+        check(&m, &h);
+    }
+    // A valid root with no references stays for the next acquire.
+    assert_eq!(m.n_used(), 1);
+    assert_eq!(m.acquire_root(&mut h, 5).unwrap(), p0);
+    assert_eq!(m.acquire_root(&mut h, 5), Err(Error::Busy));
+    assert_eq!(m.release_root(&mut h, 4), Err(Error::InvalidArgument));
+    assert_eq!(
+        m.acquire_root(&mut h, MAX_VCPUS),
+        Err(Error::InvalidArgument)
+    );
+    teardown(m, h);
+}
+
+#[test]
 fn p32_loading_a_root_owes_a_flush() {
     let mut h = host();
     let mut m = Mmu::new(NPT);
@@ -684,50 +630,7 @@ fn p32_loading_a_root_owes_a_flush() {
     teardown(m, h);
 }
 
-#[test]
-fn p53_vcpu_ids_and_reference_errors() {
-    let mut h = host();
-    let mut m = Mmu::new(EPT);
-    assert_eq!(
-        m.acquire_root(&mut h, MAX_VCPUS),
-        Err(Error::InvalidArgument)
-    );
-    assert_eq!(
-        m.acquire_root(&mut h, usize::MAX),
-        Err(Error::InvalidArgument)
-    );
-    m.acquire_root(&mut h, MAX_VCPUS - 1).unwrap();
-    assert_eq!(m.acquire_root(&mut h, MAX_VCPUS - 1), Err(Error::Busy));
-    assert_eq!(m.release_root(&mut h, 0), Err(Error::InvalidArgument));
-    assert_eq!(
-        m.release_root(&mut h, MAX_VCPUS),
-        Err(Error::InvalidArgument)
-    );
-    assert_eq!(
-        m.page_fault(&mut h, 0, 0, Access::READ),
-        Err(Error::InvalidArgument),
-        "a vCPU without a root cannot fault"
-    );
-    assert_eq!(
-        m.page_fault(&mut h, MAX_VCPUS, 0, Access::READ),
-        Err(Error::InvalidArgument)
-    );
-    assert!(m.needs_reload(0));
-    assert!(m.needs_reload(MAX_VCPUS));
-    assert!(!m.needs_reload(MAX_VCPUS - 1));
-    assert_eq!(m.root_pointer(&h, MAX_VCPUS), None);
-    // reload_root is idempotent on a valid root and replaces an invalid one.
-    let p = m.reload_root(&mut h, MAX_VCPUS - 1).unwrap();
-    assert_eq!(m.reload_root(&mut h, MAX_VCPUS - 1).unwrap(), p);
-    m.zap_all(&mut h).unwrap();
-    m.reload_root(&mut h, MAX_VCPUS - 1).unwrap();
-    assert!(!m.needs_reload(MAX_VCPUS - 1));
-    assert_eq!(m.n_used(), 1);
-    check(&m, &h);
-    teardown(m, h);
-}
-
-// ---- limits and accounting (33-40) --------------------------------------------------------------
+// ---- limits and accounting -----------------------------------------------------------------
 
 #[test]
 fn p33_frames_of_several_domains_add_up() {
@@ -850,6 +753,33 @@ fn p37_raising_or_keeping_the_cap_zaps_nothing() {
 }
 
 #[test]
+fn p38_lowering_the_limit_zaps_oldest_first_skipping_roots() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    m.set_requested_pages(&mut h, 100).unwrap();
+    for k in 0..32 {
+        fault(&mut m, &mut h, k * 2 * MIB, Access::WRITE);
+    }
+    // root + L3 + L2 + 32 L1
+    assert_eq!(m.n_used(), 35);
+    m.set_requested_pages(&mut h, 10).unwrap();
+    check(&m, &h);
+    assert_eq!(m.n_used(), 10);
+    assert_eq!(m.n_max(), 10);
+    // The root survived (it is pinned), so did the newest L1 tables; the oldest went first.
+    assert!(!m.needs_reload(0));
+    assert!(
+        m.lookup(&h, 31 * 2 * MIB).is_none(),
+        "upper levels were zapped"
+    );
+    assert!(m.stats().reclaims >= 25);
+    // The surviving (orphaned) L1 tables are re-linked, not rebuilt.
+    let before = m.stats().pages_allocated;
+    fault(&mut m, &mut h, 31 * 2 * MIB, Access::READ);
+    assert_eq!(m.stats().pages_allocated - before, 2, "L3 and L2 only");
+    teardown(m, h);
+}
+
+#[test]
 fn p38b_cap_held_by_pinned_roots_falls_back_when_they_go() {
     let (mut m, mut h) = domain(EPT4K, 64 * MIB);
     for v in 1..6 {
@@ -927,7 +857,7 @@ fn p40_the_cap_is_hard_and_a_fault_without_room_builds_nothing() {
     teardown(m, h);
 }
 
-// ---- zapping (41-45) ----------------------------------------------------------------------------
+// ---- zapping -------------------------------------------------------------------------------
 
 #[test]
 fn p41_eviction_follows_creation_order_not_use() {
@@ -1071,7 +1001,7 @@ fn p45_range_zap_drops_leaves_keeps_tables() {
     teardown(m, h);
 }
 
-// ---- TLB flush bookkeeping (47) -----------------------------------------------------------------
+// ---- TLB flush bookkeeping -----------------------------------------------------------------
 
 #[test]
 fn p47_every_narrowing_change_owes_a_flush_returned_once() {
@@ -1111,7 +1041,7 @@ fn p47_every_narrowing_change_owes_a_flush_returned_once() {
     teardown(m, h);
 }
 
-// ---- dirty logging (48-50) ----------------------------------------------------------------------
+// ---- dirty logging -------------------------------------------------------------------------
 
 #[test]
 fn p48_logging_write_protects_forces_4k_and_reports_each_write_once() {
@@ -1206,7 +1136,7 @@ fn p50_disabling_the_log_lets_faults_rebuild_large_leaves() {
     teardown(m, h);
 }
 
-// ---- slot validation (52) ------------------------------------------------------------------------
+// ---- slots and vCPUs -----------------------------------------------------------------------
 
 #[test]
 fn p52_slot_validation_matrix() {
@@ -1315,7 +1245,7 @@ fn p52_slot_validation_matrix() {
     assert_eq!(
         m.move_slot(&mut h, 1, 20 * MIB),
         Err(Exists),
-        "overlaps only itself? no: slot 3"
+        "overlaps slot 3"
     );
     assert_eq!(
         m.move_slot(&mut h, 3, 36 * MIB),
@@ -1337,6 +1267,72 @@ fn p52_slot_validation_matrix() {
     assert_eq!(m.slot(MAX_SLOTS), None);
     check(&m, &h);
     teardown(m, h);
+}
+
+#[test]
+fn p53_vcpu_ids_and_reference_errors() {
+    let mut h = host();
+    let mut m = Mmu::new(EPT);
+    assert_eq!(
+        m.acquire_root(&mut h, MAX_VCPUS),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        m.acquire_root(&mut h, usize::MAX),
+        Err(Error::InvalidArgument)
+    );
+    m.acquire_root(&mut h, MAX_VCPUS - 1).unwrap();
+    assert_eq!(m.acquire_root(&mut h, MAX_VCPUS - 1), Err(Error::Busy));
+    assert_eq!(m.release_root(&mut h, 0), Err(Error::InvalidArgument));
+    assert_eq!(
+        m.release_root(&mut h, MAX_VCPUS),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        m.page_fault(&mut h, 0, 0, Access::READ),
+        Err(Error::InvalidArgument),
+        "a vCPU without a root cannot fault"
+    );
+    assert_eq!(
+        m.page_fault(&mut h, MAX_VCPUS, 0, Access::READ),
+        Err(Error::InvalidArgument)
+    );
+    assert!(m.needs_reload(0));
+    assert!(m.needs_reload(MAX_VCPUS));
+    assert!(!m.needs_reload(MAX_VCPUS - 1));
+    assert_eq!(m.root_pointer(&h, MAX_VCPUS), None);
+    // reload_root is idempotent on a valid root and replaces an invalid one.
+    let p = m.reload_root(&mut h, MAX_VCPUS - 1).unwrap();
+    assert_eq!(m.reload_root(&mut h, MAX_VCPUS - 1).unwrap(), p);
+    m.zap_all(&mut h).unwrap();
+    m.reload_root(&mut h, MAX_VCPUS - 1).unwrap();
+    assert!(!m.needs_reload(MAX_VCPUS - 1));
+    assert_eq!(m.n_used(), 1);
+    check(&m, &h);
+    teardown(m, h);
+}
+
+// ---- beyond the plan: teardown, size, robustness ----------------------------------------------
+
+#[test]
+fn teardown_returns_every_frame() {
+    let (mut m, mut h) = domain(EPT, 8 * MIB);
+    m.add_slot(&mut h, 3, GIB, 4 * MIB, HPA + GIB, SLOT_READ_ONLY)
+        .unwrap();
+    m.acquire_root(&mut h, 1).unwrap();
+    for k in 0..2048 {
+        fault(&mut m, &mut h, k * 0x1000, Access::READ);
+    }
+    m.enable_dirty_log(&mut h, 3).unwrap();
+    check(&m, &h);
+    assert!(h.outstanding() > 0);
+    teardown(m, h);
+}
+
+#[test]
+fn mmu_is_small() {
+    assert!(core::mem::size_of::<Mmu>() <= MMU_INLINE_BYTES_MAX);
+    std::println!("size_of::<Mmu>() = {}", core::mem::size_of::<Mmu>());
 }
 
 #[test]
