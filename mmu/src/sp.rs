@@ -346,9 +346,9 @@ impl Mmu {
             .page_cache_len
             .checked_sub(1)
             .and_then(|n| Some((n, *self.page_cache.get(n)?)));
-        let Some((len, table)) =
-            cached.filter(|_| self.hdr_free != NIL && self.n_used < self.n_max)
-        else {
+        // The hash exists whenever the caches hold anything: topup allocates it first.
+        let ready = self.hash[0] != 0 && self.hdr_free != NIL && self.n_used < self.n_max;
+        let Some((len, table)) = cached.filter(|_| ready) else {
             debug_assert!(false, "alloc_sp without caches or room");
             return Err(Error::Internal);
         };
