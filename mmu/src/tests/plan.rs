@@ -305,6 +305,43 @@ fn p14_move_recomputes_large_page_metadata() {
     teardown(m, h);
 }
 
+#[test]
+fn p11b_one_gib_leaves_split_for_logging_and_collapse_back() {
+    let (mut m, mut h) = domain(EPT, 2 * GIB);
+    assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::WRITE), FIXED_1G);
+    assert_eq!(m.n_used(), 2, "root and one level-3 table");
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    assert!(m.take_flush());
+    // The write splits the 1 GiB leaf: a level-2 and a level-1 table appear.
+    assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::WRITE), FIXED_4K);
+    assert!(m.take_flush(), "dropping the large leaf");
+    assert_eq!(m.n_used(), 4);
+    assert_eq!(fault(&mut m, &mut h, 0x2000_0000, Access::READ), FIXED_4K);
+    assert!(!m.lookup(&h, 0x2000_0000).unwrap().writable);
+    let mut bits = std::vec![0u64; (2 * GIB >> 12) as usize / 64];
+    m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
+    assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+    assert_eq!(bits[0x12345 / 64], 1 << (0x12345 % 64));
+    // Logging off: the next fault replaces the level-2 table by a 1 GiB leaf again, orphaning
+    // the subtree (still counted, reclaimable).
+    m.disable_dirty_log(&mut h, 0).unwrap();
+    m.take_flush();
+    assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::READ), FIXED_1G);
+    assert!(m.take_flush(), "table replaced by a large leaf");
+    assert_eq!(m.n_used(), 5);
+    assert_eq!(m.lookup(&h, 0x3fff_f008).unwrap().hpa, HPA + 0x3fff_f008);
+    // Reclaim takes the oldest page after the root: the level-3 table, with the 1 GiB leaf.
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    check(&m, &h);
+    assert_eq!(m.n_used(), 4);
+    assert!(m.lookup(&h, 0x1234_5000).is_none());
+    // Rebuilding it needs one table: the orphaned level-2 table (the oldest) makes room.
+    assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::READ), FIXED_1G);
+    assert_eq!(m.n_used(), 4);
+    assert_eq!(m.lookup(&h, 0x1234_5000).unwrap().size, PageSize::Size1G);
+    teardown(m, h);
+}
+
 // ---- entry encoding ------------------------------------------------------------------------
 
 #[test]
