@@ -220,17 +220,14 @@ fn metadata() {
     }
     let tables = m.n_used();
     let meta = m.metadata_bytes();
-    let slot_meta = ((GIB >> 12) + 2 * 2 + 2) * 8;
-    println!("metadata: shadow-page header {SP_HEADER_BYTES} B per shadow page");
+    println!("metadata: {SP_HEADER_BYTES} B per shadow page (its header)");
     println!(
-        "metadata: 1 GiB mapped with 4 KiB pages: {tables} tables ({} KiB), metadata {} KiB \
-         ({} B per table page incl. everything; rmap {} KiB = 8 B per guest page; headers {} B per table; \
-         fixed per-domain hash 16 KiB + page cache {} KiB)",
+        "metadata: 1 GiB mapped with 4 KiB pages: {tables} tables ({} KiB of tables), {} KiB of \
+         metadata: the level-1 rmap ({} KiB, 8 B per guest page), headers, large-page words, \
+         the fixed 16 KiB hash and {} KiB of cached frames",
         tables * 4,
         meta / 1024,
-        meta / tables,
-        slot_meta / 1024,
-        SP_HEADER_BYTES,
+        (GIB >> 12) * 8 / 1024,
         m.cached_frames() * 4,
     );
     println!(

@@ -318,7 +318,7 @@ fn p11b_one_gib_leaves_split_for_logging_and_collapse_back() {
     assert_eq!(m.n_used(), 4);
     assert_eq!(fault(&mut m, &mut h, 0x2000_0000, Access::READ), FIXED_4K);
     assert!(!m.lookup(&h, 0x2000_0000).unwrap().writable);
-    let mut bits = std::vec![0u64; (2 * GIB >> 12) as usize / 64];
+    let mut bits = std::vec![0u64; ((2 * GIB) >> 12) as usize / 64];
     m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
     assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
     assert_eq!(bits[0x12345 / 64], 1 << (0x12345 % 64));
