@@ -7,7 +7,7 @@ use crate::host::Host;
 use crate::limit::default_mmu_pages;
 use crate::slot::{MAX_LEAF_LEVEL, lpage_index, pages_per_entry};
 use crate::sp::{HASH_FRAMES, HDRS_PER_FRAME, NIL, hash};
-use crate::{HASH_BUCKETS, LEVELS, MAX_VCPUS, Mmu, PAGE_CACHE_CAPACITY, frame_ok, store};
+use crate::{HASH_BUCKETS, LEVELS, Mmu, PAGE_CACHE_CAPACITY, frame_ok, store};
 
 /// A broken invariant: what, and two values that locate it (meaning depends on `what`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,8 +335,7 @@ impl Mmu {
             i = self.lru_links(host, i).1;
         }
         ensure(valid_roots <= 1, "several valid roots", valid_roots, 0)?;
-        for v in 0..MAX_VCPUS {
-            let r = self.vcpu_root[v];
+        for (v, &r) in self.vcpu_root.iter().enumerate() {
             let flagged = self.reload_mask & (1 << v) != 0;
             if r == NIL {
                 ensure(!flagged, "reload flag without a root", v as u64, 0)?;

@@ -49,7 +49,8 @@ impl Mmu {
             if host.read_u64(s.count_addr(host, g, 2)) != 0 {
                 continue;
             }
-            self.zap_gfns(host, head, head + span)?;
+            // Only the 4 KiB leaves: a large leaf here is already what faults would build.
+            self.zap_leaves(host, head, head + span, 1)?;
         }
         Ok(())
     }

@@ -333,7 +333,7 @@ impl Mmu {
         Ok(())
     }
 
-    fn rmap_set<H: Host>(
+    pub(crate) fn rmap_set<H: Host>(
         &self,
         host: &mut H,
         slot: &Slot,

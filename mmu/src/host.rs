@@ -4,7 +4,7 @@
 /// Physical memory and frames, implemented by the caller.
 ///
 /// In microhv the implementation reads and writes through the identity map of host physical
-/// memory and allocates from the bitmap frame allocator; in tests, [`crate::sim::SimHost`]
+/// memory and allocates from the bitmap frame allocator; in tests, `sim::SimHost` (feature `sim`)
 /// simulates both with exact accounting.
 ///
 /// Contract (the crate checks what it cheaply can and reports [`crate::Error::Internal`] or

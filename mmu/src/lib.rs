@@ -29,6 +29,28 @@
 //! domain destroy:   mmu.destroy(host)            (returns every frame)
 //! ```
 //!
+//! The same against the simulated host (feature `sim`):
+//!
+//! ```
+//! use mmu::{Access, Config, FaultOutcome, Format, Mmu, PageSize, sim::SimHost};
+//!
+//! let mut host = SimHost::new(1 << 16);
+//! let mut mmu = Mmu::new(Config { format: Format::Ept, large_2m: true, large_1g: false });
+//! // 16 MiB of guest RAM at gpa 0, backed by host 0x8000_0000.
+//! mmu.add_slot(&mut host, 0, 0, 16 << 20, 0x8000_0000, 0)?;
+//! let eptp = mmu.acquire_root(&mut host, 0)?;
+//! assert_eq!(eptp & 0xfff, 0x1e); // WB, 4-level walk
+//! mmu.topup(&mut host)?;
+//! let out = mmu.page_fault(&mut host, 0, 0x20_1234, Access::from_ept_qualification(0x2))?;
+//! assert_eq!(out, FaultOutcome::Fixed { size: PageSize::Size2M });
+//! assert_eq!(mmu.lookup(&host, 0x20_1234).unwrap().hpa, 0x8020_1234);
+//! assert!(mmu.take_flush()); // the root load
+//! mmu.release_root(&mut host, 0)?;
+//! mmu.destroy(&mut host);
+//! assert_eq!(host.outstanding(), 0);
+//! # Ok::<(), mmu::Error>(())
+//! ```
+//!
 //! # TLB flushes
 //!
 //! Every operation that clears or narrows a present entry, or frees a table, records a flush
@@ -82,6 +104,7 @@ mod tests;
 
 pub use entry::{Format, eptp, ncr3};
 pub use host::Host;
+pub use limit::default_mmu_pages;
 
 use entry::Masks;
 use slot::Slot;
@@ -558,8 +581,10 @@ impl Mmu {
     }
 
     /// Tear everything down and give every frame back to the host. The `Mmu` is left as
-    /// [`Mmu::new`] made it (same configuration), so the slot can be reused. vCPU roots are
-    /// dropped: the caller must not enter any of them again.
+    /// [`Mmu::new`] made it (same configuration, counters reset), so the domain-table entry can
+    /// be reused. vCPU roots are dropped: the caller must not enter any of them again, and must
+    /// flush the domain's translations before its frames can be handed to another domain's
+    /// guest (`INVEPT` all-context / retire the ASID).
     pub fn destroy<H: Host>(&mut self, host: &mut H) {
         let mut i = self.lru_head;
         let mut guard = self.hdr_total;
@@ -569,8 +594,7 @@ impl Mmu {
             i = next;
             guard -= 1;
         }
-        for d in 0..sp::HDR_DIR_LEN {
-            let dir = self.hdr_dir[d];
+        for dir in self.hdr_dir {
             if dir == 0 {
                 continue;
             }

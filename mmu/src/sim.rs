@@ -31,6 +31,7 @@ pub struct SimHost {
     peak: usize,
     allocs: u64,
     frees: u64,
+    failed: u64,
     fail_in: Option<u64>,
 }
 
@@ -46,6 +47,7 @@ impl SimHost {
             peak: 0,
             allocs: 0,
             frees: 0,
+            failed: 0,
             fail_in: None,
         }
     }
@@ -68,6 +70,11 @@ impl SimHost {
     /// Frees so far.
     pub fn frees(&self) -> u64 {
         self.frees
+    }
+
+    /// Allocations refused so far (injected failures and the limit).
+    pub fn failed(&self) -> u64 {
+        self.failed
     }
 
     /// Change the maximum number of frames outstanding.
@@ -108,11 +115,13 @@ impl Host for SimHost {
     fn alloc_frame(&mut self) -> Option<u64> {
         if let Some(n) = self.fail_in.as_mut() {
             if *n == 0 {
+                self.failed += 1;
                 return None;
             }
             *n -= 1;
         }
         if self.outstanding >= self.limit {
+            self.failed += 1;
             return None;
         }
         let i = match self.free.pop_front() {

@@ -46,6 +46,7 @@ impl Mmu {
     /// Remove slot `id`: every leaf mapping its pages is zapped (tables stay, reclaimable), its
     /// metadata is freed, and with the default cap the cap shrinks, zapping oldest pages if
     /// needed. `InvalidArgument` for an out-of-range id, `NoSuchSlot` for an unused one.
+    /// The host range may be reused once the flush this owes has been executed.
     pub fn remove_slot<H: Host>(&mut self, host: &mut H, id: usize) -> Result<(), Error> {
         let s = *self.slots.get(id).ok_or(Error::InvalidArgument)?;
         if !s.used() {
@@ -64,7 +65,8 @@ impl Mmu {
     /// Move slot `id` to guest address `gpa` (same size, host range and flags). Leaves of the
     /// old range are zapped, and the large-page metadata is recomputed for the new base (KVM
     /// 4.19/5.4 kept the old one, spec H1). A dirty log, if on, keeps its bits (they are
-    /// slot-relative). Errors as for `add_slot`; on error nothing changes.
+    /// slot-relative). Errors as for `add_slot`; on error nothing changes. Like a removal, the
+    /// old translations are gone only once the flush this owes has been executed.
     pub fn move_slot<H: Host>(&mut self, host: &mut H, id: usize, gpa: u64) -> Result<(), Error> {
         let s = *self.slots.get(id).ok_or(Error::InvalidArgument)?;
         if !s.used() {

@@ -258,7 +258,11 @@ impl Mmu {
             let mut frames = [0u64; HASH_FRAMES];
             for k in 0..HASH_FRAMES {
                 match alloc_checked(host) {
-                    Ok(f) => frames[k] = f,
+                    Ok(f) => {
+                        if let Some(slot) = frames.get_mut(k) {
+                            *slot = f;
+                        }
+                    }
                     Err(e) => {
                         for f in frames.iter().take(k) {
                             host.free_frame(*f);
@@ -270,9 +274,8 @@ impl Mmu {
             self.hash = frames;
         }
         if self.page_cache_len < crate::PAGE_CACHE_MIN {
-            while self.page_cache_len < crate::PAGE_CACHE_CAPACITY {
-                let f = alloc_checked(host)?;
-                self.page_cache[self.page_cache_len] = f;
+            while let Some(slot) = self.page_cache.get_mut(self.page_cache_len) {
+                *slot = alloc_checked(host)?;
                 self.page_cache_len += 1;
             }
         }
@@ -291,8 +294,11 @@ impl Mmu {
             return Err(Error::Internal);
         }
         let d = (total / HDRS_PER_DIR) as usize;
+        let Some(&dir) = self.hdr_dir.get(d) else {
+            return Err(Error::Internal);
+        };
         let mut new_dir = 0;
-        if self.hdr_dir[d] == 0 {
+        if dir == 0 {
             new_dir = alloc_checked(host)?;
         }
         let frame = match alloc_checked(host) {
@@ -304,11 +310,16 @@ impl Mmu {
                 return Err(e);
             }
         };
-        if new_dir != 0 {
-            self.hdr_dir[d] = new_dir;
-        }
+        let dir = if new_dir != 0 {
+            if let Some(e) = self.hdr_dir.get_mut(d) {
+                *e = new_dir;
+            }
+            new_dir
+        } else {
+            dir
+        };
         let slot = u64::from((total / HDRS_PER_FRAME) % HDR_FRAMES_PER_DIR);
-        host.write_u64(self.hdr_dir[d] + slot * 8, frame);
+        host.write_u64(dir + slot * 8, frame);
         self.hdr_total = total + HDRS_PER_FRAME;
         // Push in reverse so the lowest index is handed out first.
         for k in (0..HDRS_PER_FRAME).rev() {
@@ -328,12 +339,15 @@ impl Mmu {
         gfn: u64,
         level: u32,
     ) -> Result<u32, Error> {
-        if self.page_cache_len == 0 || self.hdr_free == NIL || self.n_used >= self.n_max {
+        let cached =
+            self.page_cache_len.checked_sub(1).and_then(|n| Some((n, *self.page_cache.get(n)?)));
+        // The hash exists whenever the caches hold anything: topup allocates it first.
+        let ready = self.hash[0] != 0 && self.hdr_free != NIL && self.n_used < self.n_max;
+        let Some((len, table)) = cached.filter(|_| ready) else {
             debug_assert!(false, "alloc_sp without caches or room");
             return Err(Error::Internal);
-        }
-        self.page_cache_len -= 1;
-        let table = self.page_cache[self.page_cache_len];
+        };
+        self.page_cache_len = len;
         let i = self.hdr_free;
         self.hdr_free = self.next_in_chain(host, i);
         self.hdr_free_len -= 1;

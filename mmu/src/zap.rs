@@ -143,6 +143,17 @@ impl Mmu {
         start: u64,
         end: u64,
     ) -> Result<(), Error> {
+        self.zap_leaves(host, start, end, MAX_LEAF_LEVEL)
+    }
+
+    /// Drop the leaves of `[start, end)` at levels `1..=max_level`.
+    pub(crate) fn zap_leaves<H: Host>(
+        &mut self,
+        host: &mut H,
+        start: u64,
+        end: u64,
+        max_level: u32,
+    ) -> Result<(), Error> {
         for si in 0..MAX_SLOTS {
             let Some(s) = self.slots.get(si).copied() else {
                 break;
@@ -155,7 +166,7 @@ impl Mmu {
             if lo >= hi {
                 continue;
             }
-            for level in 1..=MAX_LEAF_LEVEL {
+            for level in 1..=max_level {
                 let first = lpage_index(lo, s.base, level);
                 let last = lpage_index(hi - 1, s.base, level);
                 let span = pages_per_entry(level);
