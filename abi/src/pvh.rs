@@ -117,19 +117,21 @@ pub enum ImageError {
     TooManySegments,
 }
 
-/// A parsed PVH image: where its bytes go and where it starts.
+/// A parsed ELF image: where its bytes go and where it starts.
 #[derive(Debug, Clone)]
 pub struct Image<'a> {
     bytes: &'a [u8],
-    /// The 32-bit entry point from the PVH note.
-    pub entry: u32,
+    /// The 32-bit entry point from the PVH note, if the image has one.
+    pub pvh_entry: Option<u32>,
+    /// The ELF header's entry point.
+    pub elf_entry: u64,
     /// Loadable segments.
     pub segments: heapless::Vec<Segment, MAX_SEGMENTS>,
 }
 
 impl<'a> Image<'a> {
-    /// Parses an ELF image carrying a PVH entry note. Every size and offset is checked, so the
-    /// result can be loaded without further validation of the file.
+    /// Parses an x86 ELF executable and its PVH entry note, if any. Every size and offset is
+    /// checked, so the result can be loaded without further validation of the file.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
         use elf::ElfBytes;
         use elf::abi::{EM_386, EM_X86_64, PT_LOAD, PT_NOTE};
@@ -177,13 +179,23 @@ impl<'a> Image<'a> {
                 _ => {}
             }
         }
-        Ok(Self { bytes, entry: entry.ok_or(ImageError::NoPvhEntry)?, segments })
+        Ok(Self { bytes, pvh_entry: entry, elf_entry: file.ehdr.e_entry, segments })
+    }
+
+    /// The PVH entry point, or [`ImageError::NoPvhEntry`].
+    pub fn pvh(&self) -> Result<u32, ImageError> {
+        self.pvh_entry.ok_or(ImageError::NoPvhEntry)
     }
 
     /// The file bytes of a segment.
     pub fn data(&self, s: &Segment) -> &'a [u8] {
         // `parse` checked the range.
-        &self.bytes[s.offset..s.offset + s.filesz]
+        &self.bytes[self.data_range(s)]
+    }
+
+    /// Where a segment's bytes lie in the file.
+    pub fn data_range(&self, s: &Segment) -> core::ops::Range<usize> {
+        s.offset..s.offset + s.filesz
     }
 
     /// The lowest and one-past-highest guest-physical address the segments occupy.
@@ -343,7 +355,8 @@ mod tests {
     fn a_pvh_image_parses() {
         let img = testing::image(0x10_0000, &[0x90; 100], 0x2000, 0x10_0010);
         let p = Image::parse(&img).unwrap();
-        assert_eq!(p.entry, 0x10_0010);
+        assert_eq!(p.pvh(), Ok(0x10_0010));
+        assert_eq!(p.elf_entry, 0x10_0010);
         assert_eq!(p.segments.len(), 1);
         assert_eq!(p.span(), (0x10_0000, 0x10_0000 + 100 + 0x2000));
         assert_eq!(p.data(&p.segments[0]), &[0x90; 100]);
@@ -355,7 +368,7 @@ mod tests {
         assert_eq!(Image::parse(&good[..40]).unwrap_err(), ImageError::NotElf);
         let mut no_note = good.clone();
         no_note[64 + 56] = 0; // the PT_NOTE program header becomes PT_NULL
-        assert_eq!(Image::parse(&no_note).unwrap_err(), ImageError::NoPvhEntry);
+        assert_eq!(Image::parse(&no_note).unwrap().pvh(), Err(ImageError::NoPvhEntry));
         let mut past_end = good.clone();
         past_end[64 + 32] = 0xff; // p_filesz of the PT_LOAD far beyond the file
         assert_eq!(Image::parse(&past_end).unwrap_err(), ImageError::BadSegment);

@@ -43,10 +43,16 @@ pub struct DomainCreate {
     pub mmu_pages: u64,
     /// vCPUs, `1..=MAX_VCPUS_PER_DOMAIN`.
     pub vcpus: u32,
-    /// Reserved, must be 0.
+    /// `DOMCREATE_*` bits; the others must be 0.
     pub flags: u32,
 }
 layout!(DomainCreate, 56, { name @ 0, mem_bytes @ 32, mmu_pages @ 40, vcpus @ 48, flags @ 52 });
+
+/// `DomainCreate::flags` bit: map the domain's memory with 4 KiB second-level pages only (no
+/// 2 MiB or 1 GiB leaves), e.g. to exercise or bound the page-table page cap.
+pub const DOMCREATE_SMALL_PAGES: u32 = 1 << 0;
+/// Every `DomainCreate::flags` bit defined.
+pub const DOMCREATE_FLAGS_VALID: u32 = DOMCREATE_SMALL_PAGES;
 
 /// Domain states (`DomainInfo::state`).
 #[repr(u32)]
@@ -429,10 +435,12 @@ pub struct DomainStats {
     pub mmu_requested: u64,
     /// CPU time used, in TSC ticks.
     pub cpu_time: u64,
+    /// Host frames the domain's MMU holds: tables, their metadata, slot metadata, caches.
+    pub mmu_frames: u64,
 }
-layout!(DomainStats, 232, {
+layout!(DomainStats, 240, {
     domid @ 0, reserved @ 4, exits_by_reason @ 8, hypercalls @ 136, faults_fixed @ 144,
     faults_spurious @ 152, faults_mmio @ 160, mmu_pages_allocated @ 168, mmu_pages_zapped @ 176,
     mmu_reclaims @ 184, tlb_flushes @ 192, mmu_used @ 200, mmu_max @ 208, mmu_requested @ 216,
-    cpu_time @ 224,
+    cpu_time @ 224, mmu_frames @ 232,
 });

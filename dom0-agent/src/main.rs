@@ -8,6 +8,8 @@
 //! - `bench`: measure the null-hypercall round trip after reporting ready.
 //! - `misbehave=triple-fault` / `misbehave=outside-memory`: misbehave on purpose after
 //!   reporting ready, so the tests can check microhv's crash report and clean stop.
+//! - `scenario=domus`: run the domU scenarios (`scenario.rs`) with the boot modules, then
+//!   power off with status 0 if all passed.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -19,6 +21,8 @@ fn main() {
     std::eprintln!("this is a freestanding image: build it with `cargo xtask build`");
     std::process::exit(2);
 }
+
+mod scenario;
 
 use abi::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
 use guest_rt::{println, rdtsc};
@@ -75,6 +79,9 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         }
         Some(other) => println!("unknown misbehave={other}"),
         None => {}
+    }
+    if boot.option("scenario") == Some("domus") {
+        guest_rt::exit(if scenario::run_all(&boot) { 0 } else { 1 });
     }
     if boot.has_flag("smoke") {
         guest_rt::exit(0);

@@ -287,6 +287,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         modules: &[ModuleRef<'_>],
     ) -> Result<(), Dom0Error> {
         let img = pvh::Image::parse(image).map_err(Dom0Error::Image)?;
+        let entry = img.pvh().map_err(Dom0Error::Image)?;
         let mem_bytes = mem_bytes.min(MAX_DOM0_MEM) & !(FRAME_SIZE - 1);
         let (lo, hi) = img.span();
         if lo < pvh::START_INFO_GPA + FRAME_SIZE || hi > mem_bytes {
@@ -329,14 +330,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let at = self.guest_range(d, pvh::START_INFO_GPA, FRAME_SIZE, true);
         self.mem.write(at.ok_or(Dom0Error::ImageOutsideMemory)?, &page);
 
-        let mut init = VcpuInit { rip: img.entry.into(), ..VcpuInit::default() };
+        let mut init = VcpuInit { rip: entry.into(), ..VcpuInit::default() };
         init.gprs.rbx = pvh::START_INFO_GPA;
         self.create_vcpus(d, 1, init).map_err(Dom0Error::Resources)?;
         self.domains[d].state = Some(DomainState::Running);
         log::info!(
             "dom0: {} MiB RAM, entry {:#x}, image {lo:#x}-{hi:#x}, {} module(s), cmdline {cmdline:?}",
             mem_bytes >> 20,
-            img.entry,
+            entry,
             descs.len(),
         );
         Ok(())

@@ -14,8 +14,8 @@ use crate::hv::{DOMAINS, Hv, mmu_errno};
 use crate::mem::{Machine, PhysMem};
 use abi::hypercall::*;
 use abi::types::{
-    CrashReason, DOMINFO_PRIVILEGED, DomainCreate, DomainInfo, DomainState, DomainStats, PhysInfo,
-    VCPU_MODE_FLAT32, VcpuState,
+    CrashReason, DOMCREATE_FLAGS_VALID, DOMCREATE_SMALL_PAGES, DOMINFO_PRIVILEGED, DomainCreate,
+    DomainInfo, DomainState, DomainStats, PhysInfo, VCPU_MODE_FLAT32, VcpuState,
 };
 use abi::{Errno, Op};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -258,7 +258,7 @@ fn domain_create<B: Backend, P: PhysMem, const W: usize>(
     let c: DomainCreate = read_struct(hv, d, gpa)?;
     let name = abi::types::name_str(&c.name);
     let name_ok = abi::types::name_field(name) == Some(c.name);
-    if !name_ok || c.flags != 0 || c.vcpus == 0 {
+    if !name_ok || c.flags & !DOMCREATE_FLAGS_VALID != 0 || c.vcpus == 0 {
         return Err(Errno::EINVAL);
     }
     if c.vcpus > MAX_VCPUS_PER_DOMAIN {
@@ -278,7 +278,11 @@ fn domain_create<B: Backend, P: PhysMem, const W: usize>(
     if c.mem_bytes / FRAME_SIZE > hv.frames.free_frames() {
         return Err(Errno::ENOMEM);
     }
-    hv.domains[t].mmu = mmu::Mmu::new(hv.mmu_config);
+    let mut cfg = hv.mmu_config;
+    if c.flags & DOMCREATE_SMALL_PAGES != 0 {
+        (cfg.large_2m, cfg.large_1g) = (false, false);
+    }
+    hv.domains[t].mmu = mmu::Mmu::new(cfg);
     hv.domains[t].name = c.name;
     hv.domains[t].state = Some(DomainState::Created);
     let built = (|| {
@@ -569,6 +573,7 @@ fn stats<B: Backend, P: PhysMem, const W: usize>(
         mmu_max: st.n_max,
         mmu_requested: st.n_requested,
         cpu_time: dom.counters.cpu_time,
+        mmu_frames: dom.mmu.frames_held(),
     };
     hv.mem.write(hpa, out.as_bytes());
     Ok(0)

@@ -220,7 +220,10 @@ fn create_validates_every_field() {
     c.name[5] = b'x';
     cases.push((c, EINVAL)); // a byte after the first NUL
     let mut c = ok;
-    c.flags = 1;
+    c.flags = 2;
+    cases.push((c, EINVAL));
+    let mut c = ok;
+    c.flags = u32::MAX;
     cases.push((c, EINVAL));
     let mut c = ok;
     c.vcpus = 0;

@@ -21,10 +21,19 @@ pub struct Images {
     pub microhv: PathBuf,
     /// dom0.
     pub dom0: PathBuf,
+    /// Where every image is.
+    pub dir: PathBuf,
 }
 
-/// Freestanding packages.
-pub const PACKAGES: &[&str] = &["microhv", "dom0-agent"];
+impl Images {
+    /// A test guest's image.
+    pub fn guest(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Freestanding packages: microhv, dom0, the PVH test guests, the multiboot test kernel.
+pub const PACKAGES: &[&str] = &["microhv", "dom0-agent", "test-guests", "mbkernel"];
 
 /// Target directory of the images, apart from the host builds (see `rt::build`).
 pub fn image_target_dir() -> PathBuf {
@@ -47,7 +56,7 @@ pub fn build() -> Result<Images> {
         }
     }
     let rel = image_target_dir().join("release");
-    Ok(Images { microhv: rel.join("microhv"), dom0: rel.join("dom0-agent") })
+    Ok(Images { microhv: rel.join("microhv"), dom0: rel.join("dom0-agent"), dir: rel })
 }
 
 /// A boot module: an image and its command line (whose first word names it).

@@ -51,6 +51,11 @@ enum Cmd {
     },
     /// Every test: formatting, clippy, host tests, boot tests.
     Test,
+    /// Only the boot tests whose name contains FILTER (all without one).
+    Boot {
+        /// Part of a boot test's name.
+        filter: Option<String>,
+    },
     /// Build the freestanding images only.
     Build,
 }
@@ -102,6 +107,10 @@ fn run(cmd: Cmd) -> Result<bool> {
         }
         Cmd::Smoke { emulator } => smoke(emulator),
         Cmd::Test => test(),
+        Cmd::Boot { filter } => {
+            deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
+            boots::run_all(&images::build()?, filter.as_deref().unwrap_or(""))
+        }
     }
 }
 
@@ -190,7 +199,7 @@ fn test() -> Result<bool> {
     step("cargo test", Command::new(cargo).args(["test", "--workspace", "--release"]))?;
     println!("== boot tests");
     let images = images::build()?;
-    let ok = boots::run_all(&images)?;
+    let ok = boots::run_all(&images, "")?;
     println!(
         "== all tests: {} ({:.0} s)",
         if ok { "ok" } else { "FAILED" },

@@ -23,8 +23,8 @@ use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
 use crate::arch::x86_64::gdt::{Selectors, tss_base};
 use entry::{FxArea, microhv_vmx_exit, vmx_run};
 use microhv_core::exit::{
-    Access, Backend, BackendError, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
-    VcpuInit,
+    Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
+    VcpuConfig, VcpuInit,
 };
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hwcaps::{VmxFeatures, VmxMsrs, adjust_controls};

@@ -1,0 +1,303 @@
+//! Boot-test scenarios dom0 drives itself (`scenario=domus` on its command line): domUs built
+//! from the boot modules, run, observed through the ABI and destroyed. Each scenario prints
+//! `scenario NAME: PASS` or `scenario NAME: FAIL: why`; the boot test reads those lines.
+
+use abi::Errno;
+use abi::hypercall::CONSOLE_READ_MAX;
+use abi::types::{CrashReason, DOMCREATE_SMALL_PAGES, DomainInfo, DomainState};
+use dom0_agent::builder::{self, DomainSpec};
+use guest_rt::{Boot, println, rdtsc};
+use zerocopy::FromZeros;
+
+/// How long a scenario waits for a domain, in TSC ticks (Bochs: instructions, ~66 M/s).
+const TIMEOUT: u64 = 4_000_000_000;
+/// Bytes of console output kept per domain.
+const CONSOLE_KEEP: usize = 8192;
+
+type Console = heapless::Vec<u8, CONSOLE_KEEP>;
+
+/// A boot module: its bytes and its arguments.
+fn module(boot: &Boot, name: &str) -> Option<(&'static [u8], &'static str)> {
+    (0..boot.info.nr_modules).filter_map(|i| boot.module(i)).find_map(|(m, cmdline)| {
+        let mut words = cmdline.splitn(2, char::is_whitespace);
+        let first = words.next().unwrap_or("");
+        let this = first.rsplit('/').next().unwrap_or(first);
+        (this == name).then(|| {
+            // SAFETY: microhv maps each boot module read-only at the address the module list
+            // gives, inside dom0's identity-mapped 4 GiB, for as long as dom0 runs.
+            let bytes =
+                unsafe { core::slice::from_raw_parts(m.paddr as *const u8, m.size as usize) };
+            (bytes, words.next().unwrap_or("").trim())
+        })
+    })
+}
+
+fn info(domid: u32) -> Result<DomainInfo, Errno> {
+    guest_rt::hv().domain_info(domid)
+}
+
+/// Free host memory plus what dom0's own MMU holds: dom0's page tables grow as it touches new
+/// memory (module images, buffers), so only this sum must come back exactly after a domU is
+/// destroyed.
+fn free_bytes() -> u64 {
+    let hv = guest_rt::hv();
+    let free = hv.phys_info().map_or(0, |p| p.free_bytes);
+    free + hv.stats(0).map_or(0, |s| s.mmu_frames * 4096)
+}
+
+/// Destroys every domU left by a scenario that failed half-way.
+fn destroy_leftovers() {
+    let hv = guest_rt::hv();
+    let mut all = [DomainInfo::new_zeroed(); abi::hypercall::MAX_DOMAINS as usize];
+    if let Ok(n) = hv.domain_list(&mut all) {
+        let listed = &all[..(n as usize).min(all.len())];
+        for i in listed.iter().filter(|i| i.domid != 0) {
+            println!("  destroying leftover d{} ({})", i.domid, i.name_str());
+            let _ = hv.domain_destroy(i.domid);
+        }
+    }
+}
+
+/// Appends what is waiting in `domid`'s console ring to `out`.
+fn drain(domid: u32, out: &mut Console) {
+    let mut buf = [0u8; CONSOLE_READ_MAX as usize];
+    while let Ok(n @ 1..) = guest_rt::hv().console_read(domid, &mut buf) {
+        for &b in &buf[..n as usize] {
+            if out.push(b).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Yields until `done(info, console)` holds for `domid`, or the timeout.
+fn wait(
+    domid: u32,
+    con: &mut Console,
+    done: impl Fn(&DomainInfo, &Console) -> bool,
+) -> Result<DomainInfo, &'static str> {
+    let start = rdtsc();
+    loop {
+        drain(domid, con);
+        let i = info(domid).map_err(|_| "domain vanished")?;
+        if done(&i, con) {
+            return Ok(i);
+        }
+        if rdtsc() - start > TIMEOUT {
+            return Err("timed out");
+        }
+        let _ = guest_rt::hv().yield_now();
+    }
+}
+
+fn stopped(i: &DomainInfo, _: &Console) -> bool {
+    matches!(DomainState::from_u32(i.state), Some(DomainState::Shutdown | DomainState::Crashed))
+}
+
+fn spec<'a>(name: &'a str, mib: u64, cmdline: &'a str) -> DomainSpec<'a> {
+    DomainSpec { name, mem_bytes: mib << 20, vcpus: 1, mmu_pages: 0, flags: 0, cmdline }
+}
+
+/// Builds and unpauses a domain from boot module `module_name`.
+fn start(boot: &Boot, module_name: &str, s: &DomainSpec<'_>) -> Result<u32, &'static str> {
+    let (image, _) = module(boot, module_name).ok_or("boot module missing")?;
+    let hv = guest_rt::hv();
+    let domid = builder::build(hv, s, image).map_err(|e| {
+        println!("  build {}: {e}", s.name);
+        "build failed"
+    })?;
+    hv.domain_unpause(domid).map_err(|_| "unpause failed")?;
+    Ok(domid)
+}
+
+fn destroy(domid: u32) -> Result<(), &'static str> {
+    guest_rt::hv().domain_destroy(domid).map_err(|_| "destroy failed")
+}
+
+fn hello(boot: &Boot) -> Result<(), &'static str> {
+    let mut con = Console::new();
+    let d = start(boot, "hello", &spec("hello", 4, "status=3"))?;
+    let i = wait(d, &mut con, stopped)?;
+    destroy(d)?;
+    if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 3 {
+        return Err("hello did not shut down with status 3");
+    }
+    if !contains(&con, "hello from domU") {
+        return Err("hello's greeting is not in its console ring");
+    }
+    println!(
+        "  hello: status {}, {} exits, {} EPT violations",
+        i.shutdown_status, i.exits, i.ept_faults
+    );
+    Ok(())
+}
+
+fn two_domus(boot: &Boot) -> Result<(), &'static str> {
+    let hv = guest_rt::hv();
+    let a = start(boot, "spinner", &spec("spin-a", 4, "report=1"))?;
+    let b = start(boot, "spinner", &spec("spin-b", 4, "report=1"))?;
+    let (mut ca, mut cb) = (Console::new(), Console::new());
+    // dom0 keeps working while both spin: every round is a hypercall and a yield; the longest
+    // gap between two rounds is how long dom0 waited for the CPU.
+    let mut worst = 0;
+    let mut last = rdtsc();
+    let start = last;
+    let mut rounds = 0;
+    while !(contains(&ca, "M iterations") && contains(&cb, "M iterations")) {
+        drain(a, &mut ca);
+        drain(b, &mut cb);
+        let now = rdtsc();
+        worst = worst.max(now - last);
+        last = now;
+        rounds += 1;
+        if now - start > TIMEOUT {
+            return Err("the spinners made no progress");
+        }
+        let _ = hv.yield_now();
+    }
+    let (ia, ib) = (info(a).map_err(|_| "info")?, info(b).map_err(|_| "info")?);
+    let both_running =
+        ia.state == DomainState::Running as u32 && ib.state == DomainState::Running as u32;
+    println!(
+        "  two spinners running; dom0 served {rounds} rounds, longest wait {worst} ticks; cpu time {} / {} ticks",
+        ia.cpu_time, ib.cpu_time
+    );
+    destroy(a)?;
+    destroy(b)?;
+    if !both_running || ia.cpu_time == 0 || ib.cpu_time == 0 {
+        return Err("both spinners should be running and have used CPU time");
+    }
+    Ok(())
+}
+
+fn toucher(boot: &Boot) -> Result<(), &'static str> {
+    let hv = guest_rt::hv();
+    let floor = hv.phys_info().map_err(|_| "physinfo")?.mmu_pages_floor;
+    // 40 MiB of 4 KiB mappings need 20 leaf tables: more than the floor allows at once.
+    let mut s = spec("toucher", 48, "mib=40 passes=4");
+    s.mmu_pages = floor;
+    s.flags = DOMCREATE_SMALL_PAGES;
+    let d = start(boot, "toucher", &s)?;
+    let mut con = Console::new();
+    wait(d, &mut con, |i, c| stopped(i, c) || contains(c, "pass 2 ok"))?;
+    let low = hv.stats(d).map_err(|_| "stats")?;
+    hv.mmu_pages_set(d, 4096).map_err(|_| "raising the limit failed")?;
+    let i = wait(d, &mut con, stopped)?;
+    let end = hv.stats(d).map_err(|_| "stats")?;
+    destroy(d)?;
+    println!(
+        "  toucher at {} MMU pages (floor {floor}): {} faults fixed, {} reclaims, {} pages zapped; after raising to {}: {} reclaims",
+        low.mmu_max,
+        low.faults_fixed,
+        low.mmu_reclaims,
+        low.mmu_pages_zapped,
+        end.mmu_max,
+        end.mmu_reclaims - low.mmu_reclaims
+    );
+    if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 0 {
+        return Err("the toucher's verification failed");
+    }
+    if !contains(&con, "verified 8 MiB x 4 passes") || low.mmu_reclaims == 0 || end.mmu_max != 4096
+    {
+        return Err("no reclaim under the floor, or the raised limit is not in force");
+    }
+    Ok(())
+}
+
+fn hostile(boot: &Boot) -> Result<(), &'static str> {
+    // A bystander keeps spinning through every attack.
+    let by = start(boot, "spinner", &spec("bystander", 4, "report=4"))?;
+    let attacks: [(&str, Option<CrashReason>); 6] = [
+        ("read-other", Some(CrashReason::OutsideMemory)),
+        ("write-outside", Some(CrashReason::OutsideMemory)),
+        ("dom0-ops", None),
+        ("com2", None),
+        ("msr", None),
+        ("triple-fault", Some(CrashReason::TripleFault)),
+    ];
+    let mut failed = false;
+    for (attack, crash) in attacks {
+        let mut cmd: heapless::String<64> = heapless::String::new();
+        let _ = core::fmt::write(&mut cmd, format_args!("attack={attack}"));
+        let mut name: heapless::String<32> = heapless::String::new();
+        let _ = core::fmt::write(&mut name, format_args!("hostile-{attack}"));
+        let d = start(boot, "hostile", &spec(&name, 4, &cmd))?;
+        let mut con = Console::new();
+        let i = wait(d, &mut con, stopped)?;
+        destroy(d)?;
+        let ok = match crash {
+            Some(r) => i.state == DomainState::Crashed as u32 && i.crash_reason == r as u32,
+            None => i.state == DomainState::Shutdown as u32 && i.shutdown_status == 0,
+        };
+        let got = CrashReason::from_u32(i.crash_reason).map_or("?", CrashReason::name);
+        println!(
+            "  {attack}: {} ({})",
+            if ok { "contained" } else { "NOT CONTAINED" },
+            if i.state == DomainState::Crashed as u32 { got } else { "refused, shut down cleanly" }
+        );
+        failed |= !ok;
+    }
+    let bi = info(by).map_err(|_| "info")?;
+    destroy(by)?;
+    if bi.state != DomainState::Running as u32 {
+        return Err("the bystander stopped");
+    }
+    if failed { Err("an attack was not contained") } else { Ok(()) }
+}
+
+fn multiboot(boot: &Boot) -> Result<(), &'static str> {
+    let mut con = Console::new();
+    let d = start(boot, "mbkernel", &spec("mbkernel", 4, "status=42"))?;
+    let i = wait(d, &mut con, stopped)?;
+    destroy(d)?;
+    println!("  mbkernel: state {}, status {}", i.state, i.shutdown_status);
+    if !contains(&con, "mbkernel: multiboot magic ok")
+        || !contains(&con, "enabled (svr 0x1ff, tpr 0x10)")
+    {
+        return Err("the kernel's COM1 output is not in its console ring");
+    }
+    if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 42 {
+        return Err("the debug-exit status is not in the domain info");
+    }
+    Ok(())
+}
+
+/// Runs every scenario; true if all passed.
+pub fn run_all(boot: &Boot) -> bool {
+    type Scenario = fn(&Boot) -> Result<(), &'static str>;
+    let all: [(&str, Scenario); 5] = [
+        ("hello", hello),
+        ("two-domus", two_domus),
+        ("toucher", toucher),
+        ("hostile", hostile),
+        ("multiboot", multiboot),
+    ];
+    let (mut pass, mut fail) = (0, 0);
+    for (name, f) in all {
+        let before = free_bytes();
+        let r = f(boot);
+        destroy_leftovers();
+        let after = free_bytes();
+        let leaked = after != before;
+        let r = if r.is_ok() && leaked { Err("free memory differs after destroy") } else { r };
+        println!(
+            "  {name}: free memory (plus dom0's MMU frames) {before} bytes before, {after} after"
+        );
+        match r {
+            Ok(()) => {
+                pass += 1;
+                println!("scenario {name}: PASS");
+            }
+            Err(why) => {
+                fail += 1;
+                println!("scenario {name}: FAIL: {why}");
+            }
+        }
+    }
+    println!("scenarios: {pass} passed, {fail} failed");
+    fail == 0
+}
