@@ -20,6 +20,8 @@ pub enum Check {
     Contains(&'static str),
     /// QEMU exited with this code (`isa-debug-exit`: status << 1 | 1).
     QemuExit(i32),
+    /// A conformance verdict line `conformance total: N passed, 0 failed` with N > 0.
+    Verdict,
 }
 
 /// One boot test.
@@ -59,10 +61,38 @@ pub fn domus_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     s
 }
 
+/// The conformance run: `conform-dom0` booted as dom0, with the domU suite and the storm
+/// guest as modules.
+pub fn conformance_spec(emulator: Emulator, images: &Images) -> Spec {
+    let name = format!("conformance-{emulator:?}").to_lowercase();
+    let mut s = spec(&name, emulator, images, "");
+    s.modules = ["conform-dom0", "conform-domu", "storm"]
+        .iter()
+        .map(|g| Module { path: images.guest(g), args: String::new() })
+        .collect();
+    s
+}
+
+/// The checks of a conformance run: a verdict line with no failure (silence fails), and a clean
+/// power-off.
+pub fn conformance_checks() -> Vec<Check> {
+    vec![
+        Check::Status(StopStatus::Ok),
+        Check::Contains("conformance dom0: "),
+        Check::Contains("conformance storm: "),
+        Check::Verdict,
+    ]
+}
+
 /// Every boot test.
 pub fn cases(images: &Images) -> Vec<Case> {
     use Check::*;
     vec![
+        Case {
+            name: "conformance-bochs",
+            spec: conformance_spec(Emulator::Bochs, images),
+            checks: conformance_checks(),
+        },
         Case {
             name: "domus-bochs",
             spec: domus_spec("domus-bochs", Emulator::Bochs, images),
@@ -123,6 +153,14 @@ pub fn cases(images: &Images) -> Vec<Case> {
     ]
 }
 
+/// `(passed, failed)` from the `conformance total:` verdict line.
+pub fn conformance_totals(log: &str) -> Option<(u64, u64)> {
+    let line = log.lines().rev().find(|l| l.contains("conformance total: "))?;
+    let rest = &line[line.find("conformance total: ")? + "conformance total: ".len()..];
+    let mut nums = rest.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
+    Some((nums.next()?.parse().ok()?, nums.next()?.parse().ok()?))
+}
+
 /// Checks `out` against `checks`; the failures, in words.
 pub fn verify(out: &Outcome, checks: &[Check]) -> Vec<String> {
     let mut failures = Vec::new();
@@ -148,6 +186,11 @@ pub fn verify(out: &Outcome, checks: &[Check]) -> Vec<String> {
                     failures.push(format!("log lacks {t:?}"));
                 }
             }
+            Check::Verdict => match conformance_totals(&out.log) {
+                Some((p, 0)) if p > 0 => {}
+                Some((p, f)) => failures.push(format!("conformance: {p} passed, {f} failed")),
+                None => failures.push("no conformance verdict: the suite crashed or hung".into()),
+            },
             Check::QemuExit(code) => {
                 let got = out.exit.and_then(|e| e.code());
                 if got != Some(*code) {

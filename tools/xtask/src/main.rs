@@ -51,6 +51,12 @@ enum Cmd {
     },
     /// Every test: formatting, clippy, host tests, boot tests.
     Test,
+    /// The hypercall ABI conformance suite and robustness storms against a live microhv.
+    Conformance {
+        /// Emulator to boot under.
+        #[arg(long, value_enum, default_value = "bochs")]
+        emulator: Emulator,
+    },
     /// Only the boot tests whose name contains FILTER (all without one).
     Boot {
         /// Part of a boot test's name.
@@ -107,6 +113,10 @@ fn run(cmd: Cmd) -> Result<bool> {
         }
         Cmd::Smoke { emulator } => smoke(emulator),
         Cmd::Test => test(),
+        Cmd::Conformance { emulator } => {
+            deps::ensure(&needs(emulator))?;
+            conformance(emulator, &images::build()?)
+        }
         Cmd::Boot { filter } => {
             deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
             boots::run_all(&images::build()?, filter.as_deref().unwrap_or(""))
@@ -153,6 +163,29 @@ fn smoke(emulator: Emulator) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// Runs the conformance suite under `emulator` and prints its report row.
+fn conformance(emulator: Emulator, images: &images::Images) -> Result<bool> {
+    let spec = boots::conformance_spec(emulator, images);
+    let out = emu::boot(&spec, images)?;
+    let failures = boots::verify(&out, &boots::conformance_checks());
+    for l in out.log.lines().filter(|l| l.contains("FAIL ") || l.contains("storm ")) {
+        println!("{l}");
+    }
+    let (passed, failed) = boots::conformance_totals(&out.log).unwrap_or((0, 0));
+    let leaked = figure(&out.log, "leaked bytes: ").map_or("?".into(), |b| (b / 4096).to_string());
+    println!(
+        "conformance under {emulator:?}: {passed} cases passed, {failed} failed; leaked frames: {leaked}; {:.1} s",
+        out.wall.as_secs_f64()
+    );
+    for f in &failures {
+        println!("    {f}");
+    }
+    if !failures.is_empty() {
+        println!("    log: {}", out.dir.join("com1.log").display());
+    }
+    Ok(failures.is_empty())
 }
 
 fn step(name: &str, cmd: &mut Command) -> Result<()> {
