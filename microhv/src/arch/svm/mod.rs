@@ -8,8 +8,12 @@
 //!   guest's EFER in the VMCB always has SVME set (VMRUN refuses it clear); the guest never sees
 //!   that bit, because EFER accesses exit and the core goes through [`GuestReg::Efer`].
 //! - CR0: SVM forces no CR0 bit, and the CPU itself rejects every invalid CR0 value the core's
-//!   policy would, so CR0 writes do not exit. CR4 writes exit, because CR4 bits of features the
-//!   CPU has but microhv hides (OSXSAVE, PCIDE, …) are accepted by the CPU.
+//!   policy would, so CR0 writes do not exit. CR4 writes exit, because the CPU accepts CR4 bits
+//!   of features it has but microhv hides (OSXSAVE, PCIDE, …); with OSXSAVE a guest could use
+//!   AVX state that the FXSAVE-based swap does not preserve.
+//! - Instructions the guest must not have (the SVM instructions other than VMMCALL,
+//!   MONITOR/MWAIT, and, where the CPU has them, RDTSCP, XSETBV, RDPRU and INVPCID, which CPUID
+//!   hides or VMX guests cannot execute) are intercepted and become #UD.
 //! - One I/O permission map for dom0 (COM2 passed through) and one for domUs (everything
 //!   traps); one MSR permission map passing through the same MSRs as VMX: state VMRUN, VMSAVE
 //!   and VMLOAD move (FS/GS bases, KernelGSBase, the syscall and SYSENTER MSRs, and the PAT,
@@ -24,10 +28,11 @@
 //! - Without NRIP save (QEMU TCG) the length of an intercepted instruction is decoded from the
 //!   guest's instruction bytes (`insn`), except for IN/OUT, whose EXITINFO2 is the next RIP;
 //!   without decode assists the source register of MOV to CR4 is decoded the same way.
-//! - Physical interrupts: V_INTR_MASKING keeps the guest's RFLAGS.IF away from them, and
-//!   microhv runs with RFLAGS.IF clear, so INTR is intercepted but never pending. SVM has no
-//!   preemption timer: the time slice given to [`Backend::run`] is not enforced (see the
-//!   README's "Where it runs").
+//! - Physical interrupts: V_INTR_MASKING keeps the guest's RFLAGS.IF away from them, and the
+//!   host's RFLAGS.IF, clear in microhv, masks them, so the INTR intercept never fires. An NMI
+//!   exits, stays pending while GIF is clear and is then taken by microhv's IDT at STGI, which
+//!   stops the machine as an NMI in root mode does. SVM has no preemption timer: the time slice
+//!   given to [`Backend::run`] is not enforced (see the README's "Where it runs").
 
 mod caps;
 mod entry;
@@ -215,13 +220,17 @@ impl Svm {
             | misc2::STGI
             | misc2::CLGI
             | misc2::SKINIT
-            | misc2::RDTSCP
             | misc2::MONITOR
             | misc2::MWAIT
-            | misc2::MWAIT_COND
-            | misc2::XSETBV;
-        if has(0x8000_0008, 1, 1 << 4) {
-            misc2 |= misc2::RDPRU;
+            | misc2::MWAIT_COND;
+        for (leaf, reg, bit, intercept) in [
+            (0x8000_0001, 3, 1 << 27, misc2::RDTSCP),
+            (1, 2, 1 << 26, misc2::XSETBV),
+            (0x8000_0008, 1, 1 << 4, misc2::RDPRU),
+        ] {
+            if has(leaf, reg, bit) {
+                misc2 |= intercept;
+            }
         }
         let misc3 = if has(7, 1, 1 << 10) { misc3::INVPCID } else { 0 };
 
