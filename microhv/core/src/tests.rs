@@ -624,7 +624,10 @@ fn small_pages_flag_maps_4k_leaves() {
     let big = running(&mut hv, "big");
     let read = Access { read: true, ..Access::default() };
     for dom in [d, big] {
-        assert_eq!(set_state(&mut hv, dom, 0, &flat32(0x10_0000)), if dom == d { 0 } else { EBUSY });
+        assert_eq!(
+            set_state(&mut hv, dom, 0, &flat32(0x10_0000)),
+            if dom == d { 0 } else { EBUSY }
+        );
     }
     assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
     for dom in [d, big] {

@@ -36,6 +36,9 @@ enum Cmd {
         /// QEMU with KVM (a workstation with VMX or SVM exposed to it).
         #[arg(long)]
         kvm: bool,
+        /// CPU model: Bochs `cpu: model=` (e.g. `ryzen` for the SVM path), QEMU `-cpu`.
+        #[arg(long)]
+        cpu: Option<String>,
         /// microhv's command line (e.g. `dom0_mem=64M loglvl=debug`).
         #[arg(long, default_value = "")]
         cmdline: String,
@@ -48,6 +51,9 @@ enum Cmd {
         /// Emulator to boot under.
         #[arg(long, value_enum, default_value = "bochs")]
         emulator: Emulator,
+        /// CPU model: Bochs `cpu: model=` (e.g. `ryzen` for the SVM path), QEMU `-cpu`.
+        #[arg(long)]
+        cpu: Option<String>,
     },
     /// Every test: formatting, clippy, host tests, boot tests.
     Test,
@@ -92,12 +98,13 @@ fn run(cmd: Cmd) -> Result<bool> {
             println!("{}\n{}", i.microhv.display(), i.dom0.display());
             Ok(true)
         }
-        Cmd::Run { emulator, kvm, cmdline, dom0_args } => {
+        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
             let mut spec = boots::spec("run", emulator, &images, &dom0_args);
             spec.cmdline = cmdline;
             spec.kvm = kvm;
+            spec.cpu = cpu;
             spec.echo = true;
             spec.timeout = Duration::MAX;
             eprintln!(
@@ -111,7 +118,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             }
             Ok(out.stop().is_none_or(|(s, _)| s == StopStatus::Ok))
         }
-        Cmd::Smoke { emulator } => smoke(emulator),
+        Cmd::Smoke { emulator, cpu } => smoke(emulator, cpu),
         Cmd::Test => test(),
         Cmd::Conformance { emulator } => {
             deps::ensure(&needs(emulator))?;
@@ -130,15 +137,15 @@ fn figure(log: &str, key: &str) -> Option<u64> {
     log[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-fn smoke(emulator: Emulator) -> Result<bool> {
+fn smoke(emulator: Emulator, cpu: Option<String>) -> Result<bool> {
     deps::ensure(&needs(emulator))?;
     let images = images::build()?;
-    let spec = boots::spec(
-        &format!("smoke-{emulator:?}").to_lowercase(),
-        emulator,
-        &images,
-        "smoke bench",
-    );
+    let name = match &cpu {
+        Some(c) => format!("smoke-{emulator:?}-{c}"),
+        None => format!("smoke-{emulator:?}"),
+    };
+    let mut spec = boots::spec(&name.to_lowercase(), emulator, &images, "smoke bench");
+    spec.cpu = cpu;
     let out = emu::boot(&spec, &images)?;
     println!("--- {} (last lines) ---\n{}\n---", out.dir.join("com1.log").display(), out.tail(20));
     let ready = out.log.lines().find(|l| l.contains("dom0 ready"));
