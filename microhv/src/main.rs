@@ -62,6 +62,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     logger::init();
     let sel = gdt::init();
     idt::init(sel.code.0);
+    arch::x86_64::lapic::mask_legacy_pics();
     log::info!(
         "microhv {} starting (tsc {})",
         env!("CARGO_PKG_VERSION"),

@@ -50,8 +50,10 @@ pub unsafe extern "C" fn svm_run(gprs: *mut Gprs, fx: *mut FxArea, vmcb: u64, ho
         "fxrstor64 [rsi]",
         "mov rax, rdx",
         // GIF = 0 from here to STGI: no NMI or SMI may arrive while the CPU holds the guest's
-        // TR (an IST lookup would use the guest's TSS).
+        // TR (an IST lookup would use the guest's TSS). IF = 1 under GIF = 0 only tells VMRUN
+        // (V_INTR_MASKING) that physical interrupts make the guest exit.
         "clgi",
+        "sti",
         "vmload rax",
         "mov rbx, [rdi + 8]",
         "mov rcx, [rdi + 16]",
@@ -91,7 +93,9 @@ pub unsafe extern "C" fn svm_run(gprs: *mut Gprs, fx: *mut FxArea, vmcb: u64, ho
         "vmsave rax",
         "pop rax",
         "vmload rax",
+        // A pending slice-timer interrupt is taken here, on microhv's IDT; then IF is off again.
         "stgi",
+        "cli",
         "pop rsi",
         "fxsave64 [rsi]",
         "fxrstor64 [rip + {host_fx}]",

@@ -28,11 +28,14 @@
 //! - Without NRIP save (QEMU TCG) the length of an intercepted instruction is decoded from the
 //!   guest's instruction bytes (`insn`), except for IN/OUT, whose EXITINFO2 is the next RIP;
 //!   without decode assists the source register of MOV to CR4 is decoded the same way.
-//! - Physical interrupts: V_INTR_MASKING keeps the guest's RFLAGS.IF away from them, and the
-//!   host's RFLAGS.IF, clear in microhv, masks them, so the INTR intercept never fires. An NMI
-//!   exits, stays pending while GIF is clear and is then taken by microhv's IDT at STGI, which
-//!   stops the machine as an NMI in root mode does. SVM has no preemption timer: the time slice
-//!   given to [`Backend::run`] is not enforced (see the README's "Where it runs").
+//! - The time slice: SVM has no preemption timer, so `run` arms the host's local APIC timer
+//!   (one-shot, `lapic::TIMER_VECTOR`) for the slice. The entry code sets RFLAGS.IF while GIF
+//!   is clear, so with V_INTR_MASKING the timer's interrupt makes the guest exit (INTR
+//!   intercept, translated to `Exit::Timer`), stays pending through the exit path, and is taken
+//!   at STGI by microhv's IDT, whose stub for that vector signals EOI and returns; IF is
+//!   cleared again right after. The legacy PICs are masked at boot, so nothing else arrives.
+//!   An NMI exits the same way and is taken at STGI too, where it stops the machine as an NMI
+//!   in root mode does.
 
 mod caps;
 mod entry;
@@ -42,15 +45,17 @@ mod vmcb;
 pub use caps::{Unavailable, detect};
 
 use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
+use crate::arch::x86_64::lapic::SliceTimer;
 use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
 use entry::{FxArea, svm_run};
 use insn::{DecodeError, Expected, FetchError, Paging};
 use microhv_core::exit::{
-    Access, Backend, BackendError, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
-    VcpuInit,
+    Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
+    VcpuConfig, VcpuInit,
 };
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::hwcaps::SvmFeatures;
+use microhv_core::policy::VCPU_SLICE_NONE;
 use vmcb::{Vmcb, control, exit, misc1, misc2, misc3, save, seg, tlb};
 use x86::msr;
 
@@ -115,6 +120,8 @@ pub struct SvmVcpu {
 /// The SVM backend.
 pub struct Svm {
     features: SvmFeatures,
+    /// The local APIC timer that enforces time slices.
+    timer: SliceTimer,
     /// The host's FS, GS, TR, LDTR and syscall MSRs, as VMSAVE stored them at boot.
     host_vmcb: u64,
     /// I/O permission map for dom0.
@@ -167,6 +174,21 @@ impl insn::Memory for IdentityRam {
 }
 
 impl Svm {
+    /// The code segment's mode: real mode, or the CS.L / CS.D attribute bits (L only counts
+    /// with EFER.LMA).
+    fn mode(vm: Vmcb) -> CpuMode {
+        let attrib = vm.r16(save::CS + seg::ATTRIB);
+        if vm.r64(save::CR0) & 1 == 0 {
+            CpuMode::Bits16
+        } else if Self::code64(vm) {
+            CpuMode::Bits64
+        } else if attrib & seg::ATTR_DB != 0 {
+            CpuMode::Bits32
+        } else {
+            CpuMode::Bits16
+        }
+    }
+
     /// Enables SVM and builds the structures all vCPUs share. `frames` gives the physically
     /// contiguous runs the permission maps need.
     pub fn new<const W: usize>(
@@ -185,6 +207,7 @@ impl Svm {
             wrmsr(MSR_VM_HSAVE_PA, hsave);
         }
         entry::capture_host_fx();
+        let timer = SliceTimer::init();
         // SAFETY: EFER.SVME is set; the frame is ours. The GDT and TSS were loaded before the
         // backend was built, so this captures the TR (and FS/GS/LDTR) the host runs with.
         unsafe { vmcb::vmsave(host_vmcb) };
@@ -237,6 +260,7 @@ impl Svm {
         Ok(Self {
             guest_asids: (features.asids - 1).min(VCPU_SLOTS as u32),
             features,
+            timer,
             host_vmcb,
             iopm_dom0,
             iopm_domu,
@@ -583,7 +607,7 @@ impl Backend for Svm {
     // to keep its own hot path inline (measured: +24 instructions per VMX hypercall round trip
     // under Bochs, 8 with this).
     #[inline(never)]
-    fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, _slice: u64) -> ExitInfo {
+    fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         let vm = v.vmcb;
         vm.w64(save::RAX, gprs.rax);
         let dom = v.domid as usize % DOMAINS;
@@ -604,11 +628,19 @@ impl Backend for Svm {
         // No clean bits: the CPU reloads every VMCB field at every VMRUN, so no write above or
         // in the core's handlers needs bookkeeping.
         vm.w32(control::VMCB_CLEAN, 0);
+        let timed = slice != VCPU_SLICE_NONE;
+        if timed {
+            self.timer.arm(slice);
+        }
         let start = cpu::rdtsc();
         // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's and
         // fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the host's
-        // VMSAVE state; microhv runs with interrupts off.
+        // VMSAVE state; the only interrupt that can be pending after the run is the slice
+        // timer's, whose IDT stub returns.
         unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
+        if timed {
+            self.timer.disarm();
+        }
         let ran = cpu::rdtsc().wrapping_sub(start);
         vm.w8(control::TLB_CONTROL, tlb::NOTHING);
         gprs.rax = vm.r64(save::RAX);
@@ -616,7 +648,11 @@ impl Backend for Svm {
         let info1 = vm.r64(control::EXITINFO1);
         let info2 = vm.r64(control::EXITINFO2);
         vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
-        let (exit, insn_len) = self.translate(vm, code, info1, info2, gprs);
+        let (exit, insn_len) = match self.translate(vm, code, info1, info2, gprs) {
+            // The slice timer (no other interrupt source is unmasked).
+            (Exit::Interrupt, len) if timed && code == exit::INTR => (Exit::Timer, len),
+            other => other,
+        };
         ExitInfo {
             exit,
             raw_reason: code,
@@ -630,6 +666,8 @@ impl Backend for Svm {
             efer: vm.r64(save::EFER) & !EFER_SVME,
             insn_len,
             cpl: vm.r8(save::CPL) & 3,
+            mode: Self::mode(vm),
+            cs_base: vm.r64(save::CS + seg::BASE),
             ran_ticks: ran,
         }
     }

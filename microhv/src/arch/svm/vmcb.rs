@@ -116,6 +116,8 @@ pub mod seg {
     pub const BASE: usize = 8;
     /// Attribute bit: 64-bit code segment (descriptor L).
     pub const ATTR_L: u16 = 1 << 9;
+    /// Attribute bit: default operand size 32 (descriptor D/B).
+    pub const ATTR_DB: u16 = 1 << 10;
 }
 
 /// Intercept vector 3 bits.
