@@ -48,22 +48,22 @@ use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
 use crate::arch::x86_64::lapic::SliceTimer;
 use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
 use entry::{FxArea, svm_run};
-use insn::{DecodeError, Expected, FetchError, Paging};
+use insn::FetchError;
 use microhv_core::exit::{
     Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
     VcpuConfig, VcpuInit,
 };
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::hwcaps::SvmFeatures;
+use microhv_core::insn::{Expected, Intercepted, Mismatch, decode_intercepted};
 use microhv_core::policy::VCPU_SLICE_NONE;
+use microhv_core::walk::Paging;
 use vmcb::{Vmcb, control, exit, misc1, misc2, misc3, save, seg, tlb};
 use x86::msr;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_ET: u64 = 1 << 4;
 const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const EFER_SVME: u64 = 1 << 12;
@@ -367,21 +367,19 @@ impl Svm {
     }
 
     /// Decodes the guest's instruction at RIP, which must be `expected`.
-    fn decode_at_rip(vm: Vmcb, expected: Expected) -> Result<insn::Decoded, Exit> {
+    fn decode_at_rip(vm: Vmcb, expected: Expected) -> Result<Intercepted, Exit> {
         let (linear, code64) = Self::linear_rip(vm);
-        let cr4 = vm.r64(save::CR4);
         let paging = Paging {
-            enabled: vm.r64(save::CR0) & CR0_PG != 0,
-            long: vm.r64(save::EFER) & EFER_LMA != 0,
-            pae: cr4 & CR4_PAE != 0,
-            pse: cr4 & CR4_PSE != 0,
+            cr0: vm.r64(save::CR0),
             cr3: vm.r64(save::CR3),
+            cr4: vm.r64(save::CR4),
+            efer: vm.r64(save::EFER),
         };
         let ncr3 = vm.r64(control::N_CR3);
         let (bytes, n, err) = insn::fetch(&IdentityRam, ncr3, &paging, linear, code64);
-        match insn::decode(&bytes[..n], code64, expected) {
+        match decode_intercepted(&bytes[..n], code64, expected) {
             Ok(d) => Ok(d),
-            Err(DecodeError::Truncated) => match err {
+            Err(Mismatch::Truncated) => match err {
                 // The CPU fetched it through a mapping the nested tables no longer hold: let the
                 // core map the page again; the instruction re-executes and exits again.
                 Some(FetchError::NotMapped(gpa)) => Err(Exit::NestedPageFault {
@@ -393,7 +391,7 @@ impl Svm {
                     Err(Exit::Unhandled)
                 }
             },
-            Err(DecodeError::Mismatch) => {
+            Err(Mismatch::Mismatch) => {
                 log::warn!(
                     "guest bytes at {linear:#x} are not the intercepted {expected:?}: {:02x?}",
                     &bytes[..n]
@@ -428,7 +426,7 @@ impl Svm {
         if !Self::code64(vm) {
             len &= 0xffff_ffff;
         }
-        (1..=insn::MAX_LEN as u64).contains(&len).then_some(len as u8)
+        (1..=microhv_core::insn::MAX_INSN_LEN as u64).contains(&len).then_some(len as u8)
     }
 
     /// MOV to CR4: the value the guest wrote and the instruction's length.
