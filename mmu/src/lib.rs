@@ -124,11 +124,19 @@ pub const MAX_SLOTS: usize = 32;
 pub const MAX_SLOT_PAGES: u64 = 1 << 28;
 /// vCPUs per domain; vCPU ids are `0..MAX_VCPUS`.
 pub const MAX_VCPUS: usize = 64;
-/// The smallest cap on MMU pages: a root plus one complete 4 KiB walk below it (one table per
-/// level 3, 2 and 1). With this many, once the reclaim has zapped every page not pinned as a
-/// root, a vCPU can always build the walk it faulted on, so it makes forward progress. Any
-/// other value below it is `InvalidArgument` (spec deviation 3; KVM's floor is 64).
-pub const MIN_MMU_PAGES: u64 = 1 + (LEVELS as u64 - 1);
+/// Distinct 2 MiB guest-physical regions the floor lets one guest instruction have mapped at
+/// the same time. One walk is not enough: an instruction needs its code page, its memory
+/// operands (two for MOVS, each possibly crossing a page), the stack, and the guest's own
+/// page-table pages for each of those linear addresses, all translated before it can retire.
+/// If reclaim zaps one to map another, the vCPU faults for ever: seen with the toucher guest
+/// and a floor of 4, whose stores went to a different 2 MiB region than its code and stack.
+pub const INSN_REGIONS: u64 = 8;
+/// The smallest cap on MMU pages: the root, one PDPT (guest-physical space below 512 GiB), and
+/// a PD and a PT for each of [`INSN_REGIONS`] regions, so an instruction touching that many
+/// distinct 2 MiB regions (even in distinct GiBs) still completes once reclaim has zapped
+/// everything else. Each single fault needs only the root and one walk ([`PAGE_CACHE_MIN`]).
+/// Any other value below it is `InvalidArgument` (spec deviation 3; KVM's floor is 64).
+pub const MIN_MMU_PAGES: u64 = 2 + 2 * INSN_REGIONS;
 /// The largest cap that can be requested (2 GiB of tables, enough to map 1 TiB with 4 KiB pages).
 pub const MAX_MMU_PAGES: u64 = 1 << 19;
 /// Default cap in pages per 1000 guest pages (`KVM_PERMILLE_MMU_PAGES`).
@@ -143,7 +151,7 @@ pub const RECLAIM_MAX_FRACTION: u64 = 16;
 /// Frames the page cache holds after a top-up that found it below the minimum.
 pub const PAGE_CACHE_CAPACITY: usize = 16;
 /// Minimum cached frames and headers for a fault or root load: a root plus a full walk.
-pub const PAGE_CACHE_MIN: usize = MIN_MMU_PAGES as usize;
+pub const PAGE_CACHE_MIN: usize = 1 + WALK_MAX as usize;
 /// log2 of [`HASH_BUCKETS`].
 pub const HASH_SHIFT: u32 = 12;
 /// Buckets of the shadow-page hash (`KVM_NUM_MMU_PAGES`); four frames of 32-bit heads.

@@ -18,13 +18,28 @@ use proptest::test_runner::{Config as PtConfig, FileFailurePersistence};
 const NSLOTS: usize = 4;
 /// A slot id the MMU must refuse.
 const BAD_ID: usize = MAX_SLOTS + 8;
+/// vCPUs that access memory, acquire and release roots: ids `0..NVCPUS`.
 const NVCPUS: usize = 3;
+/// vCPUs that only pin roots across zap-alls ([`Op::Crowd`]), ids `NVCPUS..ALL_VCPUS`: enough
+/// to fill any cap up to a few pages above the floor with pinned invalidated roots, so faults
+/// get `Retry` and root loads `NoSpace`.
+const PINNERS: usize = MIN_MMU_PAGES as usize + 6;
+const ALL_VCPUS: usize = NVCPUS + PINNERS;
+const _: () = assert!(ALL_VCPUS <= MAX_VCPUS);
+/// Most tables one fault can create (levels 3, 2 and 1).
+const WALK: u64 = LEVELS as u64 - 1;
 const HPA: u64 = 0x40_0000_0000;
 /// Guest windows: two share every upper table, one sits just below a 512 GiB boundary so slots
 /// there straddle two level-3 tables, one lies above that boundary.
 const REGIONS: [u64; 4] = [0, 1 << 30, (1 << 39) - (8 << 20), (1 << 39) + (1 << 21)];
 /// Pages per window that operations aim at.
 const WINDOW: u64 = 6144;
+/// A stride (in pages) that puts each access of a run in the next 2 MiB region, so one run
+/// needs many tables.
+const STRIDE_2M: u64 = 512 + 7;
+/// Most pages in a slot (64 MiB, 32 2 MiB regions), so one slot can need more tables than the
+/// floor.
+const MAX_NPAGES: u64 = 16384;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -44,13 +59,15 @@ enum Op {
         region: usize,
         page: u64,
     },
-    /// `count` guest accesses starting at `page` of a slot chosen by `slot`, or of `region`.
+    /// `count` guest accesses `stride` pages apart, starting at `page` of a slot chosen by
+    /// `slot`, or of `region`.
     Access {
         vcpu: usize,
         slot: usize,
         region: usize,
         page: u64,
         count: u64,
+        stride: u64,
         kind: u8,
     },
     Limit(u64),
@@ -67,6 +84,15 @@ enum Op {
     },
     Acquire(usize),
     Release(usize),
+    /// The first `n` pinner vCPUs in turn load the current root (acquire, or reload an
+    /// invalidated one) and a zap-all invalidates it, so each pins its own invalidated root.
+    Crowd(usize),
+    /// The first `n` pinner vCPUs drop their roots: reload (taking the shared valid root) or
+    /// release.
+    Disperse {
+        n: usize,
+        reload: bool,
+    },
     DirtyOn(usize),
     DirtyOff(usize),
     Harvest(usize),
@@ -88,7 +114,7 @@ fn slot_id() -> impl Strategy<Value = usize> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (slot_id(), 0..REGIONS.len(), prop_oneof![0..WINDOW, (0..WINDOW / 512).prop_map(|p| p * 512)],
-              prop_oneof![1u64..=2048, Just(1024u64)],
+              prop_oneof![1 => 1u64..=2048, 1 => Just(1024u64), 2 => 2049u64..=MAX_NPAGES],
               prop_oneof![Just(0u64), Just(1), Just(511), Just(512), Just(262_144)],
               prop::bool::weighted(0.2))
             .prop_map(|(id, region, page, npages, hpa_shift, ro)| Op::Add {
@@ -99,9 +125,14 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(id, region, page)| Op::Move { id, region, page }),
         20 => (0..NVCPUS, 0..NSLOTS + 1, 0..REGIONS.len(), prop_oneof![3 => 0u64..64, 1 => 0..WINDOW],
                prop_oneof![4 => Just(1u64), 1 => 1u64..600], 0u8..3)
-            .prop_map(|(vcpu, slot, region, page, count, kind)| Op::Access { vcpu, slot, region, page, count, kind }),
-        3 => prop_oneof![1 => Just(0u64), 1 => 1u64..MIN_MMU_PAGES, 3 => MIN_MMU_PAGES..12,
-                         1 => 12u64..40, 1 => 40u64..300, 1 => Just(MAX_MMU_PAGES + 1)]
+            .prop_map(|(vcpu, slot, region, page, count, kind)| Op::Access { vcpu, slot, region, page, count, stride: 7, kind }),
+        // A sweep: one access per 2 MiB region, so one operation can need more tables than the
+        // floor.
+        8 => (0..NVCPUS, 0..NSLOTS, 0..REGIONS.len(), 0..WINDOW, 8u64..=64, 0u8..3)
+            .prop_map(|(vcpu, slot, region, page, count, kind)| Op::Access { vcpu, slot, region, page, count, stride: STRIDE_2M, kind }),
+        4 => prop_oneof![1 => Just(0u64), 1 => 1u64..MIN_MMU_PAGES,
+                         6 => MIN_MMU_PAGES..MIN_MMU_PAGES + 8, 1 => MIN_MMU_PAGES + 8..60,
+                         1 => 60u64..300, 1 => Just(MAX_MMU_PAGES + 1)]
             .prop_map(Op::Limit),
         2 => (0..REGIONS.len(), 0..WINDOW, 0u64..1200)
             .prop_map(|(region, page, npages)| Op::ZapRange { region, page, npages }),
@@ -110,6 +141,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(region, page, level)| Op::ZapTable { region, page, level }),
         2 => (0..NVCPUS).prop_map(Op::Acquire),
         2 => (0..NVCPUS).prop_map(Op::Release),
+        1 => (1..=PINNERS).prop_map(Op::Crowd),
+        2 => (1..=PINNERS, any::<bool>()).prop_map(|(n, reload)| Op::Disperse { n, reload }),
         4 => slot_id().prop_map(Op::DirtyOn),
         1 => slot_id().prop_map(Op::DirtyOff),
         4 => slot_id().prop_map(Op::Harvest),
@@ -142,6 +175,7 @@ struct Counts {
     no_slot: u64,
     read_only: u64,
     retry: u64,
+    no_space: u64,
 }
 
 struct World {
@@ -149,7 +183,7 @@ struct World {
     h: SimHost,
     slots: [Option<MSlot>; NSLOTS],
     requested: u64,
-    held: [bool; NVCPUS],
+    held: [bool; ALL_VCPUS],
     counts: Counts,
     oom_armed: bool,
     harvested_bits: u64,
@@ -162,7 +196,7 @@ impl World {
             h: SimHost::new(1 << 20),
             slots: Default::default(),
             requested: 0,
-            held: [false; NVCPUS],
+            held: [false; ALL_VCPUS],
             counts: Counts::default(),
             oom_armed: false,
             harvested_bits: 0,
@@ -188,7 +222,71 @@ impl World {
 
     /// Other vCPUs pin invalidated roots, so the cap may leave this one no room.
     fn others_pin_invalid(&self, vcpu: usize) -> bool {
-        (0..NVCPUS).any(|v| v != vcpu && self.held[v] && self.m.needs_reload(v))
+        (0..ALL_VCPUS).any(|v| v != vcpu && self.held[v] && self.m.needs_reload(v))
+    }
+
+    /// Distinct roots held by vCPUs other than `except`: pages reclaim cannot take.
+    fn pinned_roots(&self, except: Option<usize>) -> u64 {
+        let roots: BTreeSet<u64> = (0..ALL_VCPUS)
+            .filter(|&v| Some(v) != except)
+            .filter_map(|v| self.m.root_pointer(&self.h, v))
+            .collect();
+        roots.len() as u64
+    }
+
+    /// The cap the limit asks for: the request, or the default for the slots' pages.
+    fn goal(&self) -> u64 {
+        let total: u64 = self.slots.iter().flatten().map(|s| s.npages).sum();
+        if self.requested == 0 { default_mmu_pages(total) } else { self.requested }
+    }
+
+    /// Load `vcpu`'s root as microhv's run loop would: acquire it, or reload an invalidated
+    /// one. `Ok(false)` when the load failed as allowed (no room behind pinned roots, or an
+    /// injected allocation failure); the vCPU may then hold nothing.
+    fn load_root(&mut self, vcpu: usize) -> Result<bool, TestCaseError> {
+        // A root load needs one page; reclaim can free everything but the other vCPUs' roots.
+        // With fewer of those than the goal there is room; with as many, there is none unless
+        // a valid root already exists to share.
+        let pinned = self.pinned_roots(Some(vcpu));
+        let valid_held =
+            (0..ALL_VCPUS).any(|v| v != vcpu && self.held[v] && !self.m.needs_reload(v));
+        let goal = self.goal();
+        let r = if self.held[vcpu] {
+            self.m.reload_root(&mut self.h, vcpu)
+        } else {
+            self.m.acquire_root(&mut self.h, vcpu)
+        };
+        match r {
+            Ok(_) => {
+                self.held[vcpu] = true;
+                Ok(true)
+            }
+            Err(Error::NoSpace) => {
+                self.counts.no_space += 1;
+                prop_assert!(self.others_pin_invalid(vcpu), "NoSpace without pinned roots");
+                prop_assert!(pinned >= goal, "NoSpace with room: {} pinned, goal {}", pinned, goal);
+                prop_assert!(!valid_held, "NoSpace with a valid root to share");
+                prop_assert_eq!(self.m.n_used(), pinned, "NoSpace with reclaimable pages");
+                // reload released the invalid root before failing to get a new one.
+                self.held[vcpu] = self.m.root_pointer(&self.h, vcpu).is_some();
+                prop_assert!(!self.held[vcpu]);
+                Ok(false)
+            }
+            Err(Error::OutOfMemory) if self.oom_armed => {
+                self.held[vcpu] = self.m.root_pointer(&self.h, vcpu).is_some();
+                Ok(false)
+            }
+            Err(e) => Err(TestCaseError::fail(format!("root load: {e:?}"))),
+        }
+    }
+
+    /// After a zap-all: every held root is invalid, and they are all that is left.
+    fn check_zapped_all(&self) -> Result<(), TestCaseError> {
+        for v in 0..ALL_VCPUS {
+            prop_assert_eq!(self.m.needs_reload(v), true);
+        }
+        prop_assert_eq!(self.m.n_used(), self.pinned_roots(None));
+        Ok(())
     }
 
     fn slot_id_result(&self, id: usize) -> Result<&MSlot, Error> {
@@ -253,7 +351,7 @@ impl World {
                     }
                 }
             }
-            Op::Access { vcpu, slot, region, page, count, kind } => {
+            Op::Access { vcpu, slot, region, page, count, stride, kind } => {
                 // Slot hint NSLOTS aims at the raw window (mostly no slot); a hint naming no slot
                 // falls back to the next existing one, so most accesses land in memory.
                 let target = (slot < NSLOTS)
@@ -264,7 +362,7 @@ impl World {
                     None => (REGIONS[region], WINDOW),
                 };
                 for k in 0..count {
-                    let gpa = base + (page + k * 7) % span * 4096 + (k * 8) % 4096;
+                    let gpa = base + (page + k * stride) % span * 4096 + (k * 8) % 4096;
                     self.access(vcpu, gpa, kind)?;
                 }
             }
@@ -293,28 +391,17 @@ impl World {
             }
             Op::ZapAll => {
                 prop_assert_eq!(self.m.zap_all(&mut self.h), Ok(()));
-                for v in 0..NVCPUS {
-                    prop_assert_eq!(self.m.needs_reload(v), true);
-                }
-                let pinned: BTreeSet<u64> =
-                    (0..NVCPUS).filter_map(|v| self.m.root_pointer(&self.h, v)).collect();
-                prop_assert_eq!(self.m.n_used(), pinned.len() as u64);
+                self.check_zapped_all()?;
             }
             Op::ZapTable { region, page, level } => {
                 let gpa = REGIONS[region] + page * 4096;
                 prop_assert!(self.m.zap_table(&mut self.h, gpa, level).is_ok());
             }
             Op::Acquire(v) => {
-                let r = self.m.acquire_root(&mut self.h, v);
                 if self.held[v] {
-                    prop_assert_eq!(r, Err(Error::Busy));
-                } else if !(self.oom_ok(&r)
-                    || (r == Err(Error::NoSpace) && self.others_pin_invalid(v)))
-                {
-                    prop_assert!(r.is_ok(), "acquire: {:?}", r);
-                }
-                if r.is_ok() {
-                    self.held[v] = true;
+                    prop_assert_eq!(self.m.acquire_root(&mut self.h, v), Err(Error::Busy));
+                } else {
+                    self.load_root(v)?;
                 }
             }
             Op::Release(v) => {
@@ -324,6 +411,28 @@ impl World {
                     self.held[v] = false;
                 } else {
                     prop_assert_eq!(r, Err(Error::InvalidArgument));
+                }
+            }
+            Op::Crowd(n) => {
+                for v in NVCPUS..NVCPUS + n {
+                    if (!self.held[v] || self.m.needs_reload(v)) && !self.load_root(v)? {
+                        continue;
+                    }
+                    prop_assert_eq!(self.m.zap_all(&mut self.h), Ok(()));
+                    self.check_zapped_all()?;
+                }
+            }
+            Op::Disperse { n, reload } => {
+                for v in NVCPUS..NVCPUS + n {
+                    if !self.held[v] {
+                        continue;
+                    }
+                    if reload {
+                        self.load_root(v)?;
+                    } else {
+                        prop_assert_eq!(self.m.release_root(&mut self.h, v), Ok(()));
+                        self.held[v] = false;
+                    }
                 }
             }
             Op::DirtyOn(id) => {
@@ -351,7 +460,7 @@ impl World {
                 }
             }
             Op::Harvest(id) => {
-                let mut buf = vec![0u64; 2048usize.div_ceil(64) + 1];
+                let mut buf = vec![0u64; (MAX_NPAGES as usize).div_ceil(64) + 1];
                 let r = self.m.get_dirty_log(&mut self.h, id, &mut buf);
                 match self.slot_id_result(id) {
                     Err(e) => prop_assert_eq!(r, Err(e)),
@@ -394,25 +503,8 @@ impl World {
     /// The guest on `vcpu` touches `gpa`: what microhv's run loop and the CPU would do.
     fn access(&mut self, vcpu: usize, gpa: u64, kind: u8) -> Result<(), TestCaseError> {
         let access = [Access::READ, Access::WRITE, Access::FETCH][kind as usize];
-        if !self.held[vcpu] || self.m.needs_reload(vcpu) {
-            let r = if self.held[vcpu] {
-                self.m.reload_root(&mut self.h, vcpu)
-            } else {
-                self.m.acquire_root(&mut self.h, vcpu)
-            };
-            match r {
-                Ok(_) => self.held[vcpu] = true,
-                Err(Error::NoSpace) if self.others_pin_invalid(vcpu) => {
-                    // reload released the invalid root before failing to get a new one.
-                    self.held[vcpu] = self.m.root_pointer(&self.h, vcpu).is_some();
-                    return Ok(());
-                }
-                Err(Error::OutOfMemory) if self.oom_armed => {
-                    self.held[vcpu] = self.m.root_pointer(&self.h, vcpu).is_some();
-                    return Ok(());
-                }
-                Err(e) => return Err(TestCaseError::fail(format!("root load: {e:?}"))),
-            }
+        if (!self.held[vcpu] || self.m.needs_reload(vcpu)) && !self.load_root(vcpu)? {
+            return Ok(());
         }
         self.m.take_flush();
         let slot = self.model_slot(gpa).cloned();
@@ -442,8 +534,13 @@ impl World {
                     return Ok(());
                 }
                 FaultOutcome::Retry => {
+                    // Everything but the held roots was reclaimed, and what the cap leaves
+                    // beside them is less than a walk.
                     self.counts.retry += 1;
+                    let pinned = self.pinned_roots(None);
                     prop_assert!(self.others_pin_invalid(vcpu), "retry with room");
+                    prop_assert_eq!(self.m.n_used(), pinned, "retry with reclaimable pages");
+                    prop_assert!(self.m.n_max() < pinned + WALK, "retry with room for a walk");
                     return Ok(());
                 }
                 FaultOutcome::Spurious => self.counts.spurious += 1,
@@ -509,7 +606,7 @@ impl World {
                 }
             }
         }
-        for v in 0..NVCPUS {
+        for v in 0..ALL_VCPUS {
             prop_assert_eq!(self.m.root_pointer(&self.h, v).is_some(), self.held[v]);
         }
         let st = self.m.stats();
@@ -528,6 +625,10 @@ struct Seen {
     stats: Stats,
     failed_allocs: u64,
     harvested_bits: u64,
+    no_space: u64,
+    /// Cases in which reclaim zapped something, and in which a fault got `Retry`.
+    cases_reclaiming: u64,
+    cases_retrying: u64,
 }
 
 fn run(cfg: mmu::Config, ops: &[Op]) -> Result<Seen, TestCaseError> {
@@ -547,8 +648,13 @@ fn run(cfg: mmu::Config, ops: &[Op]) -> Result<Seen, TestCaseError> {
         r?;
         w.check()?;
     }
-    let seen =
-        Seen { stats: w.m.stats(), failed_allocs: w.h.failed(), harvested_bits: w.harvested_bits };
+    let seen = Seen {
+        stats: w.m.stats(),
+        failed_allocs: w.h.failed(),
+        harvested_bits: w.harvested_bits,
+        no_space: w.counts.no_space,
+        ..Seen::default()
+    };
     w.m.destroy(&mut w.h);
     prop_assert_eq!(w.h.outstanding(), 0, "teardown leaked frames");
     prop_assert_eq!(w.m.frames_held(), 0);
@@ -591,16 +697,19 @@ proptest! {
 }
 
 /// The generator is only worth its case count if it reaches the states that matter: reclaim
-/// under the cap, retries behind pinned roots, large leaves, the fast path, refusals, injected
-/// allocation failures and non-empty harvests.
+/// under the cap, retries and root loads refused (`NoSpace`) behind pinned roots, large
+/// leaves, the fast path, refusals, injected allocation failures and non-empty harvests.
+/// The thresholds are per 400 cases, scaled to the cases run.
 #[test]
 fn generator_reaches_the_interesting_states() {
     use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
     use std::cell::RefCell;
+    const CASES: u32 = 1000;
+    let per400 = |n: u64| n * u64::from(CASES) / 400;
     let total = RefCell::new(Seen::default());
     // A fixed seed, so the thresholds below are not flaky.
     let mut runner = TestRunner::new_with_rng(
-        PtConfig { cases: 400, failure_persistence: None, ..PtConfig::default() },
+        PtConfig { cases: CASES, failure_persistence: None, ..PtConfig::default() },
         TestRng::deterministic_rng(RngAlgorithm::ChaCha),
     );
     runner
@@ -618,20 +727,28 @@ fn generator_reaches_the_interesting_states() {
             t.stats.pages_zapped += s.stats.pages_zapped;
             t.failed_allocs += s.failed_allocs;
             t.harvested_bits += s.harvested_bits;
+            t.no_space += s.no_space;
+            t.cases_reclaiming += u64::from(s.stats.reclaims > 0);
+            t.cases_retrying += u64::from(s.stats.faults_retry > 0);
             Ok(())
         })
         .unwrap();
     let t = total.into_inner();
     println!("{t:?}");
     let s = t.stats;
-    assert!(s.faults_fixed > 1000);
-    assert!(s.reclaims > 100);
+    assert!(s.faults_fixed > per400(1000));
+    assert!(s.reclaims > per400(100));
+    // Reclaim is not confined to a few cases: caps near the floor meet sweeps over many 2 MiB
+    // regions, or crowds of pinned roots.
+    assert!(t.cases_reclaiming > u64::from(CASES) / 20);
     assert!(s.faults_retry > 0);
-    assert!(s.faults_fast > 10);
+    assert!(t.cases_retrying > 1);
+    assert!(t.no_space > 0);
+    assert!(s.faults_fast > per400(10));
     assert!(s.faults_spurious > 0);
-    assert!(s.faults_read_only > 10);
-    assert!(s.faults_no_slot > 100);
-    assert!(s.large_2m_mapped > 10);
-    assert!(t.failed_allocs > 10);
-    assert!(t.harvested_bits > 10);
+    assert!(s.faults_read_only > per400(10));
+    assert!(s.faults_no_slot > per400(100));
+    assert!(s.large_2m_mapped > per400(10));
+    assert!(t.failed_allocs > per400(10));
+    assert!(t.harvested_bits > per400(10));
 }

@@ -75,7 +75,8 @@ fn p02_a_fault_never_takes_more_than_one_walk_from_the_caches() {
         let mut m = Mmu::new(cfg);
         m.add_slot(&mut h, 0, 0, 4 * GIB, HPA, 0).unwrap();
         m.add_slot(&mut h, 1, 1 << 40, 8 * MIB, HPA + 4 * GIB + 0x1000, 0).unwrap();
-        m.set_requested_pages(&mut h, 12).unwrap();
+        // The smallest cap, so faults keep reclaiming while they take from the caches.
+        m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
         m.acquire_root(&mut h, 0).unwrap();
         let mut x = 0x1234_5678_9abc_def0u64;
         for _ in 0..400 {
@@ -90,6 +91,10 @@ fn p02_a_fault_never_takes_more_than_one_walk_from_the_caches() {
             // Zapped tables go back to the host, never to the cache, so the cache only shrinks.
             assert!(f - m.cached_frames() <= 3);
             assert_eq!((f - m.cached_frames()) as u64, m.stats().pages_allocated - n);
+            assert!(m.n_used() <= MIN_MMU_PAGES);
+        }
+        if cfg == EPT4K {
+            assert!(m.stats().reclaims > 100, "4 KiB mappings outgrow the cap");
         }
         check(&m, &h);
         teardown(m, h);
@@ -264,8 +269,14 @@ fn p11b_one_gib_leaves_split_for_logging_and_collapse_back() {
     assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::WRITE), FIXED_4K);
     assert!(m.take_flush(), "dropping the large leaf");
     assert_eq!(m.n_used(), 4);
-    assert_eq!(fault(&mut m, &mut h, 0x2000_0000, Access::READ), FIXED_4K);
-    assert!(!m.lookup(&h, 0x2000_0000).unwrap().writable);
+    // Reads in other 2 MiB regions of the GiB add level-1 tables below the same level-2 table
+    // until one page more than the floor is in use.
+    for k in 0..MIN_MMU_PAGES - 3 {
+        let gpa = 0x2000_0000 + k * 2 * MIB;
+        assert_eq!(fault(&mut m, &mut h, gpa, Access::READ), FIXED_4K);
+        assert!(!m.lookup(&h, gpa).unwrap().writable);
+    }
+    assert_eq!(m.n_used(), MIN_MMU_PAGES + 1);
     let mut bits = std::vec![0u64; ((2 * GIB) >> 12) as usize / 64];
     m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
     assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
@@ -276,16 +287,20 @@ fn p11b_one_gib_leaves_split_for_logging_and_collapse_back() {
     m.take_flush();
     assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::READ), FIXED_1G);
     assert!(m.take_flush(), "table replaced by a large leaf");
-    assert_eq!(m.n_used(), 5);
+    assert_eq!(m.n_used(), MIN_MMU_PAGES + 1);
     assert_eq!(m.lookup(&h, 0x3fff_f008).unwrap().hpa, HPA + 0x3fff_f008);
     // Reclaim takes the oldest page after the root: the level-3 table, with the 1 GiB leaf.
     m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
     check(&m, &h);
-    assert_eq!(m.n_used(), 4);
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    assert_eq!(m.stats().reclaims, 1);
     assert!(m.lookup(&h, 0x1234_5000).is_none());
+    assert_ne!(m.find_sp(&h, 0, 2), crate::sp::NIL, "the orphaned level-2 table stays");
     // Rebuilding it needs one table: the orphaned level-2 table (the oldest) makes room.
     assert_eq!(fault(&mut m, &mut h, 0x1234_5000, Access::READ), FIXED_1G);
-    assert_eq!(m.n_used(), 4);
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    assert_eq!(m.stats().reclaims, 2);
+    assert_eq!(m.find_sp(&h, 0, 2), crate::sp::NIL, "the oldest page went");
     assert_eq!(m.lookup(&h, 0x1234_5000).unwrap().size, PageSize::Size1G);
     teardown(m, h);
 }
@@ -518,19 +533,24 @@ fn p30_root_load_fails_with_nospace_when_pinned_roots_fill_the_cap() {
     let mut h = host();
     let mut m = Mmu::new(EPT4K);
     assert_eq!(m.n_max(), MIN_MMU_PAGES, "no slots: the floor");
-    // Each vCPU pins a root that a zap-all then invalidates.
-    for v in 0..4 {
+    // Each vCPU pins a root that a zap-all then invalidates, until they fill the cap.
+    let full = MIN_MMU_PAGES as usize;
+    for v in 0..full {
         m.acquire_root(&mut h, v).unwrap();
         m.zap_all(&mut h).unwrap();
         assert!(m.needs_reload(v));
         check(&m, &h);
     }
-    assert_eq!(m.n_used(), 4);
-    assert_eq!(m.acquire_root(&mut h, 4), Err(Error::NoSpace));
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    let allocated = m.stats().pages_allocated;
+    assert_eq!(m.acquire_root(&mut h, full), Err(Error::NoSpace));
+    assert_eq!(m.stats().pages_allocated, allocated, "nothing built");
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    assert!(m.needs_reload(full));
     check(&m, &h);
     m.release_root(&mut h, 0).unwrap();
-    assert_eq!(m.n_used(), 3, "an invalid root goes with its last reference");
-    m.acquire_root(&mut h, 4).unwrap();
+    assert_eq!(m.n_used(), MIN_MMU_PAGES - 1, "an invalid root goes with its last reference");
+    m.acquire_root(&mut h, full).unwrap();
     check(&m, &h);
     teardown(m, h);
 }
@@ -598,9 +618,18 @@ fn p33_frames_of_several_domains_add_up() {
 
 #[test]
 fn p34_default_cap_follows_the_slots() {
-    for (pages, cap) in
-        [(0u64, 4u64), (199, 4), (3072, 61), (262_144, 5242), (1 << 20, 20971), (4 << 20, 83886)]
-    {
+    // 2% of the guest pages, but never below the floor: 50 pages per cap page, so the default
+    // first exceeds the floor at (MIN_MMU_PAGES + 1) * 50 pages (950).
+    let floor_until = MIN_MMU_PAGES * 50 - 1;
+    for (pages, cap) in [
+        (0u64, MIN_MMU_PAGES),
+        (floor_until, MIN_MMU_PAGES),
+        ((MIN_MMU_PAGES + 1) * 50, MIN_MMU_PAGES + 1),
+        (3072, 61),
+        (262_144, 5242),
+        (1 << 20, 20971),
+        (4 << 20, 83886),
+    ] {
         assert_eq!(default_mmu_pages(pages), cap, "{pages} pages");
     }
     let (mut m, mut h) = domain(EPT4K, 64 * MIB);
@@ -662,10 +691,12 @@ fn p36_requests_below_the_floor_are_refused_and_requests_pin_the_cap() {
 #[test]
 fn p37_raising_or_keeping_the_cap_zaps_nothing() {
     let (mut m, mut h) = domain(EPT4K, 64 * MIB);
-    for k in 0..10 {
+    // More pages in use than the floor, so every value tried below is a valid request.
+    for k in 0..MIN_MMU_PAGES {
         fault(&mut m, &mut h, k * 2 * MIB, Access::READ);
     }
     let used = m.n_used();
+    assert_eq!(used, 3 + MIN_MMU_PAGES);
     let zapped = m.stats().pages_zapped;
     for n in [used, used + 1, 1000, MAX_MMU_PAGES] {
         m.set_requested_pages(&mut h, n).unwrap();
@@ -685,14 +716,20 @@ fn p38_lowering_the_limit_zaps_oldest_first_skipping_roots() {
     }
     // root + L3 + L2 + 32 L1
     assert_eq!(m.n_used(), 35);
-    m.set_requested_pages(&mut h, 10).unwrap();
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
     check(&m, &h);
-    assert_eq!(m.n_used(), 10);
-    assert_eq!(m.n_max(), 10);
-    // The root survived (it is pinned), so did the newest L1 tables; the oldest went first.
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    assert_eq!(m.n_max(), MIN_MMU_PAGES);
+    // The root survived (it is pinned), so did the newest L1 tables; the oldest went first:
+    // L3, L2, then the oldest L1 tables.
     assert!(!m.needs_reload(0));
     assert!(m.lookup(&h, 31 * 2 * MIB).is_none(), "upper levels were zapped");
-    assert!(m.stats().reclaims >= 25);
+    assert_eq!(m.stats().reclaims, 35 - MIN_MMU_PAGES);
+    let first_kept = 32 - (MIN_MMU_PAGES - 1);
+    for k in 0..32 {
+        let alive = m.find_sp(&h, k * 512, 1) != crate::sp::NIL;
+        assert_eq!(alive, k >= first_kept, "L1 table of region {k}");
+    }
     // The surviving (orphaned) L1 tables are re-linked, not rebuilt.
     let before = m.stats().pages_allocated;
     fault(&mut m, &mut h, 31 * 2 * MIB, Access::READ);
@@ -703,19 +740,24 @@ fn p38_lowering_the_limit_zaps_oldest_first_skipping_roots() {
 #[test]
 fn p38b_cap_held_by_pinned_roots_falls_back_when_they_go() {
     let (mut m, mut h) = domain(EPT4K, 64 * MIB);
-    for v in 1..6 {
+    // More roots than the floor: vCPU 0's and one per vCPU loaded after each zap-all.
+    let roots = MIN_MMU_PAGES as usize + 2;
+    let last = roots - 1;
+    for v in 1..roots {
         m.zap_all(&mut h).unwrap();
         m.acquire_root(&mut h, v).unwrap();
     }
-    fault_on(&mut m, &mut h, 5, 0, Access::READ);
-    assert_eq!(m.n_used(), 6 + 3);
+    fault_on(&mut m, &mut h, last, 0, Access::READ);
+    assert_eq!(m.n_used(), roots as u64 + 3);
     m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
     check(&m, &h);
-    assert_eq!(m.n_used(), 6, "only pinned roots remain");
-    assert_eq!(m.n_max(), 6, "the cap in force cannot go below them");
-    for v in 0..5 {
+    assert_eq!(m.n_used(), roots as u64, "only pinned roots remain");
+    assert_eq!(m.n_max(), roots as u64, "the cap in force cannot go below them");
+    for v in 0..last {
         m.release_root(&mut h, v).unwrap();
         check(&m, &h);
+        assert_eq!(m.n_used(), (roots - 1 - v) as u64);
+        assert_eq!(m.n_max(), m.n_used().max(MIN_MMU_PAGES), "falls as they are released");
     }
     assert_eq!(m.n_used(), 1);
     assert_eq!(m.n_max(), MIN_MMU_PAGES, "back to the request");
@@ -752,20 +794,105 @@ fn p40_the_cap_is_hard_and_a_fault_without_room_builds_nothing() {
         assert!(m.n_used() <= MIN_MMU_PAGES);
         assert_eq!(m.lookup(&h, k * 2 * MIB + 0x1000).unwrap().hpa, HPA + k * 2 * MIB + 0x1000);
     }
-    // A second vCPU pins the old root across a zap-all; vCPU 0 reloads: two pinned roots leave
-    // two pages, less than a full walk.
-    m.acquire_root(&mut h, 1).unwrap();
-    m.zap_all(&mut h).unwrap();
+    assert!(m.stats().reclaims > 0);
+    // vCPU 1 pins the old root across a zap-all, then vCPUs 2.. each load a new root and pin
+    // it across another zap-all; vCPU 0 reloads. MIN_MMU_PAGES - 2 pinned roots leave two
+    // pages, less than a full walk.
+    let pinners = MIN_MMU_PAGES as usize - 3;
+    for v in 1..=pinners {
+        m.acquire_root(&mut h, v).unwrap();
+        m.zap_all(&mut h).unwrap();
+    }
     m.reload_root(&mut h, 0).unwrap();
-    assert_eq!(m.n_used(), 2);
+    assert_eq!(m.n_used(), MIN_MMU_PAGES - 2);
     let s = m.stats();
     assert_eq!(fault(&mut m, &mut h, 0x5000, Access::READ), FaultOutcome::Retry);
     assert_eq!(m.stats().pages_allocated, s.pages_allocated);
     assert_eq!(m.stats().faults_retry, s.faults_retry + 1);
-    // Once vCPU 1 reloads, the old root goes and the fault succeeds.
+    // Once vCPU 1 reloads, its old root goes and the fault succeeds.
     assert_eq!(fault_on(&mut m, &mut h, 1, 0x5000, Access::READ), FaultOutcome::Retry);
     m.reload_root(&mut h, 1).unwrap();
+    assert_eq!(m.n_used(), MIN_MMU_PAGES - 3);
     assert_eq!(fault(&mut m, &mut h, 0x5000, Access::READ), FIXED_4K);
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    teardown(m, h);
+}
+
+/// Instructions the floor test runs, each over its own `INSN_REGIONS` GiBs.
+const INSNS: u64 = 3;
+const _: () = assert!((INSNS * INSN_REGIONS) as usize <= MAX_SLOTS);
+
+/// A domain with one 2 MiB slot at the start of each of `INSNS * INSN_REGIONS` GiBs, 4 KiB
+/// mappings only, vCPU 0 holding the root; and per instruction, the gpa of one 4 KiB page in
+/// each of its `INSN_REGIONS` regions: every region needs its own level-2 and level-1 table.
+fn insn_domain() -> (Mmu, crate::sim::SimHost, std::vec::Vec<std::vec::Vec<u64>>) {
+    let mut h = host();
+    let mut m = Mmu::new(EPT4K);
+    for n in 0..INSNS * INSN_REGIONS {
+        m.add_slot(&mut h, n as usize, n * GIB, 2 * MIB, HPA + n * 2 * MIB, 0).unwrap();
+    }
+    m.acquire_root(&mut h, 0).unwrap();
+    let sets = (0..INSNS)
+        .map(|i| {
+            (0..INSN_REGIONS).map(|k| (i * INSN_REGIONS + k) * GIB + (k + 1) * 0x1000).collect()
+        })
+        .collect();
+    (m, h, sets)
+}
+
+#[test]
+fn p40b_the_floor_keeps_all_regions_of_one_instruction_mapped() {
+    // One guest instruction may need INSN_REGIONS 2 MiB regions translated at the same time
+    // (code, operands, stack, the guest's own page-table pages), in distinct GiBs at worst, and
+    // the CPU retries it until all translate at once. At the floor, one round of faults over
+    // them (what the retries produce) maps them all together, even when every fault has to
+    // reclaim: the instructions run in turn over fresh regions, so after the first the cap is
+    // full of the previous instruction's tables.
+    let (mut m, mut h, sets) = insn_domain();
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    for (i, set) in sets.iter().enumerate() {
+        let reclaims = m.stats().reclaims;
+        for (j, &gpa) in set.iter().enumerate() {
+            assert_eq!(fault(&mut m, &mut h, gpa, Access::WRITE), FIXED_4K);
+            assert!(m.n_used() <= MIN_MMU_PAGES);
+            // No fault of the instruction reclaimed a mapping that another of its faults made.
+            for &g in &set[..=j] {
+                assert!(m.lookup(&h, g).is_some(), "insn {i}: {g:#x} lost at fault {j}");
+            }
+        }
+        if i > 0 {
+            assert!(m.stats().reclaims - reclaims >= 2 * INSN_REGIONS, "every fault reclaimed");
+        }
+        // Root, level-3 table and a level-2 and level-1 table per region: exactly the floor.
+        assert_eq!(m.n_used(), MIN_MMU_PAGES);
+        // The instruction retires: further rounds find everything mapped, build nothing.
+        let allocated = m.stats().pages_allocated;
+        for _ in 0..3 {
+            for &g in set {
+                assert_eq!(fault(&mut m, &mut h, g, Access::WRITE), FaultOutcome::Spurious);
+            }
+        }
+        assert_eq!(m.stats().pages_allocated, allocated);
+    }
+    teardown(m, h);
+
+    // The old floor of 4 pages (a root and one walk), set behind `set_requested_pages`' back:
+    // each fault reclaims the walk the previous one built, so the instruction never retires.
+    let (mut m, mut h, sets) = insn_domain();
+    m.n_requested = 4;
+    m.update_goal(&mut h).unwrap();
+    check(&m, &h);
+    assert_eq!(m.n_max(), 4);
+    for round in 0..10 {
+        for (j, &gpa) in sets[0].iter().enumerate() {
+            assert_eq!(fault(&mut m, &mut h, gpa, Access::WRITE), FIXED_4K, "round {round}");
+            assert!(m.n_used() <= 4);
+            let mapped: std::vec::Vec<bool> =
+                sets[0].iter().map(|&g| m.lookup(&h, g).is_some()).collect();
+            assert!(mapped[j]);
+            assert_eq!(mapped.iter().filter(|x| **x).count(), 1, "round {round}, fault {j}");
+        }
+    }
     teardown(m, h);
 }
 
@@ -774,25 +901,31 @@ fn p40_the_cap_is_hard_and_a_fault_without_room_builds_nothing() {
 #[test]
 fn p41_eviction_follows_creation_order_not_use() {
     let (mut m, mut h) = domain(EPT4K, 64 * MIB);
-    for k in [3u64, 1, 2, 4] {
+    // L1 tables in creation order 3, 1, 2, then 4..=MIN_MMU_PAGES: as many as the floor.
+    let order: std::vec::Vec<u64> = [3u64, 1, 2].into_iter().chain(4..=MIN_MMU_PAGES).collect();
+    for &k in &order {
         fault(&mut m, &mut h, k * 2 * MIB, Access::READ);
     }
+    assert_eq!(m.n_used(), 3 + MIN_MMU_PAGES);
     // Using the first table again must not protect it.
     for _ in 0..10 {
         fault(&mut m, &mut h, 3 * 2 * MIB + 0x1000, Access::READ);
     }
     let alive =
         |m: &Mmu, h: &crate::sim::SimHost, k: u64| m.find_sp(h, k * 512, 1) != crate::sp::NIL;
-    // root, L3, L2, then L1 tables in creation order 3, 1, 2, 4: three go, oldest first.
-    m.set_requested_pages(&mut h, 4).unwrap();
-    assert!(!alive(&m, &h, 3) && alive(&m, &h, 1) && alive(&m, &h, 2) && alive(&m, &h, 4));
-    // A new walk: L3', L2', L1(5) are now the newest; the surviving orphans are older.
+    // root, L3, L2, then the L1 tables: three go, oldest first (L3, L2, L1(3)).
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    assert!(!alive(&m, &h, 3));
+    assert!(order[1..].iter().all(|&k| alive(&m, &h, k)));
+    // A new walk: L3', L2', L1(new) are now the newest; the surviving orphans are older.
+    let new = MIN_MMU_PAGES + 1;
     m.set_requested_pages(&mut h, 0).unwrap();
-    fault(&mut m, &mut h, 5 * 2 * MIB, Access::READ);
-    assert_eq!(m.n_used(), 7);
-    m.set_requested_pages(&mut h, 5).unwrap();
+    fault(&mut m, &mut h, new * 2 * MIB, Access::READ);
+    assert_eq!(m.n_used(), 3 + MIN_MMU_PAGES);
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES + 1).unwrap();
     assert!(!alive(&m, &h, 1) && !alive(&m, &h, 2));
-    assert!(alive(&m, &h, 4) && alive(&m, &h, 5));
+    assert!(order[3..].iter().all(|&k| alive(&m, &h, k)));
+    assert!(alive(&m, &h, new));
     teardown(m, h);
 }
 
@@ -901,7 +1034,7 @@ fn p45_range_zap_drops_leaves_keeps_tables() {
 
 #[test]
 fn p47_every_narrowing_change_owes_a_flush_returned_once() {
-    let (mut m, mut h) = domain(EPT, 16 * MIB);
+    let (mut m, mut h) = domain(EPT, 64 * MIB);
     m.take_flush();
     let expect = |m: &mut Mmu, h: &mut crate::sim::SimHost, what: &str, owed: bool| {
         check(m, h);
@@ -921,13 +1054,17 @@ fn p47_every_narrowing_change_owes_a_flush_returned_once() {
     expect(&mut m, &mut h, "split for logging", true);
     fault(&mut m, &mut h, 0x1000, Access::WRITE);
     expect(&mut m, &mut h, "spurious", false);
-    let mut bits = [0u64; 64];
+    let mut bits = [0u64; 256];
     m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
     expect(&mut m, &mut h, "harvest re-protects", true);
     m.get_dirty_log(&mut h, 0, &mut bits).unwrap();
     expect(&mut m, &mut h, "empty harvest", false);
-    fault(&mut m, &mut h, 4 * MIB, Access::WRITE);
-    expect(&mut m, &mut h, "new table and leaf", false);
+    // New tables and leaves until one page more than the floor is in use.
+    for k in 2..MIN_MMU_PAGES - 1 {
+        fault(&mut m, &mut h, k * 2 * MIB, Access::WRITE);
+        expect(&mut m, &mut h, "new table and leaf", false);
+    }
+    assert_eq!(m.n_used(), MIN_MMU_PAGES + 1);
     m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
     expect(&mut m, &mut h, "reclaim", true);
     m.move_slot(&mut h, 0, GIB).unwrap();
