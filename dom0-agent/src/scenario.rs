@@ -16,22 +16,6 @@ const CONSOLE_KEEP: usize = 8192;
 
 type Console = heapless::Vec<u8, CONSOLE_KEEP>;
 
-/// A boot module: its bytes and its arguments.
-fn module(boot: &Boot, name: &str) -> Option<(&'static [u8], &'static str)> {
-    (0..boot.info.nr_modules).filter_map(|i| boot.module(i)).find_map(|(m, cmdline)| {
-        let mut words = cmdline.splitn(2, char::is_whitespace);
-        let first = words.next().unwrap_or("");
-        let this = first.rsplit('/').next().unwrap_or(first);
-        (this == name).then(|| {
-            // SAFETY: microhv maps each boot module read-only at the address the module list
-            // gives, inside dom0's identity-mapped 4 GiB, for as long as dom0 runs.
-            let bytes =
-                unsafe { core::slice::from_raw_parts(m.paddr as *const u8, m.size as usize) };
-            (bytes, words.next().unwrap_or("").trim())
-        })
-    })
-}
-
 fn info(domid: u32) -> Result<DomainInfo, Errno> {
     guest_rt::hv().domain_info(domid)
 }
@@ -104,7 +88,7 @@ fn spec<'a>(name: &'a str, mib: u64, cmdline: &'a str) -> DomainSpec<'a> {
 
 /// Builds and unpauses a domain from boot module `module_name`.
 fn start(boot: &Boot, module_name: &str, s: &DomainSpec<'_>) -> Result<u32, &'static str> {
-    let (image, _) = module(boot, module_name).ok_or("boot module missing")?;
+    let (image, _) = crate::modules::find(boot, module_name).ok_or("boot module missing")?;
     let hv = guest_rt::hv();
     let domid = builder::build(hv, s, image).map_err(|e| {
         println!("  build {}: {e}", s.name);

@@ -254,12 +254,6 @@ impl<'a> Server<'a> {
         }
         result
     }
-
-    /// True while part of a frame has arrived: the caller keeps polling rather than giving
-    /// its CPU away, so the rest arrives at line speed.
-    pub fn in_frame(&self) -> bool {
-        self.bufs.reader.in_frame()
-    }
 }
 
 struct Ctx<'h, 'm, H> {

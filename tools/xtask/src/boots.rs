@@ -44,6 +44,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
         timeout: BOOT_TIMEOUT,
         kvm: false,
         echo: false,
+        control: None,
     }
 }
 

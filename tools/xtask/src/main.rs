@@ -94,9 +94,15 @@ fn run(cmd: Cmd) -> Result<bool> {
             spec.kvm = kvm;
             spec.echo = true;
             spec.timeout = Duration::MAX;
+            let socket = images::control_socket();
+            spec.control = Some(socket.clone());
             eprintln!(
                 "xtask: booting microhv under {emulator:?}; logs in {}; Ctrl-C stops",
                 images::out_dir().join("run").display()
+            );
+            eprintln!(
+                "xtask: dom0's control channel (COM2): {} (hvctl uses it by default)",
+                socket.display()
             );
             let out = emu::boot(&spec, &images)?;
             match out.stop() {
