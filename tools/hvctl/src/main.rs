@@ -395,9 +395,7 @@ fn simple(
 /// Names the domain in an `ESRCH` failure.
 fn on_domain<T>(domain: &str, r: Result<T, Fail>) -> Result<T, Fail> {
     r.map_err(|e| match e {
-        Fail::Hypercall(abi::Errno::ESRCH) => {
-            Fail::UnknownDomain(format!("{domain} (ESRCH: no such domain)"))
-        }
+        Fail::Hypercall(e @ abi::Errno::ESRCH) => Fail::UnknownDomain(domain.into(), Some(e)),
         other => other,
     })
 }
