@@ -1,9 +1,10 @@
 //! The boot tests: each boots microhv under an emulator and checks its log.
 
-use crate::emu::{self, Emulator, Outcome, Spec};
+use crate::emu::{self, Emulator, Outcome, Running, Spec};
 use crate::images::{Images, Module};
 use anyhow::Result;
 use microhv_core::status::StopStatus;
+use std::path::Path;
 use std::time::Duration;
 
 /// Guest RAM of the emulated machine.
@@ -22,6 +23,9 @@ pub enum Check {
     QemuExit(i32),
 }
 
+/// Drives a boot while it runs, through the control socket; returns the lines of its report.
+pub type Driver = fn(&mut Running, &Path, &Images) -> Result<Vec<String>>;
+
 /// One boot test.
 pub struct Case {
     /// Name (also its log directory).
@@ -30,6 +34,8 @@ pub struct Case {
     pub spec: Spec,
     /// What must hold.
     pub checks: Vec<Check>,
+    /// Steps taken while the boot runs (needs `spec.control`).
+    pub driver: Option<Driver>,
 }
 
 /// A boot of microhv with dom0 and `dom0_args`.
@@ -60,10 +66,34 @@ pub fn domus_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     s
 }
 
+/// A boot of microhv with dom0 serving the control protocol, the test guests as boot
+/// modules, and COM2 on a socket in the run's directory.
+pub fn hvctl_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
+    let mut s = domus_spec(name, emulator, images);
+    s.modules[0].args = String::new();
+    s.control = Some(crate::images::out_dir().join(name).join("dom0.sock"));
+    s
+}
+
 /// Every boot test.
 pub fn cases(images: &Images) -> Vec<Case> {
     use Check::*;
     vec![
+        Case {
+            name: "hvctl-bochs",
+            spec: hvctl_spec("hvctl-bochs", Emulator::Bochs, images),
+            checks: vec![
+                Status(StopStatus::Ok),
+                Contains("[d0] serving the control protocol v1 on COM2 (5 boot module(s)"),
+                Contains("create \"up-spin\" from upload -> d1"),
+                Contains("create \"mod-hello\" from module \"hello\" -> d2"),
+                Contains("undecodable request -> error: unknown request (tag 99)"),
+                Contains("unreadable frame -> error: frame longer than 8192 bytes"),
+                Contains("unreadable frame -> error: malformed frame: checksum mismatch"),
+                Contains("[d0] powering off at the tools' request"),
+            ],
+            driver: Some(crate::hvctl_test::drive),
+        },
         Case {
             name: "domus-bochs",
             spec: domus_spec("domus-bochs", Emulator::Bochs, images),
@@ -79,6 +109,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("crashed: triple fault"),
                 Contains("[d1] hello from domU 1"),
             ],
+            driver: None,
         },
         Case {
             name: "smoke-bochs",
@@ -90,6 +121,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("[d0] dom0 ready"),
                 Contains("EPT violations served by the mmu"),
             ],
+            driver: None,
         },
         Case {
             name: "qemu-no-vmx",
@@ -99,6 +131,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("no VMX: CPUID.1:ECX.VMX[bit 5] = 0"),
                 QemuExit(((StopStatus::NoVirtualization as i32) << 1) | 1),
             ],
+            driver: None,
         },
         Case {
             name: "dom0-triple-fault",
@@ -110,6 +143,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("exit 0x2 (TripleFault)"),
                 Contains("dom0 crashed: triple fault"),
             ],
+            driver: None,
         },
         Case {
             name: "dom0-outside-memory",
@@ -120,6 +154,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("d0v0 (dom0) crashed: access outside its memory"),
                 Contains("exit 0x30 (NestedPageFault"),
             ],
+            driver: None,
         },
     ]
 }
@@ -164,8 +199,25 @@ pub fn verify(out: &Outcome, checks: &[Check]) -> Vec<String> {
 pub fn run_all(images: &Images, filter: &str) -> Result<bool> {
     let mut ok = true;
     for case in cases(images).into_iter().filter(|c| c.name.contains(filter)) {
-        let out = emu::boot(&case.spec, images)?;
-        let failures = verify(&out, &case.checks);
+        let (out, mut failures, report) = match (case.driver, &case.spec.control) {
+            (Some(drive), Some(socket)) => {
+                let mut run = emu::start(&case.spec, images)?;
+                let driven = drive(&mut run, socket, images);
+                if driven.is_err() {
+                    run.kill();
+                }
+                let out = run.finish()?;
+                match driven {
+                    Ok(report) => (out, Vec::new(), report),
+                    Err(e) => (out, vec![format!("{e:#}")], Vec::new()),
+                }
+            }
+            _ => (emu::boot(&case.spec, images)?, Vec::new(), Vec::new()),
+        };
+        failures.extend(verify(&out, &case.checks));
+        for line in &report {
+            println!("    {line}");
+        }
         let verdict = if failures.is_empty() { "PASS" } else { "FAIL" };
         println!("boot test {:<24} {verdict}  ({:.1} s)", case.name, out.wall.as_secs_f64());
         if !failures.is_empty() {

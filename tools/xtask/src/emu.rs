@@ -247,6 +247,11 @@ impl Running {
         }
     }
 
+    /// Stops the emulator now (a test gave up half-way); `finish` then returns at once.
+    pub fn kill(&mut self) {
+        kill(&mut self.child);
+    }
+
     /// Waits until the emulator exits, the spec's timeout passes, or Ctrl-C.
     pub fn finish(mut self) -> Result<Outcome> {
         let (exit, timed_out) = loop {

@@ -9,6 +9,7 @@
 mod boots;
 mod deps;
 mod emu;
+mod hvctl_test;
 mod images;
 
 use anyhow::{Result, bail};
