@@ -410,7 +410,7 @@ fn upload_chunk<'r>(st: &mut State<'_>, offset: u32, data: &[u8]) -> Resp<'r> {
         return Resp::Error(Error::Upload(UploadError::OutOfOrder { expected: up.received }));
     }
     let start = up.received as usize;
-    let end = start.checked_add(data.len()).unwrap_or(usize::MAX);
+    let end = start.saturating_add(data.len());
     if data.len() > UPLOAD_CHUNK_MAX || end > up.size as usize {
         return Resp::Error(Error::Upload(UploadError::Overflow));
     }
