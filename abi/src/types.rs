@@ -316,12 +316,12 @@ pub struct PhysInfo {
     pub abi_version: u32,
     /// 1 = VMX with EPT, 2 = SVM with NPT.
     pub virt: u32,
-    /// Reserved, 0.
-    pub reserved: u32,
+    /// TSC ticks a vCPU runs before another waiting one gets the CPU.
+    pub time_slice: u32,
 }
 layout!(PhysInfo, 56, {
     total_bytes @ 0, free_bytes @ 8, hv_bytes @ 16, mmu_pages_floor @ 24, cpus @ 32,
-    domains @ 36, max_domains @ 40, abi_version @ 44, virt @ 48, reserved @ 52,
+    domains @ 36, max_domains @ 40, abi_version @ 44, virt @ 48, time_slice @ 52,
 });
 
 /// Arch-neutral exit reasons, the index into `DomainStats::exits_by_reason`.

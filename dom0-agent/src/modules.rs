@@ -1,5 +1,6 @@
 //! The boot modules microhv hands dom0 (listed in its PVH start info, mapped read-only): the
-//! kernel images dom0 can build domains from without an upload.
+//! kernel images dom0 can build domains from without an upload. (`Boot::module_named` finds
+//! one by name; the server needs them all, to list them.)
 
 use abi::proto::MAX_MODULES;
 use dom0_agent::server::BootModule;
@@ -21,12 +22,4 @@ pub fn all(boot: &Boot) -> heapless::Vec<BootModule<'static>, MAX_MODULES> {
         })
         .take(MAX_MODULES)
         .collect()
-}
-
-/// The boot module called `name`: its bytes and the rest of its command line.
-pub fn find(boot: &Boot, name: &str) -> Option<(&'static [u8], &'static str)> {
-    let i = all(boot).iter().position(|m| m.name == name)?;
-    let (_, cmdline) = boot.module(i as u32)?;
-    let args = cmdline.split_once(char::is_whitespace).map_or("", |(_, rest)| rest.trim());
-    all(boot).get(i).map(|m| (m.bytes, args))
 }

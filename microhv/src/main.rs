@@ -2,9 +2,9 @@
 //!
 //! Boot path: `rt_entry32` (the `rt` crate) takes the CPU from the loader's 32-bit state to
 //! 64-bit mode and calls [`rt_main`], which sets up logging and the per-CPU tables, copies the
-//! boot information, starts the frame allocator, picks the virtualization backend, builds dom0
-//! and hands the CPU to the core's run loop. It never returns: the run ends with a verdict line
-//! and an exit status (`fatal::stop`).
+//! boot information, starts the frame allocator, picks the virtualization backend (SVM on AMD
+//! and Hygon CPUs, VMX on every other), builds dom0 and hands the CPU to the core's run loop. It
+//! never returns: the run ends with a verdict line and an exit status (`fatal::stop`).
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -28,6 +28,7 @@ use arch::x86_64::{gdt, idt};
 use microhv_core::boot::{self, BootInfo, Options, Range};
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hv::{Hv, ModuleRef};
+use microhv_core::hwcaps;
 use microhv_core::status::StopStatus;
 use phys::IdentityMem;
 use spin::Mutex;
@@ -61,6 +62,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     logger::init();
     let sel = gdt::init();
     idt::init(sel.code.0);
+    arch::x86_64::lapic::mask_legacy_pics();
     log::info!(
         "microhv {} starting (tsc {})",
         env!("CARGO_PKG_VERSION"),
@@ -97,25 +99,11 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         log::info!("module {:#x}-{:#x} {:?}", m.range.start, m.range.end, m.cmdline.as_str());
     }
 
-    let (features, msrs) = match arch::vmx::detect() {
-        Ok(f) => f,
-        Err(e) => no_virtualization(e),
-    };
-    log::info!(
-        "VMX with EPT (2M {}, 1G {}), VPID, unrestricted guest, preemption timer rate {}",
-        features.ept_2m,
-        features.ept_1g,
-        features.preemption_timer_rate
-    );
-    hv.mmu_config = mmu::Config {
-        format: mmu::Format::Ept,
-        large_2m: features.ept_2m,
-        large_1g: features.ept_1g,
-    };
-    let vmx = arch::vmx::Vmx::new(features, msrs, sel, &mut hv.machine());
-    match vmx {
-        Ok(b) => hv.backend = Arch::Vmx(b),
-        Err(e) => fatal::stop(StopStatus::NoVirtualization, format_args!("VMX setup: {e}")),
+    let vendor = hwcaps::vendor(arch::x86_64::cpu::cpuid(0, 0));
+    if hwcaps::is_amd_vendor(&vendor) {
+        start_svm(&mut hv, &vendor);
+    } else {
+        start_vmx(&mut hv, sel, &vendor);
     }
 
     start_dom0(&mut hv, &boot, &opts);
@@ -141,20 +129,66 @@ fn start_dom0(hv: &mut Hv<Arch, IdentityMem>, boot: &BootInfo, opts: &Options) {
         fatal::stop(StopStatus::BootError, format_args!("cannot build dom0: {e:?}"));
     }
 }
-fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
+/// Enables VMX (Intel and every vendor but AMD's) and installs the VMX backend.
+fn start_vmx(hv: &mut Hv<Arch, IdentityMem>, sel: gdt::Selectors, vendor: &[u8; 12]) {
+    let (features, msrs) = match arch::vmx::detect() {
+        Ok(f) => f,
+        Err(e) => no_vmx(e, vendor),
+    };
+    log::info!(
+        "VMX with EPT (2M {}, 1G {}), VPID, unrestricted guest, preemption timer rate {}",
+        features.ept_2m,
+        features.ept_1g,
+        features.preemption_timer_rate
+    );
+    hv.mmu_config = mmu::Config {
+        format: mmu::Format::Ept,
+        large_2m: features.ept_2m,
+        large_1g: features.ept_1g,
+    };
+    let vmx = arch::vmx::Vmx::new(features, msrs, sel, &mut hv.machine());
+    match vmx {
+        Ok(b) => hv.backend = Arch::Vmx(b),
+        Err(e) => fatal::stop(StopStatus::NoVirtualization, format_args!("VMX setup: {e}")),
+    }
+}
+
+/// Enables SVM (AMD and Hygon CPUs) and installs the SVM backend.
+fn start_svm(hv: &mut Hv<Arch, IdentityMem>, vendor: &[u8; 12]) {
+    let features = match arch::svm::detect() {
+        Ok(f) => f,
+        Err(e) => no_svm(e, vendor),
+    };
+    log::info!(
+        "SVM with NPT (1G {}), revision {}, {} ASIDs, NRIP save {}, decode assists {}, flush by \
+         ASID {}",
+        features.npt_1g,
+        features.revision,
+        features.asids,
+        features.nrip_save,
+        features.decode_assists,
+        features.flush_by_asid,
+    );
+    // Nested page tables are long-mode page tables: 2 MiB leaves always exist, 1 GiB ones
+    // where the CPU has 1 GiB pages.
+    hv.mmu_config =
+        mmu::Config { format: mmu::Format::Npt, large_2m: true, large_1g: features.npt_1g };
+    match arch::svm::Svm::new(features, &mut hv.frames) {
+        Ok(b) => hv.backend = Arch::Svm(b),
+        Err(e) => fatal::stop(StopStatus::NoVirtualization, format_args!("SVM setup: {e}")),
+    }
+}
+
+fn vendor_str(v: &[u8; 12]) -> &str {
+    core::str::from_utf8(v).unwrap_or("?")
+}
+
+fn no_vmx(e: arch::vmx::Unavailable, vendor: &[u8; 12]) -> ! {
     use arch::vmx::Unavailable;
-    use microhv_core::hwcaps::{cpuid_bits, vendor};
-    let cpuid = arch::x86_64::cpu::cpuid;
-    let v = vendor(cpuid(0, 0));
-    let vendor = core::str::from_utf8(&v).unwrap_or("?");
+    let vendor = vendor_str(vendor);
     match e {
         Unavailable::NoVmx => {
-            let svm = cpuid(0x8000_0000, 0)[0] >= 0x8000_0001
-                && cpuid(0x8000_0001, 0)[2] & cpuid_bits::SVM != 0;
-            log::error!(
-                "no VMX: CPUID.1:ECX.VMX[bit 5] = 0 on this {vendor} CPU{}",
-                if svm { "; it offers AMD SVM, for which microhv has no backend yet" } else { "" }
-            );
+            log::error!("no VMX: CPUID.1:ECX.VMX[bit 5] = 0 on this {vendor} CPU")
         }
         Unavailable::DisabledByFirmware => log::error!(
             "no VMX: the firmware locked IA32_FEATURE_CONTROL with VMX disabled ({vendor})"
@@ -162,6 +196,25 @@ fn no_virtualization(e: arch::vmx::Unavailable) -> ! {
         Unavailable::Missing(list) => {
             for m in list.iter() {
                 log::error!("VMX lacks {} ({})", m.what, m.source);
+            }
+        }
+    }
+    fatal::stop(StopStatus::NoVirtualization, format_args!("this CPU cannot run microhv"))
+}
+
+fn no_svm(e: arch::svm::Unavailable, vendor: &[u8; 12]) -> ! {
+    use arch::svm::Unavailable;
+    let vendor = vendor_str(vendor);
+    match e {
+        Unavailable::NoSvm => {
+            log::error!("no SVM: CPUID.8000_0001h:ECX.SVM[bit 2] = 0 on this {vendor} CPU")
+        }
+        Unavailable::DisabledByFirmware => log::error!(
+            "no SVM: disabled by firmware (VM_CR.SVMDIS set and VM_CR.LOCK set) ({vendor})"
+        ),
+        Unavailable::Missing(list) => {
+            for m in list.iter() {
+                log::error!("SVM lacks {} ({})", m.what, m.source);
             }
         }
     }

@@ -574,7 +574,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let r = mmu.topup(&mut m).and_then(|()| mmu.page_fault(&mut m, v, gpa, access));
         match r {
             Ok(FaultOutcome::Fixed { size }) => {
-                log::trace!("d{d}v{v}: EPT violation at {gpa:#x} mapped ({size:?})");
+                log::trace!("d{d}v{v}: nested page fault at {gpa:#x} mapped ({size:?})");
                 None
             }
             Ok(FaultOutcome::Spurious | FaultOutcome::Retry) => None,
@@ -780,7 +780,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let st = dom.mmu.stats();
         let faults = dom.counters.exits[abi::types::ExitReason::NestedPageFault as usize];
         log::info!(
-            "d{d}: {faults} EPT violations served by the mmu: {} mapped ({} as 2M, {} as 1G), {} \
+            "d{d}: {faults} nested page faults served by the mmu: {} mapped ({} as 2M, {} as 1G), {} \
              spurious, {} outside memory; {} page-table pages in use (cap {}), {} zapped, {} \
              TLB flushes",
             st.faults_fixed + st.faults_fast,

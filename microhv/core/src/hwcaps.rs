@@ -1,6 +1,6 @@
-//! Decoding of the CPU's virtualization capability values (CPUID leaves and the VMX capability
-//! MSRs). This is pure arithmetic on values the arch backends read, kept here so it is tested on
-//! the host: which features are missing, and which control values to program.
+//! Decoding of the CPU's virtualization capability values (CPUID leaves, the VMX capability
+//! MSRs, AMD's `VM_CR`). This is pure arithmetic on values the arch backends read, kept here so
+//! it is tested on the host: which features are missing, and which control values to program.
 
 /// A feature microhv needs, with where the CPU reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,10 +200,19 @@ pub mod cpuid_bits {
     pub const VMX: u32 = 1 << 5;
     /// Leaf 0x8000_0001 ecx: SVM.
     pub const SVM: u32 = 1 << 2;
+    /// Leaf 0x8000_0001 edx: 1 GiB pages (also usable as nested-paging leaves).
+    pub const PAGE_1G: u32 = 1 << 26;
     /// Leaf 0x8000_000A edx: nested paging.
     pub const NPT: u32 = 1 << 0;
-    /// Leaf 0x8000_000A edx: NRIP save.
+    /// Leaf 0x8000_000A edx: NRIP save (the VMCB's next-RIP field is written on instruction
+    /// intercepts).
     pub const NRIP_SAVE: u32 = 1 << 3;
+    /// Leaf 0x8000_000A edx: VMCB clean bits.
+    pub const VMCB_CLEAN: u32 = 1 << 5;
+    /// Leaf 0x8000_000A edx: TLB_CONTROL may flush a single ASID (values 3 and 7).
+    pub const FLUSH_BY_ASID: u32 = 1 << 6;
+    /// Leaf 0x8000_000A edx: decode assists (EXITINFO1 names the GPR of a MOV-to-CR intercept).
+    pub const DECODE_ASSISTS: u32 = 1 << 7;
 }
 
 /// The vendor string of CPUID leaf 0.
@@ -213,6 +222,111 @@ pub fn vendor(leaf0: [u32; 4]) -> [u8; 12] {
     v[4..8].copy_from_slice(&leaf0[3].to_le_bytes());
     v[8..].copy_from_slice(&leaf0[2].to_le_bytes());
     v
+}
+
+/// True for the vendors whose CPUs implement AMD SVM rather than Intel VMX: AMD and Hygon
+/// (whose Dhyana cores are AMD Zen). microhv picks its backend by this, as Xen does.
+pub fn is_amd_vendor(vendor: &[u8; 12]) -> bool {
+    vendor == b"AuthenticAMD" || vendor == b"HygonGenuine"
+}
+
+/// The SVM capabilities microhv needs beyond SVM itself, in the order [`check_svm`] checks them.
+pub const SVM_REQUIREMENTS: [Requirement; 2] = [
+    Requirement { what: "nested paging (NPT)", source: "CPUID.8000_000Ah:EDX.NP[bit 0]" },
+    Requirement { what: "guest ASIDs", source: "CPUID.8000_000Ah:EBX (NASID >= 2)" },
+];
+
+/// The CPUID values that describe SVM, as the backend reads them. Leaves beyond the highest
+/// extended leaf read as zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SvmCpuid {
+    /// Leaf 0x8000_0000 eax: the highest extended leaf.
+    pub max_ext_leaf: u32,
+    /// Leaf 0x8000_0001 ecx.
+    pub ext1_ecx: u32,
+    /// Leaf 0x8000_0001 edx.
+    pub ext1_edx: u32,
+    /// Leaf 0x8000_000A eax: SVM revision in bits 7:0.
+    pub svm_eax: u32,
+    /// Leaf 0x8000_000A ebx: number of ASIDs (ASID 0 is the host's).
+    pub svm_ebx: u32,
+    /// Leaf 0x8000_000A edx: SVM feature flags.
+    pub svm_edx: u32,
+}
+
+impl SvmCpuid {
+    /// CPUID.8000_0001h:ECX.SVM.
+    pub fn has_svm(&self) -> bool {
+        self.max_ext_leaf >= 0x8000_0001 && self.ext1_ecx & cpuid_bits::SVM != 0
+    }
+}
+
+/// What the SVM backend may use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SvmFeatures {
+    /// SVM revision (CPUID.8000_000Ah:EAX[7:0]).
+    pub revision: u8,
+    /// ASIDs, counting the host's ASID 0: guests may use `1..asids`.
+    pub asids: u32,
+    /// The VMCB's next-RIP field is written on instruction intercepts.
+    pub nrip_save: bool,
+    /// EXITINFO1 of a MOV-to-CR intercept names the source register.
+    pub decode_assists: bool,
+    /// TLB_CONTROL can flush one ASID (otherwise microhv flushes every ASID).
+    pub flush_by_asid: bool,
+    /// VMCB clean bits are honoured (microhv writes 0: every field dirty).
+    pub vmcb_clean: bool,
+    /// 1 GiB nested-paging leaves (the CPU has 1 GiB pages).
+    pub npt_1g: bool,
+}
+
+/// Checks what microhv needs from a CPU that has SVM ([`SvmCpuid::has_svm`]): nested paging and
+/// at least one guest ASID. The optional features are reported in [`SvmFeatures`].
+pub fn check_svm(c: &SvmCpuid) -> Result<SvmFeatures, Missing> {
+    let (eax, ebx, edx) =
+        if c.max_ext_leaf >= 0x8000_000A { (c.svm_eax, c.svm_ebx, c.svm_edx) } else { (0, 0, 0) };
+    let has = [edx & cpuid_bits::NPT != 0, ebx >= 2];
+    let bits = has.iter().enumerate().filter(|(_, ok)| !**ok).fold(0, |b, (i, _)| b | 1 << i);
+    if bits != 0 {
+        return Err(Missing { bits, table: &SVM_REQUIREMENTS });
+    }
+    Ok(SvmFeatures {
+        revision: (eax & 0xff) as u8,
+        asids: ebx,
+        nrip_save: edx & cpuid_bits::NRIP_SAVE != 0,
+        decode_assists: edx & cpuid_bits::DECODE_ASSISTS != 0,
+        flush_by_asid: edx & cpuid_bits::FLUSH_BY_ASID != 0,
+        vmcb_clean: edx & cpuid_bits::VMCB_CLEAN != 0,
+        npt_1g: c.ext1_edx & cpuid_bits::PAGE_1G != 0,
+    })
+}
+
+/// `VM_CR` (MSR 0xC001_0114) bits.
+pub mod vm_cr {
+    /// LOCK: SVMDIS and LOCK can no longer be written.
+    pub const LOCK: u64 = 1 << 3;
+    /// SVMDIS: EFER.SVME cannot be set.
+    pub const SVMDIS: u64 = 1 << 4;
+}
+
+/// What to do about `VM_CR` before setting EFER.SVME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmCr {
+    /// SVM is allowed.
+    Ready,
+    /// SVMDIS is set but not locked: write this value (SVMDIS clear).
+    Write(u64),
+    /// The firmware disabled SVM and locked the setting.
+    DisabledByFirmware,
+}
+
+/// Decides what `VM_CR` needs.
+pub fn vm_cr(value: u64) -> VmCr {
+    match (value & vm_cr::SVMDIS != 0, value & vm_cr::LOCK != 0) {
+        (false, _) => VmCr::Ready,
+        (true, true) => VmCr::DisabledByFirmware,
+        (true, false) => VmCr::Write(value & !vm_cr::SVMDIS),
+    }
 }
 
 #[cfg(test)]
@@ -279,5 +393,81 @@ mod tests {
     fn vendor_string() {
         let leaf0 = [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69];
         assert_eq!(&vendor(leaf0), b"GenuineIntel");
+        assert!(!is_amd_vendor(&vendor(leaf0)));
+        // "AuthenticAMD" as ebx, ecx, edx.
+        let amd = [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65];
+        assert_eq!(&vendor(amd), b"AuthenticAMD");
+        assert!(is_amd_vendor(&vendor(amd)));
+        assert!(is_amd_vendor(b"HygonGenuine"));
+    }
+
+    /// CPUID as QEMU 7.2 TCG reports it for `-cpu max`: SVM revision 1, 16 ASIDs, NPT, VGIF,
+    /// SVME-address check; no NRIP save, decode assists, flush by ASID or clean bits.
+    fn qemu_max() -> SvmCpuid {
+        SvmCpuid {
+            max_ext_leaf: 0x8000_001f,
+            ext1_ecx: cpuid_bits::SVM,
+            ext1_edx: cpuid_bits::PAGE_1G,
+            svm_eax: 1,
+            svm_ebx: 16,
+            svm_edx: cpuid_bits::NPT | (1 << 16) | (1 << 28),
+        }
+    }
+
+    #[test]
+    fn svm_with_npt_passes_and_optional_features_are_decoded() {
+        let c = qemu_max();
+        assert!(c.has_svm());
+        let f = check_svm(&c).unwrap();
+        assert_eq!(f.revision, 1);
+        assert_eq!(f.asids, 16);
+        assert!(f.npt_1g);
+        assert!(!f.nrip_save && !f.decode_assists && !f.flush_by_asid && !f.vmcb_clean);
+
+        let mut full = c;
+        full.svm_edx |= cpuid_bits::NRIP_SAVE
+            | cpuid_bits::DECODE_ASSISTS
+            | cpuid_bits::FLUSH_BY_ASID
+            | cpuid_bits::VMCB_CLEAN;
+        full.ext1_edx = 0;
+        let f = check_svm(&full).unwrap();
+        assert!(f.nrip_save && f.decode_assists && f.flush_by_asid && f.vmcb_clean);
+        assert!(!f.npt_1g);
+    }
+
+    #[test]
+    fn svm_without_npt_or_asids_is_named() {
+        // `-cpu qemu64,+svm`: SVM without nested paging.
+        let mut c = qemu_max();
+        c.svm_edx &= !cpuid_bits::NPT;
+        let names: std::vec::Vec<_> = check_svm(&c).unwrap_err().iter().map(|r| r.what).collect();
+        assert_eq!(names, ["nested paging (NPT)"]);
+
+        c.svm_ebx = 1;
+        assert_eq!(check_svm(&c).unwrap_err().count(), 2);
+
+        // A CPU whose extended leaves stop before 0x8000_000A has neither.
+        let mut short = qemu_max();
+        short.max_ext_leaf = 0x8000_0008;
+        assert_eq!(check_svm(&short).unwrap_err().count(), SVM_REQUIREMENTS.len() as u32);
+    }
+
+    #[test]
+    fn svm_bit_needs_the_extended_leaf() {
+        let mut c = qemu_max();
+        c.max_ext_leaf = 0x8000_0000;
+        assert!(!c.has_svm());
+        c.max_ext_leaf = 0x8000_0001;
+        c.ext1_ecx = 0;
+        assert!(!c.has_svm());
+        assert!(!SvmCpuid::default().has_svm());
+    }
+
+    #[test]
+    fn vm_cr_cases() {
+        assert_eq!(vm_cr(0), VmCr::Ready);
+        assert_eq!(vm_cr(vm_cr::LOCK), VmCr::Ready);
+        assert_eq!(vm_cr(vm_cr::SVMDIS | vm_cr::LOCK), VmCr::DisabledByFirmware);
+        assert_eq!(vm_cr(vm_cr::SVMDIS | 1), VmCr::Write(1));
     }
 }

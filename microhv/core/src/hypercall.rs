@@ -541,7 +541,7 @@ fn phys_info<B: Backend, P: PhysMem, const W: usize>(
         max_domains: MAX_DOMAINS,
         abi_version: abi::abi_version_word(),
         virt: hv.backend.kind(),
-        reserved: 0,
+        time_slice: crate::policy::VCPU_SLICE as u32,
     };
     hv.mem.write(hpa, info.as_bytes());
     Ok(0)

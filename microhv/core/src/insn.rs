@@ -169,6 +169,110 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Mmio, DecodeError> {
     Ok(Mmio { op, size, len: i as u8 })
 }
 
+// ---- intercepted instructions ---------------------------------------------------------------
+//
+// CPUs without NRIP save (QEMU's SVM) or decode assists do not report the length of an
+// intercepted instruction or the register of a MOV to CR: the SVM backend fetches the bytes and
+// decodes them here.
+
+/// The instructions microhv intercepts and has to skip or decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// `0F 01 D9` (with F3: VMGEXIT, which outside SEV-ES behaves as VMMCALL).
+    Vmmcall,
+    /// `0F A2`.
+    Cpuid,
+    /// `0F 32`.
+    Rdmsr,
+    /// `0F 30`.
+    Wrmsr,
+    /// `F4`.
+    Hlt,
+    /// `0F 22 /r`: MOV to a control register.
+    MovToCr,
+}
+
+/// A decoded intercepted instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intercepted {
+    /// Length in bytes, prefixes included.
+    pub len: u8,
+    /// MOV to CR: the control register (REX.R and AMD's LOCK-for-CR8 applied).
+    pub cr: u8,
+    /// MOV to CR: the source register, by x86 number (REX.B applied).
+    pub gpr: u8,
+}
+
+/// Why decoding an intercepted instruction failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The bytes ended before the instruction did.
+    Truncated,
+    /// The bytes are not the expected instruction (the guest changed them, or a prefix run
+    /// longer than an instruction may be).
+    Mismatch,
+}
+
+/// Decodes an intercepted instruction at the start of `bytes`, which must be `expected`, for
+/// its length (and for MOV to CR, its operands). `code64`: the guest runs 64-bit code (REX
+/// prefixes exist).
+pub fn decode_intercepted(
+    bytes: &[u8],
+    code64: bool,
+    expected: Expected,
+) -> Result<Intercepted, Mismatch> {
+    let mut i = 0;
+    let mut rex = 0u8;
+    let mut lock = false;
+    loop {
+        let Some(&b) = bytes.get(i) else {
+            return Err(if i >= MAX_INSN_LEN { Mismatch::Mismatch } else { Mismatch::Truncated });
+        };
+        match b {
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf2 | 0xf3 => rex = 0,
+            0xf0 => {
+                lock = true;
+                rex = 0;
+            }
+            // A REX prefix only counts right before the opcode: a later legacy prefix cancels it.
+            0x40..=0x4f if code64 => rex = b,
+            _ => break,
+        }
+        i += 1;
+    }
+    let opcode: &[u8] = match expected {
+        Expected::Vmmcall => &[0x0f, 0x01, 0xd9],
+        Expected::Cpuid => &[0x0f, 0xa2],
+        Expected::Rdmsr => &[0x0f, 0x32],
+        Expected::Wrmsr => &[0x0f, 0x30],
+        Expected::Hlt => &[0xf4],
+        Expected::MovToCr => &[0x0f, 0x22],
+    };
+    for (k, &want) in opcode.iter().enumerate() {
+        match bytes.get(i + k) {
+            Some(&got) if got == want => {}
+            Some(_) => return Err(Mismatch::Mismatch),
+            None => return Err(Mismatch::Truncated),
+        }
+    }
+    let mut len = i + opcode.len();
+    let (mut cr, mut gpr) = (0, 0);
+    if expected == Expected::MovToCr {
+        // The ModRM byte's mod field is ignored: the operand is always a register.
+        let modrm = *bytes.get(len).ok_or(Mismatch::Truncated)?;
+        len += 1;
+        cr = ((modrm >> 3) & 7) | ((rex & 4) << 1);
+        gpr = (modrm & 7) | ((rex & 1) << 3);
+        if lock && cr == 0 {
+            cr = 8;
+        }
+    }
+    if len > MAX_INSN_LEN {
+        return Err(Mismatch::Mismatch);
+    }
+    Ok(Intercepted { len: len as u8, cr, gpr })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +333,29 @@ mod tests {
         assert_eq!(decode(&[], Bits64), Err(DecodeError::Truncated));
     }
 
+    #[test]
+    fn intercepted_instructions_and_their_lengths() {
+        use Expected::*;
+        let ok = |b: &[u8], c64, e| decode_intercepted(b, c64, e);
+        assert_eq!(ok(&[0x0f, 0xa2], true, Cpuid).unwrap().len, 2);
+        assert_eq!(ok(&[0x66, 0x2e, 0x0f, 0x32], false, Rdmsr).unwrap().len, 4);
+        assert_eq!(ok(&[0xf3, 0x0f, 0x01, 0xd9], true, Vmmcall).unwrap().len, 4);
+        assert_eq!(ok(&[0xf4], false, Hlt).unwrap().len, 1);
+        // mov cr4, r9: REX.B selects r9.
+        let m = ok(&[0x41, 0x0f, 0x22, 0xe1], true, MovToCr).unwrap();
+        assert_eq!((m.len, m.cr, m.gpr), (4, 4, 9));
+        // lock mov cr0, eax is AMD's alternative encoding of CR8.
+        let m = ok(&[0xf0, 0x0f, 0x22, 0xc0], false, MovToCr).unwrap();
+        assert_eq!((m.cr, m.gpr), (8, 0));
+        // A REX prefix followed by a legacy prefix no longer counts; outside 64-bit code 0x41
+        // is not a prefix at all.
+        assert_eq!(ok(&[0x41, 0x66, 0x0f, 0x22, 0xe1], true, MovToCr).unwrap().gpr, 1);
+        assert_eq!(ok(&[0x41, 0x0f, 0xa2], false, Cpuid), Err(Mismatch::Mismatch));
+        assert_eq!(ok(&[0x0f, 0xa2], true, Rdmsr), Err(Mismatch::Mismatch));
+        assert_eq!(ok(&[0x0f], true, Cpuid), Err(Mismatch::Truncated));
+        assert_eq!(ok(&[0x66; 15], true, Cpuid), Err(Mismatch::Mismatch));
+    }
+
     proptest::proptest! {
         #[test]
         fn random_bytes_never_panic_and_lengths_are_bounded(
@@ -240,6 +367,11 @@ mod tests {
                 proptest::prop_assert!(usize::from(d.len) <= bytes.len());
                 proptest::prop_assert!(usize::from(d.len) <= MAX_INSN_LEN);
                 proptest::prop_assert!([1, 2, 4, 8].contains(&d.size));
+            }
+            for e in [Expected::Vmmcall, Expected::Cpuid, Expected::Hlt, Expected::MovToCr] {
+                if let Ok(d) = decode_intercepted(&bytes, m == 2, e) {
+                    proptest::prop_assert!(usize::from(d.len) <= bytes.len().min(MAX_INSN_LEN));
+                }
             }
         }
     }

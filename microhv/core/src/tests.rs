@@ -614,6 +614,35 @@ fn nested_page_faults_are_served_by_the_mmu() {
     assert_eq!(m.hpa, hv.domains[0].mmu.translate(0x10_0123).expect("in a slot"));
 }
 
+#[test]
+fn small_pages_flag_maps_4k_leaves() {
+    use crate::exit::Access;
+    let mut hv = world();
+    let mut c = create_args("small", 4 << 20, 1, 0);
+    c.flags = DOMCREATE_SMALL_PAGES;
+    let d = create_with(&mut hv, &c) as usize;
+    let big = running(&mut hv, "big");
+    let read = Access { read: true, ..Access::default() };
+    for dom in [d, big] {
+        assert_eq!(
+            set_state(&mut hv, dom, 0, &flat32(0x10_0000)),
+            if dom == d { 0 } else { EBUSY }
+        );
+    }
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    for dom in [d, big] {
+        let npf = Exit::NestedPageFault { gpa: 0x10_0000, access: read };
+        hv.backend.push(dom as u32, 0, Step { exit: npf, gprs: None, cpl: 0 });
+        hv.backend.push(dom as u32, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    }
+    dom0_yields_then_powers_off(&mut hv, 6);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let host = crate::mem::Machine { frames: &mut hv.frames, mem: &mut hv.mem };
+    let small = hv.domains[d].mmu.lookup(&host, 0x10_0000).expect("mapped").size;
+    let large = hv.domains[big].mmu.lookup(&host, 0x10_0000).expect("mapped").size;
+    assert_eq!((small, large), (mmu::PageSize::Size4K, mmu::PageSize::Size2M));
+}
+
 // ---- properties --------------------------------------------------------------------------------
 
 fn arg() -> impl Strategy<Value = u64> {
@@ -638,7 +667,7 @@ fn op() -> impl Strategy<Value = u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Random hypercalls from dom0 and a domU: every result is success or a documented error,
     /// nothing panics, and once every domU is destroyed no frame is lost.

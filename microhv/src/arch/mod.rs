@@ -3,6 +3,8 @@
 //! - [`x86_64`]: per-CPU tables (GDT, TSS with IST stacks, IDT), exceptions, MSRs and control
 //!   registers, machine stop.
 //! - [`vmx`]: the Intel VMX backend.
+//! - [`svm`]: the AMD SVM backend.
+pub mod svm;
 pub mod vmx;
 pub mod x86_64;
 
@@ -17,12 +19,16 @@ pub enum Arch {
     None,
     /// Intel VMX.
     Vmx(vmx::Vmx),
+    /// AMD SVM.
+    Svm(svm::Svm),
 }
 
 /// A vCPU of whichever backend runs.
 pub enum ArchVcpu {
     /// A VMX vCPU.
     Vmx(vmx::VmxVcpu),
+    /// An SVM vCPU.
+    Svm(svm::SvmVcpu),
 }
 
 /// What a vCPU of the wrong kind (impossible by construction) reports.
@@ -52,6 +58,7 @@ impl Backend for Arch {
     fn hypercall_insn(&self) -> u32 {
         match self {
             Arch::Vmx(b) => b.hypercall_insn(),
+            Arch::Svm(b) => b.hypercall_insn(),
             Arch::None => 0,
         }
     }
@@ -59,6 +66,7 @@ impl Backend for Arch {
     fn kind(&self) -> u32 {
         match self {
             Arch::Vmx(b) => b.kind(),
+            Arch::Svm(b) => b.kind(),
             Arch::None => 0,
         }
     }
@@ -71,6 +79,7 @@ impl Backend for Arch {
     ) -> Result<ArchVcpu, BackendError> {
         match self {
             Arch::Vmx(b) => b.create_vcpu(frames, cfg, init).map(ArchVcpu::Vmx),
+            Arch::Svm(b) => b.create_vcpu(frames, cfg, init).map(ArchVcpu::Svm),
             Arch::None => Err(BackendError::Hardware(0)),
         }
     }
@@ -78,70 +87,80 @@ impl Backend for Arch {
     fn reset_vcpu(&mut self, vcpu: &mut ArchVcpu, init: &VcpuInit) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.reset_vcpu(v, init),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.reset_vcpu(v, init),
+            _ => {}
         }
     }
 
     fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, vcpu: ArchVcpu) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.destroy_vcpu(frames, v),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.destroy_vcpu(frames, v),
+            _ => {}
         }
     }
 
     fn run(&mut self, vcpu: &mut ArchVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.run(v, gprs, slice),
-            (Arch::None, _) => mismatch(),
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.run(v, gprs, slice),
+            _ => mismatch(),
         }
     }
 
     fn unload(&mut self, vcpu: &mut ArchVcpu) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.unload(v),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.unload(v),
+            _ => {}
         }
     }
 
     fn read(&mut self, vcpu: &mut ArchVcpu, reg: GuestReg) -> u64 {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.read(v, reg),
-            (Arch::None, _) => 0,
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.read(v, reg),
+            _ => 0,
         }
     }
 
     fn write(&mut self, vcpu: &mut ArchVcpu, reg: GuestReg, value: u64) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.write(v, reg, value),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.write(v, reg, value),
+            _ => {}
         }
     }
 
     fn advance_rip(&mut self, vcpu: &mut ArchVcpu, len: u8) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.advance_rip(v, len),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.advance_rip(v, len),
+            _ => {}
         }
     }
 
     fn inject(&mut self, vcpu: &mut ArchVcpu, event: Event) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.inject(v, event),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.inject(v, event),
+            _ => {}
         }
     }
 
     fn set_root(&mut self, vcpu: &mut ArchVcpu, root: u64) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.set_root(v, root),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.set_root(v, root),
+            _ => {}
         }
     }
 
     fn flush(&mut self, vcpu: &mut ArchVcpu) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.flush(v),
-            (Arch::None, _) => {}
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.flush(v),
+            _ => {}
         }
     }
 

@@ -12,7 +12,7 @@ extern crate std;
 
 use abi::guest::Hypervisor;
 use abi::hypercall::{CONSOLE_WRITE_MAX, ShutdownReason};
-use abi::pvh::{ModlistEntry, START_INFO_MAGIC, StartInfo};
+use abi::pvh::{MemmapEntry, ModlistEntry, START_INFO_MAGIC, StartInfo};
 use core::fmt::{self, Write};
 use spin::{Mutex, Once};
 use zerocopy::FromBytes;
@@ -65,6 +65,36 @@ impl Boot {
         let e = unsafe { read_phys::<ModlistEntry>(at) };
         // SAFETY: its command line is a NUL-terminated string in the same page.
         Some((e, unsafe { c_str(e.cmdline_paddr) }))
+    }
+
+    /// The boot module whose command line's first word (its last path component) is `name`:
+    /// its bytes (mapped read-only by microhv) and the rest of its command line.
+    pub fn module_named(&self, name: &str) -> Option<(&'static [u8], &'static str)> {
+        (0..self.info.nr_modules).filter_map(|i| self.module(i)).find_map(|(m, cmdline)| {
+            let mut words = cmdline.splitn(2, char::is_whitespace);
+            let first = words.next().unwrap_or("");
+            (first.rsplit('/').next() == Some(name)).then(|| {
+                // SAFETY: microhv maps each boot module read-only at the address the module
+                // list gives, inside the identity-mapped 4 GiB, for as long as dom0 runs.
+                let bytes =
+                    unsafe { core::slice::from_raw_parts(m.paddr as *const u8, m.size as usize) };
+                (bytes, words.next().unwrap_or("").trim())
+            })
+        })
+    }
+
+    /// One past the last byte of RAM in the memory map.
+    pub fn ram_end(&self) -> u64 {
+        (0..u64::from(self.info.memmap_entries))
+            .map(|i| {
+                let at = self.info.memmap_paddr + i * size_of::<MemmapEntry>() as u64;
+                // SAFETY: the memory map lies in the start page microhv built for this guest.
+                unsafe { read_phys::<MemmapEntry>(at) }
+            })
+            .filter(|e| e.kind == abi::pvh::MEMMAP_RAM)
+            .map(|e| e.addr.saturating_add(e.size))
+            .max()
+            .unwrap_or(0)
     }
 
     /// True if the command line has the word `flag`.

@@ -21,6 +21,8 @@ pub enum Check {
     Contains(&'static str),
     /// QEMU exited with this code (`isa-debug-exit`: status << 1 | 1).
     QemuExit(i32),
+    /// A conformance verdict line `conformance total: N passed, 0 failed` with N > 0.
+    Verdict,
 }
 
 /// Drives a boot while it runs, through the control socket; returns the lines of its report.
@@ -75,88 +77,189 @@ pub fn hvctl_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     s
 }
 
-/// Every boot test.
+/// The conformance run: `conform-dom0` booted as dom0, with the domU suite and the storm
+/// guest as modules.
+pub fn conformance_spec(emulator: Emulator, images: &Images) -> Spec {
+    let name = format!("conformance-{emulator:?}").to_lowercase();
+    let mut s = spec(&name, emulator, images, "");
+    s.modules = ["conform-dom0", "conform-domu", "storm"]
+        .iter()
+        .map(|g| Module { path: images.guest(g), args: String::new() })
+        .collect();
+    s
+}
+
+/// The checks of a conformance run: a verdict line with no failure (silence fails), and a clean
+/// power-off.
+pub fn conformance_checks() -> Vec<Check> {
+    vec![
+        Check::Status(StopStatus::Ok),
+        Check::Contains("conformance dom0: "),
+        Check::Contains("conformance storm: "),
+        Check::Verdict,
+    ]
+}
+
+/// A boot with a CPU model other than the emulator's default.
+fn with_cpu(mut spec: Spec, cpu: &str) -> Spec {
+    spec.cpu = Some(cpu.into());
+    spec
+}
+
+/// QEMU's exit code for a verdict (`isa-debug-exit`: status << 1 | 1).
+fn qemu_exit(s: StopStatus) -> Check {
+    Check::QemuExit(((s as i32) << 1) | 1)
+}
+
+/// Every boot test: the VMX path under Bochs (`corei7_skylake_x`), the SVM path under QEMU TCG
+/// (`-cpu max`) with the same checks, one SVM smoke under Bochs (`ryzen`), and the messages for
+/// CPUs without what microhv needs.
 pub fn cases(images: &Images) -> Vec<Case> {
     use Check::*;
+    use Emulator::{Bochs, Qemu};
+    let triple_fault = |name: &'static str, emu, exit: &'static str| Case {
+        name,
+        spec: spec(name, emu, images, "misbehave=triple-fault"),
+        checks: vec![
+            Status(StopStatus::Dom0Crashed),
+            Contains("[d0] triple-faulting on purpose"),
+            Contains("d0v0 (dom0) crashed: triple fault"),
+            Contains(exit),
+            Contains("dom0 crashed: triple fault"),
+        ],
+        driver: None,
+    };
+    let outside_memory = |name: &'static str, emu, exit: &'static str| Case {
+        name,
+        spec: spec(name, emu, images, "misbehave=outside-memory"),
+        checks: vec![
+            Status(StopStatus::Dom0Crashed),
+            Contains("read access to guest-physical 0xb0000000 outside its memory"),
+            Contains("d0v0 (dom0) crashed: access outside its memory"),
+            Contains(exit),
+        ],
+        driver: None,
+    };
+    let domus = |name: &'static str, emu| Case {
+        name,
+        spec: domus_spec(name, emu, images),
+        checks: vec![
+            Status(StopStatus::Ok),
+            Contains("scenario hello: PASS"),
+            Contains("scenario two-domus: PASS"),
+            Contains("scenario toucher: PASS"),
+            Contains("scenario hostile: PASS"),
+            Contains("scenario multiboot: PASS"),
+            Contains("scenarios: 5 passed, 0 failed"),
+            Contains("crashed: access outside its memory"),
+            Contains("crashed: triple fault"),
+            Contains("[d1] hello from domU 1"),
+        ],
+        driver: None,
+    };
+    let hvctl = |name: &'static str, emu| Case {
+        name,
+        spec: hvctl_spec(name, emu, images),
+        checks: vec![
+            Status(StopStatus::Ok),
+            Contains("[d0] serving the control protocol v1 on COM2 (5 boot module(s)"),
+            Contains("create \"up-spin\" from upload -> d1"),
+            Contains("create \"mod-hello\" from module \"hello\" -> d2"),
+            Contains("undecodable request -> error: unknown request (tag 99)"),
+            Contains("unreadable frame -> error: frame longer than 8192 bytes"),
+            Contains("unreadable frame -> error: malformed frame: checksum mismatch"),
+            Contains("[d0] powering off at the tools' request"),
+        ],
+        driver: Some(crate::hvctl_test::drive),
+    };
     vec![
+        hvctl("hvctl-bochs", Bochs),
         Case {
-            name: "hvctl-bochs",
-            spec: hvctl_spec("hvctl-bochs", Emulator::Bochs, images),
-            checks: vec![
-                Status(StopStatus::Ok),
-                Contains("[d0] serving the control protocol v1 on COM2 (5 boot module(s)"),
-                Contains("create \"up-spin\" from upload -> d1"),
-                Contains("create \"mod-hello\" from module \"hello\" -> d2"),
-                Contains("undecodable request -> error: unknown request (tag 99)"),
-                Contains("unreadable frame -> error: frame longer than 8192 bytes"),
-                Contains("unreadable frame -> error: malformed frame: checksum mismatch"),
-                Contains("[d0] powering off at the tools' request"),
-            ],
-            driver: Some(crate::hvctl_test::drive),
-        },
-        Case {
-            name: "domus-bochs",
-            spec: domus_spec("domus-bochs", Emulator::Bochs, images),
-            checks: vec![
-                Status(StopStatus::Ok),
-                Contains("scenario hello: PASS"),
-                Contains("scenario two-domus: PASS"),
-                Contains("scenario toucher: PASS"),
-                Contains("scenario hostile: PASS"),
-                Contains("scenario multiboot: PASS"),
-                Contains("scenarios: 5 passed, 0 failed"),
-                Contains("crashed: access outside its memory"),
-                Contains("crashed: triple fault"),
-                Contains("[d1] hello from domU 1"),
-            ],
+            name: "conformance-bochs",
+            spec: conformance_spec(Bochs, images),
+            checks: conformance_checks(),
             driver: None,
         },
         Case {
+            name: "conformance-qemu",
+            spec: conformance_spec(Qemu, images),
+            checks: conformance_checks(),
+            driver: None,
+        },
+        domus("domus-bochs", Bochs),
+        domus("domus-qemu", Qemu),
+        Case {
             name: "smoke-bochs",
-            spec: spec("smoke-bochs", Emulator::Bochs, images, "smoke bench"),
+            spec: spec("smoke-bochs", Bochs, images, "smoke bench"),
             checks: vec![
                 Status(StopStatus::Ok),
                 Contains("VMX with EPT"),
                 Contains("[d0] microhv ABI 1.0 (dom0 built for 1.0): ok"),
                 Contains("[d0] dom0 ready"),
-                Contains("EPT violations served by the mmu"),
+                Contains("nested page faults served by the mmu"),
             ],
             driver: None,
         },
         Case {
-            name: "qemu-no-vmx",
-            spec: spec("qemu-no-vmx", Emulator::Qemu, images, "smoke"),
+            name: "smoke-qemu",
+            spec: spec("smoke-qemu", Qemu, images, "smoke bench"),
+            checks: vec![
+                Status(StopStatus::Ok),
+                Contains("SVM with NPT"),
+                Contains("[d0] microhv ABI 1.0 (dom0 built for 1.0): ok"),
+                Contains("[d0] dom0 ready"),
+                Contains("[d0] bench: null hypercall round trip"),
+                Contains("nested page faults served by the mmu"),
+                qemu_exit(StopStatus::Ok),
+            ],
+            driver: None,
+        },
+        Case {
+            name: "smoke-bochs-ryzen",
+            spec: with_cpu(spec("smoke-bochs-ryzen", Bochs, images, "smoke bench"), "ryzen"),
+            checks: vec![
+                Status(StopStatus::Ok),
+                Contains("SVM with NPT"),
+                Contains("[d0] microhv ABI 1.0 (dom0 built for 1.0): ok"),
+                Contains("[d0] dom0 ready"),
+                Contains("[d0] bench: null hypercall round trip"),
+                Contains("nested page faults served by the mmu"),
+            ],
+            driver: None,
+        },
+        Case {
+            name: "qemu-no-npt",
+            spec: with_cpu(spec("qemu-no-npt", Qemu, images, "smoke"), "qemu64,+svm"),
             checks: vec![
                 Status(StopStatus::NoVirtualization),
-                Contains("no VMX: CPUID.1:ECX.VMX[bit 5] = 0"),
-                QemuExit(((StopStatus::NoVirtualization as i32) << 1) | 1),
+                Contains("SVM lacks nested paging (NPT) (CPUID.8000_000Ah:EDX.NP[bit 0])"),
+                qemu_exit(StopStatus::NoVirtualization),
             ],
             driver: None,
         },
         Case {
-            name: "dom0-triple-fault",
-            spec: spec("dom0-triple-fault", Emulator::Bochs, images, "misbehave=triple-fault"),
+            name: "qemu-no-svm",
+            spec: with_cpu(spec("qemu-no-svm", Qemu, images, "smoke"), "max,-svm"),
             checks: vec![
-                Status(StopStatus::Dom0Crashed),
-                Contains("[d0] triple-faulting on purpose"),
-                Contains("d0v0 (dom0) crashed: triple fault"),
-                Contains("exit 0x2 (TripleFault)"),
-                Contains("dom0 crashed: triple fault"),
+                Status(StopStatus::NoVirtualization),
+                Contains("no SVM: CPUID.8000_0001h:ECX.SVM[bit 2] = 0 on this AuthenticAMD CPU"),
+                qemu_exit(StopStatus::NoVirtualization),
             ],
             driver: None,
         },
-        Case {
-            name: "dom0-outside-memory",
-            spec: spec("dom0-outside-memory", Emulator::Bochs, images, "misbehave=outside-memory"),
-            checks: vec![
-                Status(StopStatus::Dom0Crashed),
-                Contains("read access to guest-physical 0xb0000000 outside its memory"),
-                Contains("d0v0 (dom0) crashed: access outside its memory"),
-                Contains("exit 0x30 (NestedPageFault"),
-            ],
-            driver: None,
-        },
+        triple_fault("dom0-triple-fault", Bochs, "exit 0x2 (TripleFault)"),
+        triple_fault("qemu-dom0-triple-fault", Qemu, "exit 0x7f (TripleFault)"),
+        outside_memory("dom0-outside-memory", Bochs, "exit 0x30 (NestedPageFault"),
+        outside_memory("qemu-dom0-outside-memory", Qemu, "exit 0x400 (NestedPageFault"),
     ]
+}
+
+/// `(passed, failed)` from the `conformance total:` verdict line.
+pub fn conformance_totals(log: &str) -> Option<(u64, u64)> {
+    let line = log.lines().rev().find(|l| l.contains("conformance total: "))?;
+    let rest = &line[line.find("conformance total: ")? + "conformance total: ".len()..];
+    let mut nums = rest.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
+    Some((nums.next()?.parse().ok()?, nums.next()?.parse().ok()?))
 }
 
 /// Checks `out` against `checks`; the failures, in words.
@@ -184,6 +287,11 @@ pub fn verify(out: &Outcome, checks: &[Check]) -> Vec<String> {
                     failures.push(format!("log lacks {t:?}"));
                 }
             }
+            Check::Verdict => match conformance_totals(&out.log) {
+                Some((p, 0)) if p > 0 => {}
+                Some((p, f)) => failures.push(format!("conformance: {p} passed, {f} failed")),
+                None => failures.push("no conformance verdict: the suite crashed or hung".into()),
+            },
             Check::QemuExit(code) => {
                 let got = out.exit.and_then(|e| e.code());
                 if got != Some(*code) {

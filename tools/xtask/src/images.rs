@@ -38,8 +38,9 @@ impl Images {
     }
 }
 
-/// Freestanding packages: microhv, dom0, the PVH test guests, the multiboot test kernel.
-pub const PACKAGES: &[&str] = &["microhv", "dom0-agent", "test-guests", "mbkernel"];
+/// Freestanding packages: microhv, dom0, the PVH test guests, the multiboot test kernel, the
+/// conformance kernels.
+pub const PACKAGES: &[&str] = &["microhv", "dom0-agent", "test-guests", "mbkernel", "conformance"];
 
 /// Target directory of the images, apart from the host builds (see `rt::build`).
 pub fn image_target_dir() -> PathBuf {

@@ -37,6 +37,9 @@ enum Cmd {
         /// QEMU with KVM (a workstation with VMX or SVM exposed to it).
         #[arg(long)]
         kvm: bool,
+        /// CPU model: Bochs `cpu: model=` (e.g. `ryzen` for the SVM path), QEMU `-cpu`.
+        #[arg(long)]
+        cpu: Option<String>,
         /// microhv's command line (e.g. `dom0_mem=64M loglvl=debug`).
         #[arg(long, default_value = "")]
         cmdline: String,
@@ -49,9 +52,18 @@ enum Cmd {
         /// Emulator to boot under.
         #[arg(long, value_enum, default_value = "bochs")]
         emulator: Emulator,
+        /// CPU model: Bochs `cpu: model=` (e.g. `ryzen` for the SVM path), QEMU `-cpu`.
+        #[arg(long)]
+        cpu: Option<String>,
     },
     /// Every test: formatting, clippy, host tests, boot tests.
     Test,
+    /// The hypercall ABI conformance suite and robustness storms against a live microhv.
+    Conformance {
+        /// Emulator to boot under.
+        #[arg(long, value_enum, default_value = "bochs")]
+        emulator: Emulator,
+    },
     /// Only the boot tests whose name contains FILTER (all without one).
     Boot {
         /// Part of a boot test's name.
@@ -87,12 +99,13 @@ fn run(cmd: Cmd) -> Result<bool> {
             println!("{}\n{}", i.microhv.display(), i.dom0.display());
             Ok(true)
         }
-        Cmd::Run { emulator, kvm, cmdline, dom0_args } => {
+        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
             let mut spec = boots::spec("run", emulator, &images, &dom0_args);
             spec.cmdline = cmdline;
             spec.kvm = kvm;
+            spec.cpu = cpu;
             spec.echo = true;
             spec.timeout = Duration::MAX;
             let socket = images::control_socket();
@@ -112,8 +125,12 @@ fn run(cmd: Cmd) -> Result<bool> {
             }
             Ok(out.stop().is_none_or(|(s, _)| s == StopStatus::Ok))
         }
-        Cmd::Smoke { emulator } => smoke(emulator),
+        Cmd::Smoke { emulator, cpu } => smoke(emulator, cpu),
         Cmd::Test => test(),
+        Cmd::Conformance { emulator } => {
+            deps::ensure(&needs(emulator))?;
+            conformance(emulator, &images::build()?)
+        }
         Cmd::Boot { filter } => {
             deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
             boots::run_all(&images::build()?, filter.as_deref().unwrap_or(""))
@@ -127,15 +144,15 @@ fn figure(log: &str, key: &str) -> Option<u64> {
     log[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-fn smoke(emulator: Emulator) -> Result<bool> {
+fn smoke(emulator: Emulator, cpu: Option<String>) -> Result<bool> {
     deps::ensure(&needs(emulator))?;
     let images = images::build()?;
-    let spec = boots::spec(
-        &format!("smoke-{emulator:?}").to_lowercase(),
-        emulator,
-        &images,
-        "smoke bench",
-    );
+    let name = match &cpu {
+        Some(c) => format!("smoke-{emulator:?}-{c}"),
+        None => format!("smoke-{emulator:?}"),
+    };
+    let mut spec = boots::spec(&name.to_lowercase(), emulator, &images, "smoke bench");
+    spec.cpu = cpu;
     let out = emu::boot(&spec, &images)?;
     println!("--- {} (last lines) ---\n{}\n---", out.dir.join("com1.log").display(), out.tail(20));
     let ready = out.log.lines().find(|l| l.contains("dom0 ready"));
@@ -160,6 +177,29 @@ fn smoke(emulator: Emulator) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// Runs the conformance suite under `emulator` and prints its report row.
+fn conformance(emulator: Emulator, images: &images::Images) -> Result<bool> {
+    let spec = boots::conformance_spec(emulator, images);
+    let out = emu::boot(&spec, images)?;
+    let failures = boots::verify(&out, &boots::conformance_checks());
+    for l in out.log.lines().filter(|l| l.contains("FAIL ") || l.contains("storm ")) {
+        println!("{l}");
+    }
+    let (passed, failed) = boots::conformance_totals(&out.log).unwrap_or((0, 0));
+    let leaked = figure(&out.log, "leaked bytes: ").map_or("?".into(), |b| (b / 4096).to_string());
+    println!(
+        "conformance under {emulator:?}: {passed} cases passed, {failed} failed; leaked frames: {leaked}; {:.1} s",
+        out.wall.as_secs_f64()
+    );
+    for f in &failures {
+        println!("    {f}");
+    }
+    if !failures.is_empty() {
+        println!("    log: {}", out.dir.join("com1.log").display());
+    }
+    Ok(failures.is_empty())
 }
 
 fn step(name: &str, cmd: &mut Command) -> Result<()> {

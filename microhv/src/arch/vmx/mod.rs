@@ -424,6 +424,30 @@ impl Vmx {
         }
     }
 
+    /// An exit can interrupt the delivery of an event (an EPT violation on the guest's IDT or
+    /// stack while it delivers #PF, say): the CPU then reports it in the IDT-vectoring fields,
+    /// and unless it is injected again on the next entry the guest loses it. A handler that
+    /// injects an event of its own afterwards replaces it.
+    fn reinject_interrupted_event() {
+        let info = vmcs::read(ro::IDT_VECTORING_INFO);
+        if info & (1 << 31) == 0 {
+            vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
+            return;
+        }
+        // Bit 12 is undefined in the vectoring field and reserved in the entry field.
+        vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info & !(1 << 12));
+        if info & (1 << 11) != 0 {
+            vmcs::write(
+                control::VMENTRY_EXCEPTION_ERR_CODE,
+                vmcs::read(ro::IDT_VECTORING_ERR_CODE),
+            );
+        }
+        // Software interrupts and exceptions are re-executed from their instruction.
+        if matches!((info >> 8) & 7, 4..=6) {
+            vmcs::write(control::VMENTRY_INSTRUCTION_LEN, vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        }
+    }
+
     /// The code segment's mode: real mode, or the CS.L / CS.D bits (L only counts with LMA).
     fn mode(cr0: u64) -> CpuMode {
         let ar = vmcs::read(guest::CS_ACCESS_RIGHTS);
@@ -549,6 +573,7 @@ impl Backend for Vmx {
             ((1 << 31) | vmcs::read(ro::VM_INSTRUCTION_ERROR), 0)
         } else {
             v.launched = true;
+            Self::reinject_interrupted_event();
             (vmcs::read(ro::EXIT_REASON), vmcs::read(ro::EXIT_QUALIFICATION))
         };
         let cr0 = Self::visible(
@@ -619,8 +644,16 @@ impl Backend for Vmx {
             GuestReg::Rip => vmcs::write(guest::RIP, value),
             GuestReg::Rsp => vmcs::write(guest::RSP, value),
             GuestReg::Rflags => vmcs::write(guest::RFLAGS, value | RFLAGS_FIXED),
-            GuestReg::Cr0 => self.write_cr0(value),
-            GuestReg::Cr4 => self.write_cr4(value),
+            // MOV to CR0 / CR4 flushes the TLB entries the changed paging bits affect; a write
+            // microhv completes for the guest must do the same for its VPID.
+            GuestReg::Cr0 => {
+                self.write_cr0(value);
+                vmcs::invvpid_single(v.vpid);
+            }
+            GuestReg::Cr4 => {
+                self.write_cr4(value);
+                vmcs::invvpid_single(v.vpid);
+            }
             GuestReg::Efer => {
                 let lma = vmcs::read(guest::IA32_EFER_FULL) & EFER_LMA;
                 vmcs::write(guest::IA32_EFER_FULL, (value & !EFER_LMA) | lma);

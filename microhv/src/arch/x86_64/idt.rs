@@ -1,7 +1,9 @@
 //! The IDT: every one of the 256 vectors has a stub that records the vector (and a zero error
 //! code where the CPU pushes none), saves the registers and calls [`exception_entry`], which
 //! prints everything and stops the machine. microhv runs with interrupts off in root mode, so
-//! any vector arriving here is a bug or a hardware event it cannot handle.
+//! any vector arriving here is a bug or a hardware event it cannot handle — except the SVM
+//! backend's slice timer and the APIC's spurious vector, taken in the interrupt window right
+//! after a guest exit, whose stubs return.
 
 use super::gdt::{IST_CRITICAL, IST_EXCEPTION};
 use core::arch::global_asm;
@@ -31,6 +33,19 @@ microhv_idt_stubs:
     .set vec, vec + 1
     .endr
 
+    /* The slice timer (arch/x86_64/lapic.rs): signal EOI and return. */
+    .global microhv_timer_irq
+microhv_timer_irq:
+    pushq %rax
+    movq {eoi}(%rip), %rax
+    movl $0, (%rax)
+    popq %rax
+    iretq
+
+    .global microhv_spurious_irq
+microhv_spurious_irq:
+    iretq
+
 microhv_exception_common:
     pushq %rax
     pushq %rbx
@@ -53,11 +68,14 @@ microhv_exception_common:
     ud2
 "#,
     entry = sym exception_entry,
+    eoi = sym super::lapic::EOI_ADDR,
     options(att_syntax),
 );
 
 unsafe extern "C" {
     static microhv_idt_stubs: u8;
+    static microhv_timer_irq: u8;
+    static microhv_spurious_irq: u8;
 }
 
 /// What the stubs leave on the stack, lowest address first.
@@ -125,8 +143,16 @@ pub fn init(code: u16) {
         // Only the address of the stub block is taken; it is never read as data.
         let base = core::ptr::addr_of!(microhv_idt_stubs) as u64;
         let mut t = Idt([0; 512]);
+        let timer = core::ptr::addr_of!(microhv_timer_irq) as u64;
+        let spurious = core::ptr::addr_of!(microhv_spurious_irq) as u64;
         for v in 0..256u64 {
-            let handler = base + v * STUB_STRIDE;
+            // Two vectors return: the slice timer and the APIC's spurious vector. Every other
+            // one reports and stops.
+            let handler = match v as u8 {
+                super::lapic::TIMER_VECTOR => timer,
+                super::lapic::SPURIOUS_VECTOR => spurious,
+                _ => base + v * STUB_STRIDE,
+            };
             let ist = if v == 2 || v == 8 { IST_CRITICAL } else { IST_EXCEPTION };
             // 64-bit interrupt gate, present, DPL 0.
             let low = (handler & 0xffff)

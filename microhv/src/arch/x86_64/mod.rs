@@ -2,4 +2,5 @@
 pub mod cpu;
 pub mod gdt;
 pub mod idt;
+pub mod lapic;
 pub mod power;

@@ -1,0 +1,112 @@
+//! The VMRUN path.
+//!
+//! [`svm_run`] saves the host's callee-saved registers, restores the guest's FPU/SSE state,
+//! clears GIF, VMLOADs the guest's FS/GS/TR/LDTR and syscall MSRs, loads the guest's general
+//! registers (RAX and RSP come from the VMCB) and executes VMRUN. At #VMEXIT the CPU is back
+//! after VMRUN with the host's RSP and GIF clear; the code stores the guest's registers, VMSAVEs
+//! the guest's FS/GS/TR/LDTR and syscall MSRs into its VMCB, VMLOADs the host's (its TR is what
+//! the IST stacks of every IDT entry hang off), sets GIF, swaps the FPU/SSE state back and
+//! returns. The extended state must be swapped here, in assembly, because the compiled Rust
+//! around the call uses SSE registers freely.
+
+use core::arch::naked_asm;
+use microhv_core::exit::Gprs;
+
+/// 512-byte FXSAVE image.
+#[repr(C, align(16))]
+pub struct FxArea(pub [u8; 512]);
+
+/// The host's FPU/SSE state, as captured at boot: restored after every #VMEXIT, so guest MXCSR
+/// and x87 control words never leak into microhv.
+pub static mut HOST_FX: FxArea = FxArea([0; 512]);
+
+/// Captures the host's FPU/SSE state into [`HOST_FX`]; called once before the first VMRUN.
+pub fn capture_host_fx() {
+    // SAFETY: single CPU, called once during initialization before any guest runs; FXSAVE
+    // writes exactly the 512 aligned bytes of the static.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) core::ptr::addr_of_mut!(HOST_FX)) };
+}
+
+/// Runs the guest of the VMCB at `vmcb` until its next #VMEXIT.
+///
+/// # Safety
+/// EFER.SVME is set, VM_HSAVE_PA names the host save area, `vmcb` is a fully initialized VMCB
+/// owned by the vCPU whose `gprs` and `fx` these are, and `host_vmcb` holds the host's VMSAVE
+/// state (taken after the GDT and TSS were loaded). Interrupts are off (RFLAGS.IF = 0).
+#[unsafe(naked)]
+pub unsafe extern "C" fn svm_run(gprs: *mut Gprs, fx: *mut FxArea, vmcb: u64, host_vmcb: u64) {
+    naked_asm!(
+        "push rbp",
+        "push rbx",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        // Kept for the exit path: [rsp] = guest VMCB, +8 host VMCB, +16 fx, +24 gprs.
+        "push rdi",
+        "push rsi",
+        "push rcx",
+        "push rdx",
+        "fxrstor64 [rsi]",
+        "mov rax, rdx",
+        // GIF = 0 from here to STGI: no NMI or SMI may arrive while the CPU holds the guest's
+        // TR (an IST lookup would use the guest's TSS). IF = 1 under GIF = 0 only tells VMRUN
+        // (V_INTR_MASKING) that physical interrupts make the guest exit.
+        "clgi",
+        "sti",
+        "vmload rax",
+        "mov rbx, [rdi + 8]",
+        "mov rcx, [rdi + 16]",
+        "mov rdx, [rdi + 24]",
+        "mov rsi, [rdi + 32]",
+        "mov rbp, [rdi + 48]",
+        "mov r8, [rdi + 56]",
+        "mov r9, [rdi + 64]",
+        "mov r10, [rdi + 72]",
+        "mov r11, [rdi + 80]",
+        "mov r12, [rdi + 88]",
+        "mov r13, [rdi + 96]",
+        "mov r14, [rdi + 104]",
+        "mov r15, [rdi + 112]",
+        "mov rdi, [rdi + 40]",
+        "vmrun rax",
+        // #VMEXIT: RSP is the host's again; every other register but RAX still holds the
+        // guest's value, and RAX is not relied upon (the guest's is in the VMCB).
+        "push rdi",
+        "mov rdi, [rsp + 32]",
+        "mov [rdi + 8], rbx",
+        "mov [rdi + 16], rcx",
+        "mov [rdi + 24], rdx",
+        "mov [rdi + 32], rsi",
+        "mov [rdi + 48], rbp",
+        "mov [rdi + 56], r8",
+        "mov [rdi + 64], r9",
+        "mov [rdi + 72], r10",
+        "mov [rdi + 80], r11",
+        "mov [rdi + 88], r12",
+        "mov [rdi + 96], r13",
+        "mov [rdi + 104], r14",
+        "mov [rdi + 112], r15",
+        "pop rax",
+        "mov [rdi + 40], rax",
+        "pop rax",
+        "vmsave rax",
+        "pop rax",
+        "vmload rax",
+        // A pending slice-timer interrupt is taken here, on microhv's IDT; then IF is off again.
+        "stgi",
+        "cli",
+        "pop rsi",
+        "fxsave64 [rsi]",
+        "fxrstor64 [rip + {host_fx}]",
+        "pop rdi",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "ret",
+        host_fx = sym HOST_FX,
+    )
+}

@@ -1,0 +1,755 @@
+//! The AMD SVM backend: feature detection, EFER.SVME and the host save area, one VMCB per vCPU,
+//! the VMRUN path, ASIDs and their flushes, and the translation of #VMEXITs into the core's
+//! arch-neutral [`Exit`] values.
+//!
+//! Choices, and why:
+//! - Nested paging with the `mmu` crate's NPT tables: vCPUs start in the PVH state (32-bit,
+//!   paging off) and the CPU itself moves the guest into long mode when it turns paging on. The
+//!   guest's EFER in the VMCB always has SVME set (VMRUN refuses it clear); the guest never sees
+//!   that bit, because EFER accesses exit and the core goes through [`GuestReg::Efer`].
+//! - CR0: SVM forces no CR0 bit, and the CPU itself rejects every invalid CR0 value the core's
+//!   policy would, so CR0 writes do not exit. CR4 writes exit, because the CPU accepts CR4 bits
+//!   of features it has but microhv hides (OSXSAVE, PCIDE, …); with OSXSAVE a guest could use
+//!   AVX state that the FXSAVE-based swap does not preserve.
+//! - Instructions the guest must not have (the SVM instructions other than VMMCALL,
+//!   MONITOR/MWAIT, and, where the CPU has them, RDTSCP, XSETBV, RDPRU and INVPCID, which CPUID
+//!   hides or VMX guests cannot execute) are intercepted and become #UD.
+//! - One I/O permission map for dom0 (COM2 passed through) and one for domUs (everything
+//!   traps); one MSR permission map passing through the same MSRs as VMX: state VMRUN, VMSAVE
+//!   and VMLOAD move (FS/GS bases, KernelGSBase, the syscall and SYSENTER MSRs, and the PAT,
+//!   which with nested paging is the VMCB's G_PAT).
+//! - Guest FPU/SSE state is swapped in the entry/exit assembly. The syscall MSRs, FS, GS, TR
+//!   and LDTR are swapped with VMLOAD/VMSAVE around every VMRUN, as KVM does, rather than on
+//!   `unload` as VMX does: microhv's IDT runs every vector on an IST stack, which the CPU finds
+//!   through TR, so the host's TR must be back before anything can fault.
+//! - Every vCPU has an ASID of its own when the CPU has enough (otherwise vCPUs share them and
+//!   an ASID is flushed when its user changes). A flush the `mmu` owes is domain-wide, so it
+//!   flushes every vCPU of the domain, each at its next VMRUN.
+//! - Without NRIP save (QEMU TCG) the length of an intercepted instruction is decoded from the
+//!   guest's instruction bytes (`insn`), except for IN/OUT, whose EXITINFO2 is the next RIP;
+//!   without decode assists the source register of MOV to CR4 is decoded the same way.
+//! - The time slice: SVM has no preemption timer, so `run` arms the host's local APIC timer
+//!   (one-shot, `lapic::TIMER_VECTOR`) for the slice. The entry code sets RFLAGS.IF while GIF
+//!   is clear, so with V_INTR_MASKING the timer's interrupt makes the guest exit (INTR
+//!   intercept, translated to `Exit::Timer`), stays pending through the exit path, and is taken
+//!   at STGI by microhv's IDT, whose stub for that vector signals EOI and returns; IF is
+//!   cleared again right after. The legacy PICs are masked at boot, so nothing else arrives.
+//!   An NMI exits the same way and is taken at STGI too, where it stops the machine as an NMI
+//!   in root mode does.
+
+mod caps;
+mod entry;
+mod insn;
+mod vmcb;
+
+pub use caps::{Unavailable, detect};
+
+use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
+use crate::arch::x86_64::lapic::SliceTimer;
+use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
+use entry::{FxArea, svm_run};
+use insn::FetchError;
+use microhv_core::exit::{
+    Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
+    VcpuConfig, VcpuInit,
+};
+use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
+use microhv_core::hwcaps::SvmFeatures;
+use microhv_core::insn::{Expected, Intercepted, Mismatch, decode_intercepted};
+use microhv_core::policy::VCPU_SLICE_NONE;
+use microhv_core::walk::Paging;
+use vmcb::{Vmcb, control, exit, misc1, misc2, misc3, save, seg, tlb};
+use x86::msr;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_SVME: u64 = 1 << 12;
+const RFLAGS_FIXED: u64 = 1 << 1;
+/// The power-on PAT.
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// VMCB INT_CTL: V_INTR_MASKING.
+const V_INTR_MASKING: u32 = 1 << 24;
+/// `VM_HSAVE_PA`: where VMRUN saves the host state.
+const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
+
+/// MSRs guests read and write without an exit: state VMRUN/VMSAVE/VMLOAD move (see the module
+/// documentation).
+const PASSTHROUGH_MSRS: [u32; 11] = [
+    msr::IA32_FS_BASE,
+    msr::IA32_GS_BASE,
+    msr::IA32_KERNEL_GSBASE,
+    msr::IA32_STAR,
+    msr::IA32_LSTAR,
+    msr::IA32_CSTAR,
+    msr::IA32_FMASK,
+    msr::IA32_SYSENTER_CS,
+    msr::IA32_SYSENTER_ESP,
+    msr::IA32_SYSENTER_EIP,
+    msr::IA32_PAT,
+];
+
+/// COM2, passed through to dom0.
+const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
+/// The I/O permission map: one bit per port plus the bits a multi-byte access at 0xFFFF
+/// reaches, 12 KiB, physically contiguous.
+const IOPM_FRAMES: u64 = 3;
+/// The MSR permission map: 8 KiB, physically contiguous.
+const MSRPM_FRAMES: u64 = 2;
+/// vCPUs that can exist at once, and so the ASIDs microhv would like to have.
+const VCPU_SLOTS: usize = (MAX_DOMAINS * MAX_VCPUS_PER_DOMAIN) as usize;
+const DOMAINS: usize = MAX_DOMAINS as usize;
+
+/// The hardware state of one vCPU.
+pub struct SvmVcpu {
+    vmcb: Vmcb,
+    /// `domid * MAX_VCPUS_PER_DOMAIN + index`.
+    slot: u16,
+    domid: u32,
+    asid: u32,
+    /// The domain's flush generation this vCPU's ASID was last flushed for.
+    flushed: u64,
+    /// Flush the ASID at the next VMRUN whatever the generations say (new vCPU, new root,
+    /// paging-mode change made on the guest's behalf).
+    stale: bool,
+    fx: FxArea,
+}
+
+/// The SVM backend.
+pub struct Svm {
+    features: SvmFeatures,
+    /// The local APIC timer that enforces time slices.
+    timer: SliceTimer,
+    /// The host's FS, GS, TR, LDTR and syscall MSRs, as VMSAVE stored them at boot.
+    host_vmcb: u64,
+    /// I/O permission map for dom0.
+    iopm_dom0: u64,
+    /// I/O permission map for every other domain.
+    iopm_domu: u64,
+    msrpm: u64,
+    misc2: u32,
+    misc3: u32,
+    /// ASIDs `1..=guest_asids` are used.
+    guest_asids: u32,
+    /// For each ASID, `slot + 1` of the vCPU whose translations it may still tag (0: none).
+    asid_user: [u16; VCPU_SLOTS + 1],
+    /// Per domain: bumped by every flush the `mmu` asks for.
+    flush_gen: [u64; DOMAINS],
+}
+
+/// The bytes of `frames` frames at `pa`.
+fn frame_bytes(pa: u64, frames: u64) -> &'static mut [u8] {
+    // SAFETY: only called on frames this backend just allocated and owns exclusively, inside
+    // the identity map (the allocator hands out nothing beyond it); no other reference to them
+    // exists.
+    unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, (frames * FRAME_SIZE) as usize) }
+}
+
+fn set_bit(bytes: &mut [u8], bit: usize, on: bool) {
+    if on {
+        bytes[bit / 8] |= 1 << (bit % 8);
+    } else {
+        bytes[bit / 8] &= !(1 << (bit % 8));
+    }
+}
+
+/// Reads of host RAM for the instruction decoder: guest memory and nested page tables, all of
+/// it frames in the identity map.
+struct IdentityRam;
+
+impl insn::Memory for IdentityRam {
+    fn read_u64(&self, hpa: u64) -> Option<u64> {
+        if hpa % 8 != 0 || hpa.checked_add(8)? > rt::IDENTITY_MAP_BYTES {
+            return None;
+        }
+        // SAFETY: aligned and inside the identity map (checked). The addresses come from the
+        // domain's nested page tables (built by the `mmu` from its RAM slots) or from their
+        // leaves, so they are RAM frames owned by the domain or its tables; nothing holds a Rust
+        // reference to those frames (the core and the `mmu` copy through `PhysMem`), and this is
+        // a read.
+        Some(unsafe { (hpa as *const u64).read_volatile() })
+    }
+}
+
+impl Svm {
+    /// The code segment's mode: real mode, or the CS.L / CS.D attribute bits (L only counts
+    /// with EFER.LMA).
+    fn mode(vm: Vmcb) -> CpuMode {
+        let attrib = vm.r16(save::CS + seg::ATTRIB);
+        if vm.r64(save::CR0) & 1 == 0 {
+            CpuMode::Bits16
+        } else if Self::code64(vm) {
+            CpuMode::Bits64
+        } else if attrib & seg::ATTR_DB != 0 {
+            CpuMode::Bits32
+        } else {
+            CpuMode::Bits16
+        }
+    }
+
+    /// Enables SVM and builds the structures all vCPUs share. `frames` gives the physically
+    /// contiguous runs the permission maps need.
+    pub fn new<const W: usize>(
+        features: SvmFeatures,
+        frames: &mut FrameAllocator<W>,
+    ) -> Result<Self, &'static str> {
+        let hsave = frames.alloc().ok_or("no frame for the host save area")?;
+        let host_vmcb = frames.alloc().ok_or("no frame for the host VMCB")?;
+        frame_bytes(hsave, 1).fill(0);
+        frame_bytes(host_vmcb, 1).fill(0);
+        // SAFETY: CPUID reported SVM and VM_CR allows it (checked by `detect`), so setting
+        // EFER.SVME is allowed; VM_HSAVE_PA then gets a page-aligned frame microhv never uses
+        // for anything else. Neither changes how microhv's own code runs.
+        unsafe {
+            wrmsr(msr::IA32_EFER, rdmsr(msr::IA32_EFER) | EFER_SVME);
+            wrmsr(MSR_VM_HSAVE_PA, hsave);
+        }
+        entry::capture_host_fx();
+        let timer = SliceTimer::init();
+        // SAFETY: EFER.SVME is set; the frame is ours. The GDT and TSS were loaded before the
+        // backend was built, so this captures the TR (and FS/GS/LDTR) the host runs with.
+        unsafe { vmcb::vmsave(host_vmcb) };
+
+        let iopm_dom0 = Self::iopm(frames, true)?;
+        let iopm_domu = Self::iopm(frames, false)?;
+        let msrpm = frames.alloc_contiguous(MSRPM_FRAMES, 1).ok_or("no frames for the MSRPM")?;
+        let bm = frame_bytes(msrpm, MSRPM_FRAMES);
+        bm.fill(0xff);
+        for m in PASSTHROUGH_MSRS {
+            // Two bits per MSR (read, then write); 2 KiB per range of 8192 MSRs.
+            let (base, idx) = match m {
+                0..=0x1fff => (0, m),
+                0xc000_0000..=0xc000_1fff => (0x800, m - 0xc000_0000),
+                _ => (0x1000, m - 0xc001_0000),
+            };
+            let bit = base * 8 + idx as usize * 2;
+            set_bit(bm, bit, false);
+            set_bit(bm, bit + 1, false);
+        }
+        // TSC reads are harmless; writes still exit.
+        set_bit(bm, msr::IA32_TIME_STAMP_COUNTER as usize * 2, false);
+
+        // Intercepts of instructions that only exist on some CPUs are set only where the CPU
+        // has them (elsewhere they #UD anyway, and the intercept bits may be reserved).
+        let has = |leaf: u32, reg: usize, bit: u32| {
+            cpu::cpuid(leaf & 0x8000_0000, 0)[0] >= leaf && cpu::cpuid(leaf, 0)[reg] & bit != 0
+        };
+        let mut misc2 = misc2::VMRUN
+            | misc2::VMMCALL
+            | misc2::VMLOAD
+            | misc2::VMSAVE
+            | misc2::STGI
+            | misc2::CLGI
+            | misc2::SKINIT
+            | misc2::MONITOR
+            | misc2::MWAIT
+            | misc2::MWAIT_COND;
+        for (leaf, reg, bit, intercept) in [
+            (0x8000_0001, 3, 1 << 27, misc2::RDTSCP),
+            (1, 2, 1 << 26, misc2::XSETBV),
+            (0x8000_0008, 1, 1 << 4, misc2::RDPRU),
+        ] {
+            if has(leaf, reg, bit) {
+                misc2 |= intercept;
+            }
+        }
+        let misc3 = if has(7, 1, 1 << 10) { misc3::INVPCID } else { 0 };
+
+        Ok(Self {
+            guest_asids: (features.asids - 1).min(VCPU_SLOTS as u32),
+            features,
+            timer,
+            host_vmcb,
+            iopm_dom0,
+            iopm_domu,
+            msrpm,
+            misc2,
+            misc3,
+            asid_user: [0; VCPU_SLOTS + 1],
+            flush_gen: [0; DOMAINS],
+        })
+    }
+
+    /// An I/O permission map: every port traps, except COM2 for dom0.
+    fn iopm<const W: usize>(
+        frames: &mut FrameAllocator<W>,
+        dom0: bool,
+    ) -> Result<u64, &'static str> {
+        let pa = frames.alloc_contiguous(IOPM_FRAMES, 1).ok_or("no frames for an IOPM")?;
+        let bm = frame_bytes(pa, IOPM_FRAMES);
+        bm.fill(0xff);
+        if dom0 {
+            for p in DOM0_PORTS {
+                set_bit(bm, usize::from(p), false);
+            }
+        }
+        Ok(pa)
+    }
+
+    fn setup_vmcb(&self, vm: Vmcb, cfg: &VcpuConfig, asid: u32) {
+        vm.w32(control::INTERCEPT_CR, 1 << (16 + 4));
+        vm.w32(control::INTERCEPT_EXCEPTIONS, 0);
+        vm.w32(
+            control::INTERCEPT_MISC1,
+            misc1::INTR
+                | misc1::NMI
+                | misc1::INIT
+                | misc1::CPUID
+                | misc1::INVD
+                | misc1::HLT
+                | misc1::INVLPGA
+                | misc1::IOIO_PROT
+                | misc1::MSR_PROT
+                | misc1::TASK_SWITCH
+                | misc1::SHUTDOWN,
+        );
+        vm.w32(control::INTERCEPT_MISC2, self.misc2);
+        vm.w32(control::INTERCEPT_MISC3, self.misc3);
+        let iopm = if cfg.privileged { self.iopm_dom0 } else { self.iopm_domu };
+        vm.w64(control::IOPM_BASE_PA, iopm);
+        vm.w64(control::MSRPM_BASE_PA, self.msrpm);
+        vm.w64(control::TSC_OFFSET, 0);
+        vm.w32(control::GUEST_ASID, asid);
+        vm.w8(control::TLB_CONTROL, tlb::NOTHING);
+        vm.w32(control::INT_CTL, V_INTR_MASKING);
+        vm.w64(control::NESTED_CTL, 1);
+        vm.w64(control::N_CR3, cfg.root);
+    }
+
+    /// The PVH / multiboot entry state: flat 32-bit protected mode, paging off.
+    fn write_flat32_state(vm: Vmcb, init: &VcpuInit) {
+        // 32-bit code (accessed, readable), data (accessed, writable), both 4 GiB, DPL 0. SVM's
+        // attribute format is the descriptor's bits 47:40 and 55:52, so 0xc9b / 0xc93.
+        vm.set_segment(save::CS, 0x08, 0xc9b, 0xffff_ffff, 0);
+        for s in [save::ES, save::SS, save::DS, save::FS, save::GS] {
+            vm.set_segment(s, 0x10, 0xc93, 0xffff_ffff, 0);
+        }
+        // A busy 32-bit TSS and an empty LDT, as after reset.
+        vm.set_segment(save::TR, 0, 0x8b, 0x67, 0);
+        vm.set_segment(save::LDTR, 0, 0, 0, 0);
+        vm.set_segment(save::GDTR, 0, 0, 0xffff, 0);
+        vm.set_segment(save::IDTR, 0, 0, 0xffff, 0);
+        vm.w8(save::CPL, 0);
+        vm.w64(save::EFER, EFER_SVME);
+        vm.w64(save::CR0, CR0_PE | CR0_ET);
+        vm.w64(save::CR2, 0);
+        vm.w64(save::CR3, 0);
+        vm.w64(save::CR4, 0);
+        vm.w64(save::DR6, 0xffff_0ff0);
+        vm.w64(save::DR7, 0x400);
+        vm.w64(save::RFLAGS, RFLAGS_FIXED);
+        vm.w64(save::RIP, init.rip);
+        vm.w64(save::RSP, init.rsp);
+        vm.w64(save::RAX, init.gprs.rax);
+        // STAR, LSTAR, CSTAR, SFMASK, KernelGSBase, SYSENTER_CS/ESP/EIP: zero, as after reset.
+        for off in (save::STAR..save::CR2).step_by(8) {
+            vm.w64(off, 0);
+        }
+        vm.w64(save::G_PAT, DEFAULT_PAT);
+        vm.w64(control::INT_STATE, 0);
+        vm.w64(control::EVENTINJ, 0);
+    }
+
+    /// Guest RIP as a linear address, and whether the guest runs 64-bit code.
+    fn linear_rip(vm: Vmcb) -> (u64, bool) {
+        let rip = vm.r64(save::RIP);
+        if Self::code64(vm) {
+            (rip, true)
+        } else {
+            (vm.r64(save::CS + seg::BASE).wrapping_add(rip) & 0xffff_ffff, false)
+        }
+    }
+
+    fn code64(vm: Vmcb) -> bool {
+        vm.r64(save::EFER) & EFER_LMA != 0 && vm.r16(save::CS + seg::ATTRIB) & seg::ATTR_L != 0
+    }
+
+    /// Decodes the guest's instruction at RIP, which must be `expected`.
+    fn decode_at_rip(vm: Vmcb, expected: Expected) -> Result<Intercepted, Exit> {
+        let (linear, code64) = Self::linear_rip(vm);
+        let paging = Paging {
+            cr0: vm.r64(save::CR0),
+            cr3: vm.r64(save::CR3),
+            cr4: vm.r64(save::CR4),
+            efer: vm.r64(save::EFER),
+        };
+        let ncr3 = vm.r64(control::N_CR3);
+        let (bytes, n, err) = insn::fetch(&IdentityRam, ncr3, &paging, linear, code64);
+        match decode_intercepted(&bytes[..n], code64, expected) {
+            Ok(d) => Ok(d),
+            Err(Mismatch::Truncated) => match err {
+                // The CPU fetched it through a mapping the nested tables no longer hold: let the
+                // core map the page again; the instruction re-executes and exits again.
+                Some(FetchError::NotMapped(gpa)) => Err(Exit::NestedPageFault {
+                    gpa,
+                    access: Access { read: true, ..Access::default() },
+                }),
+                _ => {
+                    log::warn!("cannot read the guest's {expected:?} instruction at {linear:#x}");
+                    Err(Exit::Unhandled)
+                }
+            },
+            Err(Mismatch::Mismatch) => {
+                log::warn!(
+                    "guest bytes at {linear:#x} are not the intercepted {expected:?}: {:02x?}",
+                    &bytes[..n]
+                );
+                Err(Exit::Unhandled)
+            }
+        }
+    }
+
+    /// `exit` with the length of the intercepted instruction: NRIP save's, else decoded.
+    fn with_len(&self, vm: Vmcb, exit: Exit, expected: Expected) -> (Exit, u8) {
+        if let Some(len) = self.nrip_len(vm) {
+            return (exit, len);
+        }
+        match Self::decode_at_rip(vm, expected) {
+            Ok(d) => (exit, d.len),
+            Err(e) => (e, 0),
+        }
+    }
+
+    /// The instruction length NRIP save gives, if the CPU has it and it is plausible.
+    fn nrip_len(&self, vm: Vmcb) -> Option<u8> {
+        if !self.features.nrip_save {
+            return None;
+        }
+        Self::len_to(vm, vm.r64(control::NEXT_RIP))
+    }
+
+    /// `next - RIP`, if it is the length of one instruction.
+    fn len_to(vm: Vmcb, next: u64) -> Option<u8> {
+        let mut len = next.wrapping_sub(vm.r64(save::RIP));
+        if !Self::code64(vm) {
+            len &= 0xffff_ffff;
+        }
+        (1..=microhv_core::insn::MAX_INSN_LEN as u64).contains(&len).then_some(len as u8)
+    }
+
+    /// MOV to CR4: the value the guest wrote and the instruction's length.
+    fn cr4_write(&self, vm: Vmcb, info1: u64, gprs: &Gprs) -> (Exit, u8) {
+        let assisted = self.features.decode_assists && info1 >> 63 != 0;
+        let (gpr, len) = match (assisted, self.nrip_len(vm)) {
+            (true, Some(len)) => ((info1 & 0xf) as u8, len),
+            _ => match Self::decode_at_rip(vm, Expected::MovToCr) {
+                Ok(d) if d.cr == 4 => (d.gpr, d.len),
+                Ok(d) => {
+                    log::warn!("CR4-write intercept on a MOV to CR{}", d.cr);
+                    return (Exit::Unhandled, 0);
+                }
+                Err(e) => return (e, 0),
+            },
+        };
+        let mut value = gprs.get(gpr).unwrap_or_else(|| vm.r64(save::RSP));
+        if !Self::code64(vm) {
+            value &= 0xffff_ffff;
+        }
+        (Exit::CrWrite { cr: 4, value }, len)
+    }
+
+    /// Translates a #VMEXIT; the length is that of the instruction to skip, if any.
+    fn translate(&self, vm: Vmcb, code: u64, info1: u64, info2: u64, gprs: &Gprs) -> (Exit, u8) {
+        match code {
+            exit::VMMCALL => self.with_len(vm, Exit::Hypercall, Expected::Vmmcall),
+            exit::CPUID => self.with_len(vm, Exit::Cpuid, Expected::Cpuid),
+            exit::HLT => self.with_len(vm, Exit::Hlt, Expected::Hlt),
+            exit::MSR if info1 & 1 == 0 => self.with_len(vm, Exit::RdMsr, Expected::Rdmsr),
+            exit::MSR => self.with_len(vm, Exit::WrMsr, Expected::Wrmsr),
+            // EXITINFO2 is the next RIP with or without NRIP save.
+            exit::IOIO => match Self::len_to(vm, info2) {
+                Some(len) => {
+                    let size = match (info1 >> 4) & 7 {
+                        1 => 1,
+                        2 => 2,
+                        _ => 4,
+                    };
+                    let io = Exit::Io {
+                        port: (info1 >> 16) as u16,
+                        size,
+                        write: info1 & 1 == 0,
+                        string: info1 & (1 << 2) != 0,
+                        rep: info1 & (1 << 3) != 0,
+                    };
+                    (io, len)
+                }
+                None => (Exit::Unhandled, 0),
+            },
+            exit::WRITE_CR4 => self.cr4_write(vm, info1, gprs),
+            exit::NPF => {
+                let a = mmu::Access::from_npt_error_code(info1);
+                let access =
+                    Access { read: a.read, write: a.write, exec: a.fetch, present: a.present };
+                (Exit::NestedPageFault { gpa: info2, access }, 0)
+            }
+            exit::INTR | exit::NMI => (Exit::Interrupt, 0),
+            exit::SHUTDOWN => (Exit::TripleFault, 0),
+            exit::VMRUN
+            | exit::VMLOAD
+            | exit::VMSAVE
+            | exit::STGI
+            | exit::CLGI
+            | exit::SKINIT
+            | exit::INVLPGA
+            | exit::RDTSCP
+            | exit::MONITOR
+            | exit::MWAIT
+            | exit::MWAIT_COND
+            | exit::XSETBV
+            | exit::RDPRU
+            | exit::INVPCID => (Exit::InvalidOpcode, 0),
+            exit::INVALID => (Exit::EntryFailure, 0),
+            // As under VMX, where they exit unconditionally and the core stops the domain.
+            exit::INIT | exit::INVD | exit::TASK_SWITCH => (Exit::Unhandled, 0),
+            _ => (Exit::Unhandled, 0),
+        }
+    }
+
+    /// What to inject at the next VMRUN for an event whose delivery the #VMEXIT interrupted
+    /// (EXITINTINFO): the same event again, except software interrupts and INT3/INTO, whose
+    /// instruction is re-executed instead (RIP still points at it).
+    fn reinjection(intinfo: u64) -> u64 {
+        if intinfo & (1 << 31) == 0 {
+            return 0;
+        }
+        let (vector, kind) = (intinfo & 0xff, (intinfo >> 8) & 7);
+        if kind == 4 || (kind == 3 && (vector == 3 || vector == 4)) {
+            return 0;
+        }
+        intinfo & 0xffff_ffff_8000_0fff
+    }
+
+    fn write_cr0(v: &mut SvmVcpu, value: u64) {
+        let vm = v.vmcb;
+        let old = vm.r64(save::CR0);
+        // ET is hardwired to 1 on every CPU with SVM.
+        vm.w64(save::CR0, value | CR0_ET);
+        // A CR0 write microhv completes on the guest's behalf does not get the CPU's long-mode
+        // transition: turning paging on with EFER.LME activates long mode (EFER.LMA), turning it
+        // off leaves it.
+        if (old ^ value) & CR0_PG != 0 {
+            let efer = vm.r64(save::EFER);
+            let long = value & CR0_PG != 0 && efer & EFER_LME != 0;
+            vm.w64(save::EFER, if long { efer | EFER_LMA } else { efer & !EFER_LMA });
+        }
+        // A MOV to CR0 the CPU executes flushes what the new paging mode no longer allows; this
+        // one was not executed, so flush the vCPU's ASID instead.
+        v.stale = true;
+    }
+}
+
+impl Backend for Svm {
+    type Vcpu = SvmVcpu;
+
+    fn hypercall_insn(&self) -> u32 {
+        abi::cpuid::HYPERCALL_VMMCALL
+    }
+
+    fn kind(&self) -> u32 {
+        2
+    }
+
+    fn create_vcpu(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        cfg: &VcpuConfig,
+        init: &VcpuInit,
+    ) -> Result<SvmVcpu, BackendError> {
+        let slot = cfg
+            .domid
+            .checked_mul(MAX_VCPUS_PER_DOMAIN)
+            .and_then(|s| s.checked_add(cfg.index))
+            .filter(|&s| (s as usize) < VCPU_SLOTS)
+            .ok_or(BackendError::Hardware(u64::from(cfg.domid)))?;
+        let pa = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
+        // ASIDs are derived from the slot; when there are fewer than slots, vCPUs share them and
+        // `run` flushes an ASID whose user changed.
+        let asid = 1 + slot % self.guest_asids;
+        let vm = Vmcb(pa);
+        self.setup_vmcb(vm, cfg, asid);
+        let mut v = SvmVcpu {
+            vmcb: vm,
+            slot: slot as u16,
+            domid: cfg.domid,
+            asid,
+            flushed: 0,
+            // A reused slot must not inherit the translations its ASID still tags.
+            stale: true,
+            fx: FxArea([0; 512]),
+        };
+        self.reset_vcpu(&mut v, init);
+        Ok(v)
+    }
+
+    fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
+        Self::write_flat32_state(v.vmcb, init);
+        // The guest starts with the default FPU state: FCW 0x37f, MXCSR 0x1f80.
+        v.fx.0.fill(0);
+        v.fx.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        v.fx.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        v.stale = true;
+    }
+
+    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
+        if let Some(u) = self.asid_user.get_mut(v.asid as usize)
+            && *u == v.slot + 1
+        {
+            *u = 0;
+        }
+        frames.free(v.vmcb.0);
+    }
+
+    // Out of line: inlined into the core's run loop next to VMX's, it made the loop too large
+    // to keep its own hot path inline (measured: +24 instructions per VMX hypercall round trip
+    // under Bochs, 8 with this).
+    #[inline(never)]
+    fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+        let vm = v.vmcb;
+        vm.w64(save::RAX, gprs.rax);
+        let dom = v.domid as usize % DOMAINS;
+        let me = v.slot + 1;
+        let reused = match self.asid_user.get_mut(v.asid as usize) {
+            Some(user) => core::mem::replace(user, me) != me,
+            None => true,
+        };
+        let flush = v.stale || v.flushed != self.flush_gen[dom] || reused;
+        v.flushed = self.flush_gen[dom];
+        v.stale = false;
+        let tlb_control = match (flush, self.features.flush_by_asid) {
+            (false, _) => tlb::NOTHING,
+            (true, true) => tlb::FLUSH_ASID,
+            (true, false) => tlb::FLUSH_ALL,
+        };
+        vm.w8(control::TLB_CONTROL, tlb_control);
+        // No clean bits: the CPU reloads every VMCB field at every VMRUN, so no write above or
+        // in the core's handlers needs bookkeeping.
+        vm.w32(control::VMCB_CLEAN, 0);
+        let timed = slice != VCPU_SLICE_NONE;
+        if timed {
+            self.timer.arm(slice);
+        }
+        let start = cpu::rdtsc();
+        // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's and
+        // fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the host's
+        // VMSAVE state; the only interrupt that can be pending after the run is the slice
+        // timer's, whose IDT stub returns.
+        unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
+        if timed {
+            self.timer.disarm();
+        }
+        let ran = cpu::rdtsc().wrapping_sub(start);
+        vm.w8(control::TLB_CONTROL, tlb::NOTHING);
+        gprs.rax = vm.r64(save::RAX);
+        let code = vm.r64(control::EXITCODE);
+        let info1 = vm.r64(control::EXITINFO1);
+        let info2 = vm.r64(control::EXITINFO2);
+        vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
+        let (exit, insn_len) = match self.translate(vm, code, info1, info2, gprs) {
+            // The slice timer (no other interrupt source is unmasked).
+            (Exit::Interrupt, len) if timed && code == exit::INTR => (Exit::Timer, len),
+            other => other,
+        };
+        ExitInfo {
+            exit,
+            raw_reason: code,
+            qualification: info1,
+            rip: vm.r64(save::RIP),
+            rsp: vm.r64(save::RSP),
+            rflags: vm.r64(save::RFLAGS),
+            cr0: vm.r64(save::CR0),
+            cr3: vm.r64(save::CR3),
+            cr4: vm.r64(save::CR4),
+            efer: vm.r64(save::EFER) & !EFER_SVME,
+            insn_len,
+            cpl: vm.r8(save::CPL) & 3,
+            mode: Self::mode(vm),
+            cs_base: vm.r64(save::CS + seg::BASE),
+            ran_ticks: ran,
+        }
+    }
+
+    fn unload(&mut self, _v: &mut SvmVcpu) {
+        // Nothing is left in the hardware: every #VMEXIT VMSAVEs the guest's FS, GS, TR, LDTR
+        // and syscall MSRs into its VMCB and VMLOADs the host's (see `entry`).
+    }
+
+    fn read(&mut self, v: &mut SvmVcpu, reg: GuestReg) -> u64 {
+        let vm = v.vmcb;
+        match reg {
+            GuestReg::Rip => vm.r64(save::RIP),
+            GuestReg::Rsp => vm.r64(save::RSP),
+            GuestReg::Rflags => vm.r64(save::RFLAGS),
+            GuestReg::Cr0 => vm.r64(save::CR0),
+            GuestReg::Cr4 => vm.r64(save::CR4),
+            GuestReg::Efer => vm.r64(save::EFER) & !EFER_SVME,
+            GuestReg::FsBase => vm.r64(save::FS + seg::BASE),
+            GuestReg::GsBase => vm.r64(save::GS + seg::BASE),
+        }
+    }
+
+    fn write(&mut self, v: &mut SvmVcpu, reg: GuestReg, value: u64) {
+        let vm = v.vmcb;
+        match reg {
+            GuestReg::Rip => vm.w64(save::RIP, value),
+            GuestReg::Rsp => vm.w64(save::RSP, value),
+            GuestReg::Rflags => vm.w64(save::RFLAGS, value | RFLAGS_FIXED),
+            GuestReg::Cr0 => Self::write_cr0(v, value),
+            GuestReg::Cr4 => {
+                vm.w64(save::CR4, value);
+                // As for CR0: an executed MOV to CR4 would have flushed the TLB.
+                v.stale = true;
+            }
+            GuestReg::Efer => {
+                let lma = vm.r64(save::EFER) & EFER_LMA;
+                vm.w64(save::EFER, (value & !EFER_LMA) | lma | EFER_SVME);
+                v.stale = true;
+            }
+            GuestReg::FsBase => vm.w64(save::FS + seg::BASE, value),
+            GuestReg::GsBase => vm.w64(save::GS + seg::BASE, value),
+        }
+    }
+
+    fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) {
+        let vm = v.vmcb;
+        let next = vm.r64(save::RIP).wrapping_add(len.into());
+        vm.w64(save::RIP, if Self::code64(vm) { next } else { next & 0xffff_ffff });
+        // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
+        vm.w64(control::INT_STATE, vm.r64(control::INT_STATE) & !1);
+    }
+
+    fn inject(&mut self, v: &mut SvmVcpu, event: Event) {
+        let vm = v.vmcb;
+        let (vector, has_code) = match event {
+            Event::InvalidOpcode => (6u64, false),
+            Event::GeneralProtection => (13, true),
+        };
+        // Real mode delivers no error code. Type 3: exception; the error code (0) is 63:32.
+        let code = has_code && vm.r64(save::CR0) & CR0_PE != 0;
+        vm.w64(control::EVENTINJ, vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31));
+    }
+
+    fn set_root(&mut self, v: &mut SvmVcpu, root: u64) {
+        v.vmcb.w64(control::N_CR3, root);
+        v.stale = true;
+    }
+
+    fn flush(&mut self, v: &mut SvmVcpu) {
+        // Domain-wide, like INVEPT single-context: the vCPU about to run flushes at this VMRUN,
+        // the domain's others at their next.
+        let g = &mut self.flush_gen[v.domid as usize % DOMAINS];
+        *g = g.wrapping_add(1);
+    }
+
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        cpu::cpuid(leaf, subleaf)
+    }
+
+    fn now(&self) -> u64 {
+        cpu::rdtsc()
+    }
+}
+
+const _: () = assert!(FRAME_SIZE == 4096);
+const _: () = assert!(VCPU_SLOTS < u16::MAX as usize);

@@ -1,0 +1,112 @@
+//! The host's local APIC timer: the SVM backend's time slice (SVM has no preemption timer).
+//!
+//! One-shot mode on [`TIMER_VECTOR`]; the interrupt makes the running guest exit (INTR
+//! intercept) and is then taken by microhv's IDT, whose handler for this vector only signals
+//! EOI. The APIC's page is made uncacheable in microhv's identity map before it is touched.
+
+use super::cpu::{rdmsr, rdtsc, wrmsr};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Vector of the slice timer.
+pub const TIMER_VECTOR: u8 = 0xf0;
+/// Spurious-interrupt vector.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
+const REG_EOI: u64 = 0xb0;
+const REG_SVR: u64 = 0xf0;
+const REG_LVT_TIMER: u64 = 0x320;
+const REG_INITIAL: u64 = 0x380;
+const REG_CURRENT: u64 = 0x390;
+const REG_DIVIDE: u64 = 0x3e0;
+/// TSC ticks the calibration waits.
+const CALIBRATION_TICKS: u64 = 4_000_000;
+
+/// Address of the EOI register, read by the timer's interrupt stub.
+pub static EOI_ADDR: AtomicU64 = AtomicU64::new(0);
+
+/// The calibrated timer.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceTimer {
+    base: u64,
+    /// APIC timer counts per 1024 TSC ticks.
+    counts_per_kticks: u64,
+}
+
+fn reg(base: u64, off: u64) -> *mut u32 {
+    (base + off) as *mut u32
+}
+
+/// Sets PCD and PWT on the 2 MiB identity mapping of `pa`, making it uncacheable.
+fn make_uncacheable(pa: u64) {
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+    let pml4 = super::cpu::cr3() & ADDR;
+    // SAFETY: the identity map built by `rt_entry32` (PML4 → PDPT → 2 MiB PDEs) maps its own
+    // tables; setting the cache-control bits of one PDE changes no translation, and reloading
+    // CR3 flushes the old cacheable entry.
+    unsafe {
+        let pdpt = *((pml4 + ((pa >> 39) & 0x1ff) * 8) as *const u64) & ADDR;
+        let pd = *((pdpt + ((pa >> 30) & 0x1ff) * 8) as *const u64) & ADDR;
+        let pde = (pd + ((pa >> 21) & 0x1ff) * 8) as *mut u64;
+        *pde |= (1 << 3) | (1 << 4);
+        core::arch::asm!("mov cr3, {}", in(reg) pml4, options(nostack));
+    }
+}
+
+impl SliceTimer {
+    /// Enables the local APIC, programs the timer (one-shot, [`TIMER_VECTOR`], divide by 1)
+    /// and measures its rate against the TSC.
+    pub fn init() -> Self {
+        // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; setting the global enable keeps
+        // the default base.
+        let msr = unsafe { rdmsr(IA32_APIC_BASE) };
+        // SAFETY: as above.
+        unsafe { wrmsr(IA32_APIC_BASE, msr | APIC_GLOBAL_ENABLE) };
+        let base = msr & 0x000f_ffff_ffff_f000;
+        make_uncacheable(base);
+        // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); these are
+        // its architectural registers, written with valid values.
+        unsafe {
+            reg(base, REG_SVR).write_volatile(0x100 | u32::from(SPURIOUS_VECTOR));
+            reg(base, REG_DIVIDE).write_volatile(0xb);
+            reg(base, REG_LVT_TIMER).write_volatile(u32::from(TIMER_VECTOR));
+            reg(base, REG_INITIAL).write_volatile(u32::MAX);
+        }
+        let start = rdtsc();
+        while rdtsc() - start < CALIBRATION_TICKS {
+            core::hint::spin_loop();
+        }
+        // SAFETY: as above.
+        let left = unsafe { reg(base, REG_CURRENT).read_volatile() };
+        // SAFETY: as above; a zero initial count stops the timer.
+        unsafe { reg(base, REG_INITIAL).write_volatile(0) };
+        let counted = u64::from(u32::MAX - left);
+        EOI_ADDR.store(base + REG_EOI, Ordering::Relaxed);
+        Self { base, counts_per_kticks: (counted * 1024 / CALIBRATION_TICKS).max(1) }
+    }
+
+    /// Fires [`TIMER_VECTOR`] once after about `tsc_ticks`.
+    pub fn arm(&self, tsc_ticks: u64) {
+        let count =
+            (tsc_ticks.saturating_mul(self.counts_per_kticks) / 1024).clamp(1, u32::MAX.into());
+        // SAFETY: the timer's initial-count register; writing it (re)starts the one-shot count.
+        unsafe { reg(self.base, REG_INITIAL).write_volatile(count as u32) };
+    }
+
+    /// Stops the timer (a pending interrupt stays pending and is taken at the next window).
+    pub fn disarm(&self) {
+        // SAFETY: as in `arm`; zero stops the count.
+        unsafe { reg(self.base, REG_INITIAL).write_volatile(0) };
+    }
+}
+
+/// Masks every line of both legacy 8259 PICs, so no ISA interrupt can reach microhv's IDT
+/// (the firmware leaves the PIT's IRQ 0 on vector 8, #DF's).
+pub fn mask_legacy_pics() {
+    // SAFETY: the PICs' data ports; writing 0xff to OCW1 masks all lines and nothing else.
+    unsafe {
+        rt::io::outb(0x21, 0xff);
+        rt::io::outb(0xa1, 0xff);
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    rt::build::link_freestanding_bins();
+}

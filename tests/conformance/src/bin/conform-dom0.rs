@@ -1,0 +1,735 @@
+//! Conformance from dom0 (this kernel is booted *as* dom0): every operation of `ABI.md` — valid
+//! use, each documented error, boundary values, bad guest addresses, state misuse, a hypercall
+//! from ring 3 — then the domU suite (the `conform-domu` module, run as a domU and read back
+//! from its console), then the robustness storms: `storm=N` random calls from dom0 against
+//! throwaway domains (default 10,000) and the `storm` module's random calls from a domU; after
+//! them microhv must answer and free memory must be back to where it started. The last line is
+//! `conformance total: N passed, M failed`; dom0 then powers off with status 0 only if M is 0.
+#![no_std]
+#![cfg_attr(image, no_main)]
+
+#[cfg(not(image))]
+extern crate std;
+conformance::hosted_stub!();
+
+use abi::Errno::{self, *};
+use abi::Op;
+use abi::hypercall::*;
+use abi::types::*;
+use conformance::{Rng, Suite, arch, call, parse_verdict};
+use dom0_agent::builder::{self, DomainSpec};
+use guest_rt::{Boot, println, rdtsc};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+rt::pvh_note!();
+
+/// A page-aligned scratch area for arguments (inside dom0's RAM).
+#[repr(C, align(4096))]
+struct Scratch([u8; 16384]);
+static mut SCRATCH: Scratch = Scratch([0; 16384]);
+
+fn scratch() -> &'static mut [u8; 16384] {
+    let p = &raw mut SCRATCH;
+    // SAFETY: single vCPU; only this kernel's sequential code touches the scratch area, and no
+    // reference returned earlier is used after the next call.
+    unsafe { &mut (*p).0 }
+}
+
+fn scratch_addr() -> u64 {
+    (&raw const SCRATCH) as u64
+}
+
+/// Puts `v` at the start of the scratch area and returns its address.
+fn arg<T: IntoBytes + zerocopy::Immutable>(v: &T) -> u64 {
+    let b = v.as_bytes();
+    scratch()[..b.len()].copy_from_slice(b);
+    scratch_addr()
+}
+
+fn out<T: FromBytes>() -> T {
+    T::read_from_prefix(&scratch()[..]).map(|(t, _)| t).unwrap_or_else(|_| T::new_zeroed())
+}
+
+fn create_args(name: &str, mem: u64) -> DomainCreate {
+    DomainCreate {
+        name: name_field(name).unwrap_or([b'?'; 32]),
+        mem_bytes: mem,
+        mmu_pages: 0,
+        vcpus: 1,
+        flags: 0,
+    }
+}
+
+fn create(c: &DomainCreate) -> i64 {
+    call(Op::DomainCreate as u64, [arg(c), 0, 0, 0, 0])
+}
+
+fn op1(op: Op, a: u64) -> i64 {
+    call(op as u64, [a, 0, 0, 0, 0])
+}
+
+fn info_of(domid: u64) -> Option<DomainInfo> {
+    (call(Op::DomainGetInfo as u64, [domid, scratch_addr(), 0, 0, 0]) == 0).then(out::<DomainInfo>)
+}
+
+fn flat32(rip: u64) -> VcpuState {
+    VcpuState {
+        mode: VCPU_MODE_FLAT32,
+        flags: 0,
+        rip,
+        rsp: 0x8000,
+        rax: 0,
+        rbx: 0,
+        rcx: 0,
+        rdx: 0,
+        rsi: 0,
+        rdi: 0,
+    }
+}
+
+/// `hlt; jmp .-1`: what throwaway domains run.
+const HALT_LOOP: [u8; 3] = [0xf4, 0xeb, 0xfd];
+
+/// A created domain, loaded with the halt loop and given a state (not unpaused).
+fn throwaway(name: &str) -> u64 {
+    let d = create(&create_args(name, MIN_DOMAIN_MEM));
+    if d <= 0 {
+        return 0;
+    }
+    let d = d as u64;
+    let _ = guest_rt::hv().mem_write(d as u32, 0x10_0000, &HALT_LOOP);
+    let _ = call(Op::VcpuSetState as u64, [d, 0, arg(&flat32(0x10_0000)), 0, 0]);
+    d
+}
+
+fn free_bytes() -> u64 {
+    let p = call(Op::PhysInfo as u64, [scratch_addr(), 0, 0, 0, 0]);
+    if p != 0 {
+        return 0;
+    }
+    let free = out::<PhysInfo>().free_bytes;
+    // dom0's own page tables grow as it touches memory; count them as free.
+    let st = call(Op::Stats as u64, [0, scratch_addr(), 0, 0, 0]);
+    free + if st == 0 { out::<DomainStats>().mmu_frames * 4096 } else { 0 }
+}
+
+fn name(args: core::fmt::Arguments<'_>) -> heapless::String<64> {
+    let mut s = heapless::String::new();
+    let _ = core::fmt::write(&mut s, args);
+    s
+}
+
+fn discovery(s: &mut Suite) {
+    let hv = guest_rt::hv();
+    s.check("cpuid-identifies-dom0", hv.privileged && hv.domid == 0, format_args!("{hv:?}"));
+    s.expect("version", call(0, [0; 5]), i64::from(abi::abi_version_word()));
+    for n in [0x04u64, 0x0f, 0x1f, 0x20, 0x100, 1 << 32, u64::MAX] {
+        s.expect_err(&name(format_args!("unknown-op-{n:#x}")), call(n, [0; 5]), ENOSYS);
+    }
+    s.expect("yield", call(Op::Yield as u64, [0; 5]), 0);
+    s.expect_err("shutdown-bad-reason", call(Op::Shutdown as u64, [9, 0, 0, 0, 0]), EINVAL);
+}
+
+fn addresses(s: &mut Suite, boot: &Boot) {
+    let end = boot.ram_end();
+    let pi = Op::PhysInfo as u64;
+    s.expect("physinfo", call(pi, [scratch_addr(), 0, 0, 0, 0]), 0);
+    let p = out::<PhysInfo>();
+    s.check(
+        "physinfo-fields",
+        p.free_bytes <= p.total_bytes
+            && p.max_domains == MAX_DOMAINS
+            && p.abi_version == abi::abi_version_word()
+            && p.cpus == 1,
+        format_args!("{p:?}"),
+    );
+    for (case, a, e) in [
+        ("unmapped", 0xb000_0000u64, EFAULT),
+        ("ram-end", end, EFAULT),
+        ("straddling-ram-end", end - 8, EFAULT),
+        ("overflowing", u64::MAX - 7, EFAULT),
+        ("misaligned", scratch_addr() + 4, EINVAL),
+        ("apic-page", 0xfee0_0000, EFAULT),
+        ("null", 0, Errno::EFAULT),
+    ] {
+        let r = call(pi, [a, 0, 0, 0, 0]);
+        // Address 0 is dom0's own RAM (page 0): writing there is allowed.
+        if case == "null" {
+            s.expect("physinfo-to-page-0", r, 0);
+        } else {
+            s.expect_err(&name(format_args!("physinfo-{case}")), r, e);
+        }
+    }
+    // A read-only boot-module window is readable but not writable.
+    if let Some((m, _)) = boot.module_named("conform-domu") {
+        let window = m.as_ptr() as u64 & !0xfff;
+        s.expect_err("physinfo-into-read-only-module", call(pi, [window, 0, 0, 0, 0]), EFAULT);
+        let cw = call(Op::ConsoleWrite as u64, [m.as_ptr() as u64, 0, 0, 0, 0]);
+        s.expect("console-write-from-module", cw, 0);
+    }
+    // The caller's own stack and page tables are its memory: OUT structures may go there.
+    let mut on_stack = [0u64; 8];
+    let r = call(pi, [on_stack.as_mut_ptr() as u64, 0, 0, 0, 0]);
+    s.expect("physinfo-onto-own-stack", r, 0);
+    s.check("physinfo-onto-own-stack-written", on_stack[0] != 0, format_args!("{on_stack:?}"));
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3) };
+    let pml4 = cr3 & !0xfff;
+    // As an IN structure, a page-table page holds garbage: a defined error, not a crash.
+    let r = call(Op::DomainCreate as u64, [pml4, 0, 0, 0, 0]);
+    s.expect_err("create-from-own-page-tables", r, EINVAL);
+}
+
+fn create_cases(s: &mut Suite) {
+    let ok = create_args("conf-a", MIN_DOMAIN_MEM);
+    let mut cases: heapless::Vec<(&str, DomainCreate, Errno), 24> = heapless::Vec::new();
+    let mut c = ok;
+    c.name = [0; 32];
+    let _ = cases.push(("create-empty-name", c, EINVAL));
+    let mut c = ok;
+    c.name[0] = 0x1b;
+    let _ = cases.push(("create-unprintable-name", c, EINVAL));
+    let mut c = ok;
+    c.name[10] = b'x';
+    let _ = cases.push(("create-byte-after-nul", c, EINVAL));
+    let mut c = ok;
+    c.flags = 0x8000_0000;
+    let _ = cases.push(("create-unknown-flag", c, EINVAL));
+    let mut c = ok;
+    c.vcpus = 0;
+    let _ = cases.push(("create-zero-vcpus", c, EINVAL));
+    let mut c = ok;
+    c.vcpus = MAX_VCPUS_PER_DOMAIN + 1;
+    let _ = cases.push(("create-vcpus-max+1", c, E2BIG));
+    let mut c = ok;
+    c.vcpus = u32::MAX;
+    let _ = cases.push(("create-vcpus-u32-max", c, E2BIG));
+    for (case, mem, e) in [
+        ("create-mem-zero", 0, EINVAL),
+        ("create-mem-unaligned", MIN_DOMAIN_MEM + 1, EINVAL),
+        ("create-mem-min-4k", MIN_DOMAIN_MEM - 4096, EINVAL),
+        ("create-mem-max+4k", MAX_DOMAIN_MEM + 4096, E2BIG),
+        ("create-mem-u64-max", !0xfff, E2BIG),
+        ("create-mem-more-than-free", MAX_DOMAIN_MEM, ENOMEM),
+    ] {
+        let mut c = ok;
+        c.mem_bytes = mem;
+        let _ = cases.push((case, c, e));
+    }
+    let floor = call(Op::PhysInfo as u64, [scratch_addr(), 0, 0, 0, 0]);
+    let floor = if floor == 0 { out::<PhysInfo>().mmu_pages_floor } else { 4 };
+    let mut c = ok;
+    c.mmu_pages = floor - 1;
+    let _ = cases.push(("create-mmu-pages-floor-1", c, EINVAL));
+    let mut c = ok;
+    c.mmu_pages = u64::MAX;
+    let _ = cases.push(("create-mmu-pages-u64-max", c, E2BIG));
+    let before = free_bytes();
+    for (case, c, e) in &cases {
+        s.expect_err(case, create(c), *e);
+    }
+    s.check(
+        "refused-creates-leak-nothing",
+        free_bytes() == before,
+        format_args!("{before} -> {}", free_bytes()),
+    );
+    for (case, a, e) in [
+        ("create-misaligned", scratch_addr() + 4, EINVAL),
+        ("create-unmapped", 0xb000_0000, EFAULT),
+        ("create-overflowing", u64::MAX - 7, EFAULT),
+    ] {
+        s.expect_err(case, call(Op::DomainCreate as u64, [a, 0, 0, 0, 0]), e);
+    }
+    // Boundary values that are valid, then EEXIST and ENOSPC.
+    let mut c = create_args(&"x".repeat_ascii(32), MIN_DOMAIN_MEM);
+    c.vcpus = MAX_VCPUS_PER_DOMAIN;
+    c.mmu_pages = floor;
+    c.flags = DOMCREATE_SMALL_PAGES;
+    let d = create(&c);
+    s.expect_ok("create-all-boundaries-valid", d);
+    s.expect_err("create-duplicate-name", create(&c), EEXIST);
+    let mut made: heapless::Vec<u64, 16> = heapless::Vec::new();
+    if d > 0 {
+        let _ = made.push(d as u64);
+    }
+    let mut last = 0;
+    for i in 0..MAX_DOMAINS {
+        last = create(&create_args(&name(format_args!("fill-{i}")), MIN_DOMAIN_MEM));
+        if last < 0 {
+            break;
+        }
+        let _ = made.push(last as u64);
+    }
+    s.expect_err("create-when-the-table-is-full", last, ENOSPC);
+    s.check(
+        "table-holds-max-domains",
+        made.len() as u32 == MAX_DOMAINS - 1,
+        format_args!("{}", made.len()),
+    );
+    for d in made {
+        s.expect(&name(format_args!("destroy-d{d}")), op1(Op::DomainDestroy, d), 0);
+    }
+    s.check(
+        "destroy-returns-every-frame",
+        free_bytes() == before,
+        format_args!("{before} -> {}", free_bytes()),
+    );
+}
+
+/// `repeat` for ASCII text into a fixed string.
+trait RepeatAscii {
+    fn repeat_ascii(&self, n: usize) -> heapless::String<64>;
+}
+
+impl RepeatAscii for str {
+    fn repeat_ascii(&self, n: usize) -> heapless::String<64> {
+        let mut s = heapless::String::new();
+        for _ in 0..n {
+            let _ = s.push_str(self);
+        }
+        s
+    }
+}
+
+fn lifecycle(s: &mut Suite) {
+    let d = create(&create_args("conf-life", MIN_DOMAIN_MEM));
+    if s.expect_ok("create", d).is_none() {
+        return;
+    }
+    let d = d as u64;
+    let st = |d| info_of(d).map_or(u32::MAX, |i| i.state);
+    s.expect("state-created", i64::from(st(d)), DomainState::Created as i64);
+    s.expect_err("pause-created", op1(Op::DomainPause, d), EBUSY);
+    s.expect_err("unpause-without-state", op1(Op::DomainUnpause, d), EINVAL);
+    let hv = guest_rt::hv();
+    s.expect(
+        "mem-write",
+        hv.mem_write(d as u32, 0x10_0000, &HALT_LOOP).map_or(-1, |v| v as i64),
+        3,
+    );
+    let sv = Op::VcpuSetState as u64;
+    s.expect_err("vcpu-state-vcpu-1-of-1", call(sv, [d, 1, arg(&flat32(0x10_0000)), 0, 0]), EINVAL);
+    s.expect_err(
+        "vcpu-state-vcpu-u64-max",
+        call(sv, [d, u64::MAX, arg(&flat32(0x10_0000)), 0, 0]),
+        EINVAL,
+    );
+    let mut bad = flat32(0x10_0000);
+    bad.mode = 0;
+    s.expect_err("vcpu-state-bad-mode", call(sv, [d, 0, arg(&bad), 0, 0]), EINVAL);
+    let mut bad = flat32(0x10_0000);
+    bad.flags = 1;
+    s.expect_err("vcpu-state-flags", call(sv, [d, 0, arg(&bad), 0, 0]), EINVAL);
+    s.expect_err("vcpu-state-rip-above-4g", call(sv, [d, 0, arg(&flat32(1 << 32)), 0, 0]), EINVAL);
+    s.expect_err("vcpu-state-misaligned", call(sv, [d, 0, scratch_addr() + 4, 0, 0]), EINVAL);
+    s.expect_err("vcpu-state-unmapped", call(sv, [d, 0, 0xb000_0000, 0, 0]), EFAULT);
+    s.expect("vcpu-state", call(sv, [d, 0, arg(&flat32(0x10_0000)), 0, 0]), 0);
+    s.expect("unpause-created", op1(Op::DomainUnpause, d), 0);
+    s.expect_err("unpause-running", op1(Op::DomainUnpause, d), EBUSY);
+    s.expect_err("vcpu-state-after-start", call(sv, [d, 0, arg(&flat32(0x10_0000)), 0, 0]), EBUSY);
+    s.expect_err(
+        "mem-write-running",
+        call(Op::MemWrite as u64, [d, 0x10_0000, scratch_addr(), 8, 0]),
+        EBUSY,
+    );
+    s.expect_err("mem-set-running", call(Op::MemSet as u64, [d, 4 << 20, 0, 0, 0]), EBUSY);
+    s.expect("pause", op1(Op::DomainPause, d), 0);
+    s.expect("state-paused", i64::from(st(d)), DomainState::Paused as i64);
+    s.expect_err("pause-paused", op1(Op::DomainPause, d), EBUSY);
+
+    // Memory of a paused domain.
+    let ms = Op::MemSet as u64;
+    s.expect("mem-set-grow", call(ms, [d, 4 << 20, 0, 0, 0]), 0);
+    s.check(
+        "mem-set-grow-visible",
+        info_of(d).is_some_and(|i| i.mem_bytes == 4 << 20),
+        format_args!("{:?}", info_of(d)),
+    );
+    s.expect("mem-set-shrink", call(ms, [d, 3 << 20, 0, 0, 0]), 0);
+    s.expect_err("mem-set-below-min", call(ms, [d, MIN_DOMAIN_MEM - 4096, 0, 0, 0]), EINVAL);
+    s.expect_err("mem-set-unaligned", call(ms, [d, (3 << 20) + 1, 0, 0, 0]), EINVAL);
+    s.expect_err("mem-set-above-max", call(ms, [d, MAX_DOMAIN_MEM + 4096, 0, 0, 0]), E2BIG);
+    s.expect_err("mem-set-more-than-free", call(ms, [d, MAX_DOMAIN_MEM, 0, 0, 0]), ENOMEM);
+    let mw = Op::MemWrite as u64;
+    scratch()[..16].copy_from_slice(b"0123456789abcdef");
+    s.expect("mem-write-paused", call(mw, [d, 0x20_0000, scratch_addr(), 16, 0]), 16);
+    s.expect("mem-write-empty", call(mw, [d, 0x20_0000, scratch_addr(), 0, 0]), 0);
+    s.expect(
+        "mem-write-max",
+        call(mw, [d, 0x10_0000, scratch_addr(), MEM_WRITE_MAX, 0]),
+        MEM_WRITE_MAX as i64,
+    );
+    s.expect_err(
+        "mem-write-max+1",
+        call(mw, [d, 0x10_0000, scratch_addr(), MEM_WRITE_MAX + 1, 0]),
+        E2BIG,
+    );
+    s.expect_err(
+        "mem-write-dst-past-ram",
+        call(mw, [d, (3 << 20) - 8, scratch_addr(), 16, 0]),
+        EFAULT,
+    );
+    s.expect_err("mem-write-src-unmapped", call(mw, [d, 0x10_0000, 0xb000_0000, 16, 0]), EFAULT);
+    s.expect_err(
+        "mem-write-dst-overflowing",
+        call(mw, [d, u64::MAX - 7, scratch_addr(), 16, 0]),
+        EFAULT,
+    );
+    s.expect("mem-write-restore-code", call(mw, [d, 0x10_0000, arg(&HALT_LOOP), 3, 0]), 3);
+    s.expect("unpause-paused", op1(Op::DomainUnpause, d), 0);
+
+    // MMU pages.
+    let (set, get) = (Op::MmuPagesSet as u64, Op::MmuPagesGet as u64);
+    let default = call(get, [d, 0, 0, 0, 0]);
+    s.expect_ok("mmu-pages-get", default);
+    s.expect("mmu-pages-set", call(set, [d, 100, 0, 0, 0]), 0);
+    s.expect("mmu-pages-get-after-set", call(get, [d, 0, 0, 0, 0]), 100);
+    s.check(
+        "mmu-requested-in-info",
+        info_of(d).is_some_and(|i| i.mmu_requested == 100),
+        format_args!(""),
+    );
+    s.expect("mmu-pages-default-again", call(set, [d, 0, 0, 0, 0]), 0);
+    s.expect("mmu-pages-default-restored", call(get, [d, 0, 0, 0, 0]), default);
+    s.expect_err("mmu-pages-u64-max", call(set, [d, u64::MAX, 0, 0, 0]), E2BIG);
+    s.expect_err("mmu-pages-missing-domain", call(get, [99, 0, 0, 0, 0]), ESRCH);
+
+    // Info, list, stats, console.
+    s.check(
+        "info-fields",
+        info_of(d).is_some_and(|i| i.domid as u64 == d && i.name_str() == "conf-life"),
+        format_args!("{:?}", info_of(d)),
+    );
+    s.check(
+        "info-dom0",
+        info_of(0).is_some_and(|i| i.flags & DOMINFO_PRIVILEGED != 0 && i.state == 1),
+        format_args!(""),
+    );
+    let gi = Op::DomainGetInfo as u64;
+    s.expect_err("info-missing", call(gi, [d + 1, scratch_addr(), 0, 0, 0]), ESRCH);
+    s.expect_err("info-misaligned", call(gi, [d, scratch_addr() + 1, 0, 0, 0]), EINVAL);
+    s.expect_err("info-unmapped", call(gi, [d, 0xb000_0000, 0, 0, 0]), EFAULT);
+    let li = Op::DomainList as u64;
+    s.expect("list-count-only", call(li, [scratch_addr(), 0, 0, 0, 0]), 2);
+    s.expect("list-one", call(li, [scratch_addr(), 1, 0, 0, 0]), 2);
+    s.check("list-first-is-dom0", out::<DomainInfo>().domid == 0, format_args!(""));
+    s.expect("list-huge-capacity", call(li, [scratch_addr(), u64::MAX, 0, 0, 0]), 2);
+    s.expect_err("list-misaligned", call(li, [scratch_addr() + 8 + 1, 2, 0, 0, 0]), EINVAL);
+    s.expect_err("list-unmapped", call(li, [0xb000_0000, 2, 0, 0, 0]), EFAULT);
+    let st = Op::Stats as u64;
+    s.expect("stats", call(st, [d, scratch_addr(), 0, 0, 0]), 0);
+    s.check("stats-fields", out::<DomainStats>().domid as u64 == d, format_args!(""));
+    s.expect_err("stats-missing", call(st, [77, scratch_addr(), 0, 0, 0]), ESRCH);
+    s.expect_err("stats-unmapped", call(st, [d, 0xb000_0000, 0, 0, 0]), EFAULT);
+    let cr = Op::ConsoleRead as u64;
+    s.expect("console-read-empty", call(cr, [d, scratch_addr(), 64, 0, 0]), 0);
+    s.expect("console-read-zero", call(cr, [d, scratch_addr(), 0, 0, 0]), 0);
+    s.expect("console-read-max", call(cr, [d, scratch_addr(), CONSOLE_READ_MAX, 0, 0]), 0);
+    s.expect_err(
+        "console-read-max+1",
+        call(cr, [d, scratch_addr(), CONSOLE_READ_MAX + 1, 0, 0]),
+        E2BIG,
+    );
+    s.expect_err("console-read-unmapped", call(cr, [d, 0xb000_0000, 64, 0, 0]), EFAULT);
+    s.expect_err("console-read-missing", call(cr, [99, scratch_addr(), 64, 0, 0]), ESRCH);
+
+    // Shutdown by dom0, then misuse of a stopped domain.
+    let sh = Op::DomainShutdown as u64;
+    s.expect_err("domain-shutdown-bad-reason", call(sh, [d, 7, 0, 0, 0]), EINVAL);
+    s.expect_err("domain-shutdown-status-above-32-bits", call(sh, [d, 0, 1 << 32, 0, 0]), EINVAL);
+    s.expect("domain-shutdown", call(sh, [d, 1, 77, 0, 0]), 0);
+    s.check(
+        "shutdown-recorded",
+        info_of(d).is_some_and(|i| {
+            i.state == DomainState::Shutdown as u32
+                && (i.shutdown_reason, i.shutdown_status) == (1, 77)
+        }),
+        format_args!("{:?}", info_of(d)),
+    );
+    s.expect_err("domain-shutdown-twice", call(sh, [d, 0, 0, 0, 0]), EBUSY);
+    s.expect_err("unpause-stopped", op1(Op::DomainUnpause, d), EBUSY);
+    s.expect_err("pause-stopped", op1(Op::DomainPause, d), EBUSY);
+    s.expect_err("mmu-pages-set-stopped", call(set, [d, 0, 0, 0, 0]), EBUSY);
+    s.expect("destroy-stopped", op1(Op::DomainDestroy, d), 0);
+    s.expect_err("destroy-twice", op1(Op::DomainDestroy, d), ESRCH);
+    s.expect_err("info-after-destroy", call(gi, [d, scratch_addr(), 0, 0, 0]), ESRCH);
+
+    // dom0 is never the target of a destructive operation; out-of-range ids are ESRCH.
+    for op in [
+        Op::DomainDestroy,
+        Op::DomainPause,
+        Op::DomainUnpause,
+        Op::DomainShutdown,
+        Op::MemSet,
+        Op::MemWrite,
+        Op::VcpuSetState,
+    ] {
+        s.expect_err(
+            &name(format_args!("{op:?}-on-dom0")),
+            call(op as u64, [0, 4 << 20, scratch_addr(), 8, 0]),
+            EPERM,
+        );
+    }
+    for domid in [MAX_DOMAINS as u64, u64::from(u32::MAX) + 1, u64::MAX] {
+        s.expect_err(
+            &name(format_args!("destroy-domid-{domid:#x}")),
+            op1(Op::DomainDestroy, domid),
+            ESRCH,
+        );
+    }
+}
+
+fn ring3(s: &mut Suite) {
+    arch::setup_ring3();
+    let insn = guest_rt::hv().insn;
+    for op in [Op::Version, Op::PhysInfo, Op::DomainCreate, Op::Shutdown] {
+        let r = arch::hypercall_from_ring3(insn, op as u64, [scratch_addr(), 0, 0, 0, 0]);
+        s.expect_err(&name(format_args!("ring3-{op:?}")), r, EPERM);
+    }
+    s.expect("ring0-after-ring3", call(0, [0; 5]), i64::from(abi::abi_version_word()));
+}
+
+/// Builds a domU named `module` from its boot-module image, runs it to its end, and returns its
+/// console text and final info.
+fn run_domu(
+    image: Option<&[u8]>,
+    module: &str,
+    mem_mib: u64,
+    cmdline: &str,
+) -> Option<(heapless::Vec<u8, 16384>, DomainInfo)> {
+    let image = image?;
+    let hv = guest_rt::hv();
+    let spec = DomainSpec {
+        name: module,
+        mem_bytes: mem_mib << 20,
+        vcpus: 1,
+        mmu_pages: 0,
+        flags: 0,
+        cmdline,
+    };
+    let d = builder::build(hv, &spec, image).ok()?;
+    hv.domain_unpause(d).ok()?;
+    let mut text = heapless::Vec::new();
+    let mut buf = [0u8; CONSOLE_READ_MAX as usize];
+    let start = rdtsc();
+    let info = loop {
+        while let Ok(n @ 1..) = hv.console_read(d, &mut buf) {
+            let _ = text.extend_from_slice(&buf[..n as usize]);
+        }
+        let i = hv.domain_info(d).ok()?;
+        if i.state == DomainState::Shutdown as u32 || i.state == DomainState::Crashed as u32 {
+            while let Ok(n @ 1..) = hv.console_read(d, &mut buf) {
+                let _ = text.extend_from_slice(&buf[..n as usize]);
+            }
+            break i;
+        }
+        if rdtsc() - start > 20_000_000_000 {
+            println!("{module}: timed out");
+            break i;
+        }
+        let _ = hv.yield_now();
+    };
+    let _ = hv.domain_destroy(d);
+    Some((text, info))
+}
+
+/// Random hypercalls from dom0 against throwaway domains; every result must be defined.
+fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
+    let before = free_bytes();
+    let mut rng = Rng::new(seed);
+    let mut undefined = 0u64;
+    let mut ok = 0u64;
+    let ops = [
+        Op::Version,
+        Op::ConsoleWrite,
+        Op::Yield,
+        Op::DomainCreate,
+        Op::DomainDestroy,
+        Op::DomainPause,
+        Op::DomainUnpause,
+        Op::DomainGetInfo,
+        Op::DomainList,
+        Op::MmuPagesSet,
+        Op::MmuPagesGet,
+        Op::MemSet,
+        Op::MemWrite,
+        Op::VcpuSetState,
+        Op::ConsoleRead,
+        Op::PhysInfo,
+        Op::Stats,
+        Op::DomainShutdown,
+    ];
+    let mut owned: heapless::Vec<u64, 16> = heapless::Vec::new();
+    for i in 0..calls {
+        // Keep some throwaway domains alive to aim at.
+        if owned.len() < 3 {
+            let d = throwaway(&name(format_args!("storm-{i}")));
+            if d != 0 {
+                let _ = owned.push(d);
+            }
+        }
+        let target = match rng.below(4) {
+            0 => rng.next_u64(),
+            1 => rng.below(MAX_DOMAINS as u64 + 2),
+            _ => owned.get(rng.below(owned.len() as u64) as usize).copied().unwrap_or(1),
+        };
+        let mut a = [0u64; 5];
+        for x in a.iter_mut() {
+            *x = match rng.below(6) {
+                0 => rng.next_u64(),
+                1 => scratch_addr() + rng.below(8192),
+                // Low in dom0's RAM but clear of its image, stack and page tables.
+                2 => 0x2000 + rng.below(64),
+                3 => [0, 1, u64::MAX, CONSOLE_READ_MAX, MEM_WRITE_MAX, MIN_DOMAIN_MEM]
+                    [rng.below(6) as usize],
+                _ => scratch_addr(),
+            };
+        }
+        let mut op = if rng.below(20) == 0 {
+            rng.next_u64()
+        } else {
+            ops[rng.below(ops.len() as u64) as usize] as u64
+        };
+        if op == Op::Shutdown as u64 {
+            // dom0 shutting itself down would end the machine, not test anything.
+            op = Op::Version as u64;
+        }
+        if op == Op::ConsoleWrite as u64 {
+            // Keep dom0's log readable: the address is still checked; lengths are the suite's.
+            a[1] = 0;
+        }
+        a[0] = if op == Op::DomainCreate as u64
+            || op == Op::DomainList as u64
+            || op == Op::PhysInfo as u64
+        {
+            scratch_addr()
+        } else {
+            target
+        };
+        // The scratch area sometimes holds a valid create, so creations do happen.
+        if op == Op::DomainCreate as u64 && rng.below(2) == 0 {
+            let _ = arg(&create_args(&name(format_args!("sc-{i}")), MIN_DOMAIN_MEM));
+        }
+        let r = call(op, a);
+        if r >= 0 {
+            ok += 1;
+            if op == Op::DomainCreate as u64 && owned.len() < owned.capacity() {
+                let _ = owned.push(r as u64);
+            }
+        } else if Errno::from_code(-r).is_none() {
+            undefined += 1;
+        }
+        if op == Op::DomainDestroy as u64 && r == 0 {
+            owned.retain(|&d| d != target);
+        }
+    }
+    // Clean up everything the storm created, and give dom0 its default cap back.
+    let _ = call(Op::MmuPagesSet as u64, [0, 0, 0, 0, 0]);
+    let mut all = [DomainInfo::new_zeroed(); MAX_DOMAINS as usize];
+    if let Ok(n) = guest_rt::hv().domain_list(&mut all) {
+        for i in &all[..(n as usize).min(all.len())] {
+            if i.domid != 0 && i.name_str() != "storm" {
+                let _ = guest_rt::hv().domain_destroy(i.domid);
+            }
+        }
+    }
+    let after = free_bytes();
+    println!(
+        "storm dom0: {calls} calls (seed {seed:#x}), {ok} succeeded, {undefined} undefined results"
+    );
+    s.check("dom0-storm-results-defined", undefined == 0, format_args!("{undefined} undefined"));
+    s.check(
+        "dom0-storm-leaks-nothing",
+        after == before,
+        format_args!("{before} -> {after} bytes free"),
+    );
+    s.expect("dom0-storm-microhv-alive", call(0, [0; 5]), i64::from(abi::abi_version_word()));
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
+    let boot = match guest_rt::init(ebx) {
+        Ok(b) => b,
+        Err(_) => loop {
+            core::hint::spin_loop();
+        },
+    };
+    let start_free = free_bytes();
+    // Found now: the dom0 storm may scribble over the start page, where the module list is;
+    // the modules themselves are read-only.
+    let domu_image = boot.module_named("conform-domu").map(|m| m.0);
+    let storm_image = boot.module_named("storm").map(|m| m.0);
+    let seed = boot
+        .option("seed")
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0x5eed);
+    let calls: u64 = boot.option("storm").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let domu_calls: u64 = boot.option("domu-storm").and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let mut s = Suite::new("dom0");
+    discovery(&mut s);
+    addresses(&mut s, &boot);
+    create_cases(&mut s);
+    lifecycle(&mut s);
+    ring3(&mut s);
+    s.verdict();
+
+    let mut total = Suite::new("total");
+    total.absorb(s.passed, s.failed);
+    match run_domu(domu_image, "conform-domu", 4, "") {
+        Some((text, info)) => match parse_verdict(&text) {
+            Some((p, f)) => {
+                total.absorb(p, f);
+                let clean = info.state == DomainState::Shutdown as u32 && info.shutdown_status == f;
+                total.check(
+                    "domu-suite-shut-down-with-its-failure-count",
+                    clean,
+                    format_args!("{info:?}"),
+                );
+            }
+            None => {
+                total.check(
+                    "domu-suite-verdict",
+                    false,
+                    format_args!("no verdict (state {})", info.state),
+                );
+            }
+        },
+        None => {
+            total.check(
+                "domu-suite-ran",
+                false,
+                format_args!("the conform-domu module could not be run"),
+            );
+        }
+    }
+
+    let mut storm = Suite::new("storm");
+    dom0_storm(&mut storm, calls, seed);
+    let mut cmd: heapless::String<64> = heapless::String::new();
+    let _ = core::fmt::write(&mut cmd, format_args!("calls={domu_calls} seed={:#x}", seed ^ 0xd0));
+    match run_domu(storm_image, "storm", 4, &cmd) {
+        Some((text, info)) => {
+            let line = conformance::find(&text, b"storm domU:").map(|i| &text[i..]).unwrap_or(b"");
+            let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+            println!("{}", core::str::from_utf8(line).unwrap_or("?"));
+            let ok = info.state == DomainState::Shutdown as u32 && info.shutdown_status == 0;
+            storm.check("domu-storm-completed-with-defined-results", ok, format_args!("{info:?}"));
+        }
+        None => {
+            storm.check("domu-storm-ran", false, format_args!("the storm module could not be run"));
+        }
+    }
+    storm.expect("domu-storm-microhv-alive", call(0, [0; 5]), i64::from(abi::abi_version_word()));
+    let end_free = free_bytes();
+    storm.check(
+        "free-memory-back-to-start",
+        end_free == start_free,
+        format_args!("{start_free} -> {end_free}"),
+    );
+    println!("leaked bytes: {}", start_free.saturating_sub(end_free));
+    storm.verdict();
+    total.absorb(storm.passed, storm.failed);
+    total.verdict();
+    guest_rt::exit(if total.failed == 0 { 0 } else { 1 })
+}
