@@ -174,6 +174,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
     };
     vec![
         hvctl("hvctl-bochs", Bochs),
+        hvctl("hvctl-qemu", Qemu),
         Case {
             name: "conformance-bochs",
             spec: conformance_spec(Bochs, images),

@@ -262,7 +262,8 @@ pub fn drive(
     let v = hv.ok(&["version"])?;
     ensure!(v.contains(&format!("protocol    {PROTOCOL_VERSION}")), "version: {v}");
     let info = hv.json(&["info"])?;
-    ensure!(info["virt"] == "vmx" && num(&info, "domains")? == 1, "info: {info}");
+    let virt = info["virt"].as_str().unwrap_or("");
+    ensure!(["vmx", "svm"].contains(&virt) && num(&info, "domains")? == 1, "info: {info}");
     let floor = num(&info, "mmu_pages_floor")?;
     let mods = hv.json(&["modules"])?;
     ensure!(domain(&mods, "hello").is_ok() && domain(&mods, "spinner").is_ok(), "modules: {mods}");
