@@ -254,6 +254,12 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             small_pages,
             paused,
         } => {
+            // Refuse a taken name before spending seconds on an upload (dom0 checks again).
+            if list(&mut c)?.iter().any(|i| i.name_str() == name.as_str()) {
+                return Err(Fail::Dom0(format!(
+                    "a domain named {name:?} exists (EEXIST: already exists)"
+                )));
+            }
             let source = match (module, image) {
                 (Some(m), _) => ImageSource::Module(m),
                 (None, Some(path)) => {
@@ -315,7 +321,19 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         }
         Cmd::MmuPages { op: MmuOp::Set { domain, pages } } => {
             let domid = resolve(&mut c, domain)?;
-            on_domain(domain, done(&mut c, Req::MmuPagesSet { domid, pages: *pages }))?;
+            match on_domain(domain, done(&mut c, Req::MmuPagesSet { domid, pages: *pages })) {
+                // Say which rule was broken: the floor is the one a user meets.
+                Err(Fail::Hypercall(abi::Errno::EINVAL)) => {
+                    let floor = c.call(Req::PhysInfo, |r| match r {
+                        Resp::PhysInfo(p) => Ok(p.mmu_pages_floor),
+                        o => Err(unexpected(&o)),
+                    })?;
+                    return Err(Fail::Dom0(format!(
+                        "EINVAL: invalid argument ({pages} is below the MMU page floor, {floor}; 0 restores the default)"
+                    )));
+                }
+                r => r?,
+            }
             let now = on_domain(
                 domain,
                 c.call(Req::MmuPagesGet { domid }, |r| match r {
@@ -522,7 +540,7 @@ fn console(c: &mut Client, domain: &str, follow: bool, json: bool) -> Result<(),
             }
             if !json {
                 eprintln!(
-                    "hvctl: domain {} ({}) is {}",
+                    "[domain {} ({}) is {}]",
                     domid,
                     info.name_str(),
                     output::state_text(&info)
