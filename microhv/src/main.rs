@@ -11,11 +11,7 @@
 // Without `cfg(image)` (see `rt::build`) this is a hosted stub that only points at the runner.
 #[cfg(not(image))]
 extern crate std;
-#[cfg(not(image))]
-fn main() {
-    std::eprintln!("this is a freestanding image: build it with `cargo xtask build`");
-    std::process::exit(2);
-}
+rt::hosted_main!();
 
 mod arch;
 mod bootinfo;

@@ -34,3 +34,17 @@ pub const BOOT_STACK_BYTES: usize = 64 * 1024;
 
 #[cfg(not(feature = "build"))]
 pub use arch::x86_64::io;
+
+/// The `main` of an image built without `cfg(image)` (a hosted stub that only exists so
+/// workspace-wide cargo commands build; see `rt::build`): it says how to build the real one.
+/// Use it next to `#![cfg_attr(image, no_main)]` and `#[cfg(not(image))] extern crate std;`.
+#[macro_export]
+macro_rules! hosted_main {
+    () => {
+        #[cfg(not(image))]
+        fn main() {
+            std::eprintln!("this is a freestanding image: build it with `cargo xtask build`");
+            std::process::exit(2);
+        }
+    };
+}

@@ -24,6 +24,7 @@ pub mod insn;
 pub mod io;
 pub mod mem;
 pub mod policy;
+pub mod regs;
 pub mod walk;
 
 pub mod status;

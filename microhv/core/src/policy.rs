@@ -19,15 +19,7 @@ pub const VCPU_SLICE_NONE: u64 = u64::MAX;
 /// get no interrupts).
 pub const HLT_BLOCK_TICKS: u64 = 2_000_000;
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_SCE: u64 = 1 << 0;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+use crate::regs::*;
 /// EFER bits a guest may write (LMA is the hardware's).
 pub const GUEST_EFER_ALLOWED: u64 = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
 
@@ -68,7 +60,47 @@ pub mod msr {
     pub const FS_BASE: u32 = 0xc000_0100;
     /// IA32_GS_BASE.
     pub const GS_BASE: u32 = 0xc000_0101;
+    /// IA32_KERNEL_GS_BASE.
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    /// IA32_STAR.
+    pub const STAR: u32 = 0xc000_0081;
+    /// IA32_LSTAR.
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// IA32_CSTAR.
+    pub const CSTAR: u32 = 0xc000_0083;
+    /// IA32_FMASK.
+    pub const FMASK: u32 = 0xc000_0084;
+    /// IA32_SYSENTER_CS.
+    pub const SYSENTER_CS: u32 = 0x174;
+    /// IA32_SYSENTER_ESP.
+    pub const SYSENTER_ESP: u32 = 0x175;
+    /// IA32_SYSENTER_EIP.
+    pub const SYSENTER_EIP: u32 = 0x176;
+    /// IA32_PAT.
+    pub const PAT: u32 = 0x277;
 }
+
+/// MSRs guests read and write without an exit. The backends keep each guest's values: FS/GS
+/// bases, SYSENTER and PAT are guest state the VMCS / VMCB loads and saves; the syscall MSRs and
+/// KERNEL_GS_BASE are swapped by the backend (microhv never uses them itself). TSC reads are
+/// passed through too; its writes still exit.
+pub const PASSTHROUGH_MSRS: [u32; 11] = [
+    msr::FS_BASE,
+    msr::GS_BASE,
+    msr::KERNEL_GS_BASE,
+    msr::STAR,
+    msr::LSTAR,
+    msr::CSTAR,
+    msr::FMASK,
+    msr::SYSENTER_CS,
+    msr::SYSENTER_ESP,
+    msr::SYSENTER_EIP,
+    msr::PAT,
+];
+
+/// Of [`PASSTHROUGH_MSRS`], those no VMCS field holds: the VMX backend swaps them itself.
+pub const SYSCALL_MSRS: [u32; 5] =
+    [msr::STAR, msr::LSTAR, msr::CSTAR, msr::FMASK, msr::KERNEL_GS_BASE];
 
 /// The xAPIC base microhv reports: the default address, enabled, this CPU is the BSP.
 pub const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);

@@ -16,10 +16,8 @@ pub struct Paging {
     pub efer: u64,
 }
 
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LMA: u64 = 1 << 10;
+use crate::regs::{CR0_PG, CR4_PAE, CR4_PSE, EFER_LMA};
+
 const PRESENT: u64 = 1;
 const PS: u64 = 1 << 7;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;

@@ -54,6 +54,14 @@ pub fn init(ebx: u32) -> Result<Boot, InitError> {
     Ok(Boot { info, cmdline })
 }
 
+/// [`init`], or, when there is no microhv or no start info to report to, stop this vCPU.
+pub fn start(ebx: u32) -> Boot {
+    match init(ebx) {
+        Ok(b) => b,
+        Err(_) => rt_halt(),
+    }
+}
+
 impl Boot {
     /// The `i`th boot module and its command line.
     pub fn module(&self, i: u32) -> Option<(ModlistEntry, &'static str)> {

@@ -12,18 +12,6 @@ use abi::Errno;
 use core::fmt;
 use guest_rt::println;
 
-/// Declares the hosted stub `main` of a test kernel built without `cfg(image)`.
-#[macro_export]
-macro_rules! hosted_stub {
-    () => {
-        #[cfg(not(image))]
-        fn main() {
-            std::eprintln!("this is a freestanding test kernel: build it with `cargo xtask build`");
-            std::process::exit(2);
-        }
-    };
-}
-
 /// Counts and reports cases.
 pub struct Suite {
     area: &'static str,

@@ -9,11 +9,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-#[cfg(not(image))]
-fn main() {
-    std::eprintln!("this is a freestanding test kernel: build it with `cargo xtask build`");
-    std::process::exit(2);
-}
+rt::hosted_main!();
 
 use core::fmt::Write;
 use rt::uart::{COM1, Uart};

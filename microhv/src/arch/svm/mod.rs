@@ -45,9 +45,10 @@ mod vmcb;
 pub use caps::{Unavailable, detect};
 
 use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
+use crate::arch::x86_64::fpu::{self, FxArea};
 use crate::arch::x86_64::lapic::SliceTimer;
 use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
-use entry::{FxArea, svm_run};
+use entry::svm_run;
 use insn::FetchError;
 use microhv_core::exit::{
     Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
@@ -61,35 +62,14 @@ use microhv_core::walk::Paging;
 use vmcb::{Vmcb, control, exit, misc1, misc2, misc3, save, seg, tlb};
 use x86::msr;
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_ET: u64 = 1 << 4;
-const CR0_PG: u64 = 1 << 31;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_SVME: u64 = 1 << 12;
-const RFLAGS_FIXED: u64 = 1 << 1;
-/// The power-on PAT.
-const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+use microhv_core::policy::PASSTHROUGH_MSRS;
+use microhv_core::regs::{
+    CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, EFER_LMA, EFER_LME, EFER_SVME, RFLAGS_FIXED,
+};
 /// VMCB INT_CTL: V_INTR_MASKING.
 const V_INTR_MASKING: u32 = 1 << 24;
 /// `VM_HSAVE_PA`: where VMRUN saves the host state.
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
-
-/// MSRs guests read and write without an exit: state VMRUN/VMSAVE/VMLOAD move (see the module
-/// documentation).
-const PASSTHROUGH_MSRS: [u32; 11] = [
-    msr::IA32_FS_BASE,
-    msr::IA32_GS_BASE,
-    msr::IA32_KERNEL_GSBASE,
-    msr::IA32_STAR,
-    msr::IA32_LSTAR,
-    msr::IA32_CSTAR,
-    msr::IA32_FMASK,
-    msr::IA32_SYSENTER_CS,
-    msr::IA32_SYSENTER_ESP,
-    msr::IA32_SYSENTER_EIP,
-    msr::IA32_PAT,
-];
 
 /// COM2, passed through to dom0.
 const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
@@ -206,7 +186,7 @@ impl Svm {
             wrmsr(msr::IA32_EFER, rdmsr(msr::IA32_EFER) | EFER_SVME);
             wrmsr(MSR_VM_HSAVE_PA, hsave);
         }
-        entry::capture_host_fx();
+        fpu::capture_host_fx();
         let timer = SliceTimer::init();
         // SAFETY: EFER.SVME is set; the frame is ours. The GDT and TSS were loaded before the
         // backend was built, so this captures the TR (and FS/GS/LDTR) the host runs with.
@@ -577,7 +557,7 @@ impl Backend for Svm {
             flushed: 0,
             // A reused slot must not inherit the translations its ASID still tags.
             stale: true,
-            fx: FxArea([0; 512]),
+            fx: FxArea::reset(),
         };
         self.reset_vcpu(&mut v, init);
         Ok(v)
@@ -585,10 +565,7 @@ impl Backend for Svm {
 
     fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
         Self::write_flat32_state(v.vmcb, init);
-        // The guest starts with the default FPU state: FCW 0x37f, MXCSR 0x1f80.
-        v.fx.0.fill(0);
-        v.fx.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        v.fx.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        v.fx = FxArea::reset();
         v.stale = true;
     }
 

@@ -7,23 +7,9 @@
 //! extended state must be swapped here, in assembly, because the compiled Rust around the call
 //! uses SSE registers freely.
 
+use crate::arch::x86_64::fpu::{FxArea, HOST_FX};
 use core::arch::naked_asm;
 use microhv_core::exit::Gprs;
-
-/// 512-byte FXSAVE image.
-#[repr(C, align(16))]
-pub struct FxArea(pub [u8; 512]);
-
-/// The host's FPU/SSE state, as captured at boot: restored after every exit, so guest MXCSR
-/// and x87 control words never leak into microhv.
-pub static mut HOST_FX: FxArea = FxArea([0; 512]);
-
-/// Captures the host's FPU/SSE state into [`HOST_FX`]; called once before the first entry.
-pub fn capture_host_fx() {
-    // SAFETY: single CPU, called once during initialization before any guest runs; FXSAVE
-    // writes exactly the 512 aligned bytes of the static.
-    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) core::ptr::addr_of_mut!(HOST_FX)) };
-}
 
 /// Enters the guest of the current VMCS and returns after its next VM exit (0), or at once if
 /// VMLAUNCH / VMRESUME failed (1: the VM-instruction error field says why).

@@ -20,8 +20,9 @@ mod vmcs;
 pub use caps::{Unavailable, detect};
 
 use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
+use crate::arch::x86_64::fpu::{self, FxArea};
 use crate::arch::x86_64::gdt::{Selectors, tss_base};
-use entry::{FxArea, microhv_vmx_exit, vmx_run};
+use entry::{microhv_vmx_exit, vmx_run};
 use microhv_core::exit::{
     Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
     VcpuConfig, VcpuInit,
@@ -35,33 +36,8 @@ use x86::vmx::vmcs::control::{
 };
 use x86::vmx::vmcs::{control, guest, host, ro};
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_ET: u64 = 1 << 4;
-const CR0_PG: u64 = 1 << 31;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const RFLAGS_FIXED: u64 = 1 << 1;
-/// The power-on PAT.
-const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
-
-/// Syscall MSRs the guest owns outright; microhv never uses them in ring 0.
-const SWAPPED_MSRS: [u32; 5] =
-    [msr::IA32_STAR, msr::IA32_LSTAR, msr::IA32_CSTAR, msr::IA32_FMASK, msr::IA32_KERNEL_GSBASE];
-
-/// MSRs guests read and write without an exit: saved by the VMCS or swapped by microhv.
-const PASSTHROUGH_MSRS: [u32; 11] = [
-    msr::IA32_FS_BASE,
-    msr::IA32_GS_BASE,
-    msr::IA32_KERNEL_GSBASE,
-    msr::IA32_STAR,
-    msr::IA32_LSTAR,
-    msr::IA32_CSTAR,
-    msr::IA32_FMASK,
-    msr::IA32_SYSENTER_CS,
-    msr::IA32_SYSENTER_ESP,
-    msr::IA32_SYSENTER_EIP,
-    msr::IA32_PAT,
-];
+use microhv_core::policy::{PASSTHROUGH_MSRS, SYSCALL_MSRS as SWAPPED_MSRS};
+use microhv_core::regs::{CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, EFER_LMA, EFER_LME, RFLAGS_FIXED};
 
 /// COM2, passed through to dom0.
 const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
@@ -181,7 +157,7 @@ impl Vmx {
         frame_bytes(vmxon)[..4].copy_from_slice(&features.revision.to_le_bytes());
         // SAFETY: CR4.VMXE set, fixed bits honoured, the region is ours for good.
         unsafe { vmcs::vmxon(vmxon) }.map_err(|_| "VMXON failed")?;
-        entry::capture_host_fx();
+        fpu::capture_host_fx();
 
         let io_dom0 = Self::io_bitmap(frames, true)?;
         let io_domu = Self::io_bitmap(frames, false)?;
@@ -519,7 +495,7 @@ impl Backend for Vmx {
             launched: false,
             vpid,
             eptp: cfg.root,
-            fx: FxArea([0; 512]),
+            fx: FxArea::reset(),
             syscall_msrs: [0; 5],
         };
         self.reset_vcpu(&mut v, init);
@@ -530,10 +506,7 @@ impl Backend for Vmx {
     fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
         self.make_current(v);
         self.write_flat32_state(init);
-        // The guest starts with the default FPU state: FCW 0x37f, MXCSR 0x1f80.
-        v.fx.0.fill(0);
-        v.fx.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        v.fx.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        v.fx = FxArea::reset();
         v.syscall_msrs = [0; 5];
         if self.msr_owner == v.vpid {
             self.msr_owner = 0;

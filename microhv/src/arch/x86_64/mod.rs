@@ -1,5 +1,6 @@
 //! x86-64 CPU plumbing for ring 0.
 pub mod cpu;
+pub mod fpu;
 pub mod gdt;
 pub mod idt;
 pub mod lapic;

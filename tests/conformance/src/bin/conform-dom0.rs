@@ -10,7 +10,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-conformance::hosted_stub!();
+rt::hosted_main!();
 
 use abi::Errno::{self, *};
 use abi::Op;
@@ -649,12 +649,7 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = match guest_rt::init(ebx) {
-        Ok(b) => b,
-        Err(_) => loop {
-            core::hint::spin_loop();
-        },
-    };
+    let boot = guest_rt::start(ebx);
     let start_free = free_bytes();
     // Found now: the dom0 storm may scribble over the start page, where the module list is;
     // the modules themselves are read-only.

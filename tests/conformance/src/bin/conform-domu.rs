@@ -7,7 +7,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-conformance::hosted_stub!();
+rt::hosted_main!();
 
 use abi::Errno::*;
 use abi::Op;
@@ -18,12 +18,7 @@ rt::pvh_note!();
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = match guest_rt::init(ebx) {
-        Ok(b) => b,
-        Err(_) => loop {
-            core::hint::spin_loop();
-        },
-    };
+    let boot = guest_rt::start(ebx);
     let hv = guest_rt::hv();
     let mem = boot.info.memmap_entries; // only to show the start info was read
     let mut s = Suite::new("domu");

@@ -8,7 +8,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-conformance::hosted_stub!();
+rt::hosted_main!();
 
 use abi::{Errno, Op};
 use conformance::{Rng, call};
@@ -18,12 +18,7 @@ rt::pvh_note!();
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = match guest_rt::init(ebx) {
-        Ok(b) => b,
-        Err(_) => loop {
-            core::hint::spin_loop();
-        },
-    };
+    let boot = guest_rt::start(ebx);
     let calls: u64 = boot.option("calls").and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let seed = boot
         .option("seed")

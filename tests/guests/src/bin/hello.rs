@@ -4,7 +4,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-test_guests::hosted_stub!();
+rt::hosted_main!();
 
 use guest_rt::println;
 
@@ -12,7 +12,7 @@ rt::pvh_note!();
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = test_guests::start(ebx);
+    let boot = guest_rt::start(ebx);
     let hv = guest_rt::hv();
     println!("hello from domU {} (cmdline {:?})", hv.domid, boot.cmdline);
     guest_rt::exit(test_guests::number(&boot, "status", 0) as u32)

@@ -14,7 +14,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-test_guests::hosted_stub!();
+rt::hosted_main!();
 
 use abi::Op;
 use guest_rt::println;
@@ -27,7 +27,7 @@ const OUTSIDE: u64 = 0x4000_0000;
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = test_guests::start(ebx);
+    let boot = guest_rt::start(ebx);
     let hv = guest_rt::hv();
     let attack = boot.option("attack").unwrap_or("");
     println!("hostile {}: attack {attack}", hv.domid);

@@ -6,7 +6,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-test_guests::hosted_stub!();
+rt::hosted_main!();
 
 use guest_rt::println;
 
@@ -14,7 +14,7 @@ rt::pvh_note!();
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = test_guests::start(ebx);
+    let boot = guest_rt::start(ebx);
     let every = test_guests::number(&boot, "report", 0) * 1_000_000;
     println!("spinner {}: spinning", guest_rt::hv().domid);
     let mut n: u64 = 0;

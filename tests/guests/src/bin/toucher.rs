@@ -7,7 +7,7 @@
 
 #[cfg(not(image))]
 extern crate std;
-test_guests::hosted_stub!();
+rt::hosted_main!();
 
 use guest_rt::println;
 
@@ -22,7 +22,7 @@ fn pattern(addr: u64, pass: u64) -> u64 {
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = test_guests::start(ebx);
+    let boot = guest_rt::start(ebx);
     let hv = guest_rt::hv();
     let mib = test_guests::number(&boot, "mib", 8);
     let passes = test_guests::number(&boot, "passes", 2);
