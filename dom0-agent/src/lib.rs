@@ -1,6 +1,7 @@
 //! dom0's logic that needs no privilege to be tested on the host: the image formats it can
-//! boot (PVH ELF, multiboot v1) and the domain builder, written against a `Hypercalls` trait
-//! that the real hypercall interface implements.
+//! boot (PVH ELF, multiboot v1), the domain builder, and the control-protocol server, written
+//! against traits (`builder::Hypercalls`, `server::Control`, `server::Channel`) that the real
+//! hypercall interface and COM2 implement.
 #![no_std]
 
 #[cfg(test)]
@@ -8,3 +9,4 @@ extern crate std;
 
 pub mod builder;
 pub mod multiboot;
+pub mod server;

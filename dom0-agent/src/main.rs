@@ -10,6 +10,9 @@
 //!   reporting ready, so the tests can check microhv's crash report and clean stop.
 //! - `scenario=domus`: run the domU scenarios (`scenario.rs`) with the boot modules, then
 //!   power off with status 0 if all passed.
+//!
+//! Without any of these, dom0 serves the control protocol on COM2 (`serve`) until a
+//! `Poweroff` request.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -22,10 +25,14 @@ fn main() {
     std::process::exit(2);
 }
 
+mod modules;
 mod scenario;
 
+use abi::proto::{IMAGE_CAPACITY, PROTOCOL_VERSION};
 use abi::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
-use guest_rt::{println, rdtsc};
+use dom0_agent::server::{Buffers, Channel, Poll, Server};
+use guest_rt::{Boot, println, rdtsc};
+use rt::uart::{COM2, Uart};
 
 rt::pvh_note!();
 
@@ -33,6 +40,16 @@ rt::pvh_note!();
 const BENCH_CALLS: u64 = 1000;
 /// A guest-physical address in no slot of dom0: above its RAM, below the module window.
 const OUTSIDE_MEMORY: u64 = 0xb000_0000;
+/// How long the serve loop keeps polling COM2 after the last byte before it gives the CPU
+/// away, in TSC ticks (Bochs: instructions; a byte at 115200 baud is about 4,500 of them).
+/// Polling between the bytes of a request keeps an upload at line speed; yielding when idle
+/// lets the domUs run.
+const SPIN_TICKS: u64 = 2_000_000;
+
+/// The upload buffer (`IMAGE_CAPACITY`, in .bss).
+static mut IMAGE: [u8; IMAGE_CAPACITY] = [0; IMAGE_CAPACITY];
+/// The server's frame buffers (in .bss rather than on the 64 KiB stack).
+static mut BUFFERS: Buffers = Buffers::new();
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
@@ -86,9 +103,55 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     if boot.has_flag("smoke") {
         guest_rt::exit(0);
     }
+    serve(&boot)
+}
+
+/// COM2, dom0's end of the control channel.
+struct Com2(Uart);
+
+impl Channel for Com2 {
+    fn read_byte(&mut self) -> Option<u8> {
+        self.0.try_read_byte()
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write_bytes(bytes);
+    }
+}
+
+/// Serves the control protocol on COM2 until a `Poweroff` request, then powers off.
+fn serve(boot: &Boot) -> ! {
+    let hv = guest_rt::hv();
+    // SAFETY: microhv passes COM2 through to dom0, and only this loop drives it.
+    let uart = unsafe { Uart::new(COM2) };
+    uart.init();
+    let modules = modules::all(boot);
+    // SAFETY: `serve` runs once and never returns, so these are the only references to the
+    // two statics for the rest of dom0's life.
+    let (bufs, image) =
+        unsafe { (&mut *core::ptr::addr_of_mut!(BUFFERS), &mut *core::ptr::addr_of_mut!(IMAGE)) };
+    let mut server = Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION"));
+    println!(
+        "serving the control protocol v{PROTOCOL_VERSION} on COM2 ({} boot module(s), {} KiB image buffer)",
+        modules.len(),
+        IMAGE_CAPACITY / 1024
+    );
+    let mut chan = Com2(uart);
+    let mut last = rdtsc();
     loop {
-        // Nothing to serve yet: give the CPU back.
-        let _ = hv.yield_now();
+        match server.poll(hv, &mut chan) {
+            Poll::Poweroff => {
+                // Let the response leave the UART before the machine stops.
+                uart.flush();
+                println!("powering off at the tools' request ({} requests served)", server.served);
+                guest_rt::exit(0);
+            }
+            Poll::Busy => last = rdtsc(),
+            Poll::Idle => {
+                if rdtsc().wrapping_sub(last) > SPIN_TICKS {
+                    let _ = hv.yield_now();
+                }
+            }
+        }
     }
 }
 

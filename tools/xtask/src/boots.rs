@@ -1,9 +1,10 @@
 //! The boot tests: each boots microhv under an emulator and checks its log.
 
-use crate::emu::{self, Emulator, Outcome, Spec};
+use crate::emu::{self, Emulator, Outcome, Running, Spec};
 use crate::images::{Images, Module};
 use anyhow::Result;
 use microhv_core::status::StopStatus;
+use std::path::Path;
 use std::time::Duration;
 
 /// Guest RAM of the emulated machine.
@@ -24,6 +25,9 @@ pub enum Check {
     Verdict,
 }
 
+/// Drives a boot while it runs, through the control socket; returns the lines of its report.
+pub type Driver = fn(&mut Running, &Path, &Images) -> Result<Vec<String>>;
+
 /// One boot test.
 pub struct Case {
     /// Name (also its log directory).
@@ -32,6 +36,8 @@ pub struct Case {
     pub spec: Spec,
     /// What must hold.
     pub checks: Vec<Check>,
+    /// Steps taken while the boot runs (needs `spec.control`).
+    pub driver: Option<Driver>,
 }
 
 /// A boot of microhv with dom0 and `dom0_args`.
@@ -46,6 +52,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
         timeout: BOOT_TIMEOUT,
         kvm: false,
         echo: false,
+        control: None,
     }
 }
 
@@ -58,6 +65,15 @@ pub fn domus_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     for g in SCENARIO_GUESTS {
         s.modules.push(Module { path: images.guest(g), args: String::new() });
     }
+    s
+}
+
+/// A boot of microhv with dom0 serving the control protocol, the test guests as boot
+/// modules, and COM2 on a socket in the run's directory.
+pub fn hvctl_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
+    let mut s = domus_spec(name, emulator, images);
+    s.modules[0].args = String::new();
+    s.control = Some(crate::images::out_dir().join(name).join("dom0.sock"));
     s
 }
 
@@ -111,6 +127,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             Contains(exit),
             Contains("dom0 crashed: triple fault"),
         ],
+        driver: None,
     };
     let outside_memory = |name: &'static str, emu, exit: &'static str| Case {
         name,
@@ -121,6 +138,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             Contains("d0v0 (dom0) crashed: access outside its memory"),
             Contains(exit),
         ],
+        driver: None,
     };
     let domus = |name: &'static str, emu| Case {
         name,
@@ -137,17 +155,37 @@ pub fn cases(images: &Images) -> Vec<Case> {
             Contains("crashed: triple fault"),
             Contains("[d1] hello from domU 1"),
         ],
+        driver: None,
+    };
+    let hvctl = |name: &'static str, emu| Case {
+        name,
+        spec: hvctl_spec(name, emu, images),
+        checks: vec![
+            Status(StopStatus::Ok),
+            Contains("[d0] serving the control protocol v1 on COM2 (5 boot module(s)"),
+            Contains("create \"up-spin\" from upload -> d1"),
+            Contains("create \"mod-hello\" from module \"hello\" -> d2"),
+            Contains("undecodable request -> error: unknown request (tag 99)"),
+            Contains("unreadable frame -> error: frame longer than 8192 bytes"),
+            Contains("unreadable frame -> error: malformed frame: checksum mismatch"),
+            Contains("[d0] powering off at the tools' request"),
+        ],
+        driver: Some(crate::hvctl_test::drive),
     };
     vec![
+        hvctl("hvctl-bochs", Bochs),
+        hvctl("hvctl-qemu", Qemu),
         Case {
             name: "conformance-bochs",
             spec: conformance_spec(Bochs, images),
             checks: conformance_checks(),
+            driver: None,
         },
         Case {
             name: "conformance-qemu",
             spec: conformance_spec(Qemu, images),
             checks: conformance_checks(),
+            driver: None,
         },
         domus("domus-bochs", Bochs),
         domus("domus-qemu", Qemu),
@@ -161,6 +199,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("[d0] dom0 ready"),
                 Contains("nested page faults served by the mmu"),
             ],
+            driver: None,
         },
         Case {
             name: "smoke-qemu",
@@ -174,6 +213,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("nested page faults served by the mmu"),
                 qemu_exit(StopStatus::Ok),
             ],
+            driver: None,
         },
         Case {
             name: "smoke-bochs-ryzen",
@@ -186,6 +226,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("[d0] bench: null hypercall round trip"),
                 Contains("nested page faults served by the mmu"),
             ],
+            driver: None,
         },
         Case {
             name: "qemu-no-npt",
@@ -195,6 +236,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("SVM lacks nested paging (NPT) (CPUID.8000_000Ah:EDX.NP[bit 0])"),
                 qemu_exit(StopStatus::NoVirtualization),
             ],
+            driver: None,
         },
         Case {
             name: "qemu-no-svm",
@@ -204,6 +246,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 Contains("no SVM: CPUID.8000_0001h:ECX.SVM[bit 2] = 0 on this AuthenticAMD CPU"),
                 qemu_exit(StopStatus::NoVirtualization),
             ],
+            driver: None,
         },
         triple_fault("dom0-triple-fault", Bochs, "exit 0x2 (TripleFault)"),
         triple_fault("qemu-dom0-triple-fault", Qemu, "exit 0x7f (TripleFault)"),
@@ -265,8 +308,25 @@ pub fn verify(out: &Outcome, checks: &[Check]) -> Vec<String> {
 pub fn run_all(images: &Images, filter: &str) -> Result<bool> {
     let mut ok = true;
     for case in cases(images).into_iter().filter(|c| c.name.contains(filter)) {
-        let out = emu::boot(&case.spec, images)?;
-        let failures = verify(&out, &case.checks);
+        let (out, mut failures, report) = match (case.driver, &case.spec.control) {
+            (Some(drive), Some(socket)) => {
+                let mut run = emu::start(&case.spec, images)?;
+                let driven = drive(&mut run, socket, images);
+                if driven.is_err() {
+                    run.kill();
+                }
+                let out = run.finish()?;
+                match driven {
+                    Ok(report) => (out, Vec::new(), report),
+                    Err(e) => (out, vec![format!("{e:#}")], Vec::new()),
+                }
+            }
+            _ => (emu::boot(&case.spec, images)?, Vec::new(), Vec::new()),
+        };
+        failures.extend(verify(&out, &case.checks));
+        for line in &report {
+            println!("    {line}");
+        }
         let verdict = if failures.is_empty() { "PASS" } else { "FAIL" };
         println!("boot test {:<24} {verdict}  ({:.1} s)", case.name, out.wall.as_secs_f64());
         if !failures.is_empty() {

@@ -14,6 +14,12 @@ pub fn out_dir() -> PathBuf {
     root().join("target/microhv")
 }
 
+/// The well-known place of dom0's control socket while `cargo xtask run` runs: `hvctl`
+/// looks here by default (`target/microhv/run/dom0.sock`).
+pub fn control_socket() -> PathBuf {
+    out_dir().join("run/dom0.sock")
+}
+
 /// The built images.
 #[derive(Debug, Clone)]
 pub struct Images {

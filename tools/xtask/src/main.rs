@@ -9,6 +9,7 @@
 mod boots;
 mod deps;
 mod emu;
+mod hvctl_test;
 mod images;
 
 use anyhow::{Result, bail};
@@ -45,6 +46,10 @@ enum Cmd {
         /// dom0's command line.
         #[arg(long, default_value = "")]
         dom0_args: String,
+        /// Also give dom0 the test guests (hello, spinner, toucher, hostile, mbkernel) as boot
+        /// modules, for `hvctl create --module NAME`.
+        #[arg(long)]
+        guests: bool,
     },
     /// Boot, wait for dom0 to report ready, stop; exits 0 only if it did.
     Smoke {
@@ -98,18 +103,30 @@ fn run(cmd: Cmd) -> Result<bool> {
             println!("{}\n{}", i.microhv.display(), i.dom0.display());
             Ok(true)
         }
-        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args } => {
+        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args, guests } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
             let mut spec = boots::spec("run", emulator, &images, &dom0_args);
+            if guests {
+                for g in boots::SCENARIO_GUESTS {
+                    spec.modules
+                        .push(images::Module { path: images.guest(g), args: String::new() });
+                }
+            }
             spec.cmdline = cmdline;
             spec.kvm = kvm;
             spec.cpu = cpu;
             spec.echo = true;
             spec.timeout = Duration::MAX;
+            let socket = images::control_socket();
+            spec.control = Some(socket.clone());
             eprintln!(
                 "xtask: booting microhv under {emulator:?}; logs in {}; Ctrl-C stops",
                 images::out_dir().join("run").display()
+            );
+            eprintln!(
+                "xtask: dom0's control channel (COM2): {} (hvctl uses it by default)",
+                socket.display()
             );
             let out = emu::boot(&spec, &images)?;
             match out.stop() {

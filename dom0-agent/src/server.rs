@@ -1,0 +1,492 @@
+//! dom0's side of the control protocol (`abi::proto`): frames in, hypercalls, frames out.
+//!
+//! Serving model: one request at a time. [`Server::poll`] reads the bytes waiting on the
+//! channel, and when a delimiter completes a frame it decodes it, acts on it (hypercalls, the
+//! domain builder), and writes exactly one response frame before it reads on. Every action is
+//! bounded (no retry loop, no wait on a domain), so a response always follows. State kept
+//! between requests: whether the hello succeeded, and the image upload in progress.
+//!
+//! The hypercalls and the byte channel are traits ([`Control`], [`Channel`]) so that the host
+//! tests drive the same code with a fake hypervisor and random input.
+
+use crate::builder::{self, BuildError, DomainSpec, Hypercalls};
+use abi::Errno;
+use abi::hypercall::{CONSOLE_READ_MAX, MAX_DOMAINS, ShutdownReason};
+use abi::proto::{
+    self, CMDLINE_MAX, DomainConfig, Error, FrameEncoder, FrameReader, ImageSource, MAX_MODULES,
+    ModuleInfo, NO_ID, PROTOCOL_VERSION, REASON_MAX, Req, Request, Resp, Response,
+    UPLOAD_CHUNK_MAX, UploadError,
+};
+use abi::types::{DomainInfo, DomainStats, PhysInfo, name_field};
+use core::fmt::Write;
+use zerocopy::FromZeros;
+
+/// The hypercalls the server makes, beyond the builder's (implemented by
+/// `abi::guest::Hypervisor`; faked in tests), and dom0's console for its log lines.
+pub trait Control: Hypercalls {
+    /// The ABI version microhv reports.
+    fn abi_version(&self) -> Result<(u16, u16), Errno>;
+    /// `PhysInfo`.
+    fn phys_info(&self) -> Result<PhysInfo, Errno>;
+    /// `DomainList`.
+    fn domain_list(&self, out: &mut [DomainInfo]) -> Result<u64, Errno>;
+    /// `DomainGetInfo`.
+    fn domain_info(&self, domid: u32) -> Result<DomainInfo, Errno>;
+    /// `DomainPause`.
+    fn domain_pause(&self, domid: u32) -> Result<(), Errno>;
+    /// `DomainUnpause`.
+    fn domain_unpause(&self, domid: u32) -> Result<(), Errno>;
+    /// `DomainShutdown`.
+    fn domain_shutdown(&self, domid: u32, reason: ShutdownReason, status: u32)
+    -> Result<(), Errno>;
+    /// `MemSet`.
+    fn mem_set(&self, domid: u32, bytes: u64) -> Result<(), Errno>;
+    /// `MmuPagesGet`.
+    fn mmu_pages_get(&self, domid: u32) -> Result<u64, Errno>;
+    /// `MmuPagesSet`.
+    fn mmu_pages_set(&self, domid: u32, pages: u64) -> Result<(), Errno>;
+    /// `ConsoleRead`.
+    fn console_read(&self, domid: u32, buf: &mut [u8]) -> Result<u64, Errno>;
+    /// `Stats`.
+    fn stats(&self, domid: u32) -> Result<DomainStats, Errno>;
+    /// Writes one line (without its newline) to dom0's console.
+    fn log(&self, line: &str);
+}
+
+impl Control for abi::guest::Hypervisor {
+    fn abi_version(&self) -> Result<(u16, u16), Errno> {
+        abi::guest::Hypervisor::abi_version(self)
+    }
+    fn phys_info(&self) -> Result<PhysInfo, Errno> {
+        abi::guest::Hypervisor::phys_info(self)
+    }
+    fn domain_list(&self, out: &mut [DomainInfo]) -> Result<u64, Errno> {
+        abi::guest::Hypervisor::domain_list(self, out)
+    }
+    fn domain_info(&self, domid: u32) -> Result<DomainInfo, Errno> {
+        abi::guest::Hypervisor::domain_info(self, domid)
+    }
+    fn domain_pause(&self, domid: u32) -> Result<(), Errno> {
+        abi::guest::Hypervisor::domain_pause(self, domid)
+    }
+    fn domain_unpause(&self, domid: u32) -> Result<(), Errno> {
+        abi::guest::Hypervisor::domain_unpause(self, domid)
+    }
+    fn domain_shutdown(
+        &self,
+        domid: u32,
+        reason: ShutdownReason,
+        status: u32,
+    ) -> Result<(), Errno> {
+        abi::guest::Hypervisor::domain_shutdown(self, domid, reason, status)
+    }
+    fn mem_set(&self, domid: u32, bytes: u64) -> Result<(), Errno> {
+        abi::guest::Hypervisor::mem_set(self, domid, bytes)
+    }
+    fn mmu_pages_get(&self, domid: u32) -> Result<u64, Errno> {
+        abi::guest::Hypervisor::mmu_pages_get(self, domid)
+    }
+    fn mmu_pages_set(&self, domid: u32, pages: u64) -> Result<(), Errno> {
+        abi::guest::Hypervisor::mmu_pages_set(self, domid, pages)
+    }
+    fn console_read(&self, domid: u32, buf: &mut [u8]) -> Result<u64, Errno> {
+        abi::guest::Hypervisor::console_read(self, domid, buf)
+    }
+    fn stats(&self, domid: u32) -> Result<DomainStats, Errno> {
+        abi::guest::Hypervisor::stats(self, domid)
+    }
+    fn log(&self, line: &str) {
+        // One console write per line keeps lines whole in microhv's log; a line longer than
+        // the line buffer is cut, which the fixed-size formatting below never produces.
+        let mut buf = [0u8; 192];
+        let n = line.len().min(buf.len() - 1);
+        buf[..n].copy_from_slice(&line.as_bytes()[..n]);
+        buf[n] = b'\n';
+        let _ = self.console_write(&buf[..=n]);
+    }
+}
+
+/// The byte channel (COM2 in dom0; a buffer in tests).
+pub trait Channel {
+    /// A received byte, if one is waiting (never blocks).
+    fn read_byte(&mut self) -> Option<u8>;
+    /// Sends every byte.
+    fn write(&mut self, bytes: &[u8]);
+}
+
+/// A boot module dom0 can build domains from.
+#[derive(Debug, Clone, Copy)]
+pub struct BootModule<'a> {
+    /// Its name (the first word of its command line, without a path).
+    pub name: &'a str,
+    /// Its bytes.
+    pub bytes: &'a [u8],
+}
+
+/// The server's fixed buffers (about 28 KiB): kept apart so dom0 can place them in a static
+/// rather than on its 64 KiB stack.
+pub struct Buffers {
+    reader: FrameReader,
+    encoder: FrameEncoder,
+    console: [u8; CONSOLE_READ_MAX as usize],
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Buffers {
+    /// Empty buffers.
+    pub const fn new() -> Self {
+        Self {
+            reader: FrameReader::new(),
+            encoder: FrameEncoder::new(),
+            console: [0; CONSOLE_READ_MAX as usize],
+        }
+    }
+}
+
+/// What [`Server::poll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// No byte was waiting.
+    Idle,
+    /// Bytes were read (and any complete frame answered).
+    Busy,
+    /// A `Poweroff` request was answered: the caller powers dom0 off.
+    Poweroff,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Upload {
+    active: bool,
+    size: u32,
+    received: u32,
+}
+
+/// State kept between requests.
+struct State<'a> {
+    image: &'a mut [u8],
+    upload: Upload,
+    greeted: bool,
+}
+
+/// The control-protocol server.
+pub struct Server<'a> {
+    modules: &'a [BootModule<'a>],
+    bufs: &'a mut Buffers,
+    state: State<'a>,
+    agent: &'a str,
+    /// Requests answered so far (frames, malformed ones included).
+    pub served: u64,
+}
+
+/// A log line: what the request was and how it ended.
+type Line = heapless::String<160>;
+
+impl<'a> Server<'a> {
+    /// A server building domains from `modules` or from images uploaded into `image` (whose
+    /// length is the upload capacity). `agent` is dom0-agent's version, sent in the hello.
+    pub fn new(
+        modules: &'a [BootModule<'a>],
+        bufs: &'a mut Buffers,
+        image: &'a mut [u8],
+        agent: &'a str,
+    ) -> Self {
+        Self {
+            modules,
+            bufs,
+            state: State { image, upload: Upload::default(), greeted: false },
+            agent,
+            served: 0,
+        }
+    }
+
+    /// Reads the bytes waiting on `ch` and answers every frame they complete.
+    pub fn poll<H: Control, C: Channel>(&mut self, hv: &H, ch: &mut C) -> Poll {
+        let Buffers { reader, encoder, console } = &mut *self.bufs;
+        let mut result = Poll::Idle;
+        while let Some(b) = ch.read_byte() {
+            if result == Poll::Idle {
+                result = Poll::Busy;
+            }
+            let Some(frame) = reader.push(b) else { continue };
+            let mut reason = heapless::String::<REASON_MAX>::new();
+            let mut line = Line::new();
+            let (id, resp, poweroff) = match frame {
+                Err(e) => {
+                    let _ = write!(line, "ctl: unreadable frame");
+                    (NO_ID, Resp::Error(e.to_error()), false)
+                }
+                Ok(msg) => match proto::decode_request(msg) {
+                    Err((id, e)) => {
+                        let _ = write!(line, "ctl #{id}: undecodable request");
+                        (id, Resp::Error(e), false)
+                    }
+                    Ok(req) => {
+                        describe(&mut line, &req);
+                        let poweroff = req.body == Req::Poweroff;
+                        let ctx = Ctx { hv, modules: self.modules, agent: self.agent };
+                        let resp = handle(&ctx, &mut self.state, console, &mut reason, req.body);
+                        (req.id, resp, poweroff)
+                    }
+                },
+            };
+            outcome(&mut line, &resp);
+            hv.log(&line);
+            self.served += 1;
+            match encoder.encode(&Response { id, body: resp }) {
+                Ok(bytes) => ch.write(bytes),
+                // Every response fits a frame (checked by abi's tests); should one not, the
+                // client still gets an answer rather than silence.
+                Err(_) => {
+                    let fallback = Resp::Error(Error::BadRequest { reason: "response too large" });
+                    if let Ok(bytes) = encoder.encode(&Response { id, body: fallback }) {
+                        ch.write(bytes);
+                    }
+                }
+            }
+            if poweroff {
+                return Poll::Poweroff;
+            }
+        }
+        result
+    }
+}
+
+struct Ctx<'h, 'm, H> {
+    hv: &'h H,
+    modules: &'m [BootModule<'m>],
+    agent: &'m str,
+}
+
+fn describe(line: &mut Line, req: &Request<'_>) {
+    let id = req.id;
+    let _ = match &req.body {
+        Req::Hello { version } => write!(line, "ctl #{id}: hello v{version}"),
+        Req::PhysInfo => write!(line, "ctl #{id}: info"),
+        Req::List => write!(line, "ctl #{id}: list"),
+        Req::DomainInfo { domid } => write!(line, "ctl #{id}: info d{domid}"),
+        Req::UploadBegin { size } => write!(line, "ctl #{id}: upload {size} bytes"),
+        Req::UploadChunk { offset, data } => {
+            write!(line, "ctl #{id}: upload chunk {offset}+{}", data.len())
+        }
+        Req::Create { config, image, .. } => {
+            let _ = write!(line, "ctl #{id}: create ");
+            let name = config.name.get(..32).unwrap_or(config.name);
+            let _ = write!(line, "{name:?} ");
+            match image {
+                ImageSource::Uploaded => write!(line, "from upload"),
+                ImageSource::Module(m) => {
+                    write!(line, "from module {:?}", m.get(..32).unwrap_or(m))
+                }
+            }
+        }
+        Req::Destroy { domid } => write!(line, "ctl #{id}: destroy d{domid}"),
+        Req::Pause { domid } => write!(line, "ctl #{id}: pause d{domid}"),
+        Req::Unpause { domid } => write!(line, "ctl #{id}: unpause d{domid}"),
+        Req::Shutdown { domid, .. } => write!(line, "ctl #{id}: shutdown d{domid}"),
+        Req::MemSet { domid, bytes } => write!(line, "ctl #{id}: mem-set d{domid} {bytes}"),
+        Req::MmuPagesGet { domid } => write!(line, "ctl #{id}: mmu-pages get d{domid}"),
+        Req::MmuPagesSet { domid, pages } => {
+            write!(line, "ctl #{id}: mmu-pages set d{domid} {pages}")
+        }
+        Req::ConsoleRead { domid, .. } => write!(line, "ctl #{id}: console d{domid}"),
+        Req::Stats { domid } => write!(line, "ctl #{id}: stats d{domid}"),
+        Req::Modules => write!(line, "ctl #{id}: modules"),
+        Req::Poweroff => write!(line, "ctl #{id}: poweroff"),
+    };
+}
+
+fn outcome(line: &mut Line, resp: &Resp<'_>) {
+    // A full line just loses its tail: the log is for people.
+    let _ = match resp {
+        Resp::Error(e) => write!(line, " -> error: {e}"),
+        Resp::Created { domid } => write!(line, " -> d{domid}"),
+        Resp::Console { data } => write!(line, " -> {} bytes", data.len()),
+        Resp::UploadProgress { received } => write!(line, " -> {received}"),
+        _ => write!(line, " -> ok"),
+    };
+}
+
+fn hc(e: Errno) -> Resp<'static> {
+    Resp::Error(Error::Hypercall { errno: e })
+}
+
+fn done(r: Result<(), Errno>) -> Resp<'static> {
+    r.map_or_else(hc, |()| Resp::Done)
+}
+
+fn handle<'r, H: Control>(
+    ctx: &Ctx<'_, 'r, H>,
+    st: &mut State<'_>,
+    console: &'r mut [u8],
+    reason: &'r mut heapless::String<REASON_MAX>,
+    req: Req<'_>,
+) -> Resp<'r> {
+    let hv = ctx.hv;
+    if let Req::Hello { version } = req {
+        st.greeted = version == PROTOCOL_VERSION;
+        if !st.greeted {
+            return Resp::Error(Error::VersionMismatch { dom0: PROTOCOL_VERSION, client: version });
+        }
+        let (abi_major, abi_minor) = hv.abi_version().unwrap_or((0, 0));
+        return Resp::Hello {
+            version: PROTOCOL_VERSION,
+            abi_major,
+            abi_minor,
+            agent: ctx.agent,
+            upload_capacity: u32::try_from(st.image.len()).unwrap_or(u32::MAX),
+        };
+    }
+    if !st.greeted {
+        return Resp::Error(Error::HelloRequired);
+    }
+    match req {
+        Req::Hello { .. } => Resp::Error(Error::HelloRequired),
+        Req::PhysInfo => hv.phys_info().map_or_else(hc, Resp::PhysInfo),
+        Req::List => {
+            let mut all = [DomainInfo::new_zeroed(); MAX_DOMAINS as usize];
+            match hv.domain_list(&mut all) {
+                Ok(n) => {
+                    let n = usize::try_from(n).unwrap_or(usize::MAX).min(all.len());
+                    Resp::List(all[..n].iter().copied().collect())
+                }
+                Err(e) => hc(e),
+            }
+        }
+        Req::DomainInfo { domid } => hv.domain_info(domid).map_or_else(hc, Resp::DomainInfo),
+        Req::UploadBegin { size } => {
+            if size as usize > st.image.len() {
+                st.upload = Upload::default();
+                let capacity = u32::try_from(st.image.len()).unwrap_or(u32::MAX);
+                return Resp::Error(Error::Upload(UploadError::TooLarge { size, capacity }));
+            }
+            st.upload = Upload { active: true, size, received: 0 };
+            Resp::UploadProgress { received: 0 }
+        }
+        Req::UploadChunk { offset, data } => upload_chunk(st, offset, data),
+        Req::Create { config, image, start } => create(ctx, st, reason, &config, image, start),
+        Req::Destroy { domid } => done(hv.domain_destroy(domid)),
+        Req::Pause { domid } => done(hv.domain_pause(domid)),
+        Req::Unpause { domid } => done(hv.domain_unpause(domid)),
+        Req::Shutdown { domid, reason, status } => done(hv.domain_shutdown(domid, reason, status)),
+        Req::MemSet { domid, bytes } => done(hv.mem_set(domid, bytes)),
+        Req::MmuPagesGet { domid } => {
+            hv.mmu_pages_get(domid).map_or_else(hc, |pages| Resp::MmuPages { pages })
+        }
+        Req::MmuPagesSet { domid, pages } => done(hv.mmu_pages_set(domid, pages)),
+        Req::ConsoleRead { domid, max } => {
+            // More than a ring's worth is never waiting: asking for more just gets it all.
+            let max = (max as usize).min(console.len());
+            match hv.console_read(domid, &mut console[..max]) {
+                Ok(n) => {
+                    let n = usize::try_from(n).unwrap_or(max).min(max);
+                    Resp::Console { data: &console[..n] }
+                }
+                Err(e) => hc(e),
+            }
+        }
+        Req::Stats { domid } => hv.stats(domid).map_or_else(hc, Resp::Stats),
+        Req::Modules => Resp::Modules(
+            ctx.modules
+                .iter()
+                .take(MAX_MODULES)
+                .map(|m| ModuleInfo { name: m.name, size: m.bytes.len() as u64 })
+                .collect(),
+        ),
+        Req::Poweroff => Resp::Done,
+    }
+}
+
+fn upload_chunk<'r>(st: &mut State<'_>, offset: u32, data: &[u8]) -> Resp<'r> {
+    let up = st.upload;
+    if !up.active {
+        return Resp::Error(Error::Upload(UploadError::NotStarted));
+    }
+    if offset != up.received {
+        return Resp::Error(Error::Upload(UploadError::OutOfOrder { expected: up.received }));
+    }
+    let start = up.received as usize;
+    let end = start.saturating_add(data.len());
+    if data.len() > UPLOAD_CHUNK_MAX || end > up.size as usize {
+        return Resp::Error(Error::Upload(UploadError::Overflow));
+    }
+    let Some(dst) = st.image.get_mut(start..end) else {
+        return Resp::Error(Error::Upload(UploadError::Overflow));
+    };
+    dst.copy_from_slice(data);
+    // `end <= size`, a u32.
+    st.upload.received = end as u32;
+    Resp::UploadProgress { received: st.upload.received }
+}
+
+fn create<'r, H: Control>(
+    ctx: &Ctx<'_, 'r, H>,
+    st: &mut State<'_>,
+    reason: &'r mut heapless::String<REASON_MAX>,
+    config: &DomainConfig<'_>,
+    source: ImageSource<'_>,
+    start: bool,
+) -> Resp<'r> {
+    if name_field(config.name).is_none() {
+        return Resp::Error(Error::BadRequest {
+            reason: "a domain name is 1 to 32 printable ASCII characters",
+        });
+    }
+    if config.cmdline.len() > CMDLINE_MAX {
+        return Resp::Error(Error::BadRequest { reason: "command line too long" });
+    }
+    let image: &[u8] = match source {
+        ImageSource::Uploaded => {
+            let up = st.upload;
+            if !up.active {
+                return Resp::Error(Error::Upload(UploadError::NotStarted));
+            }
+            if up.received != up.size {
+                return Resp::Error(Error::Upload(UploadError::Incomplete {
+                    received: up.received,
+                    size: up.size,
+                }));
+            }
+            st.image.get(..up.size as usize).unwrap_or(&[])
+        }
+        ImageSource::Module(name) => match ctx.modules.iter().find(|m| m.name == name) {
+            Some(m) => m.bytes,
+            None => return Resp::Error(Error::NoSuchModule),
+        },
+    };
+    let spec = DomainSpec {
+        name: config.name,
+        mem_bytes: config.mem_bytes,
+        vcpus: config.vcpus,
+        mmu_pages: config.mmu_pages,
+        flags: config.flags,
+        cmdline: config.cmdline,
+    };
+    let domid = match builder::build(ctx.hv, &spec, image) {
+        Ok(d) => d,
+        Err(BuildError::Hypercall(_, e)) => return hc(e),
+        Err(BuildError::BadName) => {
+            return Resp::Error(Error::BadRequest { reason: "bad domain name" });
+        }
+        Err(BuildError::CmdlineTooLong) => {
+            return Resp::Error(Error::BadRequest { reason: "command line too long" });
+        }
+        Err(e) => {
+            // The reason is cut at `REASON_MAX` bytes if it is longer (it is not today).
+            let _ = write!(reason, "{e}");
+            return Resp::Error(Error::ImageRejected { reason: reason.as_str() });
+        }
+    };
+    if start && let Err(e) = ctx.hv.domain_unpause(domid) {
+        let _ = ctx.hv.domain_destroy(domid);
+        return hc(e);
+    }
+    Resp::Created { domid }
+}
+
+#[cfg(test)]
+mod tests;

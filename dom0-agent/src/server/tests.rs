@@ -1,0 +1,448 @@
+//! The server against a fake hypervisor: a scripted session, then random input.
+
+use super::*;
+use abi::proto::{FrameReader, IMAGE_CAPACITY, MAX_FRAME, REQ_VARIANTS, decode_response};
+use abi::types::DomainState;
+use core::cell::RefCell;
+use proptest::prelude::*;
+use std::boxed::Box;
+use std::collections::VecDeque;
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+/// A hypervisor with a domain table and nothing else.
+#[derive(Default)]
+struct Fake {
+    domains: RefCell<Vec<DomainInfo>>,
+    console: RefCell<Vec<u8>>,
+    log: RefCell<Vec<String>>,
+}
+
+impl Fake {
+    fn new() -> Self {
+        let f = Fake::default();
+        let mut d0 = DomainInfo::new_zeroed();
+        d0.state = DomainState::Running as u32;
+        d0.name[..4].copy_from_slice(b"dom0");
+        f.domains.borrow_mut().push(d0);
+        f.console.borrow_mut().extend_from_slice(b"hello from domU 1\n");
+        f
+    }
+
+    fn with<T>(&self, domid: u32, f: impl FnOnce(&mut DomainInfo) -> T) -> Result<T, Errno> {
+        let mut ds = self.domains.borrow_mut();
+        ds.iter_mut().find(|d| d.domid == domid).map(f).ok_or(Errno::ESRCH)
+    }
+
+    fn domu<T>(&self, domid: u32, f: impl FnOnce(&mut DomainInfo) -> T) -> Result<T, Errno> {
+        if domid == 0 {
+            return Err(Errno::EPERM);
+        }
+        self.with(domid, f)
+    }
+}
+
+impl Hypercalls for Fake {
+    fn domain_create(&self, c: &abi::types::DomainCreate) -> Result<u32, Errno> {
+        let mut ds = self.domains.borrow_mut();
+        if ds.iter().any(|d| d.name == c.name) {
+            return Err(Errno::EEXIST);
+        }
+        let domid = (1..16).find(|i| ds.iter().all(|d| d.domid != *i)).ok_or(Errno::ENOSPC)?;
+        let mut d = DomainInfo::new_zeroed();
+        d.domid = domid;
+        d.name = c.name;
+        d.mem_bytes = c.mem_bytes;
+        d.vcpus = c.vcpus;
+        ds.push(d);
+        Ok(domid)
+    }
+    fn mem_write(&self, domid: u32, _: u64, src: &[u8]) -> Result<u64, Errno> {
+        self.domu(domid, |_| src.len() as u64)
+    }
+    fn vcpu_set_state(&self, domid: u32, _: u32, _: &abi::types::VcpuState) -> Result<(), Errno> {
+        self.domu(domid, |_| ())
+    }
+    fn domain_destroy(&self, domid: u32) -> Result<(), Errno> {
+        self.domu(domid, |_| ())?;
+        self.domains.borrow_mut().retain(|d| d.domid != domid);
+        Ok(())
+    }
+}
+
+impl Control for Fake {
+    fn abi_version(&self) -> Result<(u16, u16), Errno> {
+        Ok((1, 0))
+    }
+    fn phys_info(&self) -> Result<PhysInfo, Errno> {
+        Ok(PhysInfo::new_zeroed())
+    }
+    fn domain_list(&self, out: &mut [DomainInfo]) -> Result<u64, Errno> {
+        let ds = self.domains.borrow();
+        for (o, d) in out.iter_mut().zip(ds.iter()) {
+            *o = *d;
+        }
+        Ok(ds.len() as u64)
+    }
+    fn domain_info(&self, domid: u32) -> Result<DomainInfo, Errno> {
+        self.with(domid, |d| *d)
+    }
+    fn domain_pause(&self, domid: u32) -> Result<(), Errno> {
+        self.domu(domid, |d| d.state = DomainState::Paused as u32)
+    }
+    fn domain_unpause(&self, domid: u32) -> Result<(), Errno> {
+        self.domu(domid, |d| d.state = DomainState::Running as u32)
+    }
+    fn domain_shutdown(&self, domid: u32, _: ShutdownReason, s: u32) -> Result<(), Errno> {
+        self.domu(domid, |d| {
+            d.state = DomainState::Shutdown as u32;
+            d.shutdown_status = s;
+        })
+    }
+    fn mem_set(&self, domid: u32, bytes: u64) -> Result<(), Errno> {
+        self.domu(domid, |d| d.mem_bytes = bytes)
+    }
+    fn mmu_pages_get(&self, domid: u32) -> Result<u64, Errno> {
+        self.with(domid, |d| d.mmu_max)
+    }
+    fn mmu_pages_set(&self, domid: u32, pages: u64) -> Result<(), Errno> {
+        if pages != 0 && pages < 4 {
+            return Err(Errno::EINVAL);
+        }
+        self.with(domid, |d| d.mmu_max = pages)
+    }
+    fn console_read(&self, domid: u32, buf: &mut [u8]) -> Result<u64, Errno> {
+        self.with(domid, |_| ())?;
+        let mut c = self.console.borrow_mut();
+        let n = buf.len().min(c.len());
+        buf[..n].copy_from_slice(&c[..n]);
+        c.drain(..n);
+        Ok(n as u64)
+    }
+    fn stats(&self, domid: u32) -> Result<DomainStats, Errno> {
+        self.with(domid, |d| {
+            let mut s = DomainStats::new_zeroed();
+            s.domid = d.domid;
+            s
+        })
+    }
+    fn log(&self, line: &str) {
+        self.log.borrow_mut().push(line.into());
+    }
+}
+
+/// Bytes in, bytes out.
+#[derive(Default)]
+struct Pipe {
+    input: VecDeque<u8>,
+    output: Vec<u8>,
+}
+
+impl Channel for Pipe {
+    fn read_byte(&mut self) -> Option<u8> {
+        self.input.pop_front()
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
+    }
+}
+
+/// A PVH image the builder accepts.
+fn image() -> Vec<u8> {
+    abi::pvh::testing::image(0x10_0000, &[0x90; 10_000], 0x100, 0x10_0000)
+}
+
+struct Rig {
+    fake: Fake,
+    bufs: Box<Buffers>,
+    image: Vec<u8>,
+    module: Vec<u8>,
+}
+
+impl Rig {
+    fn new(capacity: usize) -> Self {
+        Rig {
+            fake: Fake::new(),
+            bufs: Box::new(Buffers::new()),
+            image: vec![0; capacity],
+            module: image(),
+        }
+    }
+}
+
+fn frame(id: u32, body: Req<'_>) -> Vec<u8> {
+    let mut enc = Box::new(FrameEncoder::new());
+    enc.encode(&Request { id, body }).unwrap().to_vec()
+}
+
+/// Polls until the input is consumed; fails the test rather than loop for ever.
+fn drain(server: &mut Server<'_>, hv: &Fake, pipe: &mut Pipe) -> bool {
+    let mut poweroff = false;
+    for _ in 0..pipe.input.len() + 2 {
+        match server.poll(hv, pipe) {
+            Poll::Idle => return poweroff,
+            Poll::Poweroff => poweroff = true,
+            Poll::Busy => {}
+        }
+    }
+    panic!("poll did not consume its input");
+}
+
+/// Every response frame in `bytes`, decoded into (id, body rendered with Debug).
+fn responses(bytes: &[u8]) -> Vec<(u32, String)> {
+    let mut r = Box::new(FrameReader::new());
+    let mut out = Vec::new();
+    for &b in bytes {
+        if let Some(f) = r.push(b) {
+            let msg = f.expect("dom0 sends valid frames");
+            let resp = decode_response(msg).expect("dom0 sends valid responses");
+            out.push((resp.id, std::format!("{:?}", resp.body)));
+        }
+    }
+    out
+}
+
+fn exchange(rig: &mut Rig, input: &[Vec<u8>]) -> Vec<(u32, String)> {
+    let modules = [BootModule { name: "hello", bytes: &rig.module }];
+    let mut server = Server::new(&modules, &mut rig.bufs, &mut rig.image, "test");
+    let mut pipe = Pipe::default();
+    for f in input {
+        pipe.input.extend(f);
+    }
+    drain(&mut server, &rig.fake, &mut pipe);
+    responses(&pipe.output)
+}
+
+fn config(name: &str) -> DomainConfig<'_> {
+    DomainConfig { name, mem_bytes: 4 << 20, vcpus: 1, mmu_pages: 0, flags: 0, cmdline: "x=1" }
+}
+
+#[test]
+fn a_session() {
+    let mut rig = Rig::new(64 * 1024);
+    let img = image();
+    let mut input = vec![
+        frame(1, Req::List),
+        frame(2, Req::Hello { version: PROTOCOL_VERSION + 1 }),
+        frame(3, Req::Hello { version: PROTOCOL_VERSION }),
+        frame(4, Req::UploadBegin { size: img.len() as u32 }),
+    ];
+    for (i, c) in img.chunks(UPLOAD_CHUNK_MAX).enumerate() {
+        input.push(frame(5, Req::UploadChunk { offset: (i * UPLOAD_CHUNK_MAX) as u32, data: c }));
+    }
+    input.extend([
+        frame(6, Req::Create { config: config("up"), image: ImageSource::Uploaded, start: true }),
+        frame(
+            7,
+            Req::Create { config: config("m"), image: ImageSource::Module("hello"), start: false },
+        ),
+        frame(
+            8,
+            Req::Create { config: config("x"), image: ImageSource::Module("nope"), start: true },
+        ),
+        frame(9, Req::Create { config: config("up"), image: ImageSource::Uploaded, start: true }),
+        frame(10, Req::Pause { domid: 1 }),
+        frame(11, Req::ConsoleRead { domid: 1, max: 100_000 }),
+        frame(12, Req::Destroy { domid: 9 }),
+        frame(13, Req::Destroy { domid: 0 }),
+        frame(14, Req::UploadBegin { size: 64 * 1024 + 1 }),
+        frame(15, Req::UploadChunk { offset: 0, data: b"x" }),
+        frame(
+            16,
+            Req::Create {
+                config: config("bad\n"),
+                image: ImageSource::Module("hello"),
+                start: true,
+            },
+        ),
+        frame(17, Req::List),
+        frame(18, Req::Poweroff),
+    ]);
+    let got = responses(&{
+        let modules = [BootModule { name: "hello", bytes: &rig.module }];
+        let mut server = Server::new(&modules, &mut rig.bufs, &mut rig.image, "test");
+        let mut pipe = Pipe::default();
+        for f in &input {
+            pipe.input.extend(f);
+        }
+        assert!(drain(&mut server, &rig.fake, &mut pipe), "poweroff reported");
+        pipe.output
+    });
+    let find = |id: u32| got.iter().find(|(i, _)| *i == id).map(|(_, s)| s.as_str()).unwrap();
+    assert_eq!(got.len(), input.len(), "one response per frame");
+    assert_eq!(find(1), "Error(HelloRequired)");
+    assert!(find(2).starts_with("Error(VersionMismatch"));
+    assert!(find(3).starts_with("Hello { version: 1"));
+    assert_eq!(find(6), "Created { domid: 1 }");
+    assert_eq!(find(7), "Created { domid: 2 }");
+    assert_eq!(find(8), "Error(NoSuchModule)");
+    assert_eq!(find(9), "Error(Hypercall { errno: EEXIST })");
+    assert_eq!(find(10), "Done");
+    assert!(find(11).starts_with("Console { data: [104, 101, 108, 108, 111"), "hello…");
+    assert_eq!(find(12), "Error(Hypercall { errno: ESRCH })");
+    assert_eq!(find(13), "Error(Hypercall { errno: EPERM })");
+    assert!(find(14).starts_with("Error(Upload(TooLarge"));
+    assert_eq!(find(15), "Error(Upload(NotStarted))");
+    assert!(find(16).starts_with("Error(BadRequest"));
+    assert!(find(17).contains("domid: 2"));
+    assert_eq!(find(18), "Done");
+    let log = rig.fake.log.borrow();
+    assert_eq!(log.len(), input.len(), "one log line per request");
+    assert!(log.iter().any(|l| l.contains("create \"up\" from upload -> d1")), "{log:?}");
+}
+
+#[test]
+fn bad_frames_get_errors_and_the_server_goes_on() {
+    let mut rig = Rig::new(1024);
+    let mut oversize = vec![1u8; MAX_FRAME + 100];
+    oversize.push(0);
+    let mut unknown = postcard::to_allocvec(&77u32).unwrap();
+    unknown.push(REQ_VARIANTS as u8 + 3);
+    let crc = abi::proto::crc32(&unknown);
+    unknown.extend(crc.to_le_bytes());
+    let mut unknown_frame = vec![0u8; unknown.len() + 2];
+    let n = cobs::encode(&unknown, &mut unknown_frame);
+    unknown_frame.truncate(n);
+    unknown_frame.push(0);
+    let got = exchange(
+        &mut rig,
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            vec![0x17, 0x42, 0x99, 0x00],
+            oversize,
+            unknown_frame,
+            vec![0, 0, 0],
+            frame(5, Req::DomainInfo { domid: 12 }),
+            frame(6, Req::List),
+        ],
+    );
+    let bodies: Vec<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(got.len(), 6, "{bodies:?}");
+    assert!(bodies[1].starts_with("Error(Malformed"));
+    assert_eq!(got[1].0, NO_ID);
+    assert_eq!(bodies[2], std::format!("Error(Oversize {{ limit: {MAX_FRAME} }})"));
+    assert_eq!(got[3], (77, std::format!("Error(UnknownRequest {{ tag: {} }})", REQ_VARIANTS + 3)));
+    assert_eq!(bodies[4], "Error(Hypercall { errno: ESRCH })");
+    assert!(bodies[5].starts_with("List"));
+}
+
+#[test]
+fn the_image_capacity_is_the_buffer() {
+    let mut rig = Rig::new(IMAGE_CAPACITY.min(4096));
+    let got = exchange(
+        &mut rig,
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            frame(2, Req::UploadBegin { size: 4096 }),
+            frame(3, Req::UploadChunk { offset: 0, data: &[1; 4000] }),
+            frame(4, Req::UploadChunk { offset: 10, data: &[1; 10] }),
+            frame(5, Req::UploadChunk { offset: 4000, data: &[1; 97] }),
+            frame(
+                6,
+                Req::Create { config: config("a"), image: ImageSource::Uploaded, start: false },
+            ),
+            frame(7, Req::UploadChunk { offset: 4000, data: &[1; 96] }),
+            frame(
+                8,
+                Req::Create { config: config("a"), image: ImageSource::Uploaded, start: false },
+            ),
+        ],
+    );
+    let b: Vec<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(b[1], "UploadProgress { received: 0 }");
+    assert_eq!(b[2], "UploadProgress { received: 4000 }");
+    assert_eq!(b[3], "Error(Upload(OutOfOrder { expected: 4000 }))");
+    assert_eq!(b[4], "Error(Upload(Overflow))");
+    assert_eq!(b[5], "Error(Upload(Incomplete { received: 4000, size: 4096 }))");
+    assert_eq!(b[6], "UploadProgress { received: 4096 }");
+    // Complete, but not a kernel: the builder's reason comes back.
+    assert_eq!(b[7], "Error(ImageRejected { reason: \"not a PVH ELF or multiboot kernel\" })");
+}
+
+/// One piece of random input.
+#[derive(Debug, Clone)]
+enum Piece {
+    /// A valid frame of a request with random fields.
+    Request(u32, u32, u64, String, Vec<u8>),
+    /// Random bytes (zeros included).
+    Bytes(Vec<u8>),
+    /// A frame over the limit.
+    Oversize(usize),
+}
+
+fn piece() -> impl Strategy<Value = Piece> {
+    prop_oneof![
+        4 => (0..REQ_VARIANTS + 2, 0u32..20, any::<u64>(), "[ -~]{0,40}",
+              proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(s, a, b, t, d)| Piece::Request(s, a, b, t, d)),
+        2 => proptest::collection::vec(any::<u8>(), 0..200).prop_map(Piece::Bytes),
+        1 => (1usize..200).prop_map(Piece::Oversize),
+    ]
+}
+
+fn random_req<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Req<'a> {
+    let config =
+        DomainConfig { name: s, mem_bytes: b, vcpus: a, mmu_pages: b, flags: a, cmdline: s };
+    match sel {
+        0 => Req::Hello { version: if a == 0 { 9 } else { PROTOCOL_VERSION } },
+        1 => Req::PhysInfo,
+        2 => Req::List,
+        3 => Req::DomainInfo { domid: a },
+        4 => Req::UploadBegin { size: b as u32 },
+        5 => Req::UploadChunk { offset: a, data },
+        6 => Req::Create { config, image: ImageSource::Uploaded, start: a & 1 == 0 },
+        7 => Req::Destroy { domid: a },
+        8 => Req::Pause { domid: a },
+        9 => Req::Unpause { domid: a },
+        10 => Req::Shutdown { domid: a, reason: ShutdownReason::Poweroff, status: 1 },
+        11 => Req::MemSet { domid: a, bytes: b },
+        12 => Req::MmuPagesGet { domid: a },
+        13 => Req::MmuPagesSet { domid: a, pages: b },
+        14 => Req::ConsoleRead { domid: a, max: b as u32 },
+        15 => Req::Stats { domid: a },
+        16 => Req::Modules,
+        17 => Req::Poweroff,
+        _ => Req::Create {
+            config,
+            image: ImageSource::Module(if a & 1 == 0 { "hello" } else { s }),
+            start: true,
+        },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Random frames and bytes: no panic, no hang, and exactly one valid response per
+    /// non-empty frame.
+    #[test]
+    fn every_frame_gets_exactly_one_response(
+        pieces in proptest::collection::vec(piece(), 0..40),
+    ) {
+        let mut rig = Rig::new(8192);
+        let mut input = Vec::new();
+        for p in &pieces {
+            match p {
+                Piece::Request(s, a, b, t, d) => {
+                    let req = random_req(*s, *a, *b, t, d);
+                    input.extend(frame(a.wrapping_add(1), req));
+                }
+                Piece::Bytes(bytes) => input.extend(bytes),
+                Piece::Oversize(extra) => {
+                    input.extend(std::iter::repeat_n(0x33, MAX_FRAME + extra));
+                    input.push(0);
+                }
+            }
+        }
+        // Frames: runs of non-zero bytes ended by a zero.
+        let expected = input
+            .split(|&b| b == 0)
+            .rev()
+            .skip(1)
+            .filter(|f| !f.is_empty())
+            .count();
+        let got = exchange(&mut rig, &[input]);
+        prop_assert_eq!(got.len(), expected);
+    }
+}
