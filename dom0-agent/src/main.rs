@@ -19,11 +19,7 @@
 // Without `cfg(image)` (see `rt::build`) this is a hosted stub that only points at the runner.
 #[cfg(not(image))]
 extern crate std;
-#[cfg(not(image))]
-fn main() {
-    std::eprintln!("this is a freestanding image: build it with `cargo xtask build`");
-    std::process::exit(2);
-}
+rt::hosted_main!();
 
 mod modules;
 mod scenario;
@@ -53,13 +49,7 @@ static mut BUFFERS: Buffers = Buffers::new();
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = match guest_rt::init(ebx) {
-        Ok(b) => b,
-        // No microhv, no console: nothing to report to.
-        Err(_) => loop {
-            core::hint::spin_loop();
-        },
-    };
+    let boot = guest_rt::start(ebx);
     let hv = guest_rt::hv();
     println!("dom0-agent {} cmdline {:?}", env!("CARGO_PKG_VERSION"), boot.cmdline);
     let (major, minor) = match hv.abi_version() {

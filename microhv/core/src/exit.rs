@@ -219,9 +219,10 @@ pub struct ExitInfo {
     pub insn_len: u8,
     /// Guest privilege level (CPL).
     pub cpl: u8,
-    /// Code-segment mode.
+    /// Code-segment mode. Backends need only fill it for `NestedPageFault` exits, the only ones
+    /// whose instruction the core decodes.
     pub mode: CpuMode,
-    /// Code-segment base (RIP is relative to it).
+    /// Code-segment base (RIP is relative to it); like `mode`, for `NestedPageFault` exits.
     pub cs_base: u64,
     /// TSC ticks the guest ran.
     pub ran_ticks: u64,

@@ -30,6 +30,17 @@ pub struct Boot {
     pub cmdline: &'static str,
 }
 
+/// A boot module as [`Boot::modules`] gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct BootModule {
+    /// Its name: the first word of its command line, without a directory part.
+    pub name: &'static str,
+    /// Its bytes, read-only.
+    pub bytes: &'static [u8],
+    /// The rest of its command line.
+    pub args: &'static str,
+}
+
 /// Why the runtime cannot start.
 #[derive(Debug)]
 pub enum InitError {
@@ -75,20 +86,27 @@ impl Boot {
         Some((e, unsafe { c_str(e.cmdline_paddr) }))
     }
 
-    /// The boot module whose command line's first word (its last path component) is `name`:
-    /// its bytes (mapped read-only by microhv) and the rest of its command line.
-    pub fn module_named(&self, name: &str) -> Option<(&'static [u8], &'static str)> {
-        (0..self.info.nr_modules).filter_map(|i| self.module(i)).find_map(|(m, cmdline)| {
-            let mut words = cmdline.splitn(2, char::is_whitespace);
+    /// The boot modules (mapped read-only by microhv): each one's name (its command line's
+    /// first word, without a directory part), bytes, and the rest of its command line.
+    pub fn modules(&self) -> impl Iterator<Item = BootModule> + '_ {
+        (0..self.info.nr_modules).filter_map(|i| self.module(i)).map(|(m, cmdline)| {
+            let mut words = cmdline.trim_start().splitn(2, char::is_whitespace);
             let first = words.next().unwrap_or("");
-            (first.rsplit('/').next() == Some(name)).then(|| {
-                // SAFETY: microhv maps each boot module read-only at the address the module
-                // list gives, inside the identity-mapped 4 GiB, for as long as dom0 runs.
-                let bytes =
-                    unsafe { core::slice::from_raw_parts(m.paddr as *const u8, m.size as usize) };
-                (bytes, words.next().unwrap_or("").trim())
-            })
+            // SAFETY: microhv maps each boot module read-only at the address the module list
+            // gives, inside the identity-mapped 4 GiB, for as long as the domain runs.
+            let bytes =
+                unsafe { core::slice::from_raw_parts(m.paddr as *const u8, m.size as usize) };
+            BootModule {
+                name: first.rsplit('/').next().unwrap_or(first),
+                bytes,
+                args: words.next().unwrap_or("").trim(),
+            }
         })
+    }
+
+    /// The boot module called `name`: its bytes and arguments.
+    pub fn module_named(&self, name: &str) -> Option<(&'static [u8], &'static str)> {
+        self.modules().find(|m| m.name == name).map(|m| (m.bytes, m.args))
     }
 
     /// One past the last byte of RAM in the memory map.

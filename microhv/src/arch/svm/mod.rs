@@ -628,6 +628,11 @@ impl Backend for Svm {
             (Exit::Interrupt, len) if timed && code == exit::INTR => (Exit::Timer, len),
             other => other,
         };
+        // Only a nested page fault's instruction is ever decoded by the core.
+        let (mode, cs_base) = match exit {
+            Exit::NestedPageFault { .. } => (Self::mode(vm), vm.r64(save::CS + seg::BASE)),
+            _ => (CpuMode::Bits16, 0),
+        };
         ExitInfo {
             exit,
             raw_reason: code,
@@ -641,8 +646,8 @@ impl Backend for Svm {
             efer: vm.r64(save::EFER) & !EFER_SVME,
             insn_len,
             cpl: vm.r8(save::CPL) & 3,
-            mode: Self::mode(vm),
-            cs_base: vm.r64(save::CS + seg::BASE),
+            mode,
+            cs_base,
             ran_ticks: ran,
         }
     }

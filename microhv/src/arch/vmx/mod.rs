@@ -406,8 +406,8 @@ impl Vmx {
     /// injects an event of its own afterwards replaces it.
     fn reinject_interrupted_event() {
         let info = vmcs::read(ro::IDT_VECTORING_INFO);
+        // Every exit clears the entry field's valid bit: nothing to undo when nothing was cut.
         if info & (1 << 31) == 0 {
-            vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
             return;
         }
         // Bit 12 is undefined in the vectoring field and reserved in the entry field.
@@ -559,8 +559,15 @@ impl Backend for Vmx {
             vmcs::read(control::CR4_READ_SHADOW),
             self.cr4_mask,
         );
+        let exit = self.translate(raw, qual, gprs, cr0);
+        // Only a nested page fault's instruction is ever decoded: spare the other exits the
+        // VMREADs.
+        let (mode, cs_base) = match exit {
+            Exit::NestedPageFault { .. } => (Self::mode(cr0), vmcs::read(guest::CS_BASE)),
+            _ => (CpuMode::Bits16, 0),
+        };
         ExitInfo {
-            exit: self.translate(raw, qual, gprs, cr0),
+            exit,
             raw_reason: raw,
             qualification: qual,
             rip: vmcs::read(guest::RIP),
@@ -572,8 +579,8 @@ impl Backend for Vmx {
             efer: vmcs::read(guest::IA32_EFER_FULL),
             insn_len: vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8,
             cpl: ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
-            mode: Self::mode(cr0),
-            cs_base: vmcs::read(guest::CS_BASE),
+            mode,
+            cs_base,
             ran_ticks: ran,
         }
     }
