@@ -239,6 +239,16 @@ pub fn cases(images: &Images) -> Vec<Case> {
             driver: None,
         },
         Case {
+            name: "qemu-no-vmx",
+            spec: with_cpu(spec("qemu-no-vmx", Qemu, images, "smoke"), "max,vendor=GenuineIntel"),
+            checks: vec![
+                Status(StopStatus::NoVirtualization),
+                Contains("no VMX: CPUID.1:ECX.VMX[bit 5] = 0 on this GenuineIntel CPU"),
+                qemu_exit(StopStatus::NoVirtualization),
+            ],
+            driver: None,
+        },
+        Case {
             name: "qemu-no-svm",
             spec: with_cpu(spec("qemu-no-svm", Qemu, images, "smoke"), "max,-svm"),
             checks: vec![
