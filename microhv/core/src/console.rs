@@ -7,6 +7,51 @@ pub const CONSOLE_RING_BYTES: usize = CONSOLE_READ_MAX as usize;
 /// Longest line passed to the log before it is cut.
 pub const CONSOLE_LINE_BYTES: usize = 160;
 
+/// Lines a domU may log in a burst before its log output is rate-limited.
+pub const LOG_BURST_LINES: u32 = 64;
+/// TSC ticks that earn a rate-limited domU one more logged line (Bochs: about 66 lines a
+/// second of emulated time).
+pub const LOG_TICKS_PER_LINE: u64 = 1_000_000;
+
+/// A token bucket over the lines a domain sends to microhv's log. A domU that prints without
+/// pause would otherwise spend the machine's time in microhv's polled log UART (every byte waits
+/// for the line), starving the other domains; its console ring keeps every byte regardless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimiter {
+    tokens: u32,
+    last: u64,
+    /// Lines not logged since the last one that was.
+    pub suppressed: u64,
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogLimiter {
+    /// A full bucket.
+    pub const fn new() -> Self {
+        Self { tokens: LOG_BURST_LINES, last: 0, suppressed: 0 }
+    }
+
+    /// Whether one more line may be logged at TSC `now`; counts it as suppressed if not.
+    pub fn allow(&mut self, now: u64) -> bool {
+        let earned = now.saturating_sub(self.last) / LOG_TICKS_PER_LINE;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(LOG_BURST_LINES.into()) as u32;
+            self.last = now;
+        }
+        if self.tokens == 0 {
+            self.suppressed += 1;
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 /// A domain's console output.
 pub struct Console {
     ring: [u8; CONSOLE_RING_BYTES],
@@ -125,6 +170,22 @@ mod tests {
         let mut buf = std::vec![0u8; CONSOLE_RING_BYTES];
         assert_eq!(c.read(&mut buf), CONSOLE_RING_BYTES);
         assert_eq!(&buf[..], &data[10..]);
+    }
+
+    #[test]
+    fn the_log_limiter_allows_a_burst_then_a_line_per_period() {
+        let mut l = LogLimiter::new();
+        let now = 5 * LOG_TICKS_PER_LINE;
+        for _ in 0..LOG_BURST_LINES {
+            assert!(l.allow(now));
+        }
+        assert!(!l.allow(now));
+        assert!(!l.allow(now + LOG_TICKS_PER_LINE - 1));
+        assert_eq!(l.suppressed, 2);
+        assert!(l.allow(now + 2 * LOG_TICKS_PER_LINE));
+        assert!(l.allow(now + 2 * LOG_TICKS_PER_LINE));
+        assert!(!l.allow(now + 2 * LOG_TICKS_PER_LINE));
+        assert!(l.allow(u64::MAX), "a long pause refills the whole burst");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Domains and vCPUs: the fixed-capacity domain table's entries.
 
-use crate::console::Console;
+use crate::console::{Console, LogLimiter};
 use crate::exit::{Gprs, VcpuInit};
 use crate::io::{Lapic, Pc};
 use abi::hypercall::{DOMAIN_NAME_LEN, MAX_VCPUS_PER_DOMAIN};
@@ -103,6 +103,8 @@ pub struct Domain<V> {
     pub vcpu_count: u32,
     /// Console output.
     pub console: Console,
+    /// How many of its console lines reach microhv's log.
+    pub log_limiter: LogLimiter,
     /// Emulated devices.
     pub pc: Pc,
     /// Counters.
@@ -125,6 +127,7 @@ impl<V> Domain<V> {
             vcpus: [const { Vcpu::new() }; VCPUS],
             vcpu_count: 0,
             console: Console::new(),
+            log_limiter: LogLimiter::new(),
             pc: Pc::new(),
             counters: Counters::new(),
             shutdown: (0, 0),
@@ -158,6 +161,7 @@ impl<V> Domain<V> {
         }
         self.vcpu_count = 0;
         self.console = Console::new();
+        self.log_limiter = LogLimiter::new();
         self.pc = Pc::new();
         self.counters = Counters::new();
         self.shutdown = (0, 0);

@@ -6,7 +6,7 @@
 //! crashed), with the verdict for the stop line.
 
 use crate::boot::Range;
-use crate::console::CONSOLE_LINE_BYTES;
+use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
 use crate::cpuid::{Caller, guest_cpuid};
 use crate::domain::{Domain, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::exit::{Backend, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
@@ -878,13 +878,36 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// Appends to domain `d`'s console and logs complete lines.
+    /// Appends to domain `d`'s console; complete lines go to microhv's log, a domU's within
+    /// its rate limit.
     pub(crate) fn console_write(&mut self, d: usize, bytes: &[u8]) {
+        let now = self.backend.now();
         let dom = &mut self.domains[d];
-        dom.console.write(bytes, |line| log_console_line(d, line));
+        let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
+        dom.console.write(bytes, |line| log_limited(d, privileged, limiter, now, line));
     }
 
     fn flush_console(&mut self, d: usize) {
-        self.domains[d].console.flush_line(|line| log_console_line(d, line));
+        let now = self.backend.now();
+        let dom = &mut self.domains[d];
+        let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
+        dom.console.flush_line(|line| log_limited(d, privileged, limiter, now, line));
+    }
+}
+
+/// Logs a console line of domain `d`, unless it is a domU over its rate limit; the first line
+/// logged after a gap says how many were not.
+fn log_limited(d: usize, privileged: bool, limiter: &mut LogLimiter, now: u64, line: &[u8]) {
+    if privileged {
+        return log_console_line(d, line);
+    }
+    let before = limiter.suppressed;
+    if limiter.allow(now) {
+        if before > 0 {
+            log::info!(target: crate::GUEST_LOG_TARGET, "[d{d}] ({before} lines not logged: rate limit; all are in its console ring)");
+            limiter.suppressed = 0;
+        }
+        log_console_line(d, line);
     }
 }
 
