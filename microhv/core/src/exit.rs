@@ -192,6 +192,19 @@ pub enum CpuMode {
     Bits64,
 }
 
+impl CpuMode {
+    /// The instruction pointer after the `len`-byte instruction at `rip`: IP wraps at 64 KiB
+    /// in 16-bit code and EIP at 4 GiB in 32-bit code, as they do when the CPU executes it.
+    pub fn next_ip(self, rip: u64, len: u8) -> u64 {
+        let next = rip.wrapping_add(len.into());
+        match self {
+            CpuMode::Bits16 => next & 0xffff,
+            CpuMode::Bits32 => next & 0xffff_ffff,
+            CpuMode::Bits64 => next,
+        }
+    }
+}
+
 /// An exit, with the guest state a handler or a crash report needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
@@ -219,10 +232,10 @@ pub struct ExitInfo {
     pub insn_len: u8,
     /// Guest privilege level (CPL).
     pub cpl: u8,
-    /// Code-segment mode. Backends need only fill it for `NestedPageFault` exits, the only ones
-    /// whose instruction the core decodes.
+    /// Code-segment mode. Backends need only fill it for `NestedPageFault` exits (whose
+    /// instruction the core decodes) and `CrWrite` exits (whose operand width depends on it).
     pub mode: CpuMode,
-    /// Code-segment base (RIP is relative to it); like `mode`, for `NestedPageFault` exits.
+    /// Code-segment base (RIP is relative to it); like `mode`, for those exits.
     pub cs_base: u64,
     /// TSC ticks the guest ran.
     pub ran_ticks: u64,
@@ -247,6 +260,10 @@ pub enum GuestReg {
     FsBase,
     /// IA32_GS_BASE.
     GsBase,
+    /// PAE page-directory-pointer-table entry 0..=3, as the CPU caches it: a backend that keeps
+    /// them (VMX with EPT) needs them written when microhv completes a CR0/CR4 write that
+    /// enters PAE paging; one that reloads them itself (SVM) ignores the write.
+    Pdpte(u8),
 }
 
 /// An event to deliver to the guest on the next entry.
@@ -328,7 +345,9 @@ pub trait Backend {
     fn read(&mut self, vcpu: &mut Self::Vcpu, reg: GuestReg) -> u64;
     /// Writes a guest register.
     fn write(&mut self, vcpu: &mut Self::Vcpu, reg: GuestReg, value: u64);
-    /// Moves RIP past the exiting instruction of `len` bytes.
+    /// Completes the exiting instruction of `len` bytes as the CPU would have: RIP moves past
+    /// it (wrapping at the code width, [`CpuMode::next_ip`]), an STI / MOV SS interrupt shadow
+    /// ends, and with RFLAGS.TF set the single-step #DB trap follows.
     fn advance_rip(&mut self, vcpu: &mut Self::Vcpu, len: u8);
     /// Delivers `event` on the next entry.
     fn inject(&mut self, vcpu: &mut Self::Vcpu, event: Event);
@@ -341,4 +360,19 @@ pub trait Backend {
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
     /// The TSC.
     fn now(&self) -> u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuMode;
+
+    #[test]
+    fn the_instruction_pointer_wraps_at_the_code_width() {
+        assert_eq!(CpuMode::Bits16.next_ip(0xfffe, 3), 1);
+        assert_eq!(CpuMode::Bits16.next_ip(0x1_0000_7c00, 2), 0x7c02);
+        assert_eq!(CpuMode::Bits32.next_ip(0xffff_fffe, 3), 1);
+        assert_eq!(CpuMode::Bits32.next_ip(0x10_0000, 3), 0x10_0003);
+        assert_eq!(CpuMode::Bits64.next_ip(0xffff_fffe, 3), 0x1_0000_0001);
+        assert_eq!(CpuMode::Bits64.next_ip(u64::MAX, 1), 0);
+    }
 }

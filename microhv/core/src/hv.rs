@@ -9,12 +9,13 @@ use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
 use crate::cpuid::{Caller, guest_cpuid};
 use crate::domain::{Domain, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
-use crate::exit::{Backend, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
+use crate::exit::{Backend, CpuMode, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
 use crate::insn::{self, MmioOp};
 use crate::io::{APIC_BASE, APIC_SIZE, IoOutcome, merge_in, merge_reg};
 use crate::mem::{Machine, PhysMem};
 use crate::policy::{self, HLT_BLOCK_TICKS, VCPU_SLICE, VCPU_SLICE_NONE};
+use crate::regs;
 use crate::status::StopStatus;
 use crate::walk::{Paging, linear_to_phys};
 use abi::Errno;
@@ -155,7 +156,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             self.mem.zero(run, n * FRAME_SIZE);
             let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
             if let Err(e) = self.domains[d].mmu.add_slot(&mut m, id, at, n * FRAME_SIZE, run, 0) {
-                free_run(&mut self.frames, run, n);
+                // A slot the MMU installed before failing is removed (and its run freed) by the
+                // rollback; only a run no slot maps may be freed here.
+                if self.domains[d].mmu.slot(id).is_some() {
+                    added |= 1 << id;
+                } else {
+                    free_run(&mut self.frames, run, n);
+                }
                 self.rollback_ram(d, added);
                 return Err(mmu_errno(e));
             }
@@ -179,10 +186,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             return;
         };
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
-        if let Err(e) = self.domains[d].mmu.remove_slot(&mut m, id) {
-            log::error!("d{d}: removing slot {id}: {e}");
+        match self.domains[d].mmu.remove_slot(&mut m, id) {
+            Ok(()) => free_run(&mut self.frames, s.hpa, s.size / FRAME_SIZE),
+            // The slot may still map the run: leaking it is safe, handing it out is not.
+            Err(e) => log::error!("d{d}: removing slot {id} failed ({e}): its frames are leaked"),
         }
-        free_run(&mut self.frames, s.hpa, s.size / FRAME_SIZE);
     }
 
     /// Shrinks domain `d`'s RAM to `bytes`: slots above are removed, the slot across the new
@@ -201,10 +209,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 mmu.remove_slot(&mut m, id).map_err(mmu_errno)?;
                 free_run(&mut self.frames, s.hpa + keep, (s.size - keep) / FRAME_SIZE);
                 let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
-                self.domains[d]
-                    .mmu
-                    .add_slot(&mut m, id, s.gpa, keep, s.hpa, 0)
-                    .map_err(mmu_errno)?;
+                if let Err(e) = self.domains[d].mmu.add_slot(&mut m, id, s.gpa, keep, s.hpa, 0) {
+                    // The kept part is unmapped now: free it too, and end the RAM where the
+                    // slot began, so that `mem_bytes` still describes memory that exists.
+                    if self.domains[d].mmu.slot(id).is_none() {
+                        free_run(&mut self.frames, s.hpa, keep / FRAME_SIZE);
+                    }
+                    self.shrink_ram(d, s.gpa)?;
+                    return Err(mmu_errno(e));
+                }
             }
         }
         self.domains[d].mem_bytes = bytes;
@@ -526,22 +539,41 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 None
             }
             Exit::CrWrite { cr, value } => {
-                log::debug!(
+                // Outside 64-bit code the register's upper half is not part of the operand.
+                let code64 = info.mode == CpuMode::Bits64;
+                let value = if code64 { value } else { value & 0xffff_ffff };
+                log::trace!(
                     "d{d}v{v}: CR{cr} <- {value:#x} (cr0 {:#x} cr4 {:#x})",
                     info.cr0,
                     info.cr4
                 );
                 let ok = match cr {
-                    0 => policy::cr0_write_ok(value, info.efer, info.cr4),
-                    4 => policy::cr4_write_ok(value, info.efer),
+                    0 => policy::cr0_write_ok(value, info.efer, info.cr4, code64),
+                    4 => {
+                        let l1 = self.backend.host_cpuid(1, 0)[3];
+                        let l7 = self.backend.host_cpuid(7, 0)[1];
+                        policy::cr4_write_ok(value, info.efer, policy::guest_cr4_allowed(l1, l7))
+                    }
                     _ => false,
                 };
-                if ok {
-                    let reg = if cr == 0 { GuestReg::Cr0 } else { GuestReg::Cr4 };
-                    self.write_reg(d, v, reg, value);
-                    self.skip(d, v, info.insn_len);
-                } else {
-                    self.inject(d, v, Event::GeneralProtection);
+                let (cr0, cr4) = if cr == 0 { (value, info.cr4) } else { (info.cr0, value) };
+                // Entering (or staying in) PAE paging loads the four PDPTEs, as MOV to CR would.
+                let pae = cr0 & regs::CR0_PG != 0
+                    && cr4 & regs::CR4_PAE != 0
+                    && info.efer & regs::EFER_LME == 0;
+                let pdptes = if ok && pae { self.pae_pdptes(d, info.cr3) } else { Some([0; 4]) };
+                match (ok, pdptes) {
+                    (true, Some(p)) => {
+                        let reg = if cr == 0 { GuestReg::Cr0 } else { GuestReg::Cr4 };
+                        self.write_reg(d, v, reg, value);
+                        if pae {
+                            for (i, e) in p.into_iter().enumerate() {
+                                self.write_reg(d, v, GuestReg::Pdpte(i as u8), e);
+                            }
+                        }
+                        self.skip(d, v, info.insn_len);
+                    }
+                    _ => self.inject(d, v, Event::GeneralProtection),
                 }
                 None
             }
@@ -579,7 +611,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             }
             Ok(FaultOutcome::Spurious | FaultOutcome::Retry) => None,
             Ok(FaultOutcome::NoSlot) if (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) => {
-                match self.emulate_apic(d, v, gpa - APIC_BASE, info) {
+                match self.emulate_apic(d, v, gpa - APIC_BASE, a, info) {
                     Ok(()) => None,
                     Err(why) => {
                         log::warn!("d{d}v{v}: APIC access at {gpa:#x} not emulated: {why}");
@@ -615,16 +647,40 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         Some(u64::from_le_bytes(b))
     }
 
+    /// The four PAE PDPTEs at `cr3`, or `None` (#GP, as the CPU would raise) if they cannot be
+    /// read or a present one has reserved bits set.
+    fn pae_pdptes(&self, d: usize, cr3: u64) -> Option<[u64; 4]> {
+        // Reserved in a PAE PDPTE: bits 1, 2, 5–8, and 63:52.
+        const RESERVED: u64 = 0xfff0_0000_0000_01e6;
+        let base = cr3 & 0xffff_ffe0;
+        let mut out = [0; 4];
+        for (i, e) in out.iter_mut().enumerate() {
+            *e = self.read_guest(d, base + 8 * i as u64, 8)?;
+            if *e & 1 != 0 && *e & RESERVED != 0 {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
     /// Emulates the instruction that touched register `off` of the local APIC page.
     fn emulate_apic(
         &mut self,
         d: usize,
         v: usize,
         off: u64,
+        access: crate::exit::Access,
         info: &ExitInfo,
     ) -> Result<(), &'static str> {
+        if access.exec {
+            return Err("instruction fetch from the APIC page");
+        }
         let paging = Paging { cr0: info.cr0, cr3: info.cr3, cr4: info.cr4, efer: info.efer };
-        let linear = info.cs_base.wrapping_add(info.rip);
+        // 64-bit code has no segment base; elsewhere the linear address wraps at 4 GiB.
+        let linear = match info.mode {
+            CpuMode::Bits64 => info.rip,
+            _ => info.cs_base.wrapping_add(info.rip) & 0xffff_ffff,
+        };
         let mut bytes = [0u8; insn::MAX_INSN_LEN];
         let mut n = 0;
         for (i, b) in bytes.iter_mut().enumerate() {
@@ -637,6 +693,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             n += 1;
         }
         let m = insn::decode(&bytes[..n], info.mode).map_err(|_| "instruction not decoded")?;
+        // The instruction at RIP must be what faulted: a load for a read, a store for a write
+        // (otherwise the access came from elsewhere, e.g. delivering an event).
+        if matches!(m.op, MmioOp::Load { .. }) == access.write {
+            return Err("the instruction at RIP does not make this access");
+        }
         let id = v as u32;
         let reg_value = |hv: &mut Self, r: insn::Reg| -> u64 {
             let raw = if r.num == 4 {
@@ -892,6 +953,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
         dom.console.flush_line(|line| log_limited(d, privileged, limiter, now, line));
+        // The domain is going away: no later line will carry the count of those held back.
+        if limiter.suppressed > 0 {
+            log::info!(target: crate::GUEST_LOG_TARGET, "[d{d}] ({} lines not logged: rate limit; all are in its console ring)", limiter.suppressed);
+            limiter.suppressed = 0;
+        }
     }
 }
 

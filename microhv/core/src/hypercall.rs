@@ -117,23 +117,27 @@ where
         return Err(Errno::EINVAL);
     }
     let mut t = T::new_zeroed();
-    let len = size_of::<T>() as u64;
-    let hpa = hv.guest_range(d, gpa, len, false).ok_or(Errno::EFAULT)?;
-    hv.mem.read(hpa, t.as_mut_bytes());
+    copy_from_guest(hv, d, gpa, t.as_mut_bytes())?;
     Ok(t)
 }
 
-/// Checks that a structure result can be written to domain `d`'s RAM at `gpa`.
-fn check_out<B: Backend, P: PhysMem, const W: usize>(
-    hv: &Hv<B, P, W>,
+/// Writes a structure result to domain `d`'s RAM at `gpa` (aligned; it may cross from one
+/// memory slot into the next), after checking all of it.
+fn write_struct<T, B: Backend, P: PhysMem, const W: usize>(
+    hv: &mut Hv<B, P, W>,
     d: usize,
     gpa: u64,
-    len: u64,
-) -> Result<u64, Errno> {
+    value: &T,
+) -> Result<(), Errno>
+where
+    T: IntoBytes + Immutable,
+{
     if gpa % STRUCT_ALIGN != 0 {
         return Err(Errno::EINVAL);
     }
-    hv.guest_range(d, gpa, len, true).ok_or(Errno::EFAULT)
+    let bytes = value.as_bytes();
+    check_range(hv, d, gpa, bytes.len() as u64, true)?;
+    copy_to_guest(hv, d, gpa, bytes)
 }
 
 /// Copies bytes out of domain `d`'s memory, a page at a time (ranges may cross slots).
@@ -371,9 +375,8 @@ fn domain_getinfo<B: Backend, P: PhysMem, const W: usize>(
     gpa: u64,
 ) -> R {
     let t = target(hv, domid)?;
-    let hpa = check_out(hv, d, gpa, size_of::<DomainInfo>() as u64)?;
     let info = fill_info(hv, t);
-    hv.mem.write(hpa, info.as_bytes());
+    write_struct(hv, d, gpa, &info)?;
     Ok(0)
 }
 
@@ -530,7 +533,6 @@ fn phys_info<B: Backend, P: PhysMem, const W: usize>(
     d: usize,
     gpa: u64,
 ) -> R {
-    let hpa = check_out(hv, d, gpa, size_of::<PhysInfo>() as u64)?;
     let info = PhysInfo {
         total_bytes: hv.frames.managed_frames() * FRAME_SIZE,
         free_bytes: hv.frames.free_frames() * FRAME_SIZE,
@@ -543,7 +545,7 @@ fn phys_info<B: Backend, P: PhysMem, const W: usize>(
         virt: hv.backend.kind(),
         time_slice: crate::policy::VCPU_SLICE as u32,
     };
-    hv.mem.write(hpa, info.as_bytes());
+    write_struct(hv, d, gpa, &info)?;
     Ok(0)
 }
 
@@ -554,7 +556,6 @@ fn stats<B: Backend, P: PhysMem, const W: usize>(
     gpa: u64,
 ) -> R {
     let t = target(hv, domid)?;
-    let hpa = check_out(hv, d, gpa, size_of::<DomainStats>() as u64)?;
     let dom = &hv.domains[t];
     let st = dom.mmu.stats();
     let out = DomainStats {
@@ -575,6 +576,6 @@ fn stats<B: Backend, P: PhysMem, const W: usize>(
         cpu_time: dom.counters.cpu_time,
         mmu_frames: dom.mmu.frames_held(),
     };
-    hv.mem.write(hpa, out.as_bytes());
+    write_struct(hv, d, gpa, &out)?;
     Ok(0)
 }

@@ -90,9 +90,10 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Mmio, DecodeError> {
         i += 1;
     }
     let rex_w = rex & 8 != 0;
+    // The operand-size prefix toggles the code segment's default (16 bits in 16-bit code).
     let wide = if rex_w {
         8
-    } else if opsize16 {
+    } else if opsize16 != (mode == CpuMode::Bits16) {
         2
     } else {
         4
@@ -329,6 +330,9 @@ mod tests {
         assert_eq!(decode(&[0x8b, 0x80, 1], Bits64), Err(DecodeError::Truncated));
         assert_eq!(decode(&[0x8b, 0x07], Bits16), Err(DecodeError::Addressing16));
         assert_eq!(decode(&[0x67, 0x8b, 0x07], Bits32), Err(DecodeError::Addressing16));
+        // 16-bit code with 32-bit addressing: the operand is 16 bits unless 0x66 says 32.
+        assert_eq!(decode(&[0x67, 0x89, 0x00], Bits16).map(|m| m.size), Ok(2));
+        assert_eq!(decode(&[0x66, 0x67, 0x89, 0x00], Bits16).map(|m| m.size), Ok(4));
         assert_eq!(decode(&[0x66; 20], Bits64), Err(DecodeError::Unsupported));
         assert_eq!(decode(&[], Bits64), Err(DecodeError::Truncated));
     }

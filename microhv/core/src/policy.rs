@@ -23,19 +23,51 @@ use crate::regs::*;
 /// EFER bits a guest may write (LMA is the hardware's).
 pub const GUEST_EFER_ALLOWED: u64 = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
 
-/// Whether a guest write of `new` to CR0 is valid, given the current EFER and CR4.
-pub fn cr0_write_ok(new: u64, efer: u64, cr4: u64) -> bool {
+/// Whether a guest write of `new` to CR0 is valid, given the current EFER and CR4 and whether
+/// the writing code runs in 64-bit mode (where paging cannot be turned off).
+pub fn cr0_write_ok(new: u64, efer: u64, cr4: u64, code64: bool) -> bool {
     let reserved = new >> 32 != 0;
     let pg_without_pe = new & CR0_PG != 0 && new & CR0_PE == 0;
     let nw_without_cd = new & CR0_NW != 0 && new & CR0_CD == 0;
     let long_without_pae = new & CR0_PG != 0 && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0;
-    !(reserved || pg_without_pe || nw_without_cd || long_without_pae)
+    let paging_off_in_64bit = code64 && new & CR0_PG == 0;
+    !(reserved || pg_without_pe || nw_without_cd || long_without_pae || paging_off_in_64bit)
 }
 
-/// Whether a guest write of `new` to CR4 is valid (only offered features; PAE stays on in
-/// long mode).
-pub fn cr4_write_ok(new: u64, efer: u64) -> bool {
-    new & !GUEST_CR4_ALLOWED == 0 && !(efer & EFER_LMA != 0 && new & CR4_PAE == 0)
+/// Whether a guest write of `new` to CR4 is valid: only bits of `allowed` (see
+/// [`guest_cr4_allowed`]), and PAE stays on in long mode.
+pub fn cr4_write_ok(new: u64, efer: u64, allowed: u64) -> bool {
+    new & !allowed == 0 && !(efer & EFER_LMA != 0 && new & CR4_PAE == 0)
+}
+
+/// [`GUEST_CR4_ALLOWED`] less the features this CPU lacks, from its CPUID leaf 1 edx and leaf
+/// 7.0 ebx: a guest may only turn on what the hardware can run (and what CPUID shows it).
+pub fn guest_cr4_allowed(leaf1_edx: u32, leaf7_ebx: u32) -> u64 {
+    // (CR4 bit, CPUID register, CPUID bit) for each feature that gates a CR4 bit.
+    const GATES: [(u32, bool, u32); 11] = [
+        (0, false, 1),   // VME
+        (1, false, 1),   // PVI
+        (3, false, 2),   // DE
+        (4, false, 3),   // PSE
+        (5, false, 6),   // PAE
+        (6, false, 7),   // MCE
+        (7, false, 13),  // PGE
+        (9, false, 24),  // OSFXSR: FXSR
+        (10, false, 25), // OSXMMEXCPT: SSE
+        (16, true, 0),   // FSGSBASE
+        (20, true, 7),   // SMEP
+    ];
+    let mut allowed = GUEST_CR4_ALLOWED;
+    for (cr4_bit, leaf7, cpuid_bit) in GATES {
+        let reg = if leaf7 { leaf7_ebx } else { leaf1_edx };
+        if reg & (1 << cpuid_bit) == 0 {
+            allowed &= !(1 << cr4_bit);
+        }
+    }
+    if leaf7_ebx & (1 << 20) == 0 {
+        allowed &= !(1 << 21); // SMAP
+    }
+    allowed
 }
 
 /// Whether a guest write of `new` to EFER is valid, given the current EFER and CR0: only
@@ -115,19 +147,30 @@ mod tests {
 
     #[test]
     fn cr0_rules() {
-        assert!(cr0_write_ok(0x8000_0011, 0, CR4_PAE));
-        assert!(!cr0_write_ok(0x8000_0000, 0, 0), "PG without PE");
-        assert!(!cr0_write_ok(CR0_NW | CR0_PE, 0, 0), "NW without CD");
-        assert!(!cr0_write_ok(1 << 32, 0, 0), "reserved");
-        assert!(!cr0_write_ok(CR0_PG | CR0_PE, EFER_LME, 0), "long mode without PAE");
+        assert!(cr0_write_ok(0x8000_0011, 0, CR4_PAE, false));
+        assert!(!cr0_write_ok(0x8000_0000, 0, 0, false), "PG without PE");
+        assert!(!cr0_write_ok(CR0_NW | CR0_PE, 0, 0, false), "NW without CD");
+        assert!(!cr0_write_ok(1 << 32, 0, 0, false), "reserved");
+        assert!(!cr0_write_ok(CR0_PG | CR0_PE, EFER_LME, 0, false), "long mode without PAE");
+        assert!(!cr0_write_ok(CR0_PE, EFER_LME | EFER_LMA, CR4_PAE, true), "PG off in 64-bit code");
+        assert!(cr0_write_ok(CR0_PE, EFER_LME | EFER_LMA, CR4_PAE, false), "compatibility mode");
     }
 
     #[test]
     fn cr4_rules() {
-        assert!(cr4_write_ok(CR4_PAE | (1 << 9) | (1 << 10), 0));
-        assert!(!cr4_write_ok(1 << 13, 0), "VMXE");
-        assert!(!cr4_write_ok(1 << 18, 0), "OSXSAVE");
-        assert!(!cr4_write_ok(0, EFER_LMA), "PAE off in long mode");
+        assert!(cr4_write_ok(CR4_PAE | (1 << 9) | (1 << 10), 0, GUEST_CR4_ALLOWED));
+        assert!(!cr4_write_ok(1 << 13, 0, GUEST_CR4_ALLOWED), "VMXE");
+        assert!(!cr4_write_ok(1 << 18, 0, GUEST_CR4_ALLOWED), "OSXSAVE");
+        assert!(!cr4_write_ok(0, EFER_LMA, GUEST_CR4_ALLOWED), "PAE off in long mode");
+    }
+
+    #[test]
+    fn cr4_follows_the_cpu() {
+        assert_eq!(guest_cr4_allowed(u32::MAX, u32::MAX), GUEST_CR4_ALLOWED);
+        let no_smep_smap = guest_cr4_allowed(u32::MAX, !((1 << 7) | (1 << 20)));
+        assert_eq!(no_smep_smap & ((1 << 20) | (1 << 21)), 0);
+        assert_ne!(no_smep_smap & (1 << 16), 0, "FSGSBASE stays");
+        assert_eq!(guest_cr4_allowed(!(1 << 13), u32::MAX) & (1 << 7), 0, "no PGE");
     }
 
     #[test]

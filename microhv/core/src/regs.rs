@@ -28,5 +28,9 @@ pub const EFER_NXE: u64 = 1 << 11;
 pub const EFER_SVME: u64 = 1 << 12;
 /// RFLAGS bit 1, which always reads as 1.
 pub const RFLAGS_FIXED: u64 = 1 << 1;
+/// RFLAGS.TF: single-step, a #DB trap after each instruction.
+pub const RFLAGS_TF: u64 = 1 << 8;
+/// DR6.BS: the #DB was a single-step trap.
+pub const DR6_BS: u64 = 1 << 14;
 /// IA32_PAT at power-on.
 pub const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;

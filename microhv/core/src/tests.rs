@@ -350,6 +350,48 @@ fn shutdown_of_self() {
     assert_eq!(i.crash_reason, CrashReason::GuestRequested as u32);
 }
 
+#[test]
+fn structures_may_cross_from_one_memory_slot_into_the_next() {
+    let cfg = mmu::Config { format: mmu::Format::Ept, large_2m: true, large_1g: false };
+    let mut hv = std::boxed::Box::new(crate::hv::Hv::new(
+        crate::testutil::FakeBackend::default(),
+        crate::testutil::SimMem::default(),
+        cfg,
+    ));
+    hv.frames.add_free_range(1 << 20, 64 << 20);
+    // A reserved frame every 4 MiB: no run of host memory is long enough for dom0's 8 MiB.
+    for mib in (4..64).step_by(4) {
+        hv.frames.reserve_range(mib << 20, (mib << 20) + 4096);
+    }
+    let img = abi::pvh::testing::image(0x10_0000, &[0xf4; 64], 0x1000, 0x10_0000);
+    hv.build_dom0(&img, "test", DOM0_MEM, &[]).expect("dom0 builds from several runs");
+    let first = hv.domains[0].mmu.slot(0).expect("slot 0");
+    assert!(first.size < DOM0_MEM, "dom0's RAM is split: {first:?}");
+    let boundary = first.gpa + first.size;
+    let at = boundary - 16;
+    assert_eq!(call(&mut hv, 0, Op::PhysInfo as u64, [at, 0, 0, 0, 0]), 0);
+    let p: PhysInfo = get_across(&hv, 0, at);
+    assert_eq!(p.max_domains, MAX_DOMAINS);
+    // And as an IN structure.
+    let c = create_args("across", 2 << 20, 1, 0);
+    put_across(&mut hv, 0, at, c.as_bytes());
+    assert!(call(&mut hv, 0, Op::DomainCreate as u64, [at, 0, 0, 0, 0]) > 0);
+}
+
+/// Reads a `T` at `gpa` of domain `d`, a byte at a time (it may cross slots).
+fn get_across<T: FromBytes>(hv: &TestHv, d: usize, gpa: u64) -> T {
+    let bytes: Vec<u8> =
+        (0..size_of::<T>() as u64).map(|i| get_bytes(hv, d, gpa + i, 1)[0]).collect();
+    T::read_from_bytes(&bytes).expect("size")
+}
+
+/// Writes bytes at `gpa` of domain `d`, a byte at a time (they may cross slots).
+fn put_across(hv: &mut TestHv, d: usize, gpa: u64, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        put(hv, d, gpa + i as u64, &[*b]);
+    }
+}
+
 // ---- info, list, physinfo, stats --------------------------------------------------------------
 
 #[test]
@@ -572,6 +614,37 @@ fn cpuid_msr_io_and_cr_exits() {
     assert_eq!(v.regs.get("efer"), Some(&(1 << 8)));
     assert_eq!(hv.domains[d as usize].state, Some(DomainState::Shutdown));
     assert_eq!(hv.domains[d as usize].shutdown, (0, 0x2a));
+}
+
+#[test]
+fn turning_on_pae_paging_loads_the_pdptes_or_raises_gp() {
+    // Guest CR3 is 0 in the fake backend, so the PDPT is the first 32 bytes of guest memory.
+    let pdpt = |e1: u64| {
+        let mut hv = world();
+        let d = running(&mut hv, "pae");
+        let mut b = Vec::new();
+        for e in [0x1001u64, e1, 0, 0x4001] {
+            b.extend_from_slice(&e.to_le_bytes());
+        }
+        put(&mut hv, d, 0, &b);
+        push(&mut hv, d as u32, Exit::CrWrite { cr: 4, value: 0x20 }, Gprs::default());
+        push(&mut hv, d as u32, Exit::CrWrite { cr: 0, value: 0x8000_0011 }, Gprs::default());
+        dom0_yields_then_powers_off(&mut hv, 4);
+        assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+        hv.domains[d].vcpus[0].arch.take().expect("vcpu")
+    };
+    let v = pdpt(0x2001);
+    let got: Vec<_> =
+        (0..4).map(|i| v.regs.get(["pdpte0", "pdpte1", "pdpte2", "pdpte3"][i])).collect();
+    assert_eq!(got, [Some(&0x1001), Some(&0x2001), Some(&0), Some(&0x4001)]);
+    assert_eq!(v.regs.get("cr0"), Some(&0x8000_0011));
+    assert!(v.injected.is_empty());
+
+    // A present PDPTE with a reserved bit (bit 7) set makes the MOV to CR0 fault, unapplied.
+    let v = pdpt(0x2081);
+    assert_eq!(v.injected, [crate::exit::Event::GeneralProtection]);
+    assert_eq!(v.regs.get("cr0"), None);
+    assert_eq!(v.regs.get("pdpte1"), None);
 }
 
 #[test]

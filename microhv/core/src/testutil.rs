@@ -225,6 +225,10 @@ fn name(r: GuestReg) -> &'static str {
         GuestReg::Efer => "efer",
         GuestReg::FsBase => "fs_base",
         GuestReg::GsBase => "gs_base",
+        GuestReg::Pdpte(i) => ["pdpte0", "pdpte1", "pdpte2", "pdpte3"]
+            .get(usize::from(i))
+            .copied()
+            .unwrap_or("pdpte?"),
     }
 }
 

@@ -1,9 +1,13 @@
-//! Issuing a hypercall from guest ring 3: microhv must refuse it (`EPERM`) whatever the
-//! operation, because only the guest kernel may call.
+//! Guest-side probes that need their own descriptor tables.
 //!
-//! The kernel installs a GDT with user segments and a TSS, an IDT gate (vector 0x80, DPL 3)
-//! to come back through, makes its identity map user-accessible, then IRETQs to a ring-3 stub
-//! that issues the hypercall and traps back with `int 0x80`.
+//! - A hypercall from guest ring 3: microhv must refuse it (`EPERM`) whatever the operation,
+//!   because only the guest kernel may call. The kernel installs a GDT with user segments and
+//!   a TSS, an IDT gate (vector 0x80, DPL 3) to come back through, makes its identity map
+//!   user-accessible, then IRETQs to a ring-3 stub that issues the hypercall and traps back
+//!   with `int 0x80`.
+//! - Single-stepping (RFLAGS.TF) over an instruction microhv completes on the guest's behalf
+//!   (CPUID, the hypercall): the #DB trap must come right after that instruction, as on bare
+//!   metal, not one instruction late. The #DB gate records where the trap hit and clears TF.
 
 use abi::guest::Insn;
 use core::arch::{asm, global_asm};
@@ -13,6 +17,7 @@ const UCODE: u64 = 0x18 | 3;
 const UDATA: u64 = 0x20 | 3;
 const TSS_SEL: u16 = 0x28;
 const RING3_VECTOR: usize = 0x80;
+const DEBUG_VECTOR: usize = 1;
 
 #[repr(C, packed(4))]
 struct Tss {
@@ -90,9 +95,68 @@ conform_ring3_back:
     pop rbx
     ret
 
+    /* #DB: record the trapping RIP, count, and stop stepping (clear the saved TF). */
+    .global conform_db_handler
+conform_db_handler:
+    push rax
+    mov rax, [rsp + 8]
+    mov [rip + conform_db_rip], rax
+    and qword ptr [rsp + 24], -0x101
+    lock inc qword ptr [rip + conform_db_count]
+    pop rax
+    iretq
+
+    /* conform_step(op, kind): set TF, run one CPUID (kind 0, leaf `op`), VMCALL (1) or
+       VMMCALL (2) with rax = op, and return rax as the instruction left it. */
+    .global conform_step
+conform_step:
+    push rbx
+    mov rax, rdi
+    xor ecx, ecx
+    cmp rsi, 1
+    je 2f
+    cmp rsi, 2
+    je 3f
+    pushfq
+    or qword ptr [rsp], 0x100
+    popfq
+    cpuid
+    .global conform_after_cpuid
+conform_after_cpuid:
+    nop
+    jmp 4f
+2:
+    xor edi, edi
+    xor esi, esi
+    pushfq
+    or qword ptr [rsp], 0x100
+    popfq
+    vmcall
+    .global conform_after_vmcall
+conform_after_vmcall:
+    nop
+    jmp 4f
+3:
+    xor edi, edi
+    xor esi, esi
+    pushfq
+    or qword ptr [rsp], 0x100
+    popfq
+    vmmcall
+    .global conform_after_vmmcall
+conform_after_vmmcall:
+    nop
+4:
+    pop rbx
+    ret
+
     .section .bss.conform_saved_rsp, "aw", @nobits
     .balign 8
 conform_saved_rsp:
+    .quad 0
+conform_db_rip:
+    .quad 0
+conform_db_count:
     .quad 0
 "#,
     udata = const UDATA,
@@ -102,6 +166,13 @@ conform_saved_rsp:
 unsafe extern "C" {
     fn conform_ring3_call(op: u64, args: *const [u64; 5], vmmcall: u64) -> i64;
     fn conform_ring3_back();
+    fn conform_db_handler();
+    fn conform_step(op: u64, kind: u64) -> u64;
+    fn conform_after_cpuid();
+    fn conform_after_vmcall();
+    fn conform_after_vmmcall();
+    static conform_db_rip: u64;
+    static conform_db_count: u64;
 }
 
 #[repr(C, packed)]
@@ -135,8 +206,8 @@ unsafe fn make_low_gib_user() {
     }
 }
 
-/// Installs the GDT (the `rt` layout plus user segments and a TSS), the TSS and the return
-/// gate. Call once before [`hypercall_from_ring3`].
+/// Installs the GDT (the `rt` layout plus user segments and a TSS), the TSS, the return gate
+/// and the #DB gate. Call once before [`hypercall_from_ring3`] and [`single_step`].
 pub fn setup_ring3() {
     // SAFETY: single vCPU, called once during start-up; the tables are statics that live for
     // ever. The new GDT keeps selectors 0x08/0x10 identical to `rt`'s, so CS and SS stay valid.
@@ -155,11 +226,18 @@ pub fn setup_ring3() {
         let g = Pointer { limit: (size_of::<[u64; 7]>() - 1) as u16, base: gdt as u64 };
         asm!("lgdt [{}]", in(reg) &g);
         asm!("ltr {0:x}", in(reg) TSS_SEL);
-        let h = conform_ring3_back as *const () as u64;
         let idt = &raw mut IDT;
-        (*idt)[2 * RING3_VECTOR] =
-            (h & 0xffff) | (KCODE << 16) | (0xee << 40) | (((h >> 16) & 0xffff) << 48);
-        (*idt)[2 * RING3_VECTOR + 1] = h >> 32;
+        for (vector, handler, dpl3) in [
+            (RING3_VECTOR, conform_ring3_back as *const () as u64, true),
+            (DEBUG_VECTOR, conform_db_handler as *const () as u64, false),
+        ] {
+            let kind = if dpl3 { 0xee } else { 0x8e };
+            (*idt)[2 * vector] = (handler & 0xffff)
+                | (KCODE << 16)
+                | (kind << 40)
+                | (((handler >> 16) & 0xffff) << 48);
+            (*idt)[2 * vector + 1] = handler >> 32;
+        }
         let i = Pointer { limit: (size_of::<[u64; 512]>() - 1) as u16, base: idt as u64 };
         asm!("lidt [{}]", in(reg) &i);
     }
@@ -171,4 +249,42 @@ pub fn hypercall_from_ring3(insn: Insn, op: u64, args: [u64; 5]) -> i64 {
     // SAFETY: `setup_ring3` installed the segments, TSS, gate and user mappings the round trip
     // needs; the stub only issues the hypercall and traps straight back.
     unsafe { conform_ring3_call(op, &args, vmmcall) }
+}
+
+/// The instruction [`single_step`] steps over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stepped {
+    /// CPUID with this leaf.
+    Cpuid(u32),
+    /// This hypercall (no arguments) with the domain's instruction.
+    Hypercall(Insn, u64),
+}
+
+/// What [`single_step`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// RAX after the instruction.
+    pub rax: u64,
+    /// #DB traps taken (one expected).
+    pub traps: u64,
+    /// Where the trap hit, less the address right after the stepped instruction (0 expected).
+    pub offset: i64,
+}
+
+/// Sets RFLAGS.TF just before `insn` and reports the single-step trap that follows it.
+pub fn single_step(insn: Stepped) -> Step {
+    let (op, kind, after) = match insn {
+        Stepped::Cpuid(leaf) => (u64::from(leaf), 0, conform_after_cpuid as *const () as u64),
+        Stepped::Hypercall(Insn::Vmcall, op) => (op, 1, conform_after_vmcall as *const () as u64),
+        Stepped::Hypercall(Insn::Vmmcall, op) => (op, 2, conform_after_vmmcall as *const () as u64),
+    };
+    // SAFETY: `setup_ring3` installed the #DB gate; the stub sets TF for one instruction, the
+    // gate clears it again, and the counters are only written by the gate on this vCPU.
+    unsafe {
+        let before = core::ptr::read_volatile(&raw const conform_db_count);
+        let rax = conform_step(op, kind);
+        let traps = core::ptr::read_volatile(&raw const conform_db_count) - before;
+        let hit = core::ptr::read_volatile(&raw const conform_db_rip);
+        Step { rax, traps, offset: hit.wrapping_sub(after) as i64 }
+    }
 }

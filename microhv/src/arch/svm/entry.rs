@@ -33,6 +33,12 @@ pub unsafe extern "C" fn svm_run(gprs: *mut Gprs, fx: *mut FxArea, vmcb: u64, ho
         "push rsi",
         "push rcx",
         "push rdx",
+        // AMD's FXRSTOR leaves the x87 last-instruction and last-operand pointers alone unless
+        // the image has an exception pending, so the previous vCPU's would show through. Give
+        // them a known value first (as Linux does for X86_BUG_FXSAVE_LEAK).
+        "fnclex",
+        "emms",
+        "fild dword ptr [rip + {host_fx}]",
         "fxrstor64 [rsi]",
         "mov rax, rdx",
         // GIF = 0 from here to STGI: no NMI or SMI may arrive while the CPU holds the guest's

@@ -34,8 +34,8 @@
 //!   intercept, translated to `Exit::Timer`), stays pending through the exit path, and is taken
 //!   at STGI by microhv's IDT, whose stub for that vector signals EOI and returns; IF is
 //!   cleared again right after. The legacy PICs are masked at boot, so nothing else arrives.
-//!   An NMI exits the same way and is taken at STGI too, where it stops the machine as an NMI
-//!   in root mode does.
+//!   An NMI exits the same way and is taken at STGI too, by an IDT stub that counts it; `run`
+//!   reports it.
 
 mod caps;
 mod entry;
@@ -44,10 +44,13 @@ mod vmcb;
 
 pub use caps::{Unavailable, detect};
 
-use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
+use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
+use crate::arch::x86_64::idt::NMI_COUNT;
 use crate::arch::x86_64::lapic::SliceTimer;
+use crate::arch::x86_64::spec::Mitigations;
 use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
+use core::sync::atomic::Ordering;
 use entry::svm_run;
 use insn::FetchError;
 use microhv_core::exit::{
@@ -64,7 +67,8 @@ use x86::msr;
 
 use microhv_core::policy::PASSTHROUGH_MSRS;
 use microhv_core::regs::{
-    CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, EFER_LMA, EFER_LME, EFER_SVME, RFLAGS_FIXED,
+    CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, EFER_SVME, RFLAGS_FIXED,
+    RFLAGS_TF,
 };
 /// VMCB INT_CTL: V_INTR_MASKING.
 const V_INTR_MASKING: u32 = 1 << 24;
@@ -95,6 +99,8 @@ pub struct SvmVcpu {
     /// paging-mode change made on the guest's behalf).
     stale: bool,
     fx: FxArea,
+    /// DR0–DR3, which no VMCB field holds, while another vCPU has the hardware.
+    debug: DebugRegs,
 }
 
 /// The SVM backend.
@@ -102,6 +108,12 @@ pub struct Svm {
     features: SvmFeatures,
     /// The local APIC timer that enforces time slices.
     timer: SliceTimer,
+    /// `slot + 1` of the vCPU whose DR0–DR3 are in the hardware (0: nobody's).
+    dr_owner: u16,
+    /// Speculation barriers the CPU offers.
+    spec: Mitigations,
+    /// Domain of the vCPU that ran last (for the barrier between domains).
+    last_domid: u32,
     /// The host's FS, GS, TR, LDTR and syscall MSRs, as VMSAVE stored them at boot.
     host_vmcb: u64,
     /// I/O permission map for dom0.
@@ -241,6 +253,9 @@ impl Svm {
             guest_asids: (features.asids - 1).min(VCPU_SLOTS as u32),
             features,
             timer,
+            dr_owner: 0,
+            spec: Mitigations::detect(),
+            last_domid: u32::MAX,
             host_vmcb,
             iopm_dom0,
             iopm_domu,
@@ -558,6 +573,7 @@ impl Backend for Svm {
             // A reused slot must not inherit the translations its ASID still tags.
             stale: true,
             fx: FxArea::reset(),
+            debug: DebugRegs::default(),
         };
         self.reset_vcpu(&mut v, init);
         Ok(v)
@@ -566,6 +582,10 @@ impl Backend for Svm {
     fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
         Self::write_flat32_state(v.vmcb, init);
         v.fx = FxArea::reset();
+        v.debug = DebugRegs::default();
+        if self.dr_owner == v.slot + 1 {
+            self.dr_owner = 0;
+        }
         v.stale = true;
     }
 
@@ -574,6 +594,10 @@ impl Backend for Svm {
             && *u == v.slot + 1
         {
             *u = 0;
+        }
+        // A new vCPU in this slot must load its own (reset) debug registers.
+        if self.dr_owner == v.slot + 1 {
+            self.dr_owner = 0;
         }
         frames.free(v.vmcb.0);
     }
@@ -587,6 +611,10 @@ impl Backend for Svm {
         vm.w64(save::RAX, gprs.rax);
         let dom = v.domid as usize % DOMAINS;
         let me = v.slot + 1;
+        if self.dr_owner != me {
+            v.debug.load();
+            self.dr_owner = me;
+        }
         let reused = match self.asid_user.get_mut(v.asid as usize) {
             Some(user) => core::mem::replace(user, me) != me,
             None => true,
@@ -607,14 +635,21 @@ impl Backend for Svm {
         if timed {
             self.timer.arm(slice);
         }
+        let nmis = NMI_COUNT.load(Ordering::Relaxed);
+        self.spec.on_switch(self.last_domid, v.domid);
+        self.last_domid = v.domid;
+        self.spec.before_entry();
         let start = cpu::rdtsc();
         // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's and
         // fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the host's
-        // VMSAVE state; the only interrupt that can be pending after the run is the slice
-        // timer's, whose IDT stub returns.
+        // VMSAVE state; what can be pending after the run (the slice timer, a spurious
+        // interrupt, an NMI) has an IDT stub that returns.
         unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
         if timed {
             self.timer.disarm();
+        }
+        if NMI_COUNT.load(Ordering::Relaxed) != nmis {
+            log::warn!("NMI while a guest ran; absorbed");
         }
         let ran = cpu::rdtsc().wrapping_sub(start);
         vm.w8(control::TLB_CONTROL, tlb::NOTHING);
@@ -628,9 +663,12 @@ impl Backend for Svm {
             (Exit::Interrupt, len) if timed && code == exit::INTR => (Exit::Timer, len),
             other => other,
         };
-        // Only a nested page fault's instruction is ever decoded by the core.
+        // Only nested page faults (whose instruction the core decodes) and CR writes (whose
+        // operand width depends on it) need the mode.
         let (mode, cs_base) = match exit {
-            Exit::NestedPageFault { .. } => (Self::mode(vm), vm.r64(save::CS + seg::BASE)),
+            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } => {
+                (Self::mode(vm), vm.r64(save::CS + seg::BASE))
+            }
             _ => (CpuMode::Bits16, 0),
         };
         ExitInfo {
@@ -652,9 +690,14 @@ impl Backend for Svm {
         }
     }
 
-    fn unload(&mut self, _v: &mut SvmVcpu) {
-        // Nothing is left in the hardware: every #VMEXIT VMSAVEs the guest's FS, GS, TR, LDTR
-        // and syscall MSRs into its VMCB and VMLOADs the host's (see `entry`).
+    fn unload(&mut self, v: &mut SvmVcpu) {
+        // Every #VMEXIT VMSAVEs the guest's FS, GS, TR, LDTR and syscall MSRs into its VMCB and
+        // VMLOADs the host's (see `entry`); DR6, DR7 and CR2 are VMCB fields. Only DR0–DR3 stay
+        // in the hardware.
+        if self.dr_owner == v.slot + 1 {
+            v.debug = DebugRegs::save();
+            self.dr_owner = 0;
+        }
     }
 
     fn read(&mut self, v: &mut SvmVcpu, reg: GuestReg) -> u64 {
@@ -668,6 +711,9 @@ impl Backend for Svm {
             GuestReg::Efer => vm.r64(save::EFER) & !EFER_SVME,
             GuestReg::FsBase => vm.r64(save::FS + seg::BASE),
             GuestReg::GsBase => vm.r64(save::GS + seg::BASE),
+            // With nested paging the CPU walks the guest's PAE PDPTEs from guest CR3 on every
+            // VMRUN; there is no cached copy in the VMCB to read or refresh.
+            GuestReg::Pdpte(_) => 0,
         }
     }
 
@@ -690,15 +736,21 @@ impl Backend for Svm {
             }
             GuestReg::FsBase => vm.w64(save::FS + seg::BASE, value),
             GuestReg::GsBase => vm.w64(save::GS + seg::BASE, value),
+            GuestReg::Pdpte(_) => {}
         }
     }
 
     fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) {
         let vm = v.vmcb;
-        let next = vm.r64(save::RIP).wrapping_add(len.into());
-        vm.w64(save::RIP, if Self::code64(vm) { next } else { next & 0xffff_ffff });
+        vm.w64(save::RIP, Self::mode(vm).next_ip(vm.r64(save::RIP), len));
         // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
         vm.w64(control::INT_STATE, vm.r64(control::INT_STATE) & !1);
+        // A single-stepping guest gets the #DB trap the instruction would have raised. SVM has
+        // no pending-debug-exception field, so inject it (a trap: RIP already points past).
+        if vm.r64(save::RFLAGS) & RFLAGS_TF != 0 {
+            vm.w64(save::DR6, vm.r64(save::DR6) | DR6_BS);
+            vm.w64(control::EVENTINJ, 1 | (3 << 8) | (1 << 31));
+        }
     }
 
     fn inject(&mut self, v: &mut SvmVcpu, event: Event) {

@@ -9,8 +9,11 @@
 //!   does not offer are host-owned; writes touching them exit and the core validates them.
 //! - One I/O bitmap for dom0 (COM2 passed through) and one for domUs (everything traps); one
 //!   MSR bitmap passing through only state the VMCS saves or that microhv swaps itself.
-//! - Guest FPU/SSE state is swapped in the entry/exit assembly; the syscall MSRs (STAR, LSTAR,
-//!   CSTAR, SFMASK, KERNEL_GS_BASE) are passed through and swapped when another vCPU runs.
+//! - Guest FPU/SSE state is swapped in the entry/exit assembly. DR7 and IA32_DEBUGCTL are
+//!   loaded and saved by the VMCS (debug-controls entry/exit controls); the state no VMCS field
+//!   holds — the syscall MSRs (STAR, LSTAR, CSTAR, SFMASK, KERNEL_GS_BASE, passed through),
+//!   DR0–DR3, DR6, CR2 and CR8 — stays in the hardware across exits and is swapped when another
+//!   vCPU takes the CPU (`Owned`).
 //! - Every vCPU has its own VPID (flushed when reused) and the EPTP of its domain.
 
 mod caps;
@@ -19,9 +22,11 @@ mod vmcs;
 
 pub use caps::{Unavailable, detect};
 
-use crate::arch::x86_64::cpu::{self, rdmsr, wrmsr};
+use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
 use crate::arch::x86_64::gdt::{Selectors, tss_base};
+use crate::arch::x86_64::lapic;
+use crate::arch::x86_64::spec::Mitigations;
 use entry::{microhv_vmx_exit, vmx_run};
 use microhv_core::exit::{
     Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
@@ -37,19 +42,56 @@ use x86::vmx::vmcs::control::{
 use x86::vmx::vmcs::{control, guest, host, ro};
 
 use microhv_core::policy::{PASSTHROUGH_MSRS, SYSCALL_MSRS as SWAPPED_MSRS};
-use microhv_core::regs::{CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, EFER_LMA, EFER_LME, RFLAGS_FIXED};
+use microhv_core::regs::{
+    CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, RFLAGS_FIXED, RFLAGS_TF,
+};
 
 /// COM2, passed through to dom0.
 const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
+
+/// A vCPU's state that stays in the hardware across VM exits because no VMCS field holds it:
+/// the syscall MSRs, DR0–DR3 and DR6, CR2 (its last page-fault address) and CR8. microhv never
+/// uses any of them in root mode, so they are only swapped when another vCPU takes the CPU.
+#[derive(Debug, Default, Clone, Copy)]
+struct Owned {
+    msrs: [u64; 5],
+    debug: DebugRegs,
+    cr2: u64,
+    cr8: u64,
+}
+
+impl Owned {
+    fn load(&self) {
+        for (m, val) in SWAPPED_MSRS.iter().zip(self.msrs) {
+            // SAFETY: these MSRs exist on every 64-bit CPU and microhv never uses them itself;
+            // the values were read from the hardware (or are the reset value 0).
+            unsafe { wrmsr(*m, val) };
+        }
+        self.debug.load();
+        cpu::write_cr2(self.cr2);
+        cpu::write_cr8(self.cr8);
+    }
+
+    fn save() -> Self {
+        let mut msrs = [0; 5];
+        for (m, val) in SWAPPED_MSRS.iter().zip(msrs.iter_mut()) {
+            // SAFETY: as in `load`; reading has no side effects.
+            *val = unsafe { rdmsr(*m) };
+        }
+        Self { msrs, debug: DebugRegs::save(), cr2: cpu::cr2(), cr8: cpu::cr8() }
+    }
+}
 
 /// The hardware state of one vCPU.
 pub struct VmxVcpu {
     vmcs: u64,
     launched: bool,
+    domid: u32,
     vpid: u16,
     eptp: u64,
     fx: FxArea,
-    syscall_msrs: [u64; 5],
+    /// Guest state no VMCS field holds, in memory while another vCPU has the hardware.
+    owned: Owned,
 }
 
 /// The VMX backend.
@@ -71,8 +113,12 @@ pub struct Vmx {
     selectors: Selectors,
     /// VMCS currently loaded (0: none).
     current: u64,
-    /// VPID of the vCPU whose syscall MSRs are in the hardware (0: the boot values).
+    /// VPID of the vCPU whose [`Owned`] state is in the hardware (0: nobody's).
     msr_owner: u16,
+    /// Speculation barriers the CPU offers.
+    spec: Mitigations,
+    /// Domain of the vCPU that ran last (for the barrier between domains).
+    last_domid: u32,
 }
 
 fn frame_bytes(pa: u64) -> &'static mut [u8; 4096] {
@@ -126,6 +172,8 @@ impl Vmx {
         .map_err(|_| "secondary processor controls")?;
         let exit_ctl = adjust_controls(
             (ExitControls::HOST_ADDRESS_SPACE_SIZE
+                | ExitControls::ACK_INTERRUPT_ON_EXIT
+                | ExitControls::SAVE_DEBUG_CONTROLS
                 | ExitControls::SAVE_IA32_EFER
                 | ExitControls::LOAD_IA32_EFER
                 | ExitControls::SAVE_IA32_PAT
@@ -135,7 +183,10 @@ impl Vmx {
         )
         .map_err(|_| "VM-exit controls")?;
         let entry_ctl = adjust_controls(
-            (EntryControls::LOAD_IA32_EFER | EntryControls::LOAD_IA32_PAT).bits(),
+            (EntryControls::LOAD_DEBUG_CONTROLS
+                | EntryControls::LOAD_IA32_EFER
+                | EntryControls::LOAD_IA32_PAT)
+                .bits(),
             msrs.entry,
         )
         .map_err(|_| "VM-entry controls")?;
@@ -158,6 +209,10 @@ impl Vmx {
         // SAFETY: CR4.VMXE set, fixed bits honoured, the region is ours for good.
         unsafe { vmcs::vmxon(vmxon) }.map_err(|_| "VMXON failed")?;
         fpu::capture_host_fx();
+        // External interrupts exit, acknowledged: none is expected (the PICs are masked and
+        // nothing programs the APIC), but one that came would otherwise stay pending and make
+        // every entry exit again at once. Its EOI needs the APIC.
+        lapic::enable();
 
         let io_dom0 = Self::io_bitmap(frames, true)?;
         let io_domu = Self::io_bitmap(frames, false)?;
@@ -188,6 +243,8 @@ impl Vmx {
             selectors,
             current: 0,
             msr_owner: 0,
+            spec: Mitigations::detect(),
+            last_domid: u32::MAX,
         })
     }
 
@@ -347,17 +404,12 @@ impl Vmx {
         write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
     }
 
-    /// Puts this vCPU's syscall MSRs into the hardware unless they are there already.
-    fn load_syscall_msrs(&mut self, v: &VmxVcpu) {
-        if self.msr_owner == v.vpid {
-            return;
+    /// Puts this vCPU's [`Owned`] state into the hardware unless it is there already.
+    fn load_owned(&mut self, v: &VmxVcpu) {
+        if self.msr_owner != v.vpid {
+            v.owned.load();
+            self.msr_owner = v.vpid;
         }
-        for (m, val) in SWAPPED_MSRS.iter().zip(v.syscall_msrs) {
-            // SAFETY: these MSRs exist on every 64-bit CPU and microhv never uses them itself;
-            // the values were read from the hardware (or are the reset value 0).
-            unsafe { wrmsr(*m, val) };
-        }
-        self.msr_owner = v.vpid;
     }
 
     fn translate(&self, reason: u64, qual: u64, gprs: &Gprs, visible_cr0: u64) -> Exit {
@@ -368,9 +420,22 @@ impl Vmx {
             0 => {
                 let info = vmcs::read(ro::VMEXIT_INTERRUPTION_INFO);
                 // Type 2: NMI. No exception is intercepted, so anything else is unexpected.
-                if (info >> 8) & 7 == 2 { Exit::Interrupt } else { Exit::Unhandled }
+                if (info >> 8) & 7 == 2 {
+                    log::warn!("NMI while a guest ran; absorbed");
+                    Exit::Interrupt
+                } else {
+                    Exit::Unhandled
+                }
             }
-            1 => Exit::Interrupt,
+            1 => {
+                // Acknowledged on exit: the APIC has it in service until the EOI.
+                let vector = vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) & 0xff;
+                if vector != u64::from(lapic::SPURIOUS_VECTOR) {
+                    lapic::eoi();
+                }
+                log::warn!("unexpected external interrupt, vector {vector:#x}, while a guest ran");
+                Exit::Interrupt
+            }
             2 => Exit::TripleFault,
             10 => Exit::Cpuid,
             12 => Exit::Hlt,
@@ -493,10 +558,11 @@ impl Backend for Vmx {
         let mut v = VmxVcpu {
             vmcs: pa,
             launched: false,
+            domid: cfg.domid,
             vpid,
             eptp: cfg.root,
             fx: FxArea::reset(),
-            syscall_msrs: [0; 5],
+            owned: Owned::default(),
         };
         self.reset_vcpu(&mut v, init);
         vmcs::invept_single(cfg.root);
@@ -507,7 +573,7 @@ impl Backend for Vmx {
         self.make_current(v);
         self.write_flat32_state(init);
         v.fx = FxArea::reset();
-        v.syscall_msrs = [0; 5];
+        v.owned = Owned::default();
         if self.msr_owner == v.vpid {
             self.msr_owner = 0;
         }
@@ -530,13 +596,16 @@ impl Backend for Vmx {
 
     fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         self.make_current(v);
-        self.load_syscall_msrs(v);
+        self.load_owned(v);
         let timer = if slice == VCPU_SLICE_NONE {
             u64::from(u32::MAX)
         } else {
             (slice >> self.features.preemption_timer_rate).min(u32::MAX.into())
         };
         vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer);
+        self.spec.on_switch(self.last_domid, v.domid);
+        self.last_domid = v.domid;
+        self.spec.before_entry();
         let start = cpu::rdtsc();
         // SAFETY: the VMCS is current and initialized; `gprs` and `fx` are this vCPU's.
         let failed = unsafe { vmx_run(gprs, &mut v.fx, u64::from(v.launched)) } != 0;
@@ -560,10 +629,12 @@ impl Backend for Vmx {
             self.cr4_mask,
         );
         let exit = self.translate(raw, qual, gprs, cr0);
-        // Only a nested page fault's instruction is ever decoded: spare the other exits the
-        // VMREADs.
+        // Only nested page faults (whose instruction the core decodes) and CR writes (whose
+        // operand width depends on it) need the mode: spare the other exits the VMREADs.
         let (mode, cs_base) = match exit {
-            Exit::NestedPageFault { .. } => (Self::mode(cr0), vmcs::read(guest::CS_BASE)),
+            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } => {
+                (Self::mode(cr0), vmcs::read(guest::CS_BASE))
+            }
             _ => (CpuMode::Bits16, 0),
         };
         ExitInfo {
@@ -586,14 +657,10 @@ impl Backend for Vmx {
     }
 
     fn unload(&mut self, v: &mut VmxVcpu) {
-        if self.msr_owner != v.vpid {
-            return;
+        if self.msr_owner == v.vpid {
+            v.owned = Owned::save();
+            self.msr_owner = 0;
         }
-        for (m, val) in SWAPPED_MSRS.iter().zip(v.syscall_msrs.iter_mut()) {
-            // SAFETY: as in `load_syscall_msrs`; reading has no side effects.
-            *val = unsafe { rdmsr(*m) };
-        }
-        self.msr_owner = 0;
     }
 
     fn read(&mut self, v: &mut VmxVcpu, reg: GuestReg) -> u64 {
@@ -615,6 +682,7 @@ impl Backend for Vmx {
             GuestReg::Efer => vmcs::read(guest::IA32_EFER_FULL),
             GuestReg::FsBase => vmcs::read(guest::FS_BASE),
             GuestReg::GsBase => vmcs::read(guest::GS_BASE),
+            GuestReg::Pdpte(i) => vmcs::read(guest::PDPTE0_FULL + 2 * u32::from(i & 3)),
         }
     }
 
@@ -640,18 +708,24 @@ impl Backend for Vmx {
             }
             GuestReg::FsBase => vmcs::write(guest::FS_BASE, value),
             GuestReg::GsBase => vmcs::write(guest::GS_BASE, value),
+            // With EPT the CPU enters PAE paging with these fields, not from memory.
+            GuestReg::Pdpte(i) => vmcs::write(guest::PDPTE0_FULL + 2 * u32::from(i & 3), value),
         }
     }
 
     fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) {
         self.make_current(v);
         let rip = vmcs::read(guest::RIP);
-        let cs_l = vmcs::read(guest::CS_ACCESS_RIGHTS) & (1 << 13) != 0;
-        let next = rip.wrapping_add(len.into());
-        vmcs::write(guest::RIP, if cs_l { next } else { next & 0xffff_ffff });
+        vmcs::write(guest::RIP, Self::mode(vmcs::read(guest::CR0)).next_ip(rip, len));
         // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
         let intr = vmcs::read(guest::INTERRUPTIBILITY_STATE);
         vmcs::write(guest::INTERRUPTIBILITY_STATE, intr & !3);
+        // A single-stepping guest gets the #DB trap the instruction would have raised: a
+        // pending single-step debug exception is delivered right after VM entry.
+        if vmcs::read(guest::RFLAGS) & RFLAGS_TF != 0 {
+            let pending = vmcs::read(guest::PENDING_DBG_EXCEPTIONS);
+            vmcs::write(guest::PENDING_DBG_EXCEPTIONS, pending | DR6_BS);
+        }
     }
 
     fn inject(&mut self, v: &mut VmxVcpu, event: Event) {

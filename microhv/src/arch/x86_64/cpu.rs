@@ -81,3 +81,67 @@ pub fn cr2() -> u64 {
     // SAFETY: reading CR2 in ring 0 has no side effects.
     unsafe { x86::controlregs::cr2() as u64 }
 }
+
+/// Writes CR2 (a vCPU's last page-fault address, which no VMCS field holds).
+pub fn write_cr2(v: u64) {
+    // SAFETY: CR2 only reports page-fault addresses; microhv never takes a page fault whose
+    // address it would read, so loading a guest's value changes nothing for the host.
+    unsafe { core::arch::asm!("mov cr2, {}", in(reg) v, options(nostack, nomem)) };
+}
+
+/// CR8, the task-priority register.
+pub fn cr8() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR8 in ring 0 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr8", out(reg) v, options(nostack, nomem)) };
+    v
+}
+
+/// Writes CR8. Only the VMX backend uses it (SVM virtualizes CR8 as V_TPR): microhv takes no
+/// interrupt in root mode on VMX, so a guest's priority in the physical TPR blocks nothing of
+/// its own.
+pub fn write_cr8(v: u64) {
+    // SAFETY: see above; values above 15 have reserved bits and are masked.
+    unsafe { core::arch::asm!("mov cr8, {}", in(reg) v & 0xf, options(nostack, nomem)) };
+}
+
+/// A guest's debug registers that no VMCS or VMCB field holds: DR0–DR3 on both backends, and DR6
+/// on VMX. The backends swap them when another vCPU takes the CPU, so one domain's breakpoints
+/// neither leak to nor fire in another.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DebugRegs {
+    /// DR0–DR3.
+    pub dr: [u64; 4],
+    /// DR6.
+    pub dr6: u64,
+}
+
+impl DebugRegs {
+    /// Reads them from the hardware.
+    pub fn save() -> Self {
+        let (dr, dr6): ([u64; 4], u64);
+        // SAFETY: reading debug registers in ring 0 has no side effects.
+        unsafe {
+            let (a, b, c, d): (u64, u64, u64, u64);
+            core::arch::asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
+                out(reg) a, out(reg) b, out(reg) c, out(reg) d, options(nostack, nomem));
+            dr = [a, b, c, d];
+            let x: u64;
+            core::arch::asm!("mov {}, dr6", out(reg) x, options(nostack, nomem));
+            dr6 = x;
+        }
+        Self { dr, dr6 }
+    }
+
+    /// Loads them into the hardware.
+    pub fn load(&self) {
+        // SAFETY: microhv runs with DR7 = 0x400 (every exit sets it), so no breakpoint these
+        // addresses describe is armed in root mode; DR6 only reports.
+        unsafe {
+            core::arch::asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
+                in(reg) self.dr[0], in(reg) self.dr[1], in(reg) self.dr[2], in(reg) self.dr[3],
+                options(nostack, nomem));
+            core::arch::asm!("mov dr6, {}", in(reg) self.dr6 | 0xffff_0ff0, options(nostack, nomem));
+        }
+    }
+}

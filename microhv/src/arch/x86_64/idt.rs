@@ -3,7 +3,7 @@
 //! prints everything and stops the machine. microhv runs with interrupts off in root mode, so
 //! any vector arriving here is a bug or a hardware event it cannot handle — except the SVM
 //! backend's slice timer and the APIC's spurious vector, taken in the interrupt window right
-//! after a guest exit, whose stubs return.
+//! after a guest exit, and NMIs, which are counted: their stubs return.
 
 use super::gdt::{IST_CRITICAL, IST_EXCEPTION};
 use core::arch::global_asm;
@@ -46,6 +46,12 @@ microhv_timer_irq:
 microhv_spurious_irq:
     iretq
 
+    /* An NMI: counted (see NMI_COUNT) and absorbed. */
+    .global microhv_nmi
+microhv_nmi:
+    lock incq {nmis}(%rip)
+    iretq
+
 microhv_exception_common:
     pushq %rax
     pushq %rbx
@@ -69,11 +75,18 @@ microhv_exception_common:
 "#,
     entry = sym exception_entry,
     eoi = sym super::lapic::EOI_ADDR,
+    nmis = sym NMI_COUNT,
     options(att_syntax),
 );
 
+/// NMIs taken in root mode (on SVM, also those that arrived while a guest ran: they are taken
+/// at STGI). The backends report a change after each run; an NMI carries no information
+/// microhv could act on.
+pub static NMI_COUNT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 unsafe extern "C" {
     static microhv_idt_stubs: u8;
+    static microhv_nmi: u8;
     static microhv_timer_irq: u8;
     static microhv_spurious_irq: u8;
 }
@@ -145,10 +158,12 @@ pub fn init(code: u16) {
         let mut t = Idt([0; 512]);
         let timer = core::ptr::addr_of!(microhv_timer_irq) as u64;
         let spurious = core::ptr::addr_of!(microhv_spurious_irq) as u64;
+        let nmi = core::ptr::addr_of!(microhv_nmi) as u64;
         for v in 0..256u64 {
-            // Two vectors return: the slice timer and the APIC's spurious vector. Every other
-            // one reports and stops.
+            // Three vectors return: NMI, the slice timer and the APIC's spurious vector. Every
+            // other one reports and stops.
             let handler = match v as u8 {
+                2 => nmi,
                 super::lapic::TIMER_VECTOR => timer,
                 super::lapic::SPURIOUS_VECTOR => spurious,
                 _ => base + v * STUB_STRIDE,

@@ -54,21 +54,39 @@ fn make_uncacheable(pa: u64) {
     }
 }
 
+/// Enables the local APIC (software-enabled, spurious vector [`SPURIOUS_VECTOR`]), maps its
+/// page uncacheable and records its EOI register; returns its base.
+pub fn enable() -> u64 {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; setting the global enable keeps the
+    // default base.
+    let msr = unsafe { rdmsr(IA32_APIC_BASE) };
+    // SAFETY: as above.
+    unsafe { wrmsr(IA32_APIC_BASE, msr | APIC_GLOBAL_ENABLE) };
+    let base = msr & 0x000f_ffff_ffff_f000;
+    make_uncacheable(base);
+    // SAFETY: `base` is the APIC's register page (uncached, identity-mapped).
+    unsafe { reg(base, REG_SVR).write_volatile(0x100 | u32::from(SPURIOUS_VECTOR)) };
+    EOI_ADDR.store(base + REG_EOI, Ordering::Relaxed);
+    base
+}
+
+/// Signals the end of the interrupt in service (after [`enable`]).
+pub fn eoi() {
+    let at = EOI_ADDR.load(Ordering::Relaxed);
+    if at != 0 {
+        // SAFETY: the EOI register of the APIC `enable` set up; writing 0 is the EOI.
+        unsafe { (at as *mut u32).write_volatile(0) };
+    }
+}
+
 impl SliceTimer {
     /// Enables the local APIC, programs the timer (one-shot, [`TIMER_VECTOR`], divide by 1)
     /// and measures its rate against the TSC.
     pub fn init() -> Self {
-        // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; setting the global enable keeps
-        // the default base.
-        let msr = unsafe { rdmsr(IA32_APIC_BASE) };
-        // SAFETY: as above.
-        unsafe { wrmsr(IA32_APIC_BASE, msr | APIC_GLOBAL_ENABLE) };
-        let base = msr & 0x000f_ffff_ffff_f000;
-        make_uncacheable(base);
+        let base = enable();
         // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); these are
         // its architectural registers, written with valid values.
         unsafe {
-            reg(base, REG_SVR).write_volatile(0x100 | u32::from(SPURIOUS_VECTOR));
             reg(base, REG_DIVIDE).write_volatile(0xb);
             reg(base, REG_LVT_TIMER).write_volatile(u32::from(TIMER_VECTOR));
             reg(base, REG_INITIAL).write_volatile(u32::MAX);
@@ -82,7 +100,6 @@ impl SliceTimer {
         // SAFETY: as above; a zero initial count stops the timer.
         unsafe { reg(base, REG_INITIAL).write_volatile(0) };
         let counted = u64::from(u32::MAX - left);
-        EOI_ADDR.store(base + REG_EOI, Ordering::Relaxed);
         Self { base, counts_per_kticks: (counted * 1024 / CALIBRATION_TICKS).max(1) }
     }
 

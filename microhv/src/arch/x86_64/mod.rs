@@ -5,3 +5,4 @@ pub mod gdt;
 pub mod idt;
 pub mod lapic;
 pub mod power;
+pub mod spec;

@@ -87,6 +87,20 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     }
     s.expect("ring0-again-after-ring3", call(Op::Version as u64, [0; 5]), ver);
 
+    // Single-stepping over instructions microhv completes itself: the trap lands right after.
+    let step = arch::single_step(arch::Stepped::Cpuid(abi::cpuid::LEAF_BASE));
+    s.check(
+        "single-step-over-cpuid",
+        step.traps == 1 && step.offset == 0 && step.rax == u64::from(abi::cpuid::LEAF_MAX),
+        format_args!("{step:?}"),
+    );
+    let step = arch::single_step(arch::Stepped::Hypercall(hv.insn, Op::Version as u64));
+    s.check(
+        "single-step-over-hypercall",
+        step.traps == 1 && step.offset == 0 && step.rax as i64 == ver,
+        format_args!("{step:?}"),
+    );
+
     s.verdict();
     guest_rt::exit(s.failed)
 }
