@@ -282,6 +282,11 @@ layout!(VcpuState, 72, {
     rdi @ 64,
 });
 
+/// `PhysInfo::virt`: Intel VMX with EPT.
+pub const VIRT_VMX: u32 = 1;
+/// `PhysInfo::virt`: AMD SVM with NPT.
+pub const VIRT_SVM: u32 = 2;
+
 /// OUT of `PhysInfo`.
 #[repr(C)]
 #[derive(
@@ -314,7 +319,7 @@ pub struct PhysInfo {
     pub max_domains: u32,
     /// `major << 16 | minor`.
     pub abi_version: u32,
-    /// 1 = VMX with EPT, 2 = SVM with NPT.
+    /// [`VIRT_VMX`] or [`VIRT_SVM`].
     pub virt: u32,
     /// TSC ticks a vCPU runs before another waiting one gets the CPU.
     pub time_slice: u32,

@@ -323,7 +323,7 @@ pub trait Backend {
 
     /// `abi::cpuid::HYPERCALL_*` for this backend.
     fn hypercall_insn(&self) -> u32;
-    /// `abi::types::PhysInfo::virt` value.
+    /// `abi::types::PhysInfo::virt` value (`abi::types::VIRT_*`).
     fn kind(&self) -> u32;
     /// Builds a vCPU in the state `init`.
     fn create_vcpu(

@@ -106,7 +106,7 @@ impl Backend for FakeBackend {
     }
 
     fn kind(&self) -> u32 {
-        1
+        abi::types::VIRT_VMX
     }
 
     fn create_vcpu(

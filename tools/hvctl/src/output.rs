@@ -93,8 +93,8 @@ pub fn version(h: &Hello, json: bool) {
 pub fn phys_info(p: &PhysInfo, json: bool) {
     let (major, minor) = split_version_word(p.abi_version);
     let virt = match p.virt {
-        1 => "vmx",
-        2 => "svm",
+        abi::types::VIRT_VMX => "vmx",
+        abi::types::VIRT_SVM => "svm",
         _ => "unknown",
     };
     if json {

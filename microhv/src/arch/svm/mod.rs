@@ -543,7 +543,7 @@ impl Backend for Svm {
     }
 
     fn kind(&self) -> u32 {
-        2
+        abi::types::VIRT_SVM
     }
 
     fn create_vcpu(

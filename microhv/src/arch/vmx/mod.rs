@@ -534,7 +534,7 @@ impl Backend for Vmx {
     }
 
     fn kind(&self) -> u32 {
-        1
+        abi::types::VIRT_VMX
     }
 
     fn create_vcpu(

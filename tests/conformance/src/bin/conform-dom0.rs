@@ -140,7 +140,12 @@ fn addresses(s: &mut Suite, boot: &Boot) {
         p.free_bytes <= p.total_bytes
             && p.max_domains == MAX_DOMAINS
             && p.abi_version == abi::abi_version_word()
-            && p.cpus == 1,
+            && p.cpus == 1
+            && p.virt
+                == match guest_rt::hv().insn {
+                    abi::guest::Insn::Vmcall => VIRT_VMX,
+                    abi::guest::Insn::Vmmcall => VIRT_SVM,
+                },
         format_args!("{p:?}"),
     );
     for (case, a, e) in [
