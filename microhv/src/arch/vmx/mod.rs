@@ -114,7 +114,7 @@ pub struct Vmx {
     /// VMCS currently loaded (0: none).
     current: u64,
     /// VPID of the vCPU whose [`Owned`] state is in the hardware (0: nobody's).
-    msr_owner: u16,
+    owned_by: u16,
     /// Speculation barriers the CPU offers.
     spec: Mitigations,
     /// Domain of the vCPU that ran last (for the barrier between domains).
@@ -242,7 +242,7 @@ impl Vmx {
             msr_bitmap,
             selectors,
             current: 0,
-            msr_owner: 0,
+            owned_by: 0,
             spec: Mitigations::detect(),
             last_domid: u32::MAX,
         })
@@ -406,9 +406,9 @@ impl Vmx {
 
     /// Puts this vCPU's [`Owned`] state into the hardware unless it is there already.
     fn load_owned(&mut self, v: &VmxVcpu) {
-        if self.msr_owner != v.vpid {
+        if self.owned_by != v.vpid {
             v.owned.load();
-            self.msr_owner = v.vpid;
+            self.owned_by = v.vpid;
         }
     }
 
@@ -574,8 +574,8 @@ impl Backend for Vmx {
         self.write_flat32_state(init);
         v.fx = FxArea::reset();
         v.owned = Owned::default();
-        if self.msr_owner == v.vpid {
-            self.msr_owner = 0;
+        if self.owned_by == v.vpid {
+            self.owned_by = 0;
         }
     }
 
@@ -588,8 +588,8 @@ impl Backend for Vmx {
         if self.current == v.vmcs {
             self.current = 0;
         }
-        if self.msr_owner == v.vpid {
-            self.msr_owner = 0;
+        if self.owned_by == v.vpid {
+            self.owned_by = 0;
         }
         frames.free(v.vmcs);
     }
@@ -657,9 +657,9 @@ impl Backend for Vmx {
     }
 
     fn unload(&mut self, v: &mut VmxVcpu) {
-        if self.msr_owner == v.vpid {
+        if self.owned_by == v.vpid {
             v.owned = Owned::save();
-            self.msr_owner = 0;
+            self.owned_by = 0;
         }
     }
 
