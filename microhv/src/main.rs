@@ -41,7 +41,26 @@ static HV: Mutex<Hv<Arch, IdentityMem>> = Mutex::new(Hv::new(
 
 unsafe extern "C" {
     static __image_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
     static __image_end: u8;
+    static rt_stack_guard: u8;
+}
+
+/// The image's layout for its W^X map: the linker script's boundaries and the stacks' guards.
+fn image_layout() -> microhv_core::hostmap::Layout {
+    let image = image_range();
+    let [ist0, ist1] = gdt::ist_stacks();
+    let guard = core::ptr::addr_of!(rt_stack_guard) as u64;
+    microhv_core::hostmap::Layout {
+        start: image.start,
+        // Only the addresses of the linker-script symbols are taken.
+        text_end: core::ptr::addr_of!(__text_end) as u64,
+        rodata_end: core::ptr::addr_of!(__rodata_end) as u64,
+        end: image.end,
+        guards: [guard, ist0.guard(), ist1.guard(), 0],
+        n_guards: 3,
+    }
 }
 
 fn image_range() -> Range {
@@ -56,6 +75,9 @@ fn image_range() -> Range {
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     logger::init();
+    if let Err(e) = arch::x86_64::paging::init(&image_layout()) {
+        fatal::stop(StopStatus::BootError, format_args!("page tables: {e}"));
+    }
     let sel = gdt::init();
     idt::init(sel.code.0);
     arch::x86_64::lapic::mask_legacy_pics();
@@ -72,6 +94,9 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     };
     let (opts, bad) = Options::parse(&boot.cmdline);
     log::set_max_level(opts.log_level);
+    if let Some(t) = opts.selftest {
+        selftest(t);
+    }
     for b in bad {
         log::warn!("ignoring command-line word {:?}", b.0);
     }
@@ -105,6 +130,29 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     start_dom0(&mut hv, &boot, &opts);
     let stop = hv.run();
     fatal::stop(stop.status, format_args!("{}", stop.reason))
+}
+
+/// Does what microhv's mappings forbid; the page fault that follows ends the run (status 4).
+fn selftest(t: boot::SelfTest) {
+    /// `ret`, in writable data.
+    static RET: spin::Mutex<[u8; 1]> = spin::Mutex::new([0xc3]);
+    let target = match t {
+        boot::SelfTest::WriteText => rt_main as *const () as u64,
+        boot::SelfTest::ExecData => RET.lock().as_ptr() as u64,
+        boot::SelfTest::StackGuard => core::ptr::addr_of!(rt_stack_guard) as u64,
+    };
+    log::info!("self-test {t:?}: touching {target:#x}, which must fault");
+    // SAFETY: none of these can complete: the code and guard pages are not writable and the data
+    // page is not executable, so each access raises #PF and the machine stops in `fatal`.
+    unsafe {
+        match t {
+            boot::SelfTest::ExecData => {
+                core::mem::transmute::<u64, extern "C" fn()>(target)();
+            }
+            _ => (target as *mut u8).write_volatile(0xcc),
+        }
+    }
+    log::error!("self-test {t:?}: the access did not fault");
 }
 
 /// Builds dom0 from the first boot module; the others are handed to it.

@@ -171,6 +171,20 @@ pub struct Options {
     pub dom0_mem: u64,
     /// Most verbose log level (`loglvl=error|warn|info|debug|trace`).
     pub log_level: log::LevelFilter,
+    /// A protection self-test to run right after the page tables are loaded (`selftest=`).
+    pub selftest: Option<SelfTest>,
+}
+
+/// Boot-time proofs that microhv's own mappings hold: each does what its mapping forbids, so the
+/// expected outcome is a page fault in ring 0 (stop status 4) naming the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfTest {
+    /// `selftest=write-text`: store into microhv's code.
+    WriteText,
+    /// `selftest=exec-data`: call into microhv's writable data.
+    ExecData,
+    /// `selftest=stack-guard`: store into the guard page under the boot stack.
+    StackGuard,
 }
 
 /// dom0's memory unless `dom0_mem=` says otherwise.
@@ -178,7 +192,7 @@ pub const DEFAULT_DOM0_MEM: u64 = 32 << 20;
 
 impl Default for Options {
     fn default() -> Self {
-        Self { dom0_mem: DEFAULT_DOM0_MEM, log_level: log::LevelFilter::Info }
+        Self { dom0_mem: DEFAULT_DOM0_MEM, log_level: log::LevelFilter::Info, selftest: None }
     }
 }
 
@@ -196,6 +210,15 @@ impl Options {
             let ok = match word.split_once('=') {
                 Some(("dom0_mem", v)) => parse_size(v).map(|b| o.dom0_mem = b).is_some(),
                 Some(("loglvl", v)) => v.parse().map(|l| o.log_level = l).is_ok(),
+                Some(("selftest", v)) => {
+                    o.selftest = match v {
+                        "write-text" => Some(SelfTest::WriteText),
+                        "exec-data" => Some(SelfTest::ExecData),
+                        "stack-guard" => Some(SelfTest::StackGuard),
+                        _ => None,
+                    };
+                    o.selftest.is_some()
+                }
                 _ => false,
             };
             if !ok {

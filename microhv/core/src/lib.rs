@@ -18,6 +18,7 @@ pub mod dev;
 pub mod domain;
 pub mod exit;
 pub mod frames;
+pub mod hostmap;
 pub mod hv;
 pub mod hwcaps;
 pub mod hypercall;

@@ -172,7 +172,28 @@ pub fn cases(images: &Images) -> Vec<Case> {
         ],
         driver: Some(crate::hvctl_test::drive),
     };
+    // W^X and guard pages: each self-test must end in a ring-0 page fault on its address, with
+    // the error code of the access the mapping forbids (P|W, P|I/D, W on a missing page).
+    let selftest = |name: &'static str, emu, test: &str, fault: &'static str| {
+        let mut s = spec(name, emu, images, "smoke");
+        s.cmdline = format!("selftest={test}");
+        Case {
+            name,
+            spec: s,
+            checks: vec![
+                Status(StopStatus::Exception),
+                Contains("must fault"),
+                Contains(fault),
+                Contains("CPU exception 14 (page fault) in ring 0"),
+            ],
+            driver: None,
+        }
+    };
     vec![
+        selftest("wx-write-text", Bochs, "write-text", "vector 14 (page fault) error code 0x3\n"),
+        selftest("wx-exec-data", Bochs, "exec-data", "vector 14 (page fault) error code 0x11\n"),
+        selftest("wx-stack-guard", Bochs, "stack-guard", "vector 14 (page fault) error code 0x2\n"),
+        selftest("qemu-wx-write-text", Qemu, "write-text", "vector 14 (page fault) error code 0x3\n"),
         hvctl("hvctl-bochs", Bochs),
         hvctl("hvctl-qemu", Qemu),
         Case {

@@ -46,7 +46,7 @@ pub use caps::{Unavailable, detect};
 
 use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
-use crate::arch::x86_64::idt::NMI_COUNT;
+use crate::arch::x86_64::idt::{DEBUG_IN_WINDOW, NMI_COUNT};
 use crate::arch::x86_64::lapic::SliceTimer;
 use crate::arch::x86_64::spec::Mitigations;
 use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
@@ -495,7 +495,8 @@ impl Svm {
             | exit::XSETBV
             | exit::RDPRU
             | exit::INVPCID => (Exit::InvalidOpcode, 0),
-            exit::INVALID => (Exit::EntryFailure, 0),
+            // APM: VMEXIT_INVALID is -1; QEMU TCG writes it as a 32-bit -1.
+            exit::INVALID | 0xffff_ffff => (Exit::EntryFailure, 0),
             // As under VMX, where they exit unconditionally and the core stops the domain.
             exit::INIT | exit::INVD | exit::TASK_SWITCH => (Exit::Unhandled, 0),
             _ => (Exit::Unhandled, 0),
@@ -636,6 +637,7 @@ impl Backend for Svm {
             self.timer.arm(slice);
         }
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
+        let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
         self.spec.on_switch(self.last_domid, v.domid);
         self.last_domid = v.domid;
         self.spec.before_entry();
@@ -650,6 +652,9 @@ impl Backend for Svm {
         }
         if NMI_COUNT.load(Ordering::Relaxed) != nmis {
             log::warn!("NMI while a guest ran; absorbed");
+        }
+        if DEBUG_IN_WINDOW.load(Ordering::Relaxed) != dbs {
+            log::warn!("d{}: #DB from the guest's debug state in the exit window; disarmed", v.domid);
         }
         let ran = cpu::rdtsc().wrapping_sub(start);
         vm.w8(control::TLB_CONTROL, tlb::NOTHING);

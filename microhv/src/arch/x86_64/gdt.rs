@@ -1,5 +1,5 @@
-//! microhv's GDT and TSS, with separate IST stacks so every exception and NMI handler runs on a
-//! known-good stack (the host target's code assumes a red zone below RSP).
+//! microhv's GDT and TSS, with the IST stacks of the vectors that need a known-good stack (the
+//! host target's code assumes a red zone below RSP; see `idt` for which vectors use them).
 
 use spin::Once;
 use x86_64::VirtAddr;
@@ -8,18 +8,48 @@ use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
 
-/// IST slot (1-based in the IDT) used by ordinary exceptions.
-pub const IST_EXCEPTION: u16 = 1;
+/// IST slot (1-based in the IDT) used by external interrupts.
+pub const IST_INTERRUPT: u16 = 1;
 /// IST slot used by double faults and NMIs, so they never share a stack with the fault they
 /// interrupt.
 pub const IST_CRITICAL: u16 = 2;
 const IST_STACK_BYTES: usize = 16 * 1024;
+const PAGE: usize = 4096;
 
-#[repr(C, align(16))]
-struct Stack([u8; IST_STACK_BYTES]);
+/// A stack with a guard page below it, which `paging` leaves unmapped: an overflow faults
+/// instead of running into whatever lies below.
+#[repr(C, align(4096))]
+pub struct GuardedStack {
+    guard: [u8; PAGE],
+    // Written by the CPU: the cell keeps the static out of read-only data.
+    stack: core::cell::UnsafeCell<[u8; IST_STACK_BYTES]>,
+}
 
-static EXCEPTION_STACK: Stack = Stack([0; IST_STACK_BYTES]);
-static CRITICAL_STACK: Stack = Stack([0; IST_STACK_BYTES]);
+// SAFETY: only the CPU touches a stack's bytes (as the stack of the vectors that use it).
+unsafe impl Sync for GuardedStack {}
+
+impl GuardedStack {
+    const fn new() -> Self {
+        Self { guard: [0; PAGE], stack: core::cell::UnsafeCell::new([0; IST_STACK_BYTES]) }
+    }
+
+    /// Address of the guard page.
+    pub fn guard(&'static self) -> u64 {
+        self.guard.as_ptr() as u64
+    }
+
+    fn top(&'static self) -> VirtAddr {
+        VirtAddr::new(self.stack.get() as u64 + IST_STACK_BYTES as u64)
+    }
+}
+
+static INTERRUPT_STACK: GuardedStack = GuardedStack::new();
+static CRITICAL_STACK: GuardedStack = GuardedStack::new();
+
+/// The IST stacks, for `paging` to unmap their guard pages.
+pub fn ist_stacks() -> [&'static GuardedStack; 2] {
+    [&INTERRUPT_STACK, &CRITICAL_STACK]
+}
 
 /// The selectors the VMX host-state area needs.
 #[derive(Debug, Clone, Copy)]
@@ -35,16 +65,12 @@ pub struct Selectors {
 static TSS: Once<TaskStateSegment> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 
-fn stack_top(s: &'static Stack) -> VirtAddr {
-    VirtAddr::from_ptr(s.0.as_ptr_range().end)
-}
-
 /// Loads the GDT and TSS and reloads every segment register.
 pub fn init() -> Selectors {
     let tss = TSS.call_once(|| {
         let mut t = TaskStateSegment::new();
-        t.interrupt_stack_table[usize::from(IST_EXCEPTION - 1)] = stack_top(&EXCEPTION_STACK);
-        t.interrupt_stack_table[usize::from(IST_CRITICAL - 1)] = stack_top(&CRITICAL_STACK);
+        t.interrupt_stack_table[usize::from(IST_INTERRUPT - 1)] = INTERRUPT_STACK.top();
+        t.interrupt_stack_table[usize::from(IST_CRITICAL - 1)] = CRITICAL_STACK.top();
         t
     });
     let (gdt, sel) = GDT.call_once(|| {

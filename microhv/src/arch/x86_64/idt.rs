@@ -3,9 +3,21 @@
 //! prints everything and stops the machine. microhv runs with interrupts off in root mode, so
 //! any vector arriving here is a bug or a hardware event it cannot handle — except the SVM
 //! backend's slice timer and the APIC's spurious vector, taken in the interrupt window right
-//! after a guest exit, and NMIs, which are counted: their stubs return.
+//! after a guest exit, NMIs, which are counted, and a #DB in the SVM exit window (below): their
+//! stubs return.
+//!
+//! Stacks. A vector whose entry names an IST slot makes the CPU read its stack pointer from the
+//! TSS that TR points at — and between VMRUN and the host's VMLOAD that is the *guest's* TSS
+//! (see `arch::svm::entry`). So only the vectors that must run on a known-good stack use IST:
+//! NMI and #DF (IST_CRITICAL), and the external-interrupt vectors (IST_INTERRUPT), which can
+//! only be taken at STGI, after the host's TR is back. Every other exception (#DB and #BP
+//! included) is delivered on the current stack: in the exit window that is the host stack the
+//! CPU restored at #VMEXIT. Those stubs never return — except the #DB taken inside the exit
+//! window, which is counted, disarmed (DR7) and resumed, and whose handler is assembly that
+//! uses no red zone — so the compiled code's red zone below RSP is never relied on after one of
+//! them. A fault on a stack's guard page cannot be delivered on that stack and becomes a #DF.
 
-use super::gdt::{IST_CRITICAL, IST_EXCEPTION};
+use super::gdt::{IST_CRITICAL, IST_INTERRUPT};
 use core::arch::global_asm;
 use spin::Once;
 
@@ -46,6 +58,30 @@ microhv_timer_irq:
 microhv_spurious_irq:
     iretq
 
+    /* A #DB. Inside the SVM exit window (after VMRUN, until the host's VMLOAD) it comes from the
+       guest's debug state — a breakpoint an emulator left armed after #VMEXIT, or a single-step
+       trap it delivered in the host: disarm DR7, count it (DEBUG_IN_WINDOW) and resume the exit
+       path. Anywhere else it is a bug: report and stop. */
+    .global microhv_debug
+microhv_debug:
+    pushq %rax
+    leaq microhv_svm_window_start(%rip), %rax
+    cmpq %rax, 8(%rsp)
+    jb 1f
+    leaq microhv_svm_window_end(%rip), %rax
+    cmpq %rax, 8(%rsp)
+    ja 1f
+    movl $0x400, %eax
+    movq %rax, %dr7
+    lock incq {dbs}(%rip)
+    popq %rax
+    iretq
+1:
+    popq %rax
+    pushq $0
+    pushq $1
+    jmp microhv_exception_common
+
     /* An NMI: counted (see NMI_COUNT) and absorbed. */
     .global microhv_nmi
 microhv_nmi:
@@ -76,6 +112,7 @@ microhv_exception_common:
     entry = sym exception_entry,
     eoi = sym super::lapic::EOI_ADDR,
     nmis = sym NMI_COUNT,
+    dbs = sym DEBUG_IN_WINDOW,
     options(att_syntax),
 );
 
@@ -84,8 +121,13 @@ microhv_exception_common:
 /// microhv could act on.
 pub static NMI_COUNT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
+/// #DB exceptions taken (and absorbed) in the SVM exit window; the SVM backend reports a change
+/// after each run.
+pub static DEBUG_IN_WINDOW: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 unsafe extern "C" {
     static microhv_idt_stubs: u8;
+    static microhv_debug: u8;
     static microhv_nmi: u8;
     static microhv_timer_irq: u8;
     static microhv_spurious_irq: u8;
@@ -159,16 +201,23 @@ pub fn init(code: u16) {
         let timer = core::ptr::addr_of!(microhv_timer_irq) as u64;
         let spurious = core::ptr::addr_of!(microhv_spurious_irq) as u64;
         let nmi = core::ptr::addr_of!(microhv_nmi) as u64;
+        let debug = core::ptr::addr_of!(microhv_debug) as u64;
         for v in 0..256u64 {
-            // Three vectors return: NMI, the slice timer and the APIC's spurious vector. Every
-            // other one reports and stops.
+            // Three vectors return: NMI, the slice timer and the APIC's spurious vector; #DB
+            // returns inside the SVM exit window. Every other one reports and stops.
             let handler = match v as u8 {
+                1 => debug,
                 2 => nmi,
                 super::lapic::TIMER_VECTOR => timer,
                 super::lapic::SPURIOUS_VECTOR => spurious,
                 _ => base + v * STUB_STRIDE,
             };
-            let ist = if v == 2 || v == 8 { IST_CRITICAL } else { IST_EXCEPTION };
+            // See the module docs: no exception but NMI and #DF may consult the TSS.
+            let ist = match v {
+                2 | 8 => IST_CRITICAL,
+                0..32 => 0,
+                _ => IST_INTERRUPT,
+            };
             // 64-bit interrupt gate, present, DPL 0.
             let low = (handler & 0xffff)
                 | (u64::from(code) << 16)

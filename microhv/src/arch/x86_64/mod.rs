@@ -4,5 +4,6 @@ pub mod fpu;
 pub mod gdt;
 pub mod idt;
 pub mod lapic;
+pub mod paging;
 pub mod power;
 pub mod spec;

@@ -106,8 +106,12 @@ rt_pdpt:
 rt_pd:
     .space 4096 * 4
 
+    /* The page below the stack is a guard an image may unmap (microhv does). */
     .section .bss.rt_stack, "aw", @nobits
-    .balign 16
+    .balign 4096
+    .global rt_stack_guard
+rt_stack_guard:
+    .space 4096
 rt_stack:
     .space {stack}
 rt_stack_top:
