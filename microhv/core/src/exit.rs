@@ -104,6 +104,9 @@ pub struct Access {
     pub exec: bool,
     /// A translation was present but lacked the permission.
     pub present: bool,
+    /// The access was the CPU walking the guest's own page tables, not the instruction's
+    /// operand (VMX qualification bits 7–8, SVM EXITINFO1 bit 33).
+    pub walk: bool,
 }
 
 /// Why the vCPU stopped running, in arch-neutral terms.
@@ -151,6 +154,14 @@ pub enum Exit {
     /// An instruction the guest's CPU must not have (VMX/SVM instructions, MONITOR/MWAIT,
     /// XSETBV): the core injects #UD.
     InvalidOpcode,
+    /// INVD: completed as a no-op (WBINVD without the write-back would lose other domains'
+    /// data in the host's caches; guest memory is write-back cached and coherent anyway).
+    Invd,
+    /// RDPMC: no virtual PMU is offered (CPUID leaf 0xA is hidden), so #GP.
+    Rdpmc,
+    /// A hardware task switch (far JMP/CALL to a TSS or task gate, IRET with NT, an event
+    /// through a task gate): not emulated; the guest gets #GP(0) at the instruction.
+    TaskSwitch,
     /// An external interrupt or NMI arrived while the guest ran.
     Interrupt,
     /// The guest triple-faulted (shutdown).
@@ -175,7 +186,12 @@ impl Exit {
             Exit::CrWrite { .. } => ExitReason::CrAccess,
             Exit::Interrupt => ExitReason::Interrupt,
             Exit::TripleFault => ExitReason::TripleFault,
-            Exit::InvalidOpcode | Exit::EntryFailure | Exit::Unhandled => ExitReason::Other,
+            Exit::InvalidOpcode
+            | Exit::Invd
+            | Exit::Rdpmc
+            | Exit::TaskSwitch
+            | Exit::EntryFailure
+            | Exit::Unhandled => ExitReason::Other,
         }
     }
 }
@@ -203,6 +219,19 @@ impl CpuMode {
             CpuMode::Bits64 => next,
         }
     }
+
+    /// [`CpuMode::next_ip`], or `None` when the next instruction pointer would not be canonical
+    /// in 64-bit code: the CPU raises #GP there (and VM entry would fail on a non-canonical RIP,
+    /// the XSA-170 class), so the instruction does not complete.
+    pub fn next_ip_checked(self, rip: u64, len: u8) -> Option<u64> {
+        let next = self.next_ip(rip, len);
+        (self != CpuMode::Bits64 || is_canonical(next)).then_some(next)
+    }
+}
+
+/// Whether `addr` is a canonical 48-bit linear address (guests are not offered LA57).
+pub fn is_canonical(addr: u64) -> bool {
+    (((addr << 16) as i64) >> 16) as u64 == addr
 }
 
 /// An exit, with the guest state a handler or a crash report needs.
@@ -264,6 +293,10 @@ pub enum GuestReg {
     /// them (VMX with EPT) needs them written when microhv completes a CR0/CR4 write that
     /// enters PAE paging; one that reloads them itself (SVM) ignores the write.
     Pdpte(u8),
+    /// The code segment's L (bit 0) and D/B (bit 1) attributes; read-only.
+    CsLd,
+    /// The type field (0–15) of the task register's cached descriptor.
+    TrType,
 }
 
 /// An event to deliver to the guest on the next entry.
@@ -347,8 +380,10 @@ pub trait Backend {
     fn write(&mut self, vcpu: &mut Self::Vcpu, reg: GuestReg, value: u64);
     /// Completes the exiting instruction of `len` bytes as the CPU would have: RIP moves past
     /// it (wrapping at the code width, [`CpuMode::next_ip`]), an STI / MOV SS interrupt shadow
-    /// ends, and with RFLAGS.TF set the single-step #DB trap follows.
-    fn advance_rip(&mut self, vcpu: &mut Self::Vcpu, len: u8);
+    /// ends, and with RFLAGS.TF set the single-step #DB trap follows. Returns false, changing
+    /// nothing, when the next RIP would not be canonical ([`CpuMode::next_ip_checked`]): the
+    /// caller raises #GP instead.
+    fn advance_rip(&mut self, vcpu: &mut Self::Vcpu, len: u8) -> bool;
     /// Delivers `event` on the next entry.
     fn inject(&mut self, vcpu: &mut Self::Vcpu, event: Event);
     /// Installs a new second-level root (the EPTP / nCR3 value the `mmu` computed) and flushes
@@ -374,5 +409,21 @@ mod tests {
         assert_eq!(CpuMode::Bits32.next_ip(0x10_0000, 3), 0x10_0003);
         assert_eq!(CpuMode::Bits64.next_ip(0xffff_fffe, 3), 0x1_0000_0001);
         assert_eq!(CpuMode::Bits64.next_ip(u64::MAX, 1), 0);
+    }
+
+    #[test]
+    fn only_canonical_instruction_pointers_complete_in_64_bit_code() {
+        use super::is_canonical;
+        assert!(is_canonical(0x7fff_ffff_ffff));
+        assert!(!is_canonical(0x8000_0000_0000));
+        assert!(is_canonical(0xffff_8000_0000_0000));
+        assert!(!is_canonical(0xfff7_8000_0000_0000));
+        // CPUID (2 bytes) at the top of the lower half, from ring 3 or anywhere.
+        assert_eq!(CpuMode::Bits64.next_ip_checked(0x7fff_ffff_fffe, 2), None);
+        assert_eq!(CpuMode::Bits64.next_ip_checked(0x7fff_ffff_fffc, 2), Some(0x7fff_ffff_fffe));
+        // Wrapping to 0 from the top of the upper half is canonical.
+        assert_eq!(CpuMode::Bits64.next_ip_checked(u64::MAX - 1, 2), Some(0));
+        // Outside 64-bit code the pointer wraps instead.
+        assert_eq!(CpuMode::Bits32.next_ip_checked(0xffff_fffe, 3), Some(1));
     }
 }

@@ -548,7 +548,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     info.cr4
                 );
                 let ok = match cr {
-                    0 => policy::cr0_write_ok(value, info.efer, info.cr4, code64),
+                    0 => {
+                        policy::cr0_write_ok(value, info.efer, info.cr4, code64)
+                            && self.ia32e_activation_ok(d, v, info.cr0, value, info.efer)
+                    }
                     4 => {
                         let l1 = self.backend.host_cpuid(1, 0)[3];
                         let l7 = self.backend.host_cpuid(7, 0)[1];
@@ -581,6 +584,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.inject(d, v, Event::InvalidOpcode);
                 None
             }
+            Exit::Invd => {
+                self.skip(d, v, info.insn_len);
+                None
+            }
+            Exit::Rdpmc | Exit::TaskSwitch => {
+                self.inject(d, v, Event::GeneralProtection);
+                None
+            }
             Exit::Timer => {
                 self.yielded = true;
                 None
@@ -610,6 +621,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 None
             }
             Ok(FaultOutcome::Spurious | FaultOutcome::Retry) => None,
+            // On hardware a page walk that reaches the APIC page reads no page table; here it
+            // would be emulated as the instruction's own access. Neither is worth imitating.
+            Ok(FaultOutcome::NoSlot)
+                if a.walk && (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) =>
+            {
+                log::warn!("d{d}v{v}: the guest's page-table walk reached the APIC page at {gpa:#x}");
+                self.crash(d, v, CrashReason::UnsupportedMmio, Some(info))
+            }
             Ok(FaultOutcome::NoSlot) if (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) => {
                 match self.emulate_apic(d, v, gpa - APIC_BASE, a, info) {
                     Ok(()) => None,
@@ -645,6 +664,24 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let mut b = [0u8; 8];
         self.mem.read(hpa, &mut b[..usize::from(len)]);
         Some(u64::from_le_bytes(b))
+    }
+
+    /// What a CR0 write that turns paging on with EFER.LME set — activating IA-32e mode —
+    /// needs besides [`policy::cr0_write_ok`]: the CPU raises #GP if the code segment has L
+    /// set (so L and D both set, which VM entry would refuse, never gets that far). A task
+    /// register still holding a 16-bit TSS is accepted by the CPU, but not by VM entry into an
+    /// IA-32e guest: like KVM, its cached type becomes the 64-bit busy TSS the CPU would use.
+    fn ia32e_activation_ok(&mut self, d: usize, v: usize, old: u64, new: u64, efer: u64) -> bool {
+        if !policy::activates_ia32e(old, new, efer) {
+            return true;
+        }
+        if self.read_reg(d, v, GuestReg::CsLd) & 1 != 0 {
+            return false;
+        }
+        if self.read_reg(d, v, GuestReg::TrType) != policy::TSS_BUSY_64 {
+            self.write_reg(d, v, GuestReg::TrType, policy::TSS_BUSY_64);
+        }
+        true
     }
 
     /// The four PAE PDPTEs at `cr3`, or `None` (#GP, as the CPU would raise) if they cannot be
@@ -811,14 +848,24 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
+    /// Completes the emulated instruction; one that would leave RIP non-canonical raises #GP
+    /// at itself instead, as the CPU does.
     fn skip(&mut self, d: usize, v: usize, len: u8) {
-        if let Some(a) = self.domains[d].vcpus[v].arch.as_mut() {
-            self.backend.advance_rip(a, len);
+        if let Some(a) = self.domains[d].vcpus[v].arch.as_mut()
+            && !self.backend.advance_rip(a, len)
+        {
+            log::debug!("d{d}v{v}: #GP: the next RIP would not be canonical");
+            self.inject(d, v, Event::GeneralProtection);
         }
     }
 
+    /// Delivers a fault to the guest. The CPU sets RFLAGS.RF in the image a fault pushes (so
+    /// that IRET back to the instruction does not retrigger an instruction breakpoint); an
+    /// injected fault must look the same.
     fn inject(&mut self, d: usize, v: usize, e: Event) {
         if let Some(a) = self.domains[d].vcpus[v].arch.as_mut() {
+            let rflags = self.backend.read(a, GuestReg::Rflags);
+            self.backend.write(a, GuestReg::Rflags, rflags | regs::RFLAGS_RF);
             self.backend.inject(a, e);
         }
     }

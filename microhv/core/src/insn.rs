@@ -191,6 +191,8 @@ pub enum Expected {
     Hlt,
     /// `0F 22 /r`: MOV to a control register.
     MovToCr,
+    /// `0F 08`.
+    Invd,
 }
 
 /// A decoded intercepted instruction.
@@ -248,6 +250,7 @@ pub fn decode_intercepted(
         Expected::Wrmsr => &[0x0f, 0x30],
         Expected::Hlt => &[0xf4],
         Expected::MovToCr => &[0x0f, 0x22],
+        Expected::Invd => &[0x0f, 0x08],
     };
     for (k, &want) in opcode.iter().enumerate() {
         match bytes.get(i + k) {

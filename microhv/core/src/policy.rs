@@ -34,6 +34,15 @@ pub fn cr0_write_ok(new: u64, efer: u64, cr4: u64, code64: bool) -> bool {
     !(reserved || pg_without_pe || nw_without_cd || long_without_pae || paging_off_in_64bit)
 }
 
+/// Whether a CR0 write from `old` to `new` activates IA-32e mode: paging goes on with
+/// EFER.LME set.
+pub fn activates_ia32e(old: u64, new: u64, efer: u64) -> bool {
+    old & CR0_PG == 0 && new & CR0_PG != 0 && efer & EFER_LME != 0
+}
+
+/// Descriptor type of a busy 32-bit TSS, which in IA-32e mode is the 64-bit busy TSS.
+pub const TSS_BUSY_64: u64 = 11;
+
 /// Whether a guest write of `new` to CR4 is valid: only bits of `allowed` (see
 /// [`guest_cr4_allowed`]), and PAE stays on in long mode.
 pub fn cr4_write_ok(new: u64, efer: u64, allowed: u64) -> bool {

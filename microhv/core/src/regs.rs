@@ -30,6 +30,8 @@ pub const EFER_SVME: u64 = 1 << 12;
 pub const RFLAGS_FIXED: u64 = 1 << 1;
 /// RFLAGS.TF: single-step, a #DB trap after each instruction.
 pub const RFLAGS_TF: u64 = 1 << 8;
+/// RFLAGS.RF: resume flag (suppresses instruction breakpoints for one instruction).
+pub const RFLAGS_RF: u64 = 1 << 16;
 /// DR6.BS: the #DB was a single-step trap.
 pub const DR6_BS: u64 = 1 << 14;
 /// IA32_PAT at power-on.

@@ -647,6 +647,68 @@ fn turning_on_pae_paging_loads_the_pdptes_or_raises_gp() {
     assert_eq!(v.regs.get("pdpte1"), None);
 }
 
+/// Runs one scripted exit of domU `d` (after `setup` on its vCPU), then lets dom0 power off;
+/// returns the vCPU.
+fn one_exit(
+    exit: Exit,
+    setup: impl FnOnce(&mut crate::testutil::FakeVcpu),
+) -> (crate::testutil::FakeVcpu, DomainState, CrashReason) {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    setup(hv.domains[d].vcpus[0].arch.as_mut().expect("vcpu"));
+    push(&mut hv, d as u32, exit, Gprs::default());
+    let off = Gprs { rax: Op::Shutdown as u64, ..Gprs::default() };
+    push(&mut hv, d as u32, Exit::Hypercall, off);
+    dom0_yields_then_powers_off(&mut hv, 4);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let dom = &mut hv.domains[d];
+    let state = dom.state.expect("exists");
+    (dom.vcpus[0].arch.take().expect("vcpu"), state, dom.crash)
+}
+
+#[test]
+fn emulated_instructions_complete_as_the_cpu_would() {
+    use crate::exit::{Access, Event::*};
+    use crate::regs::{CR0_PG, EFER_LME, RFLAGS_RF};
+    // CPUID (3 bytes in the fake) ending past the lower canonical half: #GP at the CPUID, with
+    // RF in the pushed flags as for every fault; RIP does not move.
+    let (v, ..) = one_exit(Exit::Cpuid, |v| v.rip = 0x7fff_ffff_fffd);
+    assert_eq!((v.rip, v.injected.as_slice()), (0x7fff_ffff_fffd, [GeneralProtection].as_slice()));
+    assert_eq!(v.regs.get("rflags").map(|f| f & RFLAGS_RF), Some(RFLAGS_RF));
+    let (v, ..) = one_exit(Exit::Cpuid, |v| v.rip = 0x7fff_ffff_fff0);
+    assert_eq!((v.rip, v.injected.len()), (0x7fff_ffff_fff3, 0));
+    // INVD completes as a no-op; RDPMC and task switches fault.
+    let (v, ..) = one_exit(Exit::Invd, |v| v.rip = 0x1000);
+    assert_eq!((v.rip, v.injected.len()), (0x1003, 0));
+    for e in [Exit::Rdpmc, Exit::TaskSwitch] {
+        let (v, state, _) = one_exit(e, |v| v.rip = 0x1000);
+        assert_eq!((v.rip, v.injected.as_slice()), (0x1000, [GeneralProtection].as_slice()));
+        assert_eq!(state, DomainState::Shutdown, "{e:?}: the domain carries on");
+    }
+    // Activating IA-32e mode: CS.L set is #GP (the write is not applied); a 16-bit TSS in TR
+    // becomes the 64-bit busy TSS VM entry requires.
+    let activate = Exit::CrWrite { cr: 0, value: CR0_PG | 0x11 };
+    let long = |cs_ld: u64, tr: u64| {
+        move |v: &mut crate::testutil::FakeVcpu| {
+            v.regs.extend([("efer", EFER_LME), ("cr4", 0x20), ("cs_ld", cs_ld), ("tr_type", tr)]);
+        }
+    };
+    for cs_ld in [1, 3] {
+        let (v, ..) = one_exit(activate, long(cs_ld, 11));
+        assert_eq!(v.injected, [GeneralProtection], "CS.L/D {cs_ld:#b}");
+        assert_eq!(v.regs.get("cr0"), None);
+    }
+    let (v, ..) = one_exit(activate, long(2, 3));
+    assert!(v.injected.is_empty());
+    assert_eq!((v.regs.get("cr0"), v.regs.get("tr_type")), (Some(&(CR0_PG | 0x11)), Some(&11)));
+    // A page walk that reaches the APIC page stops the domain with a reason instead of being
+    // emulated as the instruction's access.
+    let walk = Access { read: true, walk: true, ..Access::default() };
+    let (_, state, crash) =
+        one_exit(Exit::NestedPageFault { gpa: 0xfee0_0000, access: walk }, |_| {});
+    assert_eq!((state, crash), (DomainState::Crashed, CrashReason::UnsupportedMmio));
+}
+
 #[test]
 fn string_io_crashes_only_the_domu() {
     let mut hv = world();

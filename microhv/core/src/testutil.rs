@@ -190,8 +190,14 @@ impl Backend for FakeBackend {
         }
     }
 
-    fn advance_rip(&mut self, v: &mut FakeVcpu, len: u8) {
-        v.rip += u64::from(len);
+    fn advance_rip(&mut self, v: &mut FakeVcpu, len: u8) -> bool {
+        match crate::exit::CpuMode::Bits64.next_ip_checked(v.rip, len) {
+            Some(next) => {
+                v.rip = next;
+                true
+            }
+            None => false,
+        }
     }
 
     fn inject(&mut self, v: &mut FakeVcpu, event: Event) {
@@ -225,6 +231,8 @@ fn name(r: GuestReg) -> &'static str {
         GuestReg::Efer => "efer",
         GuestReg::FsBase => "fs_base",
         GuestReg::GsBase => "gs_base",
+        GuestReg::CsLd => "cs_ld",
+        GuestReg::TrType => "tr_type",
         GuestReg::Pdpte(i) => ["pdpte0", "pdpte1", "pdpte2", "pdpte3"]
             .get(usize::from(i))
             .copied()

@@ -132,11 +132,11 @@ impl Backend for Arch {
         }
     }
 
-    fn advance_rip(&mut self, vcpu: &mut ArchVcpu, len: u8) {
+    fn advance_rip(&mut self, vcpu: &mut ArchVcpu, len: u8) -> bool {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.advance_rip(v, len),
             (Arch::Svm(b), ArchVcpu::Svm(v)) => b.advance_rip(v, len),
-            _ => {}
+            _ => true,
         }
     }
 

@@ -292,6 +292,7 @@ impl Svm {
                 | misc1::NMI
                 | misc1::INIT
                 | misc1::CPUID
+                | misc1::RDPMC
                 | misc1::INVD
                 | misc1::HLT
                 | misc1::INVLPGA
@@ -475,8 +476,14 @@ impl Svm {
             exit::WRITE_CR4 => self.cr4_write(vm, info1, gprs),
             exit::NPF => {
                 let a = mmu::Access::from_npt_error_code(info1);
-                let access =
-                    Access { read: a.read, write: a.write, exec: a.fetch, present: a.present };
+                let access = Access {
+                    read: a.read,
+                    write: a.write,
+                    exec: a.fetch,
+                    present: a.present,
+                    // EXITINFO1 bit 33: the fault was on the guest's page-table walk.
+                    walk: info1 & (1 << 33) != 0,
+                };
                 (Exit::NestedPageFault { gpa: info2, access }, 0)
             }
             exit::INTR | exit::NMI => (Exit::Interrupt, 0),
@@ -497,8 +504,11 @@ impl Svm {
             | exit::INVPCID => (Exit::InvalidOpcode, 0),
             // APM: VMEXIT_INVALID is -1; QEMU TCG writes it as a 32-bit -1.
             exit::INVALID | 0xffff_ffff => (Exit::EntryFailure, 0),
-            // As under VMX, where they exit unconditionally and the core stops the domain.
-            exit::INIT | exit::INVD | exit::TASK_SWITCH => (Exit::Unhandled, 0),
+            exit::INVD => self.with_len(vm, Exit::Invd, Expected::Invd),
+            exit::RDPMC => (Exit::Rdpmc, 0),
+            exit::TASK_SWITCH => (Exit::TaskSwitch, 0),
+            // As under VMX, where it exits unconditionally and the core stops the domain.
+            exit::INIT => (Exit::Unhandled, 0),
             _ => (Exit::Unhandled, 0),
         }
     }
@@ -719,6 +729,8 @@ impl Backend for Svm {
             // With nested paging the CPU walks the guest's PAE PDPTEs from guest CR3 on every
             // VMRUN; there is no cached copy in the VMCB to read or refresh.
             GuestReg::Pdpte(_) => 0,
+            GuestReg::CsLd => u64::from(vm.r16(save::CS + seg::ATTRIB) >> 9) & 3,
+            GuestReg::TrType => u64::from(vm.r16(save::TR + seg::ATTRIB) & 0xf),
         }
     }
 
@@ -741,13 +753,20 @@ impl Backend for Svm {
             }
             GuestReg::FsBase => vm.w64(save::FS + seg::BASE, value),
             GuestReg::GsBase => vm.w64(save::GS + seg::BASE, value),
-            GuestReg::Pdpte(_) => {}
+            GuestReg::Pdpte(_) | GuestReg::CsLd => {}
+            GuestReg::TrType => {
+                let attr = vm.r16(save::TR + seg::ATTRIB);
+                vm.w16(save::TR + seg::ATTRIB, (attr & !0xf) | (value & 0xf) as u16);
+            }
         }
     }
 
-    fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) {
+    fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) -> bool {
         let vm = v.vmcb;
-        vm.w64(save::RIP, Self::mode(vm).next_ip(vm.r64(save::RIP), len));
+        let Some(next) = Self::mode(vm).next_ip_checked(vm.r64(save::RIP), len) else {
+            return false;
+        };
+        vm.w64(save::RIP, next);
         // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
         vm.w64(control::INT_STATE, vm.r64(control::INT_STATE) & !1);
         // A single-stepping guest gets the #DB trap the instruction would have raised. SVM has
@@ -756,6 +775,7 @@ impl Backend for Svm {
             vm.w64(save::DR6, vm.r64(save::DR6) | DR6_BS);
             vm.w64(control::EVENTINJ, 1 | (3 << 8) | (1 << 31));
         }
+        true
     }
 
     fn inject(&mut self, v: &mut SvmVcpu, event: Event) {

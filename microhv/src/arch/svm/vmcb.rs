@@ -130,6 +130,8 @@ pub mod misc1 {
     pub const INIT: u32 = 1 << 3;
     /// CPUID.
     pub const CPUID: u32 = 1 << 18;
+    /// RDPMC.
+    pub const RDPMC: u32 = 1 << 15;
     /// INVD.
     pub const INVD: u32 = 1 << 22;
     /// HLT.
@@ -204,6 +206,8 @@ pub mod exit {
     pub const INIT: u64 = 0x063;
     /// CPUID.
     pub const CPUID: u64 = 0x072;
+    /// RDPMC.
+    pub const RDPMC: u64 = 0x06f;
     /// INVD.
     pub const INVD: u64 = 0x076;
     /// HLT.

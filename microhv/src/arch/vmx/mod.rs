@@ -153,6 +153,7 @@ impl Vmx {
         .map_err(|_| "pin-based controls")?;
         let proc1 = adjust_controls(
             (PrimaryControls::HLT_EXITING
+                | PrimaryControls::RDPMC_EXITING
                 | PrimaryControls::MWAIT_EXITING
                 | PrimaryControls::MONITOR_EXITING
                 | PrimaryControls::USE_IO_BITMAPS
@@ -437,8 +438,11 @@ impl Vmx {
                 Exit::Interrupt
             }
             2 => Exit::TripleFault,
+            9 => Exit::TaskSwitch,
             10 => Exit::Cpuid,
             12 => Exit::Hlt,
+            13 => Exit::Invd,
+            15 => Exit::Rdpmc,
             18 => Exit::Hypercall,
             19..=27 | 36 | 39 | 50 | 53 | 55 => Exit::InvalidOpcode,
             28 => Self::cr_access(qual, gprs, visible_cr0),
@@ -458,6 +462,9 @@ impl Vmx {
                     write: qual & 2 != 0,
                     exec: qual & 4 != 0,
                     present: qual & 0x38 != 0,
+                    // A linear address (bit 7) whose translation was not what was accessed
+                    // (bit 8 clear): a paging-structure entry.
+                    walk: qual & (1 << 7) != 0 && qual & (1 << 8) == 0,
                 },
             },
             52 => Exit::Timer,
@@ -683,6 +690,9 @@ impl Backend for Vmx {
             GuestReg::FsBase => vmcs::read(guest::FS_BASE),
             GuestReg::GsBase => vmcs::read(guest::GS_BASE),
             GuestReg::Pdpte(i) => vmcs::read(guest::PDPTE0_FULL + 2 * u32::from(i & 3)),
+            // Access rights: L is bit 13, D/B bit 14; the type is bits 3:0.
+            GuestReg::CsLd => (vmcs::read(guest::CS_ACCESS_RIGHTS) >> 13) & 3,
+            GuestReg::TrType => vmcs::read(guest::TR_ACCESS_RIGHTS) & 0xf,
         }
     }
 
@@ -710,13 +720,21 @@ impl Backend for Vmx {
             GuestReg::GsBase => vmcs::write(guest::GS_BASE, value),
             // With EPT the CPU enters PAE paging with these fields, not from memory.
             GuestReg::Pdpte(i) => vmcs::write(guest::PDPTE0_FULL + 2 * u32::from(i & 3), value),
+            GuestReg::CsLd => {}
+            GuestReg::TrType => {
+                let ar = vmcs::read(guest::TR_ACCESS_RIGHTS);
+                vmcs::write(guest::TR_ACCESS_RIGHTS, (ar & !0xf) | (value & 0xf));
+            }
         }
     }
 
-    fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) {
+    fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) -> bool {
         self.make_current(v);
         let rip = vmcs::read(guest::RIP);
-        vmcs::write(guest::RIP, Self::mode(vmcs::read(guest::CR0)).next_ip(rip, len));
+        let Some(next) = Self::mode(vmcs::read(guest::CR0)).next_ip_checked(rip, len) else {
+            return false;
+        };
+        vmcs::write(guest::RIP, next);
         // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
         let intr = vmcs::read(guest::INTERRUPTIBILITY_STATE);
         vmcs::write(guest::INTERRUPTIBILITY_STATE, intr & !3);
@@ -726,6 +744,7 @@ impl Backend for Vmx {
             let pending = vmcs::read(guest::PENDING_DBG_EXCEPTIONS);
             vmcs::write(guest::PENDING_DBG_EXCEPTIONS, pending | DR6_BS);
         }
+        true
     }
 
     fn inject(&mut self, v: &mut VmxVcpu, event: Event) {
@@ -734,10 +753,9 @@ impl Backend for Vmx {
             Event::InvalidOpcode => (6u64, false),
             Event::GeneralProtection => (13, true),
         };
-        // Real mode delivers no error code.
-        let pe = vmcs::read(control::CR0_READ_SHADOW) & CR0_PE != 0
-            || vmcs::read(guest::CR0) & CR0_PE != 0;
-        let code = has_code && pe;
+        // Real mode delivers no error code (and VM entry refuses to inject one there). PE is
+        // guest-owned with unrestricted guest: the real CR0 has it, the read shadow may not.
+        let code = has_code && vmcs::read(guest::CR0) & CR0_PE != 0;
         let info = vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31);
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
         vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);

@@ -7,6 +7,7 @@
 use super::cpu::{cpuid, rdmsr, wrmsr};
 use core::cell::UnsafeCell;
 use microhv_core::hostmap::{Layout, Perm};
+use microhv_core::regs::EFER_NXE;
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -18,7 +19,6 @@ const PDS: usize = (rt::IDENTITY_MAP_BYTES >> 30) as usize;
 /// Page tables for the 2 MiB regions the image covers: room for an 8 MiB image.
 const IMAGE_PTS: usize = 4;
 const IA32_EFER: u32 = 0xc000_0080;
-const EFER_NXE: u64 = 1 << 11;
 
 #[repr(C, align(4096))]
 struct Tables {
