@@ -63,11 +63,16 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 fn wait(
     domid: u32,
     con: &mut Console,
-    done: impl Fn(&DomainInfo, &Console) -> bool,
+    mut done: impl FnMut(&DomainInfo, &Console) -> bool,
 ) -> Result<DomainInfo, &'static str> {
-    let start = rdtsc();
+    // A guard against a hang, not a budget: it restarts whenever the domain prints.
+    let mut start = rdtsc();
     loop {
+        let before = con.len();
         drain(domid, con);
+        if con.len() != before {
+            start = rdtsc();
+        }
         let i = info(domid).map_err(|_| "domain vanished")?;
         if done(&i, con) {
             // The domain may have written its last lines after the drain above (dom0's slice
@@ -209,24 +214,45 @@ fn toucher(boot: &Boot) -> Result<(), &'static str> {
 fn hostile(boot: &Boot) -> Result<(), &'static str> {
     // A bystander keeps spinning through every attack.
     let by = start(boot, "spinner", &spec("bystander", 4, ""))?;
-    let attacks: [(&str, Option<CrashReason>); 6] = [
+    // Host addresses for the exit-window attack (from microhv's symbols, via the runner).
+    let window = boot.option("hv-window").unwrap_or("0");
+    let tss = boot.option("hv-tss").unwrap_or("0");
+    let attacks: [(&str, Option<CrashReason>); 11] = [
         ("read-other", Some(CrashReason::OutsideMemory)),
         ("write-outside", Some(CrashReason::OutsideMemory)),
         ("dom0-ops", None),
         ("com2", None),
         ("msr", None),
+        ("debug-window", None),
+        ("noncanonical", None),
+        ("apic-walk", Some(CrashReason::UnsupportedMmio)),
+        ("invd-rdpmc", None),
+        ("console-flood", None),
         ("triple-fault", Some(CrashReason::TripleFault)),
     ];
     let mut failed = false;
     for (attack, crash) in attacks {
-        let mut cmd: heapless::String<64> = heapless::String::new();
-        let _ = core::fmt::write(&mut cmd, format_args!("attack={attack}"));
+        let mut cmd: heapless::String<128> = heapless::String::new();
+        let _ = core::fmt::write(
+            &mut cmd,
+            format_args!("attack={attack} window={window} tss={tss}"),
+        );
         let mut name: heapless::String<32> = heapless::String::new();
         let _ = core::fmt::write(&mut name, format_args!("hostile-{attack}"));
         let d = start(boot, "hostile", &spec(&name, 4, &cmd))?;
         let mut con = Console::new();
-        let i = wait(d, &mut con, stopped)?;
+        // dom0's own latency while the attack runs: the longest gap between two of its rounds.
+        let (mut worst, mut last) = (0, rdtsc());
+        let i = wait(d, &mut con, |i, c| {
+            let now = rdtsc();
+            worst = worst.max(now - last);
+            last = now;
+            stopped(i, c)
+        })?;
         destroy(d)?;
+        if attack == "console-flood" {
+            println!("  console-flood: dom0's longest wait {worst} ticks");
+        }
         let ok = match crash {
             Some(r) => i.state == DomainState::Crashed as u32 && i.crash_reason == r as u32,
             None => i.state == DomainState::Shutdown as u32 && i.shutdown_status == 0,

@@ -2,17 +2,96 @@
 //!
 //! Lines from microhv read `[hv] message` (with `WARN`/`ERROR`/`debug` markers below info);
 //! console lines from domains arrive with target [`GUEST_TARGET`] already prefixed `[dN]`.
+//!
+//! Output is buffered: a record goes into a [`RING_BYTES`] ring, and the ring is drained into
+//! the UART without waiting — as much as its empty FIFO takes — after each record and whenever
+//! the run loop calls `log::logger().flush()` (between exits). So logging never holds the CPU
+//! for the line's transmit time. Nothing is dropped: when the ring is full, a new record waits
+//! for room (back-pressure; domU console text reaching the log is rate-limited upstream, so only
+//! microhv's and dom0's own output can get there). The fatal paths drain the ring synchronously
+//! before their report ([`emergency`]), so nothing of a crash report or of what preceded it is
+//! lost.
 
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use rt::uart::{COM1, Uart};
+use rt::uart::{COM1, FIFO_BYTES, Uart};
 use spin::Mutex;
+
+/// Bytes of log output buffered ahead of the UART.
+pub const RING_BYTES: usize = 16 * 1024;
+
+/// Log text not yet handed to the UART.
+struct Ring {
+    buf: [u8; RING_BYTES],
+    head: usize,
+    len: usize,
+    uart: Uart,
+}
+
+/// Whether the ring holds anything: lets the run loop's flush skip the lock.
+static PENDING: AtomicBool = AtomicBool::new(false);
+
+impl Ring {
+    fn pop(&mut self) -> Option<u8> {
+        if self.len == 0 {
+            return None;
+        }
+        let b = self.buf[self.head];
+        self.head = (self.head + 1) % RING_BYTES;
+        self.len -= 1;
+        Some(b)
+    }
+
+    /// Hands the UART what its FIFO takes now, without waiting.
+    fn pump(&mut self) {
+        if self.len > 0 && self.uart.fifo_empty() {
+            for _ in 0..FIFO_BYTES {
+                match self.pop() {
+                    Some(b) => self.uart.put_byte(b),
+                    None => break,
+                }
+            }
+        }
+        PENDING.store(self.len > 0, Ordering::Relaxed);
+    }
+
+    /// Sends everything, waiting for the line.
+    fn drain(&mut self) {
+        while let Some(b) = self.pop() {
+            self.uart.write_byte(b);
+        }
+        self.uart.flush();
+        PENDING.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Write for Ring {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == RING_BYTES {
+                // Back-pressure: wait for the line to take one byte.
+                if let Some(old) = self.pop() {
+                    self.uart.write_byte(old);
+                }
+            }
+            self.buf[(self.head + self.len) % RING_BYTES] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
 
 /// `log` target for domain console lines, printed verbatim.
 pub const GUEST_TARGET: &str = microhv_core::GUEST_LOG_TARGET;
 
 // SAFETY (for `Uart::new`): COM1 belongs to microhv alone; no guest is given access to it.
-static UART: Mutex<Uart> = Mutex::new(unsafe { Uart::new(COM1) });
+static RING: Mutex<Ring> = Mutex::new(Ring {
+    buf: [0; RING_BYTES],
+    head: 0,
+    len: 0,
+    uart: unsafe { Uart::new(COM1) },
+});
 
 struct Com1Logger;
 
@@ -27,7 +106,7 @@ impl Log for Com1Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let mut u = UART.lock();
+        let mut u = RING.lock();
         let _ = if r.target() == GUEST_TARGET {
             writeln!(u, "{}", r.args())
         } else {
@@ -40,23 +119,38 @@ impl Log for Com1Logger {
             };
             writeln!(u, "[hv] {mark}{}", r.args())
         };
+        u.pump();
     }
 
-    fn flush(&self) {}
+    /// Drains what the UART takes now, without waiting (see the module docs).
+    fn flush(&self) {
+        if PENDING.load(Ordering::Relaxed) {
+            RING.lock().pump();
+        }
+    }
 }
 
 /// Programs COM1 and installs the logger.
 pub fn init() {
-    UART.lock().init();
+    RING.lock().uart.init();
     // A second call fails harmlessly; there is only one.
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(LevelFilter::Info);
 }
 
-/// A writer for the fatal paths: it does not wait for the lock, because the fault being
-/// reported may have happened while the lock was held.
+/// A writer for the fatal paths, after everything buffered has been sent. It does not wait for
+/// the lock, because the fault being reported may have happened while the lock was held.
 pub fn emergency() -> Uart {
-    // SAFETY: only used on the way to stopping the machine, when nothing else will run again;
-    // interleaving with a half-written line is acceptable there.
+    // SAFETY: only used on the way to stopping the machine, when nothing else will run again.
+    // If the lock was held (the fault came from inside the logger), the ring's indices may be
+    // mid-update: `pop` keeps them in bounds whatever they are, and a garbled byte is
+    // acceptable there.
+    unsafe {
+        if RING.is_locked() {
+            RING.force_unlock();
+        }
+    }
+    RING.lock().drain();
+    // SAFETY: as above; the ring is empty, so nothing can interleave with what is written now.
     unsafe { Uart::new(COM1) }
 }

@@ -105,6 +105,9 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     }
     let image = image_range();
     let mut hv = HV.lock();
+    let (khz, source) = arch::x86_64::tsc::khz();
+    hv.tsc_khz = khz;
+    log::info!("TSC {khz} kHz ({source:?})");
     let free = boot::init_frames(&boot, image, &mut hv.frames);
     hv.hv_frames = (boot.ram_bytes() / FRAME_SIZE).saturating_sub(hv.frames.managed_frames());
     log::info!(

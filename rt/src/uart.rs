@@ -17,6 +17,9 @@ const LSR_DATA_READY: u8 = 1 << 0;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 const LSR_TX_IDLE: u8 = 1 << 6;
 
+/// Bytes the transmit FIFO holds (16550A, enabled by [`Uart::init`]).
+pub const FIFO_BYTES: usize = 16;
+
 /// One 16550 at a fixed I/O base.
 #[derive(Debug, Clone, Copy)]
 pub struct Uart {
@@ -55,6 +58,19 @@ impl Uart {
             }
             outb(self.base + DATA, b);
         }
+    }
+
+    /// Whether the transmitter can take [`FIFO_BYTES`] bytes now (its FIFO is empty).
+    pub fn fifo_empty(&self) -> bool {
+        // SAFETY: `new`'s contract makes these ports ours.
+        unsafe { inb(self.base + LSR) & LSR_THR_EMPTY != 0 }
+    }
+
+    /// Puts a byte in the transmitter without waiting; only after [`Uart::fifo_empty`] said so,
+    /// for at most [`FIFO_BYTES`] bytes.
+    pub fn put_byte(&self, b: u8) {
+        // SAFETY: `new`'s contract makes these ports ours.
+        unsafe { outb(self.base + DATA, b) };
     }
 
     /// Sends every byte of `bytes`.

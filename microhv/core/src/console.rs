@@ -7,18 +7,24 @@ pub const CONSOLE_RING_BYTES: usize = CONSOLE_READ_MAX as usize;
 /// Longest line passed to the log before it is cut.
 pub const CONSOLE_LINE_BYTES: usize = 160;
 
-/// Lines a domU may log in a burst before its log output is rate-limited.
-pub const LOG_BURST_LINES: u32 = 64;
-/// TSC ticks that earn a rate-limited domU one more logged line (Bochs: about 66 lines a
-/// second of emulated time).
-pub const LOG_TICKS_PER_LINE: u64 = 1_000_000;
+/// Bytes of console text a domU may send to microhv's log in a burst.
+pub const LOG_BURST_BYTES: u64 = 4096;
+/// Bytes per second of real time a domU's log output is held to afterwards: a fifth of what
+/// microhv's 115,200-baud log line carries, so even domUs printing without pause leave the line
+/// (and the CPU that feeds it) to everyone else.
+pub const LOG_BYTES_PER_SEC: u64 = 2048;
+/// TSC ticks per millisecond assumed until the boot code has measured the host's.
+pub const DEFAULT_TSC_KHZ: u64 = 1_000_000;
 
-/// A token bucket over the lines a domain sends to microhv's log. A domU that prints without
-/// pause would otherwise spend the machine's time in microhv's polled log UART (every byte waits
-/// for the line), starving the other domains; its console ring keeps every byte regardless.
+/// A token bucket over the bytes a domain sends to microhv's log, refilled in real time (the
+/// TSC's measured frequency). A domU that prints without pause would otherwise spend the
+/// machine's time in microhv's log UART, starving the other domains; its console ring keeps
+/// every byte regardless. Lines are admitted whole: a line needs as many tokens as it has bytes
+/// (plus its newline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogLimiter {
-    tokens: u32,
+    /// Tokens, in bytes × TSC kHz (so that refills lose no fraction of a byte).
+    scaled: u64,
     last: u64,
     /// Lines not logged since the last one that was.
     pub suppressed: u64,
@@ -31,23 +37,28 @@ impl Default for LogLimiter {
 }
 
 impl LogLimiter {
-    /// A full bucket.
+    /// A full bucket (filled at the first call, when the TSC frequency is known).
     pub const fn new() -> Self {
-        Self { tokens: LOG_BURST_LINES, last: 0, suppressed: 0 }
+        Self { scaled: u64::MAX, last: 0, suppressed: 0 }
     }
 
-    /// Whether one more line may be logged at TSC `now`; counts it as suppressed if not.
-    pub fn allow(&mut self, now: u64) -> bool {
-        let earned = now.saturating_sub(self.last) / LOG_TICKS_PER_LINE;
-        if earned > 0 {
-            self.tokens = (u64::from(self.tokens) + earned).min(LOG_BURST_LINES.into()) as u32;
-            self.last = now;
-        }
-        if self.tokens == 0 {
+    /// Whether a line of `len` bytes may be logged at TSC `now` on a `tsc_khz` TSC; counts it
+    /// as suppressed if not.
+    pub fn allow(&mut self, now: u64, tsc_khz: u64, len: usize) -> bool {
+        let khz = u128::from(tsc_khz.max(1));
+        let cap = u128::from(LOG_BURST_BYTES) * khz;
+        // Bytes earned = ticks * rate / (khz * 1000); kept scaled by khz.
+        let earned = u128::from(now.saturating_sub(self.last)) * u128::from(LOG_BYTES_PER_SEC)
+            / 1000;
+        let tokens = (u128::from(self.scaled) + earned).min(cap);
+        self.last = now;
+        let need = (len as u128 + 1) * khz;
+        if tokens < need {
+            self.scaled = tokens as u64;
             self.suppressed += 1;
             return false;
         }
-        self.tokens -= 1;
+        self.scaled = (tokens - need) as u64;
         true
     }
 }
@@ -173,19 +184,26 @@ mod tests {
     }
 
     #[test]
-    fn the_log_limiter_allows_a_burst_then_a_line_per_period() {
+    fn the_log_limiter_admits_a_burst_then_bytes_per_real_second() {
+        // A 2 GHz TSC: 2,000,000 ticks per millisecond.
+        let khz = 2_000_000;
         let mut l = LogLimiter::new();
-        let now = 5 * LOG_TICKS_PER_LINE;
-        for _ in 0..LOG_BURST_LINES {
-            assert!(l.allow(now));
+        let t0 = 1_000;
+        // 4096 bytes of burst: 64 lines of 63 bytes (64 with the newline).
+        for _ in 0..LOG_BURST_BYTES / 64 {
+            assert!(l.allow(t0, khz, 63));
         }
-        assert!(!l.allow(now));
-        assert!(!l.allow(now + LOG_TICKS_PER_LINE - 1));
-        assert_eq!(l.suppressed, 2);
-        assert!(l.allow(now + 2 * LOG_TICKS_PER_LINE));
-        assert!(l.allow(now + 2 * LOG_TICKS_PER_LINE));
-        assert!(!l.allow(now + 2 * LOG_TICKS_PER_LINE));
-        assert!(l.allow(u64::MAX), "a long pause refills the whole burst");
+        assert!(!l.allow(t0, khz, 0));
+        assert_eq!(l.suppressed, 1);
+        // Half a second of real time earns 1024 bytes, whatever the TSC rate.
+        let half = t0 + 500 * khz;
+        assert!(l.allow(half, khz, 1023));
+        assert!(!l.allow(half, khz, 0));
+        // A 1 KiB line needs half a second more, not less.
+        assert!(!l.allow(half + 500 * khz - 2 * khz, khz, 1023));
+        assert!(l.allow(half + 500 * khz, khz, 1023));
+        assert!(l.allow(u64::MAX, khz, 4095), "a long pause refills the whole burst");
+        assert!(!l.allow(u64::MAX, khz, 0));
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub mmu_config: mmu::Config,
     /// Frames microhv keeps for itself (its image, boot data, modules), for `PhysInfo`.
     pub hv_frames: u64,
+    /// Host TSC ticks per millisecond (measured or reported at boot): microhv's real time.
+    pub tsc_khz: u64,
     /// Last (domain, vCPU) run, where round-robin resumes.
     cursor: (usize, usize),
     /// TSC when the current vCPU's slice began.
@@ -112,6 +114,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             }; DOMAINS],
             mmu_config,
             hv_frames: 0,
+            tsc_khz: crate::console::DEFAULT_TSC_KHZ,
             cursor: (0, 0),
             slice_start: 0,
             yielded: false,
@@ -394,6 +397,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// it yields or halts, or its domain stops. A vCPU alone gets no time limit.
     pub fn run(&mut self) -> Stop {
         loop {
+            // Buffered log output moves on between exits (a no-op when there is none).
+            log::logger().flush();
             let now = self.backend.now();
             let keep = !self.yielded
                 && self.can_run(self.cursor, now)
@@ -985,21 +990,22 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.after_stop(d)
     }
 
-    /// Appends to domain `d`'s console and logs complete lines.
-    /// Appends to domain `d`'s console; complete lines go to microhv's log, a domU's within
+        /// Appends to domain `d`'s console; complete lines go to microhv's log, a domU's within
     /// its rate limit.
     pub(crate) fn console_write(&mut self, d: usize, bytes: &[u8]) {
         let now = self.backend.now();
+        let khz = self.tsc_khz;
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
-        dom.console.write(bytes, |line| log_limited(d, privileged, limiter, now, line));
+        dom.console.write(bytes, |line| log_limited(d, privileged, limiter, now, khz, line));
     }
 
     fn flush_console(&mut self, d: usize) {
         let now = self.backend.now();
+        let khz = self.tsc_khz;
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
-        dom.console.flush_line(|line| log_limited(d, privileged, limiter, now, line));
+        dom.console.flush_line(|line| log_limited(d, privileged, limiter, now, khz, line));
         // The domain is going away: no later line will carry the count of those held back.
         if limiter.suppressed > 0 {
             log::info!(target: crate::GUEST_LOG_TARGET, "[d{d}] ({} lines not logged: rate limit; all are in its console ring)", limiter.suppressed);
@@ -1010,12 +1016,19 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
 /// Logs a console line of domain `d`, unless it is a domU over its rate limit; the first line
 /// logged after a gap says how many were not.
-fn log_limited(d: usize, privileged: bool, limiter: &mut LogLimiter, now: u64, line: &[u8]) {
+fn log_limited(
+    d: usize,
+    privileged: bool,
+    limiter: &mut LogLimiter,
+    now: u64,
+    tsc_khz: u64,
+    line: &[u8],
+) {
     if privileged {
         return log_console_line(d, line);
     }
     let before = limiter.suppressed;
-    if limiter.allow(now) {
+    if limiter.allow(now, tsc_khz, line.len()) {
         if before > 0 {
             log::info!(target: crate::GUEST_LOG_TARGET, "[d{d}] ({before} lines not logged: rate limit; all are in its console ring)");
             limiter.suppressed = 0;

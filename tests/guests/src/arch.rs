@@ -1,5 +1,6 @@
-//! A #GP catcher: the hostile guest probes instructions that must fault, and counts the faults
-//! instead of dying of them.
+//! Exception catchers for the hostile guest: a #GP catcher that counts the faults its probes
+//! raise and skips the probe (or resumes at a landing address), and a #DB catcher that counts
+//! debug traps and resumes with RF set.
 
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +9,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub static GP_COUNT: AtomicU64 = AtomicU64::new(0);
 /// Bytes to skip past the faulting instruction (set before each probe).
 pub static GP_SKIP: AtomicU64 = AtomicU64::new(0);
+/// When non-zero, a #GP resumes here instead of skipping (the faulting RIP goes to `GP_RIP`).
+pub static GP_RESUME: AtomicU64 = AtomicU64::new(0);
+/// RIP of the last #GP.
+pub static GP_RIP: AtomicU64 = AtomicU64::new(0);
+/// #DB exceptions caught so far.
+pub static DB_COUNT: AtomicU64 = AtomicU64::new(0);
 
 global_asm!(
     r#"
@@ -17,18 +24,39 @@ test_gp_handler:
     /* Stack: error code, rip, cs, rflags, rsp, ss. */
     push rax
     lock inc qword ptr [rip + {count}]
+    mov rax, [rsp + 16]
+    mov [rip + {gp_rip}], rax
+    mov rax, [rip + {resume}]
+    test rax, rax
+    jz 1f
+    mov [rsp + 16], rax
+    jmp 2f
+1:
     mov rax, [rip + {skip}]
     add [rsp + 16], rax
+2:
     pop rax
     add rsp, 8
+    iretq
+
+    .global test_db_handler
+test_db_handler:
+    /* Stack: rip, cs, rflags, rsp, ss. RF keeps an instruction breakpoint from firing again
+       on the instruction it stopped. */
+    lock inc qword ptr [rip + {dbs}]
+    or qword ptr [rsp + 16], 0x10000
     iretq
 "#,
     count = sym GP_COUNT,
     skip = sym GP_SKIP,
+    resume = sym GP_RESUME,
+    gp_rip = sym GP_RIP,
+    dbs = sym DB_COUNT,
 );
 
 unsafe extern "C" {
     fn test_gp_handler();
+    fn test_db_handler();
 }
 
 #[repr(C, align(16))]
@@ -45,17 +73,52 @@ struct Idtr {
 /// Installs an IDT whose #GP entry is the catcher (the other vectors stay empty: any other
 /// exception still triple-faults, which is what a bug here should do).
 pub fn install_gp_catcher() {
-    let handler = test_gp_handler as *const () as u64;
-    let low = (handler & 0xffff) | (0x08 << 16) | (0x8e << 40) | (((handler >> 16) & 0xffff) << 48);
-    // SAFETY: single vCPU, called once before any probe; the IDT is a static that lives for
-    // ever, and the gate points at the handler above with the rt GDT's code selector.
+    for (vector, handler) in [(13, test_gp_handler as *const () as u64), (1, test_db_handler as *const () as u64)] {
+        let low =
+            (handler & 0xffff) | (0x08 << 16) | (0x8e << 40) | (((handler >> 16) & 0xffff) << 48);
+        // SAFETY: single vCPU, called before any probe; the IDT is a static that lives for ever,
+        // and the gates point at the handlers above with the rt GDT's code selector.
+        unsafe {
+            let idt = &raw mut IDT;
+            (*idt).0[2 * vector] = low;
+            (*idt).0[2 * vector + 1] = handler >> 32;
+        }
+    }
+    // SAFETY: as above.
     unsafe {
         let idt = &raw mut IDT;
-        (*idt).0[26] = low;
-        (*idt).0[27] = handler >> 32;
         let r = Idtr { limit: (size_of::<Idt>() - 1) as u16, base: idt as u64 };
         asm!("lidt [{}]", in(reg) &r, options(readonly, nostack));
     }
+}
+
+/// Calls the instruction at `addr` (which must end in a fault: nothing returns from it) with
+/// `rax` and `rcx`; returns the RIP of the #GP that ended it, or 0.
+pub fn call_until_gp(addr: u64, rax: u64, rcx: u64) -> u64 {
+    GP_RIP.store(0, Ordering::SeqCst);
+    // SAFETY: a probe: the code at `addr` faults (#GP), and the catcher resumes at label 2 with
+    // the call's return address still on the stack, which is dropped there; rbx (which CPUID
+    // writes) is saved around it by hand because it cannot be named as a clobber.
+    unsafe {
+        asm!(
+            "push rbx",
+            "lea r11, [rip + 2f]",
+            "mov [rip + {resume}], r11",
+            "call rdx",
+            "2:",
+            "add rsp, 8",
+            "pop rbx",
+            resume = sym GP_RESUME,
+            in("rdx") addr,
+            inout("rax") rax => _,
+            inout("rcx") rcx => _,
+            out("r11") _,
+            out("rsi") _,
+            out("rdi") _,
+        );
+    }
+    GP_RESUME.store(0, Ordering::SeqCst);
+    GP_RIP.load(Ordering::SeqCst)
 }
 
 /// Runs `probe` (an instruction of `len` bytes that should fault) and tells whether it raised

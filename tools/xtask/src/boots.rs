@@ -61,7 +61,13 @@ pub const SCENARIO_GUESTS: &[&str] = &["hello", "spinner", "toucher", "hostile",
 
 /// A boot of microhv with dom0 running the domU scenarios over the test guests.
 pub fn domus_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
-    let mut s = spec(name, emulator, images, "scenario=domus");
+    // The exit-window attack aims at microhv's exit path and at its hypervisor state.
+    let args = format!(
+        "scenario=domus hv-window={:#x} hv-tss={:#x}",
+        images.microhv_symbol("microhv_svm_window_start"),
+        images.microhv_symbol("microhv2HV"),
+    );
+    let mut s = spec(name, emulator, images, &args);
     for g in SCENARIO_GUESTS {
         s.modules.push(Module { path: images.guest(g), args: String::new() });
     }

@@ -32,6 +32,19 @@ pub struct Images {
 }
 
 impl Images {
+    /// The address of the first symbol of microhv's image whose name contains `part` (0 if
+    /// none): the hostile scenario aims its attacks at microhv's real addresses.
+    pub fn microhv_symbol(&self, part: &str) -> u64 {
+        let Ok(data) = std::fs::read(&self.microhv) else { return 0 };
+        let Ok(file) = elf::ElfBytes::<elf::endian::LittleEndian>::minimal_parse(&data) else {
+            return 0;
+        };
+        let Ok(Some((syms, names))) = file.symbol_table() else { return 0 };
+        syms.iter()
+            .find(|s| names.get(s.st_name as usize).is_ok_and(|n| n.contains(part)))
+            .map_or(0, |s| s.st_value)
+    }
+
     /// A test guest's image.
     pub fn guest(&self, name: &str) -> PathBuf {
         self.dir.join(name)

@@ -7,3 +7,4 @@ pub mod lapic;
 pub mod paging;
 pub mod power;
 pub mod spec;
+pub mod tsc;
