@@ -18,7 +18,8 @@
 //!    (`arch::x86_64::idt`); #DB and every other exception run on the current stack, which
 //!    #VMEXIT restored from the host save area.
 //! 3. No guest breakpoint stays armed: DR7 is written with its reset value right after VMRUN
-//!    (the guest's DR7 is in the VMCB). Hardware clears it at #VMEXIT; emulators have been seen
+//!    (the guest's DR7 is in the VMCB), by way of a value that differs above the enable bits,
+//!    which is what makes QEMU TCG drop the breakpoints it keeps armed. Hardware clears it at #VMEXIT; emulators have been seen
 //!    not to (QEMU TCG), or to deliver a guest single-step #DB after #VMEXIT (Bochs). A #DB
 //!    that still lands in the window — on the instructions before DR7 is cleared — is
 //!    recognized by its RIP (`microhv_svm_window_start..=microhv_svm_window_end`), disarmed
@@ -89,6 +90,11 @@ pub unsafe extern "C" fn svm_run(gprs: *mut Gprs, fx: *mut FxArea, vmcb: u64, ho
         // breakpoint the guest's DR7 set (invariant 3).
         ".global microhv_svm_window_start",
         "microhv_svm_window_start:",
+        // Two writes: QEMU TCG re-arms breakpoints only when DR7 changes above its enable bits,
+        // and after #VMEXIT it believes DR7 already holds 0x400. The first write (R/W0 = 01,
+        // breakpoint 0 still disabled) changes those bits, so it disarms everything.
+        "mov eax, 0x10400",
+        "mov dr7, rax",
         "mov eax, 0x400",
         "mov dr7, rax",
         "push rdi",

@@ -60,7 +60,7 @@ microhv_spurious_irq:
 
     /* A #DB. Inside the SVM exit window (after VMRUN, until the host's VMLOAD) it comes from the
        guest's debug state — a breakpoint an emulator left armed after #VMEXIT, or a single-step
-       trap it delivered in the host: disarm DR7, count it (DEBUG_IN_WINDOW) and resume the exit
+       trap it delivered in the host: disarm DR7 (in two writes, see arch::svm::entry), count it (DEBUG_IN_WINDOW) and resume the exit
        path. Anywhere else it is a bug: report and stop. */
     .global microhv_debug
 microhv_debug:
@@ -71,6 +71,8 @@ microhv_debug:
     leaq microhv_svm_window_end(%rip), %rax
     cmpq %rax, 8(%rsp)
     ja 1f
+    movl $0x10400, %eax
+    movq %rax, %dr7
     movl $0x400, %eax
     movq %rax, %dr7
     lock incq {dbs}(%rip)
