@@ -5,6 +5,7 @@
 //! host.
 
 pub mod pit;
+pub mod pmtimer;
 
 /// Time as the device models see it: the host TSC and its frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
