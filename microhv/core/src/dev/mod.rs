@@ -7,6 +7,7 @@
 pub mod hpet;
 pub mod pit;
 pub mod pmtimer;
+pub mod rtc;
 
 /// Time as the device models see it: the host TSC and its frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
