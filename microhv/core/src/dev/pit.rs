@@ -224,12 +224,9 @@ impl Channel {
             2 => true,
             _ => self.rmsb,
         };
-        if self.rw == 3 {
-            self.rmsb = !self.rmsb;
-        }
-        if self.rw != 3 || msb {
-            self.latch = None;
-        }
+        // LSB-then-MSB flips the flip-flop; a latch is released once fully read.
+        self.rmsb ^= self.rw == 3;
+        self.latch = self.latch.filter(|_| self.rw == 3 && !msb);
         let [lo, hi] = v.to_le_bytes();
         if msb { hi } else { lo }
     }
