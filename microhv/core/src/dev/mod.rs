@@ -4,6 +4,8 @@
 //! [`IrqSink`]. Nothing here executes a privileged instruction, so every model is tested on the
 //! host.
 
+pub mod lapic;
+
 /// Time as the device models see it: the host TSC and its frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clock {
