@@ -4,6 +4,7 @@
 //! [`IrqSink`]. Nothing here executes a privileged instruction, so every model is tested on the
 //! host.
 
+pub mod ioapic;
 pub mod lapic;
 
 /// Time as the device models see it: the host TSC and its frequency.
