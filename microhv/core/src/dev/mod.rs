@@ -6,6 +6,7 @@
 
 pub mod ioapic;
 pub mod lapic;
+pub mod pic;
 
 /// Time as the device models see it: the host TSC and its frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
