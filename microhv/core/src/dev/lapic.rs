@@ -614,11 +614,14 @@ impl Lapic {
             return (self.deadline != 0).then_some(self.deadline);
         }
         let init = u64::from(self.initial);
-        let target = match (self.counting(), self.timer_mode() == TIMER_PERIODIC) {
-            (false, _) => return None,
-            (true, true) => self.fired.saturating_add(1).saturating_mul(init),
-            (true, false) if self.fired == 0 => init,
-            _ => return None,
+        let target = if !self.counting() {
+            return None;
+        } else if self.timer_mode() == TIMER_PERIODIC {
+            self.fired.saturating_add(1).saturating_mul(init)
+        } else if self.fired == 0 {
+            init
+        } else {
+            return None;
         };
         let ticks = target.saturating_sub(self.pre).saturating_mul(self.divisor());
         Some(c.tsc_after(self.start, ticks, self.cfg.bus_hz))
