@@ -773,6 +773,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     .write(off, m.size, value as u32)
                     .map_err(|_| "not an aligned 32-bit access")?;
             }
+            _ => return Err("instruction form not emulated"),
         }
         self.skip(d, v, m.len);
         Ok(())
