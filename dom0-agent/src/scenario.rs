@@ -233,10 +233,8 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
     let mut failed = false;
     for (attack, crash) in attacks {
         let mut cmd: heapless::String<128> = heapless::String::new();
-        let _ = core::fmt::write(
-            &mut cmd,
-            format_args!("attack={attack} window={window} tss={tss}"),
-        );
+        let _ =
+            core::fmt::write(&mut cmd, format_args!("attack={attack} window={window} tss={tss}"));
         let mut name: heapless::String<32> = heapless::String::new();
         let _ = core::fmt::write(&mut name, format_args!("hostile-{attack}"));
         let d = start(boot, "hostile", &spec(&name, 4, &cmd))?;

@@ -86,12 +86,8 @@ impl Write for Ring {
 pub const GUEST_TARGET: &str = microhv_core::GUEST_LOG_TARGET;
 
 // SAFETY (for `Uart::new`): COM1 belongs to microhv alone; no guest is given access to it.
-static RING: Mutex<Ring> = Mutex::new(Ring {
-    buf: [0; RING_BYTES],
-    head: 0,
-    len: 0,
-    uart: unsafe { Uart::new(COM1) },
-});
+static RING: Mutex<Ring> =
+    Mutex::new(Ring { buf: [0; RING_BYTES], head: 0, len: 0, uart: unsafe { Uart::new(COM1) } });
 
 struct Com1Logger;
 

@@ -48,8 +48,8 @@ impl LogLimiter {
         let khz = u128::from(tsc_khz.max(1));
         let cap = u128::from(LOG_BURST_BYTES) * khz;
         // Bytes earned = ticks * rate / (khz * 1000); kept scaled by khz.
-        let earned = u128::from(now.saturating_sub(self.last)) * u128::from(LOG_BYTES_PER_SEC)
-            / 1000;
+        let earned =
+            u128::from(now.saturating_sub(self.last)) * u128::from(LOG_BYTES_PER_SEC) / 1000;
         let tokens = (u128::from(self.scaled) + earned).min(cap);
         self.last = now;
         let need = (len as u128 + 1) * khz;

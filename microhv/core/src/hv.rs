@@ -631,7 +631,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             Ok(FaultOutcome::NoSlot)
                 if a.walk && (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) =>
             {
-                log::warn!("d{d}v{v}: the guest's page-table walk reached the APIC page at {gpa:#x}");
+                log::warn!(
+                    "d{d}v{v}: the guest's page-table walk reached the APIC page at {gpa:#x}"
+                );
                 self.crash(d, v, CrashReason::UnsupportedMmio, Some(info))
             }
             Ok(FaultOutcome::NoSlot) if (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) => {
@@ -735,9 +737,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             n += 1;
         }
         let m = insn::decode(&bytes[..n], info.mode).map_err(|_| "instruction not decoded")?;
-        // The instruction at RIP must be what faulted: a load for a read, a store for a write
-        // (otherwise the access came from elsewhere, e.g. delivering an event).
-        if matches!(m.op, MmioOp::Load { .. }) == access.write {
+        // CLFLUSH / CLFLUSHOPT / CLWB / PREFETCH of a register page: nothing to flush or fetch
+        // in an emulated device, so the instruction completes as a no-op.
+        if m.op == MmioOp::NoAccess {
+            self.skip(d, v, m.len);
+            return Ok(());
+        }
+        // The instruction at RIP must be what faulted: one that reads for a read, one that
+        // writes for a write (otherwise the access came from elsewhere, e.g. delivering an
+        // event).
+        if (access.write && !m.op.writes()) || (!access.write && !m.op.reads()) {
             return Err("the instruction at RIP does not make this access");
         }
         let id = v as u32;
@@ -991,7 +1000,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.after_stop(d)
     }
 
-        /// Appends to domain `d`'s console; complete lines go to microhv's log, a domU's within
+    /// Appends to domain `d`'s console; complete lines go to microhv's log, a domU's within
     /// its rate limit.
     pub(crate) fn console_write(&mut self, d: usize, bytes: &[u8]) {
         let now = self.backend.now();

@@ -73,7 +73,9 @@ struct Idtr {
 /// Installs an IDT whose #GP entry is the catcher (the other vectors stay empty: any other
 /// exception still triple-faults, which is what a bug here should do).
 pub fn install_gp_catcher() {
-    for (vector, handler) in [(13, test_gp_handler as *const () as u64), (1, test_db_handler as *const () as u64)] {
+    for (vector, handler) in
+        [(13, test_gp_handler as *const () as u64), (1, test_db_handler as *const () as u64)]
+    {
         let low =
             (handler & 0xffff) | (0x08 << 16) | (0x8e << 40) | (((handler >> 16) & 0xffff) << 48);
         // SAFETY: single vCPU, called before any probe; the IDT is a static that lives for ever,

@@ -208,7 +208,12 @@ pub fn cases(images: &Images) -> Vec<Case> {
         selftest("wx-write-text", Bochs, "write-text", "vector 14 (page fault) error code 0x3\n"),
         selftest("wx-exec-data", Bochs, "exec-data", "vector 14 (page fault) error code 0x11\n"),
         selftest("wx-stack-guard", Bochs, "stack-guard", "vector 14 (page fault) error code 0x2\n"),
-        selftest("qemu-wx-write-text", Qemu, "write-text", "vector 14 (page fault) error code 0x3\n"),
+        selftest(
+            "qemu-wx-write-text",
+            Qemu,
+            "write-text",
+            "vector 14 (page fault) error code 0x3\n",
+        ),
         hvctl("hvctl-bochs", Bochs),
         hvctl("hvctl-qemu", Qemu),
         Case {

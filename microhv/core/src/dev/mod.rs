@@ -5,12 +5,12 @@
 //! host.
 
 pub mod hpet;
-pub mod pit;
-pub mod pmtimer;
-pub mod rtc;
 pub mod ioapic;
 pub mod lapic;
 pub mod pic;
+pub mod pit;
+pub mod pmtimer;
+pub mod rtc;
 
 /// Time as the device models see it: the host TSC and its frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -664,7 +664,10 @@ impl Backend for Svm {
             log::warn!("NMI while a guest ran; absorbed");
         }
         if DEBUG_IN_WINDOW.load(Ordering::Relaxed) != dbs {
-            log::warn!("d{}: #DB from the guest's debug state in the exit window; disarmed", v.domid);
+            log::warn!(
+                "d{}: #DB from the guest's debug state in the exit window; disarmed",
+                v.domid
+            );
         }
         let ran = cpu::rdtsc().wrapping_sub(start);
         vm.w8(control::TLB_CONTROL, tlb::NOTHING);

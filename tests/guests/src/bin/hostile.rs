@@ -256,8 +256,11 @@ fn noncanonical(_boot: &guest_rt::Boot) -> bool {
     }
     flush_tlb();
     let hv = guest_rt::hv();
-    let hypercall: &[u8] =
-        if matches!(hv.insn, abi::guest::Insn::Vmcall) { &[0x0f, 0x01, 0xc1] } else { &[0x0f, 0x01, 0xd9] };
+    let hypercall: &[u8] = if matches!(hv.insn, abi::guest::Insn::Vmcall) {
+        &[0x0f, 0x01, 0xc1]
+    } else {
+        &[0x0f, 0x01, 0xd9]
+    };
     let cases: [(&str, &[u8], u64, u64); 6] = [
         ("cpuid", &[0x0f, 0xa2], 0, 0),
         ("rdmsr EFER", &[0x0f, 0x32], 0, 0xc000_0080),
@@ -278,7 +281,13 @@ fn noncanonical(_boot: &guest_rt::Boot) -> bool {
         // next fetch. That is the emulator's answer, not microhv's.
         let native = name == "invd" && rip == at + bytes.len() as u64;
         let ok = rip == at || native;
-        let how = if native { "executed by the CPU, not intercepted" } else if ok { "ok" } else { "WRONG" };
+        let how = if native {
+            "executed by the CPU, not intercepted"
+        } else if ok {
+            "ok"
+        } else {
+            "WRONG"
+        };
         println!("hostile: {name} at {at:#x}: #GP at {rip:#x} ({how})");
         all &= ok;
     }
@@ -304,7 +313,9 @@ fn invd_rdpmc() -> bool {
     println!("hostile: INVD completed");
     let gp = arch::raises_gp(2, || {
         // SAFETY: a probe: RDPMC must raise #GP (no PMU is offered); the catcher skips it.
-        unsafe { core::arch::asm!("rdpmc", in("ecx") 0, out("eax") _, out("edx") _, options(nostack)) };
+        unsafe {
+            core::arch::asm!("rdpmc", in("ecx") 0, out("eax") _, out("edx") _, options(nostack))
+        };
     });
     println!("hostile: RDPMC: {}", if gp { "#GP" } else { "ALLOWED" });
     gp
