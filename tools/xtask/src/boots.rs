@@ -231,12 +231,6 @@ pub fn cases(images: &Images) -> Vec<Case> {
         domus("domus-bochs", Bochs),
         domus("domus-qemu", Qemu),
         Case {
-            name: "domus-bochs-ryzen",
-            spec: with_cpu(domus_spec("domus-bochs-ryzen", Bochs, images), "ryzen"),
-            checks: domus("domus-bochs-ryzen", Bochs).checks,
-            driver: None,
-        },
-        Case {
             name: "smoke-bochs",
             spec: spec("smoke-bochs", Bochs, images, "smoke bench"),
             checks: vec![
