@@ -1,0 +1,391 @@
+//! The exit handlers: hypercalls, nested page faults (MMIO emulation), port I/O, CPUID, MSRs,
+//! control registers, HLT and the rest.
+
+use super::*;
+
+impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
+    pub(super) fn handle_exit(&mut self, d: usize, v: usize, info: &ExitInfo) -> Option<Stop> {
+        match info.exit {
+            Exit::Hypercall => {
+                let ret = if info.cpl != 0 {
+                    Errno::EPERM.to_ret()
+                } else {
+                    self.domains[d].counters.hypercalls += 1;
+                    match crate::hypercall::dispatch(self, d, v) {
+                        crate::hypercall::Outcome::Return(r) => r,
+                        crate::hypercall::Outcome::Stopped => return self.after_stop(d),
+                    }
+                };
+                self.set_rax_and_skip(d, v, ret as u64, info.insn_len);
+                None
+            }
+            Exit::NestedPageFault { gpa, access } => {
+                self.nested_page_fault(d, v, gpa, access, info)
+            }
+            Exit::Io { port, size, write, string, rep } => {
+                if string || rep {
+                    return self.crash(d, v, CrashReason::UnsupportedIo, Some(info));
+                }
+                let dom = &mut self.domains[d];
+                let rax = dom.vcpus[v].gprs.rax;
+                match dom.pc.port_io(dom.privileged, port, size, write, rax as u32) {
+                    IoOutcome::Done(val) => {
+                        if !write {
+                            dom.vcpus[v].gprs.rax = merge_in(rax, size, val);
+                        }
+                        self.skip(d, v, info.insn_len);
+                        None
+                    }
+                    IoOutcome::Console(b) => {
+                        self.console_write(d, &[b]);
+                        self.skip(d, v, info.insn_len);
+                        None
+                    }
+                    IoOutcome::Shutdown(status) => {
+                        self.shutdown_domain(d, ShutdownReason::Poweroff as u32, status);
+                        self.after_stop(d)
+                    }
+                }
+            }
+            Exit::Cpuid => {
+                let caller = Caller {
+                    domid: d as u32,
+                    privileged: self.domains[d].privileged,
+                    vcpu: v as u32,
+                    hypercall_insn: self.backend.hypercall_insn(),
+                };
+                let g = &self.domains[d].vcpus[v].gprs;
+                let (leaf, sub) = (g.rax as u32, g.rcx as u32);
+                let backend = &self.backend;
+                let r = guest_cpuid(leaf, sub, &caller, |l, s| backend.host_cpuid(l, s));
+                let g = &mut self.domains[d].vcpus[v].gprs;
+                (g.rax, g.rbx, g.rcx, g.rdx) = (r[0].into(), r[1].into(), r[2].into(), r[3].into());
+                self.skip(d, v, info.insn_len);
+                None
+            }
+            Exit::RdMsr | Exit::WrMsr => {
+                if self.msr(d, v, info.exit == Exit::WrMsr) {
+                    self.skip(d, v, info.insn_len);
+                } else {
+                    self.inject(d, v, Event::GeneralProtection);
+                }
+                None
+            }
+            Exit::Hlt => {
+                self.skip(d, v, info.insn_len);
+                self.domains[d].vcpus[v].blocked_until = self.backend.now() + HLT_BLOCK_TICKS;
+                self.yielded = true;
+                None
+            }
+            Exit::CrWrite { cr, value } => {
+                // Outside 64-bit code the register's upper half is not part of the operand.
+                let code64 = info.mode == CpuMode::Bits64;
+                let value = if code64 { value } else { value & 0xffff_ffff };
+                log::trace!(
+                    "d{d}v{v}: CR{cr} <- {value:#x} (cr0 {:#x} cr4 {:#x})",
+                    info.cr0,
+                    info.cr4
+                );
+                let ok = match cr {
+                    0 => {
+                        policy::cr0_write_ok(value, info.efer, info.cr4, code64)
+                            && self.ia32e_activation_ok(d, v, info.cr0, value, info.efer)
+                    }
+                    4 => {
+                        let l1 = self.backend.host_cpuid(1, 0)[3];
+                        let l7 = self.backend.host_cpuid(7, 0)[1];
+                        policy::cr4_write_ok(value, info.efer, policy::guest_cr4_allowed(l1, l7))
+                    }
+                    _ => false,
+                };
+                let (cr0, cr4) = if cr == 0 { (value, info.cr4) } else { (info.cr0, value) };
+                // Entering (or staying in) PAE paging loads the four PDPTEs, as MOV to CR would.
+                let pae = cr0 & regs::CR0_PG != 0
+                    && cr4 & regs::CR4_PAE != 0
+                    && info.efer & regs::EFER_LME == 0;
+                let pdptes = if ok && pae { self.pae_pdptes(d, info.cr3) } else { Some([0; 4]) };
+                match (ok, pdptes) {
+                    (true, Some(p)) => {
+                        let reg = if cr == 0 { GuestReg::Cr0 } else { GuestReg::Cr4 };
+                        self.write_reg(d, v, reg, value);
+                        if pae {
+                            for (i, e) in p.into_iter().enumerate() {
+                                self.write_reg(d, v, GuestReg::Pdpte(i as u8), e);
+                            }
+                        }
+                        self.skip(d, v, info.insn_len);
+                    }
+                    _ => self.inject(d, v, Event::GeneralProtection),
+                }
+                None
+            }
+            Exit::InvalidOpcode => {
+                self.inject(d, v, Event::InvalidOpcode);
+                None
+            }
+            Exit::Invd => {
+                self.skip(d, v, info.insn_len);
+                None
+            }
+            Exit::Rdpmc | Exit::TaskSwitch => {
+                self.inject(d, v, Event::GeneralProtection);
+                None
+            }
+            Exit::Timer => {
+                self.yielded = true;
+                None
+            }
+            Exit::Interrupt => None,
+            Exit::TripleFault => self.crash(d, v, CrashReason::TripleFault, Some(info)),
+            Exit::EntryFailure => self.crash(d, v, CrashReason::EntryFailure, Some(info)),
+            Exit::Unhandled => self.crash(d, v, CrashReason::UnhandledExit, Some(info)),
+        }
+    }
+
+    pub(super) fn nested_page_fault(
+        &mut self,
+        d: usize,
+        v: usize,
+        gpa: u64,
+        a: crate::exit::Access,
+        info: &ExitInfo,
+    ) -> Option<Stop> {
+        let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+        let mmu = &mut self.domains[d].mmu;
+        let access = Access { read: a.read, write: a.write, fetch: a.exec, present: a.present };
+        let r = mmu.topup(&mut m).and_then(|()| mmu.page_fault(&mut m, v, gpa, access));
+        match r {
+            Ok(FaultOutcome::Fixed { size }) => {
+                log::trace!("d{d}v{v}: nested page fault at {gpa:#x} mapped ({size:?})");
+                None
+            }
+            Ok(FaultOutcome::Spurious | FaultOutcome::Retry) => None,
+            // On hardware a page walk that reaches the APIC page reads no page table; here it
+            // would be emulated as the instruction's own access. Neither is worth imitating.
+            Ok(FaultOutcome::NoSlot)
+                if a.walk && (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) =>
+            {
+                log::warn!(
+                    "d{d}v{v}: the guest's page-table walk reached the APIC page at {gpa:#x}"
+                );
+                self.crash(d, v, CrashReason::UnsupportedMmio, Some(info))
+            }
+            Ok(FaultOutcome::NoSlot) if (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) => {
+                match self.emulate_apic(d, v, gpa - APIC_BASE, a, info) {
+                    Ok(()) => None,
+                    Err(why) => {
+                        log::warn!("d{d}v{v}: APIC access at {gpa:#x} not emulated: {why}");
+                        self.crash(d, v, CrashReason::UnsupportedMmio, Some(info))
+                    }
+                }
+            }
+            Ok(FaultOutcome::NoSlot | FaultOutcome::ReadOnly) => {
+                log::warn!(
+                    "d{d}v{v}: {} access to guest-physical {gpa:#x} outside its memory",
+                    if a.write {
+                        "write"
+                    } else if a.exec {
+                        "fetch"
+                    } else {
+                        "read"
+                    }
+                );
+                self.crash(d, v, CrashReason::OutsideMemory, Some(info))
+            }
+            Err(e) => {
+                log::error!("d{d}v{v}: mmu fault at {gpa:#x}: {e}");
+                self.crash(d, v, CrashReason::MmuFailure, Some(info))
+            }
+        }
+    }
+
+    /// Reads `len` bytes (1..=8) of domain `d`'s memory at `gpa`, little-endian.
+    pub(super) fn read_guest(&self, d: usize, gpa: u64, len: u8) -> Option<u64> {
+        let hpa = self.guest_range(d, gpa, len.into(), false)?;
+        let mut b = [0u8; 8];
+        self.mem.read(hpa, &mut b[..usize::from(len)]);
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// What a CR0 write that turns paging on with EFER.LME set — activating IA-32e mode —
+    /// needs besides [`policy::cr0_write_ok`]: the CPU raises #GP if the code segment has L
+    /// set (so L and D both set, which VM entry would refuse, never gets that far). A task
+    /// register still holding a 16-bit TSS is accepted by the CPU, but not by VM entry into an
+    /// IA-32e guest: like KVM, its cached type becomes the 64-bit busy TSS the CPU would use.
+    pub(super) fn ia32e_activation_ok(
+        &mut self,
+        d: usize,
+        v: usize,
+        old: u64,
+        new: u64,
+        efer: u64,
+    ) -> bool {
+        if !policy::activates_ia32e(old, new, efer) {
+            return true;
+        }
+        if self.read_reg(d, v, GuestReg::CsLd) & 1 != 0 {
+            return false;
+        }
+        if self.read_reg(d, v, GuestReg::TrType) != policy::TSS_BUSY_64 {
+            self.write_reg(d, v, GuestReg::TrType, policy::TSS_BUSY_64);
+        }
+        true
+    }
+
+    /// The four PAE PDPTEs at `cr3`, or `None` (#GP, as the CPU would raise) if they cannot be
+    /// read or a present one has reserved bits set.
+    pub(super) fn pae_pdptes(&self, d: usize, cr3: u64) -> Option<[u64; 4]> {
+        // Reserved in a PAE PDPTE: bits 1, 2, 5–8, and 63:52.
+        const RESERVED: u64 = 0xfff0_0000_0000_01e6;
+        let base = cr3 & 0xffff_ffe0;
+        let mut out = [0; 4];
+        for (i, e) in out.iter_mut().enumerate() {
+            *e = self.read_guest(d, base + 8 * i as u64, 8)?;
+            if *e & 1 != 0 && *e & RESERVED != 0 {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    /// Emulates the instruction that touched register `off` of the local APIC page.
+    pub(super) fn emulate_apic(
+        &mut self,
+        d: usize,
+        v: usize,
+        off: u64,
+        access: crate::exit::Access,
+        info: &ExitInfo,
+    ) -> Result<(), &'static str> {
+        if access.exec {
+            return Err("instruction fetch from the APIC page");
+        }
+        let paging = Paging { cr0: info.cr0, cr3: info.cr3, cr4: info.cr4, efer: info.efer };
+        // 64-bit code has no segment base; elsewhere the linear address wraps at 4 GiB.
+        let linear = match info.mode {
+            CpuMode::Bits64 => info.rip,
+            _ => info.cs_base.wrapping_add(info.rip) & 0xffff_ffff,
+        };
+        let mut bytes = [0u8; insn::MAX_INSN_LEN];
+        let mut n = 0;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            let at = linear.wrapping_add(i as u64);
+            let phys = linear_to_phys(&paging, at, |g, w| self.read_guest(d, g, w));
+            match phys.and_then(|p| self.read_guest(d, p, 1)) {
+                Some(x) => *b = x as u8,
+                None => break,
+            }
+            n += 1;
+        }
+        let m = insn::decode(&bytes[..n], info.mode).map_err(|_| "instruction not decoded")?;
+        // CLFLUSH / CLFLUSHOPT / CLWB / PREFETCH of a register page: nothing to flush or fetch
+        // in an emulated device, so the instruction completes as a no-op.
+        if m.op == MmioOp::NoAccess {
+            self.skip(d, v, m.len);
+            return Ok(());
+        }
+        // The instruction at RIP must be what faulted: one that reads for a read, one that
+        // writes for a write (otherwise the access came from elsewhere, e.g. delivering an
+        // event).
+        if (access.write && !m.op.writes()) || (!access.write && !m.op.reads()) {
+            return Err("the instruction at RIP does not make this access");
+        }
+        let id = v as u32;
+        let reg_value = |hv: &mut Self, r: insn::Reg| -> u64 {
+            let raw = if r.num == 4 {
+                hv.read_reg(d, v, GuestReg::Rsp)
+            } else {
+                hv.domains[d].vcpus[v].gprs.get(r.num).unwrap_or(0)
+            };
+            if r.high_byte { raw >> 8 } else { raw }
+        };
+        match m.op {
+            MmioOp::Load { reg } => {
+                let val = self.domains[d].vcpus[v].lapic.read(id, off, m.size);
+                let val = u64::from(val.map_err(|_| "not an aligned 32-bit access")?);
+                if reg.num == 4 {
+                    let old = self.read_reg(d, v, GuestReg::Rsp);
+                    self.write_reg(d, v, GuestReg::Rsp, merge_reg(old, m.size, val, false));
+                } else {
+                    let g = &mut self.domains[d].vcpus[v].gprs;
+                    let old = g.get(reg.num).unwrap_or(0);
+                    g.set(reg.num, merge_reg(old, m.size, val, reg.high_byte));
+                }
+            }
+            MmioOp::StoreReg { reg } => {
+                let val = reg_value(self, reg) as u32;
+                let lapic = &mut self.domains[d].vcpus[v].lapic;
+                lapic.write(off, m.size, val).map_err(|_| "not an aligned 32-bit access")?;
+            }
+            MmioOp::StoreImm { value } => {
+                let lapic = &mut self.domains[d].vcpus[v].lapic;
+                lapic
+                    .write(off, m.size, value as u32)
+                    .map_err(|_| "not an aligned 32-bit access")?;
+            }
+            _ => return Err("instruction form not emulated"),
+        }
+        self.skip(d, v, m.len);
+        Ok(())
+    }
+
+    /// Emulates RDMSR / WRMSR; false means #GP.
+    pub(super) fn msr(&mut self, d: usize, v: usize, write: bool) -> bool {
+        use policy::msr::*;
+        let g = self.domains[d].vcpus[v].gprs;
+        let index = g.rcx as u32;
+        let value = (g.rdx << 32) | (g.rax & 0xffff_ffff);
+        let read = |hv: &mut Self, val: u64| {
+            let g = &mut hv.domains[d].vcpus[v].gprs;
+            g.rax = val & 0xffff_ffff;
+            g.rdx = val >> 32;
+            true
+        };
+        match (index, write) {
+            (EFER, false) => {
+                let val = self.read_reg(d, v, GuestReg::Efer);
+                read(self, val)
+            }
+            (EFER, true) => {
+                let cur = self.read_reg(d, v, GuestReg::Efer);
+                let cr0 = self.read_reg(d, v, GuestReg::Cr0);
+                let ok = policy::efer_write_ok(value, cur, cr0);
+                if ok {
+                    self.write_reg(d, v, GuestReg::Efer, value);
+                }
+                ok
+            }
+            (FS_BASE, false) => {
+                let val = self.read_reg(d, v, GuestReg::FsBase);
+                read(self, val)
+            }
+            (GS_BASE, false) => {
+                let val = self.read_reg(d, v, GuestReg::GsBase);
+                read(self, val)
+            }
+            (FS_BASE, true) => {
+                self.write_reg(d, v, GuestReg::FsBase, value);
+                true
+            }
+            (GS_BASE, true) => {
+                self.write_reg(d, v, GuestReg::GsBase, value);
+                true
+            }
+            (TSC, false) => {
+                let now = self.backend.now();
+                read(self, now)
+            }
+            (APIC_BASE, false) => read(self, policy::APIC_BASE_VALUE),
+            (APIC_BASE, true) => value == policy::APIC_BASE_VALUE,
+            (MISC_ENABLE, false) => read(self, policy::MISC_ENABLE_VALUE),
+            (FEATURE_CONTROL, false) => read(self, policy::FEATURE_CONTROL_VALUE),
+            _ => {
+                log::debug!(
+                    "d{d}v{v}: #GP for {} of MSR {index:#x}",
+                    if write { "WRMSR" } else { "RDMSR" }
+                );
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The run loop: round-robin scheduling on this CPU and entry preparation.
+
+use super::*;
+
+impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
+    /// The next runnable (domain, vCPU) after the cursor, round-robin.
+    pub(super) fn pick(&self, now: u64) -> Option<(usize, usize)> {
+        let total = DOMAINS * VCPUS;
+        let start = self.cursor.0 * VCPUS + self.cursor.1 + 1;
+        (0..total)
+            .map(|k| (start + k) % total)
+            .map(|i| (i / VCPUS, i % VCPUS))
+            .find(|&dv| self.can_run(dv, now))
+    }
+
+    /// How many vCPUs are waiting to run besides the current one.
+    pub(super) fn others_runnable(&self, cur: (usize, usize)) -> bool {
+        (0..DOMAINS).any(|d| {
+            self.domains[d].runnable()
+                && (0..VCPUS).any(|v| {
+                    (d, v) != cur
+                        && self.domains[d].vcpus[v].arch.is_some()
+                        && self.domains[d].vcpus[v].init.is_none()
+                })
+        })
+    }
+
+    /// True if vCPU `v` of domain `d` may run at `now`.
+    pub(super) fn can_run(&self, (d, v): (usize, usize), now: u64) -> bool {
+        let dom = &self.domains[d];
+        let vc = &dom.vcpus[v];
+        dom.runnable() && vc.arch.is_some() && vc.init.is_none() && vc.blocked_until <= now
+    }
+
+    /// Runs guests until the machine must stop.
+    ///
+    /// Scheduling is round-robin over runnable vCPUs on this one CPU: a vCPU keeps the CPU
+    /// until its slice ([`VCPU_SLICE`], enforced with the backend's preemption timer) is used,
+    /// it yields or halts, or its domain stops. A vCPU alone gets no time limit.
+    pub fn run(&mut self) -> Stop {
+        loop {
+            // Buffered log output moves on between exits (a no-op when there is none).
+            log::logger().flush();
+            let now = self.backend.now();
+            let keep = !self.yielded
+                && self.can_run(self.cursor, now)
+                && now.wrapping_sub(self.slice_start) < VCPU_SLICE;
+            let (d, v) = if keep {
+                self.cursor
+            } else {
+                let Some(next) = self.pick(now) else {
+                    if !self.domains[DOMID_DOM0 as usize].exists() {
+                        return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
+                    }
+                    // Every vCPU is halted: wait for the earliest to wake (no interrupts).
+                    core::hint::spin_loop();
+                    continue;
+                };
+                if next != self.cursor
+                    && let Some(prev) =
+                        self.domains[self.cursor.0].vcpus[self.cursor.1].arch.as_mut()
+                {
+                    self.backend.unload(prev);
+                }
+                self.cursor = next;
+                self.slice_start = now;
+                self.yielded = false;
+                next
+            };
+            let used = now.wrapping_sub(self.slice_start);
+            let slice = if self.others_runnable((d, v)) {
+                VCPU_SLICE.saturating_sub(used).max(1)
+            } else {
+                VCPU_SLICE_NONE
+            };
+            if let Some(stop) = self.run_one(d, v, slice) {
+                return stop;
+            }
+        }
+    }
+
+    /// Runs vCPU `v` of domain `d` once and handles its exit.
+    pub(super) fn run_one(&mut self, d: usize, v: usize, slice: u64) -> Option<Stop> {
+        if let Err(reason) = self.prepare_entry(d, v) {
+            return self.crash(d, v, reason, None);
+        }
+        let dom = &mut self.domains[d];
+        let vc = &mut dom.vcpus[v];
+        let arch = vc.arch.as_mut()?;
+        let info = self.backend.run(arch, &mut vc.gprs, slice);
+        dom.counters.cpu_time += info.ran_ticks;
+        dom.counters.count_exit(info.exit.reason());
+        self.handle_exit(d, v, &info)
+    }
+
+    /// Loads a new MMU root if the old one was zapped, and executes a flush the MMU owes.
+    pub(super) fn prepare_entry(&mut self, d: usize, v: usize) -> Result<(), CrashReason> {
+        let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+        let dom = &mut self.domains[d];
+        let arch = dom.vcpus[v].arch.as_mut().ok_or(CrashReason::EntryFailure)?;
+        if dom.mmu.needs_reload(v) {
+            let root = dom.mmu.reload_root(&mut m, v).map_err(|e| {
+                log::error!("d{d}v{v}: cannot load an MMU root: {e}");
+                CrashReason::MmuFailure
+            })?;
+            self.backend.set_root(arch, root);
+        }
+        if dom.mmu.take_flush() {
+            self.backend.flush(arch);
+            dom.counters.tlb_flushes += 1;
+        }
+        Ok(())
+    }
+}
