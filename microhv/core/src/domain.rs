@@ -2,7 +2,8 @@
 
 use crate::console::{Console, LogLimiter};
 use crate::exit::{Gprs, VcpuInit};
-use crate::io::{Lapic, Pc};
+use crate::io::Pc;
+use crate::platform::Platform;
 use abi::hypercall::{DOMAIN_NAME_LEN, MAX_VCPUS_PER_DOMAIN};
 use abi::types::{CrashReason, DomainState, EXIT_REASONS, ExitReason};
 use mmu::Mmu;
@@ -22,15 +23,27 @@ pub struct Vcpu<V> {
     pub gprs: Gprs,
     /// The state `VcpuSetState` gave it (applied at the first unpause).
     pub init: Option<VcpuInit>,
-    /// TSC before which a halted vCPU does not run.
+    /// TSC before which the vCPU does not run.
     pub blocked_until: u64,
-    /// Its local APIC.
-    pub lapic: Lapic,
+    /// It executed HLT and waits for an interrupt.
+    pub halted: bool,
+    /// RFLAGS.IF when it halted: with IF clear only an NMI (or INIT) would wake it.
+    pub halted_if: bool,
+    /// Interrupt-window exiting is on (mirrors the backend's control, to spare it writes).
+    pub irq_window: bool,
 }
 
 impl<V> Vcpu<V> {
     const fn new() -> Self {
-        Self { arch: None, gprs: zero_gprs(), init: None, blocked_until: 0, lapic: Lapic::new() }
+        Self {
+            arch: None,
+            gprs: zero_gprs(),
+            init: None,
+            blocked_until: 0,
+            halted: false,
+            halted_if: false,
+            irq_window: false,
+        }
     }
 }
 
@@ -105,8 +118,10 @@ pub struct Domain<V> {
     pub console: Console,
     /// How many of its console lines reach microhv's log.
     pub log_limiter: LogLimiter,
-    /// Emulated devices.
+    /// Emulated legacy ports (COM1, the debug-exit and shutdown ports).
     pub pc: Pc,
+    /// The virtual PC's interrupt controllers and timers (from vCPU creation on).
+    pub platform: Option<Platform>,
     /// Counters.
     pub counters: Counters,
     /// `ShutdownReason` and status, once shut down.
@@ -129,6 +144,7 @@ impl<V> Domain<V> {
             console: Console::new(),
             log_limiter: LogLimiter::new(),
             pc: Pc::new(),
+            platform: None,
             counters: Counters::new(),
             shutdown: (0, 0),
             crash: CrashReason::None,
@@ -163,6 +179,7 @@ impl<V> Domain<V> {
         self.console = Console::new();
         self.log_limiter = LogLimiter::new();
         self.pc = Pc::new();
+        self.platform = None;
         self.counters = Counters::new();
         self.shutdown = (0, 0);
         self.crash = CrashReason::None;

@@ -142,8 +142,11 @@ pub enum Exit {
     WrMsr,
     /// HLT.
     Hlt,
-    /// The time slice given to [`Backend::run`] ran out.
+    /// The time slice given to [`Backend::run`] ran out (or the next device deadline came).
     Timer,
+    /// The guest can take an external interrupt now (the window [`Backend::set_interrupt_window`]
+    /// asked for).
+    InterruptWindow,
     /// A write to CR0 or CR4 that changes a bit microhv owns; `value` is what the guest wrote.
     CrWrite {
         /// 0 or 4.
@@ -182,7 +185,7 @@ impl Exit {
             Exit::Cpuid => ExitReason::Cpuid,
             Exit::RdMsr | Exit::WrMsr => ExitReason::Msr,
             Exit::Hlt => ExitReason::Hlt,
-            Exit::Timer => ExitReason::Timer,
+            Exit::Timer | Exit::InterruptWindow => ExitReason::Timer,
             Exit::CrWrite { .. } => ExitReason::CrAccess,
             Exit::Interrupt => ExitReason::Interrupt,
             Exit::TripleFault => ExitReason::TripleFault,
@@ -386,6 +389,15 @@ pub trait Backend {
     fn advance_rip(&mut self, vcpu: &mut Self::Vcpu, len: u8) -> bool;
     /// Delivers `event` on the next entry.
     fn inject(&mut self, vcpu: &mut Self::Vcpu, event: Event);
+    /// Whether the guest can take an external interrupt at the next entry: RFLAGS.IF set, no
+    /// STI / MOV SS interrupt shadow, and no event already queued for delivery.
+    fn interruptible(&mut self, vcpu: &mut Self::Vcpu) -> bool;
+    /// Queues external interrupt `vector` for the next entry (only when
+    /// [`Backend::interruptible`] said so).
+    fn inject_interrupt(&mut self, vcpu: &mut Self::Vcpu, vector: u8);
+    /// With `on`, the guest exits ([`Exit::InterruptWindow`]) as soon as it can take an
+    /// interrupt (VMX interrupt-window exiting, SVM virtual interrupt with its intercept).
+    fn set_interrupt_window(&mut self, vcpu: &mut Self::Vcpu, on: bool);
     /// Installs a new second-level root (the EPTP / nCR3 value the `mmu` computed) and flushes
     /// what the CPU may have cached for it.
     fn set_root(&mut self, vcpu: &mut Self::Vcpu, root: u64);

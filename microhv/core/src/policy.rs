@@ -15,9 +15,6 @@ pub const VCPU_SLICE: u64 = 4_000_000;
 const _: () = assert!(VCPU_SLICE <= u32::MAX as u64, "reported in PhysInfo::time_slice");
 /// "No slice": run until the next exit of any other kind.
 pub const VCPU_SLICE_NONE: u64 = u64::MAX;
-/// How long a vCPU that executed HLT waits before it runs again (nothing else wakes it: guests
-/// get no interrupts).
-pub const HLT_BLOCK_TICKS: u64 = 2_000_000;
 
 use crate::regs::*;
 /// EFER bits a guest may write (LMA is the hardware's).

@@ -28,6 +28,8 @@ pub const EFER_NXE: u64 = 1 << 11;
 pub const EFER_SVME: u64 = 1 << 12;
 /// RFLAGS bit 1, which always reads as 1.
 pub const RFLAGS_FIXED: u64 = 1 << 1;
+/// RFLAGS.IF: maskable interrupts enabled.
+pub const RFLAGS_IF: u64 = 1 << 9;
 /// RFLAGS.TF: single-step, a #DB trap after each instruction.
 pub const RFLAGS_TF: u64 = 1 << 8;
 /// RFLAGS.RF: resume flag (suppresses instruction breakpoints for one instruction).

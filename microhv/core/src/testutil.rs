@@ -65,6 +65,12 @@ pub struct FakeVcpu {
     pub injected: Vec<Event>,
     /// Its domain and index.
     pub cfg: VcpuConfig,
+    /// An interrupt queued for the next entry (taken by the next run).
+    pub pending_irq: Option<u8>,
+    /// Every interrupt vector injected, in order.
+    pub irqs: Vec<u8>,
+    /// Interrupt-window exiting requested.
+    pub window: bool,
 }
 
 /// One scripted exit: what the "guest" does before exiting.
@@ -126,6 +132,9 @@ impl Backend for FakeBackend {
             flushes: 0,
             injected: Vec::new(),
             cfg: *cfg,
+            pending_irq: None,
+            irqs: Vec::new(),
+            window: false,
         })
     }
 
@@ -142,6 +151,7 @@ impl Backend for FakeBackend {
     fn run(&mut self, v: &mut FakeVcpu, gprs: &mut Gprs, _slice: u64) -> ExitInfo {
         let key = (v.cfg.domid, v.cfg.index);
         *self.runs.entry(key).or_default() += 1;
+        v.pending_irq = None;
         self.clock.set(self.clock.get() + 1000);
         let step = self.script.get_mut(&key).and_then(VecDeque::pop_front).unwrap_or(Step {
             exit: Exit::TripleFault,
@@ -202,6 +212,19 @@ impl Backend for FakeBackend {
 
     fn inject(&mut self, v: &mut FakeVcpu, event: Event) {
         v.injected.push(event);
+    }
+
+    fn interruptible(&mut self, v: &mut FakeVcpu) -> bool {
+        v.regs.get("rflags").copied().unwrap_or(0) & (1 << 9) != 0 && v.pending_irq.is_none()
+    }
+
+    fn inject_interrupt(&mut self, v: &mut FakeVcpu, vector: u8) {
+        v.pending_irq = Some(vector);
+        v.irqs.push(vector);
+    }
+
+    fn set_interrupt_window(&mut self, v: &mut FakeVcpu, on: bool) {
+        v.window = on;
     }
 
     fn set_root(&mut self, v: &mut FakeVcpu, root: u64) {

@@ -140,6 +140,30 @@ impl Backend for Arch {
         }
     }
 
+    fn interruptible(&mut self, vcpu: &mut ArchVcpu) -> bool {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.interruptible(v),
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.interruptible(v),
+            _ => false,
+        }
+    }
+
+    fn inject_interrupt(&mut self, vcpu: &mut ArchVcpu, vector: u8) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.inject_interrupt(v, vector),
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.inject_interrupt(v, vector),
+            _ => {}
+        }
+    }
+
+    fn set_interrupt_window(&mut self, vcpu: &mut ArchVcpu, on: bool) {
+        match (self, vcpu) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.set_interrupt_window(v, on),
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.set_interrupt_window(v, on),
+            _ => {}
+        }
+    }
+
     fn inject(&mut self, vcpu: &mut ArchVcpu, event: Event) {
         match (self, vcpu) {
             (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.inject(v, event),

@@ -26,9 +26,29 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 if string || rep {
                     return self.crash(d, v, CrashReason::UnsupportedIo, Some(info));
                 }
+                let clock = self.clock();
                 let dom = &mut self.domains[d];
                 let rax = dom.vcpus[v].gprs.rax;
-                match dom.pc.port_io(dom.privileged, port, size, write, rax as u32) {
+                let platform = dom.platform.as_mut().filter(|_| !dom.privileged);
+                let outcome = match (platform, write) {
+                    (Some(p), true) => {
+                        p.port_write(&clock, port, size, rax as u32).map(|e| match e {
+                            Some(PortEffect::PowerOff) => IoOutcome::Shutdown(0),
+                            Some(PortEffect::Reset) => IoOutcome::Reset,
+                            None => IoOutcome::Done(0),
+                        })
+                    }
+                    (Some(p), false) => p.port_read(&clock, port, size).map(IoOutcome::Done),
+                    (None, _) => None,
+                };
+                if outcome.is_some() {
+                    self.timers_changed();
+                }
+                let dom = &mut self.domains[d];
+                let outcome = outcome.unwrap_or_else(|| {
+                    dom.pc.port_io(dom.privileged, port, size, write, rax as u32)
+                });
+                match outcome {
                     IoOutcome::Done(val) => {
                         if !write {
                             dom.vcpus[v].gprs.rax = merge_in(rax, size, val);
@@ -43,6 +63,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     }
                     IoOutcome::Shutdown(status) => {
                         self.shutdown_domain(d, ShutdownReason::Poweroff as u32, status);
+                        self.after_stop(d)
+                    }
+                    IoOutcome::Reset => {
+                        self.shutdown_domain(d, ShutdownReason::Reboot as u32, 0);
                         self.after_stop(d)
                     }
                 }
@@ -73,7 +97,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             }
             Exit::Hlt => {
                 self.skip(d, v, info.insn_len);
-                self.domains[d].vcpus[v].blocked_until = self.backend.now() + HLT_BLOCK_TICKS;
+                // It sleeps until an interrupt it can take arrives (the run loop wakes it).
+                let vc = &mut self.domains[d].vcpus[v];
+                vc.halted = true;
+                vc.halted_if = info.rflags & regs::RFLAGS_IF != 0;
                 self.yielded = true;
                 None
             }
@@ -135,6 +162,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.yielded = true;
                 None
             }
+            // Injection happens on the way back in (`prepare_entry`).
+            Exit::InterruptWindow => None,
             Exit::Interrupt => None,
             Exit::TripleFault => self.crash(d, v, CrashReason::TripleFault, Some(info)),
             Exit::EntryFailure => self.crash(d, v, CrashReason::EntryFailure, Some(info)),
@@ -160,21 +189,18 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 None
             }
             Ok(FaultOutcome::Spurious | FaultOutcome::Retry) => None,
-            // On hardware a page walk that reaches the APIC page reads no page table; here it
-            // would be emulated as the instruction's own access. Neither is worth imitating.
-            Ok(FaultOutcome::NoSlot)
-                if a.walk && (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) =>
-            {
-                log::warn!(
-                    "d{d}v{v}: the guest's page-table walk reached the APIC page at {gpa:#x}"
-                );
-                self.crash(d, v, CrashReason::UnsupportedMmio, Some(info))
-            }
-            Ok(FaultOutcome::NoSlot) if (APIC_BASE..APIC_BASE + APIC_SIZE).contains(&gpa) => {
-                match self.emulate_apic(d, v, gpa - APIC_BASE, a, info) {
+            Ok(FaultOutcome::NoSlot) if let Some((page, off)) = self.mmio_page(d, v, gpa) => {
+                // On hardware a page walk that reaches a device page reads no page table;
+                // emulating it as the instruction's own access would be silently wrong.
+                let r = if a.walk {
+                    Err("the guest's page-table walk reached it")
+                } else {
+                    self.emulate_mmio(d, v, page, off, a, info)
+                };
+                match r {
                     Ok(()) => None,
                     Err(why) => {
-                        log::warn!("d{d}v{v}: APIC access at {gpa:#x} not emulated: {why}");
+                        log::warn!("d{d}v{v}: {page:?} access at {gpa:#x} not emulated: {why}");
                         self.crash(d, v, CrashReason::UnsupportedMmio, Some(info))
                     }
                 }
@@ -248,17 +274,29 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         Some(out)
     }
 
-    /// Emulates the instruction that touched register `off` of the local APIC page.
-    pub(super) fn emulate_apic(
+    /// vCPU `v`'s local APIC.
+    fn lapic(&mut self, d: usize, v: usize) -> Option<&mut crate::dev::lapic::Lapic> {
+        self.domains[d].platform.as_mut()?.lapics.get_mut(v)
+    }
+
+    /// The emulated device page of domain `d` that `gpa` falls in for vCPU `v`.
+    fn mmio_page(&self, d: usize, v: usize, gpa: u64) -> Option<(MmioPage, u64)> {
+        self.domains[d].platform.as_ref()?.mmio_page(v, gpa)
+    }
+
+    /// Emulates the instruction that touched offset `off` of device page `page`: every form
+    /// the decoder knows but the string forms, which fail with a reason.
+    pub(super) fn emulate_mmio(
         &mut self,
         d: usize,
         v: usize,
+        page: MmioPage,
         off: u64,
         access: crate::exit::Access,
         info: &ExitInfo,
     ) -> Result<(), &'static str> {
         if access.exec {
-            return Err("instruction fetch from the APIC page");
+            return Err("instruction fetch from a device page");
         }
         let paging = Paging { cr0: info.cr0, cr3: info.cr3, cr4: info.cr4, efer: info.efer };
         // 64-bit code has no segment base; elsewhere the linear address wraps at 4 GiB.
@@ -290,43 +328,110 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if (access.write && !m.op.writes()) || (!access.write && !m.op.reads()) {
             return Err("the instruction at RIP does not make this access");
         }
-        let id = v as u32;
-        let reg_value = |hv: &mut Self, r: insn::Reg| -> u64 {
-            let raw = if r.num == 4 {
-                hv.read_reg(d, v, GuestReg::Rsp)
-            } else {
-                hv.domains[d].vcpus[v].gprs.get(r.num).unwrap_or(0)
-            };
-            if r.high_byte { raw >> 8 } else { raw }
-        };
+        let size = m.size;
         match m.op {
             MmioOp::Load { reg } => {
-                let val = self.domains[d].vcpus[v].lapic.read(id, off, m.size);
-                let val = u64::from(val.map_err(|_| "not an aligned 32-bit access")?);
-                if reg.num == 4 {
-                    let old = self.read_reg(d, v, GuestReg::Rsp);
-                    self.write_reg(d, v, GuestReg::Rsp, merge_reg(old, m.size, val, false));
-                } else {
-                    let g = &mut self.domains[d].vcpus[v].gprs;
-                    let old = g.get(reg.num).unwrap_or(0);
-                    g.set(reg.num, merge_reg(old, m.size, val, reg.high_byte));
-                }
+                let val = self.dev_read(d, v, page, off, size)?;
+                self.set_operand(d, v, reg, size, val);
+            }
+            MmioOp::Extend { reg, width, signed } => {
+                let val = self.dev_read(d, v, page, off, size)?;
+                let bits = 64 - 8 * u32::from(size);
+                let val = if signed { (((val << bits) as i64) >> bits) as u64 } else { val };
+                self.set_operand(d, v, reg, width, val);
             }
             MmioOp::StoreReg { reg } => {
-                let val = reg_value(self, reg) as u32;
-                let lapic = &mut self.domains[d].vcpus[v].lapic;
-                lapic.write(off, m.size, val).map_err(|_| "not an aligned 32-bit access")?;
+                let val = self.operand(d, v, reg);
+                self.dev_write(d, v, page, off, size, val)?;
             }
-            MmioOp::StoreImm { value } => {
-                let lapic = &mut self.domains[d].vcpus[v].lapic;
-                lapic
-                    .write(off, m.size, value as u32)
-                    .map_err(|_| "not an aligned 32-bit access")?;
+            MmioOp::StoreImm { value } => self.dev_write(d, v, page, off, size, value)?,
+            MmioOp::Alu { op, src } => {
+                let mem = self.dev_read(d, v, page, off, size)?;
+                let src = match src {
+                    insn::Operand::Reg(r) => self.operand(d, v, r),
+                    insn::Operand::Imm(x) => x,
+                };
+                let flags = self.read_reg(d, v, GuestReg::Rflags);
+                let (res, flags) = insn::alu(op, size, mem, src, flags);
+                if op.writes() {
+                    self.dev_write(d, v, page, off, size, res)?;
+                }
+                self.write_reg(d, v, GuestReg::Rflags, flags);
             }
-            _ => return Err("instruction form not emulated"),
+            MmioOp::AluToReg { op, reg } => {
+                let mem = self.dev_read(d, v, page, off, size)?;
+                let flags = self.read_reg(d, v, GuestReg::Rflags);
+                let (res, flags) = insn::alu(op, size, self.operand(d, v, reg), mem, flags);
+                if op.writes() {
+                    self.set_operand(d, v, reg, size, res);
+                }
+                self.write_reg(d, v, GuestReg::Rflags, flags);
+            }
+            MmioOp::Xchg { reg } => {
+                let mem = self.dev_read(d, v, page, off, size)?;
+                let val = self.operand(d, v, reg);
+                self.dev_write(d, v, page, off, size, val)?;
+                self.set_operand(d, v, reg, size, mem);
+            }
+            MmioOp::String(_) | MmioOp::NoAccess => {
+                return Err("string instruction on a device page");
+            }
         }
         self.skip(d, v, m.len);
         Ok(())
+    }
+
+    /// A register operand's value (AH..BH shifted down).
+    fn operand(&mut self, d: usize, v: usize, r: insn::Reg) -> u64 {
+        let raw = if r.num == 4 {
+            self.read_reg(d, v, GuestReg::Rsp)
+        } else {
+            self.domains[d].vcpus[v].gprs.get(r.num).unwrap_or(0)
+        };
+        if r.high_byte { raw >> 8 } else { raw }
+    }
+
+    /// Writes `size` bytes of `val` into a register operand as the CPU does.
+    fn set_operand(&mut self, d: usize, v: usize, r: insn::Reg, size: u8, val: u64) {
+        if r.num == 4 {
+            let old = self.read_reg(d, v, GuestReg::Rsp);
+            self.write_reg(d, v, GuestReg::Rsp, merge_reg(old, size, val, false));
+        } else {
+            let g = &mut self.domains[d].vcpus[v].gprs;
+            let old = g.get(r.num).unwrap_or(0);
+            g.set(r.num, merge_reg(old, size, val, r.high_byte));
+        }
+    }
+
+    fn dev_read(
+        &mut self,
+        d: usize,
+        v: usize,
+        page: MmioPage,
+        off: u64,
+        size: u8,
+    ) -> Result<u64, &'static str> {
+        let clock = self.clock();
+        let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
+        let r = p.mmio_read(&clock, v, page, off, size);
+        self.timers_changed();
+        r
+    }
+
+    fn dev_write(
+        &mut self,
+        d: usize,
+        v: usize,
+        page: MmioPage,
+        off: u64,
+        size: u8,
+        val: u64,
+    ) -> Result<(), &'static str> {
+        let clock = self.clock();
+        let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
+        let r = p.mmio_write(&clock, v, page, off, size, val);
+        self.timers_changed();
+        r
     }
 
     /// Emulates RDMSR / WRMSR; false means #GP.
@@ -375,8 +480,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let now = self.backend.now();
                 read(self, now)
             }
-            (APIC_BASE, false) => read(self, policy::APIC_BASE_VALUE),
-            (APIC_BASE, true) => value == policy::APIC_BASE_VALUE,
+            (APIC_BASE, false) => {
+                let val = self.lapic(d, v).map_or(policy::APIC_BASE_VALUE, |l| l.apic_base());
+                read(self, val)
+            }
+            (APIC_BASE, true) => {
+                let ok = self.lapic(d, v).is_some_and(|l| l.set_apic_base(value).is_ok());
+                self.timers_changed();
+                ok
+            }
             (MISC_ENABLE, false) => read(self, policy::MISC_ENABLE_VALUE),
             (FEATURE_CONTROL, false) => read(self, policy::FEATURE_CONTROL_VALUE),
             _ => {

@@ -16,13 +16,15 @@ mod run;
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
 use crate::cpuid::{Caller, guest_cpuid};
+use crate::dev::Clock;
 use crate::domain::{Domain, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::exit::{Backend, CpuMode, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
 use crate::insn::{self, MmioOp};
-use crate::io::{APIC_BASE, APIC_SIZE, IoOutcome, merge_in, merge_reg};
+use crate::io::{IoOutcome, merge_in, merge_reg};
 use crate::mem::{Machine, PhysMem};
-use crate::policy::{self, HLT_BLOCK_TICKS, VCPU_SLICE, VCPU_SLICE_NONE};
+use crate::platform::{MmioPage, Platform, PortEffect};
+use crate::policy::{self, VCPU_SLICE, VCPU_SLICE_NONE};
 use crate::regs;
 use crate::status::StopStatus;
 use crate::walk::{Paging, linear_to_phys};
@@ -98,6 +100,8 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub hv_frames: u64,
     /// Host TSC ticks per millisecond (measured or reported at boot): microhv's real time.
     pub tsc_khz: u64,
+    /// The earliest device deadline of any domain (0: to be recomputed).
+    wake_at: u64,
     /// Last (domain, vCPU) run, where round-robin resumes.
     cursor: (usize, usize),
     /// TSC when the current vCPU's slice began.
@@ -123,6 +127,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             mmu_config,
             hv_frames: 0,
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
+            wake_at: 0,
             cursor: (0, 0),
             slice_start: 0,
             yielded: false,
@@ -166,7 +171,21 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             slot.init = None;
         }
         self.domains[d].vcpu_count = count;
+        let clock = self.clock();
+        let ram = self.domains[d].mem_bytes;
+        self.domains[d].platform = Some(Platform::new(&clock, count as usize, ram, 0));
+        self.timers_changed();
         Ok(())
+    }
+
+    /// The host TSC now, as the device models take it.
+    pub(crate) fn clock(&self) -> Clock {
+        Clock { now: self.backend.now(), tsc_khz: self.tsc_khz }
+    }
+
+    /// A device deadline may have moved: the run loop recomputes the earliest.
+    pub(crate) fn timers_changed(&mut self) {
+        self.wake_at = 0;
     }
 
     /// Frees everything domain `d` holds and empties its entry.

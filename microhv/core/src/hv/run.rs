@@ -29,7 +29,26 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     pub(super) fn can_run(&self, (d, v): (usize, usize), now: u64) -> bool {
         let dom = &self.domains[d];
         let vc = &dom.vcpus[v];
-        dom.runnable() && vc.arch.is_some() && vc.init.is_none() && vc.blocked_until <= now
+        dom.runnable()
+            && vc.arch.is_some()
+            && vc.init.is_none()
+            && vc.blocked_until <= now
+            && (!vc.halted
+                || (vc.halted_if && dom.platform.as_ref().is_some_and(|p| p.pending(v).is_some())))
+    }
+
+    /// Runs the device models whose deadline has come and recomputes the earliest one
+    /// ([`Hv::timers_changed`] forces the recomputation).
+    fn fire_timers(&mut self, now: u64) {
+        let clock = Clock { now, tsc_khz: self.tsc_khz };
+        let mut next = u64::MAX;
+        for p in self.domains.iter_mut().filter_map(|dom| dom.platform.as_mut()) {
+            if p.deadline <= now {
+                p.update(&clock);
+            }
+            next = next.min(p.deadline);
+        }
+        self.wake_at = next;
     }
 
     /// Runs guests until the machine must stop.
@@ -42,6 +61,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             // Buffered log output moves on between exits (a no-op when there is none).
             log::logger().flush();
             let now = self.backend.now();
+            if now >= self.wake_at {
+                self.fire_timers(now);
+            }
             let keep = !self.yielded
                 && self.can_run(self.cursor, now)
                 && now.wrapping_sub(self.slice_start) < VCPU_SLICE;
@@ -52,7 +74,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
                     }
-                    // Every vCPU is halted: wait for the earliest to wake (no interrupts).
+                    // Every vCPU is halted: wait for a device deadline to wake one.
                     core::hint::spin_loop();
                     continue;
                 };
@@ -73,6 +95,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             } else {
                 VCPU_SLICE_NONE
             };
+            // The next device deadline (of any domain) ends the slice, so that its interrupt is
+            // delivered on time.
+            let slice = match self.wake_at {
+                u64::MAX => slice,
+                at => slice.min(at.saturating_sub(now).max(1)),
+            };
             if let Some(stop) = self.run_one(d, v, slice) {
                 return stop;
             }
@@ -86,6 +114,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
         let dom = &mut self.domains[d];
         let vc = &mut dom.vcpus[v];
+        // Picked while halted: an interrupt woke it (`can_run`).
+        vc.halted = false;
         let arch = vc.arch.as_mut()?;
         let info = self.backend.run(arch, &mut vc.gprs, slice);
         dom.counters.cpu_time += info.ran_ticks;
@@ -93,11 +123,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.handle_exit(d, v, &info)
     }
 
-    /// Loads a new MMU root if the old one was zapped, and executes a flush the MMU owes.
+    /// Loads a new MMU root if the old one was zapped, executes a flush the MMU owes, and
+    /// delivers the vCPU's highest pending interrupt if the guest can take it now (otherwise,
+    /// or if more are waiting, it asks to exit as soon as the guest can).
     pub(super) fn prepare_entry(&mut self, d: usize, v: usize) -> Result<(), CrashReason> {
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let dom = &mut self.domains[d];
-        let arch = dom.vcpus[v].arch.as_mut().ok_or(CrashReason::EntryFailure)?;
+        let crate::domain::Vcpu { arch, irq_window, .. } = &mut dom.vcpus[v];
+        let arch = arch.as_mut().ok_or(CrashReason::EntryFailure)?;
         if dom.mmu.needs_reload(v) {
             let root = dom.mmu.reload_root(&mut m, v).map_err(|e| {
                 log::error!("d{d}v{v}: cannot load an MMU root: {e}");
@@ -108,6 +141,19 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if dom.mmu.take_flush() {
             self.backend.flush(arch);
             dom.counters.tlb_flushes += 1;
+        }
+        if let Some(p) = dom.platform.as_mut() {
+            if let Some(pending) = p.pending(v)
+                && self.backend.interruptible(arch)
+            {
+                let vector = p.acknowledge(v, pending);
+                self.backend.inject_interrupt(arch, vector);
+            }
+            let window = p.pending(v).is_some();
+            if window != *irq_window {
+                *irq_window = window;
+                self.backend.set_interrupt_window(arch, window);
+            }
         }
         Ok(())
     }

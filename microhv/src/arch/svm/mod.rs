@@ -68,10 +68,14 @@ use x86::msr;
 use microhv_core::policy::PASSTHROUGH_MSRS;
 use microhv_core::regs::{
     CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, EFER_SVME, RFLAGS_FIXED,
-    RFLAGS_TF,
+    RFLAGS_IF, RFLAGS_TF,
 };
 /// VMCB INT_CTL: V_INTR_MASKING.
 const V_INTR_MASKING: u32 = 1 << 24;
+/// VMCB INT_CTL: V_IRQ (a virtual interrupt is pending), with priority 15 (bits 19:16) and
+/// V_IGN_TPR (bit 20), so only RFLAGS.IF and the interrupt shadow hold it back: microhv uses it
+/// only to learn when the guest can take an interrupt (the VINTR intercept), never delivers it.
+const V_IRQ_WINDOW: u32 = (1 << 8) | (0xf << 16) | (1 << 20);
 /// `VM_HSAVE_PA`: where VMRUN saves the host state.
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
 
@@ -487,6 +491,7 @@ impl Svm {
                 (Exit::NestedPageFault { gpa: info2, access }, 0)
             }
             exit::INTR | exit::NMI => (Exit::Interrupt, 0),
+            exit::VINTR => (Exit::InterruptWindow, 0),
             exit::SHUTDOWN => (Exit::TripleFault, 0),
             exit::VMRUN
             | exit::VMLOAD
@@ -790,6 +795,31 @@ impl Backend for Svm {
         // Real mode delivers no error code. Type 3: exception; the error code (0) is 63:32.
         let code = has_code && vm.r64(save::CR0) & CR0_PE != 0;
         vm.w64(control::EVENTINJ, vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31));
+    }
+
+    fn interruptible(&mut self, v: &mut SvmVcpu) -> bool {
+        let vm = v.vmcb;
+        vm.r64(save::RFLAGS) & RFLAGS_IF != 0
+            && vm.r64(control::INT_STATE) & 1 == 0
+            && vm.r64(control::EVENTINJ) & (1 << 31) == 0
+    }
+
+    fn inject_interrupt(&mut self, v: &mut SvmVcpu, vector: u8) {
+        // Type 0: external interrupt.
+        v.vmcb.w64(control::EVENTINJ, u64::from(vector) | (1 << 31));
+    }
+
+    fn set_interrupt_window(&mut self, v: &mut SvmVcpu, on: bool) {
+        let vm = v.vmcb;
+        let ctl = vm.r32(control::INT_CTL);
+        let misc = vm.r32(control::INTERCEPT_MISC1);
+        if on {
+            vm.w32(control::INT_CTL, ctl | V_IRQ_WINDOW);
+            vm.w32(control::INTERCEPT_MISC1, misc | misc1::VINTR);
+        } else {
+            vm.w32(control::INT_CTL, ctl & !V_IRQ_WINDOW);
+            vm.w32(control::INTERCEPT_MISC1, misc & !misc1::VINTR);
+        }
     }
 
     fn set_root(&mut self, v: &mut SvmVcpu, root: u64) {

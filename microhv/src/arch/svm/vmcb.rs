@@ -128,6 +128,8 @@ pub mod misc1 {
     pub const NMI: u32 = 1 << 1;
     /// INIT.
     pub const INIT: u32 = 1 << 3;
+    /// Virtual interrupt (V_IRQ taken).
+    pub const VINTR: u32 = 1 << 4;
     /// CPUID.
     pub const CPUID: u32 = 1 << 18;
     /// RDPMC.
@@ -204,6 +206,8 @@ pub mod exit {
     pub const NMI: u64 = 0x061;
     /// INIT.
     pub const INIT: u64 = 0x063;
+    /// Virtual interrupt: the guest can take the V_IRQ.
+    pub const VINTR: u64 = 0x064;
     /// CPUID.
     pub const CPUID: u64 = 0x072;
     /// RDPMC.
@@ -278,6 +282,12 @@ impl Vmcb {
     pub fn w64(self, off: usize, v: u64) {
         // SAFETY: as in `r64`.
         unsafe { self.ptr::<u64>(off).write_volatile(v) }
+    }
+
+    /// Reads a u32 field.
+    pub fn r32(self, off: usize) -> u32 {
+        // SAFETY: as in `r64`.
+        unsafe { self.ptr::<u32>(off).read_volatile() }
     }
 
     /// Writes a u32 field.

@@ -43,7 +43,8 @@ use x86::vmx::vmcs::{control, guest, host, ro};
 
 use microhv_core::policy::{PASSTHROUGH_MSRS, SYSCALL_MSRS as SWAPPED_MSRS};
 use microhv_core::regs::{
-    CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, RFLAGS_FIXED, RFLAGS_TF,
+    CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, RFLAGS_FIXED, RFLAGS_IF,
+    RFLAGS_TF,
 };
 
 /// COM2, passed through to dom0.
@@ -467,6 +468,7 @@ impl Vmx {
                     walk: qual & (1 << 7) != 0 && qual & (1 << 8) == 0,
                 },
             },
+            7 => Exit::InterruptWindow,
             52 => Exit::Timer,
             _ => Exit::Unhandled,
         }
@@ -759,6 +761,29 @@ impl Backend for Vmx {
         let info = vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31);
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
         vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+    }
+
+    fn interruptible(&mut self, v: &mut VmxVcpu) -> bool {
+        self.make_current(v);
+        vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0
+            && vmcs::read(guest::INTERRUPTIBILITY_STATE) & 3 == 0
+            && vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0
+    }
+
+    fn inject_interrupt(&mut self, v: &mut VmxVcpu, vector: u8) {
+        self.make_current(v);
+        // Type 0: external interrupt.
+        vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(vector) | (1 << 31));
+    }
+
+    fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool) {
+        self.make_current(v);
+        let bit = u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits());
+        let ctl = vmcs::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+        let new = if on { ctl | bit } else { ctl & !bit };
+        if new != ctl {
+            vmcs::write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, new);
+        }
     }
 
     fn set_root(&mut self, v: &mut VmxVcpu, root: u64) {

@@ -41,3 +41,13 @@ pub unsafe fn outw(port: u16, val: u16) {
     // SAFETY: forwarded to the caller's contract above.
     unsafe { x86::io::outw(port, val) }
 }
+
+/// Reads a 32-bit value from an I/O port.
+///
+/// # Safety
+/// The caller must own `port`: reads can have side effects on a device.
+#[inline]
+pub unsafe fn inl(port: u16) -> u32 {
+    // SAFETY: forwarded to the caller's contract above.
+    unsafe { x86::io::inl(port) }
+}

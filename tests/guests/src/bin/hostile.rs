@@ -19,6 +19,7 @@
 //! - `apic-walk`: guest page tables that live in the APIC page (crash: unsupported MMIO, with
 //!   a reason, instead of emulating the walk as the instruction's access).
 //! - `invd-rdpmc`: INVD completes as a no-op; RDPMC (no virtual PMU) raises #GP.
+//! - `reset`: a reset through port 0xCF9 (the domain ends with reason reboot).
 //! - `console-flood`: 256 KiB of console output in one go; microhv's log takes what its rate
 //!   limit allows, the console ring keeps the rest, and nobody else waits for the UART.
 #![no_std]
@@ -64,6 +65,12 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         "apic-walk" => apic_walk(),
         "invd-rdpmc" => invd_rdpmc(),
         "console-flood" => console_flood(),
+        "reset" => {
+            // The reset control register's CPU reset: the domain ends with reason reboot.
+            arch::outb(0xcf9, 0x06);
+            println!("hostile: still running after a reset");
+            false
+        }
         "triple-fault" => {
             println!("hostile: triple-faulting");
             let idtr = [0u64; 2];

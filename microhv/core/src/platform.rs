@@ -1,0 +1,519 @@
+//! A domain's virtual PC: its device models (`dev/`), the wires between them, and the dispatch
+//! of port and MMIO accesses to them.
+//!
+//! Wiring, as on a PC with an I/O APIC (and as the ACPI tables dom0 builds will describe it):
+//! ISA IRQ n drives 8259 input n and I/O APIC pin n, except IRQ 0 (the PIT, or HPET timer 0 in
+//! legacy replacement), which reaches pin 2 (the usual interrupt source override); the slave
+//! 8259 cascades on master input 2. GSIs 16–23 exist only on the I/O APIC. I/O APIC messages
+//! and IPIs go to the local APICs of the domain's vCPUs whose destination matches; the 8259's
+//! INTR reaches vCPU 0 through LINT0 (virtual-wire mode) or while its local APIC is disabled.
+//!
+//! Time is the host TSC ([`Clock`]); each device reports when it next needs to run, and
+//! [`Platform::deadline`] keeps the earliest, so the run loop can bound a vCPU's time slice
+//! and wake halted vCPUs without polling every device on every exit.
+
+use crate::dev::hpet::{HPET_BASE, HPET_LEN, Hpet};
+use crate::dev::ioapic::{ApicBus, IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicMsg};
+use crate::dev::lapic::{ApicEffect, DeliveryMode, IpiRequest, Lapic, LapicConfig};
+use crate::dev::pic::{PIC_ELCR, PIC_MASTER, PIC_SLAVE, Pic};
+use crate::dev::pit::Pit;
+use crate::dev::pmtimer::{PmOutcome, PmTimer};
+use crate::dev::rtc::Rtc;
+use crate::dev::{Clock, IrqSink};
+use crate::domain::VCPUS;
+
+/// What a port write did besides changing device state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortEffect {
+    /// ACPI S5 through PM1a_CNT.
+    PowerOff,
+    /// A reset through port 0x92, 0xCF9 or the keyboard controller.
+    Reset,
+}
+
+/// An MMIO page the platform emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmioPage {
+    /// The local APIC page of the accessing vCPU.
+    Lapic,
+    /// The I/O APIC.
+    IoApic,
+    /// The HPET.
+    Hpet,
+}
+
+/// An interrupt ready for a vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// From the local APIC.
+    Apic(u8),
+    /// From the 8259 (its vector is known only once acknowledged).
+    Pic,
+}
+
+/// PCI configuration mechanism #1 with one device: an Intel 440FX host bridge at 00:00.0.
+#[derive(Debug, Clone, Copy, Default)]
+struct PciConfig {
+    address: u32,
+}
+
+impl PciConfig {
+    fn read(&self, port: u16, size: u8) -> u32 {
+        let a = self.address;
+        // Enabled, bus 0, device 0, function 0.
+        let dword = if a & 0x8000_0000 != 0 && a & 0x00ff_ff00 == 0 {
+            match a & 0xfc {
+                0x00 => 0x1237_8086,
+                0x08 => 0x0600_0002, // host bridge, revision 2
+                _ => 0,
+            }
+        } else {
+            u32::MAX
+        };
+        let shift = 8 * u32::from(port & 3);
+        let mask = if size >= 4 { u32::MAX } else { (1u32 << (8 * u32::from(size))) - 1 };
+        (dword >> shift) & mask
+    }
+}
+
+/// The devices of one domain.
+#[derive(Debug, Clone)]
+pub struct Platform {
+    /// One local APIC per vCPU.
+    pub lapics: [Lapic; VCPUS],
+    /// How many of `lapics` belong to vCPUs.
+    pub vcpus: usize,
+    /// The I/O APIC.
+    pub ioapic: IoApic,
+    /// The 8259 pair.
+    pub pic: Pic,
+    /// The 8254.
+    pub pit: Pit,
+    /// The ACPI PM timer and PM1 blocks.
+    pub pm: PmTimer,
+    /// The HPET.
+    pub hpet: Hpet,
+    /// The RTC and CMOS.
+    pub rtc: Rtc,
+    pci: PciConfig,
+    /// Earliest TSC at which a device must run (`u64::MAX`: none).
+    pub deadline: u64,
+}
+
+/// The GSI lines: the 8259 pair and the I/O APIC, which sends to the local APICs.
+struct Wires<'a> {
+    pic: &'a mut Pic,
+    ioapic: &'a mut IoApic,
+    bus: Bus<'a>,
+}
+
+impl IrqSink for Wires<'_> {
+    fn set_level(&mut self, gsi: u32, high: bool) {
+        if gsi < 16 && gsi != 2 {
+            self.pic.set_level(gsi, high);
+        }
+        let pin = if gsi == 0 { 2 } else { gsi };
+        self.ioapic.set_level(pin, high, &mut self.bus);
+    }
+}
+
+/// The local APICs, as the I/O APIC's and the IPIs' destination.
+struct Bus<'a> {
+    lapics: &'a mut [Lapic],
+}
+
+impl Bus<'_> {
+    /// Delivers to every local APIC `to` selects; whether one accepted.
+    fn send(
+        &mut self,
+        mode: DeliveryMode,
+        vector: u8,
+        level: bool,
+        to: impl Fn(&Lapic) -> bool,
+    ) -> bool {
+        let mut taken = false;
+        for l in self.lapics.iter_mut().filter(|l| to(l)) {
+            taken |= match mode {
+                // Lowest priority goes to every match: with one vCPU per destination in
+                // practice, the same as arbitrating.
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority => l.accept(vector, level),
+                DeliveryMode::Nmi => {
+                    l.nmi();
+                    true
+                }
+                // INIT / SIPI / SMI / ExtINT: vCPU start-up is not modelled yet (single vCPU).
+                _ => false,
+            };
+        }
+        taken
+    }
+
+    fn ipi(&mut self, req: IpiRequest) {
+        self.send(req.mode, req.vector, req.level_triggered, |l| req.targets(l));
+    }
+}
+
+impl ApicBus for Bus<'_> {
+    fn deliver(&mut self, msg: IoApicMsg) -> bool {
+        let (dest, logical) = (msg.dest_id(), msg.logical);
+        self.send(msg.mode, msg.vector, msg.level_triggered, |l| l.matches(dest, logical))
+    }
+}
+
+impl Platform {
+    /// A PC at power-on for a domain with `vcpus` vCPUs and `ram` bytes of RAM, with the clock
+    /// reading `unix_time` now.
+    pub fn new(clock: &Clock, vcpus: usize, ram: u64, unix_time: u64) -> Self {
+        let vcpus = vcpus.clamp(1, VCPUS);
+        let below = ram.min(0xc000_0000);
+        let mut p = Self {
+            // CPUID does not offer x2APIC or the TSC-deadline timer (yet): the APICs must not
+            // have them either.
+            lapics: core::array::from_fn(|i| {
+                let cfg = LapicConfig::new(i as u32, i == 0);
+                Lapic::new(LapicConfig { x2apic: false, tsc_deadline: false, ..cfg })
+            }),
+            vcpus,
+            ioapic: IoApic::new(),
+            pic: Pic::new(),
+            pit: Pit::new(clock),
+            pm: PmTimer::new(clock),
+            hpet: Hpet::new(),
+            rtc: Rtc::new(clock, unix_time, below, ram - below),
+            pci: PciConfig::default(),
+            deadline: u64::MAX,
+        };
+        p.refresh(clock);
+        p
+    }
+
+    /// Splits the borrows: the wires, and the devices that drive them.
+    fn wires(&mut self) -> (Wires<'_>, &mut Pit, &mut PmTimer, &mut Hpet, &mut Rtc) {
+        let n = self.vcpus;
+        (
+            Wires {
+                pic: &mut self.pic,
+                ioapic: &mut self.ioapic,
+                bus: Bus { lapics: &mut self.lapics[..n] },
+            },
+            &mut self.pit,
+            &mut self.pm,
+            &mut self.hpet,
+            &mut self.rtc,
+        )
+    }
+
+    /// Recomputes [`Platform::deadline`].
+    pub fn refresh(&mut self, clock: &Clock) {
+        let lapics = self.lapics[..self.vcpus].iter().filter_map(|l| l.next_deadline(clock));
+        self.deadline = [
+            self.pit.next_deadline(clock),
+            self.pm.next_deadline(clock),
+            self.hpet.next_deadline(clock),
+            self.rtc.next_deadline(clock),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(lapics)
+        .min()
+        .unwrap_or(u64::MAX);
+    }
+
+    /// Lets every device catch up with `clock` (raising the interrupts that came due).
+    pub fn update(&mut self, clock: &Clock) {
+        for l in &mut self.lapics[..self.vcpus] {
+            l.update_timer(clock);
+        }
+        let (mut w, pit, pm, hpet, rtc) = self.wires();
+        // In legacy replacement the HPET drives IRQ 0 and 8; the PIT's and RTC's outputs are
+        // cut off from the lines.
+        let legacy = hpet.legacy_replacement();
+        let mut cut = Cut;
+        if legacy {
+            pit.update(clock, &mut cut);
+            rtc.update(clock, &mut cut);
+        } else {
+            pit.update(clock, &mut w);
+            rtc.update(clock, &mut w);
+        }
+        pm.update(clock, &mut w);
+        hpet.update(clock, &mut w);
+        self.refresh(clock);
+    }
+
+    /// An IN of `size` bytes, if a platform device has `port`.
+    pub fn port_read(&mut self, clock: &Clock, port: u16, size: u8) -> Option<u32> {
+        let v = match port {
+            PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIC_ELCR | 0x4d1 => {
+                u32::from(self.pic.read(port).unwrap_or(0xff))
+            }
+            p if Pit::claims(p) => {
+                let (mut w, pit, ..) = self.wires();
+                pit.read(clock, &mut w, port, size)
+            }
+            p if PmTimer::claims(p) => {
+                let (mut w, _, pm, ..) = self.wires();
+                pm.read(clock, &mut w, port, size)
+            }
+            p if Rtc::claims(p) => {
+                let (mut w, .., rtc) = self.wires();
+                rtc.read(clock, &mut w, port, size)
+            }
+            0xcf8 if size == 4 => self.pci.address,
+            0xcfc..=0xcff => self.pci.read(port, size),
+            0xcf8..=0xcfb => 0,
+            // System control port A: A20 on, no reset in progress.
+            0x92 => 0x02,
+            // The keyboard controller's status: nothing to read, ready for a command (a status
+            // stuck busy would hang a reboot through it).
+            0x64 => 0x1c,
+            0x60 => 0,
+            _ => return None,
+        };
+        self.refresh(clock);
+        Some(v)
+    }
+
+    /// An OUT of `size` bytes, if a platform device has `port`; `Some(None)` when it did
+    /// nothing more than change device state.
+    pub fn port_write(
+        &mut self,
+        clock: &Clock,
+        port: u16,
+        size: u8,
+        value: u32,
+    ) -> Option<Option<PortEffect>> {
+        let mut effect = None;
+        match port {
+            PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIC_ELCR | 0x4d1 => {
+                self.pic.write(port, value as u8);
+            }
+            p if Pit::claims(p) => {
+                let (mut w, pit, ..) = self.wires();
+                pit.write(clock, &mut w, port, size, value);
+            }
+            p if PmTimer::claims(p) => {
+                let (mut w, _, pm, ..) = self.wires();
+                if pm.write(clock, &mut w, port, size, value) == PmOutcome::PowerOff {
+                    effect = Some(PortEffect::PowerOff);
+                }
+            }
+            p if Rtc::claims(p) => {
+                let (mut w, .., rtc) = self.wires();
+                rtc.write(clock, &mut w, port, size, value);
+            }
+            // Fast reset (bit 0 of port A), the reset control register's CPU reset (bit 2), and
+            // the keyboard controller's reset pulse (command 0xFE).
+            0x92 if value & 1 != 0 => effect = Some(PortEffect::Reset),
+            0xcf9 if size == 1 && value & 4 != 0 => effect = Some(PortEffect::Reset),
+            0x64 if value & 0xff == 0xfe => effect = Some(PortEffect::Reset),
+            0xcf8 if size == 4 => self.pci.address = value,
+            0x92 | 0x64 | 0x60 | 0xcf8..=0xcff => {}
+            _ => return None,
+        }
+        self.refresh(clock);
+        Some(effect)
+    }
+
+    /// Which emulated page `gpa` falls in for vCPU `v`, and its offset.
+    pub fn mmio_page(&self, v: usize, gpa: u64) -> Option<(MmioPage, u64)> {
+        let within = |base: u64, len: u64| gpa.checked_sub(base).filter(|&o| o < len);
+        if let Some(o) =
+            self.lapics.get(v).and_then(|l| l.mmio_base()).and_then(|b| within(b, 0x1000))
+        {
+            Some((MmioPage::Lapic, o))
+        } else if let Some(o) = within(IOAPIC_BASE, IOAPIC_SIZE) {
+            Some((MmioPage::IoApic, o))
+        } else {
+            within(HPET_BASE, HPET_LEN).map(|o| (MmioPage::Hpet, o))
+        }
+    }
+
+    /// Reads `size` bytes at `offset` of `page` for vCPU `v`.
+    pub fn mmio_read(
+        &mut self,
+        clock: &Clock,
+        v: usize,
+        page: MmioPage,
+        offset: u64,
+        size: u8,
+    ) -> Result<u64, &'static str> {
+        let r = match page {
+            MmioPage::Lapic => self
+                .lapics
+                .get_mut(v)
+                .ok_or("no such vCPU")?
+                .mmio_read(offset, size, clock)
+                .map(u64::from)
+                .map_err(|_| "not an aligned 32-bit access to the local APIC"),
+            MmioPage::IoApic if size == 4 => Ok(self.ioapic.read(offset).into()),
+            MmioPage::IoApic => Err("not a 32-bit access to the I/O APIC"),
+            MmioPage::Hpet => {
+                let (mut w, _, _, hpet, _) = self.wires();
+                Ok(hpet.read(clock, &mut w, offset, size))
+            }
+        };
+        self.refresh(clock);
+        r
+    }
+
+    /// Writes `size` bytes of `value` at `offset` of `page` for vCPU `v`.
+    pub fn mmio_write(
+        &mut self,
+        clock: &Clock,
+        v: usize,
+        page: MmioPage,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> Result<(), &'static str> {
+        let r = match page {
+            MmioPage::Lapic => {
+                let l = self.lapics.get_mut(v).ok_or("no such vCPU")?;
+                match l.mmio_write(offset, size, value as u32, clock) {
+                    Ok(Some(effect)) => {
+                        self.apic_effect(effect);
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(_) => Err("not an aligned 32-bit access to the local APIC"),
+                }
+            }
+            MmioPage::IoApic if size == 4 => {
+                let (mut w, ..) = self.wires();
+                w.ioapic.write(offset, value as u32, &mut w.bus);
+                Ok(())
+            }
+            MmioPage::IoApic => Err("not a 32-bit access to the I/O APIC"),
+            MmioPage::Hpet => {
+                let (mut w, _, _, hpet, _) = self.wires();
+                hpet.write(clock, &mut w, offset, size, value);
+                Ok(())
+            }
+        };
+        self.refresh(clock);
+        r
+    }
+
+    /// Carries out what a local APIC register write asked for: an EOI broadcast to the I/O
+    /// APIC, or an IPI.
+    pub fn apic_effect(&mut self, effect: ApicEffect) {
+        let (mut w, ..) = self.wires();
+        match effect {
+            ApicEffect::Eoi(e) if e.broadcast => w.ioapic.eoi(e.vector, &mut w.bus),
+            ApicEffect::Eoi(_) => {}
+            ApicEffect::Ipi(req) => w.bus.ipi(req),
+        }
+    }
+
+    /// The interrupt vCPU `v` would take next, if any.
+    pub fn pending(&self, v: usize) -> Option<Pending> {
+        let l = self.lapics.get(v)?;
+        if let Some(vec) = l.highest_deliverable() {
+            return Some(Pending::Apic(vec));
+        }
+        (v == 0 && l.accepts_pic_intr() && self.pic.output()).then_some(Pending::Pic)
+    }
+
+    /// Acknowledges `p` for vCPU `v` (the INTA cycle): the vector to deliver.
+    pub fn acknowledge(&mut self, v: usize, p: Pending) -> u8 {
+        match p {
+            Pending::Apic(vec) => {
+                if let Some(l) = self.lapics.get_mut(v) {
+                    l.ack(vec);
+                }
+                vec
+            }
+            Pending::Pic => self.pic.acknowledge(),
+        }
+    }
+}
+
+/// The lines of a device whose output is cut off (the PIT and RTC under HPET legacy
+/// replacement).
+struct Cut;
+
+impl IrqSink for Cut {
+    fn set_level(&mut self, _gsi: u32, _high: bool) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KHZ: u64 = 1_000_000; // a 1 GHz TSC
+    fn at(ms: u64) -> Clock {
+        Clock { now: ms * KHZ, tsc_khz: KHZ }
+    }
+
+    #[test]
+    fn the_pit_reaches_the_pic_and_the_io_apic_through_pin_2() {
+        let c = at(0);
+        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        // 8259: ICW1..4, vectors 0x20 / 0x28, everything unmasked but the slave.
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0xfe)] {
+            p.port_write(&c, port, 1, v);
+        }
+        // Local APIC on (SVR), LINT0 in ExtINT mode is the power-on virtual wire.
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0x350, 4, 0x700).expect("LINT0 ExtINT");
+        // PIT channel 0, mode 2, 1193 ticks (1 ms).
+        p.port_write(&c, 0x43, 1, 0x34);
+        p.port_write(&c, 0x40, 1, 1193 & 0xff);
+        p.port_write(&c, 0x40, 1, 1193 >> 8);
+        assert!(p.deadline <= at(2).now, "the PIT's next edge is a deadline");
+        assert_eq!(p.pending(0), None);
+        let c = at(2);
+        p.update(&c);
+        assert_eq!(p.pending(0), Some(Pending::Pic));
+        assert_eq!(p.acknowledge(0, Pending::Pic), 0x20);
+        // I/O APIC pin 2 to vector 0x30, physical destination 0: the next tick arrives there.
+        p.mmio_write(&c, 0, MmioPage::IoApic, 0, 4, 0x10 + 2 * 2).expect("select");
+        p.mmio_write(&c, 0, MmioPage::IoApic, 0x10, 4, 0x30).expect("entry");
+        p.update(&at(4));
+        assert_eq!(p.pending(0), Some(Pending::Apic(0x30)));
+        assert_eq!(p.acknowledge(0, Pending::Apic(0x30)), 0x30);
+    }
+
+    #[test]
+    fn resets_power_off_and_pci() {
+        let c = at(0);
+        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        assert_eq!(p.port_write(&c, 0xcf9, 1, 0x06), Some(Some(PortEffect::Reset)));
+        assert_eq!(p.port_write(&c, 0x92, 1, 0x01), Some(Some(PortEffect::Reset)));
+        assert_eq!(p.port_write(&c, 0x64, 1, 0xfe), Some(Some(PortEffect::Reset)));
+        assert_eq!(p.port_read(&c, 0x64, 1), Some(0x1c));
+        // S5: SLP_TYP 7 with SLP_EN.
+        assert_eq!(
+            p.port_write(&c, 0x604, 2, (7 << 10) | (1 << 13)),
+            Some(Some(PortEffect::PowerOff))
+        );
+        p.port_write(&c, 0xcf8, 4, 0x8000_0000);
+        assert_eq!(p.port_read(&c, 0xcfc, 4), Some(0x1237_8086));
+        assert_eq!(p.port_read(&c, 0xcfe, 2), Some(0x1237));
+        p.port_write(&c, 0xcf8, 4, 0x8000_0800); // device 1
+        assert_eq!(p.port_read(&c, 0xcfc, 4), Some(u32::MAX));
+        assert_eq!(p.port_read(&c, 0x1234, 1), None);
+    }
+
+    #[test]
+    fn a_self_ipi_and_the_lapic_timer_arrive() {
+        let c = at(0);
+        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
+        // Self IPI, fixed, vector 0x40 (shorthand self).
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0x300, 4, 0x4_0040).expect("ICR");
+        assert_eq!(p.pending(0), Some(Pending::Apic(0x40)));
+        p.acknowledge(0, Pending::Apic(0x40));
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0xb0, 4, 0).expect("EOI");
+        // Timer: one-shot, vector 0x41, divide by 1, 1,000,000 bus ticks (1 ms at 1 GHz).
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0x3e0, 4, 0xb).expect("divide");
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0x320, 4, 0x41).expect("LVT timer");
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0x380, 4, 1_000_000).expect("initial count");
+        assert_eq!(p.deadline, at(1).now);
+        p.update(&at(1));
+        assert_eq!(p.pending(0), Some(Pending::Apic(0x41)));
+        // A one-shot timer that fired has no deadline; the PIT's power-on 18.2 Hz does.
+        assert_eq!(p.deadline, 54_925_402);
+    }
+}
