@@ -209,6 +209,10 @@ impl<'a> Image<'a> {
 /// Guest-physical address of the page holding the start info, memory map, module list and
 /// strings.
 pub const START_INFO_GPA: u64 = 0x1000;
+/// Start of the PC's legacy hole (VGA memory, option ROMs, the BIOS area): reserved.
+pub const LEGACY_HOLE: u64 = 0xa_0000;
+/// Where RAM resumes above the legacy hole.
+pub const HIGH_RAM: u64 = 0x10_0000;
 /// Memory-map entries the start page can describe.
 pub const MAX_MEMMAP: usize = 8;
 /// Modules the start page can list.
@@ -238,15 +242,30 @@ pub fn build_start_page(
     mem_bytes: u64,
     cmdline: &str,
     modules: &[ModuleDesc<'_>],
+    rsdp_paddr: u64,
 ) -> Result<[u8; 4096], StartPageError> {
     use zerocopy::IntoBytes;
     let mut page = [0u8; 4096];
+    // The PC's layout: the start page reserved, and the legacy hole from 640 KiB to 1 MiB
+    // (where the ACPI tables live) reserved.
     let memmap = [
         MemmapEntry { addr: 0, size: START_INFO_GPA, kind: MEMMAP_RAM, reserved: 0 },
         MemmapEntry { addr: START_INFO_GPA, size: 0x1000, kind: MEMMAP_RESERVED, reserved: 0 },
         MemmapEntry {
             addr: START_INFO_GPA + 0x1000,
-            size: mem_bytes.saturating_sub(START_INFO_GPA + 0x1000),
+            size: LEGACY_HOLE - (START_INFO_GPA + 0x1000),
+            kind: MEMMAP_RAM,
+            reserved: 0,
+        },
+        MemmapEntry {
+            addr: LEGACY_HOLE,
+            size: HIGH_RAM - LEGACY_HOLE,
+            kind: MEMMAP_RESERVED,
+            reserved: 0,
+        },
+        MemmapEntry {
+            addr: HIGH_RAM,
+            size: mem_bytes.saturating_sub(HIGH_RAM),
             kind: MEMMAP_RAM,
             reserved: 0,
         },
@@ -289,7 +308,7 @@ pub fn build_start_page(
         nr_modules: modules.len() as u32,
         modlist_paddr: if modules.is_empty() { 0 } else { START_INFO_GPA + modlist_off as u64 },
         cmdline_paddr,
-        rsdp_paddr: 0,
+        rsdp_paddr,
         memmap_paddr: START_INFO_GPA + memmap_off as u64,
         memmap_entries: memmap.len() as u32,
         reserved: 0,
@@ -399,10 +418,18 @@ mod tests {
     #[test]
     fn start_page_layout() {
         let mods = [ModuleDesc { paddr: 0xc000_0000, size: 1234, cmdline: "hello arg" }];
-        let page = build_start_page(32 << 20, "smoke", &mods).unwrap();
+        let page = build_start_page(32 << 20, "smoke", &mods, 0xe_0000).unwrap();
         let info = <StartInfo as zerocopy::FromBytes>::read_from_prefix(&page).unwrap().0;
         assert_eq!(info.magic, START_INFO_MAGIC);
-        assert_eq!(info.memmap_entries, 3);
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
+        // RAM, the start page, RAM to 640 KiB, the legacy hole, RAM from 1 MiB.
+        assert_eq!(info.memmap_entries, 5);
+        let e = |i: u64| {
+            let at = (info.memmap_paddr - START_INFO_GPA) as usize + 24 * i as usize;
+            <MemmapEntry as zerocopy::FromBytes>::read_from_prefix(&page[at..]).unwrap().0
+        };
+        assert_eq!((e(3).addr, e(3).size, e(3).kind), (LEGACY_HOLE, 0x6_0000, MEMMAP_RESERVED));
+        assert_eq!((e(4).addr, e(4).size, e(4).kind), (HIGH_RAM, (32 << 20) - HIGH_RAM, MEMMAP_RAM));
         assert_eq!(info.nr_modules, 1);
         let at = (info.cmdline_paddr - START_INFO_GPA) as usize;
         assert_eq!(&page[at..at + 6], b"smoke\0");
@@ -410,6 +437,6 @@ mod tests {
         let m = <ModlistEntry as zerocopy::FromBytes>::read_from_prefix(&page[m_at..]).unwrap().0;
         assert_eq!((m.paddr, m.size), (0xc000_0000, 1234));
         let too_long = "x".repeat(5000);
-        assert_eq!(build_start_page(1 << 20, &too_long, &[]), Err(StartPageError::TooBig));
+        assert_eq!(build_start_page(1 << 20, &too_long, &[], 0), Err(StartPageError::TooBig));
     }
 }

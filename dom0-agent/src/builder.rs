@@ -4,8 +4,9 @@
 //! Two image formats are accepted: ELF with the PVH entry note (started in the PVH state with
 //! `ebx` = start info at `0x1000`), and multiboot v1 kernels (ELF, or any file with the header's
 //! address fields; started with `eax = 0x2BADB002`, `ebx` = the information structure at
-//! `0x1000`). The domain is left in state `Created`; the caller unpauses it. On any failure the
-//! half-built domain is destroyed.
+//! `0x1000`). Every domain also gets the ACPI tables of its virtual platform (`acpi`), and
+//! PVH kernels their boot modules (an initrd) after the image. The domain is left in state
+//! `Created`; the caller unpauses it. On any failure the half-built domain is destroyed.
 
 use crate::multiboot;
 use abi::Errno;
@@ -54,6 +55,18 @@ pub struct DomainSpec<'a> {
     /// `DOMCREATE_*` flags.
     pub flags: u32,
     /// The kernel's command line.
+    pub cmdline: &'a str,
+    /// Boot modules for the kernel (an initrd first), placed after its image; PVH guests find
+    /// them in `hvm_start_info`'s module list.
+    pub modules: &'a [Module<'a>],
+}
+
+/// A boot module handed to the domain's kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Module<'a> {
+    /// Its bytes.
+    pub data: &'a [u8],
+    /// Its command line.
     pub cmdline: &'a str,
 }
 
@@ -179,9 +192,25 @@ fn load(s: &pvh::Segment, file: core::ops::Range<usize>) -> Load {
 pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Result<u32, BuildError> {
     let name = name_field(spec.name).ok_or(BuildError::BadName)?;
     let plan = plan(image, spec.mem_bytes)?;
+    // Modules go page-aligned after the image's highest byte.
+    let mut next = plan.loads.iter().map(|l| l.gpa + l.memsz).max().unwrap_or(IMAGE_MIN_GPA);
+    let mut descs: heapless::Vec<pvh::ModuleDesc<'_>, { pvh::MAX_MODULES }> = heapless::Vec::new();
+    for m in spec.modules {
+        let at = next.next_multiple_of(4096);
+        let end = at.checked_add(m.data.len() as u64).ok_or(BuildError::DoesNotFit)?;
+        if end > spec.mem_bytes {
+            return Err(BuildError::DoesNotFit);
+        }
+        let d = pvh::ModuleDesc { paddr: at, size: m.data.len() as u64, cmdline: m.cmdline };
+        descs.push(d).map_err(|_| BuildError::CmdlineTooLong)?;
+        next = end;
+    }
+    let acpi = crate::acpi::build(spec.vcpus);
     let boot_page = match plan.format {
-        Format::Pvh => pvh::build_start_page(spec.mem_bytes, spec.cmdline, &[])
-            .map_err(|_| BuildError::CmdlineTooLong)?,
+        Format::Pvh => {
+            pvh::build_start_page(spec.mem_bytes, spec.cmdline, &descs, crate::acpi::ACPI_GPA)
+                .map_err(|_| BuildError::CmdlineTooLong)?
+        }
         Format::Multiboot => {
             multiboot::build_info(START_INFO_GPA as u32, spec.mem_bytes, spec.cmdline)
                 .ok_or(BuildError::CmdlineTooLong)?
@@ -203,6 +232,14 @@ pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Resul
                 h.mem_write(domid, dst, chunk).map_err(|e| BuildError::Hypercall("load", e))?;
             }
         }
+        for (m, d) in spec.modules.iter().zip(&descs) {
+            for (i, chunk) in m.data.chunks(MEM_WRITE_MAX as usize).enumerate() {
+                let dst = d.paddr + (i as u64) * MEM_WRITE_MAX;
+                h.mem_write(domid, dst, chunk).map_err(|e| BuildError::Hypercall("module", e))?;
+            }
+        }
+        h.mem_write(domid, crate::acpi::ACPI_GPA, &acpi)
+            .map_err(|e| BuildError::Hypercall("ACPI tables", e))?;
         h.mem_write(domid, START_INFO_GPA, &boot_page)
             .map_err(|e| BuildError::Hypercall("boot information", e))?;
         let (rax, rbx) = match plan.format {
@@ -268,7 +305,15 @@ mod tests {
     }
 
     fn spec(mem: u64) -> DomainSpec<'static> {
-        DomainSpec { name: "t", mem_bytes: mem, vcpus: 1, mmu_pages: 0, flags: 0, cmdline: "a b" }
+        DomainSpec {
+            name: "t",
+            mem_bytes: mem,
+            vcpus: 1,
+            mmu_pages: 0,
+            flags: 0,
+            cmdline: "a b",
+            modules: &[],
+        }
     }
 
     /// A multiboot image with address fields: header at offset 0, loaded at 1 MiB.
@@ -297,12 +342,40 @@ mod tests {
         let f = Fake::default();
         assert_eq!(build(&f, &spec(4 << 20), &img), Ok(7));
         let w = f.writes.borrow();
-        assert_eq!(w.len(), 3, "two chunks of the segment and the start page");
+        assert_eq!(w.len(), 4, "two chunks of the segment, the ACPI tables, the start page");
         assert_eq!((w[0].0, w[0].1.len()), (0x10_0000, 65536));
         assert_eq!((w[1].0, w[1].1.len()), (0x11_0000, 70_000 - 65536));
-        assert_eq!(w[2].0, START_INFO_GPA);
+        assert_eq!((w[2].0, &w[2].1[..8]), (crate::acpi::ACPI_GPA, &b"RSD PTR "[..]));
+        assert_eq!(w[3].0, START_INFO_GPA);
+        let info = pvh::StartInfo::read_from_prefix(&w[3].1).unwrap().0;
+        assert_eq!((info.rsdp_paddr, info.nr_modules), (crate::acpi::ACPI_GPA, 0));
         let s = f.state.borrow().expect("state set");
         assert_eq!((s.rip, s.rbx, s.mode), (0x10_0000, START_INFO_GPA, VCPU_MODE_FLAT32));
+    }
+
+    #[test]
+    fn modules_follow_the_image_page_aligned_and_are_listed() {
+        let img = pvh::testing::image(0x10_0000, &[0xab; 70_000], 0x100, 0x10_0000);
+        let initrd = [0x5au8; 5000];
+        let mods = [Module { data: &initrd, cmdline: "initrd" }];
+        let f = Fake::default();
+        assert_eq!(build(&f, &DomainSpec { modules: &mods, ..spec(4 << 20) }, &img), Ok(7));
+        let w = f.writes.borrow();
+        // The image ends at 0x1112a0 (70,000 bytes and 0x100 of bss): the module is at 0x112000.
+        assert_eq!((w[2].0, w[2].1.len()), (0x11_2000, 5000));
+        let page = &w.last().expect("start page").1;
+        let info = pvh::StartInfo::read_from_prefix(page).unwrap().0;
+        assert_eq!(info.nr_modules, 1);
+        let at = (info.modlist_paddr - START_INFO_GPA) as usize;
+        let m = pvh::ModlistEntry::read_from_prefix(&page[at..]).unwrap().0;
+        assert_eq!((m.paddr, m.size), (0x11_2000, 5000));
+        // A module that does not fit is refused before anything is created.
+        let big = std::vec![0u8; 4 << 20];
+        let mods = [Module { data: &big, cmdline: "" }];
+        let f = Fake::default();
+        let spec = DomainSpec { modules: &mods, ..spec(4 << 20) };
+        assert_eq!(build(&f, &spec, &img), Err(BuildError::DoesNotFit));
+        assert!(f.writes.borrow().is_empty());
     }
 
     #[test]
@@ -317,10 +390,10 @@ mod tests {
         let s = f.state.borrow().expect("state set");
         assert_eq!((s.rax, s.rbx), (u64::from(multiboot::BOOT_MAGIC), START_INFO_GPA));
         let w = f.writes.borrow();
-        let info = multiboot::Info::read_from_prefix(&w[1].1).unwrap().0;
+        let info = multiboot::Info::read_from_prefix(&w[2].1).unwrap().0;
         assert_eq!(info.mem_upper, 3 * 1024);
         let cmd = (info.cmdline - START_INFO_GPA as u32) as usize;
-        assert_eq!(&w[1].1[cmd..cmd + 4], b"a b\0");
+        assert_eq!(&w[2].1[cmd..cmd + 4], b"a b\0");
     }
 
     #[test]

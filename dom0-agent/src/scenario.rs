@@ -92,7 +92,15 @@ fn stopped(i: &DomainInfo, _: &Console) -> bool {
 }
 
 fn spec<'a>(name: &'a str, mib: u64, cmdline: &'a str) -> DomainSpec<'a> {
-    DomainSpec { name, mem_bytes: mib << 20, vcpus: 1, mmu_pages: 0, flags: 0, cmdline }
+    DomainSpec {
+        name,
+        mem_bytes: mib << 20,
+        vcpus: 1,
+        mmu_pages: 0,
+        flags: 0,
+        cmdline,
+        modules: &[],
+    }
 }
 
 /// Builds and unpauses a domain from boot module `module_name`.

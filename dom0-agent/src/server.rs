@@ -465,6 +465,7 @@ fn create<'r, H: Control>(
         mmu_pages: config.mmu_pages,
         flags: config.flags,
         cmdline: config.cmdline,
+        modules: &[],
     };
     let domid = match builder::build(ctx.hv, &spec, image) {
         Ok(d) => d,

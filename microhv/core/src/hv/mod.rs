@@ -256,8 +256,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             descs.push(desc).map_err(|_| Dom0Error::StartPage)?;
             window += size.next_multiple_of(2 << 20);
         }
-        let page =
-            pvh::build_start_page(mem_bytes, cmdline, &descs).map_err(|_| Dom0Error::StartPage)?;
+        let page = pvh::build_start_page(mem_bytes, cmdline, &descs, 0)
+            .map_err(|_| Dom0Error::StartPage)?;
         let at = self.guest_range(d, pvh::START_INFO_GPA, FRAME_SIZE, true);
         self.mem.write(at.ok_or(Dom0Error::ImageOutsideMemory)?, &page);
 

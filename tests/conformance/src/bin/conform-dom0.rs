@@ -512,6 +512,7 @@ fn run_domu(
         mmu_pages: 0,
         flags: 0,
         cmdline,
+        modules: &[],
     };
     let d = builder::build(hv, &spec, image).ok()?;
     hv.domain_unpause(d).ok()?;
