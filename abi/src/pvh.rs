@@ -429,7 +429,10 @@ mod tests {
             <MemmapEntry as zerocopy::FromBytes>::read_from_prefix(&page[at..]).unwrap().0
         };
         assert_eq!((e(3).addr, e(3).size, e(3).kind), (LEGACY_HOLE, 0x6_0000, MEMMAP_RESERVED));
-        assert_eq!((e(4).addr, e(4).size, e(4).kind), (HIGH_RAM, (32 << 20) - HIGH_RAM, MEMMAP_RAM));
+        assert_eq!(
+            (e(4).addr, e(4).size, e(4).kind),
+            (HIGH_RAM, (32 << 20) - HIGH_RAM, MEMMAP_RAM)
+        );
         assert_eq!(info.nr_modules, 1);
         let at = (info.cmdline_paddr - START_INFO_GPA) as usize;
         assert_eq!(&page[at..at + 6], b"smoke\0");

@@ -87,8 +87,10 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         Some(other) => println!("unknown misbehave={other}"),
         None => {}
     }
-    if boot.option("scenario") == Some("domus") {
-        guest_rt::exit(if scenario::run_all(&boot) { 0 } else { 1 });
+    match boot.option("scenario") {
+        Some("domus") => guest_rt::exit(if scenario::run_all(&boot) { 0 } else { 1 }),
+        Some("linux") => guest_rt::exit(if scenario::linux(&boot) { 0 } else { 1 }),
+        _ => {}
     }
     if boot.has_flag("smoke") {
         guest_rt::exit(0);

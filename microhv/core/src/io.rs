@@ -1,11 +1,8 @@
-//! The legacy ports outside the interrupt and timer path (those are `platform`'s).
-//!
-//! Port I/O: dom0 owns COM2 outright (its accesses never exit) and sees nothing else. A domU
-//! sees a 16550 UART at COM1 (output goes to its console; it never has input, and its line
-//! status always says "transmitter empty", so polling drivers work), QEMU's debug-exit port
-//! (the value written becomes its shutdown status) and Bochs's shutdown port (writing
-//! "Shutdown"). Every port no device has reads as all-ones and drops writes, as on a PC with
-//! nothing at that address.
+//! The emulators' exit ports, outside the virtual PC (`platform`): QEMU's debug-exit port (the
+//! value written becomes the domain's shutdown status) and Bochs's shutdown port (writing
+//! "Shutdown"). dom0 owns COM2 outright (its accesses never exit) and sees nothing else. Every
+//! port no device has reads as all-ones and drops writes, as on a PC with nothing at that
+//! address.
 
 /// COM1's I/O base.
 pub const COM1: u16 = 0x3f8;
@@ -27,77 +24,9 @@ pub enum IoOutcome {
     Reset,
 }
 
-/// COM1's registers (what a driver programs; only THR output has an effect).
-#[derive(Debug, Default, Clone, Copy)]
-struct Uart {
-    ier: u8,
-    lcr: u8,
-    mcr: u8,
-    scr: u8,
-    dll: u8,
-    dlm: u8,
-    fifo: bool,
-}
-
-const LCR_DLAB: u8 = 0x80;
-/// Line status: transmitter holding register and shift register empty.
-const LSR_IDLE: u8 = 0x60;
-/// Modem status: CTS, DSR, DCD.
-const MSR_READY: u8 = 0xb0;
-
-impl Uart {
-    fn io(&mut self, reg: u16, write: bool, v: u8) -> IoOutcome {
-        let dlab = self.lcr & LCR_DLAB != 0;
-        let done = |b: u8| IoOutcome::Done(b.into());
-        match (reg, write) {
-            (0, true) if !dlab => IoOutcome::Console(v),
-            (0, true) => {
-                self.dll = v;
-                done(0)
-            }
-            (0, false) => done(if dlab { self.dll } else { 0 }),
-            (1, true) if dlab => {
-                self.dlm = v;
-                done(0)
-            }
-            (1, true) => {
-                self.ier = v & 0x0f;
-                done(0)
-            }
-            (1, false) => done(if dlab { self.dlm } else { self.ier }),
-            // IIR: no interrupt pending; FIFO bits when enabled.
-            (2, false) => done(if self.fifo { 0xc1 } else { 0x01 }),
-            (2, true) => {
-                self.fifo = v & 1 != 0;
-                done(0)
-            }
-            (3, true) => {
-                self.lcr = v;
-                done(0)
-            }
-            (3, false) => done(self.lcr),
-            (4, true) => {
-                self.mcr = v & 0x1f;
-                done(0)
-            }
-            (4, false) => done(self.mcr),
-            (5, false) => done(LSR_IDLE),
-            (6, false) => done(MSR_READY),
-            (7, true) => {
-                self.scr = v;
-                done(0)
-            }
-            (7, false) => done(self.scr),
-            // Writes to the read-only LSR / MSR are ignored, as by the hardware.
-            _ => done(0),
-        }
-    }
-}
-
 /// Per-domain emulated devices.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Pc {
-    uart: Uart,
     /// Bytes of "Shutdown" matched so far on the shutdown port.
     shutdown_matched: u8,
 }
@@ -105,10 +34,7 @@ pub struct Pc {
 impl Pc {
     /// Devices in their reset state.
     pub const fn new() -> Self {
-        Self {
-            uart: Uart { ier: 0, lcr: 0, mcr: 0, scr: 0, dll: 0, dlm: 0, fifo: false },
-            shutdown_matched: 0,
-        }
+        Self { shutdown_matched: 0 }
     }
 
     /// Handles one IN or OUT of `size` bytes; `privileged` (dom0) sees no device.
@@ -131,7 +57,6 @@ impl Pc {
         }
         let byte = value as u8;
         match port {
-            COM1..=0x3ff if size == 1 => self.uart.io(port - COM1, write, byte),
             DEBUG_EXIT_PORT if write => IoOutcome::Shutdown(value & mask),
             SHUTDOWN_PORT if write && size == 1 => {
                 let want = b"Shutdown";

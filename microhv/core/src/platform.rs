@@ -19,6 +19,7 @@ use crate::dev::pic::{PIC_ELCR, PIC_MASTER, PIC_SLAVE, Pic};
 use crate::dev::pit::Pit;
 use crate::dev::pmtimer::{PmOutcome, PmTimer};
 use crate::dev::rtc::Rtc;
+use crate::dev::uart::{COM1_IRQ, Uart, UartOut};
 use crate::dev::{Clock, IrqSink};
 use crate::domain::VCPUS;
 
@@ -29,6 +30,8 @@ pub enum PortEffect {
     PowerOff,
     /// A reset through port 0x92, 0xCF9 or the keyboard controller.
     Reset,
+    /// A byte COM1 transmitted (for the domain's console).
+    Console(u8),
 }
 
 /// An MMIO page the platform emulates.
@@ -95,6 +98,8 @@ pub struct Platform {
     pub hpet: Hpet,
     /// The RTC and CMOS.
     pub rtc: Rtc,
+    /// COM1, the domain's console.
+    pub com1: Uart,
     pci: PciConfig,
     /// Earliest TSC at which a device must run (`u64::MAX`: none).
     pub deadline: u64,
@@ -180,6 +185,7 @@ impl Platform {
             pm: PmTimer::new(clock),
             hpet: Hpet::new(),
             rtc: Rtc::new(clock, unix_time, below, ram - below),
+            com1: Uart::new(),
             pci: PciConfig::default(),
             deadline: u64::MAX,
         };
@@ -259,6 +265,11 @@ impl Platform {
                 let (mut w, .., rtc) = self.wires();
                 rtc.read(clock, &mut w, port, size)
             }
+            0x3f8..=0x3ff if size == 1 => {
+                let v = self.com1.read(port - 0x3f8);
+                self.sync_com1();
+                v.into()
+            }
             0xcf8 if size == 4 => self.pci.address,
             0xcfc..=0xcff => self.pci.read(port, size),
             0xcf8..=0xcfb => 0,
@@ -302,6 +313,12 @@ impl Platform {
                 let (mut w, .., rtc) = self.wires();
                 rtc.write(clock, &mut w, port, size, value);
             }
+            0x3f8..=0x3ff if size == 1 => {
+                if let UartOut::Tx(b) = self.com1.write(port - 0x3f8, value as u8) {
+                    effect = Some(PortEffect::Console(b));
+                }
+                self.sync_com1();
+            }
             // Fast reset (bit 0 of port A), the reset control register's CPU reset (bit 2), and
             // the keyboard controller's reset pulse (command 0xFE).
             0x92 if value & 1 != 0 => effect = Some(PortEffect::Reset),
@@ -313,6 +330,20 @@ impl Platform {
         }
         self.refresh(clock);
         Some(effect)
+    }
+
+    /// Drives COM1's interrupt line to what the UART asks for.
+    fn sync_com1(&mut self) {
+        let level = self.com1.irq();
+        let (mut w, ..) = self.wires();
+        w.set_level(COM1_IRQ, level);
+    }
+
+    /// Bytes typed on the domain's console: what COM1's receiver takes (the rest is for later).
+    pub fn console_input(&mut self, bytes: &[u8]) -> usize {
+        let n = self.com1.receive(bytes);
+        self.sync_com1();
+        n
     }
 
     /// Which emulated page `gpa` falls in for vCPU `v`, and its offset.

@@ -86,6 +86,31 @@ pub fn hvctl_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     s
 }
 
+/// A boot of microhv with dom0 running the Linux scenario over `kernel` and `initramfs`.
+pub fn linux_spec(emulator: Emulator, images: &Images, kernel: &Path, initramfs: &Path) -> Spec {
+    let name = format!("linux-{emulator:?}").to_lowercase();
+    let mut s = spec(&name, emulator, images, "scenario=linux");
+    // The module names dom0 looks for are the file names.
+    for (path, want) in [(kernel, "vmlinux"), (initramfs, "initramfs.cpio")] {
+        let named = images.dir.join(want);
+        if path != named {
+            let _ = std::fs::copy(path, &named);
+        }
+        s.modules.push(Module { path: named, args: String::new() });
+    }
+    s.timeout = Duration::from_secs(1200);
+    s
+}
+
+/// What the Linux scenario must show.
+pub fn linux_checks() -> Vec<Check> {
+    vec![
+        Check::Status(StopStatus::Ok),
+        Check::Contains("microhv-linux: init started"),
+        Check::Contains("scenario linux: PASS"),
+    ]
+}
+
 /// The conformance run: `conform-dom0` booted as dom0, with the domU suite and the storm
 /// guest as modules.
 pub fn conformance_spec(emulator: Emulator, images: &Images) -> Spec {

@@ -73,6 +73,19 @@ enum Cmd {
         /// Part of a boot test's name.
         filter: Option<String>,
     },
+    /// Boot Debian's Linux kernel as a domU (the Linux kit) and check it reaches userspace and
+    /// powers off.
+    Linux {
+        /// Emulator to boot under.
+        #[arg(long, value_enum, default_value = "qemu")]
+        emulator: Emulator,
+        /// The PVH vmlinux to boot (default: the kit's, built under target/linux/).
+        #[arg(long)]
+        kernel: Option<std::path::PathBuf>,
+        /// The initramfs (default: the kit's).
+        #[arg(long)]
+        initramfs: Option<std::path::PathBuf>,
+    },
     /// Build the freestanding images only.
     Build,
 }
@@ -140,6 +153,28 @@ fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Conformance { emulator } => {
             deps::ensure(&needs(emulator))?;
             conformance(emulator, &images::build()?)
+        }
+        Cmd::Linux { emulator, kernel, initramfs } => {
+            deps::ensure(&needs(emulator))?;
+            let (Some(kernel), Some(initramfs)) = (kernel, initramfs) else {
+                anyhow::bail!("give --kernel and --initramfs");
+            };
+            let images = images::build()?;
+            let spec = boots::linux_spec(emulator, &images, &kernel, &initramfs);
+            let out = emu::boot(&spec, &images)?;
+            let failures = boots::verify(&out, &boots::linux_checks());
+            for l in out
+                .log
+                .lines()
+                .filter(|l| l.contains("[d0]   linux") || l.contains("scenario linux"))
+            {
+                println!("{l}");
+            }
+            println!("wall time: {:.1} s; log: {}", out.wall.as_secs_f64(), out.dir.display());
+            for f in &failures {
+                println!("    {f}");
+            }
+            Ok(failures.is_empty())
         }
         Cmd::Boot { filter } => {
             deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;

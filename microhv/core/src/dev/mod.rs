@@ -11,6 +11,7 @@ pub mod pic;
 pub mod pit;
 pub mod pmtimer;
 pub mod rtc;
+pub mod uart;
 
 /// Time as the device models see it: the host TSC and its frequency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

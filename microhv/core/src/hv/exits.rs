@@ -35,6 +35,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                         p.port_write(&clock, port, size, rax as u32).map(|e| match e {
                             Some(PortEffect::PowerOff) => IoOutcome::Shutdown(0),
                             Some(PortEffect::Reset) => IoOutcome::Reset,
+                            Some(PortEffect::Console(b)) => IoOutcome::Console(b),
                             None => IoOutcome::Done(0),
                         })
                     }
