@@ -117,22 +117,6 @@ mod tests {
     }
 
     #[test]
-    fn a_polling_uart_driver_works() {
-        let mut pc = Pc::new();
-        // Typical init: IER off, DLAB, divisor 1, 8N1, FIFO on, RTS/DTR.
-        for (r, v) in [(1, 0), (3, 0x80), (0, 1), (1, 0), (3, 3), (2, 0xc7), (4, 0x0b)] {
-            assert_eq!(pc.port_io(false, COM1 + r, 1, true, v), IoOutcome::Done(0));
-        }
-        assert_eq!(pc.port_io(false, COM1 + 3, 1, false, 0), IoOutcome::Done(3));
-        assert_eq!(pc.port_io(false, COM1 + 5, 1, false, 0), IoOutcome::Done(0x60));
-        assert_eq!(pc.port_io(false, COM1 + 2, 1, false, 0), IoOutcome::Done(0xc1));
-        assert_eq!(pc.port_io(false, COM1, 1, true, u32::from(b'x')), IoOutcome::Console(b'x'));
-        assert_eq!(pc.port_io(false, COM1 + 7, 1, true, 0x5a), IoOutcome::Done(0));
-        assert_eq!(pc.port_io(false, COM1 + 7, 1, false, 0), IoOutcome::Done(0x5a));
-        assert_eq!(pc.port_io(false, COM1, 1, false, 0), IoOutcome::Done(0), "no input");
-    }
-
-    #[test]
     fn exit_ports() {
         let mut pc = Pc::new();
         assert_eq!(
