@@ -3,6 +3,8 @@
 //! - `cargo xtask run`: boots microhv with dom0 and shows its console until interrupted.
 //! - `cargo xtask smoke`: boots, waits for dom0 to report ready, prints `dom0 ready`.
 //! - `cargo xtask test`: formatting, clippy, host tests, then every boot test.
+//! - `cargo xtask linux-kit`: fetches Debian's cloud kernel and busybox, and builds the Linux
+//!   guest kit (a PVH `vmlinux` and an initramfs) in `target/linux/`.
 //!
 //! Logs of each boot are kept in `target/microhv/<name>/` (`com1.log` is microhv's console).
 
@@ -11,6 +13,7 @@ mod deps;
 mod emu;
 mod hvctl_test;
 mod images;
+mod linux;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -75,6 +78,8 @@ enum Cmd {
     },
     /// Build the freestanding images only.
     Build,
+    /// Fetch Debian's cloud kernel and busybox; build the Linux guest kit in target/linux/.
+    LinuxKit,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +145,10 @@ fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Conformance { emulator } => {
             deps::ensure(&needs(emulator))?;
             conformance(emulator, &images::build()?)
+        }
+        Cmd::LinuxKit => {
+            linux::report(&linux::kit()?)?;
+            Ok(true)
         }
         Cmd::Boot { filter } => {
             deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
