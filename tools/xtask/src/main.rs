@@ -3,6 +3,8 @@
 //! - `cargo xtask run`: boots microhv with dom0 and shows its console until interrupted.
 //! - `cargo xtask smoke`: boots, waits for dom0 to report ready, prints `dom0 ready`.
 //! - `cargo xtask test`: formatting, clippy, host tests, then every boot test.
+//! - `cargo xtask linux-kit`: fetches Debian's cloud kernel and busybox, and builds the Linux
+//!   guest kit (a PVH `vmlinux` and an initramfs) in `target/linux/`.
 //!
 //! Logs of each boot are kept in `target/microhv/<name>/` (`com1.log` is microhv's console).
 
@@ -11,6 +13,7 @@ mod deps;
 mod emu;
 mod hvctl_test;
 mod images;
+mod linux;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -88,6 +91,8 @@ enum Cmd {
     },
     /// Build the freestanding images only.
     Build,
+    /// Fetch Debian's cloud kernel and busybox; build the Linux guest kit in target/linux/.
+    LinuxKit,
 }
 
 fn main() -> ExitCode {
@@ -154,33 +159,46 @@ fn run(cmd: Cmd) -> Result<bool> {
             deps::ensure(&needs(emulator))?;
             conformance(emulator, &images::build()?)
         }
-        Cmd::Linux { emulator, kernel, initramfs } => {
-            deps::ensure(&needs(emulator))?;
-            let (Some(kernel), Some(initramfs)) = (kernel, initramfs) else {
-                anyhow::bail!("give --kernel and --initramfs");
-            };
-            let images = images::build()?;
-            let spec = boots::linux_spec(emulator, &images, &kernel, &initramfs);
-            let out = emu::boot(&spec, &images)?;
-            let failures = boots::verify(&out, &boots::linux_checks());
-            for l in out
-                .log
-                .lines()
-                .filter(|l| l.contains("[d0]   linux") || l.contains("scenario linux"))
-            {
-                println!("{l}");
-            }
-            println!("wall time: {:.1} s; log: {}", out.wall.as_secs_f64(), out.dir.display());
-            for f in &failures {
-                println!("    {f}");
-            }
-            Ok(failures.is_empty())
+        Cmd::Linux { emulator, kernel, initramfs } => linux_boot(emulator, kernel, initramfs),
+        Cmd::LinuxKit => {
+            linux::report(&linux::kit()?)?;
+            Ok(true)
         }
         Cmd::Boot { filter } => {
             deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
             boots::run_all(&images::build()?, filter.as_deref().unwrap_or(""))
         }
     }
+}
+
+/// Boots the Linux kit's kernel (or the given files) as a domU and checks the scenario.
+fn linux_boot(
+    emulator: Emulator,
+    kernel: Option<std::path::PathBuf>,
+    initramfs: Option<std::path::PathBuf>,
+) -> Result<bool> {
+    deps::ensure(&needs(emulator))?;
+    let (kernel, initramfs) = match (kernel, initramfs) {
+        (Some(k), Some(i)) => (k, i),
+        (k, i) => {
+            let kit = linux::kit()?;
+            (k.unwrap_or(kit.vmlinux), i.unwrap_or(kit.initramfs))
+        }
+    };
+    let images = images::build()?;
+    let spec = boots::linux_spec(emulator, &images, &kernel, &initramfs);
+    let out = emu::boot(&spec, &images)?;
+    let failures = boots::verify(&out, &boots::linux_checks());
+    for l in out.log.lines().filter(|l| {
+        l.contains("[d0]   linux") || l.contains("scenario linux") || l.contains("microhv-linux:")
+    }) {
+        println!("{l}");
+    }
+    println!("wall time: {:.1} s; log: {}", out.wall.as_secs_f64(), out.dir.display());
+    for f in &failures {
+        println!("    {f}");
+    }
+    Ok(failures.is_empty())
 }
 
 /// Extracts the figure after `key` in the log (up to the next non-digit).

@@ -126,7 +126,7 @@ impl Uart {
             4 => self.mcr,
             5 => {
                 let errors = core::mem::take(&mut self.lsr_errors);
-                LSR_TX_EMPTY | errors | u8::from(!self.rx.is_empty()) * LSR_DR
+                LSR_TX_EMPTY | errors | (u8::from(!self.rx.is_empty()) * LSR_DR)
             }
             6 if self.mcr & MCR_LOOP != 0 => {
                 // Loopback: RTS → CTS, DTR → DSR, OUT1 → RI, OUT2 → DCD.
