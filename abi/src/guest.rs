@@ -93,6 +93,11 @@ impl Hypervisor {
         self.op(Op::ConsoleWrite, [addr(bytes), bytes.len() as u64, 0, 0, 0])
     }
 
+    /// `ConsoleInput`: bytes typed on `domid`'s console; returns how many it took.
+    pub fn console_input(&self, domid: u32, bytes: &[u8]) -> Result<u64, Errno> {
+        self.op(Op::ConsoleInput, [domid.into(), addr(bytes), bytes.len() as u64, 0, 0])
+    }
+
     /// `Yield`.
     pub fn yield_now(&self) -> Result<(), Errno> {
         self.op(Op::Yield, [0; 5]).map(drop)

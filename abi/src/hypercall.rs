@@ -177,6 +177,8 @@ ops! {
     Stats = 0x1D, true;
     /// `(domid, reason, status) -> 0`: stop another domain with a shutdown reason.
     DomainShutdown = 0x1E, true;
+    /// `(domid, buf_gpa, len) -> accepted`: bytes typed on a domU's console (its COM1).
+    ConsoleInput = 0x1F, true;
 }
 
 /// Shutdown reasons (`Shutdown`, `DomainShutdown`).
@@ -217,6 +219,8 @@ pub const MIN_DOMAIN_MEM: u64 = 2 << 20;
 pub const MAX_DOMAIN_MEM: u64 = 2 << 30;
 /// Longest `ConsoleWrite`.
 pub const CONSOLE_WRITE_MAX: u64 = 1024;
+/// Longest `ConsoleInput`.
+pub const CONSOLE_INPUT_MAX: u64 = 256;
 /// Longest `ConsoleRead`; also the size of each domain's console ring.
 pub const CONSOLE_READ_MAX: u64 = 4096;
 /// Longest `MemWrite`: bounds the time one hypercall spends in ring 0.

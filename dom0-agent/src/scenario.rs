@@ -370,6 +370,8 @@ pub fn run_all(boot: &Boot) -> bool {
     fail == 0
 }
 
+/// The command dom0 types on the Linux domU's console.
+const TYPED: &[u8] = b"echo typed-on-the-console\n";
 /// The Linux domU's memory.
 const LINUX_MIB: u64 = 256;
 /// Its command line: a serial console and nothing that helps it calibrate or find its devices.
@@ -418,6 +420,8 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
     let mut marks: heapless::Vec<u8, 4096> = heapless::Vec::new();
     let mut buf = [0u8; CONSOLE_READ_MAX as usize];
     let mut last_progress = rdtsc();
+    // What dom0 types on the domain's console once init asks for a command.
+    let mut typing: &[u8] = b"";
     let i = loop {
         let mut got = false;
         while let Ok(n @ 1..) = hv.console_read(d, &mut buf) {
@@ -430,11 +434,19 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
                         let _ = marks.extend_from_slice(&line);
                         let _ = marks.push(b'\n');
                     }
+                    if contains(&line, "microhv-linux: type a command") {
+                        typing = TYPED;
+                    }
                     line.clear();
                 } else if b != b'\r' {
                     let _ = line.push(b);
                 }
             }
+        }
+        if !typing.is_empty()
+            && let Ok(n) = hv.console_input(d, typing)
+        {
+            typing = &typing[(n as usize).min(typing.len())..];
         }
         if got {
             last_progress = rdtsc();
@@ -457,9 +469,16 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
         rdtsc() - start_tsc
     );
     destroy(d)?;
-    for want in
-        ["microhv-linux: init started", "microhv-linux: slept", "microhv-linux: powering off"]
-    {
+    for want in [
+        "microhv-linux: init started",
+        "microhv-linux: cpus 1",
+        "microhv-linux: MemTotal:",
+        "microhv-linux: slept, date advanced by 1 s",
+        "microhv-linux: timer interrupts",
+        "microhv-linux: ran: echo typed-on-the-console",
+        "microhv-linux: exit status 0",
+        "microhv-linux: powering off",
+    ] {
         if !contains(&marks, want) {
             println!("  linux: missing {want:?}");
             return Err("init did not report everything");

@@ -71,6 +71,7 @@ pub fn dispatch<B: Backend, P: PhysMem, const W: usize>(
         Op::MemWrite => mem_write(hv, d, args[0], args[1], args[2], args[3]),
         Op::VcpuSetState => vcpu_set_state(hv, d, args[0], args[1], args[2]),
         Op::ConsoleRead => console_read(hv, d, args[0], args[1], args[2]),
+        Op::ConsoleInput => console_input(hv, d, args[0], args[1], args[2]),
         Op::PhysInfo => phys_info(hv, d, args[0]),
         Op::Stats => stats(hv, d, args[0], args[1]),
         Op::DomainShutdown => domain_shutdown(hv, args[0], args[1], args[2]),
@@ -525,6 +526,25 @@ fn console_read<B: Backend, P: PhysMem, const W: usize>(
     let mut buf = [0u8; CONSOLE_READ_MAX as usize];
     let n = hv.domains[t].console.read(&mut buf[..len as usize]);
     copy_to_guest(hv, d, gpa, &buf[..n])?;
+    Ok(n as u64)
+}
+
+fn console_input<B: Backend, P: PhysMem, const W: usize>(
+    hv: &mut Hv<B, P, W>,
+    d: usize,
+    domid: u64,
+    gpa: u64,
+    len: u64,
+) -> R {
+    let t = target_domu(hv, domid)?;
+    if len > CONSOLE_INPUT_MAX {
+        return Err(Errno::E2BIG);
+    }
+    let mut buf = [0u8; CONSOLE_INPUT_MAX as usize];
+    let buf = &mut buf[..len as usize];
+    copy_from_guest(hv, d, gpa, buf)?;
+    let n = hv.domains[t].platform.as_mut().map_or(0, |p| p.console_input(buf));
+    hv.timers_changed();
     Ok(n as u64)
 }
 

@@ -118,10 +118,28 @@ fn version_is_the_abi_word_for_everyone() {
 }
 
 #[test]
+fn console_input_reaches_a_domus_com1_only_from_dom0() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    put(&mut hv, 0, SCRATCH, b"ls\n");
+    let op = Op::ConsoleInput as u64;
+    // FIFO off: the receiver takes one byte; the rest is for later.
+    assert_eq!(call(&mut hv, 0, op, [d as u64, SCRATCH, 3, 0, 0]), 1);
+    assert_eq!(call(&mut hv, 0, op, [d as u64, SCRATCH, 3, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, op, [0, SCRATCH, 3, 0, 0]), EPERM, "not into dom0");
+    assert_eq!(call(&mut hv, 0, op, [99, SCRATCH, 3, 0, 0]), ESRCH);
+    assert_eq!(call(&mut hv, 0, op, [d as u64, SCRATCH, CONSOLE_INPUT_MAX + 1, 0, 0]), E2BIG);
+    assert_eq!(call(&mut hv, 0, op, [d as u64, u64::MAX - 1, 3, 0, 0]), EFAULT);
+    assert_eq!(call(&mut hv, d, op, [d as u64, SCRATCH, 3, 0, 0]), EPERM, "dom0 only");
+    let com1 = &mut hv.domains[d].platform.as_mut().expect("platform").com1;
+    assert_eq!(com1.read(0), b'l');
+}
+
+#[test]
 fn unknown_operations_are_enosys() {
     let mut hv = world();
     let d = running(&mut hv, "u");
-    for op in [0x04, 0x0f, 0x1f, 0x20, 0x100, 1 << 32, u64::MAX] {
+    for op in [0x04, 0x0f, 0x20, 0x21, 0x100, 1 << 32, u64::MAX] {
         assert_eq!(call(&mut hv, 0, op, [0; 5]), ENOSYS, "op {op:#x} from dom0");
         assert_eq!(call(&mut hv, d, op, [0; 5]), ENOSYS, "op {op:#x} from a domU");
     }
