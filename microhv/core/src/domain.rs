@@ -31,6 +31,8 @@ pub struct Vcpu<V> {
     pub halted_if: bool,
     /// Interrupt-window exiting is on (mirrors the backend's control, to spare it writes).
     pub irq_window: bool,
+    /// Its MTRRs.
+    pub mtrrs: crate::mtrr::Mtrrs,
 }
 
 impl<V> Vcpu<V> {
@@ -43,6 +45,7 @@ impl<V> Vcpu<V> {
             halted: false,
             halted_if: false,
             irq_window: false,
+            mtrrs: crate::mtrr::Mtrrs::new(),
         }
     }
 }

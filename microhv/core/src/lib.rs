@@ -25,6 +25,7 @@ pub mod hypercall;
 pub mod insn;
 pub mod io;
 pub mod mem;
+pub mod mtrr;
 pub mod platform;
 pub mod policy;
 pub mod regs;

@@ -94,6 +94,14 @@ pub mod msr {
     pub const MISC_ENABLE: u32 = 0x1a0;
     /// IA32_EFER.
     pub const EFER: u32 = 0xc000_0080;
+    /// IA32_BIOS_SIGN_ID: the microcode revision (bits 63:32), which software reads after
+    /// writing 0 and executing CPUID; writes are accepted and dropped.
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
+    /// AMD's interrupt-pending message register (C1E); read as 0 on AMD CPUs: no C1E.
+    pub const AMD_INT_PENDING: u32 = 0xc001_0055;
+    /// AMD's SYSCFG (its MTRR extensions); read as 0 on AMD CPUs: no DRAM-modified fixed
+    /// ranges, no top-of-memory registers in use.
+    pub const AMD_SYSCFG: u32 = 0xc001_0010;
     /// IA32_FS_BASE.
     pub const FS_BASE: u32 = 0xc000_0100;
     /// IA32_GS_BASE.

@@ -275,6 +275,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         Some(out)
     }
 
+    /// The CPU vendor string guests see (the host's).
+    fn vendor(&self) -> [u8; 12] {
+        crate::hwcaps::vendor(self.backend.host_cpuid(0, 0))
+    }
+
     /// vCPU `v`'s local APIC.
     fn lapic(&mut self, d: usize, v: usize) -> Option<&mut crate::dev::lapic::Lapic> {
         self.domains[d].platform.as_mut()?.lapics.get_mut(v)
@@ -490,6 +495,22 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.timers_changed();
                 ok
             }
+            (m, false) if crate::mtrr::Mtrrs::owns(m) => {
+                let val = self.domains[d].vcpus[v].mtrrs.read(m).unwrap_or(0);
+                read(self, val)
+            }
+            (m, true) if crate::mtrr::Mtrrs::owns(m) => {
+                self.domains[d].vcpus[v].mtrrs.write(m, value).is_ok()
+            }
+            (AMD_SYSCFG | AMD_INT_PENDING, false)
+                if crate::hwcaps::is_amd_vendor(&self.vendor()) =>
+            {
+                read(self, 0)
+            }
+            // Microcode revision 1 (what KVM reports too); the write that precedes the read
+            // (to ask the CPU to fill it in) is accepted.
+            (BIOS_SIGN_ID, false) => read(self, 1 << 32),
+            (BIOS_SIGN_ID, true) => true,
             (MISC_ENABLE, false) => read(self, policy::MISC_ENABLE_VALUE),
             (FEATURE_CONTROL, false) => read(self, policy::FEATURE_CONTROL_VALUE),
             _ => {
