@@ -312,20 +312,8 @@ fn timer_reg(reg: u64) -> Option<(usize, u64)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::vec::Vec;
 
-    #[derive(Default)]
-    struct Sink(Vec<(u32, bool)>);
-    impl IrqSink for Sink {
-        fn set_level(&mut self, gsi: u32, high: bool) {
-            self.0.push((gsi, high));
-        }
-    }
-    impl Sink {
-        fn pulses(&self, g: u32) -> usize {
-            self.0.iter().filter(|e| **e == (g, true)).count()
-        }
-    }
+    use crate::dev::testing::Sink;
 
     /// A 1 GHz TSC: 10 cycles per HPET tick.
     fn at(ticks: u64) -> Clock {

@@ -51,6 +51,29 @@ pub trait IrqSink {
     }
 }
 
+/// Test doubles shared by the device models' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::vec::Vec;
+
+    /// An [`super::IrqSink`] that records every level it is driven to.
+    #[derive(Default)]
+    pub struct Sink(pub Vec<(u32, bool)>);
+
+    impl super::IrqSink for Sink {
+        fn set_level(&mut self, gsi: u32, high: bool) {
+            self.0.push((gsi, high));
+        }
+    }
+
+    impl Sink {
+        /// Rising edges on `gsi`.
+        pub fn pulses(&self, gsi: u32) -> usize {
+            self.0.iter().filter(|e| **e == (gsi, true)).count()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Clock;

@@ -409,23 +409,11 @@ fn to_bcd(v: u64) -> u16 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::vec::Vec;
 
     /// A TSC at exactly 1000 cycles per PIT tick.
     const K: u64 = 1000;
 
-    #[derive(Default)]
-    struct Sink(Vec<(u32, bool)>);
-    impl IrqSink for Sink {
-        fn set_level(&mut self, gsi: u32, high: bool) {
-            self.0.push((gsi, high));
-        }
-    }
-    impl Sink {
-        fn pulses(&self) -> usize {
-            self.0.iter().filter(|e| **e == (PIT_GSI, true)).count()
-        }
-    }
+    use crate::dev::testing::Sink;
 
     fn at(ticks: u64) -> Clock {
         Clock { now: ticks * K, tsc_khz: PIT_HZ }
@@ -467,15 +455,15 @@ mod tests {
         assert_eq!(t.status(999, 0) >> 7, 0, "OUT low for the tick at count 1");
         assert_eq!(t.status(1000, 0) >> 7, 1);
         assert_eq!(t.count(1000, 0x40), 1000, "reloaded");
-        assert_eq!(t.sink.pulses(), 1);
+        assert_eq!(t.sink.pulses(PIT_GSI), 1);
         assert_eq!(t.pit.next_deadline(&at(1000)), Some(2000 * K));
         t.pit.update(&at(1999), &mut t.sink);
-        assert_eq!(t.sink.pulses(), 1);
+        assert_eq!(t.sink.pulses(PIT_GSI), 1);
         t.pit.update(&at(2000), &mut t.sink);
-        assert_eq!(t.sink.pulses(), 2);
+        assert_eq!(t.sink.pulses(PIT_GSI), 2);
         // Ten periods unserviced: one edge, then the next period's deadline.
         t.pit.update(&at(12500), &mut t.sink);
-        assert_eq!(t.sink.pulses(), 3);
+        assert_eq!(t.sink.pulses(PIT_GSI), 3);
         assert_eq!(t.pit.next_deadline(&at(12500)), Some(13000 * K));
         // A 10-tick period interrupts no more often than every MIN_PERIOD_US.
         let mut t = T::new();
@@ -486,7 +474,7 @@ mod tests {
         let gap = PIT_HZ * MIN_PERIOD_US / 1000;
         assert_eq!(t.pit.next_deadline(&at(10)), Some(10 * K + gap));
         t.pit.update(&at(20), &mut t.sink);
-        assert_eq!(t.sink.pulses(), 1);
+        assert_eq!(t.sink.pulses(PIT_GSI), 1);
     }
 
     #[test]
@@ -508,7 +496,7 @@ mod tests {
         t.out(400, 0x61, 1);
         assert_eq!(t.count(400, 0x42), 100);
         assert!(!out(&mut t, 400 + 51));
-        assert_eq!(t.sink.pulses(), 0, "only channel 0 interrupts");
+        assert_eq!(t.sink.pulses(PIT_GSI), 0, "only channel 0 interrupts");
     }
 
     #[test]
@@ -612,10 +600,10 @@ mod tests {
         t.out(0, 0x40, 0);
         assert_eq!(t.pit.next_deadline(&at(0)), Some(50 * K));
         t.pit.update(&at(49), &mut t.sink);
-        assert_eq!(t.sink.pulses(), 0);
+        assert_eq!(t.sink.pulses(PIT_GSI), 0);
         t.pit.update(&at(50), &mut t.sink);
         t.pit.update(&at(5000), &mut t.sink);
-        assert_eq!(t.sink.pulses(), 1);
+        assert_eq!(t.sink.pulses(PIT_GSI), 1);
         assert_eq!(t.pit.next_deadline(&at(5000)), None);
         // Linux's one-shot clockevent: mode 4, OUT pulses low at the terminal count.
         t.out(6000, 0x43, 0x38);
@@ -623,9 +611,9 @@ mod tests {
         t.out(6000, 0x40, 0);
         assert_eq!(t.pit.next_deadline(&at(6000)), Some(6011 * K));
         assert_eq!(t.status(6010, 0) >> 7, 0);
-        assert_eq!(t.sink.pulses(), 1);
+        assert_eq!(t.sink.pulses(PIT_GSI), 1);
         assert_eq!(t.status(6011, 0) >> 7, 1);
-        assert_eq!(t.sink.pulses(), 2);
+        assert_eq!(t.sink.pulses(PIT_GSI), 2);
     }
 
     #[test]
@@ -640,7 +628,7 @@ mod tests {
         assert_eq!(t.count(1000, 0x40), 400, "new count loaded");
         assert_eq!(t.count(1300, 0x40), 100);
         assert_eq!(t.count(1400, 0x40), 400);
-        assert_eq!(t.sink.pulses(), 2, "the edges at 1000 and 1400");
+        assert_eq!(t.sink.pulses(PIT_GSI), 2, "the edges at 1000 and 1400");
     }
 
     #[test]
@@ -699,7 +687,7 @@ mod tests {
                 if let Some(d) = pit.next_deadline(&c).filter(|d| *d > now) {
                     let (mut early, mut s) = (pit.clone(), Sink::default());
                     early.update(&Clock { now: d - 1, tsc_khz: khz }, &mut s);
-                    prop_assert_eq!(s.pulses(), 0);
+                    prop_assert_eq!(s.pulses(PIT_GSI), 0);
                 }
             }
         }

@@ -185,15 +185,8 @@ impl PmTimer {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::vec::Vec;
 
-    #[derive(Default)]
-    struct Sink(Vec<(u32, bool)>);
-    impl IrqSink for Sink {
-        fn set_level(&mut self, gsi: u32, high: bool) {
-            self.0.push((gsi, high));
-        }
-    }
+    use crate::dev::testing::Sink;
 
     /// A TSC at exactly 1000 cycles per timer tick.
     fn at(ticks: u64) -> Clock {

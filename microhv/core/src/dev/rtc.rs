@@ -366,15 +366,8 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::vec::Vec;
 
-    #[derive(Default)]
-    struct Sink(Vec<(u32, bool)>);
-    impl IrqSink for Sink {
-        fn set_level(&mut self, gsi: u32, high: bool) {
-            self.0.push((gsi, high));
-        }
-    }
+    use crate::dev::testing::Sink;
 
     /// 2023-11-14 22:13:20 UTC, a Tuesday.
     const T0: u64 = 1_700_000_000;
