@@ -214,7 +214,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
         spec: hvctl_spec(name, emu, images),
         checks: vec![
             Status(StopStatus::Ok),
-            Contains("[d0] serving the control protocol v1 on COM2 (5 boot module(s)"),
+            Contains("[d0] serving the control protocol v1 on COM2 (6 boot module(s)"),
             Contains("create \"up-spin\" from upload -> d1"),
             Contains("create \"mod-hello\" from module \"hello\" -> d2"),
             Contains("undecodable request -> error: unknown request (tag 99)"),
@@ -282,7 +282,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             checks: vec![
                 Status(StopStatus::Ok),
                 Contains("VMX with EPT"),
-                Contains("[d0] microhv ABI 1.0 (dom0 built for 1.0): ok"),
+                Contains("[d0] microhv ABI 1.1 (dom0 built for 1.1): ok"),
                 Contains("[d0] dom0 ready"),
                 Contains("nested page faults served by the mmu"),
             ],
@@ -294,7 +294,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             checks: vec![
                 Status(StopStatus::Ok),
                 Contains("SVM with NPT"),
-                Contains("[d0] microhv ABI 1.0 (dom0 built for 1.0): ok"),
+                Contains("[d0] microhv ABI 1.1 (dom0 built for 1.1): ok"),
                 Contains("[d0] dom0 ready"),
                 Contains("[d0] bench: null hypercall round trip"),
                 Contains("nested page faults served by the mmu"),
@@ -308,7 +308,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             checks: vec![
                 Status(StopStatus::Ok),
                 Contains("SVM with NPT"),
-                Contains("[d0] microhv ABI 1.0 (dom0 built for 1.0): ok"),
+                Contains("[d0] microhv ABI 1.1 (dom0 built for 1.1): ok"),
                 Contains("[d0] dom0 ready"),
                 Contains("[d0] bench: null hypercall round trip"),
                 Contains("nested page faults served by the mmu"),

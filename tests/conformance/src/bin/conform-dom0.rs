@@ -123,7 +123,7 @@ fn discovery(s: &mut Suite) {
     let hv = guest_rt::hv();
     s.check("cpuid-identifies-dom0", hv.privileged && hv.domid == 0, format_args!("{hv:?}"));
     s.expect("version", call(0, [0; 5]), i64::from(abi::abi_version_word()));
-    for n in [0x04u64, 0x0f, 0x1f, 0x20, 0x100, 1 << 32, u64::MAX] {
+    for n in [0x04u64, 0x0f, 0x20, 0x21, 0x100, 1 << 32, u64::MAX] {
         s.expect_err(&name(format_args!("unknown-op-{n:#x}")), call(n, [0; 5]), ENOSYS);
     }
     s.expect("yield", call(Op::Yield as u64, [0; 5]), 0);
@@ -438,6 +438,19 @@ fn lifecycle(s: &mut Suite) {
     );
     s.expect_err("console-read-unmapped", call(cr, [d, 0xb000_0000, 64, 0, 0]), EFAULT);
     s.expect_err("console-read-missing", call(cr, [99, scratch_addr(), 64, 0, 0]), ESRCH);
+    // Typing on a domU's COM1: its receiver (FIFO off after reset) takes one byte at a time.
+    let ci = Op::ConsoleInput as u64;
+    s.expect("console-input", call(ci, [d, scratch_addr(), 4, 0, 0]), 1);
+    s.expect("console-input-receiver-full", call(ci, [d, scratch_addr(), 4, 0, 0]), 0);
+    s.expect("console-input-zero", call(ci, [d, scratch_addr(), 0, 0, 0]), 0);
+    s.expect_err(
+        "console-input-max+1",
+        call(ci, [d, scratch_addr(), CONSOLE_INPUT_MAX + 1, 0, 0]),
+        E2BIG,
+    );
+    s.expect_err("console-input-unmapped", call(ci, [d, 0xb000_0000, 4, 0, 0]), EFAULT);
+    s.expect_err("console-input-missing", call(ci, [99, scratch_addr(), 4, 0, 0]), ESRCH);
+    s.expect_err("console-input-dom0", call(ci, [0, scratch_addr(), 4, 0, 0]), EPERM);
 
     // Shutdown by dom0, then misuse of a stopped domain.
     let sh = Op::DomainShutdown as u64;
@@ -569,6 +582,7 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
         Op::PhysInfo,
         Op::Stats,
         Op::DomainShutdown,
+        Op::ConsoleInput,
     ];
     let mut owned: heapless::Vec<u64, 16> = heapless::Vec::new();
     for i in 0..calls {
