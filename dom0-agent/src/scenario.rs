@@ -313,6 +313,15 @@ fn platform(boot: &Boot) -> Result<(), &'static str> {
     {
         return Err("a reset through port 0xCF9 did not end in reboot");
     }
+    // Mode changes microhv completes must fault or succeed as on the CPU, never fail VM entry:
+    // the guest's status is a mask of the cases that went wrong.
+    let d = start(boot, "modes", &spec("modes", 4, ""))?;
+    let i = wait(d, &mut con, stopped)?;
+    destroy(d)?;
+    println!("  modes: state {}, failure mask {:#x}", i.state, i.shutdown_status);
+    if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 0 {
+        return Err("a mode change did not behave as on the CPU");
+    }
     Ok(())
 }
 

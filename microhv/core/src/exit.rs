@@ -298,7 +298,7 @@ pub enum GuestReg {
     Pdpte(u8),
     /// The code segment's L (bit 0) and D/B (bit 1) attributes; read-only.
     CsLd,
-    /// The type field (0–15) of the task register's cached descriptor.
+    /// The type field (0–15) of the task register's cached descriptor; read-only.
     TrType,
 }
 

@@ -703,8 +703,8 @@ fn emulated_instructions_complete_as_the_cpu_would() {
         assert_eq!((v.rip, v.injected.as_slice()), (0x1000, [GeneralProtection].as_slice()));
         assert_eq!(state, DomainState::Shutdown, "{e:?}: the domain carries on");
     }
-    // Activating IA-32e mode: CS.L set is #GP (the write is not applied); a 16-bit TSS in TR
-    // becomes the 64-bit busy TSS VM entry requires.
+    // Activating IA-32e mode: CS.L set, or a TSS other than a busy 32-bit one in TR, is #GP
+    // (the write is not applied).
     let activate = Exit::CrWrite { cr: 0, value: CR0_PG | 0x11 };
     let long = |cs_ld: u64, tr: u64| {
         move |v: &mut crate::testutil::FakeVcpu| {
@@ -717,8 +717,11 @@ fn emulated_instructions_complete_as_the_cpu_would() {
         assert_eq!(v.regs.get("cr0"), None);
     }
     let (v, ..) = one_exit(activate, long(2, 3));
+    assert_eq!(v.injected, [GeneralProtection], "16-bit busy TSS");
+    assert_eq!(v.regs.get("cr0"), None);
+    let (v, ..) = one_exit(activate, long(2, 11));
     assert!(v.injected.is_empty());
-    assert_eq!((v.regs.get("cr0"), v.regs.get("tr_type")), (Some(&(CR0_PG | 0x11)), Some(&11)));
+    assert_eq!(v.regs.get("cr0"), Some(&(CR0_PG | 0x11)));
     // A page walk that reaches the APIC page stops the domain with a reason instead of being
     // emulated as the instruction's access.
     let walk = Access { read: true, walk: true, ..Access::default() };

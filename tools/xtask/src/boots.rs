@@ -58,7 +58,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
 
 /// The test guests the domU scenarios boot as modules.
 pub const SCENARIO_GUESTS: &[&str] =
-    &["hello", "spinner", "toucher", "hostile", "mbkernel", "platform"];
+    &["hello", "spinner", "toucher", "hostile", "mbkernel", "platform", "modes"];
 
 /// A boot of microhv with dom0 running the domU scenarios over the test guests.
 pub fn domus_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
@@ -192,6 +192,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             Contains("scenario platform: PASS"),
             Contains("scenarios: 6 passed, 0 failed"),
             Contains("platform: 10 passed, 0 failed"),
+            Contains("modes: state 3, failure mask 0x0"),
             Contains("crashed: access outside its memory"),
             Contains("crashed: triple fault"),
             Contains("[d1] hello from domU 1"),
@@ -214,7 +215,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
         spec: hvctl_spec(name, emu, images),
         checks: vec![
             Status(StopStatus::Ok),
-            Contains("[d0] serving the control protocol v1 on COM2 (6 boot module(s)"),
+            Contains("[d0] serving the control protocol v1 on COM2 (7 boot module(s)"),
             Contains("create \"up-spin\" from upload -> d1"),
             Contains("create \"mod-hello\" from module \"hello\" -> d2"),
             Contains("undecodable request -> error: unknown request (tag 99)"),

@@ -235,10 +235,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// What a CR0 write that turns paging on with EFER.LME set — activating IA-32e mode —
-    /// needs besides [`policy::cr0_write_ok`]: the CPU raises #GP if the code segment has L
-    /// set (so L and D both set, which VM entry would refuse, never gets that far). A task
-    /// register still holding a 16-bit TSS is accepted by the CPU, but not by VM entry into an
-    /// IA-32e guest: like KVM, its cached type becomes the 64-bit busy TSS the CPU would use.
+    /// needs besides [`policy::cr0_write_ok`], as the CPU checks it (and as Bochs's model of
+    /// it does): #GP if the code segment has L set (so L and D both set, which VM entry would
+    /// refuse, never gets that far), and #GP unless the task register holds a busy 32-bit TSS,
+    /// the type IA-32e mode reads as its 64-bit TSS (VM entry into an IA-32e guest refuses any
+    /// other).
     pub(super) fn ia32e_activation_ok(
         &mut self,
         d: usize,
@@ -247,16 +248,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         new: u64,
         efer: u64,
     ) -> bool {
-        if !policy::activates_ia32e(old, new, efer) {
-            return true;
-        }
-        if self.read_reg(d, v, GuestReg::CsLd) & 1 != 0 {
-            return false;
-        }
-        if self.read_reg(d, v, GuestReg::TrType) != policy::TSS_BUSY_64 {
-            self.write_reg(d, v, GuestReg::TrType, policy::TSS_BUSY_64);
-        }
-        true
+        !policy::activates_ia32e(old, new, efer)
+            || (self.read_reg(d, v, GuestReg::CsLd) & 1 == 0
+                && self.read_reg(d, v, GuestReg::TrType) == policy::TSS_BUSY_64)
     }
 
     /// The four PAE PDPTEs at `cr3`, or `None` (#GP, as the CPU would raise) if they cannot be

@@ -761,11 +761,7 @@ impl Backend for Svm {
             }
             GuestReg::FsBase => vm.w64(save::FS + seg::BASE, value),
             GuestReg::GsBase => vm.w64(save::GS + seg::BASE, value),
-            GuestReg::Pdpte(_) | GuestReg::CsLd => {}
-            GuestReg::TrType => {
-                let attr = vm.r16(save::TR + seg::ATTRIB);
-                vm.w16(save::TR + seg::ATTRIB, (attr & !0xf) | (value & 0xf) as u16);
-            }
+            GuestReg::Pdpte(_) | GuestReg::CsLd | GuestReg::TrType => {}
         }
     }
 

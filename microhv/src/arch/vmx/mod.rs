@@ -722,11 +722,7 @@ impl Backend for Vmx {
             GuestReg::GsBase => vmcs::write(guest::GS_BASE, value),
             // With EPT the CPU enters PAE paging with these fields, not from memory.
             GuestReg::Pdpte(i) => vmcs::write(guest::PDPTE0_FULL + 2 * u32::from(i & 3), value),
-            GuestReg::CsLd => {}
-            GuestReg::TrType => {
-                let ar = vmcs::read(guest::TR_ACCESS_RIGHTS);
-                vmcs::write(guest::TR_ACCESS_RIGHTS, (ar & !0xf) | (value & 0xf));
-            }
+            GuestReg::CsLd | GuestReg::TrType => {}
         }
     }
 
