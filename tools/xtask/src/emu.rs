@@ -198,6 +198,17 @@ pub fn start(spec: &Spec, images: &Images) -> Result<Running> {
     };
     let console = std::fs::File::create(dir.join("emulator.out"))?;
     cmd.stdin(Stdio::null()).stdout(console.try_clone()?).stderr(console);
+    // An emulator must not outlive the xtask that started it (killed by a timeout, a signal or
+    // a CI run's end): a forgotten Bochs spinning on both cores skews every timing after it.
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     std::fs::write(dir.join("command"), format!("{cmd:?}\n"))?;
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
