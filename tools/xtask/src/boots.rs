@@ -90,12 +90,14 @@ pub fn hvctl_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
 pub fn linux_spec(emulator: Emulator, images: &Images, kernel: &Path, initramfs: &Path) -> Spec {
     let name = format!("linux-{emulator:?}").to_lowercase();
     let mut s = spec(&name, emulator, images, "scenario=linux");
-    // The module names dom0 looks for are the file names.
+    // The module names dom0 looks for are the file names: a file named otherwise (given on
+    // the command line) is copied under the expected name when the boot starts.
     for (path, want) in [(kernel, "vmlinux"), (initramfs, "initramfs.cpio")] {
-        let named = images.dir.join(want);
-        if path != named {
-            let _ = std::fs::copy(path, &named);
-        }
+        let named = if path.file_name().is_some_and(|n| n == want) {
+            path.to_path_buf()
+        } else {
+            images.dir.join(want)
+        };
         s.modules.push(Module { path: named, args: String::new() });
     }
     s.timeout = Duration::from_secs(1200);

@@ -15,7 +15,7 @@ mod hvctl_test;
 mod images;
 mod linux;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use emu::Emulator;
 use microhv_core::status::StopStatus;
@@ -187,6 +187,12 @@ fn linux_boot(
     };
     let images = images::build()?;
     let spec = boots::linux_spec(emulator, &images, &kernel, &initramfs);
+    for (from, to) in [kernel, initramfs].iter().zip(&spec.modules[1..]) {
+        if *from != to.path {
+            std::fs::copy(from, &to.path)
+                .with_context(|| format!("copying {} to {}", from.display(), to.path.display()))?;
+        }
+    }
     let out = emu::boot(&spec, &images)?;
     let failures = boots::verify(&out, &boots::linux_checks());
     for l in out.log.lines().filter(|l| {
