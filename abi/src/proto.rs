@@ -165,10 +165,17 @@ pub enum Req<'a> {
     Modules,
     /// 17: dom0 answers [`Resp::Done`], then powers off (which stops the machine).
     Poweroff,
+    /// 18: bytes typed on a domain's console: `ConsoleInput` ([`Resp::Accepted`]).
+    ConsoleInput {
+        /// Domain id.
+        domid: u32,
+        /// At most `CONSOLE_INPUT_MAX` bytes.
+        data: &'a [u8],
+    },
 }
 
 /// Number of [`Req`] variants this version knows: tags from here on are unknown.
-pub const REQ_VARIANTS: u32 = 18;
+pub const REQ_VARIANTS: u32 = 19;
 
 /// What to build (`DomainCreate` fields plus the kernel command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +276,11 @@ pub enum Resp<'a> {
     /// 11: the request failed; nothing changed unless the error says otherwise.
     #[serde(borrow)]
     Error(Error<'a>),
+    /// 12: how many of the typed bytes the domain's console took (the rest are for later).
+    Accepted {
+        /// Bytes taken.
+        bytes: u32,
+    },
 }
 
 /// Why a request failed.

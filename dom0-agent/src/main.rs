@@ -95,6 +95,13 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     if boot.has_flag("smoke") {
         guest_rt::exit(0);
     }
+    // `cargo xtask run --linux`: a Linux domU to attach to (`hvctl console linux`).
+    if boot.has_flag("linux") {
+        match scenario::start_linux(&boot) {
+            Ok(d) => println!("started Linux as d{d}: hvctl console linux"),
+            Err(why) => println!("cannot start Linux: {why}"),
+        }
+    }
     serve(&boot)
 }
 

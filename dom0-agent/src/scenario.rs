@@ -412,18 +412,26 @@ pub fn linux(boot: &Boot) -> bool {
     }
 }
 
-fn linux_run(boot: &Boot) -> Result<(), &'static str> {
+/// Builds and starts the Linux domU from the `vmlinux` and `initramfs.cpio` boot modules; its
+/// domid.
+pub fn start_linux(boot: &Boot) -> Result<u32, &'static str> {
     let hv = guest_rt::hv();
     let (kernel, _) = boot.module_named("vmlinux").ok_or("no vmlinux boot module")?;
     let (initrd, _) = boot.module_named("initramfs.cpio").ok_or("no initramfs.cpio boot module")?;
     let mods = [builder::Module { data: initrd, cmdline: "initramfs" }];
     let s = DomainSpec { modules: &mods, ..spec("linux", LINUX_MIB, LINUX_CMDLINE) };
-    let start_tsc = rdtsc();
     let d = builder::build(hv, &s, kernel).map_err(|e| {
         println!("  build linux: {e}");
         "build failed"
     })?;
     hv.domain_unpause(d).map_err(|_| "unpause failed")?;
+    Ok(d)
+}
+
+fn linux_run(boot: &Boot) -> Result<(), &'static str> {
+    let hv = guest_rt::hv();
+    let start_tsc = rdtsc();
+    let d = start_linux(boot)?;
     // Echo the console line by line; keep the lines init prints for the checks.
     let mut line: heapless::Vec<u8, 256> = heapless::Vec::new();
     let mut marks: heapless::Vec<u8, 4096> = heapless::Vec::new();

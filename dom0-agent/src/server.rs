@@ -47,6 +47,8 @@ pub trait Control: Hypercalls {
     fn mmu_pages_set(&self, domid: u32, pages: u64) -> Result<(), Errno>;
     /// `ConsoleRead`.
     fn console_read(&self, domid: u32, buf: &mut [u8]) -> Result<u64, Errno>;
+    /// `ConsoleInput`.
+    fn console_input(&self, domid: u32, bytes: &[u8]) -> Result<u64, Errno>;
     /// `Stats`.
     fn stats(&self, domid: u32) -> Result<DomainStats, Errno>;
     /// Writes one line (without its newline) to dom0's console.
@@ -91,6 +93,9 @@ impl Control for abi::guest::Hypervisor {
     }
     fn console_read(&self, domid: u32, buf: &mut [u8]) -> Result<u64, Errno> {
         abi::guest::Hypervisor::console_read(self, domid, buf)
+    }
+    fn console_input(&self, domid: u32, bytes: &[u8]) -> Result<u64, Errno> {
+        abi::guest::Hypervisor::console_input(self, domid, bytes)
     }
     fn stats(&self, domid: u32) -> Result<DomainStats, Errno> {
         abi::guest::Hypervisor::stats(self, domid)
@@ -297,6 +302,9 @@ fn describe(line: &mut Line, req: &Request<'_>) {
         Req::Stats { domid } => write!(line, "ctl #{id}: stats d{domid}"),
         Req::Modules => write!(line, "ctl #{id}: modules"),
         Req::Poweroff => write!(line, "ctl #{id}: poweroff"),
+        Req::ConsoleInput { domid, data } => {
+            write!(line, "ctl #{id}: type {} bytes on d{domid}", data.len())
+        }
     };
 }
 
@@ -398,6 +406,10 @@ fn handle<'r, H: Control>(
                 .collect(),
         ),
         Req::Poweroff => Resp::Done,
+        Req::ConsoleInput { domid, data } => match hv.console_input(domid, data) {
+            Ok(n) => Resp::Accepted { bytes: u32::try_from(n).unwrap_or(0) },
+            Err(e) => hc(e),
+        },
     }
 }
 

@@ -36,6 +36,7 @@ fn req<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Req<'a> {
         15 => Req::Stats { domid: a },
         16 => Req::Modules,
         17 => Req::Poweroff,
+        18 => Req::ConsoleInput { domid: a, data: &data[..data.len().min(256)] },
         // Also `Create` from a module, so both image sources round-trip.
         _ => Req::Create { config, image: ImageSource::Module(s), start: true },
     }
@@ -86,7 +87,8 @@ fn resp<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Resp<'a> {
         10 => Resp::Modules(
             (0..(a % 17) as usize).map(|i| ModuleInfo { name: s, size: i as u64 }).collect(),
         ),
-        n => Resp::Error(error(n - 11, a, s)),
+        11 => Resp::Accepted { bytes: a },
+        n => Resp::Error(error(n - 12, a, s)),
     }
 }
 
@@ -123,7 +125,7 @@ proptest! {
 
     #[test]
     fn every_response_round_trips(
-        sel in 0u32..21, a: u32, b: u64, s in text(),
+        sel in 0u32..22, a: u32, b: u64, s in text(),
         data in proptest::collection::vec(any::<u8>(), 0..4096),
     ) {
         let msg = Response { id: a, body: resp(sel, a, b, &s, &data) };
@@ -222,7 +224,8 @@ fn unknown_tags_keep_their_id() {
     msg.extend(postcard::to_allocvec(&REQ_VARIANTS).unwrap());
     assert_eq!(decode_request(&msg), Err((300, Error::UnknownRequest { tag: REQ_VARIANTS })));
     // The last known tag is known.
-    let last = postcard::to_allocvec(&Request { id: 1, body: Req::Poweroff }).unwrap();
+    let last = Request { id: 1, body: Req::ConsoleInput { domid: 0, data: &[] } };
+    let last = postcard::to_allocvec(&last).unwrap();
     assert_eq!(last[1] as u32, REQ_VARIANTS - 1);
 }
 

@@ -122,7 +122,8 @@ enum Cmd {
         #[command(subcommand)]
         op: MmuOp,
     },
-    /// Show a domain's console output (and follow it until the domain stops).
+    /// Show a domain's console output and follow it until the domain stops, sending what is
+    /// typed on standard input to the domain's console (its COM1).
     Console {
         /// Domain name or id.
         domain: String,
@@ -495,7 +496,42 @@ fn console(c: &mut Client, domain: &str, follow: bool, json: bool) -> Result<(),
     let domid = resolve(c, domain)?;
     let mut out = std::io::stdout();
     let mut all = Vec::new();
+    // Keystrokes: a thread reads standard input (until its end) and hands the bytes over; they
+    // go to the domain as fast as its UART takes them.
+    let typed = follow.then(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdin, &mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    });
+    let mut pending: Vec<u8> = Vec::new();
     loop {
+        if let Some(rx) = &typed {
+            while let Ok(bytes) = rx.try_recv() {
+                pending.extend_from_slice(&bytes);
+            }
+            while !pending.is_empty() {
+                let n = pending.len().min(abi::hypercall::CONSOLE_INPUT_MAX as usize);
+                let taken = on_domain(
+                    domain,
+                    c.call(Req::ConsoleInput { domid, data: &pending[..n] }, |r| match r {
+                        Resp::Accepted { bytes } => Ok(bytes as usize),
+                        o => Err(unexpected(&o)),
+                    }),
+                )?;
+                pending.drain(..taken.min(n));
+                if taken < n {
+                    break;
+                }
+            }
+        }
         let data = on_domain(
             domain,
             c.call(Req::ConsoleRead { domid, max: CONSOLE_READ_MAX as u32 }, |r| match r {

@@ -49,10 +49,13 @@ enum Cmd {
         /// dom0's command line.
         #[arg(long, default_value = "")]
         dom0_args: String,
-        /// Also give dom0 the test guests (hello, spinner, toucher, hostile, mbkernel) as boot
-        /// modules, for `hvctl create --module NAME`.
+        /// Also give dom0 the test guests (hello, spinner, toucher, hostile, mbkernel, …) as
+        /// boot modules, for `hvctl create --module NAME`.
         #[arg(long)]
         guests: bool,
+        /// Start Debian's Linux (the kit) as domU "linux"; attach with `hvctl console linux`.
+        #[arg(long)]
+        linux: bool,
     },
     /// Boot, wait for dom0 to report ready, stop; exits 0 only if it did.
     Smoke {
@@ -121,10 +124,17 @@ fn run(cmd: Cmd) -> Result<bool> {
             println!("{}\n{}", i.microhv.display(), i.dom0.display());
             Ok(true)
         }
-        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args, guests } => {
+        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args, guests, linux } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
+            let dom0_args = if linux { format!("{dom0_args} linux") } else { dom0_args };
             let mut spec = boots::spec("run", emulator, &images, &dom0_args);
+            if linux {
+                let kit = linux::kit()?;
+                for path in [kit.vmlinux, kit.initramfs] {
+                    spec.modules.push(images::Module { path, args: String::new() });
+                }
+            }
             if guests {
                 for g in boots::SCENARIO_GUESTS {
                     spec.modules
