@@ -430,6 +430,12 @@ pub fn start_linux(boot: &Boot) -> Result<u32, &'static str> {
 
 fn linux_run(boot: &Boot) -> Result<(), &'static str> {
     let hv = guest_rt::hv();
+    // Another domU shares the CPU all along and must still be running at the end.
+    let by = if boot.module_named("spinner").is_some() {
+        Some(start(boot, "spinner", &spec("bystander", 4, ""))?)
+    } else {
+        None
+    };
     let start_tsc = rdtsc();
     let d = start_linux(boot)?;
     // Echo the console line by line; keep the lines init prints for the checks.
@@ -486,6 +492,14 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
         rdtsc() - start_tsc
     );
     destroy(d)?;
+    if let Some(by) = by {
+        let bi = info(by).map_err(|_| "info")?;
+        destroy(by)?;
+        println!("  linux: the bystander ran {} TSC ticks meanwhile", bi.cpu_time);
+        if bi.state != DomainState::Running as u32 || bi.cpu_time == 0 {
+            return Err("the bystander domain did not keep running");
+        }
+    }
     for want in [
         "microhv-linux: init started",
         "microhv-linux: cpus 1",

@@ -100,6 +100,8 @@ pub fn linux_spec(emulator: Emulator, images: &Images, kernel: &Path, initramfs:
         };
         s.modules.push(Module { path: named, args: String::new() });
     }
+    // A bystander domU shares the CPU with Linux.
+    s.modules.push(Module { path: images.guest("spinner"), args: String::new() });
     s.timeout = Duration::from_secs(1200);
     s
 }
@@ -114,6 +116,7 @@ pub fn linux_checks() -> Vec<Check> {
         Check::Contains("[linux] microhv-linux: ran: echo typed-on-the-console"),
         Check::Contains("] reboot: Power down"),
         Check::Contains("linux: state 3, reason 0, status 0"),
+        Check::Contains("linux: the bystander ran"),
         Check::Contains("scenario linux: PASS"),
     ]
 }

@@ -197,7 +197,7 @@ fn linux_boot(
     };
     let images = images::build()?;
     let spec = boots::linux_spec(emulator, &images, &kernel, &initramfs);
-    for (from, to) in [kernel, initramfs].iter().zip(&spec.modules[1..]) {
+    for (from, to) in [kernel, initramfs].iter().zip(&spec.modules[1..3]) {
         if *from != to.path {
             std::fs::copy(from, &to.path)
                 .with_context(|| format!("copying {} to {}", from.display(), to.path.display()))?;
