@@ -5,8 +5,8 @@
 //!
 //! Output is buffered: a record goes into a [`RING_BYTES`] ring, and the ring is drained into
 //! the UART without waiting — as much as its empty FIFO takes — after each record and whenever
-//! the run loop calls `log::logger().flush()` (between exits). So logging never holds the CPU
-//! for the line's transmit time. Nothing is dropped: when the ring is full, a new record waits
+//! the run loop calls `log::logger().flush()` (at every scheduling decision, so at least once a
+//! time slice). So logging never holds the CPU for the line's transmit time. Nothing is dropped: when the ring is full, a new record waits
 //! for room (back-pressure; domU console text reaching the log is rate-limited upstream, so only
 //! microhv's and dom0's own output can get there). The fatal paths drain the ring synchronously
 //! before their report ([`emergency`]), so nothing of a crash report or of what preceded it is

@@ -58,8 +58,6 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// it yields or halts, or its domain stops. A vCPU alone gets no time limit.
     pub fn run(&mut self) -> Stop {
         loop {
-            // Buffered log output moves on between exits (a no-op when there is none).
-            log::logger().flush();
             let now = self.backend.now();
             if now >= self.wake_at {
                 self.fire_timers(now);
@@ -70,6 +68,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let (d, v) = if keep {
                 self.cursor
             } else {
+                // Buffered log output moves on at every scheduling decision (at least once a
+                // slice), off the exit fast path.
+                log::logger().flush();
                 let Some(next) = self.pick(now) else {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
@@ -142,17 +143,25 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             self.backend.flush(arch);
             dom.counters.tlb_flushes += 1;
         }
-        if let Some(p) = dom.platform.as_mut() {
-            if let Some(pending) = p.pending(v)
-                && self.backend.interruptible(arch)
-            {
-                let vector = p.acknowledge(v, pending);
-                self.backend.inject_interrupt(arch, vector);
+        if let Some(p) = dom.platform.as_mut()
+            && (p.irq_dirty.get(v).copied().unwrap_or(true) || *irq_window)
+        {
+            let mut window = false;
+            if let Some(pending) = p.pending(v) {
+                if self.backend.interruptible(arch) {
+                    let vector = p.acknowledge(v, pending);
+                    self.backend.inject_interrupt(arch, vector);
+                    window = p.pending(v).is_some();
+                } else {
+                    window = true;
+                }
             }
-            let window = p.pending(v).is_some();
             if window != *irq_window {
                 *irq_window = window;
                 self.backend.set_interrupt_window(arch, window);
+            }
+            if let Some(dirty) = p.irq_dirty.get_mut(v) {
+                *dirty = window;
             }
         }
         Ok(())
