@@ -103,10 +103,6 @@ pub struct Platform {
     pci: PciConfig,
     /// Earliest TSC at which a device must run (`u64::MAX`: none).
     pub deadline: u64,
-    /// Per vCPU: device state changed since the entry path last looked for an interrupt to
-    /// deliver. Interrupts only become pending through the platform's own methods, so an exit
-    /// that touched none of them (a hypercall, CPUID) skips that search.
-    pub irq_dirty: [bool; VCPUS],
 }
 
 /// The GSI lines: the 8259 pair and the I/O APIC, which sends to the local APICs.
@@ -192,7 +188,6 @@ impl Platform {
             com1: Uart::new(),
             pci: PciConfig::default(),
             deadline: u64::MAX,
-            irq_dirty: [true; VCPUS],
         };
         p.refresh(clock);
         p
@@ -215,9 +210,8 @@ impl Platform {
     }
 
     /// Recomputes [`Platform::deadline`] after a change (every method that changes device state
-    /// ends here), and marks every vCPU's interrupt state for a new look.
+    /// ends here).
     pub fn refresh(&mut self, clock: &Clock) {
-        self.irq_dirty = [true; VCPUS];
         let lapics = self.lapics[..self.vcpus].iter().filter_map(|l| l.next_deadline(clock));
         self.deadline = [
             self.pit.next_deadline(clock),
@@ -350,7 +344,6 @@ impl Platform {
     pub fn console_input(&mut self, bytes: &[u8]) -> usize {
         let n = self.com1.receive(bytes);
         self.sync_com1();
-        self.irq_dirty = [true; VCPUS];
         n
     }
 

@@ -13,6 +13,8 @@ pub static GP_SKIP: AtomicU64 = AtomicU64::new(0);
 pub static GP_RESUME: AtomicU64 = AtomicU64::new(0);
 /// RIP of the last #GP.
 pub static GP_RIP: AtomicU64 = AtomicU64::new(0);
+/// RFLAGS pushed by the last #GP (a fault: the CPU sets RF in it, and so must an injection).
+pub static GP_RFLAGS: AtomicU64 = AtomicU64::new(0);
 /// #DB exceptions caught so far.
 pub static DB_COUNT: AtomicU64 = AtomicU64::new(0);
 
@@ -24,6 +26,8 @@ test_gp_handler:
     /* Stack: error code, rip, cs, rflags, rsp, ss. */
     push rax
     lock inc qword ptr [rip + {count}]
+    mov rax, [rsp + 32]
+    mov [rip + {gp_rflags}], rax
     mov rax, [rsp + 16]
     mov [rip + {gp_rip}], rax
     mov rax, [rip + {resume}]
@@ -51,6 +55,7 @@ test_db_handler:
     skip = sym GP_SKIP,
     resume = sym GP_RESUME,
     gp_rip = sym GP_RIP,
+    gp_rflags = sym GP_RFLAGS,
     dbs = sym DB_COUNT,
 );
 

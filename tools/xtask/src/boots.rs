@@ -210,6 +210,8 @@ pub fn cases(images: &Images) -> Vec<Case> {
             ),
             Contains("apic-walk: contained (unsupported mmio access)"),
             Contains("invd-rdpmc: contained (refused, shut down cleanly)"),
+            Contains("hostile: RDPMC: #GP (RF in the pushed RFLAGS: true)"),
+            Contains("hostile: CLFLUSH of the APIC page completed"),
             Contains("console-flood: contained (refused, shut down cleanly)"),
             Contains("lines not logged: rate limit; all are in its console ring"),
         ],

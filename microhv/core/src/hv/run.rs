@@ -143,9 +143,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             self.backend.flush(arch);
             dom.counters.tlb_flushes += 1;
         }
-        if let Some(p) = dom.platform.as_mut()
-            && (p.irq_dirty.get(v).copied().unwrap_or(true) || *irq_window)
-        {
+        if let Some(p) = dom.platform.as_mut() {
             let mut window = false;
             if let Some(pending) = p.pending(v) {
                 if self.backend.interruptible(arch) {
@@ -159,9 +157,6 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             if window != *irq_window {
                 *irq_window = window;
                 self.backend.set_interrupt_window(arch, window);
-            }
-            if let Some(dirty) = p.irq_dirty.get_mut(v) {
-                *dirty = window;
             }
         }
         Ok(())

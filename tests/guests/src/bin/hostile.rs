@@ -18,7 +18,8 @@
 //!   itself, not leave RIP non-canonical (which fails VM entry on Intel hardware).
 //! - `apic-walk`: guest page tables that live in the APIC page (crash: unsupported MMIO, with
 //!   a reason, instead of emulating the walk as the instruction's access).
-//! - `invd-rdpmc`: INVD completes as a no-op; RDPMC (no virtual PMU) raises #GP.
+//! - `invd-rdpmc`: INVD completes as a no-op; RDPMC (no virtual PMU) raises #GP with RF set in
+//!   the pushed RFLAGS; CLFLUSH of the APIC page completes.
 //! - `reset`: a reset through port 0xCF9 (the domain ends with reason reboot).
 //! - `console-flood`: 256 KiB of console output in one go; microhv's log takes what its rate
 //!   limit allows, the console ring keeps the rest, and nobody else waits for the UART.
@@ -324,8 +325,17 @@ fn invd_rdpmc() -> bool {
             core::arch::asm!("rdpmc", in("ecx") 0, out("eax") _, out("edx") _, options(nostack))
         };
     });
-    println!("hostile: RDPMC: {}", if gp { "#GP" } else { "ALLOWED" });
-    gp
+    // The injected #GP is a fault: RF is set in the RFLAGS image it pushed.
+    let rf = arch::GP_RFLAGS.load(core::sync::atomic::Ordering::SeqCst) & (1 << 16) != 0;
+    println!(
+        "hostile: RDPMC: {} (RF in the pushed RFLAGS: {rf})",
+        if gp { "#GP" } else { "ALLOWED" }
+    );
+    // CLFLUSH of the APIC page: nothing to flush in an emulated device; it completes.
+    // SAFETY: CLFLUSH of a mapped address has no architectural effect on memory contents.
+    unsafe { core::arch::asm!("clflush [{}]", in(reg) 0xfee0_0020u64, options(nostack)) };
+    println!("hostile: CLFLUSH of the APIC page completed");
+    gp && rf
 }
 
 fn console_flood() -> bool {

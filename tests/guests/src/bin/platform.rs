@@ -269,7 +269,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     );
 
     // The HPET's main counter against the PM timer: 100 MHz. Each sample is an HPET read
-    // bracketed by two PM-timer reads less than 50 µs apart, so a vCPU descheduled between
+    // bracketed by two PM-timer reads less than 500 µs apart, 50 ms apart, so a vCPU descheduled between
     // the two reads (under QEMU, whose time is the host's wall clock) does not skew it.
     let cap = r32(HPET + 4);
     w32(HPET + 0x10, 1);
@@ -279,11 +279,11 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
             let h = r32(HPET + 0xf0);
             let b = pm();
             let d = pm_delta(a, b);
-            (d < PM_HZ / 20_000).then(|| (h, a.wrapping_add((d / 2) as u32)))
+            (d < PM_HZ / 2_000).then(|| (h, a.wrapping_add((d / 2) as u32)))
         })
     };
     let hz = sample().and_then(|(h0, p0)| {
-        while pm_delta(p0, pm()) < PM_HZ / 100 {}
+        while pm_delta(p0, pm()) < PM_HZ / 20 {}
         let (h1, p1) = sample()?;
         Some(u64::from(h1.wrapping_sub(h0)) * PM_HZ / pm_delta(p0, p1).max(1))
     });
