@@ -284,6 +284,18 @@ pub fn cases(images: &Images) -> Vec<Case> {
         },
         domus("domus-bochs", Bochs),
         domus("domus-qemu", Qemu),
+        {
+            // Bochs's AMD model panics on a guest triple fault (see shared/platform-notes.md):
+            // the hostile scenario leaves that attack out there.
+            let mut spec = with_cpu(domus_spec("domus-bochs-ryzen", Bochs, images), "ryzen");
+            spec.modules[0].args.push_str(" no-triple-fault");
+            let checks = domus("domus-bochs-ryzen", Bochs)
+                .checks
+                .into_iter()
+                .filter(|c| !matches!(c, Contains(t) if t.contains("triple fault")))
+                .collect();
+            Case { name: "domus-bochs-ryzen", spec, checks, driver: None }
+        },
         Case {
             name: "smoke-bochs",
             spec: spec("smoke-bochs", Bochs, images, "smoke bench"),
