@@ -172,10 +172,28 @@ pub enum Req<'a> {
         /// At most `CONSOLE_INPUT_MAX` bytes.
         data: &'a [u8],
     },
+    /// 19: [`Req::Create`] with boot modules for the kernel (an initrd first), named as boot
+    /// modules of dom0 ([`Resp::Created`]).
+    CreateWithModules {
+        /// Name, memory, vCPUs, MMU pages, flags, command line.
+        #[serde(borrow)]
+        config: DomainConfig<'a>,
+        /// Where the kernel image comes from.
+        #[serde(borrow)]
+        image: ImageSource<'a>,
+        /// dom0 boot modules handed to the kernel, in order.
+        #[serde(borrow)]
+        modules: heapless::Vec<&'a str, KERNEL_MODULES_MAX>,
+        /// Unpause the new domain (otherwise it stays `created`).
+        start: bool,
+    },
 }
 
+/// Boot modules [`Req::CreateWithModules`] can hand a kernel.
+pub const KERNEL_MODULES_MAX: usize = 4;
+
 /// Number of [`Req`] variants this version knows: tags from here on are unknown.
-pub const REQ_VARIANTS: u32 = 19;
+pub const REQ_VARIANTS: u32 = 20;
 
 /// What to build (`DomainCreate` fields plus the kernel command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

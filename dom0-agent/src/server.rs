@@ -278,7 +278,7 @@ fn describe(line: &mut Line, req: &Request<'_>) {
         Req::UploadChunk { offset, data } => {
             write!(line, "ctl #{id}: upload chunk {offset}+{}", data.len())
         }
-        Req::Create { config, image, .. } => {
+        Req::Create { config, image, .. } | Req::CreateWithModules { config, image, .. } => {
             let _ = write!(line, "ctl #{id}: create ");
             let name = config.name.get(..32).unwrap_or(config.name);
             let _ = write!(line, "{name:?} ");
@@ -376,7 +376,10 @@ fn handle<'r, H: Control>(
             Resp::UploadProgress { received: 0 }
         }
         Req::UploadChunk { offset, data } => upload_chunk(st, offset, data),
-        Req::Create { config, image, start } => create(ctx, st, reason, &config, image, start),
+        Req::Create { config, image, start } => create(ctx, st, reason, &config, image, &[], start),
+        Req::CreateWithModules { config, image, modules, start } => {
+            create(ctx, st, reason, &config, image, &modules, start)
+        }
         Req::Destroy { domid } => done(hv.domain_destroy(domid)),
         Req::Pause { domid } => done(hv.domain_pause(domid)),
         Req::Unpause { domid } => done(hv.domain_unpause(domid)),
@@ -441,6 +444,7 @@ fn create<'r, H: Control>(
     reason: &'r mut heapless::String<REASON_MAX>,
     config: &DomainConfig<'_>,
     source: ImageSource<'_>,
+    module_names: &[&str],
     start: bool,
 ) -> Resp<'r> {
     if name_field(config.name).is_none() {
@@ -470,6 +474,16 @@ fn create<'r, H: Control>(
             None => return Resp::Error(Error::NoSuchModule),
         },
     };
+    let mut modules: heapless::Vec<builder::Module<'_>, { abi::proto::KERNEL_MODULES_MAX }> =
+        heapless::Vec::new();
+    for name in module_names {
+        let Some(m) = ctx.modules.iter().find(|m| m.name == *name) else {
+            return Resp::Error(Error::NoSuchModule);
+        };
+        if modules.push(builder::Module { data: m.bytes, cmdline: name }).is_err() {
+            return Resp::Error(Error::BadRequest { reason: "too many modules" });
+        }
+    }
     let spec = DomainSpec {
         name: config.name,
         mem_bytes: config.mem_bytes,
@@ -477,7 +491,7 @@ fn create<'r, H: Control>(
         mmu_pages: config.mmu_pages,
         flags: config.flags,
         cmdline: config.cmdline,
-        modules: &[],
+        modules: &modules,
     };
     let domid = match builder::build(ctx.hv, &spec, image) {
         Ok(d) => d,

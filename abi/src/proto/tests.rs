@@ -37,6 +37,12 @@ fn req<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Req<'a> {
         16 => Req::Modules,
         17 => Req::Poweroff,
         18 => Req::ConsoleInput { domid: a, data: &data[..data.len().min(256)] },
+        19 => Req::CreateWithModules {
+            config,
+            image: ImageSource::Module(s),
+            modules: [s, "initrd"].into_iter().take((a % 3) as usize).collect(),
+            start: a & 2 == 0,
+        },
         // Also `Create` from a module, so both image sources round-trip.
         _ => Req::Create { config, image: ImageSource::Module(s), start: true },
     }
@@ -166,7 +172,7 @@ proptest! {
         match decode_request(&msg) {
             Ok(r) => {
                 // Anything that decodes re-encodes to the same bytes: no silent reading.
-                prop_assert_eq!(postcard::to_allocvec(&r).unwrap(), msg);
+                prop_assert_eq!(postcard::to_allocvec(&r).unwrap(), msg.clone());
             }
             Err((_, e)) => {
                 let defined = matches!(
@@ -224,7 +230,15 @@ fn unknown_tags_keep_their_id() {
     msg.extend(postcard::to_allocvec(&REQ_VARIANTS).unwrap());
     assert_eq!(decode_request(&msg), Err((300, Error::UnknownRequest { tag: REQ_VARIANTS })));
     // The last known tag is known.
-    let last = Request { id: 1, body: Req::ConsoleInput { domid: 0, data: &[] } };
+    let config =
+        DomainConfig { name: "x", mem_bytes: 0, vcpus: 1, mmu_pages: 0, flags: 0, cmdline: "" };
+    let body = Req::CreateWithModules {
+        config,
+        image: ImageSource::Uploaded,
+        modules: heapless::Vec::new(),
+        start: true,
+    };
+    let last = Request { id: 1, body };
     let last = postcard::to_allocvec(&last).unwrap();
     assert_eq!(last[1] as u32, REQ_VARIANTS - 1);
 }

@@ -262,6 +262,25 @@ fn a_session() {
             },
         ),
         frame(17, Req::List),
+        frame(
+            19,
+            Req::CreateWithModules {
+                config: config("with-initrd"),
+                image: ImageSource::Module("hello"),
+                modules: heapless::Vec::from_slice(&["hello"]).unwrap(),
+                start: false,
+            },
+        ),
+        frame(
+            20,
+            Req::CreateWithModules {
+                config: config("missing-initrd"),
+                image: ImageSource::Module("hello"),
+                modules: heapless::Vec::from_slice(&["nope"]).unwrap(),
+                start: false,
+            },
+        ),
+        frame(21, Req::ConsoleInput { domid: 2, data: b"ls\n" }),
         frame(18, Req::Poweroff),
     ]);
     let got = responses(&{
@@ -292,6 +311,9 @@ fn a_session() {
     assert!(find(16).starts_with("Error(BadRequest"));
     assert!(find(17).contains("domid: 2"));
     assert_eq!(find(18), "Done");
+    assert_eq!(find(19), "Created { domid: 3 }");
+    assert_eq!(find(20), "Error(NoSuchModule)");
+    assert_eq!(find(21), "Accepted { bytes: 3 }");
     let log = rig.fake.log.borrow();
     assert_eq!(log.len(), input.len(), "one log line per request");
     assert!(log.iter().any(|l| l.contains("create \"up\" from upload -> d1")), "{log:?}");

@@ -64,6 +64,12 @@ enum Cmd {
         /// Use the boot module with this name instead of uploading an image.
         #[arg(long, value_name = "NAME")]
         module: Option<String>,
+        /// Hand the kernel dom0's boot module NAME as its initrd (its first module).
+        #[arg(long, value_name = "NAME")]
+        initrd: Option<String>,
+        /// Hand the kernel dom0's boot module NAME as a further module (repeatable).
+        #[arg(long = "with-module", value_name = "NAME")]
+        with_modules: Vec<String>,
         /// Memory (bytes, or with K, M, G).
         #[arg(long, short, default_value = "16M", value_parser = parse_size)]
         memory: u64,
@@ -248,6 +254,8 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             name,
             image,
             module,
+            initrd,
+            with_modules,
             memory,
             vcpus,
             mmu_pages,
@@ -277,11 +285,23 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 flags: if *small_pages { DOMCREATE_SMALL_PAGES } else { 0 },
                 cmdline,
             };
-            let domid =
-                c.call(Req::Create { config, image: source, start: !paused }, |r| match r {
-                    Resp::Created { domid } => Ok(domid),
-                    o => Err(unexpected(&o)),
+            let modules: Vec<&str> =
+                initrd.iter().chain(with_modules.iter()).map(String::as_str).collect();
+            let request = if modules.is_empty() {
+                Req::Create { config, image: source, start: !paused }
+            } else {
+                let modules = heapless::Vec::from_slice(&modules).map_err(|_| {
+                    Fail::Usage(format!(
+                        "at most {} modules per kernel",
+                        abi::proto::KERNEL_MODULES_MAX
+                    ))
                 })?;
+                Req::CreateWithModules { config, image: source, modules, start: !paused }
+            };
+            let domid = c.call(request, |r| match r {
+                Resp::Created { domid } => Ok(domid),
+                o => Err(unexpected(&o)),
+            })?;
             let state = if *paused { "created" } else { "running" };
             output::created(name, domid, state, json);
         }
