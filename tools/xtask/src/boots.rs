@@ -196,7 +196,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             Contains("scenario multiboot: PASS"),
             Contains("scenario platform: PASS"),
             Contains("scenarios: 6 passed, 0 failed"),
-            Contains("platform: 10 passed, 0 failed"),
+            Contains("platform: 11 passed, 0 failed"),
             Contains("modes: state 3, failure mask 0x0"),
             Contains("crashed: access outside its memory"),
             Contains("crashed: triple fault"),

@@ -1,7 +1,8 @@
 //! Checks the virtual platform as an ordinary kernel would use it, with interrupts on: the
 //! local APIC timer (periodic and one-shot), self-IPIs and TPR masking, the I/O APIC routing
 //! the PIT's IRQ 0 (pin 2), the PIT and local APIC timer rates against the ACPI PM timer, the
-//! HPET counter's rate, the moffs and byte MMIO forms, the RTC and IA32_APIC_BASE. Prints one
+//! HPET counter's rate, the moffs and byte MMIO forms, the RTC and IA32_APIC_BASE (including a
+//! global disable and re-enable). Prints one
 //! line per case and shuts down with the number of failures as its status.
 //!
 //! Rates: periodic interrupts must never come early (at least 95% of the expected time for N
@@ -195,6 +196,32 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     unsafe { asm!("rdmsr", in("ecx") 0x1b, out("eax") lo, out("edx") hi, options(nostack)) };
     let base = (u64::from(hi) << 32) | u64::from(lo);
     r.check("apic-base", base == 0xfee0_0900, format_args!("{base:#x}"));
+    // Globally disabling the local APIC and enabling it again: IA32_APIC_BASE follows, and the
+    // APIC comes back in its power-up state (spurious vector register 0xFF) at the same page.
+    let wrmsr = |v: u64| {
+        // SAFETY: IA32_APIC_BASE with values the SDM allows (EN toggled, base unchanged).
+        unsafe {
+            asm!("wrmsr", in("ecx") 0x1b, in("eax") v as u32, in("edx") (v >> 32) as u32,
+                 options(nostack))
+        };
+    };
+    let rdmsr = || {
+        let (lo, hi): (u32, u32);
+        // SAFETY: reading IA32_APIC_BASE.
+        unsafe { asm!("rdmsr", in("ecx") 0x1b, out("eax") lo, out("edx") hi, options(nostack)) };
+        (u64::from(hi) << 32) | u64::from(lo)
+    };
+    w32(LAPIC + 0xf0, 0x1ff);
+    wrmsr(base & !(1 << 11));
+    let off = rdmsr();
+    wrmsr(base);
+    let on = rdmsr();
+    let svr = r32(LAPIC + 0xf0);
+    r.check(
+        "apic-disable-enable",
+        off == base & !(1 << 11) && on == base && svr == 0xff,
+        format_args!("disabled {off:#x}, enabled {on:#x}, SVR after {svr:#x}"),
+    );
 
     // The version register read with the moffs form (A1 with a 64-bit address).
     let ver: u32;
