@@ -65,11 +65,14 @@ macro_rules! multiboot2_header {
 }
 
 /// Emits the PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`, type 18, owner "Xen") naming
-/// `rt_entry32`, so the image boots like a Xen PVH guest.
+/// `rt_entry32` (or the 32-bit entry symbol given), so the image boots like a Xen PVH guest.
 #[macro_export]
 macro_rules! pvh_note {
     () => {
-        ::core::arch::global_asm!(
+        $crate::pvh_note!(rt_entry32);
+    };
+    ($entry:ident) => {
+        ::core::arch::global_asm!(concat!(
             r#"
             .section .note.Xen, "a", @note
             .balign 4
@@ -78,9 +81,11 @@ macro_rules! pvh_note {
             .long 18
             .asciz "Xen"
             .balign 4
-            .long rt_entry32
+            .long "#,
+            stringify!($entry),
+            r#"
             .balign 4
             "#
-        );
+        ));
     };
 }

@@ -23,7 +23,7 @@ rt::hosted_main!();
 // The panic handler and C runtime symbols come with the guest runtime.
 use guest_rt as _;
 
-// The runtime's entry is not used; this image's PVH note points at `modes_entry`.
+// The runtime's entry is not used: this image's PVH note names `modes_entry`.
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, _ebx: u32) -> ! {
     loop {
@@ -31,18 +31,10 @@ extern "C" fn rt_main(_eax: u32, _ebx: u32) -> ! {
     }
 }
 
+rt::pvh_note!(modes_entry);
+
 core::arch::global_asm!(
     r#"
-    .section .note.Xen, "a", @note
-    .balign 4
-    .long 4
-    .long 4
-    .long 18
-    .asciz "Xen"
-    .balign 4
-    .long modes_entry
-    .balign 4
-
     .section .text.modes, "ax"
     .code32
     .global modes_entry
