@@ -20,6 +20,7 @@ mod arch;
 pub mod cpuid;
 pub mod guest;
 pub mod hypercall;
+pub mod platform;
 pub mod proto;
 pub mod pvh;
 pub mod types;

@@ -15,21 +15,21 @@ pub const ACPI_BYTES: usize = 4096;
 /// vCPUs the MADT can list.
 pub const MAX_CPUS: u32 = 64;
 
-/// The platform constants the tables describe (from microhv's device models).
+/// The platform the tables describe, in the widths the tables use (`abi::platform` is the one
+/// description, shared with microhv's device models).
 mod hw {
-    pub const LAPIC: u32 = 0xfee0_0000;
-    pub const IOAPIC: u32 = 0xfec0_0000;
-    pub const HPET: u64 = 0xfed0_0000;
-    pub const PM1A_EVT: u32 = 0x600;
-    pub const PM1A_CNT: u32 = 0x604;
-    pub const PM_TMR: u32 = 0x608;
-    pub const SCI: u16 = 9;
-    /// SLP_TYP for S5 in PM1a_CNT (the PM block's encoding).
-    pub const SLP_TYP_S5: u8 = 7;
-    pub const RESET_PORT: u64 = 0xcf9;
-    pub const RESET_VALUE: u8 = 0x06;
-    /// CMOS index of the century.
-    pub const CENTURY: u8 = 0x32;
+    use abi::platform as p;
+    pub const LAPIC: u32 = p::LAPIC_BASE as u32;
+    pub const IOAPIC: u32 = p::IOAPIC_BASE as u32;
+    pub const HPET: u64 = p::HPET_BASE;
+    pub const PM1A_EVT: u32 = p::PM1A_EVT_BLK as u32;
+    pub const PM1A_CNT: u32 = p::PM1A_CNT_BLK as u32;
+    pub const PM_TMR: u32 = p::PM_TMR_BLK as u32;
+    pub const SCI: u16 = p::SCI_IRQ as u16;
+    pub const SLP_TYP_S5: u8 = p::SLP_TYP_S5;
+    pub const RESET_PORT: u64 = p::RESET_PORT as u64;
+    pub const RESET_VALUE: u8 = p::RESET_VALUE;
+    pub const CENTURY: u8 = p::CMOS_CENTURY;
     /// HPET event timer block ID: vendor 0x8086, legacy-replacement capable, 64-bit counter,
     /// 3 comparators (field = last index), revision 1.
     pub const HPET_ID: u32 = 0x8086_a201;

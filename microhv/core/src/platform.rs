@@ -323,7 +323,9 @@ impl Platform {
             // Fast reset (bit 0 of port A), the reset control register's CPU reset (bit 2), and
             // the keyboard controller's reset pulse (command 0xFE).
             0x92 if value & 1 != 0 => effect = Some(PortEffect::Reset),
-            0xcf9 if size == 1 && value & 4 != 0 => effect = Some(PortEffect::Reset),
+            abi::platform::RESET_PORT if size == 1 && value & 4 != 0 => {
+                effect = Some(PortEffect::Reset)
+            }
             0x64 if value & 0xff == 0xfe => effect = Some(PortEffect::Reset),
             0xcf8 if size == 4 => self.pci.address = value,
             0x92 | 0x64 | 0x60 | 0xcf8..=0xcff => {}

@@ -19,7 +19,7 @@
 use super::{Clock, IrqSink};
 
 /// Guest-physical base of the register block.
-pub const HPET_BASE: u64 = 0xfed0_0000;
+pub const HPET_BASE: u64 = abi::platform::HPET_BASE;
 /// Size of the register block (bytes).
 pub const HPET_LEN: u64 = 0x400;
 /// COUNTER_CLK_PERIOD in femtoseconds.

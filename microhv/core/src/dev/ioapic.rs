@@ -14,7 +14,7 @@ use super::IrqSink;
 use super::lapic::DeliveryMode;
 
 /// Guest-physical address of the register window.
-pub const IOAPIC_BASE: u64 = 0xfec0_0000;
+pub const IOAPIC_BASE: u64 = abi::platform::IOAPIC_BASE;
 /// Size of the register window.
 pub const IOAPIC_SIZE: u64 = 0x1000;
 /// Number of pins: GSIs 0-23.

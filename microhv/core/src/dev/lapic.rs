@@ -29,7 +29,7 @@ use super::Clock;
 /// must agree.
 pub const APIC_BUS_HZ: u64 = 1_000_000_000;
 /// The power-on guest-physical address of the register page.
-pub const APIC_DEFAULT_BASE: u64 = 0xfee0_0000;
+pub const APIC_DEFAULT_BASE: u64 = abi::platform::LAPIC_BASE;
 /// IA32_APIC_BASE.
 pub const MSR_APIC_BASE: u32 = 0x1b;
 /// IA32_TSC_DEADLINE.

@@ -15,19 +15,19 @@
 use super::{Clock, IrqSink};
 
 /// I/O base of the block (ICH9's PMBASE).
-pub const PM_BASE: u16 = 0x600;
+pub const PM_BASE: u16 = abi::platform::PM_BASE;
 /// Ports the block occupies from [`PM_BASE`].
 pub const PM_LEN: u16 = 12;
 /// FADT PM1a_EVT_BLK (PM1_STS then PM1_EN).
-pub const PM1A_EVT_BLK: u16 = PM_BASE;
+pub const PM1A_EVT_BLK: u16 = abi::platform::PM1A_EVT_BLK;
 /// FADT PM1_EVT_LEN.
 pub const PM1_EVT_LEN: u8 = 4;
 /// FADT PM1a_CNT_BLK.
-pub const PM1A_CNT_BLK: u16 = PM_BASE + 4;
+pub const PM1A_CNT_BLK: u16 = abi::platform::PM1A_CNT_BLK;
 /// FADT PM1_CNT_LEN.
 pub const PM1_CNT_LEN: u8 = 2;
 /// FADT PM_TMR_BLK.
-pub const PM_TMR_BLK: u16 = PM_BASE + 8;
+pub const PM_TMR_BLK: u16 = abi::platform::PM_TMR_BLK;
 /// FADT PM_TMR_LEN.
 pub const PM_TMR_LEN: u8 = 4;
 /// The PM timer's rate (Hz), fixed by the ACPI specification.
@@ -35,9 +35,9 @@ pub const PM_TMR_HZ: u64 = 3_579_545;
 /// FADT flag TMR_VAL_EXT: false, the timer is 24 bits wide.
 pub const TMR_VAL_EXT: bool = false;
 /// FADT SCI_INT: the SCI's line (ISA IRQ 9, level; the MADT's override marks it so).
-pub const SCI_GSI: u32 = 9;
+pub const SCI_GSI: u32 = abi::platform::SCI_IRQ;
 /// SLP_TYP value of S5 (soft off), ICH9's encoding; the DSDT's `\_S5` package carries it.
-pub const SLP_TYP_S5: u8 = 7;
+pub const SLP_TYP_S5: u8 = abi::platform::SLP_TYP_S5;
 
 const TMR_BITS: u32 = if TMR_VAL_EXT { 32 } else { 24 };
 // PM1_STS / PM1_EN bits.

@@ -25,7 +25,7 @@ pub const RTC_DATA: u16 = 0x71;
 /// The RTC's line, ISA IRQ 8.
 pub const RTC_GSI: u32 = 8;
 /// CMOS index of the century byte (the FADT's CENTURY field, as QEMU).
-pub const CENTURY_INDEX: u8 = 0x32;
+pub const CENTURY_INDEX: u8 = abi::platform::CMOS_CENTURY;
 
 /// The divider chain's input, a 32.768 kHz crystal.
 const HZ: u64 = 32_768;
