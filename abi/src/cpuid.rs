@@ -5,6 +5,9 @@
 //! | `0x4000_0000` | highest microhv leaf         | signature `"microhv-vmm\0"`         |
 //! | `0x4000_0001` | ABI `major << 16 \| minor`   | ebx = caller's domid, ecx = `FLAG_*`|
 //! | `0x4000_0002` | `HYPERCALL_*` instruction    | 0                                   |
+//! | `0x4000_0010` | TSC frequency in kHz         | ebx = local APIC bus kHz (the de facto hypervisor timing leaf VMware defined) |
+//!
+//! Leaves between `LEAF_HYPERCALL` and `LEAF_TIMING` read as zeros.
 //!
 //! CPUID leaf 1 reports the "hypervisor present" bit (ecx bit 31).
 
@@ -14,8 +17,10 @@ pub const LEAF_BASE: u32 = 0x4000_0000;
 pub const LEAF_VERSION: u32 = 0x4000_0001;
 /// Hypercall-instruction leaf.
 pub const LEAF_HYPERCALL: u32 = 0x4000_0002;
+/// Timing leaf: eax = TSC kHz, ebx = local APIC timer bus kHz (since ABI 1.2).
+pub const LEAF_TIMING: u32 = 0x4000_0010;
 /// Highest leaf microhv answers.
-pub const LEAF_MAX: u32 = LEAF_HYPERCALL;
+pub const LEAF_MAX: u32 = LEAF_TIMING;
 
 /// The 12-byte signature in ebx, ecx, edx of `LEAF_BASE`.
 pub const SIGNATURE: [u8; 12] = *b"microhv-vmm\0";

@@ -2,15 +2,24 @@
 //! provides, plus microhv's own leaves from `0x4000_0000` (see `abi::cpuid`).
 //!
 //! The policy is a whitelist per leaf. Anything microhv does not virtualize is hidden: VMX and
-//! SVM (no nesting), SMX, x2APIC and the TSC deadline timer (only the xAPIC page is emulated),
-//! XSAVE and AVX (guest extended state is saved with FXSAVE only), PCID, performance monitoring,
-//! thermal and power management, and every leaf describing those. Leaf 1 sets the
-//! hypervisor-present bit.
+//! SVM (no nesting), SMX, XSAVE and AVX (guest extended state is saved with FXSAVE only), PCID,
+//! performance monitoring, thermal and power management, and every leaf describing those. Leaf
+//! 1 sets the hypervisor-present bit. What the virtual platform emulates is offered whatever the
+//! host has: x2APIC, the TSC-deadline timer and IA32_TSC_ADJUST (`dev/lapic.rs`, the MSR
+//! handlers), and the TSC's frequency (leaf 0x15 with the APIC bus as the crystal, leaf 0x16,
+//! and microhv's timing leaf), measured by microhv at boot: the guest runs on the host's TSC.
 
 use abi::cpuid as hv;
 
-/// Highest basic leaf reported.
-pub const MAX_BASIC_LEAF: u32 = 0x7;
+/// The local APIC timer's input clock, kHz.
+const APIC_BUS_KHZ: u32 = (crate::dev::lapic::APIC_BUS_HZ / 1000) as u32;
+
+/// Highest basic leaf reported (the TSC / crystal leaf 0x15 and the frequency leaf 0x16).
+pub const MAX_BASIC_LEAF: u32 = 0x16;
+/// Leaf 1 ecx bits the virtual platform provides: x2APIC, TSC-deadline.
+const L1_ECX_EMULATED: u32 = (1 << 21) | (1 << 24);
+/// Leaf 7.0 ebx bit the MSR handlers provide: IA32_TSC_ADJUST.
+const L7_EBX_EMULATED: u32 = 1 << 1;
 /// Highest extended leaf reported.
 pub const MAX_EXT_LEAF: u32 = 0x8000_0008;
 
@@ -76,6 +85,8 @@ pub struct Caller {
     pub vcpu: u32,
     /// `abi::cpuid::HYPERCALL_*` for this machine.
     pub hypercall_insn: u32,
+    /// The TSC's frequency (kHz), as microhv measured it.
+    pub tsc_khz: u32,
 }
 
 /// The guest's view of CPUID `(leaf, subleaf)`, given the host's `host(leaf, subleaf)`.
@@ -94,11 +105,18 @@ pub fn guest_cpuid(
             let [a, b, c, d] = host(1, 0);
             // ebx: keep brand index and CLFLUSH size; one logical CPU; APIC id = vCPU index.
             let b = (b & 0xffff) | (1 << 16) | (caller.vcpu << 24);
-            [a, b, (c & L1_ECX_KEEP) | (1 << 31), d & L1_EDX_KEEP]
+            [a, b, (c & L1_ECX_KEEP) | L1_ECX_EMULATED | (1 << 31), d & L1_EDX_KEEP]
         }
         7 if subleaf == 0 => {
             let [_, b, _, _] = host(7, 0);
-            [0, b & L7_EBX_KEEP, 0, 0]
+            [0, (b & L7_EBX_KEEP) | L7_EBX_EMULATED, 0, 0]
+        }
+        // TSC = crystal × ebx / eax, with the APIC bus as the crystal: Linux derives both its
+        // TSC and its APIC timer frequency from this leaf, so they must agree with the models.
+        0x15 => [APIC_BUS_KHZ, caller.tsc_khz, APIC_BUS_KHZ * 1000, 0],
+        0x16 => {
+            let mhz = caller.tsc_khz / 1000;
+            [mhz, mhz, APIC_BUS_KHZ / 1000, 0]
         }
         hv::LEAF_BASE => {
             let [b, c, d] = hv::signature_regs();
@@ -111,6 +129,7 @@ pub fn guest_cpuid(
             0,
         ],
         hv::LEAF_HYPERCALL => [caller.hypercall_insn, 0, 0, 0],
+        hv::LEAF_TIMING => [caller.tsc_khz, APIC_BUS_KHZ, 0, 0],
         0x8000_0000 => {
             let [max, b, c, d] = host(0x8000_0000, 0);
             [max.min(MAX_EXT_LEAF), b, c, d]
@@ -137,14 +156,18 @@ mod tests {
         [u32::MAX; 4]
     }
 
-    const CALLER: Caller =
-        Caller { domid: 3, privileged: false, vcpu: 1, hypercall_insn: hv::HYPERCALL_VMCALL };
+    const CALLER: Caller = Caller {
+        domid: 3,
+        privileged: false,
+        vcpu: 1,
+        hypercall_insn: hv::HYPERCALL_VMCALL,
+        tsc_khz: 2_500_000,
+    };
 
     #[test]
     fn virtualization_and_unsupported_state_are_hidden() {
         let [_, b, c, _] = guest_cpuid(1, 0, &CALLER, all_ones);
         assert_eq!(c & (1 << 5), 0, "VMX");
-        assert_eq!(c & (1 << 21), 0, "x2APIC");
         assert_eq!(c & (1 << 26), 0, "XSAVE");
         assert_eq!(c & (1 << 28), 0, "AVX");
         assert_ne!(c & (1 << 31), 0, "hypervisor bit");
@@ -166,5 +189,22 @@ mod tests {
         assert_eq!(guest_cpuid(hv::LEAF_VERSION, 0, &dom0, all_ones)[2], hv::FLAG_PRIVILEGED);
         assert_eq!(guest_cpuid(hv::LEAF_HYPERCALL, 0, &CALLER, all_ones)[0], 1);
         assert_eq!(guest_cpuid(hv::LEAF_MAX + 1, 0, &CALLER, all_ones), [0; 4]);
+        assert_eq!(guest_cpuid(hv::LEAF_TIMING - 1, 0, &CALLER, all_ones), [0; 4]);
+    }
+
+    #[test]
+    fn emulated_features_and_the_tsc_frequency_are_offered_on_any_host() {
+        let none = |_, _| [0; 4];
+        let [_, _, c, _] = guest_cpuid(1, 0, &CALLER, none);
+        assert_ne!(c & (1 << 21), 0, "x2APIC");
+        assert_ne!(c & (1 << 24), 0, "TSC-deadline");
+        assert_ne!(guest_cpuid(7, 0, &CALLER, none)[1] & 2, 0, "TSC_ADJUST");
+        let [den, num, crystal, _] = guest_cpuid(0x15, 0, &CALLER, none);
+        let tsc_hz = u64::from(crystal) * u64::from(num) / u64::from(den);
+        assert_eq!(tsc_hz, 2_500_000_000);
+        assert_eq!(u64::from(crystal), crate::dev::lapic::APIC_BUS_HZ);
+        assert_eq!(guest_cpuid(0x16, 0, &CALLER, none)[0], 2500);
+        assert_eq!(guest_cpuid(hv::LEAF_TIMING, 0, &CALLER, none), [2_500_000, 1_000_000, 0, 0]);
+        assert_eq!(guest_cpuid(0xb, 0, &CALLER, all_ones), [0; 4], "no topology leaf");
     }
 }

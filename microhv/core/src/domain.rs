@@ -33,6 +33,18 @@ pub struct Vcpu<V> {
     pub irq_window: bool,
     /// Its MTRRs.
     pub mtrrs: crate::mtrr::Mtrrs,
+    /// NMI-window exiting is on (mirrors the backend's control).
+    pub nmi_window: bool,
+    /// Its TSC: the guest reads the host TSC plus `tsc_offset` (wrapping); `tsc_adjust` is
+    /// IA32_TSC_ADJUST, which every TSC write moves by as much as the TSC (SDM 17.17.3).
+    pub tsc_offset: u64,
+    /// IA32_TSC_ADJUST.
+    pub tsc_adjust: u64,
+    /// IA32_MISC_ENABLE (only fast strings is writable).
+    pub misc_enable: u64,
+    /// AMD's legacy performance-counter MSRs (PERF_CTL0–3, PERF_CTR0–3) as inert storage: no
+    /// event is counted, but what a guest writes reads back, as its probe expects.
+    pub amd_perf: [u64; 8],
 }
 
 impl<V> Vcpu<V> {
@@ -46,6 +58,11 @@ impl<V> Vcpu<V> {
             halted_if: false,
             irq_window: false,
             mtrrs: crate::mtrr::Mtrrs::new(),
+            nmi_window: false,
+            tsc_offset: 0,
+            tsc_adjust: 0,
+            misc_enable: crate::policy::MISC_ENABLE_VALUE,
+            amd_perf: [0; 8],
         }
     }
 }

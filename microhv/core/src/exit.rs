@@ -300,6 +300,8 @@ pub enum GuestReg {
     CsLd,
     /// The type field (0–15) of the task register's cached descriptor; read-only.
     TrType,
+    /// The TSC offset: the guest's RDTSC reads the host TSC plus this (wrapping).
+    TscOffset,
 }
 
 /// An event to deliver to the guest on the next entry.
@@ -309,6 +311,9 @@ pub enum Event {
     InvalidOpcode,
     /// #GP(0).
     GeneralProtection,
+    /// An NMI (only when [`Backend::interruptible`] said so for NMIs). The backend blocks
+    /// further NMIs until the guest's IRET, as the CPU does.
+    Nmi,
 }
 
 /// The state a vCPU starts in (`abi::types::VcpuState`, validated).
@@ -390,14 +395,18 @@ pub trait Backend {
     /// Delivers `event` on the next entry.
     fn inject(&mut self, vcpu: &mut Self::Vcpu, event: Event);
     /// Whether the guest can take an external interrupt at the next entry: RFLAGS.IF set, no
-    /// STI / MOV SS interrupt shadow, and no event already queued for delivery.
-    fn interruptible(&mut self, vcpu: &mut Self::Vcpu) -> bool;
+    /// STI / MOV SS interrupt shadow, and no event already queued for delivery. With `nmi`,
+    /// whether it can take an NMI: no shadow, no event queued, and not blocked by an NMI whose
+    /// handler has not returned (IRET).
+    fn interruptible(&mut self, vcpu: &mut Self::Vcpu, nmi: bool) -> bool;
     /// Queues external interrupt `vector` for the next entry (only when
     /// [`Backend::interruptible`] said so).
     fn inject_interrupt(&mut self, vcpu: &mut Self::Vcpu, vector: u8);
     /// With `on`, the guest exits ([`Exit::InterruptWindow`]) as soon as it can take an
-    /// interrupt (VMX interrupt-window exiting, SVM virtual interrupt with its intercept).
-    fn set_interrupt_window(&mut self, vcpu: &mut Self::Vcpu, on: bool);
+    /// interrupt (VMX interrupt-window exiting, SVM virtual interrupt with its intercept); with
+    /// `nmi`, as soon as it can take an NMI (VMX NMI-window exiting; on SVM the IRET intercept
+    /// that ends NMI blocking, which is armed whenever an NMI is being handled).
+    fn set_interrupt_window(&mut self, vcpu: &mut Self::Vcpu, on: bool, nmi: bool);
     /// Installs a new second-level root (the EPTP / nCR3 value the `mmu` computed) and flushes
     /// what the CPU may have cached for it.
     fn set_root(&mut self, vcpu: &mut Self::Vcpu, root: u64);

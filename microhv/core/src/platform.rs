@@ -14,7 +14,9 @@
 
 use crate::dev::hpet::{HPET_BASE, HPET_LEN, Hpet};
 use crate::dev::ioapic::{ApicBus, IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicMsg};
-use crate::dev::lapic::{ApicEffect, DeliveryMode, IpiRequest, Lapic, LapicConfig};
+use crate::dev::lapic::{
+    ApicEffect, DeliveryMode, Gp, IpiRequest, Lapic, LapicConfig, MSR_TSC_DEADLINE as TSC_DEADLINE,
+};
 use crate::dev::pic::{PIC_ELCR, PIC_MASTER, PIC_SLAVE, Pic};
 use crate::dev::pit::Pit;
 use crate::dev::pmtimer::{PmOutcome, PmTimer};
@@ -172,12 +174,8 @@ impl Platform {
         let vcpus = vcpus.clamp(1, VCPUS);
         let below = ram.min(0xc000_0000);
         let mut p = Self {
-            // CPUID does not offer x2APIC or the TSC-deadline timer (yet): the APICs must not
-            // have them either.
-            lapics: core::array::from_fn(|i| {
-                let cfg = LapicConfig::new(i as u32, i == 0);
-                Lapic::new(LapicConfig { x2apic: false, tsc_deadline: false, ..cfg })
-            }),
+            // x2APIC and the TSC-deadline timer are on, as CPUID says (`cpuid.rs`).
+            lapics: core::array::from_fn(|i| Lapic::new(LapicConfig::new(i as u32, i == 0))),
             vcpus,
             ioapic: IoApic::new(),
             pic: Pic::new(),
@@ -438,6 +436,42 @@ impl Platform {
             ApicEffect::Eoi(_) => {}
             ApicEffect::Ipi(req) => w.bus.ipi(req),
         }
+    }
+
+    /// An x2APIC register (MSR `0x800..=0x8FF`) or IA32_TSC_DEADLINE of vCPU `v`, read
+    /// (`write` = `None`) or written; the deadline is in the [`Clock`]'s timebase. `Err` is
+    /// #GP.
+    pub fn apic_msr(
+        &mut self,
+        clock: &Clock,
+        v: usize,
+        msr: u32,
+        write: Option<u64>,
+    ) -> Result<u64, Gp> {
+        let l = self.lapics.get_mut(v).ok_or(Gp)?;
+        let r = match (msr, write) {
+            (TSC_DEADLINE, None) => l.tsc_deadline(),
+            (TSC_DEADLINE, Some(val)) => l.set_tsc_deadline(val).map(|()| 0),
+            (m, None) => l.x2apic_read(m, clock),
+            (m, Some(val)) => l.x2apic_write(m, val, clock).map(|effect| {
+                if let Some(e) = effect {
+                    self.apic_effect(e);
+                }
+                0
+            }),
+        };
+        self.refresh(clock);
+        r
+    }
+
+    /// Whether an NMI waits for vCPU `v`.
+    pub fn nmi_pending(&self, v: usize) -> bool {
+        self.lapics.get(v).is_some_and(Lapic::nmi_pending)
+    }
+
+    /// Takes vCPU `v`'s pending NMI, when the backend injects it.
+    pub fn take_nmi(&mut self, v: usize) -> bool {
+        self.lapics.get_mut(v).is_some_and(Lapic::take_nmi)
     }
 
     /// The interrupt vCPU `v` would take next, if any.

@@ -92,6 +92,10 @@ pub mod msr {
     pub const FEATURE_CONTROL: u32 = 0x3a;
     /// IA32_MISC_ENABLE.
     pub const MISC_ENABLE: u32 = 0x1a0;
+    /// IA32_TSC_ADJUST.
+    pub const TSC_ADJUST: u32 = 0x3b;
+    /// AMD's legacy PERF_CTL0–3 (`..=0xc001_0003`) and PERF_CTR0–3.
+    pub const AMD_PERF: core::ops::RangeInclusive<u32> = 0xc001_0000..=0xc001_0007;
     /// IA32_EFER.
     pub const EFER: u32 = 0xc000_0080;
     /// IA32_BIOS_SIGN_ID: the microcode revision (bits 63:32), which software reads after
@@ -150,8 +154,12 @@ pub const SYSCALL_MSRS: [u32; 5] =
 
 /// The xAPIC base microhv reports: the default address, enabled, this CPU is the BSP.
 pub const APIC_BASE_VALUE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
-/// IA32_MISC_ENABLE as reported: fast strings.
-pub const MISC_ENABLE_VALUE: u64 = 1;
+/// IA32_MISC_ENABLE at reset: fast strings on, branch-trace store and PEBS unavailable (the
+/// debug store is hidden).
+pub const MISC_ENABLE_VALUE: u64 = 1 | (1 << 11) | (1 << 12);
+/// IA32_MISC_ENABLE bits a guest may change: fast strings. A write that changes any other bit
+/// would enable a feature CPUID does not show (or disable one it does) and raises #GP.
+pub const MISC_ENABLE_WRITABLE: u64 = 1;
 /// IA32_FEATURE_CONTROL as reported: locked, VMX off (guests get no VMX).
 pub const FEATURE_CONTROL_VALUE: u64 = 1;
 

@@ -214,8 +214,9 @@ impl Backend for FakeBackend {
         v.injected.push(event);
     }
 
-    fn interruptible(&mut self, v: &mut FakeVcpu) -> bool {
-        v.regs.get("rflags").copied().unwrap_or(0) & (1 << 9) != 0 && v.pending_irq.is_none()
+    fn interruptible(&mut self, v: &mut FakeVcpu, nmi: bool) -> bool {
+        (nmi || v.regs.get("rflags").copied().unwrap_or(0) & (1 << 9) != 0)
+            && v.pending_irq.is_none()
     }
 
     fn inject_interrupt(&mut self, v: &mut FakeVcpu, vector: u8) {
@@ -223,8 +224,10 @@ impl Backend for FakeBackend {
         v.irqs.push(vector);
     }
 
-    fn set_interrupt_window(&mut self, v: &mut FakeVcpu, on: bool) {
-        v.window = on;
+    fn set_interrupt_window(&mut self, v: &mut FakeVcpu, on: bool, nmi: bool) {
+        if !nmi {
+            v.window = on;
+        }
     }
 
     fn set_root(&mut self, v: &mut FakeVcpu, root: u64) {
@@ -256,6 +259,7 @@ fn name(r: GuestReg) -> &'static str {
         GuestReg::GsBase => "gs_base",
         GuestReg::CsLd => "cs_ld",
         GuestReg::TrType => "tr_type",
+        GuestReg::TscOffset => "tsc_offset",
         GuestReg::Pdpte(i) => ["pdpte0", "pdpte1", "pdpte2", "pdpte3"]
             .get(usize::from(i))
             .copied()

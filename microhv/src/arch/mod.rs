@@ -140,10 +140,10 @@ impl Backend for Arch {
         }
     }
 
-    fn interruptible(&mut self, vcpu: &mut ArchVcpu) -> bool {
+    fn interruptible(&mut self, vcpu: &mut ArchVcpu, nmi: bool) -> bool {
         match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.interruptible(v),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.interruptible(v),
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.interruptible(v, nmi),
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.interruptible(v, nmi),
             _ => false,
         }
     }
@@ -156,10 +156,10 @@ impl Backend for Arch {
         }
     }
 
-    fn set_interrupt_window(&mut self, vcpu: &mut ArchVcpu, on: bool) {
+    fn set_interrupt_window(&mut self, vcpu: &mut ArchVcpu, on: bool, nmi: bool) {
         match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.set_interrupt_window(v, on),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.set_interrupt_window(v, on),
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.set_interrupt_window(v, on, nmi),
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.set_interrupt_window(v, on, nmi),
             _ => {}
         }
     }

@@ -78,6 +78,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     privileged: self.domains[d].privileged,
                     vcpu: v as u32,
                     hypercall_insn: self.backend.hypercall_insn(),
+                    tsc_khz: u32::try_from(self.tsc_khz).unwrap_or(u32::MAX),
                 };
                 let g = &self.domains[d].vcpus[v].gprs;
                 let (leaf, sub) = (g.rax as u32, g.rcx as u32);
@@ -434,9 +435,21 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         r
     }
 
+    /// Moves vCPU `v`'s TSC, and IA32_TSC_ADJUST with it, by `delta` ticks.
+    fn move_tsc(&mut self, d: usize, v: usize, delta: u64) {
+        let vc = &mut self.domains[d].vcpus[v];
+        vc.tsc_offset = vc.tsc_offset.wrapping_add(delta);
+        vc.tsc_adjust = vc.tsc_adjust.wrapping_add(delta);
+        let off = vc.tsc_offset;
+        self.write_reg(d, v, GuestReg::TscOffset, off);
+    }
+
     /// Emulates RDMSR / WRMSR; false means #GP.
     pub(super) fn msr(&mut self, d: usize, v: usize, write: bool) -> bool {
+        use crate::dev::lapic::{MSR_TSC_DEADLINE as DEADLINE, MSR_X2APIC};
         use policy::msr::*;
+        const X2APIC_FIRST: u32 = *MSR_X2APIC.start();
+        const X2APIC_LAST: u32 = *MSR_X2APIC.end();
         let g = self.domains[d].vcpus[v].gprs;
         let index = g.rcx as u32;
         let value = (g.rdx << 32) | (g.rax & 0xffff_ffff);
@@ -478,7 +491,38 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             }
             (TSC, false) => {
                 let now = self.backend.now();
-                read(self, now)
+                read(self, now.wrapping_add(self.domains[d].vcpus[v].tsc_offset))
+            }
+            (TSC, true) => {
+                let guest = self.backend.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset);
+                self.move_tsc(d, v, value.wrapping_sub(guest));
+                true
+            }
+            (TSC_ADJUST, false) => read(self, self.domains[d].vcpus[v].tsc_adjust),
+            (TSC_ADJUST, true) => {
+                self.move_tsc(d, v, value.wrapping_sub(self.domains[d].vcpus[v].tsc_adjust));
+                true
+            }
+            // The deadline is kept in host TSC terms: the guest's is offset.
+            (DEADLINE, _) | (X2APIC_FIRST..=X2APIC_LAST, _) => {
+                let off = self.domains[d].vcpus[v].tsc_offset;
+                let arg = match (index, write) {
+                    (_, false) => None,
+                    (DEADLINE, true) if value != 0 => Some(value.wrapping_sub(off).max(1)),
+                    (_, true) => Some(value),
+                };
+                let clock = self.clock();
+                let Some(p) = self.domains[d].platform.as_mut() else { return false };
+                let r = p.apic_msr(&clock, v, index, arg);
+                self.timers_changed();
+                match r {
+                    Ok(val) if !write => {
+                        let val =
+                            if index == DEADLINE && val != 0 { val.wrapping_add(off) } else { val };
+                        read(self, val)
+                    }
+                    r => r.is_ok(),
+                }
             }
             (APIC_BASE, false) => {
                 let val = self.lapic(d, v).map_or(policy::APIC_BASE_VALUE, |l| l.apic_base());
@@ -505,7 +549,27 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             // (to ask the CPU to fill it in) is accepted.
             (BIOS_SIGN_ID, false) => read(self, 1 << 32),
             (BIOS_SIGN_ID, true) => true,
-            (MISC_ENABLE, false) => read(self, policy::MISC_ENABLE_VALUE),
+            (MISC_ENABLE, false) => read(self, self.domains[d].vcpus[v].misc_enable),
+            (MISC_ENABLE, true) => {
+                let cur = &mut self.domains[d].vcpus[v].misc_enable;
+                let ok = (value ^ *cur) & !policy::MISC_ENABLE_WRITABLE == 0;
+                if ok {
+                    *cur = value;
+                }
+                ok
+            }
+            (m, _) if AMD_PERF.contains(&m) && crate::hwcaps::is_amd_vendor(&self.vendor()) => {
+                let i = (m - AMD_PERF.start()) as usize;
+                let slot = &mut self.domains[d].vcpus[v].amd_perf[i & 7];
+                if write {
+                    // Counters are 48 bits wide.
+                    *slot = if i >= 4 { value & ((1 << 48) - 1) } else { value };
+                    true
+                } else {
+                    let val = *slot;
+                    read(self, val)
+                }
+            }
             (FEATURE_CONTROL, false) => read(self, policy::FEATURE_CONTROL_VALUE),
             _ => {
                 log::debug!(

@@ -34,7 +34,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             && vc.init.is_none()
             && vc.blocked_until <= now
             && (!vc.halted
-                || (vc.halted_if && dom.platform.as_ref().is_some_and(|p| p.pending(v).is_some())))
+                || dom
+                    .platform
+                    .as_ref()
+                    .is_some_and(|p| (vc.halted_if && p.pending(v).is_some()) || p.nmi_pending(v)))
     }
 
     /// Runs the device models whose deadline has come and recomputes the earliest one
@@ -130,7 +133,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     pub(super) fn prepare_entry(&mut self, d: usize, v: usize) -> Result<(), CrashReason> {
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let dom = &mut self.domains[d];
-        let crate::domain::Vcpu { arch, irq_window, .. } = &mut dom.vcpus[v];
+        let crate::domain::Vcpu { arch, irq_window, nmi_window, .. } = &mut dom.vcpus[v];
         let arch = arch.as_mut().ok_or(CrashReason::EntryFailure)?;
         if dom.mmu.needs_reload(v) {
             let root = dom.mmu.reload_root(&mut m, v).map_err(|e| {
@@ -144,9 +147,23 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             dom.counters.tlb_flushes += 1;
         }
         if let Some(p) = dom.platform.as_mut() {
+            // An NMI goes first; an interrupt then waits for the next window.
+            let mut window = false;
+            if p.nmi_pending(v) {
+                if self.backend.interruptible(arch, true) {
+                    p.take_nmi(v);
+                    self.backend.inject(arch, Event::Nmi);
+                } else {
+                    window = true;
+                }
+            }
+            if window != *nmi_window {
+                *nmi_window = window;
+                self.backend.set_interrupt_window(arch, window, true);
+            }
             let mut window = false;
             if let Some(pending) = p.pending(v) {
-                if self.backend.interruptible(arch) {
+                if self.backend.interruptible(arch, false) {
                     let vector = p.acknowledge(v, pending);
                     self.backend.inject_interrupt(arch, vector);
                     window = p.pending(v).is_some();
@@ -156,7 +173,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             }
             if window != *irq_window {
                 *irq_window = window;
-                self.backend.set_interrupt_window(arch, window);
+                self.backend.set_interrupt_window(arch, window, false);
             }
         }
         Ok(())

@@ -105,6 +105,12 @@ pub struct SvmVcpu {
     fx: FxArea,
     /// DR0–DR3, which no VMCB field holds, while another vCPU has the hardware.
     debug: DebugRegs,
+    /// An injected NMI's handler has not returned: SVM does not track the guest's NMI
+    /// blocking, so microhv does, ending it at the handler's IRET (intercepted meanwhile).
+    nmi_blocked: bool,
+    /// The RIP of that IRET, which the intercept reports before it executes: the blocking
+    /// ends once the guest has moved past it (at a later exit; KVM single-steps it instead).
+    nmi_iret_rip: Option<u64>,
 }
 
 /// The SVM backend.
@@ -491,7 +497,7 @@ impl Svm {
                 (Exit::NestedPageFault { gpa: info2, access }, 0)
             }
             exit::INTR | exit::NMI => (Exit::Interrupt, 0),
-            exit::VINTR => (Exit::InterruptWindow, 0),
+            exit::VINTR | exit::IRET => (Exit::InterruptWindow, 0),
             exit::SHUTDOWN => (Exit::TripleFault, 0),
             exit::VMRUN
             | exit::VMLOAD
@@ -590,6 +596,8 @@ impl Backend for Svm {
             stale: true,
             fx: FxArea::reset(),
             debug: DebugRegs::default(),
+            nmi_blocked: false,
+            nmi_iret_rip: None,
         };
         self.reset_vcpu(&mut v, init);
         Ok(v)
@@ -603,6 +611,10 @@ impl Backend for Svm {
             self.dr_owner = 0;
         }
         v.stale = true;
+        v.nmi_blocked = false;
+        v.nmi_iret_rip = None;
+        let vm = v.vmcb;
+        vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) & !misc1::IRET);
     }
 
     fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
@@ -681,6 +693,11 @@ impl Backend for Svm {
         let info1 = vm.r64(control::EXITINFO1);
         let info2 = vm.r64(control::EXITINFO2);
         vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
+        if code == exit::IRET {
+            v.nmi_blocked = false;
+            v.nmi_iret_rip = Some(vm.r64(save::RIP));
+            vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) & !misc1::IRET);
+        }
         let (exit, insn_len) = match self.translate(vm, code, info1, info2, gprs) {
             // The slice timer (no other interrupt source is unmasked).
             (Exit::Interrupt, len) if timed && code == exit::INTR => (Exit::Timer, len),
@@ -739,6 +756,7 @@ impl Backend for Svm {
             GuestReg::Pdpte(_) => 0,
             GuestReg::CsLd => u64::from(vm.r16(save::CS + seg::ATTRIB) >> 9) & 3,
             GuestReg::TrType => u64::from(vm.r16(save::TR + seg::ATTRIB) & 0xf),
+            GuestReg::TscOffset => vm.r64(control::TSC_OFFSET),
         }
     }
 
@@ -761,6 +779,7 @@ impl Backend for Svm {
             }
             GuestReg::FsBase => vm.w64(save::FS + seg::BASE, value),
             GuestReg::GsBase => vm.w64(save::GS + seg::BASE, value),
+            GuestReg::TscOffset => vm.w64(control::TSC_OFFSET, value),
             GuestReg::Pdpte(_) | GuestReg::CsLd | GuestReg::TrType => {}
         }
     }
@@ -787,17 +806,31 @@ impl Backend for Svm {
         let (vector, has_code) = match event {
             Event::InvalidOpcode => (6u64, false),
             Event::GeneralProtection => (13, true),
+            Event::Nmi => {
+                // Type 2: NMI. Blocked until the handler's IRET.
+                vm.w64(control::EVENTINJ, 2 | (2 << 8) | (1 << 31));
+                v.nmi_blocked = true;
+                vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) | misc1::IRET);
+                return;
+            }
         };
         // Real mode delivers no error code. Type 3: exception; the error code (0) is 63:32.
         let code = has_code && vm.r64(save::CR0) & CR0_PE != 0;
         vm.w64(control::EVENTINJ, vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31));
     }
 
-    fn interruptible(&mut self, v: &mut SvmVcpu) -> bool {
+    fn interruptible(&mut self, v: &mut SvmVcpu, nmi: bool) -> bool {
         let vm = v.vmcb;
-        vm.r64(save::RFLAGS) & RFLAGS_IF != 0
-            && vm.r64(control::INT_STATE) & 1 == 0
-            && vm.r64(control::EVENTINJ) & (1 << 31) == 0
+        let open = if nmi {
+            if v.nmi_iret_rip.is_some_and(|rip| rip == vm.r64(save::RIP)) {
+                return false;
+            }
+            v.nmi_iret_rip = None;
+            !v.nmi_blocked
+        } else {
+            vm.r64(save::RFLAGS) & RFLAGS_IF != 0
+        };
+        open && vm.r64(control::INT_STATE) & 1 == 0 && vm.r64(control::EVENTINJ) & (1 << 31) == 0
     }
 
     fn inject_interrupt(&mut self, v: &mut SvmVcpu, vector: u8) {
@@ -805,7 +838,11 @@ impl Backend for Svm {
         v.vmcb.w64(control::EVENTINJ, u64::from(vector) | (1 << 31));
     }
 
-    fn set_interrupt_window(&mut self, v: &mut SvmVcpu, on: bool) {
+    fn set_interrupt_window(&mut self, v: &mut SvmVcpu, on: bool, nmi: bool) {
+        // The NMI window is the IRET intercept, armed with every injected NMI.
+        if nmi {
+            return;
+        }
         let vm = v.vmcb;
         let ctl = vm.r32(control::INT_CTL);
         let misc = vm.r32(control::INTERCEPT_MISC1);

@@ -132,6 +132,8 @@ pub mod misc1 {
     pub const VINTR: u32 = 1 << 4;
     /// CPUID.
     pub const CPUID: u32 = 1 << 18;
+    /// IRET (ends the NMI blocking microhv tracks).
+    pub const IRET: u32 = 1 << 20;
     /// RDPMC.
     pub const RDPMC: u32 = 1 << 15;
     /// INVD.
@@ -210,6 +212,8 @@ pub mod exit {
     pub const VINTR: u64 = 0x064;
     /// CPUID.
     pub const CPUID: u64 = 0x072;
+    /// IRET (before it executes).
+    pub const IRET: u64 = 0x074;
     /// RDPMC.
     pub const RDPMC: u64 = 0x06f;
     /// INVD.

@@ -47,6 +47,8 @@ use microhv_core::regs::{
     RFLAGS_TF,
 };
 
+/// Guest interruptibility state: blocking by NMI (with virtual NMIs, virtual-NMI blocking).
+const INTR_BLOCK_NMI: u64 = 1 << 3;
 /// COM2, passed through to dom0.
 const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
 
@@ -144,14 +146,22 @@ impl Vmx {
         selectors: Selectors,
         frames: &mut dyn FrameSource,
     ) -> Result<Self, &'static str> {
+        // Virtual NMIs (the CPU tracks the guest's NMI blocking and its IRET) where offered:
+        // without them microhv injects no NMI, as it could not tell when the handler ended.
+        let vnmi = PinbasedControls::VIRTUAL_NMIS.bits();
+        let vnmi = if (msrs.pinbased >> 32) as u32 & vnmi != 0 { vnmi } else { 0 };
         let pin = adjust_controls(
             (PinbasedControls::EXTERNAL_INTERRUPT_EXITING
                 | PinbasedControls::NMI_EXITING
                 | PinbasedControls::VMX_PREEMPTION_TIMER)
-                .bits(),
+                .bits()
+                | vnmi,
             msrs.pinbased,
         )
         .map_err(|_| "pin-based controls")?;
+        if vnmi == 0 {
+            log::warn!("VMX without virtual NMIs: guests get no NMIs");
+        }
         let proc1 = adjust_controls(
             (PrimaryControls::HLT_EXITING
                 | PrimaryControls::RDPMC_EXITING
@@ -159,6 +169,7 @@ impl Vmx {
                 | PrimaryControls::MONITOR_EXITING
                 | PrimaryControls::USE_IO_BITMAPS
                 | PrimaryControls::USE_MSR_BITMAPS
+                | PrimaryControls::USE_TSC_OFFSETTING
                 | PrimaryControls::SECONDARY_CONTROLS)
                 .bits(),
             msrs.procbased,
@@ -301,6 +312,10 @@ impl Vmx {
         vmcs::write(control::CR4_READ_SHADOW, visible);
     }
 
+    fn virtual_nmis(&self) -> bool {
+        self.pin & PinbasedControls::VIRTUAL_NMIS.bits() != 0
+    }
+
     fn visible(real: u64, shadow: u64, mask: u64) -> u64 {
         (real & !mask) | (shadow & mask)
     }
@@ -313,6 +328,7 @@ impl Vmx {
         write(control::VMEXIT_CONTROLS, self.exit_ctl.into());
         write(control::VMENTRY_CONTROLS, self.entry_ctl.into());
         write(control::EXCEPTION_BITMAP, 0);
+        write(control::TSC_OFFSET_FULL, 0);
         write(control::CR3_TARGET_COUNT, 0);
         write(control::CR0_GUEST_HOST_MASK, self.cr0_mask);
         write(control::CR4_GUEST_HOST_MASK, self.cr4_mask);
@@ -456,19 +472,27 @@ impl Vmx {
             },
             31 => Exit::RdMsr,
             32 => Exit::WrMsr,
-            48 => Exit::NestedPageFault {
-                gpa: vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL),
-                access: Access {
-                    read: qual & 1 != 0,
-                    write: qual & 2 != 0,
-                    exec: qual & 4 != 0,
-                    present: qual & 0x38 != 0,
-                    // A linear address (bit 7) whose translation was not what was accessed
-                    // (bit 8 clear): a paging-structure entry.
-                    walk: qual & (1 << 7) != 0 && qual & (1 << 8) == 0,
-                },
-            },
-            7 => Exit::InterruptWindow,
+            48 => {
+                // An IRET that faulted after unblocking NMIs has not completed: the blocking
+                // it lifted must hold again when it re-executes (SDM 28.2.3).
+                if qual & (1 << 12) != 0 && self.virtual_nmis() {
+                    let intr = vmcs::read(guest::INTERRUPTIBILITY_STATE);
+                    vmcs::write(guest::INTERRUPTIBILITY_STATE, intr | INTR_BLOCK_NMI);
+                }
+                Exit::NestedPageFault {
+                    gpa: vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL),
+                    access: Access {
+                        read: qual & 1 != 0,
+                        write: qual & 2 != 0,
+                        exec: qual & 4 != 0,
+                        present: qual & 0x38 != 0,
+                        // A linear address (bit 7) whose translation was not what was accessed
+                        // (bit 8 clear): a paging-structure entry.
+                        walk: qual & (1 << 7) != 0 && qual & (1 << 8) == 0,
+                    },
+                }
+            }
+            7 | 8 => Exit::InterruptWindow,
             52 => Exit::Timer,
             _ => Exit::Unhandled,
         }
@@ -695,6 +719,7 @@ impl Backend for Vmx {
             // Access rights: L is bit 13, D/B bit 14; the type is bits 3:0.
             GuestReg::CsLd => (vmcs::read(guest::CS_ACCESS_RIGHTS) >> 13) & 3,
             GuestReg::TrType => vmcs::read(guest::TR_ACCESS_RIGHTS) & 0xf,
+            GuestReg::TscOffset => vmcs::read(control::TSC_OFFSET_FULL),
         }
     }
 
@@ -722,6 +747,7 @@ impl Backend for Vmx {
             GuestReg::GsBase => vmcs::write(guest::GS_BASE, value),
             // With EPT the CPU enters PAE paging with these fields, not from memory.
             GuestReg::Pdpte(i) => vmcs::write(guest::PDPTE0_FULL + 2 * u32::from(i & 3), value),
+            GuestReg::TscOffset => vmcs::write(control::TSC_OFFSET_FULL, value),
             GuestReg::CsLd | GuestReg::TrType => {}
         }
     }
@@ -750,6 +776,11 @@ impl Backend for Vmx {
         let (vector, has_code) = match event {
             Event::InvalidOpcode => (6u64, false),
             Event::GeneralProtection => (13, true),
+            Event::Nmi => {
+                // Type 2: NMI.
+                vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 2 | (2 << 8) | (1 << 31));
+                return;
+            }
         };
         // Real mode delivers no error code (and VM entry refuses to inject one there). PE is
         // guest-owned with unrestricted guest: the real CR0 has it, the read shadow may not.
@@ -759,10 +790,15 @@ impl Backend for Vmx {
         vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
     }
 
-    fn interruptible(&mut self, v: &mut VmxVcpu) -> bool {
+    fn interruptible(&mut self, v: &mut VmxVcpu, nmi: bool) -> bool {
         self.make_current(v);
-        vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0
-            && vmcs::read(guest::INTERRUPTIBILITY_STATE) & 3 == 0
+        // NMIs wait out the STI shadow too: some CPUs refuse the entry otherwise (SDM 26.3.1.5).
+        let (open, blocking) = if nmi {
+            (self.virtual_nmis(), 3 | INTR_BLOCK_NMI)
+        } else {
+            (vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0, 3)
+        };
+        open && vmcs::read(guest::INTERRUPTIBILITY_STATE) & blocking == 0
             && vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0
     }
 
@@ -772,9 +808,14 @@ impl Backend for Vmx {
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(vector) | (1 << 31));
     }
 
-    fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool) {
+    fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool, nmi: bool) {
         self.make_current(v);
-        let bit = u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits());
+        let bit = match nmi {
+            // NMI-window exiting exists only with virtual NMIs.
+            true if !self.virtual_nmis() => return,
+            true => u64::from(PrimaryControls::NMI_WINDOW_EXITING.bits()),
+            false => u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits()),
+        };
         let ctl = vmcs::read(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
         let new = if on { ctl | bit } else { ctl & !bit };
         if new != ctl {
