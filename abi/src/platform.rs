@@ -26,3 +26,8 @@ pub const RESET_PORT: u16 = 0xcf9;
 pub const RESET_VALUE: u8 = 0x06;
 /// The CMOS index of the century byte.
 pub const CMOS_CENTURY: u8 = 0x32;
+/// QEMU's fw_cfg selector port (a 16-bit write selects an item).
+pub const FW_CFG_SELECTOR: u16 = 0x510;
+/// QEMU's fw_cfg data port (8-bit reads return the selected item's bytes in turn). The DMA
+/// address register QEMU may put at 0x514 is not offered: the ID item says so.
+pub const FW_CFG_DATA: u16 = 0x511;

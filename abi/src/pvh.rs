@@ -236,19 +236,12 @@ pub struct ModuleDesc<'a> {
     pub cmdline: &'a str,
 }
 
-/// Builds the page placed at [`START_INFO_GPA`]: a [`StartInfo`], then the memory map, the
-/// module list and the NUL-terminated strings, every address in it guest-physical.
-pub fn build_start_page(
-    mem_bytes: u64,
-    cmdline: &str,
-    modules: &[ModuleDesc<'_>],
-    rsdp_paddr: u64,
-) -> Result<[u8; 4096], StartPageError> {
-    use zerocopy::IntoBytes;
-    let mut page = [0u8; 4096];
+/// The memory map of a domain with `mem_bytes` of RAM, as the start info gives it (and as
+/// microhv's fw_cfg offers it in `etc/e820`, so the two cannot disagree).
+pub fn memmap(mem_bytes: u64) -> [MemmapEntry; 5] {
     // The PC's layout: the start page reserved, and the legacy hole from 640 KiB to 1 MiB
     // (where the ACPI tables live) reserved.
-    let memmap = [
+    [
         MemmapEntry { addr: 0, size: START_INFO_GPA, kind: MEMMAP_RAM, reserved: 0 },
         MemmapEntry { addr: START_INFO_GPA, size: 0x1000, kind: MEMMAP_RESERVED, reserved: 0 },
         MemmapEntry {
@@ -269,7 +262,20 @@ pub fn build_start_page(
             kind: MEMMAP_RAM,
             reserved: 0,
         },
-    ];
+    ]
+}
+
+/// Builds the page placed at [`START_INFO_GPA`]: a [`StartInfo`], then the memory map, the
+/// module list and the NUL-terminated strings, every address in it guest-physical.
+pub fn build_start_page(
+    mem_bytes: u64,
+    cmdline: &str,
+    modules: &[ModuleDesc<'_>],
+    rsdp_paddr: u64,
+) -> Result<[u8; 4096], StartPageError> {
+    use zerocopy::IntoBytes;
+    let mut page = [0u8; 4096];
+    let memmap = memmap(mem_bytes);
     if modules.len() > MAX_MODULES {
         return Err(StartPageError::TooBig);
     }

@@ -12,6 +12,7 @@
 //! [`Platform::deadline`] keeps the earliest, so the run loop can bound a vCPU's time slice
 //! and wake halted vCPUs without polling every device on every exit.
 
+use crate::dev::fwcfg::FwCfg;
 use crate::dev::hpet::{HPET_BASE, HPET_LEN, Hpet};
 use crate::dev::ioapic::{ApicBus, IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicMsg};
 use crate::dev::lapic::{
@@ -102,6 +103,8 @@ pub struct Platform {
     pub rtc: Rtc,
     /// COM1, the domain's console.
     pub com1: Uart,
+    /// QEMU's fw_cfg.
+    pub fwcfg: FwCfg,
     pci: PciConfig,
     /// Earliest TSC at which a device must run (`u64::MAX`: none).
     pub deadline: u64,
@@ -184,6 +187,7 @@ impl Platform {
             hpet: Hpet::new(),
             rtc: Rtc::new(clock, unix_time, below, ram - below),
             com1: Uart::new(),
+            fwcfg: FwCfg::new(ram, vcpus),
             pci: PciConfig::default(),
             deadline: u64::MAX,
         };
@@ -264,6 +268,7 @@ impl Platform {
                 let (mut w, .., rtc) = self.wires();
                 rtc.read(clock, &mut w, port, size)
             }
+            p if FwCfg::claims(p) => self.fwcfg.read(size),
             0x3f8..=0x3ff if size == 1 => {
                 let v = self.com1.read(port - 0x3f8);
                 self.sync_com1();
@@ -312,6 +317,7 @@ impl Platform {
                 let (mut w, .., rtc) = self.wires();
                 rtc.write(clock, &mut w, port, size, value);
             }
+            p if FwCfg::claims(p) => self.fwcfg.write(size, value),
             0x3f8..=0x3ff if size == 1 => {
                 if let UartOut::Tx(b) = self.com1.write(port - 0x3f8, value as u8) {
                     effect = Some(PortEffect::Console(b));

@@ -4,6 +4,7 @@
 //! [`IrqSink`]. Nothing here executes a privileged instruction, so every model is tested on the
 //! host.
 
+pub mod fwcfg;
 pub mod hpet;
 pub mod ioapic;
 pub mod lapic;
