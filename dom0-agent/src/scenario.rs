@@ -515,6 +515,8 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
         "microhv-linux: init started",
         "microhv-linux: cpus 1",
         "microhv-linux: MemTotal:",
+        // The year of the host's clock (this century), not 1970.
+        "microhv-linux: rtc 20",
         "microhv-linux: slept, date advanced by 1 s",
         "microhv-linux: timer interrupts",
         "microhv-linux: ran: echo typed-on-the-console",

@@ -42,9 +42,6 @@ pub struct Vcpu<V> {
     pub tsc_adjust: u64,
     /// IA32_MISC_ENABLE (only fast strings is writable).
     pub misc_enable: u64,
-    /// AMD's legacy performance-counter MSRs (PERF_CTL0–3, PERF_CTR0–3) as inert storage: no
-    /// event is counted, but what a guest writes reads back, as its probe expects.
-    pub amd_perf: [u64; 8],
 }
 
 impl<V> Vcpu<V> {
@@ -62,7 +59,6 @@ impl<V> Vcpu<V> {
             tsc_offset: 0,
             tsc_adjust: 0,
             misc_enable: crate::policy::MISC_ENABLE_VALUE,
-            amd_perf: [0; 8],
         }
     }
 }

@@ -94,7 +94,7 @@ pub mod msr {
     pub const MISC_ENABLE: u32 = 0x1a0;
     /// IA32_TSC_ADJUST.
     pub const TSC_ADJUST: u32 = 0x3b;
-    /// AMD's legacy PERF_CTL0–3 (`..=0xc001_0003`) and PERF_CTR0–3.
+    /// AMD's legacy PERF_CTL0–3 (`..=0xc001_0003`) and PERF_CTR0–3 (inert: read 0).
     pub const AMD_PERF: core::ops::RangeInclusive<u32> = 0xc001_0000..=0xc001_0007;
     /// IA32_EFER.
     pub const EFER: u32 = 0xc000_0080;

@@ -858,3 +858,33 @@ proptest! {
         prop_assert_eq!(held(&hv), free);
     }
 }
+
+#[test]
+fn tsc_misc_enable_x2apic_and_an_nmi_ipi() {
+    use crate::exit::Event::*;
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    let wr =
+        |idx: u64, v: u64| Gprs { rcx: idx, rax: v & 0xffff_ffff, rdx: v >> 32, ..Gprs::default() };
+    let du = d as u32;
+    push(&mut hv, du, Exit::WrMsr, wr(0x3b, 1000)); // TSC_ADJUST
+    push(&mut hv, du, Exit::WrMsr, wr(0x10, 1 << 40)); // TSC
+    push(&mut hv, du, Exit::WrMsr, wr(0x1a0, crate::policy::MISC_ENABLE_VALUE & !1));
+    push(&mut hv, du, Exit::WrMsr, wr(0x1a0, crate::policy::MISC_ENABLE_VALUE | (1 << 22))); // #GP
+    push(&mut hv, du, Exit::RdMsr, wr(0x802, 0)); // x2APIC ID before x2APIC mode: #GP
+    push(&mut hv, du, Exit::WrMsr, wr(0x1b, 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8)));
+    push(&mut hv, du, Exit::WrMsr, wr(0x80f, 0x1ff)); // SVR: software-enabled
+    push(&mut hv, du, Exit::WrMsr, wr(0x830, 4 << 8)); // ICR: NMI to APIC id 0 (itself)
+    push(&mut hv, du, Exit::RdMsr, wr(0x802, 0));
+    dom0_yields_then_powers_off(&mut hv, 12);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let vc = &hv.domains[d].vcpus[0];
+    // Every TSC write moves TSC_ADJUST with it (SDM 17.17.3): both started at 0.
+    assert_eq!(vc.tsc_offset, vc.tsc_adjust);
+    assert_ne!(vc.tsc_offset, 0);
+    assert_eq!(vc.misc_enable, crate::policy::MISC_ENABLE_VALUE & !1);
+    let v = vc.arch.as_ref().expect("vcpu");
+    assert_eq!(v.regs.get("tsc_offset"), Some(&vc.tsc_offset));
+    assert_eq!(v.injected, [GeneralProtection, GeneralProtection, Nmi]);
+    assert_eq!((vc.gprs.rax, vc.gprs.rdx), (0, 0), "x2APIC id of vCPU 0");
+}

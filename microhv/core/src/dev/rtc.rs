@@ -341,6 +341,20 @@ impl Rtc {
     }
 }
 
+/// The time (seconds since 1970) that a PC's RTC shows in CMOS bytes `regs[0..=0x32]` (B says
+/// BCD or binary, 12 or 24 hours; 0x32 is the century, taken as 20 when it is not 19–99).
+pub fn time_of_registers(regs: &[u8]) -> u64 {
+    let mut r = Rtc::new(&Clock { now: 0, tsc_khz: 1 }, 0, 0, 0);
+    for (c, b) in r.cmos.iter_mut().zip(regs) {
+        *c = *b;
+    }
+    let century = usize::from(CENTURY_INDEX);
+    if !(19..=99).contains(&r.dec(r.cmos[century])) {
+        r.cmos[century] = r.enc(20);
+    }
+    u64::try_from(r.parse()).unwrap_or(0)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (March-based years, 400-year eras).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -371,6 +385,21 @@ mod tests {
 
     /// 2023-11-14 22:13:20 UTC, a Tuesday.
     const T0: u64 = 1_700_000_000;
+
+    #[test]
+    fn the_host_clock_is_read_from_its_registers() {
+        // 2026-11-30 13:45:07 in BCD, 24-hour mode, century 20.
+        let mut regs = [0u8; 0x33];
+        (regs[0], regs[2], regs[4], regs[7], regs[8], regs[9]) =
+            (0x07, 0x45, 0x13, 0x30, 0x11, 0x26);
+        (regs[0xb], regs[0x32]) = (H24, 0x20);
+        assert_eq!(time_of_registers(&regs), 1_796_046_307);
+        // Binary, 12-hour (1 PM), no century byte.
+        (regs[0], regs[2], regs[4], regs[7], regs[8], regs[9]) = (7, 45, 0x81, 30, 11, 26);
+        (regs[0xb], regs[0x32]) = (BIN, 0);
+        assert_eq!(time_of_registers(&regs), 1_796_046_307);
+        assert!(time_of_registers(&[0xff; 0x33]) > 0, "garbage still gives a time");
+    }
 
     /// A TSC at exactly 1000 cycles per crystal tick.
     fn at(ticks: u64) -> Clock {

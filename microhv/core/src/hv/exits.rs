@@ -558,17 +558,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
                 ok
             }
+            // AMD's legacy counters exist on every AMD CPU whatever CPUID says; they are inert,
+            // as KVM's are without a virtual PMU: reads 0, writes dropped. A guest's probe
+            // (write a counter, read it back) then finds no working PMU and never uses RDPMC.
             (m, _) if AMD_PERF.contains(&m) && crate::hwcaps::is_amd_vendor(&self.vendor()) => {
-                let i = (m - AMD_PERF.start()) as usize;
-                let slot = &mut self.domains[d].vcpus[v].amd_perf[i & 7];
-                if write {
-                    // Counters are 48 bits wide.
-                    *slot = if i >= 4 { value & ((1 << 48) - 1) } else { value };
-                    true
-                } else {
-                    let val = *slot;
-                    read(self, val)
-                }
+                write || read(self, 0)
             }
             (FEATURE_CONTROL, false) => read(self, policy::FEATURE_CONTROL_VALUE),
             _ => {

@@ -100,6 +100,9 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub hv_frames: u64,
     /// Host TSC ticks per millisecond (measured or reported at boot): microhv's real time.
     pub tsc_khz: u64,
+    /// The time of day (seconds since 1970) the host's RTC showed at TSC value `.1`; domains'
+    /// RTCs start from it.
+    pub wall_clock: (u64, u64),
     /// The earliest device deadline of any domain (0: to be recomputed).
     wake_at: u64,
     /// Last (domain, vCPU) run, where round-robin resumes.
@@ -127,6 +130,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             mmu_config,
             hv_frames: 0,
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
+            wall_clock: (0, 0),
             wake_at: 0,
             cursor: (0, 0),
             slice_start: 0,
@@ -173,7 +177,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.domains[d].vcpu_count = count;
         let clock = self.clock();
         let ram = self.domains[d].mem_bytes;
-        self.domains[d].platform = Some(Platform::new(&clock, count as usize, ram, 0));
+        let (unix, at) = self.wall_clock;
+        let now = unix + clock.now.saturating_sub(at) / self.tsc_khz.max(1) / 1000;
+        self.domains[d].platform = Some(Platform::new(&clock, count as usize, ram, now));
         self.timers_changed();
         Ok(())
     }
