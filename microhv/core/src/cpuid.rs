@@ -11,9 +11,6 @@
 
 use abi::cpuid as hv;
 
-/// The local APIC timer's input clock, kHz.
-const APIC_BUS_KHZ: u32 = (crate::dev::lapic::APIC_BUS_HZ / 1000) as u32;
-
 /// Highest basic leaf reported (the TSC / crystal leaf 0x15 and the frequency leaf 0x16).
 pub const MAX_BASIC_LEAF: u32 = 0x16;
 /// Leaf 1 ecx bits the virtual platform provides: x2APIC, TSC-deadline.
@@ -113,10 +110,15 @@ pub fn guest_cpuid(
         }
         // TSC = crystal × ebx / eax, with the APIC bus as the crystal: Linux derives both its
         // TSC and its APIC timer frequency from this leaf, so they must agree with the models.
-        0x15 => [APIC_BUS_KHZ, caller.tsc_khz, APIC_BUS_KHZ * 1000, 0],
+        0x15 => {
+            let bus = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into());
+            let ratio = (u64::from(caller.tsc_khz) * 1000).div_ceil(bus.max(1));
+            [1, ratio as u32, bus as u32, 0]
+        }
         0x16 => {
             let mhz = caller.tsc_khz / 1000;
-            [mhz, mhz, APIC_BUS_KHZ / 1000, 0]
+            let bus_mhz = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into()) / 1_000_000;
+            [mhz, mhz, bus_mhz as u32, 0]
         }
         hv::LEAF_BASE => {
             let [b, c, d] = hv::signature_regs();
@@ -129,7 +131,10 @@ pub fn guest_cpuid(
             0,
         ],
         hv::LEAF_HYPERCALL => [caller.hypercall_insn, 0, 0, 0],
-        hv::LEAF_TIMING => [caller.tsc_khz, APIC_BUS_KHZ, 0, 0],
+        hv::LEAF_TIMING => {
+            let bus_khz = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into()) / 1000;
+            [caller.tsc_khz, bus_khz as u32, 0, 0]
+        }
         0x8000_0000 => {
             let [max, b, c, d] = host(0x8000_0000, 0);
             [max.min(MAX_EXT_LEAF), b, c, d]
@@ -199,12 +204,20 @@ mod tests {
         assert_ne!(c & (1 << 21), 0, "x2APIC");
         assert_ne!(c & (1 << 24), 0, "TSC-deadline");
         assert_ne!(guest_cpuid(7, 0, &CALLER, none)[1] & 2, 0, "TSC_ADJUST");
-        let [den, num, crystal, _] = guest_cpuid(0x15, 0, &CALLER, none);
-        let tsc_hz = u64::from(crystal) * u64::from(num) / u64::from(den);
-        assert_eq!(tsc_hz, 2_500_000_000);
-        assert_eq!(u64::from(crystal), crate::dev::lapic::APIC_BUS_HZ);
-        assert_eq!(guest_cpuid(0x16, 0, &CALLER, none)[0], 2500);
-        assert_eq!(guest_cpuid(hv::LEAF_TIMING, 0, &CALLER, none), [2_500_000, 1_000_000, 0, 0]);
+        // Linux: tsc_khz = (crystal_hz / 1000) * ebx / eax, in 32-bit arithmetic; the
+        // crystal is its APIC timer rate.
+        for (khz, bus) in
+            [(2_500_000u32, 2_500_000_000u64), (50_027, 50_027_000), (5_000_000, 2_500_000_000)]
+        {
+            let c = Caller { tsc_khz: khz, ..CALLER };
+            let [den, num, crystal, _] = guest_cpuid(0x15, 0, &c, none);
+            let linux = (crystal / 1000).checked_mul(num).expect("no 32-bit overflow") / den;
+            assert_eq!(linux, khz);
+            assert_eq!(u64::from(crystal), bus);
+            assert_eq!(crate::dev::lapic::bus_hz_for(khz.into()), bus);
+            assert_eq!(guest_cpuid(hv::LEAF_TIMING, 0, &c, none), [khz, (bus / 1000) as u32, 0, 0]);
+        }
+        assert_eq!(guest_cpuid(0x16, 0, &CALLER, none)[..3], [2500, 2500, 2500]);
         assert_eq!(guest_cpuid(0xb, 0, &CALLER, all_ones), [0; 4], "no topology leaf");
     }
 }

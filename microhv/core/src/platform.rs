@@ -178,7 +178,10 @@ impl Platform {
         let below = ram.min(0xc000_0000);
         let mut p = Self {
             // x2APIC and the TSC-deadline timer are on, as CPUID says (`cpuid.rs`).
-            lapics: core::array::from_fn(|i| Lapic::new(LapicConfig::new(i as u32, i == 0))),
+            lapics: core::array::from_fn(|i| {
+                let bus_hz = crate::dev::lapic::bus_hz_for(clock.tsc_khz);
+                Lapic::new(LapicConfig { bus_hz, ..LapicConfig::new(i as u32, i == 0) })
+            }),
             vcpus,
             ioapic: IoApic::new(),
             pic: Pic::new(),

@@ -23,11 +23,20 @@
 
 use super::Clock;
 
-/// The APIC timer's input ("bus") clock in Hz, KVM's default of 1 GHz, so guests tuned on KVM
-/// see the same tick. Guests learn it from CPUID 0x40000010 (EBX, in kHz); a guest that finds
-/// a crystal clock in CPUID 0x15 (Linux does) takes that as the APIC timer's rate, so the two
-/// must agree.
+/// The APIC timer's default input ("bus") clock in Hz (KVM's default, 1 GHz); the platform
+/// uses [`bus_hz_for`] instead.
 pub const APIC_BUS_HZ: u64 = 1_000_000_000;
+
+/// The APIC timer's input clock for a host TSC of `tsc_khz`: the TSC's own rate (halved until
+/// it fits 32 bits). CPUID leaf 0x15 reports it as the crystal clock, with the TSC at an integer
+/// multiple of it: Linux computes `crystal kHz × ratio` in 32 bits and takes the crystal as its
+/// APIC timer rate, so only a crystal that is the TSC (or a simple fraction of it) gives an
+/// exact TSC frequency, an exact APIC timer and no overflow. Guests also find it in CPUID
+/// 0x4000_0010 (EBX, in kHz).
+pub fn bus_hz_for(tsc_khz: u64) -> u64 {
+    let hz = tsc_khz.max(1).saturating_mul(1000);
+    hz / hz.div_ceil(u64::from(u32::MAX))
+}
 /// The power-on guest-physical address of the register page.
 pub const APIC_DEFAULT_BASE: u64 = abi::platform::LAPIC_BASE;
 /// IA32_APIC_BASE.
