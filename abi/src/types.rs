@@ -106,7 +106,8 @@ pub enum CrashReason {
     EntryFailure = 4,
     /// The MMU could not map memory the guest owns (page-table memory exhausted).
     MmuFailure = 5,
-    /// An I/O instruction microhv does not emulate (string or REP I/O to a trapped port).
+    /// An I/O instruction microhv cannot emulate (a string I/O exit whose instruction at RIP
+    /// is not the INS / OUTS that exited).
     UnsupportedIo = 6,
     /// The guest shut itself down with the `crash` reason.
     GuestRequested = 7,

@@ -121,7 +121,7 @@ pub enum Exit {
         /// The access.
         access: Access,
     },
-    /// IN / OUT (or their string forms) to a trapped port.
+    /// IN / OUT (or their string forms, INS / OUTS, which the core decodes) to a trapped port.
     Io {
         /// Port.
         port: u16,
@@ -264,8 +264,9 @@ pub struct ExitInfo {
     pub insn_len: u8,
     /// Guest privilege level (CPL).
     pub cpl: u8,
-    /// Code-segment mode. Backends need only fill it for `NestedPageFault` exits (whose
-    /// instruction the core decodes) and `CrWrite` exits (whose operand width depends on it).
+    /// Code-segment mode. Backends need only fill it for the exits whose instruction the core
+    /// decodes (`NestedPageFault`, string `Io`) and `CrWrite` exits (whose operand width
+    /// depends on it).
     pub mode: CpuMode,
     /// Code-segment base (RIP is relative to it); like `mode`, for those exits.
     pub cs_base: u64,
@@ -302,6 +303,9 @@ pub enum GuestReg {
     TrType,
     /// The TSC offset: the guest's RDTSC reads the host TSC plus this (wrapping).
     TscOffset,
+    /// A segment register's cached base (outside 64-bit mode, where segmentation applies);
+    /// read-only.
+    SegBase(crate::insn::Seg),
 }
 
 /// An event to deliver to the guest on the next entry.
@@ -314,6 +318,13 @@ pub enum Event {
     /// An NMI (only when [`Backend::interruptible`] said so for NMIs). The backend blocks
     /// further NMIs until the guest's IRET, as the CPU does.
     Nmi,
+    /// #PF at linear address `addr` (the guest's CR2) with error code `code`.
+    PageFault {
+        /// The faulting linear address.
+        addr: u64,
+        /// The error code (`walk::PF_*`).
+        code: u32,
+    },
 }
 
 /// The state a vCPU starts in (`abi::types::VcpuState`, validated).

@@ -12,6 +12,10 @@
 //!   violations). String instructions name both sides (segment and index register) so the caller
 //!   can tell which is the MMIO one. [`alu`] and [`StringOp`]'s methods are the pure semantics
 //!   the caller needs: a result with its RFLAGS, and index-register stepping.
+//! - **String port I/O** (the same [`decode`]): not every CPU reports an INS / OUTS exit's
+//!   address size and segment (VMX only with IA32_VMX_BASIC bit 54, SVM the segment only with
+//!   decode assists), so the core decodes the instruction at RIP into a [`StringOp`] of kind
+//!   `Ins` / `Outs` on both backends.
 //! - **Intercepted instructions** ([`decode_intercepted`]): without NRIP save or decode assists,
 //!   SVM reports neither the length of an intercepted instruction nor the register of a MOV to CR.
 //!
@@ -28,6 +32,7 @@
 //! million random and prefix-structured byte sequences in all three modes, every instruction
 //! decoded here agreed with it on length, mnemonic, memory size, register, immediate, REP,
 //! address size and segment (64-bit mode's ignored ES/CS/SS/DS overrides read as DS here).
+//! INS / OUTS (6C–6F) came later and are checked by the hand-written forms only.
 
 mod alu;
 mod mmio;

@@ -6,6 +6,8 @@
 pub const CR0_PE: u64 = 1 << 0;
 /// CR0.ET: extension type (reads as 1).
 pub const CR0_ET: u64 = 1 << 4;
+/// CR0.WP: supervisor writes honour read-only pages.
+pub const CR0_WP: u64 = 1 << 16;
 /// CR0.NW: not write-through.
 pub const CR0_NW: u64 = 1 << 29;
 /// CR0.CD: cache disable.
@@ -16,6 +18,8 @@ pub const CR0_PG: u64 = 1 << 31;
 pub const CR4_PSE: u64 = 1 << 4;
 /// CR4.PAE.
 pub const CR4_PAE: u64 = 1 << 5;
+/// CR4.SMAP: supervisor accesses to user pages fault unless RFLAGS.AC is set.
+pub const CR4_SMAP: u64 = 1 << 21;
 /// EFER.SCE: SYSCALL.
 pub const EFER_SCE: u64 = 1 << 0;
 /// EFER.LME: long mode enable.
@@ -32,6 +36,10 @@ pub const RFLAGS_FIXED: u64 = 1 << 1;
 pub const RFLAGS_IF: u64 = 1 << 9;
 /// RFLAGS.TF: single-step, a #DB trap after each instruction.
 pub const RFLAGS_TF: u64 = 1 << 8;
+/// RFLAGS.DF: string instructions step their index registers down.
+pub const RFLAGS_DF: u64 = 1 << 10;
+/// RFLAGS.AC: alignment check; under CR4.SMAP, lets supervisor code reach user pages.
+pub const RFLAGS_AC: u64 = 1 << 18;
 /// RFLAGS.RF: resume flag (suppresses instruction breakpoints for one instruction).
 pub const RFLAGS_RF: u64 = 1 << 16;
 /// DR6.BS: the #DB was a single-step trap.

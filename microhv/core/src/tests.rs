@@ -730,15 +730,246 @@ fn emulated_instructions_complete_as_the_cpu_would() {
     assert_eq!((state, crash), (DomainState::Crashed, CrashReason::UnsupportedMmio));
 }
 
-#[test]
-fn string_io_crashes_only_the_domu() {
+// ---- string port I/O ----------------------------------------------------------------------------
+
+/// Where the string I/O tests put the instruction (the domU's RIP).
+const STR_RIP: u64 = 0x10_0000;
+
+/// A domU whose instruction at RIP is `insn`, after `setup` on the machine and its vCPU, runs
+/// `exits` (with `g` in its registers for the first), then triple-faults (which keeps its
+/// registers for the test to read) unless it stopped; dom0 then powers off.
+fn string_io(
+    insn: &[u8],
+    g: Gprs,
+    exits: &[Exit],
+    setup: impl FnOnce(&mut TestHv, usize, &mut crate::testutil::FakeVcpu),
+) -> (std::boxed::Box<TestHv>, usize) {
+    string_io_at(0, insn, g, exits, setup)
+}
+
+/// [`string_io`] at privilege level `cpl`.
+fn string_io_at(
+    cpl: u8,
+    insn: &[u8],
+    g: Gprs,
+    exits: &[Exit],
+    setup: impl FnOnce(&mut TestHv, usize, &mut crate::testutil::FakeVcpu),
+) -> (std::boxed::Box<TestHv>, usize) {
     let mut hv = world();
     let d = running(&mut hv, "u");
-    let io = Exit::Io { port: 0x3f8, size: 1, write: true, string: true, rep: true };
-    hv.backend.push(d as u32, 0, Step { exit: io, gprs: None, cpl: 0 });
-    dom0_yields_then_powers_off(&mut hv, 3);
+    put(&mut hv, d, STR_RIP, insn);
+    let mut v = hv.domains[d].vcpus[0].arch.take().expect("vcpu");
+    setup(&mut hv, d, &mut v);
+    hv.domains[d].vcpus[0].arch = Some(v);
+    for (i, &exit) in exits.iter().enumerate() {
+        let gprs = (i == 0).then_some(g);
+        hv.backend.push(d as u32, 0, Step { exit, gprs, cpl });
+    }
+    dom0_yields_then_powers_off(&mut hv, 4);
     assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
-    assert_eq!(hv.domains[d].crash, CrashReason::UnsupportedIo);
+    (hv, d)
+}
+
+fn io(port: u16, size: u8, write: bool, rep: bool) -> Exit {
+    Exit::Io { port, size, write, string: true, rep }
+}
+
+fn console(hv: &mut TestHv, d: usize) -> Vec<u8> {
+    let mut out = [0u8; 64];
+    let n = hv.domains[d].console.read(&mut out);
+    out[..n].to_vec()
+}
+
+fn vcpu(hv: &TestHv, d: usize) -> &crate::testutil::FakeVcpu {
+    hv.domains[d].vcpus[0].arch.as_ref().expect("vcpu")
+}
+
+fn str_regs(hv: &TestHv, d: usize) -> (u64, u64, u64) {
+    let g = hv.domains[d].vcpus[0].gprs;
+    (g.rcx, g.rsi, g.rdi)
+}
+
+#[test]
+fn rep_outsb_writes_a_string_to_com1_forwards_and_backwards() {
+    use crate::regs::RFLAGS_DF;
+    let g = Gprs { rcx: 4, rsi: 0x2000, rdi: 7, ..Gprs::default() };
+    let (mut hv, d) = string_io(&[0xf3, 0x6e], g, &[io(0x3f8, 1, true, true)], |hv, d, _| {
+        put(hv, d, 0x2000, b"hi!\n");
+    });
+    assert_eq!(console(&mut hv, d), b"hi!\n");
+    assert_eq!(str_regs(&hv, d), (0, 0x2004, 7));
+    assert_eq!(vcpu(&hv, d).rip, STR_RIP + 2);
+    assert_eq!(hv.domains[d].crash, CrashReason::TripleFault, "carried on to its next exit");
+
+    // DF = 1: from rSI downwards.
+    let g = Gprs { rcx: 3, rsi: 0x2002, ..Gprs::default() };
+    let (mut hv, d) = string_io(&[0xf3, 0x6e], g, &[io(0x3f8, 1, true, true)], |hv, d, v| {
+        put(hv, d, 0x2000, b"abc");
+        v.regs.insert("rflags", 2 | RFLAGS_DF);
+    });
+    assert_eq!(console(&mut hv, d), b"cba");
+    assert_eq!(str_regs(&hv, d), (0, 0x1fff, 0));
+    assert!(vcpu(&hv, d).injected.is_empty());
+}
+
+#[test]
+fn outsw_to_the_debug_exit_port_stops_the_domain_with_its_status() {
+    // rep outsw: the first word already shuts the domain down, with that word as its status.
+    let g = Gprs { rcx: 3, rsi: 0x2000, ..Gprs::default() };
+    let (hv, d) = string_io(&[0x66, 0xf3, 0x6f], g, &[io(0xf4, 2, true, true)], |hv, d, _| {
+        put(hv, d, 0x2000, &[0x34, 0x12, 0x78, 0x56]);
+    });
+    assert_eq!(hv.domains[d].state, Some(DomainState::Shutdown));
+    assert_eq!(hv.domains[d].shutdown, (0, 0x1234));
+}
+
+#[test]
+fn rep_insd_reads_the_pci_host_bridge_and_absent_ports_read_all_ones() {
+    // OUT 0xcf8 selects 00:00.0 register 0; INSD from 0xcfc then reads its vendor and device.
+    let sel = Exit::Io { port: 0xcf8, size: 4, write: true, string: false, rep: false };
+    let g = Gprs { rax: 0x8000_0000, rcx: 2, rdi: 0x3000, ..Gprs::default() };
+    let (hv, d) = string_io(&[0xf3, 0x6d], g, &[sel, io(0xcfc, 4, false, true)], |_, _, v| {
+        v.rip = STR_RIP - 3; // the OUT before it, 3 bytes long in the fake's exits
+    });
+    assert_eq!(get_bytes(&hv, d, 0x3000, 8), [0x86, 0x80, 0x37, 0x12, 0x86, 0x80, 0x37, 0x12]);
+    assert_eq!((str_regs(&hv, d), vcpu(&hv, d).rip), ((0, 0, 0x3008), STR_RIP + 2));
+
+    // INSB from a port nobody has: 0xff per byte, as the plain IN reads.
+    let g = Gprs { rdi: 0x3000, ..Gprs::default() };
+    let (hv, d) = string_io(&[0x6c], g, &[io(0x300, 1, false, false)], |_, _, _| {});
+    assert_eq!(get_bytes(&hv, d, 0x3000, 2), [0xff, 0]);
+    assert_eq!((str_regs(&hv, d), vcpu(&hv, d).rip), ((0, 0, 0x3001), STR_RIP + 1));
+}
+
+#[test]
+fn sixteen_bit_addressing_wraps_and_keeps_the_upper_register_bits() {
+    // Real-mode rep insb at ES:DI = 0x2000:0xfffe, CX = 4: DI wraps to 0 within ES.
+    let g = Gprs { rcx: 0xbeef_0004, rdi: 0xdead_fffe, ..Gprs::default() };
+    let (hv, d) = string_io(&[0xf3, 0x6c], g, &[io(0x300, 1, false, true)], |hv, d, v| {
+        v.regs.extend([("mode", 16), ("cs_base", STR_RIP), ("es_base", 0x2_0000)]);
+        v.rip = 0;
+        put(hv, d, 0x2_fffd, &[0; 6]);
+    });
+    assert_eq!(get_bytes(&hv, d, 0x2_fffd, 3), [0, 0xff, 0xff]);
+    assert_eq!(get_bytes(&hv, d, 0x2_0000, 3), [0xff, 0xff, 0]);
+    assert_eq!(str_regs(&hv, d), (0xbeef_0000, 0, 0xdead_0002));
+    assert_eq!(vcpu(&hv, d).rip, 2);
+}
+
+#[test]
+fn rep_with_a_zero_count_only_completes() {
+    let g = Gprs { rcx: 0xffff_ffff_0000_0000, rdi: 0x3000, ..Gprs::default() };
+    // 67: 32-bit addressing, so only ECX (0) counts.
+    let (hv, d) = string_io(&[0x67, 0xf3, 0x6c], g, &[io(0x300, 1, false, true)], |_, _, _| {});
+    assert_eq!(get_bytes(&hv, d, 0x3000, 1), [0]);
+    assert_eq!(str_regs(&hv, d), (0xffff_ffff_0000_0000, 0, 0x3000));
+    assert_eq!(vcpu(&hv, d).rip, STR_RIP + 3);
+}
+
+#[test]
+fn a_long_rep_stops_at_the_chunk_and_executes_again() {
+    use crate::hv::STRING_IO_CHUNK;
+    let g = Gprs { rcx: STRING_IO_CHUNK + 3, rdi: 0x4000, ..Gprs::default() };
+    let once = |exits: &[Exit]| string_io(&[0xf3, 0x6c], g, exits, |_, _, _| {});
+    // One exit: a chunk's worth done, RIP still on the instruction.
+    let (hv, d) = once(&[io(0x300, 1, false, true)]);
+    assert_eq!(str_regs(&hv, d), (3, 0, 0x4000 + STRING_IO_CHUNK));
+    assert_eq!(vcpu(&hv, d).rip, STR_RIP);
+    assert_eq!(get_bytes(&hv, d, 0x4000 + STRING_IO_CHUNK - 1, 2), [0xff, 0]);
+    // Executed again, it finishes the rest and completes.
+    let (hv, d) = once(&[io(0x300, 1, false, true), io(0x300, 1, false, true)]);
+    assert_eq!(str_regs(&hv, d), (0, 0, 0x4003 + STRING_IO_CHUNK));
+    assert_eq!(vcpu(&hv, d).rip, STR_RIP + 2);
+    assert_eq!(get_bytes(&hv, d, 0x4000 + STRING_IO_CHUNK + 2, 2), [0xff, 0]);
+    // Words: the chunk is in bytes.
+    let g = Gprs { rcx: STRING_IO_CHUNK, rdi: 0x4000, ..Gprs::default() };
+    let (hv, d) = string_io(&[0x66, 0xf3, 0x6d], g, &[io(0x300, 2, false, true)], |_, _, _| {});
+    assert_eq!(str_regs(&hv, d), (STRING_IO_CHUNK / 2, 0, 0x4000 + STRING_IO_CHUNK));
+}
+
+#[test]
+fn outs_takes_its_segment_override_and_64_bit_code_only_fs_and_gs_bases() {
+    let bases = |v: &mut crate::testutil::FakeVcpu| {
+        v.regs.extend([("ds_base", 0x1000), ("es_base", 0x5000), ("gs_base", 0x7000)]);
+    };
+    let out = |insn: &[u8], mode: u64| {
+        let g = Gprs { rsi: 0x10, ..Gprs::default() };
+        let (mut hv, d) = string_io(insn, g, &[io(0x3f8, 1, true, false)], |hv, d, v| {
+            for (gpa, c) in [(0x10, b'0'), (0x1010, b'D'), (0x5010, b'E'), (0x7010, b'G')] {
+                put(hv, d, gpa, &[c]);
+            }
+            bases(v);
+            v.regs.insert("mode", mode);
+        });
+        assert_eq!(str_regs(&hv, d).1, 0x11);
+        console(&mut hv, d)
+    };
+    assert_eq!(out(&[0x6e], 32), b"D");
+    assert_eq!(out(&[0x26, 0x6e], 32), b"E", "ES override");
+    assert_eq!(out(&[0x65, 0x6e], 32), b"G", "GS override");
+    assert_eq!(out(&[0x6e], 64), b"0", "no DS base in 64-bit code");
+    assert_eq!(out(&[0x26, 0x6e], 64), b"0", "ES override ignored in 64-bit code");
+    assert_eq!(out(&[0x65, 0x6e], 64), b"G", "GS base in 64-bit code");
+    // INS writes ES:rDI whatever the prefix says.
+    let g = Gprs { rdi: 0x10, ..Gprs::default() };
+    let (hv, d) = string_io(&[0x65, 0x6c], g, &[io(0x300, 1, false, false)], |_, _, v| {
+        bases(v);
+        v.regs.insert("mode", 32);
+    });
+    assert_eq!(get_bytes(&hv, d, 0x5010, 1), [0xff]);
+    assert_eq!(get_bytes(&hv, d, 0x7010, 1), [0]);
+}
+
+#[test]
+fn a_fault_on_the_memory_operand_is_injected_after_the_elements_before_it() {
+    use crate::exit::Event::*;
+    use crate::walk::{PF_PRESENT, PF_USER, PF_WRITE};
+    // 32-bit paging: PDE 0 -> page table at 0x2000 mapping the first 2 MiB one to one, but
+    // page 5 is missing and page 6 is supervisor-only.
+    let paged = |hv: &mut TestHv, d: usize, v: &mut crate::testutil::FakeVcpu| {
+        put(hv, d, 0x1000, &0x2007u32.to_le_bytes());
+        for i in 0..512u32 {
+            let pte = match i {
+                5 => 0,
+                6 => 0x6003,
+                _ => (i << 12) | 7,
+            };
+            put(hv, d, 0x2000 + 4 * u64::from(i), &pte.to_le_bytes());
+        }
+        v.regs.extend([("mode", 32), ("cr0", 0x8000_0011), ("cr3", 0x1000)]);
+    };
+    let g = Gprs { rcx: 4, rdi: 0x4ffe, ..Gprs::default() };
+    let (hv, d) = string_io(&[0xf3, 0x6c], g, &[io(0x300, 1, false, true)], paged);
+    assert_eq!(vcpu(&hv, d).injected, [PageFault { addr: 0x5000, code: PF_WRITE }]);
+    assert_eq!(str_regs(&hv, d), (2, 0, 0x5000));
+    assert_eq!(vcpu(&hv, d).rip, STR_RIP, "the fault is at the instruction");
+    assert_eq!(get_bytes(&hv, d, 0x4ffe, 2), [0xff, 0xff]);
+    // A word straddling into the missing page faults as a whole: nothing of it is written.
+    let g = Gprs { rdi: 0x4fff, ..Gprs::default() };
+    let (hv, d) = string_io(&[0x66, 0x6d], g, &[io(0x300, 2, false, false)], paged);
+    assert_eq!(vcpu(&hv, d).injected, [PageFault { addr: 0x5000, code: PF_WRITE }]);
+    assert_eq!((get_bytes(&hv, d, 0x4fff, 1), str_regs(&hv, d).2), (vec![0], 0x4fff));
+    // At CPL 3 a supervisor page is a protection fault; OUTS reads, so W is clear.
+    let g = Gprs { rsi: 0x6000, ..Gprs::default() };
+    let (mut hv, d) = string_io_at(3, &[0x6e], g, &[io(0x3f8, 1, true, false)], paged);
+    assert_eq!(vcpu(&hv, d).injected, [PageFault { addr: 0x6000, code: PF_PRESENT | PF_USER }]);
+    assert_eq!(console(&mut hv, d), b"");
+    // A non-canonical address in 64-bit code is #GP.
+    let g = Gprs { rsi: 0x8000_0000_0000, ..Gprs::default() };
+    let (hv, d) = string_io(&[0x6e], g, &[io(0x3f8, 1, true, false)], |_, _, _| {});
+    assert_eq!(vcpu(&hv, d).injected, [GeneralProtection]);
+}
+
+#[test]
+fn string_io_outside_memory_or_not_at_rip_crashes_only_the_domu() {
+    let g = Gprs { rdi: 0x4000_0000, ..Gprs::default() };
+    let (hv, d) = string_io(&[0x6c], g, &[io(0x300, 1, false, false)], |_, _, _| {});
+    assert_eq!(hv.domains[d].crash, CrashReason::OutsideMemory);
+    // The exit says OUTSB; RIP holds a NOP (or an INSB).
+    for insn in [[0x90u8], [0x6c]] {
+        let (hv, d) = string_io(&insn, Gprs::default(), &[io(0x3f8, 1, true, true)], |_, _, _| {});
+        assert_eq!(hv.domains[d].crash, CrashReason::UnsupportedIo);
+    }
 }
 
 #[test]

@@ -55,7 +55,8 @@ pub struct FakeVcpu {
     pub rip: u64,
     /// RSP.
     pub rsp: u64,
-    /// CR0, CR4, EFER, FS base, GS base, RFLAGS as written.
+    /// CR0, CR4, EFER, FS base, GS base, RFLAGS as written; a test may also set the segment
+    /// bases, and `cr3`, `mode` (16, 32, else 64-bit code) and `cs_base` for the exits it reports.
     pub regs: HashMap<&'static str, u64>,
     /// Current second-level root.
     pub root: u64,
@@ -167,15 +168,19 @@ impl Backend for FakeBackend {
             qualification: 0,
             rip: v.rip,
             rsp: v.rsp,
-            rflags: 2,
+            rflags: v.regs.get("rflags").copied().unwrap_or(2),
             cr0: v.regs.get("cr0").copied().unwrap_or(0x11),
-            cr3: 0,
+            cr3: v.regs.get("cr3").copied().unwrap_or(0),
             cr4: v.regs.get("cr4").copied().unwrap_or(0),
             efer: v.regs.get("efer").copied().unwrap_or(0),
             insn_len: 3,
             cpl: step.cpl,
-            mode: crate::exit::CpuMode::Bits64,
-            cs_base: 0,
+            mode: match v.regs.get("mode") {
+                Some(16) => crate::exit::CpuMode::Bits16,
+                Some(32) => crate::exit::CpuMode::Bits32,
+                _ => crate::exit::CpuMode::Bits64,
+            },
+            cs_base: v.regs.get("cs_base").copied().unwrap_or(0),
             ran_ticks: 1000,
         }
     }
@@ -260,6 +265,10 @@ fn name(r: GuestReg) -> &'static str {
         GuestReg::CsLd => "cs_ld",
         GuestReg::TrType => "tr_type",
         GuestReg::TscOffset => "tsc_offset",
+        // FS and GS: the same bases as `FsBase` / `GsBase`, as on the hardware.
+        GuestReg::SegBase(s) => {
+            ["es_base", "cs_base", "ss_base", "ds_base", "fs_base", "gs_base"][s as usize]
+        }
         GuestReg::Pdpte(i) => ["pdpte0", "pdpte1", "pdpte2", "pdpte3"]
             .get(usize::from(i))
             .copied()

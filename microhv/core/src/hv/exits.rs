@@ -22,55 +22,20 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             Exit::NestedPageFault { gpa, access } => {
                 self.nested_page_fault(d, v, gpa, access, info)
             }
-            Exit::Io { port, size, write, string, rep } => {
-                if string || rep {
-                    return self.crash(d, v, CrashReason::UnsupportedIo, Some(info));
-                }
-                let clock = self.clock();
-                let dom = &mut self.domains[d];
-                let rax = dom.vcpus[v].gprs.rax;
-                let platform = dom.platform.as_mut().filter(|_| !dom.privileged);
-                let outcome = match (platform, write) {
-                    (Some(p), true) => {
-                        p.port_write(&clock, port, size, rax as u32).map(|e| match e {
-                            Some(PortEffect::PowerOff) => IoOutcome::Shutdown(0),
-                            Some(PortEffect::Reset) => IoOutcome::Reset,
-                            Some(PortEffect::Console(b)) => IoOutcome::Console(b),
-                            None => IoOutcome::Done(0),
-                        })
-                    }
-                    (Some(p), false) => p.port_read(&clock, port, size).map(IoOutcome::Done),
-                    (None, _) => None,
+            Exit::Io { port, size, write, string: true, .. } => {
+                self.string_io(d, v, port, size, write, info)
+            }
+            // A REP prefix on IN / OUT is ignored, as the CPU ignores it.
+            Exit::Io { port, size, write, .. } => {
+                let rax = self.domains[d].vcpus[v].gprs.rax;
+                let Some(val) = self.port_io(d, port, size, write, rax as u32) else {
+                    return self.after_stop(d);
                 };
-                if outcome.is_some() {
-                    self.timers_changed();
+                if !write {
+                    self.domains[d].vcpus[v].gprs.rax = merge_in(rax, size, val);
                 }
-                let dom = &mut self.domains[d];
-                let outcome = outcome.unwrap_or_else(|| {
-                    dom.pc.port_io(dom.privileged, port, size, write, rax as u32)
-                });
-                match outcome {
-                    IoOutcome::Done(val) => {
-                        if !write {
-                            dom.vcpus[v].gprs.rax = merge_in(rax, size, val);
-                        }
-                        self.skip(d, v, info.insn_len);
-                        None
-                    }
-                    IoOutcome::Console(b) => {
-                        self.console_write(d, &[b]);
-                        self.skip(d, v, info.insn_len);
-                        None
-                    }
-                    IoOutcome::Shutdown(status) => {
-                        self.shutdown_domain(d, ShutdownReason::Poweroff as u32, status);
-                        self.after_stop(d)
-                    }
-                    IoOutcome::Reset => {
-                        self.shutdown_domain(d, ShutdownReason::Reboot as u32, 0);
-                        self.after_stop(d)
-                    }
-                }
+                self.skip(d, v, info.insn_len);
+                None
             }
             Exit::Cpuid => {
                 let caller = Caller {
@@ -227,6 +192,52 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
+    /// One IN (`write` false: the value read) or OUT of `size` bytes at `port`: a device of the
+    /// virtual platform, else the exit ports or nothing (all-ones read, write dropped). A
+    /// console byte goes to the domain's console. `None` when the access stopped the domain
+    /// (power-off, reset): the caller returns what [`Self::after_stop`] says.
+    pub(super) fn port_io(
+        &mut self,
+        d: usize,
+        port: u16,
+        size: u8,
+        write: bool,
+        value: u32,
+    ) -> Option<u32> {
+        let clock = self.clock();
+        let dom = &mut self.domains[d];
+        let platform = dom.platform.as_mut().filter(|_| !dom.privileged);
+        let outcome = match (platform, write) {
+            (Some(p), true) => p.port_write(&clock, port, size, value).map(|e| match e {
+                Some(PortEffect::PowerOff) => IoOutcome::Shutdown(0),
+                Some(PortEffect::Reset) => IoOutcome::Reset,
+                Some(PortEffect::Console(b)) => IoOutcome::Console(b),
+                None => IoOutcome::Done(0),
+            }),
+            (Some(p), false) => p.port_read(&clock, port, size).map(IoOutcome::Done),
+            (None, _) => None,
+        };
+        if outcome.is_some() {
+            self.timers_changed();
+        }
+        let dom = &mut self.domains[d];
+        match outcome.unwrap_or_else(|| dom.pc.port_io(dom.privileged, port, size, write, value)) {
+            IoOutcome::Done(val) => Some(val),
+            IoOutcome::Console(b) => {
+                self.console_write(d, &[b]);
+                Some(0)
+            }
+            IoOutcome::Shutdown(status) => {
+                self.shutdown_domain(d, ShutdownReason::Poweroff as u32, status);
+                None
+            }
+            IoOutcome::Reset => {
+                self.shutdown_domain(d, ShutdownReason::Reboot as u32, 0);
+                None
+            }
+        }
+    }
+
     /// Reads `len` bytes (1..=8) of domain `d`'s memory at `gpa`, little-endian.
     pub(super) fn read_guest(&self, d: usize, gpa: u64, len: u8) -> Option<u64> {
         let hpa = self.guest_range(d, gpa, len.into(), false)?;
@@ -299,23 +310,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if access.exec {
             return Err("instruction fetch from a device page");
         }
-        let paging = Paging { cr0: info.cr0, cr3: info.cr3, cr4: info.cr4, efer: info.efer };
-        // 64-bit code has no segment base; elsewhere the linear address wraps at 4 GiB.
-        let linear = match info.mode {
-            CpuMode::Bits64 => info.rip,
-            _ => info.cs_base.wrapping_add(info.rip) & 0xffff_ffff,
-        };
-        let mut bytes = [0u8; insn::MAX_INSN_LEN];
-        let mut n = 0;
-        for (i, b) in bytes.iter_mut().enumerate() {
-            let at = linear.wrapping_add(i as u64);
-            let phys = linear_to_phys(&paging, at, |g, w| self.read_guest(d, g, w));
-            match phys.and_then(|p| self.read_guest(d, p, 1)) {
-                Some(x) => *b = x as u8,
-                None => break,
-            }
-            n += 1;
-        }
+        let (bytes, n) = self.fetch_insn(d, info);
         let m = insn::decode(&bytes[..n], info.mode).map_err(|_| "instruction not decoded")?;
         // CLFLUSH / CLFLUSHOPT / CLWB / PREFETCH of a register page: nothing to flush or fetch
         // in an emulated device, so the instruction completes as a no-op.
@@ -380,6 +375,33 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
         self.skip(d, v, m.len);
         Ok(())
+    }
+
+    /// The bytes of the exiting instruction at CS:RIP, read through the guest's page tables:
+    /// fewer than [`insn::MAX_INSN_LEN`] when a page cannot be read.
+    pub(super) fn fetch_insn(
+        &self,
+        d: usize,
+        info: &ExitInfo,
+    ) -> ([u8; insn::MAX_INSN_LEN], usize) {
+        let paging = Paging { cr0: info.cr0, cr3: info.cr3, cr4: info.cr4, efer: info.efer };
+        // 64-bit code has no segment base; elsewhere the linear address wraps at 4 GiB.
+        let linear = match info.mode {
+            CpuMode::Bits64 => info.rip,
+            _ => info.cs_base.wrapping_add(info.rip) & 0xffff_ffff,
+        };
+        let mut bytes = [0u8; insn::MAX_INSN_LEN];
+        let mut n = 0;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            let at = linear.wrapping_add(i as u64);
+            let phys = linear_to_phys(&paging, at, |g, w| self.read_guest(d, g, w));
+            match phys.and_then(|p| self.read_guest(d, p, 1)) {
+                Some(x) => *b = x as u8,
+                None => break,
+            }
+            n += 1;
+        }
+        (bytes, n)
     }
 
     /// A register operand's value (AH..BH shifted down).

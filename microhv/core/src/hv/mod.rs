@@ -6,12 +6,15 @@
 //! crashed), with the verdict for the stop line.
 //!
 //! The parts: domain memory (`memory.rs`), the run loop and scheduler (`run.rs`), the exit
-//! handlers (`exits.rs`); here the table itself, domain construction and teardown, and the
-//! helpers every part uses.
+//! handlers (`exits.rs`, string port I/O in `strio.rs`); here the table itself, domain
+//! construction and teardown, and the helpers every part uses.
 
 mod exits;
 mod memory;
 mod run;
+mod strio;
+
+pub use strio::STRING_IO_CHUNK;
 
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};

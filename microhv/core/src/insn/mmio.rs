@@ -101,7 +101,8 @@ pub enum MmioOp {
         /// The register.
         reg: Reg,
     },
-    /// MOVS, STOS or LODS, possibly repeated: the caller runs the loop (see [`StringOp`]).
+    /// MOVS, STOS, LODS, INS or OUTS, possibly repeated: the caller runs the loop (see
+    /// [`StringOp`]).
     String(StringOp),
     /// CLFLUSH, CLFLUSHOPT, CLWB, PREFETCH*: no data access; complete it by skipping it.
     NoAccess,
@@ -112,7 +113,7 @@ impl MmioOp {
     pub fn reads(&self) -> bool {
         match self {
             Self::StoreReg { .. } | Self::StoreImm { .. } | Self::NoAccess => false,
-            Self::String(s) => s.kind != StrKind::Stos,
+            Self::String(s) => matches!(s.src(), StrOperand::Mem { .. }),
             _ => true,
         }
     }
@@ -122,7 +123,7 @@ impl MmioOp {
         match self {
             Self::StoreReg { .. } | Self::StoreImm { .. } | Self::Xchg { .. } => true,
             Self::Alu { op, .. } => op.writes(),
-            Self::String(s) => s.kind != StrKind::Lods,
+            Self::String(s) => matches!(s.dst(), StrOperand::Mem { .. }),
             _ => false,
         }
     }
@@ -137,6 +138,10 @@ pub enum StrKind {
     Stos,
     /// LODS: `rAX = seg:[rSI]`, rSI steps.
     Lods,
+    /// INS: `ES:[rDI] = port DX`, rDI steps.
+    Ins,
+    /// OUTS: `port DX = seg:[rSI]`, rSI steps.
+    Outs,
 }
 
 /// One side of a string instruction.
@@ -144,6 +149,8 @@ pub enum StrKind {
 pub enum StrOperand {
     /// The accumulator (AL, AX, EAX, RAX by element size).
     Rax,
+    /// The I/O port in DX.
+    Port,
     /// Memory at `seg:index`, where `index` is register 6 (rSI) or 7 (rDI).
     Mem {
         /// Segment.
@@ -164,7 +171,7 @@ pub struct StrRegs {
     pub rdi: u64,
 }
 
-/// A decoded MOVS/STOS/LODS. The caller finds which side is MMIO from [`Self::src`] and
+/// A decoded MOVS/STOS/LODS/INS/OUTS. The caller finds which side is MMIO from [`Self::src`] and
 /// [`Self::dst`] (segment base + [`Self::offset`], translated, against the exit's gpa), runs
 /// [`Self::count`] iterations (or part of them, then re-enters without advancing RIP), and
 /// updates the registers with [`Self::advance`]. RFLAGS.DF gives the direction.
@@ -188,6 +195,7 @@ impl StringOp {
     pub fn src(&self) -> StrOperand {
         match self.kind {
             StrKind::Stos => StrOperand::Rax,
+            StrKind::Ins => StrOperand::Port,
             _ => StrOperand::Mem { seg: self.seg, index: 6 },
         }
     }
@@ -196,6 +204,7 @@ impl StringOp {
     pub fn dst(&self) -> StrOperand {
         match self.kind {
             StrKind::Lods => StrOperand::Rax,
+            StrKind::Outs => StrOperand::Port,
             _ => StrOperand::Mem { seg: Seg::Es, index: 7 },
         }
     }
@@ -230,11 +239,14 @@ impl StringOp {
             _ => new,
         };
         let d = (self.step(df) as u64).wrapping_mul(n);
-        let mv = |old: u64, used: bool| if used { put(old, old.wrapping_add(d)) } else { old };
+        let mv = |old: u64, side: StrOperand| match side {
+            StrOperand::Mem { .. } => put(old, old.wrapping_add(d)),
+            _ => old,
+        };
         StrRegs {
             rcx: if self.rep { put(regs.rcx, regs.rcx.wrapping_sub(n)) } else { regs.rcx },
-            rsi: mv(regs.rsi, self.kind != StrKind::Stos),
-            rdi: mv(regs.rdi, self.kind != StrKind::Lods),
+            rsi: mv(regs.rsi, self.src()),
+            rdi: mv(regs.rdi, self.dst()),
         }
     }
 }
@@ -380,6 +392,12 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Mmio, DecodeError> {
                 _ => StrKind::Lods,
             };
             (String(StringOp { kind, size: sz(op), rep, addr_size, seg }), sz(op))
+        }
+        // INS / OUTS: ports are at most 32 bits wide, so REX.W does not widen them.
+        (false, 0x6c..=0x6f) => {
+            let kind = if op < 0x6e { StrKind::Ins } else { StrKind::Outs };
+            let size = sz(op).min(4);
+            (String(StringOp { kind, size, rep, addr_size, seg }), size)
         }
         _ => {
             let (size, form) = match (two, op) {

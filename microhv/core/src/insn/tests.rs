@@ -180,6 +180,12 @@ forms! {
     m64_movsb_es_override_ignored: Bits64 [0x26, 0xa4] => ok(string(Movs, 1, false, 8, Seg::Ds), 1, 2);
     m64_lodsb_gs_then_ds: Bits64 [0x65, 0x3e, 0xac] => ok(string(Lods, 1, false, 8, Seg::Gs), 1, 3);
     m64_repne_movsb_is_rep: Bits64 [0xf2, 0xa4] => ok(string(Movs, 1, true, 8, Seg::Ds), 1, 2);
+    // INS / OUTS: REX.W does not widen them past 32 bits; only OUTS's source is overridable.
+    m64_rep_insb: Bits64 [0xf3, 0x6c] => ok(string(Ins, 1, true, 8, Seg::Ds), 1, 2);
+    m64_insl_rex_w: Bits64 [0x48, 0x6d] => ok(string(Ins, 4, false, 8, Seg::Ds), 4, 2);
+    m64_rep_outsw: Bits64 [0x66, 0xf3, 0x6f] => ok(string(Outs, 2, true, 8, Seg::Ds), 2, 3);
+    m64_outsb_gs_addr32: Bits64 [0x65, 0x67, 0x6e] => ok(string(Outs, 1, false, 4, Seg::Gs), 1, 3);
+    m64_rep_outsl_66_rex_w: Bits64 [0xf3, 0x66, 0x48, 0x6f] => ok(string(Outs, 4, true, 8, Seg::Ds), 4, 4);
     m64_clflush: Bits64 [0x0f, 0xae, 0x38] => ok(NOP, 1, 3);
     m64_clflushopt: Bits64 [0x66, 0x0f, 0xae, 0x7f, 0x40] => ok(NOP, 1, 5);
     m64_clwb: Bits64 [0x66, 0x0f, 0xae, 0x30] => ok(NOP, 1, 4);
@@ -263,6 +269,9 @@ forms! {
     m32_lodsb: Bits32 [0xac] => ok(string(Lods, 1, false, 4, Seg::Ds), 1, 1);
     m32_rep_stosl_addr16: Bits32 [0x67, 0xf3, 0xab] => ok(string(Stos, 4, true, 2, Seg::Ds), 4, 3);
     m32_rep_movsb_es: Bits32 [0x26, 0xf3, 0xa4] => ok(string(Movs, 1, true, 4, Seg::Es), 1, 3);
+    m32_rep_insl: Bits32 [0xf3, 0x6d] => ok(string(Ins, 4, true, 4, Seg::Ds), 4, 2);
+    m32_outsw: Bits32 [0x66, 0x6f] => ok(string(Outs, 2, false, 4, Seg::Ds), 2, 2);
+    m32_rep_outsb_cs_addr16: Bits32 [0x2e, 0x67, 0xf3, 0x6e] => ok(string(Outs, 1, true, 2, Seg::Cs), 1, 4);
     m32_add_82_alias_of_80: Bits32 [0x82, 0x00, 0xe7] => ok(rmw_i(Add, 0xe7), 1, 3);
     m32_mov_8a_abs: Bits32 [0x8a, 0x0d, 0x10, 0, 0xc0, 0xfe] => ok(ld(1), 1, 6);
     m32_test_85_abs: Bits32 [0x85, 0x0d, 0, 3, 0xe0, 0xfe] => ok(rmw_r(Test, r(1)), 4, 6);
@@ -319,6 +328,8 @@ forms! {
     m16_rep_stosl: Bits16 [0x66, 0xf3, 0xab] => ok(string(Stos, 4, true, 2, Seg::Ds), 4, 3);
     m16_rep_movsb_addr32: Bits16 [0x67, 0xf3, 0xa4] => ok(string(Movs, 1, true, 4, Seg::Ds), 1, 3);
     m16_lodsw: Bits16 [0xad] => ok(string(Lods, 2, false, 2, Seg::Ds), 2, 1);
+    m16_rep_insw: Bits16 [0xf3, 0x6d] => ok(string(Ins, 2, true, 2, Seg::Ds), 2, 2);
+    m16_outsl_ss: Bits16 [0x36, 0x66, 0x6f] => ok(string(Outs, 4, false, 2, Seg::Ss), 4, 3);
     m16_mov_8a_disp16: Bits16 [0x8a, 0x0e, 0x10, 0x00] => ok(ld(1), 1, 4);
     m16_mov_a2_moffs16: Bits16 [0xa2, 0x20, 0x00] => ok(st(0), 1, 3);
     m16_movzx_66_b7: Bits16 [0x66, 0x0f, 0xb7, 0x4f, 0x10] => ok(ext(1, 4, false), 2, 5);
@@ -358,6 +369,8 @@ fn access_directions() {
     assert_eq!(reads(string(Movs, 1, true, 8, Seg::Ds)), (true, true));
     assert_eq!(reads(string(Stos, 1, true, 8, Seg::Ds)), (false, true));
     assert_eq!(reads(string(Lods, 1, true, 8, Seg::Ds)), (true, false));
+    assert_eq!(reads(string(Ins, 1, true, 8, Seg::Ds)), (false, true));
+    assert_eq!(reads(string(Outs, 1, true, 8, Seg::Ds)), (true, false));
     assert_eq!(reads(NOP), (false, false));
 }
 
@@ -376,6 +389,10 @@ fn string_operand_roles() {
     assert_eq!((stos.src(), stos.dst()), (StrOperand::Rax, mem(Seg::Es, 7)));
     let lods = str_op(Lods, 4, true, 8);
     assert_eq!((lods.src(), lods.dst()), (mem(Seg::Fs, 6), StrOperand::Rax));
+    let ins = str_op(Ins, 4, true, 8);
+    assert_eq!((ins.src(), ins.dst()), (StrOperand::Port, mem(Seg::Es, 7)));
+    let outs = str_op(Outs, 4, true, 8);
+    assert_eq!((outs.src(), outs.dst()), (mem(Seg::Fs, 6), StrOperand::Port));
 }
 
 #[test]
@@ -423,18 +440,18 @@ fn string_counts_steps_and_final_registers() {
 proptest::proptest! {
     #[test]
     fn string_advance_is_the_sum_of_single_steps(
-        kind in 0u8..3, sz in 0u8..4, asz in 0u8..3, rep: bool, df: bool,
+        kind in 0u8..5, sz in 0u8..4, asz in 0u8..3, rep: bool, df: bool,
         rcx: u64, rsi: u64, rdi: u64, n in 0u64..40,
     ) {
-        let kind = [Movs, Stos, Lods][usize::from(kind)];
+        let kind = [Movs, Stos, Lods, Ins, Outs][usize::from(kind)];
         let s = str_op(kind, 1 << sz, rep, [2, 4, 8][usize::from(asz)]);
         let start = StrRegs { rcx, rsi, rdi };
         let mut one = start;
         for i in 0..n {
-            if kind != Stos {
+            if matches!(kind, Movs | Lods | Outs) {
                 proptest::prop_assert_eq!(s.offset(rsi, df, i), one.rsi & ones(s.addr_size));
             }
-            if kind != Lods {
+            if matches!(kind, Movs | Stos | Ins) {
                 proptest::prop_assert_eq!(s.offset(rdi, df, i), one.rdi & ones(s.addr_size));
             }
             one = s.advance(one, df, 1);

@@ -703,10 +703,10 @@ impl Backend for Svm {
             (Exit::Interrupt, len) if timed && code == exit::INTR => (Exit::Timer, len),
             other => other,
         };
-        // Only nested page faults (whose instruction the core decodes) and CR writes (whose
-        // operand width depends on it) need the mode.
+        // Only nested page faults and string I/O (whose instruction the core decodes) and CR
+        // writes (whose operand width depends on it) need the mode.
         let (mode, cs_base) = match exit {
-            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } => {
+            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } | Exit::Io { string: true, .. } => {
                 (Self::mode(vm), vm.r64(save::CS + seg::BASE))
             }
             _ => (CpuMode::Bits16, 0),
@@ -757,6 +757,8 @@ impl Backend for Svm {
             GuestReg::CsLd => u64::from(vm.r16(save::CS + seg::ATTRIB) >> 9) & 3,
             GuestReg::TrType => u64::from(vm.r16(save::TR + seg::ATTRIB) & 0xf),
             GuestReg::TscOffset => vm.r64(control::TSC_OFFSET),
+            // ES, CS, SS, DS, FS, GS lie in that order, 16 bytes apart, as `Seg` counts them.
+            GuestReg::SegBase(s) => vm.r64(save::ES + 0x10 * s as usize + seg::BASE),
         }
     }
 
@@ -780,7 +782,7 @@ impl Backend for Svm {
             GuestReg::FsBase => vm.w64(save::FS + seg::BASE, value),
             GuestReg::GsBase => vm.w64(save::GS + seg::BASE, value),
             GuestReg::TscOffset => vm.w64(control::TSC_OFFSET, value),
-            GuestReg::Pdpte(_) | GuestReg::CsLd | GuestReg::TrType => {}
+            GuestReg::Pdpte(_) | GuestReg::CsLd | GuestReg::TrType | GuestReg::SegBase(_) => {}
         }
     }
 
@@ -803,9 +805,13 @@ impl Backend for Svm {
 
     fn inject(&mut self, v: &mut SvmVcpu, event: Event) {
         let vm = v.vmcb;
-        let (vector, has_code) = match event {
-            Event::InvalidOpcode => (6u64, false),
-            Event::GeneralProtection => (13, true),
+        let (vector, code) = match event {
+            Event::InvalidOpcode => (6u64, None),
+            Event::GeneralProtection => (13, Some(0)),
+            Event::PageFault { addr, code } => {
+                vm.w64(save::CR2, addr);
+                (14, Some(code))
+            }
             Event::Nmi => {
                 // Type 2: NMI. Blocked until the handler's IRET.
                 vm.w64(control::EVENTINJ, 2 | (2 << 8) | (1 << 31));
@@ -814,9 +820,10 @@ impl Backend for Svm {
                 return;
             }
         };
-        // Real mode delivers no error code. Type 3: exception; the error code (0) is 63:32.
-        let code = has_code && vm.r64(save::CR0) & CR0_PE != 0;
-        vm.w64(control::EVENTINJ, vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31));
+        // Real mode delivers no error code. Type 3: exception; the error code is bits 63:32.
+        let code = code.filter(|_| vm.r64(save::CR0) & CR0_PE != 0);
+        let ev = vector | (3 << 8) | (u64::from(code.is_some()) << 11) | (1 << 31);
+        vm.w64(control::EVENTINJ, ev | (u64::from(code.unwrap_or(0)) << 32));
     }
 
     fn interruptible(&mut self, v: &mut SvmVcpu, nmi: bool) -> bool {

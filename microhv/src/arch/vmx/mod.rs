@@ -34,6 +34,7 @@ use microhv_core::exit::{
 };
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hwcaps::{VmxFeatures, VmxMsrs, adjust_controls};
+use microhv_core::insn::Seg;
 use microhv_core::policy::{GUEST_CR4_ALLOWED, VCPU_SLICE_NONE};
 use x86::msr;
 use x86::vmx::vmcs::control::{
@@ -662,10 +663,11 @@ impl Backend for Vmx {
             self.cr4_mask,
         );
         let exit = self.translate(raw, qual, gprs, cr0);
-        // Only nested page faults (whose instruction the core decodes) and CR writes (whose
-        // operand width depends on it) need the mode: spare the other exits the VMREADs.
+        // Only nested page faults and string I/O (whose instruction the core decodes) and CR
+        // writes (whose operand width depends on it) need the mode: spare the other exits the
+        // VMREADs.
         let (mode, cs_base) = match exit {
-            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } => {
+            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } | Exit::Io { string: true, .. } => {
                 (Self::mode(cr0), vmcs::read(guest::CS_BASE))
             }
             _ => (CpuMode::Bits16, 0),
@@ -720,6 +722,14 @@ impl Backend for Vmx {
             GuestReg::CsLd => (vmcs::read(guest::CS_ACCESS_RIGHTS) >> 13) & 3,
             GuestReg::TrType => vmcs::read(guest::TR_ACCESS_RIGHTS) & 0xf,
             GuestReg::TscOffset => vmcs::read(control::TSC_OFFSET_FULL),
+            GuestReg::SegBase(s) => vmcs::read(match s {
+                Seg::Es => guest::ES_BASE,
+                Seg::Cs => guest::CS_BASE,
+                Seg::Ss => guest::SS_BASE,
+                Seg::Ds => guest::DS_BASE,
+                Seg::Fs => guest::FS_BASE,
+                Seg::Gs => guest::GS_BASE,
+            }),
         }
     }
 
@@ -748,7 +758,7 @@ impl Backend for Vmx {
             // With EPT the CPU enters PAE paging with these fields, not from memory.
             GuestReg::Pdpte(i) => vmcs::write(guest::PDPTE0_FULL + 2 * u32::from(i & 3), value),
             GuestReg::TscOffset => vmcs::write(control::TSC_OFFSET_FULL, value),
-            GuestReg::CsLd | GuestReg::TrType => {}
+            GuestReg::CsLd | GuestReg::TrType | GuestReg::SegBase(_) => {}
         }
     }
 
@@ -773,9 +783,18 @@ impl Backend for Vmx {
 
     fn inject(&mut self, v: &mut VmxVcpu, event: Event) {
         self.make_current(v);
-        let (vector, has_code) = match event {
-            Event::InvalidOpcode => (6u64, false),
-            Event::GeneralProtection => (13, true),
+        let (vector, code) = match event {
+            Event::InvalidOpcode => (6u64, None),
+            Event::GeneralProtection => (13, Some(0)),
+            Event::PageFault { addr, code } => {
+                // No VMCS field holds CR2: it is the hardware's while this vCPU owns it.
+                if self.owned_by == v.vpid {
+                    cpu::write_cr2(addr);
+                } else {
+                    v.owned.cr2 = addr;
+                }
+                (14, Some(code))
+            }
             Event::Nmi => {
                 // Type 2: NMI.
                 vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 2 | (2 << 8) | (1 << 31));
@@ -784,10 +803,10 @@ impl Backend for Vmx {
         };
         // Real mode delivers no error code (and VM entry refuses to inject one there). PE is
         // guest-owned with unrestricted guest: the real CR0 has it, the read shadow may not.
-        let code = has_code && vmcs::read(guest::CR0) & CR0_PE != 0;
-        let info = vector | (3 << 8) | (u64::from(code) << 11) | (1 << 31);
+        let code = code.filter(|_| vmcs::read(guest::CR0) & CR0_PE != 0);
+        let info = vector | (3 << 8) | (u64::from(code.is_some()) << 11) | (1 << 31);
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
-        vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, 0);
+        vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, code.unwrap_or(0).into());
     }
 
     fn interruptible(&mut self, v: &mut VmxVcpu, nmi: bool) -> bool {
