@@ -4,9 +4,11 @@
 //! Two image formats are accepted: ELF with the PVH entry note (started in the PVH state with
 //! `ebx` = start info at `0x1000`), and multiboot v1 kernels (ELF, or any file with the header's
 //! address fields; started with `eax = 0x2BADB002`, `ebx` = the information structure at
-//! `0x1000`). Every domain also gets the ACPI tables of its virtual platform (`acpi`), and
-//! PVH kernels their boot modules (an initrd) after the image. The domain is left in state
-//! `Created`; the caller unpauses it. On any failure the half-built domain is destroyed.
+//! `0x1000`). Every domain also gets the ACPI tables of its virtual platform (`acpi`) and its
+//! boot modules (an initrd), page-aligned after the image: PVH kernels find them in the start
+//! info's module list, multiboot kernels in the information structure's `mods` list. The
+//! domain is left in state `Created`; the caller unpauses it. On any failure the half-built
+//! domain is destroyed.
 
 use crate::multiboot;
 use abi::Errno;
@@ -56,8 +58,9 @@ pub struct DomainSpec<'a> {
     pub flags: u32,
     /// The kernel's command line.
     pub cmdline: &'a str,
-    /// Boot modules for the kernel (an initrd first), placed after its image; PVH guests find
-    /// them in `hvm_start_info`'s module list.
+    /// Boot modules for the kernel (an initrd first), placed page-aligned after its image;
+    /// PVH guests find them in `hvm_start_info`'s module list, multiboot kernels in the
+    /// information structure's (`mods_count`, `mods_addr`).
     pub modules: &'a [Module<'a>],
 }
 
@@ -192,7 +195,8 @@ fn load(s: &pvh::Segment, file: core::ops::Range<usize>) -> Load {
 pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Result<u32, BuildError> {
     let name = name_field(spec.name).ok_or(BuildError::BadName)?;
     let plan = plan(image, spec.mem_bytes)?;
-    // Modules go page-aligned after the image's highest byte.
+    // Modules go page-aligned after the image's highest byte, whatever the format: the boot
+    // page (0x1000) and the ACPI tables lie below the image, which starts at 1 MiB or above.
     let mut next = plan.loads.iter().map(|l| l.gpa + l.memsz).max().unwrap_or(IMAGE_MIN_GPA);
     let mut descs: heapless::Vec<pvh::ModuleDesc<'_>, { pvh::MAX_MODULES }> = heapless::Vec::new();
     for m in spec.modules {
@@ -212,7 +216,12 @@ pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Resul
                 .map_err(|_| BuildError::CmdlineTooLong)?
         }
         Format::Multiboot => {
-            multiboot::build_info(START_INFO_GPA as u32, spec.mem_bytes, spec.cmdline)
+            // The module list's fields are 32-bit, `mod_end` (one past the last byte)
+            // included: every module must end below 4 GiB.
+            if descs.iter().any(|d| d.paddr + d.size > u64::from(u32::MAX)) {
+                return Err(BuildError::DoesNotFit);
+            }
+            multiboot::build_info(START_INFO_GPA as u32, spec.mem_bytes, spec.cmdline, &descs)
                 .ok_or(BuildError::CmdlineTooLong)?
         }
     };
@@ -270,6 +279,7 @@ pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi::pvh::ModuleDesc;
     use core::cell::RefCell;
     use std::vec::Vec;
     use zerocopy::FromBytes;
@@ -394,6 +404,68 @@ mod tests {
         assert_eq!(info.mem_upper, 3 * 1024);
         let cmd = (info.cmdline - START_INFO_GPA as u32) as usize;
         assert_eq!(&w[2].1[cmd..cmd + 4], b"a b\0");
+    }
+
+    #[test]
+    fn multiboot_kernels_get_their_modules_in_the_mods_list() {
+        // The image occupies 0x100000-0x103000 (its bss included).
+        let img = mb_image(0x2000);
+        let (text, blob) = (b"a short text module".as_slice(), [0xc3u8; 5000]);
+        let mods = [
+            Module { data: text, cmdline: "greeting" },
+            Module { data: &blob, cmdline: "blob x=1" },
+        ];
+        let f = Fake::default();
+        assert_eq!(build(&f, &DomainSpec { modules: &mods, ..spec(4 << 20) }, &img), Ok(7));
+        let w = f.writes.borrow();
+        // The same placement as for PVH kernels: page-aligned after the image, in order.
+        assert_eq!((w[1].0, &w[1].1[..]), (0x10_3000, text));
+        assert_eq!((w[2].0, w[2].1.len()), (0x10_4000, 5000));
+        let page = &w.last().expect("information page").1;
+        assert_eq!(w.last().expect("information page").0, START_INFO_GPA);
+        let info = multiboot::Info::read_from_prefix(page).unwrap().0;
+        assert_ne!(info.flags & multiboot::INFO_MODS, 0);
+        assert_eq!(info.mods_count, 2);
+        let at = |gpa: u32| (gpa - START_INFO_GPA as u32) as usize;
+        let entry = |i: usize| {
+            let o = at(info.mods_addr) + 16 * i;
+            multiboot::ModEntry::read_from_prefix(&page[o..]).unwrap().0
+        };
+        let (a, b) = (entry(0), entry(1));
+        assert_eq!((a.mod_start, a.mod_end), (0x10_3000, 0x10_3000 + text.len() as u32));
+        assert_eq!((b.mod_start, b.mod_end), (0x10_4000, 0x10_4000 + 5000));
+        assert_eq!(&page[at(a.string)..at(a.string) + 9], b"greeting\0");
+        assert_eq!(&page[at(b.string)..at(b.string) + 9], b"blob x=1\0");
+        // The list and its strings stay in the information page, clear of the modules.
+        assert!(at(info.mods_addr) + 32 <= 4096 && u64::from(a.mod_start) >= START_INFO_GPA + 4096);
+        let cmd = at(info.cmdline);
+        assert_eq!(&page[cmd..cmd + 4], b"a b\0");
+        // Without modules the list is empty.
+        let f = Fake::default();
+        assert_eq!(build(&f, &spec(4 << 20), &img), Ok(7));
+        let w = f.writes.borrow();
+        let info = multiboot::Info::read_from_prefix(&w.last().expect("page").1).unwrap().0;
+        assert_eq!((info.mods_count, info.mods_addr), (0, 0));
+    }
+
+    #[test]
+    fn multiboot_modules_must_end_below_4_gib() {
+        let mods = [Module { data: &[1, 2, 3], cmdline: "m" }];
+        let high = [ModuleDesc { paddr: 0xffff_f000, size: 0x2000, cmdline: "m" }];
+        assert!(multiboot::build_info(0x1000, 8 << 30, "", &high).is_none());
+        let at_4g = [ModuleDesc { paddr: 0xffff_f000, size: 0x1000, cmdline: "m" }];
+        assert!(multiboot::build_info(0x1000, 8 << 30, "", &at_4g).is_none(), "mod_end = 2^32");
+        let low = [ModuleDesc { paddr: 0xffff_f000, size: 0xfff, cmdline: "m" }];
+        assert!(multiboot::build_info(0x1000, 8 << 30, "", &low).is_some());
+        // A module list whose strings overflow the page is refused, not truncated.
+        let long = "x".repeat(3000);
+        let two = [ModuleDesc { paddr: 0x20_0000, size: 1, cmdline: &long }; 2];
+        assert!(multiboot::build_info(0x1000, 8 << 20, "", &two).is_none());
+        let f = Fake::default();
+        let s = DomainSpec { modules: &mods, cmdline: &long, ..spec(4 << 20) };
+        assert_eq!(build(&f, &s, &mb_image(0x2000)), Ok(7));
+        let s = DomainSpec { cmdline: &"y".repeat(4000), ..s };
+        assert_eq!(build(&f, &s, &mb_image(0x2000)), Err(BuildError::CmdlineTooLong));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! fields; an image uploaded by a user must get an error instead, so the 48-byte header is
 //! parsed here with every field checked.
 
+use abi::pvh::ModuleDesc;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The header's magic.
@@ -167,6 +168,21 @@ pub const INFO_MMAP: u32 = 1 << 6;
 /// `Info::flags`: `boot_loader_name` is valid.
 pub const INFO_LOADER_NAME: u32 = 1 << 9;
 
+/// One entry of the module list (`mods_addr`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ModEntry {
+    /// Guest-physical address of the module's first byte.
+    pub mod_start: u32,
+    /// One past its last byte (as GRUB sets it: `mod_start` plus the size).
+    pub mod_end: u32,
+    /// Its NUL-terminated command line.
+    pub string: u32,
+    /// 0.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<ModEntry>() == 16);
+
 /// One memory-map entry; `size` counts the bytes after itself (20).
 #[repr(C, packed)]
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -183,39 +199,60 @@ pub struct MmapEntry {
 const _: () = assert!(size_of::<MmapEntry>() == 24);
 
 /// Builds the information page for a domain with `mem_bytes` of RAM, to be placed at
-/// guest-physical `page_gpa`: `Info`, then the memory map, the command line and the loader
-/// name. `None` if the command line does not fit.
-pub fn build_info(page_gpa: u32, mem_bytes: u64, cmdline: &str) -> Option<[u8; 4096]> {
+/// guest-physical `page_gpa`: `Info`, then the memory map, the module list, the loader name,
+/// the command line and the modules' command lines. The modules were placed by the builder
+/// (`builder::build`, the same placement PVH kernels get); each must lie below 4 GiB, where
+/// the list's 32-bit fields reach. `None` if they do not, or if the text does not fit.
+pub fn build_info(
+    page_gpa: u32,
+    mem_bytes: u64,
+    cmdline: &str,
+    modules: &[ModuleDesc<'_>],
+) -> Option<[u8; 4096]> {
     let mut page = [0u8; 4096];
     let mmap = [
         MmapEntry { size: 20, base: 0, len: 0x9_fc00, kind: 1 },
         MmapEntry { size: 20, base: 0x10_0000, len: mem_bytes.saturating_sub(0x10_0000), kind: 1 },
     ];
     let mmap_at = size_of::<Info>();
-    let text_at = mmap_at + mmap.len() * size_of::<MmapEntry>();
-    let name = b"microhv dom0\0";
-    let cmd_at = text_at + name.len();
-    let end = cmd_at.checked_add(cmdline.len() + 1)?;
-    if end > page.len() {
-        return None;
+    let mods_at = mmap_at + mmap.len() * size_of::<MmapEntry>();
+    let mut text = mods_at.checked_add(modules.len().checked_mul(size_of::<ModEntry>())?)?;
+    // Appends a NUL-terminated string after the structures; its guest-physical address.
+    let mut put_str = |page: &mut [u8; 4096], s: &[u8]| -> Option<u32> {
+        let end = text.checked_add(s.len() + 1)?;
+        if end > page.len() {
+            return None;
+        }
+        page[text..text + s.len()].copy_from_slice(s);
+        let gpa = page_gpa.checked_add(u32::try_from(text).ok()?)?;
+        text = end;
+        Some(gpa)
+    };
+    let name = put_str(&mut page, b"microhv dom0")?;
+    let cmd = put_str(&mut page, cmdline.as_bytes())?;
+    for (i, m) in modules.iter().enumerate() {
+        let mod_start = u32::try_from(m.paddr).ok()?;
+        let mod_end = u32::try_from(m.paddr.checked_add(m.size)?).ok()?;
+        let string = put_str(&mut page, m.cmdline.as_bytes())?;
+        let e = ModEntry { mod_start, mod_end, string, reserved: 0 };
+        let at = mods_at + i * size_of::<ModEntry>();
+        page[at..at + size_of::<ModEntry>()].copy_from_slice(e.as_bytes());
     }
     for (i, e) in mmap.iter().enumerate() {
         let at = mmap_at + i * size_of::<MmapEntry>();
         page[at..at + size_of::<MmapEntry>()].copy_from_slice(e.as_bytes());
     }
-    page[text_at..cmd_at].copy_from_slice(name);
-    page[cmd_at..cmd_at + cmdline.len()].copy_from_slice(cmdline.as_bytes());
     let upper_kib = mem_bytes.saturating_sub(0x10_0000) / 1024;
     let info = Info {
         flags: INFO_MEMORY | INFO_CMDLINE | INFO_MODS | INFO_MMAP | INFO_LOADER_NAME,
         mem_lower: 639,
         mem_upper: upper_kib.min(u32::MAX.into()) as u32,
-        cmdline: page_gpa + cmd_at as u32,
-        mods_count: 0,
-        mods_addr: 0,
+        cmdline: cmd,
+        mods_count: modules.len() as u32,
+        mods_addr: if modules.is_empty() { 0 } else { page_gpa + mods_at as u32 },
         mmap_length: (mmap.len() * size_of::<MmapEntry>()) as u32,
         mmap_addr: page_gpa + mmap_at as u32,
-        boot_loader_name: page_gpa + text_at as u32,
+        boot_loader_name: name,
         ..Info::default()
     };
     page[..size_of::<Info>()].copy_from_slice(info.as_bytes());

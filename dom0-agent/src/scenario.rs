@@ -300,6 +300,23 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
     if failed { Err("an attack was not contained") } else { Ok(()) }
 }
 
+/// The checks the `platform` guest reports, each with a `platform: NAME: PASS` line.
+const PLATFORM_CHECKS: [&str; 13] = [
+    "apic-base",
+    "apic-disable-enable",
+    "moffs-load",
+    "byte-load",
+    "lapic-timer-periodic",
+    "lapic-timer-oneshot",
+    "self-ipi",
+    "tpr-masking",
+    "ioapic-pit",
+    "hpet-counter",
+    "rtc",
+    "acpi-tables",
+    "absent-devices",
+];
+
 fn platform(boot: &Boot) -> Result<(), &'static str> {
     // The platform checks, with a spinner competing for the CPU.
     let by = start(boot, "spinner", &spec("bystander", 4, ""))?;
@@ -313,6 +330,16 @@ fn platform(boot: &Boot) -> Result<(), &'static str> {
     println!("  platform: state {}, status {}", i.state, i.shutdown_status);
     if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 0 {
         return Err("a platform check failed");
+    }
+    // The status counts failures, not checks: a guest that skipped one would pass on it
+    // alone, so every check must also have reported its PASS line.
+    for check in PLATFORM_CHECKS {
+        let mut line: heapless::String<48> = heapless::String::new();
+        let _ = core::fmt::write(&mut line, format_args!("platform: {check}: PASS"));
+        if !contains(&con, &line) {
+            println!("  platform: no PASS line for {check}");
+            return Err("a platform check did not report");
+        }
     }
     // A reset through the reset control register ends the domain with reason reboot.
     let d = start(boot, "hostile", &spec("resetter", 4, "attack=reset"))?;
@@ -336,9 +363,26 @@ fn platform(boot: &Boot) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A module built into dom0 for the multiboot kernel: short text, so its first bytes read
+/// plainly in the kernel's output.
+const MB_TEXT: &[u8] = b"microhv: a text module for the multiboot kernel\n";
+
+/// The 32-bit FNV-1a hash the multiboot kernel prints for each module (`tests/mbkernel`).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
 fn multiboot(boot: &Boot) -> Result<(), &'static str> {
     let mut con = Console::new();
-    let d = start(boot, "mbkernel", &spec("mbkernel", 4, "status=42"))?;
+    // Two modules in its `mods` list: the text above, and a boot module several pages long
+    // (the `hello` guest's image), each of which it must find intact.
+    let (hello, _) = boot.module_named("hello").ok_or("boot module missing")?;
+    let mods = [
+        builder::Module { data: MB_TEXT, cmdline: "text" },
+        builder::Module { data: hello, cmdline: "hello image" },
+    ];
+    let s = DomainSpec { modules: &mods, ..spec("mbkernel", 4, "status=42") };
+    let d = start(boot, "mbkernel", &s)?;
     let i = wait(d, &mut con, stopped)?;
     destroy(d)?;
     println!("  mbkernel: state {}, status {}", i.state, i.shutdown_status);
@@ -346,6 +390,25 @@ fn multiboot(boot: &Boot) -> Result<(), &'static str> {
         || !contains(&con, "enabled (svr 0x1ff, tpr 0x10)")
     {
         return Err("the kernel's COM1 output is not in its console ring");
+    }
+    if !contains(&con, "mbkernel: 2 module(s)") {
+        return Err("the kernel did not find its two modules");
+    }
+    for (n, m) in mods.iter().enumerate() {
+        let mut want: heapless::String<96> = heapless::String::new();
+        let _ = core::fmt::write(
+            &mut want,
+            format_args!(
+                ": {} bytes, fnv1a {:#010x}, cmdline {:?}",
+                m.data.len(),
+                fnv1a(m.data),
+                m.cmdline
+            ),
+        );
+        println!("  mbkernel: module {n} expected as \"{want}\"");
+        if !contains(&con, &want) {
+            return Err("a module is missing or altered in the kernel's mods list");
+        }
     }
     if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 42 {
         return Err("the debug-exit status is not in the domain info");

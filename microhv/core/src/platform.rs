@@ -63,6 +63,11 @@ struct PciConfig {
     address: u32,
 }
 
+/// The bits of CONFIG_ADDRESS (0xCF8) a host bridge keeps: enable, bus, device, function and
+/// dword register. The PCI specification makes bits 30–24 and 1–0 read-only zero, so a kernel
+/// that writes all ones and reads back (a common probe for mechanism #1) sees `0x80FFFFFC`.
+const CONFIG_ADDRESS_BITS: u32 = 0x80ff_fffc;
+
 impl PciConfig {
     fn read(&self, port: u16, size: u8) -> u32 {
         let a = self.address;
@@ -279,7 +284,12 @@ impl Platform {
             }
             0xcf8 if size == 4 => self.pci.address,
             0xcfc..=0xcff => self.pci.read(port, size),
-            0xcf8..=0xcfb => 0,
+            // The reset control register (PIIX3's RC, byte access only): microhv keeps none of
+            // its bits, since a write that matters ends the domain.
+            abi::platform::RESET_PORT if size == 1 => 0,
+            // Anything but a whole-dword access to CONFIG_ADDRESS is an ordinary I/O cycle on
+            // the PCI bus, which nobody claims: all ones, as for an absent port.
+            0xcf8..=0xcfb => all_ones(size),
             // System control port A: A20 on, no reset in progress.
             0x92 => 0x02,
             // The keyboard controller's status: nothing to read, ready for a command (a status
@@ -334,7 +344,7 @@ impl Platform {
                 effect = Some(PortEffect::Reset)
             }
             0x64 if value & 0xff == 0xfe => effect = Some(PortEffect::Reset),
-            0xcf8 if size == 4 => self.pci.address = value,
+            0xcf8 if size == 4 => self.pci.address = value & CONFIG_ADDRESS_BITS,
             0x92 | 0x64 | 0x60 | 0xcf8..=0xcff => {}
             _ => return None,
         }
@@ -506,6 +516,15 @@ impl Platform {
     }
 }
 
+/// What an IN of `size` bytes reads where no device answers (the bus floats high).
+fn all_ones(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => u32::MAX,
+    }
+}
+
 /// The lines of a device whose output is cut off (the PIT and RTC under HPET legacy
 /// replacement).
 struct Cut;
@@ -571,6 +590,41 @@ mod tests {
         p.port_write(&c, 0xcf8, 4, 0x8000_0800); // device 1
         assert_eq!(p.port_read(&c, 0xcfc, 4), Some(u32::MAX));
         assert_eq!(p.port_read(&c, 0x1234, 1), None);
+    }
+
+    /// PCI configuration mechanism #1 as a PC's host bridge answers it: only the one device,
+    /// all ones (a master abort) for every other address and with the enable bit clear, and
+    /// CONFIG_ADDRESS touched only by whole-dword accesses, with its reserved bits zero.
+    #[test]
+    fn pci_configuration_reads_as_on_a_pc() {
+        let c = at(0);
+        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        let config = |p: &mut Platform, addr: u32| {
+            p.port_write(&c, 0xcf8, 4, addr);
+            p.port_read(&c, 0xcfc, 4)
+        };
+        assert_eq!(config(&mut p, 0x8000_0000), Some(0x1237_8086), "00:00.0, the host bridge");
+        assert_eq!(config(&mut p, 0x8000_0008), Some(0x0600_0002), "class: host bridge");
+        assert_eq!(config(&mut p, 0x8000_0100), Some(u32::MAX), "00:00.1");
+        assert_eq!(config(&mut p, 0x8000_0800), Some(u32::MAX), "00:01.0");
+        assert_eq!(config(&mut p, 0x8001_0000), Some(u32::MAX), "01:00.0");
+        assert_eq!(config(&mut p, 0x0000_0000), Some(u32::MAX), "enable bit clear");
+        assert_eq!(p.port_read(&c, 0xcfc, 2), Some(0xffff));
+        // Reserved bits read back as zero.
+        p.port_write(&c, 0xcf8, 4, u32::MAX);
+        assert_eq!(p.port_read(&c, 0xcf8, 4), Some(0x80ff_fffc));
+        // Byte and word accesses are not CONFIG_ADDRESS: they read as nothing and change
+        // nothing (but a byte at 0xCF9 is the reset control register).
+        p.port_write(&c, 0xcf8, 4, 0x8000_0000);
+        assert_eq!(p.port_read(&c, 0xcf8, 1), Some(0xff));
+        assert_eq!(p.port_read(&c, 0xcfa, 2), Some(0xffff));
+        assert_eq!(p.port_read(&c, 0xcf9, 1), Some(0));
+        assert_eq!(p.port_write(&c, 0xcf8, 1, 0x12), Some(None));
+        assert_eq!(p.port_write(&c, 0xcfa, 2, 0x1234), Some(None));
+        assert_eq!(p.port_read(&c, 0xcf8, 4), Some(0x8000_0000));
+        // Writes to the data port are dropped: the host bridge's ID stays.
+        assert_eq!(p.port_write(&c, 0xcfc, 4, 0), Some(None));
+        assert_eq!(p.port_read(&c, 0xcfc, 4), Some(0x1237_8086));
     }
 
     #[test]

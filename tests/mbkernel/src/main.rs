@@ -1,6 +1,7 @@
 //! A small, ordinary multiboot v1 kernel that knows nothing of microhv: it checks the loader's
-//! magic, reads the multiboot information (memory size, command line), prints on the COM1
-//! UART, configures the local APIC (reads its ID and version, enables it through the spurious
+//! magic, reads the multiboot information (memory size, command line, the boot modules, each
+//! printed with its address, length, FNV-1a hash, command line and first bytes), prints on the
+//! COM1 UART, configures the local APIC (reads its ID and version, enables it through the spurious
 //! vector register, sets the task priority, signals EOI) and exits through QEMU's debug-exit
 //! port with `status=N` from its command line (default 7). Under microhv, COM1 and port 0xF4
 //! are emulated devices and the APIC page is emulated MMIO.
@@ -61,6 +62,56 @@ fn info(mbi: u32) -> (u32, &'static str) {
     }
 }
 
+/// Flag bit 3 of the information structure: `mods_count` and `mods_addr` are valid.
+const INFO_MODS: u32 = 1 << 3;
+/// Bytes of each module printed (escaped) after its hash.
+const HEAD_BYTES: usize = 8;
+
+/// The 32-bit FNV-1a hash of `bytes`: what dom0's `multiboot` scenario computes over the
+/// modules it passed, to find them intact in this kernel's output.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// Prints the module list of the information structure at `mbi`: the count, then one line per
+/// module.
+fn modules(out: &mut Uart, mbi: u32) {
+    let p = mbi as usize as *const u32;
+    // SAFETY: the loader's information structure; `mods_count` and `mods_addr` (offsets 20 and
+    // 24) are read only if flag bit 3 says they are valid.
+    let (flags, count, addr) =
+        unsafe { (p.read_volatile(), p.add(5).read_volatile(), p.add(6).read_volatile()) };
+    if flags & INFO_MODS == 0 {
+        let _ = writeln!(out, "mbkernel: no module list (flags {flags:#x})");
+        return;
+    }
+    let _ = writeln!(out, "mbkernel: {count} module(s)");
+    for i in 0..count {
+        let e = (addr as usize + 16 * i as usize) as *const u32;
+        // SAFETY: entry `i` of the loader's module list: start, end (exclusive), string.
+        let (start, end, string) =
+            unsafe { (e.read_volatile(), e.add(1).read_volatile(), e.add(2).read_volatile()) };
+        let len = end.saturating_sub(start) as usize;
+        // SAFETY: the loader placed the module at [start, end) in RAM, which rt's entry
+        // identity-mapped; it is only read.
+        let bytes = unsafe { core::slice::from_raw_parts(start as usize as *const u8, len) };
+        let cmdline = if string == 0 {
+            ""
+        } else {
+            // SAFETY: the module's command line, a NUL-terminated string the loader wrote.
+            let s = unsafe { core::ffi::CStr::from_ptr(string as usize as *const _) };
+            s.to_str().unwrap_or("")
+        };
+        let head = &bytes[..len.min(HEAD_BYTES)];
+        let _ = writeln!(
+            out,
+            "mbkernel: module {i} at {start:#x}: {len} bytes, fnv1a {:#010x}, cmdline {cmdline:?}, starts \"{}\"",
+            fnv1a(bytes),
+            head.escape_ascii()
+        );
+    }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(eax: u32, ebx: u32) -> ! {
     let mut out = uart();
@@ -74,6 +125,7 @@ extern "C" fn rt_main(eax: u32, ebx: u32) -> ! {
         out,
         "mbkernel: multiboot magic ok, mem_upper {upper_kib} KiB, cmdline {cmdline:?}"
     );
+    modules(&mut out, ebx);
     let id = apic_read(0x20) >> 24;
     let version = apic_read(0x30);
     apic_write(0xf0, 0x1ff);

@@ -51,3 +51,13 @@ pub unsafe fn inl(port: u16) -> u32 {
     // SAFETY: forwarded to the caller's contract above.
     unsafe { x86::io::inl(port) }
 }
+
+/// Reads a 16-bit value from an I/O port.
+///
+/// # Safety
+/// The caller must own `port`: reads can have side effects on a device.
+#[inline]
+pub unsafe fn inw(port: u16) -> u16 {
+    // SAFETY: forwarded to the caller's contract above.
+    unsafe { x86::io::inw(port) }
+}

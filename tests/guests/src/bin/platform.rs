@@ -2,8 +2,10 @@
 //! local APIC timer (periodic and one-shot), self-IPIs and TPR masking, the I/O APIC routing
 //! the PIT's IRQ 0 (pin 2), the PIT and local APIC timer rates against the ACPI PM timer, the
 //! HPET counter's rate, the moffs and byte MMIO forms, the RTC and IA32_APIC_BASE (including a
-//! global disable and re-enable). Prints one
-//! line per case and shuts down with the number of failures as its status.
+//! global disable and re-enable), the ACPI tables its builder gave it (found through
+//! `hvm_start_info.rsdp_paddr`, checked against `abi::platform` and against the devices it
+//! really sees), and the ports and PCI addresses nobody answers (all ones, as on a PC). Prints
+//! one line per case and shuts down with the number of failures as its status.
 //!
 //! Rates: periodic interrupts must never come early (the Nth tick at least 95% of N periods
 //! after the timer was started). With `strict=1` (Bochs, whose time counts instructions) they must also be on time
@@ -16,6 +18,7 @@
 extern crate std;
 rt::hosted_main!();
 
+use abi::platform as hw;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_rt::println;
@@ -114,6 +117,26 @@ fn outb(port: u16, v: u8) {
 fn inb(port: u16) -> u8 {
     // SAFETY: as for `outb`.
     unsafe { rt::io::inb(port) }
+}
+
+fn inw(port: u16) -> u16 {
+    // SAFETY: as for `outb`.
+    unsafe { rt::io::inw(port) }
+}
+
+fn outw(port: u16, v: u16) {
+    // SAFETY: as for `outb`.
+    unsafe { rt::io::outw(port, v) }
+}
+
+fn inl(port: u16) -> u32 {
+    // SAFETY: as for `outb`.
+    unsafe { rt::io::inl(port) }
+}
+
+fn outl(port: u16, v: u32) {
+    // SAFETY: as for `outb`.
+    unsafe { rt::io::outl(port, v) }
 }
 
 fn count(i: usize) -> u64 {
@@ -334,6 +357,353 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         format_args!("register D {d:#x}, seconds {sec:#x}"),
     );
 
+    // The ACPI tables, read as a kernel reads them, against the platform it really has.
+    let mem = Mem { end: boot.ram_end().min(rt::IDENTITY_MAP_BYTES) };
+    match acpi_tables(&mem, boot.info.rsdp_paddr) {
+        Ok(n) => r.check(
+            "acpi-tables",
+            true,
+            format_args!(
+                "{n} tables checksummed; {VCPUS} vCPU assumed: hvm_start_info has no vCPU count"
+            ),
+        ),
+        Err(e) => r.check("acpi-tables", false, format_args!("{e}")),
+    }
+
+    let (ok, failures) = absent_devices();
+    r.check("absent-devices", ok, format_args!("{failures} unexpected values"));
+
     println!("platform: {} passed, {} failed", r.passed, r.failed);
     guest_rt::exit(r.failed)
+}
+
+/// vCPUs of this domain. `hvm_start_info` (version 1) carries no vCPU count, so the check
+/// assumes what dom0's `platform` scenario builds: one.
+const VCPUS: u32 = 1;
+
+/// Where the ACPI tables may point: the domain's RAM (rt's entry identity-maps it), so that a
+/// bad address in a table fails the check instead of crashing the domain.
+struct Mem {
+    end: u64,
+}
+
+/// An ACPI check that failed: the table, what was wrong, and the value found.
+struct Bad(&'static str, &'static str, u64);
+
+impl core::fmt::Display for Bad {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}: {} {:#x}", self.0, self.1, self.2)
+    }
+}
+
+/// Table signatures, printed space-separated.
+struct Sigs<'a>(&'a [[u8; 4]]);
+
+impl core::fmt::Display for Sigs<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for s in self.0 {
+            write!(f, " {}", core::str::from_utf8(s).unwrap_or("????"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `n` little-endian bytes at `at` of `b` (None past its end).
+fn le(b: &[u8], at: usize, n: usize) -> Option<u64> {
+    let s = b.get(at..at.checked_add(n)?)?;
+    Some(s.iter().rev().fold(0, |v, &x| (v << 8) | u64::from(x)))
+}
+
+/// The byte sum ACPI checksums make zero.
+fn sum(b: &[u8]) -> u8 {
+    b.iter().fold(0u8, |s, &x| s.wrapping_add(x))
+}
+
+impl Mem {
+    /// `len` bytes of guest-physical memory at `pa`, if they lie in RAM.
+    fn bytes(&self, pa: u64, len: u64, what: &'static str) -> Result<&'static [u8], Bad> {
+        if pa == 0 || pa.checked_add(len).is_none_or(|e| e > self.end) {
+            return Err(Bad(what, "address outside RAM", pa));
+        }
+        // SAFETY: the range lies in this domain's RAM, which rt's entry identity-mapped; the
+        // tables are only read, and nothing writes them while the guest runs.
+        Ok(unsafe { core::slice::from_raw_parts(pa as *const u8, len as usize) })
+    }
+
+    /// The system description table at `pa`: its signature must be `sig` (any when `None`)
+    /// and its bytes, over the length its header gives, must sum to zero.
+    fn table(
+        &self,
+        pa: u64,
+        sig: Option<&[u8; 4]>,
+        what: &'static str,
+    ) -> Result<&'static [u8], Bad> {
+        let head = self.bytes(pa, 36, what)?;
+        if sig.is_some_and(|s| head[..4] != s[..]) {
+            return Err(Bad(what, "wrong signature at", pa));
+        }
+        let len = le(head, 4, 4).unwrap_or(0);
+        // Every table has its 36-byte header; the bound only keeps a corrupt length in reason.
+        if !(36..=0x10_0000).contains(&len) {
+            return Err(Bad(what, "length", len));
+        }
+        let t = self.bytes(pa, len, what)?;
+        if sum(t) != 0 {
+            return Err(Bad(what, "checksum wrong at", pa));
+        }
+        Ok(t)
+    }
+}
+
+/// A field of table `t`, or the reason it is missing.
+fn field(t: &[u8], at: usize, n: usize, what: &'static str) -> Result<u64, Bad> {
+    le(t, at, n).ok_or(Bad(what, "too short for the field at", at as u64))
+}
+
+/// Checks the tables from the RSDP at `rsdp` as a kernel would walk them, and their agreement
+/// with `abi::platform` and this vCPU's local APIC; prints what it found and returns how many
+/// system description tables it checksummed.
+fn acpi_tables(mem: &Mem, rsdp: u64) -> Result<u32, Bad> {
+    // The RSDP (revision 2): its 20-byte checksum and the extended one over its length.
+    let p = mem.bytes(rsdp, 36, "RSDP")?;
+    if &p[..8] != b"RSD PTR " {
+        return Err(Bad("RSDP", "no signature at", rsdp));
+    }
+    if sum(&p[..20]) != 0 {
+        return Err(Bad("RSDP", "checksum wrong at", rsdp));
+    }
+    let rev = p[15];
+    let len = field(p, 20, 4, "RSDP")?;
+    if rev < 2 || len < 36 {
+        return Err(Bad("RSDP", "revision 2 with an XSDT expected, got", rev.into()));
+    }
+    if sum(mem.bytes(rsdp, len, "RSDP")?) != 0 {
+        return Err(Bad("RSDP", "extended checksum wrong at", rsdp));
+    }
+    // A kernel that does not get `rsdp_paddr` scans the BIOS area for it, 16-byte aligned:
+    // it must find the same one.
+    let area = mem.bytes(0xe_0000, 0x2_0000, "BIOS area")?;
+    let scanned = (0..area.len() - 20)
+        .step_by(16)
+        .find(|&o| &area[o..o + 8] == b"RSD PTR " && sum(&area[o..o + 20]) == 0)
+        .map(|o| 0xe_0000 + o as u64);
+    if scanned != Some(rsdp) {
+        return Err(Bad("RSDP", "BIOS-area scan finds another at", scanned.unwrap_or(0)));
+    }
+
+    // The XSDT and every table it lists.
+    let xsdt_pa = field(p, 24, 8, "RSDP")?;
+    let xsdt = mem.table(xsdt_pa, Some(b"XSDT"), "XSDT")?;
+    let mut checked = 1;
+    let (mut madt, mut fadt, mut hpet) = (None, None, None);
+    let mut sigs = [[b'-'; 4]; 8];
+    let n = (xsdt.len() - 36) / 8;
+    for i in 0..n {
+        let t = mem.table(field(xsdt, 36 + 8 * i, 8, "XSDT")?, None, "XSDT entry")?;
+        checked += 1;
+        if let Some(s) = sigs.get_mut(i) {
+            s.copy_from_slice(&t[..4]);
+        }
+        match &t[..4] {
+            b"APIC" => madt = Some(t),
+            b"FACP" => fadt = Some(t),
+            b"HPET" => hpet = Some(t),
+            _ => {}
+        }
+    }
+    let listed = &sigs[..n.min(sigs.len())];
+    let madt = madt.ok_or(Bad("XSDT", "no MADT among its entries:", n as u64))?;
+    let fadt = fadt.ok_or(Bad("XSDT", "no FADT among its entries:", n as u64))?;
+    let hpet = hpet.ok_or(Bad("XSDT", "no HPET table among its entries:", n as u64))?;
+
+    // MADT: the local APIC address, one enabled local APIC per vCPU (with this vCPU's APIC
+    // ID), the I/O APIC with GSI base 0, and IRQ 0 on GSI 2.
+    let lapic = field(madt, 36, 4, "MADT")?;
+    if lapic != hw::LAPIC_BASE {
+        return Err(Bad("MADT", "local APIC address", lapic));
+    }
+    let my_id = r32(hw::LAPIC_BASE + 0x20) >> 24;
+    let (mut cpus, mut cpu_id, mut ioapics, mut irq0) = (0u32, None, 0u32, None);
+    let mut at = 44;
+    while at < madt.len() {
+        let kind = madt[at];
+        let len = usize::from(madt.get(at + 1).copied().unwrap_or(0));
+        let e = madt.get(at..at + len).filter(|_| len >= 2);
+        let e = e.ok_or(Bad("MADT", "bad entry length at offset", at as u64))?;
+        match kind {
+            0 if field(e, 4, 4, "MADT processor")? & 1 != 0 => {
+                cpus += 1;
+                cpu_id = Some(u32::from(e[3]));
+            }
+            1 => {
+                ioapics += 1;
+                let (addr, gsi) =
+                    (field(e, 4, 4, "MADT I/O APIC")?, field(e, 8, 4, "MADT I/O APIC")?);
+                if addr != hw::IOAPIC_BASE {
+                    return Err(Bad("MADT", "I/O APIC address", addr));
+                }
+                if gsi != 0 {
+                    return Err(Bad("MADT", "I/O APIC GSI base", gsi));
+                }
+            }
+            2 if field(e, 3, 1, "MADT override")? == 0 => {
+                irq0 = Some(field(e, 4, 4, "MADT override")?)
+            }
+            _ => {}
+        }
+        at += len;
+    }
+    if cpus != VCPUS {
+        return Err(Bad("MADT", "enabled local APICs:", cpus.into()));
+    }
+    if cpu_id != Some(my_id) {
+        return Err(Bad("MADT", "processor's APIC ID is not this vCPU's, which is", my_id.into()));
+    }
+    if ioapics != 1 {
+        return Err(Bad("MADT", "I/O APIC entries:", ioapics.into()));
+    }
+    if irq0 != Some(2) {
+        return Err(Bad("MADT", "IRQ 0 override to GSI (or none):", irq0.unwrap_or(u64::MAX)));
+    }
+
+    // FADT: the PM timer and PM1a control blocks (32-bit and, in a revision-3+ FADT, the X_
+    // addresses) and the DSDT, through DSDT and X_DSDT, which must agree.
+    let pm_tmr = field(fadt, 76, 4, "FADT")?;
+    let pm1a_cnt = field(fadt, 64, 4, "FADT")?;
+    if pm_tmr != hw::PM_TMR_BLK.into() || field(fadt, 91, 1, "FADT")? != 4 {
+        return Err(Bad("FADT", "PM timer block (or its length is not 4)", pm_tmr));
+    }
+    if pm1a_cnt != hw::PM1A_CNT_BLK.into() {
+        return Err(Bad("FADT", "PM1a control block", pm1a_cnt));
+    }
+    let sci = field(fadt, 46, 2, "FADT")?;
+    if sci != hw::SCI_IRQ.into() {
+        return Err(Bad("FADT", "SCI interrupt", sci));
+    }
+    let dsdt32 = field(fadt, 40, 4, "FADT")?;
+    let mut dsdt = dsdt32;
+    if fadt.len() >= 244 {
+        let x_dsdt = field(fadt, 140, 8, "FADT")?;
+        if x_dsdt != 0 && dsdt32 != 0 && x_dsdt != dsdt32 {
+            return Err(Bad("FADT", "X_DSDT differs from DSDT:", x_dsdt));
+        }
+        if x_dsdt != 0 {
+            dsdt = x_dsdt;
+        }
+        // X_PM1a_CNT_BLK and X_PM_TMR_BLK are generic address structures at 172 and 208,
+        // whose address is 4 bytes in.
+        for (at, want, what) in
+            [(176, hw::PM1A_CNT_BLK, "X_PM1a_CNT_BLK"), (212, hw::PM_TMR_BLK, "X_PM_TMR_BLK")]
+        {
+            let x = field(fadt, at, 8, "FADT")?;
+            if x != 0 && x != u64::from(want) {
+                return Err(Bad("FADT", what, x));
+            }
+        }
+    }
+    mem.table(dsdt, Some(b"DSDT"), "DSDT")?;
+    checked += 1;
+
+    // HPET: the event timer block's base address, in system memory.
+    let (space, base) = (field(hpet, 40, 1, "HPET")?, field(hpet, 44, 8, "HPET")?);
+    if space != 0 || base != hw::HPET_BASE {
+        return Err(Bad("HPET", "base address (or not in memory space)", base));
+    }
+
+    println!(
+        "platform: acpi: RSDP {rsdp:#x} rev {rev} (the BIOS-area scan finds it), XSDT {xsdt_pa:#x}:{}",
+        Sigs(listed)
+    );
+    println!(
+        "platform: acpi: MADT: LAPIC {lapic:#x}, {cpus} enabled CPU (APIC id {my_id}), I/O APIC {:#x} GSI 0, IRQ0->GSI2",
+        hw::IOAPIC_BASE
+    );
+    println!(
+        "platform: acpi: FADT: PM_TMR {pm_tmr:#x}, PM1a_CNT {pm1a_cnt:#x}, SCI {sci}, DSDT {dsdt:#x}; HPET {base:#x}"
+    );
+    Ok(checked)
+}
+
+/// Ports and PCI addresses nobody answers must look like absent hardware on a PC: reads all
+/// ones at every width (IN AL / AX keeping the rest of EAX), writes dropped without a trace,
+/// and PCI configuration reads of a missing device or with the enable bit clear all ones.
+/// Returns whether all held, and how many did not.
+fn absent_devices() -> (bool, u32) {
+    let mut bad = 0;
+    let mut expect = |what: &str, got: u64, want: u64| {
+        if got != want {
+            println!("platform: absent: {what}: {got:#x}, expected {want:#x}");
+            bad += 1;
+        }
+    };
+    // COM2 (dom0's UART; no domU has one) and LPT1, before and after writes that a real
+    // UART or parallel port would keep (scratch, line control, divisor, data, control).
+    let com2_lpt1 = || (0x2f8..=0x2ffu16).chain(0x378..=0x37a);
+    for p in com2_lpt1() {
+        expect("IN AL before writes", inb(p).into(), 0xff);
+    }
+    for (p, v) in
+        [(0x2ff, 0x5a), (0x2fb, 0x80), (0x2f8, 0x01), (0x2fb, 0x03), (0x378, 0x55), (0x37a, 0x0c)]
+    {
+        outb(p, v);
+    }
+    outw(0x2f8, 0x1234);
+    outl(0x378, 0x1234_5678);
+    let mut all_ff = true;
+    for p in com2_lpt1() {
+        let v = inb(p);
+        all_ff &= v == 0xff;
+        expect("IN AL after writes", v.into(), 0xff);
+    }
+    expect("IN AX", inw(0x2f8).into(), 0xffff);
+    expect("IN AX", inw(0x37a).into(), 0xffff);
+    expect("IN EAX", inl(0x2fc).into(), 0xffff_ffff);
+    // A byte or word IN replaces only AL or AX, as the CPU does.
+    let (al, ax): (u32, u32);
+    // SAFETY: reads of a port nobody has.
+    unsafe {
+        asm!("in al, dx", in("dx") 0x2f8u16, inout("eax") 0x1234_5600u32 => al, options(nostack));
+        asm!("in ax, dx", in("dx") 0x378u16, inout("eax") 0x1234_0000u32 => ax, options(nostack));
+    }
+    expect("IN AL into EAX 0x12345600", al.into(), 0x1234_56ff);
+    expect("IN AX into EAX 0x12340000", ax.into(), 0x1234_ffff);
+
+    // PCI configuration mechanism #1: the host bridge at 00:00.0 (what microhv's platform
+    // offers: an i440FX, 8086:1237, class 06/00), nothing at 00:01.0 or on bus 1, and all ones
+    // on 0xCFC while the enable bit is clear.
+    let config = |addr: u32| {
+        outl(0xcf8, addr);
+        inl(0xcfc)
+    };
+    let host = config(0x8000_0000);
+    expect("PCI 00:00.0 vendor/device", host.into(), 0x1237_8086);
+    expect("PCI 00:00.0 class", (config(0x8000_0008) >> 16).into(), 0x0600);
+    let dev1 = config(0x8000_0800);
+    expect("PCI 00:01.0", dev1.into(), 0xffff_ffff);
+    let bus1 = config(0x8001_0000);
+    expect("PCI 01:00.0", bus1.into(), 0xffff_ffff);
+    let disabled = config(0x0000_0000);
+    expect("PCI read with the enable bit clear", disabled.into(), 0xffff_ffff);
+    // CONFIG_ADDRESS keeps only its defined bits; byte accesses are not CONFIG_ADDRESS.
+    outl(0xcf8, u32::MAX);
+    let addr = inl(0xcf8);
+    expect("CONFIG_ADDRESS after writing all ones", addr.into(), 0x80ff_fffc);
+    outl(0xcf8, 0x8000_0000);
+    expect("IN AL from 0xCF8", inb(0xcf8).into(), 0xff);
+    expect("CONFIG_ADDRESS after a byte access", inl(0xcf8).into(), 0x8000_0000);
+    // A write to the host bridge's read-only ID register changes nothing.
+    outl(0xcfc, 0);
+    expect("PCI 00:00.0 after a write", config(0x8000_0000).into(), 0x1237_8086);
+    let word = {
+        outl(0xcf8, 0x8000_0000);
+        inw(0xcfe)
+    };
+    expect("PCI 00:00.0 device ID (16-bit read)", word.into(), 0x1237);
+    println!(
+        "platform: absent: COM2 0x2f8-0x2ff and LPT1 0x378-0x37a read 0xff after writes: {all_ff}"
+    );
+    println!(
+        "platform: absent: PCI 00:00.0 {host:#x}, 00:01.0 {dev1:#x}, 01:00.0 {bus1:#x}, enable clear {disabled:#x}, 0xCF8 {addr:#x}"
+    );
+    (bad == 0, bad)
 }
