@@ -301,11 +301,12 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
 }
 
 /// The checks the `platform` guest reports, each with a `platform: NAME: PASS` line.
-const PLATFORM_CHECKS: [&str; 13] = [
+const PLATFORM_CHECKS: [&str; 19] = [
     "apic-base",
     "apic-disable-enable",
     "moffs-load",
     "byte-load",
+    "cpuid-frequencies",
     "lapic-timer-periodic",
     "lapic-timer-oneshot",
     "self-ipi",
@@ -313,6 +314,11 @@ const PLATFORM_CHECKS: [&str; 13] = [
     "ioapic-pit",
     "hpet-counter",
     "rtc",
+    "nmi-ipi",
+    "tsc-deadline",
+    "x2apic",
+    "fw-cfg",
+    "rf-on-injected-fault",
     "acpi-tables",
     "absent-devices",
 ];

@@ -4,7 +4,9 @@
 //! HPET counter's rate, the moffs and byte MMIO forms, the RTC and IA32_APIC_BASE (including a
 //! global disable and re-enable), the ACPI tables its builder gave it (found through
 //! `hvm_start_info.rsdp_paddr`, checked against `abi::platform` and against the devices it
-//! really sees), and the ports and PCI addresses nobody answers (all ones, as on a PC). Prints
+//! really sees), and the ports and PCI addresses nobody answers (all ones, as on a PC); also
+//! an NMI IPI (taken with interrupts off), the TSC-deadline timer, x2APIC mode, QEMU's fw_cfg,
+//! the TSC / APIC-bus frequency leaves, and RFLAGS.RF in the frame of an injected #GP. Prints
 //! one line per case and shuts down with the number of failures as its status.
 //!
 //! Rates: periodic interrupts must never come early (the Nth tick at least 95% of N periods
@@ -36,6 +38,14 @@ const PERIODS: u64 = 10;
 
 /// Interrupts taken, per vector from [`VEC`].
 static COUNTS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+/// NMIs taken.
+static NMIS: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken on [`X2_VEC`] (whose handler EOIs through the x2APIC MSR).
+static X2_COUNT: AtomicU64 = AtomicU64::new(0);
+/// RFLAGS in the frame of the last #GP (its handler skips the 2-byte RDMSR / WRMSR).
+static GP_RFLAGS: AtomicU64 = AtomicU64::new(0);
+/// The vector whose handler EOIs in x2APIC mode (the MMIO page is not decoded there).
+const X2_VEC: usize = 0x50;
 
 global_asm!(
     r#"
@@ -58,12 +68,51 @@ platform_common:
     mov dword ptr [rax], 0
     pop rax
     iretq
+
+    .balign 16
+    .global platform_nmi
+platform_nmi:
+    lock inc qword ptr [rip + {nmis}]
+    iretq
+
+    .balign 16
+    .global platform_x2
+platform_x2:
+    push rax
+    push rcx
+    push rdx
+    lock inc qword ptr [rip + {x2}]
+    mov ecx, 0x80b
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+    .balign 16
+    .global platform_gp
+platform_gp:
+    push rax
+    mov rax, [rsp + 32]
+    mov [rip + {gp}], rax
+    add qword ptr [rsp + 16], 2
+    pop rax
+    add rsp, 8
+    iretq
 "#,
     counts = sym COUNTS,
+    nmis = sym NMIS,
+    x2 = sym X2_COUNT,
+    gp = sym GP_RFLAGS,
 );
 
 unsafe extern "C" {
     static platform_stubs: u8;
+    static platform_nmi: u8;
+    static platform_x2: u8;
+    static platform_gp: u8;
 }
 
 #[repr(C, align(16))]
@@ -77,9 +126,12 @@ fn install_idt() {
     // code selector.
     unsafe {
         let idt = &raw mut IDT;
-        for i in 0..16u64 {
-            let h = base + 16 * i;
-            let v = VEC + i as usize;
+        let gates = (0..16u64).map(|i| (VEC + i as usize, base + 16 * i)).chain([
+            (2, core::ptr::addr_of!(platform_nmi) as u64),
+            (13, core::ptr::addr_of!(platform_gp) as u64),
+            (X2_VEC, core::ptr::addr_of!(platform_x2) as u64),
+        ]);
+        for (v, h) in gates {
             (*idt).0[2 * v] =
                 (h & 0xffff) | (0x08 << 16) | (0x8e << 40) | (((h >> 16) & 0xffff) << 48);
             (*idt).0[2 * v + 1] = h >> 32;
@@ -263,11 +315,25 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     // Local APIC on: spurious vector 0xff, software enable.
     w32(LAPIC + 0xf0, 0x1ff);
 
-    // Periodic LAPIC timer: 10,000,000 bus ticks (10 ms at the 1 GHz bus), 10 periods.
+    // The timer's bus clock and the TSC's frequency, from microhv's timing leaf; CPUID 0x15
+    // must say the same (TSC = crystal × ebx / eax, the crystal being the APIC bus).
+    let [tsc_khz, bus_khz, ..] = cpuid(abi::cpuid::LEAF_TIMING);
+    let [den, num, crystal, _] = cpuid(0x15);
+    let from15 = u64::from(crystal / 1000) * u64::from(num) / u64::from(den.max(1));
+    r.check(
+        "cpuid-frequencies",
+        tsc_khz != 0 && from15 == u64::from(tsc_khz) && crystal / 1000 == bus_khz,
+        format_args!(
+            "TSC {tsc_khz} kHz, APIC bus {bus_khz} kHz; leaf 0x15 {den}:{num}, {crystal} Hz"
+        ),
+    );
+    let bus_khz = bus_khz.max(1);
+
+    // Periodic LAPIC timer: 10 ms of bus ticks, 10 periods.
     w32(LAPIC + 0x3e0, 0xb);
     w32(LAPIC + 0x320, (1 << 17) | (VEC as u32));
     let (base, t0) = (count(0), pm());
-    w32(LAPIC + 0x380, 10_000_000);
+    w32(LAPIC + 0x380, bus_khz * 10);
     let t = time_interrupts(0, base, t0, PERIODS);
     w32(LAPIC + 0x320, 1 << 16);
     w32(LAPIC + 0x380, 0);
@@ -280,7 +346,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
 
     // One-shot: exactly one interrupt.
     w32(LAPIC + 0x320, (VEC + 1) as u32);
-    w32(LAPIC + 0x380, 2_000_000);
+    w32(LAPIC + 0x380, bus_khz * 2);
     let came = wait(5, || count(1) == 1);
     let start = pm();
     while pm_delta(start, pm()) < PM_HZ / 100 {}
@@ -357,6 +423,8 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         format_args!("register D {d:#x}, seconds {sec:#x}"),
     );
 
+    platform_extras(&mut r, &boot, u64::from(tsc_khz));
+
     // The ACPI tables, read as a kernel reads them, against the platform it really has.
     let mem = Mem { end: boot.ram_end().min(rt::IDENTITY_MAP_BYTES) };
     match acpi_tables(&mem, boot.info.rsdp_paddr) {
@@ -375,6 +443,111 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
 
     println!("platform: {} passed, {} failed", r.passed, r.failed);
     guest_rt::exit(r.failed)
+}
+
+/// CPUID `leaf` (subleaf 0).
+fn cpuid(leaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: an MSR read; one microhv refuses raises #GP, whose handler skips it.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: as for `rdmsr`.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32,
+             options(nostack))
+    };
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// NMIs, the TSC-deadline timer, x2APIC mode, fw_cfg and RF in an injected fault's frame.
+fn platform_extras(r: &mut Report, boot: &guest_rt::Boot, tsc_khz: u64) {
+    // An NMI IPI to itself (ICR destination 0, delivery mode NMI) arrives with interrupts off.
+    w32(LAPIC + 0x310, 0);
+    w32(LAPIC + 0x300, 4 << 8);
+    let start = pm();
+    while NMIS.load(Ordering::SeqCst) == 0 && pm_delta(start, pm()) < PM_HZ {}
+    let nmis = NMIS.load(Ordering::SeqCst);
+    r.check("nmi-ipi", nmis == 1, format_args!("{nmis} NMIs taken with RFLAGS.IF clear"));
+
+    // TSC-deadline mode: 5 ms ahead; the MSR reads back the deadline until the interrupt.
+    let l1c = cpuid(1)[2];
+    w32(LAPIC + 0x320, (2 << 17) | (VEC + 5) as u32);
+    let deadline = rdtsc() + tsc_khz * 5;
+    wrmsr(0x6e0, deadline);
+    let armed = rdmsr(0x6e0);
+    let fired = wait(5, || count(5) == 1);
+    let late = rdtsc() >= deadline;
+    let after = rdmsr(0x6e0);
+    w32(LAPIC + 0x320, 1 << 16);
+    r.check(
+        "tsc-deadline",
+        l1c & (1 << 24) != 0 && armed == deadline && fired && late && after == 0,
+        format_args!(
+            "CPUID {}, read back {}, fired {fired}, not early {late}, then {after}",
+            l1c & (1 << 24) != 0,
+            armed == deadline
+        ),
+    );
+
+    // x2APIC: enter it, read the ID and version through MSRs, take a self-IPI EOIed through
+    // the EOI MSR, then leave it (disable, re-enable) for the xAPIC page.
+    let base = rdmsr(0x1b);
+    let version = r32(LAPIC + 0x30);
+    wrmsr(0x1b, base | (1 << 10));
+    let x2 = rdmsr(0x1b);
+    let (id, ver) = (rdmsr(0x802), rdmsr(0x803));
+    wrmsr(0x80f, 0x1ff);
+    wrmsr(0x83f, X2_VEC as u64);
+    let took = wait(1, || X2_COUNT.load(Ordering::SeqCst) == 1);
+    wrmsr(0x1b, base & !(3 << 10));
+    wrmsr(0x1b, base);
+    w32(LAPIC + 0xf0, 0x1ff);
+    r.check(
+        "x2apic",
+        l1c & (1 << 21) != 0
+            && x2 == base | (1 << 10)
+            && id == 0
+            && ver == u64::from(version)
+            && took
+            && rdmsr(0x1b) == base,
+        format_args!("APIC_BASE {x2:#x}, ID {id}, version {ver:#x}, self-IPI taken {took}"),
+    );
+
+    // fw_cfg: the signature, the CPU count and the RAM size.
+    outw(hw::FW_CFG_SELECTOR, 0);
+    let sig = [0; 4].map(|_| inb(hw::FW_CFG_DATA));
+    let item = |sel: u16, n: u32| {
+        outw(hw::FW_CFG_SELECTOR, sel);
+        (0..n).fold(0u64, |v, i| v | u64::from(inb(hw::FW_CFG_DATA)) << (8 * i))
+    };
+    let (cpus, ram) = (item(5, 2), item(3, 8));
+    r.check(
+        "fw-cfg",
+        &sig == b"QEMU" && cpus == u64::from(VCPUS) && ram == boot.ram_end(),
+        format_args!(
+            "signature {sig:x?}, {cpus} CPU(s), {ram:#x} bytes of RAM (map ends at {:#x})",
+            boot.ram_end()
+        ),
+    );
+
+    // An MSR CPUID does not offer: microhv injects #GP, whose frame has RF set as the CPU
+    // sets it for every fault.
+    GP_RFLAGS.store(0, Ordering::SeqCst);
+    rdmsr(0x1234_5678);
+    let fl = GP_RFLAGS.load(Ordering::SeqCst);
+    r.check("rf-on-injected-fault", fl & (1 << 16) != 0, format_args!("#GP frame RFLAGS {fl:#x}"));
 }
 
 /// vCPUs of this domain. `hvm_start_info` (version 1) carries no vCPU count, so the check
