@@ -223,8 +223,17 @@ impl Platform {
     /// ends here).
     pub fn refresh(&mut self, clock: &Clock) {
         let lapics = self.lapics[..self.vcpus].iter().filter_map(|l| l.next_deadline(clock));
+        // The PIT's channel 0 only needs its deadline for IRQ 0's edges; once one is latched in
+        // the masked 8259 and the I/O APIC's pin is masked (an idle guest's usual state, the
+        // PIT counting as firmware left it), the next edge is invisible: no exit for it. Its
+        // counters are computed from the clock whenever they are read.
+        // Under HPET legacy replacement its output is cut off altogether.
+        let pin2_masked =
+            self.ioapic.entry(2).is_some_and(|e| e & crate::dev::ioapic::RTE_MASKED != 0);
+        let unseen = self.pic.holds_masked(0) && pin2_masked;
+        let irq0_seen = !(self.hpet.legacy_replacement() || unseen);
         self.deadline = [
-            self.pit.next_deadline(clock),
+            self.pit.next_deadline(clock).filter(|_| irq0_seen),
             self.pm.next_deadline(clock),
             self.hpet.next_deadline(clock),
             self.rtc.next_deadline(clock),
@@ -540,6 +549,25 @@ mod tests {
     const KHZ: u64 = 1_000_000; // a 1 GHz TSC
     fn at(ms: u64) -> Clock {
         Clock { now: ms * KHZ, tsc_khz: KHZ }
+    }
+
+    #[test]
+    fn an_unseen_pit_edge_costs_no_deadline() {
+        let c = at(0);
+        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        // PIT channel 0 at 1 kHz; the 8259 masks everything, the I/O APIC pins are masked.
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0xff)] {
+            p.port_write(&c, port, 1, v);
+        }
+        p.port_write(&c, 0x43, 1, 0x34);
+        p.port_write(&c, 0x40, 1, 1193 & 0xff);
+        p.port_write(&c, 0x40, 1, 1193 >> 8);
+        assert!(p.deadline <= at(2).now, "the first edge is still latched by the 8259");
+        p.update(&at(2));
+        assert_eq!(p.deadline, u64::MAX, "latched and masked: further edges change nothing");
+        // Unmasking IRQ 0 delivers the latched request and brings the deadline back.
+        p.port_write(&at(2), 0x21, 1, 0xfe);
+        assert!(p.deadline < u64::MAX);
     }
 
     #[test]

@@ -26,7 +26,8 @@ const RTE_LOGICAL: u64 = 1 << 11;
 const RTE_ACTIVE_LOW: u64 = 1 << 13;
 const RTE_REMOTE_IRR: u64 = 1 << 14;
 const RTE_LEVEL: u64 = 1 << 15;
-const RTE_MASKED: u64 = 1 << 16;
+/// Redirection entry bit 16: masked.
+pub const RTE_MASKED: u64 = 1 << 16;
 /// Vector, delivery mode, destination mode, polarity, trigger mode, mask, destination; delivery
 /// status and remote IRR are read-only, the rest reserved.
 const RTE_WRITABLE: u64 = 0xff00_0000_0001_afff;

@@ -277,6 +277,13 @@ impl Pic {
         self.cascade();
     }
 
+    /// Whether master input `irq` (0-7) has a request latched in IRR and masked in IMR: a
+    /// further edge on it would change nothing until the guest unmasks or acknowledges it.
+    pub fn holds_masked(&self, irq: u8) -> bool {
+        let c = &self.chips[0];
+        irq < 8 && (c.irr & c.imr) & (1 << irq) != 0
+    }
+
     /// Whether the master's INT, the CPU's INTR, is asserted.
     pub fn output(&self) -> bool {
         self.chips[0].pending(true).is_some()

@@ -125,13 +125,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.inject(d, v, Event::GeneralProtection);
                 None
             }
-            Exit::Timer => {
-                self.yielded = true;
-                None
-            }
+            // The run loop decides: the slice is used up, or a device deadline came (whose
+            // interrupt may be this vCPU's own, or wake a halted one). Treating it as a yield
+            // handed the CPU on at every deadline, and a running guest's own timer interrupt
+            // then waited a whole period (a lost periodic tick under Bochs).
             // Injection happens on the way back in (`prepare_entry`).
-            Exit::InterruptWindow => None,
-            Exit::Interrupt => None,
+            Exit::Timer | Exit::InterruptWindow | Exit::Interrupt => None,
             Exit::TripleFault => self.crash(d, v, CrashReason::TripleFault, Some(info)),
             Exit::EntryFailure => self.crash(d, v, CrashReason::EntryFailure, Some(info)),
             Exit::Unhandled => self.crash(d, v, CrashReason::UnhandledExit, Some(info)),

@@ -2,15 +2,38 @@
 
 use super::*;
 
+/// A slice-timer exit this close to the slice's end ends it: the SVM slice timer (the host's
+/// local APIC timer, calibrated at boot) may fire that much early, and running the vCPU again
+/// for the rest would only cost exits.
+const SLICE_SLACK: u64 = VCPU_SLICE / 256;
+
 impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// The next runnable (domain, vCPU) after the cursor, round-robin.
     pub(super) fn pick(&self, now: u64) -> Option<(usize, usize)> {
+        self.pick_where(now, |_, _| true)
+    }
+
+    /// The first runnable (domain, vCPU) after the cursor, round-robin, that `also` accepts.
+    fn pick_where(
+        &self,
+        now: u64,
+        also: impl Fn(&Self, (usize, usize)) -> bool,
+    ) -> Option<(usize, usize)> {
         let total = DOMAINS * VCPUS;
         let start = self.cursor.0 * VCPUS + self.cursor.1 + 1;
         (0..total)
             .map(|k| (start + k) % total)
             .map(|i| (i / VCPUS, i % VCPUS))
-            .find(|&dv| self.can_run(dv, now))
+            .find(|&dv| self.can_run(dv, now) && also(self, dv))
+    }
+
+    /// A halted vCPU an interrupt has made runnable (the first, round-robin from the cursor):
+    /// it runs next, ahead of its turn, as Xen's credit scheduler boosts a vCPU that wakes, so
+    /// that a guest waiting for its timer is not held up by a guest that computes. A vCPU that
+    /// was running when its interrupt came waits for its turn instead, so a fast timer cannot
+    /// be used to monopolize the CPU.
+    fn woken(&self, now: u64) -> Option<(usize, usize)> {
+        self.pick_where(now, |hv, (d, v)| hv.domains[d].vcpus[v].halted)
     }
 
     /// How many vCPUs are waiting to run besides the current one.
@@ -62,19 +85,22 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     pub fn run(&mut self) -> Stop {
         loop {
             let now = self.backend.now();
+            let mut woken = None;
             if now >= self.wake_at {
                 self.fire_timers(now);
+                woken = self.woken(now).filter(|&w| w != self.cursor);
             }
             let keep = !self.yielded
+                && woken.is_none()
                 && self.can_run(self.cursor, now)
-                && now.wrapping_sub(self.slice_start) < VCPU_SLICE;
+                && now.wrapping_sub(self.slice_start) < VCPU_SLICE - SLICE_SLACK;
             let (d, v) = if keep {
                 self.cursor
             } else {
                 // Buffered log output moves on at every scheduling decision (at least once a
                 // slice), off the exit fast path.
                 log::logger().flush();
-                let Some(next) = self.pick(now) else {
+                let Some(next) = woken.or_else(|| self.pick(now)) else {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
                     }

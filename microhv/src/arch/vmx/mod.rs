@@ -634,7 +634,8 @@ impl Backend for Vmx {
         let timer = if slice == VCPU_SLICE_NONE {
             u64::from(u32::MAX)
         } else {
-            (slice >> self.features.preemption_timer_rate).min(u32::MAX.into())
+            // Rounded up: a slice never ends before its last tick.
+            slice.div_ceil(1 << self.features.preemption_timer_rate).min(u32::MAX.into())
         };
         vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer);
         self.spec.on_switch(self.last_domid, v.domid);
