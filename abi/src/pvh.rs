@@ -32,7 +32,7 @@ pub struct StartInfo {
     pub modlist_paddr: u64,
     /// Guest-physical address of a NUL-terminated command line, or 0.
     pub cmdline_paddr: u64,
-    /// ACPI RSDP, 0 (microhv gives domains no ACPI).
+    /// ACPI RSDP: the domain's tables, built by dom0 (0 for dom0 itself, which has none).
     pub rsdp_paddr: u64,
     /// Guest-physical address of `memmap_entries` [`MemmapEntry`]s.
     pub memmap_paddr: u64,

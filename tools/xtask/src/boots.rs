@@ -106,6 +106,15 @@ pub fn linux_spec(emulator: Emulator, images: &Images, kernel: &Path, initramfs:
     s
 }
 
+/// dom0's line for a matching ABI version (this tree's `abi` on both sides).
+fn abi_ok_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        let v = format!("{}.{}", abi::ABI_VERSION_MAJOR, abi::ABI_VERSION_MINOR);
+        format!("[d0] microhv ABI {v} (dom0 built for {v}): ok")
+    })
+}
+
 /// What the Linux scenario must show (dom0 checks every line init prints; these are the
 /// summary and a few of them, as they reached microhv's log through dom0's echo).
 pub fn linux_checks() -> Vec<Check> {
@@ -309,7 +318,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             checks: vec![
                 Status(StopStatus::Ok),
                 Contains("VMX with EPT"),
-                Contains("[d0] microhv ABI 1.1 (dom0 built for 1.1): ok"),
+                Contains(abi_ok_line()),
                 Contains("[d0] dom0 ready"),
                 Contains("nested page faults served by the mmu"),
             ],
@@ -321,7 +330,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             checks: vec![
                 Status(StopStatus::Ok),
                 Contains("SVM with NPT"),
-                Contains("[d0] microhv ABI 1.1 (dom0 built for 1.1): ok"),
+                Contains(abi_ok_line()),
                 Contains("[d0] dom0 ready"),
                 Contains("[d0] bench: null hypercall round trip"),
                 Contains("nested page faults served by the mmu"),
@@ -335,7 +344,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
             checks: vec![
                 Status(StopStatus::Ok),
                 Contains("SVM with NPT"),
-                Contains("[d0] microhv ABI 1.1 (dom0 built for 1.1): ok"),
+                Contains(abi_ok_line()),
                 Contains("[d0] dom0 ready"),
                 Contains("[d0] bench: null hypercall round trip"),
                 Contains("nested page faults served by the mmu"),
