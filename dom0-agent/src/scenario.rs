@@ -301,7 +301,7 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
 }
 
 /// The checks the `platform` guest reports, each with a `platform: NAME: PASS` line.
-const PLATFORM_CHECKS: [&str; 19] = [
+const PLATFORM_CHECKS: [&str; 20] = [
     "apic-base",
     "apic-disable-enable",
     "moffs-load",
@@ -318,6 +318,7 @@ const PLATFORM_CHECKS: [&str; 19] = [
     "tsc-deadline",
     "x2apic",
     "fw-cfg",
+    "pm-timer-rate",
     "rf-on-injected-fault",
     "acpi-tables",
     "absent-devices",

@@ -323,6 +323,8 @@ impl Platform {
         let mut effect = None;
         match port {
             PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIC_ELCR | 0x4d1 => {
+                // As for the I/O APIC: owed edges first, under the old masks.
+                self.update(clock);
                 self.pic.write(port, value as u8);
             }
             p if Pit::claims(p) => {
@@ -440,12 +442,17 @@ impl Platform {
                 }
             }
             MmioPage::IoApic if size == 4 => {
+                // Routing changes apply from now on: the edges devices owe from before (an
+                // unseen PIT has no deadline, see `refresh`) go out under the old routing.
+                self.update(clock);
                 let (mut w, ..) = self.wires();
                 w.ioapic.write(offset, value as u32, &mut w.bus);
                 Ok(())
             }
             MmioPage::IoApic => Err("not a 32-bit access to the I/O APIC"),
             MmioPage::Hpet => {
+                // Legacy replacement may reconnect the PIT: its owed edges stay cut off.
+                self.update(clock);
                 let (mut w, _, _, hpet, _) = self.wires();
                 hpet.write(clock, &mut w, offset, size, value);
                 Ok(())
@@ -568,6 +575,30 @@ mod tests {
         // Unmasking IRQ 0 delivers the latched request and brings the deadline back.
         p.port_write(&at(2), 0x21, 1, 0xfe);
         assert!(p.deadline < u64::MAX);
+    }
+
+    #[test]
+    fn edges_owed_while_unseen_do_not_arrive_after_an_unmask() {
+        let c = at(0);
+        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
+        // The 8259 masked with IRQ 0 latched, the PIT at 1 kHz, I/O APIC pin 2 masked.
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0xff)] {
+            p.port_write(&c, port, 1, v);
+        }
+        p.port_write(&c, 0x43, 1, 0x34);
+        p.port_write(&c, 0x40, 1, 1193 & 0xff);
+        p.port_write(&c, 0x40, 1, 1193 >> 8);
+        p.update(&at(2));
+        assert_eq!(p.deadline, u64::MAX);
+        // 10 ms later pin 2 is unmasked (vector 0x30): nothing may arrive before the next edge.
+        let c = at(12);
+        p.mmio_write(&c, 0, MmioPage::IoApic, 0, 4, 0x10 + 2 * 2).expect("select");
+        p.mmio_write(&c, 0, MmioPage::IoApic, 0x10, 4, 0x30).expect("entry");
+        p.update(&c);
+        assert_eq!(p.pending(0), None, "an edge from the unseen period was delivered");
+        p.update(&at(13));
+        assert_eq!(p.pending(0), Some(Pending::Apic(0x30)));
     }
 
     #[test]

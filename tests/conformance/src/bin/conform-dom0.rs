@@ -1,7 +1,9 @@
 //! Conformance from dom0 (this kernel is booted *as* dom0): every operation of `ABI.md` — valid
 //! use, each documented error, boundary values, bad guest addresses, state misuse, a hypercall
 //! from ring 3 — then the domU suite (the `conform-domu` module, run as a domU and read back
-//! from its console), then the robustness storms: `storm=N` random calls from dom0 against
+//! from its console), then the virtual platform (the `platform` test guest's checks, each a
+//! case, and a reset through port 0xCF9 by the `hostile` guest ending in reason reboot), then
+//! the robustness storms: `storm=N` random calls from dom0 against
 //! throwaway domains (default 10,000) and the `storm` module's random calls from a domU; after
 //! them microhv must answer and free memory must be back to where it started. The last line is
 //! `conformance total: N passed, M failed`; dom0 then powers off with status 0 only if M is 0.
@@ -557,6 +559,45 @@ fn run_domu(
     Some((text, info))
 }
 
+/// The `platform` guest's checks as cases (`platform: NAME: PASS|FAIL (detail)` lines), its
+/// clean shutdown, and a reset through the reset control register ending in reason reboot.
+fn platform(s: &mut Suite, image: Option<&[u8]>, hostile: Option<&[u8]>, args: &str) {
+    match run_domu(image, "platform", 4, args) {
+        Some((text, info)) => {
+            let mut cases = 0;
+            for line in text.split(|&b| b == b'\n') {
+                let Some(rest) = line.strip_prefix(b"platform: ") else { continue };
+                let Ok(rest) = core::str::from_utf8(rest) else { continue };
+                let Some((case, verdict)) = rest.split_once(": ") else { continue };
+                let (ok, detail) = if let Some(d) = verdict.strip_prefix("PASS") {
+                    (true, d)
+                } else if let Some(d) = verdict.strip_prefix("FAIL") {
+                    (false, d)
+                } else {
+                    continue;
+                };
+                cases += 1;
+                s.check(case, ok, format_args!("{}", detail.trim()));
+            }
+            let clean = info.state == DomainState::Shutdown as u32 && info.shutdown_status == 0;
+            s.check("checks-reported", cases >= 20, format_args!("{cases} checks"));
+            s.check("shut-down-with-no-failure", clean, format_args!("{info:?}"));
+        }
+        None => {
+            s.check("ran", false, format_args!("the platform module could not be run"));
+        }
+    }
+    let reboot = abi::hypercall::ShutdownReason::Reboot as u32;
+    let reset = run_domu(hostile, "hostile", 4, "attack=reset").map(|(_, i)| i);
+    s.check(
+        "reset-through-0xcf9-is-reboot",
+        reset.is_some_and(|i| {
+            i.state == DomainState::Shutdown as u32 && i.shutdown_reason == reboot
+        }),
+        format_args!("{reset:?}"),
+    );
+}
+
 /// Random hypercalls from dom0 against throwaway domains; every result must be defined.
 fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
     let before = free_bytes();
@@ -679,6 +720,10 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     // the modules themselves are read-only.
     let domu_image = boot.module_named("conform-domu").map(|m| m.0);
     let storm_image = boot.module_named("storm").map(|m| m.0);
+    let platform_image = boot.module_named("platform").map(|m| m.0);
+    let hostile_image = boot.module_named("hostile").map(|m| m.0);
+    // Timer rates are exact only where time counts instructions (Bochs).
+    let platform_args = if boot.option("strict").is_some() { "strict=1" } else { "" };
     let seed = boot
         .option("seed")
         .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
@@ -726,6 +771,11 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
             );
         }
     }
+
+    let mut p = Suite::new("platform");
+    platform(&mut p, platform_image, hostile_image, platform_args);
+    p.verdict();
+    total.absorb(p.passed, p.failed);
 
     let mut storm = Suite::new("storm");
     dom0_storm(&mut storm, calls, seed);

@@ -542,6 +542,28 @@ fn platform_extras(r: &mut Report, boot: &guest_rt::Boot, tsc_khz: u64) {
         ),
     );
 
+    // The PM timer against the TSC: 50 ms of PM ticks in TSC ticks, each end a PM read
+    // bracketed by two TSC reads (a PM read is an exit; a vCPU descheduled in between, under
+    // QEMU, is retried).
+    let sample = || {
+        (0..1000).find_map(|_| {
+            let a = rdtsc();
+            let p = pm();
+            let b = rdtsc();
+            (b - a < tsc_khz / 10).then(|| (p, a + (b - a) / 2))
+        })
+    };
+    let hz = sample().and_then(|(p0, t0)| {
+        while pm_delta(p0, pm()) < PM_HZ / 20 {}
+        let (p1, t1) = sample()?;
+        Some(pm_delta(p0, p1) * tsc_khz * 1000 / (t1 - t0).max(1))
+    });
+    r.check(
+        "pm-timer-rate",
+        hz.is_some_and(|hz| near(hz, PM_HZ, 1)),
+        format_args!("{hz:?} Hz against the TSC ({tsc_khz} kHz), {PM_HZ} expected"),
+    );
+
     // An MSR CPUID does not offer: microhv injects #GP, whose frame has RF set as the CPU
     // sets it for every fault.
     GP_RFLAGS.store(0, Ordering::SeqCst);
