@@ -301,7 +301,7 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
 }
 
 /// The checks the `platform` guest reports, each with a `platform: NAME: PASS` line.
-const PLATFORM_CHECKS: [&str; 20] = [
+const PLATFORM_CHECKS: [&str; 21] = [
     "apic-base",
     "apic-disable-enable",
     "moffs-load",
@@ -319,6 +319,7 @@ const PLATFORM_CHECKS: [&str; 20] = [
     "x2apic",
     "fw-cfg",
     "pm-timer-rate",
+    "ram-zeroed",
     "rf-on-injected-fault",
     "acpi-tables",
     "absent-devices",

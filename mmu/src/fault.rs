@@ -271,6 +271,7 @@ impl Mmu {
             return Err(Error::Internal);
         }
         let mut new = self.masks.leaf | (slot.pfn_of(head) << 12);
+        host.before_map(slot.pfn_of(head) << 12, span << 12);
         if level > 1 {
             new |= LARGE;
         }

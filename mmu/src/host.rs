@@ -23,4 +23,9 @@ pub trait Host {
     fn read_u64(&self, hpa: u64) -> u64;
     /// Write the 64-bit word at `hpa` (8-aligned, inside a frame this crate owns).
     fn write_u64(&mut self, hpa: u64, val: u64);
+    /// The guest memory `[hpa, hpa + len)` of a slot is about to be mapped for the guest: a
+    /// caller that hands out slot memory lazily zeroes what the guest has not seen yet here.
+    fn before_map(&mut self, hpa: u64, len: u64) {
+        let _ = (hpa, len);
+    }
 }

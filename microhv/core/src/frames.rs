@@ -30,6 +30,9 @@ pub enum FrameError {
 pub struct FrameAllocator<const WORDS: usize> {
     managed: [u64; WORDS],
     free: [u64; WORDS],
+    /// Allocated frames whose old contents nobody may see: zeroed on first use
+    /// ([`FrameAllocator::clean`]).
+    dirty: [u64; WORDS],
     managed_count: u64,
     free_count: u64,
     /// Word where the last allocation succeeded: the next search starts there.
@@ -48,7 +51,14 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
 
     /// An allocator that manages nothing yet.
     pub const fn new() -> Self {
-        Self { managed: [0; WORDS], free: [0; WORDS], managed_count: 0, free_count: 0, hint: 0 }
+        Self {
+            managed: [0; WORDS],
+            free: [0; WORDS],
+            dirty: [0; WORDS],
+            managed_count: 0,
+            free_count: 0,
+            hint: 0,
+        }
     }
 
     /// Frames whose whole 4 KiB lies inside `[start, end)` become managed and free; the part
@@ -151,8 +161,50 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
             return Err(FrameError::AlreadyFree);
         }
         self.free[w] |= bit;
+        self.dirty[w] &= !bit;
         self.free_count += 1;
         Ok(())
+    }
+
+    /// Marks the allocated frames of `[pa, pa + len)` dirty: handed out without being zeroed,
+    /// they must be zeroed before anyone sees them (a domain's RAM, scrubbed on first use).
+    pub fn mark_dirty(&mut self, pa: u64, len: u64) {
+        let last = pa.saturating_add(len).div_ceil(FRAME_SIZE).min(Self::CAPACITY_FRAMES);
+        for (w, m) in spans(pa / FRAME_SIZE, last) {
+            self.dirty[w] |= m & self.managed[w] & !self.free[w];
+        }
+    }
+
+    /// Makes `[pa, pa + len)` safe to show: each run of dirty frames in it goes to `zero`
+    /// (address, bytes) and is clean from then on. A range with nothing dirty costs a word test
+    /// per 64 frames.
+    pub fn clean(&mut self, pa: u64, len: u64, mut zero: impl FnMut(u64, u64)) {
+        let last = pa.saturating_add(len).div_ceil(FRAME_SIZE).min(Self::CAPACITY_FRAMES);
+        for (w, m) in spans(pa / FRAME_SIZE, last) {
+            let mut bits = self.dirty[w] & m;
+            self.dirty[w] &= !m;
+            while bits != 0 {
+                let lo = bits.trailing_zeros();
+                let n = (bits >> lo).trailing_ones();
+                zero((w as u64 * 64 + u64::from(lo)) * FRAME_SIZE, u64::from(n) * FRAME_SIZE);
+                bits &= !(if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << lo });
+            }
+        }
+    }
+
+    /// Whether `pa`'s frame is dirty (its contents must read as zeros).
+    pub fn is_dirty(&self, pa: u64) -> bool {
+        let f = pa / FRAME_SIZE;
+        if f >= Self::CAPACITY_FRAMES {
+            return false;
+        }
+        let (w, bit) = split(f);
+        self.dirty[w] & bit != 0
+    }
+
+    /// Dirty frames now (allocated, not yet zeroed).
+    pub fn dirty_frames(&self) -> u64 {
+        self.dirty.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
     /// True if `pa`'s frame is managed and currently allocated.
@@ -254,6 +306,28 @@ mod tests {
         assert_eq!(a.alloc_contiguous(0, 1), None);
         assert_eq!(a.alloc_contiguous(1, 3), None);
         assert_eq!(a.free_frames(), 1023 - 8 - 512);
+    }
+
+    #[test]
+    fn dirty_frames_are_zeroed_once_on_first_use_and_forgotten_when_freed() {
+        let mut a = Box::new(Small::new());
+        a.add_free_range(0, 1024 * FRAME_SIZE);
+        let run = a.alloc_contiguous(100, 1).expect("run");
+        a.mark_dirty(run, 100 * FRAME_SIZE);
+        assert_eq!(a.dirty_frames(), 100);
+        let mut zeroed = Vec::new();
+        a.clean(run + 10 * FRAME_SIZE + 5, 8, |p, n| zeroed.push((p, n)));
+        assert_eq!(zeroed, [(run + 10 * FRAME_SIZE, FRAME_SIZE)]);
+        zeroed.clear();
+        a.clean(run, 100 * FRAME_SIZE, |p, n| zeroed.push((p, n)));
+        let total: u64 = zeroed.iter().map(|z| z.1).sum();
+        assert_eq!(total, 99 * FRAME_SIZE, "the frame zeroed before is not zeroed again");
+        assert_eq!(a.dirty_frames(), 0);
+        // Free frames are never dirty, and freeing forgets the mark.
+        a.mark_dirty(0, 1024 * FRAME_SIZE);
+        assert_eq!(a.dirty_frames(), 100);
+        a.free(run).expect("free");
+        assert_eq!(a.dirty_frames(), 99);
     }
 
     #[test]

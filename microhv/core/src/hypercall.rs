@@ -152,8 +152,8 @@ fn copy_from_guest<B: Backend, P: PhysMem, const W: usize>(
     while done < out.len() {
         let at = gpa.checked_add(done as u64).ok_or(Errno::EFAULT)?;
         let chunk = ((FRAME_SIZE - at % FRAME_SIZE) as usize).min(out.len() - done);
-        let hpa = hv.guest_range(d, at, chunk as u64, false).ok_or(Errno::EFAULT)?;
-        hv.mem.read(hpa, &mut out[done..done + chunk]);
+        let hpa = hv.guest_hpa(d, at, chunk as u64, false).ok_or(Errno::EFAULT)?;
+        hv.read_clean(hpa, &mut out[done..done + chunk]);
         done += chunk;
     }
     Ok(())
@@ -171,7 +171,7 @@ fn check_range<B: Backend, P: PhysMem, const W: usize>(
     let mut at = gpa;
     while at < end {
         let chunk = (FRAME_SIZE - at % FRAME_SIZE).min(end - at);
-        hv.guest_range(d, at, chunk, writable).ok_or(Errno::EFAULT)?;
+        hv.guest_hpa(d, at, chunk, writable).ok_or(Errno::EFAULT)?;
         at += chunk;
     }
     Ok(())

@@ -61,4 +61,9 @@ impl<P: PhysMem, const W: usize> mmu::Host for Machine<'_, P, W> {
     fn write_u64(&mut self, hpa: u64, val: u64) {
         self.mem.write(hpa, &val.to_le_bytes());
     }
+
+    fn before_map(&mut self, hpa: u64, len: u64) {
+        let mem = &mut *self.mem;
+        self.frames.clean(hpa, len, |pa, n| mem.zero(pa, n));
+    }
 }

@@ -239,9 +239,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Reads `len` bytes (1..=8) of domain `d`'s memory at `gpa`, little-endian.
     pub(super) fn read_guest(&self, d: usize, gpa: u64, len: u8) -> Option<u64> {
-        let hpa = self.guest_range(d, gpa, len.into(), false)?;
+        let hpa = self.guest_hpa(d, gpa, len.into(), false)?;
         let mut b = [0u8; 8];
-        self.mem.read(hpa, &mut b[..usize::from(len)]);
+        self.read_clean(hpa, &mut b[..usize::from(len.min(8))]);
         Some(u64::from_le_bytes(b))
     }
 

@@ -125,7 +125,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// Host-physical address of the byte at linear address `at` for access `a`; `cache` holds
     /// the last page translated.
     fn string_byte(
-        &self,
+        &mut self,
         d: usize,
         at: u64,
         mode: CpuMode,

@@ -109,6 +109,7 @@ platform_gp:
 );
 
 unsafe extern "C" {
+    static __image_end: u8;
     static platform_stubs: u8;
     static platform_nmi: u8;
     static platform_x2: u8;
@@ -562,6 +563,20 @@ fn platform_extras(r: &mut Report, boot: &guest_rt::Boot, tsc_khz: u64) {
         "pm-timer-rate",
         hz.is_some_and(|hz| near(hz, PM_HZ, 1)),
         format_args!("{hz:?} Hz against the TSC ({tsc_khz} kHz), {PM_HZ} expected"),
+    );
+
+    // RAM past the image reads zero: microhv scrubs a domain's memory before showing it, also
+    // after an earlier domain filled the same frames (dom0's scenarios run the toucher first).
+    let from = (core::ptr::addr_of!(__image_end) as u64).next_multiple_of(4096);
+    let end = boot.ram_end().min(rt::IDENTITY_MAP_BYTES);
+    let dirty = (from..end).step_by(8).find(|&a| {
+        // SAFETY: RAM of this domain, identity-mapped by rt's entry, nothing else uses it.
+        unsafe { core::ptr::read_volatile(a as *const u64) != 0 }
+    });
+    r.check(
+        "ram-zeroed",
+        dirty.is_none() && from < end,
+        format_args!("[{from:#x}, {end:#x}): first non-zero word at {dirty:#x?}"),
     );
 
     // An MSR CPUID does not offer: microhv injects #GP, whose frame has RF set as the CPU
