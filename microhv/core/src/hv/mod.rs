@@ -242,7 +242,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
         for s in &img.segments {
             let data = img.data(s);
-            let dst = self.guest_range(d, s.paddr, s.memsz, true);
+            // The zero-filled rest (bss) stays dirty: it reads as zeros when first shown.
+            self.guest_hpa(d, s.paddr, s.memsz, true).ok_or(Dom0Error::ImageOutsideMemory)?;
+            let dst = self.guest_range(d, s.paddr, data.len() as u64, true);
             let dst = dst.ok_or(Dom0Error::ImageOutsideMemory)?;
             self.mem.write(dst, data);
         }
