@@ -105,6 +105,9 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     }
     let image = image_range();
     let mut hv = HV.lock();
+    // The local APIC timer counts through the TSC measurement: the SVM backend takes its rate
+    // from that window instead of waiting for one of its own.
+    arch::x86_64::lapic::start_counting();
     let (khz, source) = arch::x86_64::tsc::khz();
     hv.tsc_khz = khz;
     log::info!("TSC {khz} kHz ({source:?})");
@@ -228,7 +231,7 @@ fn start_svm(hv: &mut Hv<Arch, IdentityMem>, vendor: &[u8; 12]) {
     // where the CPU has 1 GiB pages.
     hv.mmu_config =
         mmu::Config { format: mmu::Format::Npt, large_2m: true, large_1g: features.npt_1g };
-    match arch::svm::Svm::new(features, &mut hv.frames) {
+    match arch::svm::Svm::new(features, &mut hv.frames, hv.tsc_khz) {
         Ok(b) => hv.backend = Arch::Svm(b),
         Err(e) => fatal::stop(StopStatus::NoVirtualization, format_args!("SVM setup: {e}")),
     }

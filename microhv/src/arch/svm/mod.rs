@@ -192,10 +192,11 @@ impl Svm {
     }
 
     /// Enables SVM and builds the structures all vCPUs share. `frames` gives the physically
-    /// contiguous runs the permission maps need.
+    /// contiguous runs the permission maps need; `tsc_khz` times the slice timer's calibration.
     pub fn new<const W: usize>(
         features: SvmFeatures,
         frames: &mut FrameAllocator<W>,
+        tsc_khz: u64,
     ) -> Result<Self, &'static str> {
         let hsave = frames.alloc().ok_or("no frame for the host save area")?;
         let host_vmcb = frames.alloc().ok_or("no frame for the host VMCB")?;
@@ -209,7 +210,7 @@ impl Svm {
             wrmsr(MSR_VM_HSAVE_PA, hsave);
         }
         fpu::capture_host_fx();
-        let timer = SliceTimer::init();
+        let timer = SliceTimer::init(tsc_khz);
         // SAFETY: EFER.SVME is set; the frame is ours. The GDT and TSS were loaded before the
         // backend was built, so this captures the TR (and FS/GS/LDTR) the host runs with.
         unsafe { vmcb::vmsave(host_vmcb) };

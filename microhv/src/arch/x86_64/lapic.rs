@@ -20,11 +20,9 @@ const REG_LVT_TIMER: u64 = 0x320;
 const REG_INITIAL: u64 = 0x380;
 const REG_CURRENT: u64 = 0x390;
 const REG_DIVIDE: u64 = 0x3e0;
-/// TSC ticks the calibration waits: the count read at its end is exact to one APIC tick, so
-/// 500,000 TSC ticks (a tenth of a millisecond on a 5 GHz TSC; 10 ms under Bochs) give the
-/// ratio to well under the scheduler's slice slack of 1/256 (`hv::run`). It was 4,000,000:
-/// 3.5 M instructions of every boot under Bochs.
-const CALIBRATION_TICKS: u64 = 500_000;
+
+/// TSC when [`start_counting`] started the timer (0: not started).
+static COUNT_START: AtomicU64 = AtomicU64::new(0);
 
 /// Address of the EOI register, read by the timer's interrupt stub.
 pub static EOI_ADDR: AtomicU64 = AtomicU64::new(0);
@@ -82,28 +80,47 @@ pub fn eoi() {
     }
 }
 
+/// Starts the local APIC timer counting down from its maximum, masked (no interrupt), so that
+/// [`SliceTimer::init`] can measure its rate over a window that has already passed: started
+/// before the TSC is measured against the PIT, the 2 ms of that measurement serve both.
+pub fn start_counting() {
+    let base = enable();
+    // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); these are its
+    // architectural registers, written with valid values (the LVT masked: bit 16).
+    unsafe {
+        reg(base, REG_DIVIDE).write_volatile(0xb);
+        reg(base, REG_LVT_TIMER).write_volatile((1 << 16) | u32::from(TIMER_VECTOR));
+        reg(base, REG_INITIAL).write_volatile(u32::MAX);
+    }
+    COUNT_START.store(rdtsc(), Ordering::Relaxed);
+}
+
 impl SliceTimer {
     /// Enables the local APIC, programs the timer (one-shot, [`TIMER_VECTOR`], divide by 1)
-    /// and measures its rate against the TSC.
-    pub fn init() -> Self {
-        let base = enable();
-        // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); these are
-        // its architectural registers, written with valid values.
-        unsafe {
-            reg(base, REG_DIVIDE).write_volatile(0xb);
-            reg(base, REG_LVT_TIMER).write_volatile(u32::from(TIMER_VECTOR));
-            reg(base, REG_INITIAL).write_volatile(u32::MAX);
+    /// and measures its rate against the TSC (of `tsc_khz`) over at least a millisecond since
+    /// [`start_counting`] (which it calls if nobody did): with a microsecond of jitter that is
+    /// 0.1%, under the scheduler's slice slack of 1/256 (`hv::run`). It used to wait 4 M TSC
+    /// ticks of its own: 3.5 M instructions of every boot under Bochs.
+    pub fn init(tsc_khz: u64) -> Self {
+        if COUNT_START.load(Ordering::Relaxed) == 0 {
+            start_counting();
         }
-        let start = rdtsc();
-        while rdtsc() - start < CALIBRATION_TICKS {
+        let base = enable();
+        let start = COUNT_START.load(Ordering::Relaxed);
+        while rdtsc() - start < tsc_khz.max(1) {
             core::hint::spin_loop();
         }
-        // SAFETY: as above.
+        // SAFETY: as in `start_counting`.
         let left = unsafe { reg(base, REG_CURRENT).read_volatile() };
-        // SAFETY: as above; a zero initial count stops the timer.
-        unsafe { reg(base, REG_INITIAL).write_volatile(0) };
+        let elapsed = rdtsc() - start;
+        // SAFETY: as above; a zero initial count stops the timer, and the LVT is unmasked for
+        // the slices.
+        unsafe {
+            reg(base, REG_INITIAL).write_volatile(0);
+            reg(base, REG_LVT_TIMER).write_volatile(u32::from(TIMER_VECTOR));
+        }
         let counted = u64::from(u32::MAX - left);
-        Self { base, counts_per_kticks: (counted * 1024 / CALIBRATION_TICKS).max(1) }
+        Self { base, counts_per_kticks: (counted * 1024 / elapsed.max(1)).max(1) }
     }
 
     /// Fires [`TIMER_VECTOR`] once after about `tsc_ticks`.
