@@ -606,3 +606,48 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// The figure after `key` in a console text (`key` then decimal digits).
+fn figure(con: &[u8], key: &str) -> Option<u64> {
+    let at = con.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
+    let digits = con[at..].iter().take_while(|b| b.is_ascii_digit());
+    digits.fold(None, |v, &b| Some(v.unwrap_or(0u64).saturating_mul(10) + u64::from(b - b'0')))
+}
+
+/// `cargo xtask bench`'s figures measured from dom0 with the `bench` boot module: the console
+/// hypercall, domain create → first guest instruction (4 MiB domU), destroy, and the `bench`
+/// guest's own figures (CPUID exit, demand faults), each printed as `bench: NAME = N`.
+pub fn bench(boot: &Boot) -> Result<(), &'static str> {
+    let hv = guest_rt::hv();
+    const LINES: u64 = 16;
+    let t0 = rdtsc();
+    for _ in 0..LINES {
+        let _ = hv.console_write(b"bench\n");
+    }
+    println!("bench: console hypercall = {}", (rdtsc() - t0) / LINES);
+
+    // Create → first instruction: from the start of the build (the image written with
+    // MemWrite, the vCPU state, the unpause) to the guest's first TSC read, in its entry.
+    let t0 = rdtsc();
+    let d = start(boot, "bench", &spec("bench-first", 4, "only=first"))?;
+    let mut con = Console::new();
+    wait(d, &mut con, stopped)?;
+    let first = figure(&con, "first instruction tsc = ").ok_or("no first-instruction figure")?;
+    println!("bench: domain create to first instruction = {}", first.saturating_sub(t0));
+    let t0 = rdtsc();
+    destroy(d)?;
+    println!("bench: domain destroy = {}", rdtsc() - t0);
+
+    for (pages, flags) in [("pages=4k", DOMCREATE_SMALL_PAGES), ("pages=2m", 0)] {
+        let mut s = spec("bench", 20, pages);
+        s.flags = flags;
+        let d = start(boot, "bench", &s)?;
+        let mut con = Console::new();
+        let i = wait(d, &mut con, stopped)?;
+        destroy(d)?;
+        if i.state != DomainState::Shutdown as u32 {
+            return Err("the bench guest did not finish");
+        }
+    }
+    Ok(())
+}

@@ -30,7 +30,11 @@ impl PhysMem for IdentityMem {
 
     fn zero(&mut self, pa: u64, len: u64) {
         check(pa, len as usize);
+        let whole = len & !7;
         // SAFETY: as in `write`.
-        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, len as usize) }
+        unsafe {
+            crate::arch::x86_64::cpu::zero_qwords(pa, whole);
+            core::ptr::write_bytes((pa + whole) as *mut u8, 0, (len - whole) as usize);
+        }
     }
 }

@@ -33,7 +33,7 @@ pub const IDENTITY_MAP_BYTES: u64 = 4 << 30;
 pub const BOOT_STACK_BYTES: usize = 64 * 1024;
 
 #[cfg(not(feature = "build"))]
-pub use arch::x86_64::io;
+pub use arch::x86_64::{entry_tsc, io};
 
 /// The `main` of an image built without `cfg(image)` (a hosted stub that only exists so
 /// workspace-wide cargo commands build; see `rt::build`): it says how to build the real one.

@@ -8,6 +8,7 @@
 //!
 //! Logs of each boot are kept in `target/microhv/<name>/` (`com1.log` is microhv's console).
 
+mod bench;
 mod boots;
 mod deps;
 mod emu;
@@ -65,6 +66,17 @@ enum Cmd {
         /// CPU model: Bochs `cpu: model=` (e.g. `ryzen` for the SVM path), QEMU `-cpu`.
         #[arg(long)]
         cpu: Option<String>,
+    },
+    /// Cost figures under Bochs (TSC = retired instructions) on the VMX and SVM models, as one
+    /// table, checked against `tools/xtask/budgets.txt`.
+    Bench {
+        /// Only this CPU model (`corei7_skylake_x`, `ryzen`), without the budget check.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Emulator (under QEMU the TSC is the host's clock: figures neither repeat nor
+        /// compare, and there is no budget check).
+        #[arg(long, value_enum, default_value = "bochs")]
+        emulator: Emulator,
     },
     /// Every test: formatting, clippy, host tests, boot tests.
     Test,
@@ -164,6 +176,17 @@ fn run(cmd: Cmd) -> Result<bool> {
             Ok(out.stop().is_none_or(|(s, _)| s == StopStatus::Ok))
         }
         Cmd::Smoke { emulator, cpu } => smoke(emulator, cpu),
+        Cmd::Bench { cpu, emulator } => {
+            deps::ensure(&needs(emulator))?;
+            let images = images::build()?;
+            if emulator == Emulator::Bochs && cpu.is_none() {
+                return bench::bench_and_check(&images);
+            }
+            let f = bench::measure(emulator, cpu.as_deref(), &images)?;
+            let label = format!("{emulator:?} {}", cpu.as_deref().unwrap_or("default"));
+            println!("{}", bench::table(&[(label, f)]));
+            Ok(true)
+        }
         Cmd::Test => test(),
         Cmd::Conformance { emulator } => {
             deps::ensure(&needs(emulator))?;
@@ -218,7 +241,7 @@ fn linux_boot(
 }
 
 /// Extracts the figure after `key` in the log (up to the next non-digit).
-fn figure(log: &str, key: &str) -> Option<u64> {
+pub(crate) fn figure(log: &str, key: &str) -> Option<u64> {
     let at = log.find(key)? + key.len();
     log[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
@@ -238,7 +261,7 @@ fn smoke(emulator: Emulator, cpu: Option<String>) -> Result<bool> {
     if let Some(t) = figure(&out.log, "dom0 ready (domid 0, tsc ") {
         println!("TSC at dom0 ready: {t}");
     }
-    if let Some(t) = figure(&out.log, "null hypercall round trip ") {
+    if let Some(t) = figure(&out.log, "null hypercall round trip = ") {
         println!("null hypercall round trip: {t} TSC ticks");
     }
     println!("wall time: {:.2} s", out.wall.as_secs_f64());
@@ -325,7 +348,11 @@ fn test() -> Result<bool> {
     step("cargo test", Command::new(cargo).args(["test", "--workspace", "--release"]))?;
     println!("== boot tests");
     let images = images::build()?;
-    let ok = boots::run_all(&images, "")?;
+    let mut ok = boots::run_all(&images, "")?;
+    println!("== cost budgets (tools/xtask/budgets.txt), under Bochs");
+    let within = bench::bench_and_check(&images)?;
+    println!("== cost budgets: {}", if within { "ok" } else { "EXCEEDED" });
+    ok &= within;
     println!(
         "== all tests: {} ({:.0} s)",
         if ok { "ok" } else { "FAILED" },

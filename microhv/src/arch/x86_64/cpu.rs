@@ -68,6 +68,24 @@ pub unsafe fn write_cr4(v: u64) {
     unsafe { x86::controlregs::cr4_write(x86::controlregs::Cr4::from_bits_truncate(v as usize)) }
 }
 
+/// Zeroes `len` bytes at `addr` with `REP STOSQ` (`len` a multiple of 8), as Linux's
+/// `clear_page` does: one instruction the CPU runs at its fast-string speed.
+///
+/// # Safety
+/// `[addr, addr + len)` must be mapped, writable, and aliased by no Rust reference.
+pub unsafe fn zero_qwords(addr: u64, len: u64) {
+    // SAFETY: the caller owns the range; DF is clear in microhv (the ABI's default).
+    unsafe {
+        core::arch::asm!(
+            "rep stosq",
+            inout("rdi") addr => _,
+            inout("rcx") len / 8 => _,
+            in("rax") 0u64,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
 /// Stops this CPU for good: interrupts off, then HLT forever.
 pub fn halt_forever() -> ! {
     loop {

@@ -5,6 +5,16 @@
 
 use core::arch::global_asm;
 
+unsafe extern "C" {
+    static rt_entry_tsc: u64;
+}
+
+/// The TSC when the image's first instruction ran (read before anything else in the entry).
+pub fn entry_tsc() -> u64 {
+    // SAFETY: written once by the entry code before any Rust runs, read-only after.
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(rt_entry_tsc)) }
+}
+
 global_asm!(
     r#"
     .section .text.entry32, "ax"
@@ -15,6 +25,10 @@ rt_entry32:
     cld
     movl %eax, %edi
     movl %ebx, %esi
+    /* The TSC at the first instruction, for cost figures (`rt::entry_tsc`). */
+    rdtsc
+    movl %eax, rt_entry_tsc
+    movl %edx, rt_entry_tsc+4
 
     /* 2048 2 MiB identity mappings (4 GiB) in four page directories. */
     xorl %ecx, %ecx
@@ -96,6 +110,12 @@ rt_gdt_end:
 rt_gdt_ptr:
     .short rt_gdt_end - rt_gdt - 1
     .long rt_gdt
+
+    .section .bss.rt_entry_tsc, "aw", @nobits
+    .balign 8
+    .global rt_entry_tsc
+rt_entry_tsc:
+    .space 8
 
     .section .bss.rt_tables, "aw", @nobits
     .balign 4096

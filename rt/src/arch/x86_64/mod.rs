@@ -1,5 +1,6 @@
 //! x86-64: the 32-bit entry, boot headers, port I/O and the C memory functions.
 mod entry;
+pub use entry::entry_tsc;
 pub mod headers;
 pub mod io;
 // The C runtime symbols exist only in images: a hosted build gets them from libc.
