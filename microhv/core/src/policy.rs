@@ -13,8 +13,6 @@ pub const GUEST_CR4_ALLOWED: u64 = 0x1ff | (1 << 9) | (1 << 10) | (1 << 16) | (1
 /// instructions).
 pub const VCPU_SLICE: u64 = 4_000_000;
 const _: () = assert!(VCPU_SLICE <= u32::MAX as u64, "reported in PhysInfo::time_slice");
-/// "No slice": run until the next exit of any other kind.
-pub const VCPU_SLICE_NONE: u64 = u64::MAX;
 
 use crate::regs::*;
 /// EFER bits a guest may write (LMA is the hardware's).

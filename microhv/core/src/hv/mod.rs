@@ -27,7 +27,7 @@ use crate::insn::{self, MmioOp};
 use crate::io::{IoOutcome, merge_in, merge_reg};
 use crate::mem::{Machine, PhysMem};
 use crate::platform::{MmioPage, Platform, PortEffect};
-use crate::policy::{self, VCPU_SLICE, VCPU_SLICE_NONE};
+use crate::policy::{self, VCPU_SLICE};
 use crate::regs;
 use crate::status::StopStatus;
 use crate::walk::{Paging, linear_to_phys};

@@ -36,18 +36,6 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.pick_where(now, |hv, (d, v)| hv.domains[d].vcpus[v].halted)
     }
 
-    /// How many vCPUs are waiting to run besides the current one.
-    pub(super) fn others_runnable(&self, cur: (usize, usize)) -> bool {
-        (0..DOMAINS).any(|d| {
-            self.domains[d].runnable()
-                && (0..VCPUS).any(|v| {
-                    (d, v) != cur
-                        && self.domains[d].vcpus[v].arch.is_some()
-                        && self.domains[d].vcpus[v].init.is_none()
-                })
-        })
-    }
-
     /// True if vCPU `v` of domain `d` may run at `now`.
     pub(super) fn can_run(&self, (d, v): (usize, usize), now: u64) -> bool {
         let dom = &self.domains[d];
@@ -81,7 +69,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     ///
     /// Scheduling is round-robin over runnable vCPUs on this one CPU: a vCPU keeps the CPU
     /// until its slice ([`VCPU_SLICE`], enforced with the backend's preemption timer) is used,
-    /// it yields or halts, or its domain stops. A vCPU alone gets no time limit.
+    /// it yields or halts, or its domain stops; a vCPU alone starts a new slice.
     pub fn run(&mut self) -> Stop {
         loop {
             let now = self.backend.now();
@@ -119,12 +107,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.yielded = false;
                 next
             };
+            // Every slice is timed, even a vCPU's that runs alone: one exit per slice costs
+            // less than asking, at every exit, whether anyone else could run (a scan of every
+            // vCPU slot). Its slice then simply starts over (`pick` finds it again).
             let used = now.wrapping_sub(self.slice_start);
-            let slice = if self.others_runnable((d, v)) {
-                VCPU_SLICE.saturating_sub(used).max(1)
-            } else {
-                VCPU_SLICE_NONE
-            };
+            let slice = VCPU_SLICE.saturating_sub(used).max(1);
             // The next device deadline (of any domain) ends the slice, so that its interrupt is
             // delivered on time.
             let slice = match self.wake_at {

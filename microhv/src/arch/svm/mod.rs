@@ -60,7 +60,6 @@ use microhv_core::exit::{
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::hwcaps::SvmFeatures;
 use microhv_core::insn::{Expected, Intercepted, Mismatch, decode_intercepted};
-use microhv_core::policy::VCPU_SLICE_NONE;
 use microhv_core::walk::Paging;
 use vmcb::{Vmcb, control, exit, misc1, misc2, misc3, save, seg, tlb};
 use x86::msr;
@@ -660,10 +659,7 @@ impl Backend for Svm {
         // No clean bits: the CPU reloads every VMCB field at every VMRUN, so no write above or
         // in the core's handlers needs bookkeeping.
         vm.w32(control::VMCB_CLEAN, 0);
-        let timed = slice != VCPU_SLICE_NONE;
-        if timed {
-            self.timer.arm(slice);
-        }
+        self.timer.arm(slice);
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
         self.spec.on_switch(self.last_domid, v.domid);
@@ -675,9 +671,7 @@ impl Backend for Svm {
         // VMSAVE state; what can be pending after the run (the slice timer, a spurious
         // interrupt, an NMI) has an IDT stub that returns.
         unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
-        if timed {
-            self.timer.disarm();
-        }
+        self.timer.disarm();
         if NMI_COUNT.load(Ordering::Relaxed) != nmis {
             log::warn!("NMI while a guest ran; absorbed");
         }
@@ -701,7 +695,7 @@ impl Backend for Svm {
         }
         let (exit, insn_len) = match self.translate(vm, code, info1, info2, gprs) {
             // The slice timer (no other interrupt source is unmasked).
-            (Exit::Interrupt, len) if timed && code == exit::INTR => (Exit::Timer, len),
+            (Exit::Interrupt, len) if code == exit::INTR => (Exit::Timer, len),
             other => other,
         };
         // Only nested page faults and string I/O (whose instruction the core decodes) and CR

@@ -35,7 +35,7 @@ use microhv_core::exit::{
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hwcaps::{VmxFeatures, VmxMsrs, adjust_controls};
 use microhv_core::insn::Seg;
-use microhv_core::policy::{GUEST_CR4_ALLOWED, VCPU_SLICE_NONE};
+use microhv_core::policy::GUEST_CR4_ALLOWED;
 use x86::msr;
 use x86::vmx::vmcs::control::{
     EntryControls, ExitControls, PinbasedControls, PrimaryControls, SecondaryControls,
@@ -631,12 +631,8 @@ impl Backend for Vmx {
     fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         self.make_current(v);
         self.load_owned(v);
-        let timer = if slice == VCPU_SLICE_NONE {
-            u64::from(u32::MAX)
-        } else {
-            // Rounded up: a slice never ends before its last tick.
-            slice.div_ceil(1 << self.features.preemption_timer_rate).min(u32::MAX.into())
-        };
+        // Rounded up: a slice never ends before its last tick.
+        let timer = slice.div_ceil(1 << self.features.preemption_timer_rate).min(u32::MAX.into());
         vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer);
         self.spec.on_switch(self.last_domid, v.domid);
         self.last_domid = v.domid;
