@@ -238,6 +238,13 @@ pub fn is_canonical(addr: u64) -> bool {
 }
 
 /// An exit, with the guest state a handler or a crash report needs.
+///
+/// Backends may leave the guest-state fields (`rip` to `efer`, `cpl`, `mode`, `cs_base`) at
+/// [`ExitInfo::fast`]'s zeros for the fast exits, whose handlers use none of them: `Hypercall`
+/// (which needs `insn_len` and `cpl`), `Cpuid`, `RdMsr`, `WrMsr`, `Invd`, port I/O without a
+/// string (`insn_len`), `Hlt` (`insn_len`, `rflags`), `Timer`, `InterruptWindow` and
+/// `Interrupt`. Every other exit carries all of it: those are the ones whose handlers decode
+/// instructions, check control-register writes, or report a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
     /// The translated exit.
@@ -272,6 +279,29 @@ pub struct ExitInfo {
     pub cs_base: u64,
     /// TSC ticks the guest ran.
     pub ran_ticks: u64,
+}
+
+impl ExitInfo {
+    /// `exit` with nothing read from the guest's state yet.
+    pub const fn fast(exit: Exit, raw_reason: u64, qualification: u64, ran_ticks: u64) -> Self {
+        Self {
+            exit,
+            raw_reason,
+            qualification,
+            rip: 0,
+            rsp: 0,
+            rflags: 0,
+            cr0: 0,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+            insn_len: 0,
+            cpl: 0,
+            mode: CpuMode::Bits16,
+            cs_base: 0,
+            ran_ticks,
+        }
+    }
 }
 
 /// A guest register the core reads or writes through the backend.

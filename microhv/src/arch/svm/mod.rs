@@ -698,31 +698,35 @@ impl Backend for Svm {
             (Exit::Interrupt, len) if code == exit::INTR => (Exit::Timer, len),
             other => other,
         };
-        // Only nested page faults and string I/O (whose instruction the core decodes) and CR
-        // writes (whose operand width depends on it) need the mode.
-        let (mode, cs_base) = match exit {
-            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } | Exit::Io { string: true, .. } => {
-                (Self::mode(vm), vm.r64(save::CS + seg::BASE))
-            }
-            _ => (CpuMode::Bits16, 0),
-        };
-        ExitInfo {
+        let mut info = ExitInfo::fast(exit, code, info1, ran);
+        info.insn_len = insn_len;
+        info.cpl = vm.r8(save::CPL) & 3;
+        info.rflags = vm.r64(save::RFLAGS);
+        // The fast exits' handlers need no more (`ExitInfo`); the others get all of it.
+        let fast = matches!(
             exit,
-            raw_reason: code,
-            qualification: info1,
-            rip: vm.r64(save::RIP),
-            rsp: vm.r64(save::RSP),
-            rflags: vm.r64(save::RFLAGS),
-            cr0: vm.r64(save::CR0),
-            cr3: vm.r64(save::CR3),
-            cr4: vm.r64(save::CR4),
-            efer: vm.r64(save::EFER) & !EFER_SVME,
-            insn_len,
-            cpl: vm.r8(save::CPL) & 3,
-            mode,
-            cs_base,
-            ran_ticks: ran,
+            Exit::Hypercall
+                | Exit::Cpuid
+                | Exit::RdMsr
+                | Exit::WrMsr
+                | Exit::Invd
+                | Exit::Hlt
+                | Exit::Io { string: false, .. }
+                | Exit::Timer
+                | Exit::InterruptWindow
+                | Exit::Interrupt
+        );
+        if !fast {
+            info.rip = vm.r64(save::RIP);
+            info.rsp = vm.r64(save::RSP);
+            info.cr0 = vm.r64(save::CR0);
+            info.cr3 = vm.r64(save::CR3);
+            info.cr4 = vm.r64(save::CR4);
+            info.efer = vm.r64(save::EFER) & !EFER_SVME;
+            info.mode = Self::mode(vm);
+            info.cs_base = vm.r64(save::CS + seg::BASE);
         }
+        info
     }
 
     fn unload(&mut self, v: &mut SvmVcpu) {

@@ -646,46 +646,63 @@ impl Backend for Vmx {
             ((1 << 31) | vmcs::read(ro::VM_INSTRUCTION_ERROR), 0)
         } else {
             v.launched = true;
-            Self::reinject_interrupted_event();
-            (vmcs::read(ro::EXIT_REASON), vmcs::read(ro::EXIT_QUALIFICATION))
-        };
-        let cr0 = Self::visible(
-            vmcs::read(guest::CR0),
-            vmcs::read(control::CR0_READ_SHADOW),
-            self.cr0_mask,
-        );
-        let cr4 = Self::visible(
-            vmcs::read(guest::CR4),
-            vmcs::read(control::CR4_READ_SHADOW),
-            self.cr4_mask,
-        );
-        let exit = self.translate(raw, qual, gprs, cr0);
-        // Only nested page faults and string I/O (whose instruction the core decodes) and CR
-        // writes (whose operand width depends on it) need the mode: spare the other exits the
-        // VMREADs.
-        let (mode, cs_base) = match exit {
-            Exit::NestedPageFault { .. } | Exit::CrWrite { .. } | Exit::Io { string: true, .. } => {
-                (Self::mode(cr0), vmcs::read(guest::CS_BASE))
+            let reason = vmcs::read(ro::EXIT_REASON);
+            // Instruction exits (and the timer and window exits, which come between
+            // instructions) cannot interrupt the delivery of an event: only the others need
+            // the IDT-vectoring field looked at.
+            if !matches!(reason & 0xffff, 7 | 8 | 10 | 12 | 13 | 18 | 28 | 30 | 31 | 32 | 52) {
+                Self::reinject_interrupted_event();
             }
-            _ => (CpuMode::Bits16, 0),
+            (reason, vmcs::read(ro::EXIT_QUALIFICATION))
         };
-        ExitInfo {
-            exit,
-            raw_reason: raw,
-            qualification: qual,
-            rip: vmcs::read(guest::RIP),
-            rsp: vmcs::read(guest::RSP),
-            rflags: vmcs::read(guest::RFLAGS),
-            cr0,
-            cr3: vmcs::read(guest::CR3),
-            cr4,
-            efer: vmcs::read(guest::IA32_EFER_FULL),
-            insn_len: vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8,
-            cpl: ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8,
-            mode,
-            cs_base,
-            ran_ticks: ran,
+        let cr0 = || {
+            Self::visible(
+                vmcs::read(guest::CR0),
+                vmcs::read(control::CR0_READ_SHADOW),
+                self.cr0_mask,
+            )
+        };
+        let exit = self.translate(raw, qual, gprs, if raw & 0xffff == 28 { cr0() } else { 0 });
+        let mut info = ExitInfo::fast(exit, raw, qual, ran);
+        match exit {
+            // The fast exits: their handlers need no guest state but the instruction's length
+            // (and a hypercall's CPL, HLT's RFLAGS.IF); each VMREAD spared counts.
+            Exit::Hypercall => {
+                info.insn_len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8;
+                info.cpl = ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
+            }
+            Exit::Cpuid
+            | Exit::RdMsr
+            | Exit::WrMsr
+            | Exit::Invd
+            | Exit::Io { string: false, .. } => {
+                info.insn_len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8;
+            }
+            Exit::Hlt => {
+                info.insn_len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8;
+                info.rflags = vmcs::read(guest::RFLAGS);
+            }
+            Exit::Timer | Exit::InterruptWindow | Exit::Interrupt => {}
+            _ => {
+                let cr0 = cr0();
+                info.rip = vmcs::read(guest::RIP);
+                info.rsp = vmcs::read(guest::RSP);
+                info.rflags = vmcs::read(guest::RFLAGS);
+                info.cr0 = cr0;
+                info.cr3 = vmcs::read(guest::CR3);
+                info.cr4 = Self::visible(
+                    vmcs::read(guest::CR4),
+                    vmcs::read(control::CR4_READ_SHADOW),
+                    self.cr4_mask,
+                );
+                info.efer = vmcs::read(guest::IA32_EFER_FULL);
+                info.insn_len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8;
+                info.cpl = ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
+                info.mode = Self::mode(cr0);
+                info.cs_base = vmcs::read(guest::CS_BASE);
+            }
         }
+        info
     }
 
     fn unload(&mut self, v: &mut VmxVcpu) {

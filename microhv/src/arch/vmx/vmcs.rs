@@ -2,26 +2,40 @@
 
 use x86::bits64::vmx;
 
-/// Reads a field of the current VMCS. A failure (an encoding this CPU lacks) reads as 0 and is
-/// logged: the callers only read fields every VMX CPU with the checked features has.
+/// Reads a field of the current VMCS.
+///
+/// Unchecked, as the exit path wants it (one check per exit, not per field): VMREAD fails only
+/// without a current VMCS or for an encoding the CPU lacks, and the backend reads only with
+/// its vCPU's VMCS current (`make_current`) and only fields every VMX CPU with the features
+/// `detect` requires has. A failure would leave the destination as initialized, 0.
 pub fn read(field: u32) -> u64 {
-    // SAFETY: VMX operation is on and a VMCS is current whenever the backend runs.
-    match unsafe { vmx::vmread(field) } {
-        Ok(v) => v,
-        Err(e) => {
-            log::error!("VMREAD {field:#x} failed: {e:?}");
-            0
-        }
-    }
+    let mut v = 0u64;
+    // SAFETY: as above; VMREAD only writes its register operand (and RFLAGS).
+    unsafe {
+        core::arch::asm!(
+            "vmread {v}, {f}",
+            v = inout(reg) v,
+            f = in(reg) u64::from(field),
+            options(nostack, nomem)
+        )
+    };
+    v
 }
 
-/// Writes a field of the current VMCS.
+/// Writes a field of the current VMCS, unchecked for the same reasons as [`read`] (VMWRITE
+/// checks the encoding, not the value: values are checked by VM entry, whose failure is
+/// reported as an exit).
 pub fn write(field: u32, value: u64) {
     // SAFETY: VMX operation is on and a VMCS is current whenever the backend runs; the values
     // written are checked against the capability MSRs where the SDM requires it.
-    if let Err(e) = unsafe { vmx::vmwrite(field, value) } {
-        log::error!("VMWRITE {field:#x} = {value:#x} failed: {e:?}");
-    }
+    unsafe {
+        core::arch::asm!(
+            "vmwrite {f}, {v}",
+            f = in(reg) u64::from(field),
+            v = in(reg) value,
+            options(nostack, nomem)
+        )
+    };
 }
 
 /// VMXON with the region at `pa`.
