@@ -8,7 +8,8 @@
 /// Error codes. Each has exactly one meaning across the ABI (numbers are Linux's, for
 /// familiarity). A hypercall returns `-(code as i64)`.
 #[repr(i64)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub enum Errno {
     /// The caller may not perform this operation (not dom0, not ring 0, or the target is dom0).
     EPERM = 1,
@@ -183,7 +184,8 @@ ops! {
 
 /// Shutdown reasons (`Shutdown`, `DomainShutdown`).
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub enum ShutdownReason {
     /// The domain is done.
     Poweroff = 0,

@@ -16,11 +16,14 @@
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "guest")]
 mod arch;
 pub mod cpuid;
+#[cfg(feature = "guest")]
 pub mod guest;
 pub mod hypercall;
 pub mod platform;
+#[cfg(feature = "proto")]
 pub mod proto;
 pub mod pvh;
 pub mod types;

@@ -8,7 +8,6 @@
 
 use crate::hypercall::DOMAIN_NAME_LEN;
 use core::mem::{offset_of, size_of};
-use serde::{Deserialize, Serialize};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 macro_rules! layout {
@@ -20,19 +19,8 @@ macro_rules! layout {
 
 /// IN to `DomainCreate`.
 #[repr(C)]
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub struct DomainCreate {
     /// Printable ASCII (0x20..=0x7e), NUL-padded, at least one character, unique among domains.
     pub name: [u8; DOMAIN_NAME_LEN],
@@ -56,7 +44,8 @@ pub const DOMCREATE_FLAGS_VALID: u32 = DOMCREATE_SMALL_PAGES;
 
 /// Domain states (`DomainInfo::state`).
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub enum DomainState {
     /// Built, never run: waiting for its first unpause.
     Created = 0,
@@ -92,7 +81,8 @@ impl DomainState {
 
 /// Why microhv stopped a domain (`DomainInfo::crash_reason`).
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub enum CrashReason {
     /// Not crashed.
     None = 0,
@@ -155,19 +145,8 @@ pub const DOMINFO_PRIVILEGED: u32 = 1 << 0;
 
 /// OUT of `DomainGetInfo` and `DomainList`.
 #[repr(C)]
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub struct DomainInfo {
     /// Domain id.
     pub domid: u32,
@@ -243,19 +222,8 @@ pub const VCPU_MODE_FLAT32: u32 = 1;
 
 /// IN to `VcpuSetState`: the state a vCPU starts in.
 #[repr(C)]
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub struct VcpuState {
     /// `VCPU_MODE_*`; only `VCPU_MODE_FLAT32` in ABI 1.0.
     pub mode: u32,
@@ -290,19 +258,8 @@ pub const VIRT_SVM: u32 = 2;
 
 /// OUT of `PhysInfo`.
 #[repr(C)]
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub struct PhysInfo {
     /// Host memory managed by microhv's frame allocator, in bytes.
     pub total_bytes: u64,
@@ -332,7 +289,8 @@ layout!(PhysInfo, 56, {
 
 /// Arch-neutral exit reasons, the index into `DomainStats::exits_by_reason`.
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub enum ExitReason {
     /// VMCALL / VMMCALL.
     Hypercall = 0,
@@ -397,19 +355,8 @@ impl ExitReason {
 
 /// OUT of `Stats`.
 #[repr(C)]
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Serialize,
-    Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub struct DomainStats {
     /// Domain id.
     pub domid: u32,

@@ -108,8 +108,21 @@ platform_gp:
     gp = sym GP_RFLAGS,
 );
 
+#[cfg(image)]
 unsafe extern "C" {
+    /// The end of the image (rt's linker script); hosted builds have none.
     static __image_end: u8;
+}
+
+/// Where this image ends.
+fn image_end() -> u64 {
+    #[cfg(image)]
+    return core::ptr::addr_of!(__image_end) as u64;
+    #[cfg(not(image))]
+    u64::MAX
+}
+
+unsafe extern "C" {
     static platform_stubs: u8;
     static platform_nmi: u8;
     static platform_x2: u8;
@@ -567,7 +580,7 @@ fn platform_extras(r: &mut Report, boot: &guest_rt::Boot, tsc_khz: u64) {
 
     // RAM past the image reads zero: microhv scrubs a domain's memory before showing it, also
     // after an earlier domain filled the same frames (dom0's scenarios run the toucher first).
-    let from = (core::ptr::addr_of!(__image_end) as u64).next_multiple_of(4096);
+    let from = image_end().saturating_add(4095) & !4095;
     let end = boot.ram_end().min(rt::IDENTITY_MAP_BYTES);
     let dirty = (from..end).step_by(8).find(|&a| {
         // SAFETY: RAM of this domain, identity-mapped by rt's entry, nothing else uses it.

@@ -1,0 +1,82 @@
+//! `cargo xtask loc`: ring 0's size, the way #12's budget counts it — lines of Rust code
+//! (not blank, not comment-only) compiled into the microhv image from `microhv/`, `mmu/src`
+//! and `abi/src`, without test code (`#[cfg(test)]` items, `tests.rs`, `tests/`,
+//! `testutil.rs`, the mmu's test-and-bench-only `sim.rs` / `check.rs`) and without the abi
+//! features microhv does not enable (`proto.rs`, `guest.rs`, `arch/`: the control protocol and
+//! the guest-side wrappers).
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+/// Files and directories that are not ring-0 code (see the module documentation).
+const SKIP_FILES: &[&str] = &["tests.rs", "testutil.rs", "sim.rs", "check.rs"];
+const SKIP_PATHS: &[&str] =
+    &["abi/src/proto.rs", "abi/src/guest.rs", "abi/src/arch", "abi/src/proto"];
+
+/// Code lines of one Rust source: `#[cfg(test)]` items (up to their closing brace or `;`),
+/// blank lines, `//` lines and `/* */` blocks are not counted.
+pub fn code_lines(src: &str) -> usize {
+    let lines: Vec<&str> = src.lines().map(str::trim).collect();
+    let (mut n, mut i, mut in_block) = (0, 0, false);
+    while i < lines.len() {
+        let l = lines[i];
+        i += 1;
+        if in_block {
+            in_block = !l.contains("*/");
+        } else if l.starts_with("#[cfg(test)]") {
+            let mut depth = 0i64;
+            while i < lines.len() {
+                let m = lines[i];
+                i += 1;
+                depth += m.matches('{').count() as i64 - m.matches('}').count() as i64;
+                if (depth <= 0 && m.contains('}')) || (depth == 0 && m.ends_with(';')) {
+                    break;
+                }
+            }
+        } else if l.starts_with("/*") {
+            in_block = !l.contains("*/");
+        } else if !l.is_empty() && !l.starts_with("//") {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, usize)>) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().to_string();
+        let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if SKIP_PATHS.iter().any(|s| rel == *s) || name == "tests" || name == "target" {
+            continue;
+        }
+        if p.is_dir() {
+            walk(&p, root, out)?;
+        } else if name.ends_with(".rs") && !SKIP_FILES.contains(&name.as_str()) {
+            out.push((PathBuf::from(rel), code_lines(&std::fs::read_to_string(&p)?)));
+        }
+    }
+    Ok(())
+}
+
+/// Every ring-0 file with its code lines, largest first.
+pub fn count() -> Result<Vec<(PathBuf, usize)>> {
+    let root = crate::images::root();
+    let mut files = Vec::new();
+    for d in ["microhv", "mmu/src", "abi/src"] {
+        walk(&root.join(d), &root, &mut files)?;
+    }
+    files.sort_by(|a, b| b.1.cmp(&a.1));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_lines;
+
+    #[test]
+    fn comments_blank_lines_and_test_modules_do_not_count() {
+        let src = "//! doc\n\nfn a() {}\n/* x\n y */\n#[cfg(test)]\nmod tests {\n    fn t() {}\n}\n#[cfg(test)]\nmod testutil;\nconst B: u8 = 1; // c\n";
+        assert_eq!(code_lines(src), 2);
+    }
+}
