@@ -66,7 +66,7 @@ pub fn count() -> Result<Vec<(PathBuf, usize)>> {
     for d in ["microhv", "mmu/src", "abi/src"] {
         walk(&root.join(d), &root, &mut files)?;
     }
-    files.sort_by(|a, b| b.1.cmp(&a.1));
+    files.sort_by_key(|f| std::cmp::Reverse(f.1));
     Ok(files)
 }
 
