@@ -94,9 +94,11 @@ pub fn guest_cpuid(
     host: impl Fn(u32, u32) -> [u32; 4],
 ) -> [u32; 4] {
     match leaf {
+        // The highest leaf is microhv's whatever the host's: the leaves it emulates (0x15,
+        // 0x16) exist on every host, and those it does not offer read as zeros.
         0 => {
-            let [max, b, c, d] = host(0, 0);
-            [max.min(MAX_BASIC_LEAF), b, c, d]
+            let [_, b, c, d] = host(0, 0);
+            [MAX_BASIC_LEAF, b, c, d]
         }
         1 => {
             let [a, b, c, d] = host(1, 0);
@@ -105,8 +107,9 @@ pub fn guest_cpuid(
             [a, b, (c & L1_ECX_KEEP) | L1_ECX_EMULATED | (1 << 31), d & L1_EDX_KEEP]
         }
         7 if subleaf == 0 => {
-            let [_, b, _, _] = host(7, 0);
-            [0, (b & L7_EBX_KEEP) | L7_EBX_EMULATED, 0, 0]
+            // A host without leaf 7 answers it with its highest leaf's values: none are taken.
+            let b = if host(0, 0)[0] >= 7 { host(7, 0)[1] & L7_EBX_KEEP } else { 0 };
+            [0, b | L7_EBX_EMULATED, 0, 0]
         }
         // TSC = crystal × ebx / eax, with the APIC bus as the crystal: Linux derives both its
         // TSC and its APIC timer frequency from this leaf, so they must agree with the models.
@@ -218,6 +221,11 @@ mod tests {
             assert_eq!(guest_cpuid(hv::LEAF_TIMING, 0, &c, none), [khz, (bus / 1000) as u32, 0, 0]);
         }
         assert_eq!(guest_cpuid(0x16, 0, &CALLER, none)[..3], [2500, 2500, 2500]);
+        // A host whose highest leaf is 5 (answering higher ones with leaf 5's values) still
+        // shows the emulated leaves, and nothing of its own in leaf 7.
+        let old = |l: u32, _| if l == 0 { [5, 0, 0, 0] } else { [u32::MAX; 4] };
+        assert_eq!(guest_cpuid(0, 0, &CALLER, old)[0], MAX_BASIC_LEAF);
+        assert_eq!(guest_cpuid(7, 0, &CALLER, old), [0, 2, 0, 0]);
         assert_eq!(guest_cpuid(0xb, 0, &CALLER, all_ones), [0; 4], "no topology leaf");
     }
 }

@@ -37,6 +37,10 @@ pub fn bus_hz_for(tsc_khz: u64) -> u64 {
     let hz = tsc_khz.max(1).saturating_mul(1000);
     hz / hz.div_ceil(u64::from(u32::MAX))
 }
+/// A periodic timer signals at most this often (µs), whatever its count: a guest programming a
+/// period of a few bus ticks must not keep the host in exits (KVM bounds it likewise, with
+/// `min_timer_period_us`; the PIT here too).
+pub const MIN_PERIOD_US: u64 = 100;
 /// The power-on guest-physical address of the register page.
 pub const APIC_DEFAULT_BASE: u64 = abi::platform::LAPIC_BASE;
 /// IA32_APIC_BASE.
@@ -299,6 +303,8 @@ pub struct Lapic {
     pre: u64,
     /// Expirations already signalled since the initial count was written.
     fired: u64,
+    /// TSC of the timer's last signal in periodic mode (0: none since it was started).
+    last_irq: u64,
     deadline: u64,
     nmi: bool,
 }
@@ -348,6 +354,7 @@ impl Lapic {
             start: 0,
             pre: 0,
             fired: 0,
+            last_irq: 0,
             deadline: 0,
             nmi: false,
         }
@@ -612,9 +619,17 @@ impl Lapic {
         u32::try_from(cur).unwrap_or(0)
     }
 
+    /// The earliest TSC of the periodic timer's next signal under [`MIN_PERIOD_US`].
+    fn not_before(&self, c: &Clock) -> u64 {
+        match self.last_irq {
+            0 => 0,
+            t => t.saturating_add(c.tsc_khz.saturating_mul(MIN_PERIOD_US) / 1000),
+        }
+    }
+
     /// The TSC at which the timer next signals, or `None` if it will not (stopped, one-shot
-    /// spent, masked, or TSC-deadline disarmed). Periodic timers can be as short as one bus
-    /// tick: the scheduler should bound how often it honours them.
+    /// spent, masked, or TSC-deadline disarmed). A periodic timer signals at most every
+    /// [`MIN_PERIOD_US`].
     pub fn next_deadline(&self, c: &Clock) -> Option<u64> {
         if !self.hw_enabled() || self.lvt[Lvt::Timer as usize] & LVT_MASKED != 0 {
             return None;
@@ -633,7 +648,7 @@ impl Lapic {
             return None;
         };
         let ticks = target.saturating_sub(self.pre).saturating_mul(self.divisor());
-        Some(c.tsc_after(self.start, ticks, self.cfg.bus_hz))
+        Some(c.tsc_after(self.start, ticks, self.cfg.bus_hz).max(self.not_before(c)))
     }
 
     /// Signals the timer if it expired by `c.now` (into IRR, or nowhere while masked; missed
@@ -650,13 +665,20 @@ impl Lapic {
             hit
         } else if self.counting() {
             let e = self.elapsed(c);
-            let n = if self.timer_mode() == TIMER_PERIODIC {
+            let periodic = self.timer_mode() == TIMER_PERIODIC;
+            let n = if periodic {
                 e / u64::from(self.initial)
             } else {
                 u64::from(e >= u64::from(self.initial))
             };
-            let hit = n > self.fired;
-            self.fired = self.fired.max(n);
+            // Periods shorter than MIN_PERIOD_US coalesce (the count itself stays exact).
+            let hit = n > self.fired && c.now >= self.not_before(c);
+            if hit {
+                self.fired = n;
+                if periodic {
+                    self.last_irq = c.now.max(1);
+                }
+            }
             hit
         } else {
             false
@@ -833,6 +855,7 @@ impl Lapic {
             0x38 => {
                 if self.timer_mode() != TIMER_DEADLINE {
                     (self.initial, self.start, self.pre, self.fired) = (v32, c.now, 0, 0);
+                    self.last_irq = 0;
                 }
             }
             0x3e => {
@@ -1078,31 +1101,56 @@ mod tests {
 
     #[test]
     fn periodic_timer_reloads_and_coalesces() {
+        // Times in TSC ticks of a 1 GHz clock; the period (100 µs) is the shortest allowed.
+        const K: u64 = 1000;
         let mut a = enabled(0);
         wr(&mut a, 0x3e0, 0xb); // divide by 1
+        let bus = |ticks: u64| (ticks * APIC_BUS_HZ / 1_000_000_000) as u32;
         a.mmio_write(0x320, 4, 0x2_0040, &at(0)).unwrap();
-        a.mmio_write(0x380, 4, 100, &at(1000)).unwrap();
-        assert_eq!(a.mmio_read(0x390, 4, &at(1050)), Ok(50));
-        assert_eq!(a.next_deadline(&at(1050)), Some(1100));
-        assert_eq!(a.mmio_read(0x390, 4, &at(1100)), Ok(100), "reloaded");
-        assert_eq!(a.mmio_read(0x390, 4, &at(1299)), Ok(1));
-        assert!(a.update_timer(&at(1250)), "two periods: one interrupt, IRR coalesces");
-        assert_eq!(a.next_deadline(&at(1250)), Some(1300));
+        a.mmio_write(0x380, 4, bus(100 * K), &at(1000 * K)).unwrap();
+        assert_eq!(a.mmio_read(0x390, 4, &at(1050 * K)), Ok(bus(50 * K)));
+        assert_eq!(a.next_deadline(&at(1050 * K)), Some(1100 * K));
+        assert_eq!(a.mmio_read(0x390, 4, &at(1100 * K)), Ok(bus(100 * K)), "reloaded");
+        assert!(a.update_timer(&at(1250 * K)), "two periods: one interrupt, IRR coalesces");
+        assert_eq!(a.next_deadline(&at(1250 * K)), Some(1350 * K), "not before 100 µs later");
         a.ack(0x40);
-        assert!(!a.update_timer(&at(1299)));
-        assert!(a.update_timer(&at(1300)));
+        assert!(!a.update_timer(&at(1349 * K)));
+        assert!(a.update_timer(&at(1350 * K)));
         assert!(a.eoi().is_some() && a.ack(0x40) && a.eoi().is_some());
-        // A divide change carries the count on: 30 counts left, now at 8 ticks per count.
-        a.mmio_write(0x3e0, 4, 2, &at(1370)).unwrap();
-        assert_eq!(a.mmio_read(0x390, 4, &at(1370)), Ok(30));
-        assert_eq!(a.mmio_read(0x390, 4, &at(1370 + 80)), Ok(20));
-        assert_eq!(a.next_deadline(&at(1370)), Some(1370 + 240));
         // Masked: the timer runs, but nothing is delivered, then or on unmask.
-        a.mmio_write(0x320, 4, 0x3_0040, &at(1400)).unwrap();
-        assert_eq!(a.next_deadline(&at(1400)), None);
-        assert!(a.update_timer(&at(5000)));
-        a.mmio_write(0x320, 4, 0x2_0040, &at(9000)).unwrap();
+        a.mmio_write(0x320, 4, 0x3_0040, &at(1400 * K)).unwrap();
+        assert_eq!(a.next_deadline(&at(1400 * K)), None);
+        assert!(a.update_timer(&at(5000 * K)));
+        a.mmio_write(0x320, 4, 0x2_0040, &at(9000 * K)).unwrap();
         assert_eq!(a.highest_deliverable(), None);
+    }
+
+    #[test]
+    fn a_divide_change_carries_the_count_on() {
+        let mut a = enabled(0);
+        wr(&mut a, 0x3e0, 0xb); // divide by 1
+        a.mmio_write(0x320, 4, 0x40, &at(0)).unwrap(); // one-shot
+        a.mmio_write(0x380, 4, 100, &at(1000)).unwrap();
+        // 30 counts left at 1070, then 8 ticks per count.
+        a.mmio_write(0x3e0, 4, 2, &at(1070)).unwrap();
+        assert_eq!(a.mmio_read(0x390, 4, &at(1070)), Ok(30));
+        assert_eq!(a.mmio_read(0x390, 4, &at(1070 + 80)), Ok(20));
+        assert_eq!(a.next_deadline(&at(1070)), Some(1070 + 240));
+    }
+
+    #[test]
+    fn a_tiny_period_signals_at_most_every_min_period() {
+        let mut a = enabled(0);
+        wr(&mut a, 0x3e0, 0xb);
+        a.mmio_write(0x320, 4, 0x2_0040, &at(0)).unwrap();
+        a.mmio_write(0x380, 4, 1, &at(0)).unwrap(); // one bus tick
+        assert!(a.update_timer(&at(10)));
+        let min = MIN_PERIOD_US * 1000; // ticks of the 1 GHz test clock
+        assert_eq!(a.next_deadline(&at(10)), Some(10 + min));
+        a.ack(0x40);
+        a.eoi();
+        assert!(!a.update_timer(&at(9 + min)));
+        assert!(a.update_timer(&at(10 + min)));
     }
 
     #[test]

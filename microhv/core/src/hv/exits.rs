@@ -458,11 +458,22 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Moves vCPU `v`'s TSC, and IA32_TSC_ADJUST with it, by `delta` ticks.
     fn move_tsc(&mut self, d: usize, v: usize, delta: u64) {
+        use crate::dev::lapic::MSR_TSC_DEADLINE as DEADLINE;
+        let clock = self.clock();
         let vc = &mut self.domains[d].vcpus[v];
+        let old = vc.tsc_offset;
         vc.tsc_offset = vc.tsc_offset.wrapping_add(delta);
         vc.tsc_adjust = vc.tsc_adjust.wrapping_add(delta);
         let off = vc.tsc_offset;
         self.write_reg(d, v, GuestReg::TscOffset, off);
+        // An armed TSC deadline is a guest TSC value: it comes nearer or recedes with the TSC.
+        if let Some(p) = self.domains[d].platform.as_mut()
+            && let Ok(host @ 1..) = p.apic_msr(&clock, v, DEADLINE, None)
+        {
+            let at = host_deadline(host.wrapping_add(old), off, clock.now);
+            let _ = p.apic_msr(&clock, v, DEADLINE, Some(at));
+            self.timers_changed();
+        }
     }
 
     /// Emulates RDMSR / WRMSR; false means #GP.
@@ -527,12 +538,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             // The deadline is kept in host TSC terms: the guest's is offset.
             (DEADLINE, _) | (X2APIC_FIRST..=X2APIC_LAST, _) => {
                 let off = self.domains[d].vcpus[v].tsc_offset;
+                let clock = self.clock();
                 let arg = match (index, write) {
                     (_, false) => None,
-                    (DEADLINE, true) if value != 0 => Some(value.wrapping_sub(off).max(1)),
+                    (DEADLINE, true) if value != 0 => Some(host_deadline(value, off, clock.now)),
                     (_, true) => Some(value),
                 };
-                let clock = self.clock();
                 let Some(p) = self.domains[d].platform.as_mut() else { return false };
                 let r = p.apic_msr(&clock, v, index, arg);
                 self.timers_changed();
@@ -594,5 +605,29 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 false
             }
         }
+    }
+}
+
+/// The host TSC at which a guest's TSC deadline `guest` comes, for a guest TSC of host TSC plus
+/// `offset`: one already reached (compared in guest terms, so no offset wraps it into the far
+/// future) comes now (SDM 10.5.4.1: it signals at once).
+fn host_deadline(guest: u64, offset: u64, now: u64) -> u64 {
+    let ahead = guest.wrapping_sub(now.wrapping_add(offset)) as i64;
+    now.saturating_add(ahead.max(0) as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_deadline;
+
+    #[test]
+    fn tsc_deadlines_convert_in_guest_terms() {
+        // Guest TSC = host + 1000: a deadline 500 ahead of the guest's now.
+        assert_eq!(host_deadline(1000 + 100 + 500, 1000, 100), 600);
+        // Already passed, even by the whole offset: now, not 2^64 away.
+        assert_eq!(host_deadline(5, 1000, 100), 100);
+        // A negative offset (the guest set its TSC back).
+        assert_eq!(host_deadline(50, 0u64.wrapping_sub(100), 100), 150);
+        assert_eq!(host_deadline(0, 0, 0), 1, "0 would disarm");
     }
 }

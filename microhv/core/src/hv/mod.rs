@@ -112,6 +112,10 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     cursor: (usize, usize),
     /// TSC when the current vCPU's slice began.
     slice_start: u64,
+    /// Length of the current slice: [`VCPU_SLICE`], or a boost's shorter quantum.
+    slice_len: u64,
+    /// A halted vCPU an interrupt woke, to run next (see `run.rs`, `woken`).
+    boost: Option<(usize, usize)>,
     /// The running vCPU asked to give up the CPU.
     yielded: bool,
 }
@@ -137,6 +141,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             wake_at: 0,
             cursor: (0, 0),
             slice_start: 0,
+            slice_len: VCPU_SLICE,
+            boost: None,
             yielded: false,
         }
     }

@@ -6,6 +6,11 @@ use super::*;
 /// local APIC timer, calibrated at boot) may fire that much early, and running the vCPU again
 /// for the rest would only cost exits.
 const SLICE_SLACK: u64 = VCPU_SLICE / 256;
+/// A woken vCPU's boost: it preempts the running vCPU once that one has had this much of its
+/// slice, and runs for at most this long before the round-robin order resumes. A guest that
+/// halts with a short timer to be woken again and again therefore gets at most half the CPU
+/// against one that computes, never all of it (Xen bounds its BOOST with credits).
+const BOOST_QUANTUM: u64 = VCPU_SLICE / 16;
 
 impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// The next runnable (domain, vCPU) after the cursor, round-robin.
@@ -28,10 +33,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// A halted vCPU an interrupt has made runnable (the first, round-robin from the cursor):
-    /// it runs next, ahead of its turn, as Xen's credit scheduler boosts a vCPU that wakes, so
-    /// that a guest waiting for its timer is not held up by a guest that computes. A vCPU that
-    /// was running when its interrupt came waits for its turn instead, so a fast timer cannot
-    /// be used to monopolize the CPU.
+    /// it runs ahead of its turn, as Xen's credit scheduler boosts a vCPU that wakes, so that a
+    /// guest waiting for its timer is not held up by a guest that computes (within the limits
+    /// of [`BOOST_QUANTUM`]). A vCPU that was running when its interrupt came waits for its
+    /// turn instead.
     fn woken(&self, now: u64) -> Option<(usize, usize)> {
         self.pick_where(now, |hv, (d, v)| hv.domains[d].vcpus[v].halted)
     }
@@ -73,22 +78,27 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     pub fn run(&mut self) -> Stop {
         loop {
             let now = self.backend.now();
-            let mut woken = None;
             if now >= self.wake_at {
                 self.fire_timers(now);
-                woken = self.woken(now).filter(|&w| w != self.cursor);
+                if self.boost.is_none() {
+                    self.boost = self.woken(now).filter(|&w| w != self.cursor);
+                }
             }
-            let keep = !self.yielded
-                && woken.is_none()
-                && self.can_run(self.cursor, now)
-                && now.wrapping_sub(self.slice_start) < VCPU_SLICE - SLICE_SLACK;
+            let used = now.wrapping_sub(self.slice_start);
+            let running = !self.yielded && self.can_run(self.cursor, now);
+            // A pending boost waits until the running vCPU has had its quantum.
+            let boost = self.boost.filter(|_| !running || used >= BOOST_QUANTUM - SLICE_SLACK);
+            let keep = running && boost.is_none() && used < self.slice_len - SLICE_SLACK;
             let (d, v) = if keep {
                 self.cursor
             } else {
                 // Buffered log output moves on at every scheduling decision (at least once a
                 // slice), off the exit fast path.
                 log::logger().flush();
-                let Some(next) = woken.or_else(|| self.pick(now)) else {
+                let boosted = boost.filter(|&b| self.can_run(b, now));
+                self.boost = None;
+                self.slice_len = if boosted.is_some() { BOOST_QUANTUM } else { VCPU_SLICE };
+                let Some(next) = boosted.or_else(|| self.pick(now)) else {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
                     }
@@ -111,7 +121,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             // less than asking, at every exit, whether anyone else could run (a scan of every
             // vCPU slot). Its slice then simply starts over (`pick` finds it again).
             let used = now.wrapping_sub(self.slice_start);
-            let slice = VCPU_SLICE.saturating_sub(used).max(1);
+            let mut slice = self.slice_len.saturating_sub(used).max(1);
+            if self.boost.is_some() {
+                slice = slice.min(BOOST_QUANTUM.saturating_sub(used).max(1));
+            }
             // The next device deadline (of any domain) ends the slice, so that its interrupt is
             // delivered on time.
             let slice = match self.wake_at {
@@ -170,7 +183,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     window = true;
                 }
             }
-            if window != *nmi_window {
+            // Asked again at every entry while it is needed (rare): the backend may decline to
+            // arm it for now (VMX under an STI shadow).
+            if window || *nmi_window {
                 *nmi_window = window;
                 self.backend.set_interrupt_window(arch, window, true);
             }

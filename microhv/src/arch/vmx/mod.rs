@@ -149,8 +149,12 @@ impl Vmx {
     ) -> Result<Self, &'static str> {
         // Virtual NMIs (the CPU tracks the guest's NMI blocking and its IRET) where offered:
         // without them microhv injects no NMI, as it could not tell when the handler ended.
+        // NMI-window exiting needs them too, and must be allowed itself.
         let vnmi = PinbasedControls::VIRTUAL_NMIS.bits();
-        let vnmi = if (msrs.pinbased >> 32) as u32 & vnmi != 0 { vnmi } else { 0 };
+        let window = PrimaryControls::NMI_WINDOW_EXITING.bits();
+        let offered =
+            (msrs.pinbased >> 32) as u32 & vnmi != 0 && (msrs.procbased >> 32) as u32 & window != 0;
+        let vnmi = if offered { vnmi } else { 0 };
         let pin = adjust_controls(
             (PinbasedControls::EXTERNAL_INTERRUPT_EXITING
                 | PinbasedControls::NMI_EXITING
@@ -475,8 +479,12 @@ impl Vmx {
             32 => Exit::WrMsr,
             48 => {
                 // An IRET that faulted after unblocking NMIs has not completed: the blocking
-                // it lifted must hold again when it re-executes (SDM 28.2.3).
-                if qual & (1 << 12) != 0 && self.virtual_nmis() {
+                // it lifted must hold again when it re-executes (SDM 28.2.3). Bit 12 means
+                // that only when the exit did not cut off an event's delivery.
+                if qual & (1 << 12) != 0
+                    && self.virtual_nmis()
+                    && vmcs::read(ro::IDT_VECTORING_INFO) & (1 << 31) == 0
+                {
                     let intr = vmcs::read(guest::INTERRUPTIBILITY_STATE);
                     vmcs::write(guest::INTERRUPTIBILITY_STATE, intr | INTR_BLOCK_NMI);
                 }
@@ -503,11 +511,17 @@ impl Vmx {
     /// stack while it delivers #PF, say): the CPU then reports it in the IDT-vectoring fields,
     /// and unless it is injected again on the next entry the guest loses it. A handler that
     /// injects an event of its own afterwards replaces it.
-    fn reinject_interrupted_event() {
+    fn reinject_interrupted_event(&self) {
         let info = vmcs::read(ro::IDT_VECTORING_INFO);
         // Every exit clears the entry field's valid bit: nothing to undo when nothing was cut.
         if info & (1 << 31) == 0 {
             return;
+        }
+        // An NMI cut off in delivery left virtual-NMI blocking set, and injecting an NMI with
+        // it set fails VM entry (SDM 26.3.1.5): the NMI it blocks is the one delivered again.
+        if (info >> 8) & 7 == 2 && self.virtual_nmis() {
+            let intr = vmcs::read(guest::INTERRUPTIBILITY_STATE);
+            vmcs::write(guest::INTERRUPTIBILITY_STATE, intr & !INTR_BLOCK_NMI);
         }
         // Bit 12 is undefined in the vectoring field and reserved in the entry field.
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info & !(1 << 12));
@@ -651,7 +665,7 @@ impl Backend for Vmx {
             // instructions) cannot interrupt the delivery of an event: only the others need
             // the IDT-vectoring field looked at.
             if !matches!(reason & 0xffff, 7 | 8 | 10 | 12 | 13 | 18 | 28 | 30 | 31 | 32 | 52) {
-                Self::reinject_interrupted_event();
+                self.reinject_interrupted_event();
             }
             (reason, vmcs::read(ro::EXIT_QUALIFICATION))
         };
@@ -844,8 +858,12 @@ impl Backend for Vmx {
     fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool, nmi: bool) {
         self.make_current(v);
         let bit = match nmi {
-            // NMI-window exiting exists only with virtual NMIs.
+            // NMI-window exiting exists only with virtual NMIs. Under an STI shadow it is not
+            // armed: whether that shadow holds the exit back is the CPU's choice (SDM 26.7.6),
+            // and one that exits would exit again before the guest ever runs the instruction
+            // that ends the shadow. The NMI is then delivered at the next exit.
             true if !self.virtual_nmis() => return,
+            true if on && vmcs::read(guest::INTERRUPTIBILITY_STATE) & 1 != 0 => return,
             true => u64::from(PrimaryControls::NMI_WINDOW_EXITING.bits()),
             false => u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits()),
         };

@@ -106,13 +106,24 @@ impl SliceTimer {
             start_counting();
         }
         let base = enable();
-        let start = COUNT_START.load(Ordering::Relaxed);
-        while rdtsc() - start < tsc_khz.max(1) {
-            core::hint::spin_loop();
-        }
-        // SAFETY: as in `start_counting`.
-        let left = unsafe { reg(base, REG_CURRENT).read_volatile() };
-        let elapsed = rdtsc() - start;
+        let (left, elapsed) = loop {
+            let start = COUNT_START.load(Ordering::Relaxed);
+            while rdtsc() - start < tsc_khz.max(1) {
+                core::hint::spin_loop();
+            }
+            // The count is read between two TSC reads and dated at their midpoint, so a slow
+            // register read (an emulated APIC) does not skew the ratio.
+            let before = rdtsc();
+            // SAFETY: as in `start_counting`.
+            let left = unsafe { reg(base, REG_CURRENT).read_volatile() };
+            let after = rdtsc();
+            // A count that ran out (2^32 ticks: seconds at the fastest bus clocks) measured
+            // nothing: count again.
+            if left != 0 {
+                break (left, (before + (after - before) / 2) - start);
+            }
+            start_counting();
+        };
         // SAFETY: as above; a zero initial count stops the timer, and the LVT is unmasked for
         // the slices.
         unsafe {
