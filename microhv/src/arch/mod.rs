@@ -33,23 +33,7 @@ pub enum ArchVcpu {
 
 /// What a vCPU of the wrong kind (impossible by construction) reports.
 fn mismatch() -> ExitInfo {
-    ExitInfo {
-        exit: Exit::EntryFailure,
-        raw_reason: u64::MAX,
-        qualification: 0,
-        rip: 0,
-        rsp: 0,
-        rflags: 0,
-        cr0: 0,
-        cr3: 0,
-        cr4: 0,
-        efer: 0,
-        insn_len: 0,
-        cpl: 0,
-        mode: microhv_core::exit::CpuMode::Bits16,
-        cs_base: 0,
-        ran_ticks: 0,
-    }
+    ExitInfo::fast(Exit::EntryFailure, u64::MAX, 0, 0)
 }
 
 impl Backend for Arch {
