@@ -235,13 +235,18 @@ fn toucher(boot: &Boot) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// CPU time (TSC ticks in the guest) domain `d` has had.
+fn hv_cpu_time(d: u32) -> u64 {
+    guest_rt::hv().stats(d).map_or(0, |s| s.cpu_time)
+}
+
 fn hostile(boot: &Boot) -> Result<(), &'static str> {
     // A bystander keeps spinning through every attack.
     let by = start(boot, "spinner", &spec("bystander", 4, ""))?;
     // Host addresses for the exit-window attack (from microhv's symbols, via the runner).
     let window = boot.option("hv-window").unwrap_or("0");
     let tss = boot.option("hv-tss").unwrap_or("0");
-    let attacks: [(&str, Option<CrashReason>); 11] = [
+    let attacks: [(&str, Option<CrashReason>); 12] = [
         ("read-other", Some(CrashReason::OutsideMemory)),
         ("write-outside", Some(CrashReason::OutsideMemory)),
         ("dom0-ops", None),
@@ -252,6 +257,7 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
         ("apic-walk", Some(CrashReason::UnsupportedMmio)),
         ("invd-rdpmc", None),
         ("console-flood", None),
+        ("boost-hog", None),
         ("triple-fault", Some(CrashReason::TripleFault)),
     ];
     let mut failed = false;
@@ -266,6 +272,7 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
             core::fmt::write(&mut cmd, format_args!("attack={attack} window={window} tss={tss}"));
         let mut name: heapless::String<32> = heapless::String::new();
         let _ = core::fmt::write(&mut name, format_args!("hostile-{attack}"));
+        let by_before = hv_cpu_time(by);
         let d = start(boot, "hostile", &spec(&name, 4, &cmd))?;
         let mut con = Console::new();
         // dom0's own latency while the attack runs: the longest gap between two of its rounds.
@@ -276,14 +283,23 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
             last = now;
             stopped(i, c)
         })?;
+        let hog = hv_cpu_time(d);
         destroy(d)?;
         if attack == "console-flood" {
             println!("  console-flood: dom0's longest wait {worst} ticks");
         }
-        let ok = match crash {
-            Some(r) => i.state == DomainState::Crashed as u32 && i.crash_reason == r as u32,
-            None => i.state == DomainState::Shutdown as u32 && i.shutdown_status == 0,
+        // The hog and the bystander compete for the CPU: the bystander must keep a fair share
+        // (its own slices, at least a third of the hog's time).
+        let starved = attack == "boost-hog" && {
+            let by_time = hv_cpu_time(by).saturating_sub(by_before);
+            println!("  boost-hog: the hog ran {hog} ticks, the bystander {by_time}");
+            by_time * 3 < hog
         };
+        let ok = !starved
+            && match crash {
+                Some(r) => i.state == DomainState::Crashed as u32 && i.crash_reason == r as u32,
+                None => i.state == DomainState::Shutdown as u32 && i.shutdown_status == 0,
+            };
         let got = CrashReason::from_u32(i.crash_reason).map_or("?", CrashReason::name);
         println!(
             "  {attack}: {} ({})",

@@ -17,6 +17,10 @@ pub static GP_RIP: AtomicU64 = AtomicU64::new(0);
 pub static GP_RFLAGS: AtomicU64 = AtomicU64::new(0);
 /// #DB exceptions caught so far.
 pub static DB_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Local APIC timer interrupts ([`TIMER_VECTOR`]) taken so far.
+pub static TIMER_COUNT: AtomicU64 = AtomicU64::new(0);
+/// The vector of the local APIC timer's handler.
+pub const TIMER_VECTOR: usize = 0x30;
 
 global_asm!(
     r#"
@@ -50,7 +54,17 @@ test_db_handler:
     lock inc qword ptr [rip + {dbs}]
     or qword ptr [rsp + 16], 0x10000
     iretq
+
+    .global test_timer_handler
+test_timer_handler:
+    push rax
+    lock inc qword ptr [rip + {timers}]
+    movabs rax, 0xfee000b0
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
 "#,
+    timers = sym TIMER_COUNT,
     count = sym GP_COUNT,
     skip = sym GP_SKIP,
     resume = sym GP_RESUME,
@@ -62,12 +76,13 @@ test_db_handler:
 unsafe extern "C" {
     fn test_gp_handler();
     fn test_db_handler();
+    fn test_timer_handler();
 }
 
 #[repr(C, align(16))]
-struct Idt([u64; 64]);
+struct Idt([u64; 128]);
 
-static mut IDT: Idt = Idt([0; 64]);
+static mut IDT: Idt = Idt([0; 128]);
 
 #[repr(C, packed)]
 struct Idtr {
@@ -75,12 +90,15 @@ struct Idtr {
     base: u64,
 }
 
-/// Installs an IDT whose #GP entry is the catcher (the other vectors stay empty: any other
-/// exception still triple-faults, which is what a bug here should do).
+/// Installs an IDT whose #GP entry is the catcher, with the #DB catcher and the local APIC
+/// timer's handler (the other vectors stay empty: any other exception still triple-faults,
+/// which is what a bug here should do).
 pub fn install_gp_catcher() {
-    for (vector, handler) in
-        [(13, test_gp_handler as *const () as u64), (1, test_db_handler as *const () as u64)]
-    {
+    for (vector, handler) in [
+        (13, test_gp_handler as *const () as u64),
+        (1, test_db_handler as *const () as u64),
+        (TIMER_VECTOR, test_timer_handler as *const () as u64),
+    ] {
         let low =
             (handler & 0xffff) | (0x08 << 16) | (0x8e << 40) | (((handler >> 16) & 0xffff) << 48);
         // SAFETY: single vCPU, called before any probe; the IDT is a static that lives for ever,

@@ -21,6 +21,9 @@
 //! - `invd-rdpmc`: INVD completes as a no-op; RDPMC (no virtual PMU) raises #GP with RF set in
 //!   the pushed RFLAGS; CLFLUSH of the APIC page completes.
 //! - `reset`: a reset through port 0xCF9 (the domain ends with reason reboot).
+//! - `boost-hog`: computes for 3/4 of a time slice, then halts with its local APIC timer due
+//!   2 ms later, ten times: a scheduler that lets every waking vCPU preempt the running one at
+//!   once would give it the whole CPU and starve the others.
 //! - `console-flood`: 256 KiB of console output in one go; microhv's log takes what its rate
 //!   limit allows, the console ring keeps the rest, and nobody else waits for the UART.
 #![no_std]
@@ -66,6 +69,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         "apic-walk" => apic_walk(),
         "invd-rdpmc" => invd_rdpmc(),
         "console-flood" => console_flood(),
+        "boost-hog" => boost_hog(),
         "reset" => {
             // The reset control register's CPU reset: the domain ends with reason reboot.
             arch::outb(0xcf9, 0x06);
@@ -336,6 +340,43 @@ fn invd_rdpmc() -> bool {
     unsafe { core::arch::asm!("clflush [{}]", in(reg) 0xfee0_0020u64, options(nostack)) };
     println!("hostile: CLFLUSH of the APIC page completed");
     gp && rf
+}
+
+/// See the module documentation.
+fn boost_hog() -> bool {
+    const LAPIC: u64 = 0xfee0_0000;
+    let w32 = |off: u64, v: u32| {
+        // SAFETY: the local APIC's registers (emulated, identity-mapped).
+        unsafe { core::ptr::write_volatile((LAPIC + off) as *mut u32, v) }
+    };
+    arch::install_gp_catcher();
+    let timing = core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING);
+    let (tsc_khz, bus_khz) = (u64::from(timing.eax), timing.ebx);
+    w32(0xf0, 0x1ff);
+    w32(0x3e0, 0xb);
+    w32(0x320, arch::TIMER_VECTOR as u32);
+    let rdtsc = || {
+        // SAFETY: RDTSC has no side effects.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    };
+    // 3/4 of microhv's 4 M-tick slice.
+    let compute = 3_000_000;
+    for round in 1..=10 {
+        let t0 = rdtsc();
+        while rdtsc() - t0 < compute {
+            core::hint::spin_loop();
+        }
+        // Due once dom0's short turn is over, inside the next vCPU's slice.
+        w32(0x380, (bus_khz * 2).max(1));
+        // SAFETY: the timer handler is installed; STI; HLT waits for it.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+        if arch::TIMER_COUNT.load(core::sync::atomic::Ordering::SeqCst) < round {
+            println!("hostile: woke without the timer in round {round}");
+            return false;
+        }
+    }
+    println!("hostile: hogged for 10 rounds ({tsc_khz} kHz TSC)");
+    true
 }
 
 fn console_flood() -> bool {
