@@ -604,7 +604,7 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
         "microhv-linux: MemTotal:",
         // The year of the host's clock (this century), not 1970.
         "microhv-linux: rtc 20",
-        "microhv-linux: slept, date advanced by 1 s",
+        "microhv-linux: slept 1 s, date advanced (",
         "microhv-linux: timer interrupts",
         "microhv-linux: ran: echo typed-on-the-console",
         "microhv-linux: exit status 0",
