@@ -113,6 +113,10 @@ pub struct Platform {
     pci: PciConfig,
     /// Earliest TSC at which a device must run (`u64::MAX`: none).
     pub deadline: u64,
+    /// vCPUs (a bit each) whose deliverable interrupts may have changed since their last entry
+    /// looked: the entry path searches IRR, PPR and the 8259 only for these (every method that
+    /// changes device state sets them all, in [`Platform::refresh`]).
+    pub search: u32,
 }
 
 /// The GSI lines: the 8259 pair and the I/O APIC, which sends to the local APICs.
@@ -198,6 +202,7 @@ impl Platform {
             fwcfg: FwCfg::new(ram, vcpus),
             pci: PciConfig::default(),
             deadline: u64::MAX,
+            search: u32::MAX,
         };
         p.refresh(clock);
         p
@@ -222,6 +227,7 @@ impl Platform {
     /// Recomputes [`Platform::deadline`] after a change (every method that changes device state
     /// ends here).
     pub fn refresh(&mut self, clock: &Clock) {
+        self.search = u32::MAX;
         let lapics = self.lapics[..self.vcpus].iter().filter_map(|l| l.next_deadline(clock));
         // The PIT's channel 0 only needs its deadline for IRQ 0's edges; once one is latched in
         // the masked 8259 and the I/O APIC's pin is masked (an idle guest's usual state, the
@@ -374,6 +380,7 @@ impl Platform {
     pub fn console_input(&mut self, bytes: &[u8]) -> usize {
         let n = self.com1.receive(bytes);
         self.sync_com1();
+        self.search = u32::MAX;
         n
     }
 

@@ -287,7 +287,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// vCPU `v`'s local APIC.
     fn lapic(&mut self, d: usize, v: usize) -> Option<&mut crate::dev::lapic::Lapic> {
-        self.domains[d].platform.as_mut()?.lapics.get_mut(v)
+        let p = self.domains[d].platform.as_mut()?;
+        // A change through it (IA32_APIC_BASE) may change what is deliverable.
+        p.search = u32::MAX;
+        p.lapics.get_mut(v)
     }
 
     /// The emulated device page of domain `d` that `gpa` falls in for vCPU `v`.

@@ -173,6 +173,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             dom.counters.tlb_flushes += 1;
         }
         if let Some(p) = dom.platform.as_mut() {
+            // Nothing can have become deliverable since the last look, and no window is open:
+            // nothing to do (the search costs a hypercall round trip about 100 instructions).
+            let bit = 1u32 << (v % 32);
+            if p.search & bit == 0 && !*irq_window && !*nmi_window {
+                return Ok(());
+            }
+            p.search &= !bit;
             // An NMI goes first; an interrupt then waits for the next window.
             let mut window = false;
             if p.nmi_pending(v) {
