@@ -317,7 +317,7 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
 }
 
 /// The checks the `platform` guest reports, each with a `platform: NAME: PASS` line.
-const PLATFORM_CHECKS: [&str; 21] = [
+const PLATFORM_CHECKS: [&str; 22] = [
     "apic-base",
     "apic-disable-enable",
     "moffs-load",
@@ -327,6 +327,7 @@ const PLATFORM_CHECKS: [&str; 21] = [
     "lapic-timer-oneshot",
     "self-ipi",
     "tpr-masking",
+    "tpr-cr8",
     "ioapic-pit",
     "hpet-counter",
     "rtc",

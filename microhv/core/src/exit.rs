@@ -147,12 +147,20 @@ pub enum Exit {
     /// The guest can take an external interrupt now (the window [`Backend::set_interrupt_window`]
     /// asked for).
     InterruptWindow,
-    /// A write to CR0 or CR4 that changes a bit microhv owns; `value` is what the guest wrote.
+    /// A write to CR0 or CR4 that changes a bit microhv owns, or any write to CR8 (the local
+    /// APIC's TPR); `value` is what the guest wrote.
     CrWrite {
-        /// 0 or 4.
+        /// 0, 4 or 8.
         cr: u8,
         /// The value the guest asked for.
         value: u64,
+    },
+    /// A read of CR8 (the local APIC's TPR) into general register `gpr` (x86 number).
+    CrRead {
+        /// 8.
+        cr: u8,
+        /// The destination register.
+        gpr: u8,
     },
     /// An instruction the guest's CPU must not have (VMX/SVM instructions, MONITOR/MWAIT,
     /// XSETBV): the core injects #UD.
@@ -186,7 +194,7 @@ impl Exit {
             Exit::RdMsr | Exit::WrMsr => ExitReason::Msr,
             Exit::Hlt => ExitReason::Hlt,
             Exit::Timer | Exit::InterruptWindow => ExitReason::Timer,
-            Exit::CrWrite { .. } => ExitReason::CrAccess,
+            Exit::CrWrite { .. } | Exit::CrRead { .. } => ExitReason::CrAccess,
             Exit::Interrupt => ExitReason::Interrupt,
             Exit::TripleFault => ExitReason::TripleFault,
             Exit::InvalidOpcode

@@ -66,6 +66,8 @@ pub enum Expected {
     Hlt,
     /// `0F 22 /r`: MOV to a control register.
     MovToCr,
+    /// `0F 20 /r`: MOV from a control register.
+    MovFromCr,
     /// `0F 08`.
     Invd,
 }
@@ -75,9 +77,9 @@ pub enum Expected {
 pub struct Intercepted {
     /// Length in bytes, prefixes included.
     pub len: u8,
-    /// MOV to CR: the control register (REX.R and AMD's LOCK-for-CR8 applied).
+    /// MOV to / from CR: the control register (REX.R and AMD's LOCK-for-CR8 applied).
     pub cr: u8,
-    /// MOV to CR: the source register, by x86 number (REX.B applied).
+    /// MOV to / from CR: the general register, by x86 number (REX.B applied).
     pub gpr: u8,
 }
 
@@ -125,6 +127,7 @@ pub fn decode_intercepted(
         Expected::Wrmsr => &[0x0f, 0x30],
         Expected::Hlt => &[0xf4],
         Expected::MovToCr => &[0x0f, 0x22],
+        Expected::MovFromCr => &[0x0f, 0x20],
         Expected::Invd => &[0x0f, 0x08],
     };
     for (k, &want) in opcode.iter().enumerate() {
@@ -136,7 +139,7 @@ pub fn decode_intercepted(
     }
     let mut len = i + opcode.len();
     let (mut cr, mut gpr) = (0, 0);
-    if expected == Expected::MovToCr {
+    if matches!(expected, Expected::MovToCr | Expected::MovFromCr) {
         // The ModRM byte's mod field is ignored: the operand is always a register.
         let modrm = *bytes.get(len).ok_or(Mismatch::Truncated)?;
         len += 1;

@@ -1152,3 +1152,21 @@ fn a_new_domain_never_sees_what_a_destroyed_one_left() {
     crate::mem::PhysMem::read(&hv.mem, raw_b + 0x5000, &mut host);
     assert_eq!(host, [0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
 }
+
+#[test]
+fn cr8_is_the_local_apics_tpr() {
+    use crate::exit::Event::*;
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    let du = d as u32;
+    push(&mut hv, du, Exit::CrWrite { cr: 8, value: 0xa }, Gprs::default());
+    push(&mut hv, du, Exit::CrWrite { cr: 8, value: 0x10 }, Gprs::default()); // reserved: #GP
+    push(&mut hv, du, Exit::CrRead { cr: 8, gpr: 1 }, Gprs::default());
+    dom0_yields_then_powers_off(&mut hv, 6);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let p = hv.domains[d].platform.as_ref().expect("platform");
+    assert_eq!(p.lapics[0].tpr(), 0xa0);
+    assert_eq!(hv.domains[d].vcpus[0].gprs.rcx, 0xa);
+    let v = hv.domains[d].vcpus[0].arch.as_ref().expect("vcpu");
+    assert_eq!(v.injected, [GeneralProtection]);
+}

@@ -71,6 +71,31 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.yielded = true;
                 None
             }
+            // CR8 is the local APIC's TPR (bits 7:4), as the SDM defines it in 64-bit mode; bits
+            // 63:4 of what is written are reserved (#GP).
+            Exit::CrWrite { cr: 8, value } => {
+                let tpr = (value << 4) as u8;
+                match self.lapic(d, v) {
+                    Some(l) if value >> 4 == 0 => {
+                        l.set_tpr(tpr);
+                        self.skip(d, v, info.insn_len);
+                    }
+                    _ => self.inject(d, v, Event::GeneralProtection),
+                }
+                None
+            }
+            Exit::CrRead { cr: 8, gpr } => {
+                let tpr = self.lapic(d, v).map_or(0, |l| l.tpr());
+                let val = u64::from(tpr >> 4);
+                if gpr == 4 {
+                    self.write_reg(d, v, GuestReg::Rsp, val);
+                } else {
+                    self.domains[d].vcpus[v].gprs.set(gpr, val);
+                }
+                self.skip(d, v, info.insn_len);
+                None
+            }
+            Exit::CrRead { .. } => self.crash(d, v, CrashReason::UnhandledExit, Some(info)),
             Exit::CrWrite { cr, value } => {
                 // Outside 64-bit code the register's upper half is not part of the operand.
                 let code64 = info.mode == CpuMode::Bits64;

@@ -717,6 +717,10 @@ fn intercepted_instructions_and_their_lengths() {
     // lock mov cr0, eax is AMD's alternative encoding of CR8.
     let m = ok(&[0xf0, 0x0f, 0x22, 0xc0], false, MovToCr).unwrap();
     assert_eq!((m.cr, m.gpr), (8, 0));
+    // mov rsp, cr8: REX.R selects CR8.
+    let m = ok(&[0x44, 0x0f, 0x20, 0xc4], true, MovFromCr).unwrap();
+    assert_eq!((m.len, m.cr, m.gpr), (4, 8, 4));
+    assert_eq!(ok(&[0x44, 0x0f, 0x22, 0xc4], true, MovFromCr), Err(Mismatch::Mismatch));
     // A REX prefix followed by a legacy prefix no longer counts; outside 64-bit code 0x41
     // is not a prefix at all.
     assert_eq!(ok(&[0x41, 0x66, 0x0f, 0x22, 0xe1], true, MovToCr).unwrap().gpr, 1);

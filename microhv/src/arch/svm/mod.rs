@@ -294,7 +294,8 @@ impl Svm {
     }
 
     fn setup_vmcb(&self, vm: Vmcb, cfg: &VcpuConfig, asid: u32) {
-        vm.w32(control::INTERCEPT_CR, 1 << (16 + 4));
+        // Writes to CR4; reads and writes of CR8, the virtual local APIC's TPR.
+        vm.w32(control::INTERCEPT_CR, (1 << (16 + 4)) | (1 << 8) | (1 << (16 + 8)));
         vm.w32(control::INTERCEPT_EXCEPTIONS, 0);
         vm.w32(
             control::INTERCEPT_MISC1,
@@ -436,24 +437,39 @@ impl Svm {
     }
 
     /// MOV to CR4: the value the guest wrote and the instruction's length.
-    fn cr4_write(&self, vm: Vmcb, info1: u64, gprs: &Gprs) -> (Exit, u8) {
+    /// A CR-access intercept on control register `cr`: the general register involved
+    /// (decode assists' EXITINFO1, else decoded from the guest's bytes) and the length.
+    fn cr_access(
+        &self,
+        vm: Vmcb,
+        info1: u64,
+        cr: u8,
+        expected: Expected,
+    ) -> Result<(u8, u8), Exit> {
         let assisted = self.features.decode_assists && info1 >> 63 != 0;
-        let (gpr, len) = match (assisted, self.nrip_len(vm)) {
-            (true, Some(len)) => ((info1 & 0xf) as u8, len),
-            _ => match Self::decode_at_rip(vm, Expected::MovToCr) {
-                Ok(d) if d.cr == 4 => (d.gpr, d.len),
+        match (assisted, self.nrip_len(vm)) {
+            (true, Some(len)) => Ok(((info1 & 0xf) as u8, len)),
+            _ => match Self::decode_at_rip(vm, expected) {
+                Ok(d) if d.cr == cr => Ok((d.gpr, d.len)),
                 Ok(d) => {
-                    log::warn!("CR4-write intercept on a MOV to CR{}", d.cr);
-                    return (Exit::Unhandled, 0);
+                    log::warn!("CR{cr} intercept on a {expected:?} of CR{}", d.cr);
+                    Err(Exit::Unhandled)
                 }
-                Err(e) => return (e, 0),
+                Err(e) => Err(e),
             },
+        }
+    }
+
+    fn cr_write(&self, vm: Vmcb, info1: u64, gprs: &Gprs, cr: u8) -> (Exit, u8) {
+        let (gpr, len) = match self.cr_access(vm, info1, cr, Expected::MovToCr) {
+            Ok(x) => x,
+            Err(e) => return (e, 0),
         };
         let mut value = gprs.get(gpr).unwrap_or_else(|| vm.r64(save::RSP));
         if !Self::code64(vm) {
             value &= 0xffff_ffff;
         }
-        (Exit::CrWrite { cr: 4, value }, len)
+        (Exit::CrWrite { cr, value }, len)
     }
 
     /// Translates a #VMEXIT; the length is that of the instruction to skip, if any.
@@ -483,7 +499,12 @@ impl Svm {
                 }
                 None => (Exit::Unhandled, 0),
             },
-            exit::WRITE_CR4 => self.cr4_write(vm, info1, gprs),
+            exit::WRITE_CR4 => self.cr_write(vm, info1, gprs, 4),
+            exit::WRITE_CR8 => self.cr_write(vm, info1, gprs, 8),
+            exit::READ_CR8 => match self.cr_access(vm, info1, 8, Expected::MovFromCr) {
+                Ok((gpr, len)) => (Exit::CrRead { cr: 8, gpr }, len),
+                Err(e) => (e, 0),
+            },
             exit::NPF => {
                 let a = mmu::Access::from_npt_error_code(info1);
                 let access = Access {

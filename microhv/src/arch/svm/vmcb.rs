@@ -200,8 +200,12 @@ pub mod tlb {
 
 /// Exit codes (APM appendix C).
 pub mod exit {
+    /// MOV from CR8.
+    pub const READ_CR8: u64 = 0x008;
     /// MOV to CR4.
     pub const WRITE_CR4: u64 = 0x014;
+    /// MOV to CR8.
+    pub const WRITE_CR8: u64 = 0x018;
     /// Physical INTR.
     pub const INTR: u64 = 0x060;
     /// Physical NMI.

@@ -175,6 +175,9 @@ impl Vmx {
                 | PrimaryControls::USE_IO_BITMAPS
                 | PrimaryControls::USE_MSR_BITMAPS
                 | PrimaryControls::USE_TSC_OFFSETTING
+                // CR8 is the virtual local APIC's TPR (no TPR shadow is used).
+                | PrimaryControls::CR8_LOAD_EXITING
+                | PrimaryControls::CR8_STORE_EXITING
                 | PrimaryControls::SECONDARY_CONTROLS)
                 .bits(),
             msrs.procbased,
@@ -562,6 +565,8 @@ impl Vmx {
                 let value = gprs.get(reg).unwrap_or_else(|| vmcs::read(guest::RSP));
                 Exit::CrWrite { cr, value }
             }
+            // MOV from CR (only CR8 exits): the destination register.
+            1 => Exit::CrRead { cr, gpr: ((qual >> 8) & 0xf) as u8 },
             // CLTS.
             2 => Exit::CrWrite { cr: 0, value: visible_cr0 & !(1 << 3) },
             // LMSW: loads CR0[3:0] but can never clear PE.

@@ -580,7 +580,7 @@ fn platform(s: &mut Suite, image: Option<&[u8]>, hostile: Option<&[u8]>, args: &
                 s.check(case, ok, format_args!("{}", detail.trim()));
             }
             let clean = info.state == DomainState::Shutdown as u32 && info.shutdown_status == 0;
-            s.check("checks-reported", cases >= 21, format_args!("{cases} checks"));
+            s.check("checks-reported", cases >= 22, format_args!("{cases} checks"));
             s.check("shut-down-with-no-failure", clean, format_args!("{info:?}"));
         }
         None => {

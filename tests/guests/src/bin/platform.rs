@@ -5,7 +5,7 @@
 //! global disable and re-enable), the ACPI tables its builder gave it (found through
 //! `hvm_start_info.rsdp_paddr`, checked against `abi::platform` and against the devices it
 //! really sees), and the ports and PCI addresses nobody answers (all ones, as on a PC); also
-//! an NMI IPI (taken with interrupts off), the TSC-deadline timer, x2APIC mode, QEMU's fw_cfg,
+//! TPR masking through CR8, an NMI IPI (taken with interrupts off), the TSC-deadline timer, x2APIC mode, QEMU's fw_cfg,
 //! the TSC / APIC-bus frequency leaves, and RFLAGS.RF in the frame of an injected #GP. Prints
 //! one line per case and shuts down with the number of failures as its status.
 //!
@@ -380,6 +380,26 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     w32(LAPIC + 0x80, 0);
     let then = wait(1, || count(3) == 1);
     r.check("tpr-masking", held && then, format_args!("held {held}, delivered after {then}"));
+
+    // The same through CR8, the 64-bit view of TPR[7:4].
+    // SAFETY: MOV to / from CR8 at CPL 0 in 64-bit mode; 4 and 0 are valid values.
+    unsafe { asm!("mov cr8, {}", in(reg) 4u64, options(nostack)) };
+    let apic_tpr = r32(LAPIC + 0x80);
+    w32(LAPIC + 0x300, 0x4_0000 | (VEC + 6) as u32);
+    // SAFETY: a short window with interrupts on.
+    unsafe { asm!("sti", "nop", "nop", "cli", options(nostack)) };
+    let held = count(6) == 0;
+    let cr8: u64;
+    // SAFETY: as above.
+    unsafe { asm!("mov {}, cr8", out(reg) cr8, options(nostack)) };
+    // SAFETY: as above.
+    unsafe { asm!("mov cr8, {}", in(reg) 0u64, options(nostack)) };
+    let then = wait(1, || count(6) == 1);
+    r.check(
+        "tpr-cr8",
+        apic_tpr == 0x40 && cr8 == 4 && held && then,
+        format_args!("APIC TPR {apic_tpr:#x}, CR8 read {cr8}, held {held}, delivered after {then}"),
+    );
 
     // The PIT through I/O APIC pin 2 (the IRQ 0 override): mode 2 at 100 Hz, 10 ticks.
     w32(IOAPIC, 0x10 + 2 * 2);
