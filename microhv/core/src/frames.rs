@@ -203,6 +203,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
     }
 
     /// Dirty frames now (allocated, not yet zeroed).
+    #[cfg(test)]
     pub fn dirty_frames(&self) -> u64 {
         self.dirty.iter().map(|w| u64::from(w.count_ones())).sum()
     }

@@ -565,17 +565,22 @@ mod tests {
         Clock { now: ms * KHZ, tsc_khz: KHZ }
     }
 
+    /// At `c`: the 8259 set up (vectors 0x20 / 0x28) with mask `imr`, and PIT channel 0 at 1 kHz
+    /// (mode 2); the I/O APIC's pins are as at power-on, masked.
+    fn pic_and_pit_at_1khz(p: &mut Platform, c: &Clock, imr: u32) {
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, imr)] {
+            p.port_write(c, port, 1, v);
+        }
+        for (port, v) in [(0x43, 0x34), (0x40, 1193 & 0xff), (0x40, 1193 >> 8)] {
+            p.port_write(c, port, 1, v);
+        }
+    }
+
     #[test]
     fn an_unseen_pit_edge_costs_no_deadline() {
         let c = at(0);
         let mut p = Platform::new(&c, 1, 64 << 20, 0);
-        // PIT channel 0 at 1 kHz; the 8259 masks everything, the I/O APIC pins are masked.
-        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0xff)] {
-            p.port_write(&c, port, 1, v);
-        }
-        p.port_write(&c, 0x43, 1, 0x34);
-        p.port_write(&c, 0x40, 1, 1193 & 0xff);
-        p.port_write(&c, 0x40, 1, 1193 >> 8);
+        pic_and_pit_at_1khz(&mut p, &c, 0xff);
         assert!(p.deadline <= at(2).now, "the first edge is still latched by the 8259");
         p.update(&at(2));
         assert_eq!(p.deadline, u64::MAX, "latched and masked: further edges change nothing");
@@ -590,12 +595,7 @@ mod tests {
         let mut p = Platform::new(&c, 1, 64 << 20, 0);
         p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
         // The 8259 masked with IRQ 0 latched, the PIT at 1 kHz, I/O APIC pin 2 masked.
-        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0xff)] {
-            p.port_write(&c, port, 1, v);
-        }
-        p.port_write(&c, 0x43, 1, 0x34);
-        p.port_write(&c, 0x40, 1, 1193 & 0xff);
-        p.port_write(&c, 0x40, 1, 1193 >> 8);
+        pic_and_pit_at_1khz(&mut p, &c, 0xff);
         p.update(&at(2));
         assert_eq!(p.deadline, u64::MAX);
         // 10 ms later pin 2 is unmasked (vector 0x30): nothing may arrive before the next edge.
@@ -612,17 +612,11 @@ mod tests {
     fn the_pit_reaches_the_pic_and_the_io_apic_through_pin_2() {
         let c = at(0);
         let mut p = Platform::new(&c, 1, 64 << 20, 0);
-        // 8259: ICW1..4, vectors 0x20 / 0x28, everything unmasked but the slave.
-        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0xfe)] {
-            p.port_write(&c, port, 1, v);
-        }
         // Local APIC on (SVR), LINT0 in ExtINT mode is the power-on virtual wire.
         p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
         p.mmio_write(&c, 0, MmioPage::Lapic, 0x350, 4, 0x700).expect("LINT0 ExtINT");
-        // PIT channel 0, mode 2, 1193 ticks (1 ms).
-        p.port_write(&c, 0x43, 1, 0x34);
-        p.port_write(&c, 0x40, 1, 1193 & 0xff);
-        p.port_write(&c, 0x40, 1, 1193 >> 8);
+        // The 8259 with everything unmasked but the slave; the PIT at 1 kHz.
+        pic_and_pit_at_1khz(&mut p, &c, 0xfe);
         assert!(p.deadline <= at(2).now, "the PIT's next edge is a deadline");
         assert_eq!(p.pending(0), None);
         let c = at(2);

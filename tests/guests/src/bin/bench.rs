@@ -16,7 +16,7 @@
 extern crate std;
 rt::hosted_main!();
 
-use guest_rt::println;
+use guest_rt::{println, rdtsc};
 
 rt::pvh_note!();
 
@@ -26,11 +26,6 @@ const BASE: u64 = 4 << 20;
 const REGIONS: u64 = 8;
 /// CPUID exits timed.
 const CPUIDS: u64 = 1000;
-
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
 /// TSC ticks of the first write to `addr`.
 fn touch(addr: u64) -> u64 {

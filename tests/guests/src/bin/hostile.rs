@@ -355,15 +355,11 @@ fn boost_hog() -> bool {
     w32(0xf0, 0x1ff);
     w32(0x3e0, 0xb);
     w32(0x320, arch::TIMER_VECTOR as u32);
-    let rdtsc = || {
-        // SAFETY: RDTSC has no side effects.
-        unsafe { core::arch::x86_64::_rdtsc() }
-    };
     // 3/4 of microhv's 4 M-tick slice.
     let compute = 3_000_000;
     for round in 1..=10 {
-        let t0 = rdtsc();
-        while rdtsc() - t0 < compute {
+        let t0 = guest_rt::rdtsc();
+        while guest_rt::rdtsc() - t0 < compute {
             core::hint::spin_loop();
         }
         // Due once dom0's short turn is over, inside the next vCPU's slice.

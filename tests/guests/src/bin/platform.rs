@@ -23,7 +23,9 @@ rt::hosted_main!();
 use abi::platform as hw;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest_rt::println;
+use guest_rt::{println, rdtsc};
+// Its own #GP handler skips the 2-byte RDMSR / WRMSR, as the hostile guest's catcher does.
+use test_guests::arch::{rdmsr, wrmsr};
 
 rt::pvh_note!();
 
@@ -279,31 +281,15 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     let mut r = Report { passed: 0, failed: 0 };
 
     // IA32_APIC_BASE: enabled, BSP, at the default base.
-    let (lo, hi): (u32, u32);
-    // SAFETY: reading an MSR CPUID advertises (APIC).
-    unsafe { asm!("rdmsr", in("ecx") 0x1b, out("eax") lo, out("edx") hi, options(nostack)) };
-    let base = (u64::from(hi) << 32) | u64::from(lo);
+    let base = rdmsr(0x1b);
     r.check("apic-base", base == 0xfee0_0900, format_args!("{base:#x}"));
     // Globally disabling the local APIC and enabling it again: IA32_APIC_BASE follows, and the
     // APIC comes back in its power-up state (spurious vector register 0xFF) at the same page.
-    let wrmsr = |v: u64| {
-        // SAFETY: IA32_APIC_BASE with values the SDM allows (EN toggled, base unchanged).
-        unsafe {
-            asm!("wrmsr", in("ecx") 0x1b, in("eax") v as u32, in("edx") (v >> 32) as u32,
-                 options(nostack))
-        };
-    };
-    let rdmsr = || {
-        let (lo, hi): (u32, u32);
-        // SAFETY: reading IA32_APIC_BASE.
-        unsafe { asm!("rdmsr", in("ecx") 0x1b, out("eax") lo, out("edx") hi, options(nostack)) };
-        (u64::from(hi) << 32) | u64::from(lo)
-    };
     w32(LAPIC + 0xf0, 0x1ff);
-    wrmsr(base & !(1 << 11));
-    let off = rdmsr();
-    wrmsr(base);
-    let on = rdmsr();
+    wrmsr(0x1b, base & !(1 << 11));
+    let off = rdmsr(0x1b);
+    wrmsr(0x1b, base);
+    let on = rdmsr(0x1b);
     let svr = r32(LAPIC + 0xf0);
     r.check(
         "apic-disable-enable",
@@ -483,26 +469,6 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
 fn cpuid(leaf: u32) -> [u32; 4] {
     let r = core::arch::x86_64::__cpuid_count(leaf, 0);
     [r.eax, r.ebx, r.ecx, r.edx]
-}
-
-fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: an MSR read; one microhv refuses raises #GP, whose handler skips it.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-fn wrmsr(msr: u32, v: u64) {
-    // SAFETY: as for `rdmsr`.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32,
-             options(nostack))
-    };
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// NMIs, the TSC-deadline timer, x2APIC mode, fw_cfg and RF in an injected fault's frame.
