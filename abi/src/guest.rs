@@ -8,7 +8,7 @@
 pub use crate::arch::Insn;
 use crate::cpuid;
 use crate::hypercall::{Op, ShutdownReason, decode_ret};
-use crate::types::{DomainCreate, DomainInfo, DomainStats, PhysInfo, VcpuState};
+use crate::types::{DomainCreate, DomainInfo, DomainStats, IoReq, PhysInfo, VcpuState};
 use crate::{Errno, split_version_word};
 use core::arch::x86_64::__cpuid;
 use zerocopy::{FromZeros, IntoBytes};
@@ -188,6 +188,24 @@ impl Hypervisor {
     pub fn console_read(&self, domid: u32, buf: &mut [u8]) -> Result<u64, Errno> {
         let len = buf.len() as u64;
         self.op(Op::ConsoleRead, [domid.into(), addr_mut(buf), len, 0, 0])
+    }
+
+    /// `IoreqNext`: the next waiting access to a device dom0 serves, if any.
+    pub fn ioreq_next(&self) -> Result<Option<IoReq>, Errno> {
+        let mut req = IoReq::new_zeroed();
+        let n = self.op(Op::IoreqNext, [addr_mut(req.as_mut_bytes()), 0, 0, 0, 0])?;
+        Ok((n != 0).then_some(req))
+    }
+
+    /// `IoreqComplete`: answers `req` (`value` is what an IN reads; ignored for OUT).
+    pub fn ioreq_complete(&self, req: &IoReq, value: u32) -> Result<(), Errno> {
+        let args = [req.domid.into(), req.vcpu.into(), req.token.into(), value.into(), 0];
+        self.op(Op::IoreqComplete, args).map(drop)
+    }
+
+    /// `IrqLevel`: drives line `gsi` of `domid`'s virtual PC.
+    pub fn irq_level(&self, domid: u32, gsi: u32, high: bool) -> Result<(), Errno> {
+        self.op(Op::IrqLevel, [domid.into(), gsi.into(), high.into(), 0, 0]).map(drop)
     }
 
     /// `PhysInfo`.

@@ -180,6 +180,13 @@ ops! {
     DomainShutdown = 0x1E, true;
     /// `(domid, buf_gpa, len) -> accepted`: bytes typed on a domU's console (its COM1).
     ConsoleInput = 0x1F, true;
+    /// `(req_gpa) -> 1 | 0`: take the next waiting port access to a dom0-served device into an
+    /// `IoReq`; 0 when none waits.
+    IoreqNext = 0x20, true;
+    /// `(domid, vcpu, token, value) -> 0`: answer a taken `IoReq` (`value`: what an IN reads).
+    IoreqComplete = 0x21, true;
+    /// `(domid, gsi, level) -> 0`: drive an interrupt line of a domU's virtual PC.
+    IrqLevel = 0x22, true;
 }
 
 /// Shutdown reasons (`Shutdown`, `DomainShutdown`).

@@ -39,8 +39,41 @@ layout!(DomainCreate, 56, { name @ 0, mem_bytes @ 32, mmu_pages @ 40, vcpus @ 48
 /// `DomainCreate::flags` bit: map the domain's memory with 4 KiB second-level pages only (no
 /// 2 MiB or 1 GiB leaves), e.g. to exercise or bound the page-table page cap.
 pub const DOMCREATE_SMALL_PAGES: u32 = 1 << 0;
+/// `DomainCreate::flags` bit: dom0 serves the domain's configuration devices (the ports of
+/// [`crate::platform::DM_PORTS`]): microhv hands each access to them to dom0 as an [`IoReq`]
+/// and the vCPU waits for the answer. Without it those ports are absent (all-ones, writes
+/// dropped).
+pub const DOMCREATE_DEVICE_MODEL: u32 = 1 << 1;
 /// Every `DomainCreate::flags` bit defined.
-pub const DOMCREATE_FLAGS_VALID: u32 = DOMCREATE_SMALL_PAGES;
+pub const DOMCREATE_FLAGS_VALID: u32 = DOMCREATE_SMALL_PAGES | DOMCREATE_DEVICE_MODEL;
+
+/// OUT of `IoreqNext`: one IN or OUT of a domU's vCPU to a port dom0 serves. The vCPU waits,
+/// with RIP on the instruction, until `IoreqComplete` answers with the same token; it then
+/// executes the instruction again, which takes the answer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct IoReq {
+    /// The domain.
+    pub domid: u32,
+    /// Its vCPU.
+    pub vcpu: u32,
+    /// Names this request in `IoreqComplete`.
+    pub token: u32,
+    /// Which domain `domid` is: a new number for each `DomainCreate`, so that device state
+    /// kept for a destroyed domain is never shown to a new one with the same id.
+    pub instance: u32,
+    /// The first port accessed.
+    pub port: u16,
+    /// 1, 2 or 4 bytes.
+    pub size: u8,
+    /// 1 for OUT, 0 for IN.
+    pub write: u8,
+    /// For OUT, the value written (`size` bytes); 0 for IN.
+    pub value: u32,
+}
+layout!(IoReq, 24, {
+    domid @ 0, vcpu @ 4, token @ 8, instance @ 12, port @ 16, size @ 18, write @ 19, value @ 20,
+});
 
 /// Domain states (`DomainInfo::state`).
 #[repr(u32)]

@@ -14,7 +14,7 @@ use crate::multiboot;
 use abi::Errno;
 use abi::hypercall::MEM_WRITE_MAX;
 use abi::pvh::{self, ImageError, START_INFO_GPA};
-use abi::types::{DomainCreate, VCPU_MODE_FLAT32, VcpuState, name_field};
+use abi::types::{DOMCREATE_DEVICE_MODEL, DomainCreate, VCPU_MODE_FLAT32, VcpuState, name_field};
 
 /// The hypercalls the builder uses (implemented by `abi::guest::Hypervisor`; faked in tests).
 pub trait Hypercalls {
@@ -230,7 +230,8 @@ pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Resul
         mem_bytes: spec.mem_bytes,
         mmu_pages: spec.mmu_pages,
         vcpus: spec.vcpus,
-        flags: spec.flags,
+        // Every domain dom0 builds gets dom0's device models (`dm`).
+        flags: spec.flags | DOMCREATE_DEVICE_MODEL,
     };
     let domid = h.domain_create(&create).map_err(|e| BuildError::Hypercall("create", e))?;
     let populate = || -> Result<(), BuildError> {

@@ -6,6 +6,7 @@ use abi::Errno;
 use abi::hypercall::CONSOLE_READ_MAX;
 use abi::types::{CrashReason, DOMCREATE_SMALL_PAGES, DomainInfo, DomainState};
 use dom0_agent::builder::{self, DomainSpec};
+use dom0_agent::dm;
 use guest_rt::{Boot, println, rdtsc};
 use zerocopy::FromZeros;
 
@@ -83,7 +84,7 @@ fn wait(
         if rdtsc() - start > TIMEOUT {
             return Err("timed out");
         }
-        let _ = guest_rt::hv().yield_now();
+        dm::idle(guest_rt::hv());
     }
 }
 
@@ -178,7 +179,7 @@ fn two_domus(boot: &Boot) -> Result<(), &'static str> {
         if now - start > TIMEOUT {
             return Err("the spinners did not both get CPU time");
         }
-        let _ = hv.yield_now();
+        dm::idle(hv);
     };
     let running = |i: &DomainInfo| i.state == DomainState::Running as u32;
     let both_running = running(&ia) && running(&ib);
@@ -580,7 +581,7 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
         if rdtsc() - last_progress > TIMEOUT {
             return Err("no console output for too long");
         }
-        let _ = hv.yield_now();
+        dm::idle(hv);
     };
     println!(
         "  linux: state {}, reason {}, status {}; {} exits; {} TSC ticks from build to stop",

@@ -111,14 +111,6 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     let (khz, source) = arch::x86_64::tsc::khz();
     hv.tsc_khz = khz;
     log::info!("TSC {khz} kHz ({source:?})");
-    match arch::x86_64::rtc::read() {
-        Some(regs) => {
-            let t = microhv_core::dev::rtc::time_of_registers(&regs);
-            hv.wall_clock = (t, arch::x86_64::cpu::rdtsc());
-            log::info!("host RTC: {t} s since 1970");
-        }
-        None => log::warn!("the host RTC kept updating; domains' clocks start at 1970"),
-    }
     let free = boot::init_frames(&boot, image, &mut hv.frames);
     hv.hv_frames = (boot.ram_bytes() / FRAME_SIZE).saturating_sub(hv.frames.managed_frames());
     log::info!(

@@ -42,6 +42,37 @@ pub struct Vcpu<V> {
     pub tsc_adjust: u64,
     /// IA32_MISC_ENABLE (only fast strings is writable).
     pub misc_enable: u64,
+    /// A port access dom0 serves, from the exit that posted it until the instruction, executed
+    /// again, takes the answer (`hv/ioreq.rs`).
+    pub io: Option<IoWait>,
+}
+
+/// A port access handed to dom0 (`IoreqNext` / `IoreqComplete`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoWait {
+    /// The first port.
+    pub port: u16,
+    /// 1, 2 or 4 bytes.
+    pub size: u8,
+    /// OUT.
+    pub write: bool,
+    /// The value written (OUT), or once answered the value read (IN).
+    pub value: u32,
+    /// Names the request to dom0.
+    pub token: u32,
+    /// Where it is.
+    pub stage: IoStage,
+}
+
+/// The life of an [`IoWait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoStage {
+    /// Waiting for dom0 to take it.
+    Posted,
+    /// dom0 took it and has not answered.
+    Taken,
+    /// Answered: the vCPU may run, and its instruction takes the answer.
+    Answered,
 }
 
 impl<V> Vcpu<V> {
@@ -59,6 +90,7 @@ impl<V> Vcpu<V> {
             tsc_offset: 0,
             tsc_adjust: 0,
             misc_enable: crate::policy::MISC_ENABLE_VALUE,
+            io: None,
         }
     }
 }
@@ -122,6 +154,11 @@ pub struct Domain<V> {
     pub name: [u8; DOMAIN_NAME_LEN],
     /// dom0.
     pub privileged: bool,
+    /// dom0 serves its configuration devices (`DOMCREATE_DEVICE_MODEL`).
+    pub device_model: bool,
+    /// Which domain this is, for dom0's device models (`IoReq::instance`): a new number for
+    /// each domain created.
+    pub instance: u32,
     /// RAM in bytes (guest-physical `[0, mem_bytes)`, in slots `0..MAX_RAM_SLOTS`).
     pub mem_bytes: u64,
     /// The second-level MMU.
@@ -153,6 +190,8 @@ impl<V> Domain<V> {
             state: None,
             name: [0; DOMAIN_NAME_LEN],
             privileged: false,
+            device_model: false,
+            instance: 0,
             mem_bytes: 0,
             mmu: Mmu::new(mmu_config),
             vcpus: [const { Vcpu::new() }; VCPUS],
@@ -187,6 +226,8 @@ impl<V> Domain<V> {
         self.state = None;
         self.name = [0; DOMAIN_NAME_LEN];
         self.privileged = false;
+        self.device_model = false;
+        self.instance = 0;
         self.mem_bytes = 0;
         for v in &mut self.vcpus {
             *v = Vcpu::new();

@@ -400,7 +400,7 @@ pub struct VcpuConfig {
     pub domid: u32,
     /// Index in the domain.
     pub index: u32,
-    /// dom0: COM2 is passed through.
+    /// dom0: its ports (`io::dom0_ports`) are passed through.
     pub privileged: bool,
     /// Second-level root as the hardware takes it (EPTP / nCR3, from the `mmu`).
     pub root: u64,

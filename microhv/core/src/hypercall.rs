@@ -14,8 +14,9 @@ use crate::hv::{DOMAINS, Hv, mmu_errno};
 use crate::mem::{Machine, PhysMem};
 use abi::hypercall::*;
 use abi::types::{
-    CrashReason, DOMCREATE_FLAGS_VALID, DOMCREATE_SMALL_PAGES, DOMINFO_PRIVILEGED, DomainCreate,
-    DomainInfo, DomainState, DomainStats, PhysInfo, VCPU_MODE_FLAT32, VcpuState,
+    CrashReason, DOMCREATE_DEVICE_MODEL, DOMCREATE_FLAGS_VALID, DOMCREATE_SMALL_PAGES,
+    DOMINFO_PRIVILEGED, DomainCreate, DomainInfo, DomainState, DomainStats, IoReq, PhysInfo,
+    VCPU_MODE_FLAT32, VcpuState,
 };
 use abi::{Errno, Op};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -75,6 +76,14 @@ pub fn dispatch<B: Backend, P: PhysMem, const W: usize>(
         Op::PhysInfo => phys_info(hv, d, args[0]),
         Op::Stats => stats(hv, d, args[0], args[1]),
         Op::DomainShutdown => domain_shutdown(hv, args[0], args[1], args[2]),
+        Op::IoreqNext => ioreq_next(hv, d, args[0]),
+        Op::IoreqComplete => target_domu(hv, args[0]).and_then(|t| {
+            let v = usize::try_from(args[1]).map_err(|_| Errno::EINVAL)?;
+            hv.ioreq_complete(t, v, args[2], args[3]).map(|()| 0)
+        }),
+        Op::IrqLevel => {
+            target_domu(hv, args[0]).and_then(|t| hv.irq_level(t, args[1], args[2]).map(|()| 0))
+        }
     };
     Outcome::Return(match r {
         Ok(v) => v as i64,
@@ -244,6 +253,22 @@ fn domain_shutdown<B: Backend, P: PhysMem, const W: usize>(
     Ok(0)
 }
 
+/// `IoreqNext`: the caller's buffer is checked before a request is taken.
+fn ioreq_next<B: Backend, P: PhysMem, const W: usize>(
+    hv: &mut Hv<B, P, W>,
+    d: usize,
+    gpa: u64,
+) -> R {
+    if gpa % STRUCT_ALIGN != 0 {
+        return Err(Errno::EINVAL);
+    }
+    check_range(hv, d, gpa, size_of::<IoReq>() as u64, true)?;
+    match hv.ioreq_next() {
+        Some(req) => write_struct(hv, d, gpa, &req).map(|()| 1),
+        None => Ok(0),
+    }
+}
+
 /// Checks a memory size argument.
 fn mem_size_ok(bytes: u64) -> Result<(), Errno> {
     if bytes % FRAME_SIZE != 0 || bytes < MIN_DOMAIN_MEM {
@@ -289,6 +314,9 @@ fn domain_create<B: Backend, P: PhysMem, const W: usize>(
     }
     hv.domains[t].mmu = mmu::Mmu::new(cfg);
     hv.domains[t].name = c.name;
+    hv.domains[t].device_model = c.flags & DOMCREATE_DEVICE_MODEL != 0;
+    hv.instances = hv.instances.wrapping_add(1);
+    hv.domains[t].instance = hv.instances;
     hv.domains[t].state = Some(DomainState::Created);
     let built = (|| {
         hv.add_ram(t, 0, c.mem_bytes)?;

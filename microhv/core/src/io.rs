@@ -1,8 +1,8 @@
 //! The emulators' exit ports, outside the virtual PC (`platform`): QEMU's debug-exit port (the
 //! value written becomes the domain's shutdown status) and Bochs's shutdown port (writing
-//! "Shutdown"). dom0 owns COM2 outright (its accesses never exit) and sees nothing else. Every
-//! port no device has reads as all-ones and drops writes, as on a PC with nothing at that
-//! address.
+//! "Shutdown"). dom0 owns COM2 and the host's RTC outright (its accesses never exit) and sees
+//! nothing else. Every port no device has reads as all-ones and drops writes, as on a PC with
+//! nothing at that address.
 
 /// COM1's I/O base.
 pub const COM1: u16 = 0x3f8;
@@ -10,6 +10,12 @@ pub const COM1: u16 = 0x3f8;
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Bochs-style shutdown port.
 pub const SHUTDOWN_PORT: u16 = 0x8900;
+
+/// The ports passed through to dom0: COM2, its end of the control channel, and the host's
+/// RTC, which it reads for the time of day its device models give domUs' RTCs.
+pub fn dom0_ports() -> impl Iterator<Item = u16> {
+    (0x2f8..=0x2ff).chain(0x70..=0x71)
+}
 
 /// What a trapped port access does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +26,6 @@ pub enum IoOutcome {
     Console(u8),
     /// The domain asked to shut down with this status.
     Shutdown(u32),
-    /// The domain reset its (virtual) machine: it shuts down with reason reboot.
-    Reset,
 }
 
 /// Per-domain emulated devices.

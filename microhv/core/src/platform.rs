@@ -12,7 +12,6 @@
 //! [`Platform::deadline`] keeps the earliest, so the run loop can bound a vCPU's time slice
 //! and wake halted vCPUs without polling every device on every exit.
 
-use crate::dev::fwcfg::FwCfg;
 use crate::dev::hpet::{HPET_BASE, HPET_LEN, Hpet};
 use crate::dev::ioapic::{ApicBus, IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicMsg};
 use crate::dev::lapic::{
@@ -21,7 +20,6 @@ use crate::dev::lapic::{
 use crate::dev::pic::{PIC_ELCR, PIC_MASTER, PIC_SLAVE, Pic};
 use crate::dev::pit::Pit;
 use crate::dev::pmtimer::{PmOutcome, PmTimer};
-use crate::dev::rtc::Rtc;
 use crate::dev::uart::{COM1_IRQ, Uart, UartOut};
 use crate::dev::{Clock, IrqSink};
 use crate::domain::VCPUS;
@@ -31,8 +29,6 @@ use crate::domain::VCPUS;
 pub enum PortEffect {
     /// ACPI S5 through PM1a_CNT.
     PowerOff,
-    /// A reset through port 0x92, 0xCF9 or the keyboard controller.
-    Reset,
     /// A byte COM1 transmitted (for the domain's console).
     Console(u8),
 }
@@ -57,36 +53,6 @@ pub enum Pending {
     Pic,
 }
 
-/// PCI configuration mechanism #1 with one device: an Intel 440FX host bridge at 00:00.0.
-#[derive(Debug, Clone, Copy, Default)]
-struct PciConfig {
-    address: u32,
-}
-
-/// The bits of CONFIG_ADDRESS (0xCF8) a host bridge keeps: enable, bus, device, function and
-/// dword register. The PCI specification makes bits 30–24 and 1–0 read-only zero, so a kernel
-/// that writes all ones and reads back (a common probe for mechanism #1) sees `0x80FFFFFC`.
-const CONFIG_ADDRESS_BITS: u32 = 0x80ff_fffc;
-
-impl PciConfig {
-    fn read(&self, port: u16, size: u8) -> u32 {
-        let a = self.address;
-        // Enabled, bus 0, device 0, function 0.
-        let dword = if a & 0x8000_0000 != 0 && a & 0x00ff_ff00 == 0 {
-            match a & 0xfc {
-                0x00 => 0x1237_8086,
-                0x08 => 0x0600_0002, // host bridge, revision 2
-                _ => 0,
-            }
-        } else {
-            u32::MAX
-        };
-        let shift = 8 * u32::from(port & 3);
-        let mask = if size >= 4 { u32::MAX } else { (1u32 << (8 * u32::from(size))) - 1 };
-        (dword >> shift) & mask
-    }
-}
-
 /// The devices of one domain.
 #[derive(Debug, Clone)]
 pub struct Platform {
@@ -104,13 +70,8 @@ pub struct Platform {
     pub pm: PmTimer,
     /// The HPET.
     pub hpet: Hpet,
-    /// The RTC and CMOS.
-    pub rtc: Rtc,
     /// COM1, the domain's console.
     pub com1: Uart,
-    /// QEMU's fw_cfg.
-    pub fwcfg: FwCfg,
-    pci: PciConfig,
     /// Earliest TSC at which a device must run (`u64::MAX`: none).
     pub deadline: u64,
     /// vCPUs (a bit each) whose deliverable interrupts may have changed since their last entry
@@ -180,11 +141,9 @@ impl ApicBus for Bus<'_> {
 }
 
 impl Platform {
-    /// A PC at power-on for a domain with `vcpus` vCPUs and `ram` bytes of RAM, with the clock
-    /// reading `unix_time` now.
-    pub fn new(clock: &Clock, vcpus: usize, ram: u64, unix_time: u64) -> Self {
+    /// A PC at power-on for a domain with `vcpus` vCPUs.
+    pub fn new(clock: &Clock, vcpus: usize) -> Self {
         let vcpus = vcpus.clamp(1, VCPUS);
-        let below = ram.min(0xc000_0000);
         let mut p = Self {
             // x2APIC and the TSC-deadline timer are on, as CPUID says (`cpuid.rs`).
             lapics: core::array::from_fn(|i| {
@@ -197,10 +156,7 @@ impl Platform {
             pit: Pit::new(clock),
             pm: PmTimer::new(clock),
             hpet: Hpet::new(),
-            rtc: Rtc::new(clock, unix_time, below, ram - below),
             com1: Uart::new(),
-            fwcfg: FwCfg::new(ram, vcpus),
-            pci: PciConfig::default(),
             deadline: u64::MAX,
             search: u32::MAX,
         };
@@ -209,7 +165,7 @@ impl Platform {
     }
 
     /// Splits the borrows: the wires, and the devices that drive them.
-    fn wires(&mut self) -> (Wires<'_>, &mut Pit, &mut PmTimer, &mut Hpet, &mut Rtc) {
+    fn wires(&mut self) -> (Wires<'_>, &mut Pit, &mut PmTimer, &mut Hpet) {
         let n = self.vcpus;
         (
             Wires {
@@ -220,7 +176,6 @@ impl Platform {
             &mut self.pit,
             &mut self.pm,
             &mut self.hpet,
-            &mut self.rtc,
         )
     }
 
@@ -242,7 +197,6 @@ impl Platform {
             self.pit.next_deadline(clock).filter(|_| irq0_seen),
             self.pm.next_deadline(clock),
             self.hpet.next_deadline(clock),
-            self.rtc.next_deadline(clock),
         ]
         .into_iter()
         .flatten()
@@ -256,17 +210,13 @@ impl Platform {
         for l in &mut self.lapics[..self.vcpus] {
             l.update_timer(clock);
         }
-        let (mut w, pit, pm, hpet, rtc) = self.wires();
-        // In legacy replacement the HPET drives IRQ 0 and 8; the PIT's and RTC's outputs are
-        // cut off from the lines.
-        let legacy = hpet.legacy_replacement();
-        let mut cut = Cut;
-        if legacy {
-            pit.update(clock, &mut cut);
-            rtc.update(clock, &mut cut);
+        let (mut w, pit, pm, hpet) = self.wires();
+        // In legacy replacement the HPET drives IRQ 0 and 8; the PIT's output is cut off from
+        // the line (and the RTC's, in `drive`).
+        if hpet.legacy_replacement() {
+            pit.update(clock, &mut Cut);
         } else {
             pit.update(clock, &mut w);
-            rtc.update(clock, &mut w);
         }
         pm.update(clock, &mut w);
         hpet.update(clock, &mut w);
@@ -287,30 +237,11 @@ impl Platform {
                 let (mut w, _, pm, ..) = self.wires();
                 pm.read(clock, &mut w, port, size)
             }
-            p if Rtc::claims(p) => {
-                let (mut w, .., rtc) = self.wires();
-                rtc.read(clock, &mut w, port, size)
-            }
-            p if FwCfg::claims(p) => self.fwcfg.read(size),
             0x3f8..=0x3ff if size == 1 => {
                 let v = self.com1.read(port - 0x3f8);
                 self.sync_com1();
                 v.into()
             }
-            0xcf8 if size == 4 => self.pci.address,
-            0xcfc..=0xcff => self.pci.read(port, size),
-            // The reset control register (PIIX3's RC, byte access only): microhv keeps none of
-            // its bits, since a write that matters ends the domain.
-            abi::platform::RESET_PORT if size == 1 => 0,
-            // Anything but a whole-dword access to CONFIG_ADDRESS is an ordinary I/O cycle on
-            // the PCI bus, which nobody claims: all ones, as for an absent port.
-            0xcf8..=0xcfb => all_ones(size),
-            // System control port A: A20 on, no reset in progress.
-            0x92 => 0x02,
-            // The keyboard controller's status: nothing to read, ready for a command (a status
-            // stuck busy would hang a reboot through it).
-            0x64 => 0x1c,
-            0x60 => 0,
             _ => return None,
         };
         self.refresh(clock);
@@ -343,30 +274,28 @@ impl Platform {
                     effect = Some(PortEffect::PowerOff);
                 }
             }
-            p if Rtc::claims(p) => {
-                let (mut w, .., rtc) = self.wires();
-                rtc.write(clock, &mut w, port, size, value);
-            }
-            p if FwCfg::claims(p) => self.fwcfg.write(size, value),
             0x3f8..=0x3ff if size == 1 => {
                 if let UartOut::Tx(b) = self.com1.write(port - 0x3f8, value as u8) {
                     effect = Some(PortEffect::Console(b));
                 }
                 self.sync_com1();
             }
-            // Fast reset (bit 0 of port A), the reset control register's CPU reset (bit 2), and
-            // the keyboard controller's reset pulse (command 0xFE).
-            0x92 if value & 1 != 0 => effect = Some(PortEffect::Reset),
-            abi::platform::RESET_PORT if size == 1 && value & 4 != 0 => {
-                effect = Some(PortEffect::Reset)
-            }
-            0x64 if value & 0xff == 0xfe => effect = Some(PortEffect::Reset),
-            0xcf8 if size == 4 => self.pci.address = value & CONFIG_ADDRESS_BITS,
-            0x92 | 0x64 | 0x60 | 0xcf8..=0xcff => {}
             _ => return None,
         }
         self.refresh(clock);
         Some(effect)
+    }
+
+    /// dom0's device models drive line `gsi` (`IrqLevel`). Under HPET legacy replacement the
+    /// RTC's output is cut off from IRQ 8, as the PIT's from IRQ 0.
+    pub fn drive(&mut self, clock: &Clock, gsi: u32, high: bool) {
+        // Edges owed under the old levels first, as for any change of the wiring's inputs.
+        self.update(clock);
+        if !(gsi == abi::platform::RTC_GSI && self.hpet.legacy_replacement()) {
+            let (mut w, ..) = self.wires();
+            w.set_level(gsi, high);
+        }
+        self.refresh(clock);
     }
 
     /// Drives COM1's interrupt line to what the UART asks for.
@@ -418,7 +347,7 @@ impl Platform {
             MmioPage::IoApic if size == 4 => Ok(self.ioapic.read(offset).into()),
             MmioPage::IoApic => Err("not a 32-bit access to the I/O APIC"),
             MmioPage::Hpet => {
-                let (mut w, _, _, hpet, _) = self.wires();
+                let (mut w, _, _, hpet) = self.wires();
                 Ok(hpet.read(clock, &mut w, offset, size))
             }
         };
@@ -460,7 +389,7 @@ impl Platform {
             MmioPage::Hpet => {
                 // Legacy replacement may reconnect the PIT: its owed edges stay cut off.
                 self.update(clock);
-                let (mut w, _, _, hpet, _) = self.wires();
+                let (mut w, _, _, hpet) = self.wires();
                 hpet.write(clock, &mut w, offset, size, value);
                 Ok(())
             }
@@ -539,17 +468,7 @@ impl Platform {
     }
 }
 
-/// What an IN of `size` bytes reads where no device answers (the bus floats high).
-fn all_ones(size: u8) -> u32 {
-    match size {
-        1 => 0xff,
-        2 => 0xffff,
-        _ => u32::MAX,
-    }
-}
-
-/// The lines of a device whose output is cut off (the PIT and RTC under HPET legacy
-/// replacement).
+/// The line of a device whose output is cut off (the PIT under HPET legacy replacement).
 struct Cut;
 
 impl IrqSink for Cut {
@@ -579,7 +498,7 @@ mod tests {
     #[test]
     fn an_unseen_pit_edge_costs_no_deadline() {
         let c = at(0);
-        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        let mut p = Platform::new(&c, 1);
         pic_and_pit_at_1khz(&mut p, &c, 0xff);
         assert!(p.deadline <= at(2).now, "the first edge is still latched by the 8259");
         p.update(&at(2));
@@ -592,7 +511,7 @@ mod tests {
     #[test]
     fn edges_owed_while_unseen_do_not_arrive_after_an_unmask() {
         let c = at(0);
-        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        let mut p = Platform::new(&c, 1);
         p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
         // The 8259 masked with IRQ 0 latched, the PIT at 1 kHz, I/O APIC pin 2 masked.
         pic_and_pit_at_1khz(&mut p, &c, 0xff);
@@ -611,7 +530,7 @@ mod tests {
     #[test]
     fn the_pit_reaches_the_pic_and_the_io_apic_through_pin_2() {
         let c = at(0);
-        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        let mut p = Platform::new(&c, 1);
         // Local APIC on (SVR), LINT0 in ExtINT mode is the power-on virtual wire.
         p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
         p.mmio_write(&c, 0, MmioPage::Lapic, 0x350, 4, 0x700).expect("LINT0 ExtINT");
@@ -632,65 +551,38 @@ mod tests {
     }
 
     #[test]
-    fn resets_power_off_and_pci() {
+    fn power_off_and_lines_driven_by_dom0() {
         let c = at(0);
-        let mut p = Platform::new(&c, 1, 64 << 20, 0);
-        assert_eq!(p.port_write(&c, 0xcf9, 1, 0x06), Some(Some(PortEffect::Reset)));
-        assert_eq!(p.port_write(&c, 0x92, 1, 0x01), Some(Some(PortEffect::Reset)));
-        assert_eq!(p.port_write(&c, 0x64, 1, 0xfe), Some(Some(PortEffect::Reset)));
-        assert_eq!(p.port_read(&c, 0x64, 1), Some(0x1c));
+        let mut p = Platform::new(&c, 1);
         // S5: SLP_TYP 7 with SLP_EN.
-        assert_eq!(
-            p.port_write(&c, 0x604, 2, (7 << 10) | (1 << 13)),
-            Some(Some(PortEffect::PowerOff))
-        );
-        p.port_write(&c, 0xcf8, 4, 0x8000_0000);
-        assert_eq!(p.port_read(&c, 0xcfc, 4), Some(0x1237_8086));
-        assert_eq!(p.port_read(&c, 0xcfe, 2), Some(0x1237));
-        p.port_write(&c, 0xcf8, 4, 0x8000_0800); // device 1
-        assert_eq!(p.port_read(&c, 0xcfc, 4), Some(u32::MAX));
-        assert_eq!(p.port_read(&c, 0x1234, 1), None);
-    }
-
-    /// PCI configuration mechanism #1 as a PC's host bridge answers it: only the one device,
-    /// all ones (a master abort) for every other address and with the enable bit clear, and
-    /// CONFIG_ADDRESS touched only by whole-dword accesses, with its reserved bits zero.
-    #[test]
-    fn pci_configuration_reads_as_on_a_pc() {
-        let c = at(0);
-        let mut p = Platform::new(&c, 1, 64 << 20, 0);
-        let config = |p: &mut Platform, addr: u32| {
-            p.port_write(&c, 0xcf8, 4, addr);
-            p.port_read(&c, 0xcfc, 4)
-        };
-        assert_eq!(config(&mut p, 0x8000_0000), Some(0x1237_8086), "00:00.0, the host bridge");
-        assert_eq!(config(&mut p, 0x8000_0008), Some(0x0600_0002), "class: host bridge");
-        assert_eq!(config(&mut p, 0x8000_0100), Some(u32::MAX), "00:00.1");
-        assert_eq!(config(&mut p, 0x8000_0800), Some(u32::MAX), "00:01.0");
-        assert_eq!(config(&mut p, 0x8001_0000), Some(u32::MAX), "01:00.0");
-        assert_eq!(config(&mut p, 0x0000_0000), Some(u32::MAX), "enable bit clear");
-        assert_eq!(p.port_read(&c, 0xcfc, 2), Some(0xffff));
-        // Reserved bits read back as zero.
-        p.port_write(&c, 0xcf8, 4, u32::MAX);
-        assert_eq!(p.port_read(&c, 0xcf8, 4), Some(0x80ff_fffc));
-        // Byte and word accesses are not CONFIG_ADDRESS: they read as nothing and change
-        // nothing (but a byte at 0xCF9 is the reset control register).
-        p.port_write(&c, 0xcf8, 4, 0x8000_0000);
-        assert_eq!(p.port_read(&c, 0xcf8, 1), Some(0xff));
-        assert_eq!(p.port_read(&c, 0xcfa, 2), Some(0xffff));
-        assert_eq!(p.port_read(&c, 0xcf9, 1), Some(0));
-        assert_eq!(p.port_write(&c, 0xcf8, 1, 0x12), Some(None));
-        assert_eq!(p.port_write(&c, 0xcfa, 2, 0x1234), Some(None));
-        assert_eq!(p.port_read(&c, 0xcf8, 4), Some(0x8000_0000));
-        // Writes to the data port are dropped: the host bridge's ID stays.
-        assert_eq!(p.port_write(&c, 0xcfc, 4, 0), Some(None));
-        assert_eq!(p.port_read(&c, 0xcfc, 4), Some(0x1237_8086));
+        let s5 = (7 << 10) | (1 << 13);
+        assert_eq!(p.port_write(&c, 0x604, 2, s5), Some(Some(PortEffect::PowerOff)));
+        assert_eq!(p.port_write(&c, 0xcf9, 1, 6), None, "dom0 serves the reset control");
+        assert_eq!(p.port_read(&c, 0x71, 1), None, "and the RTC");
+        // The 8259 with vectors 0x20 / 0x28, everything unmasked: dom0's RTC raises IRQ 8.
+        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1), (0x21, 0)] {
+            p.port_write(&c, port, 1, v);
+        }
+        for (port, v) in [(0xa0, 0x11), (0xa1, 0x28), (0xa1, 2), (0xa1, 1), (0xa1, 0)] {
+            p.port_write(&c, port, 1, v);
+        }
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
+        p.mmio_write(&c, 0, MmioPage::Lapic, 0x350, 4, 0x700).expect("LINT0 ExtINT");
+        p.drive(&c, 8, true);
+        assert_eq!(p.pending(0), Some(Pending::Pic));
+        assert_eq!(p.acknowledge(0, Pending::Pic), 0x28);
+        p.drive(&c, 8, false);
+        // Under HPET legacy replacement the RTC's line is cut off.
+        p.mmio_write(&c, 0, MmioPage::Hpet, 0x10, 4, 3).expect("enable, legacy replacement");
+        p.port_write(&c, 0xa0, 1, 0x20); // EOI
+        p.drive(&c, 8, true);
+        assert_eq!(p.pending(0), None);
     }
 
     #[test]
     fn a_self_ipi_and_the_lapic_timer_arrive() {
         let c = at(0);
-        let mut p = Platform::new(&c, 1, 64 << 20, 0);
+        let mut p = Platform::new(&c, 1);
         p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
         // Self IPI, fixed, vector 0x40 (shorthand self).
         p.mmio_write(&c, 0, MmioPage::Lapic, 0x300, 4, 0x4_0040).expect("ICR");

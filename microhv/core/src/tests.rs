@@ -140,7 +140,7 @@ fn console_input_reaches_a_domus_com1_only_from_dom0() {
 fn unknown_operations_are_enosys() {
     let mut hv = world();
     let d = running(&mut hv, "u");
-    for op in [0x04, 0x0f, 0x20, 0x21, 0x100, 1 << 32, u64::MAX] {
+    for op in [0x04, 0x0f, 0x23, 0x2f, 0x100, 1 << 32, u64::MAX] {
         assert_eq!(call(&mut hv, 0, op, [0; 5]), ENOSYS, "op {op:#x} from dom0");
         assert_eq!(call(&mut hv, d, op, [0; 5]), ENOSYS, "op {op:#x} from a domU");
     }
@@ -239,7 +239,7 @@ fn create_validates_every_field() {
     c.name[5] = b'x';
     cases.push((c, EINVAL)); // a byte after the first NUL
     let mut c = ok;
-    c.flags = 2;
+    c.flags = 4;
     cases.push((c, EINVAL));
     let mut c = ok;
     c.flags = u32::MAX;
@@ -825,21 +825,113 @@ fn outsw_to_the_debug_exit_port_stops_the_domain_with_its_status() {
 }
 
 #[test]
-fn rep_insd_reads_the_pci_host_bridge_and_absent_ports_read_all_ones() {
-    // OUT 0xcf8 selects 00:00.0 register 0; INSD from 0xcfc then reads its vendor and device.
-    let sel = Exit::Io { port: 0xcf8, size: 4, write: true, string: false, rep: false };
-    let g = Gprs { rax: 0x8000_0000, rcx: 2, rdi: 0x3000, ..Gprs::default() };
-    let (hv, d) = string_io(&[0xf3, 0x6d], g, &[sel, io(0xcfc, 4, false, true)], |_, _, v| {
-        v.rip = STR_RIP - 3; // the OUT before it, 3 bytes long in the fake's exits
-    });
-    assert_eq!(get_bytes(&hv, d, 0x3000, 8), [0x86, 0x80, 0x37, 0x12, 0x86, 0x80, 0x37, 0x12]);
-    assert_eq!((str_regs(&hv, d), vcpu(&hv, d).rip), ((0, 0, 0x3008), STR_RIP + 2));
-
+fn absent_ports_read_all_ones_by_string_io() {
     // INSB from a port nobody has: 0xff per byte, as the plain IN reads.
     let g = Gprs { rdi: 0x3000, ..Gprs::default() };
     let (hv, d) = string_io(&[0x6c], g, &[io(0x300, 1, false, false)], |_, _, _| {});
     assert_eq!(get_bytes(&hv, d, 0x3000, 2), [0xff, 0]);
     assert_eq!((str_regs(&hv, d), vcpu(&hv, d).rip), ((0, 0, 0x3001), STR_RIP + 1));
+    // Without DOMCREATE_DEVICE_MODEL the RTC is nobody's either: nothing waits for dom0.
+    let (hv, d) = string_io(&[0x6c], g, &[io(0x71, 1, false, false)], |_, _, _| {});
+    assert_eq!(get_bytes(&hv, d, 0x3000, 2), [0xff, 0]);
+    assert_eq!(hv.domains[d].vcpus[0].io, None);
+}
+
+/// A domU created with `DOMCREATE_DEVICE_MODEL`, running, its instruction at RIP `insn`.
+fn dm_domain(hv: &mut TestHv, insn: &[u8]) -> u32 {
+    let mut c = create_args("dm", 2 << 20, 1, 0);
+    c.flags = DOMCREATE_DEVICE_MODEL;
+    let d = create_with(hv, &c) as usize;
+    assert_eq!(set_state(hv, d, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    put(hv, d, STR_RIP, insn);
+    hv.domains[d].vcpus[0].arch.as_mut().expect("vcpu").rip = STR_RIP;
+    d as u32
+}
+
+/// dom0 serves the `answers` of domain `d`'s requests (tokens from 1 in turn), yielding before
+/// each, then powers off.
+fn dom0_serves(hv: &mut TestHv, d: u32, answers: &[u64]) {
+    let hc = |rax: Op, rdi, rsi, rdx, r10| Gprs {
+        rax: rax as u64,
+        rdi,
+        rsi,
+        rdx,
+        r10,
+        ..Gprs::default()
+    };
+    for (i, &a) in answers.iter().enumerate() {
+        push(hv, 0, Exit::Hypercall, hc(Op::Yield, 0, 0, 0, 0));
+        push(hv, 0, Exit::Hypercall, hc(Op::IoreqNext, SCRATCH, 0, 0, 0));
+        push(hv, 0, Exit::Hypercall, hc(Op::IoreqComplete, d.into(), 0, i as u64 + 1, a));
+    }
+    dom0_yields_then_powers_off(hv, 2);
+}
+
+#[test]
+fn dom0_answers_a_port_access_and_the_instruction_takes_the_answer() {
+    let mut hv = world();
+    let d = dm_domain(&mut hv, &[0xe4, 0x71]);
+    let inb = Exit::Io { port: 0x71, size: 1, write: false, string: false, rep: false };
+    // The IN exits, waits for dom0, then executes again and takes the answer.
+    push(&mut hv, d, inb, Gprs { rax: 0x1234_5678, ..Gprs::default() });
+    hv.backend.push(d, 0, Step { exit: inb, gprs: None, cpl: 0 });
+    dom0_serves(&mut hv, d, &[0x1_42]);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let req: IoReq = get(&hv, 0, SCRATCH);
+    let instance = hv.domains[d as usize].instance;
+    let want =
+        IoReq { domid: d, vcpu: 0, token: 1, instance, port: 0x71, size: 1, write: 0, value: 0 };
+    assert_eq!(req, want);
+    let v = &hv.domains[d as usize].vcpus[0];
+    assert_eq!(v.gprs.rax, 0x1234_5642, "AL only, the answer cut to a byte");
+    assert_eq!(v.arch.as_ref().expect("vcpu").rip, STR_RIP + 3, "completed once");
+    assert_eq!(v.io, None);
+    assert_eq!(hv.domains[d as usize].crash, CrashReason::TripleFault, "carried on");
+}
+
+#[test]
+fn rep_insb_from_a_dom0_port_asks_for_each_element() {
+    let mut hv = world();
+    let d = dm_domain(&mut hv, &[0xf3, 0x6c]);
+    let insb = io(0x511, 1, false, true);
+    push(&mut hv, d, insb, Gprs { rcx: 2, rdi: 0x3000, ..Gprs::default() });
+    for _ in 0..2 {
+        hv.backend.push(d, 0, Step { exit: insb, gprs: None, cpl: 0 });
+    }
+    dom0_serves(&mut hv, d, &[b'Q'.into(), b'E'.into()]);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let d = d as usize;
+    assert_eq!(get_bytes(&hv, d, 0x3000, 3), b"QE\0");
+    assert_eq!((str_regs(&hv, d), vcpu(&hv, d).rip), ((0, 0, 0x3002), STR_RIP + 2));
+}
+
+#[test]
+fn ioreq_and_irq_level_errors() {
+    let mut hv = world();
+    let d = dm_domain(&mut hv, &[0x90]) as u64;
+    let u = running(&mut hv, "plain") as u64;
+    let op = |o: Op| o as u64;
+    // Nothing waits; a bad buffer is refused first.
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqNext), [SCRATCH, 0, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqNext), [SCRATCH + 4, 0, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqNext), [u64::MAX - 7, 0, 0, 0, 0]), EFAULT);
+    // No request with that token, vCPU or domain.
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [d, 0, 1, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [d, 9, 1, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [d, u64::MAX, 1, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [99, 0, 1, 0, 0]), ESRCH);
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [0, 0, 1, 0, 0]), EPERM);
+    // IrqLevel: only dom0's lines, levels 0 and 1.
+    assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [d, 8, 1, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [d, 8, 0, 0, 0]), 0);
+    for (gsi, level) in [(0, 1), (4, 1), (9, 0), (8, 2), (32, 1), (1 << 33, 1)] {
+        assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [d, gsi, level, 0, 0]), EINVAL, "{gsi}");
+    }
+    assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [0, 8, 1, 0, 0]), EPERM);
+    for o in [Op::IoreqNext, Op::IoreqComplete, Op::IrqLevel] {
+        assert_eq!(call(&mut hv, u as usize, op(o), [d, 8, 1, 0, 0]), EPERM);
+    }
 }
 
 #[test]

@@ -313,7 +313,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::dev::testing::Sink;
+    use abi::platform::testing::Sink;
 
     /// A 1 GHz TSC: 10 cycles per HPET tick.
     fn at(ticks: u64) -> Clock {

@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::dev::testing::Sink;
+    use abi::platform::testing::Sink;
 
     /// A TSC at exactly 1000 cycles per timer tick.
     fn at(ticks: u64) -> Clock {

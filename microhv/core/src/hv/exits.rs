@@ -28,14 +28,17 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             // A REP prefix on IN / OUT is ignored, as the CPU ignores it.
             Exit::Io { port, size, write, .. } => {
                 let rax = self.domains[d].vcpus[v].gprs.rax;
-                let Some(val) = self.port_io(d, port, size, write, rax as u32) else {
-                    return self.after_stop(d);
-                };
-                if !write {
-                    self.domains[d].vcpus[v].gprs.rax = merge_in(rax, size, val);
+                match self.port_io((d, v), port, size, write, rax as u32) {
+                    Ok(val) => {
+                        if !write {
+                            self.domains[d].vcpus[v].gprs.rax = merge_in(rax, size, val);
+                        }
+                        self.skip(d, v, info.insn_len);
+                        None
+                    }
+                    Err(Held::Waits) => None,
+                    Err(Held::Stopped) => self.after_stop(d),
                 }
-                self.skip(d, v, info.insn_len);
-                None
             }
             Exit::Cpuid => {
                 let caller = Caller {
@@ -216,25 +219,28 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    /// One IN (`write` false: the value read) or OUT of `size` bytes at `port`: a device of the
-    /// virtual platform, else the exit ports or nothing (all-ones read, write dropped). A
-    /// console byte goes to the domain's console. `None` when the access stopped the domain
-    /// (power-off, reset): the caller returns what [`Self::after_stop`] says.
+    /// One IN (`write` false: the value read) or OUT of `size` bytes at `port` by vCPU `v` of
+    /// domain `d`: a device dom0 serves (`ioreq.rs`), a device of the virtual platform, else
+    /// the exit ports or nothing (all-ones read, write dropped). A console byte goes to the
+    /// domain's console.
     pub(super) fn port_io(
         &mut self,
-        d: usize,
+        (d, v): (usize, usize),
         port: u16,
         size: u8,
         write: bool,
         value: u32,
-    ) -> Option<u32> {
+    ) -> Result<u32, Held> {
         let clock = self.clock();
         let dom = &mut self.domains[d];
+        if dom.device_model && abi::platform::dm_port(port) {
+            let mask = u32::MAX >> (32 - 8 * u32::from(size));
+            return self.forward((d, v), port, size, write, value & mask);
+        }
         let platform = dom.platform.as_mut().filter(|_| !dom.privileged);
         let outcome = match (platform, write) {
             (Some(p), true) => p.port_write(&clock, port, size, value).map(|e| match e {
                 Some(PortEffect::PowerOff) => IoOutcome::Shutdown(0),
-                Some(PortEffect::Reset) => IoOutcome::Reset,
                 Some(PortEffect::Console(b)) => IoOutcome::Console(b),
                 None => IoOutcome::Done(0),
             }),
@@ -246,18 +252,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
         let dom = &mut self.domains[d];
         match outcome.unwrap_or_else(|| dom.pc.port_io(dom.privileged, port, size, write, value)) {
-            IoOutcome::Done(val) => Some(val),
+            IoOutcome::Done(val) => Ok(val),
             IoOutcome::Console(b) => {
                 self.console_write(d, &[b]);
-                Some(0)
+                Ok(0)
             }
             IoOutcome::Shutdown(status) => {
                 self.shutdown_domain(d, ShutdownReason::Poweroff as u32, status);
-                None
-            }
-            IoOutcome::Reset => {
-                self.shutdown_domain(d, ShutdownReason::Reboot as u32, 0);
-                None
+                Err(Held::Stopped)
             }
         }
     }

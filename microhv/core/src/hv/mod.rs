@@ -10,11 +10,14 @@
 //! construction and teardown, and the helpers every part uses.
 
 mod exits;
+mod ioreq;
 mod memory;
 mod run;
 mod strio;
 
 pub use strio::STRING_IO_CHUNK;
+
+use ioreq::Held;
 
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
@@ -103,9 +106,6 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub hv_frames: u64,
     /// Host TSC ticks per millisecond (measured or reported at boot): microhv's real time.
     pub tsc_khz: u64,
-    /// The time of day (seconds since 1970) the host's RTC showed at TSC value `.1`; domains'
-    /// RTCs start from it.
-    pub wall_clock: (u64, u64),
     /// The earliest device deadline of any domain (0: to be recomputed).
     wake_at: u64,
     /// Last (domain, vCPU) run, where round-robin resumes.
@@ -118,6 +118,10 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     boost: Option<(usize, usize)>,
     /// The running vCPU asked to give up the CPU.
     yielded: bool,
+    /// The last `IoReq::token` given out.
+    ioreq_seq: u32,
+    /// The last `IoReq::instance` given out.
+    pub(crate) instances: u32,
 }
 
 impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
@@ -137,13 +141,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             mmu_config,
             hv_frames: 0,
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
-            wall_clock: (0, 0),
             wake_at: 0,
             cursor: (0, 0),
             slice_start: 0,
             slice_len: VCPU_SLICE,
             boost: None,
             yielded: false,
+            ioreq_seq: 0,
+            instances: 0,
         }
     }
 
@@ -185,10 +190,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
         self.domains[d].vcpu_count = count;
         let clock = self.clock();
-        let ram = self.domains[d].mem_bytes;
-        let (unix, at) = self.wall_clock;
-        let now = unix + clock.now.saturating_sub(at) / self.tsc_khz.max(1) / 1000;
-        self.domains[d].platform = Some(Platform::new(&clock, count as usize, ram, now));
+        self.domains[d].platform = Some(Platform::new(&clock, count as usize));
         self.timers_changed();
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The run loop: round-robin scheduling on this CPU and entry preparation.
 
 use super::*;
+use crate::domain::IoStage;
 
 /// A slice-timer exit this close to the slice's end ends it: the SVM slice timer (the host's
 /// local APIC timer, calibrated at boot) may fire that much early, and running the vCPU again
@@ -49,6 +50,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             && vc.arch.is_some()
             && vc.init.is_none()
             && vc.blocked_until <= now
+            && vc.io.is_none_or(|w| w.stage == IoStage::Answered)
             && (!vc.halted
                 || dom
                     .platform
@@ -159,7 +161,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     pub(super) fn prepare_entry(&mut self, d: usize, v: usize) -> Result<(), CrashReason> {
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let dom = &mut self.domains[d];
-        let crate::domain::Vcpu { arch, irq_window, nmi_window, .. } = &mut dom.vcpus[v];
+        let crate::domain::Vcpu { arch, irq_window, nmi_window, io, .. } = &mut dom.vcpus[v];
         let arch = arch.as_mut().ok_or(CrashReason::EntryFailure)?;
         if dom.mmu.needs_reload(v) {
             let root = dom.mmu.reload_root(&mut m, v).map_err(|e| {
@@ -171,6 +173,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if dom.mmu.take_flush() {
             self.backend.flush(arch);
             dom.counters.tlb_flushes += 1;
+        }
+        if io.is_some() {
+            // An answered port access runs again first and takes its answer: no event may come
+            // before it, and no window may exit before it (the search waits until then).
+            for (open, nmi) in [(irq_window, false), (nmi_window, true)] {
+                if core::mem::take(open) {
+                    self.backend.set_interrupt_window(arch, false, nmi);
+                }
+            }
+            return Ok(());
         }
         if let Some(p) = dom.platform.as_mut() {
             // Nothing can have become deliverable since the last look, and no window is open:

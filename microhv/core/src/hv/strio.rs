@@ -87,17 +87,17 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 for (b, &h) in buf.iter_mut().zip(hpa) {
                     self.mem.read(h, core::slice::from_mut(b));
                 }
-                if self.port_io(d, port, size, true, u32::from_le_bytes(buf)).is_none() {
-                    return self.after_stop(d);
+            }
+            match self.port_io((d, v), port, size, write, u32::from_le_bytes(buf)) {
+                Ok(val) if !write => {
+                    for (b, &h) in val.to_le_bytes().iter().zip(hpa) {
+                        self.mem.write(h, core::slice::from_ref(b));
+                    }
                 }
-            } else {
-                let Some(val) = self.port_io(d, port, size, false, 0) else {
-                    return self.after_stop(d);
-                };
-                buf = val.to_le_bytes();
-                for (b, &h) in buf.iter().zip(hpa) {
-                    self.mem.write(h, core::slice::from_ref(b));
-                }
+                Ok(_) => {}
+                // dom0 serves the port: this element waits for its answer (RIP stays).
+                Err(Held::Waits) => break,
+                Err(Held::Stopped) => return self.after_stop(d),
             }
             done += 1;
         }

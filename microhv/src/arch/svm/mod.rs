@@ -14,7 +14,7 @@
 //! - Instructions the guest must not have (the SVM instructions other than VMMCALL,
 //!   MONITOR/MWAIT, and, where the CPU has them, RDTSCP, XSETBV, RDPRU and INVPCID, which CPUID
 //!   hides or VMX guests cannot execute) are intercepted and become #UD.
-//! - One I/O permission map for dom0 (COM2 passed through) and one for domUs (everything
+//! - One I/O permission map for dom0 (COM2 and the RTC passed through) and one for domUs (everything
 //!   traps); one MSR permission map passing through the same MSRs as VMX: state VMRUN, VMSAVE
 //!   and VMLOAD move (FS/GS bases, KernelGSBase, the syscall and SYSENTER MSRs, and the PAT,
 //!   which with nested paging is the VMCB's G_PAT).
@@ -78,8 +78,6 @@ const V_IRQ_WINDOW: u32 = (1 << 8) | (0xf << 16) | (1 << 20);
 /// `VM_HSAVE_PA`: where VMRUN saves the host state.
 const MSR_VM_HSAVE_PA: u32 = 0xc001_0117;
 
-/// COM2, passed through to dom0.
-const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
 /// The I/O permission map: one bit per port plus the bits a multi-byte access at 0xFFFF
 /// reaches, 12 KiB, physically contiguous.
 const IOPM_FRAMES: u64 = 3;
@@ -277,7 +275,7 @@ impl Svm {
         })
     }
 
-    /// An I/O permission map: every port traps, except COM2 for dom0.
+    /// An I/O permission map: every port traps, except dom0's own (`io::dom0_ports`).
     fn iopm<const W: usize>(
         frames: &mut FrameAllocator<W>,
         dom0: bool,
@@ -286,7 +284,7 @@ impl Svm {
         let bm = frame_bytes(pa, IOPM_FRAMES);
         bm.fill(0xff);
         if dom0 {
-            for p in DOM0_PORTS {
+            for p in microhv_core::io::dom0_ports() {
                 set_bit(bm, usize::from(p), false);
             }
         }

@@ -7,7 +7,7 @@
 //!   EFER.LMA into the "IA-32e mode guest" entry control on every exit).
 //! - CR0/CR4: only the bits the hardware forces (CR0.NE, CR4.VMXE) and the CR4 features microhv
 //!   does not offer are host-owned; writes touching them exit and the core validates them.
-//! - One I/O bitmap for dom0 (COM2 passed through) and one for domUs (everything traps); one
+//! - One I/O bitmap for dom0 (COM2 and the RTC passed through) and one for domUs (everything traps); one
 //!   MSR bitmap passing through only state the VMCS saves or that microhv swaps itself.
 //! - Guest FPU/SSE state is swapped in the entry/exit assembly. DR7 and IA32_DEBUGCTL are
 //!   loaded and saved by the VMCS (debug-controls entry/exit controls); the state no VMCS field
@@ -50,8 +50,6 @@ use microhv_core::regs::{
 
 /// Guest interruptibility state: blocking by NMI (with virtual NMIs, virtual-NMI blocking).
 const INTR_BLOCK_NMI: u64 = 1 << 3;
-/// COM2, passed through to dom0.
-const DOM0_PORTS: core::ops::RangeInclusive<u16> = 0x2F8..=0x2FF;
 
 /// A vCPU's state that stays in the hardware across VM exits because no VMCS field holds it:
 /// the syscall MSRs, DR0–DR3 and DR6, CR2 (its last page-fault address) and CR8. microhv never
@@ -269,14 +267,14 @@ impl Vmx {
         })
     }
 
-    /// Bitmaps A and B: every port traps, except COM2 for dom0.
+    /// Bitmaps A and B: every port traps, except dom0's own (`io::dom0_ports`).
     fn io_bitmap(frames: &mut dyn FrameSource, dom0: bool) -> Result<(u64, u64), &'static str> {
         let a = frames.alloc_zeroed().ok_or("no frame for an I/O bitmap")?;
         let b = frames.alloc_zeroed().ok_or("no frame for an I/O bitmap")?;
         frame_bytes(a).fill(0xff);
         frame_bytes(b).fill(0xff);
         if dom0 {
-            for p in DOM0_PORTS {
+            for p in microhv_core::io::dom0_ports() {
                 set_bit(frame_bytes(a), usize::from(p), false);
             }
         }

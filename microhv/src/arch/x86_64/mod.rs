@@ -6,6 +6,5 @@ pub mod idt;
 pub mod lapic;
 pub mod paging;
 pub mod power;
-pub mod rtc;
 pub mod spec;
 pub mod tsc;

@@ -125,7 +125,7 @@ fn discovery(s: &mut Suite) {
     let hv = guest_rt::hv();
     s.check("cpuid-identifies-dom0", hv.privileged && hv.domid == 0, format_args!("{hv:?}"));
     s.expect("version", call(0, [0; 5]), i64::from(abi::abi_version_word()));
-    for n in [0x04u64, 0x0f, 0x20, 0x21, 0x100, 1 << 32, u64::MAX] {
+    for n in [0x04u64, 0x0f, 0x23, 0x2f, 0x100, 1 << 32, u64::MAX] {
         s.expect_err(&name(format_args!("unknown-op-{n:#x}")), call(n, [0; 5]), ENOSYS);
     }
     s.expect("yield", call(Op::Yield as u64, [0; 5]), 0);
@@ -454,6 +454,27 @@ fn lifecycle(s: &mut Suite) {
     s.expect_err("console-input-missing", call(ci, [99, scratch_addr(), 4, 0, 0]), ESRCH);
     s.expect_err("console-input-dom0", call(ci, [0, scratch_addr(), 4, 0, 0]), EPERM);
 
+    // The device-model split's operations (the platform area runs them for real: the platform
+    // guest's RTC, fw_cfg, PCI and reset go through this dom0). No access waits here.
+    let nx = Op::IoreqNext as u64;
+    s.expect("ioreq-next-none-waiting", call(nx, [scratch_addr(), 0, 0, 0, 0]), 0);
+    s.expect_err("ioreq-next-misaligned", call(nx, [scratch_addr() + 4, 0, 0, 0, 0]), EINVAL);
+    s.expect_err("ioreq-next-unmapped", call(nx, [0xb000_0000, 0, 0, 0, 0]), EFAULT);
+    let ic = Op::IoreqComplete as u64;
+    s.expect_err("ioreq-complete-none-waiting", call(ic, [d, 0, 1, 0, 0]), EINVAL);
+    s.expect_err("ioreq-complete-bad-vcpu", call(ic, [d, 9, 1, 0, 0]), EINVAL);
+    s.expect_err("ioreq-complete-value-above-32-bits", call(ic, [d, 0, 1, 1 << 32, 0]), EINVAL);
+    s.expect_err("ioreq-complete-missing", call(ic, [99, 0, 1, 0, 0]), ESRCH);
+    s.expect_err("ioreq-complete-dom0", call(ic, [0, 0, 1, 0, 0]), EPERM);
+    let il = Op::IrqLevel as u64;
+    s.expect("irq-level-high", call(il, [d, 8, 1, 0, 0]), 0);
+    s.expect("irq-level-low", call(il, [d, 8, 0, 0, 0]), 0);
+    s.expect_err("irq-level-microhv-line", call(il, [d, 0, 1, 0, 0]), EINVAL);
+    s.expect_err("irq-level-gsi-out-of-range", call(il, [d, 32, 1, 0, 0]), EINVAL);
+    s.expect_err("irq-level-bad-level", call(il, [d, 8, 2, 0, 0]), EINVAL);
+    s.expect_err("irq-level-missing", call(il, [99, 8, 1, 0, 0]), ESRCH);
+    s.expect_err("irq-level-dom0", call(il, [0, 8, 1, 0, 0]), EPERM);
+
     // Shutdown by dom0, then misuse of a stopped domain.
     let sh = Op::DomainShutdown as u64;
     s.expect_err("domain-shutdown-bad-reason", call(sh, [d, 7, 0, 0, 0]), EINVAL);
@@ -553,7 +574,7 @@ fn run_domu(
             println!("{module}: timed out (no progress)");
             break i;
         }
-        let _ = hv.yield_now();
+        dom0_agent::dm::idle(hv);
     };
     let _ = hv.domain_destroy(d);
     Some((text, info))
@@ -624,6 +645,9 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
         Op::Stats,
         Op::DomainShutdown,
         Op::ConsoleInput,
+        Op::IoreqNext,
+        Op::IoreqComplete,
+        Op::IrqLevel,
     ];
     let mut owned: heapless::Vec<u64, 16> = heapless::Vec::new();
     for i in 0..calls {
@@ -667,6 +691,7 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
         a[0] = if op == Op::DomainCreate as u64
             || op == Op::DomainList as u64
             || op == Op::PhysInfo as u64
+            || op == Op::IoreqNext as u64
         {
             scratch_addr()
         } else {

@@ -69,7 +69,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
             s.expect_err(&name, call(*op as u64, [target, p, p, 16, 0]), EPERM);
         }
     }
-    for n in [0x04u64, 0x0f, 0x20, 0x21, 0xffff, 1 << 32, u64::MAX] {
+    for n in [0x04u64, 0x0f, 0x23, 0x2f, 0xffff, 1 << 32, u64::MAX] {
         let mut name: heapless::String<48> = heapless::String::new();
         let _ = core::fmt::write(&mut name, format_args!("unknown-op-{n:#x}"));
         s.expect_err(&name, call(n, [0; 5]), ENOSYS);

@@ -1,5 +1,6 @@
-//! The MC146818 real-time clock and its CMOS RAM at ports 0x70 (index; bit 7 masks NMIs) and
-//! 0x71 (data), with the bytes a PC BIOS leaves for the guest (memory sizes, equipment).
+//! The MC146818 real-time clock and its CMOS RAM at ports 0x70 (index; bit 7, the chipset's NMI
+//! mask, is kept out of the index and has no effect: a domain's NMIs come from its local APIC)
+//! and 0x71 (data), with the bytes a PC BIOS leaves for the guest (memory sizes, equipment).
 //!
 //! Time is a second count (Unix epoch, no time zone: the guest sees whatever the toolstack
 //! passes, normally UTC) advanced by a 32.768 kHz divider chain derived from the [`Clock`]; the
@@ -16,14 +17,13 @@
 //! care" bytes, update-ended) are set as time passes whether or not enabled; with their enable
 //! bits in B they set IRQF and hold [`RTC_GSI`] high until C is read, which clears it.
 
-use super::{Clock, IrqSink};
+pub use abi::platform::RTC_GSI;
+use abi::platform::{Clock, IrqSink};
 
 /// Index port.
 pub const RTC_INDEX: u16 = 0x70;
 /// Data port.
 pub const RTC_DATA: u16 = 0x71;
-/// The RTC's line, ISA IRQ 8.
-pub const RTC_GSI: u32 = 8;
 /// CMOS index of the century byte (the FADT's CENTURY field, as QEMU).
 pub const CENTURY_INDEX: u8 = abi::platform::CMOS_CENTURY;
 
@@ -54,7 +54,6 @@ const T_RANGE: (i64, i64) = (-62_167_219_200, 253_402_300_799);
 pub struct Rtc {
     cmos: [u8; 128],
     index: u8,
-    nmi_masked: bool,
     /// TSC of the divider's tick 0; an update ends every `HZ` ticks from it.
     div_at: u64,
     /// The time (seconds since 1970) at divider tick 0, while the clock runs.
@@ -92,17 +91,12 @@ impl Rtc {
         [cmos[0x2e], cmos[0x2f]] = sum.to_be_bytes();
         let base = i64::try_from(unix_time).unwrap_or(i64::MAX).min(T_RANGE.1);
         let (div_at, synced, alarm, irq) = (clock.now, 0, None, false);
-        Rtc { cmos, index: 0, nmi_masked: false, div_at, base, synced, alarm, irq }
+        Rtc { cmos, index: 0, div_at, base, synced, alarm, irq }
     }
 
     /// Whether `port` belongs to this device.
     pub const fn claims(port: u16) -> bool {
         port == RTC_INDEX || port == RTC_DATA
-    }
-
-    /// Whether the guest masked NMIs through bit 7 of the index port.
-    pub fn nmi_masked(&self) -> bool {
-        self.nmi_masked
     }
 
     /// A raw CMOS byte, for the platform (e.g. the shutdown status byte 0x0f at a reset).
@@ -137,7 +131,7 @@ impl Rtc {
         for i in 0..size.min(4) {
             let b = (value >> (8 * i)) as u8;
             match port.wrapping_add(i.into()) {
-                RTC_INDEX => (self.index, self.nmi_masked) = (b & 0x7f, b & 0x80 != 0),
+                RTC_INDEX => self.index = b & 0x7f,
                 RTC_DATA => self.write_reg(clock, b),
                 _ => {}
             }
@@ -355,6 +349,31 @@ pub fn time_of_registers(regs: &[u8]) -> u64 {
     u64::try_from(r.parse()).unwrap_or(0)
 }
 
+/// The host's time of day (seconds since 1970), read from its RTC between two updates (the
+/// same bytes twice in a row, no update in progress), as Linux's `mc146818_get_time` does.
+/// `None` if the clock kept changing. microhv passes the RTC's ports through to dom0, the only
+/// reader.
+pub fn read_host() -> Option<u64> {
+    let mut last = None;
+    for _ in 0..1000 {
+        let mut regs = [0u8; CENTURY_INDEX as usize + 1];
+        for (i, r) in regs.iter_mut().enumerate() {
+            // SAFETY: dom0 owns the host RTC's ports; reading CMOS changes nothing but register
+            // C, which nobody else uses.
+            *r = unsafe {
+                rt::io::outb(RTC_INDEX, i as u8);
+                rt::io::inb(RTC_DATA)
+            };
+        }
+        // Register A bit 7: update in progress; the time bytes may be torn.
+        if regs[A] & 0x80 == 0 && last == Some(regs) {
+            return Some(time_of_registers(&regs));
+        }
+        last = Some(regs);
+    }
+    None
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (March-based years, 400-year eras).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -381,7 +400,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::dev::testing::Sink;
+    use abi::platform::testing::Sink;
 
     /// 2023-11-14 22:13:20 UTC, a Tuesday.
     const T0: u64 = 1_700_000_000;
@@ -573,12 +592,11 @@ mod tests {
     }
 
     #[test]
-    fn index_port_nmi_mask_and_ram() {
+    fn index_port_nmi_mask_bit_and_ram() {
         let mut t = T::new();
+        // Bit 7 of the index (the NMI mask) does not become part of the index.
         t.set(0, 0x80 | 0x40, 0x5a);
-        assert!(t.r.nmi_masked());
         assert_eq!(t.get(0, 0x40), 0x5a);
-        assert!(!t.r.nmi_masked());
         assert_eq!(t.r.read(&at(0), &mut t.s, RTC_INDEX, 1), 0xff);
         t.set(0, 0x0f, 0x0a);
         assert_eq!(t.r.cmos(0x0f), 0x0a, "shutdown status kept");

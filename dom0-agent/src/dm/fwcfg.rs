@@ -140,8 +140,6 @@ fn be(v: u64, n: u32, off: u32) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dev::Clock;
-    use crate::platform::Platform;
     use abi::pvh::{HIGH_RAM, LEGACY_HOLE, MEMMAP_RAM};
     use proptest::prelude::*;
     use std::vec::Vec;
@@ -229,24 +227,6 @@ mod tests {
         assert_eq!(f.read(1), u32::from(b'M'), "wide reads do not advance");
         f.write(4, u32::from(ID));
         assert_eq!(f.read(1), u32::from(b'U'), "a 32-bit write does not select");
-    }
-
-    #[test]
-    fn through_the_platform_ports() {
-        let c = Clock { now: 0, tsc_khz: 1_000_000 };
-        let mut p = Platform::new(&c, 2, 128 << 20, 0);
-        let mut get = |key: u16, n: usize| -> Vec<u8> {
-            assert_eq!(p.port_write(&c, FW_CFG_SELECTOR, 2, key.into()), Some(None));
-            (0..n)
-                .map(|_| p.port_read(&c, FW_CFG_DATA, 1).map(|v| v as u8))
-                .collect::<Option<_>>()
-                .expect("the platform claims the data port")
-        };
-        assert_eq!(get(SIGNATURE, 4), b"QEMU");
-        assert_eq!(u64_le(&get(RAM_SIZE, 8)), 128 << 20);
-        assert_eq!(get(NB_CPUS, 2), [2, 0]);
-        assert_eq!(u64_le(&get(E820, 20 * 5)[80..88]), HIGH_RAM);
-        assert_eq!(p.port_read(&c, 0x514, 1), None, "no DMA interface");
     }
 
     proptest! {
