@@ -203,9 +203,11 @@ impl Hypervisor {
         self.op(Op::IoreqComplete, args).map(drop)
     }
 
-    /// `IrqLevel`: drives line `gsi` of `domid`'s virtual PC.
-    pub fn irq_level(&self, domid: u32, gsi: u32, high: bool) -> Result<(), Errno> {
-        self.op(Op::IrqLevel, [domid.into(), gsi.into(), high.into(), 0, 0]).map(drop)
+    /// `IrqLevel`: drives line `gsi` of the virtual PC of `domid`, if `instance`
+    /// (`IoReq::instance`) is still the domain there.
+    pub fn irq_level(&self, domid: u32, instance: u32, gsi: u32, high: bool) -> Result<(), Errno> {
+        let args = [domid.into(), instance.into(), gsi.into(), high.into(), 0];
+        self.op(Op::IrqLevel, args).map(drop)
     }
 
     /// `PhysInfo`.

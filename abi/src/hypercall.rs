@@ -185,7 +185,7 @@ ops! {
     IoreqNext = 0x20, true;
     /// `(domid, vcpu, token, value) -> 0`: answer a taken `IoReq` (`value`: what an IN reads).
     IoreqComplete = 0x21, true;
-    /// `(domid, gsi, level) -> 0`: drive an interrupt line of a domU's virtual PC.
+    /// `(domid, instance, gsi, level) -> 0`: drive an interrupt line of a domU's virtual PC.
     IrqLevel = 0x22, true;
 }
 

@@ -34,14 +34,15 @@ pub const FW_CFG_SELECTOR: u16 = 0x510;
 /// address register QEMU may put at 0x514 is not offered: the ID item says so.
 pub const FW_CFG_DATA: u16 = 0x511;
 /// The ports dom0 serves for a domain created with `DOMCREATE_DEVICE_MODEL` (inclusive ranges;
-/// an access belongs to the range of its first port): the keyboard controller's data and
+/// an access is dom0's when all its bytes fall in one range): the keyboard controller's data and
 /// status / command ports, the RTC and CMOS, system control port A (0x92: fast A20, reset),
 /// fw_cfg, and PCI configuration mechanism #1 with the reset control register (0xCF8–0xCFF).
 pub const DM_PORTS: [(u16, u16); 6] =
     [(0x60, 0x60), (0x64, 0x64), (0x70, 0x71), (0x92, 0x92), (0x510, 0x511), (0xcf8, 0xcff)];
-/// True if dom0 serves `port` (see [`DM_PORTS`]).
-pub fn dm_port(port: u16) -> bool {
-    DM_PORTS.iter().any(|&(lo, hi)| (lo..=hi).contains(&port))
+/// True if dom0 serves an access of `size` bytes at `port` (see [`DM_PORTS`]).
+pub fn dm_access(port: u16, size: u8) -> bool {
+    let last = u32::from(port) + u32::from(size.max(1)) - 1;
+    DM_PORTS.iter().any(|&(lo, hi)| lo <= port && last <= u32::from(hi))
 }
 /// The interrupt lines dom0's device models drive with `IrqLevel` (a bit per GSI): the
 /// keyboard's (1), the RTC's (8) and the mouse's (12). Lines microhv's own devices drive are

@@ -213,14 +213,14 @@ pub struct DomainInfo {
     pub shutdown_status: u32,
     /// A [`CrashReason`] number.
     pub crash_reason: u32,
-    /// Reserved, 0.
-    pub reserved: u32,
+    /// Which domain this is (`IoReq::instance`): a new number for each `DomainCreate`.
+    pub instance: u32,
 }
 layout!(DomainInfo, 128, {
     domid @ 0, state @ 4, name @ 8, vcpus @ 40, flags @ 44, mem_bytes @ 48, mmu_used @ 56,
     mmu_max @ 64, mmu_requested @ 72, exits @ 80, ept_faults @ 88, mmu_zaps @ 96,
     cpu_time @ 104, shutdown_reason @ 112, shutdown_status @ 116, crash_reason @ 120,
-    reserved @ 124,
+    instance @ 124,
 });
 
 impl DomainInfo {

@@ -71,9 +71,8 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         "microhv ABI {major}.{minor} (dom0 built for {ABI_VERSION_MAJOR}.{ABI_VERSION_MINOR}): ok"
     );
 
-    match dom0_agent::dm::rtc::read_host() {
-        Some(t) => dm::MODELS.lock().set_wall_clock(t, rdtsc()),
-        None => println!("the host RTC kept updating; domUs' clocks start at 1970"),
+    if !dm::init_wall_clock() {
+        println!("the host RTC kept updating; domUs' clocks start at 1970");
     }
     println!("dom0 ready (domid {}, tsc {})", hv.domid, rdtsc());
     if boot.has_flag("bench") {

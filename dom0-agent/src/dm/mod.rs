@@ -35,7 +35,7 @@ pub trait DmHypercalls {
     /// `IoreqComplete`.
     fn ioreq_complete(&self, req: &IoReq, value: u32) -> Result<(), Errno>;
     /// `IrqLevel`.
-    fn irq_level(&self, domid: u32, gsi: u32, high: bool) -> Result<(), Errno>;
+    fn irq_level(&self, domid: u32, instance: u32, gsi: u32, high: bool) -> Result<(), Errno>;
     /// `DomainGetInfo`.
     fn domain_info(&self, domid: u32) -> Result<DomainInfo, Errno>;
     /// `DomainShutdown`.
@@ -49,8 +49,8 @@ impl DmHypercalls for abi::guest::Hypervisor {
     fn ioreq_complete(&self, req: &IoReq, value: u32) -> Result<(), Errno> {
         abi::guest::Hypervisor::ioreq_complete(self, req, value)
     }
-    fn irq_level(&self, domid: u32, gsi: u32, high: bool) -> Result<(), Errno> {
-        abi::guest::Hypervisor::irq_level(self, domid, gsi, high)
+    fn irq_level(&self, domid: u32, instance: u32, gsi: u32, high: bool) -> Result<(), Errno> {
+        abi::guest::Hypervisor::irq_level(self, domid, instance, gsi, high)
     }
     fn domain_info(&self, domid: u32) -> Result<DomainInfo, Errno> {
         abi::guest::Hypervisor::domain_info(self, domid)
@@ -105,7 +105,7 @@ impl Pc {
             rtc: Rtc::new(clock, unix_time, below, ram - below),
             fwcfg: FwCfg::new(ram, vcpus),
             pci: Pci::default(),
-            kbc: Kbc,
+            kbc: Kbc::default(),
             porta: PortA,
             line: Line::default(),
         }
@@ -142,7 +142,7 @@ impl Pc {
     /// Tells microhv the RTC line's level if it changed.
     fn sync_line(&mut self, hv: &impl DmHypercalls, domid: u32) -> Result<(), Errno> {
         if core::mem::take(&mut self.line.changed) {
-            hv.irq_level(domid, RTC_GSI, self.line.high)?;
+            hv.irq_level(domid, self.instance, RTC_GSI, self.line.high)?;
         }
         Ok(())
     }
@@ -180,13 +180,24 @@ impl DeviceModels {
         while let Ok(Some(req)) = hv.ioreq_next() {
             served += 1;
             let (unix, at) = self.wall_clock;
-            let Some(slot) = self.pcs.get_mut(req.domid as usize) else { continue };
-            if slot.as_ref().is_none_or(|pc| pc.instance != req.instance) {
-                let Ok(info) = hv.domain_info(req.domid) else { continue };
-                let now = unix + clock.now.saturating_sub(at) / clock.tsc_khz.max(1) / 1000;
-                *slot =
-                    Some(Pc::new(clock, now, info.mem_bytes, info.vcpus as usize, req.instance));
-            }
+            let slot = match self.pcs.get_mut(req.domid as usize) {
+                Some(slot) if slot.as_ref().is_some_and(|pc| pc.instance == req.instance) => slot,
+                Some(slot) => match hv.domain_info(req.domid) {
+                    Ok(info) => {
+                        let now = unix + clock.now.saturating_sub(at) / clock.tsc_khz.max(1) / 1000;
+                        let vcpus = info.vcpus as usize;
+                        *slot = Some(Pc::new(clock, now, info.mem_bytes, vcpus, req.instance));
+                        slot
+                    }
+                    // Gone meanwhile: it no longer needs an answer.
+                    Err(_) => continue,
+                },
+                // Not a domain id: answer as absent hardware would.
+                None => {
+                    let _ = hv.ioreq_complete(&req, mask(req.size));
+                    continue;
+                }
+            };
             let Some(pc) = slot.as_mut() else { continue };
             let (value, reset) = pc.access(clock, req.port, req.size, req.write != 0, req.value);
             // A reset ends the domain: its vCPU never needs the answer.
@@ -213,11 +224,25 @@ impl DeviceModels {
 /// dom0's device models (dom0 has one vCPU, so the lock is never contended).
 pub static MODELS: spin::Mutex<DeviceModels> = spin::Mutex::new(DeviceModels::new());
 
-/// The clock of dom0's device models: the TSC, at the rate microhv's timing leaf reports.
+/// The TSC's rate, from microhv's timing leaf (read once: CPUID is an exit).
+static TSC_KHZ: spin::Once<u64> = spin::Once::new();
+
+/// The clock of dom0's device models: the TSC.
 fn clock() -> Clock {
-    let khz = core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax;
+    let khz =
+        *TSC_KHZ.call_once(|| core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax.into());
     // SAFETY: RDTSC has no side effects; microhv does not intercept it.
-    Clock { now: unsafe { core::arch::x86_64::_rdtsc() }, tsc_khz: khz.into() }
+    Clock { now: unsafe { core::arch::x86_64::_rdtsc() }, tsc_khz: khz }
+}
+
+/// Sets the device models' time of day from the host's RTC; false if it could not be read (the
+/// domUs' clocks then start at 1970).
+pub fn init_wall_clock() -> bool {
+    let t = rtc::read_host();
+    if let Some(t) = t {
+        MODELS.lock().set_wall_clock(t, clock().now);
+    }
+    t.is_some()
 }
 
 /// Serves the domUs' waiting device accesses; true if there were any (dom0 should then give
@@ -259,7 +284,7 @@ mod tests {
             self.answers.borrow_mut().push((req.token, value));
             Ok(())
         }
-        fn irq_level(&self, domid: u32, gsi: u32, high: bool) -> Result<(), Errno> {
+        fn irq_level(&self, domid: u32, _instance: u32, gsi: u32, high: bool) -> Result<(), Errno> {
             if self.gone.contains(&domid) {
                 return Err(Errno::ESRCH);
             }

@@ -56,12 +56,35 @@ pub struct IoWait {
     pub size: u8,
     /// OUT.
     pub write: bool,
-    /// The value written (OUT), or once answered the value read (IN).
+    /// The value written (OUT).
     pub value: u32,
     /// Names the request to dom0.
     pub token: u32,
     /// Where it is.
     pub stage: IoStage,
+    /// What the answer completes.
+    pub then: IoThen,
+}
+
+/// What completes a port access once dom0 answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoThen {
+    /// IN (the value goes to AL / AX / EAX) or OUT, `len` bytes long.
+    Port {
+        /// The instruction's length.
+        len: u8,
+    },
+    /// One element of INS / OUTS.
+    String {
+        /// RCX, RSI, RDI after the element.
+        regs: crate::insn::StrRegs,
+        /// The instruction's length if this was its last element; 0 if it runs again for the
+        /// next one.
+        len: u8,
+        /// INS: where each byte of the element goes (guest-physical: translated again when
+        /// the answer comes, so memory the domain lost meanwhile is never written).
+        dest: [u64; 4],
+    },
 }
 
 /// The life of an [`IoWait`].
@@ -71,7 +94,8 @@ pub enum IoStage {
     Posted,
     /// dom0 took it and has not answered.
     Taken,
-    /// Answered: the vCPU may run, and its instruction takes the answer.
+    /// Answered and applied to registers and memory: the vCPU may run; its next entry moves
+    /// RIP past the instruction if it is complete.
     Answered,
 }
 

@@ -81,9 +81,8 @@ pub fn dispatch<B: Backend, P: PhysMem, const W: usize>(
             let v = usize::try_from(args[1]).map_err(|_| Errno::EINVAL)?;
             hv.ioreq_complete(t, v, args[2], args[3]).map(|()| 0)
         }),
-        Op::IrqLevel => {
-            target_domu(hv, args[0]).and_then(|t| hv.irq_level(t, args[1], args[2]).map(|()| 0))
-        }
+        Op::IrqLevel => target_domu(hv, args[0])
+            .and_then(|t| hv.irq_level(t, args[1], args[2], args[3]).map(|()| 0)),
     };
     Outcome::Return(match r {
         Ok(v) => v as i64,
@@ -393,7 +392,7 @@ fn fill_info<B: Backend, P: PhysMem, const W: usize>(hv: &Hv<B, P, W>, t: usize)
         shutdown_reason: dom.shutdown.0,
         shutdown_status: dom.shutdown.1,
         crash_reason: dom.crash as u32,
-        reserved: 0,
+        instance: dom.instance,
     }
 }
 

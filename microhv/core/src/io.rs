@@ -50,11 +50,7 @@ impl Pc {
         write: bool,
         value: u32,
     ) -> IoOutcome {
-        let mask = match size {
-            1 => 0xff,
-            2 => 0xffff,
-            _ => u32::MAX,
-        };
+        let mask = size_mask(size);
         let absent = if write { IoOutcome::Done(0) } else { IoOutcome::Done(mask) };
         if privileged {
             return absent;
@@ -82,6 +78,15 @@ impl Pc {
                 absent
             }
         }
+    }
+}
+
+/// The bits an access of `size` bytes (1, 2 or 4) covers.
+pub fn size_mask(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => u32::MAX,
     }
 }
 

@@ -838,8 +838,8 @@ fn absent_ports_read_all_ones_by_string_io() {
 }
 
 /// A domU created with `DOMCREATE_DEVICE_MODEL`, running, its instruction at RIP `insn`.
-fn dm_domain(hv: &mut TestHv, insn: &[u8]) -> u32 {
-    let mut c = create_args("dm", 2 << 20, 1, 0);
+fn dm_domain(hv: &mut TestHv, name: &str, insn: &[u8]) -> u32 {
+    let mut c = create_args(name, 2 << 20, 1, 0);
     c.flags = DOMCREATE_DEVICE_MODEL;
     let d = create_with(hv, &c) as usize;
     assert_eq!(set_state(hv, d, 0, &flat32(0x10_0000)), 0);
@@ -849,34 +849,28 @@ fn dm_domain(hv: &mut TestHv, insn: &[u8]) -> u32 {
     d as u32
 }
 
-/// dom0 serves the `answers` of domain `d`'s requests (tokens from 1 in turn), yielding before
-/// each, then powers off.
-fn dom0_serves(hv: &mut TestHv, d: u32, answers: &[u64]) {
-    let hc = |rax: Op, rdi, rsi, rdx, r10| Gprs {
-        rax: rax as u64,
-        rdi,
-        rsi,
-        rdx,
-        r10,
-        ..Gprs::default()
-    };
-    for (i, &a) in answers.iter().enumerate() {
-        push(hv, 0, Exit::Hypercall, hc(Op::Yield, 0, 0, 0, 0));
-        push(hv, 0, Exit::Hypercall, hc(Op::IoreqNext, SCRATCH, 0, 0, 0));
-        push(hv, 0, Exit::Hypercall, hc(Op::IoreqComplete, d.into(), 0, i as u64 + 1, a));
+/// dom0 yields (the domU runs), then serves `n` requests of domain `d` with `answer`, yielding
+/// after each (the fake gives each `IoreqComplete` the token of `d`'s latest access), then
+/// yields `last_yields` times and powers off.
+fn dom0_serves(hv: &mut TestHv, d: u32, n: usize, answer: u64, last_yields: usize) {
+    hv.backend.answer = Some((d, 0));
+    let hc = |op: Op, rdi, rsi, r10| Gprs { rax: op as u64, rdi, rsi, r10, ..Gprs::default() };
+    push(hv, 0, Exit::Hypercall, hc(Op::Yield, 0, 0, 0));
+    for _ in 0..n {
+        push(hv, 0, Exit::Hypercall, hc(Op::IoreqNext, SCRATCH, 0, 0));
+        push(hv, 0, Exit::Hypercall, hc(Op::IoreqComplete, d.into(), 0, answer));
+        push(hv, 0, Exit::Hypercall, hc(Op::Yield, 0, 0, 0));
     }
-    dom0_yields_then_powers_off(hv, 2);
+    dom0_yields_then_powers_off(hv, last_yields);
 }
 
 #[test]
-fn dom0_answers_a_port_access_and_the_instruction_takes_the_answer() {
+fn dom0_answers_a_port_access_and_it_completes() {
     let mut hv = world();
-    let d = dm_domain(&mut hv, &[0xe4, 0x71]);
+    let d = dm_domain(&mut hv, "dm", &[0xe4, 0x71]);
     let inb = Exit::Io { port: 0x71, size: 1, write: false, string: false, rep: false };
-    // The IN exits, waits for dom0, then executes again and takes the answer.
     push(&mut hv, d, inb, Gprs { rax: 0x1234_5678, ..Gprs::default() });
-    hv.backend.push(d, 0, Step { exit: inb, gprs: None, cpl: 0 });
-    dom0_serves(&mut hv, d, &[0x1_42]);
+    dom0_serves(&mut hv, d, 1, 0x1_42, 1);
     assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
     let req: IoReq = get(&hv, 0, SCRATCH);
     let instance = hv.domains[d as usize].instance;
@@ -891,27 +885,97 @@ fn dom0_answers_a_port_access_and_the_instruction_takes_the_answer() {
 }
 
 #[test]
+fn an_out_is_posted_with_its_value_cut_to_its_size() {
+    let mut hv = world();
+    let d = dm_domain(&mut hv, "dm", &[0x66, 0xef]);
+    let outw = Exit::Io { port: 0x510, size: 2, write: true, string: false, rep: false };
+    push(&mut hv, d, outw, Gprs { rax: 0xdead_0019, ..Gprs::default() });
+    dom0_serves(&mut hv, d, 1, 0, 1);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let req: IoReq = get(&hv, 0, SCRATCH);
+    assert_eq!((req.port, req.size, req.write, req.value), (0x510, 2, 1, 0x19));
+    let v = &hv.domains[d as usize].vcpus[0];
+    assert_eq!((v.gprs.rax, v.arch.as_ref().expect("vcpu").rip), (0xdead_0019, STR_RIP + 3));
+}
+
+#[test]
 fn rep_insb_from_a_dom0_port_asks_for_each_element() {
     let mut hv = world();
-    let d = dm_domain(&mut hv, &[0xf3, 0x6c]);
+    let d = dm_domain(&mut hv, "dm", &[0xf3, 0x6c]);
     let insb = io(0x511, 1, false, true);
     push(&mut hv, d, insb, Gprs { rcx: 2, rdi: 0x3000, ..Gprs::default() });
-    for _ in 0..2 {
-        hv.backend.push(d, 0, Step { exit: insb, gprs: None, cpl: 0 });
-    }
-    dom0_serves(&mut hv, d, &[b'Q'.into(), b'E'.into()]);
+    hv.backend.push(d, 0, Step { exit: insb, gprs: None, cpl: 0 });
+    dom0_serves(&mut hv, d, 2, b'Q'.into(), 1);
     assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
     let d = d as usize;
-    assert_eq!(get_bytes(&hv, d, 0x3000, 3), b"QE\0");
+    assert_eq!(get_bytes(&hv, d, 0x3000, 3), b"QQ\0");
     assert_eq!((str_regs(&hv, d), vcpu(&hv, d).rip), ((0, 0, 0x3002), STR_RIP + 2));
+}
+
+#[test]
+fn a_domu_that_keeps_dom0_busy_does_not_keep_the_cpu() {
+    // A reads the RTC in a loop; B computes. Every access is a detour through dom0, charged to
+    // A's slice: once that is used, B gets its turn, although A is always ready again at once.
+    let mut hv = world();
+    let a = dm_domain(&mut hv, "a", &[0xe4, 0x71]);
+    let b = running(&mut hv, "b") as u32;
+    let inb = Exit::Io { port: 0x71, size: 1, write: false, string: false, rep: false };
+    // A cycle (A's exit, dom0's three hypercalls) takes 4,000 fake ticks: n cycles are three
+    // of A's slices. A has more accesses than dom0 serves, so it never stops on its own.
+    let n = 3 * (crate::policy::VCPU_SLICE / 4000) as usize;
+    for _ in 0..2 * n {
+        hv.backend.push(a, 0, Step { exit: inb, gprs: None, cpl: 0 });
+    }
+    for _ in 0..n {
+        hv.backend.push(b, 0, Step { exit: Exit::Timer, gprs: None, cpl: 0 });
+    }
+    // dom0 stops right after the last answer: B must have run by then.
+    dom0_serves(&mut hv, a, n, 0, 0);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let runs = |d: u32| hv.backend.runs.get(&(d, 0)).copied().unwrap_or(0);
+    assert!(runs(b) >= 1000, "b ran {} times, a {}", runs(b), runs(a));
+}
+
+#[test]
+fn a_waiting_vcpu_survives_pause_and_its_domain_can_be_destroyed() {
+    let mut hv = world();
+    let d = dm_domain(&mut hv, "dm", &[0xe4, 0x71]) as u64;
+    let inb = Exit::Io { port: 0x71, size: 1, write: false, string: false, rep: false };
+    push(&mut hv, d as u32, inb, Gprs::default());
+    // dom0 takes the request, pauses the domain, answers, unpauses; then a second access is
+    // posted and the domain destroyed while dom0 holds it.
+    hv.backend.push(d as u32, 0, Step { exit: inb, gprs: None, cpl: 0 });
+    hv.backend.answer = Some((d as u32, 0));
+    let hc = |op: Op, rdi, rsi, r10| Gprs { rax: op as u64, rdi, rsi, r10, ..Gprs::default() };
+    for g in [
+        hc(Op::Yield, 0, 0, 0),
+        hc(Op::IoreqNext, SCRATCH, 0, 0),
+        hc(Op::DomainPause, d, 0, 0),
+        hc(Op::IoreqComplete, d, 0, 7),
+        hc(Op::DomainUnpause, d, 0, 0),
+        hc(Op::Yield, 0, 0, 0),
+        hc(Op::IoreqNext, SCRATCH, 0, 0),
+        hc(Op::DomainDestroy, d, 0, 0),
+        hc(Op::IoreqComplete, d, 0, 7),
+    ] {
+        push(&mut hv, 0, Exit::Hypercall, g);
+    }
+    dom0_yields_then_powers_off(&mut hv, 1);
+    let free = hv.frames.free_frames();
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    assert!(!hv.domains[d as usize].exists());
+    let late = [d, 0, 2, 7, 0];
+    assert_eq!(call(&mut hv, 0, Op::IoreqComplete as u64, late), ESRCH, "a late answer");
+    assert!(hv.frames.free_frames() > free, "the domain's frames came back");
 }
 
 #[test]
 fn ioreq_and_irq_level_errors() {
     let mut hv = world();
-    let d = dm_domain(&mut hv, &[0x90]) as u64;
+    let d = dm_domain(&mut hv, "dm", &[0x90]) as u64;
     let u = running(&mut hv, "plain") as u64;
     let op = |o: Op| o as u64;
+    let inst = u64::from(hv.domains[d as usize].instance);
     // Nothing waits; a bad buffer is refused first.
     assert_eq!(call(&mut hv, 0, op(Op::IoreqNext), [SCRATCH, 0, 0, 0, 0]), 0);
     assert_eq!(call(&mut hv, 0, op(Op::IoreqNext), [SCRATCH + 4, 0, 0, 0, 0]), EINVAL);
@@ -920,17 +984,23 @@ fn ioreq_and_irq_level_errors() {
     assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [d, 0, 1, 0, 0]), EINVAL);
     assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [d, 9, 1, 0, 0]), EINVAL);
     assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [d, u64::MAX, 1, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [d, 0, 1, 1 << 32, 0]), EINVAL);
     assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [99, 0, 1, 0, 0]), ESRCH);
     assert_eq!(call(&mut hv, 0, op(Op::IoreqComplete), [0, 0, 1, 0, 0]), EPERM);
-    // IrqLevel: only dom0's lines, levels 0 and 1.
-    assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [d, 8, 1, 0, 0]), 0);
-    assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [d, 8, 0, 0, 0]), 0);
+    // IrqLevel: the domain instance dom0's devices belong to, only dom0's lines, levels 0 and 1,
+    // only domains dom0 serves.
+    let il = op(Op::IrqLevel);
+    assert_eq!(call(&mut hv, 0, il, [d, inst, 8, 1, 0]), 0);
+    assert_eq!(call(&mut hv, 0, il, [d, inst, 8, 0, 0]), 0);
+    assert_eq!(call(&mut hv, 0, il, [d, inst + 1, 8, 1, 0]), ESRCH, "a stale instance");
     for (gsi, level) in [(0, 1), (4, 1), (9, 0), (8, 2), (32, 1), (1 << 33, 1)] {
-        assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [d, gsi, level, 0, 0]), EINVAL, "{gsi}");
+        assert_eq!(call(&mut hv, 0, il, [d, inst, gsi, level, 0]), EINVAL, "{gsi}");
     }
-    assert_eq!(call(&mut hv, 0, op(Op::IrqLevel), [0, 8, 1, 0, 0]), EPERM);
+    let ui = u64::from(hv.domains[u as usize].instance);
+    assert_eq!(call(&mut hv, 0, il, [u, ui, 8, 1, 0]), EINVAL, "no device model");
+    assert_eq!(call(&mut hv, 0, il, [0, 0, 8, 1, 0]), EPERM);
     for o in [Op::IoreqNext, Op::IoreqComplete, Op::IrqLevel] {
-        assert_eq!(call(&mut hv, u as usize, op(o), [d, 8, 1, 0, 0]), EPERM);
+        assert_eq!(call(&mut hv, u as usize, op(o), [d, inst, 8, 1, 0]), EPERM);
     }
 }
 

@@ -96,6 +96,11 @@ pub struct FakeBackend {
     pub runs: HashMap<(u32, u32), u64>,
     /// A fake clock, advanced by every run.
     pub clock: std::cell::Cell<u64>,
+    /// Port I/O exits produced, per (domid, vCPU).
+    pub io_exits: HashMap<(u32, u32), u64>,
+    /// A vCPU whose latest port access dom0's scripted `IoreqComplete` steps answer: their
+    /// token (rdx) is that vCPU's I/O exit count, so a script need not know when it runs.
+    pub answer: Option<(u32, u32)>,
 }
 
 impl FakeBackend {
@@ -161,6 +166,12 @@ impl Backend for FakeBackend {
         });
         if let Some(g) = step.gprs {
             *gprs = g;
+        }
+        if let Exit::Io { .. } = step.exit {
+            *self.io_exits.entry(key).or_default() += 1;
+        }
+        if let Some(who) = self.answer.filter(|_| gprs.rax == abi::Op::IoreqComplete as u64) {
+            gprs.rdx = self.io_exits.get(&who).copied().unwrap_or(0);
         }
         ExitInfo {
             exit: step.exit,

@@ -28,17 +28,19 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             // A REP prefix on IN / OUT is ignored, as the CPU ignores it.
             Exit::Io { port, size, write, .. } => {
                 let rax = self.domains[d].vcpus[v].gprs.rax;
-                match self.port_io((d, v), port, size, write, rax as u32) {
-                    Ok(val) => {
-                        if !write {
-                            self.domains[d].vcpus[v].gprs.rax = merge_in(rax, size, val);
-                        }
-                        self.skip(d, v, info.insn_len);
-                        None
-                    }
-                    Err(Held::Waits) => None,
-                    Err(Held::Stopped) => self.after_stop(d),
+                if self.dom0_serves(d, port, size) {
+                    let then = IoThen::Port { len: info.insn_len };
+                    self.forward((d, v), port, (size, write, rax as u32), then);
+                    return None;
                 }
+                let Some(val) = self.port_io(d, port, size, write, rax as u32) else {
+                    return self.after_stop(d);
+                };
+                if !write {
+                    self.domains[d].vcpus[v].gprs.rax = merge_in(rax, size, val);
+                }
+                self.skip(d, v, info.insn_len);
+                None
             }
             Exit::Cpuid => {
                 let caller = Caller {
@@ -219,24 +221,21 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    /// One IN (`write` false: the value read) or OUT of `size` bytes at `port` by vCPU `v` of
-    /// domain `d`: a device dom0 serves (`ioreq.rs`), a device of the virtual platform, else
+    /// One IN (`write` false: the value read) or OUT of `size` bytes at `port` that microhv
+    /// serves (dom0 serves some: [`Self::dom0_serves`]): a device of the virtual platform, else
     /// the exit ports or nothing (all-ones read, write dropped). A console byte goes to the
-    /// domain's console.
+    /// domain's console. `None` when the access stopped the domain (power-off): the caller
+    /// returns what [`Self::after_stop`] says.
     pub(super) fn port_io(
         &mut self,
-        (d, v): (usize, usize),
+        d: usize,
         port: u16,
         size: u8,
         write: bool,
         value: u32,
-    ) -> Result<u32, Held> {
+    ) -> Option<u32> {
         let clock = self.clock();
         let dom = &mut self.domains[d];
-        if dom.device_model && abi::platform::dm_port(port) {
-            let mask = u32::MAX >> (32 - 8 * u32::from(size));
-            return self.forward((d, v), port, size, write, value & mask);
-        }
         let platform = dom.platform.as_mut().filter(|_| !dom.privileged);
         let outcome = match (platform, write) {
             (Some(p), true) => p.port_write(&clock, port, size, value).map(|e| match e {
@@ -252,14 +251,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
         let dom = &mut self.domains[d];
         match outcome.unwrap_or_else(|| dom.pc.port_io(dom.privileged, port, size, write, value)) {
-            IoOutcome::Done(val) => Ok(val),
+            IoOutcome::Done(val) => Some(val),
             IoOutcome::Console(b) => {
                 self.console_write(d, &[b]);
-                Ok(0)
+                Some(0)
             }
             IoOutcome::Shutdown(status) => {
                 self.shutdown_domain(d, ShutdownReason::Poweroff as u32, status);
-                Err(Held::Stopped)
+                None
             }
         }
     }

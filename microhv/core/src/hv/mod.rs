@@ -17,13 +17,11 @@ mod strio;
 
 pub use strio::STRING_IO_CHUNK;
 
-use ioreq::Held;
-
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
 use crate::cpuid::{Caller, guest_cpuid};
 use crate::dev::Clock;
-use crate::domain::{Domain, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
+use crate::domain::{Domain, IoThen, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::exit::{Backend, CpuMode, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
 use crate::insn::{self, MmioOp};
@@ -120,6 +118,9 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     yielded: bool,
     /// The last `IoReq::token` given out.
     ioreq_seq: u32,
+    /// A vCPU waiting for dom0 to serve its port access, with its slice (start, length): it
+    /// resumes when dom0 is done (`ioreq.rs`, `run.rs`).
+    detour: Option<((usize, usize), u64, u64)>,
     /// The last `IoReq::instance` given out.
     pub(crate) instances: u32,
 }
@@ -148,6 +149,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             boost: None,
             yielded: false,
             ioreq_seq: 0,
+            detour: None,
             instances: 0,
         }
     }

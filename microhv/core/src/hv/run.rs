@@ -100,6 +100,17 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let boosted = boost.filter(|&b| self.can_run(b, now));
                 self.boost = None;
                 self.slice_len = if boosted.is_some() { BOOST_QUANTUM } else { VCPU_SLICE };
+                // Back from a detour to dom0 (`ioreq.rs`): the vCPU that took it carries on with
+                // what is left of its slice; once that is used, round-robin resumes after it (so
+                // a guest that keeps dom0 busy cannot keep the CPU).
+                let home = if boosted.is_none() { self.detour.take() } else { None };
+                if let Some((at, start, len)) = home {
+                    if self.can_run(at, now) && now.wrapping_sub(start) < len - SLICE_SLACK {
+                        self.resume(at, start, len);
+                        continue;
+                    }
+                    self.cursor = at;
+                }
                 let Some(next) = boosted.or_else(|| self.pick(now)) else {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
@@ -139,6 +150,17 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
+    /// Makes `at` the running vCPU again with the slice it had (`start`, `len`).
+    fn resume(&mut self, at: (usize, usize), start: u64, len: u64) {
+        let (d, v) = self.cursor;
+        if at != self.cursor
+            && let Some(prev) = self.domains[d].vcpus[v].arch.as_mut()
+        {
+            self.backend.unload(prev);
+        }
+        (self.cursor, self.slice_start, self.slice_len, self.yielded) = (at, start, len, false);
+    }
+
     /// Runs vCPU `v` of domain `d` once and handles its exit.
     pub(super) fn run_one(&mut self, d: usize, v: usize, slice: u64) -> Option<Stop> {
         if let Err(reason) = self.prepare_entry(d, v) {
@@ -159,9 +181,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// delivers the vCPU's highest pending interrupt if the guest can take it now (otherwise,
     /// or if more are waiting, it asks to exit as soon as the guest can).
     pub(super) fn prepare_entry(&mut self, d: usize, v: usize) -> Result<(), CrashReason> {
+        if self.domains[d].vcpus[v].io.is_some() {
+            self.finish_io(d, v);
+        }
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let dom = &mut self.domains[d];
-        let crate::domain::Vcpu { arch, irq_window, nmi_window, io, .. } = &mut dom.vcpus[v];
+        let crate::domain::Vcpu { arch, irq_window, nmi_window, .. } = &mut dom.vcpus[v];
         let arch = arch.as_mut().ok_or(CrashReason::EntryFailure)?;
         if dom.mmu.needs_reload(v) {
             let root = dom.mmu.reload_root(&mut m, v).map_err(|e| {
@@ -173,16 +198,6 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if dom.mmu.take_flush() {
             self.backend.flush(arch);
             dom.counters.tlb_flushes += 1;
-        }
-        if io.is_some() {
-            // An answered port access runs again first and takes its answer: no event may come
-            // before it, and no window may exit before it (the search waits until then).
-            for (open, nmi) in [(irq_window, false), (nmi_window, true)] {
-                if core::mem::take(open) {
-                    self.backend.set_interrupt_window(arch, false, nmi);
-                }
-            }
-            return Ok(());
         }
         if let Some(p) = dom.platform.as_mut() {
             // Nothing can have become deliverable since the last look, and no window is open:

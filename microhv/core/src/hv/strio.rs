@@ -65,16 +65,18 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             user: info.cpl == 3,
             ac: info.rflags & regs::RFLAGS_AC != 0,
         };
-        // The last page translated (linear page number, host address): one walk per page.
-        let mut cache = (u64::MAX, 0);
+        // The last page translated (linear page number, guest-physical and host address): one
+        // walk per page.
+        let mut cache = (u64::MAX, 0, 0);
+        let dom0s = self.dom0_serves(d, port, size);
         let (mut done, mut miss) = (0, None);
         while done < chunk {
             let at = base.wrapping_add(s.offset(index, df, done));
-            let mut hpa = [0u64; 4];
+            let (mut hpa, mut gpa) = ([0u64; 4], [0u64; 4]);
             // Byte by byte: an element may straddle two pages.
-            let r = hpa.iter_mut().take(usize::from(size)).enumerate().try_for_each(|(i, h)| {
+            let r = (0..usize::from(size)).try_for_each(|i| {
                 let b = at.wrapping_add(i as u64);
-                *h = self.string_byte(d, b, info.mode, &paging, acc, &mut cache)?;
+                (hpa[i], gpa[i]) = self.string_byte(d, b, info.mode, &paging, acc, &mut cache)?;
                 Ok(())
             });
             if let Err(e) = r {
@@ -88,16 +90,22 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     self.mem.read(h, core::slice::from_mut(b));
                 }
             }
-            match self.port_io((d, v), port, size, write, u32::from_le_bytes(buf)) {
-                Ok(val) if !write => {
-                    for (b, &h) in val.to_le_bytes().iter().zip(hpa) {
-                        self.mem.write(h, core::slice::from_ref(b));
-                    }
+            if dom0s {
+                // One element per request: the answer completes it (`ioreq.rs`), and the
+                // instruction runs again for the next.
+                let regs = s.advance(StrRegs { rcx: g.rcx, rsi: g.rsi, rdi: g.rdi }, df, 1);
+                let len = if total == 1 { len } else { 0 };
+                let then = IoThen::String { regs, len, dest: gpa };
+                self.forward((d, v), port, (size, write, u32::from_le_bytes(buf)), then);
+                return None;
+            }
+            let Some(val) = self.port_io(d, port, size, write, u32::from_le_bytes(buf)) else {
+                return self.after_stop(d);
+            };
+            if !write {
+                for (b, &h) in val.to_le_bytes().iter().zip(hpa) {
+                    self.mem.write(h, core::slice::from_ref(b));
                 }
-                Ok(_) => {}
-                // dom0 serves the port: this element waits for its answer (RIP stays).
-                Err(Held::Waits) => break,
-                Err(Held::Stopped) => return self.after_stop(d),
             }
             done += 1;
         }
@@ -122,8 +130,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    /// Host-physical address of the byte at linear address `at` for access `a`; `cache` holds
-    /// the last page translated.
+    /// Host- and guest-physical address of the byte at linear address `at` for access `a`;
+    /// `cache` holds the last page translated.
     fn string_byte(
         &mut self,
         d: usize,
@@ -131,8 +139,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         mode: CpuMode,
         p: &Paging,
         a: DataAccess,
-        cache: &mut (u64, u64),
-    ) -> Result<u64, Miss> {
+        cache: &mut (u64, u64, u64),
+    ) -> Result<(u64, u64), Miss> {
         // Outside 64-bit mode linear addresses wrap at 4 GiB; in it they must be canonical.
         let at = if mode == CpuMode::Bits64 { at } else { at & 0xffff_ffff };
         if !is_canonical(at) {
@@ -145,8 +153,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     WalkError::Unreadable => Miss::Outside,
                 })?;
             let page = self.guest_range(d, gpa & !0xfff, FRAME_SIZE, a.write);
-            *cache = (at >> 12, page.ok_or(Miss::Outside)?);
+            *cache = (at >> 12, gpa & !0xfff, page.ok_or(Miss::Outside)?);
         }
-        Ok(cache.1 | (at & 0xfff))
+        Ok((cache.2 | (at & 0xfff), cache.1 | (at & 0xfff)))
     }
 }

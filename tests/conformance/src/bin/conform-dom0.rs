@@ -467,13 +467,22 @@ fn lifecycle(s: &mut Suite) {
     s.expect_err("ioreq-complete-missing", call(ic, [99, 0, 1, 0, 0]), ESRCH);
     s.expect_err("ioreq-complete-dom0", call(ic, [0, 0, 1, 0, 0]), EPERM);
     let il = Op::IrqLevel as u64;
-    s.expect("irq-level-high", call(il, [d, 8, 1, 0, 0]), 0);
-    s.expect("irq-level-low", call(il, [d, 8, 0, 0, 0]), 0);
-    s.expect_err("irq-level-microhv-line", call(il, [d, 0, 1, 0, 0]), EINVAL);
-    s.expect_err("irq-level-gsi-out-of-range", call(il, [d, 32, 1, 0, 0]), EINVAL);
-    s.expect_err("irq-level-bad-level", call(il, [d, 8, 2, 0, 0]), EINVAL);
-    s.expect_err("irq-level-missing", call(il, [99, 8, 1, 0, 0]), ESRCH);
-    s.expect_err("irq-level-dom0", call(il, [0, 8, 1, 0, 0]), EPERM);
+    let inst = |d| info_of(d).map_or(0, |i| u64::from(i.instance));
+    let mut c = create_args("served", MIN_DOMAIN_MEM);
+    c.flags = DOMCREATE_DEVICE_MODEL;
+    let dm = create(&c).max(0) as u64;
+    let i = inst(dm);
+    s.check("instances-differ", i != inst(d) && i != 0, format_args!("{i}, {}", inst(d)));
+    s.expect("irq-level-high", call(il, [dm, i, 8, 1, 0]), 0);
+    s.expect("irq-level-low", call(il, [dm, i, 8, 0, 0]), 0);
+    s.expect_err("irq-level-stale-instance", call(il, [dm, i + 1, 8, 1, 0]), ESRCH);
+    s.expect_err("irq-level-microhv-line", call(il, [dm, i, 0, 1, 0]), EINVAL);
+    s.expect_err("irq-level-gsi-out-of-range", call(il, [dm, i, 32, 1, 0]), EINVAL);
+    s.expect_err("irq-level-bad-level", call(il, [dm, i, 8, 2, 0]), EINVAL);
+    s.expect_err("irq-level-not-served", call(il, [d, inst(d), 8, 1, 0]), EINVAL);
+    s.expect_err("irq-level-missing", call(il, [99, 0, 8, 1, 0]), ESRCH);
+    s.expect_err("irq-level-dom0", call(il, [0, 0, 8, 1, 0]), EPERM);
+    s.expect("destroy-served", op1(Op::DomainDestroy, dm), 0);
 
     // Shutdown by dom0, then misuse of a stopped domain.
     let sh = Op::DomainShutdown as u64;
@@ -740,6 +749,7 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     let boot = guest_rt::start(ebx);
+    dom0_agent::dm::init_wall_clock();
     let start_free = free_bytes();
     // Found now: the dom0 storm may scribble over the start page, where the module list is;
     // the modules themselves are read-only.
