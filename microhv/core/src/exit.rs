@@ -285,8 +285,11 @@ pub struct ExitInfo {
     pub mode: CpuMode,
     /// Code-segment base (RIP is relative to it); like `mode`, for those exits.
     pub cs_base: u64,
-    /// TSC ticks the guest ran.
+    /// TSC ticks the guest ran (with the backend's time for the exits it completed).
     pub ran_ticks: u64,
+    /// Exits the backend completed itself before this one (`fast.rs`), by
+    /// [`crate::fast::FastExit::index`]: hypercalls, CPUIDs.
+    pub completed: [u32; 2],
 }
 
 impl ExitInfo {
@@ -308,6 +311,7 @@ impl ExitInfo {
             mode: CpuMode::Bits16,
             cs_base: 0,
             ran_ticks,
+            completed: [0; 2],
         }
     }
 }
@@ -404,6 +408,21 @@ pub struct VcpuConfig {
     pub privileged: bool,
     /// Second-level root as the hardware takes it (EPTP / nCR3, from the `mmu`).
     pub root: u64,
+    /// The TSC's frequency (kHz), for the CPUID leaves a backend completes itself (`fast.rs`).
+    pub tsc_khz: u32,
+}
+
+impl VcpuConfig {
+    /// Who this vCPU is for CPUID, on a machine whose hypercall instruction is `insn`.
+    pub const fn caller(&self, insn: u32) -> crate::cpuid::Caller {
+        crate::cpuid::Caller {
+            domid: self.domid,
+            privileged: self.privileged,
+            vcpu: self.index,
+            hypercall_insn: insn,
+            tsc_khz: self.tsc_khz,
+        }
+    }
 }
 
 /// An arch backend: the only code that touches the VMCS / VMCB or enters a guest.

@@ -17,6 +17,7 @@ pub mod cpuid;
 pub mod dev;
 pub mod domain;
 pub mod exit;
+pub mod fast;
 pub mod frames;
 pub mod hostmap;
 pub mod hv;

@@ -588,6 +588,21 @@ fn dom0_yields_then_powers_off(hv: &mut TestHv, n: usize) {
 }
 
 #[test]
+fn exits_the_backend_completed_are_counted() {
+    let mut hv = world();
+    let d = running(&mut hv, "u");
+    hv.backend.completed = [5, 7];
+    hv.backend.push(d as u32, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    dom0_yields_then_powers_off(&mut hv, 1);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    // dom0 ran first and reported them: they are dom0's.
+    let c = hv.domains[0].counters;
+    assert_eq!(c.hypercalls, 5 + 2, "five completed, two dispatched");
+    assert_eq!(c.exits[ExitReason::Cpuid as usize], 7);
+    assert_eq!(c.exits[ExitReason::Hypercall as usize], 5 + 2);
+}
+
+#[test]
 fn cpuid_msr_io_and_cr_exits() {
     let mut hv = world();
     let d = running(&mut hv, "u") as u32;

@@ -101,6 +101,8 @@ pub struct FakeBackend {
     /// A vCPU whose latest port access dom0's scripted `IoreqComplete` steps answer: their
     /// token (rdx) is that vCPU's I/O exit count, so a script need not know when it runs.
     pub answer: Option<(u32, u32)>,
+    /// Fast exits the next exit reports as completed before it (`ExitInfo::completed`).
+    pub completed: [u32; 2],
 }
 
 impl FakeBackend {
@@ -193,6 +195,7 @@ impl Backend for FakeBackend {
             },
             cs_base: v.regs.get("cs_base").copied().unwrap_or(0),
             ran_ticks: 1000,
+            completed: core::mem::take(&mut self.completed),
         }
     }
 

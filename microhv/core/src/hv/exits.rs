@@ -50,12 +50,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     hypercall_insn: self.backend.hypercall_insn(),
                     tsc_khz: u32::try_from(self.tsc_khz).unwrap_or(u32::MAX),
                 };
-                let g = &self.domains[d].vcpus[v].gprs;
-                let (leaf, sub) = (g.rax as u32, g.rcx as u32);
-                let backend = &self.backend;
-                let r = guest_cpuid(leaf, sub, &caller, |l, s| backend.host_cpuid(l, s));
-                let g = &mut self.domains[d].vcpus[v].gprs;
-                (g.rax, g.rbx, g.rcx, g.rdx) = (r[0].into(), r[1].into(), r[2].into(), r[3].into());
+                let (g, backend) = (&mut self.domains[d].vcpus[v].gprs, &self.backend);
+                crate::fast::complete(FastExit::Cpuid, g, &caller, |l, s| backend.host_cpuid(l, s));
                 self.skip(d, v, info.insn_len);
                 None
             }

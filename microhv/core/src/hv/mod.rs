@@ -19,10 +19,11 @@ pub use strio::STRING_IO_CHUNK;
 
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
-use crate::cpuid::{Caller, guest_cpuid};
+use crate::cpuid::Caller;
 use crate::dev::Clock;
 use crate::domain::{Domain, IoThen, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::exit::{Backend, CpuMode, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
+use crate::fast::FastExit;
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
 use crate::insn::{self, MmioOp};
 use crate::io::{IoOutcome, merge_in, merge_reg};
@@ -175,6 +176,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 index: i as u32,
                 privileged: self.domains[d].privileged,
                 root,
+                tsc_khz: u32::try_from(self.tsc_khz).unwrap_or(u32::MAX),
             };
             let v = self.backend.create_vcpu(&mut m, &cfg, &init).map_err(|_| Errno::ENOMEM);
             let v = match v {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::domain::IoStage;
+use abi::types::ExitReason;
 
 /// A slice-timer exit this close to the slice's end ends it: the SVM slice timer (the host's
 /// local APIC timer, calibrated at boot) may fire that much early, and running the vCPU again
@@ -174,6 +175,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let info = self.backend.run(arch, &mut vc.gprs, slice);
         dom.counters.cpu_time += info.ran_ticks;
         dom.counters.count_exit(info.exit.reason());
+        if info.completed != [0; 2] {
+            let [hypercalls, cpuids] = info.completed.map(u64::from);
+            dom.counters.hypercalls += hypercalls;
+            dom.counters.exits[ExitReason::Hypercall as usize] += hypercalls;
+            dom.counters.exits[ExitReason::Cpuid as usize] += cpuids;
+        }
         self.handle_exit(d, v, &info)
     }
 

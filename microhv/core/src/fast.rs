@@ -1,0 +1,97 @@
+//! The exits a backend completes itself, in a loop around VM entry, without returning to the
+//! core (#13's fast paths): a `Version` hypercall from ring 0 and CPUID. They need nothing but
+//! the vCPU's registers and change no state the core keeps, so the scheduler, the interrupt
+//! search and the generic exit decode have nothing to do for them. The backend completes the
+//! instruction only where that is plain (no single-step trap to deliver, no interrupt shadow to
+//! end, no RIP wrap, time left in the slice) and reports how many it completed
+//! ([`crate::exit::ExitInfo::completed`]); anything else goes to the core as before, which
+//! computes the same results ([`complete`] is what both call).
+
+use crate::cpuid::{Caller, guest_cpuid};
+use crate::exit::Gprs;
+
+/// A fast exit, as the backend saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastExit {
+    /// VMCALL / VMMCALL at privilege level `cpl`.
+    Hypercall {
+        /// The caller's CPL.
+        cpl: u8,
+    },
+    /// CPUID.
+    Cpuid,
+}
+
+impl FastExit {
+    /// Index into `ExitInfo::completed`.
+    pub const fn index(self) -> usize {
+        match self {
+            FastExit::Hypercall { .. } => 0,
+            FastExit::Cpuid => 1,
+        }
+    }
+}
+
+/// Completes `exit` on the registers if it is one a backend may complete itself: `Version` from
+/// ring 0, or any CPUID (as `caller` sees it, `host` being the host's CPUID). False if the
+/// core must handle it.
+pub fn complete(
+    exit: FastExit,
+    g: &mut Gprs,
+    caller: &Caller,
+    host: impl Fn(u32, u32) -> [u32; 4],
+) -> bool {
+    match exit {
+        FastExit::Hypercall { cpl: 0 } if g.rax == abi::Op::Version as u64 => {
+            g.rax = abi::abi_version_word().into();
+        }
+        FastExit::Cpuid => {
+            let r = guest_cpuid(g.rax as u32, g.rcx as u32, caller, host);
+            (g.rax, g.rbx, g.rcx, g.rdx) = (r[0].into(), r[1].into(), r[2].into(), r[3].into());
+        }
+        FastExit::Hypercall { .. } => return false,
+    }
+    true
+}
+
+/// Whether RIP may simply move `len` bytes on, in any mode: within one 64 KiB block it
+/// neither wraps (16- and 32-bit code) nor leaves the canonical range.
+pub const fn plain_advance(rip: u64, len: u64) -> bool {
+    (rip & 0xffff) + len <= 0xffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALLER: Caller =
+        Caller { domid: 3, privileged: false, vcpu: 1, hypercall_insn: 1, tsc_khz: 2_000_000 };
+
+    #[test]
+    fn version_from_ring_0_and_cpuid_are_completed_the_rest_is_not() {
+        let host = |_, _| [0; 4];
+        let mut g = Gprs { rax: abi::Op::Version as u64, ..Gprs::default() };
+        assert!(complete(FastExit::Hypercall { cpl: 0 }, &mut g, &CALLER, host));
+        assert_eq!(g.rax, u64::from(abi::abi_version_word()));
+        for (rax, cpl) in [(abi::Op::Version as u64, 3), (abi::Op::Yield as u64, 0)] {
+            let mut g = Gprs { rax, ..Gprs::default() };
+            assert!(!complete(FastExit::Hypercall { cpl }, &mut g, &CALLER, host));
+            assert_eq!(g.rax, rax, "untouched for the core");
+        }
+        // CPUID: the same answer the core gives (`cpuid::guest_cpuid`), rbx..rdx included.
+        let mut g = Gprs { rax: abi::cpuid::LEAF_VERSION.into(), ..Gprs::default() };
+        assert!(complete(FastExit::Cpuid, &mut g, &CALLER, host));
+        let want = guest_cpuid(abi::cpuid::LEAF_VERSION, 0, &CALLER, host);
+        assert_eq!([g.rax, g.rbx, g.rcx, g.rdx], want.map(u64::from));
+        assert_eq!(g.rbx, 3, "the caller's domid");
+    }
+
+    #[test]
+    fn rip_moves_on_plainly_only_within_a_64k_block() {
+        assert!(plain_advance(0x10_0000, 3));
+        assert!(plain_advance(0xfffc, 3));
+        assert!(!plain_advance(0xfffe, 3), "16-bit IP would wrap");
+        assert!(!plain_advance(0xffff_fffe, 2), "32-bit EIP would wrap");
+        assert!(!plain_advance(0x7fff_ffff_fffe, 3), "would leave the canonical range");
+    }
+}
