@@ -11,7 +11,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     Errno::EPERM.to_ret()
                 } else {
                     self.domains[d].counters.hypercalls += 1;
-                    match crate::hypercall::dispatch(self, d, v) {
+                    match self.dispatch(d, v) {
                         crate::hypercall::Outcome::Return(r) => r,
                         crate::hypercall::Outcome::Stopped => return self.after_stop(d),
                     }
