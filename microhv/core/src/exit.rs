@@ -6,11 +6,14 @@
 //! event, load a new second-level root, flush. Calls only go from the core to the backend.
 
 use abi::types::ExitReason;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The guest's general-purpose registers that VM exits do not save in hardware state (RSP and
-/// RIP live in the VMCS / VMCB). The entry/exit code loads and stores this layout.
-#[repr(C)]
+/// RIP live in the VMCS / VMCB). The entry/exit code loads and stores this layout, the ring-0
+/// exception stub pushes it, and [`Gprs::get`] / [`Gprs::set`] index it as 15 words.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct Gprs {
     /// rax.
     pub rax: u64,
@@ -45,51 +48,58 @@ pub struct Gprs {
 }
 
 impl Gprs {
+    /// Every register 0.
+    pub const ZERO: Self = zerocopy::transmute!([0u64; 15]);
+    /// The registers' names, in field order.
+    const NAMES: [&str; 15] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+        "r14", "r15",
+    ];
+
+    /// The field holding the register with x86 encoding number `n` (0 = rax … 15 = r15); rsp
+    /// (4) is not here.
+    fn field(n: u8) -> Option<usize> {
+        const FIELD: [u8; 16] = [0, 2, 3, 1, 0xff, 6, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14];
+        FIELD.get(usize::from(n)).map(|&f| usize::from(f)).filter(|&f| f < 15)
+    }
+
+    /// The registers in field order.
+    fn as_array(&self) -> &[u64; 15] {
+        zerocopy::transmute_ref!(self)
+    }
+
     /// Register by its x86 encoding number (0 = rax … 15 = r15); 4 (rsp) is not here and
     /// reads as `None`.
     pub fn get(&self, n: u8) -> Option<u64> {
-        Some(match n {
-            0 => self.rax,
-            1 => self.rcx,
-            2 => self.rdx,
-            3 => self.rbx,
-            5 => self.rbp,
-            6 => self.rsi,
-            7 => self.rdi,
-            8 => self.r8,
-            9 => self.r9,
-            10 => self.r10,
-            11 => self.r11,
-            12 => self.r12,
-            13 => self.r13,
-            14 => self.r14,
-            15 => self.r15,
-            _ => return None,
-        })
+        Some(self.as_array()[Self::field(n)?])
     }
 
     /// Sets the register with encoding number `n`; 4 (rsp) and out-of-range numbers are
     /// ignored (RSP lives in the backend).
     pub fn set(&mut self, n: u8, value: u64) {
-        let r = match n {
-            0 => &mut self.rax,
-            1 => &mut self.rcx,
-            2 => &mut self.rdx,
-            3 => &mut self.rbx,
-            5 => &mut self.rbp,
-            6 => &mut self.rsi,
-            7 => &mut self.rdi,
-            8 => &mut self.r8,
-            9 => &mut self.r9,
-            10 => &mut self.r10,
-            11 => &mut self.r11,
-            12 => &mut self.r12,
-            13 => &mut self.r13,
-            14 => &mut self.r14,
-            15 => &mut self.r15,
-            _ => return,
-        };
-        *r = value;
+        if let Some(f) = Self::field(n) {
+            let regs: &mut [u64; 15] = zerocopy::transmute_mut!(self);
+            regs[f] = value;
+        }
+    }
+
+    /// The registers as a crash report shows them: four a line, each line starting with
+    /// `line_start` (a newline and an indent).
+    pub fn dump(&self, line_start: &'static str) -> GprDump<'_> {
+        GprDump(self, line_start)
+    }
+}
+
+/// The registers formatted for a crash report ([`Gprs::dump`]).
+pub struct GprDump<'a>(&'a Gprs, &'static str);
+
+impl core::fmt::Display for GprDump<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, (name, v)) in Gprs::NAMES.iter().zip(self.0.as_array()).enumerate() {
+            let sep = if i % 4 == 0 { self.1 } else { " " };
+            write!(f, "{sep}{name:<3} {v:#018x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -469,7 +479,29 @@ pub trait Backend {
 
 #[cfg(test)]
 mod tests {
-    use super::CpuMode;
+    use super::{CpuMode, Gprs};
+
+    #[test]
+    fn registers_by_number_and_the_crash_dump() {
+        let mut g = Gprs { rcx: 1, rbx: 3, rbp: 5, rsi: 6, rdi: 7, r15: 15, ..Gprs::ZERO };
+        let got = [0, 1, 3, 4, 5, 6, 7, 15, 16].map(|n| g.get(n));
+        let want = [Some(0), Some(1), Some(3), None, Some(5), Some(6), Some(7), Some(15), None];
+        assert_eq!(got, want);
+        let before = g;
+        g.set(4, 9); // RSP lives in the backend.
+        g.set(16, 9);
+        assert_eq!(g, before);
+        g.set(8, 0x88);
+        assert_eq!(g, Gprs { r8: 0x88, ..before });
+        let dump = std::format!("{}", g.dump("\n  "));
+        let lines: std::vec::Vec<_> = dump.split('\n').collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[0], "");
+        let l2 = "  rsi 0x0000000000000006 rdi 0x0000000000000007 rbp 0x0000000000000005 r8  0x0000000000000088";
+        assert_eq!(lines[2], l2);
+        let l4 = "  r13 0x0000000000000000 r14 0x0000000000000000 r15 0x000000000000000f";
+        assert_eq!(lines[4], l4);
+    }
 
     #[test]
     fn the_instruction_pointer_wraps_at_the_code_width() {
