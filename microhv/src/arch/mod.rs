@@ -53,16 +53,16 @@ impl Backend for Arch {
 
     fn hypercall_insn(&self) -> u32 {
         match self {
-            Arch::Vmx(b) => b.hypercall_insn(),
-            Arch::Svm(b) => b.hypercall_insn(),
+            Arch::Vmx(_) => abi::cpuid::HYPERCALL_VMCALL,
+            Arch::Svm(_) => abi::cpuid::HYPERCALL_VMMCALL,
             Arch::None => 0,
         }
     }
 
     fn kind(&self) -> u32 {
         match self {
-            Arch::Vmx(b) => b.kind(),
-            Arch::Svm(b) => b.kind(),
+            Arch::Vmx(_) => abi::types::VIRT_VMX,
+            Arch::Svm(_) => abi::types::VIRT_SVM,
             Arch::None => 0,
         }
     }

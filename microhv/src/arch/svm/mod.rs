@@ -54,8 +54,8 @@ use core::sync::atomic::Ordering;
 use entry::svm_run;
 use insn::FetchError;
 use microhv_core::exit::{
-    Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
-    VcpuConfig, VcpuInit,
+    Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
+    VcpuInit,
 };
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::hwcaps::SvmFeatures;
@@ -576,18 +576,11 @@ impl Svm {
     }
 }
 
-impl Backend for Svm {
-    type Vcpu = SvmVcpu;
-
-    fn hypercall_insn(&self) -> u32 {
-        abi::cpuid::HYPERCALL_VMMCALL
-    }
-
-    fn kind(&self) -> u32 {
-        abi::types::VIRT_SVM
-    }
-
-    fn create_vcpu(
+/// The operations of [`Backend`](microhv_core::exit::Backend) on SVM:
+/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
+impl Svm {
+    /// See `Backend::create_vcpu`.
+    pub(super) fn create_vcpu(
         &mut self,
         frames: &mut dyn FrameSource,
         cfg: &VcpuConfig,
@@ -622,7 +615,8 @@ impl Backend for Svm {
         Ok(v)
     }
 
-    fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
+    /// See `Backend::reset_vcpu`.
+    pub(super) fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
         Self::write_flat32_state(v.vmcb, init);
         v.fx = FxArea::reset();
         v.debug = DebugRegs::default();
@@ -636,7 +630,8 @@ impl Backend for Svm {
         vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) & !misc1::IRET);
     }
 
-    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
+    /// See `Backend::destroy_vcpu`.
+    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
         if let Some(u) = self.asid_user.get_mut(v.asid as usize)
             && *u == v.slot + 1
         {
@@ -649,11 +644,12 @@ impl Backend for Svm {
         frames.free(v.vmcb.0);
     }
 
+    /// See `Backend::run`.
     // Out of line: inlined into the core's run loop next to VMX's, it made the loop too large
     // to keep its own hot path inline (measured: +24 instructions per VMX hypercall round trip
     // under Bochs, 8 with this).
     #[inline(never)]
-    fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+    pub(super) fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         let vm = v.vmcb;
         vm.w64(save::RAX, gprs.rax);
         let dom = v.domid as usize % DOMAINS;
@@ -748,7 +744,8 @@ impl Backend for Svm {
         info
     }
 
-    fn unload(&mut self, v: &mut SvmVcpu) {
+    /// See `Backend::unload`.
+    pub(super) fn unload(&mut self, v: &mut SvmVcpu) {
         // Every #VMEXIT VMSAVEs the guest's FS, GS, TR, LDTR and syscall MSRs into its VMCB and
         // VMLOADs the host's (see `entry`); DR6, DR7 and CR2 are VMCB fields. Only DR0–DR3 stay
         // in the hardware.
@@ -758,7 +755,8 @@ impl Backend for Svm {
         }
     }
 
-    fn read(&mut self, v: &mut SvmVcpu, reg: GuestReg) -> u64 {
+    /// See `Backend::read`.
+    pub(super) fn read(&mut self, v: &mut SvmVcpu, reg: GuestReg) -> u64 {
         let vm = v.vmcb;
         match reg {
             GuestReg::Rip => vm.r64(save::RIP),
@@ -780,7 +778,8 @@ impl Backend for Svm {
         }
     }
 
-    fn write(&mut self, v: &mut SvmVcpu, reg: GuestReg, value: u64) {
+    /// See `Backend::write`.
+    pub(super) fn write(&mut self, v: &mut SvmVcpu, reg: GuestReg, value: u64) {
         let vm = v.vmcb;
         match reg {
             GuestReg::Rip => vm.w64(save::RIP, value),
@@ -804,7 +803,8 @@ impl Backend for Svm {
         }
     }
 
-    fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) -> bool {
+    /// See `Backend::advance_rip`.
+    pub(super) fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) -> bool {
         let vm = v.vmcb;
         let Some(next) = Self::mode(vm).next_ip_checked(vm.r64(save::RIP), len) else {
             return false;
@@ -821,7 +821,8 @@ impl Backend for Svm {
         true
     }
 
-    fn inject(&mut self, v: &mut SvmVcpu, event: Event) {
+    /// See `Backend::inject`.
+    pub(super) fn inject(&mut self, v: &mut SvmVcpu, event: Event) {
         let vm = v.vmcb;
         let (vector, code) = match event {
             Event::InvalidOpcode => (6u64, None),
@@ -844,7 +845,8 @@ impl Backend for Svm {
         vm.w64(control::EVENTINJ, ev | (u64::from(code.unwrap_or(0)) << 32));
     }
 
-    fn interruptible(&mut self, v: &mut SvmVcpu, nmi: bool) -> bool {
+    /// See `Backend::interruptible`.
+    pub(super) fn interruptible(&mut self, v: &mut SvmVcpu, nmi: bool) -> bool {
         let vm = v.vmcb;
         let open = if nmi {
             if v.nmi_iret_rip.is_some_and(|rip| rip == vm.r64(save::RIP)) {
@@ -858,12 +860,14 @@ impl Backend for Svm {
         open && vm.r64(control::INT_STATE) & 1 == 0 && vm.r64(control::EVENTINJ) & (1 << 31) == 0
     }
 
-    fn inject_interrupt(&mut self, v: &mut SvmVcpu, vector: u8) {
+    /// See `Backend::inject_interrupt`.
+    pub(super) fn inject_interrupt(&mut self, v: &mut SvmVcpu, vector: u8) {
         // Type 0: external interrupt.
         v.vmcb.w64(control::EVENTINJ, u64::from(vector) | (1 << 31));
     }
 
-    fn set_interrupt_window(&mut self, v: &mut SvmVcpu, on: bool, nmi: bool) {
+    /// See `Backend::set_interrupt_window`.
+    pub(super) fn set_interrupt_window(&mut self, v: &mut SvmVcpu, on: bool, nmi: bool) {
         // The NMI window is the IRET intercept, armed with every injected NMI.
         if nmi {
             return;
@@ -880,24 +884,18 @@ impl Backend for Svm {
         }
     }
 
-    fn set_root(&mut self, v: &mut SvmVcpu, root: u64) {
+    /// See `Backend::set_root`.
+    pub(super) fn set_root(&mut self, v: &mut SvmVcpu, root: u64) {
         v.vmcb.w64(control::N_CR3, root);
         v.stale = true;
     }
 
-    fn flush(&mut self, v: &mut SvmVcpu) {
+    /// See `Backend::flush`.
+    pub(super) fn flush(&mut self, v: &mut SvmVcpu) {
         // Domain-wide, like INVEPT single-context: the vCPU about to run flushes at this VMRUN,
         // the domain's others at their next.
         let g = &mut self.flush_gen[v.domid as usize % DOMAINS];
         *g = g.wrapping_add(1);
-    }
-
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        cpu::cpuid(leaf, subleaf)
-    }
-
-    fn now(&self) -> u64 {
-        cpu::rdtsc()
     }
 }
 

@@ -29,8 +29,8 @@ use crate::arch::x86_64::lapic;
 use crate::arch::x86_64::spec::Mitigations;
 use entry::{microhv_vmx_exit, vmx_run};
 use microhv_core::exit::{
-    Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
-    VcpuConfig, VcpuInit,
+    Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
+    VcpuInit,
 };
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hwcaps::{VmxFeatures, VmxMsrs, adjust_controls};
@@ -577,18 +577,11 @@ impl Vmx {
     }
 }
 
-impl Backend for Vmx {
-    type Vcpu = VmxVcpu;
-
-    fn hypercall_insn(&self) -> u32 {
-        abi::cpuid::HYPERCALL_VMCALL
-    }
-
-    fn kind(&self) -> u32 {
-        abi::types::VIRT_VMX
-    }
-
-    fn create_vcpu(
+/// The operations of [`Backend`](microhv_core::exit::Backend) on VMX:
+/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
+impl Vmx {
+    /// See `Backend::create_vcpu`.
+    pub(super) fn create_vcpu(
         &mut self,
         frames: &mut dyn FrameSource,
         cfg: &VcpuConfig,
@@ -620,7 +613,8 @@ impl Backend for Vmx {
         Ok(v)
     }
 
-    fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
+    /// See `Backend::reset_vcpu`.
+    pub(super) fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
         self.make_current(v);
         self.write_flat32_state(init);
         v.fx = FxArea::reset();
@@ -630,7 +624,8 @@ impl Backend for Vmx {
         }
     }
 
-    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: VmxVcpu) {
+    /// See `Backend::destroy_vcpu`.
+    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: VmxVcpu) {
         // SAFETY: the VMCS belongs to `v`, which is being dropped; VMCLEAR makes the frame
         // ordinary memory again.
         if unsafe { vmcs::clear(v.vmcs) }.is_err() {
@@ -645,7 +640,8 @@ impl Backend for Vmx {
         frames.free(v.vmcs);
     }
 
-    fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+    /// See `Backend::run`.
+    pub(super) fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         self.make_current(v);
         self.load_owned(v);
         // Rounded up: a slice never ends before its last tick.
@@ -722,14 +718,16 @@ impl Backend for Vmx {
         info
     }
 
-    fn unload(&mut self, v: &mut VmxVcpu) {
+    /// See `Backend::unload`.
+    pub(super) fn unload(&mut self, v: &mut VmxVcpu) {
         if self.owned_by == v.vpid {
             v.owned = Owned::save();
             self.owned_by = 0;
         }
     }
 
-    fn read(&mut self, v: &mut VmxVcpu, reg: GuestReg) -> u64 {
+    /// See `Backend::read`.
+    pub(super) fn read(&mut self, v: &mut VmxVcpu, reg: GuestReg) -> u64 {
         self.make_current(v);
         match reg {
             GuestReg::Rip => vmcs::read(guest::RIP),
@@ -764,7 +762,8 @@ impl Backend for Vmx {
         }
     }
 
-    fn write(&mut self, v: &mut VmxVcpu, reg: GuestReg, value: u64) {
+    /// See `Backend::write`.
+    pub(super) fn write(&mut self, v: &mut VmxVcpu, reg: GuestReg, value: u64) {
         self.make_current(v);
         match reg {
             GuestReg::Rip => vmcs::write(guest::RIP, value),
@@ -793,7 +792,8 @@ impl Backend for Vmx {
         }
     }
 
-    fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) -> bool {
+    /// See `Backend::advance_rip`.
+    pub(super) fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) -> bool {
         self.make_current(v);
         let rip = vmcs::read(guest::RIP);
         let Some(next) = Self::mode(vmcs::read(guest::CR0)).next_ip_checked(rip, len) else {
@@ -812,7 +812,8 @@ impl Backend for Vmx {
         true
     }
 
-    fn inject(&mut self, v: &mut VmxVcpu, event: Event) {
+    /// See `Backend::inject`.
+    pub(super) fn inject(&mut self, v: &mut VmxVcpu, event: Event) {
         self.make_current(v);
         let (vector, code) = match event {
             Event::InvalidOpcode => (6u64, None),
@@ -840,7 +841,8 @@ impl Backend for Vmx {
         vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, code.unwrap_or(0).into());
     }
 
-    fn interruptible(&mut self, v: &mut VmxVcpu, nmi: bool) -> bool {
+    /// See `Backend::interruptible`.
+    pub(super) fn interruptible(&mut self, v: &mut VmxVcpu, nmi: bool) -> bool {
         self.make_current(v);
         // NMIs wait out the STI shadow too: some CPUs refuse the entry otherwise (SDM 26.3.1.5).
         let (open, blocking) = if nmi {
@@ -852,13 +854,15 @@ impl Backend for Vmx {
             && vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0
     }
 
-    fn inject_interrupt(&mut self, v: &mut VmxVcpu, vector: u8) {
+    /// See `Backend::inject_interrupt`.
+    pub(super) fn inject_interrupt(&mut self, v: &mut VmxVcpu, vector: u8) {
         self.make_current(v);
         // Type 0: external interrupt.
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(vector) | (1 << 31));
     }
 
-    fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool, nmi: bool) {
+    /// See `Backend::set_interrupt_window`.
+    pub(super) fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool, nmi: bool) {
         self.make_current(v);
         let bit = match nmi {
             // NMI-window exiting exists only with virtual NMIs. Under an STI shadow it is not
@@ -877,23 +881,17 @@ impl Backend for Vmx {
         }
     }
 
-    fn set_root(&mut self, v: &mut VmxVcpu, root: u64) {
+    /// See `Backend::set_root`.
+    pub(super) fn set_root(&mut self, v: &mut VmxVcpu, root: u64) {
         self.make_current(v);
         vmcs::write(control::EPTP_FULL, root);
         v.eptp = root;
         vmcs::invept_single(root);
     }
 
-    fn flush(&mut self, v: &mut VmxVcpu) {
+    /// See `Backend::flush`.
+    pub(super) fn flush(&mut self, v: &mut VmxVcpu) {
         vmcs::invept_single(v.eptp);
-    }
-
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        cpu::cpuid(leaf, subleaf)
-    }
-
-    fn now(&self) -> u64 {
-        cpu::rdtsc()
     }
 }
 
