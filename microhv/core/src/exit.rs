@@ -230,6 +230,16 @@ pub enum CpuMode {
 }
 
 impl CpuMode {
+    /// The mode of the code segment: 16-bit in real mode (`pe` clear), else by CS.L (`long`,
+    /// which only counts with EFER.LMA) and CS.D (`db`).
+    pub fn of(pe: bool, long: bool, db: bool) -> Self {
+        match (pe, long, db) {
+            (true, true, _) => CpuMode::Bits64,
+            (true, false, true) => CpuMode::Bits32,
+            _ => CpuMode::Bits16,
+        }
+    }
+
     /// The instruction pointer after the `len`-byte instruction at `rip`: IP wraps at 64 KiB
     /// in 16-bit code and EIP at 4 GiB in 32-bit code, as they do when the CPU executes it.
     pub fn next_ip(self, rip: u64, len: u8) -> u64 {
@@ -375,6 +385,23 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event as VMX's VM-entry interruption-information field and SVM's EVENTINJ both
+    /// encode it (vector, type 3 exception or 2 NMI, error code valid, valid), and its error
+    /// code. Real mode (`pe` clear) delivers no error code, and VM entry refuses to inject one
+    /// there.
+    pub fn encode(self, pe: bool) -> (u64, u32) {
+        let (vector, kind, code) = match self {
+            Event::InvalidOpcode => (6, 3, None),
+            Event::GeneralProtection => (13, 3, Some(0)),
+            Event::PageFault { code, .. } => (14, 3, Some(code)),
+            Event::Nmi => (2, 2, None),
+        };
+        let code = code.filter(|_| pe);
+        (vector | kind << 8 | u64::from(code.is_some()) << 11 | 1 << 31, code.unwrap_or(0))
+    }
+}
+
 /// The state a vCPU starts in (`abi::types::VcpuState`, validated).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VcpuInit {
@@ -479,7 +506,21 @@ pub trait Backend {
 
 #[cfg(test)]
 mod tests {
-    use super::{CpuMode, Gprs};
+    use super::{CpuMode, Event, Gprs};
+
+    #[test]
+    fn code_segment_modes_and_event_encoding() {
+        assert_eq!(CpuMode::of(false, true, true), CpuMode::Bits16);
+        assert_eq!(CpuMode::of(true, true, false), CpuMode::Bits64);
+        assert_eq!(CpuMode::of(true, false, true), CpuMode::Bits32);
+        assert_eq!(CpuMode::of(true, false, false), CpuMode::Bits16);
+        let pf = Event::PageFault { addr: 0x1000, code: 2 };
+        assert_eq!(pf.encode(true), (14 | 3 << 8 | 1 << 11 | 1 << 31, 2));
+        assert_eq!(pf.encode(false), (14 | 3 << 8 | 1 << 31, 0));
+        assert_eq!(Event::GeneralProtection.encode(true), (13 | 3 << 8 | 1 << 11 | 1 << 31, 0));
+        assert_eq!(Event::InvalidOpcode.encode(true), (6 | 3 << 8 | 1 << 31, 0));
+        assert_eq!(Event::Nmi.encode(true), (2 | 2 << 8 | 1 << 31, 0));
+    }
 
     #[test]
     fn registers_by_number_and_the_crash_dump() {

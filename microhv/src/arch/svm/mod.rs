@@ -64,7 +64,7 @@ use microhv_core::walk::Paging;
 use vmcb::{Vmcb, control, exit, misc1, misc2, misc3, save, seg, tlb};
 use x86::msr;
 
-use microhv_core::policy::PASSTHROUGH_MSRS;
+use microhv_core::policy::{PASSTHROUGH_MSRS, clear_bit};
 use microhv_core::regs::{
     CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, EFER_SVME, RFLAGS_FIXED,
     RFLAGS_IF, RFLAGS_TF,
@@ -119,8 +119,6 @@ pub struct Svm {
     dr_owner: u16,
     /// Speculation barriers the CPU offers.
     spec: Mitigations,
-    /// Domain of the vCPU that ran last (for the barrier between domains).
-    last_domid: u32,
     /// The host's FS, GS, TR, LDTR and syscall MSRs, as VMSAVE stored them at boot.
     host_vmcb: u64,
     /// I/O permission map for dom0.
@@ -146,14 +144,6 @@ fn frame_bytes(pa: u64, frames: u64) -> &'static mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, (frames * FRAME_SIZE) as usize) }
 }
 
-fn set_bit(bytes: &mut [u8], bit: usize, on: bool) {
-    if on {
-        bytes[bit / 8] |= 1 << (bit % 8);
-    } else {
-        bytes[bit / 8] &= !(1 << (bit % 8));
-    }
-}
-
 /// Reads of host RAM for the instruction decoder: guest memory and nested page tables, all of
 /// it frames in the identity map.
 struct IdentityRam;
@@ -176,16 +166,8 @@ impl Svm {
     /// The code segment's mode: real mode, or the CS.L / CS.D attribute bits (L only counts
     /// with EFER.LMA).
     fn mode(vm: Vmcb) -> CpuMode {
-        let attrib = vm.r16(save::CS + seg::ATTRIB);
-        if vm.r64(save::CR0) & 1 == 0 {
-            CpuMode::Bits16
-        } else if Self::code64(vm) {
-            CpuMode::Bits64
-        } else if attrib & seg::ATTR_DB != 0 {
-            CpuMode::Bits32
-        } else {
-            CpuMode::Bits16
-        }
+        let db = vm.r16(save::CS + seg::ATTRIB) & seg::ATTR_DB != 0;
+        CpuMode::of(vm.r64(save::CR0) & CR0_PE != 0, Self::code64(vm), db)
     }
 
     /// Enables SVM and builds the structures all vCPUs share. `frames` gives the physically
@@ -225,11 +207,11 @@ impl Svm {
                 _ => (0x1000, m - 0xc001_0000),
             };
             let bit = base * 8 + idx as usize * 2;
-            set_bit(bm, bit, false);
-            set_bit(bm, bit + 1, false);
+            clear_bit(bm, bit);
+            clear_bit(bm, bit + 1);
         }
         // TSC reads are harmless; writes still exit.
-        set_bit(bm, msr::IA32_TIME_STAMP_COUNTER as usize * 2, false);
+        clear_bit(bm, msr::IA32_TIME_STAMP_COUNTER as usize * 2);
 
         // Intercepts of instructions that only exist on some CPUs are set only where the CPU
         // has them (elsewhere they #UD anyway, and the intercept bits may be reserved).
@@ -263,7 +245,6 @@ impl Svm {
             timer,
             dr_owner: 0,
             spec: Mitigations::detect(),
-            last_domid: u32::MAX,
             host_vmcb,
             iopm_dom0,
             iopm_domu,
@@ -281,13 +262,7 @@ impl Svm {
         dom0: bool,
     ) -> Result<u64, &'static str> {
         let pa = frames.alloc_contiguous(IOPM_FRAMES, 1).ok_or("no frames for an IOPM")?;
-        let bm = frame_bytes(pa, IOPM_FRAMES);
-        bm.fill(0xff);
-        if dom0 {
-            for p in microhv_core::io::dom0_ports() {
-                set_bit(bm, usize::from(p), false);
-            }
-        }
+        microhv_core::io::io_bitmap(frame_bytes(pa, IOPM_FRAMES), dom0);
         Ok(pa)
     }
 
@@ -677,9 +652,7 @@ impl Svm {
         self.timer.arm(slice);
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
-        self.spec.on_switch(self.last_domid, v.domid);
-        self.last_domid = v.domid;
-        self.spec.before_entry();
+        self.spec.before_entry(v.domid);
         let start = cpu::rdtsc();
         // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's and
         // fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the host's
@@ -824,25 +797,18 @@ impl Svm {
     /// See `Backend::inject`.
     pub(super) fn inject(&mut self, v: &mut SvmVcpu, event: Event) {
         let vm = v.vmcb;
-        let (vector, code) = match event {
-            Event::InvalidOpcode => (6u64, None),
-            Event::GeneralProtection => (13, Some(0)),
-            Event::PageFault { addr, code } => {
-                vm.w64(save::CR2, addr);
-                (14, Some(code))
-            }
+        match event {
+            Event::PageFault { addr, .. } => vm.w64(save::CR2, addr),
+            // Blocked until the handler's IRET.
             Event::Nmi => {
-                // Type 2: NMI. Blocked until the handler's IRET.
-                vm.w64(control::EVENTINJ, 2 | (2 << 8) | (1 << 31));
                 v.nmi_blocked = true;
                 vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) | misc1::IRET);
-                return;
             }
-        };
-        // Real mode delivers no error code. Type 3: exception; the error code is bits 63:32.
-        let code = code.filter(|_| vm.r64(save::CR0) & CR0_PE != 0);
-        let ev = vector | (3 << 8) | (u64::from(code.is_some()) << 11) | (1 << 31);
-        vm.w64(control::EVENTINJ, ev | (u64::from(code.unwrap_or(0)) << 32));
+            Event::InvalidOpcode | Event::GeneralProtection => {}
+        }
+        // The error code is bits 63:32.
+        let (info, code) = event.encode(vm.r64(save::CR0) & CR0_PE != 0);
+        vm.w64(control::EVENTINJ, info | u64::from(code) << 32);
     }
 
     /// See `Backend::interruptible`.
