@@ -120,7 +120,7 @@ pub struct Access {
 }
 
 /// Why the vCPU stopped running, in arch-neutral terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// VMCALL / VMMCALL: operation in rax, arguments in rdi, rsi, rdx, r10, r8.
     Hypercall,
@@ -190,6 +190,7 @@ pub enum Exit {
     /// The hardware refused to enter the guest.
     EntryFailure,
     /// Anything the backend does not translate.
+    #[default]
     Unhandled,
 }
 
@@ -273,7 +274,7 @@ pub fn is_canonical(addr: u64) -> bool {
 /// string (`insn_len`), `Hlt` (`insn_len`, `rflags`), `Timer`, `InterruptWindow` and
 /// `Interrupt`. Every other exit carries all of it: those are the ones whose handlers decode
 /// instructions, check control-register writes, or report a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
     /// The translated exit.
     pub exit: Exit,
@@ -311,24 +312,8 @@ pub struct ExitInfo {
 
 impl ExitInfo {
     /// `exit` with nothing read from the guest's state yet.
-    pub const fn fast(exit: Exit, raw_reason: u64, qualification: u64, ran_ticks: u64) -> Self {
-        Self {
-            exit,
-            raw_reason,
-            qualification,
-            rip: 0,
-            rsp: 0,
-            rflags: 0,
-            cr0: 0,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
-            insn_len: 0,
-            cpl: 0,
-            mode: CpuMode::Bits16,
-            cs_base: 0,
-            ran_ticks,
-        }
+    pub fn fast(exit: Exit, raw_reason: u64, qualification: u64, ran_ticks: u64) -> Self {
+        Self { exit, raw_reason, qualification, ran_ticks, ..Self::default() }
     }
 }
 

@@ -252,8 +252,9 @@ pub enum MmioError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gp;
 
-/// The CPU features and platform a local APIC sits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The CPU features and platform a local APIC sits in. [`LapicConfig::new`] builds one; the
+/// all-zero `Default` only serves [`Lapic`]'s own.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LapicConfig {
     /// The APIC ID (the x2APIC ID; its low 8 bits are the xAPIC ID).
     pub id: u32,
@@ -277,8 +278,9 @@ impl LapicConfig {
     }
 }
 
-/// One vCPU's local APIC.
-#[derive(Debug, Clone)]
+/// One vCPU's local APIC. `Default` is every field zero, which is no state the hardware has:
+/// [`Lapic::new`] (RESET) and [`Lapic::init`] (INIT) start from it and set the rest.
+#[derive(Debug, Default, Clone)]
 pub struct Lapic {
     cfg: LapicConfig,
     base: u64,
@@ -335,29 +337,7 @@ impl Lapic {
     }
 
     fn power_up(cfg: LapicConfig, base: u64) -> Self {
-        Self {
-            cfg,
-            base,
-            tpr: 0,
-            ldr: 0,
-            dfr: u32::MAX,
-            svr: 0xff,
-            irr: [0; 8],
-            isr: [0; 8],
-            tmr: [0; 8],
-            esr: 0,
-            esr_pending: 0,
-            icr: 0,
-            lvt: [LVT_MASKED; 7],
-            initial: 0,
-            tdcr: 0,
-            start: 0,
-            pre: 0,
-            fired: 0,
-            last_irq: 0,
-            deadline: 0,
-            nmi: false,
-        }
+        Self { cfg, base, dfr: u32::MAX, svr: 0xff, lvt: [LVT_MASKED; 7], ..Self::default() }
     }
 
     /// RESET: back to xAPIC mode at the default base, registers at their power-up values.
