@@ -65,24 +65,25 @@ pub mod feature_control {
     pub const VMX_OUTSIDE_SMX: u64 = 1 << 2;
 }
 
-/// What to do about `IA32_FEATURE_CONTROL` before VMXON.
+/// Why the CPU's virtualization extension (VMX or SVM) cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeatureControl {
-    /// Already locked with VMX enabled.
-    Ready,
-    /// Unlocked: write this value (VMX enabled, locked).
-    Write(u64),
-    /// Locked with VMX disabled by the firmware.
+pub enum Unavailable {
+    /// CPUID does not report it.
+    NotOffered,
+    /// The firmware disabled it and locked the setting.
     DisabledByFirmware,
+    /// It is there, without features microhv needs.
+    Missing(Missing),
 }
 
-/// Decides what `IA32_FEATURE_CONTROL` needs.
-pub fn feature_control(value: u64) -> FeatureControl {
+/// What `IA32_FEATURE_CONTROL` needs before VMXON: nothing (locked with VMX enabled), this
+/// value written (unlocked: VMX enabled, locked), or nothing can be done (locked with VMX off).
+pub fn feature_control(value: u64) -> Result<Option<u64>, Unavailable> {
     use feature_control::*;
     match (value & LOCK != 0, value & VMX_OUTSIDE_SMX != 0) {
-        (true, true) => FeatureControl::Ready,
-        (true, false) => FeatureControl::DisabledByFirmware,
-        (false, _) => FeatureControl::Write(value | LOCK | VMX_OUTSIDE_SMX),
+        (true, true) => Ok(None),
+        (true, false) => Err(Unavailable::DisabledByFirmware),
+        (false, _) => Ok(Some(value | LOCK | VMX_OUTSIDE_SMX)),
     }
 }
 
@@ -309,23 +310,13 @@ pub mod vm_cr {
     pub const SVMDIS: u64 = 1 << 4;
 }
 
-/// What to do about `VM_CR` before setting EFER.SVME.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmCr {
-    /// SVM is allowed.
-    Ready,
-    /// SVMDIS is set but not locked: write this value (SVMDIS clear).
-    Write(u64),
-    /// The firmware disabled SVM and locked the setting.
-    DisabledByFirmware,
-}
-
-/// Decides what `VM_CR` needs.
-pub fn vm_cr(value: u64) -> VmCr {
+/// What `VM_CR` needs before EFER.SVME is set: nothing (SVM allowed), this value written
+/// (SVMDIS set but not locked: cleared), or nothing can be done (SVMDIS set and locked).
+pub fn vm_cr(value: u64) -> Result<Option<u64>, Unavailable> {
     match (value & vm_cr::SVMDIS != 0, value & vm_cr::LOCK != 0) {
-        (false, _) => VmCr::Ready,
-        (true, true) => VmCr::DisabledByFirmware,
-        (true, false) => VmCr::Write(value & !vm_cr::SVMDIS),
+        (false, _) => Ok(None),
+        (true, true) => Err(Unavailable::DisabledByFirmware),
+        (true, false) => Ok(Some(value & !vm_cr::SVMDIS)),
     }
 }
 
@@ -384,9 +375,9 @@ mod tests {
 
     #[test]
     fn feature_control_cases() {
-        assert_eq!(feature_control(0b101), FeatureControl::Ready);
-        assert_eq!(feature_control(0b001), FeatureControl::DisabledByFirmware);
-        assert_eq!(feature_control(0), FeatureControl::Write(0b101));
+        assert_eq!(feature_control(0b101), Ok(None));
+        assert_eq!(feature_control(0b001), Err(Unavailable::DisabledByFirmware));
+        assert_eq!(feature_control(0), Ok(Some(0b101)));
     }
 
     #[test]
@@ -465,9 +456,9 @@ mod tests {
 
     #[test]
     fn vm_cr_cases() {
-        assert_eq!(vm_cr(0), VmCr::Ready);
-        assert_eq!(vm_cr(vm_cr::LOCK), VmCr::Ready);
-        assert_eq!(vm_cr(vm_cr::SVMDIS | vm_cr::LOCK), VmCr::DisabledByFirmware);
-        assert_eq!(vm_cr(vm_cr::SVMDIS | 1), VmCr::Write(1));
+        assert_eq!(vm_cr(0), Ok(None));
+        assert_eq!(vm_cr(vm_cr::LOCK), Ok(None));
+        assert_eq!(vm_cr(vm_cr::SVMDIS | vm_cr::LOCK), Err(Unavailable::DisabledByFirmware));
+        assert_eq!(vm_cr(vm_cr::SVMDIS | 1), Ok(Some(1)));
     }
 }

@@ -42,7 +42,7 @@ mod entry;
 mod insn;
 mod vmcb;
 
-pub use caps::{Unavailable, detect};
+pub use caps::detect;
 
 use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};

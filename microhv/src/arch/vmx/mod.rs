@@ -20,7 +20,7 @@ mod caps;
 mod entry;
 mod vmcs;
 
-pub use caps::{Unavailable, detect};
+pub use caps::detect;
 
 use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
