@@ -59,11 +59,7 @@ impl Pc {
         write: bool,
         value: u32,
     ) -> IoOutcome {
-        let mask = match size {
-            1 => 0xff,
-            2 => 0xffff,
-            _ => u32::MAX,
-        };
+        let mask = size_mask(size) as u32;
         let absent = if write { IoOutcome::Done(0) } else { IoOutcome::Done(mask) };
         if privileged {
             return absent;
@@ -91,6 +87,16 @@ impl Pc {
                 absent
             }
         }
+    }
+}
+
+/// All-ones in the low `size` bytes (8 for any size other than 1, 2 and 4).
+pub fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
     }
 }
 

@@ -234,8 +234,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let clock = self.clock();
         let dom = &mut self.domains[d];
         if dom.device_model && abi::platform::dm_port(port) {
-            let mask = u32::MAX >> (32 - 8 * u32::from(size));
-            return self.forward((d, v), port, size, write, value & mask);
+            return self.forward((d, v), port, size, write, value & size_mask(size) as u32);
         }
         let platform = dom.platform.as_mut().filter(|_| !dom.privileged);
         let outcome = match (platform, write) {

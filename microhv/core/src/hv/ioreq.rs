@@ -88,7 +88,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             .filter(|w| w.stage == IoStage::Taken && u64::from(w.token) == token)
             .ok_or(Errno::EINVAL)?;
         if !w.write {
-            w.value = value & (u32::MAX >> (32 - 8 * u32::from(w.size)));
+            w.value = value & size_mask(w.size) as u32;
         }
         w.stage = IoStage::Answered;
         self.boost = self.boost.or(Some((t, v)));

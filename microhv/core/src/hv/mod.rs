@@ -27,7 +27,7 @@ use crate::domain::{Domain, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::exit::{Backend, CpuMode, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
 use crate::insn::{self, MmioOp};
-use crate::io::{IoOutcome, merge_in, merge_reg};
+use crate::io::{IoOutcome, merge_in, merge_reg, size_mask};
 use crate::mem::{Machine, PhysMem};
 use crate::platform::{MmioPage, Platform, PortEffect};
 use crate::policy::{self, VCPU_SLICE};
