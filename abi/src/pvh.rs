@@ -213,8 +213,6 @@ pub const START_INFO_GPA: u64 = 0x1000;
 pub const LEGACY_HOLE: u64 = 0xa_0000;
 /// Where RAM resumes above the legacy hole.
 pub const HIGH_RAM: u64 = 0x10_0000;
-/// Memory-map entries the start page can describe.
-pub const MAX_MEMMAP: usize = 8;
 /// Modules the start page can list.
 pub const MAX_MODULES: usize = 8;
 

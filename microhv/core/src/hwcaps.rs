@@ -39,6 +39,7 @@ impl Missing {
     }
 
     /// How many are missing.
+    #[cfg(test)]
     pub fn count(&self) -> u32 {
         self.bits.count_ones()
     }
@@ -158,8 +159,6 @@ pub struct VmxFeatures {
     pub ept_2m: bool,
     /// 1 GiB EPT leaves.
     pub ept_1g: bool,
-    /// The preemption timer exists.
-    pub preemption_timer: bool,
     /// The preemption timer counts down every `2^rate` TSC ticks.
     pub preemption_timer_rate: u8,
 }
@@ -190,7 +189,6 @@ pub fn check_vmx(m: &VmxMsrs) -> Result<VmxFeatures, Missing> {
         revision: (m.basic & 0x7fff_ffff) as u32,
         ept_2m: m.ept_vpid & PAGE_2M != 0,
         ept_1g: m.ept_vpid & PAGE_1G != 0,
-        preemption_timer: (m.pinbased >> 32) & (1 << 6) != 0,
         preemption_timer_rate: (m.misc & 0x1f) as u8,
     })
 }
@@ -208,8 +206,6 @@ pub mod cpuid_bits {
     /// Leaf 0x8000_000A edx: NRIP save (the VMCB's next-RIP field is written on instruction
     /// intercepts).
     pub const NRIP_SAVE: u32 = 1 << 3;
-    /// Leaf 0x8000_000A edx: VMCB clean bits.
-    pub const VMCB_CLEAN: u32 = 1 << 5;
     /// Leaf 0x8000_000A edx: TLB_CONTROL may flush a single ASID (values 3 and 7).
     pub const FLUSH_BY_ASID: u32 = 1 << 6;
     /// Leaf 0x8000_000A edx: decode assists (EXITINFO1 names the GPR of a MOV-to-CR intercept).
@@ -275,8 +271,6 @@ pub struct SvmFeatures {
     pub decode_assists: bool,
     /// TLB_CONTROL can flush one ASID (otherwise microhv flushes every ASID).
     pub flush_by_asid: bool,
-    /// VMCB clean bits are honoured (microhv writes 0: every field dirty).
-    pub vmcb_clean: bool,
     /// 1 GiB nested-paging leaves (the CPU has 1 GiB pages).
     pub npt_1g: bool,
 }
@@ -297,7 +291,6 @@ pub fn check_svm(c: &SvmCpuid) -> Result<SvmFeatures, Missing> {
         nrip_save: edx & cpuid_bits::NRIP_SAVE != 0,
         decode_assists: edx & cpuid_bits::DECODE_ASSISTS != 0,
         flush_by_asid: edx & cpuid_bits::FLUSH_BY_ASID != 0,
-        vmcb_clean: edx & cpuid_bits::VMCB_CLEAN != 0,
         npt_1g: c.ext1_edx & cpuid_bits::PAGE_1G != 0,
     })
 }
@@ -349,7 +342,7 @@ mod tests {
     fn a_capable_cpu_passes() {
         let f = check_vmx(&good()).unwrap();
         assert_eq!(f.revision, 1);
-        assert!(f.ept_2m && !f.ept_1g && f.preemption_timer);
+        assert!(f.ept_2m && !f.ept_1g);
         assert_eq!(f.preemption_timer_rate, 5);
     }
 
@@ -413,16 +406,14 @@ mod tests {
         assert_eq!(f.revision, 1);
         assert_eq!(f.asids, 16);
         assert!(f.npt_1g);
-        assert!(!f.nrip_save && !f.decode_assists && !f.flush_by_asid && !f.vmcb_clean);
+        assert!(!f.nrip_save && !f.decode_assists && !f.flush_by_asid);
 
         let mut full = c;
-        full.svm_edx |= cpuid_bits::NRIP_SAVE
-            | cpuid_bits::DECODE_ASSISTS
-            | cpuid_bits::FLUSH_BY_ASID
-            | cpuid_bits::VMCB_CLEAN;
+        full.svm_edx |=
+            cpuid_bits::NRIP_SAVE | cpuid_bits::DECODE_ASSISTS | cpuid_bits::FLUSH_BY_ASID;
         full.ext1_edx = 0;
         let f = check_svm(&full).unwrap();
-        assert!(f.nrip_save && f.decode_assists && f.flush_by_asid && f.vmcb_clean);
+        assert!(f.nrip_save && f.decode_assists && f.flush_by_asid);
         assert!(!f.npt_1g);
     }
 

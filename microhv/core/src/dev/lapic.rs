@@ -43,8 +43,6 @@ pub fn bus_hz_for(tsc_khz: u64) -> u64 {
 pub const MIN_PERIOD_US: u64 = 100;
 /// The power-on guest-physical address of the register page.
 pub const APIC_DEFAULT_BASE: u64 = abi::platform::LAPIC_BASE;
-/// IA32_APIC_BASE.
-pub const MSR_APIC_BASE: u32 = 0x1b;
 /// IA32_TSC_DEADLINE.
 pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
 /// The x2APIC MSR range; [`Lapic::x2apic_read`] and [`Lapic::x2apic_write`] own all of it.
