@@ -332,8 +332,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     fn op_domain_getinfo(&mut self, d: usize, domid: u64, gpa: u64) -> R {
         let t = self.target(domid)?;
         let info = self.fill_info(t);
-        self.write_struct(d, gpa, &info)?;
-        Ok(0)
+        self.write_struct(d, gpa, &info).map(|()| 0)
     }
 
     fn op_domain_list(&mut self, d: usize, gpa: u64, capacity: u64) -> R {
@@ -478,8 +477,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             virt: self.backend.kind(),
             time_slice: crate::policy::VCPU_SLICE as u32,
         };
-        self.write_struct(d, gpa, &info)?;
-        Ok(0)
+        self.write_struct(d, gpa, &info).map(|()| 0)
     }
 
     fn op_stats(&mut self, d: usize, domid: u64, gpa: u64) -> R {
@@ -504,8 +502,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             cpu_time: dom.counters.cpu_time,
             mmu_frames: dom.mmu.frames_held(),
         };
-        self.write_struct(d, gpa, &out)?;
-        Ok(0)
+        self.write_struct(d, gpa, &out).map(|()| 0)
     }
 }
 

@@ -200,16 +200,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
             }
             Ok(FaultOutcome::NoSlot | FaultOutcome::ReadOnly) => {
-                log::warn!(
-                    "d{d}v{v}: {} access to guest-physical {gpa:#x} outside its memory",
-                    if a.write {
-                        "write"
-                    } else if a.exec {
-                        "fetch"
-                    } else {
-                        "read"
-                    }
-                );
+                let what = match (a.write, a.exec) {
+                    (true, _) => "write",
+                    (false, true) => "fetch",
+                    (false, false) => "read",
+                };
+                log::warn!("d{d}v{v}: {what} access to guest-physical {gpa:#x} outside its memory");
                 self.crash(d, v, CrashReason::OutsideMemory, Some(info))
             }
             Err(e) => {
