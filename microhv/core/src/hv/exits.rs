@@ -349,24 +349,27 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             return Err("the instruction at RIP does not make this access");
         }
         let size = m.size;
+        let at = (page, off, size);
         match m.op {
             MmioOp::Load { reg } => {
-                let val = self.dev_read(d, v, page, off, size)?;
+                let val = self.device_access((d, v), at, None)?;
                 self.set_operand(d, v, reg, size, val);
             }
             MmioOp::Extend { reg, width, signed } => {
-                let val = self.dev_read(d, v, page, off, size)?;
+                let val = self.device_access((d, v), at, None)?;
                 let bits = 64 - 8 * u32::from(size);
                 let val = if signed { (((val << bits) as i64) >> bits) as u64 } else { val };
                 self.set_operand(d, v, reg, width, val);
             }
             MmioOp::StoreReg { reg } => {
                 let val = self.operand(d, v, reg);
-                self.dev_write(d, v, page, off, size, val)?;
+                self.device_access((d, v), at, Some(val))?;
             }
-            MmioOp::StoreImm { value } => self.dev_write(d, v, page, off, size, value)?,
+            MmioOp::StoreImm { value } => {
+                self.device_access((d, v), at, Some(value))?;
+            }
             MmioOp::Alu { op, src } => {
-                let mem = self.dev_read(d, v, page, off, size)?;
+                let mem = self.device_access((d, v), at, None)?;
                 let src = match src {
                     insn::Operand::Reg(r) => self.operand(d, v, r),
                     insn::Operand::Imm(x) => x,
@@ -374,12 +377,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let flags = self.read_reg(d, v, GuestReg::Rflags);
                 let (res, flags) = insn::alu(op, size, mem, src, flags);
                 if op.writes() {
-                    self.dev_write(d, v, page, off, size, res)?;
+                    self.device_access((d, v), at, Some(res))?;
                 }
                 self.write_reg(d, v, GuestReg::Rflags, flags);
             }
             MmioOp::AluToReg { op, reg } => {
-                let mem = self.dev_read(d, v, page, off, size)?;
+                let mem = self.device_access((d, v), at, None)?;
                 let flags = self.read_reg(d, v, GuestReg::Rflags);
                 let (res, flags) = insn::alu(op, size, self.operand(d, v, reg), mem, flags);
                 if op.writes() {
@@ -388,9 +391,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.write_reg(d, v, GuestReg::Rflags, flags);
             }
             MmioOp::Xchg { reg } => {
-                let mem = self.dev_read(d, v, page, off, size)?;
+                let mem = self.device_access((d, v), at, None)?;
                 let val = self.operand(d, v, reg);
-                self.dev_write(d, v, page, off, size, val)?;
+                self.device_access((d, v), at, Some(val))?;
                 self.set_operand(d, v, reg, size, mem);
             }
             MmioOp::String(_) | MmioOp::NoAccess => {
@@ -450,33 +453,20 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    fn dev_read(
+    /// Reads (`write` `None`: the value read) or writes `size` bytes at offset `off` of device
+    /// page `page` for vCPU `v` of domain `d`.
+    fn device_access(
         &mut self,
-        d: usize,
-        v: usize,
-        page: MmioPage,
-        off: u64,
-        size: u8,
+        (d, v): (usize, usize),
+        (page, off, size): (MmioPage, u64, u8),
+        write: Option<u64>,
     ) -> Result<u64, &'static str> {
         let clock = self.clock();
         let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
-        let r = p.mmio_read(&clock, v, page, off, size);
-        self.timers_changed();
-        r
-    }
-
-    fn dev_write(
-        &mut self,
-        d: usize,
-        v: usize,
-        page: MmioPage,
-        off: u64,
-        size: u8,
-        val: u64,
-    ) -> Result<(), &'static str> {
-        let clock = self.clock();
-        let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
-        let r = p.mmio_write(&clock, v, page, off, size, val);
+        let r = match write {
+            None => p.mmio_read(&clock, v, page, off, size),
+            Some(val) => p.mmio_write(&clock, v, page, off, size, val).map(|()| 0),
+        };
         self.timers_changed();
         r
     }
