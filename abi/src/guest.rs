@@ -7,11 +7,22 @@
 
 pub use crate::arch::Insn;
 use crate::cpuid;
-use crate::hypercall::{Op, ShutdownReason, decode_ret};
+use crate::hypercall::{Op, ShutdownReason};
 use crate::types::{DomainCreate, DomainInfo, DomainStats, IoReq, PhysInfo, VcpuState};
 use crate::{Errno, split_version_word};
 use core::arch::x86_64::__cpuid;
 use zerocopy::{FromZeros, IntoBytes};
+
+/// Decodes a raw `rax` result: the value, or the error microhv returned.
+pub fn decode_ret(ret: i64) -> Result<u64, Errno> {
+    if ret >= 0 {
+        Ok(ret as u64)
+    } else {
+        // An unknown negative value cannot come from microhv; report it as the generic EINVAL
+        // rather than inventing a code.
+        Err(Errno::from_code(ret.unsigned_abs() as i64).unwrap_or(Errno::EINVAL))
+    }
+}
 
 /// Why [`Hypervisor::detect`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -97,17 +97,6 @@ impl core::fmt::Display for Errno {
     }
 }
 
-/// Decodes a raw `rax` result.
-pub fn decode_ret(ret: i64) -> Result<u64, Errno> {
-    if ret >= 0 {
-        Ok(ret as u64)
-    } else {
-        // An unknown negative value cannot come from microhv; report it as the generic EINVAL
-        // rather than inventing a code.
-        Err(Errno::from_code(ret.unsigned_abs() as i64).unwrap_or(Errno::EINVAL))
-    }
-}
-
 macro_rules! ops {
     ($( $(#[$m:meta])* $name:ident = $num:expr, $priv:expr; )*) => {
         /// Hypercall operation numbers (`rax`).
@@ -234,6 +223,3 @@ pub const CONSOLE_INPUT_MAX: u64 = 256;
 pub const CONSOLE_READ_MAX: u64 = 4096;
 /// Longest `MemWrite`: bounds the time one hypercall spends in ring 0.
 pub const MEM_WRITE_MAX: u64 = 64 * 1024;
-
-/// Register that carries each argument, in order.
-pub const ARG_REGISTERS: [&str; 5] = ["rdi", "rsi", "rdx", "r10", "r8"];

@@ -45,6 +45,3 @@ pub const fn abi_version_word() -> u32 {
 pub const fn split_version_word(word: u32) -> (u16, u16) {
     ((word >> 16) as u16, word as u16)
 }
-
-/// Size of a guest page and of a host frame.
-pub const PAGE_SIZE: u64 = 4096;

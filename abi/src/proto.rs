@@ -23,7 +23,7 @@
 //! `ABI.md` ("Control protocol") documents every message and the changelog.
 
 use crate::hypercall::{Errno, MAX_DOMAINS, ShutdownReason};
-use crate::types::{DomainInfo, DomainStats, PhysInfo};
+use crate::types::{CrashReason, DomainInfo, DomainState, DomainStats, ExitReason, PhysInfo};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version: both sides must speak the same one (checked by [`Req::Hello`]).
@@ -622,6 +622,84 @@ pub fn decode_response(msg: &[u8]) -> Result<Response<'_>, Malformed> {
         Ok((resp, [])) => Ok(resp),
         Ok(_) => Err(Malformed::TrailingBytes),
         Err(_) => Err(Malformed::Decode),
+    }
+}
+
+// ---- the ABI's numbers decoded for the tools -------------------------------------------------
+//
+// Only the tools and dom0 turn the numbers of `DomainInfo` and `DomainStats` back into names;
+// microhv itself never does, so these live behind the `proto` feature, out of its image.
+
+impl DomainState {
+    /// The state with this number.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        [Self::Created, Self::Running, Self::Paused, Self::Shutdown, Self::Crashed]
+            .into_iter()
+            .find(|s| *s as u32 == v)
+    }
+
+    /// Lower-case name, as the tools print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Shutdown => "shutdown",
+            Self::Crashed => "crashed",
+        }
+    }
+}
+
+impl CrashReason {
+    /// The reason with this number.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        [
+            Self::None,
+            Self::TripleFault,
+            Self::OutsideMemory,
+            Self::UnhandledExit,
+            Self::EntryFailure,
+            Self::MmuFailure,
+            Self::UnsupportedIo,
+            Self::GuestRequested,
+            Self::UnsupportedMmio,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+}
+
+impl ExitReason {
+    /// Every reason, in index order.
+    pub const ALL: [ExitReason; 11] = [
+        Self::Hypercall,
+        Self::NestedPageFault,
+        Self::Io,
+        Self::Cpuid,
+        Self::Msr,
+        Self::Hlt,
+        Self::Timer,
+        Self::CrAccess,
+        Self::Interrupt,
+        Self::TripleFault,
+        Self::Other,
+    ];
+
+    /// Lower-case name, as the tools print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Hypercall => "hypercall",
+            Self::NestedPageFault => "ept-violation",
+            Self::Io => "io",
+            Self::Cpuid => "cpuid",
+            Self::Msr => "msr",
+            Self::Hlt => "hlt",
+            Self::Timer => "timer",
+            Self::CrAccess => "cr-access",
+            Self::Interrupt => "interrupt",
+            Self::TripleFault => "triple-fault",
+            Self::Other => "other",
+        }
     }
 }
 

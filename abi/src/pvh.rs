@@ -213,8 +213,6 @@ pub const START_INFO_GPA: u64 = 0x1000;
 pub const LEGACY_HOLE: u64 = 0xa_0000;
 /// Where RAM resumes above the legacy hole.
 pub const HIGH_RAM: u64 = 0x10_0000;
-/// Memory-map entries the start page can describe.
-pub const MAX_MEMMAP: usize = 8;
 /// Modules the start page can list.
 pub const MAX_MODULES: usize = 8;
 
@@ -237,31 +235,17 @@ pub struct ModuleDesc<'a> {
 }
 
 /// The memory map of a domain with `mem_bytes` of RAM, as the start info gives it (and as
-/// microhv's fw_cfg offers it in `etc/e820`, so the two cannot disagree).
+/// the device model's fw_cfg offers it in `etc/e820`, so the two cannot disagree).
 pub fn memmap(mem_bytes: u64) -> [MemmapEntry; 5] {
+    let e = |addr: u64, end: u64, kind| MemmapEntry { addr, size: end - addr, kind, reserved: 0 };
     // The PC's layout: the start page reserved, and the legacy hole from 640 KiB to 1 MiB
     // (where the ACPI tables live) reserved.
     [
-        MemmapEntry { addr: 0, size: START_INFO_GPA, kind: MEMMAP_RAM, reserved: 0 },
-        MemmapEntry { addr: START_INFO_GPA, size: 0x1000, kind: MEMMAP_RESERVED, reserved: 0 },
-        MemmapEntry {
-            addr: START_INFO_GPA + 0x1000,
-            size: LEGACY_HOLE - (START_INFO_GPA + 0x1000),
-            kind: MEMMAP_RAM,
-            reserved: 0,
-        },
-        MemmapEntry {
-            addr: LEGACY_HOLE,
-            size: HIGH_RAM - LEGACY_HOLE,
-            kind: MEMMAP_RESERVED,
-            reserved: 0,
-        },
-        MemmapEntry {
-            addr: HIGH_RAM,
-            size: mem_bytes.saturating_sub(HIGH_RAM),
-            kind: MEMMAP_RAM,
-            reserved: 0,
-        },
+        e(0, START_INFO_GPA, MEMMAP_RAM),
+        e(START_INFO_GPA, START_INFO_GPA + 0x1000, MEMMAP_RESERVED),
+        e(START_INFO_GPA + 0x1000, LEGACY_HOLE, MEMMAP_RAM),
+        e(LEGACY_HOLE, HIGH_RAM, MEMMAP_RESERVED),
+        e(HIGH_RAM, mem_bytes.max(HIGH_RAM), MEMMAP_RAM),
     ]
 }
 

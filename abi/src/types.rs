@@ -75,7 +75,8 @@ layout!(IoReq, 24, {
     domid @ 0, vcpu @ 4, token @ 8, instance @ 12, port @ 16, size @ 18, write @ 19, value @ 20,
 });
 
-/// Domain states (`DomainInfo::state`).
+/// Domain states (`DomainInfo::state`). The tools decode them (`from_u32`, `name`) with the
+/// `proto` feature.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
@@ -92,27 +93,8 @@ pub enum DomainState {
     Crashed = 4,
 }
 
-impl DomainState {
-    /// The state with this number.
-    pub fn from_u32(v: u32) -> Option<Self> {
-        [Self::Created, Self::Running, Self::Paused, Self::Shutdown, Self::Crashed]
-            .into_iter()
-            .find(|s| *s as u32 == v)
-    }
-
-    /// Lower-case name, as the tools print it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Shutdown => "shutdown",
-            Self::Crashed => "crashed",
-        }
-    }
-}
-
-/// Why microhv stopped a domain (`DomainInfo::crash_reason`).
+/// Why microhv stopped a domain (`DomainInfo::crash_reason`). The tools decode it (`from_u32`)
+/// with the `proto` feature.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
@@ -140,23 +122,6 @@ pub enum CrashReason {
 }
 
 impl CrashReason {
-    /// The reason with this number.
-    pub fn from_u32(v: u32) -> Option<Self> {
-        [
-            Self::None,
-            Self::TripleFault,
-            Self::OutsideMemory,
-            Self::UnhandledExit,
-            Self::EntryFailure,
-            Self::MmuFailure,
-            Self::UnsupportedIo,
-            Self::GuestRequested,
-            Self::UnsupportedMmio,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
-    }
-
     /// Lower-case name, as logs and tools print it.
     pub const fn name(self) -> &'static str {
         match self {
@@ -320,7 +285,8 @@ layout!(PhysInfo, 56, {
     domains @ 36, max_domains @ 40, abi_version @ 44, virt @ 48, time_slice @ 52,
 });
 
-/// Arch-neutral exit reasons, the index into `DomainStats::exits_by_reason`.
+/// Arch-neutral exit reasons, the index into `DomainStats::exits_by_reason`. The tools list
+/// and name them (`ALL`, `name`) with the `proto` feature.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
@@ -351,40 +317,6 @@ pub enum ExitReason {
 
 /// Entries in `DomainStats::exits_by_reason`.
 pub const EXIT_REASONS: usize = 16;
-
-impl ExitReason {
-    /// Every reason, in index order.
-    pub const ALL: [ExitReason; 11] = [
-        Self::Hypercall,
-        Self::NestedPageFault,
-        Self::Io,
-        Self::Cpuid,
-        Self::Msr,
-        Self::Hlt,
-        Self::Timer,
-        Self::CrAccess,
-        Self::Interrupt,
-        Self::TripleFault,
-        Self::Other,
-    ];
-
-    /// Lower-case name, as the tools print it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Hypercall => "hypercall",
-            Self::NestedPageFault => "ept-violation",
-            Self::Io => "io",
-            Self::Cpuid => "cpuid",
-            Self::Msr => "msr",
-            Self::Hlt => "hlt",
-            Self::Timer => "timer",
-            Self::CrAccess => "cr-access",
-            Self::Interrupt => "interrupt",
-            Self::TripleFault => "triple-fault",
-            Self::Other => "other",
-        }
-    }
-}
 
 /// OUT of `Stats`.
 #[repr(C)]

@@ -45,11 +45,7 @@ pub fn exception(f: &ExceptionFrame) -> ! {
     let _ = writeln!(
         u,
         "[hv] ERROR: exception in ring 0: vector {} ({name}) error code {:#x}\n\
-         [hv]   rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x} cr2 {:#018x}\n\
-         [hv]   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n\
-         [hv]   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}\n\
-         [hv]   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}\n\
-         [hv]   r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+         [hv]   rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x} cr2 {:#018x}{}",
         f.vector,
         f.error_code,
         f.rip,
@@ -58,21 +54,7 @@ pub fn exception(f: &ExceptionFrame) -> ! {
         f.rsp,
         f.ss,
         cpu::cr2(),
-        f.rax,
-        f.rbx,
-        f.rcx,
-        f.rdx,
-        f.rsi,
-        f.rdi,
-        f.rbp,
-        f.r8,
-        f.r9,
-        f.r10,
-        f.r11,
-        f.r12,
-        f.r13,
-        f.r14,
-        f.r15,
+        f.gprs.dump("\n[hv]   "),
     );
     stop(StopStatus::Exception, format_args!("CPU exception {} ({name}) in ring 0", f.vector))
 }

@@ -24,7 +24,7 @@ use arch::x86_64::{gdt, idt};
 use microhv_core::boot::{self, BootInfo, Options, Range};
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hv::{Hv, ModuleRef};
-use microhv_core::hwcaps;
+use microhv_core::hwcaps::{self, Unavailable};
 use microhv_core::status::StopStatus;
 use phys::IdentityMem;
 use spin::Mutex;
@@ -183,7 +183,13 @@ fn start_dom0(hv: &mut Hv<Arch, IdentityMem>, boot: &BootInfo, opts: &Options) {
 fn start_vmx(hv: &mut Hv<Arch, IdentityMem>, sel: gdt::Selectors, vendor: &[u8; 12]) {
     let (features, msrs) = match arch::vmx::detect() {
         Ok(f) => f,
-        Err(e) => no_vmx(e, vendor),
+        Err(e) => unavailable(
+            "VMX",
+            e,
+            vendor,
+            "CPUID.1:ECX.VMX[bit 5]",
+            "the firmware locked IA32_FEATURE_CONTROL with VMX disabled",
+        ),
     };
     log::info!(
         "VMX with EPT (2M {}, 1G {}), VPID, unrestricted guest, preemption timer rate {}",
@@ -207,7 +213,13 @@ fn start_vmx(hv: &mut Hv<Arch, IdentityMem>, sel: gdt::Selectors, vendor: &[u8; 
 fn start_svm(hv: &mut Hv<Arch, IdentityMem>, vendor: &[u8; 12]) {
     let features = match arch::svm::detect() {
         Ok(f) => f,
-        Err(e) => no_svm(e, vendor),
+        Err(e) => unavailable(
+            "SVM",
+            e,
+            vendor,
+            "CPUID.8000_0001h:ECX.SVM[bit 2]",
+            "disabled by firmware (VM_CR.SVMDIS set and VM_CR.LOCK set)",
+        ),
     };
     log::info!(
         "SVM with NPT (1G {}), revision {}, {} ASIDs, NRIP save {}, decode assists {}, flush by \
@@ -229,42 +241,16 @@ fn start_svm(hv: &mut Hv<Arch, IdentityMem>, vendor: &[u8; 12]) {
     }
 }
 
-fn vendor_str(v: &[u8; 12]) -> &str {
-    core::str::from_utf8(v).unwrap_or("?")
-}
-
-fn no_vmx(e: arch::vmx::Unavailable, vendor: &[u8; 12]) -> ! {
-    use arch::vmx::Unavailable;
-    let vendor = vendor_str(vendor);
+/// Reports why the CPU's `ext` (VMX or SVM) cannot be used and stops: `cpuid` names the
+/// feature bit that was clear, `firmware` how the firmware disabled it.
+fn unavailable(ext: &str, e: Unavailable, vendor: &[u8; 12], cpuid: &str, firmware: &str) -> ! {
+    let vendor = core::str::from_utf8(vendor).unwrap_or("?");
     match e {
-        Unavailable::NoVmx => {
-            log::error!("no VMX: CPUID.1:ECX.VMX[bit 5] = 0 on this {vendor} CPU")
-        }
-        Unavailable::DisabledByFirmware => log::error!(
-            "no VMX: the firmware locked IA32_FEATURE_CONTROL with VMX disabled ({vendor})"
-        ),
+        Unavailable::NotOffered => log::error!("no {ext}: {cpuid} = 0 on this {vendor} CPU"),
+        Unavailable::DisabledByFirmware => log::error!("no {ext}: {firmware} ({vendor})"),
         Unavailable::Missing(list) => {
             for m in list.iter() {
-                log::error!("VMX lacks {} ({})", m.what, m.source);
-            }
-        }
-    }
-    fatal::stop(StopStatus::NoVirtualization, format_args!("this CPU cannot run microhv"))
-}
-
-fn no_svm(e: arch::svm::Unavailable, vendor: &[u8; 12]) -> ! {
-    use arch::svm::Unavailable;
-    let vendor = vendor_str(vendor);
-    match e {
-        Unavailable::NoSvm => {
-            log::error!("no SVM: CPUID.8000_0001h:ECX.SVM[bit 2] = 0 on this {vendor} CPU")
-        }
-        Unavailable::DisabledByFirmware => log::error!(
-            "no SVM: disabled by firmware (VM_CR.SVMDIS set and VM_CR.LOCK set) ({vendor})"
-        ),
-        Unavailable::Missing(list) => {
-            for m in list.iter() {
-                log::error!("SVM lacks {} ({})", m.what, m.source);
+                log::error!("{ext} lacks {} ({})", m.what, m.source);
             }
         }
     }

@@ -29,9 +29,8 @@ pub mod ept {
     pub const EPTP_MT_WB: u64 = 6;
     /// EPTP page-walk length minus one, for a 4-level walk.
     pub const EPTP_WALK_4: u64 = 3 << 3;
-    /// EPTP accessed/dirty enable. Not set: dirty logging works by write protection, and
-    /// without A/D the CPU never writes to the tables behind the crate's back.
-    pub const EPTP_AD: u64 = 1 << 6;
+    // Bit 6, accessed/dirty enable, is never set: dirty logging works by write protection,
+    // and without A/D the CPU never writes to the tables behind the crate's back.
 }
 
 /// NPT (AMD nested page table) entry bits: the long-mode page-table format.

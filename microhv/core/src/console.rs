@@ -30,15 +30,9 @@ pub struct LogLimiter {
     pub suppressed: u64,
 }
 
-impl Default for LogLimiter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl LogLimiter {
     /// A full bucket (filled at the first call, when the TSC frequency is known).
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self { scaled: u64::MAX, last: 0, suppressed: 0 }
     }
 
@@ -76,15 +70,9 @@ pub struct Console {
     line_len: usize,
 }
 
-impl Default for Console {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Console {
     /// An empty console.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             ring: [0; CONSOLE_RING_BYTES],
             head: 0,

@@ -20,53 +20,28 @@ const L7_EBX_EMULATED: u32 = 1 << 1;
 /// Highest extended leaf reported.
 pub const MAX_EXT_LEAF: u32 = 0x8000_0008;
 
+/// The mask with bits `list` set.
+const fn bits(list: &[u32]) -> u32 {
+    let (mut mask, mut i) = (0, 0);
+    while i < list.len() {
+        mask |= 1 << list[i];
+        i += 1;
+    }
+    mask
+}
+
 /// Leaf 1 ecx bits passed through: SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
 /// MOVBE, POPCNT, AES, RDRAND.
-const L1_ECX_KEEP: u32 = (1 << 0)
-    | (1 << 1)
-    | (1 << 9)
-    | (1 << 13)
-    | (1 << 19)
-    | (1 << 20)
-    | (1 << 22)
-    | (1 << 23)
-    | (1 << 25)
-    | (1 << 30);
+const L1_ECX_KEEP: u32 = bits(&[0, 1, 9, 13, 19, 20, 22, 23, 25, 30]);
 /// Leaf 1 edx bits passed through: FPU, VME, DE, PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE,
 /// CMOV, PAT, PSE36, CLFSH, MMX, FXSR, SSE, SSE2.
-const L1_EDX_KEEP: u32 = (1 << 0)
-    | (1 << 1)
-    | (1 << 2)
-    | (1 << 3)
-    | (1 << 4)
-    | (1 << 5)
-    | (1 << 6)
-    | (1 << 8)
-    | (1 << 9)
-    | (1 << 11)
-    | (1 << 12)
-    | (1 << 13)
-    | (1 << 15)
-    | (1 << 16)
-    | (1 << 17)
-    | (1 << 19)
-    | (1 << 23)
-    | (1 << 24)
-    | (1 << 25)
-    | (1 << 26);
+const L1_EDX_KEEP: u32 =
+    bits(&[0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 15, 16, 17, 19, 23, 24, 25, 26]);
 /// Leaf 7.0 ebx bits passed through: FSGSBASE, BMI1, SMEP, BMI2, ERMS, RDSEED, ADX, SMAP,
 /// CLFLUSHOPT.
-const L7_EBX_KEEP: u32 = (1 << 0)
-    | (1 << 3)
-    | (1 << 7)
-    | (1 << 8)
-    | (1 << 9)
-    | (1 << 18)
-    | (1 << 19)
-    | (1 << 20)
-    | (1 << 23);
+const L7_EBX_KEEP: u32 = bits(&[0, 3, 7, 8, 9, 18, 19, 20, 23]);
 /// Leaf 0x8000_0001 ecx bits passed through: LAHF/SAHF, ABM/LZCNT, PREFETCHW.
-const E1_ECX_KEEP: u32 = (1 << 0) | (1 << 5) | (1 << 8);
+const E1_ECX_KEEP: u32 = bits(&[0, 5, 8]);
 /// Leaf 0x8000_0001 edx bits passed through: the leaf-1 edx duplicates AMD reports, SYSCALL, NX,
 /// 1 GiB pages, long mode. RDTSCP is hidden: microhv does not enable it for guests.
 const E1_EDX_KEEP: u32 = L1_EDX_KEEP | (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29);

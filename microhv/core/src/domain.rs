@@ -103,7 +103,7 @@ impl<V> Vcpu<V> {
     const fn new() -> Self {
         Self {
             arch: None,
-            gprs: zero_gprs(),
+            gprs: Gprs::ZERO,
             init: None,
             blocked_until: 0,
             halted: false,
@@ -116,26 +116,6 @@ impl<V> Vcpu<V> {
             misc_enable: crate::policy::MISC_ENABLE_VALUE,
             io: None,
         }
-    }
-}
-
-const fn zero_gprs() -> Gprs {
-    Gprs {
-        rax: 0,
-        rbx: 0,
-        rcx: 0,
-        rdx: 0,
-        rsi: 0,
-        rdi: 0,
-        rbp: 0,
-        r8: 0,
-        r9: 0,
-        r10: 0,
-        r11: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
     }
 }
 

@@ -6,11 +6,14 @@
 //! event, load a new second-level root, flush. Calls only go from the core to the backend.
 
 use abi::types::ExitReason;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The guest's general-purpose registers that VM exits do not save in hardware state (RSP and
-/// RIP live in the VMCS / VMCB). The entry/exit code loads and stores this layout.
-#[repr(C)]
+/// RIP live in the VMCS / VMCB). The entry/exit code loads and stores this layout, the ring-0
+/// exception stub pushes it, and [`Gprs::get`] / [`Gprs::set`] index it as 15 words.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct Gprs {
     /// rax.
     pub rax: u64,
@@ -45,51 +48,58 @@ pub struct Gprs {
 }
 
 impl Gprs {
+    /// Every register 0.
+    pub const ZERO: Self = zerocopy::transmute!([0u64; 15]);
+    /// The registers' names, in field order.
+    const NAMES: [&str; 15] = [
+        "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+        "r14", "r15",
+    ];
+
+    /// The field holding the register with x86 encoding number `n` (0 = rax … 15 = r15); rsp
+    /// (4) is not here.
+    fn field(n: u8) -> Option<usize> {
+        const FIELD: [u8; 16] = [0, 2, 3, 1, 0xff, 6, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14];
+        FIELD.get(usize::from(n)).map(|&f| usize::from(f)).filter(|&f| f < 15)
+    }
+
+    /// The registers in field order.
+    fn as_array(&self) -> &[u64; 15] {
+        zerocopy::transmute_ref!(self)
+    }
+
     /// Register by its x86 encoding number (0 = rax … 15 = r15); 4 (rsp) is not here and
     /// reads as `None`.
     pub fn get(&self, n: u8) -> Option<u64> {
-        Some(match n {
-            0 => self.rax,
-            1 => self.rcx,
-            2 => self.rdx,
-            3 => self.rbx,
-            5 => self.rbp,
-            6 => self.rsi,
-            7 => self.rdi,
-            8 => self.r8,
-            9 => self.r9,
-            10 => self.r10,
-            11 => self.r11,
-            12 => self.r12,
-            13 => self.r13,
-            14 => self.r14,
-            15 => self.r15,
-            _ => return None,
-        })
+        Some(self.as_array()[Self::field(n)?])
     }
 
     /// Sets the register with encoding number `n`; 4 (rsp) and out-of-range numbers are
     /// ignored (RSP lives in the backend).
     pub fn set(&mut self, n: u8, value: u64) {
-        let r = match n {
-            0 => &mut self.rax,
-            1 => &mut self.rcx,
-            2 => &mut self.rdx,
-            3 => &mut self.rbx,
-            5 => &mut self.rbp,
-            6 => &mut self.rsi,
-            7 => &mut self.rdi,
-            8 => &mut self.r8,
-            9 => &mut self.r9,
-            10 => &mut self.r10,
-            11 => &mut self.r11,
-            12 => &mut self.r12,
-            13 => &mut self.r13,
-            14 => &mut self.r14,
-            15 => &mut self.r15,
-            _ => return,
-        };
-        *r = value;
+        if let Some(f) = Self::field(n) {
+            let regs: &mut [u64; 15] = zerocopy::transmute_mut!(self);
+            regs[f] = value;
+        }
+    }
+
+    /// The registers as a crash report shows them: four a line, each line starting with
+    /// `line_start` (a newline and an indent).
+    pub fn dump(&self, line_start: &'static str) -> GprDump<'_> {
+        GprDump(self, line_start)
+    }
+}
+
+/// The registers formatted for a crash report ([`Gprs::dump`]).
+pub struct GprDump<'a>(&'a Gprs, &'static str);
+
+impl core::fmt::Display for GprDump<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, (name, v)) in Gprs::NAMES.iter().zip(self.0.as_array()).enumerate() {
+            let sep = if i % 4 == 0 { self.1 } else { " " };
+            write!(f, "{sep}{name:<3} {v:#018x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -110,7 +120,7 @@ pub struct Access {
 }
 
 /// Why the vCPU stopped running, in arch-neutral terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// VMCALL / VMMCALL: operation in rax, arguments in rdi, rsi, rdx, r10, r8.
     Hypercall,
@@ -180,6 +190,7 @@ pub enum Exit {
     /// The hardware refused to enter the guest.
     EntryFailure,
     /// Anything the backend does not translate.
+    #[default]
     Unhandled,
 }
 
@@ -220,6 +231,16 @@ pub enum CpuMode {
 }
 
 impl CpuMode {
+    /// The mode of the code segment: 16-bit in real mode (`pe` clear), else by CS.L (`long`,
+    /// which only counts with EFER.LMA) and CS.D (`db`).
+    pub fn of(pe: bool, long: bool, db: bool) -> Self {
+        match (pe, long, db) {
+            (true, true, _) => CpuMode::Bits64,
+            (true, false, true) => CpuMode::Bits32,
+            _ => CpuMode::Bits16,
+        }
+    }
+
     /// The instruction pointer after the `len`-byte instruction at `rip`: IP wraps at 64 KiB
     /// in 16-bit code and EIP at 4 GiB in 32-bit code, as they do when the CPU executes it.
     pub fn next_ip(self, rip: u64, len: u8) -> u64 {
@@ -253,7 +274,7 @@ pub fn is_canonical(addr: u64) -> bool {
 /// string (`insn_len`), `Hlt` (`insn_len`, `rflags`), `Timer`, `InterruptWindow` and
 /// `Interrupt`. Every other exit carries all of it: those are the ones whose handlers decode
 /// instructions, check control-register writes, or report a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
     /// The translated exit.
     pub exit: Exit,
@@ -294,25 +315,8 @@ pub struct ExitInfo {
 
 impl ExitInfo {
     /// `exit` with nothing read from the guest's state yet.
-    pub const fn fast(exit: Exit, raw_reason: u64, qualification: u64, ran_ticks: u64) -> Self {
-        Self {
-            exit,
-            raw_reason,
-            qualification,
-            rip: 0,
-            rsp: 0,
-            rflags: 0,
-            cr0: 0,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
-            insn_len: 0,
-            cpl: 0,
-            mode: CpuMode::Bits16,
-            cs_base: 0,
-            ran_ticks,
-            completed: [0; 2],
-        }
+    pub fn fast(exit: Exit, raw_reason: u64, qualification: u64, ran_ticks: u64) -> Self {
+        Self { exit, raw_reason, qualification, ran_ticks, ..Self::default() }
     }
 }
 
@@ -367,6 +371,23 @@ pub enum Event {
         /// The error code (`walk::PF_*`).
         code: u32,
     },
+}
+
+impl Event {
+    /// The event as VMX's VM-entry interruption-information field and SVM's EVENTINJ both
+    /// encode it (vector, type 3 exception or 2 NMI, error code valid, valid), and its error
+    /// code. Real mode (`pe` clear) delivers no error code, and VM entry refuses to inject one
+    /// there.
+    pub fn encode(self, pe: bool) -> (u64, u32) {
+        let (vector, kind, code) = match self {
+            Event::InvalidOpcode => (6, 3, None),
+            Event::GeneralProtection => (13, 3, Some(0)),
+            Event::PageFault { code, .. } => (14, 3, Some(code)),
+            Event::Nmi => (2, 2, None),
+        };
+        let code = code.filter(|_| pe);
+        (vector | kind << 8 | u64::from(code.is_some()) << 11 | 1 << 31, code.unwrap_or(0))
+    }
 }
 
 /// The state a vCPU starts in (`abi::types::VcpuState`, validated).
@@ -488,7 +509,43 @@ pub trait Backend {
 
 #[cfg(test)]
 mod tests {
-    use super::CpuMode;
+    use super::{CpuMode, Event, Gprs};
+
+    #[test]
+    fn code_segment_modes_and_event_encoding() {
+        assert_eq!(CpuMode::of(false, true, true), CpuMode::Bits16);
+        assert_eq!(CpuMode::of(true, true, false), CpuMode::Bits64);
+        assert_eq!(CpuMode::of(true, false, true), CpuMode::Bits32);
+        assert_eq!(CpuMode::of(true, false, false), CpuMode::Bits16);
+        let pf = Event::PageFault { addr: 0x1000, code: 2 };
+        assert_eq!(pf.encode(true), (14 | 3 << 8 | 1 << 11 | 1 << 31, 2));
+        assert_eq!(pf.encode(false), (14 | 3 << 8 | 1 << 31, 0));
+        assert_eq!(Event::GeneralProtection.encode(true), (13 | 3 << 8 | 1 << 11 | 1 << 31, 0));
+        assert_eq!(Event::InvalidOpcode.encode(true), (6 | 3 << 8 | 1 << 31, 0));
+        assert_eq!(Event::Nmi.encode(true), (2 | 2 << 8 | 1 << 31, 0));
+    }
+
+    #[test]
+    fn registers_by_number_and_the_crash_dump() {
+        let mut g = Gprs { rcx: 1, rbx: 3, rbp: 5, rsi: 6, rdi: 7, r15: 15, ..Gprs::ZERO };
+        let got = [0, 1, 3, 4, 5, 6, 7, 15, 16].map(|n| g.get(n));
+        let want = [Some(0), Some(1), Some(3), None, Some(5), Some(6), Some(7), Some(15), None];
+        assert_eq!(got, want);
+        let before = g;
+        g.set(4, 9); // RSP lives in the backend.
+        g.set(16, 9);
+        assert_eq!(g, before);
+        g.set(8, 0x88);
+        assert_eq!(g, Gprs { r8: 0x88, ..before });
+        let dump = std::format!("{}", g.dump("\n  "));
+        let lines: std::vec::Vec<_> = dump.split('\n').collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[0], "");
+        let l2 = "  rsi 0x0000000000000006 rdi 0x0000000000000007 rbp 0x0000000000000005 r8  0x0000000000000088";
+        assert_eq!(lines[2], l2);
+        let l4 = "  r13 0x0000000000000000 r14 0x0000000000000000 r15 0x000000000000000f";
+        assert_eq!(lines[4], l4);
+    }
 
     #[test]
     fn the_instruction_pointer_wraps_at_the_code_width() {

@@ -12,9 +12,6 @@ pub const MAX_PHYS_BYTES: u64 = 4 << 30;
 /// Bitmap words needed for [`MAX_PHYS_BYTES`].
 pub const HOST_BITMAP_WORDS: usize = (MAX_PHYS_BYTES / FRAME_SIZE / 64) as usize;
 
-/// The allocator microhv uses for the whole machine.
-pub type HostFrames = FrameAllocator<HOST_BITMAP_WORDS>;
-
 /// Why a frame operation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
@@ -209,6 +206,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
     }
 
     /// True if `pa`'s frame is managed and currently allocated.
+    #[cfg(test)]
     pub fn is_allocated(&self, pa: u64) -> bool {
         let f = pa / FRAME_SIZE;
         if f >= Self::CAPACITY_FRAMES {
@@ -394,6 +392,7 @@ mod tests {
 
     #[test]
     fn the_host_allocator_fits_a_static() {
+        type HostFrames = FrameAllocator<HOST_BITMAP_WORDS>;
         let a: Box<HostFrames> = Box::default();
         assert_eq!(HostFrames::CAPACITY_FRAMES * FRAME_SIZE, MAX_PHYS_BYTES);
         assert_eq!(a.free_frames(), 0);

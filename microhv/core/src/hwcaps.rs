@@ -39,6 +39,7 @@ impl Missing {
     }
 
     /// How many are missing.
+    #[cfg(test)]
     pub fn count(&self) -> u32 {
         self.bits.count_ones()
     }
@@ -65,24 +66,25 @@ pub mod feature_control {
     pub const VMX_OUTSIDE_SMX: u64 = 1 << 2;
 }
 
-/// What to do about `IA32_FEATURE_CONTROL` before VMXON.
+/// Why the CPU's virtualization extension (VMX or SVM) cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeatureControl {
-    /// Already locked with VMX enabled.
-    Ready,
-    /// Unlocked: write this value (VMX enabled, locked).
-    Write(u64),
-    /// Locked with VMX disabled by the firmware.
+pub enum Unavailable {
+    /// CPUID does not report it.
+    NotOffered,
+    /// The firmware disabled it and locked the setting.
     DisabledByFirmware,
+    /// It is there, without features microhv needs.
+    Missing(Missing),
 }
 
-/// Decides what `IA32_FEATURE_CONTROL` needs.
-pub fn feature_control(value: u64) -> FeatureControl {
+/// What `IA32_FEATURE_CONTROL` needs before VMXON: nothing (locked with VMX enabled), this
+/// value written (unlocked: VMX enabled, locked), or nothing can be done (locked with VMX off).
+pub fn feature_control(value: u64) -> Result<Option<u64>, Unavailable> {
     use feature_control::*;
     match (value & LOCK != 0, value & VMX_OUTSIDE_SMX != 0) {
-        (true, true) => FeatureControl::Ready,
-        (true, false) => FeatureControl::DisabledByFirmware,
-        (false, _) => FeatureControl::Write(value | LOCK | VMX_OUTSIDE_SMX),
+        (true, true) => Ok(None),
+        (true, false) => Err(Unavailable::DisabledByFirmware),
+        (false, _) => Ok(Some(value | LOCK | VMX_OUTSIDE_SMX)),
     }
 }
 
@@ -157,8 +159,6 @@ pub struct VmxFeatures {
     pub ept_2m: bool,
     /// 1 GiB EPT leaves.
     pub ept_1g: bool,
-    /// The preemption timer exists.
-    pub preemption_timer: bool,
     /// The preemption timer counts down every `2^rate` TSC ticks.
     pub preemption_timer_rate: u8,
 }
@@ -189,7 +189,6 @@ pub fn check_vmx(m: &VmxMsrs) -> Result<VmxFeatures, Missing> {
         revision: (m.basic & 0x7fff_ffff) as u32,
         ept_2m: m.ept_vpid & PAGE_2M != 0,
         ept_1g: m.ept_vpid & PAGE_1G != 0,
-        preemption_timer: (m.pinbased >> 32) & (1 << 6) != 0,
         preemption_timer_rate: (m.misc & 0x1f) as u8,
     })
 }
@@ -207,8 +206,6 @@ pub mod cpuid_bits {
     /// Leaf 0x8000_000A edx: NRIP save (the VMCB's next-RIP field is written on instruction
     /// intercepts).
     pub const NRIP_SAVE: u32 = 1 << 3;
-    /// Leaf 0x8000_000A edx: VMCB clean bits.
-    pub const VMCB_CLEAN: u32 = 1 << 5;
     /// Leaf 0x8000_000A edx: TLB_CONTROL may flush a single ASID (values 3 and 7).
     pub const FLUSH_BY_ASID: u32 = 1 << 6;
     /// Leaf 0x8000_000A edx: decode assists (EXITINFO1 names the GPR of a MOV-to-CR intercept).
@@ -274,8 +271,6 @@ pub struct SvmFeatures {
     pub decode_assists: bool,
     /// TLB_CONTROL can flush one ASID (otherwise microhv flushes every ASID).
     pub flush_by_asid: bool,
-    /// VMCB clean bits are honoured (microhv writes 0: every field dirty).
-    pub vmcb_clean: bool,
     /// 1 GiB nested-paging leaves (the CPU has 1 GiB pages).
     pub npt_1g: bool,
 }
@@ -296,7 +291,6 @@ pub fn check_svm(c: &SvmCpuid) -> Result<SvmFeatures, Missing> {
         nrip_save: edx & cpuid_bits::NRIP_SAVE != 0,
         decode_assists: edx & cpuid_bits::DECODE_ASSISTS != 0,
         flush_by_asid: edx & cpuid_bits::FLUSH_BY_ASID != 0,
-        vmcb_clean: edx & cpuid_bits::VMCB_CLEAN != 0,
         npt_1g: c.ext1_edx & cpuid_bits::PAGE_1G != 0,
     })
 }
@@ -309,23 +303,13 @@ pub mod vm_cr {
     pub const SVMDIS: u64 = 1 << 4;
 }
 
-/// What to do about `VM_CR` before setting EFER.SVME.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmCr {
-    /// SVM is allowed.
-    Ready,
-    /// SVMDIS is set but not locked: write this value (SVMDIS clear).
-    Write(u64),
-    /// The firmware disabled SVM and locked the setting.
-    DisabledByFirmware,
-}
-
-/// Decides what `VM_CR` needs.
-pub fn vm_cr(value: u64) -> VmCr {
+/// What `VM_CR` needs before EFER.SVME is set: nothing (SVM allowed), this value written
+/// (SVMDIS set but not locked: cleared), or nothing can be done (SVMDIS set and locked).
+pub fn vm_cr(value: u64) -> Result<Option<u64>, Unavailable> {
     match (value & vm_cr::SVMDIS != 0, value & vm_cr::LOCK != 0) {
-        (false, _) => VmCr::Ready,
-        (true, true) => VmCr::DisabledByFirmware,
-        (true, false) => VmCr::Write(value & !vm_cr::SVMDIS),
+        (false, _) => Ok(None),
+        (true, true) => Err(Unavailable::DisabledByFirmware),
+        (true, false) => Ok(Some(value & !vm_cr::SVMDIS)),
     }
 }
 
@@ -358,7 +342,7 @@ mod tests {
     fn a_capable_cpu_passes() {
         let f = check_vmx(&good()).unwrap();
         assert_eq!(f.revision, 1);
-        assert!(f.ept_2m && !f.ept_1g && f.preemption_timer);
+        assert!(f.ept_2m && !f.ept_1g);
         assert_eq!(f.preemption_timer_rate, 5);
     }
 
@@ -384,9 +368,9 @@ mod tests {
 
     #[test]
     fn feature_control_cases() {
-        assert_eq!(feature_control(0b101), FeatureControl::Ready);
-        assert_eq!(feature_control(0b001), FeatureControl::DisabledByFirmware);
-        assert_eq!(feature_control(0), FeatureControl::Write(0b101));
+        assert_eq!(feature_control(0b101), Ok(None));
+        assert_eq!(feature_control(0b001), Err(Unavailable::DisabledByFirmware));
+        assert_eq!(feature_control(0), Ok(Some(0b101)));
     }
 
     #[test]
@@ -422,16 +406,14 @@ mod tests {
         assert_eq!(f.revision, 1);
         assert_eq!(f.asids, 16);
         assert!(f.npt_1g);
-        assert!(!f.nrip_save && !f.decode_assists && !f.flush_by_asid && !f.vmcb_clean);
+        assert!(!f.nrip_save && !f.decode_assists && !f.flush_by_asid);
 
         let mut full = c;
-        full.svm_edx |= cpuid_bits::NRIP_SAVE
-            | cpuid_bits::DECODE_ASSISTS
-            | cpuid_bits::FLUSH_BY_ASID
-            | cpuid_bits::VMCB_CLEAN;
+        full.svm_edx |=
+            cpuid_bits::NRIP_SAVE | cpuid_bits::DECODE_ASSISTS | cpuid_bits::FLUSH_BY_ASID;
         full.ext1_edx = 0;
         let f = check_svm(&full).unwrap();
-        assert!(f.nrip_save && f.decode_assists && f.flush_by_asid && f.vmcb_clean);
+        assert!(f.nrip_save && f.decode_assists && f.flush_by_asid);
         assert!(!f.npt_1g);
     }
 
@@ -465,9 +447,9 @@ mod tests {
 
     #[test]
     fn vm_cr_cases() {
-        assert_eq!(vm_cr(0), VmCr::Ready);
-        assert_eq!(vm_cr(vm_cr::LOCK), VmCr::Ready);
-        assert_eq!(vm_cr(vm_cr::SVMDIS | vm_cr::LOCK), VmCr::DisabledByFirmware);
-        assert_eq!(vm_cr(vm_cr::SVMDIS | 1), VmCr::Write(1));
+        assert_eq!(vm_cr(0), Ok(None));
+        assert_eq!(vm_cr(vm_cr::LOCK), Ok(None));
+        assert_eq!(vm_cr(vm_cr::SVMDIS | vm_cr::LOCK), Err(Unavailable::DisabledByFirmware));
+        assert_eq!(vm_cr(vm_cr::SVMDIS | 1), Ok(Some(1)));
     }
 }

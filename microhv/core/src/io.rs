@@ -17,6 +17,15 @@ pub fn dom0_ports() -> impl Iterator<Item = u16> {
     (0x2f8..=0x2ff).chain(0x70..=0x71)
 }
 
+/// Fills an I/O permission bitmap (a bit per port from port 0; set: the access exits): every
+/// port exits, except dom0's own for dom0.
+pub fn io_bitmap(bits: &mut [u8], dom0: bool) {
+    bits.fill(0xff);
+    for p in dom0_ports().filter(|_| dom0) {
+        crate::policy::clear_bit(bits, p.into());
+    }
+}
+
 /// What a trapped port access does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOutcome {
@@ -50,7 +59,7 @@ impl Pc {
         write: bool,
         value: u32,
     ) -> IoOutcome {
-        let mask = size_mask(size);
+        let mask = size_mask(size) as u32;
         let absent = if write { IoOutcome::Done(0) } else { IoOutcome::Done(mask) };
         if privileged {
             return absent;
@@ -81,12 +90,13 @@ impl Pc {
     }
 }
 
-/// The bits an access of `size` bytes (1, 2 or 4) covers.
-pub fn size_mask(size: u8) -> u32 {
+/// All-ones in the low `size` bytes (8 for any size other than 1, 2 and 4).
+pub fn size_mask(size: u8) -> u64 {
     match size {
         1 => 0xff,
         2 => 0xffff,
-        _ => u32::MAX,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
     }
 }
 
@@ -110,6 +120,19 @@ pub fn merge_reg(old: u64, size: u8, value: u64, high_byte: bool) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_dom0s_ports_pass_through() {
+        let exits = |bits: &[u8], port: usize| bits[port / 8] & (1 << (port % 8)) != 0;
+        let (mut dom0, mut domu) = ([0u8; 4096], [0u8; 4096]);
+        io_bitmap(&mut dom0, true);
+        io_bitmap(&mut domu, false);
+        for port in 0..0x8000 {
+            let passed = (0x2f8..=0x2ff).contains(&port) || (0x70..=0x71).contains(&port);
+            assert_eq!(exits(&dom0, port), !passed, "{port:#x}");
+            assert!(exits(&domu, port), "{port:#x}");
+        }
+    }
 
     #[test]
     fn absent_ports_read_all_ones_and_dom0_sees_no_device() {

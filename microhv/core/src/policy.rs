@@ -146,6 +146,12 @@ pub const PASSTHROUGH_MSRS: [u32; 11] = [
     msr::PAT,
 ];
 
+/// Clears bit `bit` of an I/O or MSR permission bitmap (bit 0 is bit 0 of byte 0): the
+/// access it stands for no longer exits.
+pub fn clear_bit(bits: &mut [u8], bit: usize) {
+    bits[bit / 8] &= !(1 << (bit % 8));
+}
+
 /// Of [`PASSTHROUGH_MSRS`], those no VMCS field holds: the VMX backend swaps them itself.
 pub const SYSCALL_MSRS: [u32; 5] =
     [msr::STAR, msr::LSTAR, msr::CSTAR, msr::FMASK, msr::KERNEL_GS_BASE];

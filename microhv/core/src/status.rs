@@ -2,7 +2,8 @@
 //!
 //! microhv prints `[hv] stop: status=N (name): reason` and then ends the emulator: QEMU through
 //! its `isa-debug-exit` device (exit code `N << 1 | 1`), Bochs through its shutdown port (exit
-//! code 1 whatever N is). The runner therefore reads the verdict from this line.
+//! code 1 whatever N is). The runner therefore reads the verdict from this line (`xtask`'s
+//! `emu::parse_stop_line`).
 
 /// Why microhv stopped the machine.
 #[repr(u8)]
@@ -28,7 +29,7 @@ pub enum StopStatus {
 pub const STOP_LINE_MARKER: &str = "stop: status=";
 
 impl StopStatus {
-    /// Every status, in numeric order.
+    /// Every status, in numeric order (the runner reads them back by number).
     pub const ALL: [StopStatus; 7] = [
         Self::Ok,
         Self::Dom0Failed,
@@ -50,39 +51,5 @@ impl StopStatus {
             Self::Panic => "panic",
             Self::BootError => "boot-error",
         }
-    }
-
-    /// The status with this number.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| *s as u8 == code)
-    }
-
-    /// Finds the stop line in a log and returns its status and reason.
-    pub fn parse_log(log: &str) -> Option<(StopStatus, &str)> {
-        let line = log.lines().rev().find(|l| l.contains(STOP_LINE_MARKER))?;
-        let rest = &line[line.find(STOP_LINE_MARKER)? + STOP_LINE_MARKER.len()..];
-        let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
-        let status = Self::from_code(digits.parse().ok()?)?;
-        let reason = rest.split_once("): ").map_or("", |(_, r)| r.trim_end());
-        Some((status, reason))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_lines_round_trip() {
-        for s in StopStatus::ALL {
-            let log = std::format!(
-                "boot\n[hv] {STOP_LINE_MARKER}{} ({}): why not\r\n",
-                s as u8,
-                s.name()
-            );
-            assert_eq!(StopStatus::parse_log(&log), Some((s, "why not")));
-        }
-        assert_eq!(StopStatus::parse_log("nothing here"), None);
-        assert_eq!(StopStatus::parse_log("stop: status=99 (x): y"), None);
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::exit::{Exit, Gprs};
 use crate::hv::{DOMAINS, Stop};
-use crate::hypercall::{Outcome, dispatch};
+use crate::hypercall::Outcome;
 use crate::status::StopStatus;
 use crate::testutil::{DOM0_MEM, SCRATCH, Step, TestHv, world};
 use abi::hypercall::*;
@@ -29,7 +29,7 @@ const ENOSYS: i64 = -38;
 fn call(hv: &mut TestHv, d: usize, op: u64, a: [u64; 5]) -> i64 {
     let g = &mut hv.domains[d].vcpus[0].gprs;
     (g.rax, g.rdi, g.rsi, g.rdx, g.r10, g.r8) = (op, a[0], a[1], a[2], a[3], a[4]);
-    match dispatch(hv, d, 0) {
+    match hv.dispatch(d, 0) {
         Outcome::Return(r) => r,
         Outcome::Stopped => i64::MIN,
     }

@@ -36,21 +36,33 @@ fn mismatch() -> ExitInfo {
     ExitInfo::fast(Exit::EntryFailure, u64::MAX, 0, 0)
 }
 
+/// Calls backend method `$m` with the vCPU and `$arg`s, or gives `$none` for a vCPU of the other
+/// backend's kind (impossible by construction).
+macro_rules! dispatch {
+    ($b:expr, $v:expr, $m:ident($($arg:expr),*), $none:expr) => {
+        match ($b, $v) {
+            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.$m(v $(, $arg)*),
+            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.$m(v $(, $arg)*),
+            _ => $none,
+        }
+    };
+}
+
 impl Backend for Arch {
     type Vcpu = ArchVcpu;
 
     fn hypercall_insn(&self) -> u32 {
         match self {
-            Arch::Vmx(b) => b.hypercall_insn(),
-            Arch::Svm(b) => b.hypercall_insn(),
+            Arch::Vmx(_) => abi::cpuid::HYPERCALL_VMCALL,
+            Arch::Svm(_) => abi::cpuid::HYPERCALL_VMMCALL,
             Arch::None => 0,
         }
     }
 
     fn kind(&self) -> u32 {
         match self {
-            Arch::Vmx(b) => b.kind(),
-            Arch::Svm(b) => b.kind(),
+            Arch::Vmx(_) => abi::types::VIRT_VMX,
+            Arch::Svm(_) => abi::types::VIRT_SVM,
             Arch::None => 0,
         }
     }
@@ -69,11 +81,7 @@ impl Backend for Arch {
     }
 
     fn reset_vcpu(&mut self, vcpu: &mut ArchVcpu, init: &VcpuInit) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.reset_vcpu(v, init),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.reset_vcpu(v, init),
-            _ => {}
-        }
+        dispatch!(self, vcpu, reset_vcpu(init), {})
     }
 
     fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, vcpu: ArchVcpu) {
@@ -85,91 +93,47 @@ impl Backend for Arch {
     }
 
     fn run(&mut self, vcpu: &mut ArchVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.run(v, gprs, slice),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.run(v, gprs, slice),
-            _ => mismatch(),
-        }
+        dispatch!(self, vcpu, run(gprs, slice), mismatch())
     }
 
     fn unload(&mut self, vcpu: &mut ArchVcpu) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.unload(v),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.unload(v),
-            _ => {}
-        }
+        dispatch!(self, vcpu, unload(), {})
     }
 
     fn read(&mut self, vcpu: &mut ArchVcpu, reg: GuestReg) -> u64 {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.read(v, reg),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.read(v, reg),
-            _ => 0,
-        }
+        dispatch!(self, vcpu, read(reg), 0)
     }
 
     fn write(&mut self, vcpu: &mut ArchVcpu, reg: GuestReg, value: u64) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.write(v, reg, value),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.write(v, reg, value),
-            _ => {}
-        }
+        dispatch!(self, vcpu, write(reg, value), {})
     }
 
     fn advance_rip(&mut self, vcpu: &mut ArchVcpu, len: u8) -> bool {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.advance_rip(v, len),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.advance_rip(v, len),
-            _ => true,
-        }
+        dispatch!(self, vcpu, advance_rip(len), true)
     }
 
     fn interruptible(&mut self, vcpu: &mut ArchVcpu, nmi: bool) -> bool {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.interruptible(v, nmi),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.interruptible(v, nmi),
-            _ => false,
-        }
+        dispatch!(self, vcpu, interruptible(nmi), false)
     }
 
     fn inject_interrupt(&mut self, vcpu: &mut ArchVcpu, vector: u8) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.inject_interrupt(v, vector),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.inject_interrupt(v, vector),
-            _ => {}
-        }
+        dispatch!(self, vcpu, inject_interrupt(vector), {})
     }
 
     fn set_interrupt_window(&mut self, vcpu: &mut ArchVcpu, on: bool, nmi: bool) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.set_interrupt_window(v, on, nmi),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.set_interrupt_window(v, on, nmi),
-            _ => {}
-        }
+        dispatch!(self, vcpu, set_interrupt_window(on, nmi), {})
     }
 
     fn inject(&mut self, vcpu: &mut ArchVcpu, event: Event) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.inject(v, event),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.inject(v, event),
-            _ => {}
-        }
+        dispatch!(self, vcpu, inject(event), {})
     }
 
     fn set_root(&mut self, vcpu: &mut ArchVcpu, root: u64) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.set_root(v, root),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.set_root(v, root),
-            _ => {}
-        }
+        dispatch!(self, vcpu, set_root(root), {})
     }
 
     fn flush(&mut self, vcpu: &mut ArchVcpu) {
-        match (self, vcpu) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.flush(v),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.flush(v),
-            _ => {}
-        }
+        dispatch!(self, vcpu, flush(), {})
     }
 
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {

@@ -26,7 +26,7 @@ pub struct Ret(pub i64);
 
 impl fmt::Display for Ret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match abi::hypercall::decode_ret(self.0) {
+        match abi::guest::decode_ret(self.0) {
             Ok(v) => write!(f, "{v}"),
             Err(e) if Errno::from_code(-self.0).is_some() => f.write_str(e.name()),
             Err(_) => write!(f, "undefined ({})", self.0),

@@ -2,7 +2,7 @@
 
 use crate::images::{self, Images, Module};
 use anyhow::{Context, Result, bail};
-use microhv_core::status::StopStatus;
+use microhv_core::status::{STOP_LINE_MARKER, StopStatus};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -64,7 +64,7 @@ pub struct Outcome {
 impl Outcome {
     /// The verdict line's status and reason.
     pub fn stop(&self) -> Option<(StopStatus, String)> {
-        StopStatus::parse_log(&self.log).map(|(s, r)| (s, r.to_string()))
+        parse_stop_line(&self.log).map(|(s, r)| (s, r.to_string()))
     }
 
     /// The last `n` lines of the log.
@@ -72,6 +72,18 @@ impl Outcome {
         let lines: Vec<&str> = self.log.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// Finds microhv's stop line (`microhv_core::status`) in a log and returns its status and
+/// reason.
+pub fn parse_stop_line(log: &str) -> Option<(StopStatus, &str)> {
+    let line = log.lines().rev().find(|l| l.contains(STOP_LINE_MARKER))?;
+    let rest = &line[line.find(STOP_LINE_MARKER)? + STOP_LINE_MARKER.len()..];
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    let code: u8 = digits.parse().ok()?;
+    let status = StopStatus::ALL.into_iter().find(|s| *s as u8 == code)?;
+    let reason = rest.split_once("): ").map_or("", |(_, r)| r.trim_end());
+    Some((status, reason))
 }
 
 /// Set by Ctrl-C: stop the emulator and return.
@@ -421,5 +433,21 @@ fn serve_client(mut s: UnixStream, mut dom0: &TcpStream, stop: &AtomicBool) -> R
             }
             Err(_) => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_lines_round_trip() {
+        for s in StopStatus::ALL {
+            let log =
+                format!("boot\n[hv] {STOP_LINE_MARKER}{} ({}): why not\r\n", s as u8, s.name());
+            assert_eq!(parse_stop_line(&log), Some((s, "why not")));
+        }
+        assert_eq!(parse_stop_line("nothing here"), None);
+        assert_eq!(parse_stop_line("stop: status=99 (x): y"), None);
     }
 }

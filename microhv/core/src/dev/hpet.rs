@@ -79,17 +79,11 @@ pub struct Hpet {
     held: [Option<u32>; HPET_TIMERS],
 }
 
-impl Default for Hpet {
-    fn default() -> Self {
-        let t = Timer { cfg: 0, cmp: u64::MAX, period: 0, fire: None, last: None };
-        Hpet { conf: 0, isr: 0, count: 0, since: 0, t: [t; HPET_TIMERS], held: [None; HPET_TIMERS] }
-    }
-}
-
 impl Hpet {
     /// The HPET after reset: counter halted at 0, comparators all ones, no interrupts.
-    pub fn new() -> Self {
-        Self::default()
+    pub(crate) fn new() -> Self {
+        let t = Timer { cfg: 0, cmp: u64::MAX, period: 0, fire: None, last: None };
+        Hpet { conf: 0, isr: 0, count: 0, since: 0, t: [t; HPET_TIMERS], held: [None; HPET_TIMERS] }
     }
 
     /// Whether LegacyReplacement is on: the PIT's and RTC's interrupt outputs must then be

@@ -81,17 +81,11 @@ pub struct IoApic {
     lines: u32,
 }
 
-impl Default for IoApic {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl IoApic {
     /// The power-up state: ID 0, every entry masked, every line idle: GSIs 0-15 (ISA, active
     /// high) low, GSIs 16-23 (PCI INTx, active low, pulled up) high. A device model drives its
     /// line to the level the ACPI tables declare for it.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self { id: 0, sel: 0, rte: [RTE_MASKED; IOAPIC_PINS], lines: 0x00ff_0000 }
     }
 

@@ -43,8 +43,6 @@ pub fn bus_hz_for(tsc_khz: u64) -> u64 {
 pub const MIN_PERIOD_US: u64 = 100;
 /// The power-on guest-physical address of the register page.
 pub const APIC_DEFAULT_BASE: u64 = abi::platform::LAPIC_BASE;
-/// IA32_APIC_BASE.
-pub const MSR_APIC_BASE: u32 = 0x1b;
 /// IA32_TSC_DEADLINE.
 pub const MSR_TSC_DEADLINE: u32 = 0x6e0;
 /// The x2APIC MSR range; [`Lapic::x2apic_read`] and [`Lapic::x2apic_write`] own all of it.
@@ -252,8 +250,9 @@ pub enum MmioError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gp;
 
-/// The CPU features and platform a local APIC sits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The CPU features and platform a local APIC sits in. [`LapicConfig::new`] builds one; the
+/// all-zero `Default` only serves [`Lapic`]'s own.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LapicConfig {
     /// The APIC ID (the x2APIC ID; its low 8 bits are the xAPIC ID).
     pub id: u32,
@@ -277,8 +276,9 @@ impl LapicConfig {
     }
 }
 
-/// One vCPU's local APIC.
-#[derive(Debug, Clone)]
+/// One vCPU's local APIC. `Default` is every field zero, which is no state the hardware has:
+/// [`Lapic::new`] (RESET) and [`Lapic::init`] (INIT) start from it and set the rest.
+#[derive(Debug, Default, Clone)]
 pub struct Lapic {
     cfg: LapicConfig,
     base: u64,
@@ -335,29 +335,7 @@ impl Lapic {
     }
 
     fn power_up(cfg: LapicConfig, base: u64) -> Self {
-        Self {
-            cfg,
-            base,
-            tpr: 0,
-            ldr: 0,
-            dfr: u32::MAX,
-            svr: 0xff,
-            irr: [0; 8],
-            isr: [0; 8],
-            tmr: [0; 8],
-            esr: 0,
-            esr_pending: 0,
-            icr: 0,
-            lvt: [LVT_MASKED; 7],
-            initial: 0,
-            tdcr: 0,
-            start: 0,
-            pre: 0,
-            fired: 0,
-            last_irq: 0,
-            deadline: 0,
-            nmi: false,
-        }
+        Self { cfg, base, dfr: u32::MAX, svr: 0xff, lvt: [LVT_MASKED; 7], ..Self::default() }
     }
 
     /// RESET: back to xAPIC mode at the default base, registers at their power-up values.

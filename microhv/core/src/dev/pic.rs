@@ -168,24 +168,14 @@ impl Chip {
     }
 
     fn data(&mut self, v: u8) {
+        // ICW2 is followed by ICW3 unless single, then by ICW4 if ICW1 asked for it.
+        let after_icw3 = if self.icw4 { 4 } else { 0 };
         self.icw = match self.icw {
             2 => {
                 self.base = v & 0xf8;
-                if !self.single {
-                    3
-                } else if self.icw4 {
-                    4
-                } else {
-                    0
-                }
+                if self.single { after_icw3 } else { 3 }
             }
-            3 => {
-                if self.icw4 {
-                    4
-                } else {
-                    0
-                }
-            }
+            3 => after_icw3,
             4 => {
                 (self.aeoi, self.sfnm) = (v & 2 != 0, v & 0x10 != 0);
                 0
@@ -204,15 +194,9 @@ pub struct Pic {
     chips: [Chip; 2],
 }
 
-impl Default for Pic {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Pic {
     /// Power-up: uninitialized, every input masked.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { chips: [Chip::new(), Chip::new()] }
     }
 

@@ -51,15 +51,9 @@ pub struct Uart {
     rx: Deque<u8, RX_FIFO>,
 }
 
-impl Default for Uart {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Uart {
     /// The power-on state: 8 bits of nothing, interrupts off, FIFO off.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             ier: 0,
             lcr: 0,

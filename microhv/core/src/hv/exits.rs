@@ -11,7 +11,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     Errno::EPERM.to_ret()
                 } else {
                     self.domains[d].counters.hypercalls += 1;
-                    match crate::hypercall::dispatch(self, d, v) {
+                    match self.dispatch(d, v) {
                         crate::hypercall::Outcome::Return(r) => r,
                         crate::hypercall::Outcome::Stopped => return self.after_stop(d),
                     }
@@ -198,16 +198,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
             }
             Ok(FaultOutcome::NoSlot | FaultOutcome::ReadOnly) => {
-                log::warn!(
-                    "d{d}v{v}: {} access to guest-physical {gpa:#x} outside its memory",
-                    if a.write {
-                        "write"
-                    } else if a.exec {
-                        "fetch"
-                    } else {
-                        "read"
-                    }
-                );
+                let what = match (a.write, a.exec) {
+                    (true, _) => "write",
+                    (false, true) => "fetch",
+                    (false, false) => "read",
+                };
+                log::warn!("d{d}v{v}: {what} access to guest-physical {gpa:#x} outside its memory");
                 self.crash(d, v, CrashReason::OutsideMemory, Some(info))
             }
             Err(e) => {
@@ -349,24 +345,27 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             return Err("the instruction at RIP does not make this access");
         }
         let size = m.size;
+        let at = (page, off, size);
         match m.op {
             MmioOp::Load { reg } => {
-                let val = self.dev_read(d, v, page, off, size)?;
+                let val = self.device_access((d, v), at, None)?;
                 self.set_operand(d, v, reg, size, val);
             }
             MmioOp::Extend { reg, width, signed } => {
-                let val = self.dev_read(d, v, page, off, size)?;
+                let val = self.device_access((d, v), at, None)?;
                 let bits = 64 - 8 * u32::from(size);
                 let val = if signed { (((val << bits) as i64) >> bits) as u64 } else { val };
                 self.set_operand(d, v, reg, width, val);
             }
             MmioOp::StoreReg { reg } => {
                 let val = self.operand(d, v, reg);
-                self.dev_write(d, v, page, off, size, val)?;
+                self.device_access((d, v), at, Some(val))?;
             }
-            MmioOp::StoreImm { value } => self.dev_write(d, v, page, off, size, value)?,
+            MmioOp::StoreImm { value } => {
+                self.device_access((d, v), at, Some(value))?;
+            }
             MmioOp::Alu { op, src } => {
-                let mem = self.dev_read(d, v, page, off, size)?;
+                let mem = self.device_access((d, v), at, None)?;
                 let src = match src {
                     insn::Operand::Reg(r) => self.operand(d, v, r),
                     insn::Operand::Imm(x) => x,
@@ -374,12 +373,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let flags = self.read_reg(d, v, GuestReg::Rflags);
                 let (res, flags) = insn::alu(op, size, mem, src, flags);
                 if op.writes() {
-                    self.dev_write(d, v, page, off, size, res)?;
+                    self.device_access((d, v), at, Some(res))?;
                 }
                 self.write_reg(d, v, GuestReg::Rflags, flags);
             }
             MmioOp::AluToReg { op, reg } => {
-                let mem = self.dev_read(d, v, page, off, size)?;
+                let mem = self.device_access((d, v), at, None)?;
                 let flags = self.read_reg(d, v, GuestReg::Rflags);
                 let (res, flags) = insn::alu(op, size, self.operand(d, v, reg), mem, flags);
                 if op.writes() {
@@ -388,9 +387,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.write_reg(d, v, GuestReg::Rflags, flags);
             }
             MmioOp::Xchg { reg } => {
-                let mem = self.dev_read(d, v, page, off, size)?;
+                let mem = self.device_access((d, v), at, None)?;
                 let val = self.operand(d, v, reg);
-                self.dev_write(d, v, page, off, size, val)?;
+                self.device_access((d, v), at, Some(val))?;
                 self.set_operand(d, v, reg, size, mem);
             }
             MmioOp::String(_) | MmioOp::NoAccess => {
@@ -450,33 +449,20 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    fn dev_read(
+    /// Reads (`write` `None`: the value read) or writes `size` bytes at offset `off` of device
+    /// page `page` for vCPU `v` of domain `d`.
+    fn device_access(
         &mut self,
-        d: usize,
-        v: usize,
-        page: MmioPage,
-        off: u64,
-        size: u8,
+        (d, v): (usize, usize),
+        (page, off, size): (MmioPage, u64, u8),
+        write: Option<u64>,
     ) -> Result<u64, &'static str> {
         let clock = self.clock();
         let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
-        let r = p.mmio_read(&clock, v, page, off, size);
-        self.timers_changed();
-        r
-    }
-
-    fn dev_write(
-        &mut self,
-        d: usize,
-        v: usize,
-        page: MmioPage,
-        off: u64,
-        size: u8,
-        val: u64,
-    ) -> Result<(), &'static str> {
-        let clock = self.clock();
-        let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
-        let r = p.mmio_write(&clock, v, page, off, size, val);
+        let r = match write {
+            None => p.mmio_read(&clock, v, page, off, size),
+            Some(val) => p.mmio_write(&clock, v, page, off, size, val).map(|()| 0),
+        };
         self.timers_changed();
         r
     }
@@ -509,127 +495,113 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         const X2APIC_LAST: u32 = *MSR_X2APIC.end();
         let g = self.domains[d].vcpus[v].gprs;
         let index = g.rcx as u32;
-        let value = (g.rdx << 32) | (g.rax & 0xffff_ffff);
-        let read = |hv: &mut Self, val: u64| {
-            let g = &mut hv.domains[d].vcpus[v].gprs;
-            g.rax = val & 0xffff_ffff;
-            g.rdx = val >> 32;
-            true
-        };
-        match (index, write) {
-            (EFER, false) => {
-                let val = self.read_reg(d, v, GuestReg::Efer);
-                read(self, val)
-            }
-            (EFER, true) => {
+        let write = write.then_some((g.rdx << 32) | (g.rax & 0xffff_ffff));
+        // The value read (0 for a write), or `None` for #GP.
+        let r = match (index, write) {
+            (EFER, None) => Some(self.read_reg(d, v, GuestReg::Efer)),
+            (EFER, Some(value)) => {
                 let cur = self.read_reg(d, v, GuestReg::Efer);
                 let cr0 = self.read_reg(d, v, GuestReg::Cr0);
                 let ok = policy::efer_write_ok(value, cur, cr0);
                 if ok {
                     self.write_reg(d, v, GuestReg::Efer, value);
                 }
-                ok
+                ok.then_some(0)
             }
-            (FS_BASE, false) => {
-                let val = self.read_reg(d, v, GuestReg::FsBase);
-                read(self, val)
-            }
-            (GS_BASE, false) => {
-                let val = self.read_reg(d, v, GuestReg::GsBase);
-                read(self, val)
-            }
-            (FS_BASE, true) => {
-                self.write_reg(d, v, GuestReg::FsBase, value);
-                true
-            }
-            (GS_BASE, true) => {
-                self.write_reg(d, v, GuestReg::GsBase, value);
-                true
-            }
-            (TSC, false) => {
-                let now = self.backend.now();
-                read(self, now.wrapping_add(self.domains[d].vcpus[v].tsc_offset))
-            }
-            (TSC, true) => {
-                let guest = self.backend.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset);
-                self.move_tsc(d, v, value.wrapping_sub(guest));
-                true
-            }
-            (TSC_ADJUST, false) => read(self, self.domains[d].vcpus[v].tsc_adjust),
-            (TSC_ADJUST, true) => {
-                self.move_tsc(d, v, value.wrapping_sub(self.domains[d].vcpus[v].tsc_adjust));
-                true
-            }
-            // The deadline is kept in host TSC terms: the guest's is offset.
-            (DEADLINE, _) | (X2APIC_FIRST..=X2APIC_LAST, _) => {
-                let off = self.domains[d].vcpus[v].tsc_offset;
-                let clock = self.clock();
-                let arg = match (index, write) {
-                    (_, false) => None,
-                    (DEADLINE, true) if value != 0 => Some(host_deadline(value, off, clock.now)),
-                    (_, true) => Some(value),
-                };
-                let Some(p) = self.domains[d].platform.as_mut() else { return false };
-                let r = p.apic_msr(&clock, v, index, arg);
-                self.timers_changed();
-                match r {
-                    Ok(val) if !write => {
-                        let val =
-                            if index == DEADLINE && val != 0 { val.wrapping_add(off) } else { val };
-                        read(self, val)
+            (FS_BASE | GS_BASE, w) => {
+                let reg = if index == FS_BASE { GuestReg::FsBase } else { GuestReg::GsBase };
+                match w {
+                    None => Some(self.read_reg(d, v, reg)),
+                    Some(value) => {
+                        self.write_reg(d, v, reg, value);
+                        Some(0)
                     }
-                    r => r.is_ok(),
                 }
             }
-            (APIC_BASE, false) => {
-                let val = self.lapic(d, v).map_or(policy::APIC_BASE_VALUE, |l| l.apic_base());
-                read(self, val)
+            (TSC, None) => {
+                Some(self.backend.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset))
             }
-            (APIC_BASE, true) => {
+            (TSC, Some(value)) => {
+                let guest = self.backend.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset);
+                self.move_tsc(d, v, value.wrapping_sub(guest));
+                Some(0)
+            }
+            (TSC_ADJUST, None) => Some(self.domains[d].vcpus[v].tsc_adjust),
+            (TSC_ADJUST, Some(value)) => {
+                self.move_tsc(d, v, value.wrapping_sub(self.domains[d].vcpus[v].tsc_adjust));
+                Some(0)
+            }
+            // The deadline is kept in host TSC terms: the guest's is offset.
+            (DEADLINE | X2APIC_FIRST..=X2APIC_LAST, _) => {
+                let off = self.domains[d].vcpus[v].tsc_offset;
+                let clock = self.clock();
+                let arg = match write {
+                    Some(value) if index == DEADLINE && value != 0 => {
+                        Some(host_deadline(value, off, clock.now))
+                    }
+                    w => w,
+                };
+                let Some(p) = self.domains[d].platform.as_mut() else { return false };
+                let r = p.apic_msr(&clock, v, index, arg).ok();
+                self.timers_changed();
+                r.map(|val| {
+                    if index == DEADLINE && write.is_none() && val != 0 {
+                        val.wrapping_add(off)
+                    } else {
+                        val
+                    }
+                })
+            }
+            (APIC_BASE, None) => {
+                Some(self.lapic(d, v).map_or(policy::APIC_BASE_VALUE, |l| l.apic_base()))
+            }
+            (APIC_BASE, Some(value)) => {
                 let ok = self.lapic(d, v).is_some_and(|l| l.set_apic_base(value).is_ok());
                 self.timers_changed();
-                ok
+                ok.then_some(0)
             }
-            (m, false) if crate::mtrr::Mtrrs::owns(m) => {
-                let val = self.domains[d].vcpus[v].mtrrs.read(m).unwrap_or(0);
-                read(self, val)
+            (m, None) if crate::mtrr::Mtrrs::owns(m) => {
+                Some(self.domains[d].vcpus[v].mtrrs.read(m).unwrap_or(0))
             }
-            (m, true) if crate::mtrr::Mtrrs::owns(m) => {
-                self.domains[d].vcpus[v].mtrrs.write(m, value).is_ok()
+            (m, Some(value)) if crate::mtrr::Mtrrs::owns(m) => {
+                self.domains[d].vcpus[v].mtrrs.write(m, value).ok().map(|()| 0)
             }
-            (AMD_SYSCFG | AMD_INT_PENDING, false)
+            (AMD_SYSCFG | AMD_INT_PENDING, None)
                 if crate::hwcaps::is_amd_vendor(&self.vendor()) =>
             {
-                read(self, 0)
+                Some(0)
             }
             // Microcode revision 1 (what KVM reports too); the write that precedes the read
             // (to ask the CPU to fill it in) is accepted.
-            (BIOS_SIGN_ID, false) => read(self, 1 << 32),
-            (BIOS_SIGN_ID, true) => true,
-            (MISC_ENABLE, false) => read(self, self.domains[d].vcpus[v].misc_enable),
-            (MISC_ENABLE, true) => {
+            (BIOS_SIGN_ID, None) => Some(1 << 32),
+            (BIOS_SIGN_ID, Some(_)) => Some(0),
+            (MISC_ENABLE, None) => Some(self.domains[d].vcpus[v].misc_enable),
+            (MISC_ENABLE, Some(value)) => {
                 let cur = &mut self.domains[d].vcpus[v].misc_enable;
                 let ok = (value ^ *cur) & !policy::MISC_ENABLE_WRITABLE == 0;
                 if ok {
                     *cur = value;
                 }
-                ok
+                ok.then_some(0)
             }
             // AMD's legacy counters exist on every AMD CPU whatever CPUID says; they are inert,
             // as KVM's are without a virtual PMU: reads 0, writes dropped. A guest's probe
             // (write a counter, read it back) then finds no working PMU and never uses RDPMC.
             (m, _) if AMD_PERF.contains(&m) && crate::hwcaps::is_amd_vendor(&self.vendor()) => {
-                write || read(self, 0)
+                Some(0)
             }
-            (FEATURE_CONTROL, false) => read(self, policy::FEATURE_CONTROL_VALUE),
+            (FEATURE_CONTROL, None) => Some(policy::FEATURE_CONTROL_VALUE),
             _ => {
-                log::debug!(
-                    "d{d}v{v}: #GP for {} of MSR {index:#x}",
-                    if write { "WRMSR" } else { "RDMSR" }
-                );
-                false
+                let what = if write.is_some() { "WRMSR" } else { "RDMSR" };
+                log::debug!("d{d}v{v}: #GP for {what} of MSR {index:#x}");
+                None
             }
+        };
+        if let Some(val) = r.filter(|_| write.is_none()) {
+            let g = &mut self.domains[d].vcpus[v].gprs;
+            (g.rax, g.rdx) = (val & 0xffff_ffff, val >> 32);
         }
+        r.is_some()
     }
 }
 

@@ -33,7 +33,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         then: IoThen,
     ) {
         self.ioreq_seq = self.ioreq_seq.wrapping_add(1);
-        let value = if write { value & size_mask(size) } else { 0 };
+        let value = if write { value & size_mask(size) as u32 } else { 0 };
         let token = self.ioreq_seq;
         let stage = IoStage::Posted;
         self.domains[d].vcpus[v].io = Some(IoWait { port, size, write, value, token, stage, then });
@@ -81,7 +81,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             .filter(|w| w.stage == IoStage::Taken && u64::from(w.token) == token)
             .ok_or(Errno::EINVAL)?;
         w.stage = IoStage::Answered;
-        let (w, value) = (*w, value & size_mask(w.size));
+        let (w, value) = (*w, value & size_mask(w.size) as u32);
         match w.then {
             IoThen::Port { .. } if !w.write => vc.gprs.rax = merge_in(vc.gprs.rax, w.size, value),
             IoThen::Port { .. } => {}

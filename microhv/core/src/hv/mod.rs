@@ -410,9 +410,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.flush_console(d);
         log::error!("d{d}v{v} ({}) crashed: {}", self.domains[d].name_str(), reason.name());
         if let Some(i) = info {
-            let g = self.domains[d].vcpus[v].gprs;
             log::error!(
-                "  exit {:#x} ({:?}) qualification {:#x}\n  rip {:#018x} rsp {:#018x} rflags {:#x} cpl {}\n  cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}\n  rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n  rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}\n  r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}\n  r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+                "  exit {:#x} ({:?}) qualification {:#x}\n  rip {:#018x} rsp {:#018x} rflags {:#x} cpl {}\n  cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}{}",
                 i.raw_reason,
                 i.exit,
                 i.qualification,
@@ -424,21 +423,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 i.cr3,
                 i.cr4,
                 i.efer,
-                g.rax,
-                g.rbx,
-                g.rcx,
-                g.rdx,
-                g.rsi,
-                g.rdi,
-                g.rbp,
-                g.r8,
-                g.r9,
-                g.r10,
-                g.r11,
-                g.r12,
-                g.r13,
-                g.r14,
-                g.r15,
+                self.domains[d].vcpus[v].gprs.dump("\n  "),
             );
         }
         self.report_mmu(d);

@@ -1,5 +1,7 @@
 //! The arithmetic the MMIO caller performs for ALU forms: result and RFLAGS, as the CPU has them.
 
+use crate::io::size_mask;
+
 /// An operation on the memory operand (see [`super::MmioOp::Alu`] and
 /// [`super::MmioOp::AluToReg`]); `dst` and `src` are [`alu`]'s arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +64,6 @@ impl AluOp {
 /// The RFLAGS status bits [`alu`] may change: CF, PF, AF, ZF, SF, OF.
 pub const ARITH_FLAGS: u64 = 0x8d5;
 
-/// All-ones in the low `size` bytes (8 for any size other than 1, 2 and 4).
-pub(super) fn mask(size: u8) -> u64 {
-    match size {
-        1 => 0xff,
-        2 => 0xffff,
-        4 => 0xffff_ffff,
-        _ => u64::MAX,
-    }
-}
-
 /// Computes `dst op src` on `size`-byte operands (1, 2, 4 or 8; the inputs are truncated to it)
 /// with incoming flags `rflags` (CF feeds ADC, SBB; INC and DEC keep it), and returns the
 /// result (truncated to `size`) and the new RFLAGS: `rflags` with the status flags `op`
@@ -79,7 +71,7 @@ pub(super) fn mask(size: u8) -> u64 {
 /// cleared after OR/AND/XOR/TEST; OF, SF, AF, PF and ZF kept after the BT family.
 pub fn alu(op: AluOp, size: u8, dst: u64, src: u64, rflags: u64) -> (u64, u64) {
     use AluOp::*;
-    let m = mask(size);
+    let m = size_mask(size);
     let sign = m ^ (m >> 1);
     let (a, b, cf_in) = (dst & m, src & m, rflags & 1);
     let wide = |x: u64| u128::from(x);

@@ -1,8 +1,9 @@
 //! The MMIO decoder (see the parent module).
 
 use super::MAX_INSN_LEN;
-use super::alu::{AluOp, mask};
+use super::alu::AluOp;
 use crate::exit::CpuMode;
+use crate::io::size_mask;
 
 /// A general register operand: its number (0 = rax … 15 = r15) and, for 8-bit operands
 /// without a REX prefix, whether it is one of AH, CH, DH, BH.
@@ -211,7 +212,7 @@ impl StringOp {
 
     /// Iterations for count register value `rcx`: its low `addr_size` bytes with REP, else 1.
     pub fn count(&self, rcx: u64) -> u64 {
-        if self.rep { rcx & mask(self.addr_size) } else { 1 }
+        if self.rep { rcx & size_mask(self.addr_size) } else { 1 }
     }
 
     /// How far the index registers move per element: `size`, negative when `df` (RFLAGS.DF).
@@ -223,7 +224,7 @@ impl StringOp {
     /// The offset in its segment of element `i` (0-based) of the side whose index register
     /// held `index` at the start: it wraps at the address size.
     pub fn offset(&self, index: u64, df: bool, i: u64) -> u64 {
-        index.wrapping_add((self.step(df) as u64).wrapping_mul(i)) & mask(self.addr_size)
+        index.wrapping_add((self.step(df) as u64).wrapping_mul(i)) & size_mask(self.addr_size)
     }
 
     /// The registers after `n` elements: the index registers the instruction uses step by
@@ -233,11 +234,8 @@ impl StringOp {
         if n == 0 {
             return regs;
         }
-        let put = |old: u64, new: u64| match self.addr_size {
-            2 => (old & !0xffff) | (new & 0xffff),
-            4 => new & 0xffff_ffff,
-            _ => new,
-        };
+        // An index register is written like any register of `addr_size` bytes.
+        let put = |old, new| crate::io::merge_reg(old, self.addr_size, new, false);
         let d = (self.step(df) as u64).wrapping_mul(n);
         let mv = |old: u64, side: StrOperand| match side {
             StrOperand::Mem { .. } => put(old, old.wrapping_add(d)),
@@ -305,7 +303,7 @@ impl Cursor<'_> {
         let b = self.bytes.get(self.at - n..self.at).ok_or(DecodeError::Truncated)?;
         let raw = b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x));
         let sh = 64 - 8 * n as u32;
-        Ok((((raw << (sh % 64)) as i64) >> (sh % 64)) as u64 & mask(size))
+        Ok((((raw << (sh % 64)) as i64) >> (sh % 64)) as u64 & size_mask(size))
     }
 
     fn byte(&mut self) -> Result<u8, DecodeError> {

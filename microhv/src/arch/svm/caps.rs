@@ -2,21 +2,10 @@
 //! CPU can run microhv.
 
 use crate::arch::x86_64::cpu::{cpuid, rdmsr, wrmsr};
-use microhv_core::hwcaps::{self, Missing, SvmCpuid, SvmFeatures, VmCr};
+use microhv_core::hwcaps::{self, SvmCpuid, SvmFeatures, Unavailable};
 
 /// `VM_CR`.
 pub const MSR_VM_CR: u32 = 0xc001_0114;
-
-/// Why SVM cannot be used.
-#[derive(Debug)]
-pub enum Unavailable {
-    /// CPUID.8000_0001h:ECX.SVM is clear.
-    NoSvm,
-    /// The firmware set and locked `VM_CR.SVMDIS`.
-    DisabledByFirmware,
-    /// SVM is there, without features microhv needs.
-    Missing(Missing),
-}
 
 /// The CPUID leaves that describe SVM.
 pub fn read_cpuid() -> SvmCpuid {
@@ -33,15 +22,13 @@ pub fn read_cpuid() -> SvmCpuid {
 pub fn detect() -> Result<SvmFeatures, Unavailable> {
     let c = read_cpuid();
     if !c.has_svm() {
-        return Err(Unavailable::NoSvm);
+        return Err(Unavailable::NotOffered);
     }
     // SAFETY: VM_CR exists on every CPU that reports SVM.
     let vm_cr = unsafe { rdmsr(MSR_VM_CR) };
-    match hwcaps::vm_cr(vm_cr) {
-        VmCr::Ready => {}
-        VmCr::DisabledByFirmware => return Err(Unavailable::DisabledByFirmware),
+    if let Some(v) = hwcaps::vm_cr(vm_cr)? {
         // SAFETY: VM_CR is unlocked, so SVMDIS may be written; only that bit changes.
-        VmCr::Write(v) => unsafe { wrmsr(MSR_VM_CR, v) },
+        unsafe { wrmsr(MSR_VM_CR, v) };
     }
     hwcaps::check_svm(&c).map_err(Unavailable::Missing)
 }

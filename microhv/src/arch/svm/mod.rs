@@ -42,7 +42,7 @@ mod entry;
 mod insn;
 mod vmcb;
 
-pub use caps::{Unavailable, detect};
+pub use caps::detect;
 
 use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
@@ -54,8 +54,8 @@ use core::sync::atomic::Ordering;
 use entry::svm_run;
 use insn::FetchError;
 use microhv_core::exit::{
-    Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
-    VcpuConfig, VcpuInit,
+    Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
+    VcpuInit,
 };
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::hwcaps::SvmFeatures;
@@ -64,7 +64,7 @@ use microhv_core::walk::Paging;
 use vmcb::{Vmcb, control, exit, misc1, misc2, misc3, save, seg, tlb};
 use x86::msr;
 
-use microhv_core::policy::PASSTHROUGH_MSRS;
+use microhv_core::policy::{PASSTHROUGH_MSRS, clear_bit};
 use microhv_core::regs::{
     CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, EFER_SVME, RFLAGS_FIXED,
     RFLAGS_IF, RFLAGS_TF,
@@ -119,8 +119,6 @@ pub struct Svm {
     dr_owner: u16,
     /// Speculation barriers the CPU offers.
     spec: Mitigations,
-    /// Domain of the vCPU that ran last (for the barrier between domains).
-    last_domid: u32,
     /// The host's FS, GS, TR, LDTR and syscall MSRs, as VMSAVE stored them at boot.
     host_vmcb: u64,
     /// I/O permission map for dom0.
@@ -146,14 +144,6 @@ fn frame_bytes(pa: u64, frames: u64) -> &'static mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, (frames * FRAME_SIZE) as usize) }
 }
 
-fn set_bit(bytes: &mut [u8], bit: usize, on: bool) {
-    if on {
-        bytes[bit / 8] |= 1 << (bit % 8);
-    } else {
-        bytes[bit / 8] &= !(1 << (bit % 8));
-    }
-}
-
 /// Reads of host RAM for the instruction decoder: guest memory and nested page tables, all of
 /// it frames in the identity map.
 struct IdentityRam;
@@ -176,16 +166,8 @@ impl Svm {
     /// The code segment's mode: real mode, or the CS.L / CS.D attribute bits (L only counts
     /// with EFER.LMA).
     fn mode(vm: Vmcb) -> CpuMode {
-        let attrib = vm.r16(save::CS + seg::ATTRIB);
-        if vm.r64(save::CR0) & 1 == 0 {
-            CpuMode::Bits16
-        } else if Self::code64(vm) {
-            CpuMode::Bits64
-        } else if attrib & seg::ATTR_DB != 0 {
-            CpuMode::Bits32
-        } else {
-            CpuMode::Bits16
-        }
+        let db = vm.r16(save::CS + seg::ATTRIB) & seg::ATTR_DB != 0;
+        CpuMode::of(vm.r64(save::CR0) & CR0_PE != 0, Self::code64(vm), db)
     }
 
     /// Enables SVM and builds the structures all vCPUs share. `frames` gives the physically
@@ -225,11 +207,11 @@ impl Svm {
                 _ => (0x1000, m - 0xc001_0000),
             };
             let bit = base * 8 + idx as usize * 2;
-            set_bit(bm, bit, false);
-            set_bit(bm, bit + 1, false);
+            clear_bit(bm, bit);
+            clear_bit(bm, bit + 1);
         }
         // TSC reads are harmless; writes still exit.
-        set_bit(bm, msr::IA32_TIME_STAMP_COUNTER as usize * 2, false);
+        clear_bit(bm, msr::IA32_TIME_STAMP_COUNTER as usize * 2);
 
         // Intercepts of instructions that only exist on some CPUs are set only where the CPU
         // has them (elsewhere they #UD anyway, and the intercept bits may be reserved).
@@ -263,7 +245,6 @@ impl Svm {
             timer,
             dr_owner: 0,
             spec: Mitigations::detect(),
-            last_domid: u32::MAX,
             host_vmcb,
             iopm_dom0,
             iopm_domu,
@@ -281,13 +262,7 @@ impl Svm {
         dom0: bool,
     ) -> Result<u64, &'static str> {
         let pa = frames.alloc_contiguous(IOPM_FRAMES, 1).ok_or("no frames for an IOPM")?;
-        let bm = frame_bytes(pa, IOPM_FRAMES);
-        bm.fill(0xff);
-        if dom0 {
-            for p in microhv_core::io::dom0_ports() {
-                set_bit(bm, usize::from(p), false);
-            }
-        }
+        microhv_core::io::io_bitmap(frame_bytes(pa, IOPM_FRAMES), dom0);
         Ok(pa)
     }
 
@@ -576,18 +551,11 @@ impl Svm {
     }
 }
 
-impl Backend for Svm {
-    type Vcpu = SvmVcpu;
-
-    fn hypercall_insn(&self) -> u32 {
-        abi::cpuid::HYPERCALL_VMMCALL
-    }
-
-    fn kind(&self) -> u32 {
-        abi::types::VIRT_SVM
-    }
-
-    fn create_vcpu(
+/// The operations of [`Backend`](microhv_core::exit::Backend) on SVM:
+/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
+impl Svm {
+    /// See `Backend::create_vcpu`.
+    pub(super) fn create_vcpu(
         &mut self,
         frames: &mut dyn FrameSource,
         cfg: &VcpuConfig,
@@ -622,7 +590,8 @@ impl Backend for Svm {
         Ok(v)
     }
 
-    fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
+    /// See `Backend::reset_vcpu`.
+    pub(super) fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
         Self::write_flat32_state(v.vmcb, init);
         v.fx = FxArea::reset();
         v.debug = DebugRegs::default();
@@ -636,7 +605,8 @@ impl Backend for Svm {
         vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) & !misc1::IRET);
     }
 
-    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
+    /// See `Backend::destroy_vcpu`.
+    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
         if let Some(u) = self.asid_user.get_mut(v.asid as usize)
             && *u == v.slot + 1
         {
@@ -649,11 +619,12 @@ impl Backend for Svm {
         frames.free(v.vmcb.0);
     }
 
+    /// See `Backend::run`.
     // Out of line: inlined into the core's run loop next to VMX's, it made the loop too large
     // to keep its own hot path inline (measured: +24 instructions per VMX hypercall round trip
     // under Bochs, 8 with this).
     #[inline(never)]
-    fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+    pub(super) fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         let vm = v.vmcb;
         vm.w64(save::RAX, gprs.rax);
         let dom = v.domid as usize % DOMAINS;
@@ -681,9 +652,7 @@ impl Backend for Svm {
         self.timer.arm(slice);
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
-        self.spec.on_switch(self.last_domid, v.domid);
-        self.last_domid = v.domid;
-        self.spec.before_entry();
+        self.spec.before_entry(v.domid);
         let start = cpu::rdtsc();
         // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's and
         // fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the host's
@@ -748,7 +717,8 @@ impl Backend for Svm {
         info
     }
 
-    fn unload(&mut self, v: &mut SvmVcpu) {
+    /// See `Backend::unload`.
+    pub(super) fn unload(&mut self, v: &mut SvmVcpu) {
         // Every #VMEXIT VMSAVEs the guest's FS, GS, TR, LDTR and syscall MSRs into its VMCB and
         // VMLOADs the host's (see `entry`); DR6, DR7 and CR2 are VMCB fields. Only DR0–DR3 stay
         // in the hardware.
@@ -758,7 +728,8 @@ impl Backend for Svm {
         }
     }
 
-    fn read(&mut self, v: &mut SvmVcpu, reg: GuestReg) -> u64 {
+    /// See `Backend::read`.
+    pub(super) fn read(&mut self, v: &mut SvmVcpu, reg: GuestReg) -> u64 {
         let vm = v.vmcb;
         match reg {
             GuestReg::Rip => vm.r64(save::RIP),
@@ -780,7 +751,8 @@ impl Backend for Svm {
         }
     }
 
-    fn write(&mut self, v: &mut SvmVcpu, reg: GuestReg, value: u64) {
+    /// See `Backend::write`.
+    pub(super) fn write(&mut self, v: &mut SvmVcpu, reg: GuestReg, value: u64) {
         let vm = v.vmcb;
         match reg {
             GuestReg::Rip => vm.w64(save::RIP, value),
@@ -804,7 +776,8 @@ impl Backend for Svm {
         }
     }
 
-    fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) -> bool {
+    /// See `Backend::advance_rip`.
+    pub(super) fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) -> bool {
         let vm = v.vmcb;
         let Some(next) = Self::mode(vm).next_ip_checked(vm.r64(save::RIP), len) else {
             return false;
@@ -821,30 +794,25 @@ impl Backend for Svm {
         true
     }
 
-    fn inject(&mut self, v: &mut SvmVcpu, event: Event) {
+    /// See `Backend::inject`.
+    pub(super) fn inject(&mut self, v: &mut SvmVcpu, event: Event) {
         let vm = v.vmcb;
-        let (vector, code) = match event {
-            Event::InvalidOpcode => (6u64, None),
-            Event::GeneralProtection => (13, Some(0)),
-            Event::PageFault { addr, code } => {
-                vm.w64(save::CR2, addr);
-                (14, Some(code))
-            }
+        match event {
+            Event::PageFault { addr, .. } => vm.w64(save::CR2, addr),
+            // Blocked until the handler's IRET.
             Event::Nmi => {
-                // Type 2: NMI. Blocked until the handler's IRET.
-                vm.w64(control::EVENTINJ, 2 | (2 << 8) | (1 << 31));
                 v.nmi_blocked = true;
                 vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) | misc1::IRET);
-                return;
             }
-        };
-        // Real mode delivers no error code. Type 3: exception; the error code is bits 63:32.
-        let code = code.filter(|_| vm.r64(save::CR0) & CR0_PE != 0);
-        let ev = vector | (3 << 8) | (u64::from(code.is_some()) << 11) | (1 << 31);
-        vm.w64(control::EVENTINJ, ev | (u64::from(code.unwrap_or(0)) << 32));
+            Event::InvalidOpcode | Event::GeneralProtection => {}
+        }
+        // The error code is bits 63:32.
+        let (info, code) = event.encode(vm.r64(save::CR0) & CR0_PE != 0);
+        vm.w64(control::EVENTINJ, info | u64::from(code) << 32);
     }
 
-    fn interruptible(&mut self, v: &mut SvmVcpu, nmi: bool) -> bool {
+    /// See `Backend::interruptible`.
+    pub(super) fn interruptible(&mut self, v: &mut SvmVcpu, nmi: bool) -> bool {
         let vm = v.vmcb;
         let open = if nmi {
             if v.nmi_iret_rip.is_some_and(|rip| rip == vm.r64(save::RIP)) {
@@ -858,12 +826,14 @@ impl Backend for Svm {
         open && vm.r64(control::INT_STATE) & 1 == 0 && vm.r64(control::EVENTINJ) & (1 << 31) == 0
     }
 
-    fn inject_interrupt(&mut self, v: &mut SvmVcpu, vector: u8) {
+    /// See `Backend::inject_interrupt`.
+    pub(super) fn inject_interrupt(&mut self, v: &mut SvmVcpu, vector: u8) {
         // Type 0: external interrupt.
         v.vmcb.w64(control::EVENTINJ, u64::from(vector) | (1 << 31));
     }
 
-    fn set_interrupt_window(&mut self, v: &mut SvmVcpu, on: bool, nmi: bool) {
+    /// See `Backend::set_interrupt_window`.
+    pub(super) fn set_interrupt_window(&mut self, v: &mut SvmVcpu, on: bool, nmi: bool) {
         // The NMI window is the IRET intercept, armed with every injected NMI.
         if nmi {
             return;
@@ -880,24 +850,18 @@ impl Backend for Svm {
         }
     }
 
-    fn set_root(&mut self, v: &mut SvmVcpu, root: u64) {
+    /// See `Backend::set_root`.
+    pub(super) fn set_root(&mut self, v: &mut SvmVcpu, root: u64) {
         v.vmcb.w64(control::N_CR3, root);
         v.stale = true;
     }
 
-    fn flush(&mut self, v: &mut SvmVcpu) {
+    /// See `Backend::flush`.
+    pub(super) fn flush(&mut self, v: &mut SvmVcpu) {
         // Domain-wide, like INVEPT single-context: the vCPU about to run flushes at this VMRUN,
         // the domain's others at their next.
         let g = &mut self.flush_gen[v.domid as usize % DOMAINS];
         *g = g.wrapping_add(1);
-    }
-
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        cpu::cpuid(leaf, subleaf)
-    }
-
-    fn now(&self) -> u64 {
-        cpu::rdtsc()
     }
 }
 

@@ -3,20 +3,9 @@
 
 use crate::arch::x86_64::cpu::{cpuid, rdmsr, wrmsr};
 use microhv_core::hwcaps::{
-    self, FeatureControl, Missing, VMX_BASIC_TRUE_CTLS, VmxFeatures, VmxMsrs, cpuid_bits,
+    self, Unavailable, VMX_BASIC_TRUE_CTLS, VmxFeatures, VmxMsrs, cpuid_bits,
 };
 use x86::msr;
-
-/// Why VMX cannot be used.
-#[derive(Debug)]
-pub enum Unavailable {
-    /// CPUID.1:ECX.VMX is clear.
-    NoVmx,
-    /// The firmware locked `IA32_FEATURE_CONTROL` with VMX off.
-    DisabledByFirmware,
-    /// VMX is there, without features microhv needs.
-    Missing(Missing),
-}
 
 /// Reads every capability MSR. Only called once CPUID says VMX exists (they #GP otherwise).
 fn read_msrs() -> VmxMsrs {
@@ -54,15 +43,13 @@ fn read_msrs() -> VmxMsrs {
 /// `IA32_FEATURE_CONTROL` when the firmware left it unlocked.
 pub fn detect() -> Result<(VmxFeatures, VmxMsrs), Unavailable> {
     if cpuid(1, 0)[2] & cpuid_bits::VMX == 0 {
-        return Err(Unavailable::NoVmx);
+        return Err(Unavailable::NotOffered);
     }
     // SAFETY: IA32_FEATURE_CONTROL exists on every CPU with VMX.
     let fc = unsafe { rdmsr(msr::IA32_FEATURE_CONTROL) };
-    match hwcaps::feature_control(fc) {
-        FeatureControl::Ready => {}
-        FeatureControl::DisabledByFirmware => return Err(Unavailable::DisabledByFirmware),
+    if let Some(v) = hwcaps::feature_control(fc)? {
         // SAFETY: the MSR is unlocked, so writing the enable and lock bits is allowed.
-        FeatureControl::Write(v) => unsafe { wrmsr(msr::IA32_FEATURE_CONTROL, v) },
+        unsafe { wrmsr(msr::IA32_FEATURE_CONTROL, v) };
     }
     let msrs = read_msrs();
     hwcaps::check_vmx(&msrs).map(|f| (f, msrs)).map_err(Unavailable::Missing)

@@ -20,7 +20,7 @@ mod caps;
 mod entry;
 mod vmcs;
 
-pub use caps::{Unavailable, detect};
+pub use caps::detect;
 
 use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
@@ -29,13 +29,12 @@ use crate::arch::x86_64::lapic;
 use crate::arch::x86_64::spec::Mitigations;
 use entry::{microhv_vmx_exit, vmx_run};
 use microhv_core::exit::{
-    Access, Backend, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
-    VcpuConfig, VcpuInit,
+    Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
+    VcpuInit,
 };
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hwcaps::{VmxFeatures, VmxMsrs, adjust_controls};
-use microhv_core::insn::Seg;
-use microhv_core::policy::GUEST_CR4_ALLOWED;
+use microhv_core::policy::{GUEST_CR4_ALLOWED, clear_bit};
 use x86::msr;
 use x86::vmx::vmcs::control::{
     EntryControls, ExitControls, PinbasedControls, PrimaryControls, SecondaryControls,
@@ -119,22 +118,12 @@ pub struct Vmx {
     owned_by: u16,
     /// Speculation barriers the CPU offers.
     spec: Mitigations,
-    /// Domain of the vCPU that ran last (for the barrier between domains).
-    last_domid: u32,
 }
 
 fn frame_bytes(pa: u64) -> &'static mut [u8; 4096] {
     // SAFETY: only called on frames this backend allocated and owns exclusively, inside the
     // identity map; no other reference to them exists.
     unsafe { &mut *(pa as *mut [u8; 4096]) }
-}
-
-fn set_bit(bytes: &mut [u8], bit: usize, on: bool) {
-    if on {
-        bytes[bit / 8] |= 1 << (bit % 8);
-    } else {
-        bytes[bit / 8] &= !(1 << (bit % 8));
-    }
 }
 
 impl Vmx {
@@ -240,11 +229,11 @@ impl Vmx {
         bm.fill(0xff);
         for m in PASSTHROUGH_MSRS {
             let (base, idx) = if m >= 0xC000_0000 { (1024, m - 0xC000_0000) } else { (0, m) };
-            set_bit(&mut bm[base..base + 1024], idx as usize, false);
-            set_bit(&mut bm[base + 2048..base + 3072], idx as usize, false);
+            clear_bit(&mut bm[base..base + 1024], idx as usize);
+            clear_bit(&mut bm[base + 2048..base + 3072], idx as usize);
         }
         // TSC reads are harmless; writes still exit.
-        set_bit(&mut bm[..1024], msr::IA32_TIME_STAMP_COUNTER as usize, false);
+        clear_bit(&mut bm[..1024], msr::IA32_TIME_STAMP_COUNTER as usize);
 
         Ok(Self {
             features,
@@ -263,7 +252,6 @@ impl Vmx {
             current: 0,
             owned_by: 0,
             spec: Mitigations::detect(),
-            last_domid: u32::MAX,
         })
     }
 
@@ -271,13 +259,9 @@ impl Vmx {
     fn io_bitmap(frames: &mut dyn FrameSource, dom0: bool) -> Result<(u64, u64), &'static str> {
         let a = frames.alloc_zeroed().ok_or("no frame for an I/O bitmap")?;
         let b = frames.alloc_zeroed().ok_or("no frame for an I/O bitmap")?;
-        frame_bytes(a).fill(0xff);
+        // A covers ports 0-0x7FFF (dom0's among them), B the rest.
+        microhv_core::io::io_bitmap(frame_bytes(a), dom0);
         frame_bytes(b).fill(0xff);
-        if dom0 {
-            for p in microhv_core::io::dom0_ports() {
-                set_bit(frame_bytes(a), usize::from(p), false);
-            }
-        }
         Ok((a, b))
     }
 
@@ -322,8 +306,17 @@ impl Vmx {
         self.pin & PinbasedControls::VIRTUAL_NMIS.bits() != 0
     }
 
-    fn visible(real: u64, shadow: u64, mask: u64) -> u64 {
-        (real & !mask) | (shadow & mask)
+    /// CR0 as the guest sees it: the real register, with the read shadow's bits where
+    /// microhv owns them.
+    fn guest_cr0(&self) -> u64 {
+        let (real, shadow) = (vmcs::read(guest::CR0), vmcs::read(control::CR0_READ_SHADOW));
+        (real & !self.cr0_mask) | (shadow & self.cr0_mask)
+    }
+
+    /// CR4 as the guest sees it.
+    fn guest_cr4(&self) -> u64 {
+        let (real, shadow) = (vmcs::read(guest::CR4), vmcs::read(control::CR4_READ_SHADOW));
+        (real & !self.cr4_mask) | (shadow & self.cr4_mask)
     }
 
     fn setup_vmcs(&self, cfg: &VcpuConfig, vpid: u16) {
@@ -386,33 +379,19 @@ impl Vmx {
         write(guest::RIP, init.rip);
         write(guest::RSP, init.rsp);
         write(guest::RFLAGS, RFLAGS_FIXED);
-        // 32-bit code (accessed, readable), data (accessed, writable), both 4 GiB, DPL 0.
-        let code = (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS);
-        write(code.0, 0x08);
-        write(code.1, 0);
-        write(code.2, 0xffff_ffff);
-        write(code.3, 0xc09b);
-        for (s, b, l, a) in [
-            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS),
-            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS),
-            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS),
-            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS),
-            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS),
-        ] {
-            write(s, 0x10);
-            write(b, 0);
-            write(l, 0xffff_ffff);
-            write(a, 0xc093);
+        // 32-bit code (accessed, readable), data (accessed, writable), both 4 GiB, DPL 0; an
+        // unusable LDT and a busy 32-bit TSS (required by the entry checks). Each field of ES,
+        // CS, SS, DS, FS, GS, LDTR and TR is encoded 2 after the previous segment's, in that
+        // order (SDM Appendix B: the encodings' index).
+        let (code, data) = ((0x08, 0xffff_ffff, 0xc09b), (0x10, 0xffff_ffff, 0xc093));
+        let segs = [data, code, data, data, data, data, (0, 0, 1 << 16), (0, 0x67, 0x8b)];
+        for (i, (selector, limit, access)) in segs.into_iter().enumerate() {
+            let i = 2 * i as u32;
+            write(guest::ES_SELECTOR + i, selector);
+            write(guest::ES_BASE + i, 0);
+            write(guest::ES_LIMIT + i, limit);
+            write(guest::ES_ACCESS_RIGHTS + i, access);
         }
-        // A busy 32-bit TSS (required by the entry checks) and an unusable LDT.
-        write(guest::TR_SELECTOR, 0);
-        write(guest::TR_BASE, 0);
-        write(guest::TR_LIMIT, 0x67);
-        write(guest::TR_ACCESS_RIGHTS, 0x8b);
-        write(guest::LDTR_SELECTOR, 0);
-        write(guest::LDTR_BASE, 0);
-        write(guest::LDTR_LIMIT, 0);
-        write(guest::LDTR_ACCESS_RIGHTS, 1 << 16);
         write(guest::GDTR_BASE, 0);
         write(guest::GDTR_LIMIT, 0xffff);
         write(guest::IDTR_BASE, 0);
@@ -542,15 +521,7 @@ impl Vmx {
     fn mode(cr0: u64) -> CpuMode {
         let ar = vmcs::read(guest::CS_ACCESS_RIGHTS);
         let lma = vmcs::read(guest::IA32_EFER_FULL) & EFER_LMA != 0;
-        if cr0 & CR0_PE == 0 {
-            CpuMode::Bits16
-        } else if lma && ar & (1 << 13) != 0 {
-            CpuMode::Bits64
-        } else if ar & (1 << 14) != 0 {
-            CpuMode::Bits32
-        } else {
-            CpuMode::Bits16
-        }
+        CpuMode::of(cr0 & CR0_PE != 0, lma && ar & (1 << 13) != 0, ar & (1 << 14) != 0)
     }
 
     /// Decodes a control-register access exit (only writes to host-owned bits exit).
@@ -577,18 +548,11 @@ impl Vmx {
     }
 }
 
-impl Backend for Vmx {
-    type Vcpu = VmxVcpu;
-
-    fn hypercall_insn(&self) -> u32 {
-        abi::cpuid::HYPERCALL_VMCALL
-    }
-
-    fn kind(&self) -> u32 {
-        abi::types::VIRT_VMX
-    }
-
-    fn create_vcpu(
+/// The operations of [`Backend`](microhv_core::exit::Backend) on VMX:
+/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
+impl Vmx {
+    /// See `Backend::create_vcpu`.
+    pub(super) fn create_vcpu(
         &mut self,
         frames: &mut dyn FrameSource,
         cfg: &VcpuConfig,
@@ -620,7 +584,8 @@ impl Backend for Vmx {
         Ok(v)
     }
 
-    fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
+    /// See `Backend::reset_vcpu`.
+    pub(super) fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
         self.make_current(v);
         self.write_flat32_state(init);
         v.fx = FxArea::reset();
@@ -630,7 +595,8 @@ impl Backend for Vmx {
         }
     }
 
-    fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: VmxVcpu) {
+    /// See `Backend::destroy_vcpu`.
+    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: VmxVcpu) {
         // SAFETY: the VMCS belongs to `v`, which is being dropped; VMCLEAR makes the frame
         // ordinary memory again.
         if unsafe { vmcs::clear(v.vmcs) }.is_err() {
@@ -645,15 +611,14 @@ impl Backend for Vmx {
         frames.free(v.vmcs);
     }
 
-    fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+    /// See `Backend::run`.
+    pub(super) fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         self.make_current(v);
         self.load_owned(v);
         // Rounded up: a slice never ends before its last tick.
         let timer = slice.div_ceil(1 << self.features.preemption_timer_rate).min(u32::MAX.into());
         vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer);
-        self.spec.on_switch(self.last_domid, v.domid);
-        self.last_domid = v.domid;
-        self.spec.before_entry();
+        self.spec.before_entry(v.domid);
         let start = cpu::rdtsc();
         // SAFETY: the VMCS is current and initialized; `gprs` and `fx` are this vCPU's.
         let failed = unsafe { vmx_run(gprs, &mut v.fx, u64::from(v.launched)) } != 0;
@@ -672,14 +637,8 @@ impl Backend for Vmx {
             }
             (reason, vmcs::read(ro::EXIT_QUALIFICATION))
         };
-        let cr0 = || {
-            Self::visible(
-                vmcs::read(guest::CR0),
-                vmcs::read(control::CR0_READ_SHADOW),
-                self.cr0_mask,
-            )
-        };
-        let exit = self.translate(raw, qual, gprs, if raw & 0xffff == 28 { cr0() } else { 0 });
+        let cr0 = if raw & 0xffff == 28 { self.guest_cr0() } else { 0 };
+        let exit = self.translate(raw, qual, gprs, cr0);
         let mut info = ExitInfo::fast(exit, raw, qual, ran);
         match exit {
             // The fast exits: their handlers need no guest state but the instruction's length
@@ -701,17 +660,13 @@ impl Backend for Vmx {
             }
             Exit::Timer | Exit::InterruptWindow | Exit::Interrupt => {}
             _ => {
-                let cr0 = cr0();
+                let cr0 = self.guest_cr0();
                 info.rip = vmcs::read(guest::RIP);
                 info.rsp = vmcs::read(guest::RSP);
                 info.rflags = vmcs::read(guest::RFLAGS);
                 info.cr0 = cr0;
                 info.cr3 = vmcs::read(guest::CR3);
-                info.cr4 = Self::visible(
-                    vmcs::read(guest::CR4),
-                    vmcs::read(control::CR4_READ_SHADOW),
-                    self.cr4_mask,
-                );
+                info.cr4 = self.guest_cr4();
                 info.efer = vmcs::read(guest::IA32_EFER_FULL);
                 info.insn_len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8;
                 info.cpl = ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
@@ -722,29 +677,23 @@ impl Backend for Vmx {
         info
     }
 
-    fn unload(&mut self, v: &mut VmxVcpu) {
+    /// See `Backend::unload`.
+    pub(super) fn unload(&mut self, v: &mut VmxVcpu) {
         if self.owned_by == v.vpid {
             v.owned = Owned::save();
             self.owned_by = 0;
         }
     }
 
-    fn read(&mut self, v: &mut VmxVcpu, reg: GuestReg) -> u64 {
+    /// See `Backend::read`.
+    pub(super) fn read(&mut self, v: &mut VmxVcpu, reg: GuestReg) -> u64 {
         self.make_current(v);
         match reg {
             GuestReg::Rip => vmcs::read(guest::RIP),
             GuestReg::Rsp => vmcs::read(guest::RSP),
             GuestReg::Rflags => vmcs::read(guest::RFLAGS),
-            GuestReg::Cr0 => Self::visible(
-                vmcs::read(guest::CR0),
-                vmcs::read(control::CR0_READ_SHADOW),
-                self.cr0_mask,
-            ),
-            GuestReg::Cr4 => Self::visible(
-                vmcs::read(guest::CR4),
-                vmcs::read(control::CR4_READ_SHADOW),
-                self.cr4_mask,
-            ),
+            GuestReg::Cr0 => self.guest_cr0(),
+            GuestReg::Cr4 => self.guest_cr4(),
             GuestReg::Efer => vmcs::read(guest::IA32_EFER_FULL),
             GuestReg::FsBase => vmcs::read(guest::FS_BASE),
             GuestReg::GsBase => vmcs::read(guest::GS_BASE),
@@ -753,18 +702,13 @@ impl Backend for Vmx {
             GuestReg::CsLd => (vmcs::read(guest::CS_ACCESS_RIGHTS) >> 13) & 3,
             GuestReg::TrType => vmcs::read(guest::TR_ACCESS_RIGHTS) & 0xf,
             GuestReg::TscOffset => vmcs::read(control::TSC_OFFSET_FULL),
-            GuestReg::SegBase(s) => vmcs::read(match s {
-                Seg::Es => guest::ES_BASE,
-                Seg::Cs => guest::CS_BASE,
-                Seg::Ss => guest::SS_BASE,
-                Seg::Ds => guest::DS_BASE,
-                Seg::Fs => guest::FS_BASE,
-                Seg::Gs => guest::GS_BASE,
-            }),
+            // The bases of ES, CS, SS, DS, FS and GS are 2 apart, in `Seg`'s order.
+            GuestReg::SegBase(s) => vmcs::read(guest::ES_BASE + 2 * s as u32),
         }
     }
 
-    fn write(&mut self, v: &mut VmxVcpu, reg: GuestReg, value: u64) {
+    /// See `Backend::write`.
+    pub(super) fn write(&mut self, v: &mut VmxVcpu, reg: GuestReg, value: u64) {
         self.make_current(v);
         match reg {
             GuestReg::Rip => vmcs::write(guest::RIP, value),
@@ -793,7 +737,8 @@ impl Backend for Vmx {
         }
     }
 
-    fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) -> bool {
+    /// See `Backend::advance_rip`.
+    pub(super) fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) -> bool {
         self.make_current(v);
         let rip = vmcs::read(guest::RIP);
         let Some(next) = Self::mode(vmcs::read(guest::CR0)).next_ip_checked(rip, len) else {
@@ -812,35 +757,26 @@ impl Backend for Vmx {
         true
     }
 
-    fn inject(&mut self, v: &mut VmxVcpu, event: Event) {
+    /// See `Backend::inject`.
+    pub(super) fn inject(&mut self, v: &mut VmxVcpu, event: Event) {
         self.make_current(v);
-        let (vector, code) = match event {
-            Event::InvalidOpcode => (6u64, None),
-            Event::GeneralProtection => (13, Some(0)),
-            Event::PageFault { addr, code } => {
-                // No VMCS field holds CR2: it is the hardware's while this vCPU owns it.
-                if self.owned_by == v.vpid {
-                    cpu::write_cr2(addr);
-                } else {
-                    v.owned.cr2 = addr;
-                }
-                (14, Some(code))
+        // No VMCS field holds CR2: it is the hardware's while this vCPU owns it.
+        if let Event::PageFault { addr, .. } = event {
+            if self.owned_by == v.vpid {
+                cpu::write_cr2(addr);
+            } else {
+                v.owned.cr2 = addr;
             }
-            Event::Nmi => {
-                // Type 2: NMI.
-                vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 2 | (2 << 8) | (1 << 31));
-                return;
-            }
-        };
-        // Real mode delivers no error code (and VM entry refuses to inject one there). PE is
-        // guest-owned with unrestricted guest: the real CR0 has it, the read shadow may not.
-        let code = code.filter(|_| vmcs::read(guest::CR0) & CR0_PE != 0);
-        let info = vector | (3 << 8) | (u64::from(code.is_some()) << 11) | (1 << 31);
+        }
+        // PE is guest-owned with unrestricted guest: the real CR0 has it, the read shadow may
+        // not.
+        let (info, code) = event.encode(vmcs::read(guest::CR0) & CR0_PE != 0);
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
-        vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, code.unwrap_or(0).into());
+        vmcs::write(control::VMENTRY_EXCEPTION_ERR_CODE, code.into());
     }
 
-    fn interruptible(&mut self, v: &mut VmxVcpu, nmi: bool) -> bool {
+    /// See `Backend::interruptible`.
+    pub(super) fn interruptible(&mut self, v: &mut VmxVcpu, nmi: bool) -> bool {
         self.make_current(v);
         // NMIs wait out the STI shadow too: some CPUs refuse the entry otherwise (SDM 26.3.1.5).
         let (open, blocking) = if nmi {
@@ -852,13 +788,15 @@ impl Backend for Vmx {
             && vmcs::read(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0
     }
 
-    fn inject_interrupt(&mut self, v: &mut VmxVcpu, vector: u8) {
+    /// See `Backend::inject_interrupt`.
+    pub(super) fn inject_interrupt(&mut self, v: &mut VmxVcpu, vector: u8) {
         self.make_current(v);
         // Type 0: external interrupt.
         vmcs::write(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(vector) | (1 << 31));
     }
 
-    fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool, nmi: bool) {
+    /// See `Backend::set_interrupt_window`.
+    pub(super) fn set_interrupt_window(&mut self, v: &mut VmxVcpu, on: bool, nmi: bool) {
         self.make_current(v);
         let bit = match nmi {
             // NMI-window exiting exists only with virtual NMIs. Under an STI shadow it is not
@@ -877,23 +815,17 @@ impl Backend for Vmx {
         }
     }
 
-    fn set_root(&mut self, v: &mut VmxVcpu, root: u64) {
+    /// See `Backend::set_root`.
+    pub(super) fn set_root(&mut self, v: &mut VmxVcpu, root: u64) {
         self.make_current(v);
         vmcs::write(control::EPTP_FULL, root);
         v.eptp = root;
         vmcs::invept_single(root);
     }
 
-    fn flush(&mut self, v: &mut VmxVcpu) {
+    /// See `Backend::flush`.
+    pub(super) fn flush(&mut self, v: &mut VmxVcpu) {
         vmcs::invept_single(v.eptp);
-    }
-
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        cpu::cpuid(leaf, subleaf)
-    }
-
-    fn now(&self) -> u64 {
-        cpu::rdtsc()
     }
 }
 

@@ -91,21 +91,21 @@ microhv_nmi:
     iretq
 
 microhv_exception_common:
-    pushq %rax
-    pushq %rbx
-    pushq %rcx
-    pushq %rdx
-    pushq %rsi
-    pushq %rdi
-    pushq %rbp
-    pushq %r8
-    pushq %r9
-    pushq %r10
-    pushq %r11
-    pushq %r12
-    pushq %r13
-    pushq %r14
     pushq %r15
+    pushq %r14
+    pushq %r13
+    pushq %r12
+    pushq %r11
+    pushq %r10
+    pushq %r9
+    pushq %r8
+    pushq %rbp
+    pushq %rdi
+    pushq %rsi
+    pushq %rdx
+    pushq %rcx
+    pushq %rbx
+    pushq %rax
     movq %rsp, %rdi
     cld
     call {entry}
@@ -139,36 +139,9 @@ unsafe extern "C" {
 #[repr(C)]
 #[derive(Debug)]
 pub struct ExceptionFrame {
-    /// General registers, saved by the common stub.
-    pub r15: u64,
-    /// r14.
-    pub r14: u64,
-    /// r13.
-    pub r13: u64,
-    /// r12.
-    pub r12: u64,
-    /// r11.
-    pub r11: u64,
-    /// r10.
-    pub r10: u64,
-    /// r9.
-    pub r9: u64,
-    /// r8.
-    pub r8: u64,
-    /// rbp.
-    pub rbp: u64,
-    /// rdi.
-    pub rdi: u64,
-    /// rsi.
-    pub rsi: u64,
-    /// rdx.
-    pub rdx: u64,
-    /// rcx.
-    pub rcx: u64,
-    /// rbx.
-    pub rbx: u64,
-    /// rax.
-    pub rax: u64,
+    /// General registers, saved by the common stub (r15 first, so that they lie in `Gprs`
+    /// order).
+    pub gprs: microhv_core::exit::Gprs,
     /// The vector.
     pub vector: u64,
     /// The CPU's error code, or 0.

@@ -20,12 +20,14 @@ const ARCH_CAP_RDCL_NO: u64 = 1 << 0;
 /// IA32_ARCH_CAPABILITIES: the L1D need not be flushed on VM entry.
 const ARCH_CAP_SKIP_L1DFL_VMENTRY: u64 = 1 << 3;
 
-/// What the CPU offers.
-#[derive(Debug, Default, Clone, Copy)]
+/// What the CPU offers, and which domain the last entry went to (for the barrier).
+#[derive(Debug)]
 pub struct Mitigations {
     ibpb: bool,
     l1d_flush: bool,
     verw: bool,
+    /// The domain whose vCPU ran last (`u32::MAX`: none yet).
+    last_domid: u32,
 }
 
 /// A data segment selector VERW checks (the GDT's ring-0 data segment).
@@ -49,6 +51,7 @@ impl Mitigations {
             ibpb: edx7 & (1 << 26) != 0 || ebx_e8 & (1 << 12) != 0,
             l1d_flush: edx7 & (1 << 28) != 0 && l1tf,
             verw: edx7 & (1 << 10) != 0,
+            last_domid: u32::MAX,
         };
         log::info!(
             "speculation: IBPB on domain switch {}, L1D flush before entry {}, VERW before entry {}",
@@ -59,16 +62,14 @@ impl Mitigations {
         m
     }
 
-    /// Before running a vCPU of `domid` after one of `previous`.
-    pub fn on_switch(&self, previous: u32, domid: u32) {
-        if self.ibpb && previous != domid {
+    /// Immediately before a VM entry to a vCPU of domain `domid`: the barrier if the last entry
+    /// was to another domain's, then the flush.
+    pub fn before_entry(&mut self, domid: u32) {
+        if self.ibpb && self.last_domid != domid {
             // SAFETY: CPUID enumerated IBPB; the barrier only discards predictions.
             unsafe { wrmsr(IA32_PRED_CMD, 1) };
         }
-    }
-
-    /// Immediately before a VM entry.
-    pub fn before_entry(&self) {
+        self.last_domid = domid;
         if self.l1d_flush {
             // SAFETY: CPUID enumerated L1D_FLUSH; the command only writes back and invalidates
             // the L1 data cache (it also clears the buffers VERW would).
