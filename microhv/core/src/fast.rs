@@ -5,7 +5,7 @@
 //! instruction only where that is plain (no single-step trap to deliver, no interrupt shadow to
 //! end, no RIP wrap, time left in the slice) and reports how many it completed
 //! ([`crate::exit::ExitInfo::completed`]); anything else goes to the core as before, which
-//! computes the same results ([`complete`] is what both call).
+//! computes the same results ([`apply`] is what both call).
 
 use crate::cpuid::{Caller, guest_cpuid};
 use crate::exit::Gprs;
@@ -32,26 +32,25 @@ impl FastExit {
     }
 }
 
-/// Completes `exit` on the registers if it is one a backend may complete itself: `Version` from
-/// ring 0, or any CPUID (as `caller` sees it, `host` being the host's CPUID). False if the
-/// core must handle it.
-pub fn complete(
-    exit: FastExit,
-    g: &mut Gprs,
-    caller: &Caller,
-    host: impl Fn(u32, u32) -> [u32; 4],
-) -> bool {
+/// Whether `exit` is one a backend may complete itself: `Version` from ring 0, or any CPUID.
+/// Cheap, so that a backend asks it before it reads anything more of the guest's state.
+pub fn accepts(exit: FastExit, g: &Gprs) -> bool {
     match exit {
-        FastExit::Hypercall { cpl: 0 } if g.rax == abi::Op::Version as u64 => {
-            g.rax = abi::abi_version_word().into();
-        }
+        FastExit::Hypercall { cpl } => cpl == 0 && g.rax == abi::Op::Version as u64,
+        FastExit::Cpuid => true,
+    }
+}
+
+/// Completes an exit [`accepts`] took, on the registers (CPUID as `caller` sees it, `host`
+/// being the host's CPUID).
+pub fn apply(exit: FastExit, g: &mut Gprs, caller: &Caller, host: impl Fn(u32, u32) -> [u32; 4]) {
+    match exit {
+        FastExit::Hypercall { .. } => g.rax = abi::abi_version_word().into(),
         FastExit::Cpuid => {
             let r = guest_cpuid(g.rax as u32, g.rcx as u32, caller, host);
             (g.rax, g.rbx, g.rcx, g.rdx) = (r[0].into(), r[1].into(), r[2].into(), r[3].into());
         }
-        FastExit::Hypercall { .. } => return false,
     }
-    true
 }
 
 /// Whether RIP may simply move `len` bytes on, in any mode: within one 64 KiB block it
@@ -70,17 +69,19 @@ mod tests {
     #[test]
     fn version_from_ring_0_and_cpuid_are_completed_the_rest_is_not() {
         let host = |_, _| [0; 4];
+        let version = FastExit::Hypercall { cpl: 0 };
         let mut g = Gprs { rax: abi::Op::Version as u64, ..Gprs::default() };
-        assert!(complete(FastExit::Hypercall { cpl: 0 }, &mut g, &CALLER, host));
+        assert!(accepts(version, &g));
+        apply(version, &mut g, &CALLER, host);
         assert_eq!(g.rax, u64::from(abi::abi_version_word()));
         for (rax, cpl) in [(abi::Op::Version as u64, 3), (abi::Op::Yield as u64, 0)] {
-            let mut g = Gprs { rax, ..Gprs::default() };
-            assert!(!complete(FastExit::Hypercall { cpl }, &mut g, &CALLER, host));
-            assert_eq!(g.rax, rax, "untouched for the core");
+            let g = Gprs { rax, ..Gprs::default() };
+            assert!(!accepts(FastExit::Hypercall { cpl }, &g), "{rax} at CPL {cpl}: the core's");
         }
         // CPUID: the same answer the core gives (`cpuid::guest_cpuid`), rbx..rdx included.
         let mut g = Gprs { rax: abi::cpuid::LEAF_VERSION.into(), ..Gprs::default() };
-        assert!(complete(FastExit::Cpuid, &mut g, &CALLER, host));
+        assert!(accepts(FastExit::Cpuid, &g));
+        apply(FastExit::Cpuid, &mut g, &CALLER, host);
         let want = guest_cpuid(abi::cpuid::LEAF_VERSION, 0, &CALLER, host);
         assert_eq!([g.rax, g.rbx, g.rcx, g.rdx], want.map(u64::from));
         assert_eq!(g.rbx, 3, "the caller's domid");

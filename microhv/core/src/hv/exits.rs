@@ -51,7 +51,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     tsc_khz: u32::try_from(self.tsc_khz).unwrap_or(u32::MAX),
                 };
                 let (g, backend) = (&mut self.domains[d].vcpus[v].gprs, &self.backend);
-                crate::fast::complete(FastExit::Cpuid, g, &caller, |l, s| backend.host_cpuid(l, s));
+                crate::fast::apply(FastExit::Cpuid, g, &caller, |l, s| backend.host_cpuid(l, s));
                 self.skip(d, v, info.insn_len);
                 None
             }

@@ -53,10 +53,12 @@ use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
 use core::sync::atomic::Ordering;
 use entry::svm_run;
 use insn::FetchError;
+use microhv_core::cpuid::Caller;
 use microhv_core::exit::{
     Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
     VcpuInit,
 };
+use microhv_core::fast::{self, FastExit};
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::hwcaps::SvmFeatures;
 use microhv_core::insn::{Expected, Intercepted, Mismatch, decode_intercepted};
@@ -108,6 +110,8 @@ pub struct SvmVcpu {
     /// The RIP of that IRET, which the intercept reports before it executes: the blocking
     /// ends once the guest has moved past it (at a later exit; KVM single-steps it instead).
     nmi_iret_rip: Option<u64>,
+    /// Who it is, for the CPUID exits `run` completes itself.
+    caller: Caller,
 }
 
 /// The SVM backend.
@@ -585,6 +589,7 @@ impl Svm {
             debug: DebugRegs::default(),
             nmi_blocked: false,
             nmi_iret_rip: None,
+            caller: cfg.caller(abi::cpuid::HYPERCALL_VMMCALL),
         };
         self.reset_vcpu(&mut v, init);
         Ok(v)
@@ -652,13 +657,25 @@ impl Svm {
         self.timer.arm(slice);
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
-        self.spec.before_entry(v.domid);
         let start = cpu::rdtsc();
-        // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's and
-        // fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the host's
-        // VMSAVE state; what can be pending after the run (the slice timer, a spurious
-        // interrupt, an NMI) has an IDT stub that returns.
-        unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
+        let mut completed = [0; 2];
+        // The exits `complete` finishes go straight back into the guest; the slice timer's
+        // interrupt, pending, ends the loop with the next VMRUN.
+        let code = loop {
+            self.spec.before_entry(v.domid);
+            // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's
+            // and fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the
+            // host's VMSAVE state; what can be pending after the run (the slice timer, a
+            // spurious interrupt, an NMI) has an IDT stub that returns.
+            unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
+            vm.w8(control::TLB_CONTROL, tlb::NOTHING);
+            let code = vm.r64(control::EXITCODE);
+            match self.complete(v, code, gprs) {
+                Some(i) => completed[i] += 1,
+                None => break code,
+            }
+        };
+        vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
         self.timer.disarm();
         if NMI_COUNT.load(Ordering::Relaxed) != nmis {
             log::warn!("NMI while a guest ran; absorbed");
@@ -670,12 +687,9 @@ impl Svm {
             );
         }
         let ran = cpu::rdtsc().wrapping_sub(start);
-        vm.w8(control::TLB_CONTROL, tlb::NOTHING);
         gprs.rax = vm.r64(save::RAX);
-        let code = vm.r64(control::EXITCODE);
         let info1 = vm.r64(control::EXITINFO1);
         let info2 = vm.r64(control::EXITINFO2);
-        vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
         if code == exit::IRET {
             v.nmi_blocked = false;
             v.nmi_iret_rip = Some(vm.r64(save::RIP));
@@ -687,11 +701,12 @@ impl Svm {
             other => other,
         };
         let mut info = ExitInfo::fast(exit, code, info1, ran);
+        info.completed = completed;
         info.insn_len = insn_len;
         info.cpl = vm.r8(save::CPL) & 3;
         info.rflags = vm.r64(save::RFLAGS);
-        // The fast exits' handlers need no more (`ExitInfo`); the others get all of it.
-        let fast = matches!(
+        // The quick exits' handlers need no more (`ExitInfo`); the others get all of it.
+        let quick = matches!(
             exit,
             Exit::Hypercall
                 | Exit::Cpuid
@@ -704,7 +719,7 @@ impl Svm {
                 | Exit::InterruptWindow
                 | Exit::Interrupt
         );
-        if !fast {
+        if !quick {
             info.rip = vm.r64(save::RIP);
             info.rsp = vm.r64(save::RSP);
             info.cr0 = vm.r64(save::CR0);
@@ -715,6 +730,39 @@ impl Svm {
             info.cs_base = vm.r64(save::CS + seg::BASE);
         }
         info
+    }
+
+    /// Completes a VMMCALL or CPUID exit in place when that is plain (`microhv_core::fast`):
+    /// NRIP save gives the length, no single-step trap to deliver, no interrupt shadow to end,
+    /// no RIP wrap. Which kind it was (`ExitInfo::completed`'s index), or `None`: the core's.
+    fn complete(&self, v: &SvmVcpu, code: u64, gprs: &mut Gprs) -> Option<usize> {
+        let vm = v.vmcb;
+        let exit = match code {
+            exit::VMMCALL => FastExit::Hypercall { cpl: vm.r8(save::CPL) & 3 },
+            exit::CPUID => FastExit::Cpuid,
+            _ => return None,
+        };
+        gprs.rax = vm.r64(save::RAX);
+        if !fast::accepts(exit, gprs) {
+            return None;
+        }
+        let (rip, next) = (vm.r64(save::RIP), vm.r64(control::NEXT_RIP));
+        let len = next.wrapping_sub(rip);
+        let plain = self.features.nrip_save
+            && (1..=microhv_core::insn::MAX_INSN_LEN as u64).contains(&len)
+            && fast::plain_advance(rip, len)
+            && vm.r64(save::RFLAGS) & RFLAGS_TF == 0
+            && vm.r64(control::INT_STATE) & 1 == 0;
+        if !plain {
+            return None;
+        }
+        fast::apply(exit, gprs, &v.caller, cpu::cpuid);
+        vm.w64(save::RAX, gprs.rax);
+        vm.w64(save::RIP, next);
+        // An intercepted instruction interrupts no event delivery: nothing to inject again,
+        // and what was injected at the entry has been delivered.
+        vm.w64(control::EVENTINJ, 0);
+        Some(exit.index())
     }
 
     /// See `Backend::unload`.

@@ -28,10 +28,12 @@ use crate::arch::x86_64::gdt::{Selectors, tss_base};
 use crate::arch::x86_64::lapic;
 use crate::arch::x86_64::spec::Mitigations;
 use entry::{microhv_vmx_exit, vmx_run};
+use microhv_core::cpuid::Caller;
 use microhv_core::exit::{
     Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
     VcpuInit,
 };
+use microhv_core::fast::{self, FastExit};
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hwcaps::{VmxFeatures, VmxMsrs, adjust_controls};
 use microhv_core::policy::{GUEST_CR4_ALLOWED, clear_bit};
@@ -93,6 +95,8 @@ pub struct VmxVcpu {
     fx: FxArea,
     /// Guest state no VMCS field holds, in memory while another vCPU has the hardware.
     owned: Owned,
+    /// Who it is, for the CPUID exits `run` completes itself.
+    caller: Caller,
 }
 
 /// The VMX backend.
@@ -103,6 +107,8 @@ pub struct Vmx {
     proc1: u32,
     proc2: u32,
     exit_ctl: u32,
+    /// The VM-exit control "save VMX-preemption timer value" is on.
+    save_timer: bool,
     entry_ctl: u32,
     cr0_mask: u64,
     cr4_mask: u64,
@@ -178,8 +184,16 @@ impl Vmx {
             msrs.procbased2,
         )
         .map_err(|_| "secondary processor controls")?;
+        // Where the CPU can save the preemption timer at exits, the exits `run` completes itself
+        // leave it counting on: the slice needs no recomputing for them.
+        let save_timer = ExitControls::SAVE_VMX_PREEMPTION_TIMER;
+        let save_timer = save_timer.bits() as u64 & (msrs.exit >> 32) != 0;
         let exit_ctl = adjust_controls(
-            (ExitControls::HOST_ADDRESS_SPACE_SIZE
+            (if save_timer {
+                ExitControls::SAVE_VMX_PREEMPTION_TIMER
+            } else {
+                ExitControls::empty()
+            } | ExitControls::HOST_ADDRESS_SPACE_SIZE
                 | ExitControls::ACK_INTERRUPT_ON_EXIT
                 | ExitControls::SAVE_DEBUG_CONTROLS
                 | ExitControls::SAVE_IA32_EFER
@@ -242,6 +256,7 @@ impl Vmx {
             proc1,
             proc2,
             exit_ctl,
+            save_timer,
             entry_ctl,
             cr0_mask,
             cr4_mask,
@@ -578,6 +593,7 @@ impl Vmx {
             eptp: cfg.root,
             fx: FxArea::reset(),
             owned: Owned::default(),
+            caller: cfg.caller(abi::cpuid::HYPERCALL_VMCALL),
         };
         self.reset_vcpu(&mut v, init);
         vmcs::invept_single(cfg.root);
@@ -615,33 +631,46 @@ impl Vmx {
     pub(super) fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
         self.make_current(v);
         self.load_owned(v);
-        // Rounded up: a slice never ends before its last tick.
-        let timer = slice.div_ceil(1 << self.features.preemption_timer_rate).min(u32::MAX.into());
-        vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer);
-        self.spec.before_entry(v.domid);
         let start = cpu::rdtsc();
-        // SAFETY: the VMCS is current and initialized; `gprs` and `fx` are this vCPU's.
-        let failed = unsafe { vmx_run(gprs, &mut v.fx, u64::from(v.launched)) } != 0;
-        let ran = cpu::rdtsc().wrapping_sub(start);
-        let (raw, qual) = if failed {
-            // VMfail: report the VM-instruction error as an entry failure.
-            ((1 << 31) | vmcs::read(ro::VM_INSTRUCTION_ERROR), 0)
-        } else {
+        let end = start.saturating_add(slice);
+        let (mut completed, mut left) = ([0; 2], Some(slice));
+        // The exits `complete` finishes go straight back into the guest.
+        let (raw, qual) = loop {
+            if let Some(left) = left.take() {
+                // Rounded up: a slice never ends before its last tick.
+                let timer = left.max(1).div_ceil(1 << self.features.preemption_timer_rate);
+                vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer.min(u32::MAX.into()));
+            }
+            self.spec.before_entry(v.domid);
+            // SAFETY: the VMCS is current and initialized; `gprs` and `fx` are this vCPU's.
+            if unsafe { vmx_run(gprs, &mut v.fx, u64::from(v.launched)) } != 0 {
+                // VMfail: report the VM-instruction error as an entry failure.
+                break ((1 << 31) | vmcs::read(ro::VM_INSTRUCTION_ERROR), 0);
+            }
             v.launched = true;
             let reason = vmcs::read(ro::EXIT_REASON);
-            // Instruction exits (and the timer and window exits, which come between
-            // instructions) cannot interrupt the delivery of an event: only the others need
-            // the IDT-vectoring field looked at.
-            if !matches!(reason & 0xffff, 7 | 8 | 10 | 12 | 13 | 18 | 28 | 30 | 31 | 32 | 52) {
-                self.reinject_interrupted_event();
+            let Some(i) = self.complete(v, reason, gprs) else {
+                break (reason, vmcs::read(ro::EXIT_QUALIFICATION));
+            };
+            completed[i] += 1;
+            if !self.save_timer {
+                left = Some(end.saturating_sub(cpu::rdtsc()));
             }
-            (reason, vmcs::read(ro::EXIT_QUALIFICATION))
         };
+        let ran = cpu::rdtsc().wrapping_sub(start);
+        // Instruction exits (and the timer and window exits, which come between instructions)
+        // cannot interrupt the delivery of an event: only the others need the IDT-vectoring
+        // field looked at.
+        if raw >> 31 == 0 && !matches!(raw & 0xffff, 7 | 8 | 10 | 12 | 13 | 18 | 28 | 30..=32 | 52)
+        {
+            self.reinject_interrupted_event();
+        }
         let cr0 = if raw & 0xffff == 28 { self.guest_cr0() } else { 0 };
         let exit = self.translate(raw, qual, gprs, cr0);
         let mut info = ExitInfo::fast(exit, raw, qual, ran);
+        info.completed = completed;
         match exit {
-            // The fast exits: their handlers need no guest state but the instruction's length
+            // The quick exits: their handlers need no guest state but the instruction's length
             // (and a hypercall's CPL, HLT's RFLAGS.IF); each VMREAD spared counts.
             Exit::Hypercall => {
                 info.insn_len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8;
@@ -675,6 +704,33 @@ impl Vmx {
             }
         }
         info
+    }
+
+    /// Completes a VMCALL or CPUID exit in place when that is plain (`microhv_core::fast`): no
+    /// single-step trap to deliver, no STI / MOV SS shadow to end, no RIP wrap. Which kind it
+    /// was (`ExitInfo::completed`'s index), or `None`: the core's. The slice's end is the
+    /// preemption timer's business.
+    fn complete(&self, v: &VmxVcpu, reason: u64, gprs: &mut Gprs) -> Option<usize> {
+        let exit = match reason {
+            18 => {
+                FastExit::Hypercall { cpl: ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8 }
+            }
+            10 => FastExit::Cpuid,
+            _ => return None,
+        };
+        if !fast::accepts(exit, gprs) {
+            return None;
+        }
+        let (rip, len) = (vmcs::read(guest::RIP), vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
+        let plain = fast::plain_advance(rip, len)
+            && vmcs::read(guest::RFLAGS) & RFLAGS_TF == 0
+            && vmcs::read(guest::INTERRUPTIBILITY_STATE) & 3 == 0;
+        if !plain {
+            return None;
+        }
+        fast::apply(exit, gprs, &v.caller, cpu::cpuid);
+        vmcs::write(guest::RIP, rip + len);
+        Some(exit.index())
     }
 
     /// See `Backend::unload`.
