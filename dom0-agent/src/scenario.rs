@@ -142,9 +142,11 @@ fn two_domus(boot: &Boot) -> Result<(), &'static str> {
     let hv = guest_rt::hv();
     let slice = u64::from(hv.phys_info().map_err(|_| "physinfo")?.time_slice);
     let a = start(boot, "spinner", &spec("spin-a", 4, ""))?;
-    let b = start(boot, "spinner", &spec("spin-b", 4, ""))?;
-    // The spinners never exit on their own: only the time slice (or a device deadline)
-    // interrupts them. dom0 keeps working meanwhile, one hypercall and one yield per round; the
+    // B executes CPUID in its loop: exits its backend completes itself, which must not let it
+    // keep the CPU past its slice.
+    let b = start(boot, "spinner", &spec("spin-b", 4, "cpuid=1"))?;
+    // The spinners never return to the core on their own: only the time slice (or a device
+    // deadline) interrupts them. dom0 keeps working meanwhile, one hypercall and one yield per round; the
     // longest gap between two rounds is how long dom0 waited for the CPU — in TSC ticks (a
     // figure: under QEMU it is wall time, so it depends on the host's load), and in the
     // spinners' time-slice exits between two rounds (the check: it counts slices, whatever

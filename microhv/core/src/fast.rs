@@ -2,8 +2,9 @@
 //! core (#13's fast paths): a `Version` hypercall from ring 0 and CPUID. They need nothing but
 //! the vCPU's registers and change no state the core keeps, so the scheduler, the interrupt
 //! search and the generic exit decode have nothing to do for them. The backend completes the
-//! instruction only where that is plain (no single-step trap to deliver, no interrupt shadow to
-//! end, no RIP wrap, time left in the slice) and reports how many it completed
+//! instruction only where that is plain (no single-step trap to deliver, no RF or interrupt
+//! shadow to end, no RIP wrap, time left in the slice, on SVM no NMI blocking to end) and
+//! reports how many it completed
 //! ([`crate::exit::ExitInfo::completed`]); anything else goes to the core as before, which
 //! computes the same results ([`apply`] is what both call).
 
@@ -13,11 +14,8 @@ use crate::exit::Gprs;
 /// A fast exit, as the backend saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FastExit {
-    /// VMCALL / VMMCALL at privilege level `cpl`.
-    Hypercall {
-        /// The caller's CPL.
-        cpl: u8,
-    },
+    /// VMCALL / VMMCALL.
+    Hypercall,
     /// CPUID.
     Cpuid,
 }
@@ -26,17 +24,18 @@ impl FastExit {
     /// Index into `ExitInfo::completed`.
     pub const fn index(self) -> usize {
         match self {
-            FastExit::Hypercall { .. } => 0,
+            FastExit::Hypercall => 0,
             FastExit::Cpuid => 1,
         }
     }
 }
 
-/// Whether `exit` is one a backend may complete itself: `Version` from ring 0, or any CPUID.
-/// Cheap, so that a backend asks it before it reads anything more of the guest's state.
-pub fn accepts(exit: FastExit, g: &Gprs) -> bool {
+/// Whether `exit` is one a backend may complete itself: `Version` from ring 0 (`cpl` reads the
+/// caller's privilege level, only when the rest matches), or any CPUID. Cheap, so that a backend
+/// asks it before it reads anything more of the guest's state.
+pub fn accepts(exit: FastExit, g: &Gprs, cpl: impl FnOnce() -> u8) -> bool {
     match exit {
-        FastExit::Hypercall { cpl } => cpl == 0 && g.rax == abi::Op::Version as u64,
+        FastExit::Hypercall => g.rax == abi::Op::Version as u64 && cpl() == 0,
         FastExit::Cpuid => true,
     }
 }
@@ -45,7 +44,7 @@ pub fn accepts(exit: FastExit, g: &Gprs) -> bool {
 /// being the host's CPUID).
 pub fn apply(exit: FastExit, g: &mut Gprs, caller: &Caller, host: impl Fn(u32, u32) -> [u32; 4]) {
     match exit {
-        FastExit::Hypercall { .. } => g.rax = abi::abi_version_word().into(),
+        FastExit::Hypercall => g.rax = abi::abi_version_word().into(),
         FastExit::Cpuid => {
             let r = guest_cpuid(g.rax as u32, g.rcx as u32, caller, host);
             (g.rax, g.rbx, g.rcx, g.rdx) = (r[0].into(), r[1].into(), r[2].into(), r[3].into());
@@ -69,18 +68,20 @@ mod tests {
     #[test]
     fn version_from_ring_0_and_cpuid_are_completed_the_rest_is_not() {
         let host = |_, _| [0; 4];
-        let version = FastExit::Hypercall { cpl: 0 };
+        let version = FastExit::Hypercall;
         let mut g = Gprs { rax: abi::Op::Version as u64, ..Gprs::default() };
-        assert!(accepts(version, &g));
+        assert!(accepts(version, &g, || 0));
         apply(version, &mut g, &CALLER, host);
         assert_eq!(g.rax, u64::from(abi::abi_version_word()));
         for (rax, cpl) in [(abi::Op::Version as u64, 3), (abi::Op::Yield as u64, 0)] {
             let g = Gprs { rax, ..Gprs::default() };
-            assert!(!accepts(FastExit::Hypercall { cpl }, &g), "{rax} at CPL {cpl}: the core's");
+            assert!(!accepts(version, &g, || cpl), "{rax} at CPL {cpl}: the core's");
         }
+        let yield_ = Gprs { rax: abi::Op::Yield as u64, ..Gprs::default() };
+        assert!(!accepts(version, &yield_, || unreachable!("no CPL read for another op")));
         // CPUID: the same answer the core gives (`cpuid::guest_cpuid`), rbx..rdx included.
         let mut g = Gprs { rax: abi::cpuid::LEAF_VERSION.into(), ..Gprs::default() };
-        assert!(accepts(FastExit::Cpuid, &g));
+        assert!(accepts(FastExit::Cpuid, &g, || 3));
         apply(FastExit::Cpuid, &mut g, &CALLER, host);
         let want = guest_cpuid(abi::cpuid::LEAF_VERSION, 0, &CALLER, host);
         assert_eq!([g.rax, g.rbx, g.rcx, g.rdx], want.map(u64::from));

@@ -69,7 +69,7 @@ use x86::msr;
 use microhv_core::policy::{PASSTHROUGH_MSRS, clear_bit};
 use microhv_core::regs::{
     CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, EFER_SVME, RFLAGS_FIXED,
-    RFLAGS_IF, RFLAGS_TF,
+    RFLAGS_IF, RFLAGS_RF, RFLAGS_TF,
 };
 /// VMCB INT_CTL: V_INTR_MASKING.
 const V_INTR_MASKING: u32 = 1 << 24;
@@ -659,8 +659,8 @@ impl Svm {
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
         let start = cpu::rdtsc();
         let mut completed = [0; 2];
-        // The exits `complete` finishes go straight back into the guest; the slice timer's
-        // interrupt, pending, ends the loop with the next VMRUN.
+        // The exits `complete` finishes go straight back into the guest while the slice timer
+        // runs; its interrupt, pending, ends the loop with the next VMRUN.
         let code = loop {
             self.spec.before_entry(v.domid);
             // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's
@@ -670,7 +670,9 @@ impl Svm {
             unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
             vm.w8(control::TLB_CONTROL, tlb::NOTHING);
             let code = vm.r64(control::EXITCODE);
-            match self.complete(v, code, gprs) {
+            // Past the slice's end the timer's interrupt may already have been taken in root
+            // mode (its stub only acknowledges it): the core decides then.
+            match self.timer.running().then(|| self.complete(v, code, gprs)).flatten() {
                 Some(i) => completed[i] += 1,
                 None => break code,
             }
@@ -733,17 +735,18 @@ impl Svm {
     }
 
     /// Completes a VMMCALL or CPUID exit in place when that is plain (`microhv_core::fast`):
-    /// NRIP save gives the length, no single-step trap to deliver, no interrupt shadow to end,
-    /// no RIP wrap. Which kind it was (`ExitInfo::completed`'s index), or `None`: the core's.
+    /// NRIP save gives the length, no single-step trap to deliver, no RF or interrupt shadow to
+    /// end, no RIP wrap, no NMI blocking waiting for its IRET to be passed (the core ends it at
+    /// an exit). Which kind it was (`ExitInfo::completed`'s index), or `None`: the core's.
     fn complete(&self, v: &SvmVcpu, code: u64, gprs: &mut Gprs) -> Option<usize> {
         let vm = v.vmcb;
         let exit = match code {
-            exit::VMMCALL => FastExit::Hypercall { cpl: vm.r8(save::CPL) & 3 },
+            exit::VMMCALL => FastExit::Hypercall,
             exit::CPUID => FastExit::Cpuid,
             _ => return None,
         };
         gprs.rax = vm.r64(save::RAX);
-        if !fast::accepts(exit, gprs) {
+        if !fast::accepts(exit, gprs, || vm.r8(save::CPL) & 3) || v.nmi_iret_rip.is_some() {
             return None;
         }
         let (rip, next) = (vm.r64(save::RIP), vm.r64(control::NEXT_RIP));
@@ -751,7 +754,7 @@ impl Svm {
         let plain = self.features.nrip_save
             && (1..=microhv_core::insn::MAX_INSN_LEN as u64).contains(&len)
             && fast::plain_advance(rip, len)
-            && vm.r64(save::RFLAGS) & RFLAGS_TF == 0
+            && vm.r64(save::RFLAGS) & (RFLAGS_TF | RFLAGS_RF) == 0
             && vm.r64(control::INT_STATE) & 1 == 0;
         if !plain {
             return None;
@@ -833,9 +836,12 @@ impl Svm {
         vm.w64(save::RIP, next);
         // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
         vm.w64(control::INT_STATE, vm.r64(control::INT_STATE) & !1);
-        // A single-stepping guest gets the #DB trap the instruction would have raised. SVM has
-        // no pending-debug-exception field, so inject it (a trap: RIP already points past).
-        if vm.r64(save::RFLAGS) & RFLAGS_TF != 0 {
+        // The CPU clears RF when an instruction completes. A single-stepping guest gets the #DB
+        // trap the instruction would have raised. SVM has no pending-debug-exception field, so
+        // inject it (a trap: RIP already points past).
+        let rflags = vm.r64(save::RFLAGS);
+        vm.w64(save::RFLAGS, rflags & !RFLAGS_RF);
+        if rflags & RFLAGS_TF != 0 {
             vm.w64(save::DR6, vm.r64(save::DR6) | DR6_BS);
             vm.w64(control::EVENTINJ, 1 | (3 << 8) | (1 << 31));
         }

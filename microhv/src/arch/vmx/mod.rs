@@ -46,7 +46,7 @@ use x86::vmx::vmcs::{control, guest, host, ro};
 use microhv_core::policy::{PASSTHROUGH_MSRS, SYSCALL_MSRS as SWAPPED_MSRS};
 use microhv_core::regs::{
     CR0_ET, CR0_PE, CR0_PG, DEFAULT_PAT, DR6_BS, EFER_LMA, EFER_LME, RFLAGS_FIXED, RFLAGS_IF,
-    RFLAGS_TF,
+    RFLAGS_RF, RFLAGS_TF,
 };
 
 /// Guest interruptibility state: blocking by NMI (with virtual NMIs, virtual-NMI blocking).
@@ -633,13 +633,14 @@ impl Vmx {
         self.load_owned(v);
         let start = cpu::rdtsc();
         let end = start.saturating_add(slice);
-        let (mut completed, mut left) = ([0; 2], Some(slice));
-        // The exits `complete` finishes go straight back into the guest.
+        let (mut completed, mut now) = ([0u32; 2], Some(start));
+        // The exits `complete` finishes go straight back into the guest while the slice lasts.
         let (raw, qual) = loop {
-            if let Some(left) = left.take() {
-                // Rounded up: a slice never ends before its last tick.
-                let timer = left.max(1).div_ceil(1 << self.features.preemption_timer_rate);
-                vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, timer.min(u32::MAX.into()));
+            if let Some(now) = now {
+                // The preemption timer counts in the guest only: it gets what is left of the
+                // slice, rounded up (a slice never ends before its last tick).
+                let left = end.saturating_sub(now) >> self.features.preemption_timer_rate;
+                vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, (left + 1).min(u32::MAX.into()));
             }
             self.spec.before_entry(v.domid);
             // SAFETY: the VMCS is current and initialized; `gprs` and `fx` are this vCPU's.
@@ -649,12 +650,14 @@ impl Vmx {
             }
             v.launched = true;
             let reason = vmcs::read(ro::EXIT_REASON);
-            let Some(i) = self.complete(v, reason, gprs) else {
-                break (reason, vmcs::read(ro::EXIT_QUALIFICATION));
-            };
-            completed[i] += 1;
-            if !self.save_timer {
-                left = Some(end.saturating_sub(cpu::rdtsc()));
+            // The wall clock is looked at every 16th completed exit where the timer saves its
+            // count (it missed only their root-mode time: a few thousand ticks at most), at
+            // every one where it does not; past the slice's end the core decides.
+            now = (!self.save_timer || (completed[0] + completed[1]) % 16 == 15).then(cpu::rdtsc);
+            let in_slice = now.is_none_or(|now| now < end);
+            match in_slice.then(|| self.complete(v, reason, gprs)).flatten() {
+                Some(i) => completed[i] += 1,
+                None => break (reason, vmcs::read(ro::EXIT_QUALIFICATION)),
             }
         };
         let ran = cpu::rdtsc().wrapping_sub(start);
@@ -707,23 +710,21 @@ impl Vmx {
     }
 
     /// Completes a VMCALL or CPUID exit in place when that is plain (`microhv_core::fast`): no
-    /// single-step trap to deliver, no STI / MOV SS shadow to end, no RIP wrap. Which kind it
-    /// was (`ExitInfo::completed`'s index), or `None`: the core's. The slice's end is the
-    /// preemption timer's business.
+    /// single-step trap to deliver, no RF or STI / MOV SS shadow to end, no RIP wrap. Which
+    /// kind it was (`ExitInfo::completed`'s index), or `None`: the core's.
     fn complete(&self, v: &VmxVcpu, reason: u64, gprs: &mut Gprs) -> Option<usize> {
         let exit = match reason {
-            18 => {
-                FastExit::Hypercall { cpl: ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8 }
-            }
+            18 => FastExit::Hypercall,
             10 => FastExit::Cpuid,
             _ => return None,
         };
-        if !fast::accepts(exit, gprs) {
+        let cpl = || ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
+        if !fast::accepts(exit, gprs, cpl) {
             return None;
         }
         let (rip, len) = (vmcs::read(guest::RIP), vmcs::read(ro::VMEXIT_INSTRUCTION_LEN));
         let plain = fast::plain_advance(rip, len)
-            && vmcs::read(guest::RFLAGS) & RFLAGS_TF == 0
+            && vmcs::read(guest::RFLAGS) & (RFLAGS_TF | RFLAGS_RF) == 0
             && vmcs::read(guest::INTERRUPTIBILITY_STATE) & 3 == 0;
         if !plain {
             return None;
@@ -804,9 +805,14 @@ impl Vmx {
         // Skipping the instruction ends any STI / MOV SS interrupt shadow it began.
         let intr = vmcs::read(guest::INTERRUPTIBILITY_STATE);
         vmcs::write(guest::INTERRUPTIBILITY_STATE, intr & !3);
-        // A single-stepping guest gets the #DB trap the instruction would have raised: a
-        // pending single-step debug exception is delivered right after VM entry.
-        if vmcs::read(guest::RFLAGS) & RFLAGS_TF != 0 {
+        // The CPU clears RF when an instruction completes. A single-stepping guest gets the #DB
+        // trap the instruction would have raised: a pending single-step debug exception is
+        // delivered right after VM entry.
+        let rflags = vmcs::read(guest::RFLAGS);
+        if rflags & RFLAGS_RF != 0 {
+            vmcs::write(guest::RFLAGS, rflags & !RFLAGS_RF);
+        }
+        if rflags & RFLAGS_TF != 0 {
             let pending = vmcs::read(guest::PENDING_DBG_EXCEPTIONS);
             vmcs::write(guest::PENDING_DBG_EXCEPTIONS, pending | DR6_BS);
         }

@@ -142,6 +142,14 @@ impl SliceTimer {
         unsafe { reg(self.base, REG_INITIAL).write_volatile(count as u32) };
     }
 
+    /// Whether the armed count has not run out. Its interrupt may be taken in root mode (by the
+    /// stub that only acknowledges it), so a loop that re-enters a guest without the core asks
+    /// this instead of relying on the interrupt to exit.
+    pub fn running(&self) -> bool {
+        // SAFETY: the timer's current-count register; reading it has no side effect.
+        unsafe { reg(self.base, REG_CURRENT).read_volatile() != 0 }
+    }
+
     /// Stops the timer (a pending interrupt stays pending and is taken at the next window).
     pub fn disarm(&self) {
         // SAFETY: as in `arm`; zero stops the count.
