@@ -459,10 +459,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     ) -> Result<u64, &'static str> {
         let clock = self.clock();
         let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
-        let r = match write {
-            None => p.mmio_read(&clock, v, page, off, size),
-            Some(val) => p.mmio_write(&clock, v, page, off, size, val).map(|()| 0),
-        };
+        let r = p.mmio(&clock, v, page, off, size, write);
         self.timers_changed();
         r
     }
