@@ -23,15 +23,7 @@ use crate::dev::pmtimer::{PmOutcome, PmTimer};
 use crate::dev::uart::{COM1_IRQ, Uart, UartOut};
 use crate::dev::{Clock, IrqSink};
 use crate::domain::VCPUS;
-
-/// What a port write did besides changing device state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortEffect {
-    /// ACPI S5 through PM1a_CNT.
-    PowerOff,
-    /// A byte COM1 transmitted (for the domain's console).
-    Console(u8),
-}
+use crate::io::IoOutcome;
 
 /// An MMIO page the platform emulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,16 +240,17 @@ impl Platform {
         Some(v)
     }
 
-    /// An OUT of `size` bytes, if a platform device has `port`; `Some(None)` when it did
-    /// nothing more than change device state.
+    /// An OUT of `size` bytes, if a platform device has `port`: `Done(0)`, or what it asks of
+    /// the caller besides the change of device state: power-off (ACPI S5 through PM1a_CNT) as
+    /// `Shutdown(0)`, or a byte COM1 transmitted, for the domain's console.
     pub fn port_write(
         &mut self,
         clock: &Clock,
         port: u16,
         size: u8,
         value: u32,
-    ) -> Option<Option<PortEffect>> {
-        let mut effect = None;
+    ) -> Option<IoOutcome> {
+        let mut outcome = IoOutcome::Done(0);
         match port {
             PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIC_ELCR | 0x4d1 => {
                 // As for the I/O APIC: owed edges first, under the old masks.
@@ -271,19 +264,19 @@ impl Platform {
             p if PmTimer::claims(p) => {
                 let (mut w, _, pm, ..) = self.wires();
                 if pm.write(clock, &mut w, port, size, value) == PmOutcome::PowerOff {
-                    effect = Some(PortEffect::PowerOff);
+                    outcome = IoOutcome::Shutdown(0);
                 }
             }
             0x3f8..=0x3ff if size == 1 => {
                 if let UartOut::Tx(b) = self.com1.write(port - 0x3f8, value as u8) {
-                    effect = Some(PortEffect::Console(b));
+                    outcome = IoOutcome::Console(b);
                 }
                 self.sync_com1();
             }
             _ => return None,
         }
         self.refresh(clock);
-        Some(effect)
+        Some(outcome)
     }
 
     /// dom0's device models drive line `gsi` (`IrqLevel`). Under HPET legacy replacement the
@@ -536,7 +529,7 @@ mod tests {
         let mut p = Platform::new(&c, 1);
         // S5: SLP_TYP 7 with SLP_EN.
         let s5 = (7 << 10) | (1 << 13);
-        assert_eq!(p.port_write(&c, 0x604, 2, s5), Some(Some(PortEffect::PowerOff)));
+        assert_eq!(p.port_write(&c, 0x604, 2, s5), Some(IoOutcome::Shutdown(0)));
         assert_eq!(p.port_write(&c, 0xcf9, 1, 6), None, "dom0 serves the reset control");
         assert_eq!(p.port_read(&c, 0x71, 1), None, "and the RTC");
         // The 8259 with vectors 0x20 / 0x28, everything unmasked: dom0's RTC raises IRQ 8.
