@@ -57,44 +57,6 @@ impl Errno {
     pub fn from_code(code: i64) -> Option<Errno> {
         Errno::ALL.into_iter().find(|e| *e as i64 == code)
     }
-
-    /// The symbolic name, as the tools print it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Errno::EPERM => "EPERM",
-            Errno::ESRCH => "ESRCH",
-            Errno::E2BIG => "E2BIG",
-            Errno::ENOMEM => "ENOMEM",
-            Errno::EFAULT => "EFAULT",
-            Errno::EBUSY => "EBUSY",
-            Errno::EEXIST => "EEXIST",
-            Errno::EINVAL => "EINVAL",
-            Errno::ENOSPC => "ENOSPC",
-            Errno::ENOSYS => "ENOSYS",
-        }
-    }
-
-    /// A one-line description for people.
-    pub const fn describe(self) -> &'static str {
-        match self {
-            Errno::EPERM => "operation not permitted",
-            Errno::ESRCH => "no such domain",
-            Errno::E2BIG => "length or count too large",
-            Errno::ENOMEM => "out of host memory",
-            Errno::EFAULT => "bad guest address",
-            Errno::EBUSY => "domain state does not allow this",
-            Errno::EEXIST => "already exists",
-            Errno::EINVAL => "invalid argument",
-            Errno::ENOSPC => "no space left (table or limit full)",
-            Errno::ENOSYS => "no such operation",
-        }
-    }
-}
-
-impl core::fmt::Display for Errno {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{} ({})", self.name(), self.describe())
-    }
 }
 
 macro_rules! ops {

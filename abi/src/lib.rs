@@ -8,6 +8,7 @@
 //! - [`pvh`]: the PVH boot ABI (start info, memory map, module list) domains are started with.
 //! - [`guest`]: guest-side hypercall wrappers (VMCALL or VMMCALL, chosen at run time).
 //! - [`proto`]: the control protocol between the host tools and dom0 (postcard in COBS frames).
+//! - `testutil`: helpers for other crates' tests (feature `testing`).
 //!
 //! `ABI.md` next to this crate documents every operation in one place, with the changelog.
 #![no_std]
@@ -26,6 +27,8 @@ pub mod platform;
 #[cfg(feature = "proto")]
 pub mod proto;
 pub mod pvh;
+#[cfg(any(test, feature = "testing"))]
+pub mod testutil;
 pub mod types;
 
 pub use hypercall::{Errno, Op};

@@ -89,30 +89,6 @@ pub trait IrqSink {
     }
 }
 
-/// Test doubles for device models (both sides of the split).
-#[cfg(any(test, feature = "testing"))]
-pub mod testing {
-    extern crate alloc;
-    use alloc::vec::Vec;
-
-    /// An [`super::IrqSink`] that records every level it is driven to.
-    #[derive(Default)]
-    pub struct Sink(pub Vec<(u32, bool)>);
-
-    impl super::IrqSink for Sink {
-        fn set_level(&mut self, gsi: u32, high: bool) {
-            self.0.push((gsi, high));
-        }
-    }
-
-    impl Sink {
-        /// Rising edges on `gsi`.
-        pub fn pulses(&self, gsi: u32) -> usize {
-            self.0.iter().filter(|e| **e == (gsi, true)).count()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::Clock;

@@ -627,8 +627,49 @@ pub fn decode_response(msg: &[u8]) -> Result<Response<'_>, Malformed> {
 
 // ---- the ABI's numbers decoded for the tools -------------------------------------------------
 //
-// Only the tools and dom0 turn the numbers of `DomainInfo` and `DomainStats` back into names;
-// microhv itself never does, so these live behind the `proto` feature, out of its image.
+// Only the tools and dom0 turn the numbers of `DomainInfo` and `DomainStats`, and error codes,
+// back into names; microhv itself never does, so these live behind the `proto` feature, out of
+// its image.
+
+impl Errno {
+    /// The symbolic name, as the tools print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Errno::EPERM => "EPERM",
+            Errno::ESRCH => "ESRCH",
+            Errno::E2BIG => "E2BIG",
+            Errno::ENOMEM => "ENOMEM",
+            Errno::EFAULT => "EFAULT",
+            Errno::EBUSY => "EBUSY",
+            Errno::EEXIST => "EEXIST",
+            Errno::EINVAL => "EINVAL",
+            Errno::ENOSPC => "ENOSPC",
+            Errno::ENOSYS => "ENOSYS",
+        }
+    }
+
+    /// A one-line description for people.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Errno::EPERM => "operation not permitted",
+            Errno::ESRCH => "no such domain",
+            Errno::E2BIG => "length or count too large",
+            Errno::ENOMEM => "out of host memory",
+            Errno::EFAULT => "bad guest address",
+            Errno::EBUSY => "domain state does not allow this",
+            Errno::EEXIST => "already exists",
+            Errno::EINVAL => "invalid argument",
+            Errno::ENOSPC => "no space left (table or limit full)",
+            Errno::ENOSYS => "no such operation",
+        }
+    }
+}
+
+impl core::fmt::Display for Errno {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.describe())
+    }
+}
 
 impl DomainState {
     /// The state with this number.

@@ -307,62 +307,13 @@ pub fn build_start_page(
     Ok(page)
 }
 
-/// Builds minimal PVH images for tests: an ELF64 header, one `PT_LOAD` segment and one
-/// `PT_NOTE` segment with the entry note.
-#[cfg(any(test, feature = "testing"))]
-pub mod testing {
-    extern crate alloc;
-    use alloc::vec::Vec;
-
-    /// An image that loads `code` at `paddr` (with `bss` zero bytes after it) and enters at
-    /// `entry`.
-    pub fn image(paddr: u64, code: &[u8], bss: u64, entry: u32) -> Vec<u8> {
-        let ehsize = 64u64;
-        let phsize = 56u64;
-        let note_off = ehsize + 2 * phsize;
-        let note: Vec<u8> = [4u32, 4, super::XEN_ELFNOTE_PHYS32_ENTRY]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .chain(*b"Xen\0")
-            .chain(entry.to_le_bytes())
-            .collect();
-        let code_off = note_off + note.len() as u64;
-        let mut f = Vec::new();
-        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-        f.extend_from_slice(&1u32.to_le_bytes());
-        f.extend_from_slice(&u64::from(entry).to_le_bytes());
-        f.extend_from_slice(&ehsize.to_le_bytes()); // e_phoff
-        f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-        f.extend_from_slice(&0u32.to_le_bytes());
-        f.extend_from_slice(&(ehsize as u16).to_le_bytes());
-        f.extend_from_slice(&(phsize as u16).to_le_bytes());
-        f.extend_from_slice(&2u16.to_le_bytes());
-        f.extend_from_slice(&[0u8; 6]); // shentsize, shnum, shstrndx
-        let ph = |f: &mut Vec<u8>, ty: u32, off: u64, addr: u64, filesz: u64, memsz: u64| {
-            f.extend_from_slice(&ty.to_le_bytes());
-            f.extend_from_slice(&7u32.to_le_bytes());
-            for v in [off, addr, addr, filesz, memsz, 4] {
-                f.extend_from_slice(&v.to_le_bytes());
-            }
-        };
-        let len = code.len() as u64;
-        ph(&mut f, 1, code_off, paddr, len, len + bss);
-        ph(&mut f, 4, note_off, 0, note.len() as u64, note.len() as u64);
-        f.extend_from_slice(&note);
-        f.extend_from_slice(code);
-        f
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_pvh_image_parses() {
-        let img = testing::image(0x10_0000, &[0x90; 100], 0x2000, 0x10_0010);
+        let img = crate::testutil::pvh_image(0x10_0000, &[0x90; 100], 0x2000, 0x10_0010);
         let p = Image::parse(&img).unwrap();
         assert_eq!(p.pvh(), Ok(0x10_0010));
         assert_eq!(p.elf_entry, 0x10_0010);
@@ -373,7 +324,7 @@ mod tests {
 
     #[test]
     fn broken_images_are_refused() {
-        let good = testing::image(0x10_0000, &[1; 16], 0, 0x10_0000);
+        let good = crate::testutil::pvh_image(0x10_0000, &[1; 16], 0, 0x10_0000);
         assert_eq!(Image::parse(&good[..40]).unwrap_err(), ImageError::NotElf);
         let mut no_note = good.clone();
         no_note[64 + 56] = 0; // the PT_NOTE program header becomes PT_NULL
@@ -394,7 +345,7 @@ mod tests {
 
         #[test]
         fn corrupted_images_never_panic(at in 0usize..200, v in proptest::num::u8::ANY) {
-            let mut img = testing::image(0x10_0000, &[7; 32], 16, 0x10_0000);
+            let mut img = crate::testutil::pvh_image(0x10_0000, &[7; 32], 16, 0x10_0000);
             let i = at % img.len();
             img[i] = v;
             if let Ok(p) = Image::parse(&img) {

@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn pvh_images_are_loaded_and_started_with_a_start_info() {
-        let img = pvh::testing::image(0x10_0000, &[0xab; 70_000], 0x100, 0x10_0000);
+        let img = abi::testutil::pvh_image(0x10_0000, &[0xab; 70_000], 0x100, 0x10_0000);
         let f = Fake::default();
         assert_eq!(build(&f, &spec(4 << 20), &img), Ok(7));
         let w = f.writes.borrow();
@@ -366,7 +366,7 @@ mod tests {
 
     #[test]
     fn modules_follow_the_image_page_aligned_and_are_listed() {
-        let img = pvh::testing::image(0x10_0000, &[0xab; 70_000], 0x100, 0x10_0000);
+        let img = abi::testutil::pvh_image(0x10_0000, &[0xab; 70_000], 0x100, 0x10_0000);
         let initrd = [0x5au8; 5000];
         let mods = [Module { data: &initrd, cmdline: "initrd" }];
         let f = Fake::default();
@@ -479,9 +479,9 @@ mod tests {
             plan(&bad, 4 << 20),
             Err(BuildError::Multiboot(multiboot::HeaderError::BadChecksum))
         );
-        let big = pvh::testing::image(0x10_0000, &[1; 16], 8 << 20, 0x10_0000);
+        let big = abi::testutil::pvh_image(0x10_0000, &[1; 16], 8 << 20, 0x10_0000);
         assert_eq!(plan(&big, 4 << 20), Err(BuildError::DoesNotFit));
-        let low = pvh::testing::image(0x1000, &[1; 16], 0, 0x1000);
+        let low = abi::testutil::pvh_image(0x1000, &[1; 16], 0, 0x1000);
         assert_eq!(plan(&low, 4 << 20), Err(BuildError::DoesNotFit), "over the start page");
         let mut s = spec(4 << 20);
         s.name = "";

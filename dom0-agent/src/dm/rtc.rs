@@ -400,7 +400,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use abi::platform::testing::Sink;
+    use abi::testutil::Sink;
 
     /// 2023-11-14 22:13:20 UTC, a Tuesday.
     const T0: u64 = 1_700_000_000;

@@ -155,7 +155,7 @@ impl Channel for Pipe {
 
 /// A PVH image the builder accepts.
 fn image() -> Vec<u8> {
-    abi::pvh::testing::image(0x10_0000, &[0x90; 10_000], 0x100, 0x10_0000)
+    abi::testutil::pvh_image(0x10_0000, &[0x90; 10_000], 0x100, 0x10_0000)
 }
 
 struct Rig {

@@ -23,15 +23,7 @@ use crate::dev::pmtimer::{PmOutcome, PmTimer};
 use crate::dev::uart::{COM1_IRQ, Uart, UartOut};
 use crate::dev::{Clock, IrqSink};
 use crate::domain::VCPUS;
-
-/// What a port write did besides changing device state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortEffect {
-    /// ACPI S5 through PM1a_CNT.
-    PowerOff,
-    /// A byte COM1 transmitted (for the domain's console).
-    Console(u8),
-}
+use crate::io::IoOutcome;
 
 /// An MMIO page the platform emulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,16 +240,17 @@ impl Platform {
         Some(v)
     }
 
-    /// An OUT of `size` bytes, if a platform device has `port`; `Some(None)` when it did
-    /// nothing more than change device state.
+    /// An OUT of `size` bytes, if a platform device has `port`: `Done(0)`, or what it asks of
+    /// the caller besides the change of device state: power-off (ACPI S5 through PM1a_CNT) as
+    /// `Shutdown(0)`, or a byte COM1 transmitted, for the domain's console.
     pub fn port_write(
         &mut self,
         clock: &Clock,
         port: u16,
         size: u8,
         value: u32,
-    ) -> Option<Option<PortEffect>> {
-        let mut effect = None;
+    ) -> Option<IoOutcome> {
+        let mut outcome = IoOutcome::Done(0);
         match port {
             PIC_MASTER | 0x21 | PIC_SLAVE | 0xa1 | PIC_ELCR | 0x4d1 => {
                 // As for the I/O APIC: owed edges first, under the old masks.
@@ -271,19 +264,19 @@ impl Platform {
             p if PmTimer::claims(p) => {
                 let (mut w, _, pm, ..) = self.wires();
                 if pm.write(clock, &mut w, port, size, value) == PmOutcome::PowerOff {
-                    effect = Some(PortEffect::PowerOff);
+                    outcome = IoOutcome::Shutdown(0);
                 }
             }
             0x3f8..=0x3ff if size == 1 => {
                 if let UartOut::Tx(b) = self.com1.write(port - 0x3f8, value as u8) {
-                    effect = Some(PortEffect::Console(b));
+                    outcome = IoOutcome::Console(b);
                 }
                 self.sync_com1();
             }
             _ => return None,
         }
         self.refresh(clock);
-        Some(effect)
+        Some(outcome)
     }
 
     /// dom0's device models drive line `gsi` (`IrqLevel`). Under HPET legacy replacement the
@@ -327,71 +320,51 @@ impl Platform {
         }
     }
 
-    /// Reads `size` bytes at `offset` of `page` for vCPU `v`.
-    pub fn mmio_read(
+    /// Reads (`write` `None`: the value read) or writes `size` bytes at `offset` of `page` for
+    /// vCPU `v`.
+    pub fn mmio(
         &mut self,
         clock: &Clock,
         v: usize,
         page: MmioPage,
         offset: u64,
         size: u8,
+        write: Option<u64>,
     ) -> Result<u64, &'static str> {
-        let r = match page {
-            MmioPage::Lapic => self
-                .lapics
-                .get_mut(v)
-                .ok_or("no such vCPU")?
-                .mmio_read(offset, size, clock)
-                .map(u64::from)
-                .map_err(|_| "not an aligned 32-bit access to the local APIC"),
-            MmioPage::IoApic if size == 4 => Ok(self.ioapic.read(offset).into()),
-            MmioPage::IoApic => Err("not a 32-bit access to the I/O APIC"),
-            MmioPage::Hpet => {
-                let (mut w, _, _, hpet) = self.wires();
-                Ok(hpet.read(clock, &mut w, offset, size))
-            }
-        };
-        self.refresh(clock);
-        r
-    }
-
-    /// Writes `size` bytes of `value` at `offset` of `page` for vCPU `v`.
-    pub fn mmio_write(
-        &mut self,
-        clock: &Clock,
-        v: usize,
-        page: MmioPage,
-        offset: u64,
-        size: u8,
-        value: u64,
-    ) -> Result<(), &'static str> {
-        let r = match page {
-            MmioPage::Lapic => {
+        let r = match (page, write) {
+            (MmioPage::Lapic, _) => {
                 let l = self.lapics.get_mut(v).ok_or("no such vCPU")?;
-                match l.mmio_write(offset, size, value as u32, clock) {
-                    Ok(Some(effect)) => {
-                        self.apic_effect(effect);
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                    Err(_) => Err("not an aligned 32-bit access to the local APIC"),
+                match write {
+                    None => l.mmio_read(offset, size, clock).map(u64::from),
+                    Some(val) => l.mmio_write(offset, size, val as u32, clock).map(|effect| {
+                        if let Some(e) = effect {
+                            self.apic_effect(e);
+                        }
+                        0
+                    }),
                 }
+                .map_err(|_| "not an aligned 32-bit access to the local APIC")
             }
-            MmioPage::IoApic if size == 4 => {
+            (MmioPage::IoApic, _) if size != 4 => Err("not a 32-bit access to the I/O APIC"),
+            (MmioPage::IoApic, None) => Ok(self.ioapic.read(offset).into()),
+            (MmioPage::IoApic, Some(val)) => {
                 // Routing changes apply from now on: the edges devices owe from before (an
                 // unseen PIT has no deadline, see `refresh`) go out under the old routing.
                 self.update(clock);
                 let (mut w, ..) = self.wires();
-                w.ioapic.write(offset, value as u32, &mut w.bus);
-                Ok(())
+                w.ioapic.write(offset, val as u32, &mut w.bus);
+                Ok(0)
             }
-            MmioPage::IoApic => Err("not a 32-bit access to the I/O APIC"),
-            MmioPage::Hpet => {
+            (MmioPage::Hpet, None) => {
+                let (mut w, _, _, hpet) = self.wires();
+                Ok(hpet.read(clock, &mut w, offset, size))
+            }
+            (MmioPage::Hpet, Some(val)) => {
                 // Legacy replacement may reconnect the PIT: its owed edges stay cut off.
                 self.update(clock);
                 let (mut w, _, _, hpet) = self.wires();
-                hpet.write(clock, &mut w, offset, size, value);
-                Ok(())
+                hpet.write(clock, &mut w, offset, size, val);
+                Ok(0)
             }
         };
         self.refresh(clock);
@@ -512,15 +485,15 @@ mod tests {
     fn edges_owed_while_unseen_do_not_arrive_after_an_unmask() {
         let c = at(0);
         let mut p = Platform::new(&c, 1);
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
+        p.mmio(&c, 0, MmioPage::Lapic, 0xf0, 4, Some(0x1ff)).expect("SVR");
         // The 8259 masked with IRQ 0 latched, the PIT at 1 kHz, I/O APIC pin 2 masked.
         pic_and_pit_at_1khz(&mut p, &c, 0xff);
         p.update(&at(2));
         assert_eq!(p.deadline, u64::MAX);
         // 10 ms later pin 2 is unmasked (vector 0x30): nothing may arrive before the next edge.
         let c = at(12);
-        p.mmio_write(&c, 0, MmioPage::IoApic, 0, 4, 0x10 + 2 * 2).expect("select");
-        p.mmio_write(&c, 0, MmioPage::IoApic, 0x10, 4, 0x30).expect("entry");
+        p.mmio(&c, 0, MmioPage::IoApic, 0, 4, Some(0x10 + 2 * 2)).expect("select");
+        p.mmio(&c, 0, MmioPage::IoApic, 0x10, 4, Some(0x30)).expect("entry");
         p.update(&c);
         assert_eq!(p.pending(0), None, "an edge from the unseen period was delivered");
         p.update(&at(13));
@@ -532,8 +505,8 @@ mod tests {
         let c = at(0);
         let mut p = Platform::new(&c, 1);
         // Local APIC on (SVR), LINT0 in ExtINT mode is the power-on virtual wire.
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0x350, 4, 0x700).expect("LINT0 ExtINT");
+        p.mmio(&c, 0, MmioPage::Lapic, 0xf0, 4, Some(0x1ff)).expect("SVR");
+        p.mmio(&c, 0, MmioPage::Lapic, 0x350, 4, Some(0x700)).expect("LINT0 ExtINT");
         // The 8259 with everything unmasked but the slave; the PIT at 1 kHz.
         pic_and_pit_at_1khz(&mut p, &c, 0xfe);
         assert!(p.deadline <= at(2).now, "the PIT's next edge is a deadline");
@@ -543,8 +516,8 @@ mod tests {
         assert_eq!(p.pending(0), Some(Pending::Pic));
         assert_eq!(p.acknowledge(0, Pending::Pic), 0x20);
         // I/O APIC pin 2 to vector 0x30, physical destination 0: the next tick arrives there.
-        p.mmio_write(&c, 0, MmioPage::IoApic, 0, 4, 0x10 + 2 * 2).expect("select");
-        p.mmio_write(&c, 0, MmioPage::IoApic, 0x10, 4, 0x30).expect("entry");
+        p.mmio(&c, 0, MmioPage::IoApic, 0, 4, Some(0x10 + 2 * 2)).expect("select");
+        p.mmio(&c, 0, MmioPage::IoApic, 0x10, 4, Some(0x30)).expect("entry");
         p.update(&at(4));
         assert_eq!(p.pending(0), Some(Pending::Apic(0x30)));
         assert_eq!(p.acknowledge(0, Pending::Apic(0x30)), 0x30);
@@ -556,7 +529,7 @@ mod tests {
         let mut p = Platform::new(&c, 1);
         // S5: SLP_TYP 7 with SLP_EN.
         let s5 = (7 << 10) | (1 << 13);
-        assert_eq!(p.port_write(&c, 0x604, 2, s5), Some(Some(PortEffect::PowerOff)));
+        assert_eq!(p.port_write(&c, 0x604, 2, s5), Some(IoOutcome::Shutdown(0)));
         assert_eq!(p.port_write(&c, 0xcf9, 1, 6), None, "dom0 serves the reset control");
         assert_eq!(p.port_read(&c, 0x71, 1), None, "and the RTC");
         // The 8259 with vectors 0x20 / 0x28, everything unmasked: dom0's RTC raises IRQ 8.
@@ -566,14 +539,14 @@ mod tests {
         for (port, v) in [(0xa0, 0x11), (0xa1, 0x28), (0xa1, 2), (0xa1, 1), (0xa1, 0)] {
             p.port_write(&c, port, 1, v);
         }
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0x350, 4, 0x700).expect("LINT0 ExtINT");
+        p.mmio(&c, 0, MmioPage::Lapic, 0xf0, 4, Some(0x1ff)).expect("SVR");
+        p.mmio(&c, 0, MmioPage::Lapic, 0x350, 4, Some(0x700)).expect("LINT0 ExtINT");
         p.drive(&c, 8, true);
         assert_eq!(p.pending(0), Some(Pending::Pic));
         assert_eq!(p.acknowledge(0, Pending::Pic), 0x28);
         p.drive(&c, 8, false);
         // Under HPET legacy replacement the RTC's line is cut off.
-        p.mmio_write(&c, 0, MmioPage::Hpet, 0x10, 4, 3).expect("enable, legacy replacement");
+        p.mmio(&c, 0, MmioPage::Hpet, 0x10, 4, Some(3)).expect("enable, legacy replacement");
         p.port_write(&c, 0xa0, 1, 0x20); // EOI
         p.drive(&c, 8, true);
         assert_eq!(p.pending(0), None);
@@ -583,16 +556,16 @@ mod tests {
     fn a_self_ipi_and_the_lapic_timer_arrive() {
         let c = at(0);
         let mut p = Platform::new(&c, 1);
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0xf0, 4, 0x1ff).expect("SVR");
+        p.mmio(&c, 0, MmioPage::Lapic, 0xf0, 4, Some(0x1ff)).expect("SVR");
         // Self IPI, fixed, vector 0x40 (shorthand self).
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0x300, 4, 0x4_0040).expect("ICR");
+        p.mmio(&c, 0, MmioPage::Lapic, 0x300, 4, Some(0x4_0040)).expect("ICR");
         assert_eq!(p.pending(0), Some(Pending::Apic(0x40)));
         p.acknowledge(0, Pending::Apic(0x40));
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0xb0, 4, 0).expect("EOI");
+        p.mmio(&c, 0, MmioPage::Lapic, 0xb0, 4, Some(0)).expect("EOI");
         // Timer: one-shot, vector 0x41, divide by 1, 1,000,000 bus ticks (1 ms at 1 GHz).
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0x3e0, 4, 0xb).expect("divide");
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0x320, 4, 0x41).expect("LVT timer");
-        p.mmio_write(&c, 0, MmioPage::Lapic, 0x380, 4, 1_000_000).expect("initial count");
+        p.mmio(&c, 0, MmioPage::Lapic, 0x3e0, 4, Some(0xb)).expect("divide");
+        p.mmio(&c, 0, MmioPage::Lapic, 0x320, 4, Some(0x41)).expect("LVT timer");
+        p.mmio(&c, 0, MmioPage::Lapic, 0x380, 4, Some(1_000_000)).expect("initial count");
         assert_eq!(p.deadline, at(1).now);
         p.update(&at(1));
         assert_eq!(p.pending(0), Some(Pending::Apic(0x41)));

@@ -382,7 +382,7 @@ fn structures_may_cross_from_one_memory_slot_into_the_next() {
     for mib in (4..64).step_by(4) {
         hv.frames.reserve_range(mib << 20, (mib << 20) + 4096);
     }
-    let img = abi::pvh::testing::image(0x10_0000, &[0xf4; 64], 0x1000, 0x10_0000);
+    let img = abi::testutil::pvh_image(0x10_0000, &[0xf4; 64], 0x1000, 0x10_0000);
     hv.build_dom0(&img, "test", DOM0_MEM, &[]).expect("dom0 builds from several runs");
     let first = hv.domains[0].mmu.slot(0).expect("slot 0");
     assert!(first.size < DOM0_MEM, "dom0's RAM is split: {first:?}");

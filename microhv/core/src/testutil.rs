@@ -304,7 +304,7 @@ pub fn world() -> Box<TestHv> {
     let cfg = mmu::Config { format: mmu::Format::Ept, large_2m: true, large_1g: false };
     let mut hv = Box::new(Hv::new(FakeBackend::default(), SimMem::default(), cfg));
     hv.frames.add_free_range(1 << 20, 64 << 20);
-    let img = abi::pvh::testing::image(0x10_0000, &[0xf4; 64], 0x1000, 0x10_0000);
+    let img = abi::testutil::pvh_image(0x10_0000, &[0xf4; 64], 0x1000, 0x10_0000);
     hv.build_dom0(&img, "test", DOM0_MEM, &[]).expect("dom0 builds");
     hv
 }

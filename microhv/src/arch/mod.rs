@@ -4,6 +4,25 @@
 //!   registers, machine stop.
 //! - [`vmx`]: the Intel VMX backend.
 //! - [`svm`]: the AMD SVM backend.
+
+/// Assembly moving the guest's general registers between the CPU and the [`Gprs`] block whose
+/// address is in RDI, one `mov` per register at its offset in `Gprs`: `gprs_asm!(load)` loads
+/// RBX, RCX, RDX, RSI, RBP and R8–R15, and RDI itself last; `gprs_asm!(store)` stores the same
+/// registers but RDI. RAX (which VMRUN takes from the VMCB) and RDI's slot are each entry
+/// path's own. Both backends' entry code expands it.
+macro_rules! gprs_asm {
+    ($dir:ident) => {
+        gprs_asm!(@$dir rbx 8, rcx 16, rdx 24, rsi 32, rbp 48, r8 56, r9 64, r10 72, r11 80,
+            r12 88, r13 96, r14 104, r15 112)
+    };
+    (@load $($r:ident $off:literal),*) => {
+        concat!($("mov ", stringify!($r), ", [rdi + ", $off, "]\n",)* "mov rdi, [rdi + 40]")
+    };
+    (@store $($r:ident $off:literal),*) => {
+        concat!($("mov [rdi + ", $off, "], ", stringify!($r), "\n",)*)
+    };
+}
+
 pub mod svm;
 pub mod vmx;
 pub mod x86_64;

@@ -226,7 +226,7 @@ pub fn shutdown(reason: ShutdownReason, status: u32) -> ! {
     CONSOLE.lock().flush();
     if let Some(h) = HV.get() {
         let e = h.shutdown(reason, status);
-        println!("shutdown refused: {e}");
+        println!("shutdown refused: {e:?}");
     }
     rt_halt()
 }

@@ -28,7 +28,8 @@ impl fmt::Display for Ret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match abi::guest::decode_ret(self.0) {
             Ok(v) => write!(f, "{v}"),
-            Err(e) if Errno::from_code(-self.0).is_some() => f.write_str(e.name()),
+            // Debug prints the variant: the symbolic name (EPERM, …).
+            Err(e) if Errno::from_code(-self.0).is_some() => write!(f, "{e:?}"),
             Err(_) => write!(f, "undefined ({})", self.0),
         }
     }

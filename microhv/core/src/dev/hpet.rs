@@ -307,7 +307,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use abi::platform::testing::Sink;
+    use abi::testutil::Sink;
 
     /// A 1 GHz TSC: 10 cycles per HPET tick.
     fn at(ticks: u64) -> Clock {

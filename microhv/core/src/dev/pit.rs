@@ -413,7 +413,7 @@ mod tests {
     /// A TSC at exactly 1000 cycles per PIT tick.
     const K: u64 = 1000;
 
-    use abi::platform::testing::Sink;
+    use abi::testutil::Sink;
 
     fn at(ticks: u64) -> Clock {
         Clock { now: ticks * K, tsc_khz: PIT_HZ }

@@ -188,7 +188,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use abi::platform::testing::Sink;
+    use abi::testutil::Sink;
 
     /// A TSC at exactly 1000 cycles per timer tick.
     fn at(ticks: u64) -> Clock {

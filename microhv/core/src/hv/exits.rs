@@ -230,11 +230,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let dom = &mut self.domains[d];
         let platform = dom.platform.as_mut().filter(|_| !dom.privileged);
         let outcome = match (platform, write) {
-            (Some(p), true) => p.port_write(&clock, port, size, value).map(|e| match e {
-                Some(PortEffect::PowerOff) => IoOutcome::Shutdown(0),
-                Some(PortEffect::Console(b)) => IoOutcome::Console(b),
-                None => IoOutcome::Done(0),
-            }),
+            (Some(p), true) => p.port_write(&clock, port, size, value),
             (Some(p), false) => p.port_read(&clock, port, size).map(IoOutcome::Done),
             (None, _) => None,
         };
@@ -459,10 +455,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     ) -> Result<u64, &'static str> {
         let clock = self.clock();
         let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
-        let r = match write {
-            None => p.mmio_read(&clock, v, page, off, size),
-            Some(val) => p.mmio_write(&clock, v, page, off, size, val).map(|()| 0),
-        };
+        let r = p.mmio(&clock, v, page, off, size, write);
         self.timers_changed();
         r
     }

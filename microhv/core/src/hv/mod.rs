@@ -28,7 +28,7 @@ use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
 use crate::insn::{self, MmioOp};
 use crate::io::{IoOutcome, merge_in, merge_reg};
 use crate::mem::{Machine, PhysMem};
-use crate::platform::{MmioPage, Platform, PortEffect};
+use crate::platform::{MmioPage, Platform};
 use crate::policy::{self, VCPU_SLICE};
 use crate::regs;
 use crate::status::StopStatus;
