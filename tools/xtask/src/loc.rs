@@ -6,6 +6,11 @@
 //! the guest-side wrappers).
 
 use anyhow::Result;
+
+/// Ring 0's budget (#12: "Ring-0 code, tests excluded, stays ≤ 12,000 lines"), which
+/// `cargo xtask test` holds it to. Raising it is a reviewed change with a reason, as for the
+/// cost budgets.
+pub const BUDGET: usize = 12_000;
 use std::path::{Path, PathBuf};
 
 /// Files and directories that are not ring-0 code (see the module documentation).

@@ -197,9 +197,10 @@ fn run(cmd: Cmd) -> Result<bool> {
                 println!("{n:6}  {}", p.display());
             }
             println!(
-                "ring 0: {} lines of code in {} files",
+                "ring 0: {} lines of code in {} files (budget {})",
                 files.iter().map(|f| f.1).sum::<usize>(),
-                files.len()
+                files.len(),
+                loc::BUDGET
             );
             Ok(true)
         }
@@ -362,13 +363,20 @@ fn test() -> Result<bool> {
         )?;
     }
     step("cargo test", Command::new(cargo).args(["test", "--workspace", "--release"]))?;
+    let lines: usize = loc::count()?.iter().map(|f| f.1).sum();
+    let small = lines <= loc::BUDGET;
+    println!(
+        "== ring-0 size: {lines} lines of code (budget {}): {}",
+        loc::BUDGET,
+        if small { "ok" } else { "EXCEEDED" }
+    );
     println!("== boot tests");
     let images = images::build()?;
     let mut ok = boots::run_all(&images, "")?;
     println!("== cost budgets (tools/xtask/budgets.txt), under Bochs");
     let within = bench::bench_and_check(&images)?;
     println!("== cost budgets: {}", if within { "ok" } else { "EXCEEDED" });
-    ok &= within;
+    ok &= within && small;
     println!(
         "== all tests: {} ({:.0} s)",
         if ok { "ok" } else { "FAILED" },
