@@ -249,9 +249,10 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
     // Host addresses for the exit-window attack (from microhv's symbols, via the runner).
     let window = boot.option("hv-window").unwrap_or("0");
     let tss = boot.option("hv-tss").unwrap_or("0");
-    let attacks: [(&str, Option<CrashReason>); 12] = [
-        ("read-other", Some(CrashReason::OutsideMemory)),
-        ("write-outside", Some(CrashReason::OutsideMemory)),
+    let attacks: [(&str, Option<CrashReason>); 13] = [
+        ("read-other", None),
+        ("write-outside", None),
+        ("fetch-outside", Some(CrashReason::UnsupportedMmio)),
         ("dom0-ops", None),
         ("com2", None),
         ("msr", None),

@@ -34,6 +34,10 @@ pub enum MmioPage {
     IoApic,
     /// The HPET.
     Hpet,
+    /// Guest-physical space neither RAM nor a device claims (above the domain's RAM), in a
+    /// domain with a PC (`DOMCREATE_DEVICE_MODEL`): as on a PC, reads return all ones and
+    /// writes go nowhere.
+    Absent,
 }
 
 /// An interrupt ready for a vCPU.
@@ -332,6 +336,8 @@ impl Platform {
         write: Option<u64>,
     ) -> Result<u64, &'static str> {
         let r = match (page, write) {
+            (MmioPage::Absent, None) => Ok(crate::io::size_mask(size)),
+            (MmioPage::Absent, Some(_)) => Ok(0),
             (MmioPage::Lapic, _) => {
                 let l = self.lapics.get_mut(v).ok_or("no such vCPU")?;
                 match write {

@@ -985,6 +985,46 @@ fn a_waiting_vcpu_survives_pause_and_its_domain_can_be_destroyed() {
 }
 
 #[test]
+fn memory_nothing_claims_reads_all_ones_on_a_pc_and_stops_other_domains() {
+    use crate::exit::Access;
+    let read = Access { read: true, ..Access::default() };
+    let write = Access { write: true, ..Access::default() };
+    let fetch = Access { exec: true, ..Access::default() };
+    // mov eax, [rbx] (2 bytes) above RAM, then mov [rbx], eax, then a fetch there.
+    let mut hv = world();
+    let d = dm_domain(&mut hv, "pc", &[0x8b, 0x03]);
+    let g = Gprs { rax: 0x1234_5678_9abc_def0, rbx: 0x3000_0000, ..Gprs::default() };
+    push(&mut hv, d, Exit::NestedPageFault { gpa: 0x3000_0000, access: read }, g);
+    hv.backend.push(d, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    dom0_yields_then_powers_off(&mut hv, 2);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let v = &hv.domains[d as usize].vcpus[0];
+    assert_eq!(v.gprs.rax, 0xffff_ffff, "all ones, zero-extended from 32 bits");
+    assert_eq!(v.arch.as_ref().expect("vcpu").rip, STR_RIP + 2);
+    assert_eq!(hv.domains[d as usize].crash, CrashReason::TripleFault, "carried on");
+    let mut hv = world();
+    let d = dm_domain(&mut hv, "pc", &[0x89, 0x03]);
+    push(&mut hv, d, Exit::NestedPageFault { gpa: 0x3000_0000, access: write }, g);
+    hv.backend.push(
+        d,
+        0,
+        Step {
+            exit: Exit::NestedPageFault { gpa: 0x3000_0000, access: fetch },
+            gprs: None,
+            cpl: 0,
+        },
+    );
+    dom0_yields_then_powers_off(&mut hv, 2);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    assert_eq!(hv.domains[d as usize].vcpus[0].arch.as_ref().expect("vcpu").rip, STR_RIP + 2);
+    assert_eq!(hv.domains[d as usize].crash, CrashReason::UnsupportedMmio, "no code there");
+    // A domain without a PC (no DOMCREATE_DEVICE_MODEL) is stopped at the first access.
+    let (_, state, crash) =
+        one_exit(Exit::NestedPageFault { gpa: 0x3000_0000, access: read }, |_| {});
+    assert_eq!((state, crash), (DomainState::Crashed, CrashReason::OutsideMemory));
+}
+
+#[test]
 fn ioreq_and_irq_level_errors() {
     let mut hv = world();
     let d = dm_domain(&mut hv, "dm", &[0x90]) as u64;

@@ -218,7 +218,14 @@ pub fn cases(images: &Images) -> Vec<Case> {
             Contains("platform: absent-devices: PASS"),
             Contains("mbkernel: 2 module(s)"),
             Contains("modes: state 3, failure mask 0x0"),
-            Contains("crashed: access outside its memory"),
+            Contains("hostile: read 0xffffffffffffffff outside my memory"),
+            Contains("hostile: wrote outside my memory, read back 0xffffffffffffffff"),
+            Contains(
+                "Absent access at 0x40000000 not emulated: instruction fetch from a device page",
+            ),
+            Contains(
+                "platform: absent: memory at 0x30000000, 0x3ffffff8, 0xc0000000 reads all ones: true",
+            ),
             Contains("crashed: triple fault"),
             Contains("[d1] hello from domU 1"),
             // The hostile regression cases (each also counted by "scenario hostile: PASS").

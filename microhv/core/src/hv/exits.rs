@@ -307,9 +307,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         p.lapics.get_mut(v)
     }
 
-    /// The emulated device page of domain `d` that `gpa` falls in for vCPU `v`.
+    /// The emulated device page of domain `d` that `gpa` (not RAM) falls in for vCPU `v`; in a
+    /// domain with a PC, space no device claims is [`MmioPage::Absent`].
     fn mmio_page(&self, d: usize, v: usize, gpa: u64) -> Option<(MmioPage, u64)> {
-        self.domains[d].platform.as_ref()?.mmio_page(v, gpa)
+        let dom = &self.domains[d];
+        let absent = dom.device_model.then_some((MmioPage::Absent, gpa));
+        dom.platform.as_ref()?.mmio_page(v, gpa).or(absent)
     }
 
     /// Emulates the instruction that touched offset `off` of device page `page`: every form

@@ -3,7 +3,9 @@
 //! with a crash.
 //!
 //! - `read-other` / `write-outside`: touch guest-physical memory past its own RAM, where a
-//!   careless hypervisor would have put another domain (crash: outside its memory).
+//!   careless hypervisor would have put another domain: on its PC that is space no device
+//!   claims, which reads all ones and keeps nothing written. `fetch-outside`: execute there
+//!   (crash: unsupported MMIO).
 //! - `dom0-ops`: every dom0-only hypercall, aimed at dom0 and at itself (each must be EPERM).
 //! - `com2`: dom0's UART (must read as absent, writes dropped).
 //! - `msr`: VMX MSRs, IA32_FEATURE_CONTROL, EFER.SVME, clearing EFER.LME while paging, CR4.VMXE
@@ -50,15 +52,24 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     println!("hostile {}: attack {attack}", hv.domid);
     let ok = match attack {
         "read-other" => {
-            // SAFETY: deliberately outside this domain's memory; microhv must stop it here.
+            // SAFETY: deliberately outside this domain's memory: absent hardware there.
             let v = unsafe { core::ptr::read_volatile(OUTSIDE as *const u64) };
             println!("hostile: read {v:#x} outside my memory");
-            false
+            v == u64::MAX
         }
         "write-outside" => {
-            // SAFETY: as above, a write.
-            unsafe { core::ptr::write_volatile(OUTSIDE as *mut u64, 0xbad) };
-            println!("hostile: wrote outside my memory");
+            // SAFETY: as above, a write, then a read of what stayed.
+            let v = unsafe {
+                core::ptr::write_volatile(OUTSIDE as *mut u64, 0xbad);
+                core::ptr::read_volatile(OUTSIDE as *const u64)
+            };
+            println!("hostile: wrote outside my memory, read back {v:#x}");
+            v == u64::MAX
+        }
+        "fetch-outside" => {
+            // SAFETY: deliberately jumps to where nothing is: microhv must stop it.
+            unsafe { core::mem::transmute::<u64, extern "C" fn()>(OUTSIDE)() };
+            println!("hostile: executed outside my memory");
             false
         }
         "dom0-ops" => dom0_ops(),

@@ -908,11 +908,33 @@ fn absent_devices() -> (bool, u32) {
         inw(0xcfe)
     };
     expect("PCI 00:00.0 device ID (16-bit read)", word.into(), 0x1237);
+    // Memory nothing claims (above RAM, below the devices): reads all ones and keeps no write,
+    // in every width, as on a PC.
+    let mut absent_ok = true;
+    for at in [0x3000_0000u64, 0x3fff_fff8, 0xc000_0000] {
+        // SAFETY: guest-physical space with no RAM and no device (identity-mapped by rt).
+        let (b, d, q) = unsafe {
+            core::ptr::write_volatile(at as *mut u16, 0x0741);
+            let b = core::ptr::read_volatile(at as *const u8);
+            (
+                b,
+                core::ptr::read_volatile(at as *const u32),
+                core::ptr::read_volatile(at as *const u64),
+            )
+        };
+        absent_ok &= (b, d, q) == (0xff, u32::MAX, u64::MAX);
+        expect("absent memory, 8-bit", b.into(), 0xff);
+        expect("absent memory, 32-bit", d.into(), 0xffff_ffff);
+        expect("absent memory, 64-bit", q, u64::MAX);
+    }
     println!(
         "platform: absent: COM2 0x2f8-0x2ff and LPT1 0x378-0x37a read 0xff after writes: {all_ff}"
     );
     println!(
         "platform: absent: PCI 00:00.0 {host:#x}, 00:01.0 {dev1:#x}, 01:00.0 {bus1:#x}, enable clear {disabled:#x}, 0xCF8 {addr:#x}"
+    );
+    println!(
+        "platform: absent: memory at 0x30000000, 0x3ffffff8, 0xc0000000 reads all ones: {absent_ok}"
     );
     (bad == 0, bad)
 }
