@@ -486,6 +486,15 @@ pub fn run_all(boot: &Boot) -> bool {
 const TYPED: &[u8] = b"echo typed-on-the-console\n";
 /// The Linux domU's memory.
 const LINUX_MIB: u64 = 256;
+/// The Linux domU's vCPUs unless `linux-vcpus=N` says otherwise: the second starts through
+/// INIT and start-up IPIs (`hv/startup.rs`).
+const LINUX_VCPUS: u32 = 2;
+
+/// The Linux domU's vCPU count (`linux-vcpus=N`, 1 to 4).
+fn linux_vcpus(boot: &Boot) -> u32 {
+    let n = boot.option("linux-vcpus").and_then(|n| n.parse().ok());
+    n.filter(|n| (1..=4).contains(n)).unwrap_or(LINUX_VCPUS)
+}
 /// Its command line: a serial console and nothing that helps it calibrate or find its devices.
 const LINUX_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 rdinit=/init";
 
@@ -522,7 +531,11 @@ pub fn start_linux(boot: &Boot) -> Result<u32, &'static str> {
     let (kernel, _) = boot.module_named("vmlinux").ok_or("no vmlinux boot module")?;
     let (initrd, _) = boot.module_named("initramfs.cpio").ok_or("no initramfs.cpio boot module")?;
     let mods = [builder::Module { data: initrd, cmdline: "initramfs" }];
-    let s = DomainSpec { modules: &mods, ..spec("linux", LINUX_MIB, LINUX_CMDLINE) };
+    let s = DomainSpec {
+        modules: &mods,
+        vcpus: linux_vcpus(boot),
+        ..spec("linux", LINUX_MIB, LINUX_CMDLINE)
+    };
     let d = builder::build(hv, &s, kernel).map_err(|e| {
         println!("  build linux: {e}");
         "build failed"
@@ -603,9 +616,12 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
             return Err("the bystander domain did not keep running");
         }
     }
+    let mut cpus: heapless::String<32> = heapless::String::new();
+    let _ = core::fmt::write(&mut cpus, format_args!("microhv-linux: cpus {}", linux_vcpus(boot)));
     for want in [
+        // Every vCPU: the others started by INIT and start-up IPIs.
+        cpus.as_str(),
         "microhv-linux: init started",
-        "microhv-linux: cpus 1",
         "microhv-linux: MemTotal:",
         // The year of the host's clock (this century), not 1970.
         "microhv-linux: rtc 20",

@@ -180,6 +180,7 @@ pub enum Exit {
     Invd,
     /// RDPMC: no virtual PMU is offered (CPUID leaf 0xA is hidden), so #GP.
     Rdpmc,
+
     /// A hardware task switch (far JMP/CALL to a TSS or task gate, IRET with NT, an event
     /// through a task gate): not emulated; the guest gets #GP(0) at the instruction.
     TaskSwitch,
@@ -399,6 +400,10 @@ pub struct VcpuInit {
     pub rsp: u64,
     /// General registers.
     pub gprs: Gprs,
+    /// Started by a start-up IPI with this vector: real mode, CS = `vector << 8` (base
+    /// `vector << 12`), IP 0, as a CPU leaves wait-for-SIPI, instead of flat 32-bit protected
+    /// mode at `rip` (PVH).
+    pub startup: Option<u8>,
 }
 
 /// Why a backend operation failed.

@@ -16,6 +16,7 @@ use crate::dev::hpet::{HPET_BASE, HPET_LEN, Hpet};
 use crate::dev::ioapic::{ApicBus, IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicMsg};
 use crate::dev::lapic::{
     ApicEffect, DeliveryMode, Gp, IpiRequest, Lapic, LapicConfig, MSR_TSC_DEADLINE as TSC_DEADLINE,
+    Startup,
 };
 use crate::dev::pic::{PIC_ELCR, PIC_MASTER, PIC_SLAVE, Pic};
 use crate::dev::pit::Pit;
@@ -117,7 +118,15 @@ impl Bus<'_> {
                     l.nmi();
                     true
                 }
-                // INIT / SIPI / SMI / ExtINT: vCPU start-up is not modelled yet (single vCPU).
+                DeliveryMode::Init => {
+                    l.start(Startup::Init);
+                    true
+                }
+                DeliveryMode::StartUp => {
+                    l.start(Startup::Sipi(vector));
+                    true
+                }
+                // SMI / ExtINT: no SMM, and the ICR cannot send ExtINT.
                 _ => false,
             };
         }

@@ -1025,6 +1025,33 @@ fn memory_nothing_claims_reads_all_ones_on_a_pc_and_stops_other_domains() {
 }
 
 #[test]
+fn init_and_start_up_ipis_start_a_pcs_other_vcpu_in_real_mode() {
+    use crate::exit::Access;
+    let mut hv = world();
+    let mut c = create_args("smp", 2 << 20, 2, 0);
+    c.flags = DOMCREATE_DEVICE_MODEL;
+    let d = create_with(&mut hv, &c) as usize;
+    assert_eq!(set_state(&mut hv, d, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    // vCPU 0: mov [rbx], eax (89 03) on its APIC page: enable it (SVR), then ICR high = APIC
+    // 1, ICR low = INIT (level assert); a start-up IPI (vector 9) twice.
+    put(&mut hv, d, 0x10_0000, &[0x89, 0x03].repeat(5));
+    let write = Access { write: true, ..Access::default() };
+    let icr = [(0xf0, 0x1ff), (0x310, 1 << 24), (0x300, 0x4500), (0x300, 0x4609), (0x300, 0x4609)];
+    for (reg, val) in icr {
+        let g = Gprs { rax: val, rbx: 0xfee0_0000 + reg, ..Gprs::default() };
+        push(&mut hv, d as u32, Exit::NestedPageFault { gpa: 0xfee0_0000 + reg, access: write }, g);
+    }
+    hv.domains[d].vcpus[0].arch.as_mut().expect("vcpu").rip = 0x10_0000;
+    assert!(hv.domains[d].vcpus[1].init.is_some(), "vCPU 1 waits for a start-up IPI");
+    dom0_yields_then_powers_off(&mut hv, 3);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let ap = hv.domains[d].vcpus[1].arch.as_ref().expect("vcpu");
+    assert_eq!((ap.rip, ap.regs.get("cs_base")), (0, Some(&0x9000)), "real mode at 9000:0");
+    assert!(hv.domains[d].vcpus[1].init.is_none(), "started: it may run");
+}
+
+#[test]
 fn ioreq_and_irq_level_errors() {
     let mut hv = world();
     let d = dm_domain(&mut hv, "dm", &[0x90]) as u64;

@@ -149,6 +149,10 @@ impl Backend for FakeBackend {
     fn reset_vcpu(&mut self, v: &mut FakeVcpu, init: &VcpuInit) {
         v.rip = init.rip;
         v.rsp = init.rsp;
+        // Real mode after a start-up IPI: CS at the start page.
+        if let Some(page) = init.startup {
+            v.regs.extend([("mode", 16), ("cs_base", u64::from(page) << 12)]);
+        }
     }
 
     fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: FakeVcpu) {

@@ -307,6 +307,17 @@ pub struct Lapic {
     last_irq: u64,
     deadline: u64,
     nmi: bool,
+    /// An INIT or start-up IPI for the vCPU, for the core to act on (`hv/startup.rs`).
+    startup: Option<Startup>,
+}
+
+/// What an INIT or start-up IPI asks of the vCPU it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    /// INIT: wait for a start-up IPI.
+    Init,
+    /// Start-up: leave wait-for-SIPI in real mode at page `vector`.
+    Sipi(u8),
 }
 
 fn bit(a: &[u32; 8], v: u8) -> bool {
@@ -481,6 +492,16 @@ impl Lapic {
     /// An NMI for this vCPU (NMI IPI, LINT1, or an NMI redirection entry).
     pub fn nmi(&mut self) {
         self.nmi = true;
+    }
+
+    /// An INIT or start-up IPI arrived; the latest one is kept.
+    pub fn start(&mut self, s: Startup) {
+        self.startup = Some(s);
+    }
+
+    /// Consumes the INIT or start-up IPI that arrived, if any.
+    pub fn take_startup(&mut self) -> Option<Startup> {
+        self.startup.take()
     }
 
     /// Whether an NMI waits to be injected.

@@ -460,6 +460,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let p = self.domains[d].platform.as_mut().ok_or("no platform")?;
         let r = p.mmio(&clock, v, page, off, size, write);
         self.timers_changed();
+        self.startups(d);
         r
     }
 
@@ -540,6 +541,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let Some(p) = self.domains[d].platform.as_mut() else { return false };
                 let r = p.apic_msr(&clock, v, index, arg).ok();
                 self.timers_changed();
+                self.startups(d);
                 r.map(|val| {
                     if index == DEADLINE && write.is_none() && val != 0 {
                         val.wrapping_add(off)

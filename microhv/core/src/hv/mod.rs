@@ -13,6 +13,7 @@ mod exits;
 mod ioreq;
 mod memory;
 mod run;
+mod startup;
 mod strio;
 
 pub use strio::STRING_IO_CHUNK;

@@ -303,12 +303,17 @@ impl Svm {
     }
 
     /// The PVH / multiboot entry state: flat 32-bit protected mode, paging off.
-    fn write_flat32_state(vm: Vmcb, init: &VcpuInit) {
-        // 32-bit code (accessed, readable), data (accessed, writable), both 4 GiB, DPL 0. SVM's
-        // attribute format is the descriptor's bits 47:40 and 55:52, so 0xc9b / 0xc93.
-        vm.set_segment(save::CS, 0x08, 0xc9b, 0xffff_ffff, 0);
+    fn write_start_state(vm: Vmcb, init: &VcpuInit) {
+        // Flat 32-bit (PVH): code (accessed, readable), data (accessed, writable), both 4 GiB,
+        // DPL 0; SVM's attribute format is the descriptor's bits 47:40 and 55:52, so 0xc9b /
+        // 0xc93. After a start-up IPI: real mode, 64 KiB 16-bit segments, CS at the start page.
+        let (cs, ds, attr, limit, cr0) = match init.startup.map(u16::from) {
+            None => ((0x08, 0), 0x10, 0xc00, 0xffff_ffff, CR0_PE | CR0_ET),
+            Some(page) => ((page << 8, u64::from(page) << 12), 0, 0, 0xffff, CR0_ET),
+        };
+        vm.set_segment(save::CS, cs.0, attr | 0x9b, limit, cs.1);
         for s in [save::ES, save::SS, save::DS, save::FS, save::GS] {
-            vm.set_segment(s, 0x10, 0xc93, 0xffff_ffff, 0);
+            vm.set_segment(s, ds, attr | 0x93, limit, 0);
         }
         // A busy 32-bit TSS and an empty LDT, as after reset.
         vm.set_segment(save::TR, 0, 0x8b, 0x67, 0);
@@ -317,7 +322,7 @@ impl Svm {
         vm.set_segment(save::IDTR, 0, 0, 0xffff, 0);
         vm.w8(save::CPL, 0);
         vm.w64(save::EFER, EFER_SVME);
-        vm.w64(save::CR0, CR0_PE | CR0_ET);
+        vm.w64(save::CR0, cr0);
         vm.w64(save::CR2, 0);
         vm.w64(save::CR3, 0);
         vm.w64(save::CR4, 0);
@@ -597,7 +602,7 @@ impl Svm {
 
     /// See `Backend::reset_vcpu`.
     pub(super) fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
-        Self::write_flat32_state(v.vmcb, init);
+        Self::write_start_state(v.vmcb, init);
         v.fx = FxArea::reset();
         v.debug = DebugRegs::default();
         if self.dr_owner == v.slot + 1 {

@@ -382,12 +382,14 @@ impl Vmx {
     }
 
     /// The PVH / multiboot entry state: flat 32-bit protected mode, paging off.
-    fn write_flat32_state(&self, init: &VcpuInit) {
+    fn write_start_state(&self, init: &VcpuInit) {
         use vmcs::write;
         write(control::VMENTRY_CONTROLS, self.entry_ctl.into());
         write(guest::IA32_EFER_FULL, 0);
         write(guest::CR0, 0);
-        self.write_cr0(CR0_PE | CR0_ET);
+        // Real mode after a start-up IPI (unrestricted guest), else flat 32-bit (PVH).
+        let real = init.startup.map(u64::from);
+        self.write_cr0(if real.is_some() { CR0_ET } else { CR0_PE | CR0_ET });
         self.write_cr4(0);
         write(guest::CR3, 0);
         write(guest::DR7, 0x400);
@@ -398,12 +400,17 @@ impl Vmx {
         // unusable LDT and a busy 32-bit TSS (required by the entry checks). Each field of ES,
         // CS, SS, DS, FS, GS, LDTR and TR is encoded 2 after the previous segment's, in that
         // order (SDM Appendix B: the encodings' index).
-        let (code, data) = ((0x08, 0xffff_ffff, 0xc09b), (0x10, 0xffff_ffff, 0xc093));
+        // In real mode: 64 KiB 16-bit segments, CS at the start page.
+        let (code, data) = match real {
+            None => ((0x08, 0xffff_ffff, 0xc09b), (0x10, 0xffff_ffff, 0xc093)),
+            Some(page) => ((page << 8, 0xffff, 0x9b), (0, 0xffff, 0x93)),
+        };
         let segs = [data, code, data, data, data, data, (0, 0, 1 << 16), (0, 0x67, 0x8b)];
         for (i, (selector, limit, access)) in segs.into_iter().enumerate() {
+            let base = if i == 1 { real.map_or(0, |page| page << 12) } else { 0 };
             let i = 2 * i as u32;
             write(guest::ES_SELECTOR + i, selector);
-            write(guest::ES_BASE + i, 0);
+            write(guest::ES_BASE + i, base);
             write(guest::ES_LIMIT + i, limit);
             write(guest::ES_ACCESS_RIGHTS + i, access);
         }
@@ -603,7 +610,7 @@ impl Vmx {
     /// See `Backend::reset_vcpu`.
     pub(super) fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
         self.make_current(v);
-        self.write_flat32_state(init);
+        self.write_start_state(init);
         v.fx = FxArea::reset();
         v.owned = Owned::default();
         if self.owned_by == v.vpid {

@@ -1,0 +1,32 @@
+//! vCPU start-up as a PC does it (guest SMP, on the one CPU microhv runs on): in a domain with
+//! a PC (`DOMCREATE_DEVICE_MODEL`), the vCPUs dom0 did not start wait for a start-up IPI; INIT
+//! puts a vCPU back into that wait (and its local APIC to its power-up state); a start-up IPI
+//! to a waiting vCPU starts it in real mode at `vector << 12` (CS = `vector << 8`, IP 0), as a
+//! CPU leaves wait-for-SIPI; one to a running vCPU is ignored, as the CPU ignores it.
+
+use super::*;
+use crate::dev::lapic::Startup;
+
+impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
+    /// Acts on the INIT and start-up IPIs that reached domain `d`'s vCPUs.
+    pub(super) fn startups(&mut self, d: usize) {
+        let dom = &mut self.domains[d];
+        let (Some(p), true) = (dom.platform.as_mut(), dom.device_model) else { return };
+        for (l, vc) in p.lapics.iter_mut().zip(dom.vcpus.iter_mut()) {
+            match l.take_startup() {
+                Some(Startup::Init) => {
+                    l.reset();
+                    (vc.init, vc.halted, vc.io) = (Some(VcpuInit::default()), false, None);
+                }
+                Some(Startup::Sipi(vector)) if vc.init.is_some() => {
+                    let init = VcpuInit { startup: Some(vector), ..VcpuInit::default() };
+                    if let Some(arch) = vc.arch.as_mut() {
+                        self.backend.reset_vcpu(arch, &init);
+                    }
+                    (vc.gprs, vc.init) = (init.gprs, None);
+                }
+                _ => {}
+            }
+        }
+    }
+}
