@@ -180,7 +180,6 @@ pub enum Exit {
     Invd,
     /// RDPMC: no virtual PMU is offered (CPUID leaf 0xA is hidden), so #GP.
     Rdpmc,
-
     /// A hardware task switch (far JMP/CALL to a TSS or task gate, IRET with NT, an event
     /// through a task gate): not emulated; the guest gets #GP(0) at the instruction.
     TaskSwitch,

@@ -16,7 +16,7 @@ use crate::dev::hpet::{HPET_BASE, HPET_LEN, Hpet};
 use crate::dev::ioapic::{ApicBus, IOAPIC_BASE, IOAPIC_SIZE, IoApic, IoApicMsg};
 use crate::dev::lapic::{
     ApicEffect, DeliveryMode, Gp, IpiRequest, Lapic, LapicConfig, MSR_TSC_DEADLINE as TSC_DEADLINE,
-    Startup,
+    Shorthand, Startup,
 };
 use crate::dev::pic::{PIC_ELCR, PIC_MASTER, PIC_SLAVE, Pic};
 use crate::dev::pit::Pit;
@@ -134,6 +134,12 @@ impl Bus<'_> {
     }
 
     fn ipi(&mut self, req: IpiRequest) {
+        // The SDM lists INIT and start-up with the self and all-including-self shorthands as
+        // invalid: nothing is delivered.
+        let start = matches!(req.mode, DeliveryMode::Init | DeliveryMode::StartUp);
+        if start && matches!(req.shorthand, Shorthand::SelfOnly | Shorthand::All) {
+            return;
+        }
         self.send(req.mode, req.vector, req.level_triggered, |l| req.targets(l));
     }
 }

@@ -1034,10 +1034,19 @@ fn init_and_start_up_ipis_start_a_pcs_other_vcpu_in_real_mode() {
     assert_eq!(set_state(&mut hv, d, 0, &flat32(0x10_0000)), 0);
     assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
     // vCPU 0: mov [rbx], eax (89 03) on its APIC page: enable it (SVR), then ICR high = APIC
-    // 1, ICR low = INIT (level assert); a start-up IPI (vector 9) twice.
-    put(&mut hv, d, 0x10_0000, &[0x89, 0x03].repeat(5));
+    // 1, ICR low = INIT (level assert); a start-up IPI (vector 9), then another (vector 10),
+    // which the running vCPU ignores, and INIT and start-up to all including self (invalid).
+    put(&mut hv, d, 0x10_0000, &[0x89, 0x03].repeat(7));
     let write = Access { write: true, ..Access::default() };
-    let icr = [(0xf0, 0x1ff), (0x310, 1 << 24), (0x300, 0x4500), (0x300, 0x4609), (0x300, 0x4609)];
+    let icr = [
+        (0xf0, 0x1ff),
+        (0x310, 1 << 24),
+        (0x300, 0x4500),
+        (0x300, 0x4609),
+        (0x300, 0x460a),
+        (0x300, 0x8_4500),
+        (0x300, 0x8_460b),
+    ];
     for (reg, val) in icr {
         let g = Gprs { rax: val, rbx: 0xfee0_0000 + reg, ..Gprs::default() };
         push(&mut hv, d as u32, Exit::NestedPageFault { gpa: 0xfee0_0000 + reg, access: write }, g);
@@ -1049,6 +1058,7 @@ fn init_and_start_up_ipis_start_a_pcs_other_vcpu_in_real_mode() {
     let ap = hv.domains[d].vcpus[1].arch.as_ref().expect("vcpu");
     assert_eq!((ap.rip, ap.regs.get("cs_base")), (0, Some(&0x9000)), "real mode at 9000:0");
     assert!(hv.domains[d].vcpus[1].init.is_none(), "started: it may run");
+    assert!(hv.domains[d].vcpus[0].init.is_none(), "the BSP ignored the INIT to all");
 }
 
 #[test]

@@ -2,7 +2,11 @@
 //! a PC (`DOMCREATE_DEVICE_MODEL`), the vCPUs dom0 did not start wait for a start-up IPI; INIT
 //! puts a vCPU back into that wait (and its local APIC to its power-up state); a start-up IPI
 //! to a waiting vCPU starts it in real mode at `vector << 12` (CS = `vector << 8`, IP 0), as a
-//! CPU leaves wait-for-SIPI; one to a running vCPU is ignored, as the CPU ignores it.
+//! CPU leaves wait-for-SIPI; one to a running vCPU is ignored, as the CPU ignores it. INIT keeps
+//! IA32_APIC_BASE (x2APIC mode survives). vCPU 0, the bootstrap processor dom0 started, ignores
+//! both (on hardware INIT would send it to the reset vector, which a PVH domain has no code
+//! at), and the SDM's invalid self and all-including-self shorthands deliver neither
+//! (`platform.rs`).
 
 use super::*;
 use crate::dev::lapic::Startup;
@@ -12,10 +16,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     pub(super) fn startups(&mut self, d: usize) {
         let dom = &mut self.domains[d];
         let (Some(p), true) = (dom.platform.as_mut(), dom.device_model) else { return };
-        for (l, vc) in p.lapics.iter_mut().zip(dom.vcpus.iter_mut()) {
+        for (l, vc) in p.lapics.iter_mut().zip(dom.vcpus.iter_mut()).skip(1) {
             match l.take_startup() {
                 Some(Startup::Init) => {
-                    l.reset();
+                    l.init();
                     (vc.init, vc.halted, vc.io) = (Some(VcpuInit::default()), false, None);
                 }
                 Some(Startup::Sipi(vector)) if vc.init.is_some() => {

@@ -611,6 +611,8 @@ impl Vmx {
     pub(super) fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
         self.make_current(v);
         self.write_start_state(init);
+        // New paging state: nothing the vCPU cached before may survive (KVM flushes at INIT).
+        vmcs::invvpid_single(v.vpid);
         v.fx = FxArea::reset();
         v.owned = Owned::default();
         if self.owned_by == v.vpid {
