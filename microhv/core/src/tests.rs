@@ -949,6 +949,7 @@ fn a_domu_that_keeps_dom0_busy_does_not_keep_the_cpu() {
     assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
     let runs = |d: u32| hv.backend.runs.get(&(d, 0)).copied().unwrap_or(0);
     assert!(runs(b) >= 1000, "b ran {} times, a {}", runs(b), runs(a));
+    assert_eq!(hv.backend.wrong_unloads, 0, "a switch unloaded a vCPU that was not running");
 }
 
 #[test]

@@ -103,6 +103,10 @@ pub struct FakeBackend {
     pub answer: Option<(u32, u32)>,
     /// Fast exits the next exit reports as completed before it (`ExitInfo::completed`).
     pub completed: [u32; 2],
+    /// The vCPU that ran last: the one a switch must unload.
+    pub last_run: Option<(u32, u32)>,
+    /// Unloads of a vCPU other than the one that ran last (each a lost hardware state).
+    pub wrong_unloads: u32,
 }
 
 impl FakeBackend {
@@ -163,6 +167,7 @@ impl Backend for FakeBackend {
     fn run(&mut self, v: &mut FakeVcpu, gprs: &mut Gprs, _slice: u64) -> ExitInfo {
         let key = (v.cfg.domid, v.cfg.index);
         *self.runs.entry(key).or_default() += 1;
+        self.last_run = Some(key);
         v.pending_irq = None;
         self.clock.set(self.clock.get() + 1000);
         let step = self.script.get_mut(&key).and_then(VecDeque::pop_front).unwrap_or(Step {
@@ -203,7 +208,12 @@ impl Backend for FakeBackend {
         }
     }
 
-    fn unload(&mut self, _v: &mut FakeVcpu) {}
+    fn unload(&mut self, v: &mut FakeVcpu) {
+        // The vCPU whose state the hardware holds is the one that ran last.
+        if self.last_run != Some((v.cfg.domid, v.cfg.index)) {
+            self.wrong_unloads += 1;
+        }
+    }
 
     fn read(&mut self, v: &mut FakeVcpu, reg: GuestReg) -> u64 {
         match reg {

@@ -15,19 +15,15 @@ const SLICE_SLACK: u64 = VCPU_SLICE / 256;
 const BOOST_QUANTUM: u64 = VCPU_SLICE / 16;
 
 impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
-    /// The next runnable (domain, vCPU) after the cursor, round-robin.
-    pub(super) fn pick(&self, now: u64) -> Option<(usize, usize)> {
-        self.pick_where(now, |_, _| true)
-    }
-
-    /// The first runnable (domain, vCPU) after the cursor, round-robin, that `also` accepts.
+    /// The first runnable (domain, vCPU) after `after`, round-robin, that `also` accepts.
     fn pick_where(
         &self,
+        after: (usize, usize),
         now: u64,
         also: impl Fn(&Self, (usize, usize)) -> bool,
     ) -> Option<(usize, usize)> {
         let total = DOMAINS * VCPUS;
-        let start = self.cursor.0 * VCPUS + self.cursor.1 + 1;
+        let start = after.0 * VCPUS + after.1 + 1;
         (0..total)
             .map(|k| (start + k) % total)
             .map(|i| (i / VCPUS, i % VCPUS))
@@ -40,7 +36,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// of [`BOOST_QUANTUM`]). A vCPU that was running when its interrupt came waits for its
     /// turn instead.
     fn woken(&self, now: u64) -> Option<(usize, usize)> {
-        self.pick_where(now, |hv, (d, v)| hv.domains[d].vcpus[v].halted)
+        self.pick_where(self.cursor, now, |hv, (d, v)| hv.domains[d].vcpus[v].halted)
     }
 
     /// True if vCPU `v` of domain `d` may run at `now`.
@@ -105,14 +101,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 // what is left of its slice; once that is used, round-robin resumes after it (so
                 // a guest that keeps dom0 busy cannot keep the CPU).
                 let home = if boosted.is_none() { self.detour.take() } else { None };
+                let mut after = self.cursor;
                 if let Some((at, start, len)) = home {
                     if self.can_run(at, now) && now.wrapping_sub(start) < len - SLICE_SLACK {
-                        self.resume(at, start, len);
+                        self.switch_to(at, start, len);
                         continue;
                     }
-                    self.cursor = at;
+                    after = at;
                 }
-                let Some(next) = boosted.or_else(|| self.pick(now)) else {
+                let next = boosted.or_else(|| self.pick_where(after, now, |_, _| true));
+                let Some(next) = next else {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
                     }
@@ -120,15 +118,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     core::hint::spin_loop();
                     continue;
                 };
-                if next != self.cursor
-                    && let Some(prev) =
-                        self.domains[self.cursor.0].vcpus[self.cursor.1].arch.as_mut()
-                {
-                    self.backend.unload(prev);
-                }
-                self.cursor = next;
-                self.slice_start = now;
-                self.yielded = false;
+                self.switch_to(next, now, self.slice_len);
                 next
             };
             // Every slice is timed, even a vCPU's that runs alone: one exit per slice costs
@@ -151,8 +141,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    /// Makes `at` the running vCPU again with the slice it had (`start`, `len`).
-    fn resume(&mut self, at: (usize, usize), start: u64, len: u64) {
+    /// Makes `at` the running vCPU, its slice begun at `start` and `len` long (a detour's vCPU
+    /// gets back the slice it had); the vCPU that ran until now gives its hardware state up.
+    fn switch_to(&mut self, at: (usize, usize), start: u64, len: u64) {
         let (d, v) = self.cursor;
         if at != self.cursor
             && let Some(prev) = self.domains[d].vcpus[v].arch.as_mut()
