@@ -27,7 +27,7 @@ use crate::types::{CrashReason, DomainInfo, DomainState, DomainStats, ExitReason
 use serde::{Deserialize, Serialize};
 
 /// Protocol version: both sides must speak the same one (checked by [`Req::Hello`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Frame delimiter.
 pub const DELIMITER: u8 = 0;
 /// Longest frame on the wire, in COBS-encoded bytes, delimiter excluded.

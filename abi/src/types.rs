@@ -279,10 +279,14 @@ pub struct PhysInfo {
     pub virt: u32,
     /// TSC ticks a vCPU runs before another waiting one gets the CPU.
     pub time_slice: u32,
+    /// Of the free memory, the bytes an earlier owner left that idle time has not zeroed yet
+    /// (RAM taken from them is zeroed when first shown instead).
+    pub dirty_free_bytes: u64,
 }
-layout!(PhysInfo, 56, {
+layout!(PhysInfo, 64, {
     total_bytes @ 0, free_bytes @ 8, hv_bytes @ 16, mmu_pages_floor @ 24, cpus @ 32,
     domains @ 36, max_domains @ 40, abi_version @ 44, virt @ 48, time_slice @ 52,
+    dirty_free_bytes @ 56,
 });
 
 /// Arch-neutral exit reasons, the index into `DomainStats::exits_by_reason`. The tools list

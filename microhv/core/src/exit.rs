@@ -309,8 +309,8 @@ pub struct ExitInfo {
     /// TSC ticks the guest ran (with the backend's time for the exits it completed).
     pub ran_ticks: u64,
     /// Exits the backend completed itself before this one (`fast.rs`), by
-    /// [`crate::fast::FastExit::index`]: hypercalls, CPUIDs.
-    pub completed: [u32; 2],
+    /// [`crate::fast::FastExit::index`]: hypercalls, CPUIDs, demand faults.
+    pub completed: [u32; 3],
 }
 
 impl ExitInfo {
@@ -450,6 +450,15 @@ impl VcpuConfig {
     }
 }
 
+/// The domain's MMU, lent to [`Backend::run`] so that a demand fault on RAM is fixed without
+/// leaving the backend's exit loop ([`crate::fast::Faults`]).
+pub trait DemandFaults {
+    /// Fixes a second-level fault at `gpa` if it is on the domain's RAM and leaves nothing owed
+    /// before the next entry (no flush, no root to reload): `true`, go back into the guest.
+    /// `false`: the exit is the core's, which handles it as if this had not been asked.
+    fn fix(&mut self, gpa: u64, access: Access) -> bool;
+}
+
 /// An arch backend: the only code that touches the VMCS / VMCB or enters a guest.
 pub trait Backend {
     /// The hardware state of one vCPU.
@@ -470,8 +479,15 @@ pub trait Backend {
     fn reset_vcpu(&mut self, vcpu: &mut Self::Vcpu, init: &VcpuInit);
     /// Frees a vCPU's hardware state.
     fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, vcpu: Self::Vcpu);
-    /// Runs the vCPU until its next exit, or until `slice` TSC ticks have passed.
-    fn run(&mut self, vcpu: &mut Self::Vcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo;
+    /// Runs the vCPU until its next exit, or until `slice` TSC ticks have passed. Second-level
+    /// faults go to `faults` first: one it fixes is completed in place (`fast.rs`).
+    fn run(
+        &mut self,
+        vcpu: &mut Self::Vcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo;
     /// The vCPU will not be the next to run: save whatever guest state the hardware still
     /// holds for it outside its control structure.
     fn unload(&mut self, vcpu: &mut Self::Vcpu);

@@ -1,7 +1,8 @@
 //! The exits a backend completes itself, in a loop around VM entry, without returning to the
-//! core (#13's fast paths): a `Version` hypercall from ring 0 and CPUID. They need nothing but
-//! the vCPU's registers and change no state the core keeps, so the scheduler, the interrupt
-//! search and the generic exit decode have nothing to do for them. The backend completes the
+//! core (#13's fast paths): a `Version` hypercall from ring 0, CPUID, and a demand fault on RAM
+//! ([`Faults`]). They need nothing but the vCPU's registers or the domain's MMU and leave the
+//! scheduler, the interrupt search and the generic exit decode nothing to do. The backend
+//! completes the
 //! instruction only where that is plain (no single-step trap to deliver, no RF or interrupt
 //! shadow to end, no RIP wrap, time left in the slice, on SVM no NMI blocking to end) and
 //! reports how many it completed
@@ -9,7 +10,9 @@
 //! computes the same results ([`apply`] is what both call).
 
 use crate::cpuid::{Caller, guest_cpuid};
-use crate::exit::Gprs;
+use crate::exit::{Access, DemandFaults, Gprs};
+use crate::mem::{Machine, PhysMem};
+use mmu::{FaultOutcome, Mmu};
 
 /// A fast exit, as the backend saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +21,8 @@ pub enum FastExit {
     Hypercall,
     /// CPUID.
     Cpuid,
+    /// A second-level fault [`Faults`] fixed (the instruction runs again).
+    Fault,
 }
 
 impl FastExit {
@@ -26,6 +31,7 @@ impl FastExit {
         match self {
             FastExit::Hypercall => 0,
             FastExit::Cpuid => 1,
+            FastExit::Fault => 2,
         }
     }
 }
@@ -36,7 +42,7 @@ impl FastExit {
 pub fn accepts(exit: FastExit, g: &Gprs, cpl: impl FnOnce() -> u8) -> bool {
     match exit {
         FastExit::Hypercall => g.rax == abi::Op::Version as u64 && cpl() == 0,
-        FastExit::Cpuid => true,
+        FastExit::Cpuid | FastExit::Fault => true,
     }
 }
 
@@ -49,6 +55,36 @@ pub fn apply(exit: FastExit, g: &mut Gprs, caller: &Caller, host: impl Fn(u32, u
             let r = guest_cpuid(g.rax as u32, g.rcx as u32, caller, host);
             (g.rax, g.rbx, g.rcx, g.rdx) = (r[0].into(), r[1].into(), r[2].into(), r[3].into());
         }
+        FastExit::Fault => {}
+    }
+}
+
+/// Vcpu `vcpu`'s domain's MMU and the frames it maps, for one `Backend::run`.
+pub struct Faults<'a, P: PhysMem, const W: usize> {
+    /// The domain's MMU.
+    pub mmu: &'a mut Mmu,
+    /// Frames and memory.
+    pub m: Machine<'a, P, W>,
+    /// The vCPU that runs.
+    pub vcpu: usize,
+}
+
+impl<P: PhysMem, const W: usize> DemandFaults for Faults<'_, P, W> {
+    /// Only memory slots, so that device pages and addresses outside the domain (which the
+    /// core emulates or stops the domain for) reach the MMU once, from the core. A fault that
+    /// owes a flush or a root reload (reclaim made room) is fixed but still goes to the core,
+    /// which finds it spurious and executes what is owed at the next entry.
+    fn fix(&mut self, gpa: u64, a: Access) -> bool {
+        if self.mmu.translate(gpa).is_none() {
+            return false;
+        }
+        let access =
+            mmu::Access { read: a.read, write: a.write, fetch: a.exec, present: a.present };
+        let Faults { mmu, m, vcpu } = self;
+        let r = mmu.topup(m).and_then(|()| mmu.page_fault(m, *vcpu, gpa, access));
+        matches!(r, Ok(FaultOutcome::Fixed { .. } | FaultOutcome::Spurious))
+            && !mmu.flush_pending()
+            && !mmu.needs_reload(*vcpu)
     }
 }
 

@@ -27,13 +27,18 @@ pub enum FrameError {
 pub struct FrameAllocator<const WORDS: usize> {
     managed: [u64; WORDS],
     free: [u64; WORDS],
-    /// Allocated frames whose old contents nobody may see: zeroed on first use
-    /// ([`FrameAllocator::clean`]).
+    /// Frames whose contents are not known to be zero, which nobody may see: a free frame
+    /// until the idle scrubber zeroes it ([`FrameAllocator::scrub`]), RAM until it is first
+    /// shown ([`FrameAllocator::clean`]). Every frame starts dirty and becomes dirty when freed.
     dirty: [u64; WORDS],
     managed_count: u64,
     free_count: u64,
+    /// Of the free frames, the dirty ones.
+    dirty_free: u64,
     /// Word where the last allocation succeeded: the next search starts there.
     hint: usize,
+    /// Word where the last scrub stopped.
+    scrub_hint: usize,
 }
 
 impl<const WORDS: usize> Default for FrameAllocator<WORDS> {
@@ -54,7 +59,9 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
             dirty: [0; WORDS],
             managed_count: 0,
             free_count: 0,
+            dirty_free: 0,
             hint: 0,
+            scrub_hint: 0,
         }
     }
 
@@ -68,10 +75,12 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
             let new = m & !self.managed[w];
             self.managed[w] |= new;
             self.free[w] |= new;
+            self.dirty[w] |= new;
             added += u64::from(new.count_ones());
         }
         self.managed_count += added;
         self.free_count += added;
+        self.dirty_free += added;
         added
     }
 
@@ -86,6 +95,8 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
             let gone = m & self.managed[w] & self.free[w];
             self.managed[w] &= !gone;
             self.free[w] &= !gone;
+            self.dirty_free -= u64::from((gone & self.dirty[w]).count_ones());
+            self.dirty[w] &= !gone;
             removed += u64::from(gone.count_ones());
         }
         self.managed_count -= removed;
@@ -93,7 +104,8 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
         removed
     }
 
-    /// One free frame (not zeroed: the caller owns the memory and clears what it needs).
+    /// One free frame, maybe dirty (not zeroed: the caller owns the memory and clears what it
+    /// needs, [`FrameAllocator::clean`] zeroes it only if dirty).
     pub fn alloc(&mut self) -> Option<u64> {
         if self.free_count == 0 {
             return None;
@@ -105,6 +117,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
                 let b = bits.trailing_zeros() as u64;
                 self.free[w] &= !(1 << b);
                 self.free_count -= 1;
+                self.dirty_free -= (self.dirty[w] >> b) & 1;
                 self.hint = w;
                 return Some((w as u64 * 64 + b) * FRAME_SIZE);
             }
@@ -129,6 +142,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
                 None => {
                     for (w, m) in spans(start, start + count) {
                         self.free[w] &= !m;
+                        self.dirty_free -= u64::from((m & self.dirty[w]).count_ones());
                     }
                     self.free_count -= count;
                     return Some(start * FRAME_SIZE);
@@ -158,18 +172,33 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
             return Err(FrameError::AlreadyFree);
         }
         self.free[w] |= bit;
-        self.dirty[w] &= !bit;
+        self.dirty[w] |= bit;
         self.free_count += 1;
+        self.dirty_free += 1;
         Ok(())
     }
 
-    /// Marks the allocated frames of `[pa, pa + len)` dirty: handed out without being zeroed,
-    /// they must be zeroed before anyone sees them (a domain's RAM, scrubbed on first use).
-    pub fn mark_dirty(&mut self, pa: u64, len: u64) {
-        let last = pa.saturating_add(len).div_ceil(FRAME_SIZE).min(Self::CAPACITY_FRAMES);
-        for (w, m) in spans(pa / FRAME_SIZE, last) {
-            self.dirty[w] |= m & self.managed[w] & !self.free[w];
+    /// Zeroes up to `max` free dirty frames (`zero` gets each one's address), onwards from where
+    /// the last scrub stopped; returns how many. Idle time's work (Xen scrubs in its idle
+    /// loop): RAM handed out later is found clean, and its first use costs no zeroing.
+    pub fn scrub(&mut self, max: u64, mut zero: impl FnMut(u64)) -> u64 {
+        let mut done = 0;
+        for i in 0..WORDS {
+            if done == max || self.dirty_free == 0 {
+                break;
+            }
+            let w = (self.scrub_hint + i) % WORDS;
+            let mut bits = self.free[w] & self.dirty[w];
+            while bits != 0 && done < max {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                zero((w as u64 * 64 + u64::from(b)) * FRAME_SIZE);
+                self.dirty[w] &= !(1 << b);
+                (self.dirty_free, done) = (self.dirty_free - 1, done + 1);
+            }
+            self.scrub_hint = w;
         }
+        done
     }
 
     /// Makes `[pa, pa + len)` safe to show: each run of dirty frames in it goes to `zero`
@@ -219,6 +248,11 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
     /// Frames free now.
     pub fn free_frames(&self) -> u64 {
         self.free_count
+    }
+
+    /// Free frames not scrubbed yet.
+    pub fn dirty_free_frames(&self) -> u64 {
+        self.dirty_free
     }
 
     /// Frames managed (free or allocated).
@@ -308,12 +342,12 @@ mod tests {
     }
 
     #[test]
-    fn dirty_frames_are_zeroed_once_on_first_use_and_forgotten_when_freed() {
+    fn dirty_frames_are_zeroed_once_on_first_use_or_when_scrubbed() {
         let mut a = Box::new(Small::new());
         a.add_free_range(0, 1024 * FRAME_SIZE);
+        assert_eq!((a.dirty_frames(), a.dirty_free_frames()), (1024, 1024), "unknown contents");
         let run = a.alloc_contiguous(100, 1).expect("run");
-        a.mark_dirty(run, 100 * FRAME_SIZE);
-        assert_eq!(a.dirty_frames(), 100);
+        assert_eq!((a.dirty_frames(), a.dirty_free_frames()), (1024, 924));
         let mut zeroed = Vec::new();
         a.clean(run + 10 * FRAME_SIZE + 5, 8, |p, n| zeroed.push((p, n)));
         assert_eq!(zeroed, [(run + 10 * FRAME_SIZE, FRAME_SIZE)]);
@@ -321,12 +355,23 @@ mod tests {
         a.clean(run, 100 * FRAME_SIZE, |p, n| zeroed.push((p, n)));
         let total: u64 = zeroed.iter().map(|z| z.1).sum();
         assert_eq!(total, 99 * FRAME_SIZE, "the frame zeroed before is not zeroed again");
-        assert_eq!(a.dirty_frames(), 0);
-        // Free frames are never dirty, and freeing forgets the mark.
-        a.mark_dirty(0, 1024 * FRAME_SIZE);
-        assert_eq!(a.dirty_frames(), 100);
+        assert_eq!((a.dirty_frames(), a.dirty_free_frames()), (924, 924));
+        // Freeing makes a frame dirty; the scrubber zeroes free dirty frames in batches, the
+        // lowest first, and leaves allocated ones to `clean`.
         a.free(run).expect("free");
-        assert_eq!(a.dirty_frames(), 99);
+        assert_eq!((a.dirty_frames(), a.dirty_free_frames()), (925, 925));
+        let mut scrubbed = Vec::new();
+        assert_eq!(a.scrub(3, |p| scrubbed.push(p)), 3);
+        assert_eq!(scrubbed, [run, 100 * FRAME_SIZE, 101 * FRAME_SIZE]);
+        while a.scrub(64, |p| assert!(p < 1024 * FRAME_SIZE && p != run + FRAME_SIZE)) > 0 {}
+        assert_eq!((a.dirty_frames(), a.dirty_free_frames()), (0, 0));
+        // A run of scrubbed frames needs no zeroing when first shown.
+        let run = a.alloc_contiguous(100, 1).expect("run");
+        a.clean(run, 100 * FRAME_SIZE, |p, n| panic!("zeroed {p:#x}+{n:#x} again"));
+        let f = a.alloc().expect("frame");
+        a.clean(f, FRAME_SIZE, |_, _| panic!("zeroed again"));
+        a.reserve_range(0, 1024 * FRAME_SIZE);
+        assert_eq!(a.dirty_free_frames(), 0);
     }
 
     #[test]

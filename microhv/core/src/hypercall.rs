@@ -476,6 +476,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             abi_version: abi::abi_version_word(),
             virt: self.backend.kind(),
             time_slice: crate::policy::VCPU_SLICE as u32,
+            dirty_free_bytes: self.frames.dirty_free_frames() * FRAME_SIZE,
         };
         self.write_struct(d, gpa, &info).map(|()| 0)
     }

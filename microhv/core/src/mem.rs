@@ -30,7 +30,8 @@ pub struct Machine<'a, P: PhysMem, const W: usize> {
 impl<P: PhysMem, const W: usize> FrameSource for Machine<'_, P, W> {
     fn alloc_zeroed(&mut self) -> Option<u64> {
         let pa = self.frames.alloc()?;
-        self.mem.zero(pa, FRAME_SIZE);
+        let mem = &mut *self.mem;
+        self.frames.clean(pa, FRAME_SIZE, |pa, n| mem.zero(pa, n));
         Some(pa)
     }
 

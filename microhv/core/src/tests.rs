@@ -591,7 +591,7 @@ fn dom0_yields_then_powers_off(hv: &mut TestHv, n: usize) {
 fn exits_the_backend_completed_are_counted() {
     let mut hv = world();
     let d = running(&mut hv, "u");
-    hv.backend.completed = [5, 7];
+    hv.backend.completed = [5, 7, 3];
     hv.backend.push(d as u32, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
     dom0_yields_then_powers_off(&mut hv, 1);
     assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
@@ -600,6 +600,7 @@ fn exits_the_backend_completed_are_counted() {
     assert_eq!(c.hypercalls, 5 + 2, "five completed, two dispatched");
     assert_eq!(c.exits[ExitReason::Cpuid as usize], 7);
     assert_eq!(c.exits[ExitReason::Hypercall as usize], 5 + 2);
+    assert_eq!(c.exits[ExitReason::NestedPageFault as usize], 3);
 }
 
 #[test]
@@ -1026,6 +1027,34 @@ fn memory_nothing_claims_reads_all_ones_on_a_pc_and_stops_other_domains() {
 }
 
 #[test]
+fn demand_faults_on_ram_are_fixed_in_the_backend_loop_the_rest_go_to_the_core() {
+    use crate::exit::Access;
+    let write = Access { write: true, ..Access::default() };
+    let read = Access { read: true, ..Access::default() };
+    let mut hv = world();
+    hv.backend.fast_faults = true;
+    // Two first writes to RAM, then mov eax, [rbx] above RAM, which the core emulates.
+    let d = dm_domain(&mut hv, "pc", &[0x8b, 0x03]);
+    for gpa in [0x1f_0000, 0x1f_1000] {
+        let exit = Exit::NestedPageFault { gpa, access: write };
+        hv.backend.push(d, 0, Step { exit, gprs: None, cpl: 0 });
+    }
+    let g = Gprs { rbx: 0x3000_0000, ..Gprs::default() };
+    push(&mut hv, d, Exit::NestedPageFault { gpa: 0x3000_0000, access: read }, g);
+    hv.backend.push(d, 0, Step { exit: Exit::TripleFault, gprs: None, cpl: 0 });
+    dom0_yields_then_powers_off(&mut hv, 2);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let dom = &hv.domains[d as usize];
+    assert_eq!(dom.counters.exits[ExitReason::NestedPageFault as usize], 3, "all counted");
+    let st = dom.mmu.stats();
+    // The first maps the whole 2 MiB page: the second finds it mapped.
+    let ram = (st.faults_fixed, st.faults_spurious);
+    assert_eq!((ram, st.faults_no_slot), ((1, 1), 1), "each reached the MMU once");
+    assert_eq!(dom.vcpus[0].gprs.rax, 0xffff_ffff, "the core emulated the device access");
+    assert_eq!(dom.crash, CrashReason::TripleFault);
+}
+
+#[test]
 fn init_and_start_up_ipis_start_a_pcs_other_vcpu_in_real_mode() {
     use crate::exit::Access;
     let mut hv = world();
@@ -1406,6 +1435,31 @@ fn a_new_domain_never_sees_what_a_destroyed_one_left() {
     put(&mut hv, b, 0x5008, &[7]);
     crate::mem::PhysMem::read(&hv.mem, raw_b + 0x5000, &mut host);
     assert_eq!(host, [0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn idle_time_scrubs_what_a_destroyed_domain_left_before_anyone_gets_it() {
+    let mut hv = world();
+    let a = running(&mut hv, "a");
+    put(&mut hv, a, 0, &[0xa5; 0x4000]);
+    let raw = hv.guest_hpa(a, 0, 1, false).expect("a's RAM");
+    assert_eq!(call(&mut hv, 0, Op::DomainDestroy as u64, [a as u64, 0, 0, 0, 0]), 0);
+    // Each dom0 yield with nobody else to run scrubs a batch.
+    let dirty = hv.frames.dirty_free_frames();
+    dom0_yields_then_powers_off(&mut hv, 3);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    assert_eq!(hv.frames.dirty_free_frames(), dirty - 3 * crate::hv::SCRUB_BATCH);
+    while hv.frames.dirty_free_frames() > 0 {
+        hv.scrub_idle();
+    }
+    let mut host = [0xffu8; 16];
+    crate::mem::PhysMem::read(&hv.mem, raw + 0x3000, &mut host);
+    assert_eq!(host, [0; 16], "a's data is gone from the free frame");
+    // A new domain on those frames finds them clean: nothing is left to zero on first use.
+    let b = create_with(&mut hv, &create_args("b", 2 << 20, 1, 0)) as usize;
+    assert_eq!(hv.guest_hpa(b, 0, 1, false), Some(raw), "the test expects the frames reused");
+    assert!(!hv.frames.is_dirty(raw + 0x3000));
+    assert!(get_bytes(&hv, b, 0, 0x4000).iter().all(|&x| x == 0));
 }
 
 #[test]

@@ -28,7 +28,8 @@ pub mod vmx;
 pub mod x86_64;
 
 use microhv_core::exit::{
-    Backend, BackendError, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig, VcpuInit,
+    Backend, BackendError, DemandFaults, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
+    VcpuConfig, VcpuInit,
 };
 
 /// The backend chosen at boot. `None` only exists so the hypervisor's static storage can be
@@ -111,8 +112,14 @@ impl Backend for Arch {
         }
     }
 
-    fn run(&mut self, vcpu: &mut ArchVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
-        dispatch!(self, vcpu, run(gprs, slice), mismatch())
+    fn run(
+        &mut self,
+        vcpu: &mut ArchVcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo {
+        dispatch!(self, vcpu, run(gprs, slice, faults), mismatch())
     }
 
     fn unload(&mut self, vcpu: &mut ArchVcpu) {

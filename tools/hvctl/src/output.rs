@@ -101,6 +101,7 @@ pub fn phys_info(p: &PhysInfo, json: bool) {
         print_json(&json!({
             "total_bytes": p.total_bytes,
             "free_bytes": p.free_bytes,
+            "dirty_free_bytes": p.dirty_free_bytes,
             "hv_bytes": p.hv_bytes,
             "mmu_pages_floor": p.mmu_pages_floor,
             "cpus": p.cpus,
@@ -118,6 +119,7 @@ pub fn phys_info(p: &PhysInfo, json: bool) {
         ("cpus", p.cpus.to_string()),
         ("total memory", format!("{} MiB", mib(p.total_bytes))),
         ("free memory", format!("{} MiB", mib(p.free_bytes))),
+        ("  not yet scrubbed", format!("{} MiB", mib(p.dirty_free_bytes))),
         ("microhv memory", format!("{} MiB", mib(p.hv_bytes))),
         ("domains", format!("{} of {}", p.domains, p.max_domains)),
         ("mmu pages floor", p.mmu_pages_floor.to_string()),

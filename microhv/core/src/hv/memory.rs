@@ -6,11 +6,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// Gives domain `d` `bytes` more RAM starting at guest-physical `gpa` as MMU slots of
     /// host-contiguous runs. On failure nothing is left allocated.
     ///
-    /// The frames are not zeroed here but marked dirty, and each is zeroed the first time it is
-    /// shown: when the MMU maps it for the guest (`mmu::Host::before_map`) or microhv reads or
-    /// writes it ([`Hv::guest_range`]), the only two ways to reach a domain's RAM. A domain
-    /// therefore never sees what an earlier owner left, and memory nobody touches costs
-    /// nothing (dom0's 32 MiB were zeroed at boot: 4.2 M instructions under Bochs).
+    /// The frames are not zeroed here: those the idle scrubber has not zeroed yet
+    /// ([`Hv::scrub_idle`]) are still dirty, and each is zeroed the first time it is shown:
+    /// when the MMU maps it for the guest (`mmu::Host::before_map`) or microhv reads or writes
+    /// it ([`Hv::guest_range`]), the only two ways to reach a domain's RAM. A domain therefore
+    /// never sees what an earlier owner left, and memory nobody touches costs nothing (dom0's
+    /// 32 MiB were zeroed at boot: 4.2 M instructions under Bochs).
     pub(crate) fn add_ram(&mut self, d: usize, gpa: u64, bytes: u64) -> Result<(), Errno> {
         let mut left = bytes / FRAME_SIZE;
         let mut at = gpa;
@@ -37,7 +38,6 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
                 n /= 2;
             };
-            self.frames.mark_dirty(run, n * FRAME_SIZE);
             let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
             if let Err(e) = self.domains[d].mmu.add_slot(&mut m, id, at, n * FRAME_SIZE, run, 0) {
                 // A slot the MMU installed before failing is removed (and its run freed) by the
@@ -117,6 +117,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             return None;
         }
         dom.mmu.translate_range(gpa, len)
+    }
+
+    /// Idle time (no vCPU but one that yielded wants the CPU): zeroes a batch of free frames an
+    /// earlier owner left dirty, so that RAM handed out later is found clean.
+    pub(crate) fn scrub_idle(&mut self) {
+        let mem = &mut self.mem;
+        self.frames.scrub(SCRUB_BATCH, |pa| mem.zero(pa, FRAME_SIZE));
     }
 
     /// [`Hv::guest_hpa`], with the RAM in the range nobody has seen yet zeroed first (see

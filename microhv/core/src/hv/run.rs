@@ -114,10 +114,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
                     }
-                    // Every vCPU is halted: wait for a device deadline to wake one.
+                    // Every vCPU is halted: scrub, or wait for a device deadline to wake one.
+                    self.scrub_idle();
                     core::hint::spin_loop();
                     continue;
                 };
+                // dom0 polls rather than halts: its yield with nobody else to run is idle time.
+                if self.yielded && next == self.cursor {
+                    self.scrub_idle();
+                }
                 self.switch_to(next, now, self.slice_len);
                 next
             };
@@ -163,14 +168,17 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         // Picked while halted: an interrupt woke it (`can_run`).
         vc.halted = false;
         let arch = vc.arch.as_mut()?;
-        let info = self.backend.run(arch, &mut vc.gprs, slice);
+        let m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+        let mut faults = crate::fast::Faults { mmu: &mut dom.mmu, m, vcpu: v };
+        let info = self.backend.run(arch, &mut vc.gprs, slice, &mut faults);
         dom.counters.cpu_time += info.ran_ticks;
         dom.counters.count_exit(info.exit.reason());
-        if info.completed != [0; 2] {
-            let [hypercalls, cpuids] = info.completed.map(u64::from);
+        if info.completed != [0; 3] {
+            let [hypercalls, cpuids, faults] = info.completed.map(u64::from);
             dom.counters.hypercalls += hypercalls;
             dom.counters.exits[ExitReason::Hypercall as usize] += hypercalls;
             dom.counters.exits[ExitReason::Cpuid as usize] += cpuids;
+            dom.counters.exits[ExitReason::NestedPageFault as usize] += faults;
         }
         self.handle_exit(d, v, &info)
     }

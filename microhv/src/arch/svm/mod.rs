@@ -55,8 +55,8 @@ use entry::svm_run;
 use insn::FetchError;
 use microhv_core::cpuid::Caller;
 use microhv_core::exit::{
-    Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
-    VcpuInit,
+    Access, BackendError, CpuMode, DemandFaults, Event, Exit, ExitInfo, FrameSource, Gprs,
+    GuestReg, VcpuConfig, VcpuInit,
 };
 use microhv_core::fast::{self, FastExit};
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
@@ -487,18 +487,7 @@ impl Svm {
                 Ok((gpr, len)) => (Exit::CrRead { cr: 8, gpr }, len),
                 Err(e) => (e, 0),
             },
-            exit::NPF => {
-                let a = mmu::Access::from_npt_error_code(info1);
-                let access = Access {
-                    read: a.read,
-                    write: a.write,
-                    exec: a.fetch,
-                    present: a.present,
-                    // EXITINFO1 bit 33: the fault was on the guest's page-table walk.
-                    walk: info1 & (1 << 33) != 0,
-                };
-                (Exit::NestedPageFault { gpa: info2, access }, 0)
-            }
+            exit::NPF => (Exit::NestedPageFault { gpa: info2, access: Self::npf_access(info1) }, 0),
             exit::INTR | exit::NMI => (Exit::Interrupt, 0),
             exit::VINTR | exit::IRET => (Exit::InterruptWindow, 0),
             exit::SHUTDOWN => (Exit::TripleFault, 0),
@@ -634,7 +623,13 @@ impl Svm {
     // to keep its own hot path inline (measured: +24 instructions per VMX hypercall round trip
     // under Bochs, 8 with this).
     #[inline(never)]
-    pub(super) fn run(&mut self, v: &mut SvmVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+    pub(super) fn run(
+        &mut self,
+        v: &mut SvmVcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo {
         let vm = v.vmcb;
         vm.w64(save::RAX, gprs.rax);
         let dom = v.domid as usize % DOMAINS;
@@ -663,7 +658,7 @@ impl Svm {
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
         let start = cpu::rdtsc();
-        let mut completed = [0; 2];
+        let mut completed = [0; 3];
         // The exits `complete` finishes go straight back into the guest while the slice timer
         // runs; its interrupt, pending, ends the loop with the next VMRUN.
         let code = loop {
@@ -677,7 +672,7 @@ impl Svm {
             let code = vm.r64(control::EXITCODE);
             // Past the slice's end the timer's interrupt may already have been taken in root
             // mode (its stub only acknowledges it): the core decides then.
-            match self.timer.running().then(|| self.complete(v, code, gprs)).flatten() {
+            match self.timer.running().then(|| self.complete(v, code, gprs, faults)).flatten() {
                 Some(i) => completed[i] += 1,
                 None => break code,
             }
@@ -739,15 +734,47 @@ impl Svm {
         info
     }
 
+    /// What a nested page fault's error code (EXITINFO1) says the access was.
+    fn npf_access(info1: u64) -> Access {
+        let a = mmu::Access::from_npt_error_code(info1);
+        // EXITINFO1 bit 33: the fault was on the guest's page-table walk.
+        Access {
+            read: a.read,
+            write: a.write,
+            exec: a.fetch,
+            present: a.present,
+            walk: info1 & (1 << 33) != 0,
+        }
+    }
+
     /// Completes a VMMCALL or CPUID exit in place when that is plain (`microhv_core::fast`):
     /// NRIP save gives the length, no single-step trap to deliver, no RF or interrupt shadow to
     /// end, no RIP wrap, no NMI blocking waiting for its IRET to be passed (the core ends it at
-    /// an exit). Which kind it was (`ExitInfo::completed`'s index), or `None`: the core's.
-    fn complete(&self, v: &SvmVcpu, code: u64, gprs: &mut Gprs) -> Option<usize> {
+    /// an exit); or a nested page fault `faults` fixes, unless it cut off an event's delivery
+    /// (EXITINTINFO), which the core injects again. Which kind it was
+    /// (`ExitInfo::completed`'s index), or `None`: the core's.
+    fn complete(
+        &self,
+        v: &SvmVcpu,
+        code: u64,
+        gprs: &mut Gprs,
+        faults: &mut dyn DemandFaults,
+    ) -> Option<usize> {
         let vm = v.vmcb;
         let exit = match code {
             exit::VMMCALL => FastExit::Hypercall,
             exit::CPUID => FastExit::Cpuid,
+            exit::NPF => {
+                let (info1, gpa) = (vm.r64(control::EXITINFO1), vm.r64(control::EXITINFO2));
+                let fixed = vm.r64(control::EXITINTINFO) & (1 << 31) == 0
+                    && v.nmi_iret_rip.is_none()
+                    && faults.fix(gpa, Self::npf_access(info1));
+                if fixed {
+                    // What was injected at the entry has been delivered.
+                    vm.w64(control::EVENTINJ, 0);
+                }
+                return fixed.then_some(FastExit::Fault.index());
+            }
             _ => return None,
         };
         gprs.rax = vm.r64(save::RAX);

@@ -30,8 +30,8 @@ use crate::arch::x86_64::spec::Mitigations;
 use entry::{microhv_vmx_exit, vmx_run};
 use microhv_core::cpuid::Caller;
 use microhv_core::exit::{
-    Access, BackendError, CpuMode, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg, VcpuConfig,
-    VcpuInit,
+    Access, BackendError, CpuMode, DemandFaults, Event, Exit, ExitInfo, FrameSource, Gprs,
+    GuestReg, VcpuConfig, VcpuInit,
 };
 use microhv_core::fast::{self, FastExit};
 use microhv_core::frames::FRAME_SIZE;
@@ -492,20 +492,25 @@ impl Vmx {
                 }
                 Exit::NestedPageFault {
                     gpa: vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL),
-                    access: Access {
-                        read: qual & 1 != 0,
-                        write: qual & 2 != 0,
-                        exec: qual & 4 != 0,
-                        present: qual & 0x38 != 0,
-                        // A linear address (bit 7) whose translation was not what was accessed
-                        // (bit 8 clear): a paging-structure entry.
-                        walk: qual & (1 << 7) != 0 && qual & (1 << 8) == 0,
-                    },
+                    access: Self::ept_access(qual),
                 }
             }
             7 | 8 => Exit::InterruptWindow,
             52 => Exit::Timer,
             _ => Exit::Unhandled,
+        }
+    }
+
+    /// What an EPT violation's qualification says the access was.
+    fn ept_access(qual: u64) -> Access {
+        Access {
+            read: qual & 1 != 0,
+            write: qual & 2 != 0,
+            exec: qual & 4 != 0,
+            present: qual & 0x38 != 0,
+            // A linear address (bit 7) whose translation was not what was accessed (bit 8
+            // clear): a paging-structure entry.
+            walk: qual & (1 << 7) != 0 && qual & (1 << 8) == 0,
         }
     }
 
@@ -637,12 +642,18 @@ impl Vmx {
     }
 
     /// See `Backend::run`.
-    pub(super) fn run(&mut self, v: &mut VmxVcpu, gprs: &mut Gprs, slice: u64) -> ExitInfo {
+    pub(super) fn run(
+        &mut self,
+        v: &mut VmxVcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo {
         self.make_current(v);
         self.load_owned(v);
         let start = cpu::rdtsc();
         let end = start.saturating_add(slice);
-        let (mut completed, mut now) = ([0u32; 2], Some(start));
+        let (mut completed, mut now) = ([0u32; 3], Some(start));
         // The exits `complete` finishes go straight back into the guest while the slice lasts.
         let (raw, qual) = loop {
             if let Some(now) = now {
@@ -662,9 +673,9 @@ impl Vmx {
             // The wall clock is looked at every 16th completed exit where the timer saves its
             // count (it missed only their root-mode time: a few thousand ticks at most), at
             // every one where it does not; past the slice's end the core decides.
-            now = (!self.save_timer || (completed[0] + completed[1]) % 16 == 15).then(cpu::rdtsc);
+            now = (!self.save_timer || completed.iter().sum::<u32>() % 16 == 15).then(cpu::rdtsc);
             let in_slice = now.is_none_or(|now| now < end);
-            match in_slice.then(|| self.complete(v, reason, gprs)).flatten() {
+            match in_slice.then(|| self.complete(v, reason, gprs, faults)).flatten() {
                 Some(i) => completed[i] += 1,
                 None => break (reason, vmcs::read(ro::EXIT_QUALIFICATION)),
             }
@@ -719,12 +730,27 @@ impl Vmx {
     }
 
     /// Completes a VMCALL or CPUID exit in place when that is plain (`microhv_core::fast`): no
-    /// single-step trap to deliver, no RF or STI / MOV SS shadow to end, no RIP wrap. Which
-    /// kind it was (`ExitInfo::completed`'s index), or `None`: the core's.
-    fn complete(&self, v: &VmxVcpu, reason: u64, gprs: &mut Gprs) -> Option<usize> {
+    /// single-step trap to deliver, no RF or STI / MOV SS shadow to end, no RIP wrap; or an
+    /// EPT violation `faults` fixes, unless it cut off an event's delivery or an IRET's NMI
+    /// unblocking (qualification bit 12), which the core must undo or re-inject. Which kind it
+    /// was (`ExitInfo::completed`'s index), or `None`: the core's.
+    fn complete(
+        &self,
+        v: &VmxVcpu,
+        reason: u64,
+        gprs: &mut Gprs,
+        faults: &mut dyn DemandFaults,
+    ) -> Option<usize> {
         let exit = match reason {
             18 => FastExit::Hypercall,
             10 => FastExit::Cpuid,
+            48 => {
+                let qual = vmcs::read(ro::EXIT_QUALIFICATION);
+                let fixed = qual & (1 << 12) == 0
+                    && vmcs::read(ro::IDT_VECTORING_INFO) & (1 << 31) == 0
+                    && faults.fix(vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL), Self::ept_access(qual));
+                return fixed.then_some(FastExit::Fault.index());
+            }
             _ => return None,
         };
         let cpl = || ((vmcs::read(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
