@@ -205,6 +205,10 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
     /// (address, bytes) and is clean from then on. A range with nothing dirty costs a word test
     /// per 64 frames.
     pub fn clean(&mut self, pa: u64, len: u64, mut zero: impl FnMut(u64, u64)) {
+        // Inside one clean frame (every 4 KiB demand fault, most hypercall buffers): a bit test.
+        if len <= FRAME_SIZE - pa % FRAME_SIZE && !self.is_dirty(pa) {
+            return;
+        }
         let last = pa.saturating_add(len).div_ceil(FRAME_SIZE).min(Self::CAPACITY_FRAMES);
         for (w, m) in spans(pa / FRAME_SIZE, last) {
             let mut bits = self.dirty[w] & m;
