@@ -349,11 +349,6 @@ impl Lapic {
         Self { cfg, base, dfr: u32::MAX, svr: 0xff, lvt: [LVT_MASKED; 7], ..Self::default() }
     }
 
-    /// RESET: back to xAPIC mode at the default base, registers at their power-up values.
-    pub fn reset(&mut self) {
-        *self = Self::new(self.cfg);
-    }
-
     /// INIT: every register back to its power-up value except the ID and IA32_APIC_BASE (so
     /// the mode, x2APIC included, survives).
     pub fn init(&mut self) {

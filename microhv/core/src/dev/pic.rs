@@ -3,7 +3,8 @@
 //!
 //! Departures from the chip, where emulation makes the datasheet's constraint moot:
 //! - An edge stays latched in IRR until acknowledged even if the line drops first (the chip
-//!   wants the request held until INTA; devices here raise edges with [`IrqSink::pulse`]).
+//!   wants the request held until INTA; devices here raise edges with
+//!   [`IrqSink::pulse`](super::IrqSink::pulse)).
 //! - The slave's INT reaches the master's IR2 as a level, recomputed after every change, so the
 //!   master never acknowledges IR2 for a request that has gone: spurious interrupts come from
 //!   the master (IRQ7, no ISR bit set). The slave's spurious vector (IRQ15, with the master's
@@ -11,8 +12,6 @@
 //! - ICW1 also clears ISR (the datasheet lists what ICW1 resets without naming ISR; QEMU and
 //!   KVM clear it, and a re-initializing guest expects a clean chip).
 //! - Until a guest programs them, both chips mask every input.
-
-use super::IrqSink;
 
 /// The master's command port (its data port is the next one).
 pub const PIC_MASTER: u16 = 0x20;
@@ -299,15 +298,17 @@ impl Pic {
     }
 }
 
-impl IrqSink for Pic {
-    fn set_level(&mut self, gsi: u32, high: bool) {
-        Pic::set_level(self, gsi, high);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dev::IrqSink;
+
+    /// The tests raise edges as devices do, with [`IrqSink::pulse`].
+    impl IrqSink for Pic {
+        fn set_level(&mut self, gsi: u32, high: bool) {
+            Pic::set_level(self, gsi, high);
+        }
+    }
     use proptest::prelude::*;
 
     fn out(p: &mut Pic, seq: &[(u16, u8)]) {
