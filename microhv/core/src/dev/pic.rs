@@ -110,15 +110,11 @@ impl Chip {
         }
     }
 
-    fn poll_read(&mut self, master: bool) -> u8 {
-        self.poll = false;
-        match self.pending(master) {
-            Some(i) => {
-                self.intack(i, master && i == 2);
-                0x80 | i
-            }
-            None => 0,
-        }
+    /// INTA (or a poll) for the request INT signals, if there is one: its input.
+    fn take(&mut self, master: bool) -> Option<u8> {
+        let i = self.pending(master)?;
+        self.intack(i, master && i == 2);
+        Some(i)
     }
 
     fn command(&mut self, v: u8) {
@@ -214,7 +210,8 @@ impl Pic {
                 let master = port < 0xa0;
                 let c = &mut self.chips[usize::from(!master)];
                 if c.poll {
-                    c.poll_read(master)
+                    c.poll = false;
+                    c.take(master).map_or(0, |i| 0x80 | i)
                 } else if port & 1 == 1 {
                     c.imr
                 } else if c.read_isr {
@@ -276,22 +273,9 @@ impl Pic {
     /// auto-EOI). Without one, the master's IR7 vector, nothing put in service (spurious).
     pub fn acknowledge(&mut self) -> u8 {
         let [m, s] = &mut self.chips;
-        let v = match m.pending(true) {
-            None => m.base | 7,
-            Some(2) => {
-                m.intack(2, true);
-                match s.pending(false) {
-                    Some(i) => {
-                        s.intack(i, false);
-                        s.base | i
-                    }
-                    None => s.base | 7,
-                }
-            }
-            Some(i) => {
-                m.intack(i, false);
-                m.base | i
-            }
+        let v = match m.take(true) {
+            Some(2) => s.base | s.take(false).unwrap_or(7),
+            i => m.base | i.unwrap_or(7),
         };
         self.cascade();
         v
