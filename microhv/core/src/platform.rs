@@ -177,17 +177,9 @@ impl Platform {
 
     /// Splits the borrows: the wires, and the devices that drive them.
     fn wires(&mut self) -> (Wires<'_>, &mut Pit, &mut PmTimer, &mut Hpet) {
-        let n = self.vcpus;
-        (
-            Wires {
-                pic: &mut self.pic,
-                ioapic: &mut self.ioapic,
-                bus: Bus { lapics: &mut self.lapics[..n] },
-            },
-            &mut self.pit,
-            &mut self.pm,
-            &mut self.hpet,
-        )
+        let bus = Bus { lapics: &mut self.lapics[..self.vcpus] };
+        let wires = Wires { pic: &mut self.pic, ioapic: &mut self.ioapic, bus };
+        (wires, &mut self.pit, &mut self.pm, &mut self.hpet)
     }
 
     /// Recomputes [`Platform::deadline`] after a change (every method that changes device state
