@@ -137,12 +137,7 @@ impl BootInfo {
 
 /// Appends as much of `s` as fits, cutting on a character boundary; false if cut.
 fn push_truncated<const N: usize>(out: &mut String<N>, s: &str) -> bool {
-    for c in s.chars() {
-        if out.push(c).is_err() {
-            return false;
-        }
-    }
-    true
+    s.chars().all(|c| out.push(c).is_ok())
 }
 
 /// Hands the allocator every usable frame of `info` except the reserved ones: `image` (microhv

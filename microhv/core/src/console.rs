@@ -131,6 +131,7 @@ impl Console {
     }
 
     /// Bytes waiting to be read.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.len
     }

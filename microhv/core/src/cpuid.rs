@@ -68,6 +68,8 @@ pub fn guest_cpuid(
     caller: &Caller,
     host: impl Fn(u32, u32) -> [u32; 4],
 ) -> [u32; 4] {
+    // The APIC timer's clock, which leaves 0x15, 0x16 and microhv's timing leaf report.
+    let bus = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into());
     match leaf {
         // The highest leaf is microhv's whatever the host's: the leaves it emulates (0x15,
         // 0x16) exist on every host, and those it does not offer read as zeros.
@@ -89,14 +91,12 @@ pub fn guest_cpuid(
         // TSC = crystal × ebx / eax, with the APIC bus as the crystal: Linux derives both its
         // TSC and its APIC timer frequency from this leaf, so they must agree with the models.
         0x15 => {
-            let bus = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into());
             let ratio = (u64::from(caller.tsc_khz) * 1000).div_ceil(bus.max(1));
             [1, ratio as u32, bus as u32, 0]
         }
         0x16 => {
             let mhz = caller.tsc_khz / 1000;
-            let bus_mhz = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into()) / 1_000_000;
-            [mhz, mhz, bus_mhz as u32, 0]
+            [mhz, mhz, (bus / 1_000_000) as u32, 0]
         }
         hv::LEAF_BASE => {
             let [b, c, d] = hv::signature_regs();
@@ -109,10 +109,7 @@ pub fn guest_cpuid(
             0,
         ],
         hv::LEAF_HYPERCALL => [caller.hypercall_insn, 0, 0, 0],
-        hv::LEAF_TIMING => {
-            let bus_khz = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into()) / 1000;
-            [caller.tsc_khz, bus_khz as u32, 0, 0]
-        }
+        hv::LEAF_TIMING => [caller.tsc_khz, (bus / 1000) as u32, 0, 0],
         0x8000_0000 => {
             let [max, b, c, d] = host(0x8000_0000, 0);
             [max.min(MAX_EXT_LEAF), b, c, d]
@@ -123,10 +120,7 @@ pub fn guest_cpuid(
         }
         // Brand string and cache description carry no features.
         0x8000_0002..=0x8000_0006 => host(leaf, subleaf),
-        0x8000_0008 => {
-            let [a, _, _, _] = host(0x8000_0008, 0);
-            [a & 0xffff, 0, 0, 0]
-        }
+        0x8000_0008 => [host(0x8000_0008, 0)[0] & 0xffff, 0, 0, 0],
         _ => [0; 4],
     }
 }

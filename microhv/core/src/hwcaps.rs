@@ -38,6 +38,12 @@ impl Missing {
         self.table.iter().enumerate().filter(|(i, _)| self.bits & (1 << i) != 0).map(|(_, r)| r)
     }
 
+    /// The requirements of `table` whose entry in `has` is false, if any.
+    fn check<const N: usize>(has: [bool; N], table: &'static [Requirement; N]) -> Result<(), Self> {
+        let bits = (0..N).filter(|&i| !has[i]).fold(0, |b, i| b | 1 << i);
+        if bits == 0 { Ok(()) } else { Err(Missing { bits, table }) }
+    }
+
     /// How many are missing.
     #[cfg(test)]
     pub fn count(&self) -> u32 {
@@ -181,10 +187,7 @@ pub fn check_vmx(m: &VmxMsrs) -> Result<VmxFeatures, Missing> {
         m.ept_vpid & INVEPT != 0 && m.ept_vpid & INVEPT_SINGLE != 0,
         m.ept_vpid & INVVPID != 0 && m.ept_vpid & INVVPID_SINGLE != 0,
     ];
-    let bits = has.iter().enumerate().filter(|(_, ok)| !**ok).fold(0, |b, (i, _)| b | 1 << i);
-    if bits != 0 {
-        return Err(Missing { bits, table: &VMX_REQUIREMENTS });
-    }
+    Missing::check(has, &VMX_REQUIREMENTS)?;
     Ok(VmxFeatures {
         revision: (m.basic & 0x7fff_ffff) as u32,
         ept_2m: m.ept_vpid & PAGE_2M != 0,
@@ -281,10 +284,7 @@ pub fn check_svm(c: &SvmCpuid) -> Result<SvmFeatures, Missing> {
     let (eax, ebx, edx) =
         if c.max_ext_leaf >= 0x8000_000A { (c.svm_eax, c.svm_ebx, c.svm_edx) } else { (0, 0, 0) };
     let has = [edx & cpuid_bits::NPT != 0, ebx >= 2];
-    let bits = has.iter().enumerate().filter(|(_, ok)| !**ok).fold(0, |b, (i, _)| b | 1 << i);
-    if bits != 0 {
-        return Err(Missing { bits, table: &SVM_REQUIREMENTS });
-    }
+    Missing::check(has, &SVM_REQUIREMENTS)?;
     Ok(SvmFeatures {
         revision: (eax & 0xff) as u8,
         asids: ebx,

@@ -82,10 +82,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 .target_domu(args[0])
                 .and_then(|t| self.irq_level(t, args[1], args[2], args[3]).map(|()| 0)),
         };
-        Outcome::Return(match r {
-            Ok(v) => v as i64,
-            Err(e) => e.to_ret(),
-        })
+        Outcome::Return(r.map_or_else(Errno::to_ret, |v| v as i64))
     }
 
     // ---- argument helpers ----------------------------------------------------------------------
@@ -105,14 +102,19 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if self.domains[t].privileged { Err(Errno::EPERM) } else { Ok(t) }
     }
 
+    /// A domain other than dom0 (as [`Self::target_domu`]) in one of `states`, else `EBUSY`.
+    fn target_domu_in(&self, domid: u64, states: &[DomainState]) -> Result<usize, Errno> {
+        let t = self.target_domu(domid)?;
+        let ok = self.domains[t].state.is_some_and(|s| states.contains(&s));
+        if ok { Ok(t) } else { Err(Errno::EBUSY) }
+    }
+
     /// Reads a structure argument from domain `d`'s memory.
     fn read_struct<T>(&self, d: usize, gpa: u64) -> Result<T, Errno>
     where
         T: FromBytes + IntoBytes + KnownLayout + Immutable,
     {
-        if gpa % STRUCT_ALIGN != 0 {
-            return Err(Errno::EINVAL);
-        }
+        aligned(gpa)?;
         let mut t = T::new_zeroed();
         self.copy_from_guest(d, gpa, t.as_mut_bytes())?;
         Ok(t)
@@ -124,9 +126,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     where
         T: IntoBytes + Immutable,
     {
-        if gpa % STRUCT_ALIGN != 0 {
-            return Err(Errno::EINVAL);
-        }
+        aligned(gpa)?;
         let bytes = value.as_bytes();
         self.check_range(d, gpa, bytes.len() as u64, true)?;
         self.copy_to_guest(d, gpa, bytes)
@@ -206,9 +206,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// `IoreqNext`: the caller's buffer is checked before a request is taken.
     fn op_ioreq_next(&mut self, d: usize, gpa: u64) -> R {
-        if gpa % STRUCT_ALIGN != 0 {
-            return Err(Errno::EINVAL);
-        }
+        aligned(gpa)?;
         self.check_range(d, gpa, size_of::<IoReq>() as u64, true)?;
         match self.ioreq_next() {
             Some(req) => self.write_struct(d, gpa, &req).map(|()| 1),
@@ -261,16 +259,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             }
             Ok(())
         })();
-        match built {
-            Ok(()) => {
-                log::info!("d{t} ({name}) created: {} MiB, {} vCPU(s)", c.mem_bytes >> 20, c.vcpus);
-                Ok(t as u64)
-            }
-            Err(e) => {
-                self.destroy_domain(t);
-                Err(e)
-            }
+        if let Err(e) = built {
+            self.destroy_domain(t);
+            return Err(e);
         }
+        log::info!("d{t} ({name}) created: {} MiB, {} vCPU(s)", c.mem_bytes >> 20, c.vcpus);
+        Ok(t as u64)
     }
 
     fn op_domain_destroy(&mut self, domid: u64) -> R {
@@ -281,10 +275,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     fn op_domain_pause(&mut self, domid: u64) -> R {
-        let t = self.target_domu(domid)?;
-        if self.domains[t].state != Some(DomainState::Running) {
-            return Err(Errno::EBUSY);
-        }
+        let t = self.target_domu_in(domid, &[DomainState::Running])?;
         self.domains[t].state = Some(DomainState::Paused);
         Ok(0)
     }
@@ -339,9 +330,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let cap = capacity.min(DOMAINS as u64);
         let entry = size_of::<DomainInfo>() as u64;
         if cap > 0 {
-            if gpa % STRUCT_ALIGN != 0 {
-                return Err(Errno::EINVAL);
-            }
+            aligned(gpa)?;
             self.check_range(d, gpa, cap * entry, true)?;
         }
         let mut n = 0u64;
@@ -369,10 +358,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     fn op_mem_set(&mut self, domid: u64, bytes: u64) -> R {
-        let t = self.target_domu(domid)?;
-        if !matches!(self.domains[t].state, Some(DomainState::Created | DomainState::Paused)) {
-            return Err(Errno::EBUSY);
-        }
+        let t = self.target_domu_in(domid, &[DomainState::Created, DomainState::Paused])?;
         mem_size_ok(bytes)?;
         let cur = self.domains[t].mem_bytes;
         if bytes > cur {
@@ -387,10 +373,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     fn op_mem_write(&mut self, d: usize, domid: u64, dst: u64, src: u64, len: u64) -> R {
-        let t = self.target_domu(domid)?;
-        if !matches!(self.domains[t].state, Some(DomainState::Created | DomainState::Paused)) {
-            return Err(Errno::EBUSY);
-        }
+        let t = self.target_domu_in(domid, &[DomainState::Created, DomainState::Paused])?;
         if len > MEM_WRITE_MAX {
             return Err(Errno::E2BIG);
         }
@@ -409,22 +392,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     fn op_vcpu_set_state(&mut self, d: usize, domid: u64, vcpu: u64, gpa: u64) -> R {
-        let t = self.target_domu(domid)?;
-        if self.domains[t].state != Some(DomainState::Created) {
-            return Err(Errno::EBUSY);
-        }
+        let t = self.target_domu_in(domid, &[DomainState::Created])?;
         if vcpu >= u64::from(self.domains[t].vcpu_count) {
             return Err(Errno::EINVAL);
         }
         let s: VcpuState = self.read_struct(d, gpa)?;
-        let below_4g = |x: u64| x <= u64::from(u32::MAX);
-        let regs_ok = [s.rax, s.rbx, s.rcx, s.rdx, s.rsi, s.rdi].into_iter().all(below_4g);
-        if s.mode != VCPU_MODE_FLAT32
-            || s.flags != 0
-            || !below_4g(s.rip)
-            || !below_4g(s.rsp)
-            || !regs_ok
-        {
+        let regs = [s.rip, s.rsp, s.rax, s.rbx, s.rcx, s.rdx, s.rsi, s.rdi];
+        let below_4g = regs.into_iter().all(|x| x <= u64::from(u32::MAX));
+        if s.mode != VCPU_MODE_FLAT32 || s.flags != 0 || !below_4g {
             return Err(Errno::EINVAL);
         }
         let mut init = VcpuInit { rip: s.rip, rsp: s.rsp, ..VcpuInit::default() };
@@ -505,6 +480,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         };
         self.write_struct(d, gpa, &out).map(|()| 0)
     }
+}
+
+/// Checks a structure argument's alignment.
+fn aligned(gpa: u64) -> Result<(), Errno> {
+    if gpa % STRUCT_ALIGN == 0 { Ok(()) } else { Err(Errno::EINVAL) }
 }
 
 /// Checks a memory size argument.

@@ -110,10 +110,7 @@ pub fn decode_intercepted(
         };
         match b {
             0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf2 | 0xf3 => rex = 0,
-            0xf0 => {
-                lock = true;
-                rex = 0;
-            }
+            0xf0 => (lock, rex) = (true, 0),
             // A REX prefix only counts right before the opcode: a later legacy prefix cancels it.
             0x40..=0x4f if code64 => rex = b,
             _ => break,

@@ -70,17 +70,11 @@ impl Pc {
             SHUTDOWN_PORT if write && size == 1 => {
                 let want = b"Shutdown";
                 let i = usize::from(self.shutdown_matched);
-                self.shutdown_matched = if want[i] == byte {
-                    self.shutdown_matched + 1
-                } else {
-                    u8::from(byte == want[0])
-                };
-                if usize::from(self.shutdown_matched) == want.len() {
-                    self.shutdown_matched = 0;
-                    IoOutcome::Shutdown(0)
-                } else {
-                    IoOutcome::Done(0)
-                }
+                let matched = if want[i] == byte { i + 1 } else { usize::from(byte == want[0]) };
+                // The whole word shuts down, and matching starts over.
+                let whole = matched == want.len();
+                self.shutdown_matched = if whole { 0 } else { matched as u8 };
+                if whole { IoOutcome::Shutdown(0) } else { IoOutcome::Done(0) }
             }
             _ => {
                 log::debug!("absent port {port:#x} ({} {size})", if write { "OUT" } else { "IN" });

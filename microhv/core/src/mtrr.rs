@@ -58,16 +58,12 @@ impl Mtrrs {
 
     /// RDMSR; `None` if `msr` is not an MTRR.
     pub fn read(&self, msr: u32) -> Option<u64> {
-        if msr == MTRRCAP {
-            return Some(CAP);
+        match msr {
+            MTRRCAP => Some(CAP),
+            DEF_TYPE => Some(self.def_type),
+            _ if let Some(i) = FIXED.iter().position(|&m| m == msr) => Some(self.fixed[i]),
+            _ => Self::var_index(msr).map(|(i, half)| self.var[i][half]),
         }
-        if msr == DEF_TYPE {
-            return Some(self.def_type);
-        }
-        if let Some(i) = FIXED.iter().position(|&m| m == msr) {
-            return Some(self.fixed[i]);
-        }
-        Self::var_index(msr).map(|(i, half)| self.var[i][half])
     }
 
     /// WRMSR; #GP for a read-only register, an invalid type or a set reserved bit.

@@ -177,17 +177,9 @@ impl Platform {
 
     /// Splits the borrows: the wires, and the devices that drive them.
     fn wires(&mut self) -> (Wires<'_>, &mut Pit, &mut PmTimer, &mut Hpet) {
-        let n = self.vcpus;
-        (
-            Wires {
-                pic: &mut self.pic,
-                ioapic: &mut self.ioapic,
-                bus: Bus { lapics: &mut self.lapics[..n] },
-            },
-            &mut self.pit,
-            &mut self.pm,
-            &mut self.hpet,
-        )
+        let bus = Bus { lapics: &mut self.lapics[..self.vcpus] };
+        let wires = Wires { pic: &mut self.pic, ioapic: &mut self.ioapic, bus };
+        (wires, &mut self.pit, &mut self.pm, &mut self.hpet)
     }
 
     /// Recomputes [`Platform::deadline`] after a change (every method that changes device state
@@ -327,16 +319,13 @@ impl Platform {
 
     /// Which emulated page `gpa` falls in for vCPU `v`, and its offset.
     pub fn mmio_page(&self, v: usize, gpa: u64) -> Option<(MmioPage, u64)> {
-        let within = |base: u64, len: u64| gpa.checked_sub(base).filter(|&o| o < len);
-        if let Some(o) =
-            self.lapics.get(v).and_then(|l| l.mmio_base()).and_then(|b| within(b, 0x1000))
-        {
-            Some((MmioPage::Lapic, o))
-        } else if let Some(o) = within(IOAPIC_BASE, IOAPIC_SIZE) {
-            Some((MmioPage::IoApic, o))
-        } else {
-            within(HPET_BASE, HPET_LEN).map(|o| (MmioPage::Hpet, o))
-        }
+        let lapic =
+            self.lapics.get(v).and_then(Lapic::mmio_base).map(|b| (MmioPage::Lapic, b, 0x1000));
+        let pages =
+            [(MmioPage::IoApic, IOAPIC_BASE, IOAPIC_SIZE), (MmioPage::Hpet, HPET_BASE, HPET_LEN)];
+        lapic.into_iter().chain(pages).find_map(|(page, base, len)| {
+            gpa.checked_sub(base).filter(|&o| o < len).map(|o| (page, o))
+        })
     }
 
     /// Reads (`write` `None`: the value read) or writes `size` bytes at `offset` of `page` for
@@ -357,12 +346,9 @@ impl Platform {
                 let l = self.lapics.get_mut(v).ok_or("no such vCPU")?;
                 match write {
                     None => l.mmio_read(offset, size, clock).map(u64::from),
-                    Some(val) => l.mmio_write(offset, size, val as u32, clock).map(|effect| {
-                        if let Some(e) = effect {
-                            self.apic_effect(e);
-                        }
-                        0
-                    }),
+                    Some(val) => {
+                        l.mmio_write(offset, size, val as u32, clock).map(|e| self.apic_effect(e))
+                    }
                 }
                 .map_err(|_| "not an aligned 32-bit access to the local APIC")
             }
@@ -392,15 +378,16 @@ impl Platform {
         r
     }
 
-    /// Carries out what a local APIC register write asked for: an EOI broadcast to the I/O
-    /// APIC, or an IPI.
-    pub fn apic_effect(&mut self, effect: ApicEffect) {
+    /// Carries out what a local APIC register write asked for, if anything: an EOI broadcast
+    /// to the I/O APIC, or an IPI. Returns the write's result, 0.
+    fn apic_effect(&mut self, effect: Option<ApicEffect>) -> u64 {
         let (mut w, ..) = self.wires();
         match effect {
-            ApicEffect::Eoi(e) if e.broadcast => w.ioapic.eoi(e.vector, &mut w.bus),
-            ApicEffect::Eoi(_) => {}
-            ApicEffect::Ipi(req) => w.bus.ipi(req),
+            Some(ApicEffect::Eoi(e)) if e.broadcast => w.ioapic.eoi(e.vector, &mut w.bus),
+            Some(ApicEffect::Ipi(req)) => w.bus.ipi(req),
+            Some(ApicEffect::Eoi(_)) | None => {}
         }
+        0
     }
 
     /// An x2APIC register (MSR `0x800..=0x8FF`) or IA32_TSC_DEADLINE of vCPU `v`, read
@@ -418,12 +405,7 @@ impl Platform {
             (TSC_DEADLINE, None) => l.tsc_deadline(),
             (TSC_DEADLINE, Some(val)) => l.set_tsc_deadline(val).map(|()| 0),
             (m, None) => l.x2apic_read(m, clock),
-            (m, Some(val)) => l.x2apic_write(m, val, clock).map(|effect| {
-                if let Some(e) = effect {
-                    self.apic_effect(e);
-                }
-                0
-            }),
+            (m, Some(val)) => l.x2apic_write(m, val, clock).map(|e| self.apic_effect(e)),
         };
         self.refresh(clock);
         r

@@ -48,7 +48,7 @@ pub fn cr4_write_ok(new: u64, efer: u64, allowed: u64) -> bool {
 /// 7.0 ebx: a guest may only turn on what the hardware can run (and what CPUID shows it).
 pub fn guest_cr4_allowed(leaf1_edx: u32, leaf7_ebx: u32) -> u64 {
     // (CR4 bit, CPUID register, CPUID bit) for each feature that gates a CR4 bit.
-    const GATES: [(u32, bool, u32); 11] = [
+    const GATES: [(u32, bool, u32); 12] = [
         (0, false, 1),   // VME
         (1, false, 1),   // PVI
         (3, false, 2),   // DE
@@ -60,6 +60,7 @@ pub fn guest_cr4_allowed(leaf1_edx: u32, leaf7_ebx: u32) -> u64 {
         (10, false, 25), // OSXMMEXCPT: SSE
         (16, true, 0),   // FSGSBASE
         (20, true, 7),   // SMEP
+        (21, true, 20),  // SMAP
     ];
     let mut allowed = GUEST_CR4_ALLOWED;
     for (cr4_bit, leaf7, cpuid_bit) in GATES {
@@ -67,9 +68,6 @@ pub fn guest_cr4_allowed(leaf1_edx: u32, leaf7_ebx: u32) -> u64 {
         if reg & (1 << cpuid_bit) == 0 {
             allowed &= !(1 << cr4_bit);
         }
-    }
-    if leaf7_ebx & (1 << 20) == 0 {
-        allowed &= !(1 << 21); // SMAP
     }
     allowed
 }

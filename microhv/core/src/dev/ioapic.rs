@@ -6,11 +6,9 @@
 //! older guest that instead flips the entry to edge and back, as Linux does on version 0x11
 //! parts, also works: going to edge clears remote IRR).
 //!
-//! Pins are driven with [`IoApic::set_level`] (or through [`IoApicLines`], an [`IrqSink`]);
-//! the interrupt messages of the redirection table go to a caller-supplied [`ApicBus`], which
-//! routes them to the local APICs.
+//! Pins are driven with [`IoApic::set_level`]; the interrupt messages of the redirection table
+//! go to a caller-supplied [`ApicBus`], which routes them to the local APICs.
 
-use super::IrqSink;
 use super::lapic::DeliveryMode;
 
 /// Guest-physical address of the register window.
@@ -63,12 +61,6 @@ pub trait ApicBus {
     /// Delivers `msg`; returns whether a local APIC accepted it. A level-triggered entry sets
     /// remote IRR only when one did, so a message to nobody is not left awaiting an EOI.
     fn deliver(&mut self, msg: IoApicMsg) -> bool;
-}
-
-impl<F: FnMut(IoApicMsg) -> bool> ApicBus for F {
-    fn deliver(&mut self, msg: IoApicMsg) -> bool {
-        self(msg)
-    }
 }
 
 /// The I/O APIC.
@@ -215,25 +207,31 @@ impl IoApic {
     }
 }
 
-/// An I/O APIC with its bus, as the [`IrqSink`] devices raise their interrupts through.
-pub struct IoApicLines<'a, B: ApicBus> {
-    /// The I/O APIC.
-    pub ioapic: &'a mut IoApic,
-    /// Where its messages go.
-    pub bus: &'a mut B,
-}
-
-impl<B: ApicBus> IrqSink for IoApicLines<'_, B> {
-    fn set_level(&mut self, gsi: u32, high: bool) {
-        self.ioapic.set_level(gsi, high, self.bus);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dev::IrqSink;
     use proptest::prelude::*;
     use std::vec::Vec;
+
+    /// A closure as the bus, for one-off behaviours.
+    impl<F: FnMut(IoApicMsg) -> bool> ApicBus for F {
+        fn deliver(&mut self, msg: IoApicMsg) -> bool {
+            self(msg)
+        }
+    }
+
+    /// An I/O APIC with its bus, as an [`IrqSink`] (the way devices raise their interrupts).
+    struct IoApicLines<'a, B: ApicBus> {
+        ioapic: &'a mut IoApic,
+        bus: &'a mut B,
+    }
+
+    impl<B: ApicBus> IrqSink for IoApicLines<'_, B> {
+        fn set_level(&mut self, gsi: u32, high: bool) {
+            self.ioapic.set_level(gsi, high, self.bus);
+        }
+    }
 
     /// A bus that records what it is given and accepts everything.
     #[derive(Default)]

@@ -325,12 +325,8 @@ fn bit(a: &[u32; 8], v: u8) -> bool {
 }
 
 fn set_bit(a: &mut [u32; 8], v: u8, on: bool) {
-    let w = &mut a[usize::from(v >> 5)];
-    if on {
-        *w |= 1 << (v & 31);
-    } else {
-        *w &= !(1 << (v & 31));
-    }
+    let (w, b) = (&mut a[usize::from(v >> 5)], 1 << (v & 31));
+    *w = if on { *w | b } else { *w & !b };
 }
 
 fn highest(a: &[u32; 8]) -> Option<u8> {
@@ -347,11 +343,6 @@ impl Lapic {
 
     fn power_up(cfg: LapicConfig, base: u64) -> Self {
         Self { cfg, base, dfr: u32::MAX, svr: 0xff, lvt: [LVT_MASKED; 7], ..Self::default() }
-    }
-
-    /// RESET: back to xAPIC mode at the default base, registers at their power-up values.
-    pub fn reset(&mut self) {
-        *self = Self::new(self.cfg);
     }
 
     /// INIT: every register back to its power-up value except the ID and IA32_APIC_BASE (so
@@ -713,13 +704,11 @@ impl Lapic {
     /// "illegal register address".
     pub fn mmio_read(&mut self, offset: u64, size: u8, c: &Clock) -> Result<u32, MmioError> {
         let r = self.mmio_reg(offset, size)?;
-        Ok(match self.read_reg(r, false, c) {
-            Some(v) => v as u32,
-            None => {
-                self.error(ESR_ILLEGAL_REG);
-                0
-            }
-        })
+        let v = self.read_reg(r, false, c);
+        if v.is_none() {
+            self.error(ESR_ILLEGAL_REG);
+        }
+        Ok(v.unwrap_or(0) as u32)
     }
 
     /// Writes register `offset` of the xAPIC page. Writes to read-only registers are dropped;
@@ -732,13 +721,11 @@ impl Lapic {
         c: &Clock,
     ) -> Result<Option<ApicEffect>, MmioError> {
         let r = self.mmio_reg(offset, size)?;
-        match self.write_reg(r, value.into(), false, c) {
-            Ok(effect) => Ok(effect),
-            Err(()) => {
-                self.error(ESR_ILLEGAL_REG);
-                Ok(None)
-            }
+        let effect = self.write_reg(r, value.into(), false, c);
+        if effect.is_err() {
+            self.error(ESR_ILLEGAL_REG);
         }
+        Ok(effect.unwrap_or(None))
     }
 
     fn mmio_reg(&self, offset: u64, size: u8) -> Result<u32, MmioError> {
@@ -905,12 +892,8 @@ impl Lapic {
             self.error(ESR_SEND_ILLEGAL);
             return None;
         }
-        let shorthand = match (lo >> 18) & 3 {
-            0 => Shorthand::None,
-            1 => Shorthand::SelfOnly,
-            2 => Shorthand::All,
-            _ => Shorthand::Others,
-        };
+        let shorthand = [Shorthand::None, Shorthand::SelfOnly, Shorthand::All, Shorthand::Others]
+            [((lo >> 18) & 3) as usize];
         if shorthand == Shorthand::SelfOnly && mode == DeliveryMode::Fixed {
             self.accept(vector, false);
             return None;

@@ -3,7 +3,8 @@
 //!
 //! Departures from the chip, where emulation makes the datasheet's constraint moot:
 //! - An edge stays latched in IRR until acknowledged even if the line drops first (the chip
-//!   wants the request held until INTA; devices here raise edges with [`IrqSink::pulse`]).
+//!   wants the request held until INTA; devices here raise edges with
+//!   [`IrqSink::pulse`](super::IrqSink::pulse)).
 //! - The slave's INT reaches the master's IR2 as a level, recomputed after every change, so the
 //!   master never acknowledges IR2 for a request that has gone: spurious interrupts come from
 //!   the master (IRQ7, no ISR bit set). The slave's spurious vector (IRQ15, with the master's
@@ -11,8 +12,6 @@
 //! - ICW1 also clears ISR (the datasheet lists what ICW1 resets without naming ISR; QEMU and
 //!   KVM clear it, and a re-initializing guest expects a clean chip).
 //! - Until a guest programs them, both chips mask every input.
-
-use super::IrqSink;
 
 /// The master's command port (its data port is the next one).
 pub const PIC_MASTER: u16 = 0x20;
@@ -111,15 +110,11 @@ impl Chip {
         }
     }
 
-    fn poll_read(&mut self, master: bool) -> u8 {
-        self.poll = false;
-        match self.pending(master) {
-            Some(i) => {
-                self.intack(i, master && i == 2);
-                0x80 | i
-            }
-            None => 0,
-        }
+    /// INTA (or a poll) for the request INT signals, if there is one: its input.
+    fn take(&mut self, master: bool) -> Option<u8> {
+        let i = self.pending(master)?;
+        self.intack(i, master && i == 2);
+        Some(i)
     }
 
     fn command(&mut self, v: u8) {
@@ -215,7 +210,8 @@ impl Pic {
                 let master = port < 0xa0;
                 let c = &mut self.chips[usize::from(!master)];
                 if c.poll {
-                    c.poll_read(master)
+                    c.poll = false;
+                    c.take(master).map_or(0, |i| 0x80 | i)
                 } else if port & 1 == 1 {
                     c.imr
                 } else if c.read_isr {
@@ -277,37 +273,26 @@ impl Pic {
     /// auto-EOI). Without one, the master's IR7 vector, nothing put in service (spurious).
     pub fn acknowledge(&mut self) -> u8 {
         let [m, s] = &mut self.chips;
-        let v = match m.pending(true) {
-            None => m.base | 7,
-            Some(2) => {
-                m.intack(2, true);
-                match s.pending(false) {
-                    Some(i) => {
-                        s.intack(i, false);
-                        s.base | i
-                    }
-                    None => s.base | 7,
-                }
-            }
-            Some(i) => {
-                m.intack(i, false);
-                m.base | i
-            }
+        let v = match m.take(true) {
+            Some(2) => s.base | s.take(false).unwrap_or(7),
+            i => m.base | i.unwrap_or(7),
         };
         self.cascade();
         v
     }
 }
 
-impl IrqSink for Pic {
-    fn set_level(&mut self, gsi: u32, high: bool) {
-        Pic::set_level(self, gsi, high);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dev::IrqSink;
+
+    /// The tests raise edges as devices do, with [`IrqSink::pulse`].
+    impl IrqSink for Pic {
+        fn set_level(&mut self, gsi: u32, high: bool) {
+            Pic::set_level(self, gsi, high);
+        }
+    }
     use proptest::prelude::*;
 
     fn out(p: &mut Pic, seq: &[(u16, u8)]) {

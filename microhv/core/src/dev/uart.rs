@@ -33,8 +33,8 @@ pub enum UartOut {
     Tx(u8),
 }
 
-/// The UART.
-#[derive(Debug, Clone)]
+/// The UART. `Default` (every register zero) only serves [`Uart::new`].
+#[derive(Debug, Clone, Default)]
 pub struct Uart {
     ier: u8,
     lcr: u8,
@@ -53,19 +53,8 @@ pub struct Uart {
 
 impl Uart {
     /// The power-on state: 8 bits of nothing, interrupts off, FIFO off.
-    pub(crate) const fn new() -> Self {
-        Self {
-            ier: 0,
-            lcr: 0,
-            mcr: 0,
-            scr: 0,
-            dll: 0x0c,
-            dlm: 0,
-            fifo: false,
-            lsr_errors: 0,
-            thre: false,
-            rx: Deque::new(),
-        }
+    pub(crate) fn new() -> Self {
+        Self { dll: 0x0c, ..Self::default() }
     }
 
     fn rx_capacity(&self) -> usize {
@@ -111,9 +100,8 @@ impl Uart {
             1 => self.ier,
             2 => {
                 let id = self.iir_id();
-                if id == 0x02 {
-                    self.thre = false;
-                }
+                // Reading IIR with THRE as the source clears it.
+                self.thre &= id != 0x02;
                 id | if self.fifo { 0xc0 } else { 0 }
             }
             3 => self.lcr,
@@ -151,9 +139,7 @@ impl Uart {
             1 if dlab => self.dlm = v,
             1 => {
                 // Enabling THRI while the holding register is empty raises THRE.
-                if v & IER_THRI != 0 && self.ier & IER_THRI == 0 {
-                    self.thre = true;
-                }
+                self.thre |= v & IER_THRI != 0 && self.ier & IER_THRI == 0;
                 self.ier = v & 0x0f;
             }
             2 => {

@@ -84,12 +84,8 @@ pub fn alu(op: AluOp, size: u8, dst: u64, src: u64, rflags: u64) -> (u64, u64) {
             };
             let r = a.wrapping_add(b).wrapping_add(c) & m;
             let carry = u64::from(wide(a) + wide(b) + wide(c) > wide(m));
-            (
-                r,
-                if op == Inc { cf_in } else { carry },
-                !(a ^ b) & (a ^ r) & sign,
-                (a ^ b ^ r) & 0x10,
-            )
+            let cf = if op == Inc { cf_in } else { carry };
+            (r, cf, !(a ^ b) & (a ^ r) & sign, (a ^ b ^ r) & 0x10)
         }
         Sub | Sbb | Cmp | Dec | Neg => {
             let (x, y, c) = match op {
@@ -100,12 +96,8 @@ pub fn alu(op: AluOp, size: u8, dst: u64, src: u64, rflags: u64) -> (u64, u64) {
             };
             let r = x.wrapping_sub(y).wrapping_sub(c) & m;
             let borrow = u64::from(wide(y) + wide(c) > wide(x));
-            (
-                r,
-                if op == Dec { cf_in } else { borrow },
-                (x ^ y) & (x ^ r) & sign,
-                (x ^ y ^ r) & 0x10,
-            )
+            let cf = if op == Dec { cf_in } else { borrow };
+            (r, cf, (x ^ y) & (x ^ r) & sign, (x ^ y ^ r) & 0x10)
         }
         Or => (a | b, 0, 0, 0),
         And | Test => (a & b, 0, 0, 0),

@@ -418,13 +418,8 @@ pub fn decode(bytes: &[u8], mode: CpuMode) -> Result<Mmio, DecodeError> {
                 (false, 0xfe | 0xff) => (sz(op), Form::Group5),
                 (false, 0x8f) => (wide, Form::Pop),
                 // MOVSXD (ARPL outside 64-bit mode); without REX.W it is a plain load.
-                (false, 0x63) if mode == CpuMode::Bits64 => {
-                    if w {
-                        (4, Form::Extend(true))
-                    } else {
-                        (wide, Form::Load)
-                    }
-                }
+                (false, 0x63) if mode == CpuMode::Bits64 && w => (4, Form::Extend(true)),
+                (false, 0x63) if mode == CpuMode::Bits64 => (wide, Form::Load),
                 (true, 0xb6 | 0xb7 | 0xbe | 0xbf) => (1 + (op & 1), Form::Extend(op & 8 != 0)),
                 (true, 0xa3 | 0xab | 0xb3 | 0xbb) => (wide, Form::AluMem(AluOp::bit(op >> 3))),
                 (true, 0xba) => (wide, Form::Group8),
