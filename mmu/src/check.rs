@@ -81,7 +81,7 @@ impl Mmu {
             u64::from(self.hdr_total),
         )?;
         ensure(
-            self.hdr_total % HDRS_PER_FRAME == 0,
+            self.hdr_total.is_multiple_of(HDRS_PER_FRAME),
             "header total not whole frames",
             u64::from(self.hdr_total),
             0,

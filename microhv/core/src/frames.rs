@@ -157,7 +157,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
     /// Returns a frame obtained from [`alloc`](Self::alloc) or
     /// [`alloc_contiguous`](Self::alloc_contiguous).
     pub fn free(&mut self, pa: u64) -> Result<(), FrameError> {
-        if pa % FRAME_SIZE != 0 {
+        if !pa.is_multiple_of(FRAME_SIZE) {
             return Err(FrameError::Unaligned);
         }
         let f = pa / FRAME_SIZE;

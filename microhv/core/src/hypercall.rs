@@ -484,12 +484,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
 /// Checks a structure argument's alignment.
 fn aligned(gpa: u64) -> Result<(), Errno> {
-    if gpa % STRUCT_ALIGN == 0 { Ok(()) } else { Err(Errno::EINVAL) }
+    if gpa.is_multiple_of(STRUCT_ALIGN) { Ok(()) } else { Err(Errno::EINVAL) }
 }
 
 /// Checks a memory size argument.
 fn mem_size_ok(bytes: u64) -> Result<(), Errno> {
-    if bytes % FRAME_SIZE != 0 || bytes < MIN_DOMAIN_MEM {
+    if !bytes.is_multiple_of(FRAME_SIZE) || bytes < MIN_DOMAIN_MEM {
         return Err(Errno::EINVAL);
     }
     if bytes > MAX_DOMAIN_MEM {

@@ -212,10 +212,10 @@ fn socket_path(cli: &Cli) -> PathBuf {
         candidates.extend(cwd.ancestors().map(|d| d.join(WELL_KNOWN)));
     }
     // hvctl itself usually lives in `<workspace>/target/<profile>/hvctl`.
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(target) = exe.parent().and_then(Path::parent) {
-            candidates.push(target.join("microhv/run/dom0.sock"));
-        }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(target) = exe.parent().and_then(Path::parent)
+    {
+        candidates.push(target.join("microhv/run/dom0.sock"));
     }
     candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| PathBuf::from(WELL_KNOWN))
 }

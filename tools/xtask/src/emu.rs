@@ -343,10 +343,10 @@ impl Bridge {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::spawn(move || {
-            if let Err(e) = bridge(tcp, unix, &flag) {
-                if !flag.load(Ordering::SeqCst) {
-                    eprintln!("xtask: control bridge: {e:#}");
-                }
+            if let Err(e) = bridge(tcp, unix, &flag)
+                && !flag.load(Ordering::SeqCst)
+            {
+                eprintln!("xtask: control bridge: {e:#}");
             }
         });
         Ok(Bridge { stop })
@@ -384,10 +384,10 @@ fn bridge(tcp: TcpListener, unix: UnixListener, stop: &AtomicBool) -> Result<()>
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = from_dom0.read(&mut buf) {
             let mut c = to_client.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = c.as_mut() {
-                if s.write_all(&buf[..n]).is_err() {
-                    *c = None;
-                }
+            if let Some(s) = c.as_mut()
+                && s.write_all(&buf[..n]).is_err()
+            {
+                *c = None;
             }
         }
     });

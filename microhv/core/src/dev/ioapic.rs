@@ -136,10 +136,12 @@ impl IoApic {
         self.lines = (self.lines & !(1 << p)) | (u32::from(high) << p);
         if Self::level(e) {
             self.service(p, bus);
-        } else if !was && self.asserted(p, e) && e & RTE_MASKED == 0 {
-            if let Some(m) = Self::msg(p, e) {
-                bus.deliver(m);
-            }
+        } else if !was
+            && self.asserted(p, e)
+            && e & RTE_MASKED == 0
+            && let Some(m) = Self::msg(p, e)
+        {
+            bus.deliver(m);
         }
     }
 

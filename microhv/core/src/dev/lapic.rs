@@ -731,7 +731,7 @@ impl Lapic {
     fn mmio_reg(&self, offset: u64, size: u8) -> Result<u32, MmioError> {
         if self.mmio_base().is_none() {
             Err(MmioError::NotDecoded)
-        } else if size != 4 || offset % 16 != 0 || offset > 0xff0 {
+        } else if size != 4 || !offset.is_multiple_of(16) || offset > 0xff0 {
             Err(MmioError::BadAccess)
         } else {
             Ok((offset >> 4) as u32)

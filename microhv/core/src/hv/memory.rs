@@ -24,11 +24,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             };
             let mut n = left;
             let run = loop {
-                let align = if n >= LARGE_RUN_FRAMES && at % (LARGE_RUN_FRAMES * FRAME_SIZE) == 0 {
-                    LARGE_RUN_FRAMES
-                } else {
-                    1
-                };
+                let align =
+                    if n >= LARGE_RUN_FRAMES && at.is_multiple_of(LARGE_RUN_FRAMES * FRAME_SIZE) {
+                        LARGE_RUN_FRAMES
+                    } else {
+                        1
+                    };
                 if let Some(pa) = self.frames.alloc_contiguous(n, align) {
                     break pa;
                 }

@@ -116,7 +116,7 @@ pub fn alu(op: AluOp, size: u8, dst: u64, src: u64, rflags: u64) -> (u64, u64) {
     };
     let flag = |set: bool, bit: u32| u64::from(set) << bit;
     let status = flag(cf != 0, 0)
-        | flag((r as u8).count_ones() % 2 == 0, 2)
+        | flag((r as u8).count_ones().is_multiple_of(2), 2)
         | flag(af != 0, 4)
         | flag(r == 0, 6)
         | flag(r & sign != 0, 7)

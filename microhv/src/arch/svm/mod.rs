@@ -154,7 +154,7 @@ struct IdentityRam;
 
 impl insn::Memory for IdentityRam {
     fn read_u64(&self, hpa: u64) -> Option<u64> {
-        if hpa % 8 != 0 || hpa.checked_add(8)? > rt::IDENTITY_MAP_BYTES {
+        if !hpa.is_multiple_of(8) || hpa.checked_add(8)? > rt::IDENTITY_MAP_BYTES {
             return None;
         }
         // SAFETY: aligned and inside the identity map (checked). The addresses come from the

@@ -274,7 +274,7 @@ pub struct Vmcb(pub u64);
 
 impl Vmcb {
     fn ptr<T>(self, off: usize) -> *mut T {
-        debug_assert!(off + size_of::<T>() <= 4096 && off % size_of::<T>() == 0);
+        debug_assert!(off + size_of::<T>() <= 4096 && off.is_multiple_of(size_of::<T>()));
         (self.0 + off as u64) as *mut T
     }
 

@@ -33,7 +33,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         if cpuid {
             core::hint::black_box(core::arch::x86_64::__cpuid(0));
         }
-        if every != 0 && n % every == 0 {
+        if every != 0 && n.is_multiple_of(every) {
             println!("spinner {}: {} M iterations", guest_rt::hv().domid, n / 1_000_000);
         }
     }
