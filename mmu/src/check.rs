@@ -41,8 +41,7 @@ impl Mmu {
     ///   a size allowed by the configuration and the slot's large-page counts, and is the one
     ///   entry in its gfn's rmap; every rmap entry names such a leaf; in a logging slot every
     ///   writable leaf is 4 KiB and already marked dirty;
-    /// - the slots do not overlap, their cached metadata depth, page total and the default cap
-    ///   match.
+    /// - the slots do not overlap; their metadata depth, page total and the default cap match.
     pub fn check_invariants<H: Host>(&self, host: &H) -> Result<(), Violation> {
         self.check_counters()?;
         let (listed, leaves) = self.check_pages(host)?;
@@ -104,7 +103,7 @@ impl Mmu {
             total += s.npages;
             ensure(s.meta != 0, "slot without metadata", i as u64, 0)?;
             let depth = store::depth(s.meta_words());
-            ensure(s.meta_depth == depth, "slot metadata depth stale", i as u64, depth.into())?;
+            ensure(s.depth == depth, "slot metadata depth stale", i as u64, depth.into())?;
             for (j, t) in self.slots.iter().enumerate() {
                 if j != i && t.used() && s.base < t.end() && t.base < s.end() {
                     return fail("slots overlap", i as u64, j as u64);

@@ -166,9 +166,8 @@ impl Mmu {
         self.reclaim_batch(host, need)?;
         // Reclaim may have zapped tables of this very walk, which raises its need.
         loop {
-            let need =
-                u64::from(self.walk(host, self.root_table, gfn).level.saturating_sub(target));
-            if self.available() >= need {
+            let need = self.walk(host, self.root_table, gfn).level.saturating_sub(target);
+            if self.available() >= u64::from(need) {
                 return Ok(Some(true));
             }
             if !self.zap_oldest(host)? {
@@ -209,25 +208,26 @@ impl Mmu {
         while level > target {
             let addr = table + index(gfn, level) * 8;
             let mut e = host.read_u64(addr);
+            let head = gfn & !(pages_per_entry(level) - 1);
             if self.masks.is_present(e) && is_leaf(e, level) {
                 // drop_large_spte: a smaller mapping is wanted under a large leaf.
-                let head = gfn & !(pages_per_entry(level) - 1);
                 self.drop_leaf(host, addr, e, level, head)?;
                 e = 0;
             }
             if !self.masks.is_present(e) {
-                let child_gfn = gfn & !(pages_per_entry(level) - 1);
-                let mut child = self.find_sp(host, child_gfn, level - 1);
-                if child == NIL {
-                    child = self.alloc_sp(host, child_gfn, level - 1)?;
+                let child = self.find_sp(host, head, level - 1);
+                let child_table = if child == NIL {
+                    self.alloc_sp(host, head, level - 1, addr)?.1
                 } else if self.parent(host, child) != 0 {
                     // The only entry that may point at it is this one, and it is empty.
                     debug_assert!(false, "orphan candidate {child} has a parent");
                     return Err(Error::Internal);
-                }
-                e = self.sp_table(host, child) | self.masks.table;
+                } else {
+                    self.set_parent(host, child, addr);
+                    self.sp_table(host, child)
+                };
+                e = child_table | self.masks.table;
                 host.write_u64(addr, e);
-                self.set_parent(host, child, addr);
             }
             table = e & ADDR_MASK;
             level -= 1;

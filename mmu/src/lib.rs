@@ -491,8 +491,7 @@ impl Mmu {
     /// `OutOfMemory` what was obtained stays cached. Call it before every [`Mmu::page_fault`].
     #[inline]
     pub fn topup<H: Host>(&mut self, host: &mut H) -> Result<(), Error> {
-        // The usual case, without a call: `topup_caches` would do nothing (anything cached
-        // implies the hash exists).
+        // Full caches return without a call (anything cached implies the hash exists).
         if self.cached_sps() >= PAGE_CACHE_MIN as u32 {
             return Ok(());
         }

@@ -31,7 +31,7 @@ impl Mmu {
             if self.available() < 1 {
                 return Err(Error::NoSpace);
             }
-            r = self.alloc_sp(host, 0, LEVELS)?;
+            r = self.alloc_sp(host, 0, LEVELS, 0)?.0;
         }
         let sp = self.sp(host, r);
         self.set_root_count(host, r, sp.root_count + 1);

@@ -9,8 +9,7 @@ use crate::sp::alloc_checked;
 
 const FAN: u64 = 512;
 
-/// Directory levels above the data frames for an array of `words` words: each level resolves
-/// 9 bits of the highest index.
+/// Directory levels above the data frames for an array of `words` words (9 index bits each).
 pub(crate) const fn depth(words: u64) -> u32 {
     (u64::BITS - words.saturating_sub(1).leading_zeros()).saturating_sub(1) / 9
 }
@@ -80,8 +79,7 @@ fn free_level<H: Host>(host: &mut H, f: u64, depth: u32) {
     host.free_frame(f);
 }
 
-/// Host-physical address of word `i` of an array of `words` words and `depth(words)` levels
-/// (a slot keeps its metadata's depth, so rmap lookups skip the length); `i < words`.
+/// Host-physical address of word `i` of an array of `depth` levels; `i` is below its length.
 #[inline]
 pub(crate) fn addr<H: Host>(host: &H, root: u64, depth: u32, i: u64) -> u64 {
     debug_assert!(i < FAN << (9 * depth));

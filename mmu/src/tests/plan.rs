@@ -181,11 +181,11 @@ fn p08b_array_depth_and_the_depth_a_slot_keeps() {
     // 506 pages take 510 metadata words at gpa 0 (depth 0) but 514 across a GiB boundary
     // (depth 1): a move must carry the new depth, or rmap lookups would use the wrong words.
     let (mut m, mut h) = domain(EPT, 506 * 4096);
-    assert_eq!(m.slots[0].meta_depth, 0);
+    assert_eq!(m.slots[0].depth, 0);
     assert_eq!(fault(&mut m, &mut h, 0x1000, Access::WRITE), FIXED_4K);
     m.move_slot(&mut h, 0, GIB - 0x1000).unwrap();
     check(&m, &h);
-    assert_eq!(m.slots[0].meta_depth, 1);
+    assert_eq!(m.slots[0].depth, 1);
     for gpa in [GIB - 0x1000, GIB, GIB + 504 * 0x1000] {
         assert_eq!(fault(&mut m, &mut h, gpa, Access::WRITE), FIXED_4K);
     }
