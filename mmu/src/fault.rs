@@ -208,13 +208,14 @@ impl Mmu {
         while level > target {
             let addr = table + index(gfn, level) * 8;
             let mut e = host.read_u64(addr);
-            let head = gfn & !(pages_per_entry(level) - 1);
             if self.masks.is_present(e) && is_leaf(e, level) {
                 // drop_large_spte: a smaller mapping is wanted under a large leaf.
+                let head = gfn & !(pages_per_entry(level) - 1);
                 self.drop_leaf(host, addr, e, level, head)?;
                 e = 0;
             }
             if !self.masks.is_present(e) {
+                let head = gfn & !(pages_per_entry(level) - 1);
                 let child = self.find_sp(host, head, level - 1);
                 let child_table = if child == NIL {
                     self.alloc_sp(host, head, level - 1, addr)?.1
