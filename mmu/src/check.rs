@@ -33,15 +33,15 @@ impl Mmu {
     /// - the active list, the hash and the counters agree (`n_used` = pages on the list = pages
     ///   hashed = allocated − freed; `n_used ≤ n_max`; `n_max` = the goal unless pinned roots
     ///   hold it at `n_used`; free headers + `n_used` = headers created);
-    /// - at most one valid root; root counts equal the vCPU references; invalid pages are
-    ///   pinned, empty roots;
+    /// - at most one valid root, whose table is the one cached for faults if a vCPU holds it;
+    ///   root counts equal the vCPU references; invalid pages are pinned, empty roots;
     /// - every present non-leaf entry points to the valid table for its range, whose parent
     ///   word points back, and every parent word names such an entry;
     /// - every present leaf maps its slot's frame for its gfn, with the slot's permissions,
     ///   a size allowed by the configuration and the slot's large-page counts, and is the one
     ///   entry in its gfn's rmap; every rmap entry names such a leaf; in a logging slot every
     ///   writable leaf is 4 KiB and already marked dirty;
-    /// - the slots do not overlap and their page total and the default cap match.
+    /// - the slots do not overlap; their metadata depth, page total and the default cap match.
     pub fn check_invariants<H: Host>(&self, host: &H) -> Result<(), Violation> {
         self.check_counters()?;
         let (listed, leaves) = self.check_pages(host)?;
@@ -102,6 +102,8 @@ impl Mmu {
             }
             total += s.npages;
             ensure(s.meta != 0, "slot without metadata", i as u64, 0)?;
+            let depth = store::depth(s.meta_words());
+            ensure(s.depth == depth, "slot metadata depth stale", i as u64, depth.into())?;
             for (j, t) in self.slots.iter().enumerate() {
                 if j != i && t.used() && s.base < t.end() && t.base < s.end() {
                     return fail("slots overlap", i as u64, j as u64);
@@ -274,7 +276,7 @@ impl Mmu {
         if s.logging() && w != 0 {
             ensure(level == 1, "writable large leaf while logging", addr, e)?;
             let off = g - s.base;
-            let a = store::addr(host, s.dirty, s.dirty_words(), off / 64);
+            let a = store::addr(host, s.dirty, store::depth(s.dirty_words()), off / 64);
             ensure(
                 host.read_u64(a) & (1 << (off % 64)) != 0,
                 "writable leaf not marked dirty",
@@ -350,6 +352,8 @@ impl Mmu {
                 u64::from(r),
             )?;
             ensure(sp.invalid == flagged, "reload flag != root invalid", v as u64, u64::from(r))?;
+            let stale = !flagged && sp.table != self.root_table;
+            ensure(!stale, "cached root table stale", v as u64, self.root_table)?;
         }
         Ok(())
     }

@@ -74,7 +74,7 @@ impl Mmu {
             return Err(Error::InvalidArgument);
         }
         for (w, dst) in (0..words).zip(out.iter_mut()) {
-            let a = store::addr(host, s.dirty, words, w);
+            let a = store::addr(host, s.dirty, store::depth(words), w);
             let bits = host.read_u64(a);
             *dst = bits;
             if bits == 0 {

@@ -44,28 +44,6 @@ impl Mmu {
         }
     }
 
-    /// Tables a walk to `target` would have to create: an upper bound, since an orphan found in
-    /// the hash is re-linked rather than allocated.
-    pub(crate) fn walk_need<H: Host>(
-        &self,
-        host: &H,
-        root_table: u64,
-        gfn: u64,
-        target: u32,
-    ) -> u64 {
-        let mut table = root_table;
-        let mut level = LEVELS;
-        while level > target {
-            let e = host.read_u64(table + index(gfn, level) * 8);
-            if !self.masks.is_present(e) || is_leaf(e, level) {
-                return u64::from(level - target);
-            }
-            table = e & ADDR_MASK;
-            level -= 1;
-        }
-        0
-    }
-
     /// Handle a second-level fault of `vcpu` at `gpa` (KVM's `tdp_page_fault`).
     ///
     /// The tables are walked first: an access they already allow is `Spurious`, and a write to
@@ -86,7 +64,7 @@ impl Mmu {
         if root == NIL {
             return Err(Error::InvalidArgument);
         }
-        let out = self.fault(host, root, gpa, access)?;
+        let out = self.fault(host, vcpu, gpa, access)?;
         let s = &mut self.stats;
         match out {
             FaultOutcome::Fixed { .. } => {}
@@ -101,27 +79,26 @@ impl Mmu {
     fn fault<H: Host>(
         &mut self,
         host: &mut H,
-        root: u32,
+        vcpu: usize,
         gpa: u64,
         access: Access,
     ) -> Result<FaultOutcome, Error> {
-        let rsp = self.sp(host, root);
-        if rsp.invalid {
+        // The vCPU's root is invalid (so not `root_table`) exactly when its reload bit is set.
+        if self.reload_mask & (1 << vcpu) != 0 {
             return Ok(FaultOutcome::Retry);
         }
         if gpa >= GPA_LIMIT {
             return Ok(FaultOutcome::NoSlot);
         }
         let gfn = gpa >> 12;
-        let Some(si) = self.slot_of(gfn) else {
+        let Some(slot) = self.slot_of(gfn) else {
             return Ok(FaultOutcome::NoSlot);
         };
-        let slot = *self.slots.get(si).ok_or(Error::Internal)?;
         if access.write && !slot.writable() {
             return Ok(FaultOutcome::ReadOnly);
         }
 
-        let w = self.walk(host, rsp.table, gfn);
+        let w = self.walk(host, self.root_table, gfn);
         if self.masks.is_present(w.entry) {
             if !access.write || self.masks.is_writable(w.entry) {
                 return Ok(FaultOutcome::Spurious);
@@ -141,13 +118,13 @@ impl Mmu {
         if u64::from(self.cached_sps()) < WALK_MAX {
             return Err(Error::CachesEmpty);
         }
-        let Some(zapped) = self.make_room_for_walk(host, rsp.table, gfn, level)? else {
+        let Some(zapped) = self.make_room_for_walk(host, gfn, level, w.level)? else {
             return Ok(FaultOutcome::Retry);
         };
         // Resume from where the walk stopped unless reclaim may have freed part of it, or the
         // walk went below the level being mapped (a table is about to become a large leaf).
         let (table, from) =
-            if zapped || w.level < level { (rsp.table, LEVELS) } else { (w.table, w.level) };
+            if zapped || w.level < level { (self.root_table, LEVELS) } else { (w.table, w.level) };
         let writable = slot.writable() && (access.write || !slot.logging());
         self.direct_map(host, table, from, gfn, level, &slot, writable)?;
         self.stats.faults_fixed += 1;
@@ -170,24 +147,27 @@ impl Mmu {
     }
 
     /// The hard cap (spec deviation 1): before building anything, make sure every table the
-    /// walk may create fits under `n_max`, reclaiming oldest pages first. `Some(zapped)` when
-    /// there is room, `None` when even reclaiming everything not pinned is not enough.
+    /// walk to `target` may create fits under `n_max`, reclaiming oldest pages first. `stop` is
+    /// the level where [`Mmu::walk`] stops now; each level below it down to `target` needs a
+    /// table (an upper bound: an orphan found in the hash is re-linked, not allocated).
+    /// `Some(zapped)` when there is room, `None` when even reclaiming everything not pinned is
+    /// not enough.
     pub(crate) fn make_room_for_walk<H: Host>(
         &mut self,
         host: &mut H,
-        root_table: u64,
         gfn: u64,
         target: u32,
+        stop: u32,
     ) -> Result<Option<bool>, Error> {
-        let need = self.walk_need(host, root_table, gfn, target);
+        let need = u64::from(stop.saturating_sub(target));
         if self.available() >= need {
             return Ok(Some(false));
         }
         self.reclaim_batch(host, need)?;
         // Reclaim may have zapped tables of this very walk, which raises its need.
         loop {
-            let need = self.walk_need(host, root_table, gfn, target);
-            if self.available() >= need {
+            let need = self.walk(host, self.root_table, gfn).level.saturating_sub(target);
+            if self.available() >= u64::from(need) {
                 return Ok(Some(true));
             }
             if !self.zap_oldest(host)? {
@@ -235,18 +215,20 @@ impl Mmu {
                 e = 0;
             }
             if !self.masks.is_present(e) {
-                let child_gfn = gfn & !(pages_per_entry(level) - 1);
-                let mut child = self.find_sp(host, child_gfn, level - 1);
-                if child == NIL {
-                    child = self.alloc_sp(host, child_gfn, level - 1)?;
+                let head = gfn & !(pages_per_entry(level) - 1);
+                let child = self.find_sp(host, head, level - 1);
+                let child_table = if child == NIL {
+                    self.alloc_sp(host, head, level - 1, addr)?.1
                 } else if self.parent(host, child) != 0 {
                     // The only entry that may point at it is this one, and it is empty.
                     debug_assert!(false, "orphan candidate {child} has a parent");
                     return Err(Error::Internal);
-                }
-                e = self.sp_table(host, child) | self.masks.table;
+                } else {
+                    self.set_parent(host, child, addr);
+                    self.sp_table(host, child)
+                };
+                e = child_table | self.masks.table;
                 host.write_u64(addr, e);
-                self.set_parent(host, child, addr);
             }
             table = e & ADDR_MASK;
             level -= 1;
@@ -374,12 +356,13 @@ impl Mmu {
     }
 
     /// Set `gfn`'s bit in the slot's dirty bitmap, if it logs.
+    #[inline(always)]
     pub(crate) fn mark_dirty<H: Host>(&self, host: &mut H, slot: &Slot, gfn: u64) {
         if !slot.logging() {
             return;
         }
         let off = gfn - slot.base;
-        let a = store::addr(host, slot.dirty, slot.dirty_words(), off / 64);
+        let a = store::addr(host, slot.dirty, store::depth(slot.dirty_words()), off / 64);
         let w = host.read_u64(a);
         host.write_u64(a, w | (1 << (off % 64)));
     }

@@ -413,6 +413,9 @@ pub struct Mmu {
     vcpu_root: [u32; MAX_VCPUS],
     /// vCPUs whose root was invalidated since they loaded it.
     reload_mask: u64,
+    /// Table of the root the last acquire took. A held root is invalid exactly when its vCPU's
+    /// reload bit is set, and there is one valid root, so faults need not read its header.
+    root_table: u64,
     page_cache: [u64; PAGE_CACHE_CAPACITY],
     page_cache_len: usize,
     hdr_dir: [u64; sp::HDR_DIR_LEN],
@@ -444,6 +447,7 @@ impl Mmu {
             goal: MIN_MMU_PAGES,
             vcpu_root: [NIL; MAX_VCPUS],
             reload_mask: 0,
+            root_table: 0,
             page_cache: [0; PAGE_CACHE_CAPACITY],
             page_cache_len: 0,
             hdr_dir: [0; sp::HDR_DIR_LEN],
@@ -485,7 +489,12 @@ impl Mmu {
     /// and shadow-page headers. A no-op while they hold at least [`PAGE_CACHE_MIN`]; otherwise
     /// frames are filled to [`PAGE_CACHE_CAPACITY`] and one frame of headers is added. On
     /// `OutOfMemory` what was obtained stays cached. Call it before every [`Mmu::page_fault`].
+    #[inline]
     pub fn topup<H: Host>(&mut self, host: &mut H) -> Result<(), Error> {
+        // Full caches return without a call (anything cached implies the hash exists).
+        if self.cached_sps() >= PAGE_CACHE_MIN as u32 {
+            return Ok(());
+        }
         self.topup_caches(host)
     }
 
@@ -631,17 +640,17 @@ impl Mmu {
         *self = Mmu::new(self.cfg);
     }
 
-    /// The slot holding `gfn`, by index.
+    /// A copy of the slot holding `gfn`, remembered for the next lookup.
     #[inline]
-    pub(crate) fn slot_of(&mut self, gfn: u64) -> Option<usize> {
+    pub(crate) fn slot_of(&mut self, gfn: u64) -> Option<Slot> {
         if let Some(s) = self.slots.get(self.last_slot)
             && s.contains(gfn)
         {
-            return Some(self.last_slot);
+            return Some(*s);
         }
         let i = self.slots.iter().position(|s| s.contains(gfn))?;
         self.last_slot = i;
-        Some(i)
+        self.slots.get(i).copied()
     }
 
     /// Like [`Mmu::slot_of`] for `&self` callers.

@@ -31,7 +31,7 @@ impl Mmu {
             if self.available() < 1 {
                 return Err(Error::NoSpace);
             }
-            r = self.alloc_sp(host, 0, LEVELS)?;
+            r = self.alloc_sp(host, 0, LEVELS, 0)?.0;
         }
         let sp = self.sp(host, r);
         self.set_root_count(host, r, sp.root_count + 1);
@@ -39,6 +39,7 @@ impl Mmu {
             *slot = r;
         }
         self.reload_mask &= !(1 << vcpu);
+        self.root_table = sp.table;
         self.owe_flush();
         Ok(self.pointer(sp.table))
     }
@@ -82,7 +83,7 @@ impl Mmu {
         let r = *self.vcpu_root.get(vcpu).ok_or(Error::InvalidArgument)?;
         if r != NIL {
             if !self.needs_reload(vcpu) {
-                return Ok(self.pointer(self.sp_table(host, r)));
+                return Ok(self.pointer(self.root_table));
             }
             self.release_root(host, vcpu)?;
         }

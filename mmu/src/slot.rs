@@ -33,10 +33,13 @@ pub(crate) struct Slot {
     pub dirty: u64,
     /// `SLOT_*` flags.
     pub flags: u32,
+    /// `store::depth(meta_words())`, set by `alloc_meta` so rmap lookups skip recomputing it.
+    pub depth: u32,
 }
 
 impl Slot {
-    pub const EMPTY: Slot = Slot { base: 0, npages: 0, pfn: 0, meta: 0, dirty: 0, flags: 0 };
+    pub const EMPTY: Slot =
+        Slot { base: 0, npages: 0, pfn: 0, meta: 0, dirty: 0, flags: 0, depth: 0 };
 
     #[inline]
     pub const fn used(&self) -> bool {
@@ -94,14 +97,14 @@ impl Slot {
         if level == 2 { self.npages } else { self.npages + 2 * lpages(self.base, self.npages, 2) }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn rmap_addr<H: Host>(&self, host: &H, gfn: u64, level: u32) -> u64 {
-        store::addr(host, self.meta, self.meta_words(), self.rmap_word(gfn, level))
+        store::addr(host, self.meta, self.depth, self.rmap_word(gfn, level))
     }
 
     #[inline]
     pub fn count_addr<H: Host>(&self, host: &H, gfn: u64, level: u32) -> u64 {
-        store::addr(host, self.meta, self.meta_words(), self.count_word(gfn, level))
+        store::addr(host, self.meta, self.depth, self.count_word(gfn, level))
     }
 
     /// Host pfn backing `gfn` (inside the slot).
@@ -139,7 +142,7 @@ pub(crate) const fn meta_words(base: u64, npages: u64) -> u64 {
     npages + 2 * lpages(base, npages, 2) + 2 * lpages(base, npages, 3)
 }
 
-/// Allocate and initialise a slot's metadata for a placement at `base`.
+/// A slot at `base` with its metadata allocated and initialised (no flags, no dirty log).
 ///
 /// The disallow counts start as KVM's `kvm_arch_create_memslot` sets them: 1 for a partial
 /// large page at either end, and 1 everywhere at a level where the guest and host frames are
@@ -149,10 +152,10 @@ pub(crate) fn alloc_meta<H: Host>(
     base: u64,
     npages: u64,
     pfn: u64,
-) -> Result<u64, Error> {
+) -> Result<Slot, Error> {
     let words = meta_words(base, npages);
-    let root = store::alloc(host, words)?;
-    let probe = Slot { base, npages, pfn, meta: root, dirty: 0, flags: 0 };
+    let meta = store::alloc(host, words)?;
+    let probe = Slot { base, npages, pfn, meta, depth: store::depth(words), ..Slot::EMPTY };
     for level in 2..=MAX_LEAF_LEVEL {
         let span = pages_per_entry(level);
         let n = lpages(base, npages, level);
@@ -173,5 +176,5 @@ pub(crate) fn alloc_meta<H: Host>(
             host.write_u64(a, 1);
         }
     }
-    Ok(root)
+    Ok(probe)
 }

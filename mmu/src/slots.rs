@@ -35,9 +35,9 @@ impl Mmu {
             return Err(Error::Exists);
         }
         let pfn = hpa >> 12;
-        let meta = alloc_meta(host, base, npages, pfn)?;
+        let new = alloc_meta(host, base, npages, pfn)?;
         if let Some(s) = self.slots.get_mut(id) {
-            *s = Slot { base, npages, pfn, meta, dirty: 0, flags };
+            *s = Slot { flags, ..new };
         }
         self.total_pages += npages;
         self.update_goal(host)
@@ -80,12 +80,11 @@ impl Mmu {
         if self.overlaps(base, s.npages, Some(id)) {
             return Err(Error::Exists);
         }
-        let meta = alloc_meta(host, base, s.npages, s.pfn)?;
+        let new = alloc_meta(host, base, s.npages, s.pfn)?;
         self.zap_gfns(host, s.base, s.end())?;
         store::free(host, s.meta, s.meta_words());
         if let Some(slot) = self.slots.get_mut(id) {
-            slot.base = base;
-            slot.meta = meta;
+            *slot = Slot { flags: s.flags, dirty: s.dirty, ..new };
         }
         Ok(())
     }

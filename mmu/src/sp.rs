@@ -331,14 +331,16 @@ impl Mmu {
         Ok(())
     }
 
-    /// `kvm_mmu_alloc_page` + the miss path of `kvm_mmu_get_page`: a zeroed table, hashed and
-    /// at the head of the active list. The caller checked the caches and the cap.
+    /// `kvm_mmu_alloc_page` + the miss path of `kvm_mmu_get_page`: a zeroed table, hashed, at
+    /// the head of the active list, its parent word set to `parent`. The caller checked the
+    /// caches and the cap. Returns the page and its table.
     pub(crate) fn alloc_sp<H: Host>(
         &mut self,
         host: &mut H,
         gfn: u64,
         level: u32,
-    ) -> Result<u32, Error> {
+        parent: u64,
+    ) -> Result<(u32, u64), Error> {
         let cached =
             self.page_cache_len.checked_sub(1).and_then(|n| Some((n, *self.page_cache.get(n)?)));
         // The hash exists whenever the caches hold anything: topup allocates it first.
@@ -349,19 +351,19 @@ impl Mmu {
         };
         self.page_cache_len = len;
         let i = self.hdr_free;
-        self.hdr_free = self.next_in_chain(host, i);
-        self.hdr_free_len -= 1;
         let h = self.hdr(host, i);
+        self.hdr_free = unpack(host.read_u64(h + 8) >> W1_NEXT_SHIFT);
+        self.hdr_free_len -= 1;
         host.write_u64(h, table | u64::from(level) | W0_IN_USE);
         let b = hash(gfn, level);
         let head = self.bucket_head(host, b);
         host.write_u64(h + 8, gfn | (pack(head) << W1_NEXT_SHIFT));
-        host.write_u64(h + 16, 0);
+        host.write_u64(h + 16, parent);
         self.set_bucket_head(host, b, i);
         self.lru_push_head(host, i);
         self.n_used += 1;
         self.stats.pages_allocated += 1;
-        Ok(i)
+        Ok((i, table))
     }
 
     /// `kvm_mmu_free_page`: the table is empty and unreachable; give its frame back.

@@ -1,7 +1,7 @@
 //! Arrays of 64-bit words kept in frames: per-slot rmaps, large-page counters and dirty bitmaps.
 //!
 //! An array is a radix tree of 512-entry directory frames whose depth follows from its length,
-//! so the only thing a slot keeps inline is the root frame's address.
+//! so a slot keeps inline only the root frame's address (and its metadata's depth, for speed).
 
 use crate::Error;
 use crate::host::Host;
@@ -9,15 +9,9 @@ use crate::sp::alloc_checked;
 
 const FAN: u64 = 512;
 
-/// Directory levels above the data frames for an array of `words` words.
+/// Directory levels above the data frames for an array of `words` words (9 index bits each).
 pub(crate) const fn depth(words: u64) -> u32 {
-    let mut d = 0;
-    let mut cap = FAN;
-    while cap < words {
-        d += 1;
-        cap = cap.saturating_mul(FAN);
-    }
-    d
+    (u64::BITS - words.saturating_sub(1).leading_zeros()).saturating_sub(1) / 9
 }
 
 /// Frames an array of `words` words occupies (0 for an empty array).
@@ -85,12 +79,12 @@ fn free_level<H: Host>(host: &mut H, f: u64, depth: u32) {
     host.free_frame(f);
 }
 
-/// Host-physical address of word `i` of the array; the caller guarantees `i < words`.
+/// Host-physical address of word `i` of an array of `depth` levels; `i` is below its length.
 #[inline]
-pub(crate) fn addr<H: Host>(host: &H, root: u64, words: u64, i: u64) -> u64 {
-    debug_assert!(i < words);
+pub(crate) fn addr<H: Host>(host: &H, root: u64, depth: u32, i: u64) -> u64 {
+    debug_assert!(i < FAN << (9 * depth));
     let mut f = root;
-    let mut d = depth(words);
+    let mut d = depth;
     while d > 0 {
         f = host.read_u64(f + ((i >> (9 * d)) & (FAN - 1)) * 8);
         d -= 1;

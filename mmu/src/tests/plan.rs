@@ -160,6 +160,41 @@ fn p08_rmap_index_formula_and_lengths() {
     assert_eq!(s.meta_words(), 0x402 + 2 * 4 + 2);
 }
 
+#[test]
+fn p08b_array_depth_and_the_depth_a_slot_keeps() {
+    let reference = |words: u64| {
+        let (mut d, mut cap) = (0, 512u64);
+        while cap < words {
+            d += 1;
+            cap = cap.saturating_mul(512);
+        }
+        d
+    };
+    for w in [0, 1, 2, 511, u64::MAX - 1, u64::MAX] {
+        assert_eq!(crate::store::depth(w), reference(w), "{w:#x}");
+    }
+    for p in (9..64).step_by(9) {
+        for w in [(1u64 << p) - 1, 1 << p, (1 << p) + 1] {
+            assert_eq!(crate::store::depth(w), reference(w), "{w:#x}");
+        }
+    }
+    // 506 pages take 510 metadata words at gpa 0 (depth 0) but 514 across a GiB boundary
+    // (depth 1): a move must carry the new depth, or rmap lookups would use the wrong words.
+    let (mut m, mut h) = domain(EPT, 506 * 4096);
+    assert_eq!(m.slots[0].depth, 0);
+    assert_eq!(fault(&mut m, &mut h, 0x1000, Access::WRITE), FIXED_4K);
+    m.move_slot(&mut h, 0, GIB - 0x1000).unwrap();
+    check(&m, &h);
+    assert_eq!(m.slots[0].depth, 1);
+    for gpa in [GIB - 0x1000, GIB, GIB + 504 * 0x1000] {
+        assert_eq!(fault(&mut m, &mut h, gpa, Access::WRITE), FIXED_4K);
+    }
+    m.zap_gfn_range(&mut h, GIB - 0x1000, 506 * 4096).unwrap();
+    check(&m, &h);
+    assert!(m.lookup(&h, GIB).is_none());
+    teardown(m, h);
+}
+
 // ---- large pages ---------------------------------------------------------------------------
 
 #[test]
@@ -786,6 +821,34 @@ fn p39_make_room_only_when_short_then_in_a_batch() {
 }
 
 #[test]
+fn p39b_the_fault_walk_tells_make_room_what_it_needs() {
+    let (mut m, mut h) = domain(EPT, 64 * MIB);
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    for k in 0..15 {
+        fault(&mut m, &mut h, k * 2 * MIB, Access::WRITE);
+    }
+    // root + L3 + L2 + 15 L1: the cap is full.
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    m.disable_dirty_log(&mut h, 0).unwrap();
+    let r = m.stats().reclaims;
+    // The walk ends at level 1, below the 2 MiB leaf being mapped: nothing to build.
+    assert_eq!(fault(&mut m, &mut h, 2 * MIB, Access::WRITE), FIXED_2M);
+    assert_eq!(m.stats().reclaims, r);
+    // Splitting that leaf for logging needs one table: one free page is enough.
+    m.enable_dirty_log(&mut h, 0).unwrap();
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES + 1).unwrap();
+    assert_eq!(fault(&mut m, &mut h, 2 * MIB + 0x5000, Access::WRITE), FIXED_4K);
+    assert_eq!(m.stats().reclaims, r);
+    // With none free it reclaims; p39 covers a reclaim that zaps the walk's own tables.
+    m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
+    assert_eq!(m.n_used(), MIN_MMU_PAGES);
+    assert_eq!(fault(&mut m, &mut h, 30 * MIB, Access::WRITE), FIXED_4K);
+    assert!(m.stats().reclaims > r);
+    teardown(m, h);
+}
+
+#[test]
 fn p40_the_cap_is_hard_and_a_fault_without_room_builds_nothing() {
     let (mut m, mut h) = domain(EPT4K, 64 * MIB);
     m.set_requested_pages(&mut h, MIN_MMU_PAGES).unwrap();
@@ -976,6 +1039,34 @@ fn p43_zapping_a_pinned_root_invalidates_it_until_released() {
     assert_eq!(m.n_used(), 4, "freed with its last reference");
     check(&m, &h);
     assert_eq!(fault(&mut m, &mut h, 0x1000, Access::READ), FIXED_4K);
+    teardown(m, h);
+}
+
+#[test]
+fn p43b_faults_use_the_cached_root_table_only_while_the_root_is_valid() {
+    let (mut m, mut h) = domain(EPT4K, 64 * MIB);
+    m.acquire_root(&mut h, 1).unwrap();
+    fault(&mut m, &mut h, 0, Access::WRITE);
+    // vCPU 1 reloads onto a new root while vCPU 0 still holds the invalidated one.
+    m.zap_all(&mut h).unwrap();
+    let new = m.reload_root(&mut h, 1).unwrap();
+    assert_ne!(m.root_pointer(&h, 0), Some(new));
+    assert_eq!(fault_on(&mut m, &mut h, 1, 0x1000, Access::WRITE), FIXED_4K);
+    let s = m.stats();
+    assert_eq!(fault(&mut m, &mut h, 0x2000, Access::WRITE), FaultOutcome::Retry);
+    assert_eq!(m.stats().faults_retry, s.faults_retry + 1);
+    assert!(m.lookup(&h, 0x2000).is_none());
+    assert_eq!(m.reload_root(&mut h, 0).unwrap(), new);
+    assert_eq!(m.reload_root(&mut h, 0).unwrap(), new, "valid: the cached table");
+    assert_eq!(fault(&mut m, &mut h, 0x2000, Access::WRITE), FIXED_4K);
+    // Unheld, the valid root is zapped like any page; the next acquire builds another.
+    m.release_root(&mut h, 0).unwrap();
+    m.release_root(&mut h, 1).unwrap();
+    m.zap_all(&mut h).unwrap();
+    assert_eq!(m.n_used(), 0);
+    assert_ne!(m.acquire_root(&mut h, 0).unwrap(), new);
+    assert_eq!(fault(&mut m, &mut h, 0x3000, Access::WRITE), FIXED_4K);
+    assert_eq!(m.lookup(&h, 0x3000).unwrap().hpa, HPA + 0x3000);
     teardown(m, h);
 }
 
