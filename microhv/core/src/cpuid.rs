@@ -68,8 +68,9 @@ pub fn guest_cpuid(
     caller: &Caller,
     host: impl Fn(u32, u32) -> [u32; 4],
 ) -> [u32; 4] {
-    // The APIC timer's clock, which leaves 0x15, 0x16 and microhv's timing leaf report.
-    let bus = crate::dev::lapic::bus_hz_for(caller.tsc_khz.into());
+    // The APIC timer's clock, which leaves 0x15, 0x16 and microhv's timing leaf report (only
+    // computed for them: the CPUID exit is a fast path).
+    let bus = || crate::dev::lapic::bus_hz_for(caller.tsc_khz.into());
     match leaf {
         // The highest leaf is microhv's whatever the host's: the leaves it emulates (0x15,
         // 0x16) exist on every host, and those it does not offer read as zeros.
@@ -91,12 +92,12 @@ pub fn guest_cpuid(
         // TSC = crystal × ebx / eax, with the APIC bus as the crystal: Linux derives both its
         // TSC and its APIC timer frequency from this leaf, so they must agree with the models.
         0x15 => {
-            let ratio = (u64::from(caller.tsc_khz) * 1000).div_ceil(bus.max(1));
-            [1, ratio as u32, bus as u32, 0]
+            let ratio = (u64::from(caller.tsc_khz) * 1000).div_ceil(bus().max(1));
+            [1, ratio as u32, bus() as u32, 0]
         }
         0x16 => {
             let mhz = caller.tsc_khz / 1000;
-            [mhz, mhz, (bus / 1_000_000) as u32, 0]
+            [mhz, mhz, (bus() / 1_000_000) as u32, 0]
         }
         hv::LEAF_BASE => {
             let [b, c, d] = hv::signature_regs();
@@ -109,7 +110,7 @@ pub fn guest_cpuid(
             0,
         ],
         hv::LEAF_HYPERCALL => [caller.hypercall_insn, 0, 0, 0],
-        hv::LEAF_TIMING => [caller.tsc_khz, (bus / 1000) as u32, 0, 0],
+        hv::LEAF_TIMING => [caller.tsc_khz, (bus() / 1000) as u32, 0, 0],
         0x8000_0000 => {
             let [max, b, c, d] = host(0x8000_0000, 0);
             [max.min(MAX_EXT_LEAF), b, c, d]
