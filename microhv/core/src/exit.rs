@@ -311,6 +311,9 @@ pub struct ExitInfo {
     /// Exits the backend completed itself before this one (`fast.rs`), by
     /// [`crate::fast::FastExit::index`]: hypercalls, CPUIDs, demand faults.
     pub completed: [u32; 3],
+    /// For a `NestedPageFault` the backend offered to [`DemandFaults::fix`], what the MMU
+    /// said (filled in by the core's run loop, not by the backend).
+    pub mmu: Option<Result<mmu::FaultOutcome, mmu::Error>>,
 }
 
 impl ExitInfo {

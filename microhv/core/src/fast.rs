@@ -67,24 +67,26 @@ pub struct Faults<'a, P: PhysMem, const W: usize> {
     pub m: Machine<'a, P, W>,
     /// The vCPU that runs.
     pub vcpu: usize,
+    /// What the MMU said of the fault `fix` last declined, which is then the exit the backend
+    /// returns: the core takes it rather than asking again, so each fault reaches the MMU (and
+    /// its statistics) once.
+    pub declined: Option<Result<FaultOutcome, mmu::Error>>,
 }
 
 impl<P: PhysMem, const W: usize> DemandFaults for Faults<'_, P, W> {
-    /// Only memory slots, so that device pages and addresses outside the domain (which the
-    /// core emulates or stops the domain for) reach the MMU once, from the core. A fault that
-    /// owes a flush or a root reload (reclaim made room) is fixed but still goes to the core,
-    /// which finds it spurious and executes what is owed at the next entry.
+    /// Declines device pages and addresses outside the domain (the core emulates them or stops
+    /// the domain), and a fault fixed with a flush or a root reload owed (after reclaim), which
+    /// the core executes before the next entry.
     fn fix(&mut self, gpa: u64, a: Access) -> bool {
-        if self.mmu.translate(gpa).is_none() {
-            return false;
-        }
         let access =
             mmu::Access { read: a.read, write: a.write, fetch: a.exec, present: a.present };
-        let Faults { mmu, m, vcpu } = self;
+        let Faults { mmu, m, vcpu, .. } = self;
         let r = mmu.topup(m).and_then(|()| mmu.page_fault(m, *vcpu, gpa, access));
-        matches!(r, Ok(FaultOutcome::Fixed { .. } | FaultOutcome::Spurious))
+        let done = matches!(r, Ok(FaultOutcome::Fixed { .. } | FaultOutcome::Spurious))
             && !mmu.flush_pending()
-            && !mmu.needs_reload(*vcpu)
+            && !mmu.needs_reload(*vcpu);
+        self.declined = (!done).then_some(r);
+        done
     }
 }
 

@@ -16,6 +16,16 @@ pub trait PhysMem {
     fn write(&mut self, pa: u64, data: &[u8]);
     /// Sets `len` bytes at `pa` to zero.
     fn zero(&mut self, pa: u64, len: u64);
+    /// The 8-aligned word at `pa` (the MMU's tables and metadata: every fault reads several).
+    fn read_u64(&self, pa: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.read(pa, &mut b);
+        u64::from_le_bytes(b)
+    }
+    /// Writes the 8-aligned word at `pa`.
+    fn write_u64(&mut self, pa: u64, val: u64) {
+        self.write(pa, &val.to_le_bytes());
+    }
 }
 
 /// The frame allocator and physical memory together: what the `mmu` crate and the backends
@@ -54,13 +64,11 @@ impl<P: PhysMem, const W: usize> mmu::Host for Machine<'_, P, W> {
     }
 
     fn read_u64(&self, hpa: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.mem.read(hpa, &mut b);
-        u64::from_le_bytes(b)
+        self.mem.read_u64(hpa)
     }
 
     fn write_u64(&mut self, hpa: u64, val: u64) {
-        self.mem.write(hpa, &val.to_le_bytes());
+        self.mem.write_u64(hpa, val);
     }
 
     fn before_map(&mut self, hpa: u64, len: u64) {

@@ -224,6 +224,7 @@ impl Backend for FakeBackend {
             cs_base: v.regs.get("cs_base").copied().unwrap_or(0),
             ran_ticks: 1000,
             completed: core::mem::take(&mut self.completed),
+            mmu: None,
         }
     }
 

@@ -174,7 +174,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let mmu = &mut self.domains[d].mmu;
         let access = Access { read: a.read, write: a.write, fetch: a.exec, present: a.present };
-        let r = mmu.topup(&mut m).and_then(|()| mmu.page_fault(&mut m, v, gpa, access));
+        let r = match info.mmu {
+            Some(r) => r,
+            None => mmu.topup(&mut m).and_then(|()| mmu.page_fault(&mut m, v, gpa, access)),
+        };
         match r {
             Ok(FaultOutcome::Fixed { size }) => {
                 log::trace!("d{d}v{v}: nested page fault at {gpa:#x} mapped ({size:?})");
