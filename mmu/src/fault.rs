@@ -115,16 +115,22 @@ impl Mmu {
         }
 
         let level = self.mapping_level(host, &slot, gfn);
-        if u64::from(self.cached_sps()) < WALK_MAX {
-            return Err(Error::CachesEmpty);
-        }
-        let Some(zapped) = self.make_room_for_walk(host, gfn, level, w.level)? else {
-            return Ok(FaultOutcome::Retry);
+        // The walk reached the table the leaf goes in (the common case): nothing to build, no
+        // room to make. Otherwise resume from where the walk stopped unless reclaim may have
+        // freed part of it, or the walk went below the level being mapped (a table is about to
+        // become a large leaf).
+        let (table, from) = if w.level == level && !self.masks.is_present(w.entry) {
+            (w.table, w.level)
+        } else {
+            if u64::from(self.cached_sps()) < WALK_MAX {
+                return Err(Error::CachesEmpty);
+            }
+            match self.make_room_for_walk(host, gfn, level, w.level)? {
+                None => return Ok(FaultOutcome::Retry),
+                Some(zapped) if zapped || w.level < level => (self.root_table, LEVELS),
+                Some(_) => (w.table, w.level),
+            }
         };
-        // Resume from where the walk stopped unless reclaim may have freed part of it, or the
-        // walk went below the level being mapped (a table is about to become a large leaf).
-        let (table, from) =
-            if zapped || w.level < level { (self.root_table, LEVELS) } else { (w.table, w.level) };
         let writable = slot.writable() && (access.write || !slot.logging());
         self.direct_map(host, table, from, gfn, level, &slot, writable)?;
         self.stats.faults_fixed += 1;
