@@ -30,14 +30,20 @@ impl PhysMem for IdentityMem {
 
     #[inline]
     fn read_u64(&self, pa: u64) -> u64 {
-        assert!(pa < rt::IDENTITY_MAP_BYTES && pa % 8 == 0, "pa {pa:#x} unmapped or unaligned");
+        assert!(
+            pa < rt::IDENTITY_MAP_BYTES && pa.is_multiple_of(8),
+            "pa {pa:#x} unmapped or unaligned"
+        );
         // SAFETY: an aligned word inside the identity map (checked), of a frame the core owns.
         unsafe { (pa as *const u64).read() }
     }
 
     #[inline]
     fn write_u64(&mut self, pa: u64, val: u64) {
-        assert!(pa < rt::IDENTITY_MAP_BYTES && pa % 8 == 0, "pa {pa:#x} unmapped or unaligned");
+        assert!(
+            pa < rt::IDENTITY_MAP_BYTES && pa.is_multiple_of(8),
+            "pa {pa:#x} unmapped or unaligned"
+        );
         // SAFETY: as in `read_u64`; the frame belongs to the caller.
         unsafe { (pa as *mut u64).write(val) }
     }

@@ -120,6 +120,7 @@ impl Mmu {
         let mut count = 0u64;
         let mut leaves = 0u64;
         let mut free_headers = 0u64;
+        let mut orphans = 0u64;
         let mut f = self.hdr_free;
         while f != NIL {
             free_headers += 1;
@@ -143,10 +144,13 @@ impl Mmu {
             let (p, n) = self.lru_links(host, i);
             ensure(p == prev, "active list prev link", u64::from(i), u64::from(p))?;
             leaves += self.check_page(host, i)?;
+            let sp = self.sp(host, i);
+            orphans += u64::from(sp.level < LEVELS && !sp.invalid && self.parent(host, i) == 0);
             prev = i;
             i = n;
         }
         ensure(prev == self.lru_tail, "active list tail", u64::from(prev), 0)?;
+        ensure(orphans == self.orphans, "orphan count", orphans, self.orphans)?;
         Ok((count, leaves))
     }
 

@@ -158,6 +158,7 @@ impl Mmu {
     /// table (an upper bound: an orphan found in the hash is re-linked, not allocated).
     /// `Some(zapped)` when there is room, `None` when even reclaiming everything not pinned is
     /// not enough.
+    #[inline]
     pub(crate) fn make_room_for_walk<H: Host>(
         &mut self,
         host: &mut H,
@@ -169,6 +170,18 @@ impl Mmu {
         if self.available() >= need {
             return Ok(Some(false));
         }
+        self.reclaim_for_walk(host, gfn, target, need)
+    }
+
+    /// [`Mmu::make_room_for_walk`] when there is not room already (out of line: rare).
+    #[inline(never)]
+    fn reclaim_for_walk<H: Host>(
+        &mut self,
+        host: &mut H,
+        gfn: u64,
+        target: u32,
+        need: u64,
+    ) -> Result<Option<bool>, Error> {
         self.reclaim_batch(host, need)?;
         // Reclaim may have zapped tables of this very walk, which raises its need.
         loop {
@@ -222,7 +235,8 @@ impl Mmu {
             }
             if !self.masks.is_present(e) {
                 let head = gfn & !(pages_per_entry(level) - 1);
-                let child = self.find_sp(host, head, level - 1);
+                let child =
+                    if self.orphans == 0 { NIL } else { self.find_sp(host, head, level - 1) };
                 let child_table = if child == NIL {
                     self.alloc_sp(host, head, level - 1, addr)?.1
                 } else if self.parent(host, child) != 0 {
@@ -231,6 +245,7 @@ impl Mmu {
                     return Err(Error::Internal);
                 } else {
                     self.set_parent(host, child, addr);
+                    self.orphans -= 1;
                     self.sp_table(host, child)
                 };
                 e = child_table | self.masks.table;
@@ -280,6 +295,7 @@ impl Mmu {
                     return Err(Error::Internal);
                 }
                 self.set_parent(host, child, 0);
+                self.orphans += 1;
                 self.owe_flush();
             } else {
                 rmapped = true;

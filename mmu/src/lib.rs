@@ -428,6 +428,10 @@ pub struct Mmu {
     /// Oldest shadow page: reclaim starts here.
     lru_tail: u32,
     flush_owed: bool,
+    /// Valid shadow pages below the root level that no entry points at (a zap or a new large
+    /// leaf cut them off): while there are none, a fault building a table need not look for
+    /// one to re-link.
+    orphans: u64,
     stats: Stats,
 }
 
@@ -458,6 +462,7 @@ impl Mmu {
             lru_head: NIL,
             lru_tail: NIL,
             flush_owed: false,
+            orphans: 0,
             stats: Stats {
                 faults_fixed: 0,
                 faults_fast: 0,

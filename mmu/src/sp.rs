@@ -69,7 +69,8 @@ impl Mmu {
     #[inline]
     pub(crate) fn hdr<H: Host>(&self, host: &H, i: u32) -> u64 {
         debug_assert!(i < self.hdr_total);
-        let dir = self.hdr_dir[(i / HDRS_PER_DIR) as usize % HDR_DIR_LEN];
+        // `min` rather than `%` keeps an index past the end from panicking at less cost.
+        let dir = self.hdr_dir[((i / HDRS_PER_DIR) as usize).min(HDR_DIR_LEN - 1)];
         let frame = host.read_u64(dir + u64::from((i / HDRS_PER_FRAME) % HDR_FRAMES_PER_DIR) * 8);
         frame + u64::from(i % HDRS_PER_FRAME) * HDR_BYTES
     }
@@ -222,14 +223,17 @@ impl Mmu {
         }
     }
 
-    fn lru_push_head<H: Host>(&mut self, host: &mut H, i: u32) {
+    /// Puts `i`, whose header is at `h`, first (every table a fault creates comes here: each
+    /// header is looked up once).
+    #[inline]
+    fn lru_push_head<H: Host>(&mut self, host: &mut H, i: u32, h: u64) {
         let old = self.lru_head;
-        self.set_lru_links(host, i, NIL, old);
+        host.write_u64(h + 24, pack(NIL) | (pack(old) << 32));
         if old == NIL {
             self.lru_tail = i;
         } else {
-            let (_, n) = self.lru_links(host, old);
-            self.set_lru_links(host, old, i, n);
+            let w3 = self.hdr(host, old) + 24;
+            host.write_u64(w3, (host.read_u64(w3) & !0xffff_ffff) | pack(i));
         }
         self.lru_head = i;
     }
@@ -239,7 +243,8 @@ impl Mmu {
     pub(crate) fn lru_move_to_head<H: Host>(&mut self, host: &mut H, i: u32) {
         if self.lru_head != i {
             self.lru_unlink(host, i);
-            self.lru_push_head(host, i);
+            let h = self.hdr(host, i);
+            self.lru_push_head(host, i, h);
         }
     }
 
@@ -355,12 +360,14 @@ impl Mmu {
         self.hdr_free = unpack(host.read_u64(h + 8) >> W1_NEXT_SHIFT);
         self.hdr_free_len -= 1;
         host.write_u64(h, table | u64::from(level) | W0_IN_USE);
-        let b = hash(gfn, level);
-        let head = self.bucket_head(host, b);
+        // First in its hash bucket (the word holding the bucket's head is read once).
+        let (a, shift) = self.bucket_addr(hash(gfn, level));
+        let heads = host.read_u64(a);
+        let head = unpack((heads >> shift) & 0xffff_ffff);
         host.write_u64(h + 8, gfn | (pack(head) << W1_NEXT_SHIFT));
+        host.write_u64(a, (heads & !(0xffff_ffff << shift)) | (pack(i) << shift));
         host.write_u64(h + 16, parent);
-        self.set_bucket_head(host, b, i);
-        self.lru_push_head(host, i);
+        self.lru_push_head(host, i, h);
         self.n_used += 1;
         self.stats.pages_allocated += 1;
         Ok((i, table))

@@ -17,7 +17,7 @@ use crate::entry::is_leaf;
 use crate::host::Host;
 use crate::slot::{MAX_LEAF_LEVEL, lpage_index, pages_per_entry};
 use crate::sp::NIL;
-use crate::{Error, GPA_LIMIT, MAX_SLOTS, Mmu};
+use crate::{Error, GPA_LIMIT, LEVELS, MAX_SLOTS, Mmu};
 
 impl Mmu {
     /// Zap shadow page `i`: drop its leaves, orphan its children, unlink it from its parent;
@@ -42,6 +42,7 @@ impl Mmu {
                     return Err(Error::Internal);
                 }
                 self.set_parent(host, child, 0);
+                self.orphans += 1;
                 host.write_u64(addr, 0);
                 self.owe_flush();
             }
@@ -51,6 +52,9 @@ impl Mmu {
             host.write_u64(parent, 0);
             self.set_parent(host, i, 0);
             self.owe_flush();
+        } else if sp.level < LEVELS {
+            // An orphan, freed below (only roots are kept when zapped).
+            self.orphans -= 1;
         }
         self.stats.pages_zapped += 1;
         if sp.root_count == 0 {

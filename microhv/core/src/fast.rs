@@ -75,16 +75,16 @@ pub struct Faults<'a, P: PhysMem, const W: usize> {
 
 impl<P: PhysMem, const W: usize> DemandFaults for Faults<'_, P, W> {
     /// Declines device pages and addresses outside the domain (the core emulates them or stops
-    /// the domain), and a fault fixed with a flush or a root reload owed (after reclaim), which
-    /// the core executes before the next entry.
+    /// the domain), a vCPU whose root must be reloaded (`Retry`), and a fault fixed with a
+    /// flush owed (reclaim zapped tables), which the core executes before the next entry. (A
+    /// fix cannot invalidate the vCPU's own root: reclaim spares roots in use.)
     fn fix(&mut self, gpa: u64, a: Access) -> bool {
         let access =
             mmu::Access { read: a.read, write: a.write, fetch: a.exec, present: a.present };
         let Faults { mmu, m, vcpu, .. } = self;
         let r = mmu.topup(m).and_then(|()| mmu.page_fault(m, *vcpu, gpa, access));
         let done = matches!(r, Ok(FaultOutcome::Fixed { .. } | FaultOutcome::Spurious))
-            && !mmu.flush_pending()
-            && !mmu.needs_reload(*vcpu);
+            && !mmu.flush_pending();
         self.declined = (!done).then_some(r);
         done
     }
