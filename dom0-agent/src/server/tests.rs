@@ -297,7 +297,7 @@ fn a_session() {
     assert_eq!(got.len(), input.len(), "one response per frame");
     assert_eq!(find(1), "Error(HelloRequired)");
     assert!(find(2).starts_with("Error(VersionMismatch"));
-    assert!(find(3).starts_with("Hello { version: 1"));
+    assert!(find(3).starts_with(&std::format!("Hello {{ version: {PROTOCOL_VERSION},")));
     assert_eq!(find(6), "Created { domid: 1 }");
     assert_eq!(find(7), "Created { domid: 2 }");
     assert_eq!(find(8), "Error(NoSuchModule)");

@@ -457,9 +457,11 @@ impl VcpuConfig {
 /// leaving the backend's exit loop ([`crate::fast::Faults`]).
 pub trait DemandFaults {
     /// Fixes a second-level fault at `gpa` if it is on the domain's RAM and leaves nothing owed
-    /// before the next entry (no flush, no root to reload): `true`, go back into the guest.
-    /// `false`: the exit is the core's, which handles it as if this had not been asked.
-    fn fix(&mut self, gpa: u64, access: Access) -> bool;
+    /// before the next entry (no flush): `Some`, go back into the guest — `Some(true)` if the
+    /// fix zeroed memory, which takes long enough that the backend should look at the clock.
+    /// `None`: the exit is the core's (with what the MMU said, if it was asked:
+    /// [`ExitInfo::mmu`]); the backend must then return this very exit.
+    fn fix(&mut self, gpa: u64, access: mmu::Access) -> Option<bool>;
 }
 
 /// An arch backend: the only code that touches the VMCS / VMCB or enters a guest.

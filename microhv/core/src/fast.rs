@@ -10,7 +10,7 @@
 //! computes the same results ([`apply`] is what both call).
 
 use crate::cpuid::{Caller, guest_cpuid};
-use crate::exit::{Access, DemandFaults, Gprs};
+use crate::exit::{DemandFaults, Gprs};
 use crate::mem::{Machine, PhysMem};
 use mmu::{FaultOutcome, Mmu};
 
@@ -71,6 +71,9 @@ pub struct Faults<'a, P: PhysMem, const W: usize> {
     /// returns: the core takes it rather than asking again, so each fault reaches the MMU (and
     /// its statistics) once.
     pub declined: Option<Result<FaultOutcome, mmu::Error>>,
+    /// Decline every fault: the core waits for an exit to deliver an NMI it could not arm a
+    /// window for (VMX under an STI shadow or without virtual NMIs; SVM), and a fault is one.
+    pub off: bool,
 }
 
 impl<P: PhysMem, const W: usize> DemandFaults for Faults<'_, P, W> {
@@ -78,15 +81,20 @@ impl<P: PhysMem, const W: usize> DemandFaults for Faults<'_, P, W> {
     /// the domain), a vCPU whose root must be reloaded (`Retry`), and a fault fixed with a
     /// flush owed (reclaim zapped tables), which the core executes before the next entry. (A
     /// fix cannot invalidate the vCPU's own root: reclaim spares roots in use.)
-    fn fix(&mut self, gpa: u64, a: Access) -> bool {
-        let access =
-            mmu::Access { read: a.read, write: a.write, fetch: a.exec, present: a.present };
+    fn fix(&mut self, gpa: u64, access: mmu::Access) -> Option<bool> {
+        if self.off {
+            return None;
+        }
+        let zeroed = self.m.frames.zeroed_frames();
         let Faults { mmu, m, vcpu, .. } = self;
         let r = mmu.topup(m).and_then(|()| mmu.page_fault(m, *vcpu, gpa, access));
         let done = matches!(r, Ok(FaultOutcome::Fixed { .. } | FaultOutcome::Spurious))
             && !mmu.flush_pending();
-        self.declined = (!done).then_some(r);
-        done
+        // A decline ends the backend's loop: nothing can overwrite what is kept here.
+        if !done {
+            self.declined = Some(r);
+        }
+        done.then(|| self.m.frames.zeroed_frames() != zeroed)
     }
 }
 

@@ -39,6 +39,9 @@ pub struct FrameAllocator<const WORDS: usize> {
     hint: usize,
     /// Word where the last scrub stopped.
     scrub_hint: usize,
+    /// Frames [`FrameAllocator::clean`] has zeroed: whoever needs to know whether a call
+    /// zeroed anything compares it before and after.
+    zeroed: u64,
 }
 
 impl<const WORDS: usize> Default for FrameAllocator<WORDS> {
@@ -62,6 +65,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
             dirty_free: 0,
             hint: 0,
             scrub_hint: 0,
+            zeroed: 0,
         }
     }
 
@@ -217,6 +221,7 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
                 let lo = bits.trailing_zeros();
                 let n = (bits >> lo).trailing_ones();
                 zero((w as u64 * 64 + u64::from(lo)) * FRAME_SIZE, u64::from(n) * FRAME_SIZE);
+                self.zeroed += u64::from(n);
                 bits &= !(if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << lo });
             }
         }
@@ -257,6 +262,11 @@ impl<const WORDS: usize> FrameAllocator<WORDS> {
     /// Free frames not scrubbed yet.
     pub fn dirty_free_frames(&self) -> u64 {
         self.dirty_free
+    }
+
+    /// Frames zeroed on first use so far ([`FrameAllocator::clean`]).
+    pub fn zeroed_frames(&self) -> u64 {
+        self.zeroed
     }
 
     /// Frames managed (free or allocated).

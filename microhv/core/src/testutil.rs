@@ -187,7 +187,18 @@ impl Backend for FakeBackend {
             });
             match step.exit {
                 Exit::NestedPageFault { gpa, access }
-                    if self.fast_faults && faults.fix(gpa, access) =>
+                    if self.fast_faults
+                        && faults
+                            .fix(
+                                gpa,
+                                mmu::Access {
+                                    read: access.read,
+                                    write: access.write,
+                                    fetch: access.exec,
+                                    present: access.present,
+                                },
+                            )
+                            .is_some() =>
                 {
                     self.completed[2] += 1;
                 }

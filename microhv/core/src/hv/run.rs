@@ -169,7 +169,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         vc.halted = false;
         let arch = vc.arch.as_mut()?;
         let m = Machine { frames: &mut self.frames, mem: &mut self.mem };
-        let mut faults = crate::fast::Faults { mmu: &mut dom.mmu, m, vcpu: v, declined: None };
+        let off = vc.nmi_window;
+        let mut faults = crate::fast::Faults { mmu: &mut dom.mmu, m, vcpu: v, declined: None, off };
         let mut info = self.backend.run(arch, &mut vc.gprs, slice, &mut faults);
         info.mmu = faults.declined;
         dom.counters.cpu_time += info.ran_ticks;

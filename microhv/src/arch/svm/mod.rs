@@ -766,9 +766,10 @@ impl Svm {
             exit::CPUID => FastExit::Cpuid,
             exit::NPF => {
                 let (info1, gpa) = (vm.r64(control::EXITINFO1), vm.r64(control::EXITINFO2));
+                // The slice timer counts root-mode time too: how long a fix took needs no look.
                 let fixed = vm.r64(control::EXITINTINFO) & (1 << 31) == 0
                     && v.nmi_iret_rip.is_none()
-                    && faults.fix(gpa, Self::npf_access(info1));
+                    && faults.fix(gpa, mmu::Access::from_npt_error_code(info1)).is_some();
                 if fixed {
                     // What was injected at the entry has been delivered.
                     vm.w64(control::EVENTINJ, 0);

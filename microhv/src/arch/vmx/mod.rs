@@ -672,11 +672,17 @@ impl Vmx {
             let reason = vmcs::read(ro::EXIT_REASON);
             // The wall clock is looked at every 16th completed exit where the timer saves its
             // count (it missed only their root-mode time: a few thousand ticks at most), at
-            // every one where it does not; past the slice's end the core decides.
+            // every one where it does not, and after a fault whose fix zeroed memory (up to a
+            // 2 MiB page); past the slice's end the core decides.
             now = (!self.save_timer || completed.iter().sum::<u32>() % 16 == 15).then(cpu::rdtsc);
             let in_slice = now.is_none_or(|now| now < end);
             match in_slice.then(|| self.complete(v, reason, gprs, faults)).flatten() {
-                Some(i) => completed[i] += 1,
+                Some((i, long)) => {
+                    completed[i] += 1;
+                    if long {
+                        now = Some(cpu::rdtsc());
+                    }
+                }
                 None => break (reason, vmcs::read(ro::EXIT_QUALIFICATION)),
             }
         };
@@ -733,23 +739,26 @@ impl Vmx {
     /// single-step trap to deliver, no RF or STI / MOV SS shadow to end, no RIP wrap; or an
     /// EPT violation `faults` fixes, unless it cut off an event's delivery or an IRET's NMI
     /// unblocking (qualification bit 12), which the core must undo or re-inject. Which kind it
-    /// was (`ExitInfo::completed`'s index), or `None`: the core's.
+    /// was (`ExitInfo::completed`'s index) and whether it took long (a fix that zeroed
+    /// memory), or `None`: the core's.
     fn complete(
         &self,
         v: &VmxVcpu,
         reason: u64,
         gprs: &mut Gprs,
         faults: &mut dyn DemandFaults,
-    ) -> Option<usize> {
+    ) -> Option<(usize, bool)> {
         let exit = match reason {
             18 => FastExit::Hypercall,
             10 => FastExit::Cpuid,
             48 => {
                 let qual = vmcs::read(ro::EXIT_QUALIFICATION);
-                let fixed = qual & (1 << 12) == 0
-                    && vmcs::read(ro::IDT_VECTORING_INFO) & (1 << 31) == 0
-                    && faults.fix(vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL), Self::ept_access(qual));
-                return fixed.then_some(FastExit::Fault.index());
+                if qual & (1 << 12) != 0 || vmcs::read(ro::IDT_VECTORING_INFO) & (1 << 31) != 0 {
+                    return None;
+                }
+                let gpa = vmcs::read(ro::GUEST_PHYSICAL_ADDR_FULL);
+                let access = mmu::Access::from_ept_qualification(qual);
+                return faults.fix(gpa, access).map(|long| (FastExit::Fault.index(), long));
             }
             _ => return None,
         };
@@ -766,7 +775,7 @@ impl Vmx {
         }
         fast::apply(exit, gprs, &v.caller, cpu::cpuid);
         vmcs::write(guest::RIP, rip + len);
-        Some(exit.index())
+        Some((exit.index(), false))
     }
 
     /// See `Backend::unload`.
