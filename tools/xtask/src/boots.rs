@@ -256,7 +256,10 @@ pub fn cases(images: &Images) -> Vec<Case> {
         spec: hvctl_spec(name, emu, images),
         checks: vec![
             Status(StopStatus::Ok),
-            Contains("[d0] serving the control protocol v1 on COM2 (7 boot module(s)"),
+            Contains(String::leak(format!(
+                "[d0] serving the control protocol v{} on COM2 (7 boot module(s)",
+                abi::proto::PROTOCOL_VERSION
+            ))),
             Contains("create \"up-spin\" from upload -> d1"),
             Contains("create \"mod-hello\" from module \"hello\" -> d2"),
             Contains("undecodable request -> error: unknown request (tag 99)"),
