@@ -278,7 +278,7 @@ impl Rtc {
         if self.cmos[B] & H24 != 0 {
             return self.enc(h);
         }
-        self.enc(if h % 12 == 0 { 12 } else { h % 12 }) | if h >= 12 { 0x80 } else { 0 }
+        self.enc(if h.is_multiple_of(12) { 12 } else { h % 12 }) | if h >= 12 { 0x80 } else { 0 }
     }
 
     fn dec_hour(&self, b: u8) -> i64 {
