@@ -27,7 +27,7 @@ mod scenario;
 use abi::hypercall::MEM_WRITE_MAX;
 use abi::proto::{IMAGE_CAPACITY, PROTOCOL_VERSION};
 use abi::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
-use dom0_agent::disk::fs::Fs;
+use dom0_agent::disk::fs::{Fs, ReadAhead};
 use dom0_agent::disk::{Disk, PrimaryChannel};
 use dom0_agent::dm;
 use dom0_agent::server::{Buffers, Channel, DiskAccess, Poll, Server};
@@ -151,7 +151,7 @@ fn serve(boot: &Boot) -> ! {
             &mut *core::ptr::addr_of_mut!(DISK_CHUNK),
         )
     };
-    let disk = probe_disk();
+    let disk = probe_disk(bufs.read_ahead());
     let mut server = Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION"));
     if let Some(d) = &disk {
         server = server.with_disk(DiskAccess { sectors: d, identity: d.identity() }, chunk);
@@ -193,7 +193,7 @@ fn serve(boot: &Boot) -> ! {
 
 /// Finds dom0's disk and says what it found: the drive and its file system, or why there is
 /// none (dom0 then serves everything else as before).
-fn probe_disk() -> Option<Disk<PrimaryChannel>> {
+fn probe_disk(ahead: &mut ReadAhead) -> Option<Disk<PrimaryChannel>> {
     let khz = dm::tsc_khz();
     // Without a rate from microhv, a guess of 3 GHz: the bound only has to end a wait.
     let timeout = DISK_TIMEOUT_SECS * 1000 * if khz == 0 { 3_000_000 } else { khz };
@@ -203,7 +203,7 @@ fn probe_disk() -> Option<Disk<PrimaryChannel>> {
         Ok(d) => {
             let id = d.identity();
             let mut fs: heapless::String<128> = heapless::String::new();
-            match Fs::open(&d) {
+            match Fs::open(&d, ahead) {
                 Ok(f) => f.describe(&mut fs),
                 Err(e) => {
                     let _ = core::fmt::write(&mut fs, format_args!("no file system: {e}"));

@@ -14,7 +14,7 @@
 use crate::builder::{self, BuildError, DomainSpec, Hypercalls};
 use crate::disk::Sectors;
 use crate::disk::ata::Identity;
-use crate::disk::fs::{File, Fs};
+use crate::disk::fs::{File, Fs, ReadAhead};
 use crate::image::Source;
 use abi::Errno;
 use abi::hypercall::{CONSOLE_READ_MAX, MAX_DOMAINS, ShutdownReason};
@@ -143,12 +143,13 @@ pub struct BootModule<'a> {
     pub bytes: &'a [u8],
 }
 
-/// The server's fixed buffers (about 28 KiB): kept apart so dom0 can place them in a static
+/// The server's fixed buffers (about 92 KiB): kept apart so dom0 can place them in a static
 /// rather than on its 64 KiB stack.
 pub struct Buffers {
     reader: FrameReader,
     encoder: FrameEncoder,
     console: [u8; CONSOLE_READ_MAX as usize],
+    ahead: ReadAhead,
 }
 
 impl Default for Buffers {
@@ -164,7 +165,13 @@ impl Buffers {
             reader: FrameReader::new(),
             encoder: FrameEncoder::new(),
             console: [0; CONSOLE_READ_MAX as usize],
+            ahead: ReadAhead::new(),
         }
+    }
+
+    /// The file system's read-ahead lines, for a use of the disk outside a request.
+    pub fn read_ahead(&mut self) -> &mut ReadAhead {
+        &mut self.ahead
     }
 }
 
@@ -248,7 +255,7 @@ impl<'a> Server<'a> {
 
     /// Reads the bytes waiting on `ch` and answers every frame they complete.
     pub fn poll<H: Control, C: Channel>(&mut self, hv: &H, ch: &mut C) -> Poll {
-        let Buffers { reader, encoder, console } = &mut *self.bufs;
+        let Buffers { reader, encoder, console, ahead } = &mut *self.bufs;
         let mut result = Poll::Idle;
         while let Some(b) = ch.read_byte() {
             if result == Poll::Idle {
@@ -272,7 +279,8 @@ impl<'a> Server<'a> {
                         let poweroff = req.body == Req::Poweroff;
                         let ctx =
                             Ctx { hv, modules: self.modules, agent: self.agent, disk: self.disk };
-                        let resp = handle(&ctx, &mut self.state, console, &mut reason, req.body);
+                        let bufs = (&mut console[..], &mut *ahead);
+                        let resp = handle(&ctx, &mut self.state, bufs, &mut reason, req.body);
                         (req.id, resp, poweroff)
                     }
                 },
@@ -381,7 +389,7 @@ fn done(r: Result<(), Errno>) -> Resp<'static> {
 fn handle<'r, H: Control>(
     ctx: &Ctx<'_, 'r, H>,
     st: &mut State<'_>,
-    console: &'r mut [u8],
+    (console, ahead): (&'r mut [u8], &mut ReadAhead),
     reason: &'r mut heapless::String<REASON_MAX>,
     req: Req<'_>,
 ) -> Resp<'r> {
@@ -465,10 +473,10 @@ fn handle<'r, H: Control>(
             Err(e) => hc(e),
         },
         Req::CreateFromDisk { config, kernel, modules, start } => {
-            create_from_disk(ctx, st, reason, &config, kernel, &modules, start)
+            create_from_disk(ctx, st, ahead, reason, &config, kernel, &modules, start)
         }
-        Req::DiskList { path, skip } => disk_list(ctx, console, reason, path, skip),
-        Req::DiskInfo => disk_info(ctx, console, reason),
+        Req::DiskList { path, skip } => disk_list(ctx, console, ahead, reason, path, skip),
+        Req::DiskInfo => disk_info(ctx, console, ahead, reason),
     }
 }
 
@@ -504,9 +512,14 @@ fn file_name(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)
 }
 
+// Not inlined (nor the other disk requests): their frames (file handles, long-name buffers)
+// stay off the path of every other request, on dom0's 64 KiB stack.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn create_from_disk<'r, H: Control>(
     ctx: &Ctx<'_, 'r, H>,
     st: &mut State<'_>,
+    ahead: &mut ReadAhead,
     reason: &'r mut heapless::String<REASON_MAX>,
     config: &DomainConfig<'_>,
     kernel: &str,
@@ -520,7 +533,7 @@ fn create_from_disk<'r, H: Control>(
         return disk_err(reason, DiskError::NoDisk, "");
     };
     let t0 = ctx.hv.millis();
-    let fs = match Fs::open(disk.sectors) {
+    let fs = match Fs::open(disk.sectors, ahead) {
         Ok(fs) => fs,
         Err(e) => return disk_err(reason, e, ""),
     };
@@ -597,9 +610,11 @@ fn create_from_disk<'r, H: Control>(
 }
 
 /// A page of the directory at `path` from its `skip`th entry, the names held in `names`.
+#[inline(never)]
 fn disk_list<'r, H: Control>(
     ctx: &Ctx<'_, 'r, H>,
     names: &'r mut [u8],
+    ahead: &mut ReadAhead,
     reason: &'r mut heapless::String<REASON_MAX>,
     path: &str,
     skip: u32,
@@ -607,7 +622,7 @@ fn disk_list<'r, H: Control>(
     let Some(disk) = ctx.disk else {
         return disk_err(reason, DiskError::NoDisk, "");
     };
-    let fs = match Fs::open(disk.sectors) {
+    let fs = match Fs::open(disk.sectors, ahead) {
         Ok(fs) => fs,
         Err(e) => return disk_err(reason, e, ""),
     };
@@ -644,16 +659,18 @@ fn disk_list<'r, H: Control>(
 }
 
 /// The disk's drive and file system.
+#[inline(never)]
 fn disk_info<'r, H: Control>(
     ctx: &Ctx<'_, 'r, H>,
     text: &'r mut [u8],
+    ahead: &mut ReadAhead,
     reason: &'r mut heapless::String<REASON_MAX>,
 ) -> Resp<'r> {
     let Some(disk) = ctx.disk else {
         return disk_err(reason, DiskError::NoDisk, "");
     };
     let mut fs_text = heapless::String::<REASON_MAX>::new();
-    match Fs::open(disk.sectors) {
+    match Fs::open(disk.sectors, ahead) {
         Ok(fs) => fs.describe(&mut fs_text),
         Err(e) => {
             let _ = write!(fs_text, "none: {e}");

@@ -9,9 +9,10 @@
 //! (`embedded-sdmmc` writes the FAT32 information sector back when it closes a volume), so a
 //! request leaves the disk as it found it.
 
-use super::Sectors;
+use super::{SECTOR, Sectors};
 use crate::image::Source;
 use abi::proto::{DISK_PATH_MAX, DiskError};
+use core::cell::RefCell;
 use core::fmt::Write;
 use core::ops::ControlFlow;
 use embedded_sdmmc::{
@@ -26,29 +27,118 @@ const MAX_FILES: usize = 1 + abi::proto::KERNEL_MODULES_MAX;
 /// Longest name one FAT entry has: 255 UTF-16 units, at most 3 UTF-8 bytes each.
 const LFN_BYTES: usize = 255 * 3;
 
+/// Sectors one read-ahead line holds: 32 KiB, sixteen of `mformat`'s 2 KiB clusters.
+const AHEAD: usize = 64;
+
+/// A run of sectors read with one command.
+struct Line {
+    first: Option<u64>,
+    len: usize,
+    bytes: [u8; AHEAD * SECTOR],
+}
+
+/// Read-ahead for the file system: two lines of [`AHEAD`] sectors, the least recently filled
+/// replaced. `embedded-sdmmc` asks for one sector at a time and alternates between a file's
+/// data and the FAT sector that chains its clusters; one line follows each, so a file read
+/// in order costs one drive command per 32 KiB instead of one per sector (under Bochs a 4 MiB
+/// file went from 8.9 MB/s to 19.7 with 8 KiB lines, 22.3 with 32 KiB, by dom0's clock).
+/// 64 KiB: dom0 keeps it with the server's buffers, not on its stack.
+pub struct ReadAhead {
+    lines: [Line; 2],
+    /// The line to fill next.
+    victim: usize,
+}
+
+impl Default for ReadAhead {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReadAhead {
+    /// Empty lines.
+    pub const fn new() -> Self {
+        const EMPTY: Line = Line { first: None, len: 0, bytes: [0; AHEAD * SECTOR] };
+        Self { lines: [EMPTY, EMPTY], victim: 0 }
+    }
+
+    fn forget(&mut self) {
+        for l in &mut self.lines {
+            l.first = None;
+        }
+    }
+
+    /// Copies sector `lba` of `disk` into `out`, from a line or by filling one.
+    fn read(
+        &mut self,
+        disk: &dyn Sectors,
+        lba: u64,
+        out: &mut [u8; SECTOR],
+    ) -> Result<(), DiskError> {
+        let holds = |l: &Line| l.first.is_some_and(|f| (f..f + l.len as u64).contains(&lba));
+        let i = match self.lines.iter().position(holds) {
+            Some(i) => i,
+            None => {
+                let i = self.victim;
+                self.victim ^= 1;
+                let n =
+                    usize::try_from(disk.sectors().saturating_sub(lba)).unwrap_or(AHEAD).min(AHEAD);
+                if n == 0 {
+                    return Err(DiskError::OutOfRange);
+                }
+                let l = &mut self.lines[i];
+                // Invalid until the read succeeds: a failed read leaves no half-filled line.
+                l.first = None;
+                // A sector the drive cannot read fails only the reads that need it: after a
+                // failed read ahead, the sector asked for is read alone.
+                let n = match disk.read(lba, &mut l.bytes[..n * SECTOR]) {
+                    Ok(()) => n,
+                    Err(_) if n > 1 => {
+                        disk.read(lba, &mut l.bytes[..SECTOR])?;
+                        1
+                    }
+                    Err(e) => return Err(e),
+                };
+                (l.first, l.len) = (Some(lba), n);
+                i
+            }
+        };
+        let l = &self.lines[i];
+        let at = (lba - l.first.unwrap_or(lba)) as usize * SECTOR;
+        out.copy_from_slice(&l.bytes[at..at + SECTOR]);
+        Ok(())
+    }
+}
+
 /// The disk as `embedded-sdmmc` sees it.
-struct Dev<'d>(&'d dyn Sectors);
+struct Dev<'d> {
+    disk: &'d dyn Sectors,
+    ahead: RefCell<&'d mut ReadAhead>,
+}
 
 impl BlockDevice for Dev<'_> {
     type Error = DiskError;
 
     fn read(&self, blocks: &mut [Block], start: BlockIdx) -> Result<(), DiskError> {
+        // Borrowed for this call only; the crate never re-enters its device.
+        let mut ahead = self.ahead.try_borrow_mut().map_err(|_| DiskError::Timeout)?;
         for (i, b) in blocks.iter_mut().enumerate() {
-            self.0.read(u64::from(start.0) + i as u64, &mut b.contents)?;
+            ahead.read(self.disk, u64::from(start.0) + i as u64, &mut b.contents)?;
         }
         Ok(())
     }
 
     fn write(&self, blocks: &[Block], start: BlockIdx) -> Result<(), DiskError> {
+        self.ahead.try_borrow_mut().map_err(|_| DiskError::Timeout)?.forget();
         for (i, b) in blocks.iter().enumerate() {
-            self.0.write(u64::from(start.0) + i as u64, &b.contents)?;
+            self.disk.write(u64::from(start.0) + i as u64, &b.contents)?;
         }
         Ok(())
     }
 
     fn num_blocks(&self) -> Result<BlockCount, DiskError> {
         // FAT's block numbers are 32-bit: a larger disk is used up to 2 TiB.
-        Ok(BlockCount(u32::try_from(self.0.sectors()).unwrap_or(u32::MAX)))
+        Ok(BlockCount(u32::try_from(self.disk.sectors()).unwrap_or(u32::MAX)))
     }
 }
 
@@ -117,14 +207,17 @@ enum Found<'f, 'd> {
 }
 
 impl<'d> Fs<'d> {
-    /// Opens the FAT volume of `disk`'s first MBR partition.
-    pub fn open(disk: &'d dyn Sectors) -> Result<Self, DiskError> {
-        let mut mbr = [0u8; super::SECTOR];
+    /// Opens the FAT volume of `disk`'s first MBR partition, reading through `ahead` (emptied
+    /// first: the disk may have changed since it was last used).
+    pub fn open(disk: &'d dyn Sectors, ahead: &'d mut ReadAhead) -> Result<Self, DiskError> {
+        ahead.forget();
+        let mut mbr = [0u8; SECTOR];
         disk.read(0, &mut mbr)?;
         if mbr[510..512] != [0x55, 0xaa] {
             return Err(DiskError::NoFileSystem);
         }
-        let vm = Manager::new_with_limits(Dev(disk), NoClock, 1);
+        let dev = Dev { disk, ahead: RefCell::new(ahead) };
+        let vm = Manager::new_with_limits(dev, NoClock, 1);
         let volume = vm.open_raw_volume(VolumeIdx(0)).map_err(|e| match e {
             embedded_sdmmc::Error::DeviceError(e) => e,
             _ => DiskError::NoFileSystem,
@@ -193,7 +286,7 @@ impl<'d> Fs<'d> {
         let mut storage = [0u8; LFN_BYTES];
         let mut lfn = LfnBuffer::new(&mut storage);
         let (mut seen, mut broke) = (0u32, false);
-        let mut sector = (None, [0u8; super::SECTOR]);
+        let mut sector = (None, [0u8; SECTOR]);
         self.vm
             .iterate_dir_lfn(dir.raw, &mut lfn, |e, long| {
                 if e.attributes.is_volume() || is_dot(e) {

@@ -96,26 +96,30 @@ impl Bus for PrimaryChannel {
         // SAFETY: as above.
         unsafe { rt::io::outb(PRIMARY_BASE + reg as u16, value) }
     }
+    // The data port is read and written 32 bits at a time (REP INSD / OUTSD): the PIIX
+    // controllers of both emulators take it, and it halves the port accesses, which under
+    // QEMU are most of a sector's cost (4 MiB of reads: 510 ms with 16-bit accesses, 190 with
+    // 32-bit, by dom0's clock).
     fn read_sector(&mut self, buf: &mut [u8; SECTOR]) {
-        // SAFETY: the channel's data port is ours; REP INSW stores 256 words into `buf`
+        // SAFETY: the channel's data port is ours; REP INSD stores 128 dwords into `buf`
         // (512 bytes, exactly its size), DF is clear (the Rust ABI's invariant).
         unsafe {
             core::arch::asm!(
-                "rep insw",
+                "rep insd",
                 inout("rdi") buf.as_mut_ptr() => _,
-                inout("rcx") SECTOR / 2 => _,
+                inout("rcx") SECTOR / 4 => _,
                 in("dx") PRIMARY_BASE,
                 options(nostack, preserves_flags),
             );
         }
     }
     fn write_sector(&mut self, buf: &[u8; SECTOR]) {
-        // SAFETY: as above; REP OUTSW reads the 256 words of `buf`.
+        // SAFETY: as above; REP OUTSD reads the 128 dwords of `buf`.
         unsafe {
             core::arch::asm!(
-                "rep outsw",
+                "rep outsd",
                 inout("rsi") buf.as_ptr() => _,
-                inout("rcx") SECTOR / 2 => _,
+                inout("rcx") SECTOR / 4 => _,
                 in("dx") PRIMARY_BASE,
                 options(nostack, preserves_flags, readonly),
             );

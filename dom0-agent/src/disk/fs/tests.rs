@@ -46,6 +46,11 @@ fn image() -> Vec<u8> {
     )
 }
 
+/// Read-ahead lines for one file system (leaked: a test's file systems live as long as it).
+fn ahead() -> &'static mut ReadAhead {
+    std::boxed::Box::leak(std::boxed::Box::new(ReadAhead::new()))
+}
+
 fn mem(bytes: Vec<u8>) -> MemDisk {
     MemDisk(RefCell::new(bytes))
 }
@@ -59,7 +64,7 @@ fn read_all(f: &File<'_, '_>) -> Vec<u8> {
 #[test]
 fn files_are_found_by_long_and_short_names_and_read_whole() {
     let disk = mem(image());
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     let mut text = String::new();
     fs.describe(&mut text);
     assert_eq!(text, "FAT32 (partition type 0x0c), label MICROHVTEST");
@@ -88,7 +93,7 @@ fn files_are_found_by_long_and_short_names_and_read_whole() {
 #[test]
 fn reads_at_any_offset_in_any_order() {
     let disk = mem(image());
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     let k = fs.open_file("/boot/vmlinux-6.1-microhv").expect("kernel");
     let want = kernel();
     // Forwards across cluster boundaries, backwards, and to the very end.
@@ -105,7 +110,7 @@ fn reads_at_any_offset_in_any_order() {
 #[test]
 fn each_bad_path_has_its_error() {
     let disk = mem(image());
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     let err = |p: &str| fs.open_file(p).err();
     assert_eq!(err("/nothing"), Some(DiskError::NotFound));
     assert_eq!(err("/boot/nothing"), Some(DiskError::NotFound));
@@ -130,7 +135,7 @@ fn each_bad_path_has_its_error() {
 #[test]
 fn directories_list_in_pages() {
     let disk = mem(image());
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     let mut root = Vec::new();
     let more = fs
         .list("/", 0, |n, size, dir| {
@@ -190,7 +195,7 @@ fn short_names_are_listed_in_the_case_their_flags_say() {
     };
     let bytes = flagged(0x08 | 0x10);
     let disk = mem(bytes);
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     let mut names = Vec::new();
     fs.list("/boot", 0, |n, _, _| {
         names.push(n.to_string());
@@ -200,7 +205,7 @@ fn short_names_are_listed_in_the_case_their_flags_say() {
     assert_eq!(names, ["vmlinux-6.1-microhv", "initrd.img", "initramfs.cpio"]);
     // Only the base name lower case.
     let disk = mem(flagged(0x08));
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     let mut names = Vec::new();
     fs.list("/boot", 0, |n, _, _| {
         names.push(n.to_string());
@@ -212,7 +217,7 @@ fn short_names_are_listed_in_the_case_their_flags_say() {
 
 #[test]
 fn a_disk_without_a_fat_partition_has_no_file_system() {
-    let no_fs = |bytes: Vec<u8>| Fs::open(&mem(bytes)).err();
+    let no_fs = |bytes: Vec<u8>| Fs::open(&mem(bytes), ahead()).err();
     assert_eq!(no_fs(vec![0; 64 * SECTOR]), Some(DiskError::NoFileSystem), "no MBR");
     let mut linux = image();
     linux[446 + 4] = 0x83;
@@ -228,7 +233,7 @@ fn fat16_volumes_are_read_too() {
     let k = pattern(70_000, 9);
     let img = fat_image(fatfs::FatType::Fat16, 0x0e, 8192, &["boot"], &[("boot/kernel", &k)]);
     let disk = mem(img);
-    let fs = Fs::open(&disk).expect("a FAT16 volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT16 volume");
     let mut text = String::new();
     fs.describe(&mut text);
     assert!(text.starts_with("FAT16 (partition type 0x0e)"), "{text}");
@@ -240,7 +245,7 @@ fn reading_leaves_the_disk_as_it_was() {
     let bytes = image();
     let disk = mem(bytes.clone());
     {
-        let fs = Fs::open(&disk).expect("a FAT volume");
+        let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
         let _ = read_all(&fs.open_file("/boot/vmlinux-6.1-microhv").expect("kernel"));
         fs.list("/many", 3, |_, _, _| ControlFlow::Continue(())).expect("list");
         let _ = fs.open_file("/nothing");
@@ -252,14 +257,14 @@ fn reading_leaves_the_disk_as_it_was() {
 fn through_the_ata_driver() {
     let drive = FakeDrive::new(image());
     let disk = Disk::probe(drive, 100_000).expect("a disk");
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     assert_eq!(read_all(&fs.open_file("/boot/vmlinux-6.1-microhv").expect("kernel")), kernel());
     // A sector that cannot be read surfaces as the drive's error.
     let mut drive = FakeDrive::new(image());
     let k = fat_image_sector_of(&image(), &kernel()[..512]);
     drive.bad_sector = Some(k);
     let disk = Disk::probe(drive, 100_000).expect("a disk");
-    let fs = Fs::open(&disk).expect("a FAT volume");
+    let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
     let f = fs.open_file("/boot/vmlinux-6.1-microhv").expect("kernel");
     let mut buf = vec![0u8; 1024];
     assert!(matches!(f.read_at(0, &mut buf), Err(DiskError::Device { .. })));
@@ -268,4 +273,21 @@ fn through_the_ata_driver() {
 /// The sector of `disk` that holds `first` (a file's first sector).
 fn fat_image_sector_of(disk: &[u8], first: &[u8]) -> u64 {
     disk.chunks(SECTOR).position(|s| s == first).expect("the file's first sector") as u64
+}
+
+#[test]
+fn files_are_read_in_runs_of_sectors() {
+    let mut drive = FakeDrive::new(image());
+    {
+        let disk = Disk::probe(&mut drive, 100_000).expect("a disk");
+        let fs = Fs::open(&disk, ahead()).expect("a FAT volume");
+        let k = fs.open_file("/boot/vmlinux-6.1-microhv").expect("kernel");
+        assert_eq!(read_all(&k), kernel());
+    }
+    let reads: Vec<u64> =
+        drive.commands.iter().filter(|c| c.0 == crate::disk::ata::CMD_READ).map(|c| c.2).collect();
+    // 391 sectors of data in runs of 64 (7 commands), the FAT sectors chaining them, and the
+    // MBR, boot sector and directories: not one command per sector.
+    assert!(reads.len() < 20, "{} read commands: {reads:?}", reads.len());
+    assert!(reads.iter().filter(|&&n| n == 64).count() >= 6, "{reads:?}");
 }
