@@ -6,6 +6,9 @@
 //! answers IDENTIFY with another signature), identifies the drive (sector count, 48-bit LBA,
 //! model), and reads and writes sectors with READ / WRITE SECTORS (28-bit LBA) or their EXT
 //! forms (48-bit, used only where the range needs them), each write followed by FLUSH CACHE.
+//! Where the drive offers it (IDENTIFY word 47), SET MULTIPLE MODE makes each data request a
+//! block of several sectors, moved with READ / WRITE MULTIPLE (EXT): QEMU does one request to
+//! its block layer per data request, which made a sector at a time its one cost.
 //!
 //! Interrupts stay off (nIEN set in the device control register): the driver polls the status
 //! register. Every wait is bounded by a number of clock ticks ([`Bus::now`]); a drive that
@@ -69,6 +72,16 @@ pub const CMD_READ_EXT: u8 = 0x24;
 pub const CMD_WRITE: u8 = 0x30;
 /// WRITE SECTORS EXT (48-bit LBA, PIO).
 pub const CMD_WRITE_EXT: u8 = 0x34;
+/// READ MULTIPLE (28-bit LBA, a block of sectors per data request).
+pub const CMD_READ_MULTIPLE: u8 = 0xc4;
+/// READ MULTIPLE EXT.
+pub const CMD_READ_MULTIPLE_EXT: u8 = 0x29;
+/// WRITE MULTIPLE.
+pub const CMD_WRITE_MULTIPLE: u8 = 0xc5;
+/// WRITE MULTIPLE EXT.
+pub const CMD_WRITE_MULTIPLE_EXT: u8 = 0x39;
+/// SET MULTIPLE MODE (the sector count register holds the block size).
+pub const CMD_SET_MULTIPLE: u8 = 0xc6;
 /// FLUSH CACHE.
 pub const CMD_FLUSH: u8 = 0xe7;
 /// FLUSH CACHE EXT.
@@ -130,6 +143,9 @@ pub struct Identity {
     pub sectors: u64,
     /// The drive supports the 48-bit commands (word 83 bit 10).
     pub lba48: bool,
+    /// Sectors per data request the READ / WRITE MULTIPLE commands move: 1 if the drive does
+    /// not offer them (word 47), else the largest power of two it takes, at most 128.
+    pub multiple: u16,
 }
 
 /// Why the channel has no disk for dom0.
@@ -189,12 +205,9 @@ impl<B: Bus> Ata<B> {
         if bus.read(Reg::Status) == 0xff {
             return Err(Absent::FloatingBus);
         }
-        let mut ata = Self {
-            bus,
-            identity: Identity { model: heapless::String::new(), sectors: 0, lba48: false },
-            timeout,
-            selected: None,
-        };
+        let identity =
+            Identity { model: heapless::String::new(), sectors: 0, lba48: false, multiple: 1 };
+        let mut ata = Self { bus, identity, timeout, selected: None };
         ata.select(DRIVE_MASTER_LBA);
         // A channel with a drive keeps what is written to its task file.
         for (reg, v) in [(Reg::SectorCount, 0x55), (Reg::LbaLow, 0xaa)] {
@@ -223,6 +236,19 @@ impl<B: Bus> Ata<B> {
         let mut id = [0u8; SECTOR];
         ata.bus.read_sector(&mut id);
         ata.identity = parse_identify(&id).ok_or(Absent::NoLba)?;
+        // Blocks of sectors per data request, if the drive takes SET MULTIPLE MODE; a drive
+        // that refuses it moves one sector per request, as the plain commands do.
+        if ata.identity.multiple > 1 {
+            let ok = ata.wait_not_busy().is_ok() && {
+                ata.bus.write(Reg::SectorCount, ata.identity.multiple as u8);
+                ata.bus.write(Reg::Status, CMD_SET_MULTIPLE);
+                ata.settle();
+                ata.wait(0).is_ok()
+            };
+            if !ok {
+                ata.identity.multiple = 1;
+            }
+        }
         Ok(ata)
     }
 
@@ -234,15 +260,23 @@ impl<B: Bus> Ata<B> {
     /// Reads whole sectors from `lba` into `buf` (a multiple of [`SECTOR`] bytes).
     pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check(lba, buf.len())?;
+        let (cmd, cmd_ext) = match self.identity.multiple {
+            1 => (CMD_READ, CMD_READ_EXT),
+            _ => (CMD_READ_MULTIPLE, CMD_READ_MULTIPLE_EXT),
+        };
+        let block = usize::from(self.identity.multiple) * SECTOR;
         let mut at = lba;
         for chunk in buf.chunks_mut(MAX_SECTORS_PER_COMMAND * SECTOR) {
             let n = chunk.len() / SECTOR;
-            self.command(at, n, CMD_READ, CMD_READ_EXT)?;
-            for sector in chunk.chunks_exact_mut(SECTOR) {
+            self.command(at, n, cmd, cmd_ext)?;
+            // One data request per block (the last one shorter).
+            for sectors in chunk.chunks_mut(block) {
                 self.wait(DRQ)?;
-                let sector: &mut [u8; SECTOR] =
-                    sector.try_into().map_err(|_| DiskError::OutOfRange)?;
-                self.bus.read_sector(sector);
+                for sector in sectors.chunks_exact_mut(SECTOR) {
+                    let sector: &mut [u8; SECTOR] =
+                        sector.try_into().map_err(|_| DiskError::OutOfRange)?;
+                    self.bus.read_sector(sector);
+                }
             }
             // The drive checks the transfer after its last word: an error shows now.
             self.settle();
@@ -257,15 +291,23 @@ impl<B: Bus> Ata<B> {
     /// this returns.
     pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
         self.check(lba, buf.len())?;
+        let (cmd, cmd_ext) = match self.identity.multiple {
+            1 => (CMD_WRITE, CMD_WRITE_EXT),
+            _ => (CMD_WRITE_MULTIPLE, CMD_WRITE_MULTIPLE_EXT),
+        };
+        let block = usize::from(self.identity.multiple) * SECTOR;
         let mut at = lba;
         let mut ext_used = false;
         for chunk in buf.chunks(MAX_SECTORS_PER_COMMAND * SECTOR) {
             let n = chunk.len() / SECTOR;
-            ext_used |= self.command(at, n, CMD_WRITE, CMD_WRITE_EXT)?;
-            for sector in chunk.chunks_exact(SECTOR) {
+            ext_used |= self.command(at, n, cmd, cmd_ext)?;
+            for sectors in chunk.chunks(block) {
                 self.wait(DRQ)?;
-                let sector: &[u8; SECTOR] = sector.try_into().map_err(|_| DiskError::OutOfRange)?;
-                self.bus.write_sector(sector);
+                for sector in sectors.chunks_exact(SECTOR) {
+                    let sector: &[u8; SECTOR] =
+                        sector.try_into().map_err(|_| DiskError::OutOfRange)?;
+                    self.bus.write_sector(sector);
+                }
             }
             self.settle();
             self.wait(0)?;
@@ -400,5 +442,9 @@ pub fn parse_identify(id: &[u8; SECTOR]) -> Option<Identity> {
     }
     let trimmed = model.trim_end().len();
     model.truncate(trimmed);
-    Some(Identity { model, sectors, lba48 })
+    // Word 47 bits 0-7: the most sectors per data request (0 or 1: no multiple mode). The
+    // block size set must be a power of two; 128 keeps it within one byte's count.
+    let max = u16::from(word(47) as u8).min(128);
+    let multiple = if max < 2 { 1 } else { 1 << (15 - max.leading_zeros()) };
+    Some(Identity { model, sectors, lba48, multiple })
 }

@@ -2,7 +2,8 @@
 //! deep, as the 48-bit commands need), IDENTIFY, READ / WRITE SECTORS (EXT), FLUSH CACHE, the
 //! PIO data-in and data-out protocols one sector at a time, and the ways a channel can fail
 //! a driver: a floating bus, an empty channel, an ATAPI device, a drive that stays busy, a
-//! sector that cannot be read or written, a drive that never offers data.
+//! sector that cannot be read or written, a drive that never offers data. Multiple mode
+//! (SET MULTIPLE MODE, READ / WRITE MULTIPLE (EXT)) moves a block of sectors per data request.
 
 use super::ata::{BSY, Bus, DRDY, DRQ, ERR, Reg, SECTOR};
 use std::vec::Vec;
@@ -32,6 +33,9 @@ pub(crate) struct Xfer {
     write: bool,
     lba: u64,
     left: u64,
+    /// Sectors per data request, and how many of the current one are moved.
+    block: u64,
+    in_block: u64,
 }
 
 /// The simulated drive.
@@ -45,6 +49,12 @@ pub struct FakeDrive {
     pub kind: Kind,
     /// IDENTIFY reports 48-bit LBA.
     pub lba48: bool,
+    /// The most sectors per data request it offers for multiple mode (word 47; 0: none).
+    pub max_multiple: u8,
+    /// The block size SET MULTIPLE MODE set (0: multiple mode off).
+    pub multiple: u8,
+    /// SET MULTIPLE MODE is refused whatever word 47 says.
+    pub refuse_multiple: bool,
     /// Status reads that show BSY after each command and each sector (its latency).
     pub latency: u32,
     /// Once more than this many commands were issued, BSY never clears.
@@ -82,6 +92,9 @@ impl FakeDrive {
             base: 0,
             kind: Kind::Disk,
             lba48: true,
+            max_multiple: 16,
+            multiple: 0,
+            refuse_multiple: false,
             latency: 2,
             stuck_after: None,
             claims: None,
@@ -139,6 +152,7 @@ impl FakeDrive {
 
     fn identify_data(&self) -> [u8; SECTOR] {
         let mut w = [0u16; 256];
+        w[47] = 0x8000 | u16::from(self.max_multiple);
         w[49] = 1 << 9;
         let sectors = self.claims.unwrap_or(self.sectors());
         let lba28 = sectors.min((1 << 28) - 1);
@@ -180,7 +194,7 @@ impl FakeDrive {
         }
         self.error = 0;
         self.busy = self.latency;
-        let ext = matches!(cmd, 0x24 | 0x34);
+        let ext = matches!(cmd, 0x24 | 0x34 | 0x29 | 0x39);
         let (lba, count) = if ext {
             let lba = self.cur(3)
                 | self.cur(4) << 8
@@ -198,7 +212,7 @@ impl FakeDrive {
             let n = self.cur(2);
             (lba, if n == 0 { 256 } else { n })
         };
-        let data = matches!(cmd, 0x20 | 0x24 | 0x30 | 0x34);
+        let data = matches!(cmd, 0x20 | 0x24 | 0x30 | 0x34 | 0xc4 | 0x29 | 0xc5 | 0x39);
         self.commands.push(if data { (cmd, lba, count) } else { (cmd, 0, 0) });
         match (self.kind, cmd) {
             (Kind::Atapi, 0xec) => {
@@ -210,14 +224,26 @@ impl FakeDrive {
                 self.identify = Some(self.identify_data());
                 self.status = DRDY | DRQ;
             }
-            (_, 0x20 | 0x24 | 0x30 | 0x34) => {
+            (_, 0xc6) => {
+                let n = self.cur(2) as u8;
+                if n.is_power_of_two() && n <= self.max_multiple && !self.refuse_multiple {
+                    self.multiple = n;
+                    self.status = DRDY;
+                } else {
+                    self.fail(ABRT);
+                }
+            }
+            (_, 0xc4 | 0x29 | 0xc5 | 0x39) if self.multiple == 0 => self.fail(ABRT),
+            (_, 0x20 | 0x24 | 0x30 | 0x34 | 0xc4 | 0x29 | 0xc5 | 0x39) => {
                 if lba + count > self.sectors() {
                     self.fail(IDNF);
                 } else {
-                    let write = matches!(cmd, 0x30 | 0x34);
-                    self.xfer = Some(Xfer { write, lba, left: count });
+                    let write = matches!(cmd, 0x30 | 0x34 | 0xc5 | 0x39);
+                    let multiple = matches!(cmd, 0xc4 | 0x29 | 0xc5 | 0x39);
+                    let block = if multiple { u64::from(self.multiple) } else { 1 };
+                    self.xfer = Some(Xfer { write, lba, left: count, block, in_block: 0 });
                     self.status = DRDY | DRQ;
-                    if !write && self.bad_sector == Some(lba) {
+                    if !write && self.block_is_bad() {
                         self.fail(UNC);
                     } else if !write && self.no_data {
                         self.status = DRDY;
@@ -245,16 +271,30 @@ impl FakeDrive {
         self.status
     }
 
-    /// Moves the transfer on after one sector (failing it if the next sector is bad).
+    /// A read's next data request holds the bad sector: the drive reads a whole block before
+    /// it offers it, so the error shows at the block's data request.
+    fn block_is_bad(&self) -> bool {
+        let Some(x) = self.xfer else { return false };
+        let end = x.lba + x.block.min(x.left);
+        self.bad_sector.is_some_and(|b| (x.lba..end).contains(&b))
+    }
+
+    /// Moves the transfer on after one sector (failing it if the next block is bad).
     fn next_sector(&mut self) {
         let Some(x) = self.xfer.as_mut() else { return };
         x.lba += 1;
         x.left -= 1;
-        self.busy = self.latency;
+        x.in_block += 1;
+        // Busy between data requests; within a block the sectors follow each other.
+        if x.in_block == x.block {
+            x.in_block = 0;
+            self.busy = self.latency;
+        }
         if x.left == 0 {
+            self.busy = self.latency;
             self.xfer = None;
             self.status = DRDY;
-        } else if !x.write && self.bad_sector == Some(x.lba) {
+        } else if !x.write && x.in_block == 0 && self.block_is_bad() {
             self.fail(UNC);
         }
     }

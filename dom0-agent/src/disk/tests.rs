@@ -2,8 +2,9 @@
 //! writes at both LBA widths, and each way a drive can fail it (bounded, with a defined error).
 
 use super::ata::{
-    Absent, Ata, CMD_FLUSH, CMD_FLUSH_EXT, CMD_IDENTIFY, CMD_READ, CMD_READ_EXT, CMD_WRITE,
-    CMD_WRITE_EXT, DRDY, ERR, LBA28_LIMIT, SECTOR, parse_identify,
+    Absent, Ata, CMD_FLUSH, CMD_FLUSH_EXT, CMD_IDENTIFY, CMD_READ, CMD_READ_EXT, CMD_READ_MULTIPLE,
+    CMD_READ_MULTIPLE_EXT, CMD_SET_MULTIPLE, CMD_WRITE, CMD_WRITE_EXT, CMD_WRITE_MULTIPLE, DRDY,
+    ERR, LBA28_LIMIT, SECTOR, parse_identify,
 };
 use super::fake::{FakeDrive, IDNF, Kind, UNC};
 use super::{Disk, Sectors};
@@ -26,15 +27,27 @@ fn probe_identifies_the_master_and_turns_its_interrupt_off() {
     let ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
     let id = ata.identity().clone();
     assert_eq!(id.model.as_str(), "FAKE ATA DISK");
-    assert_eq!((id.sectors, id.lba48), (64, true));
+    assert_eq!((id.sectors, id.lba48, id.multiple), (64, true, 16));
     drop(ata);
     assert!(d.interrupts_off(), "nIEN set: the driver polls");
-    assert_eq!(d.commands, [(CMD_IDENTIFY, 0, 0)]);
+    assert_eq!(d.commands, [(CMD_IDENTIFY, 0, 0), (CMD_SET_MULTIPLE, 0, 0)]);
+    assert_eq!(d.multiple, 16);
     assert_eq!(d.protocol_errors, 0);
     // Without 48-bit LBA the sector count comes from words 60-61.
     let mut d = FakeDrive { lba48: false, ..FakeDrive::new(patterned(8)) };
     let id = Ata::probe(&mut d, TIMEOUT).expect("a disk").identity().clone();
     assert_eq!((id.sectors, id.lba48), (8, false));
+    // Multiple mode: the largest power of two word 47 allows, none without it, and one
+    // sector per data request where the drive refuses it.
+    for (max, refuse, want) in [(12, false, 8), (1, false, 1), (0, false, 1), (16, true, 1)] {
+        let mut d = FakeDrive {
+            max_multiple: max,
+            refuse_multiple: refuse,
+            ..FakeDrive::new(patterned(8))
+        };
+        let id = Ata::probe(&mut d, TIMEOUT).expect("a disk").identity().clone();
+        assert_eq!(id.multiple, want, "word 47 = {max}, refused: {refuse}");
+    }
 }
 
 #[test]
@@ -62,7 +75,7 @@ fn identify_without_lba_or_sectors_is_no_disk() {
 #[test]
 fn reads_and_writes_split_into_commands_of_256_sectors() {
     let disk = patterned(600);
-    let mut d = FakeDrive::new(disk.clone());
+    let mut d = FakeDrive { max_multiple: 0, ..FakeDrive::new(disk.clone()) };
     let mut ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
     let mut buf = vec![0u8; 300 * SECTOR];
     ata.read(10, &mut buf).expect("read");
@@ -86,10 +99,56 @@ fn reads_and_writes_split_into_commands_of_256_sectors() {
 }
 
 #[test]
+fn multiple_mode_moves_a_block_per_data_request() {
+    let disk = patterned(600);
+    let mut d = FakeDrive::new(disk.clone());
+    let mut ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
+    // 40 sectors: blocks of 16, 16 and 8; 300: 256 and 44 (the last block 12).
+    let mut buf = vec![0u8; 40 * SECTOR];
+    ata.read(3, &mut buf).expect("read");
+    assert_eq!(buf, disk[3 * SECTOR..43 * SECTOR]);
+    let mut buf = vec![0u8; 300 * SECTOR];
+    ata.read(100, &mut buf).expect("read");
+    assert_eq!(buf, disk[100 * SECTOR..400 * SECTOR]);
+    ata.write(7, &[0xa5; 20 * SECTOR]).expect("write");
+    drop(ata);
+    assert_eq!(d.disk[7 * SECTOR..27 * SECTOR], [0xa5; 20 * SECTOR]);
+    assert_eq!(
+        d.commands[2..],
+        [
+            (CMD_READ_MULTIPLE, 3, 40),
+            (CMD_READ_MULTIPLE, 100, 256),
+            (CMD_READ_MULTIPLE, 356, 44),
+            (CMD_WRITE_MULTIPLE, 7, 20),
+            (CMD_FLUSH, 0, 0),
+        ]
+    );
+    assert_eq!(d.protocol_errors, 0, "data moved only while DRQ was set");
+    // A bad sector in the second block: the error shows at that block's data request.
+    let mut d = FakeDrive { bad_sector: Some(20), ..FakeDrive::new(disk.clone()) };
+    let mut ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
+    let mut buf = vec![0u8; 40 * SECTOR];
+    let got = ata.read(0, &mut buf);
+    assert_eq!(got, Err(DiskError::Device { status: DRDY | ERR, error: UNC }));
+    assert_eq!(buf[..16 * SECTOR], disk[..16 * SECTOR], "the first block arrived");
+    drop(ata);
+    assert_eq!(d.protocol_errors, 0);
+    // Beyond 2^28 sectors: READ MULTIPLE EXT.
+    let base = LBA28_LIMIT - 16;
+    let mut d = FakeDrive { base, ..FakeDrive::new(patterned(32)) };
+    let mut ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
+    let mut buf = vec![0u8; 20 * SECTOR];
+    ata.read(LBA28_LIMIT - 10, &mut buf).expect("read");
+    assert_eq!(buf, patterned(32)[6 * SECTOR..26 * SECTOR]);
+    drop(ata);
+    assert_eq!(d.commands.last(), Some(&(CMD_READ_MULTIPLE_EXT, LBA28_LIMIT - 10, 20)));
+}
+
+#[test]
 fn the_48_bit_commands_are_used_only_past_2_to_the_28_sectors() {
     // A drive of 2^28 + 16 sectors whose last 32 are held in memory.
     let base = LBA28_LIMIT - 16;
-    let mut d = FakeDrive { base, ..FakeDrive::new(patterned(32)) };
+    let mut d = FakeDrive { base, max_multiple: 0, ..FakeDrive::new(patterned(32)) };
     let mut ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
     assert_eq!(ata.identity().sectors, LBA28_LIMIT + 16);
     let mut buf = vec![0u8; 8 * SECTOR];
@@ -128,7 +187,7 @@ fn transfers_outside_the_disk_or_of_partial_sectors_are_refused_before_any_comma
     assert_eq!(ata.write(16, &buf), Err(DiskError::OutOfRange));
     ata.read(14, &mut buf).expect("the last two sectors");
     drop(ata);
-    assert_eq!(d.commands.len(), 2, "IDENTIFY and the one good read");
+    assert_eq!(d.commands.len(), 3, "IDENTIFY, SET MULTIPLE MODE and the one good read");
 }
 
 #[test]
@@ -153,7 +212,7 @@ fn drive_errors_and_silences_are_reported() {
     assert_eq!(ata.read(4, &mut buf), Ok(()));
     // A drive that stops answering after IDENTIFY, or never offers the data: a timeout, after
     // a bounded wait.
-    let mut d = FakeDrive { stuck_after: Some(1), ..FakeDrive::new(patterned(16)) };
+    let mut d = FakeDrive { stuck_after: Some(2), ..FakeDrive::new(patterned(16)) };
     let mut ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
     assert_eq!(ata.read(0, &mut buf), Err(DiskError::Timeout));
     assert_eq!(ata.write(0, &buf), Err(DiskError::Timeout));
@@ -184,9 +243,10 @@ proptest! {
     fn random_transfers_match_a_plain_copy(
         ops in proptest::collection::vec((any::<bool>(), 0u64..80, 1usize..300, any::<u8>()), 1..12),
         latency in 0u32..5,
+        max_multiple in proptest::sample::select(vec![0u8, 2, 3, 16, 128]),
     ) {
         let mut model = patterned(340);
-        let mut d = FakeDrive { latency, ..FakeDrive::new(model.clone()) };
+        let mut d = FakeDrive { latency, max_multiple, ..FakeDrive::new(model.clone()) };
         let mut ata = Ata::probe(&mut d, TIMEOUT).expect("a disk");
         for (write, lba, n, fill) in ops {
             let range = lba as usize * SECTOR..(lba as usize + n) * SECTOR;

@@ -413,6 +413,7 @@ fn exchange_disk(
         model: "TEST DISK".try_into().unwrap(),
         sectors: disk.map_or(0, crate::disk::Sectors::sectors),
         lba48: true,
+        multiple: 16,
     };
     let mut scratch = vec![0u8; 65536];
     let mut server = Server::new(&modules, &mut rig.bufs, &mut rig.image, "test");

@@ -284,8 +284,12 @@ fn files_are_read_in_runs_of_sectors() {
         let k = fs.open_file("/boot/vmlinux-6.1-microhv").expect("kernel");
         assert_eq!(read_all(&k), kernel());
     }
-    let reads: Vec<u64> =
-        drive.commands.iter().filter(|c| c.0 == crate::disk::ata::CMD_READ).map(|c| c.2).collect();
+    let reads: Vec<u64> = drive
+        .commands
+        .iter()
+        .filter(|c| c.0 == crate::disk::ata::CMD_READ_MULTIPLE)
+        .map(|c| c.2)
+        .collect();
     // 391 sectors of data in runs of 64 (7 commands), the FAT sectors chaining them, and the
     // MBR, boot sector and directories: not one command per sector.
     assert!(reads.len() < 20, "{} read commands: {reads:?}", reads.len());
