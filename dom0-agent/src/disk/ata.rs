@@ -291,6 +291,9 @@ impl<B: Bus> Ata<B> {
     /// this returns.
     pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
         self.check(lba, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
         let (cmd, cmd_ext) = match self.identity.multiple {
             1 => (CMD_WRITE, CMD_WRITE_EXT),
             _ => (CMD_WRITE_MULTIPLE, CMD_WRITE_MULTIPLE_EXT),
@@ -318,14 +321,13 @@ impl<B: Bus> Ata<B> {
         self.wait(0)
     }
 
-    /// Checks a transfer of `len` bytes at `lba`; its sector count.
-    fn check(&self, lba: u64, len: usize) -> Result<u64, DiskError> {
+    /// Checks a transfer of `len` bytes at `lba`: whole sectors, all on the drive.
+    fn check(&self, lba: u64, len: usize) -> Result<(), DiskError> {
         if !len.is_multiple_of(SECTOR) {
             return Err(DiskError::OutOfRange);
         }
-        let n = (len / SECTOR) as u64;
-        match lba.checked_add(n) {
-            Some(end) if end <= self.identity.sectors => Ok(n),
+        match lba.checked_add((len / SECTOR) as u64) {
+            Some(end) if end <= self.identity.sectors => Ok(()),
             _ => Err(DiskError::OutOfRange),
         }
     }

@@ -71,6 +71,10 @@ impl From<ProtoError<'_>> for Fail {
         match e {
             ProtoError::Hypercall { errno } => Fail::Hypercall(errno),
             ProtoError::VersionMismatch { dom0, .. } => Fail::VersionMismatch { dom0 },
+            // New requests are appended without a version change: an older dom0 says this.
+            ProtoError::UnknownRequest { tag } => Fail::Dom0(format!(
+                "dom0 does not know this request (tag {tag}): its dom0-agent predates it"
+            )),
             other => Fail::Dom0(other.to_string()),
         }
     }

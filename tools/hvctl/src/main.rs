@@ -70,7 +70,10 @@ enum Cmd {
         /// Domain name (1 to 32 printable ASCII characters).
         name: String,
         /// Kernel image to upload (PVH ELF or multiboot v1); the same as --kernel FILE.
-        #[arg(conflicts_with_all = ["module", "kernel"])]
+        #[arg(
+            conflicts_with_all = ["module", "kernel"],
+            required_unless_present_any = ["module", "kernel"]
+        )]
         image: Option<PathBuf>,
         /// The kernel: dom0:/PATH on dom0's disk, or a host file to upload.
         #[arg(long, value_name = "dom0:/PATH|FILE", conflicts_with = "module")]
@@ -262,7 +265,28 @@ fn connect(cli: &Cli) -> Result<Client, Fail> {
     Client::connect(&socket_path(cli), Duration::from_secs_f64(cli.timeout))
 }
 
+/// Refuses a `create` whose kernel and modules come from places one request cannot name
+/// together, before anything is sent: every module from the disk with a kernel from the disk,
+/// none otherwise (the protocol builds from one place at a time).
+fn check_sources(kernel: Option<&str>, modules: &[&String]) -> Result<(), Fail> {
+    let on_disk = |s: &str| s.starts_with(DOM0_PREFIX);
+    let disk_modules = modules.iter().filter(|m| on_disk(m)).count();
+    match (kernel.is_some_and(on_disk), disk_modules) {
+        (true, n) if n != modules.len() => Err(Fail::Usage(format!(
+            "a kernel from dom0's disk takes its modules from the disk too ({DOM0_PREFIX}/PATH)"
+        ))),
+        (false, n) if n > 0 => Err(Fail::Usage(format!(
+            "modules from dom0's disk ({DOM0_PREFIX}/PATH) need a kernel from it too"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), Fail> {
+    if let Cmd::Create { kernel, initrd, with_modules, .. } = &cli.cmd {
+        let modules: Vec<&String> = initrd.iter().chain(with_modules).collect();
+        check_sources(kernel.as_deref(), &modules)?;
+    }
     let mut c = connect(cli)?;
     let json = cli.json;
     match &cli.cmd {
@@ -304,23 +328,8 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 (None, None) => None,
             };
             let from_disk = kernel.as_deref().and_then(|k| k.strip_prefix(DOM0_PREFIX));
-            // Every module from the disk with a kernel from the disk, none otherwise: the
-            // protocol builds from one place at a time.
             let disk_modules: Vec<&str> =
                 modules.iter().filter_map(|m| m.strip_prefix(DOM0_PREFIX)).collect();
-            match (from_disk.is_some(), disk_modules.len()) {
-                (true, n) if n != modules.len() => {
-                    return Err(Fail::Usage(format!(
-                        "a kernel from dom0's disk takes its modules from the disk too ({DOM0_PREFIX}/PATH)"
-                    )));
-                }
-                (false, n) if n > 0 => {
-                    return Err(Fail::Usage(format!(
-                        "modules from dom0's disk ({DOM0_PREFIX}/PATH) need a kernel from it too"
-                    )));
-                }
-                _ => {}
-            }
             // Refuse a taken name before spending seconds on an upload (dom0 checks again).
             if list(&mut c)?.iter().any(|i| i.name_str() == name.as_str()) {
                 return Err(Fail::Dom0(format!(
@@ -745,7 +754,34 @@ fn continue_print(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Cli, Fail, check_sources, parse_size};
+    use clap::Parser;
+
+    #[test]
+    fn disk_kernels_take_disk_modules_and_no_others() {
+        let s = |v: &str| v.to_string();
+        let (disk, module, host) = (s("dom0:/boot/initrd"), s("initrd"), s("dom0:/x"));
+        assert!(check_sources(Some("dom0:/boot/vmlinux"), &[&disk, &host]).is_ok());
+        assert!(check_sources(Some("vmlinux"), &[&module]).is_ok());
+        assert!(check_sources(None, &[&module]).is_ok(), "--module with boot modules");
+        let refused =
+            |k: Option<&str>, m: &[&String]| matches!(check_sources(k, m), Err(Fail::Usage(_)));
+        assert!(refused(Some("dom0:/boot/vmlinux"), &[&disk, &module]));
+        assert!(refused(Some("vmlinux"), &[&disk]));
+        assert!(refused(None, &[&disk]));
+    }
+
+    #[test]
+    fn create_needs_one_kernel() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["hvctl", "create", "d"].iter().chain(args));
+        assert!(parse(&[]).is_err(), "no kernel");
+        assert!(parse(&["img"]).is_ok());
+        assert!(parse(&["--kernel", "dom0:/k"]).is_ok());
+        assert!(parse(&["--module", "hello"]).is_ok());
+        assert!(parse(&["img", "--kernel", "dom0:/k"]).is_err(), "two kernels");
+        assert!(parse(&["--module", "hello", "--kernel", "dom0:/k"]).is_err(), "two kernels");
+    }
 
     #[test]
     fn sizes() {
