@@ -247,8 +247,8 @@ pub fn build_from<H: Hypercalls>(
 ) -> Result<u32, BuildError> {
     let name = name_field(spec.name).ok_or(BuildError::BadName)?;
     let plan = plan_source(src, spec.mem_bytes, scratch)?;
-    let files = core::iter::once(src).chain(spec.modules.iter().map(|m| m.data));
-    if files.clone().any(|f| f.as_slice().is_none()) && scratch.len() < SCRATCH_MIN {
+    let mut sources = core::iter::once(src).chain(spec.modules.iter().map(|m| m.data));
+    if sources.any(|f| f.as_slice().is_none()) && scratch.len() < SCRATCH_MIN {
         return Err(BuildError::NoBuffer);
     }
     // Modules go page-aligned after the image's highest byte, whatever the format: the boot
