@@ -48,6 +48,12 @@ pub const MODULE_NAME_MAX: usize = 64;
 pub const MAX_MODULES: usize = 16;
 /// Longest text in an error ([`Error::ImageRejected`], [`Error::BadRequest`]).
 pub const REASON_MAX: usize = 128;
+/// Longest path on dom0's disk in a request ([`Req::CreateFromDisk`], [`Req::DiskList`]).
+pub const DISK_PATH_MAX: usize = 255;
+/// Entries one [`Resp::DiskList`] carries at most.
+pub const DISK_LIST_MAX: usize = 64;
+/// Bytes of names one [`Resp::DiskList`] carries at most (dom0 holds them in one buffer).
+pub const DISK_LIST_BYTES: usize = 4096;
 
 /// Ids a frame that could not be attributed is answered with.
 pub const NO_ID: u32 = 0;
@@ -187,13 +193,37 @@ pub enum Req<'a> {
         /// Unpause the new domain (otherwise it stays `created`).
         start: bool,
     },
+    /// 20: build a domain from files on dom0's disk: the kernel and its modules (an initrd
+    /// first) are absolute paths on the disk's FAT file system ([`Resp::Created`]).
+    CreateFromDisk {
+        /// Name, memory, vCPUs, MMU pages, flags, command line.
+        #[serde(borrow)]
+        config: DomainConfig<'a>,
+        /// The kernel's path, at most [`DISK_PATH_MAX`] bytes.
+        kernel: &'a str,
+        /// The modules' paths, handed to the kernel in order (each module's command line is
+        /// its file name).
+        #[serde(borrow)]
+        modules: heapless::Vec<&'a str, KERNEL_MODULES_MAX>,
+        /// Unpause the new domain (otherwise it stays `created`).
+        start: bool,
+    },
+    /// 21: a directory of dom0's disk, from its `skip`th entry on ([`Resp::DiskList`]).
+    DiskList {
+        /// The directory's absolute path (`/` for the root), at most [`DISK_PATH_MAX`] bytes.
+        path: &'a str,
+        /// Entries to pass over: what earlier pages returned.
+        skip: u32,
+    },
+    /// 22: dom0's disk: the drive and its file system ([`Resp::DiskInfo`]).
+    DiskInfo,
 }
 
 /// Boot modules [`Req::CreateWithModules`] can hand a kernel.
 pub const KERNEL_MODULES_MAX: usize = 4;
 
 /// Number of [`Req`] variants this version knows: tags from here on are unknown.
-pub const REQ_VARIANTS: u32 = 20;
+pub const REQ_VARIANTS: u32 = 23;
 
 /// What to build (`DomainCreate` fields plus the kernel command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +249,17 @@ pub enum ImageSource<'a> {
     Uploaded,
     /// The boot module with this name (the first word of its command line, without the path).
     Module(&'a str),
+}
+
+/// An entry of a directory on dom0's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskEntry<'a> {
+    /// Its name: the long name if it has one, else the 8.3 name.
+    pub name: &'a str,
+    /// Bytes (0 for a directory).
+    pub size: u64,
+    /// A directory.
+    pub dir: bool,
 }
 
 /// A boot module.
@@ -299,6 +340,25 @@ pub enum Resp<'a> {
         /// Bytes taken.
         bytes: u32,
     },
+    /// 13: one page of a directory listing, in the directory's order.
+    DiskList {
+        /// At most [`DISK_LIST_MAX`] entries, their names at most [`DISK_LIST_BYTES`] in all.
+        #[serde(borrow)]
+        entries: heapless::Vec<DiskEntry<'a>, DISK_LIST_MAX>,
+        /// More entries follow: ask again with `skip` advanced by `entries.len()`.
+        more: bool,
+    },
+    /// 14: dom0's disk.
+    DiskInfo {
+        /// The drive's model (IDENTIFY words 27-46), trimmed.
+        model: &'a str,
+        /// 512-byte sectors.
+        sectors: u64,
+        /// The drive takes 48-bit LBA commands (needed above 2^28 sectors).
+        lba48: bool,
+        /// The file system dom0 found: `FAT16` / `FAT32` and its label, or why there is none.
+        filesystem: &'a str,
+    },
 }
 
 /// Why a request failed.
@@ -344,6 +404,46 @@ pub enum Error<'a> {
     },
     /// 9: the upload went wrong.
     Upload(UploadError),
+    /// 10: dom0's disk could not serve the request.
+    Disk {
+        /// What went wrong.
+        error: DiskError,
+        /// The path concerned, if any (cut at [`REASON_MAX`] bytes).
+        path: &'a str,
+    },
+}
+
+/// What went wrong with dom0's disk ([`Error::Disk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskError {
+    /// 0: no disk on dom0's ATA channel (nothing attached, not an ATA disk, or the channel is
+    /// not passed through to dom0).
+    NoDisk,
+    /// 1: no FAT file system dom0 can read: no MBR partition of a FAT16 / FAT32 type in the
+    /// first slot, or its volume does not parse.
+    NoFileSystem,
+    /// 2: no file or directory at that path.
+    NotFound,
+    /// 3: a directory where a file was expected.
+    IsADirectory,
+    /// 4: a file where a directory was expected.
+    NotADirectory,
+    /// 5: not an absolute path of names of at most 255 bytes ([`DISK_PATH_MAX`] in all).
+    BadPath,
+    /// 6: the drive stayed busy, or did not offer data, for longer than dom0 waits.
+    Timeout,
+    /// 7: the drive reported an error (ERR or DF in its status).
+    Device {
+        /// The status register.
+        status: u8,
+        /// The error register.
+        error: u8,
+    },
+    /// 8: a read past the end of the drive or of a file.
+    OutOfRange,
+    /// 9: the file system's structures are inconsistent (a cluster chain that ends early or
+    /// points outside the volume, ...).
+    Corrupt,
 }
 
 /// How a frame was malformed.
@@ -401,6 +501,27 @@ impl core::fmt::Display for Malformed {
     }
 }
 
+impl core::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DiskError::NoDisk => f.write_str("dom0 has no disk"),
+            DiskError::NoFileSystem => f.write_str("no FAT file system on dom0's disk"),
+            DiskError::NotFound => f.write_str("no such file or directory"),
+            DiskError::IsADirectory => f.write_str("is a directory"),
+            DiskError::NotADirectory => f.write_str("not a directory"),
+            DiskError::BadPath => f.write_str("not an absolute path"),
+            DiskError::Timeout => f.write_str("the disk did not answer in time"),
+            DiskError::Device { status, error } => {
+                write!(f, "the disk reported an error (status {status:#04x}, error {error:#04x})")
+            }
+            DiskError::OutOfRange => f.write_str("read past the end of the disk or file"),
+            DiskError::Corrupt => f.write_str("the file system is inconsistent"),
+        }
+    }
+}
+
+impl core::error::Error for DiskError {}
+
 impl core::fmt::Display for UploadError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
@@ -434,6 +555,9 @@ impl core::fmt::Display for Error<'_> {
             Error::ImageRejected { reason } => write!(f, "image rejected: {reason}"),
             Error::BadRequest { reason } => write!(f, "bad request: {reason}"),
             Error::Upload(u) => write!(f, "upload: {u}"),
+            Error::Disk { error: DiskError::NoDisk, .. } => f.write_str("dom0 has no disk"),
+            Error::Disk { error, path: "" } => write!(f, "dom0's disk: {error}"),
+            Error::Disk { error, path } => write!(f, "dom0's disk: {path}: {error}"),
         }
     }
 }

@@ -9,10 +9,16 @@
 //! info's module list, multiboot kernels in the information structure's `mods` list. The
 //! domain is left in state `Created`; the caller unpauses it. On any failure the half-built
 //! domain is destroyed.
+//!
+//! Images and modules are [`Source`]s: in memory (an upload, a boot module) or files on dom0's
+//! disk. The builder reads only the headers it needs and copies each loadable segment into the
+//! domain in chunks of at most `MEM_WRITE_MAX` bytes, so an image need not fit in dom0's memory.
 
+use crate::image::{self, Elf, SCRATCH_MIN, Source};
 use crate::multiboot;
 use abi::Errno;
 use abi::hypercall::MEM_WRITE_MAX;
+use abi::proto::DiskError;
 use abi::pvh::{self, ImageError, START_INFO_GPA};
 use abi::types::{DOMCREATE_DEVICE_MODEL, DomainCreate, VCPU_MODE_FLAT32, VcpuState, name_field};
 
@@ -65,12 +71,21 @@ pub struct DomainSpec<'a> {
 }
 
 /// A boot module handed to the domain's kernel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Module<'a> {
     /// Its bytes.
-    pub data: &'a [u8],
+    pub data: &'a dyn Source,
     /// Its command line.
     pub cmdline: &'a str,
+}
+
+impl core::fmt::Debug for Module<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Module")
+            .field("size", &self.data.size())
+            .field("cmdline", &self.cmdline)
+            .finish()
+    }
 }
 
 /// The image formats.
@@ -99,6 +114,11 @@ pub enum BuildError {
     CmdlineTooLong,
     /// A hypercall failed.
     Hypercall(&'static str, Errno),
+    /// The image (`None`) or a module (its index) could not be read (a file on dom0's disk).
+    Read(Option<usize>, DiskError),
+    /// A file source was given no scratch buffer of at least `image::SCRATCH_MIN` bytes to
+    /// read through (a caller's mistake, reported rather than trusted).
+    NoBuffer,
 }
 
 impl core::fmt::Display for BuildError {
@@ -111,6 +131,9 @@ impl core::fmt::Display for BuildError {
             BuildError::DoesNotFit => f.write_str("image does not fit in the domain's memory"),
             BuildError::CmdlineTooLong => f.write_str("command line too long"),
             BuildError::Hypercall(what, e) => write!(f, "{what}: {e}"),
+            BuildError::Read(None, e) => write!(f, "reading the image: {e}"),
+            BuildError::Read(Some(i), e) => write!(f, "reading module {i}: {e}"),
+            BuildError::NoBuffer => f.write_str("no buffer to read the image through"),
         }
     }
 }
@@ -122,7 +145,7 @@ pub struct Load {
     /// Guest-physical destination.
     pub gpa: u64,
     /// File range.
-    pub file: core::ops::Range<usize>,
+    pub file: core::ops::Range<u64>,
     /// Bytes occupied in memory.
     pub memsz: u64,
 }
@@ -144,23 +167,39 @@ pub const IMAGE_MIN_GPA: u64 = 0x10_0000;
 
 /// Works out how to load `image` into a domain with `mem_bytes` of RAM.
 pub fn plan(image: &[u8], mem_bytes: u64) -> Result<Plan, BuildError> {
-    let elf = pvh::Image::parse(image);
-    let plan = match (&elf, multiboot::Header::find(image)) {
+    plan_source(&image, mem_bytes, &mut [])
+}
+
+/// Works out how to load the image `src` into a domain with `mem_bytes` of RAM, reading its
+/// headers through `scratch` (at least [`SCRATCH_MIN`] bytes unless `src` is in memory).
+pub fn plan_source(
+    src: &dyn Source,
+    mem_bytes: u64,
+    scratch: &mut [u8],
+) -> Result<Plan, BuildError> {
+    if src.as_slice().is_none() && scratch.len() < SCRATCH_MIN {
+        return Err(BuildError::NoBuffer);
+    }
+    let (head_buf, table_buf) = scratch.split_at_mut(scratch.len().min(image::HEAD_BYTES));
+    let head = image::head(src, head_buf).map_err(|e| BuildError::Read(None, e))?;
+    let elf = Elf::parse(src, head, table_buf);
+    let plan = match (&elf, multiboot::Header::find(head)) {
         (Ok(e), _) if e.pvh_entry.is_some() => Plan {
             format: Format::Pvh,
-            loads: e.segments.iter().map(|s| load(s, e.data_range(s))).collect(),
-            entry: e.pvh().map_err(BuildError::Elf)?,
+            loads: e.segments.iter().map(load).collect(),
+            entry: e.pvh_entry.ok_or(BuildError::Elf(ImageError::NoPvhEntry))?,
         },
         (_, Ok(h)) if h.addresses.is_some() => {
-            let (file, gpa, memsz, entry) =
-                h.load_plan(image.len()).ok_or(BuildError::DoesNotFit)?;
+            let len = usize::try_from(src.size()).map_err(|_| BuildError::DoesNotFit)?;
+            let (file, gpa, memsz, entry) = h.load_plan(len).ok_or(BuildError::DoesNotFit)?;
+            let file = file.start as u64..file.end as u64;
             let mut loads = heapless::Vec::new();
             let _ = loads.push(Load { gpa, file, memsz });
             Plan { format: Format::Multiboot, loads, entry }
         }
         (Ok(e), Ok(_)) => Plan {
             format: Format::Multiboot,
-            loads: e.segments.iter().map(|s| load(s, e.data_range(s))).collect(),
+            loads: e.segments.iter().map(load).collect(),
             entry: u32::try_from(e.elf_entry).map_err(|_| BuildError::DoesNotFit)?,
         },
         (
@@ -187,25 +226,42 @@ pub fn plan(image: &[u8], mem_bytes: u64) -> Result<Plan, BuildError> {
     Ok(plan)
 }
 
-fn load(s: &pvh::Segment, file: core::ops::Range<usize>) -> Load {
-    Load { gpa: s.paddr, file, memsz: s.memsz }
+fn load(s: &pvh::Segment) -> Load {
+    let start = s.offset as u64;
+    Load { gpa: s.paddr, file: start..start + s.filesz as u64, memsz: s.memsz }
 }
 
 /// Builds a domain from `image` and leaves it `Created`; returns its domid.
 pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Result<u32, BuildError> {
+    build_from(h, spec, &image, &mut [])
+}
+
+/// Builds a domain from the image `src` and leaves it `Created`; returns its domid. Sources
+/// that are not in memory are read through `scratch` (at least [`SCRATCH_MIN`] bytes; reads
+/// go in chunks of up to its size, at most `MEM_WRITE_MAX`).
+pub fn build_from<H: Hypercalls>(
+    h: &H,
+    spec: &DomainSpec<'_>,
+    src: &dyn Source,
+    scratch: &mut [u8],
+) -> Result<u32, BuildError> {
     let name = name_field(spec.name).ok_or(BuildError::BadName)?;
-    let plan = plan(image, spec.mem_bytes)?;
+    let plan = plan_source(src, spec.mem_bytes, scratch)?;
+    let mut sources = core::iter::once(src).chain(spec.modules.iter().map(|m| m.data));
+    if sources.any(|f| f.as_slice().is_none()) && scratch.len() < SCRATCH_MIN {
+        return Err(BuildError::NoBuffer);
+    }
     // Modules go page-aligned after the image's highest byte, whatever the format: the boot
     // page (0x1000) and the ACPI tables lie below the image, which starts at 1 MiB or above.
     let mut next = plan.loads.iter().map(|l| l.gpa + l.memsz).max().unwrap_or(IMAGE_MIN_GPA);
     let mut descs: heapless::Vec<pvh::ModuleDesc<'_>, { pvh::MAX_MODULES }> = heapless::Vec::new();
     for m in spec.modules {
         let at = next.next_multiple_of(4096);
-        let end = at.checked_add(m.data.len() as u64).ok_or(BuildError::DoesNotFit)?;
+        let end = at.checked_add(m.data.size()).ok_or(BuildError::DoesNotFit)?;
         if end > spec.mem_bytes {
             return Err(BuildError::DoesNotFit);
         }
-        let d = pvh::ModuleDesc { paddr: at, size: m.data.len() as u64, cmdline: m.cmdline };
+        let d = pvh::ModuleDesc { paddr: at, size: m.data.size(), cmdline: m.cmdline };
         descs.push(d).map_err(|_| BuildError::CmdlineTooLong)?;
         next = end;
     }
@@ -234,19 +290,12 @@ pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Resul
         flags: spec.flags | DOMCREATE_DEVICE_MODEL,
     };
     let domid = h.domain_create(&create).map_err(|e| BuildError::Hypercall("create", e))?;
-    let populate = || -> Result<(), BuildError> {
+    let mut populate = || -> Result<(), BuildError> {
         for l in &plan.loads {
-            let data = image.get(l.file.clone()).ok_or(BuildError::DoesNotFit)?;
-            for (i, chunk) in data.chunks(MEM_WRITE_MAX as usize).enumerate() {
-                let dst = l.gpa + (i as u64) * MEM_WRITE_MAX;
-                h.mem_write(domid, dst, chunk).map_err(|e| BuildError::Hypercall("load", e))?;
-            }
+            copy(h, domid, src, l.file.clone(), l.gpa, scratch, None)?;
         }
-        for (m, d) in spec.modules.iter().zip(&descs) {
-            for (i, chunk) in m.data.chunks(MEM_WRITE_MAX as usize).enumerate() {
-                let dst = d.paddr + (i as u64) * MEM_WRITE_MAX;
-                h.mem_write(domid, dst, chunk).map_err(|e| BuildError::Hypercall("module", e))?;
-            }
+        for (i, (m, d)) in spec.modules.iter().zip(&descs).enumerate() {
+            copy(h, domid, m.data, 0..m.data.size(), d.paddr, scratch, Some(i))?;
         }
         h.mem_write(domid, crate::acpi::ACPI_GPA, &acpi)
             .map_err(|e| BuildError::Hypercall("ACPI tables", e))?;
@@ -275,6 +324,47 @@ pub fn build<H: Hypercalls>(h: &H, spec: &DomainSpec<'_>, image: &[u8]) -> Resul
         return Err(e);
     }
     Ok(domid)
+}
+
+/// Copies the bytes `range` of `src` (the image, or module `module`) to the domain's
+/// guest-physical `dst`, in `MemWrite`s of at most `MEM_WRITE_MAX` bytes: straight from
+/// memory, or read through `scratch`.
+fn copy<H: Hypercalls>(
+    h: &H,
+    domid: u32,
+    src: &dyn Source,
+    range: core::ops::Range<u64>,
+    dst: u64,
+    scratch: &mut [u8],
+    module: Option<usize>,
+) -> Result<(), BuildError> {
+    let what = if module.is_some() { "module" } else { "load" };
+    let write = |at: u64, bytes: &[u8]| {
+        h.mem_write(domid, dst + (at - range.start), bytes)
+            .map(|_| ())
+            .map_err(|e| BuildError::Hypercall(what, e))
+    };
+    if let Some(all) = src.as_slice() {
+        let (start, end) = (range.start as usize, range.end as usize);
+        let data = all.get(start..end).ok_or(BuildError::DoesNotFit)?;
+        for (i, chunk) in data.chunks(MEM_WRITE_MAX as usize).enumerate() {
+            write(range.start + (i as u64) * MEM_WRITE_MAX, chunk)?;
+        }
+        return Ok(());
+    }
+    let step = scratch.len().min(MEM_WRITE_MAX as usize) as u64;
+    if step == 0 {
+        return Err(BuildError::NoBuffer);
+    }
+    let mut at = range.start;
+    while at < range.end {
+        let n = step.min(range.end - at) as usize;
+        let buf = &mut scratch[..n];
+        src.read_at(at, buf).map_err(|e| BuildError::Read(module, e))?;
+        write(at, buf)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -382,6 +472,7 @@ mod tests {
         assert_eq!((m.paddr, m.size), (0x11_2000, 5000));
         // A module that does not fit is refused before anything is created.
         let big = std::vec![0u8; 4 << 20];
+        let big = big.as_slice();
         let mods = [Module { data: &big, cmdline: "" }];
         let f = Fake::default();
         let spec = DomainSpec { modules: &mods, ..spec(4 << 20) };
@@ -413,7 +504,7 @@ mod tests {
         let img = mb_image(0x2000);
         let (text, blob) = (b"a short text module".as_slice(), [0xc3u8; 5000]);
         let mods = [
-            Module { data: text, cmdline: "greeting" },
+            Module { data: &text, cmdline: "greeting" },
             Module { data: &blob, cmdline: "blob x=1" },
         ];
         let f = Fake::default();
@@ -495,6 +586,161 @@ mod tests {
         let r = build(&f, &spec(4 << 20), &mb_image(0x2000));
         assert_eq!(r, Err(BuildError::Hypercall("load", Errno::EFAULT)));
         assert!(*f.destroyed.borrow());
+    }
+
+    /// An image that is not in memory: read only through `read_at`, every read recorded, and
+    /// the byte at `fail_at` unreadable.
+    struct FileLike {
+        bytes: Vec<u8>,
+        reads: RefCell<Vec<(u64, usize)>>,
+        fail_at: Option<u64>,
+    }
+
+    impl FileLike {
+        fn new(bytes: Vec<u8>) -> Self {
+            Self { bytes, reads: RefCell::default(), fail_at: None }
+        }
+        fn bytes_read(&self) -> usize {
+            self.reads.borrow().iter().map(|r| r.1).sum()
+        }
+    }
+
+    impl Source for FileLike {
+        fn size(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+            self.reads.borrow_mut().push((offset, buf.len()));
+            let end = offset + buf.len() as u64;
+            if self.fail_at.is_some_and(|f| (offset..end).contains(&f)) {
+                return Err(DiskError::Device { status: 0x41, error: 0x40 });
+            }
+            (&self.bytes[..]).read_at(offset, buf)
+        }
+    }
+
+    /// A PVH image whose note segment lies after `tail` bytes past its code, far from the
+    /// head (as a `vmlinux`'s notes lie 23 MB in), followed by bytes no segment loads.
+    fn far_note_image(code: usize, tail: usize) -> Vec<u8> {
+        let mut img = abi::testutil::pvh_image(0x10_0000, &std::vec![0xab; code], 0x100, 0x10_0000);
+        let note = img[176..176 + 16 + 4].to_vec();
+        img.resize(img.len() + tail, 0xee);
+        let at = img.len() as u64;
+        img.extend_from_slice(&note);
+        img.resize(img.len() + tail, 0xdd);
+        // The note segment's p_offset (the second program header, at 64 + 56, field at +8).
+        img[128..136].copy_from_slice(&at.to_le_bytes());
+        img
+    }
+
+    #[test]
+    fn a_file_source_builds_what_the_memory_image_builds() {
+        for img in [
+            abi::testutil::pvh_image(0x10_0000, &[0xab; 200_000], 0x100, 0x10_0000),
+            mb_image(0x3_0000),
+            far_note_image(70_000, 100_000),
+        ] {
+            let initrd: Vec<u8> = (0..90_000u32).map(|i| i as u8).collect();
+            let (mem_f, file_f) = (Fake::default(), Fake::default());
+            let from_mem = {
+                let initrd = initrd.as_slice();
+                let mods = [Module { data: &initrd, cmdline: "initrd" }];
+                build(&mem_f, &DomainSpec { modules: &mods, ..spec(8 << 20) }, &img)
+            };
+            let file = FileLike::new(img.clone());
+            let initrd_file = FileLike::new(initrd.clone());
+            let mut scratch = std::vec![0u8; 30_000];
+            let mods = [Module { data: &initrd_file, cmdline: "initrd" }];
+            let from_file = build_from(
+                &file_f,
+                &DomainSpec { modules: &mods, ..spec(8 << 20) },
+                &file,
+                &mut scratch,
+            );
+            assert_eq!(from_mem, Ok(7));
+            assert_eq!(from_file, Ok(7));
+            // The same bytes land at the same places (in chunks of the scratch's size).
+            let flat = |w: &Vec<(u64, Vec<u8>)>| {
+                let mut m = std::collections::BTreeMap::new();
+                for (at, bytes) in w {
+                    for (i, b) in bytes.iter().enumerate() {
+                        m.insert(at + i as u64, *b);
+                    }
+                }
+                m
+            };
+            assert_eq!(flat(&file_f.writes.borrow()), flat(&mem_f.writes.borrow()));
+            assert!(file_f.writes.borrow().iter().all(|w| w.1.len() <= scratch.len()));
+            assert_eq!(*file_f.state.borrow(), *mem_f.state.borrow());
+            // Only the headers and what is loaded were read, never the whole file twice.
+            let loaded: u64 =
+                plan(&img, 8 << 20).unwrap().loads.iter().map(|l| l.file.end - l.file.start).sum();
+            let read = file.bytes_read() as u64;
+            assert!(read <= loaded + image::SCRATCH_MIN as u64, "read {read} of {}", img.len());
+            assert_eq!(initrd_file.bytes_read(), initrd.len());
+        }
+        // The far note was found by reading it, not by loading the file: 200 KB of its tail
+        // were never read.
+        let img = far_note_image(1000, 100_000);
+        let file = FileLike::new(img.clone());
+        let p = plan_source(&file, 4 << 20, &mut [0u8; image::SCRATCH_MIN]).expect("plan");
+        assert_eq!(p.format, Format::Pvh);
+        assert!(file.bytes_read() < 20_000, "{} bytes read of {}", file.bytes_read(), img.len());
+    }
+
+    #[test]
+    fn read_errors_name_what_failed_and_leave_nothing_behind() {
+        let img = abi::testutil::pvh_image(0x10_0000, &[0xab; 200_000], 0x100, 0x10_0000);
+        let mut scratch = std::vec![0u8; 65536];
+        let mut file = FileLike::new(img.clone());
+        file.fail_at = Some(150_000);
+        let f = Fake::default();
+        let got = build_from(&f, &spec(4 << 20), &file, &mut scratch);
+        let dev = DiskError::Device { status: 0x41, error: 0x40 };
+        assert_eq!(got, Err(BuildError::Read(None, dev)));
+        assert!(*f.destroyed.borrow(), "the half-built domain is destroyed");
+        // In the head: refused before the domain exists.
+        file.fail_at = Some(3);
+        let f = Fake::default();
+        assert_eq!(
+            build_from(&f, &spec(4 << 20), &file, &mut scratch),
+            Err(BuildError::Read(None, dev))
+        );
+        assert!(f.writes.borrow().is_empty() && !*f.destroyed.borrow());
+        // A module's error names the module.
+        let good = FileLike::new(img.clone());
+        let mut bad = FileLike::new(std::vec![1; 5000]);
+        bad.fail_at = Some(4999);
+        let mods = [Module { data: &good, cmdline: "a" }, Module { data: &bad, cmdline: "b" }];
+        let f = Fake::default();
+        let s = DomainSpec { modules: &mods, ..spec(8 << 20) };
+        assert_eq!(build_from(&f, &s, &good, &mut scratch), Err(BuildError::Read(Some(1), dev)));
+        assert!(*f.destroyed.borrow());
+        // A file source with no room to read through is refused up front.
+        let f = Fake::default();
+        let small = &mut [0u8; 100][..];
+        assert_eq!(build_from(&f, &spec(4 << 20), &good, small), Err(BuildError::NoBuffer));
+        assert!(f.writes.borrow().is_empty());
+        // So is a memory image with a file module and no scratch.
+        let s = DomainSpec { modules: &mods[..1], ..spec(8 << 20) };
+        assert_eq!(build(&f, &s, &img), Err(BuildError::NoBuffer));
+    }
+
+    #[test]
+    fn truncated_files_are_bad_segments_not_reads_past_the_end() {
+        let img = far_note_image(70_000, 10_000);
+        // Cut inside the far note: its program header points past the end.
+        let cut = FileLike::new(img[..img.len() - 10_005].to_vec());
+        let mut scratch = std::vec![0u8; image::SCRATCH_MIN];
+        // (As for an image in memory: a note outside the file is not an ELF dom0 can boot.)
+        assert_eq!(plan_source(&cut, 4 << 20, &mut scratch), Err(BuildError::UnknownFormat));
+        // Cut inside the loaded segment.
+        let cut = FileLike::new(img[..1000].to_vec());
+        assert_eq!(
+            plan_source(&cut, 4 << 20, &mut scratch),
+            Err(BuildError::Elf(ImageError::BadSegment))
+        );
+        assert!(cut.reads.borrow().iter().all(|(at, n)| at + *n as u64 <= 1000));
     }
 
     proptest::proptest! {

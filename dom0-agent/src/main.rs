@@ -11,8 +11,8 @@
 //! - `scenario=domus`: run the domU scenarios (`scenario.rs`) with the boot modules, then
 //!   power off with status 0 if all passed.
 //!
-//! Without any of these, dom0 serves the control protocol on COM2 (`serve`) until a
-//! `Poweroff` request.
+//! Without any of these, dom0 probes its disk (the primary ATA channel's master, passed through
+//! by microhv) and serves the control protocol on COM2 (`serve`) until a `Poweroff` request.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -24,10 +24,13 @@ rt::hosted_main!();
 mod modules;
 mod scenario;
 
+use abi::hypercall::MEM_WRITE_MAX;
 use abi::proto::{IMAGE_CAPACITY, PROTOCOL_VERSION};
 use abi::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
+use dom0_agent::disk::fs::{Fs, ReadAhead};
+use dom0_agent::disk::{Disk, PrimaryChannel};
 use dom0_agent::dm;
-use dom0_agent::server::{Buffers, Channel, Poll, Server};
+use dom0_agent::server::{Buffers, Channel, DiskAccess, Poll, Server};
 use guest_rt::{Boot, println, rdtsc};
 use rt::uart::{COM2, Uart};
 
@@ -43,8 +46,14 @@ const OUTSIDE_MEMORY: u64 = 0xb000_0000;
 /// lets the domUs run.
 const SPIN_TICKS: u64 = 2_000_000;
 
+/// How long dom0 waits on its disk (the drive busy, or not offering data) before it gives up
+/// with a timeout, in seconds.
+const DISK_TIMEOUT_SECS: u64 = 5;
+
 /// The upload buffer (`IMAGE_CAPACITY`, in .bss).
 static mut IMAGE: [u8; IMAGE_CAPACITY] = [0; IMAGE_CAPACITY];
+/// What the builder reads files from the disk through: one `MemWrite`'s worth at a time.
+static mut DISK_CHUNK: [u8; MEM_WRITE_MAX as usize] = [0; MEM_WRITE_MAX as usize];
 /// The server's frame buffers (in .bss rather than on the 64 KiB stack).
 static mut BUFFERS: Buffers = Buffers::new();
 
@@ -134,10 +143,19 @@ fn serve(boot: &Boot) -> ! {
     uart.init();
     let modules = modules::all(boot);
     // SAFETY: `serve` runs once and never returns, so these are the only references to the
-    // two statics for the rest of dom0's life.
-    let (bufs, image) =
-        unsafe { (&mut *core::ptr::addr_of_mut!(BUFFERS), &mut *core::ptr::addr_of_mut!(IMAGE)) };
+    // three statics for the rest of dom0's life.
+    let (bufs, image, chunk) = unsafe {
+        (
+            &mut *core::ptr::addr_of_mut!(BUFFERS),
+            &mut *core::ptr::addr_of_mut!(IMAGE),
+            &mut *core::ptr::addr_of_mut!(DISK_CHUNK),
+        )
+    };
+    let disk = probe_disk(bufs.read_ahead());
     let mut server = Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION"));
+    if let Some(d) = &disk {
+        server = server.with_disk(DiskAccess { sectors: d, identity: d.identity() }, chunk);
+    }
     println!(
         "serving the control protocol v{PROTOCOL_VERSION} on COM2 ({} boot module(s), {} KiB image buffer)",
         modules.len(),
@@ -169,6 +187,40 @@ fn serve(boot: &Boot) -> ! {
                     dm::idle(hv);
                 }
             }
+        }
+    }
+}
+
+/// Finds dom0's disk and says what it found: the drive and its file system, or why there is
+/// none (dom0 then serves everything else as before).
+fn probe_disk(ahead: &mut ReadAhead) -> Option<Disk<PrimaryChannel>> {
+    let khz = dm::tsc_khz();
+    // Without a rate from microhv, a guess of 3 GHz: the bound only has to end a wait.
+    let timeout = DISK_TIMEOUT_SECS * 1000 * if khz == 0 { 3_000_000 } else { khz };
+    // SAFETY: microhv passes the primary ATA channel through to dom0, and this is the only
+    // driver of it.
+    match Disk::probe(unsafe { PrimaryChannel::new() }, timeout) {
+        Ok(d) => {
+            let id = d.identity();
+            let mut fs: heapless::String<128> = heapless::String::new();
+            match Fs::open(&d, ahead) {
+                Ok(f) => f.describe(&mut fs),
+                Err(e) => {
+                    let _ = core::fmt::write(&mut fs, format_args!("no file system: {e}"));
+                }
+            }
+            println!(
+                "disk: ata0 master {:?}, {} sectors ({} MiB){}; {fs}",
+                id.model.as_str(),
+                id.sectors,
+                id.sectors / 2048,
+                if id.lba48 { ", LBA48" } else { "" }
+            );
+            Some(d)
+        }
+        Err(why) => {
+            println!("disk: none on the primary ATA channel: {why}");
+            None
         }
     }
 }

@@ -406,9 +406,10 @@ fn multiboot(boot: &Boot) -> Result<(), &'static str> {
     // Two modules in its `mods` list: the text above, and a boot module several pages long
     // (the `hello` guest's image), each of which it must find intact.
     let (hello, _) = boot.module_named("hello").ok_or("boot module missing")?;
+    let datas = [MB_TEXT, hello];
     let mods = [
-        builder::Module { data: MB_TEXT, cmdline: "text" },
-        builder::Module { data: hello, cmdline: "hello image" },
+        builder::Module { data: &datas[0], cmdline: "text" },
+        builder::Module { data: &datas[1], cmdline: "hello image" },
     ];
     let s = DomainSpec { modules: &mods, ..spec("mbkernel", 4, "status=42") };
     let d = start(boot, "mbkernel", &s)?;
@@ -423,14 +424,14 @@ fn multiboot(boot: &Boot) -> Result<(), &'static str> {
     if !contains(&con, "mbkernel: 2 module(s)") {
         return Err("the kernel did not find its two modules");
     }
-    for (n, m) in mods.iter().enumerate() {
+    for (n, (m, data)) in mods.iter().zip(datas).enumerate() {
         let mut want: heapless::String<96> = heapless::String::new();
         let _ = core::fmt::write(
             &mut want,
             format_args!(
                 ": {} bytes, fnv1a {:#010x}, cmdline {:?}",
-                m.data.len(),
-                fnv1a(m.data),
+                data.len(),
+                fnv1a(data),
                 m.cmdline
             ),
         );
@@ -530,7 +531,7 @@ pub fn start_linux(boot: &Boot) -> Result<u32, &'static str> {
     let hv = guest_rt::hv();
     let (kernel, _) = boot.module_named("vmlinux").ok_or("no vmlinux boot module")?;
     let (initrd, _) = boot.module_named("initramfs.cpio").ok_or("no initramfs.cpio boot module")?;
-    let mods = [builder::Module { data: initrd, cmdline: "initramfs" }];
+    let mods = [builder::Module { data: &initrd, cmdline: "initramfs" }];
     let s = DomainSpec {
         modules: &mods,
         vcpus: linux_vcpus(boot),

@@ -3,19 +3,25 @@
 //! Serving model: one request at a time. [`Server::poll`] reads the bytes waiting on the
 //! channel, and when a delimiter completes a frame it decodes it, acts on it (hypercalls, the
 //! domain builder), and writes exactly one response frame before it reads on. Every action is
-//! bounded (no retry loop, no wait on a domain), so a response always follows. State kept
-//! between requests: whether the hello succeeded, and the image upload in progress.
+//! bounded (no retry loop, no wait on a domain; every wait on the disk has its timeout), so a
+//! response always follows. State kept between requests: whether the hello succeeded, and the
+//! image upload in progress. dom0's disk, if it has one, is read afresh for each request
+//! that needs it (`disk::fs`).
 //!
 //! The hypercalls and the byte channel are traits ([`Control`], [`Channel`]) so that the host
 //! tests drive the same code with a fake hypervisor and random input.
 
 use crate::builder::{self, BuildError, DomainSpec, Hypercalls};
+use crate::disk::Sectors;
+use crate::disk::ata::Identity;
+use crate::disk::fs::{File, Fs, ReadAhead};
+use crate::image::Source;
 use abi::Errno;
 use abi::hypercall::{CONSOLE_READ_MAX, MAX_DOMAINS, ShutdownReason};
 use abi::proto::{
-    self, CMDLINE_MAX, DomainConfig, Error, FrameEncoder, FrameReader, ImageSource, MAX_MODULES,
-    ModuleInfo, NO_ID, PROTOCOL_VERSION, REASON_MAX, Req, Request, Resp, Response,
-    UPLOAD_CHUNK_MAX, UploadError,
+    self, CMDLINE_MAX, DISK_LIST_BYTES, DISK_LIST_MAX, DiskEntry, DiskError, DomainConfig, Error,
+    FrameEncoder, FrameReader, ImageSource, KERNEL_MODULES_MAX, MAX_MODULES, ModuleInfo, NO_ID,
+    PROTOCOL_VERSION, REASON_MAX, Req, Request, Resp, Response, UPLOAD_CHUNK_MAX, UploadError,
 };
 use abi::types::{DomainInfo, DomainStats, PhysInfo, name_field};
 use core::fmt::Write;
@@ -53,6 +59,10 @@ pub trait Control: Hypercalls {
     fn stats(&self, domid: u32) -> Result<DomainStats, Errno>;
     /// Writes one line (without its newline) to dom0's console.
     fn log(&self, line: &str);
+    /// Milliseconds on some clock, for the figures in dom0's log (0 where there is none).
+    fn millis(&self) -> u64 {
+        0
+    }
 }
 
 impl Control for abi::guest::Hypervisor {
@@ -109,6 +119,11 @@ impl Control for abi::guest::Hypervisor {
         buf[n] = b'\n';
         let _ = self.console_write(&buf[..=n]);
     }
+    fn millis(&self) -> u64 {
+        // SAFETY: RDTSC has no side effects; microhv does not intercept it.
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        tsc / crate::dm::tsc_khz().max(1)
+    }
 }
 
 /// The byte channel (COM2 in dom0; a buffer in tests).
@@ -128,12 +143,13 @@ pub struct BootModule<'a> {
     pub bytes: &'a [u8],
 }
 
-/// The server's fixed buffers (about 28 KiB): kept apart so dom0 can place them in a static
+/// The server's fixed buffers (about 92 KiB): kept apart so dom0 can place them in a static
 /// rather than on its 64 KiB stack.
 pub struct Buffers {
     reader: FrameReader,
     encoder: FrameEncoder,
     console: [u8; CONSOLE_READ_MAX as usize],
+    ahead: ReadAhead,
 }
 
 impl Default for Buffers {
@@ -149,7 +165,13 @@ impl Buffers {
             reader: FrameReader::new(),
             encoder: FrameEncoder::new(),
             console: [0; CONSOLE_READ_MAX as usize],
+            ahead: ReadAhead::new(),
         }
+    }
+
+    /// The file system's read-ahead lines, for a use of the disk outside a request.
+    pub fn read_ahead(&mut self) -> &mut ReadAhead {
+        &mut self.ahead
     }
 }
 
@@ -176,6 +198,17 @@ struct State<'a> {
     image: &'a mut [u8],
     upload: Upload,
     greeted: bool,
+    /// What the builder reads files from the disk through.
+    scratch: &'a mut [u8],
+}
+
+/// dom0's disk as the server sees it.
+#[derive(Clone, Copy)]
+pub struct DiskAccess<'a> {
+    /// Its sectors.
+    pub sectors: &'a dyn Sectors,
+    /// What IDENTIFY said.
+    pub identity: &'a Identity,
 }
 
 /// The control-protocol server.
@@ -184,6 +217,7 @@ pub struct Server<'a> {
     bufs: &'a mut Buffers,
     state: State<'a>,
     agent: &'a str,
+    disk: Option<DiskAccess<'a>>,
     /// Requests answered so far (frames, malformed ones included).
     pub served: u64,
 }
@@ -203,15 +237,25 @@ impl<'a> Server<'a> {
         Self {
             modules,
             bufs,
-            state: State { image, upload: Upload::default(), greeted: false },
+            state: State { image, upload: Upload::default(), greeted: false, scratch: &mut [] },
             agent,
+            disk: None,
             served: 0,
         }
     }
 
+    /// Serves dom0's disk too (without one, disk requests get [`DiskError::NoDisk`]): the
+    /// builder reads files through `scratch`, whose size (at least `image::SCRATCH_MIN`, up
+    /// to `MEM_WRITE_MAX`) is the chunk it copies into a domain at a time.
+    pub fn with_disk(mut self, disk: DiskAccess<'a>, scratch: &'a mut [u8]) -> Self {
+        self.disk = Some(disk);
+        self.state.scratch = scratch;
+        self
+    }
+
     /// Reads the bytes waiting on `ch` and answers every frame they complete.
     pub fn poll<H: Control, C: Channel>(&mut self, hv: &H, ch: &mut C) -> Poll {
-        let Buffers { reader, encoder, console } = &mut *self.bufs;
+        let Buffers { reader, encoder, console, ahead } = &mut *self.bufs;
         let mut result = Poll::Idle;
         while let Some(b) = ch.read_byte() {
             if result == Poll::Idle {
@@ -233,8 +277,10 @@ impl<'a> Server<'a> {
                     Ok(req) => {
                         describe(&mut line, &req);
                         let poweroff = req.body == Req::Poweroff;
-                        let ctx = Ctx { hv, modules: self.modules, agent: self.agent };
-                        let resp = handle(&ctx, &mut self.state, console, &mut reason, req.body);
+                        let ctx =
+                            Ctx { hv, modules: self.modules, agent: self.agent, disk: self.disk };
+                        let bufs = (&mut console[..], &mut *ahead);
+                        let resp = handle(&ctx, &mut self.state, bufs, &mut reason, req.body);
                         (req.id, resp, poweroff)
                     }
                 },
@@ -265,6 +311,7 @@ struct Ctx<'h, 'm, H> {
     hv: &'h H,
     modules: &'m [BootModule<'m>],
     agent: &'m str,
+    disk: Option<DiskAccess<'m>>,
 }
 
 fn describe(line: &mut Line, req: &Request<'_>) {
@@ -305,6 +352,15 @@ fn describe(line: &mut Line, req: &Request<'_>) {
         Req::ConsoleInput { domid, data } => {
             write!(line, "ctl #{id}: type {} bytes on d{domid}", data.len())
         }
+        Req::CreateFromDisk { config, kernel, modules, .. } => {
+            let name = config.name.get(..32).unwrap_or(config.name);
+            let kernel = kernel.get(..48).unwrap_or(kernel);
+            write!(line, "ctl #{id}: create {name:?} from disk {kernel:?} (+{})", modules.len())
+        }
+        Req::DiskList { path, skip } => {
+            write!(line, "ctl #{id}: disk ls {:?} from {skip}", path.get(..48).unwrap_or(path))
+        }
+        Req::DiskInfo => write!(line, "ctl #{id}: disk info"),
     };
 }
 
@@ -315,6 +371,9 @@ fn outcome(line: &mut Line, resp: &Resp<'_>) {
         Resp::Created { domid } => write!(line, " -> d{domid}"),
         Resp::Console { data } => write!(line, " -> {} bytes", data.len()),
         Resp::UploadProgress { received } => write!(line, " -> {received}"),
+        Resp::DiskList { entries, more } => {
+            write!(line, " -> {} entries{}", entries.len(), if *more { ", more" } else { "" })
+        }
         _ => write!(line, " -> ok"),
     };
 }
@@ -330,7 +389,7 @@ fn done(r: Result<(), Errno>) -> Resp<'static> {
 fn handle<'r, H: Control>(
     ctx: &Ctx<'_, 'r, H>,
     st: &mut State<'_>,
-    console: &'r mut [u8],
+    (console, ahead): (&'r mut [u8], &mut ReadAhead),
     reason: &'r mut heapless::String<REASON_MAX>,
     req: Req<'_>,
 ) -> Resp<'r> {
@@ -413,6 +472,219 @@ fn handle<'r, H: Control>(
             Ok(n) => Resp::Accepted { bytes: u32::try_from(n).unwrap_or(0) },
             Err(e) => hc(e),
         },
+        Req::CreateFromDisk { config, kernel, modules, start } => {
+            create_from_disk(ctx, st, ahead, reason, &config, kernel, &modules, start)
+        }
+        Req::DiskList { path, skip } => disk_list(ctx, console, ahead, reason, path, skip),
+        Req::DiskInfo => disk_info(ctx, console, ahead, reason),
+    }
+}
+
+/// A disk error about `path` (copied into `reason`, cut at its capacity on a character
+/// boundary).
+fn disk_err<'r>(
+    reason: &'r mut heapless::String<REASON_MAX>,
+    error: DiskError,
+    path: &str,
+) -> Resp<'r> {
+    reason.clear();
+    for c in path.chars() {
+        if reason.push(c).is_err() {
+            break;
+        }
+    }
+    Resp::Error(Error::Disk { error, path: reason.as_str() })
+}
+
+/// The checks dom0 makes of a domain's configuration itself: the `BadRequest` reason.
+fn check_config(config: &DomainConfig<'_>) -> Result<(), &'static str> {
+    if name_field(config.name).is_none() {
+        return Err("a domain name is 1 to 32 printable ASCII characters");
+    }
+    if config.cmdline.len() > CMDLINE_MAX {
+        return Err("command line too long");
+    }
+    Ok(())
+}
+
+/// The last component of a path: a module's command line, as a boot module's is its name.
+fn file_name(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit('/').next().unwrap_or(path)
+}
+
+// Not inlined (nor the other disk requests): their frames (file handles, long-name buffers)
+// stay off the path of every other request, on dom0's 64 KiB stack.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn create_from_disk<'r, H: Control>(
+    ctx: &Ctx<'_, 'r, H>,
+    st: &mut State<'_>,
+    ahead: &mut ReadAhead,
+    reason: &'r mut heapless::String<REASON_MAX>,
+    config: &DomainConfig<'_>,
+    kernel: &str,
+    module_paths: &[&str],
+    start: bool,
+) -> Resp<'r> {
+    if let Err(reason) = check_config(config) {
+        return Resp::Error(Error::BadRequest { reason });
+    }
+    let Some(disk) = ctx.disk else {
+        return disk_err(reason, DiskError::NoDisk, "");
+    };
+    let t0 = ctx.hv.millis();
+    let fs = match Fs::open(disk.sectors, ahead) {
+        Ok(fs) => fs,
+        Err(e) => return disk_err(reason, e, ""),
+    };
+    let image = match fs.open_file(kernel) {
+        Ok(f) => f,
+        Err(e) => return disk_err(reason, e, kernel),
+    };
+    // A file is open once at a time: a module that names the kernel or an earlier module
+    // again (in whatever spelling) shares its handle. `slots` says whose: 0 the kernel, i + 1
+    // `files[i]`.
+    let mut files: heapless::Vec<File<'_, '_>, KERNEL_MODULES_MAX> = heapless::Vec::new();
+    let mut slots: heapless::Vec<usize, KERNEL_MODULES_MAX> = heapless::Vec::new();
+    for path in module_paths {
+        let id = match fs.entry_id(path) {
+            Ok(id) => id,
+            Err(e) => return disk_err(reason, e, path),
+        };
+        let slot = if id == image.id() {
+            0
+        } else if let Some(i) = files.iter().position(|f| f.id() == id) {
+            i + 1
+        } else {
+            match fs.open_file(path) {
+                Ok(f) => {
+                    if files.push(f).is_err() {
+                        return Resp::Error(Error::BadRequest { reason: "too many modules" });
+                    }
+                    files.len()
+                }
+                Err(e) => return disk_err(reason, e, path),
+            }
+        };
+        if slots.push(slot).is_err() {
+            return Resp::Error(Error::BadRequest { reason: "too many modules" });
+        }
+    }
+    let source = |slot: usize| -> &dyn Source {
+        match slot.checked_sub(1).and_then(|i| files.get(i)) {
+            Some(f) => f,
+            None => &image,
+        }
+    };
+    let modules: heapless::Vec<builder::Module<'_>, KERNEL_MODULES_MAX> = slots
+        .iter()
+        .zip(module_paths)
+        .map(|(&slot, p)| builder::Module { data: source(slot), cmdline: file_name(p) })
+        .collect();
+    let spec = DomainSpec {
+        name: config.name,
+        mem_bytes: config.mem_bytes,
+        vcpus: config.vcpus,
+        mmu_pages: config.mmu_pages,
+        flags: config.flags,
+        cmdline: config.cmdline,
+        modules: &modules,
+    };
+    let built = builder::build_from(ctx.hv, &spec, &image, st.scratch);
+    if let Err(BuildError::Read(which, e)) = built {
+        let path = which.and_then(|i| module_paths.get(i)).copied().unwrap_or(kernel);
+        return disk_err(reason, e, path);
+    }
+    if built.is_ok() {
+        let bytes = image.size() + modules.iter().map(|m| m.data.size()).sum::<u64>();
+        let ms = ctx.hv.millis().saturating_sub(t0);
+        let mut line = Line::new();
+        let _ = write!(
+            line,
+            "ctl: built from dom0's disk: {bytes} bytes in {ms} ms ({} KiB/s)",
+            (bytes * 1000 / 1024).checked_div(ms).unwrap_or(0)
+        );
+        ctx.hv.log(&line);
+    }
+    finish(ctx.hv, reason, built, start)
+}
+
+/// A page of the directory at `path` from its `skip`th entry, the names held in `names`.
+#[inline(never)]
+fn disk_list<'r, H: Control>(
+    ctx: &Ctx<'_, 'r, H>,
+    names: &'r mut [u8],
+    ahead: &mut ReadAhead,
+    reason: &'r mut heapless::String<REASON_MAX>,
+    path: &str,
+    skip: u32,
+) -> Resp<'r> {
+    let Some(disk) = ctx.disk else {
+        return disk_err(reason, DiskError::NoDisk, "");
+    };
+    let fs = match Fs::open(disk.sectors, ahead) {
+        Ok(fs) => fs,
+        Err(e) => return disk_err(reason, e, ""),
+    };
+    // The names are copied into `names` first and the entries made from it after: the
+    // entries borrow what the copying writes.
+    let cap = names.len().min(DISK_LIST_BYTES);
+    let names = &mut names[..cap];
+    let mut found: heapless::Vec<(usize, usize, u64, bool), DISK_LIST_MAX> = heapless::Vec::new();
+    let mut used = 0;
+    let listed = fs.list(path, skip, |name, size, dir| {
+        let end = used + name.len();
+        if found.is_full() || end > names.len() {
+            return core::ops::ControlFlow::Break(());
+        }
+        names[used..end].copy_from_slice(name.as_bytes());
+        let _ = found.push((used, end, size, dir));
+        used = end;
+        core::ops::ControlFlow::Continue(())
+    });
+    let more = match listed {
+        Ok(more) => more,
+        Err(e) => return disk_err(reason, e, path),
+    };
+    let names: &'r [u8] = names;
+    let entries = found
+        .iter()
+        .map(|&(a, b, size, dir)| DiskEntry {
+            name: core::str::from_utf8(&names[a..b]).unwrap_or("?"),
+            size,
+            dir,
+        })
+        .collect();
+    Resp::DiskList { entries, more }
+}
+
+/// The disk's drive and file system.
+#[inline(never)]
+fn disk_info<'r, H: Control>(
+    ctx: &Ctx<'_, 'r, H>,
+    text: &'r mut [u8],
+    ahead: &mut ReadAhead,
+    reason: &'r mut heapless::String<REASON_MAX>,
+) -> Resp<'r> {
+    let Some(disk) = ctx.disk else {
+        return disk_err(reason, DiskError::NoDisk, "");
+    };
+    let mut fs_text = heapless::String::<REASON_MAX>::new();
+    match Fs::open(disk.sectors, ahead) {
+        Ok(fs) => fs.describe(&mut fs_text),
+        Err(e) => {
+            let _ = write!(fs_text, "none: {e}");
+        }
+    }
+    let n = fs_text.len().min(text.len());
+    text[..n].copy_from_slice(&fs_text.as_bytes()[..n]);
+    reason.clear();
+    let _ = reason.push_str(&disk.identity.model);
+    Resp::DiskInfo {
+        model: reason.as_str(),
+        sectors: disk.identity.sectors,
+        lba48: disk.identity.lba48,
+        filesystem: core::str::from_utf8(&text[..n]).unwrap_or("?"),
     }
 }
 
@@ -447,13 +719,8 @@ fn create<'r, H: Control>(
     module_names: &[&str],
     start: bool,
 ) -> Resp<'r> {
-    if name_field(config.name).is_none() {
-        return Resp::Error(Error::BadRequest {
-            reason: "a domain name is 1 to 32 printable ASCII characters",
-        });
-    }
-    if config.cmdline.len() > CMDLINE_MAX {
-        return Resp::Error(Error::BadRequest { reason: "command line too long" });
+    if let Err(reason) = check_config(config) {
+        return Resp::Error(Error::BadRequest { reason });
     }
     let image: &[u8] = match source {
         ImageSource::Uploaded => {
@@ -480,7 +747,7 @@ fn create<'r, H: Control>(
         let Some(m) = ctx.modules.iter().find(|m| m.name == *name) else {
             return Resp::Error(Error::NoSuchModule);
         };
-        if modules.push(builder::Module { data: m.bytes, cmdline: name }).is_err() {
+        if modules.push(builder::Module { data: &m.bytes, cmdline: name }).is_err() {
             return Resp::Error(Error::BadRequest { reason: "too many modules" });
         }
     }
@@ -493,7 +760,17 @@ fn create<'r, H: Control>(
         cmdline: config.cmdline,
         modules: &modules,
     };
-    let domid = match builder::build(ctx.hv, &spec, image) {
+    finish(ctx.hv, reason, builder::build(ctx.hv, &spec, image), start)
+}
+
+/// The response to a build: the new domain, started if asked, or why there is none.
+fn finish<'r, H: Control>(
+    hv: &H,
+    reason: &'r mut heapless::String<REASON_MAX>,
+    built: Result<u32, BuildError>,
+    start: bool,
+) -> Resp<'r> {
+    let domid = match built {
         Ok(d) => d,
         Err(BuildError::Hypercall(_, e)) => return hc(e),
         Err(BuildError::BadName) => {
@@ -508,8 +785,8 @@ fn create<'r, H: Control>(
             return Resp::Error(Error::ImageRejected { reason: reason.as_str() });
         }
     };
-    if start && let Err(e) = ctx.hv.domain_unpause(domid) {
-        let _ = ctx.hv.domain_destroy(domid);
+    if start && let Err(e) = hv.domain_unpause(domid) {
+        let _ = hv.domain_destroy(domid);
         return hc(e);
     }
     Resp::Created { domid }

@@ -43,6 +43,14 @@ fn req<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Req<'a> {
             modules: [s, "initrd"].into_iter().take((a % 3) as usize).collect(),
             start: a & 2 == 0,
         },
+        20 => Req::CreateFromDisk {
+            config,
+            kernel: s,
+            modules: [s, "/initrd"].into_iter().take((a % 3) as usize).collect(),
+            start: a & 4 == 0,
+        },
+        21 => Req::DiskList { path: s, skip: a },
+        22 => Req::DiskInfo,
         // Also `Create` from a module, so both image sources round-trip.
         _ => Req::Create { config, image: ImageSource::Module(s), start: true },
     }
@@ -59,7 +67,12 @@ fn error(sel: u32, a: u32, s: &str) -> Error<'_> {
         6 => Error::NoSuchModule,
         7 => Error::ImageRejected { reason: s },
         8 => Error::BadRequest { reason: s },
-        _ => Error::Upload(UploadError::Incomplete { received: a, size: a / 2 }),
+        9 => Error::Upload(UploadError::Incomplete { received: a, size: a / 2 }),
+        10 => Error::Disk { error: DiskError::NotFound, path: s },
+        _ => Error::Disk {
+            error: DiskError::Device { status: a as u8, error: (a >> 8) as u8 },
+            path: "",
+        },
     }
 }
 
@@ -94,7 +107,14 @@ fn resp<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Resp<'a> {
             (0..(a % 17) as usize).map(|i| ModuleInfo { name: s, size: i as u64 }).collect(),
         ),
         11 => Resp::Accepted { bytes: a },
-        n => Resp::Error(error(n - 12, a, s)),
+        12 => Resp::DiskList {
+            entries: (0..(a % 65) as usize)
+                .map(|i| DiskEntry { name: s, size: b ^ i as u64, dir: i % 2 == 0 })
+                .collect(),
+            more: a & 1 == 0,
+        },
+        13 => Resp::DiskInfo { model: s, sectors: b, lba48: a & 1 == 0, filesystem: s },
+        n => Resp::Error(error(n - 14, a, s)),
     }
 }
 
@@ -131,7 +151,7 @@ proptest! {
 
     #[test]
     fn every_response_round_trips(
-        sel in 0u32..22, a: u32, b: u64, s in text(),
+        sel in 0u32..26, a: u32, b: u64, s in text(),
         data in proptest::collection::vec(any::<u8>(), 0..4096),
     ) {
         let msg = Response { id: a, body: resp(sel, a, b, &s, &data) };
@@ -230,17 +250,9 @@ fn unknown_tags_keep_their_id() {
     msg.extend(postcard::to_allocvec(&REQ_VARIANTS).unwrap());
     assert_eq!(decode_request(&msg), Err((300, Error::UnknownRequest { tag: REQ_VARIANTS })));
     // The last known tag is known.
-    let config =
-        DomainConfig { name: "x", mem_bytes: 0, vcpus: 1, mmu_pages: 0, flags: 0, cmdline: "" };
-    let body = Req::CreateWithModules {
-        config,
-        image: ImageSource::Uploaded,
-        modules: heapless::Vec::new(),
-        start: true,
-    };
-    let last = Request { id: 1, body };
-    let last = postcard::to_allocvec(&last).unwrap();
+    let last = postcard::to_allocvec(&Request { id: 1, body: Req::DiskInfo }).unwrap();
     assert_eq!(last[1] as u32, REQ_VARIANTS - 1);
+    assert_eq!(decode_request(&last), Ok(Request { id: 1, body: Req::DiskInfo }));
 }
 
 #[test]
@@ -272,6 +284,33 @@ fn the_largest_messages_fit_a_frame() {
         start: true,
     };
     assert!(frame_of(&Request { id: 1, body: create }).len() <= MAX_FRAME + 1);
+    // A create from the disk with every path at its longest.
+    let path = "p".repeat(DISK_PATH_MAX);
+    let create = Req::CreateFromDisk {
+        config: DomainConfig {
+            name: &long[..32],
+            mem_bytes: u64::MAX,
+            vcpus: u32::MAX,
+            mmu_pages: u64::MAX,
+            flags: u32::MAX,
+            cmdline: &long,
+        },
+        kernel: &path,
+        modules: (0..KERNEL_MODULES_MAX).map(|_| path.as_str()).collect(),
+        start: true,
+    };
+    assert!(frame_of(&Request { id: 1, body: create }).len() <= MAX_FRAME + 1);
+    // A listing page at its limits: the most entries, the most name bytes.
+    let name = "n".repeat(DISK_LIST_BYTES / DISK_LIST_MAX);
+    let entries =
+        (0..DISK_LIST_MAX).map(|_| DiskEntry { name: &name, size: u64::MAX, dir: false }).collect();
+    let page = Resp::DiskList { entries, more: true };
+    assert!(frame_of(&Response { id: u32::MAX, body: page }).len() <= MAX_FRAME + 1);
+    let one = "m".repeat(DISK_LIST_BYTES);
+    let mut entries = heapless::Vec::new();
+    let _ = entries.push(DiskEntry { name: &one, size: u64::MAX, dir: true });
+    let page = Resp::DiskList { entries, more: true };
+    assert!(frame_of(&Response { id: u32::MAX, body: page }).len() <= MAX_FRAME + 1);
 }
 
 #[test]

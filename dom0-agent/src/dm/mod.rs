@@ -227,12 +227,15 @@ pub static MODELS: spin::Mutex<DeviceModels> = spin::Mutex::new(DeviceModels::ne
 /// The TSC's rate, from microhv's timing leaf (read once: CPUID is an exit).
 static TSC_KHZ: spin::Once<u64> = spin::Once::new();
 
+/// The TSC's rate in kHz, from microhv's timing leaf (0 if it says nothing).
+pub fn tsc_khz() -> u64 {
+    *TSC_KHZ.call_once(|| core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax.into())
+}
+
 /// The clock of dom0's device models: the TSC.
 fn clock() -> Clock {
-    let khz =
-        *TSC_KHZ.call_once(|| core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax.into());
     // SAFETY: RDTSC has no side effects; microhv does not intercept it.
-    Clock { now: unsafe { core::arch::x86_64::_rdtsc() }, tsc_khz: khz }
+    Clock { now: unsafe { core::arch::x86_64::_rdtsc() }, tsc_khz: tsc_khz() }
 }
 
 /// Sets the device models' time of day from the host's RTC; false if it could not be read (the

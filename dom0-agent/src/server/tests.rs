@@ -387,6 +387,186 @@ fn the_image_capacity_is_the_buffer() {
     assert_eq!(b[7], "Error(ImageRejected { reason: \"not a PVH ELF or multiboot kernel\" })");
 }
 
+/// A disk with a FAT32 volume holding a kernel, an initrd, a text file and a directory of
+/// 100 files with 60-byte names.
+fn disk_image() -> Vec<u8> {
+    let (kernel, initrd) = (image(), vec![0x5a; 9000]);
+    let names: Vec<String> =
+        (0..100).map(|i| std::format!("many/{i:03}-{}", "n".repeat(56))).collect();
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("boot/hello.elf", &kernel),
+        ("boot/initrd.img", &initrd),
+        ("README.TXT", b"not a kernel"),
+    ];
+    files.extend(names.iter().map(|n| (n.as_str(), &b"x"[..])));
+    crate::disk::fake::fat_image(fatfs::FatType::Fat32, 0x0c, 70_000, &["boot", "many"], &files)
+}
+
+/// Runs `input` against a server with `disk` (or none) and returns the responses.
+fn exchange_disk(
+    rig: &mut Rig,
+    disk: Option<&crate::disk::MemDisk>,
+    input: &[Vec<u8>],
+) -> Vec<(u32, String)> {
+    let modules = [BootModule { name: "hello", bytes: &rig.module }];
+    let identity = crate::disk::ata::Identity {
+        model: "TEST DISK".try_into().unwrap(),
+        sectors: disk.map_or(0, crate::disk::Sectors::sectors),
+        lba48: true,
+        multiple: 16,
+    };
+    let mut scratch = vec![0u8; 65536];
+    let mut server = Server::new(&modules, &mut rig.bufs, &mut rig.image, "test");
+    if let Some(d) = disk {
+        server = server.with_disk(DiskAccess { sectors: d, identity: &identity }, &mut scratch);
+    }
+    let mut pipe = Pipe::default();
+    for f in input {
+        pipe.input.extend(f);
+    }
+    drain(&mut server, &rig.fake, &mut pipe);
+    responses(&pipe.output)
+}
+
+fn from_disk<'a>(id: u32, name: &'a str, kernel: &'a str, modules: &[&'a str]) -> Vec<u8> {
+    let body = Req::CreateFromDisk {
+        config: config(name),
+        kernel,
+        modules: modules.iter().copied().collect(),
+        start: true,
+    };
+    frame(id, body)
+}
+
+#[test]
+fn domains_are_built_from_files_on_the_disk() {
+    let mut rig = Rig::new(1024);
+    let disk = crate::disk::MemDisk(RefCell::new(disk_image()));
+    let got = exchange_disk(
+        &mut rig,
+        Some(&disk),
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            from_disk(2, "a", "/boot/hello.elf", &["/boot/initrd.img"]),
+            from_disk(3, "b", "/BOOT/HELLO.ELF", &[]),
+            // The kernel named again as a module, in another spelling: one open file serves.
+            from_disk(4, "c", "/boot/hello.elf", &["/boot/initrd.img", "/Boot/Hello.elf"]),
+            from_disk(5, "d", "/boot/nothing", &[]),
+            from_disk(6, "d", "/boot/hello.elf", &["/boot/none.img"]),
+            from_disk(7, "d", "/boot", &[]),
+            from_disk(8, "d", "/README.TXT", &[]),
+            from_disk(9, "d", "boot/hello.elf", &[]),
+            from_disk(10, "a", "/boot/hello.elf", &[]),
+            from_disk(11, "", "/boot/hello.elf", &[]),
+        ],
+    );
+    let b: Vec<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(b[1], "Created { domid: 1 }");
+    assert_eq!(b[2], "Created { domid: 2 }");
+    assert_eq!(b[3], "Created { domid: 3 }");
+    assert_eq!(b[4], "Error(Disk { error: NotFound, path: \"/boot/nothing\" })");
+    assert_eq!(b[5], "Error(Disk { error: NotFound, path: \"/boot/none.img\" })");
+    assert_eq!(b[6], "Error(Disk { error: IsADirectory, path: \"/boot\" })");
+    assert_eq!(b[7], "Error(ImageRejected { reason: \"not a PVH ELF or multiboot kernel\" })");
+    assert_eq!(b[8], "Error(Disk { error: BadPath, path: \"boot/hello.elf\" })");
+    assert_eq!(b[9], "Error(Hypercall { errno: EEXIST })");
+    assert!(b[10].starts_with("Error(BadRequest"));
+    let log = rig.fake.log.borrow();
+    assert!(
+        log.iter().any(|l| l.contains("create \"a\" from disk \"/boot/hello.elf\" (+1) -> d1"))
+    );
+    // Each build says how much it read: the kernel's 10,196 bytes plus the initrd's 9,000.
+    assert!(log.iter().any(|l| l.contains("built from dom0's disk: 19196 bytes")), "{log:?}");
+    assert_eq!(rig.fake.domains.borrow().len(), 4, "no half-built domain is left");
+    assert_eq!(disk.0.borrow()[..], disk_image()[..], "the disk is only read");
+}
+
+#[test]
+fn directories_list_in_pages_and_the_disk_describes_itself() {
+    let mut rig = Rig::new(1024);
+    let disk = crate::disk::MemDisk(RefCell::new(disk_image()));
+    let got = exchange_disk(
+        &mut rig,
+        Some(&disk),
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            frame(2, Req::DiskList { path: "/", skip: 0 }),
+            frame(3, Req::DiskList { path: "/many", skip: 0 }),
+            frame(4, Req::DiskList { path: "/many", skip: 64 }),
+            frame(5, Req::DiskList { path: "/README.TXT", skip: 0 }),
+            frame(6, Req::DiskList { path: "/many", skip: 1000 }),
+            frame(7, Req::DiskInfo),
+        ],
+    );
+    let b: Vec<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(
+        b[1],
+        "DiskList { entries: [DiskEntry { name: \"boot\", size: 0, dir: true }, \
+         DiskEntry { name: \"many\", size: 0, dir: true }, \
+         DiskEntry { name: \"README.TXT\", size: 12, dir: false }], more: false }"
+    );
+    // 64 entries of 60-byte names fit a page (3,840 of 4,096 bytes); the rest follow.
+    assert_eq!(b[2].matches("DiskEntry").count(), DISK_LIST_MAX, "{}", b[2]);
+    assert!(b[2].ends_with("more: true }") && b[2].contains("063-nnn"));
+    assert_eq!(b[3].matches("DiskEntry").count(), 36);
+    assert!(b[3].ends_with("more: false }") && b[3].contains("\"064-nnn"));
+    assert_eq!(b[4], "Error(Disk { error: NotADirectory, path: \"/README.TXT\" })");
+    assert_eq!(b[5], "DiskList { entries: [], more: false }");
+    assert_eq!(
+        b[6],
+        "DiskInfo { model: \"TEST DISK\", sectors: 72048, lba48: true, \
+         filesystem: \"FAT32 (partition type 0x0c), label MICROHVTEST\" }"
+    );
+    // Pages are also cut by the names' bytes: 40 names of 200 bytes are 8,000.
+    let names: Vec<String> = (0..40).map(|i| std::format!("d/{i:02}{}", "x".repeat(198))).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+    let img = crate::disk::fake::fat_image(fatfs::FatType::Fat32, 0x0c, 70_000, &["d"], &files);
+    let disk = crate::disk::MemDisk(RefCell::new(img));
+    let got = exchange_disk(
+        &mut rig,
+        Some(&disk),
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            frame(2, Req::DiskList { path: "/d", skip: 0 }),
+        ],
+    );
+    assert_eq!(got[1].1.matches("DiskEntry").count(), DISK_LIST_BYTES / 200);
+    assert!(got[1].1.ends_with("more: true }"));
+}
+
+#[test]
+fn without_a_disk_every_disk_request_says_so() {
+    let mut rig = Rig::new(1024);
+    let no_disk = "Error(Disk { error: NoDisk, path: \"\" })";
+    let got = exchange_disk(
+        &mut rig,
+        None,
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            from_disk(2, "a", "/boot/hello.elf", &[]),
+            frame(3, Req::DiskList { path: "/", skip: 0 }),
+            frame(4, Req::DiskInfo),
+            frame(5, Req::List),
+        ],
+    );
+    let b: Vec<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(b[1..4], [no_disk; 3]);
+    assert!(b[4].starts_with("List"), "and dom0 goes on serving");
+    // A disk without a file system.
+    let blank = crate::disk::MemDisk(RefCell::new(vec![0; 64 * 512]));
+    let got = exchange_disk(
+        &mut rig,
+        Some(&blank),
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            from_disk(2, "a", "/boot/hello.elf", &[]),
+            frame(3, Req::DiskInfo),
+        ],
+    );
+    assert_eq!(got[1].1, "Error(Disk { error: NoFileSystem, path: \"\" })");
+    assert!(got[2].1.ends_with("filesystem: \"none: no FAT file system on dom0's disk\" }"));
+}
+
 /// One piece of random input.
 #[derive(Debug, Clone)]
 enum Piece {
@@ -430,6 +610,14 @@ fn random_req<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Req<'
         15 => Req::Stats { domid: a },
         16 => Req::Modules,
         17 => Req::Poweroff,
+        20 => Req::CreateFromDisk {
+            config,
+            kernel: if a & 1 == 0 { "/boot/hello.elf" } else { s },
+            modules: [s].into_iter().take((a % 2) as usize).collect(),
+            start: true,
+        },
+        21 => Req::DiskList { path: s, skip: a },
+        22 => Req::DiskInfo,
         _ => Req::Create {
             config,
             image: ImageSource::Module(if a & 1 == 0 { "hello" } else { s }),

@@ -1,7 +1,7 @@
 //! The emulators' exit ports, outside the virtual PC (`platform`): QEMU's debug-exit port (the
 //! value written becomes the domain's shutdown status) and Bochs's shutdown port (writing
-//! "Shutdown"). dom0 owns COM2 and the host's RTC outright (its accesses never exit) and sees
-//! nothing else. Every port no device has reads as all-ones and drops writes, as on a PC with
+//! "Shutdown"). dom0 owns COM2, the host's RTC and the primary ATA channel outright (its
+//! accesses never exit) and sees nothing else. Every port no device has reads as all-ones and drops writes, as on a PC with
 //! nothing at that address.
 
 /// COM1's I/O base.
@@ -11,10 +11,12 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 /// Bochs-style shutdown port.
 pub const SHUTDOWN_PORT: u16 = 0x8900;
 
-/// The ports passed through to dom0: COM2, its end of the control channel, and the host's
-/// RTC, which it reads for the time of day its device models give domUs' RTCs.
+/// The ports passed through to dom0: COM2, its end of the control channel; the host's RTC,
+/// which it reads for the time of day its device models give domUs' RTCs; and the primary ATA
+/// channel (command block 0x1F0-0x1F7, device control / alternate status 0x3F6), the disk dom0
+/// drives by polling (IRQ 14 is not routed to it: it sets nIEN).
 pub fn dom0_ports() -> impl Iterator<Item = u16> {
-    (0x2f8..=0x2ff).chain(0x70..=0x71)
+    (0x2f8..=0x2ff).chain(0x70..=0x71).chain(0x1f0..=0x1f7).chain(0x3f6..=0x3f6)
 }
 
 /// Fills an I/O permission bitmap (a bit per port from port 0; set: the access exits): every
@@ -122,7 +124,10 @@ mod tests {
         io_bitmap(&mut dom0, true);
         io_bitmap(&mut domu, false);
         for port in 0..0x8000 {
-            let passed = (0x2f8..=0x2ff).contains(&port) || (0x70..=0x71).contains(&port);
+            let passed = (0x2f8..=0x2ff).contains(&port)
+                || (0x70..=0x71).contains(&port)
+                || (0x1f0..=0x1f7).contains(&port)
+                || port == 0x3f6;
             assert_eq!(exits(&dom0, port), !passed, "{port:#x}");
             assert!(exits(&domu, port), "{port:#x}");
         }
@@ -133,6 +138,9 @@ mod tests {
         let mut pc = Pc::new();
         assert_eq!(pc.port_io(false, 0x60, 1, false, 0), IoOutcome::Done(0xff));
         assert_eq!(pc.port_io(false, 0x1f0, 2, false, 0), IoOutcome::Done(0xffff));
+        // dom0's disk: a domU finds no ATA channel there (status and alternate status all ones).
+        assert_eq!(pc.port_io(false, 0x1f7, 1, false, 0), IoOutcome::Done(0xff));
+        assert_eq!(pc.port_io(false, 0x3f6, 1, false, 0), IoOutcome::Done(0xff));
         assert_eq!(pc.port_io(false, 0xcf8, 4, false, 0), IoOutcome::Done(u32::MAX));
         assert_eq!(pc.port_io(true, COM1 + 5, 1, false, 0), IoOutcome::Done(0xff));
         assert_eq!(pc.port_io(true, DEBUG_EXIT_PORT, 1, true, 3), IoOutcome::Done(0));

@@ -71,6 +71,10 @@ impl From<ProtoError<'_>> for Fail {
         match e {
             ProtoError::Hypercall { errno } => Fail::Hypercall(errno),
             ProtoError::VersionMismatch { dom0, .. } => Fail::VersionMismatch { dom0 },
+            // New requests are appended without a version change: an older dom0 says this.
+            ProtoError::UnknownRequest { tag } => Fail::Dom0(format!(
+                "dom0 does not know this request (tag {tag}): its dom0-agent predates it"
+            )),
             other => Fail::Dom0(other.to_string()),
         }
     }
@@ -137,10 +141,25 @@ impl Client {
         Ok(c)
     }
 
+    /// The time each request may take (`--timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends `body` and waits for its response, which `f` turns into a result (an error
     /// response becomes a [`Fail`] without reaching `f`).
     pub fn call<T>(
         &mut self,
+        body: Req<'_>,
+        f: impl FnOnce(Resp<'_>) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        self.call_within(self.timeout, body, f)
+    }
+
+    /// [`Client::call`] for a request that may take `timeout` rather than the usual time.
+    pub fn call_within<T>(
+        &mut self,
+        timeout: Duration,
         body: Req<'_>,
         f: impl FnOnce(Resp<'_>) -> Result<T, Fail>,
     ) -> Result<T, Fail> {
@@ -150,13 +169,13 @@ impl Client {
             .encoder
             .encode(&Request { id, body })
             .map_err(|_| Fail::Usage("request too large for one frame".into()))?;
-        self.stream.write_all(frame).map_err(|e| self.io(e))?;
-        let deadline = Instant::now() + self.timeout;
+        self.stream.write_all(frame).map_err(|e| self.io(e, self.timeout))?;
+        let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 4096];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Fail::Timeout(self.timeout));
+                return Err(Fail::Timeout(timeout));
             }
             self.stream.set_read_timeout(Some(left)).map_err(Fail::Io)?;
             let n = match self.stream.read(&mut buf) {
@@ -167,7 +186,7 @@ impl Client {
                     )));
                 }
                 Ok(n) => n,
-                Err(e) => return Err(self.io(e)),
+                Err(e) => return Err(self.io(e, timeout)),
             };
             // The rest of `buf` is never needed once a response is found: requests go one
             // at a time, so nothing follows our answer.
@@ -195,9 +214,9 @@ impl Client {
         }
     }
 
-    fn io(&self, e: std::io::Error) -> Fail {
+    fn io(&self, e: std::io::Error, timeout: Duration) -> Fail {
         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-            Fail::Timeout(self.timeout)
+            Fail::Timeout(timeout)
         } else {
             Fail::Io(e)
         }

@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 
 /// Where `cargo xtask run` puts dom0's control socket, relative to the workspace root.
 const WELL_KNOWN: &str = "target/microhv/run/dom0.sock";
+/// The prefix that names a file on dom0's disk rather than on the host (or a boot module).
+const DOM0_PREFIX: &str = "dom0:";
+/// How long a build from dom0's disk may take at least, whatever `--timeout` says: dom0
+/// answers once the whole kernel is read (a 50 MB `vmlinux` takes tens of seconds under an
+/// emulator) and sends nothing meanwhile.
+const DISK_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Parser)]
 #[command(
@@ -54,21 +60,33 @@ enum Cmd {
         /// Domain name or id.
         domain: Option<String>,
     },
-    /// Build a domain from a kernel image (uploaded) or a boot module, and start it.
+    /// Build a domain from a kernel image (uploaded, a boot module, or a file on dom0's disk),
+    /// and start it.
+    #[command(after_help = "Files on dom0's disk are named dom0:/PATH (see `hvctl disk ls`): \
+                            `--kernel dom0:/boot/vmlinux --initrd dom0:/boot/initrd.img` builds \
+                            the domain from them without sending a byte of them over the serial \
+                            line. A kernel from the disk takes its modules from the disk too.")]
     Create {
         /// Domain name (1 to 32 printable ASCII characters).
         name: String,
-        /// Kernel image to upload (PVH ELF or multiboot v1).
-        #[arg(required_unless_present = "module", conflicts_with = "module")]
+        /// Kernel image to upload (PVH ELF or multiboot v1); the same as --kernel FILE.
+        #[arg(
+            conflicts_with_all = ["module", "kernel"],
+            required_unless_present_any = ["module", "kernel"]
+        )]
         image: Option<PathBuf>,
+        /// The kernel: dom0:/PATH on dom0's disk, or a host file to upload.
+        #[arg(long, value_name = "dom0:/PATH|FILE", conflicts_with = "module")]
+        kernel: Option<String>,
         /// Use the boot module with this name instead of uploading an image.
         #[arg(long, value_name = "NAME")]
         module: Option<String>,
-        /// Hand the kernel dom0's boot module NAME as its initrd (its first module).
-        #[arg(long, value_name = "NAME")]
+        /// The kernel's initrd (its first module): dom0:/PATH on dom0's disk, or the name of
+        /// one of dom0's boot modules.
+        #[arg(long, value_name = "dom0:/PATH|NAME")]
         initrd: Option<String>,
-        /// Hand the kernel dom0's boot module NAME as a further module (repeatable).
-        #[arg(long = "with-module", value_name = "NAME")]
+        /// A further module for the kernel (repeatable): dom0:/PATH or a boot module's name.
+        #[arg(long = "with-module", value_name = "dom0:/PATH|NAME")]
         with_modules: Vec<String>,
         /// Memory (bytes, or with K, M, G).
         #[arg(long, short, default_value = "16M", value_parser = parse_size)]
@@ -147,6 +165,11 @@ enum Cmd {
     },
     /// Boot modules dom0 can build domains from.
     Modules,
+    /// dom0's disk: its files (`ls`) and the drive (`info`).
+    Disk {
+        #[command(subcommand)]
+        op: DiskOp,
+    },
     /// Power dom0 off, which stops microhv and the machine.
     Poweroff,
 }
@@ -165,6 +188,18 @@ enum MmuOp {
         /// Pages.
         pages: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum DiskOp {
+    /// The entries of a directory of dom0's disk.
+    Ls {
+        /// The directory (dom0:/PATH or /PATH).
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// The drive and its file system.
+    Info,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -230,7 +265,28 @@ fn connect(cli: &Cli) -> Result<Client, Fail> {
     Client::connect(&socket_path(cli), Duration::from_secs_f64(cli.timeout))
 }
 
+/// Refuses a `create` whose kernel and modules come from places one request cannot name
+/// together, before anything is sent: every module from the disk with a kernel from the disk,
+/// none otherwise (the protocol builds from one place at a time).
+fn check_sources(kernel: Option<&str>, modules: &[&String]) -> Result<(), Fail> {
+    let on_disk = |s: &str| s.starts_with(DOM0_PREFIX);
+    let disk_modules = modules.iter().filter(|m| on_disk(m)).count();
+    match (kernel.is_some_and(on_disk), disk_modules) {
+        (true, n) if n != modules.len() => Err(Fail::Usage(format!(
+            "a kernel from dom0's disk takes its modules from the disk too ({DOM0_PREFIX}/PATH)"
+        ))),
+        (false, n) if n > 0 => Err(Fail::Usage(format!(
+            "modules from dom0's disk ({DOM0_PREFIX}/PATH) need a kernel from it too"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), Fail> {
+    if let Cmd::Create { kernel, initrd, with_modules, .. } = &cli.cmd {
+        let modules: Vec<&String> = initrd.iter().chain(with_modules).collect();
+        check_sources(kernel.as_deref(), &modules)?;
+    }
     let mut c = connect(cli)?;
     let json = cli.json;
     match &cli.cmd {
@@ -253,6 +309,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         Cmd::Create {
             name,
             image,
+            kernel,
             module,
             initrd,
             with_modules,
@@ -263,20 +320,22 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             small_pages,
             paused,
         } => {
+            let modules: Vec<&str> =
+                initrd.iter().chain(with_modules.iter()).map(String::as_str).collect();
+            let kernel = match (kernel, image) {
+                (Some(k), _) => Some(k.clone()),
+                (None, Some(p)) => Some(p.to_string_lossy().into_owned()),
+                (None, None) => None,
+            };
+            let from_disk = kernel.as_deref().and_then(|k| k.strip_prefix(DOM0_PREFIX));
+            let disk_modules: Vec<&str> =
+                modules.iter().filter_map(|m| m.strip_prefix(DOM0_PREFIX)).collect();
             // Refuse a taken name before spending seconds on an upload (dom0 checks again).
             if list(&mut c)?.iter().any(|i| i.name_str() == name.as_str()) {
                 return Err(Fail::Dom0(format!(
                     "a domain named {name:?} exists (EEXIST: already exists)"
                 )));
             }
-            let source = match (module, image) {
-                (Some(m), _) => ImageSource::Module(m),
-                (None, Some(path)) => {
-                    upload(&mut c, path, json)?;
-                    ImageSource::Uploaded
-                }
-                (None, None) => return Err(Fail::Usage("give an image file or --module".into())),
-            };
             let config = DomainConfig {
                 name,
                 mem_bytes: *memory,
@@ -285,17 +344,44 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 flags: if *small_pages { DOMCREATE_SMALL_PAGES } else { 0 },
                 cmdline,
             };
-            let modules: Vec<&str> =
-                initrd.iter().chain(with_modules.iter()).map(String::as_str).collect();
+            let too_many = || {
+                Fail::Usage(format!(
+                    "at most {} modules per kernel",
+                    abi::proto::KERNEL_MODULES_MAX
+                ))
+            };
+            if let Some(path) = from_disk {
+                let modules = heapless::Vec::from_slice(&disk_modules).map_err(|_| too_many())?;
+                let request = Req::CreateFromDisk { config, kernel: path, modules, start: !paused };
+                let t = Instant::now();
+                let timeout = DISK_BUILD_TIMEOUT.max(c.timeout());
+                let domid = c.call_within(timeout, request, |r| match r {
+                    Resp::Created { domid } => Ok(domid),
+                    o => Err(unexpected(&o)),
+                })?;
+                if !json {
+                    eprintln!("built from dom0's disk in {:.1} s", t.elapsed().as_secs_f64());
+                }
+                let state = if *paused { "created" } else { "running" };
+                output::created(name, domid, state, json);
+                return Ok(());
+            }
+            let source = match (module, kernel) {
+                (Some(m), _) => ImageSource::Module(m),
+                (None, Some(path)) => {
+                    upload(&mut c, Path::new(&path), json)?;
+                    ImageSource::Uploaded
+                }
+                (None, None) => {
+                    return Err(Fail::Usage(
+                        "give a kernel: an image file, --kernel dom0:/PATH or --module".into(),
+                    ));
+                }
+            };
             let request = if modules.is_empty() {
                 Req::Create { config, image: source, start: !paused }
             } else {
-                let modules = heapless::Vec::from_slice(&modules).map_err(|_| {
-                    Fail::Usage(format!(
-                        "at most {} modules per kernel",
-                        abi::proto::KERNEL_MODULES_MAX
-                    ))
-                })?;
+                let modules = heapless::Vec::from_slice(&modules).map_err(|_| too_many())?;
                 Req::CreateWithModules { config, image: source, modules, start: !paused }
             };
             let domid = c.call(request, |r| match r {
@@ -406,8 +492,45 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             done(&mut c, Req::Poweroff)?;
             output::ok("dom0 powering off", None, json);
         }
+        Cmd::Disk { op: DiskOp::Ls { path } } => {
+            let path = path.strip_prefix(DOM0_PREFIX).unwrap_or(path);
+            let entries = disk_list(&mut c, path)?;
+            output::disk_list(path, &entries, json);
+        }
+        Cmd::Disk { op: DiskOp::Info } => {
+            c.call(Req::DiskInfo, |r| match r {
+                Resp::DiskInfo { model, sectors, lba48, filesystem } => {
+                    output::disk_info(model, sectors, lba48, filesystem, json);
+                    Ok(())
+                }
+                o => Err(unexpected(&o)),
+            })?;
+        }
     }
     Ok(())
+}
+
+/// Every entry of a directory of dom0's disk, page after page.
+fn disk_list(c: &mut Client, path: &str) -> Result<Vec<output::DiskEntry>, Fail> {
+    let mut all: Vec<output::DiskEntry> = Vec::new();
+    loop {
+        let skip = u32::try_from(all.len()).unwrap_or(u32::MAX);
+        let more = c.call(Req::DiskList { path, skip }, |r| match r {
+            Resp::DiskList { entries, more } => {
+                all.extend(entries.iter().map(|e| output::DiskEntry {
+                    name: e.name.into(),
+                    size: e.size,
+                    dir: e.dir,
+                }));
+                // A page that added nothing ends the listing even if dom0 says "more".
+                Ok(more && !entries.is_empty())
+            }
+            o => Err(unexpected(&o)),
+        })?;
+        if !more {
+            return Ok(all);
+        }
+    }
 }
 
 fn done(c: &mut Client, req: Req<'_>) -> Result<(), Fail> {
@@ -631,7 +754,34 @@ fn continue_print(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{Cli, Fail, check_sources, parse_size};
+    use clap::Parser;
+
+    #[test]
+    fn disk_kernels_take_disk_modules_and_no_others() {
+        let s = |v: &str| v.to_string();
+        let (disk, module, host) = (s("dom0:/boot/initrd"), s("initrd"), s("dom0:/x"));
+        assert!(check_sources(Some("dom0:/boot/vmlinux"), &[&disk, &host]).is_ok());
+        assert!(check_sources(Some("vmlinux"), &[&module]).is_ok());
+        assert!(check_sources(None, &[&module]).is_ok(), "--module with boot modules");
+        let refused =
+            |k: Option<&str>, m: &[&String]| matches!(check_sources(k, m), Err(Fail::Usage(_)));
+        assert!(refused(Some("dom0:/boot/vmlinux"), &[&disk, &module]));
+        assert!(refused(Some("vmlinux"), &[&disk]));
+        assert!(refused(None, &[&disk]));
+    }
+
+    #[test]
+    fn create_needs_one_kernel() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["hvctl", "create", "d"].iter().chain(args));
+        assert!(parse(&[]).is_err(), "no kernel");
+        assert!(parse(&["img"]).is_ok());
+        assert!(parse(&["--kernel", "dom0:/k"]).is_ok());
+        assert!(parse(&["--module", "hello"]).is_ok());
+        assert!(parse(&["img", "--kernel", "dom0:/k"]).is_err(), "two kernels");
+        assert!(parse(&["--module", "hello", "--kernel", "dom0:/k"]).is_err(), "two kernels");
+    }
 
     #[test]
     fn sizes() {

@@ -278,3 +278,54 @@ pub fn modules(mods: &[(String, u64)], json: bool) {
     numeric_from(&mut t, 1);
     println!("{t}");
 }
+
+/// An entry of a directory on dom0's disk, as hvctl keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskEntry {
+    /// Its name.
+    pub name: String,
+    /// Bytes (0 for a directory).
+    pub size: u64,
+    /// A directory.
+    pub dir: bool,
+}
+
+/// `disk ls`.
+pub fn disk_list(path: &str, entries: &[DiskEntry], json: bool) {
+    if json {
+        let v: Vec<Value> = entries
+            .iter()
+            .map(|e| json!({ "name": e.name, "size": e.size, "dir": e.dir }))
+            .collect();
+        print_json(&json!({ "path": path, "entries": v }));
+        return;
+    }
+    let mut t = table(&["Name", "Bytes"]);
+    for e in entries {
+        let name = if e.dir { format!("{}/", e.name) } else { e.name.clone() };
+        t.add_row([name, if e.dir { String::new() } else { e.size.to_string() }]);
+    }
+    numeric_from(&mut t, 1);
+    println!("{t}");
+}
+
+/// `disk info`.
+pub fn disk_info(model: &str, sectors: u64, lba48: bool, filesystem: &str, json: bool) {
+    if json {
+        print_json(&json!({
+            "model": model,
+            "sectors": sectors,
+            "bytes": sectors * 512,
+            "lba48": lba48,
+            "filesystem": filesystem,
+        }));
+        return;
+    }
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.add_row(["model", model]);
+    t.add_row(["size", &format!("{sectors} sectors ({:.1} MiB)", sectors as f64 / 2048.0)]);
+    t.add_row(["addressing", if lba48 { "48-bit LBA" } else { "28-bit LBA" }]);
+    t.add_row(["file system", filesystem]);
+    println!("{t}");
+}

@@ -175,3 +175,71 @@ fn bad_sizes_are_usage_errors() {
     let out = hvctl(&socket("unused"), &["create", "x", "--module", "m", "-m", "12Q"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn a_build_from_the_disk_may_take_longer_than_the_timeout() {
+    // dom0 answers the create 3 s after it, beyond `--timeout 2`: hvctl waits for a build from
+    // the disk (dom0 reads the whole image first), and sends the paths without `dom0:`.
+    let path = fake_dom0("disk-create", |id, req| match req {
+        Req::List => vec![(id, Resp::List(heapless::Vec::new()))],
+        Req::CreateFromDisk { config, kernel, modules, start } => {
+            assert_eq!((config.name, *kernel, *start), ("d", "/boot/vmlinux", true));
+            assert_eq!(modules.as_slice(), ["/boot/initrd.img"]);
+            thread::sleep(std::time::Duration::from_secs(3));
+            vec![(id, Resp::Created { domid: 4 })]
+        }
+        other => simple(id, other),
+    });
+    let out = hvctl(
+        &path,
+        &["create", "d", "--kernel", "dom0:/boot/vmlinux", "--initrd", "dom0:/boot/initrd.img"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created domain d (id 4), running"));
+}
+
+#[test]
+fn disk_errors_and_listings() {
+    let path = fake_dom0("disk-ls", |id, req| match req {
+        // Two pages: hvctl asks again from where the first ended.
+        Req::DiskList { path: "/boot", skip: 0 } => {
+            let e = proto::DiskEntry { name: "vmlinux", size: 53_243_444, dir: false };
+            vec![(id, Resp::DiskList { entries: [e].into_iter().collect(), more: true })]
+        }
+        Req::DiskList { path: "/boot", skip: 1 } => {
+            let e = proto::DiskEntry { name: "grub", size: 0, dir: true };
+            vec![(id, Resp::DiskList { entries: [e].into_iter().collect(), more: false })]
+        }
+        other => simple(id, other),
+    });
+    let out = hvctl(&path, &["--json", "disk", "ls", "dom0:/boot"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["path"], "/boot");
+    assert_eq!(v["entries"][0]["name"], "vmlinux");
+    assert_eq!(v["entries"][0]["size"], 53_243_444);
+    assert_eq!(v["entries"][1]["dir"], true);
+    let path = fake_dom0("disk-ls-err", |id, req| match req {
+        Req::DiskList { .. } => {
+            let error = proto::DiskError::NotFound;
+            vec![(id, Resp::Error(Error::Disk { error, path: "/x" }))]
+        }
+        other => simple(id, other),
+    });
+    fails(&hvctl(&path, &["disk", "ls", "/x"]), "dom0's disk: /x: no such file or directory");
+    // An older dom0, without the disk requests.
+    let path = fake_dom0("disk-old", |id, req| match req {
+        Req::DiskInfo => vec![(id, Resp::Error(Error::UnknownRequest { tag: 22 }))],
+        other => simple(id, other),
+    });
+    fails(&hvctl(&path, &["disk", "info"]), "dom0 does not know this request (tag 22)");
+}
+
+#[test]
+fn mixed_sources_are_refused_before_connecting() {
+    let path = socket("never-listened");
+    let out = hvctl(&path, &["create", "d", "--kernel", "dom0:/k", "--initrd", "initrd"]);
+    fails(&out, "takes its modules from the disk too");
+    let out = hvctl(&path, &["create", "d", "--module", "m", "--initrd", "dom0:/i"]);
+    fails(&out, "need a kernel from it too");
+}

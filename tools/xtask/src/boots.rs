@@ -53,6 +53,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
         kvm: false,
         echo: false,
         control: None,
+        disk: None,
     }
 }
 
@@ -111,6 +112,17 @@ pub fn linux_spec(emulator: Emulator, images: &Images, kernel: &Path, initramfs:
     s.modules.push(Module { path: images.guest("spinner"), args: String::new() });
     s.timeout = Duration::from_secs(1200);
     s
+}
+
+/// dom0's line when it starts serving the control protocol with the test guests.
+fn serving_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "[d0] serving the control protocol v{} on COM2 (7 boot module(s)",
+            abi::proto::PROTOCOL_VERSION
+        )
+    })
 }
 
 /// dom0's line for a matching ABI version (this tree's `abi` on both sides).
@@ -256,10 +268,8 @@ pub fn cases(images: &Images) -> Vec<Case> {
         spec: hvctl_spec(name, emu, images),
         checks: vec![
             Status(StopStatus::Ok),
-            Contains(String::leak(format!(
-                "[d0] serving the control protocol v{} on COM2 (7 boot module(s)",
-                abi::proto::PROTOCOL_VERSION
-            ))),
+            Contains(serving_line()),
+            Contains("[d0] disk: none on the primary ATA channel: "),
             Contains("create \"up-spin\" from upload -> d1"),
             Contains("create \"mod-hello\" from module \"hello\" -> d2"),
             Contains("undecodable request -> error: unknown request (tag 99)"),
@@ -268,6 +278,12 @@ pub fn cases(images: &Images) -> Vec<Case> {
             Contains("[d0] powering off at the tools' request"),
         ],
         driver: Some(crate::hvctl_test::drive),
+    };
+    let disk = |name: &'static str, emu| Case {
+        name,
+        spec: crate::disk_test::spec(name, emu, images),
+        checks: crate::disk_test::checks(),
+        driver: Some(crate::disk_test::drive),
     };
     // W^X and guard pages: each self-test must end in a ring-0 page fault on its address, with
     // the error code of the access the mapping forbids (P|W, P|I/D, W on a missing page).
@@ -307,6 +323,8 @@ pub fn cases(images: &Images) -> Vec<Case> {
         ),
         hvctl("hvctl-bochs", Bochs),
         hvctl("hvctl-qemu", Qemu),
+        disk("disk-qemu", Qemu),
+        disk("disk-bochs", Bochs),
         Case {
             name: "conformance-bochs",
             spec: conformance_spec(Bochs, images),
@@ -466,6 +484,10 @@ pub fn run_all(images: &Images, filter: &str) -> Result<bool> {
         crate::linux::kit()?;
     }
     for case in cases {
+        // A boot with a disk gets a fresh one of its own, with the disk test's files.
+        if case.spec.disk.is_some() {
+            crate::disk_test::prepare(&case.spec, images)?;
+        }
         let (out, mut failures, report) = match (case.driver, &case.spec.control) {
             (Some(drive), Some(socket)) => {
                 let mut run = emu::start(&case.spec, images)?;

@@ -44,6 +44,8 @@ pub struct Spec {
     pub echo: bool,
     /// Expose dom0's UART (COM2, the control channel) as a UNIX socket at this path.
     pub control: Option<PathBuf>,
+    /// dom0's disk: a raw image (`disk.rs`) attached as the primary ATA channel's master.
+    pub disk: Option<PathBuf>,
 }
 
 /// What a boot produced.
@@ -107,12 +109,21 @@ fn bochs(
 ) -> Result<Command> {
     let iso = images::make_iso(dir, images, &spec.cmdline, &spec.modules)?;
     let model = spec.cpu.as_deref().unwrap_or("corei7_skylake_x");
+    // The primary channel is dom0's (its disk, or nothing); the CD-ROM the BIOS boots GRUB
+    // from sits on the secondary one.
+    let disk = match &spec.disk {
+        Some(path) => format!("ata0-master: type=disk, path={}, mode=flat\n", path.display()),
+        None => String::new(),
+    };
     let rc = format!(
         "megs: {mem}\n\
          cpu: model={model}, count=1, ips=50000000, reset_on_triple_fault=0\n\
          romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
          vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
-         ata0-master: type=cdrom, path={iso}, status=inserted\n\
+         ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n\
+         {disk}\
+         ata1: enabled=1, ioaddr1=0x170, ioaddr2=0x370, irq=15\n\
+         ata1-master: type=cdrom, path={iso}, status=inserted\n\
          boot: cdrom\n\
          display_library: term\n\
          com1: enabled=1, mode=file, dev={com1}\n\
@@ -159,6 +170,11 @@ fn qemu(spec: &Spec, images: &Images, com1: &std::path::Path) -> Command {
         cmd.args(["-serial", "chardev:ctl"]);
     }
     cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    if let Some(path) = &spec.disk {
+        // index 0: the primary channel's master, dom0's disk.
+        let file = path.display().to_string().replace(',', ",,");
+        cmd.arg("-drive").arg(format!("file={file},format=raw,if=ide,index=0"));
+    }
     cmd.arg("-kernel").arg(&images.microhv);
     cmd.arg("-append").arg(&spec.cmdline);
     let initrd: Vec<String> = spec

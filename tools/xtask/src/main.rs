@@ -5,12 +5,15 @@
 //! - `cargo xtask test`: formatting, clippy, host tests, then every boot test.
 //! - `cargo xtask linux-kit`: fetches Debian's cloud kernel and busybox, and builds the Linux
 //!   guest kit (a PVH `vmlinux` and an initramfs) in `target/linux/`.
+//! - `cargo xtask disk add|ls|rm`: the files on dom0's disk (`target/microhv/disk.img`).
 //!
 //! Logs of each boot are kept in `target/microhv/<name>/` (`com1.log` is microhv's console).
 
 mod bench;
 mod boots;
 mod deps;
+mod disk;
+mod disk_test;
 mod emu;
 mod hvctl_test;
 mod images;
@@ -58,6 +61,9 @@ enum Cmd {
         /// Start Debian's Linux (the kit) as domU "linux"; attach with `hvctl console linux`.
         #[arg(long)]
         linux: bool,
+        /// Leave dom0's disk (target/microhv/disk.img) unattached.
+        #[arg(long)]
+        no_disk: bool,
     },
     /// Boot, wait for dom0 to report ready, stop; exits 0 only if it did.
     Smoke {
@@ -112,6 +118,36 @@ enum Cmd {
     Build,
     /// Fetch Debian's cloud kernel and busybox; build the Linux guest kit in target/linux/.
     LinuxKit,
+    /// dom0's disk, target/microhv/disk.img (FAT32; made on first use, kept across runs).
+    Disk {
+        #[command(subcommand)]
+        op: DiskOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiskOp {
+    /// Copy a host file onto the disk (replacing a file of that path), making directories.
+    Add {
+        /// The host file.
+        file: std::path::PathBuf,
+        /// Its path on the disk (default: /NAME).
+        #[arg(long = "as", value_name = "/PATH")]
+        to: Option<String>,
+    },
+    /// List a directory of the disk.
+    Ls {
+        /// The directory.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Remove a file, or a directory with everything in it.
+    Rm {
+        /// What to remove.
+        path: String,
+    },
+    /// Print the image's path (made if it is not there yet).
+    Path,
 }
 
 fn main() -> ExitCode {
@@ -140,7 +176,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             println!("{}\n{}", i.microhv.display(), i.dom0.display());
             Ok(true)
         }
-        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args, guests, linux } => {
+        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args, guests, linux, no_disk } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
             let dom0_args = if linux { format!("{dom0_args} linux") } else { dom0_args };
@@ -158,6 +194,11 @@ fn run(cmd: Cmd) -> Result<bool> {
                 }
             }
             spec.cmdline = cmdline;
+            if !no_disk {
+                let img = disk::kept()?;
+                eprintln!("xtask: dom0's disk: {} (cargo xtask disk add FILE)", img.display());
+                spec.disk = Some(img);
+            }
             spec.kvm = kvm;
             spec.cpu = cpu;
             spec.echo = true;
@@ -212,6 +253,20 @@ fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Linux { emulator, kernel, initramfs } => linux_boot(emulator, kernel, initramfs),
         Cmd::LinuxKit => {
             linux::report(&linux::kit()?)?;
+            Ok(true)
+        }
+        Cmd::Disk { op } => {
+            deps::ensure(&[disk::DEPS])?;
+            let img = disk::kept()?;
+            match op {
+                DiskOp::Add { file, to } => {
+                    let at = disk::add(&img, &file, to.as_deref())?;
+                    println!("{} -> dom0:{at}", file.display());
+                }
+                DiskOp::Ls { path } => print!("{}", disk::list(&img, &path)?),
+                DiskOp::Rm { path } => disk::remove(&img, &path)?,
+                DiskOp::Path => println!("{}", img.display()),
+            }
             Ok(true)
         }
         Cmd::Boot { filter } => {

@@ -845,21 +845,32 @@ fn absent_devices() -> (bool, u32) {
             bad += 1;
         }
     };
-    // COM2 (dom0's UART; no domU has one) and LPT1, before and after writes that a real
-    // UART or parallel port would keep (scratch, line control, divisor, data, control).
-    let com2_lpt1 = || (0x2f8..=0x2ffu16).chain(0x378..=0x37a);
-    for p in com2_lpt1() {
+    // COM2 (dom0's UART; no domU has one), LPT1 and the primary ATA channel (dom0's disk),
+    // before and after writes that a real UART, parallel port or ATA channel would keep
+    // (scratch, line control, divisor, data, control; sector count, drive select, nIEN). No
+    // command is written to the ATA channel: were it dom0's disk, the reads would show it.
+    let absent_ports =
+        || (0x2f8..=0x2ffu16).chain(0x378..=0x37a).chain(0x1f0..=0x1f7).chain([0x3f6]);
+    for p in absent_ports() {
         expect("IN AL before writes", inb(p).into(), 0xff);
     }
-    for (p, v) in
-        [(0x2ff, 0x5a), (0x2fb, 0x80), (0x2f8, 0x01), (0x2fb, 0x03), (0x378, 0x55), (0x37a, 0x0c)]
-    {
+    for (p, v) in [
+        (0x2ff, 0x5a),
+        (0x2fb, 0x80),
+        (0x2f8, 0x01),
+        (0x2fb, 0x03),
+        (0x378, 0x55),
+        (0x37a, 0x0c),
+        (0x1f6, 0xa0),
+        (0x1f2, 0x55),
+        (0x3f6, 0x02),
+    ] {
         outb(p, v);
     }
     outw(0x2f8, 0x1234);
     outl(0x378, 0x1234_5678);
     let mut all_ff = true;
-    for p in com2_lpt1() {
+    for p in absent_ports() {
         let v = inb(p);
         all_ff &= v == 0xff;
         expect("IN AL after writes", v.into(), 0xff);
@@ -928,7 +939,7 @@ fn absent_devices() -> (bool, u32) {
         expect("absent memory, 64-bit", q, u64::MAX);
     }
     println!(
-        "platform: absent: COM2 0x2f8-0x2ff and LPT1 0x378-0x37a read 0xff after writes: {all_ff}"
+        "platform: absent: COM2 0x2f8-0x2ff, LPT1 0x378-0x37a, ATA 0x1f0-0x1f7 and 0x3f6 read 0xff after writes: {all_ff}"
     );
     println!(
         "platform: absent: PCI 00:00.0 {host:#x}, 00:01.0 {dev1:#x}, 01:00.0 {bus1:#x}, enable clear {disabled:#x}, 0xCF8 {addr:#x}"
