@@ -1,8 +1,8 @@
 //! Event channels as a guest uses them: its event-channel page, and the upcall taken the way a
 //! Xen HVM guest takes its callback vector — the local APIC software-enabled, an IDT gate for
-//! the vector microhv raises, whose handler counts and EOIs. A halt that waits for an upcall
-//! is bounded by the local APIC timer (one-shot), so a missing event fails a case instead of
-//! hanging the suite.
+//! the vector microhv raises, whose handler counts and EOIs. Interrupts are on only inside
+//! [`window`] and [`wait_upcall`]. A halt that waits for an upcall is bounded by the local APIC
+//! timer (one-shot), so a missing event fails a case instead of hanging the suite.
 
 use crate::arch;
 use abi::Errno;
@@ -117,8 +117,18 @@ pub fn set_mask(port: u32, masked: bool) {
     }
 }
 
-/// Halts with interrupts on until an upcall beyond `seen` has been taken (true), or until
-/// about `ms` milliseconds passed (false). Interrupts are left on.
+/// Opens the interrupt window for an instant (`sti; nop; cli`): an upcall pending for this
+/// vCPU is taken there. Interrupts are otherwise off in these kernels: their code is built for
+/// the host target, which assumes a red zone below RSP that an interrupt frame would overwrite,
+/// so an interrupt may only arrive inside an `asm!` block that may use the stack (no
+/// `nostack`), where the compiler keeps nothing there.
+pub fn window() {
+    // SAFETY: the gates were installed by `register`; see above for the stack.
+    unsafe { asm!("sti", "nop", "cli") };
+}
+
+/// Halts with the interrupt window open until an upcall beyond `seen` has been taken (true),
+/// or until about `ms` milliseconds passed (false).
 pub fn wait_upcall(seen: u64, ms: u64) -> bool {
     let bus_khz = u64::from(core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).ebx).max(1);
     let dogs = WATCHDOGS.load(SeqCst);
@@ -127,20 +137,17 @@ pub fn wait_upcall(seen: u64, ms: u64) -> bool {
     lapic_write(0x320, WATCHDOG.into());
     lapic_write(0x380, u32::try_from(bus_khz * ms / 16).unwrap_or(u32::MAX));
     let woken = loop {
-        // SAFETY: interrupts off for the check; STI's shadow keeps an upcall that arrives
-        // from now on pending until HLT has begun, so it ends the halt rather than being missed.
-        unsafe { asm!("cli", options(nomem, nostack)) };
         if UPCALLS.load(SeqCst) > seen {
             break true;
         }
         if WATCHDOGS.load(SeqCst) != dogs {
             break false;
         }
-        // SAFETY: as above; the gates were installed by `register`.
-        unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+        // SAFETY: the check above ran with interrupts off; STI's shadow keeps an upcall that
+        // arrives from now on pending until HLT has begun, so it ends the halt rather than
+        // being missed. The stack: see `window`.
+        unsafe { asm!("sti", "hlt", "cli") };
     };
     lapic_write(0x380, 0);
-    // SAFETY: the gates are installed.
-    unsafe { asm!("sti", options(nomem, nostack)) };
     woken
 }

@@ -148,7 +148,9 @@ fn evtchn(s: &mut Suite, ram_end: u64, foreign: u64) {
     );
     s.expect_err("evtchn-bind-virq-timer", call(virq, [0, 0, 0, 0, 0]), EINVAL);
     for (op, name) in [(send, "send"), (close, "close"), (status, "status")] {
-        for port in [0, u64::from(EVTCHN_PORTS), u64::MAX, 9] {
+        // Port 9 is valid but free: nothing to send on or close (its status is "closed").
+        let free = if op == status { None } else { Some(9) };
+        for port in [0, u64::from(EVTCHN_PORTS), u64::MAX].into_iter().chain(free) {
             let mut case: heapless::String<48> = heapless::String::new();
             let _ = core::fmt::write(&mut case, format_args!("evtchn-{name}-port-{port:#x}"));
             let st = [0u64; 2];
@@ -167,6 +169,11 @@ fn evtchn(s: &mut Suite, ram_end: u64, foreign: u64) {
         let r = call(status, [port, out.as_mut_ptr() as u64, 0, 0, 0]);
         (r == 0).then(|| zerocopy::transmute!(out))
     };
+    s.check(
+        "evtchn-status-free-port",
+        st(9).is_some_and(|x| x.state == EVTCHNSTAT_CLOSED),
+        format_args!("{:?}", st(9)),
+    );
     s.check(
         "evtchn-status-loopback",
         st(1).is_some_and(|x| {
