@@ -10,8 +10,9 @@
 //! `role=storm [peer=D] sends=N`: one of two domUs that storm each other. With `peer`, it offers
 //! D a port and waits until D bound it; without, it finds the port offered to it by trying to
 //! bind every port of every other domain (each refusal must be `EPERM`, `EINVAL` or `ESRCH`).
-//! Both then send N events, clearing their pending bit now and then and opening the interrupt
-//! window every 16 sends, and must take at least one upcall and at most N. It prints a summary and shuts down with status 0 if
+//! Both then send N events, clearing their pending bit now and then, opening the interrupt
+//! window every 16 sends and yielding every 64 (so the two alternate), and must take at least
+//! one upcall and at most N. It prints a summary and shuts down with status 0 if
 //! all held, 1 otherwise.
 #![no_std]
 #![cfg_attr(image, no_main)]
@@ -130,12 +131,16 @@ fn storm(peer: Option<u32>, sends: u64) -> u32 {
     for i in 0..sends {
         refused += u64::from(hv.evtchn_send(port).is_err());
         // Handled now and then, as a guest's upcall handler would: the peer's next event
-        // raises the vector again, and the window lets it in.
+        // raises the vector again, and the window lets it in. A yield every 64 sends makes
+        // the two storms alternate even where one slice would hold all of them (Bochs).
         if i % 64 == 0 {
             upcall::take_pending(port);
         }
         if i % 16 == 0 {
             upcall::window();
+        }
+        if i % 64 == 63 {
+            let _ = hv.yield_now();
         }
     }
     let upcalls = UPCALLS.load(SeqCst);
