@@ -66,11 +66,20 @@ pub struct Table {
     /// Pending bits with no page to go to (none registered yet, or it stopped being RAM):
     /// written there when a page is registered, so that no event is lost.
     pub held: u64,
+    /// Domains (a bit each) whose tables may hold a port naming this domain: a superset, so
+    /// that destroying a domain looks only at those tables.
+    named_by: u32,
 }
+const _: () = assert!(DOMAINS <= 32, "`Table::named_by` has a bit per domain");
 
 impl Table {
-    const EMPTY: Self =
-        Self { ports: [Port::Free; EVTCHN_PORTS], virqs: [0; NR_VIRQS], callback: None, held: 0 };
+    const EMPTY: Self = Self {
+        ports: [Port::Free; EVTCHN_PORTS],
+        virqs: [0; NR_VIRQS],
+        callback: None,
+        held: 0,
+        named_by: 0,
+    };
 
     /// The lowest free port.
     fn free_port(&self) -> Result<usize, Errno> {
@@ -100,6 +109,7 @@ impl EventChannels {
         let t = &mut self.tables[d];
         let p = t.free_port()?;
         t.ports[p] = Port::Unbound(remote as u16);
+        self.tables[remote].named_by |= 1 << d;
         Ok(p as u64)
     }
 
@@ -115,6 +125,8 @@ impl EventChannels {
         let p = self.tables[d].free_port()?;
         self.tables[d].ports[p] = Port::Interdomain(remote as u16, rp as u16);
         self.tables[remote].ports[rp] = Port::Interdomain(d as u16, p as u16);
+        // `d` knew `remote`'s table names it (the offer); now `d`'s new port names `remote`.
+        self.tables[remote].named_by |= 1 << d;
         Ok(p as u64)
     }
 
@@ -186,12 +198,17 @@ impl EventChannels {
     pub fn destroy(&mut self, d: usize) {
         let gone = DOMID_INVALID as u16;
         for p in 1..EVTCHN_PORTS {
-            let _ = self.release(d, p, gone);
+            if self.tables[d].ports[p] != Port::Free {
+                let _ = self.release(d, p, gone);
+            }
         }
+        let named_by = self.tables[d].named_by;
         self.tables[d] = Table::EMPTY;
-        for port in self.tables.iter_mut().flat_map(|t| t.ports.iter_mut()) {
-            if *port == Port::Unbound(d as u16) {
-                *port = Port::Unbound(gone);
+        for t in (0..DOMAINS).filter(|r| named_by & (1 << r) != 0) {
+            for port in &mut self.tables[t].ports {
+                if *port == Port::Unbound(d as u16) {
+                    *port = Port::Unbound(gone);
+                }
             }
         }
     }
@@ -357,7 +374,8 @@ mod tests {
     }
 
     /// Every interdomain port's peer names it back; an unbound port is offered to one of the
-    /// domains or to nobody; the VIRQ index and the ports agree.
+    /// domains or to nobody; a domain a port names knows the port's table may name it
+    /// (`named_by`); the VIRQ index and the ports agree.
     fn check_invariants(e: &EventChannels) -> Result<(), TestCaseError> {
         for d in 0..N {
             for p in 1..EVTCHN_PORTS {
@@ -365,10 +383,12 @@ mod tests {
                     Port::Interdomain(remote, port) => {
                         let back = e.tables[usize::from(remote)].ports[usize::from(port)];
                         prop_assert_eq!(back, Port::Interdomain(d as u16, p as u16));
+                        prop_assert!(e.tables[usize::from(remote)].named_by & (1 << d) != 0);
                     }
                     Port::Unbound(remote) => {
                         let r = usize::from(remote);
                         prop_assert!(r == GONE || r < N, "d{d}:{p} offered to {r}");
+                        prop_assert!(r == GONE || e.tables[r].named_by & (1 << d) != 0);
                     }
                     Port::Virq(v) => prop_assert_eq!(e.virq_port(d, v.into()), Some(p)),
                     Port::Free => {}
