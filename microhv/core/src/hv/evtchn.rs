@@ -16,6 +16,7 @@ use core::mem::offset_of;
 
 /// Bytes of the page microhv reads and writes.
 const SHARED: u64 = size_of::<EvtchnShared>() as u64;
+/// Offset of the mask bitmap (the pending one is at 0).
 const MASK: u64 = offset_of!(EvtchnShared, mask) as u64;
 
 impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
