@@ -8,7 +8,9 @@
 pub use crate::arch::Insn;
 use crate::cpuid;
 use crate::hypercall::{Op, ShutdownReason};
-use crate::types::{DomainCreate, DomainInfo, DomainStats, IoReq, PhysInfo, VcpuState};
+use crate::types::{
+    DomainCreate, DomainInfo, DomainStats, EvtchnShared, EvtchnStatus, IoReq, PhysInfo, VcpuState,
+};
 use crate::{Errno, split_version_word};
 use core::arch::x86_64::__cpuid;
 use zerocopy::{FromZeros, IntoBytes};
@@ -219,6 +221,54 @@ impl Hypervisor {
     pub fn irq_level(&self, domid: u32, instance: u32, gsi: u32, high: bool) -> Result<(), Errno> {
         let args = [domid.into(), instance.into(), gsi.into(), high.into(), 0];
         self.op(Op::IrqLevel, args).map(drop)
+    }
+
+    /// `EvtchnAllocUnbound`: a new port that `remote` may bind.
+    pub fn evtchn_alloc_unbound(&self, remote: u32) -> Result<u32, Errno> {
+        self.op(Op::EvtchnAllocUnbound, [remote.into(), 0, 0, 0, 0]).map(|p| p as u32)
+    }
+
+    /// `EvtchnBindInterdomain`: a new port bound to port `remote_port` that `remote` offered.
+    pub fn evtchn_bind_interdomain(&self, remote: u32, remote_port: u32) -> Result<u32, Errno> {
+        let args = [remote.into(), remote_port.into(), 0, 0, 0];
+        self.op(Op::EvtchnBindInterdomain, args).map(|p| p as u32)
+    }
+
+    /// `EvtchnBindVirq`: a new port bound to a `VIRQ_*`.
+    pub fn evtchn_bind_virq(&self, virq: u32) -> Result<u32, Errno> {
+        self.op(Op::EvtchnBindVirq, [virq.into(), 0, 0, 0, 0]).map(|p| p as u32)
+    }
+
+    /// `EvtchnSend`.
+    pub fn evtchn_send(&self, port: u32) -> Result<(), Errno> {
+        self.op(Op::EvtchnSend, [port.into(), 0, 0, 0, 0]).map(drop)
+    }
+
+    /// `EvtchnClose`.
+    pub fn evtchn_close(&self, port: u32) -> Result<(), Errno> {
+        self.op(Op::EvtchnClose, [port.into(), 0, 0, 0, 0]).map(drop)
+    }
+
+    /// `EvtchnStatus`.
+    pub fn evtchn_status(&self, port: u32) -> Result<EvtchnStatus, Errno> {
+        let mut st = EvtchnStatus::new_zeroed();
+        self.op(Op::EvtchnStatus, [port.into(), addr_mut(st.as_mut_bytes()), 0, 0, 0])?;
+        Ok(st)
+    }
+
+    /// `EvtchnSetCallback`: registers `page` (the start of a page-aligned page of the caller's
+    /// RAM, which microhv writes for as long as the domain lives) and the upcall `vector` (0:
+    /// none, the guest polls the page).
+    ///
+    /// # Safety
+    /// `page` must stay the caller's event-channel page, unused for anything else, from now on
+    /// (microhv keeps writing pending bits into it).
+    pub unsafe fn evtchn_set_callback(
+        &self,
+        vector: u8,
+        page: *mut EvtchnShared,
+    ) -> Result<(), Errno> {
+        self.op(Op::EvtchnSetCallback, [vector.into(), page as u64, 0, 0, 0]).map(drop)
     }
 
     /// `PhysInfo`.

@@ -23,11 +23,12 @@ pub enum Errno {
     EFAULT = 14,
     /// The target is in a state that does not allow the operation.
     EBUSY = 16,
-    /// An object with that identity already exists (a domain name).
+    /// An object with that identity already exists (a domain name, a VIRQ binding).
     EEXIST = 17,
     /// An argument or a structure field has a value the operation does not accept.
     EINVAL = 22,
-    /// A fixed-capacity table is full (domains), or a page-table limit leaves no room.
+    /// A fixed-capacity table is full (domains, event-channel ports), or a page-table limit
+    /// leaves no room.
     ENOSPC = 28,
     /// No operation with that number.
     ENOSYS = 38,
@@ -138,6 +139,22 @@ ops! {
     IoreqComplete = 0x21, true;
     /// `(domid, instance, gsi, level) -> 0`: drive an interrupt line of a domU's virtual PC.
     IrqLevel = 0x22, true;
+    /// `(remote_domid) -> port`: a new port of the caller's, unbound, that `remote_domid` may
+    /// bind.
+    EvtchnAllocUnbound = 0x30, false;
+    /// `(remote_domid, remote_port) -> port`: a new port of the caller's, bound to a port that
+    /// `remote_domid` offered the caller.
+    EvtchnBindInterdomain = 0x31, false;
+    /// `(virq) -> port`: a new port of the caller's, bound to a virtual IRQ.
+    EvtchnBindVirq = 0x32, false;
+    /// `(port) -> 0`: an event to the other end of an interdomain port.
+    EvtchnSend = 0x33, false;
+    /// `(port) -> 0`: frees a port; an interdomain peer is left unbound.
+    EvtchnClose = 0x34, false;
+    /// `(port, status_gpa) -> 0`: fill an `EvtchnStatus`.
+    EvtchnStatus = 0x35, false;
+    /// `(vector, page_gpa) -> 0`: register the event-channel page and the upcall vector.
+    EvtchnSetCallback = 0x36, false;
 }
 
 /// Shutdown reasons (`Shutdown`, `DomainShutdown`).
@@ -185,3 +202,17 @@ pub const CONSOLE_INPUT_MAX: u64 = 256;
 pub const CONSOLE_READ_MAX: u64 = 4096;
 /// Longest `MemWrite`: bounds the time one hypercall spends in ring 0.
 pub const MEM_WRITE_MAX: u64 = 64 * 1024;
+
+/// Event-channel ports per domain, port 0 included: port 0 is never allocated (as in Xen, so a
+/// guest may use 0 for "no port"), so `1..EVTCHN_PORTS` are the ports.
+pub const EVTCHN_PORTS: u32 = 64;
+/// The lowest upcall vector `EvtchnSetCallback` takes (0 takes none): 0..=31 are exceptions.
+pub const EVTCHN_VECTOR_MIN: u64 = 0x20;
+/// "No domain": the remote of a port whose peer domain was destroyed (`EvtchnStatus`), which no
+/// domain may bind. Xen's number.
+pub const DOMID_INVALID: u32 = 0x7ff4;
+/// Virtual IRQ, dom0 only: a domain shut down, crashed or was destroyed (Xen's number).
+pub const VIRQ_DOM_EXC: u32 = 3;
+/// Virtual IRQ, dom0 only: a domU's console ring has new bytes for `ConsoleRead` (Xen's
+/// number, whose meaning there is the hypervisor's console ring).
+pub const VIRQ_CON_RING: u32 = 8;

@@ -366,3 +366,46 @@ layout!(DomainStats, 240, {
     mmu_reclaims @ 184, tlb_flushes @ 192, mmu_used @ 200, mmu_max @ 208, mmu_requested @ 216,
     cpu_time @ 224, mmu_frames @ 232,
 });
+
+/// `EvtchnStatus::state`: the port is free (Xen's `EVTCHNSTAT_closed`).
+pub const EVTCHNSTAT_CLOSED: u32 = 0;
+/// `EvtchnStatus::state`: offered to `remote_domid`, which may bind it.
+pub const EVTCHNSTAT_UNBOUND: u32 = 1;
+/// `EvtchnStatus::state`: bound to `remote_port` of `remote_domid`.
+pub const EVTCHNSTAT_INTERDOMAIN: u32 = 2;
+/// `EvtchnStatus::state`: bound to `virq` (Xen's number; 3, Xen's physical IRQs, is unused).
+pub const EVTCHNSTAT_VIRQ: u32 = 4;
+
+/// OUT of `EvtchnStatus`: one port of the caller's. Fields that do not apply to the state are 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct EvtchnStatus {
+    /// An `EVTCHNSTAT_*` value.
+    pub state: u32,
+    /// Unbound: the domain that may bind it; interdomain: the peer. `DOMID_INVALID` once that
+    /// domain was destroyed.
+    pub remote_domid: u32,
+    /// Interdomain: the peer's port.
+    pub remote_port: u32,
+    /// VIRQ: its number.
+    pub virq: u32,
+}
+layout!(EvtchnStatus, 16, { state @ 0, remote_domid @ 4, remote_port @ 8, virq @ 12 });
+
+/// Words of each bitmap of [`EvtchnShared`]: room for 512 ports, so that the port table may
+/// grow without moving a field. Bits of ports at and above `EVTCHN_PORTS` are never set.
+pub const EVTCHN_WORDS: usize = 8;
+
+/// The start of the page a domain registers with `EvtchnSetCallback`: bit `p % 64` of word
+/// `p / 64` is port `p`. microhv sets a pending bit when an event arrives and clears it when the
+/// port is closed; the guest clears pending bits as it handles them and owns the mask bits (a
+/// masked port's events are recorded but raise no upcall). The rest of the page is reserved.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct EvtchnShared {
+    /// Events not yet handled.
+    pub pending: [u64; EVTCHN_WORDS],
+    /// Ports whose events raise no upcall.
+    pub mask: [u64; EVTCHN_WORDS],
+}
+layout!(EvtchnShared, 128, { pending @ 0, mask @ 64 });

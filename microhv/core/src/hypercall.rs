@@ -33,7 +33,8 @@ pub enum Outcome {
 /// Alignment required of structure arguments.
 pub const STRUCT_ALIGN: u64 = 8;
 
-type R = Result<u64, Errno>;
+/// What an operation returns: the value for `rax`, or the error.
+pub(crate) type R = Result<u64, Errno>;
 
 impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// Dispatches the hypercall in vCPU `v` of domain `d`'s registers.
@@ -81,6 +82,18 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             Op::IrqLevel => self
                 .target_domu(args[0])
                 .and_then(|t| self.irq_level(t, args[1], args[2], args[3]).map(|()| 0)),
+            Op::EvtchnAllocUnbound => {
+                self.target(args[0]).and_then(|r| self.evtchn.alloc_unbound(d, r))
+            }
+            Op::EvtchnBindInterdomain => {
+                self.target(args[0]).and_then(|r| self.evtchn.bind_interdomain(d, r, args[1]))
+            }
+            Op::EvtchnBindVirq => self.evtchn.bind_virq(d, args[0]),
+            Op::EvtchnSend => self.evtchn_send(d, args[0]),
+            Op::EvtchnClose => self.evtchn_close(d, args[0]),
+            Op::EvtchnStatus => (self.evtchn.status(d, args[0]))
+                .and_then(|p| self.write_struct(d, args[1], &p.status()).map(|()| 0)),
+            Op::EvtchnSetCallback => self.evtchn_set_callback(d, args[0], args[1]),
         };
         Outcome::Return(r.map_or_else(Errno::to_ret, |v| v as i64))
     }
@@ -271,6 +284,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let t = self.target_domu(domid)?;
         log::info!("d{t} ({}) destroyed", self.domains[t].name_str());
         self.destroy_domain(t);
+        self.virq(VIRQ_DOM_EXC);
         Ok(0)
     }
 

@@ -16,6 +16,7 @@ pub mod console;
 pub mod cpuid;
 pub mod dev;
 pub mod domain;
+pub mod evtchn;
 pub mod exit;
 pub mod fast;
 pub mod frames;

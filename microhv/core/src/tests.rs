@@ -12,7 +12,7 @@ use abi::{Errno, Op};
 use proptest::prelude::*;
 use std::vec;
 use std::vec::Vec;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 const EPERM: i64 = -1;
 const ESRCH: i64 = -3;
@@ -1478,4 +1478,184 @@ fn cr8_is_the_local_apics_tpr() {
     assert_eq!(hv.domains[d].vcpus[0].gprs.rcx, 0xa);
     let v = hv.domains[d].vcpus[0].arch.as_ref().expect("vcpu");
     assert_eq!(v.injected, [GeneralProtection]);
+}
+
+// ---- event channels ------------------------------------------------------------------------------
+
+/// dom0's event-channel page in the tests, and a domU's.
+const DOM0_PAGE: u64 = SCRATCH + 0x3000;
+const DOMU_PAGE: u64 = 0x8000;
+
+fn evtchn_page(hv: &TestHv, d: usize) -> EvtchnShared {
+    get(hv, d, if d == 0 { DOM0_PAGE } else { DOMU_PAGE })
+}
+
+/// Domain `d`'s local APIC software-enabled (SVR), as a guest that takes interrupts has it.
+fn apic_on(hv: &mut TestHv, d: usize) {
+    let clock = hv.clock();
+    let p = hv.domains[d].platform.as_mut().expect("platform");
+    p.mmio(&clock, 0, crate::platform::MmioPage::Lapic, 0xf0, 4, Some(0x1ff)).expect("SVR");
+}
+
+fn upcall_pending(hv: &TestHv, d: usize) -> Option<crate::platform::Pending> {
+    hv.domains[d].platform.as_ref().and_then(|p| p.pending(0))
+}
+
+#[test]
+fn evtchn_errors_follow_the_abi() {
+    let mut hv = world();
+    let u = running(&mut hv, "u");
+    let cb = Op::EvtchnSetCallback as u64;
+    for (vector, gpa, want) in [
+        (0x1f, DOM0_PAGE, EINVAL),
+        (0x100, DOM0_PAGE, EINVAL),
+        (u64::MAX, DOM0_PAGE, EINVAL),
+        (0x40, DOM0_PAGE + 8, EINVAL),
+        (0x40, DOM0_MEM, EFAULT),
+        (0x40, !0xfff, EFAULT),
+        (0x40, 0xfee0_0000, EFAULT),
+    ] {
+        assert_eq!(call(&mut hv, 0, cb, [vector, gpa, 0, 0, 0]), want, "{vector:#x} {gpa:#x}");
+    }
+    assert_eq!(hv.evtchn.tables[0].callback, None, "nothing registered by a refused call");
+    let (alloc, bind) = (Op::EvtchnAllocUnbound as u64, Op::EvtchnBindInterdomain as u64);
+    assert_eq!(call(&mut hv, u, alloc, [DOMAINS as u64, 0, 0, 0, 0]), ESRCH);
+    assert_eq!(call(&mut hv, u, alloc, [u64::from(DOMID_INVALID), 0, 0, 0, 0]), ESRCH);
+    let p = call(&mut hv, 0, alloc, [0, 0, 0, 0, 0]);
+    assert_eq!(p, 1);
+    assert_eq!(call(&mut hv, u, bind, [0, 1, 0, 0, 0]), EPERM, "offered to dom0 itself");
+    assert_eq!(call(&mut hv, u, bind, [99, 1, 0, 0, 0]), ESRCH);
+    assert_eq!(call(&mut hv, u, bind, [0, 2, 0, 0, 0]), EINVAL, "a free port");
+    assert_eq!(call(&mut hv, u, bind, [0, 64, 0, 0, 0]), EINVAL);
+    let virq = Op::EvtchnBindVirq as u64;
+    assert_eq!(call(&mut hv, u, virq, [VIRQ_DOM_EXC.into(), 0, 0, 0, 0]), EPERM);
+    assert_eq!(call(&mut hv, 0, virq, [0, 0, 0, 0, 0]), EINVAL, "no VIRQ_TIMER");
+    let st = Op::EvtchnStatus as u64;
+    assert_eq!(call(&mut hv, 0, st, [0, SCRATCH, 0, 0, 0]), EINVAL, "port 0");
+    assert_eq!(call(&mut hv, 0, st, [1, SCRATCH + 4, 0, 0, 0]), EINVAL);
+    assert_eq!(call(&mut hv, 0, st, [1, DOM0_MEM - 8, 0, 0, 0]), EFAULT);
+    assert_eq!(call(&mut hv, 0, st, [1, SCRATCH, 0, 0, 0]), 0);
+    let s: EvtchnStatus = get(&hv, 0, SCRATCH);
+    assert_eq!((s.state, s.remote_domid), (EVTCHNSTAT_UNBOUND, 0));
+    assert_eq!(call(&mut hv, 0, st, [5, SCRATCH, 0, 0, 0]), 0);
+    assert_eq!(get::<EvtchnStatus>(&hv, 0, SCRATCH).state, EVTCHNSTAT_CLOSED);
+    for op in [Op::EvtchnSend, Op::EvtchnClose] {
+        for port in [0, 5, 64, u64::MAX] {
+            assert_eq!(call(&mut hv, u, op as u64, [port, 0, 0, 0, 0]), EINVAL, "{op:?} {port}");
+        }
+    }
+    for want in 1..EVTCHN_PORTS {
+        assert_eq!(call(&mut hv, u, alloc, [0, 0, 0, 0, 0]), i64::from(want));
+    }
+    assert_eq!(call(&mut hv, u, alloc, [0, 0, 0, 0, 0]), ENOSPC);
+}
+
+#[test]
+fn an_event_wakes_a_halted_domu_through_its_upcall_vector() {
+    let mut hv = world();
+    let u = running(&mut hv, "u");
+    apic_on(&mut hv, u);
+    let cb = Op::EvtchnSetCallback as u64;
+    assert_eq!(call(&mut hv, 0, cb, [0, DOM0_PAGE, 0, 0, 0]), 0, "dom0 polls");
+    assert_eq!(call(&mut hv, 0, Op::EvtchnBindVirq as u64, [VIRQ_DOM_EXC.into(), 0, 0, 0, 0]), 1);
+    assert_eq!(call(&mut hv, u, cb, [0x40, DOMU_PAGE, 0, 0, 0]), 0);
+    let up = call(&mut hv, u, Op::EvtchnAllocUnbound as u64, [0, 0, 0, 0, 0]) as u64;
+    let d0 = call(&mut hv, 0, Op::EvtchnBindInterdomain as u64, [u as u64, up, 0, 0, 0]) as u64;
+    assert_eq!((up, d0), (1, 2));
+    // The domU halts with interrupts on; dom0 sends; the domU wakes, takes the vector and shuts
+    // down, which dom0 hears about through VIRQ_DOM_EXC.
+    hv.domains[u].vcpus[0].arch.as_mut().expect("vcpu").regs.insert("rflags", 0x202);
+    push(&mut hv, u as u32, Exit::Hlt, Gprs::default());
+    push(&mut hv, u as u32, Exit::Hypercall, Gprs { rax: Op::Shutdown as u64, ..Gprs::default() });
+    let send = Gprs { rax: Op::EvtchnSend as u64, rdi: d0, ..Gprs::default() };
+    push(&mut hv, 0, Exit::Hypercall, Gprs { rax: Op::Yield as u64, ..Gprs::default() });
+    push(&mut hv, 0, Exit::Hypercall, send);
+    dom0_yields_then_powers_off(&mut hv, 4);
+    assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
+    let v = hv.domains[u].vcpus[0].arch.as_ref().expect("vcpu");
+    assert_eq!(v.irqs, [0x40], "the upcall vector, once");
+    assert_eq!(hv.domains[u].state, Some(DomainState::Shutdown), "it ran again after the event");
+    assert_eq!(evtchn_page(&hv, u).pending[0], 1 << up);
+    assert_eq!(evtchn_page(&hv, 0).pending[0], 1 << 1, "VIRQ_DOM_EXC");
+}
+
+#[test]
+fn an_upcall_is_raised_only_for_a_new_unmasked_event_and_nothing_is_lost() {
+    let mut hv = world();
+    let u = running(&mut hv, "u");
+    apic_on(&mut hv, u);
+    let up = call(&mut hv, u, Op::EvtchnAllocUnbound as u64, [0, 0, 0, 0, 0]) as u64;
+    let d0 = call(&mut hv, 0, Op::EvtchnBindInterdomain as u64, [u as u64, up, 0, 0, 0]) as u64;
+    let send = |hv: &mut TestHv| call(hv, 0, Op::EvtchnSend as u64, [d0, 0, 0, 0, 0]);
+    // No page yet: the event is held in microhv, and lands when the page is registered.
+    assert_eq!(send(&mut hv), 0);
+    assert_eq!(upcall_pending(&hv, u), None);
+    put(&mut hv, u, DOMU_PAGE, EvtchnShared::new_zeroed().as_bytes());
+    assert_eq!(call(&mut hv, u, Op::EvtchnSetCallback as u64, [0x40, DOMU_PAGE, 0, 0, 0]), 0);
+    assert_eq!(evtchn_page(&hv, u).pending[0], 1 << up);
+    let apic = Some(crate::platform::Pending::Apic(0x40));
+    assert_eq!(upcall_pending(&hv, u), apic);
+    let p = hv.domains[u].platform.as_mut().expect("platform");
+    p.acknowledge(0, crate::platform::Pending::Apic(0x40));
+    p.lapics[0].eoi();
+    // Still pending in the page: another send raises nothing.
+    assert_eq!(send(&mut hv), 0);
+    assert_eq!(upcall_pending(&hv, u), None);
+    // Handled (cleared) but masked: recorded, no upcall.
+    let mut page = EvtchnShared::new_zeroed();
+    page.mask[0] = 1 << up;
+    put(&mut hv, u, DOMU_PAGE, page.as_bytes());
+    assert_eq!(send(&mut hv), 0);
+    assert_eq!(evtchn_page(&hv, u).pending[0], 1 << up);
+    assert_eq!(upcall_pending(&hv, u), None);
+    // Unmasked and handled: the next send raises the vector again.
+    put(&mut hv, u, DOMU_PAGE, EvtchnShared::new_zeroed().as_bytes());
+    assert_eq!(send(&mut hv), 0);
+    assert_eq!(upcall_pending(&hv, u), apic);
+    // Closing a port clears its pending bit; the peer is left unbound and its sends dropped.
+    assert_eq!(call(&mut hv, u, Op::EvtchnClose as u64, [up, 0, 0, 0, 0]), 0);
+    assert_eq!(evtchn_page(&hv, u).pending[0], 0);
+    assert_eq!(send(&mut hv), 0);
+    assert_eq!(evtchn_page(&hv, u).pending[0], 0);
+    assert_eq!(hv.evtchn.status(0, d0), Ok(crate::evtchn::Port::Unbound(u as u16)));
+}
+
+#[test]
+fn destroying_a_domain_unbinds_its_peers_and_tells_dom0() {
+    let mut hv = world();
+    let held = |hv: &TestHv| hv.frames.free_frames() + hv.domains[0].mmu.frames_held();
+    let free = held(&hv);
+    assert_eq!(call(&mut hv, 0, Op::EvtchnSetCallback as u64, [0, DOM0_PAGE, 0, 0, 0]), 0);
+    let virq = Op::EvtchnBindVirq as u64;
+    let exc = call(&mut hv, 0, virq, [VIRQ_DOM_EXC.into(), 0, 0, 0, 0]) as u64;
+    let con = call(&mut hv, 0, virq, [VIRQ_CON_RING.into(), 0, 0, 0, 0]) as u64;
+    assert_eq!(call(&mut hv, 0, virq, [VIRQ_CON_RING.into(), 0, 0, 0, 0]), EEXIST);
+    for round in 0..3 {
+        put(&mut hv, 0, DOM0_PAGE, EvtchnShared::new_zeroed().as_bytes());
+        let u = running(&mut hv, "u");
+        put(&mut hv, u, 0x9000, b"hi\n");
+        assert_eq!(call(&mut hv, u, Op::ConsoleWrite as u64, [0x9000, 3, 0, 0, 0]), 3);
+        assert_eq!(evtchn_page(&hv, 0).pending[0], 1 << con, "round {round}: VIRQ_CON_RING");
+        let up = call(&mut hv, u, Op::EvtchnAllocUnbound as u64, [0, 0, 0, 0, 0]) as u64;
+        let bind = Op::EvtchnBindInterdomain as u64;
+        let d0 = call(&mut hv, 0, bind, [u as u64, up, 0, 0, 0]) as u64;
+        let offered = call(&mut hv, 0, Op::EvtchnAllocUnbound as u64, [u as u64, 0, 0, 0, 0]);
+        put(&mut hv, 0, DOM0_PAGE, EvtchnShared::new_zeroed().as_bytes());
+        assert_eq!(call(&mut hv, 0, Op::DomainDestroy as u64, [u as u64, 0, 0, 0, 0]), 0);
+        assert_eq!(evtchn_page(&hv, 0).pending[0], 1 << exc, "round {round}: VIRQ_DOM_EXC");
+        let gone = crate::evtchn::Port::Unbound(DOMID_INVALID as u16);
+        assert_eq!(hv.evtchn.status(0, d0), Ok(gone));
+        assert_eq!(hv.evtchn.status(0, offered as u64), Ok(gone));
+        // The next domain gets the same id and inherits nothing.
+        let next = running(&mut hv, "next");
+        assert_eq!(next, u);
+        assert_eq!(call(&mut hv, next, bind, [0, offered as u64, 0, 0, 0]), EPERM);
+        assert_eq!(call(&mut hv, 0, Op::EvtchnSend as u64, [d0, 0, 0, 0, 0]), 0, "dropped");
+        assert_eq!(hv.evtchn.tables[next].held, 0);
+        for p in [d0, offered as u64] {
+            assert_eq!(call(&mut hv, 0, Op::EvtchnClose as u64, [p, 0, 0, 0, 0]), 0);
+        }
+        assert_eq!(call(&mut hv, 0, Op::DomainDestroy as u64, [next as u64, 0, 0, 0, 0]), 0);
+    }
+    assert_eq!(held(&hv), free);
 }

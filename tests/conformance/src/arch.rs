@@ -226,18 +226,22 @@ pub fn setup_ring3() {
         let g = Pointer { limit: (size_of::<[u64; 7]>() - 1) as u16, base: gdt as u64 };
         asm!("lgdt [{}]", in(reg) &g);
         asm!("ltr {0:x}", in(reg) TSS_SEL);
+    }
+    set_gate(RING3_VECTOR, conform_ring3_back as *const () as u64, true);
+    set_gate(DEBUG_VECTOR, conform_db_handler as *const () as u64, false);
+}
+
+/// Points interrupt gate `vector` of this kernel's IDT at `handler` (callable from ring 3 if
+/// `dpl3`) and loads the IDT; the other gates stay as they were.
+pub fn set_gate(vector: usize, handler: u64, dpl3: bool) {
+    let kind = if dpl3 { 0xee } else { 0x8e };
+    // SAFETY: single vCPU; the IDT is a static that lives for ever, and each gate is written
+    // whole before the IDT is (re)loaded; `rt`'s code selector stays valid.
+    unsafe {
         let idt = &raw mut IDT;
-        for (vector, handler, dpl3) in [
-            (RING3_VECTOR, conform_ring3_back as *const () as u64, true),
-            (DEBUG_VECTOR, conform_db_handler as *const () as u64, false),
-        ] {
-            let kind = if dpl3 { 0xee } else { 0x8e };
-            (*idt)[2 * vector] = (handler & 0xffff)
-                | (KCODE << 16)
-                | (kind << 40)
-                | (((handler >> 16) & 0xffff) << 48);
-            (*idt)[2 * vector + 1] = handler >> 32;
-        }
+        (*idt)[2 * vector] =
+            (handler & 0xffff) | (KCODE << 16) | (kind << 40) | (((handler >> 16) & 0xffff) << 48);
+        (*idt)[2 * vector + 1] = handler >> 32;
         let i = Pointer { limit: (size_of::<[u64; 512]>() - 1) as u16, base: idt as u64 };
         asm!("lidt [{}]", in(reg) &i);
     }

@@ -7,6 +7,7 @@
 extern crate std;
 
 pub mod arch;
+pub mod upcall;
 
 use abi::Errno;
 use core::fmt;

@@ -156,7 +156,7 @@ pub fn conformance_spec(emulator: Emulator, images: &Images) -> Spec {
     // Timer rates are exact under Bochs, whose time counts instructions.
     let cmdline = if emulator == Emulator::Bochs { "strict=1" } else { "" };
     let mut s = spec(&name, emulator, images, cmdline);
-    s.modules = ["conform-dom0", "conform-domu", "storm", "platform", "hostile"]
+    s.modules = ["conform-dom0", "conform-domu", "storm", "platform", "hostile", "evtchn"]
         .iter()
         .map(|g| Module { path: images.guest(g), args: String::new() })
         .collect();
@@ -169,6 +169,7 @@ pub fn conformance_checks() -> Vec<Check> {
     vec![
         Check::Status(StopStatus::Ok),
         Check::Contains("conformance dom0: "),
+        Check::Contains("conformance evtchn: "),
         Check::Contains("conformance storm: "),
         Check::Verdict,
     ]

@@ -10,7 +10,12 @@ use anyhow::Result;
 /// Ring 0's budget (#12: "Ring-0 code, tests excluded, stays ≤ 12,000 lines"), which
 /// `cargo xtask test` holds it to. Raising it is a reviewed change with a reason, as for the
 /// cost budgets.
-pub const BUDGET: usize = 12_000;
+///
+/// 12,300: #15's event channels — ring-0 primitive by design, like Xen's: the port tables
+/// (`microhv/core/src/evtchn.rs`), their hypercalls and delivery (`hv/evtchn.rs`), the ABI's
+/// operations and structures; 261 lines net of trims in the code they touch (11,985 → 12,246).
+/// The split drivers built on them are dom0's.
+pub const BUDGET: usize = 12_300;
 use std::path::{Path, PathBuf};
 
 /// Files and directories that are not ring-0 code (see the module documentation).

@@ -9,6 +9,7 @@
 //! handlers (`exits.rs`, string port I/O in `strio.rs`); here the table itself, domain
 //! construction and teardown, and the helpers every part uses.
 
+mod evtchn;
 mod exits;
 mod ioreq;
 mod memory;
@@ -23,6 +24,7 @@ use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
 use crate::cpuid::Caller;
 use crate::dev::Clock;
 use crate::domain::{Domain, IoThen, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
+use crate::evtchn::EventChannels;
 use crate::exit::{Backend, CpuMode, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
 use crate::fast::FastExit;
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
@@ -35,7 +37,7 @@ use crate::regs;
 use crate::status::StopStatus;
 use crate::walk::{Paging, linear_to_phys};
 use abi::Errno;
-use abi::hypercall::{DOMID_DOM0, MAX_DOMAINS, ShutdownReason};
+use abi::hypercall::{DOMID_DOM0, MAX_DOMAINS, ShutdownReason, VIRQ_CON_RING, VIRQ_DOM_EXC};
 use abi::pvh::{self, ModuleDesc};
 use abi::types::{CrashReason, DomainState};
 use core::fmt::Write;
@@ -104,6 +106,8 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub frames: FrameAllocator<W>,
     /// The domain table; entry `i` is domain id `i`.
     pub domains: [Domain<B::Vcpu>; DOMAINS],
+    /// Every domain's event channels.
+    pub evtchn: EventChannels,
     /// MMU configuration for new domains (format and large-page support of this CPU).
     pub mmu_config: mmu::Config,
     /// Frames microhv keeps for itself (its image, boot data, modules), for `PhysInfo`.
@@ -145,6 +149,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     large_1g: false,
                 })
             }; DOMAINS],
+            evtchn: EventChannels::new(),
             mmu_config,
             hv_frames: 0,
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
@@ -183,14 +188,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 root,
                 tsc_khz: u32::try_from(self.tsc_khz).unwrap_or(u32::MAX),
             };
-            let v = self.backend.create_vcpu(&mut m, &cfg, &init).map_err(|_| Errno::ENOMEM);
-            let v = match v {
-                Ok(v) => v,
-                Err(e) => {
-                    let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
-                    let _ = self.domains[d].mmu.release_root(&mut m, i);
-                    return Err(e);
-                }
+            let Ok(v) = self.backend.create_vcpu(&mut m, &cfg, &init) else {
+                let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+                let _ = self.domains[d].mmu.release_root(&mut m, i);
+                return Err(Errno::ENOMEM);
             };
             let slot = &mut self.domains[d].vcpus[i];
             slot.arch = Some(v);
@@ -224,14 +225,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.backend.destroy_vcpu(&mut m, v);
             }
         }
-        for id in 0..MAX_RAM_SLOTS {
-            if let Some(s) = self.domains[d].mmu.slot(id) {
-                free_run(&mut self.frames, s.hpa, s.size / FRAME_SIZE);
-            }
+        for s in (0..MAX_RAM_SLOTS).filter_map(|id| self.domains[d].mmu.slot(id)) {
+            free_run(&mut self.frames, s.hpa, s.size / FRAME_SIZE);
         }
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         self.domains[d].mmu.destroy(&mut m);
         self.domains[d].clear();
+        self.evtchn.destroy(d);
     }
 
     /// Builds dom0 from its PVH image, with `mem_bytes` of RAM, the command line, and the other
@@ -304,10 +304,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     // ---- small helpers over the backend ---------------------------------------------------------
 
     fn read_reg(&mut self, d: usize, v: usize, r: GuestReg) -> u64 {
-        match self.domains[d].vcpus[v].arch.as_mut() {
-            Some(a) => self.backend.read(a, r),
-            None => 0,
-        }
+        self.domains[d].vcpus[v].arch.as_mut().map_or(0, |a| self.backend.read(a, r))
     }
 
     fn write_reg(&mut self, d: usize, v: usize, r: GuestReg, val: u64) {
@@ -379,6 +376,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         dom.state = Some(DomainState::Shutdown);
         dom.shutdown = (reason, status);
         log::info!("d{d} ({}) shut down: reason {reason}, status {status}", dom.name_str());
+        self.virq(VIRQ_DOM_EXC);
     }
 
     /// What happens after domain `d` stopped: dom0 stopping ends the machine.
@@ -435,6 +433,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let dom = &mut self.domains[d];
         dom.state = Some(DomainState::Crashed);
         dom.crash = reason;
+        self.virq(VIRQ_DOM_EXC);
         self.after_stop(d)
     }
 
@@ -446,6 +445,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
         dom.console.write(bytes, |line| log_limited(d, privileged, limiter, now, khz, line));
+        if !privileged && !bytes.is_empty() {
+            self.virq(VIRQ_CON_RING);
+        }
     }
 
     fn flush_console(&mut self, d: usize) {

@@ -5,8 +5,14 @@
 //! case, and a reset through port 0xCF9 by the `hostile` guest ending in reason reboot), then
 //! the robustness storms: `storm=N` random calls from dom0 against
 //! throwaway domains (default 10,000) and the `storm` module's random calls from a domU; after
-//! them microhv must answer and free memory must be back to where it started. The last line is
-//! `conformance total: N passed, M failed`; dom0 then powers off with status 0 only if M is 0.
+//! them microhv must answer and free memory must be back to where it started. Event channels
+//! (area `evtchn`) run between the dom0 and domU suites: every operation from dom0 with its
+//! errors and the VIRQs, then delivery end to end with the `evtchn` module in `role=wake` (a
+//! domU halted with interrupts on, woken by dom0's event through its upcall vector), then
+//! `evtchn-rounds=N` (default 3) rounds of two `evtchn` domUs storming each other with
+//! `evtchn-sends=N` (default 1000) events each, destroyed after every round, with free memory
+//! back to its start each time. The last line is `conformance total: N passed, M failed`; dom0
+//! then powers off with status 0 only if M is 0.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -18,7 +24,7 @@ use abi::Errno::{self, *};
 use abi::Op;
 use abi::hypercall::*;
 use abi::types::*;
-use conformance::{Rng, Suite, arch, call, parse_verdict};
+use conformance::{Rng, Suite, arch, call, parse_verdict, upcall};
 use dom0_agent::builder::{self, DomainSpec};
 use guest_rt::{Boot, println, rdtsc};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -530,6 +536,358 @@ fn lifecycle(s: &mut Suite) {
     }
 }
 
+/// Ports of dom0's that later parts of the suite use.
+struct Dom0Ports {
+    /// Bound to `VIRQ_DOM_EXC`.
+    exc: u32,
+    /// Bound to `VIRQ_CON_RING`.
+    con: u32,
+    /// Offered to dom0 itself: any other domain binding it gets `EPERM`.
+    foreign: u32,
+}
+
+fn status_of(port: u64) -> Option<EvtchnStatus> {
+    (call(Op::EvtchnStatus as u64, [port, scratch_addr(), 0, 0, 0]) == 0).then(out::<EvtchnStatus>)
+}
+
+/// Event channels from dom0: each operation's valid use, errors and boundaries, the VIRQs, and
+/// what destroying or stopping a domain does to dom0's ports. dom0 polls its page (no vector).
+fn evtchn(s: &mut Suite, boot: &Boot) -> Dom0Ports {
+    let page = upcall::page_addr();
+    let cb = Op::EvtchnSetCallback as u64;
+    let window =
+        boot.module_named("conform-domu").map_or(0xb000_0000, |(m, _)| m.as_ptr() as u64 & !0xfff);
+    for (case, vector, gpa, e) in [
+        ("callback-vector-0x1f", 0x1f, page, EINVAL),
+        ("callback-vector-0x100", 0x100, page, EINVAL),
+        ("callback-vector-u64-max", u64::MAX, page, EINVAL),
+        ("callback-misaligned", 0x40, page + 8, EINVAL),
+        ("callback-unmapped", 0x40, 0xb000_0000, EFAULT),
+        ("callback-ram-end", 0x40, boot.ram_end(), EFAULT),
+        ("callback-read-only-module", 0x40, window, EFAULT),
+        ("callback-apic-page", 0x40, 0xfee0_0000, EFAULT),
+    ] {
+        s.expect_err(case, call(cb, [vector, gpa, 0, 0, 0]), e);
+    }
+    s.expect("callback-polled", call(cb, [0, page, 0, 0, 0]), 0);
+    let (alloc, bind) = (Op::EvtchnAllocUnbound as u64, Op::EvtchnBindInterdomain as u64);
+    let (send, close) = (Op::EvtchnSend as u64, Op::EvtchnClose as u64);
+    let st = Op::EvtchnStatus as u64;
+    for (case, remote) in
+        [("missing", 99), ("domid-invalid", DOMID_INVALID.into()), ("u64-max", u64::MAX)]
+    {
+        s.expect_err(
+            &name(format_args!("alloc-unbound-{case}")),
+            call(alloc, [remote, 0, 0, 0, 0]),
+            ESRCH,
+        );
+    }
+    let p = call(alloc, [0, 0, 0, 0, 0]);
+    s.expect("alloc-unbound-for-itself", p, 1);
+    s.check(
+        "status-unbound",
+        status_of(1).is_some_and(|x| (x.state, x.remote_domid) == (EVTCHNSTAT_UNBOUND, 0)),
+        format_args!("{:?}", status_of(1)),
+    );
+    s.check(
+        "status-free",
+        status_of(9).is_some_and(|x| x.state == EVTCHNSTAT_CLOSED),
+        format_args!("{:?}", status_of(9)),
+    );
+    for (case, port, gpa, e) in [
+        ("status-port-0", 0, scratch_addr(), EINVAL),
+        ("status-port-max", u64::from(EVTCHN_PORTS), scratch_addr(), EINVAL),
+        ("status-port-u64-max", u64::MAX, scratch_addr(), EINVAL),
+        ("status-misaligned", 1, scratch_addr() + 4, EINVAL),
+        ("status-unmapped", 1, 0xb000_0000, EFAULT),
+        ("status-straddling-ram-end", 1, boot.ram_end() - 8, EFAULT),
+        ("status-read-only-module", 1, window, EFAULT),
+    ] {
+        s.expect_err(case, call(st, [port, gpa, 0, 0, 0]), e);
+    }
+    // A loopback pair: dom0 binds its own offer.
+    let q = call(bind, [0, 1, 0, 0, 0]);
+    s.expect("bind-loopback", q, 2);
+    s.check(
+        "status-interdomain-both-ends",
+        status_of(1).is_some_and(|x| {
+            (x.state, x.remote_domid, x.remote_port) == (EVTCHNSTAT_INTERDOMAIN, 0, 2)
+        }) && status_of(2).is_some_and(|x| (x.state, x.remote_port) == (EVTCHNSTAT_INTERDOMAIN, 1)),
+        format_args!("{:?} {:?}", status_of(1), status_of(2)),
+    );
+    for (case, domid, port, e) in [
+        ("bind-bound-port", 0, 1, EINVAL),
+        ("bind-port-0", 0, 0, EINVAL),
+        ("bind-port-max", 0, u64::from(EVTCHN_PORTS), EINVAL),
+        ("bind-free-port", 0, 9, EINVAL),
+        ("bind-missing-domain", 99, 1, ESRCH),
+    ] {
+        s.expect_err(case, call(bind, [domid, port, 0, 0, 0]), e);
+    }
+    s.expect("send-2", call(send, [2, 0, 0, 0, 0]), 0);
+    s.check(
+        "send-2-marks-1",
+        upcall::take_pending(1) && !upcall::is_pending(2),
+        format_args!(
+            "page {:#x}",
+            upcall::PAGE.pending[0].load(core::sync::atomic::Ordering::SeqCst)
+        ),
+    );
+    upcall::set_mask(2, true);
+    s.expect("send-1-to-masked", call(send, [1, 0, 0, 0, 0]), 0);
+    s.check("masked-port-still-marked", upcall::take_pending(2), format_args!("not pending"));
+    upcall::set_mask(2, false);
+    for (case, port) in [
+        ("send-port-0", 0),
+        ("send-port-max", u64::from(EVTCHN_PORTS)),
+        ("send-free-port", 9),
+        ("send-u64-max", u64::MAX),
+    ] {
+        s.expect_err(case, call(send, [port, 0, 0, 0, 0]), EINVAL);
+    }
+    s.expect("send-then-close", call(send, [1, 0, 0, 0, 0]), 0);
+    s.expect("close-2", call(close, [2, 0, 0, 0, 0]), 0);
+    s.check("close-clears-pending", !upcall::is_pending(2), format_args!("port 2 pending"));
+    s.check(
+        "close-leaves-the-peer-unbound",
+        status_of(1).is_some_and(|x| (x.state, x.remote_domid) == (EVTCHNSTAT_UNBOUND, 0)),
+        format_args!("{:?}", status_of(1)),
+    );
+    s.expect("send-on-unbound-is-dropped", call(send, [1, 0, 0, 0, 0]), 0);
+    s.check("dropped-marks-nothing", !upcall::is_pending(2), format_args!("port 2 pending"));
+    s.expect_err("close-twice", call(close, [2, 0, 0, 0, 0]), EINVAL);
+    for (case, port) in [
+        ("close-port-0", 0),
+        ("close-port-max", u64::from(EVTCHN_PORTS)),
+        ("close-u64-max", u64::MAX),
+    ] {
+        s.expect_err(case, call(close, [port, 0, 0, 0, 0]), EINVAL);
+    }
+    // VIRQs.
+    let virq = Op::EvtchnBindVirq as u64;
+    let exc = call(virq, [VIRQ_DOM_EXC.into(), 0, 0, 0, 0]);
+    s.expect("bind-virq-dom-exc", exc, 2);
+    s.expect_err("bind-virq-twice", call(virq, [VIRQ_DOM_EXC.into(), 0, 0, 0, 0]), EEXIST);
+    let con = call(virq, [VIRQ_CON_RING.into(), 0, 0, 0, 0]);
+    s.expect("bind-virq-con-ring", con, 3);
+    for (case, v) in
+        [("bind-virq-timer", 0), ("bind-virq-unknown", 9), ("bind-virq-u64-max", u64::MAX)]
+    {
+        s.expect_err(case, call(virq, [v, 0, 0, 0, 0]), EINVAL);
+    }
+    s.check(
+        "status-virq",
+        status_of(2).is_some_and(|x| (x.state, x.virq) == (EVTCHNSTAT_VIRQ, VIRQ_DOM_EXC)),
+        format_args!("{:?}", status_of(2)),
+    );
+    s.expect_err("send-on-virq-port", call(send, [2, 0, 0, 0, 0]), EINVAL);
+    // A port offered to a domain that is destroyed ends up offered to nobody; stopping and
+    // destroying a domain raise VIRQ_DOM_EXC.
+    let (exc, con) = (exc as u32, con as u32);
+    let t = throwaway("evt-t");
+    let offered = call(alloc, [t, 0, 0, 0, 0]);
+    s.expect("alloc-unbound-for-a-domu", offered, 4);
+    s.expect_err("bind-port-offered-to-another", call(bind, [0, 4, 0, 0, 0]), EPERM);
+    upcall::take_pending(exc);
+    s.expect("shutdown-a-domu", call(Op::DomainShutdown as u64, [t, 0, 0, 0, 0]), 0);
+    s.check("virq-dom-exc-on-shutdown", upcall::take_pending(exc), format_args!("not pending"));
+    s.expect("destroy-a-domu", op1(Op::DomainDestroy, t), 0);
+    s.check("virq-dom-exc-on-destroy", upcall::take_pending(exc), format_args!("not pending"));
+    s.check(
+        "destroy-leaves-the-offer-to-nobody",
+        status_of(4)
+            .is_some_and(|x| (x.state, x.remote_domid) == (EVTCHNSTAT_UNBOUND, DOMID_INVALID)),
+        format_args!("{:?}", status_of(4)),
+    );
+    s.expect("close-orphan", call(close, [4, 0, 0, 0, 0]), 0);
+    // The table filled to ENOSPC, then emptied again but for the ports kept.
+    let mut made = 0u32;
+    let last = loop {
+        let r = call(alloc, [0, 0, 0, 0, 0]);
+        if r < 0 || made >= EVTCHN_PORTS {
+            break r;
+        }
+        made += 1;
+    };
+    s.expect_err("alloc-unbound-table-full", last, ENOSPC);
+    s.expect("table-holds-ports", i64::from(made), i64::from(EVTCHN_PORTS - 1 - 3));
+    let keep = [1, exc, con];
+    let closed = (1..EVTCHN_PORTS)
+        .filter(|p| !keep.contains(p))
+        .filter(|&p| call(close, [p.into(), 0, 0, 0, 0]) == 0)
+        .count();
+    s.expect("close-all-it-made", closed as i64, i64::from(made));
+    Dom0Ports { exc, con, foreign: 1 }
+}
+
+/// Builds a domU from `image` (not started).
+fn build_domu(image: Option<&[u8]>, name: &str, cmdline: &str) -> Option<u32> {
+    let spec = DomainSpec {
+        name,
+        mem_bytes: 4 << 20,
+        vcpus: 1,
+        mmu_pages: 0,
+        flags: 0,
+        cmdline,
+        modules: &[],
+    };
+    builder::build(guest_rt::hv(), &spec, image?).ok()
+}
+
+/// Runs the started domains `doms` until every one has stopped, handing each console line to
+/// `on_line`; their final infos (`None` if none made progress for a long time).
+fn watch<const N: usize>(
+    doms: [u32; N],
+    mut on_line: impl FnMut(u32, &[u8]),
+) -> Option<[DomainInfo; N]> {
+    let hv = guest_rt::hv();
+    let mut lines: [heapless::Vec<u8, 256>; N] = core::array::from_fn(|_| heapless::Vec::new());
+    let mut infos = [DomainInfo::new_zeroed(); N];
+    let mut done = [false; N];
+    let mut buf = [0u8; CONSOLE_READ_MAX as usize];
+    let mut start = rdtsc();
+    while done.iter().any(|d| !d) {
+        for (i, &d) in doms.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            // The state first: once stopped, the reads that follow find all it wrote.
+            infos[i] = hv.domain_info(d).ok()?;
+            let stopped = infos[i].state == DomainState::Shutdown as u32
+                || infos[i].state == DomainState::Crashed as u32;
+            while let Ok(n @ 1..) = hv.console_read(d, &mut buf) {
+                start = rdtsc();
+                for &b in &buf[..n as usize] {
+                    if b == b'\n' {
+                        on_line(d, &lines[i]);
+                        lines[i].clear();
+                    } else {
+                        let _ = lines[i].push(b);
+                    }
+                }
+            }
+            done[i] = stopped;
+        }
+        if rdtsc() - start > 20_000_000_000 {
+            println!("evtchn: domains {doms:?} timed out (no progress)");
+            return None;
+        }
+        dom0_agent::dm::idle(hv);
+    }
+    Some(infos)
+}
+
+/// A domU's verdict line: its counts go into `s`, its failures are repeated (microhv
+/// rate-limits a domU's lines in its log).
+fn absorb_domu_line(s: &mut Suite, who: &str, line: &[u8]) {
+    if line.starts_with(b"FAIL ") {
+        println!("{who}: {}", core::str::from_utf8(line).unwrap_or("?"));
+    }
+    if line.starts_with(b"conformance ")
+        && let Some((p, f)) = parse_verdict(line)
+    {
+        s.absorb(p, f);
+    }
+}
+
+/// Delivery end to end: the `evtchn` module in `role=wake` offers dom0 a port and halts; dom0
+/// binds and sends, sends again once the domU masked the port, and must see the domU's own
+/// event in its page; then what the domU's close, shutdown and destruction leave of dom0's port.
+fn evtchn_wake(s: &mut Suite, image: Option<&[u8]>, ports: &Dom0Ports) {
+    let hv = guest_rt::hv();
+    let Some(d) = build_domu(image, "evtchn-wake", "role=wake") else {
+        s.check("wake-domu-built", false, format_args!("the evtchn module could not be run"));
+        return;
+    };
+    upcall::take_pending(ports.exc);
+    let _ = hv.domain_unpause(d);
+    let mut mine = 0u32;
+    let info = watch([d], |_, line| {
+        if let Some(p) = line.strip_prefix(b"evtchn: offered port ") {
+            let p = core::str::from_utf8(p).ok().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let r = hv.evtchn_bind_interdomain(d, p);
+            s.check("bind-the-domus-offer", r.is_ok(), format_args!("{r:?}"));
+            mine = r.unwrap_or(0);
+            s.check(
+                "send-to-the-halted-domu",
+                hv.evtchn_send(mine).is_ok(),
+                format_args!("refused"),
+            );
+        } else if line == b"evtchn: masked" {
+            s.check(
+                "send-to-the-masked-port",
+                hv.evtchn_send(mine).is_ok(),
+                format_args!("refused"),
+            );
+        } else if line == b"evtchn: sent" {
+            s.check(
+                "event-from-the-domu",
+                upcall::take_pending(mine),
+                format_args!("port {mine} not pending"),
+            );
+        } else {
+            absorb_domu_line(s, "evtchn-domu", line);
+        }
+    });
+    let clean =
+        info.is_some_and(|[i]| i.state == DomainState::Shutdown as u32 && i.shutdown_status == 0);
+    s.check("wake-domu-shut-down-with-no-failure", clean, format_args!("{info:?}"));
+    s.check(
+        "peer-close-leaves-dom0s-port-unbound",
+        status_of(mine.into())
+            .is_some_and(|x| (x.state, x.remote_domid) == (EVTCHNSTAT_UNBOUND, d)),
+        format_args!("{:?}", status_of(mine.into())),
+    );
+    s.check(
+        "virq-dom-exc-on-domu-shutdown",
+        upcall::take_pending(ports.exc),
+        format_args!("not pending"),
+    );
+    s.expect("destroy-wake-domu", op1(Op::DomainDestroy, d.into()), 0);
+    s.check(
+        "destroy-leaves-dom0s-port-to-nobody",
+        status_of(mine.into())
+            .is_some_and(|x| (x.state, x.remote_domid) == (EVTCHNSTAT_UNBOUND, DOMID_INVALID)),
+        format_args!("{:?}", status_of(mine.into())),
+    );
+    s.expect("close-dom0s-port", call(Op::EvtchnClose as u64, [mine.into(), 0, 0, 0, 0]), 0);
+}
+
+/// `rounds` rounds of two `evtchn` domUs storming each other with `sends` events each: both
+/// must finish with every send accepted and at least one upcall taken; destroying them must
+/// return every frame.
+fn evtchn_storms(s: &mut Suite, image: Option<&[u8]>, rounds: u32, sends: u64) {
+    let before = free_bytes();
+    let hv = guest_rt::hv();
+    for r in 0..rounds {
+        let b = build_domu(image, "evtchn-b", &name(format_args!("role=storm sends={sends}")));
+        let a = b.and_then(|b| {
+            build_domu(image, "evtchn-a", &name(format_args!("role=storm peer={b} sends={sends}")))
+        });
+        let (Some(a), Some(b)) = (a, b) else {
+            s.check(&name(format_args!("storm-{r}-built")), false, format_args!("{a:?} {b:?}"));
+            break;
+        };
+        let _ = (hv.domain_unpause(b), hv.domain_unpause(a));
+        let infos = watch([a, b], |d, line| {
+            if line.starts_with(b"evtchn-storm:") {
+                println!("d{d} {}", core::str::from_utf8(line).unwrap_or("?"));
+            }
+        });
+        let clean = infos.is_some_and(|is| {
+            is.iter().all(|i| i.state == DomainState::Shutdown as u32 && i.shutdown_status == 0)
+        });
+        s.check(&name(format_args!("storm-{r}-both-clean")), clean, format_args!("{infos:?}"));
+        let _ = (hv.domain_destroy(a), hv.domain_destroy(b));
+        let after = free_bytes();
+        s.check(
+            &name(format_args!("storm-{r}-returns-every-frame")),
+            after == before,
+            format_args!("{before} -> {after}"),
+        );
+    }
+}
+
 fn ring3(s: &mut Suite) {
     arch::setup_ring3();
     let insn = guest_rt::hv().insn;
@@ -657,6 +1015,13 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
         Op::IoreqNext,
         Op::IoreqComplete,
         Op::IrqLevel,
+        Op::EvtchnAllocUnbound,
+        Op::EvtchnBindInterdomain,
+        Op::EvtchnBindVirq,
+        Op::EvtchnSend,
+        Op::EvtchnClose,
+        Op::EvtchnStatus,
+        Op::EvtchnSetCallback,
     ];
     let mut owned: heapless::Vec<u64, 16> = heapless::Vec::new();
     for i in 0..calls {
@@ -723,8 +1088,13 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64) {
             owned.retain(|&d| d != target);
         }
     }
-    // Clean up everything the storm created, and give dom0 its default cap back.
+    // Clean up everything the storm created, and give dom0 its default cap back, its ports
+    // closed and its event-channel page back where it was (the storm may have moved it).
     let _ = call(Op::MmuPagesSet as u64, [0, 0, 0, 0, 0]);
+    for p in 1..EVTCHN_PORTS {
+        let _ = call(Op::EvtchnClose as u64, [p.into(), 0, 0, 0, 0]);
+    }
+    let _ = upcall::register(0);
     let mut all = [DomainInfo::new_zeroed(); MAX_DOMAINS as usize];
     if let Ok(n) = guest_rt::hv().domain_list(&mut all) {
         for i in &all[..(n as usize).min(all.len())] {
@@ -757,6 +1127,10 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     let storm_image = boot.module_named("storm").map(|m| m.0);
     let platform_image = boot.module_named("platform").map(|m| m.0);
     let hostile_image = boot.module_named("hostile").map(|m| m.0);
+    let evtchn_image = boot.module_named("evtchn").map(|m| m.0);
+    let evtchn_rounds: u32 = boot.option("evtchn-rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let evtchn_sends: u64 =
+        boot.option("evtchn-sends").and_then(|v| v.parse().ok()).unwrap_or(1000);
     // Timer rates are exact only where time counts instructions (Bochs).
     let platform_args = if boot.option("strict").is_some() { "strict=1" } else { "" };
     let seed = boot
@@ -775,7 +1149,10 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
 
     let mut total = Suite::new("total");
     total.absorb(s.passed, s.failed);
-    match run_domu(domu_image, "conform-domu", 4, "") {
+    let mut e = Suite::new("evtchn");
+    let ports = evtchn(&mut e, &boot);
+    let domu_args = name(format_args!("foreign={}", ports.foreign));
+    match run_domu(domu_image, "conform-domu", 4, &domu_args) {
         // microhv rate-limits a domU's lines in its log: repeat the failures from the ring.
         Some((text, info)) => match parse_verdict(&text) {
             Some((p, f)) => {
@@ -806,6 +1183,16 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
             );
         }
     }
+
+    e.check(
+        "virq-con-ring-on-domu-console",
+        upcall::take_pending(ports.con),
+        format_args!("not pending"),
+    );
+    evtchn_wake(&mut e, evtchn_image, &ports);
+    evtchn_storms(&mut e, evtchn_image, evtchn_rounds, evtchn_sends);
+    e.verdict();
+    total.absorb(e.passed, e.failed);
 
     let mut p = Suite::new("platform");
     platform(&mut p, platform_image, hostile_image, platform_args);

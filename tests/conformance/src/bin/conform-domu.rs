@@ -1,7 +1,9 @@
 //! Conformance from an unprivileged domU: the guest operations with their errors and
 //! boundaries, the privilege sweep (every dom0-only operation → EPERM), unknown numbers →
-//! ENOSYS, a hypercall from ring 3 → EPERM. Its console ends with the verdict line; it then
-//! shuts down with the number of failed cases as its status.
+//! ENOSYS, a hypercall from ring 3 → EPERM, and the event-channel operations from a domU (a
+//! loopback pair polled through its page, each error, the table filled to ENOSPC, the VIRQs
+//! and a port dom0 offered someone else (`foreign=N`) → EPERM). Its console ends with the
+//! verdict line; it then shuts down with the number of failed cases as its status.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -12,7 +14,8 @@ rt::hosted_main!();
 use abi::Errno::*;
 use abi::Op;
 use abi::hypercall::*;
-use conformance::{Suite, arch, call};
+use abi::types::*;
+use conformance::{Suite, arch, call, upcall};
 
 rt::pvh_note!();
 
@@ -75,6 +78,9 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         s.expect_err(&name, call(n, [0; 5]), ENOSYS);
     }
 
+    let foreign = boot.option("foreign").and_then(|v| v.parse().ok()).unwrap_or(0);
+    evtchn(&mut s, boot.ram_end(), foreign);
+
     arch::setup_ring3();
     for op in [Op::Version, Op::ConsoleWrite, Op::Shutdown, Op::DomainCreate] {
         let mut name: heapless::String<48> = heapless::String::new();
@@ -103,4 +109,118 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
 
     s.verdict();
     guest_rt::exit(s.failed)
+}
+
+/// Event channels from a domU: every operation's errors, a loopback pair whose events are
+/// polled in the page, the table filled, the VIRQs refused, dom0's `foreign` port (offered to
+/// another domain) refused.
+fn evtchn(s: &mut Suite, ram_end: u64, foreign: u64) {
+    let me = u64::from(guest_rt::hv().domid);
+    let page = upcall::page_addr();
+    let cb = Op::EvtchnSetCallback as u64;
+    for (case, vector, gpa, e) in [
+        ("evtchn-callback-vector-0x1f", 0x1f, page, EINVAL),
+        ("evtchn-callback-vector-0x100", 0x100, page, EINVAL),
+        ("evtchn-callback-misaligned", 0, page + 8, EINVAL),
+        ("evtchn-callback-past-ram", 0, ram_end, EFAULT),
+        ("evtchn-callback-apic-page", 0, 0xfee0_0000, EFAULT),
+        ("evtchn-callback-overflowing", 0, !0xfff, EFAULT),
+    ] {
+        s.expect_err(case, call(cb, [vector, gpa, 0, 0, 0]), e);
+    }
+    s.expect("evtchn-callback-polled", call(cb, [0, page, 0, 0, 0]), 0);
+    let (alloc, bind) = (Op::EvtchnAllocUnbound as u64, Op::EvtchnBindInterdomain as u64);
+    let (send, close) = (Op::EvtchnSend as u64, Op::EvtchnClose as u64);
+    let (status, virq) = (Op::EvtchnStatus as u64, Op::EvtchnBindVirq as u64);
+    s.expect_err("evtchn-alloc-missing-domain", call(alloc, [99, 0, 0, 0, 0]), ESRCH);
+    s.expect_err(
+        "evtchn-alloc-domid-invalid",
+        call(alloc, [DOMID_INVALID.into(), 0, 0, 0, 0]),
+        ESRCH,
+    );
+    s.expect_err("evtchn-bind-foreign-port", call(bind, [0, foreign, 0, 0, 0]), EPERM);
+    s.expect_err("evtchn-bind-missing-domain", call(bind, [99, 1, 0, 0, 0]), ESRCH);
+    s.expect_err("evtchn-bind-virq-dom-exc", call(virq, [VIRQ_DOM_EXC.into(), 0, 0, 0, 0]), EPERM);
+    s.expect_err(
+        "evtchn-bind-virq-con-ring",
+        call(virq, [VIRQ_CON_RING.into(), 0, 0, 0, 0]),
+        EPERM,
+    );
+    s.expect_err("evtchn-bind-virq-timer", call(virq, [0, 0, 0, 0, 0]), EINVAL);
+    for (op, name) in [(send, "send"), (close, "close"), (status, "status")] {
+        // Port 9 is valid but free: nothing to send on or close (its status is "closed").
+        let free = if op == status { None } else { Some(9) };
+        for port in [0, u64::from(EVTCHN_PORTS), u64::MAX].into_iter().chain(free) {
+            let mut case: heapless::String<48> = heapless::String::new();
+            let _ = core::fmt::write(&mut case, format_args!("evtchn-{name}-port-{port:#x}"));
+            let st = [0u64; 2];
+            s.expect_err(&case, call(op, [port, st.as_ptr() as u64, 0, 0, 0]), EINVAL);
+        }
+    }
+    // A loopback pair: each end's event shows in the other's pending bit.
+    let p = call(alloc, [me, 0, 0, 0, 0]);
+    s.expect("evtchn-alloc-for-itself", p, 1);
+    s.expect_err("evtchn-bind-own-free-port", call(bind, [me, 2, 0, 0, 0]), EINVAL);
+    let q = call(bind, [me, 1, 0, 0, 0]);
+    s.expect("evtchn-bind-loopback", q, 2);
+    s.expect_err("evtchn-bind-bound-port", call(bind, [me, 1, 0, 0, 0]), EINVAL);
+    let st = |port: u64| -> Option<EvtchnStatus> {
+        let mut out = [0u64; 2];
+        let r = call(status, [port, out.as_mut_ptr() as u64, 0, 0, 0]);
+        (r == 0).then(|| zerocopy::transmute!(out))
+    };
+    s.check(
+        "evtchn-status-free-port",
+        st(9).is_some_and(|x| x.state == EVTCHNSTAT_CLOSED),
+        format_args!("{:?}", st(9)),
+    );
+    s.check(
+        "evtchn-status-loopback",
+        st(1).is_some_and(|x| {
+            (x.state, x.remote_domid, x.remote_port) == (EVTCHNSTAT_INTERDOMAIN, me as u32, 2)
+        }) && st(2).is_some_and(|x| (x.state, x.remote_port) == (EVTCHNSTAT_INTERDOMAIN, 1)),
+        format_args!("{:?} {:?}", st(1), st(2)),
+    );
+    let unaligned = [0u64; 3];
+    s.expect_err(
+        "evtchn-status-misaligned",
+        call(status, [1, unaligned.as_ptr() as u64 + 4, 0, 0, 0]),
+        EINVAL,
+    );
+    s.expect_err("evtchn-status-past-ram", call(status, [1, ram_end - 8, 0, 0, 0]), EFAULT);
+    s.expect("evtchn-send-2", call(send, [2, 0, 0, 0, 0]), 0);
+    s.check(
+        "evtchn-send-2-marks-1",
+        upcall::take_pending(1) && !upcall::is_pending(2),
+        format_args!(
+            "pending {:#x}",
+            upcall::PAGE.pending[0].load(core::sync::atomic::Ordering::SeqCst)
+        ),
+    );
+    s.expect("evtchn-send-1", call(send, [1, 0, 0, 0, 0]), 0);
+    s.check("evtchn-send-1-marks-2", upcall::is_pending(2), format_args!("not pending"));
+    s.expect("evtchn-close-1", call(close, [1, 0, 0, 0, 0]), 0);
+    s.check(
+        "evtchn-close-leaves-the-peer-unbound",
+        st(2).is_some_and(|x| (x.state, x.remote_domid) == (EVTCHNSTAT_UNBOUND, me as u32)),
+        format_args!("{:?}", st(2)),
+    );
+    s.expect("evtchn-send-on-unbound-is-dropped", call(send, [2, 0, 0, 0, 0]), 0);
+    s.check("evtchn-dropped-marks-nothing", !upcall::is_pending(1), format_args!("port 1 pending"));
+    s.expect_err("evtchn-close-twice", call(close, [1, 0, 0, 0, 0]), EINVAL);
+    s.expect("evtchn-close-2", call(close, [2, 0, 0, 0, 0]), 0);
+    s.check("evtchn-close-clears-pending", !upcall::is_pending(2), format_args!("port 2 pending"));
+    // The table: EVTCHN_PORTS - 1 ports, then ENOSPC; closing makes room again.
+    let mut n = 0;
+    let last = loop {
+        let r = call(alloc, [0, 0, 0, 0, 0]);
+        if r < 0 || n > EVTCHN_PORTS {
+            break r;
+        }
+        n += 1;
+    };
+    s.expect_err("evtchn-alloc-table-full", last, ENOSPC);
+    s.expect("evtchn-table-holds-ports", i64::from(n), i64::from(EVTCHN_PORTS - 1));
+    let closed = (1..EVTCHN_PORTS).filter(|&p| call(close, [p.into(), 0, 0, 0, 0]) == 0).count();
+    s.expect("evtchn-close-all", closed as i64, i64::from(EVTCHN_PORTS - 1));
 }
