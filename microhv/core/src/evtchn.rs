@@ -114,12 +114,13 @@ impl EventChannels {
     }
 
     /// `EvtchnBindInterdomain`: a port of `d` bound to `remote`'s port `rport`, which must be
-    /// unbound (`EINVAL`) and offered to `d` (`EPERM`). `d` may be `remote` (a loopback pair).
+    /// unbound and offered to `d` (`EINVAL` otherwise, whatever the port's state: as Xen, so
+    /// that a domain learns nothing of what others offered). `d` may be `remote` (a loopback
+    /// pair).
     pub fn bind_interdomain(&mut self, d: usize, remote: usize, rport: u64) -> Result<u64, Errno> {
         let rp = port(rport)?;
         match self.tables[remote].ports[rp] {
             Port::Unbound(r) if usize::from(r) == d => {}
-            Port::Unbound(_) => return Err(Errno::EPERM),
             _ => return Err(Errno::EINVAL),
         }
         let p = self.tables[d].free_port()?;
@@ -228,7 +229,7 @@ mod tests {
         let mut e = EventChannels::new();
         let p = e.alloc_unbound(1, 2).expect("alloc");
         assert_eq!(p, 1, "port 0 is never allocated");
-        assert_eq!(e.bind_interdomain(0, 1, p), Err(Errno::EPERM), "offered to domain 2 only");
+        assert_eq!(e.bind_interdomain(0, 1, p), Err(Errno::EINVAL), "offered to domain 2 only");
         assert_eq!(e.bind_interdomain(2, 1, 0), Err(Errno::EINVAL));
         assert_eq!(e.bind_interdomain(2, 1, 5), Err(Errno::EINVAL), "a free port");
         assert_eq!(e.send(1, p), Ok(None), "nobody bound yet: dropped");
@@ -300,7 +301,7 @@ mod tests {
         let gone = Port::Unbound(DOMID_INVALID as u16);
         assert_eq!(e.status(0, a), Ok(gone));
         assert_eq!(e.status(0, offered), Ok(gone));
-        assert_eq!(e.bind_interdomain(1, 0, offered), Err(Errno::EPERM), "the new domain 1");
+        assert_eq!(e.bind_interdomain(1, 0, offered), Err(Errno::EINVAL), "the new domain 1");
         assert!((1..EVTCHN_PORTS as u64).all(|p| e.status(1, p) == Ok(Port::Free)));
         assert_eq!((e.tables[1].callback, e.tables[1].held), (None, 0));
     }
@@ -426,7 +427,6 @@ mod tests {
                                     m.ports.insert((r, rp), M::Bound(d, p as usize));
                                 })
                             }
-                            Some((_, Some(M::Offered(_)))) => Err(Errno::EPERM),
                             _ => Err(Errno::EINVAL),
                         };
                         prop_assert_eq!(e.bind_interdomain(d, r, rp), want);

@@ -94,6 +94,8 @@ pub struct FakeBackend {
     pub live: usize,
     /// Runs performed, per (domid, vCPU).
     pub runs: HashMap<(u32, u32), u64>,
+    /// The domain of every run, in order.
+    pub order: Vec<u32>,
     /// A fake clock, advanced by every run.
     pub clock: std::cell::Cell<u64>,
     /// Port I/O exits produced, per (domid, vCPU).
@@ -176,6 +178,7 @@ impl Backend for FakeBackend {
     ) -> ExitInfo {
         let key = (v.cfg.domid, v.cfg.index);
         *self.runs.entry(key).or_default() += 1;
+        self.order.push(key.0);
         self.last_run = Some(key);
         v.pending_irq = None;
         self.clock.set(self.clock.get() + 1000);

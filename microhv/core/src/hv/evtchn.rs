@@ -65,8 +65,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// An event on port `p` of domain `d`: its pending bit is set (held in microhv while the
-    /// domain has no page) and, if it was clear and the port is unmasked, the upcall vector is
-    /// raised on vCPU 0.
+    /// domain has no page, and written with the next event once it has one again) and, if a
+    /// bit became set on an unmasked port, the upcall vector is raised on vCPU 0.
     pub(crate) fn evtchn_raise(&mut self, d: usize, p: usize) {
         let bit = 1u64 << p;
         let Some((vector, hpa)) = self.evtchn_page(d) else {
@@ -74,11 +74,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             return;
         };
         let pending = self.mem.read_u64(hpa);
-        if pending & bit != 0 {
+        let new = (bit | core::mem::take(&mut self.evtchn.tables[d].held)) & !pending;
+        if new == 0 {
             return;
         }
-        self.mem.write_u64(hpa, pending | bit);
-        if vector == 0 || self.mem.read_u64(hpa + MASK) & bit != 0 {
+        self.mem.write_u64(hpa, pending | new);
+        if vector == 0 || new & !self.mem.read_u64(hpa + MASK) == 0 {
             return;
         }
         if let Some(pl) = self.domains[d].platform.as_mut() {

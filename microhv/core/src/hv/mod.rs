@@ -124,6 +124,10 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     slice_len: u64,
     /// A halted vCPU an interrupt woke, to run next (see `run.rs`, `woken`).
     boost: Option<(usize, usize)>,
+    /// The running slice is a boost's.
+    boosting: bool,
+    /// The last vCPU picked in turn, where round-robin resumes after a boost.
+    in_turn: (usize, usize),
     /// The running vCPU asked to give up the CPU.
     yielded: bool,
     /// The last `IoReq::token` given out.
@@ -158,6 +162,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             slice_start: 0,
             slice_len: VCPU_SLICE,
             boost: None,
+            boosting: false,
+            in_turn: (0, 0),
             yielded: false,
             ioreq_seq: 0,
             detour: None,

@@ -94,14 +94,17 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 // Buffered log output moves on at every scheduling decision (at least once a
                 // slice), off the exit fast path.
                 log::logger().flush();
-                let boosted = boost.filter(|&b| self.can_run(b, now));
+                // A boost never follows a boost, and round-robin resumes after the vCPU last
+                // picked in turn: vCPUs that wake each other and halt (IPIs, events) cannot
+                // hand the CPU back and forth for ever while the others wait.
+                let boosted = boost.filter(|&b| !self.boosting && self.can_run(b, now));
                 self.boost = None;
                 self.slice_len = if boosted.is_some() { BOOST_QUANTUM } else { VCPU_SLICE };
                 // Back from a detour to dom0 (`ioreq.rs`): the vCPU that took it carries on with
                 // what is left of its slice; once that is used, round-robin resumes after it (so
                 // a guest that keeps dom0 busy cannot keep the CPU).
                 let home = if boosted.is_none() { self.detour.take() } else { None };
-                let mut after = self.cursor;
+                let mut after = if self.boosting { self.in_turn } else { self.cursor };
                 if let Some((at, start, len)) = home {
                     if self.can_run(at, now) && now.wrapping_sub(start) < len - SLICE_SLACK {
                         self.switch_to(at, start, len);
@@ -122,6 +125,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 // dom0 polls rather than halts: its yield with nobody else to run is idle time.
                 if self.yielded && next == self.cursor {
                     self.scrub_idle();
+                }
+                self.boosting = boosted.is_some();
+                if !self.boosting {
+                    self.in_turn = next;
                 }
                 self.switch_to(next, now, self.slice_len);
                 next

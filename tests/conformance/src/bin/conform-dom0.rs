@@ -542,7 +542,7 @@ struct Dom0Ports {
     exc: u32,
     /// Bound to `VIRQ_CON_RING`.
     con: u32,
-    /// Offered to dom0 itself: any other domain binding it gets `EPERM`.
+    /// Offered to dom0 itself: any other domain binding it gets `EINVAL`.
     foreign: u32,
 }
 
@@ -687,7 +687,7 @@ fn evtchn(s: &mut Suite, boot: &Boot) -> Dom0Ports {
     let t = throwaway("evt-t");
     let offered = call(alloc, [t, 0, 0, 0, 0]);
     s.expect("alloc-unbound-for-a-domu", offered, 4);
-    s.expect_err("bind-port-offered-to-another", call(bind, [0, 4, 0, 0, 0]), EPERM);
+    s.expect_err("bind-port-offered-to-another", call(bind, [0, 4, 0, 0, 0]), EINVAL);
     upcall::take_pending(exc);
     s.expect("shutdown-a-domu", call(Op::DomainShutdown as u64, [t, 0, 0, 0, 0]), 0);
     s.check("virq-dom-exc-on-shutdown", upcall::take_pending(exc), format_args!("not pending"));
