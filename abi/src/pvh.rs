@@ -3,6 +3,9 @@
 //! holding the guest-physical address of a [`StartInfo`].
 
 use core::mem::{offset_of, size_of};
+use elf::abi::{EM_386, EM_X86_64, PT_LOAD, PT_NOTE};
+use elf::note::{Note, NoteIterator};
+use elf::{ElfBytes, endian::LittleEndian, file::FileHeader, segment::ProgramHeader};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `StartInfo::magic`.
@@ -117,10 +120,11 @@ pub enum ImageError {
     TooManySegments,
 }
 
-/// A parsed ELF image: where its bytes go and where it starts.
-#[derive(Debug, Clone)]
-pub struct Image<'a> {
-    bytes: &'a [u8],
+/// A parsed ELF image: where its bytes go and where it starts, with (`B`) its bytes if it was
+/// parsed in memory ([`Image::parse`]; dom0 parses files on its disk at offsets, `B = ()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image<B = ()> {
+    bytes: B,
     /// The 32-bit entry point from the PVH note, if the image has one.
     pub pvh_entry: Option<u32>,
     /// The ELF header's entry point.
@@ -129,57 +133,54 @@ pub struct Image<'a> {
     pub segments: heapless::Vec<Segment, MAX_SEGMENTS>,
 }
 
-impl<'a> Image<'a> {
-    /// Parses an x86 ELF executable and its PVH entry note, if any. Every size and offset is
-    /// checked, so the result can be loaded without further validation of the file.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
-        use elf::ElfBytes;
-        use elf::abi::{EM_386, EM_X86_64, PT_LOAD, PT_NOTE};
-        use elf::endian::LittleEndian;
-        use elf::note::Note;
-
-        let file =
-            ElfBytes::<LittleEndian>::minimal_parse(bytes).map_err(|_| ImageError::NotElf)?;
-        if !matches!(file.ehdr.e_machine, EM_X86_64 | EM_386) {
+impl<B> Image<B> {
+    /// The image whose ELF header is `ehdr` (checked as `elf::ElfBytes::minimal_parse` checks
+    /// it), before its program headers are [added](Image::add): an x86 executable's, or
+    /// [`ImageError::WrongMachine`]. `bytes` are its bytes if they are in memory, else `()`.
+    pub fn new(bytes: B, ehdr: &FileHeader<LittleEndian>) -> Result<Self, ImageError> {
+        if !matches!(ehdr.e_machine, EM_X86_64 | EM_386) {
             return Err(ImageError::WrongMachine);
         }
-        let phdrs = file.segments().ok_or(ImageError::NotElf)?;
-        let mut entry = None;
-        let mut segments = heapless::Vec::new();
-        for ph in phdrs.iter() {
-            match ph.p_type {
-                PT_LOAD if ph.p_memsz > 0 => {
-                    let offset =
-                        usize::try_from(ph.p_offset).map_err(|_| ImageError::BadSegment)?;
-                    let filesz =
-                        usize::try_from(ph.p_filesz).map_err(|_| ImageError::BadSegment)?;
-                    let in_file = offset.checked_add(filesz).is_some_and(|e| e <= bytes.len());
-                    let fits =
-                        ph.p_filesz <= ph.p_memsz && ph.p_paddr.checked_add(ph.p_memsz).is_some();
-                    if !in_file || !fits {
-                        return Err(ImageError::BadSegment);
-                    }
-                    segments
-                        .push(Segment { paddr: ph.p_paddr, offset, filesz, memsz: ph.p_memsz })
-                        .map_err(|_| ImageError::TooManySegments)?;
+        Ok(Self { bytes, pvh_entry: None, elf_entry: ehdr.e_entry, segments: heapless::Vec::new() })
+    }
+
+    /// Takes in a program header `p` of an image of `size` bytes: a loadable segment, once its
+    /// file range is checked to lie in the image and its memory range not to overflow (so it can
+    /// be loaded without further validation), or the Xen `PHYS32_ENTRY` note among a note
+    /// segment's `notes` (the last one found is the entry; `notes` is called only for a note
+    /// segment, since dom0 reads them from its disk).
+    pub fn add<'d>(
+        &mut self,
+        p: &ProgramHeader,
+        size: u64,
+        notes: impl FnOnce() -> Result<NoteIterator<'d, LittleEndian>, ImageError>,
+    ) -> Result<(), ImageError> {
+        match p.p_type {
+            PT_LOAD if p.p_memsz > 0 => {
+                let offset = usize::try_from(p.p_offset).map_err(|_| ImageError::BadSegment)?;
+                let filesz = usize::try_from(p.p_filesz).map_err(|_| ImageError::BadSegment)?;
+                let in_file = p.p_offset.checked_add(p.p_filesz).is_some_and(|e| e <= size);
+                let fits = p.p_filesz <= p.p_memsz && p.p_paddr.checked_add(p.p_memsz).is_some();
+                if !in_file || !fits {
+                    return Err(ImageError::BadSegment);
                 }
-                PT_NOTE => {
-                    let notes = file.segment_data_as_notes(&ph).map_err(|_| ImageError::NotElf)?;
-                    for n in notes {
-                        if let Note::Unknown(any) = n
-                            && any.n_type == u64::from(XEN_ELFNOTE_PHYS32_ENTRY)
-                            && any.name_str().is_ok_and(|n| n == "Xen")
-                            && any.desc.len() >= 4
-                        {
-                            let d = [any.desc[0], any.desc[1], any.desc[2], any.desc[3]];
-                            entry = Some(u32::from_le_bytes(d));
-                        }
-                    }
-                }
-                _ => {}
+                let s = Segment { paddr: p.p_paddr, offset, filesz, memsz: p.p_memsz };
+                self.segments.push(s).map_err(|_| ImageError::TooManySegments)?;
             }
+            PT_NOTE => {
+                for n in notes()? {
+                    if let Note::Unknown(any) = n
+                        && any.n_type == u64::from(XEN_ELFNOTE_PHYS32_ENTRY)
+                        && any.name_str().is_ok_and(|n| n == "Xen")
+                        && let [a, b, c, d, ..] = *any.desc
+                    {
+                        self.pvh_entry = Some(u32::from_le_bytes([a, b, c, d]));
+                    }
+                }
+            }
+            _ => {}
         }
-        Ok(Self { bytes, pvh_entry: entry, elf_entry: file.ehdr.e_entry, segments })
+        Ok(())
     }
 
     /// The PVH entry point, or [`ImageError::NoPvhEntry`].
@@ -187,22 +188,32 @@ impl<'a> Image<'a> {
         self.pvh_entry.ok_or(ImageError::NoPvhEntry)
     }
 
-    /// The file bytes of a segment.
-    pub fn data(&self, s: &Segment) -> &'a [u8] {
-        // `parse` checked the range.
-        &self.bytes[self.data_range(s)]
-    }
-
-    /// Where a segment's bytes lie in the file.
-    pub fn data_range(&self, s: &Segment) -> core::ops::Range<usize> {
-        s.offset..s.offset + s.filesz
-    }
-
     /// The lowest and one-past-highest guest-physical address the segments occupy.
     pub fn span(&self) -> (u64, u64) {
         let lo = self.segments.iter().map(|s| s.paddr).min().unwrap_or(0);
         let hi = self.segments.iter().map(Segment::end).max().unwrap_or(0);
         (lo, hi)
+    }
+}
+
+impl<'a> Image<&'a [u8]> {
+    /// Parses an x86 ELF executable in memory and its PVH entry note, if any. Every size and
+    /// offset is checked, so the result can be loaded without further validation of the file.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
+        let file =
+            ElfBytes::<LittleEndian>::minimal_parse(bytes).map_err(|_| ImageError::NotElf)?;
+        let mut image = Self::new(bytes, &file.ehdr)?;
+        for p in file.segments().ok_or(ImageError::NotElf)?.iter() {
+            let notes = || file.segment_data_as_notes(&p).map_err(|_| ImageError::NotElf);
+            image.add(&p, bytes.len() as u64, notes)?;
+        }
+        Ok(image)
+    }
+
+    /// The file bytes of a segment.
+    pub fn data(&self, s: &Segment) -> &'a [u8] {
+        // `add` checked the range.
+        &self.bytes[s.offset..s.offset + s.filesz]
     }
 }
 
@@ -257,7 +268,6 @@ pub fn build_start_page(
     modules: &[ModuleDesc<'_>],
     rsdp_paddr: u64,
 ) -> Result<[u8; 4096], StartPageError> {
-    use zerocopy::IntoBytes;
     let mut page = [0u8; 4096];
     let memmap = memmap(mem_bytes);
     if modules.len() > MAX_MODULES {
@@ -287,10 +297,7 @@ pub fn build_start_page(
         let at = modlist_off + i * size_of::<ModlistEntry>();
         page[at..at + size_of::<ModlistEntry>()].copy_from_slice(e.as_bytes());
     }
-    for (i, e) in memmap.iter().enumerate() {
-        let at = memmap_off + i * size_of::<MemmapEntry>();
-        page[at..at + size_of::<MemmapEntry>()].copy_from_slice(e.as_bytes());
-    }
+    page[memmap_off..modlist_off].copy_from_slice(memmap.as_bytes());
     let info = StartInfo {
         magic: START_INFO_MAGIC,
         version: 1,

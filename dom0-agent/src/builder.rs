@@ -14,7 +14,7 @@
 //! disk. The builder reads only the headers it needs and copies each loadable segment into the
 //! domain in chunks of at most `MEM_WRITE_MAX` bytes, so an image need not fit in dom0's memory.
 
-use crate::image::{self, Elf, SCRATCH_MIN, Source};
+use crate::image::{self, SCRATCH_MIN, Source};
 use crate::multiboot;
 use abi::Errno;
 use abi::hypercall::MEM_WRITE_MAX;
@@ -182,7 +182,7 @@ pub fn plan_source(
     }
     let (head_buf, table_buf) = scratch.split_at_mut(scratch.len().min(image::HEAD_BYTES));
     let head = image::head(src, head_buf).map_err(|e| BuildError::Read(None, e))?;
-    let elf = Elf::parse(src, head, table_buf);
+    let elf = image::parse(src, head, table_buf);
     let plan = match (&elf, multiboot::Header::find(head)) {
         (Ok(e), _) if e.pvh_entry.is_some() => Plan {
             format: Format::Pvh,
@@ -370,6 +370,7 @@ fn copy<H: Hypercalls>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::tests::FileLike;
     use abi::pvh::ModuleDesc;
     use core::cell::RefCell;
     use std::vec::Vec;
@@ -586,37 +587,6 @@ mod tests {
         let r = build(&f, &spec(4 << 20), &mb_image(0x2000));
         assert_eq!(r, Err(BuildError::Hypercall("load", Errno::EFAULT)));
         assert!(*f.destroyed.borrow());
-    }
-
-    /// An image that is not in memory: read only through `read_at`, every read recorded, and
-    /// the byte at `fail_at` unreadable.
-    struct FileLike {
-        bytes: Vec<u8>,
-        reads: RefCell<Vec<(u64, usize)>>,
-        fail_at: Option<u64>,
-    }
-
-    impl FileLike {
-        fn new(bytes: Vec<u8>) -> Self {
-            Self { bytes, reads: RefCell::default(), fail_at: None }
-        }
-        fn bytes_read(&self) -> usize {
-            self.reads.borrow().iter().map(|r| r.1).sum()
-        }
-    }
-
-    impl Source for FileLike {
-        fn size(&self) -> u64 {
-            self.bytes.len() as u64
-        }
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-            self.reads.borrow_mut().push((offset, buf.len()));
-            let end = offset + buf.len() as u64;
-            if self.fail_at.is_some_and(|f| (offset..end).contains(&f)) {
-                return Err(DiskError::Device { status: 0x41, error: 0x40 });
-            }
-            (&self.bytes[..]).read_at(offset, buf)
-        }
     }
 
     /// A PVH image whose note segment lies after `tail` bytes past its code, far from the

@@ -66,8 +66,8 @@ pub fn kit() -> Result<Kit> {
 }
 
 /// Prints the kit's files, their sizes, the kernel release, the PVH entry point and what the
-/// ABI's ELF parser (`abi::pvh::Image`, which dom0's builder mirrors in
-/// `dom0-agent/src/image.rs` to read only a file's headers) makes of the kernel.
+/// ABI's ELF parser (`abi::pvh::Image`, whose rules dom0's builder applies too, reading only a
+/// file's headers in `dom0-agent/src/image.rs`) makes of the kernel.
 pub fn report(kit: &Kit) -> Result<()> {
     let vmlinux = fs::read(&kit.vmlinux)?;
     let entry = pvh_entry(&vmlinux)?;
