@@ -112,7 +112,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     }
                     after = at;
                 }
-                let next = boosted.or_else(|| self.pick_where(after, now, |_, _| true));
+                // The vCPU whose boost just ended goes last: it had its extra turn.
+                let ended = self.boosting.then_some(self.cursor);
+                let next = boosted
+                    .or_else(|| self.pick_where(after, now, |_, dv| Some(dv) != ended))
+                    .or_else(|| self.pick_where(after, now, |_, _| true));
                 let Some(next) = next else {
                     if !self.domains[DOMID_DOM0 as usize].exists() {
                         return Stop::new(StopStatus::Dom0Failed, format_args!("dom0 is gone"));
