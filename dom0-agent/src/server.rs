@@ -581,15 +581,7 @@ fn create_from_disk<'r, H: Control>(
         .zip(module_paths)
         .map(|(&slot, p)| builder::Module { data: source(slot), cmdline: file_name(p) })
         .collect();
-    let spec = DomainSpec {
-        name: config.name,
-        mem_bytes: config.mem_bytes,
-        vcpus: config.vcpus,
-        mmu_pages: config.mmu_pages,
-        flags: config.flags,
-        cmdline: config.cmdline,
-        modules: &modules,
-    };
+    let spec = spec_of(config, &modules);
     let built = builder::build_from(ctx.hv, &spec, &image, st.scratch);
     if let Err(BuildError::Read(which, e)) = built {
         let path = which.and_then(|i| module_paths.get(i)).copied().unwrap_or(kernel);
@@ -751,16 +743,20 @@ fn create<'r, H: Control>(
             return Resp::Error(Error::BadRequest { reason: "too many modules" });
         }
     }
-    let spec = DomainSpec {
+    finish(ctx.hv, reason, builder::build(ctx.hv, &spec_of(config, &modules), image), start)
+}
+
+/// What the builder needs of a request's domain configuration, with the kernel's modules.
+fn spec_of<'a>(config: &DomainConfig<'a>, modules: &'a [builder::Module<'a>]) -> DomainSpec<'a> {
+    DomainSpec {
         name: config.name,
         mem_bytes: config.mem_bytes,
         vcpus: config.vcpus,
         mmu_pages: config.mmu_pages,
         flags: config.flags,
         cmdline: config.cmdline,
-        modules: &modules,
-    };
-    finish(ctx.hv, reason, builder::build(ctx.hv, &spec, image), start)
+        modules,
+    }
 }
 
 /// The response to a build: the new domain, started if asked, or why there is none.
