@@ -207,8 +207,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     (false, false) => "read",
                 };
                 // Read-only: dom0's boot-module windows and read-only grant mappings.
-                let place = if o == FaultOutcome::ReadOnly { "read-only" } else { "outside its" };
-                log::warn!("d{d}v{v}: {what} access to guest-physical {gpa:#x}: {place} memory");
+                let place =
+                    if o == FaultOutcome::ReadOnly { "in read-only" } else { "outside its" };
+                log::warn!("d{d}v{v}: {what} access to guest-physical {gpa:#x} {place} memory");
                 self.crash(d, v, CrashReason::OutsideMemory, Some(info))
             }
             Err(e) => {
