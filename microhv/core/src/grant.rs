@@ -67,10 +67,16 @@ pub struct Table {
     pub entries: [Option<Grant>; GRANT_ENTRIES],
     /// Entry `i` describes MMU slot `MODULE_SLOT_BASE + i`.
     pub maps: [Map; GRANT_MAPS],
+    /// Domains (a bit each) this one has granted a page to since it was created: a superset of
+    /// its entries' peers, hence of the tables that may map its frames, so that destroying a
+    /// domain (or shrinking it) looks only at those (a domain destroy is a budgeted figure).
+    pub granted_to: u32,
 }
+const _: () = assert!(DOMAINS <= 32, "`Table::granted_to` has a bit per domain");
 
 impl Table {
-    const EMPTY: Self = Self { entries: [None; GRANT_ENTRIES], maps: [Map::Free; GRANT_MAPS] };
+    const EMPTY: Self =
+        Self { entries: [None; GRANT_ENTRIES], maps: [Map::Free; GRANT_MAPS], granted_to: 0 };
 }
 
 /// A grant reference from a hypercall argument: `0..GRANT_ENTRIES`, else `EINVAL`.
@@ -95,13 +101,14 @@ impl Grants {
         Self { tables: [Table::EMPTY; DOMAINS] }
     }
 
-    /// `GrantSet`: entry `r` of `d`, which must be free (`EEXIST`).
+    /// `GrantSet`: entry `r` of `d`, which must be free (`EEXIST`); `grant.peer` is a domain.
     pub fn set(&mut self, d: usize, r: usize, grant: Grant) -> Result<u64, Errno> {
-        let e = &mut self.tables[d].entries[r];
-        if e.is_some() {
+        let t = &mut self.tables[d];
+        if t.entries[r].is_some() {
             return Err(Errno::EEXIST);
         }
-        *e = Some(grant);
+        t.entries[r] = Some(grant);
+        t.granted_to |= 1 << grant.peer;
         Ok(0)
     }
 
@@ -157,7 +164,7 @@ impl Grants {
     pub fn forget(&mut self, d: usize) {
         debug_assert!(self.tables[d].maps.iter().all(|&m| m == Map::Free));
         self.tables[d] = Table::EMPTY;
-        for t in &mut self.tables {
+        for t in self.tables.iter_mut().filter(|t| t.granted_to & (1 << d) != 0) {
             for g in t.entries.iter_mut().flatten().filter(|g| usize::from(g.peer) == d) {
                 g.peer = DOMID_INVALID as u16;
             }

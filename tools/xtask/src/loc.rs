@@ -17,9 +17,9 @@ use anyhow::Result;
 /// The split drivers built on them are dom0's.
 ///
 /// 12,600: #15's grant tables — the other ring-0 primitive: the grant entries and mapping
-/// records (`microhv/core/src/grant.rs`, 99 lines), their hypercalls, grant mappings as MMU
-/// slots and frame ownership when a granter or grantee goes away (`hv/grant.rs`, 111), the
-/// ABI's operations, limits and `GrantStatus`; 263 lines net (12,246 → 12,509).
+/// records (`microhv/core/src/grant.rs`, 103 lines), their hypercalls, grant mappings as MMU
+/// slots and frame ownership when a granter or grantee goes away (`hv/grant.rs`, 117), the
+/// ABI's operations, limits and `GrantStatus`; 273 lines net (12,246 → 12,519).
 pub const BUDGET: usize = 12_600;
 use std::path::{Path, PathBuf};
 

@@ -130,18 +130,24 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    /// Gives back frames `[pa, pa + n pages)` of a domain's RAM, except those a grant mapping
+    /// Gives back frames `[pa, pa + n pages)` of domain `d`'s RAM, except those a grant mapping
     /// names: each such mapping becomes an owner of its frame (`Map::Orphan`), and the last of
-    /// them frees it. Only that domain's grants can map its RAM.
-    pub(crate) fn release_ram(&mut self, pa: u64, n: u64) {
+    /// them frees it. Only `d`'s grants can map its RAM, so only the tables of domains it
+    /// granted pages to are looked at.
+    pub(crate) fn release_ram(&mut self, d: usize, pa: u64, n: u64) {
         let mut held: heapless::Vec<u64, { DOMAINS * GRANT_MAPS }> = heapless::Vec::new();
-        for (e, i) in (0..DOMAINS).flat_map(|e| (0..GRANT_MAPS).map(move |i| (e, i))) {
+        let peers = self.grants.tables[d].granted_to;
+        let maps = (0..DOMAINS).filter(|e| peers & (1 << e) != 0);
+        for (e, i) in maps.flat_map(|e| (0..GRANT_MAPS).map(move |i| (e, i))) {
             if let Some(s) =
                 self.map_slot(e, i).filter(|s| (pa..pa + n * FRAME_SIZE).contains(&s.hpa))
             {
                 self.grants.tables[e].maps[i] = Map::Orphan;
                 let _ = held.push(s.hpa);
             }
+        }
+        if held.is_empty() {
+            return free_run(&mut self.frames, pa, n);
         }
         held.sort_unstable();
         for a in (0..n).map(|f| pa + f * FRAME_SIZE) {

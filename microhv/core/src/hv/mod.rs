@@ -237,7 +237,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
         for id in 0..MAX_RAM_SLOTS {
             if let Some(s) = self.domains[d].mmu.slot(id) {
-                self.release_ram(s.hpa, s.size / FRAME_SIZE);
+                self.release_ram(d, s.hpa, s.size / FRAME_SIZE);
             }
         }
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };

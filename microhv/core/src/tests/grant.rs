@@ -645,6 +645,8 @@ impl Model {
                 match (t.maps[i], grant) {
                     (Map::Grant(g, r), Some((mg, mr))) => {
                         prop_assert_eq!((usize::from(g), u64::from(r)), (mg, mr));
+                        let peers = hv.grants.tables[mg].granted_to;
+                        prop_assert!(peers & (1 << d) != 0, "granted_to misses d{}", d);
                         let (peer, page, _) = self.entries[&(mg, mr)];
                         prop_assert_eq!(peer, d);
                         prop_assert_eq!(frame(hv, mg, page), Some(f), "the granter's frame");
@@ -675,6 +677,11 @@ impl Model {
                 let got =
                     hv.grants.tables[d].entries[r as usize].map(|g| (g.peer, g.gpa, g.readonly));
                 prop_assert_eq!(got, want, "d{} ref {}", d, r);
+                // `granted_to` is a superset of the peers named (destroy relies on it).
+                if let Some(&(peer @ 0..DOMAINS, _, _)) = self.entries.get(&(d, r)) {
+                    let peers = hv.grants.tables[d].granted_to;
+                    prop_assert!(peers & (1 << peer) != 0, "d{} granted_to misses {}", d, peer);
+                }
             }
         }
         Ok(())
