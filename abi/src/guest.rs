@@ -9,7 +9,8 @@ pub use crate::arch::Insn;
 use crate::cpuid;
 use crate::hypercall::{Op, ShutdownReason};
 use crate::types::{
-    DomainCreate, DomainInfo, DomainStats, EvtchnShared, EvtchnStatus, IoReq, PhysInfo, VcpuState,
+    DomainCreate, DomainInfo, DomainStats, EvtchnShared, EvtchnStatus, GrantStatus, IoReq,
+    PhysInfo, VcpuState,
 };
 use crate::{Errno, split_version_word};
 use core::arch::x86_64::__cpuid;
@@ -269,6 +270,69 @@ impl Hypervisor {
         page: *mut EvtchnShared,
     ) -> Result<(), Errno> {
         self.op(Op::EvtchnSetCallback, [vector.into(), page as u64, 0, 0, 0]).map(drop)
+    }
+
+    /// `GrantSet`: entry `gref` of the caller's grant table lets `peer` map or copy the page at
+    /// `page_gpa` (`GRANT_READONLY` in `flags`: only read it).
+    ///
+    /// # Safety
+    /// Unless the grant is read-only, the peer may write the page at any time until the grant
+    /// is revoked: it must hold nothing the caller relies on being left alone.
+    pub unsafe fn grant_set(
+        &self,
+        gref: u32,
+        peer: u32,
+        page_gpa: u64,
+        flags: u64,
+    ) -> Result<(), Errno> {
+        self.op(Op::GrantSet, [gref.into(), peer.into(), page_gpa, flags, 0]).map(drop)
+    }
+
+    /// `GrantRevoke`.
+    pub fn grant_revoke(&self, gref: u32) -> Result<(), Errno> {
+        self.op(Op::GrantRevoke, [gref.into(), 0, 0, 0, 0]).map(drop)
+    }
+
+    /// `GrantMap`: maps grant `gref` of `granter` at `gpa` in the grant window (outside the
+    /// caller's RAM, so no Rust object is touched).
+    pub fn grant_map(&self, granter: u32, gref: u32, gpa: u64, flags: u64) -> Result<(), Errno> {
+        self.op(Op::GrantMap, [granter.into(), gref.into(), gpa, flags, 0]).map(drop)
+    }
+
+    /// `GrantUnmap`.
+    pub fn grant_unmap(&self, gpa: u64) -> Result<(), Errno> {
+        self.op(Op::GrantUnmap, [gpa, 0, 0, 0, 0]).map(drop)
+    }
+
+    /// `GrantCopyFrom`: `dst.len()` bytes at `offset` of grant `gref` of `granter` into `dst`.
+    pub fn grant_copy_from(
+        &self,
+        granter: u32,
+        gref: u32,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<u64, Errno> {
+        let args = [granter.into(), gref.into(), offset, addr_mut(dst), dst.len() as u64];
+        self.op(Op::GrantCopyFrom, args)
+    }
+
+    /// `GrantCopyTo`: `src` to `offset` of grant `gref` of `granter`.
+    pub fn grant_copy_to(
+        &self,
+        granter: u32,
+        gref: u32,
+        offset: u64,
+        src: &[u8],
+    ) -> Result<u64, Errno> {
+        let args = [granter.into(), gref.into(), offset, addr(src), src.len() as u64];
+        self.op(Op::GrantCopyTo, args)
+    }
+
+    /// `GrantQuery`: entry `gref` of the caller's grant table.
+    pub fn grant_query(&self, gref: u32) -> Result<GrantStatus, Errno> {
+        let mut st = GrantStatus::new_zeroed();
+        self.op(Op::GrantQuery, [gref.into(), addr_mut(st.as_mut_bytes()), 0, 0, 0])?;
+        Ok(st)
     }
 
     /// `PhysInfo`.

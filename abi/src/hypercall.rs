@@ -11,7 +11,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "proto", derive(serde::Serialize, serde::Deserialize))]
 pub enum Errno {
-    /// The caller may not perform this operation (not dom0, not ring 0, or the target is dom0).
+    /// The caller may not perform this operation (not dom0, not ring 0, the target is dom0, an
+    /// event-channel port or grant offered to another domain, a write through a read-only
+    /// grant).
     EPERM = 1,
     /// No domain with that id.
     ESRCH = 3,
@@ -21,14 +23,15 @@ pub enum Errno {
     ENOMEM = 12,
     /// A guest-physical address range is not entirely inside the caller's memory.
     EFAULT = 14,
-    /// The target is in a state that does not allow the operation.
+    /// The target is in a state that does not allow the operation (a mapped grant included).
     EBUSY = 16,
-    /// An object with that identity already exists (a domain name, a VIRQ binding).
+    /// An object with that identity already exists (a domain name, a VIRQ binding, a grant
+    /// entry in use, a grant mapped already, a mapping at that address).
     EEXIST = 17,
     /// An argument or a structure field has a value the operation does not accept.
     EINVAL = 22,
-    /// A fixed-capacity table is full (domains, event-channel ports), or a page-table limit
-    /// leaves no room.
+    /// A fixed-capacity table is full (domains, event-channel ports, grant mappings), or a
+    /// page-table limit leaves no room.
     ENOSPC = 28,
     /// No operation with that number.
     ENOSYS = 38,
@@ -155,6 +158,25 @@ ops! {
     EvtchnStatus = 0x35, false;
     /// `(vector, page_gpa) -> 0`: register the event-channel page and the upcall vector.
     EvtchnSetCallback = 0x36, false;
+    /// `(ref, peer_domid, page_gpa, flags) -> 0`: entry `ref` of the caller's grant table lets
+    /// `peer_domid` map or copy the caller's RAM page at `page_gpa` (`GRANT_READONLY`: only
+    /// read it).
+    GrantSet = 0x40, false;
+    /// `(ref) -> 0`: frees a grant entry; `EBUSY` while the peer maps it.
+    GrantRevoke = 0x41, false;
+    /// `(granter, ref, gpa, flags) -> 0`: maps a page granted to the caller at `gpa` in the
+    /// caller's grant window (`GRANT_READONLY`: read-only even if the grant is writable).
+    GrantMap = 0x42, false;
+    /// `(gpa) -> 0`: removes the caller's grant mapping at `gpa`.
+    GrantUnmap = 0x43, false;
+    /// `(granter, ref, offset, dst_gpa, len) -> len`: copies `len` bytes at `offset` of a page
+    /// granted to the caller into the caller's RAM.
+    GrantCopyFrom = 0x44, false;
+    /// `(granter, ref, offset, src_gpa, len) -> len`: copies `len` bytes of the caller's memory
+    /// to `offset` of a page granted writable to the caller.
+    GrantCopyTo = 0x45, false;
+    /// `(ref, status_gpa) -> 0`: fill a `GrantStatus` for entry `ref` of the caller's table.
+    GrantQuery = 0x46, false;
 }
 
 /// Shutdown reasons (`Shutdown`, `DomainShutdown`).
@@ -213,6 +235,25 @@ pub const EVTCHN_VECTOR_MIN: u64 = 0x20;
 pub const DOMID_INVALID: u32 = 0x7ff4;
 /// Virtual IRQ, dom0 only: a domain shut down, crashed or was destroyed (Xen's number).
 pub const VIRQ_DOM_EXC: u32 = 3;
+/// Entries of each domain's grant table: grant references are `0..GRANT_ENTRIES`.
+pub const GRANT_ENTRIES: u32 = 64;
+/// Grants one domain may have mapped at once. Each mapping is one second-level memory slot of
+/// the grantee (the MMU's 32 slots less the 16 its RAM may use; dom0's boot-module windows
+/// take some of these).
+pub const GRANT_MAPS: u32 = 16;
+/// Guest-physical base of the grant window: `GrantMap` places mappings only in
+/// `[GRANT_WINDOW_GPA, GRANT_WINDOW_GPA + GRANT_WINDOW_BYTES)`, above the RAM any domain can
+/// have (and dom0's boot-module windows from 0xC000_0000), below the platform's device pages
+/// (the I/O APIC at 0xFEC0_0000), inside the 4 GiB a 32-bit or identity-mapped guest reaches.
+pub const GRANT_WINDOW_GPA: u64 = 0xf000_0000;
+/// Bytes of the grant window (16 MiB: 4096 page positions for `GRANT_MAPS` mappings).
+pub const GRANT_WINDOW_BYTES: u64 = 16 << 20;
+/// `GrantSet` / `GrantMap` flag: read-only (the mapping's second-level entries never allow a
+/// write; `GrantCopyTo` is refused).
+pub const GRANT_READONLY: u64 = 1 << 0;
+const _: () = assert!(GRANT_WINDOW_GPA >= MAX_DOMAIN_MEM);
+const _: () = assert!(GRANT_WINDOW_GPA + GRANT_WINDOW_BYTES <= crate::platform::IOAPIC_BASE);
+
 /// Virtual IRQ, dom0 only: a domU's console ring has new bytes for `ConsoleRead` (Xen's
 /// number, whose meaning there is the hypervisor's console ring).
 pub const VIRQ_CON_RING: u32 = 8;

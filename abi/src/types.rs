@@ -409,3 +409,26 @@ pub struct EvtchnShared {
     pub mask: [u64; EVTCHN_WORDS],
 }
 layout!(EvtchnShared, 128, { pending @ 0, mask @ 64 });
+
+/// `GrantStatus::state`: the entry is free.
+pub const GRANT_STATE_FREE: u32 = 0;
+/// `GrantStatus::state`: the entry grants `gpa` to `peer`.
+pub const GRANT_STATE_GRANTED: u32 = 1;
+
+/// OUT of `GrantQuery`: one entry of the caller's grant table. Fields that do not apply to a
+/// free entry are 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct GrantStatus {
+    /// A `GRANT_STATE_*` value.
+    pub state: u32,
+    /// The domain the page is granted to; `DOMID_INVALID` once that domain was destroyed.
+    pub peer: u32,
+    /// `GRANT_READONLY` if the grant is read-only.
+    pub flags: u32,
+    /// 1 while the peer maps the grant (`GrantRevoke` is then `EBUSY`), else 0.
+    pub mapped: u32,
+    /// The granted page (guest-physical, in the caller's RAM).
+    pub gpa: u64,
+}
+layout!(GrantStatus, 24, { state @ 0, peer @ 4, flags @ 8, mapped @ 12, gpa @ 16 });

@@ -94,6 +94,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             Op::EvtchnStatus => (self.evtchn.status(d, args[0]))
                 .and_then(|p| self.write_struct(d, args[1], &p.status()).map(|()| 0)),
             Op::EvtchnSetCallback => self.evtchn_set_callback(d, args[0], args[1]),
+            Op::GrantSet => self.grant_set(d, args[0], args[1], args[2], args[3]),
+            Op::GrantRevoke => self.grants.revoke(d, args[0]),
+            Op::GrantMap => self.grant_map(d, args),
+            Op::GrantUnmap => self.grant_unmap(d, args[0]),
+            Op::GrantCopyFrom => self.grant_copy(d, args, false),
+            Op::GrantCopyTo => self.grant_copy(d, args, true),
+            Op::GrantQuery => (self.grants.status(d, args[0]))
+                .and_then(|st| self.write_struct(d, args[1], &st).map(|()| 0)),
         };
         Outcome::Return(r.map_or_else(Errno::to_ret, |v| v as i64))
     }
@@ -101,7 +109,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     // ---- argument helpers ----------------------------------------------------------------------
 
     /// An existing domain named by a hypercall argument.
-    fn target(&self, domid: u64) -> Result<usize, Errno> {
+    pub(crate) fn target(&self, domid: u64) -> Result<usize, Errno> {
         let t = usize::try_from(domid).map_err(|_| Errno::ESRCH)?;
         match self.domains.get(t) {
             Some(dom) if dom.exists() => Ok(t),
@@ -146,7 +154,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// Copies bytes out of domain `d`'s memory, a page at a time (ranges may cross slots).
-    fn copy_from_guest(&self, d: usize, gpa: u64, out: &mut [u8]) -> Result<(), Errno> {
+    pub(crate) fn copy_from_guest(&self, d: usize, gpa: u64, out: &mut [u8]) -> Result<(), Errno> {
         let mut done = 0usize;
         while done < out.len() {
             let at = gpa.checked_add(done as u64).ok_or(Errno::EFAULT)?;
@@ -159,7 +167,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// Checks that `[gpa, gpa + len)` of domain `d` is RAM (`writable`) or any mapped memory.
-    fn check_range(&self, d: usize, gpa: u64, len: u64, writable: bool) -> Result<(), Errno> {
+    pub(crate) fn check_range(
+        &self,
+        d: usize,
+        gpa: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<(), Errno> {
         let end = gpa.checked_add(len).ok_or(Errno::EFAULT)?;
         let mut at = gpa;
         while at < end {
@@ -171,7 +185,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// Copies bytes into domain `d`'s RAM, a page at a time. The range must have been checked.
-    fn copy_to_guest(&mut self, d: usize, gpa: u64, data: &[u8]) -> Result<(), Errno> {
+    pub(crate) fn copy_to_guest(&mut self, d: usize, gpa: u64, data: &[u8]) -> Result<(), Errno> {
         let mut done = 0usize;
         while done < data.len() {
             let at = gpa.checked_add(done as u64).ok_or(Errno::EFAULT)?;

@@ -1,7 +1,7 @@
 //! The arch-neutral core of microhv.
 //!
 //! Everything here is logic that needs no privilege: the frame allocator, the boot-information
-//! model, the domain table, the hypercall dispatcher, the CPUID policy, consoles, scheduling and
+//! model, the domain table, the hypercall dispatcher, event channels and grant tables, the CPUID policy, consoles, scheduling and
 //! the run loop that drives an arch backend through the [`exit::Backend`] trait. It executes no
 //! privileged instruction, so `cargo test` runs it on the host against a fake backend and a
 //! simulated physical memory. The ring-0 binary (`microhv/`) supplies the real backends (VMX,
@@ -20,6 +20,7 @@ pub mod evtchn;
 pub mod exit;
 pub mod fast;
 pub mod frames;
+pub mod grant;
 pub mod hostmap;
 pub mod hv;
 pub mod hwcaps;

@@ -1,6 +1,9 @@
 //! Host conformance tests of the hypercall dispatcher and the exit handling, against the fake
 //! backend and simulated memory (`testutil`). Each test names the ABI rule it checks.
 
+mod grant;
+
+use crate::domain::MAX_RAM_SLOTS;
 use crate::exit::{Exit, Gprs};
 use crate::hv::{DOMAINS, Stop};
 use crate::hypercall::Outcome;
@@ -1329,6 +1332,7 @@ fn arg() -> impl Strategy<Value = u64> {
         Just(2 << 20),
         Just(4096),
         Just(CONSOLE_READ_MAX),
+        Just(GRANT_WINDOW_GPA),
         0u64..20,
         any::<u64>(),
     ]
@@ -1369,6 +1373,12 @@ proptest! {
         for d in 1..DOMAINS {
             if hv.domains[d].exists() {
                 hv.destroy_domain(d);
+            }
+        }
+        // A grant dom0 mapped may hold a destroyed domU's frame until dom0 unmaps it.
+        for id in MAX_RAM_SLOTS..mmu::MAX_SLOTS {
+            if let Some(s) = hv.domains[0].mmu.slot(id) {
+                prop_assert_eq!(call(&mut hv, 0, Op::GrantUnmap as u64, [s.gpa, 0, 0, 0, 0]), 0);
             }
         }
         prop_assert_eq!(held(&hv), free);

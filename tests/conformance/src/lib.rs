@@ -7,6 +7,7 @@
 extern crate std;
 
 pub mod arch;
+pub mod grant;
 pub mod upcall;
 
 use abi::Errno;

@@ -156,7 +156,7 @@ pub fn conformance_spec(emulator: Emulator, images: &Images) -> Spec {
     // Timer rates are exact under Bochs, whose time counts instructions.
     let cmdline = if emulator == Emulator::Bochs { "strict=1" } else { "" };
     let mut s = spec(&name, emulator, images, cmdline);
-    s.modules = ["conform-dom0", "conform-domu", "storm", "platform", "hostile", "evtchn"]
+    s.modules = ["conform-dom0", "conform-domu", "storm", "platform", "hostile", "evtchn", "grant"]
         .iter()
         .map(|g| Module { path: images.guest(g), args: String::new() })
         .collect();
@@ -170,6 +170,7 @@ pub fn conformance_checks() -> Vec<Check> {
         Check::Status(StopStatus::Ok),
         Check::Contains("conformance dom0: "),
         Check::Contains("conformance evtchn: "),
+        Check::Contains("conformance grant: "),
         Check::Contains("conformance storm: "),
         Check::Verdict,
     ]

@@ -200,13 +200,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     }
                 }
             }
-            Ok(FaultOutcome::NoSlot | FaultOutcome::ReadOnly) => {
+            Ok(o @ (FaultOutcome::NoSlot | FaultOutcome::ReadOnly)) => {
                 let what = match (a.write, a.exec) {
                     (true, _) => "write",
                     (false, true) => "fetch",
                     (false, false) => "read",
                 };
-                log::warn!("d{d}v{v}: {what} access to guest-physical {gpa:#x} outside its memory");
+                // Read-only: dom0's boot-module windows and read-only grant mappings.
+                let place =
+                    if o == FaultOutcome::ReadOnly { "in read-only" } else { "outside its" };
+                log::warn!("d{d}v{v}: {what} access to guest-physical {gpa:#x} {place} memory");
                 self.crash(d, v, CrashReason::OutsideMemory, Some(info))
             }
             Err(e) => {

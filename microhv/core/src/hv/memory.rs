@@ -72,7 +72,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         };
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         match self.domains[d].mmu.remove_slot(&mut m, id) {
-            Ok(()) => free_run(&mut self.frames, s.hpa, s.size / FRAME_SIZE),
+            Ok(()) => self.release_ram(d, s.hpa, s.size / FRAME_SIZE),
             // The slot may still map the run: leaking it is safe, handing it out is not.
             Err(e) => log::error!("d{d}: removing slot {id} failed ({e}): its frames are leaked"),
         }
@@ -92,13 +92,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                 let mmu = &mut self.domains[d].mmu;
                 mmu.remove_slot(&mut m, id).map_err(mmu_errno)?;
-                free_run(&mut self.frames, s.hpa + keep, (s.size - keep) / FRAME_SIZE);
+                self.release_ram(d, s.hpa + keep, (s.size - keep) / FRAME_SIZE);
                 let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                 if let Err(e) = self.domains[d].mmu.add_slot(&mut m, id, s.gpa, keep, s.hpa, 0) {
                     // The kept part is unmapped now: free it too, and end the RAM where the
                     // slot began, so that `mem_bytes` still describes memory that exists.
                     if self.domains[d].mmu.slot(id).is_none() {
-                        free_run(&mut self.frames, s.hpa, keep / FRAME_SIZE);
+                        self.release_ram(d, s.hpa, keep / FRAME_SIZE);
                     }
                     self.shrink_ram(d, s.gpa)?;
                     return Err(mmu_errno(e));

@@ -11,6 +11,7 @@
 
 mod evtchn;
 mod exits;
+mod grant;
 mod ioreq;
 mod memory;
 mod run;
@@ -28,6 +29,7 @@ use crate::evtchn::EventChannels;
 use crate::exit::{Backend, CpuMode, Event, Exit, ExitInfo, GuestReg, VcpuConfig, VcpuInit};
 use crate::fast::FastExit;
 use crate::frames::{FRAME_SIZE, FrameAllocator, HOST_BITMAP_WORDS};
+use crate::grant::Grants;
 use crate::insn::{self, MmioOp};
 use crate::io::{IoOutcome, merge_in, merge_reg};
 use crate::mem::{Machine, PhysMem};
@@ -108,6 +110,8 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub domains: [Domain<B::Vcpu>; DOMAINS],
     /// Every domain's event channels.
     pub evtchn: EventChannels,
+    /// Every domain's grant table and grant mappings.
+    pub grants: Grants,
     /// MMU configuration for new domains (format and large-page support of this CPU).
     pub mmu_config: mmu::Config,
     /// Frames microhv keeps for itself (its image, boot data, modules), for `PhysInfo`.
@@ -154,6 +158,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 })
             }; DOMAINS],
             evtchn: EventChannels::new(),
+            grants: Grants::new(),
             mmu_config,
             hv_frames: 0,
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
@@ -231,13 +236,21 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 self.backend.destroy_vcpu(&mut m, v);
             }
         }
-        for s in (0..MAX_RAM_SLOTS).filter_map(|id| self.domains[d].mmu.slot(id)) {
-            free_run(&mut self.frames, s.hpa, s.size / FRAME_SIZE);
+        // Its grant mappings go first; releasing its RAM then leaves each frame another domain
+        // maps to that mapping (`release_ram`).
+        for i in 0..crate::grant::GRANT_MAPS {
+            self.unmap(d, i);
+        }
+        for id in 0..MAX_RAM_SLOTS {
+            if let Some(s) = self.domains[d].mmu.slot(id) {
+                self.release_ram(d, s.hpa, s.size / FRAME_SIZE);
+            }
         }
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         self.domains[d].mmu.destroy(&mut m);
         self.domains[d].clear();
         self.evtchn.destroy(d);
+        self.grants.forget(d);
     }
 
     /// Builds dom0 from its PVH image, with `mem_bytes` of RAM, the command line, and the other

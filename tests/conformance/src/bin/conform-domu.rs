@@ -2,8 +2,11 @@
 //! boundaries, the privilege sweep (every dom0-only operation → EPERM), unknown numbers →
 //! ENOSYS, a hypercall from ring 3 → EPERM, and the event-channel operations from a domU (a
 //! loopback pair polled through its page, each error, the table filled to ENOSPC, the VIRQs
-//! and a port dom0 offered someone else (`foreign=N`) → EINVAL). Its console ends with the
-//! verdict line; it then shuts down with the number of failed cases as its status.
+//! and a port dom0 offered someone else (`foreign=N`) → EINVAL), and the grant operations from a
+//! domU (grants to itself mapped through its window and read and written there, copies, each
+//! error, a grant dom0 made to someone else (`gforeign=R`) → EPERM, the mapping slots filled
+//! to ENOSPC). Its console ends with the verdict line; it then shuts down with the number of
+//! failed cases as its status.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -15,6 +18,7 @@ use abi::Errno::*;
 use abi::Op;
 use abi::hypercall::*;
 use abi::types::*;
+use conformance::grant::{self, Pages, window};
 use conformance::{Suite, arch, call, upcall};
 
 rt::pvh_note!();
@@ -80,6 +84,8 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
 
     let foreign = boot.option("foreign").and_then(|v| v.parse().ok()).unwrap_or(0);
     evtchn(&mut s, boot.ram_end(), foreign);
+    let gforeign = boot.option("gforeign").and_then(|v| v.parse().ok()).unwrap_or(0);
+    grant(&mut s, boot.ram_end(), gforeign);
 
     arch::setup_ring3();
     for op in [Op::Version, Op::ConsoleWrite, Op::Shutdown, Op::DomainCreate] {
@@ -223,4 +229,141 @@ fn evtchn(s: &mut Suite, ram_end: u64, foreign: u64) {
     s.expect("evtchn-table-holds-ports", i64::from(n), i64::from(EVTCHN_PORTS - 1));
     let closed = (1..EVTCHN_PORTS).filter(|&p| call(close, [p.into(), 0, 0, 0, 0]) == 0).count();
     s.expect("evtchn-close-all", closed as i64, i64::from(EVTCHN_PORTS - 1));
+}
+
+/// Pages the domU suite grants itself (volatile access only).
+static mut PAGES: Pages<2> = Pages::new();
+
+fn page(i: u64) -> u64 {
+    (&raw const PAGES) as u64 + i * 4096
+}
+
+/// Grant tables from a domU: grants to itself (a loopback) with every error, mapped through its
+/// window and reached there, copies, dom0's grant to someone else (`gforeign`) refused, the
+/// mapping slots filled to `ENOSPC`.
+fn grant(s: &mut Suite, ram_end: u64, gforeign: u64) {
+    let me = u64::from(guest_rt::hv().domid);
+    let (set, revoke, map) = (Op::GrantSet as u64, Op::GrantRevoke as u64, Op::GrantMap as u64);
+    let (unmap, from, to) =
+        (Op::GrantUnmap as u64, Op::GrantCopyFrom as u64, Op::GrantCopyTo as u64);
+    let query = |r: u64| -> Option<GrantStatus> {
+        let mut out = [0u64; 3];
+        let ret = call(Op::GrantQuery as u64, [r, out.as_mut_ptr() as u64, 0, 0, 0]);
+        (ret == 0).then(|| zerocopy::transmute!(out))
+    };
+    let pattern = b"a domU grants itself a page";
+    // SAFETY: the suite's own pages, not granted yet.
+    unsafe { grant::write(page(0), pattern) };
+    for (case, r, peer, gpa, flags, e) in [
+        ("grant-set-missing-peer", 0, 99, page(0), 0, ESRCH),
+        ("grant-set-domid-invalid", 0, DOMID_INVALID.into(), page(0), 0, ESRCH),
+        ("grant-set-ref-max", GRANT_ENTRIES.into(), me, page(0), 0, EINVAL),
+        ("grant-set-unknown-flag", 0, me, page(0), 4, EINVAL),
+        ("grant-set-misaligned", 0, me, page(0) + 1, 0, EINVAL),
+        ("grant-set-past-ram", 0, me, ram_end, 0, EFAULT),
+        ("grant-set-window", 0, me, window(0), 0, EFAULT),
+        ("grant-set-apic-page", 0, me, 0xfee0_0000, 0, EFAULT),
+    ] {
+        s.expect_err(case, call(set, [r, peer, gpa, flags, 0]), e);
+    }
+    s.expect("grant-set-for-itself", call(set, [0, me, page(0), 0, 0]), 0);
+    s.expect_err("grant-set-in-use", call(set, [0, me, page(1), 0, 0]), EEXIST);
+    s.expect("grant-set-read-only", call(set, [1, me, page(0), GRANT_READONLY, 0]), 0);
+    s.expect("grant-set-for-dom0", call(set, [2, 0, page(1), 0, 0]), 0);
+    let st = query(0);
+    s.check(
+        "grant-query",
+        st.is_some_and(|x| {
+            (x.state, x.peer, x.flags, x.mapped, x.gpa)
+                == (GRANT_STATE_GRANTED, me as u32, 0, 0, page(0))
+        }),
+        format_args!("{st:?}"),
+    );
+    s.check(
+        "grant-query-free",
+        query(9).is_some_and(|x| x.state == 0),
+        format_args!("{:?}", query(9)),
+    );
+    let q = Op::GrantQuery as u64;
+    s.expect_err("grant-query-past-ram", call(q, [0, ram_end - 8, 0, 0, 0]), EFAULT);
+    s.expect_err("grant-query-ref-max", call(q, [64, page(1), 0, 0, 0]), EINVAL);
+    for (case, g, r, gpa, flags, e) in [
+        ("grant-map-missing-granter", 99, 0, window(0), 0, ESRCH),
+        ("grant-map-ref-max", me, GRANT_ENTRIES.into(), window(0), 0, EINVAL),
+        ("grant-map-unknown-flag", me, 0, window(0), 2, EINVAL),
+        ("grant-map-over-ram", me, 0, page(1), 0, EINVAL),
+        ("grant-map-misaligned", me, 0, window(0) + 8, 0, EINVAL),
+        ("grant-map-past-window", me, 0, GRANT_WINDOW_GPA + GRANT_WINDOW_BYTES, 0, EINVAL),
+        ("grant-map-free-ref", me, 9, window(0), 0, EINVAL),
+        ("grant-map-dom0s-grant-to-another", 0, gforeign, window(0), 0, EPERM),
+        ("grant-map-own-grant-to-dom0", me, 2, window(0), 0, EPERM),
+    ] {
+        s.expect_err(case, call(map, [g, r, gpa, flags, 0]), e);
+    }
+    s.expect("grant-map", call(map, [me, 0, window(0), 0, 0]), 0);
+    // SAFETY: mapped just now (writable); page 0 is the suite's.
+    let (seen, wrote) = unsafe {
+        let seen = grant::holds(window(0), pattern);
+        grant::write(window(0) + 512, b"via the window");
+        (seen, grant::holds(page(0) + 512, b"via the window"))
+    };
+    s.check("grant-read-through-the-mapping", seen, format_args!("pattern missing"));
+    s.check("grant-write-through-the-mapping", wrote, format_args!("not in the page"));
+    s.expect_err("grant-map-twice", call(map, [me, 0, window(3), 0, 0]), EEXIST);
+    s.expect_err("grant-map-over-a-mapping", call(map, [me, 1, window(0), 0, 0]), EEXIST);
+    s.check(
+        "grant-query-mapped",
+        query(0).is_some_and(|x| x.mapped == 1),
+        format_args!("{:?}", query(0)),
+    );
+    s.expect_err("grant-revoke-while-mapped", call(revoke, [0, 0, 0, 0, 0]), EBUSY);
+    s.expect("grant-map-read-only", call(map, [me, 1, window(1), 0, 0]), 0);
+    // SAFETY: mapped just now; only read.
+    let seen = unsafe { grant::holds(window(1), pattern) };
+    s.check("grant-read-the-read-only-mapping", seen, format_args!("pattern missing"));
+    let mut buf = [0u8; 64];
+    let b = buf.as_mut_ptr() as u64;
+    let n = pattern.len() as u64;
+    s.expect("grant-copy-from", call(from, [me, 1, 0, b, n]), n as i64);
+    s.check(
+        "grant-copy-from-brings-the-bytes",
+        buf[..pattern.len()] == pattern[..],
+        format_args!("{buf:?}"),
+    );
+    s.expect("grant-copy-to", call(to, [me, 0, 1024, b, 8]), 8);
+    // SAFETY: the suite's page.
+    let seen = unsafe { grant::holds(page(0) + 1024, &pattern[..8]) };
+    s.check("grant-copy-to-puts-the-bytes", seen, format_args!("not copied"));
+    for (case, op, g, r, off, local, len, e) in [
+        ("grant-copy-to-read-only", to, me, 1, 0, b, 8, EPERM),
+        ("grant-copy-longer-than-a-page", from, me, 1, 0, b, 4097, E2BIG),
+        ("grant-copy-past-the-page", from, me, 1, 4095, b, 2, EINVAL),
+        ("grant-copy-free-ref", from, me, 9, 0, b, 8, EINVAL),
+        ("grant-copy-into-past-ram", from, me, 1, 0, ram_end - 4, 8, EFAULT),
+        ("grant-copy-into-the-window", from, me, 1, 0, window(0), 8, EFAULT),
+        ("grant-copy-dom0s-grant-to-another", from, 0, gforeign, 0, b, 8, EPERM),
+        ("grant-copy-missing-granter", from, 99, 1, 0, b, 8, ESRCH),
+    ] {
+        s.expect_err(case, call(op, [g, r, off, local, len]), e);
+    }
+    // The mapping slots: GRANT_MAPS at once (two are in use), then ENOSPC.
+    let refs = 3..3 + u64::from(GRANT_MAPS) - 1;
+    let more = refs.clone().filter(|&r| call(set, [r, me, page(0), 0, 0]) == 0).count();
+    s.expect("grant-set-more", more as i64, i64::from(GRANT_MAPS) - 1);
+    let mapped = refs
+        .clone()
+        .take(GRANT_MAPS as usize - 2)
+        .filter(|&r| call(map, [me, r, window(r), 0, 0]) == 0)
+        .count();
+    s.expect("grant-map-up-to-the-slots", mapped as i64, i64::from(GRANT_MAPS) - 2);
+    let last = refs.end - 1;
+    s.expect_err("grant-map-with-no-slot-left", call(map, [me, last, window(last), 0, 0]), ENOSPC);
+    s.expect_err("grant-unmap-nothing", call(unmap, [window(last), 0, 0, 0, 0]), EINVAL);
+    let pages = [0, 1].into_iter().chain(refs.clone().take(GRANT_MAPS as usize - 2));
+    let unmapped = pages.filter(|&w| call(unmap, [window(w), 0, 0, 0, 0]) == 0).count();
+    s.expect("grant-unmap-all", unmapped as i64, GRANT_MAPS.into());
+    let revoked =
+        (0..u64::from(GRANT_ENTRIES)).filter(|&r| call(revoke, [r, 0, 0, 0, 0]) == 0).count();
+    s.expect("grant-revoke-all", revoked as i64, i64::from(GRANT_MAPS) + 2);
+    s.expect_err("grant-revoke-free", call(revoke, [0, 0, 0, 0, 0]), EINVAL);
 }

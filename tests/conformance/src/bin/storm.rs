@@ -3,7 +3,8 @@
 //! and around its own memory and stack, boundary values. Every result must be a success or a
 //! documented error; a dom0-only operation must always be `EPERM`. It prints a summary line and
 //! shuts down with status 0 if all held, 1 otherwise. Event-channel operations are among them:
-//! ports it offers itself, binds, sends on and closes, its page registered and moved.
+//! ports it offers itself, binds, sends on and closes, its page registered and moved; so are the
+//! grant operations, whose writes land in its sink.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -67,6 +68,16 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         // stack; addresses outside its RAM stay as drawn.
         if (op == Op::EvtchnStatus as u64 || op == Op::EvtchnSetCallback as u64) && a[1] < ram {
             a[1] = (&raw const SINK) as u64 + a[1] % 4096;
+        }
+        // The same for the grant operations: a copy's destination, a query's result, and the
+        // page a grant offers (which a copy to the grant, its own included, may write).
+        let sink = |x: u64| if x < ram { (&raw const SINK) as u64 + x % 8192 } else { x };
+        if op == Op::GrantQuery as u64 {
+            a[1] = sink(a[1]);
+        } else if op == Op::GrantCopyFrom as u64 {
+            a[3] = sink(a[3]);
+        } else if op == Op::GrantSet as u64 {
+            a[2] = sink(a[2]);
         }
         let r = call(op, a);
         issued += 1;
