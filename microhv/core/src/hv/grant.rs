@@ -33,7 +33,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// `GrantMap`: grant `r` of `granter`, offered to the caller and not mapped yet, at the
-    /// page `gpa` of the caller's grant window, in a free MMU slot.
+    /// page `gpa` of the caller's grant window, in a free MMU slot. A read-only grant must be
+    /// mapped read-only (`EPERM` otherwise, as Xen): a writable mapping that silently was not
+    /// would crash the grantee at its first write, and the grantee may be dom0.
     pub(crate) fn grant_map(&mut self, d: usize, a: [u64; 5]) -> R {
         let [granter, r, gpa, flags, _] = a;
         let g = self.target(granter)?;
@@ -43,6 +45,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             return Err(Errno::EINVAL);
         }
         let grant = self.grants.offered(g, r, d)?;
+        if grant.readonly && !ro {
+            return Err(Errno::EPERM);
+        }
         if self.grants.mapper(g, r).is_some() {
             return Err(Errno::EEXIST);
         }
@@ -50,14 +55,18 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let hpa = self.guest_hpa(g, grant.gpa, FRAME_SIZE, true).ok_or(Errno::EFAULT)?;
         let i = (0..GRANT_MAPS).find(|&i| self.domains[d].mmu.slot(MODULE_SLOT_BASE + i).is_none());
         let i = i.ok_or(Errno::ENOSPC)?;
-        let flags = if grant.readonly || ro { mmu::SLOT_READ_ONLY } else { 0 };
+        let flags = if ro { mmu::SLOT_READ_ONLY } else { 0 };
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         let mmu = &mut self.domains[d].mmu;
         let added = mmu.add_slot(&mut m, MODULE_SLOT_BASE + i, gpa, FRAME_SIZE, hpa, flags);
-        // Recorded whenever the MMU installed the slot, even if a later step failed, so that
-        // every slot mapping a frame is known to the unmap and ownership code.
+        // Recorded whenever the MMU installed the slot, so that every slot mapping a frame is
+        // known to the unmap and ownership code; one installed by a call that then failed is
+        // taken out again (the caller was told there is no mapping).
         if mmu.slot(MODULE_SLOT_BASE + i).is_some() {
             self.grants.tables[d].maps[i] = Map::Grant(g as u8, r as u8);
+            if added.is_err() {
+                self.unmap(d, i);
+            }
         }
         added.map(|()| 0).map_err(mmu_errno)
     }
@@ -119,10 +128,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             return;
         };
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
-        if let Err(e) = self.domains[d].mmu.remove_slot(&mut m, MODULE_SLOT_BASE + i) {
-            // The slot may still map the frame: leaking the frame is safe, handing it out is not.
-            log::error!("d{d}: removing grant mapping {i} failed ({e}): its frame stays held");
-            return;
+        let mmu = &mut self.domains[d].mmu;
+        if let Err(e) = mmu.remove_slot(&mut m, MODULE_SLOT_BASE + i) {
+            // Still installed, the slot may map the frame: leaking the frame is safe, handing
+            // it out is not. Gone (a later step failed), its leaf was zapped: forget it below.
+            log::error!("d{d}: removing grant mapping {i} failed ({e})");
+            if mmu.slot(MODULE_SLOT_BASE + i).is_some() {
+                return;
+            }
         }
         let was = core::mem::replace(&mut self.grants.tables[d].maps[i], Map::Free);
         if was == Map::Orphan && !self.frame_mapped(s.hpa) {

@@ -212,7 +212,8 @@ fn a_mapping_is_the_granters_frame_and_a_write_through_a_read_only_one_stops_the
     assert_eq!(set(&mut hv, a, 3, b as u64, 0x5000, GRANT_READONLY), 0);
     assert_eq!(set(&mut hv, a, 4, b as u64, 0x6000, 0), 0);
     assert_eq!(set(&mut hv, a, 5, b as u64, 0x7000, 0), 0);
-    assert_eq!(map(&mut hv, b, a as u64, 3, WIN, 0), 0);
+    assert_eq!(map(&mut hv, b, a as u64, 3, WIN, 0), EPERM, "a read-only grant, mapped writable");
+    assert_eq!(map(&mut hv, b, a as u64, 3, WIN, GRANT_READONLY), 0);
     assert_eq!(map(&mut hv, b, a as u64, 4, WIN + 0x1000, 0), 0);
     assert_eq!(map(&mut hv, b, a as u64, 5, WIN + 0x2000, GRANT_READONLY), 0, "mapped read-only");
     assert_eq!(frame(&hv, b, WIN), frame(&hv, a, 0x5000));
@@ -277,7 +278,7 @@ fn destroying_the_granter_while_mapped_keeps_the_frame_until_the_last_unmap() {
     assert_eq!(set(&mut hv, a, 0, b as u64, 0x5000, 0), 0);
     assert_eq!(set(&mut hv, a, 1, c as u64, 0x5000, GRANT_READONLY), 0, "one page, two grants");
     assert_eq!(map(&mut hv, b, a as u64, 0, WIN, 0), 0);
-    assert_eq!(map(&mut hv, c, a as u64, 1, WIN + 0x5000, 0), 0);
+    assert_eq!(map(&mut hv, c, a as u64, 1, WIN + 0x5000, GRANT_READONLY), 0);
     let f = frame(&hv, a, 0x5000).expect("a's page");
     destroy(&mut hv, a);
     assert!(hv.frames.is_allocated(f), "still mapped by b and c");
@@ -539,6 +540,7 @@ impl Model {
                     _ if !self.alive(g) => ESRCH,
                     None => EINVAL,
                     Some((peer, _, _)) if peer != d => EPERM,
+                    Some((_, _, true)) if !ro => EPERM,
                     Some(_) if self.mapped(g, r) => EEXIST,
                     Some((_, page, _)) if page >= self.mem[g] => EFAULT,
                     Some((_, page, gro)) => match self.maps.entry((d, at)) {

@@ -994,11 +994,13 @@ fn grant_area(s: &mut Suite, boot: &Boot) {
     s.check("read-through-the-mapping", seen, format_args!("pattern missing"));
     s.check("write-through-the-mapping", wrote, format_args!("not in the page"));
     s.expect_err("map-twice", call(map, [0, 0, window(5), 0, 0]), EEXIST);
-    s.expect_err("map-over-a-mapping", call(map, [0, 1, window(0), 0, 0]), EEXIST);
+    let ro = GRANT_READONLY;
+    s.expect_err("map-over-a-mapping", call(map, [0, 1, window(0), ro, 0]), EEXIST);
     let st = grant_status(0);
     s.check("query-mapped", st.is_some_and(|x| x.mapped == 1), format_args!("{st:?}"));
     s.expect_err("revoke-while-mapped", call(revoke, [0, 0, 0, 0, 0]), EBUSY);
-    s.expect("map-read-only-grant", call(map, [0, 1, window(1), 0, 0]), 0);
+    s.expect_err("map-read-only-grant-writable", call(map, [0, 1, window(1), 0, 0]), EPERM);
+    s.expect("map-read-only-grant", call(map, [0, 1, window(1), ro, 0]), 0);
     // SAFETY: mapped just now; only read.
     let seen = unsafe { grant::holds(window(1), pattern) };
     s.check("read-the-read-only-mapping", seen, format_args!("pattern missing"));

@@ -310,14 +310,16 @@ fn grant(s: &mut Suite, ram_end: u64, gforeign: u64) {
     s.check("grant-read-through-the-mapping", seen, format_args!("pattern missing"));
     s.check("grant-write-through-the-mapping", wrote, format_args!("not in the page"));
     s.expect_err("grant-map-twice", call(map, [me, 0, window(3), 0, 0]), EEXIST);
-    s.expect_err("grant-map-over-a-mapping", call(map, [me, 1, window(0), 0, 0]), EEXIST);
+    let ro = GRANT_READONLY;
+    s.expect_err("grant-map-over-a-mapping", call(map, [me, 1, window(0), ro, 0]), EEXIST);
     s.check(
         "grant-query-mapped",
         query(0).is_some_and(|x| x.mapped == 1),
         format_args!("{:?}", query(0)),
     );
     s.expect_err("grant-revoke-while-mapped", call(revoke, [0, 0, 0, 0, 0]), EBUSY);
-    s.expect("grant-map-read-only", call(map, [me, 1, window(1), 0, 0]), 0);
+    s.expect_err("grant-map-read-only-writable", call(map, [me, 1, window(1), 0, 0]), EPERM);
+    s.expect("grant-map-read-only", call(map, [me, 1, window(1), ro, 0]), 0);
     // SAFETY: mapped just now; only read.
     let seen = unsafe { grant::holds(window(1), pattern) };
     s.check("grant-read-the-read-only-mapping", seen, format_args!("pattern missing"));

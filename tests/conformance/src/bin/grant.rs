@@ -94,7 +94,7 @@ fn offer() -> ! {
 
 fn ro_write(r: u32) -> u32 {
     let hv = guest_rt::hv();
-    if let Err(e) = hv.grant_map(0, r, window(0), 0) {
+    if let Err(e) = hv.grant_map(0, r, window(0), GRANT_READONLY) {
         println!("grant: map refused: {e:?}");
         return 1;
     }
@@ -180,6 +180,8 @@ fn map() -> u32 {
     let r = hv.grant_copy_from(a, 0, 0, &mut buf);
     s.check("copy-from-the-grant", r == Ok(16) && buf == SHARED[..16], format_args!("{r:?}"));
     let r = hv.grant_map(a, 1, window(1), 0);
+    s.check("map-the-read-only-grant-writable", r == Err(EPERM), format_args!("{r:?}"));
+    let r = hv.grant_map(a, 1, window(1), GRANT_READONLY);
     s.check("map-the-read-only-grant", r.is_ok(), format_args!("{r:?}"));
     // SAFETY: mapped just now (read only).
     let seen = r.is_ok() && unsafe { grant::holds(window(1), SHARED_RO) };
