@@ -230,6 +230,9 @@ pub const MEM_WRITE_MAX: u64 = 64 * 1024;
 pub const EVTCHN_PORTS: u32 = 64;
 /// The lowest upcall vector `EvtchnSetCallback` takes (0 takes none): 0..=31 are exceptions.
 pub const EVTCHN_VECTOR_MIN: u64 = 0x20;
+/// `EvtchnSetCallback`'s `page_gpa` that unregisters the page (a kernel handing over to
+/// another, kexec): microhv writes the old page no more, and holds events until the next one.
+pub const EVTCHN_NO_PAGE: u64 = u64::MAX;
 /// "No domain": the remote of a port whose peer domain was destroyed (`EvtchnStatus`), which no
 /// domain may bind. Xen's number.
 pub const DOMID_INVALID: u32 = 0x7ff4;

@@ -1743,3 +1743,21 @@ fn held_events_land_once_the_page_is_ram_again() {
     assert_eq!(send(&mut hv, ports[2]), 0);
     assert_eq!(pending(&hv), (1 << 1) | (1 << 3), "the held port 1 with the new event on 3");
 }
+
+/// `EVTCHN_NO_PAGE` unregisters the page: microhv writes it no more and holds events until the
+/// next registration, which gets them.
+#[test]
+fn an_unregistered_page_is_written_no_more() {
+    use abi::hypercall::EVTCHN_NO_PAGE;
+    let mut hv = world();
+    let u = running(&mut hv, "u");
+    let up = call(&mut hv, u, Op::EvtchnAllocUnbound as u64, [0, 0, 0, 0, 0]) as u64;
+    let d0 = call(&mut hv, 0, Op::EvtchnBindInterdomain as u64, [u as u64, up, 0, 0, 0]) as u64;
+    let cb = Op::EvtchnSetCallback as u64;
+    assert_eq!(call(&mut hv, u, cb, [0, DOMU_PAGE, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, u, cb, [0x40, EVTCHN_NO_PAGE, 0, 0, 0]), 0, "vector ignored");
+    assert_eq!(call(&mut hv, 0, Op::EvtchnSend as u64, [d0, 0, 0, 0, 0]), 0);
+    assert_eq!(evtchn_page(&hv, u).pending[0], 0, "the old page is left alone");
+    assert_eq!(call(&mut hv, u, cb, [0, DOMU_PAGE + 0x1000, 0, 0, 0]), 0);
+    assert_eq!(get::<EvtchnShared>(&hv, u, DOMU_PAGE + 0x1000).pending[0], 1 << up, "held");
+}

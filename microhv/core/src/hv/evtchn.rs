@@ -10,7 +10,7 @@
 use super::*;
 use crate::evtchn::EVTCHN_PORTS;
 use crate::hypercall::R;
-use abi::hypercall::EVTCHN_VECTOR_MIN;
+use abi::hypercall::{EVTCHN_NO_PAGE, EVTCHN_VECTOR_MIN};
 use abi::types::EvtchnShared;
 use core::mem::offset_of;
 
@@ -41,7 +41,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// `EvtchnSetCallback`: `vector` 0 or [`EVTCHN_VECTOR_MIN`]`..=255`, `gpa` a page of the
     /// caller's RAM. Events held while there was no page are marked pending in it now.
+    /// [`EVTCHN_NO_PAGE`] unregisters the page (and the vector).
     pub(crate) fn evtchn_set_callback(&mut self, d: usize, vector: u64, gpa: u64) -> R {
+        if gpa == EVTCHN_NO_PAGE {
+            self.evtchn.tables[d].callback = None;
+            return Ok(0);
+        }
         let vector =
             u8::try_from(vector).ok().filter(|&v| v == 0 || u64::from(v) >= EVTCHN_VECTOR_MIN);
         let (Some(vector), true) = (vector, gpa.is_multiple_of(FRAME_SIZE)) else {

@@ -135,6 +135,8 @@ fn evtchn(s: &mut Suite, ram_end: u64, foreign: u64) {
         s.expect_err(case, call(cb, [vector, gpa, 0, 0, 0]), e);
     }
     s.expect("evtchn-callback-polled", call(cb, [0, page, 0, 0, 0]), 0);
+    s.expect("evtchn-callback-unregister", call(cb, [0x40, EVTCHN_NO_PAGE, 0, 0, 0]), 0);
+    s.expect("evtchn-callback-again", call(cb, [0, page, 0, 0, 0]), 0);
     let (alloc, bind) = (Op::EvtchnAllocUnbound as u64, Op::EvtchnBindInterdomain as u64);
     let (send, close) = (Op::EvtchnSend as u64, Op::EvtchnClose as u64);
     let (status, virq) = (Op::EvtchnStatus as u64, Op::EvtchnBindVirq as u64);
