@@ -97,7 +97,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 // A boost never follows a boost, and round-robin resumes after the vCPU last
                 // picked in turn: vCPUs that wake each other and halt (IPIs, events) cannot
                 // hand the CPU back and forth for ever while the others wait.
-                let boosted = boost.filter(|&b| !self.boosting && self.can_run(b, now));
+                // A detour to dom0 (`ioreq.rs`: it serves an I/O request the vCPU waits for) is
+                // no boost of its own: it may follow one, and leaves the order as it was.
+                let detour = self.detour.is_some();
+                let boosted = boost.filter(|&b| (detour || !self.boosting) && self.can_run(b, now));
                 self.boost = None;
                 self.slice_len = if boosted.is_some() { BOOST_QUANTUM } else { VCPU_SLICE };
                 // Back from a detour to dom0 (`ioreq.rs`): the vCPU that took it carries on with
@@ -130,9 +133,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 if self.yielded && next == self.cursor {
                     self.scrub_idle();
                 }
-                self.boosting = boosted.is_some();
-                if !self.boosting {
-                    self.in_turn = next;
+                if !(detour && boosted.is_some()) {
+                    self.boosting = boosted.is_some();
+                    if !self.boosting {
+                        self.in_turn = next;
+                    }
                 }
                 self.switch_to(next, now, self.slice_len);
                 next
