@@ -129,3 +129,20 @@ pub fn parse_verdict(text: &[u8]) -> Option<(u32, u32)> {
     let mut nums = counts.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty());
     Some((nums.next()?.parse().ok()?, nums.next()?.parse().ok()?))
 }
+
+/// TSC ticks in `ms` milliseconds (microhv's timing leaf).
+pub fn ticks(ms: u64) -> u64 {
+    u64::from(core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax).max(1) * ms
+}
+
+/// Yields until `done` holds (true) or about `ms` milliseconds passed (false).
+pub fn poll(ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let start = guest_rt::rdtsc();
+    while !done() {
+        if guest_rt::rdtsc() - start > ticks(ms) {
+            return false;
+        }
+        let _ = guest_rt::hv().yield_now();
+    }
+    true
+}

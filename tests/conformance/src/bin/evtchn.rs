@@ -24,29 +24,12 @@ rt::hosted_main!();
 use abi::Errno;
 use abi::hypercall::{EVTCHN_PORTS, MAX_DOMAINS};
 use abi::types::{EVTCHNSTAT_CLOSED, EVTCHNSTAT_INTERDOMAIN};
-use conformance::Suite;
 use conformance::upcall::{self, UPCALLS, VECTOR};
+use conformance::{Suite, poll};
 use core::sync::atomic::Ordering::SeqCst;
-use guest_rt::{println, rdtsc};
+use guest_rt::println;
 
 rt::pvh_note!();
-
-/// TSC ticks in `ms` milliseconds (microhv's timing leaf).
-fn ticks(ms: u64) -> u64 {
-    u64::from(core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax).max(1) * ms
-}
-
-/// Yields until `done` holds (true) or about `ms` milliseconds passed (false).
-fn poll(ms: u64, mut done: impl FnMut() -> bool) -> bool {
-    let start = rdtsc();
-    while !done() {
-        if rdtsc() - start > ticks(ms) {
-            return false;
-        }
-        let _ = guest_rt::hv().yield_now();
-    }
-    true
-}
 
 fn wake() -> u32 {
     let hv = guest_rt::hv();

@@ -31,8 +31,8 @@ use abi::Errno::{self, *};
 use abi::hypercall::{DOMID_INVALID, GRANT_ENTRIES, GRANT_READONLY, MAX_DOMAINS};
 use abi::types::GRANT_STATE_FREE;
 use conformance::grant::{self, OFFER, Pages, READ_ONLY, window};
-use conformance::{Rng, Suite};
-use guest_rt::{println, rdtsc};
+use conformance::{Rng, Suite, poll};
+use guest_rt::println;
 
 rt::pvh_note!();
 
@@ -54,23 +54,6 @@ static mut SINK: Pages<1> = Pages::new();
 
 fn page(i: u64) -> u64 {
     (&raw const PAGES) as u64 + i * 4096
-}
-
-/// TSC ticks in `ms` milliseconds (microhv's timing leaf).
-fn ticks(ms: u64) -> u64 {
-    u64::from(core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax).max(1) * ms
-}
-
-/// Yields until `done` holds (true) or about `ms` milliseconds passed (false).
-fn poll(ms: u64, mut done: impl FnMut() -> bool) -> bool {
-    let start = rdtsc();
-    while !done() {
-        if rdtsc() - start > ticks(ms) {
-            return false;
-        }
-        let _ = guest_rt::hv().yield_now();
-    }
-    true
 }
 
 fn sleep_for_good() -> ! {
