@@ -5,6 +5,8 @@
 //! - [`types`]: the `#[repr(C)]` argument and result structures passed by guest-physical
 //!   address, laid out identically for every party (compile-time size and offset checks).
 //! - [`cpuid`]: the leaves from `0x4000_0000` through which a guest discovers microhv.
+//! - [`pv`]: the split drivers' agreements between dom0 and a domain: the configuration store
+//!   and the PV block ring.
 //! - [`pvh`]: the PVH boot ABI (start info, memory map, module list) domains are started with.
 //! - [`guest`]: guest-side hypercall wrappers (VMCALL or VMMCALL, chosen at run time).
 //! - [`proto`]: the control protocol between the host tools and dom0 (postcard in COBS frames).
@@ -26,6 +28,7 @@ pub mod hypercall;
 pub mod platform;
 #[cfg(feature = "proto")]
 pub mod proto;
+pub mod pv;
 pub mod pvh;
 #[cfg(any(test, feature = "testing"))]
 pub mod testutil;
@@ -36,7 +39,7 @@ pub use hypercall::{Errno, Op};
 /// ABI major version: a guest refuses a major it does not know.
 pub const ABI_VERSION_MAJOR: u16 = 3;
 /// ABI minor version: additions that keep every existing call meaning the same.
-pub const ABI_VERSION_MINOR: u16 = 4;
+pub const ABI_VERSION_MINOR: u16 = 5;
 
 /// The version as the `version` hypercall and CPUID leaf `0x4000_0001` report it:
 /// `major << 16 | minor`.

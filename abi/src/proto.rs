@@ -217,6 +217,15 @@ pub enum Req<'a> {
     },
     /// 22: dom0's disk: the drive and its file system ([`Resp::DiskInfo`]).
     DiskInfo,
+    /// 23: give a domain that has not started yet a virtual disk served by dom0 (PV block,
+    /// `ABI.md` "Split drivers"): the region of dom0's disk named after the domain, made
+    /// (zeroed) at the first attach and kept across destroys and reboots ([`Resp::Done`]).
+    VbdAttach {
+        /// The domain, created and not yet unpaused.
+        domid: u32,
+        /// The disk's size: a multiple of 4096, at least 4096.
+        bytes: u64,
+    },
 }
 
 /// Boot modules [`Req::CreateWithModules`] can hand a kernel.
@@ -444,6 +453,16 @@ pub enum DiskError {
     /// 9: the file system's structures are inconsistent (a cluster chain that ends early or
     /// points outside the volume, ...).
     Corrupt,
+    /// 10: no region for virtual disks on dom0's disk (no second MBR partition of type
+    /// `0xDA`), or its table does not parse.
+    NoPool,
+    /// 11: the virtual disks' region has no room (space, or entries) for a new disk.
+    PoolFull,
+    /// 12: the domain's virtual disk exists with another size.
+    SizeMismatch {
+        /// Its size in 512-byte sectors.
+        sectors: u64,
+    },
 }
 
 /// How a frame was malformed.
@@ -516,6 +535,11 @@ impl core::fmt::Display for DiskError {
             }
             DiskError::OutOfRange => f.write_str("read past the end of the disk or file"),
             DiskError::Corrupt => f.write_str("the file system is inconsistent"),
+            DiskError::NoPool => f.write_str("no region for virtual disks on dom0's disk"),
+            DiskError::PoolFull => f.write_str("no room for another virtual disk"),
+            DiskError::SizeMismatch { sectors } => {
+                write!(f, "the virtual disk exists with another size ({} KiB)", sectors / 2)
+            }
         }
     }
 }

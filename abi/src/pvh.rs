@@ -261,7 +261,8 @@ pub fn memmap(mem_bytes: u64) -> [MemmapEntry; 5] {
 }
 
 /// Builds the page placed at [`START_INFO_GPA`]: a [`StartInfo`], then the memory map, the
-/// module list and the NUL-terminated strings, every address in it guest-physical.
+/// module list and the NUL-terminated strings, every address in it guest-physical. The last
+/// 64 bytes stay zero: dom0 puts a domain's store descriptor there (`pv::StoreInfo`).
 pub fn build_start_page(
     mem_bytes: u64,
     cmdline: &str,
@@ -278,7 +279,8 @@ pub fn build_start_page(
     let mut text = modlist_off + modules.len() * size_of::<ModlistEntry>();
     let mut put_str = |page: &mut [u8; 4096], s: &str| -> Result<u64, StartPageError> {
         let end = text + s.len() + 1;
-        if end > page.len() {
+        // The page's tail is the store descriptor's (`pv::STORE_INFO_OFFSET`).
+        if end > crate::pv::STORE_INFO_OFFSET {
             return Err(StartPageError::TooBig);
         }
         page[text..text + s.len()].copy_from_slice(s.as_bytes());

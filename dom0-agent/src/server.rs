@@ -361,6 +361,7 @@ fn describe(line: &mut Line, req: &Request<'_>) {
             write!(line, "ctl #{id}: disk ls {:?} from {skip}", path.get(..48).unwrap_or(path))
         }
         Req::DiskInfo => write!(line, "ctl #{id}: disk info"),
+        Req::VbdAttach { domid, bytes } => write!(line, "ctl #{id}: vbd attach d{domid} {bytes}"),
     };
 }
 
@@ -477,6 +478,7 @@ fn handle<'r, H: Control>(
         }
         Req::DiskList { path, skip } => disk_list(ctx, console, ahead, reason, path, skip),
         Req::DiskInfo => disk_info(ctx, console, ahead, reason),
+        Req::VbdAttach { .. } => Resp::Error(Error::BadRequest { reason: "no virtual disks yet" }),
     }
 }
 
