@@ -106,6 +106,11 @@ enum Cmd {
         /// Leave the domain paused (state `created`) instead of starting it.
         #[arg(long, short)]
         paused: bool,
+        /// Give the domain a virtual disk of this size (a multiple of 4K) that dom0 serves
+        /// (PV block): the region of dom0's disk named after the domain, made zeroed at the
+        /// first use and kept for the next domain of that name.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        disk: Option<u64>,
     },
     /// Free a domain and everything it holds.
     Destroy {
@@ -221,6 +226,30 @@ fn main() -> ExitCode {
 }
 
 /// `16M`, `4MiB`, `512k`, `1G`, or bytes.
+/// Gives a domain created paused its virtual disk, then starts it unless `paused`; a domain
+/// whose disk cannot be attached is destroyed, so that a failed `create` leaves nothing.
+fn attach_and_start(
+    c: &mut Client,
+    domid: u32,
+    disk: Option<u64>,
+    paused: bool,
+) -> Result<(), Fail> {
+    let Some(bytes) = disk else { return Ok(()) };
+    let done = |r: Resp<'_>| match r {
+        Resp::Done => Ok(()),
+        o => Err(unexpected(&o)),
+    };
+    // A first attach zeroes the region on dom0's disk: seconds for a large one.
+    let attached =
+        c.call_within(DISK_BUILD_TIMEOUT.max(c.timeout()), Req::VbdAttach { domid, bytes }, done);
+    let started =
+        attached.and_then(|()| if paused { Ok(()) } else { c.call(Req::Unpause { domid }, done) });
+    if started.is_err() {
+        let _ = c.call(Req::Destroy { domid }, done);
+    }
+    started
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -319,7 +348,10 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             cmdline,
             small_pages,
             paused,
+            disk,
         } => {
+            // With a disk the domain starts only once the disk is attached.
+            let start = !paused && disk.is_none();
             let modules: Vec<&str> =
                 initrd.iter().chain(with_modules.iter()).map(String::as_str).collect();
             let kernel = match (kernel, image) {
@@ -352,7 +384,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             };
             if let Some(path) = from_disk {
                 let modules = heapless::Vec::from_slice(&disk_modules).map_err(|_| too_many())?;
-                let request = Req::CreateFromDisk { config, kernel: path, modules, start: !paused };
+                let request = Req::CreateFromDisk { config, kernel: path, modules, start };
                 let t = Instant::now();
                 let timeout = DISK_BUILD_TIMEOUT.max(c.timeout());
                 let domid = c.call_within(timeout, request, |r| match r {
@@ -362,6 +394,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 if !json {
                     eprintln!("built from dom0's disk in {:.1} s", t.elapsed().as_secs_f64());
                 }
+                attach_and_start(&mut c, domid, *disk, *paused)?;
                 let state = if *paused { "created" } else { "running" };
                 output::created(name, domid, state, json);
                 return Ok(());
@@ -379,15 +412,16 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 }
             };
             let request = if modules.is_empty() {
-                Req::Create { config, image: source, start: !paused }
+                Req::Create { config, image: source, start }
             } else {
                 let modules = heapless::Vec::from_slice(&modules).map_err(|_| too_many())?;
-                Req::CreateWithModules { config, image: source, modules, start: !paused }
+                Req::CreateWithModules { config, image: source, modules, start }
             };
             let domid = c.call(request, |r| match r {
                 Resp::Created { domid } => Ok(domid),
                 o => Err(unexpected(&o)),
             })?;
+            attach_and_start(&mut c, domid, *disk, *paused)?;
             let state = if *paused { "created" } else { "running" };
             output::created(name, domid, state, json);
         }

@@ -243,3 +243,66 @@ fn mixed_sources_are_refused_before_connecting() {
     let out = hvctl(&path, &["create", "d", "--module", "m", "--initrd", "dom0:/i"]);
     fails(&out, "need a kernel from it too");
 }
+
+#[test]
+fn a_domain_with_a_disk_starts_only_once_the_disk_is_attached() {
+    use std::sync::{Arc, Mutex};
+    // What dom0 was asked, in order; attaching to the domain named "bad" fails.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let path = fake_dom0("vbd", move |id, req| {
+        let mut log = log.lock().unwrap();
+        match req {
+            Req::List => vec![(id, Resp::List(heapless::Vec::new()))],
+            Req::CreateFromDisk { config, start, .. } => {
+                log.push(format!("create {} start={start}", config.name));
+                let domid = if config.name == "bad" { 6 } else { 5 };
+                vec![(id, Resp::Created { domid })]
+            }
+            Req::VbdAttach { domid, bytes } => {
+                log.push(format!("attach d{domid} {bytes}"));
+                if *domid == 6 {
+                    let error = proto::DiskError::SizeMismatch { sectors: 2048 };
+                    vec![(id, Resp::Error(Error::Disk { error, path: "" }))]
+                } else {
+                    vec![(id, Resp::Done)]
+                }
+            }
+            Req::Unpause { domid } => {
+                log.push(format!("unpause d{domid}"));
+                vec![(id, Resp::Done)]
+            }
+            Req::Destroy { domid } => {
+                log.push(format!("destroy d{domid}"));
+                vec![(id, Resp::Done)]
+            }
+            other => simple(id, other),
+        }
+    });
+    let out = hvctl(&path, &["create", "good", "--kernel", "dom0:/k", "--disk", "1M"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["create good start=false", "attach d5 1048576", "unpause d5"]
+    );
+    seen.lock().unwrap().clear();
+    let path = fake_dom0("vbd-bad", {
+        let log = Arc::clone(&seen);
+        move |id, req| match req {
+            Req::List => vec![(id, Resp::List(heapless::Vec::new()))],
+            Req::CreateFromDisk { .. } => vec![(id, Resp::Created { domid: 6 })],
+            Req::VbdAttach { .. } => {
+                let error = proto::DiskError::SizeMismatch { sectors: 2048 };
+                vec![(id, Resp::Error(Error::Disk { error, path: "" }))]
+            }
+            Req::Destroy { domid } => {
+                log.lock().unwrap().push(format!("destroy d{domid}"));
+                vec![(id, Resp::Done)]
+            }
+            other => simple(id, other),
+        }
+    });
+    let out = hvctl(&path, &["create", "bad", "--kernel", "dom0:/k", "--disk", "2M"]);
+    fails(&out, "the virtual disk exists with another size (1024 KiB)");
+    assert_eq!(*seen.lock().unwrap(), ["destroy d6"], "a failed create leaves nothing");
+}
