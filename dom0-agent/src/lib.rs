@@ -16,3 +16,4 @@ pub mod dm;
 pub mod image;
 pub mod multiboot;
 pub mod server;
+pub mod vbd;
