@@ -115,7 +115,7 @@ impl<'d> Backend<'d> {
         info: &DomainInfo,
         bytes: u64,
     ) -> Result<(), AttachError> {
-        if bytes < PAGE as u64 || bytes % PAGE as u64 != 0 {
+        if bytes < PAGE as u64 || !bytes.is_multiple_of(PAGE as u64) {
             return Err(AttachError::BadRequest("a virtual disk is whole 4 KiB pages"));
         }
         if info.state != DomainState::Created as u32 {

@@ -71,7 +71,7 @@ impl<'d> Region<'d> {
 
     /// The absolute sector of `lba`, if `buf` (whole sectors) fits from there.
     fn at(&self, lba: u64, len: usize) -> Result<u64, DiskError> {
-        if len % SECTOR != 0 {
+        if !len.is_multiple_of(SECTOR) {
             return Err(DiskError::OutOfRange);
         }
         let end = lba.checked_add((len / SECTOR) as u64).ok_or(DiskError::OutOfRange)?;
@@ -249,7 +249,7 @@ impl<'d> Pool<'d> {
             let inside = first.checked_add(sectors).is_some_and(|end| end <= self.sectors);
             let ok = valid_name(&name)
                 && first >= TABLE_SECTORS
-                && first % REGION_ALIGN == 0
+                && first.is_multiple_of(REGION_ALIGN)
                 && sectors > 0
                 && inside;
             if !ok {

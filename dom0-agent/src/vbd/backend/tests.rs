@@ -134,7 +134,7 @@ impl VbdHypercalls for Fake {
     }
     unsafe fn grant_set(&self, gref: u32, peer: u32, gpa: u64, flags: u64) -> Result<(), Errno> {
         self.exists(peer)?;
-        if gref >= GRANT_ENTRIES || flags != 0 || gpa % PAGE as u64 != 0 {
+        if gref >= GRANT_ENTRIES || flags != 0 || !gpa.is_multiple_of(PAGE as u64) {
             return Err(Errno::EINVAL);
         }
         self.failing("grant_set")?;
@@ -150,7 +150,8 @@ impl VbdHypercalls for Fake {
     }
     fn grant_map(&self, granter: u32, gref: u32, gpa: u64, flags: u64) -> Result<(), Errno> {
         self.exists(granter)?;
-        let in_window = (ring_gpa(0)..ring_gpa(MAX_VBDS)).contains(&gpa) && gpa % PAGE as u64 == 0;
+        let in_window =
+            (ring_gpa(0)..ring_gpa(MAX_VBDS)).contains(&gpa) && gpa.is_multiple_of(PAGE as u64);
         if !in_window || flags != 0 || !self.fe_grants.borrow().contains_key(&(granter, gref)) {
             return Err(Errno::EINVAL);
         }

@@ -144,9 +144,12 @@ fn put(d: &MemDisk, i: usize, name: &[u8], first: u64, sectors: u64) {
     e[40..48].copy_from_slice(&sectors.to_le_bytes());
 }
 
+/// A way to spoil a table.
+type Corruption = fn(&MemDisk);
+
 #[test]
 fn a_table_that_does_not_parse_is_no_pool_and_is_left_alone() {
-    let cases: Vec<(&str, fn(&MemDisk))> = vec![
+    let cases: Vec<(&str, Corruption)> = vec![
         ("bad magic", |d| put(d, 0, b"MHVVBD02", 0, 0)),
         ("bad version", |d| {
             put(d, 0, b"MHVVBD01", 0, 0);
