@@ -232,7 +232,7 @@ pub enum Req<'a> {
 pub const KERNEL_MODULES_MAX: usize = 4;
 
 /// Number of [`Req`] variants this version knows: tags from here on are unknown.
-pub const REQ_VARIANTS: u32 = 23;
+pub const REQ_VARIANTS: u32 = 24;
 
 /// What to build (`DomainCreate` fields plus the kernel command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

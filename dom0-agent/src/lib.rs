@@ -1,9 +1,10 @@
 //! dom0's logic that needs no privilege to be tested on the host: the image formats it can
 //! boot (PVH ELF, multiboot v1) and where their bytes come from (`image`), the domain builder
 //! with the ACPI tables it gives domains, the device models it serves domUs (`dm`), its disk
-//! (`disk`: the ATA driver, the FAT file system), and the control-protocol server, written
+//! (`disk`: the ATA driver, the FAT file system), the PV block backend that serves domUs virtual
+//! disks from it (`vbd`), and the control-protocol server, written
 //! against traits (`builder::Hypercalls`, `server::Control`, `server::Channel`,
-//! `disk::ata::Bus`) that the real hypercall interface, COM2 and the ATA ports implement.
+//! `vbd::VbdHypercalls`, `disk::ata::Bus`) that the real hypercall interface, COM2 and the ATA ports implement.
 #![no_std]
 
 #[cfg(test)]
@@ -16,3 +17,4 @@ pub mod dm;
 pub mod image;
 pub mod multiboot;
 pub mod server;
+pub mod vbd;

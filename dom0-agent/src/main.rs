@@ -32,6 +32,7 @@ use dom0_agent::disk::fs::{Fs, ReadAhead};
 use dom0_agent::disk::{Disk, PrimaryChannel};
 use dom0_agent::dm;
 use dom0_agent::server::{Buffers, Channel, DiskAccess, Poll, Server};
+use dom0_agent::vbd::{self, Backend, MAX_VBDS, Memory, Page};
 use guest_rt::{Boot, println, rdtsc};
 use rt::uart::{COM2, Uart};
 
@@ -57,6 +58,8 @@ static mut IMAGE: [u8; IMAGE_CAPACITY] = [0; IMAGE_CAPACITY];
 static mut DISK_CHUNK: [u8; MEM_WRITE_MAX as usize] = [0; MEM_WRITE_MAX as usize];
 /// The server's frame buffers (in .bss rather than on the 64 KiB stack).
 static mut BUFFERS: Buffers = Buffers::new();
+/// The virtual disks' store pages, one per slot, granted to the domains (`vbd`).
+static mut STORE_PAGES: [Page; MAX_VBDS] = [const { Page::zeroed() }; MAX_VBDS];
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
@@ -153,7 +156,24 @@ fn serve(boot: &Boot) -> ! {
         )
     };
     let disk = probe_disk(bufs.read_ahead());
-    let mut server = Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION"));
+    let events = (&raw mut EVTCHN_PAGE).cast::<abi::types::EvtchnShared>();
+    // SAFETY: EVTCHN_PAGE is dom0's event-channel page from now on (as in `bench`), and only
+    // the backend reads it.
+    if let Err(e) = unsafe { hv.evtchn_set_callback(0, events) } {
+        println!("no event-channel page ({e}): virtual disks are never served");
+    }
+    let mem = Memory {
+        store: &raw mut STORE_PAGES,
+        rings: vbd::ring_gpa(0) as *mut [Page; MAX_VBDS],
+        events,
+    };
+    let sectors = disk.as_ref().map(|d| d as &dyn dom0_agent::disk::Sectors);
+    // SAFETY: the store pages and the event-channel page are used by nothing else from now on
+    // (`serve` never returns); dom0 is identity-mapped, so the ring window's guest-physical
+    // addresses are where it sees the rings it maps there, and the backend only maps there.
+    let backend = unsafe { Backend::new(mem, sectors) };
+    let mut server =
+        Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION")).with_vbds(backend);
     if let Some(d) = &disk {
         server = server.with_disk(DiskAccess { sectors: d, identity: d.identity() }, chunk);
     }
@@ -166,12 +186,16 @@ fn serve(boot: &Boot) -> ! {
     let mut last = rdtsc();
     let (mut round, mut quiet) = (0u32, true);
     loop {
-        // The domUs' device accesses are served whenever no byte was waiting, and every 256
-        // rounds while a request streams in (each look costs a hypercall; a byte comes every
-        // ~4,500 TSC ticks).
+        // The domUs' device accesses and virtual disks are served whenever no byte was
+        // waiting, and every 256 rounds while a request streams in (each look at the device
+        // models costs a hypercall; a byte comes every ~4,500 TSC ticks). After serving, the
+        // CPU goes to the domains that waited.
         round = round.wrapping_add(1);
-        if (quiet || round % 256 == 0) && dm::poll(hv) {
-            let _ = hv.yield_now();
+        if quiet || round % 256 == 0 {
+            let models = dm::poll(hv);
+            if server.poll_vbds(hv) || models {
+                let _ = hv.yield_now();
+            }
         }
         let poll = server.poll(hv, &mut chan);
         quiet = poll == Poll::Idle;
@@ -298,7 +322,7 @@ fn bench_grants(hv: &abi::guest::Hypervisor) {
 struct GrantPages([u8; 8192]);
 static mut GRANT_PAGES: GrantPages = GrantPages([0; 8192]);
 
-/// dom0's event-channel page (`bench`).
+/// dom0's event-channel page (`bench`; then the virtual disks' events, `serve`).
 #[repr(C, align(4096))]
 struct EvtchnPage([u8; 4096]);
 static mut EVTCHN_PAGE: EvtchnPage = EvtchnPage([0; 4096]);

@@ -16,6 +16,7 @@ use crate::disk::Sectors;
 use crate::disk::ata::Identity;
 use crate::disk::fs::{File, Fs, ReadAhead};
 use crate::image::Source;
+use crate::vbd::{AttachError, Backend, VbdHypercalls};
 use abi::Errno;
 use abi::hypercall::{CONSOLE_READ_MAX, MAX_DOMAINS, ShutdownReason};
 use abi::proto::{
@@ -200,6 +201,8 @@ struct State<'a> {
     greeted: bool,
     /// What the builder reads files from the disk through.
     scratch: &'a mut [u8],
+    /// The virtual disks dom0 serves, if it was given a backend.
+    vbds: Option<Backend<'a>>,
 }
 
 /// dom0's disk as the server sees it.
@@ -237,7 +240,13 @@ impl<'a> Server<'a> {
         Self {
             modules,
             bufs,
-            state: State { image, upload: Upload::default(), greeted: false, scratch: &mut [] },
+            state: State {
+                image,
+                upload: Upload::default(),
+                greeted: false,
+                scratch: &mut [],
+                vbds: None,
+            },
             agent,
             disk: None,
             served: 0,
@@ -253,8 +262,22 @@ impl<'a> Server<'a> {
         self
     }
 
+    /// Serves virtual disks through `vbds` (`VbdAttach`; without a backend it is
+    /// [`DiskError::NoDisk`]): the server attaches domains and tears their disks down when it
+    /// destroys them; [`Server::poll_vbds`] serves them.
+    pub fn with_vbds(mut self, vbds: Backend<'a>) -> Self {
+        self.state.vbds = Some(vbds);
+        self
+    }
+
+    /// Serves the virtual disks' stores and rings, if an event came in (cheap otherwise);
+    /// whether anything was done.
+    pub fn poll_vbds<H: VbdHypercalls>(&mut self, hv: &H) -> bool {
+        self.state.vbds.as_mut().is_some_and(|b| b.poll(hv))
+    }
+
     /// Reads the bytes waiting on `ch` and answers every frame they complete.
-    pub fn poll<H: Control, C: Channel>(&mut self, hv: &H, ch: &mut C) -> Poll {
+    pub fn poll<H: Control + VbdHypercalls, C: Channel>(&mut self, hv: &H, ch: &mut C) -> Poll {
         let Buffers { reader, encoder, console, ahead } = &mut *self.bufs;
         let mut result = Poll::Idle;
         while let Some(b) = ch.read_byte() {
@@ -387,7 +410,7 @@ fn done(r: Result<(), Errno>) -> Resp<'static> {
     r.map_or_else(hc, |()| Resp::Done)
 }
 
-fn handle<'r, H: Control>(
+fn handle<'r, H: Control + VbdHypercalls>(
     ctx: &Ctx<'_, 'r, H>,
     st: &mut State<'_>,
     (console, ahead): (&'r mut [u8], &mut ReadAhead),
@@ -436,11 +459,23 @@ fn handle<'r, H: Control>(
             Resp::UploadProgress { received: 0 }
         }
         Req::UploadChunk { offset, data } => upload_chunk(st, offset, data),
-        Req::Create { config, image, start } => create(ctx, st, reason, &config, image, &[], start),
-        Req::CreateWithModules { config, image, modules, start } => {
-            create(ctx, st, reason, &config, image, &modules, start)
+        Req::Create { config, image, start } => {
+            let resp = create(ctx, st, reason, &config, image, &[], start);
+            forget_vbd(hv, st, resp)
         }
-        Req::Destroy { domid } => done(hv.domain_destroy(domid)),
+        Req::CreateWithModules { config, image, modules, start } => {
+            let resp = create(ctx, st, reason, &config, image, &modules, start);
+            forget_vbd(hv, st, resp)
+        }
+        Req::Destroy { domid } => {
+            let destroyed = hv.domain_destroy(domid);
+            if destroyed.is_ok()
+                && let Some(vbds) = st.vbds.as_mut()
+            {
+                vbds.destroyed(hv, domid);
+            }
+            done(destroyed)
+        }
         Req::Pause { domid } => done(hv.domain_pause(domid)),
         Req::Unpause { domid } => done(hv.domain_unpause(domid)),
         Req::Shutdown { domid, reason, status } => done(hv.domain_shutdown(domid, reason, status)),
@@ -474,11 +509,46 @@ fn handle<'r, H: Control>(
             Err(e) => hc(e),
         },
         Req::CreateFromDisk { config, kernel, modules, start } => {
-            create_from_disk(ctx, st, ahead, reason, &config, kernel, &modules, start)
+            let resp = create_from_disk(ctx, st, ahead, reason, &config, kernel, &modules, start);
+            forget_vbd(hv, st, resp)
         }
         Req::DiskList { path, skip } => disk_list(ctx, console, ahead, reason, path, skip),
         Req::DiskInfo => disk_info(ctx, console, ahead, reason),
-        Req::VbdAttach { .. } => Resp::Error(Error::BadRequest { reason: "no virtual disks yet" }),
+        Req::VbdAttach { domid, bytes } => vbd_attach(hv, st, reason, domid, bytes),
+    }
+}
+
+/// A new domain whose id a virtual disk still names (its predecessor was destroyed other
+/// than through this server): that disk is torn down, so nothing of it reaches the newcomer.
+fn forget_vbd<'r, H: VbdHypercalls>(hv: &H, st: &mut State<'_>, resp: Resp<'r>) -> Resp<'r> {
+    if let (Resp::Created { domid }, Some(vbds)) = (&resp, st.vbds.as_mut()) {
+        vbds.destroyed(hv, *domid);
+    }
+    resp
+}
+
+/// Gives `domid`, created and not yet started, a virtual disk of `bytes`. Not inlined: its
+/// frame (the pool's table, a chunk of zeros) stays off the path of every other request.
+#[inline(never)]
+fn vbd_attach<'r, H: Control + VbdHypercalls>(
+    hv: &H,
+    st: &mut State<'_>,
+    reason: &'r mut heapless::String<REASON_MAX>,
+    domid: u32,
+    bytes: u64,
+) -> Resp<'r> {
+    let Some(vbds) = st.vbds.as_mut() else {
+        return disk_err(reason, DiskError::NoDisk, "");
+    };
+    let info = match hv.domain_info(domid) {
+        Ok(info) => info,
+        Err(e) => return hc(e),
+    };
+    match vbds.attach(hv, &info, bytes) {
+        Ok(()) => Resp::Done,
+        Err(AttachError::BadRequest(reason)) => Resp::Error(Error::BadRequest { reason }),
+        Err(AttachError::Hypercall(e)) => hc(e),
+        Err(AttachError::Disk(e)) => disk_err(reason, e, ""),
     }
 }
 

@@ -51,6 +51,7 @@ fn req<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Req<'a> {
         },
         21 => Req::DiskList { path: s, skip: a },
         22 => Req::DiskInfo,
+        23 => Req::VbdAttach { domid: a, bytes: b },
         // Also `Create` from a module, so both image sources round-trip.
         _ => Req::Create { config, image: ImageSource::Module(s), start: true },
     }
@@ -250,9 +251,10 @@ fn unknown_tags_keep_their_id() {
     msg.extend(postcard::to_allocvec(&REQ_VARIANTS).unwrap());
     assert_eq!(decode_request(&msg), Err((300, Error::UnknownRequest { tag: REQ_VARIANTS })));
     // The last known tag is known.
-    let last = postcard::to_allocvec(&Request { id: 1, body: Req::DiskInfo }).unwrap();
+    let body = Req::VbdAttach { domid: 1, bytes: 4096 };
+    let last = postcard::to_allocvec(&Request { id: 1, body: body.clone() }).unwrap();
     assert_eq!(last[1] as u32, REQ_VARIANTS - 1);
-    assert_eq!(decode_request(&last), Ok(Request { id: 1, body: Req::DiskInfo }));
+    assert_eq!(decode_request(&last), Ok(Request { id: 1, body }));
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! - [`ata`]: the ATA PIO driver, polled, behind the [`ata::Bus`] trait (the real ports:
 //!   [`PrimaryChannel`]; a simulated drive in the tests).
 //! - [`Sectors`]: the disk as whole 512-byte sectors, bounds-checked. [`Disk`] implements it on
-//!   the driver. The file system sits on it, and so can a block backend serving a domU a
-//!   region of the disk (a later step: it would take a `&dyn Sectors`).
+//!   the driver. The file system sits on it, and so does the block backend serving domUs
+//!   regions of the disk (`crate::vbd`, through a `&dyn Sectors`).
 //! - [`fs`]: the FAT16 / FAT32 file system of the disk's first MBR partition, read with the
 //!   `embedded-sdmmc` crate, opened per request (a few sectors), so nothing is cached across
 //!   requests that another writer of the disk could invalidate.

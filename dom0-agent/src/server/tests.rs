@@ -17,6 +17,8 @@ struct Fake {
     domains: RefCell<Vec<DomainInfo>>,
     console: RefCell<Vec<u8>>,
     log: RefCell<Vec<String>>,
+    /// The backend's teardown calls.
+    vbd_calls: RefCell<Vec<&'static str>>,
 }
 
 impl Fake {
@@ -68,6 +70,43 @@ impl Hypercalls for Fake {
         self.domu(domid, |_| ())?;
         self.domains.borrow_mut().retain(|d| d.domid != domid);
         Ok(())
+    }
+}
+
+/// Event channels and grants that always work: the server tests see only what `VbdAttach`
+/// answers (the backend has its own tests against a stricter fake).
+impl crate::vbd::VbdHypercalls for Fake {
+    fn evtchn_alloc_unbound(&self, remote: u32) -> Result<u32, Errno> {
+        self.with(remote, |_| 1)
+    }
+    fn evtchn_bind_interdomain(&self, _: u32, _: u32) -> Result<u32, Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn evtchn_send(&self, _: u32) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn evtchn_close(&self, _: u32) -> Result<(), Errno> {
+        self.vbd_calls.borrow_mut().push("close");
+        Ok(())
+    }
+    unsafe fn grant_set(&self, _: u32, peer: u32, _: u64, _: u64) -> Result<(), Errno> {
+        self.with(peer, |_| ())
+    }
+    fn grant_revoke(&self, _: u32) -> Result<(), Errno> {
+        self.vbd_calls.borrow_mut().push("revoke");
+        Ok(())
+    }
+    fn grant_map(&self, _: u32, _: u32, _: u64, _: u64) -> Result<(), Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn grant_unmap(&self, _: u64) -> Result<(), Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn grant_copy_from(&self, _: u32, _: u32, _: u64, _: &mut [u8]) -> Result<u64, Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn grant_copy_to(&self, _: u32, _: u32, _: u64, _: &[u8]) -> Result<u64, Errno> {
+        Err(Errno::EINVAL)
     }
 }
 
@@ -567,6 +606,76 @@ fn without_a_disk_every_disk_request_says_so() {
     assert!(got[2].1.ends_with("filesystem: \"none: no FAT file system on dom0's disk\" }"));
 }
 
+#[test]
+fn domains_get_virtual_disks_before_they_start() {
+    use crate::vbd::{Backend, MAX_VBDS, Memory, Page};
+    let mut rig = Rig::new(1024);
+    let disk = crate::disk::MemDisk(RefCell::new(crate::vbd::pool::tests::pool_disk(4096, 0xda)));
+    let store = Box::leak(Box::new([const { Page::zeroed() }; MAX_VBDS]));
+    let rings = Box::leak(Box::new([const { Page::zeroed() }; MAX_VBDS]));
+    let events = Box::leak(Box::new(Page::zeroed()));
+    let mem = Memory {
+        store: store as *mut _,
+        rings: rings as *mut _,
+        events: (events as *mut Page).cast(),
+    };
+    let modules = [BootModule { name: "hello", bytes: &rig.module }];
+    let identity = crate::disk::ata::Identity {
+        model: "TEST DISK".try_into().unwrap(),
+        sectors: crate::disk::Sectors::sectors(&disk),
+        lba48: true,
+        multiple: 16,
+    };
+    let mut scratch = vec![0u8; 65536];
+    // SAFETY: leaked pages nothing else uses.
+    let backend = unsafe { Backend::new(mem, Some(&disk)) };
+    let mut server = Server::new(&modules, &mut rig.bufs, &mut rig.image, "test")
+        .with_disk(DiskAccess { sectors: &disk, identity: &identity }, &mut scratch)
+        .with_vbds(backend);
+    let module = |name| ImageSource::Module(name);
+    let input = [
+        frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+        frame(2, Req::Create { config: config("v"), image: module("hello"), start: false }),
+        frame(3, Req::VbdAttach { domid: 1, bytes: 1 << 20 }),
+        frame(4, Req::VbdAttach { domid: 1, bytes: 1 << 20 }),
+        frame(5, Req::VbdAttach { domid: 9, bytes: 1 << 20 }),
+        frame(6, Req::VbdAttach { domid: 1, bytes: 1000 }),
+        frame(7, Req::Create { config: config("w"), image: module("hello"), start: true }),
+        frame(8, Req::VbdAttach { domid: 2, bytes: 4096 }),
+        frame(9, Req::Destroy { domid: 1 }),
+        frame(10, Req::Create { config: config("v"), image: module("hello"), start: false }),
+        frame(11, Req::VbdAttach { domid: 1, bytes: 2 << 20 }),
+    ];
+    let mut pipe = Pipe::default();
+    for f in &input {
+        pipe.input.extend(f);
+    }
+    drain(&mut server, &rig.fake, &mut pipe);
+    assert!(!server.poll_vbds(&rig.fake), "no event, nothing to do");
+    let got = responses(&pipe.output);
+    let b: Vec<&str> = got.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(b[1], "Created { domid: 1 }");
+    assert_eq!(b[2], "Done");
+    assert!(b[3].contains("has a virtual disk already"), "{}", b[3]);
+    assert_eq!(b[4], "Error(Hypercall { errno: ESRCH })");
+    assert!(b[5].starts_with("Error(BadRequest"), "{}", b[5]);
+    assert!(b[7].contains("attach before the domain starts"), "{}", b[7]);
+    assert_eq!(b[8], "Done");
+    assert_eq!(*rig.fake.vbd_calls.borrow(), ["close", "revoke"], "the disk went with d1");
+    assert_eq!(b[10], "Error(Disk { error: SizeMismatch { sectors: 2048 }, path: \"\" })");
+    let log = rig.fake.log.borrow().clone();
+    assert!(log.iter().any(|l| l.contains("vbd attach d1 1048576 -> ok")), "{log:?}");
+    // Without a backend (dom0 without a disk): no disk.
+    let got = exchange(
+        &mut rig,
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            frame(2, Req::VbdAttach { domid: 1, bytes: 4096 }),
+        ],
+    );
+    assert_eq!(got[1].1, "Error(Disk { error: NoDisk, path: \"\" })");
+}
+
 /// One piece of random input.
 #[derive(Debug, Clone)]
 enum Piece {
@@ -618,6 +727,7 @@ fn random_req<'a>(sel: u32, a: u32, b: u64, s: &'a str, data: &'a [u8]) -> Req<'
         },
         21 => Req::DiskList { path: s, skip: a },
         22 => Req::DiskInfo,
+        23 => Req::VbdAttach { domid: a, bytes: b },
         _ => Req::Create {
             config,
             image: ImageSource::Module(if a & 1 == 0 { "hello" } else { s }),
