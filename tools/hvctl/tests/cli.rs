@@ -254,7 +254,7 @@ fn a_domain_with_a_disk_starts_only_once_the_disk_is_attached() {
         let mut log = log.lock().unwrap();
         match req {
             Req::List => vec![(id, Resp::List(heapless::Vec::new()))],
-            Req::CreateFromDisk { config, start, .. } => {
+            Req::Create { config, start, .. } => {
                 log.push(format!("create {} start={start}", config.name));
                 let domid = if config.name == "bad" { 6 } else { 5 };
                 vec![(id, Resp::Created { domid })]
@@ -279,7 +279,7 @@ fn a_domain_with_a_disk_starts_only_once_the_disk_is_attached() {
             other => simple(id, other),
         }
     });
-    let out = hvctl(&path, &["create", "good", "--kernel", "dom0:/k", "--disk", "1M"]);
+    let out = hvctl(&path, &["create", "good", "--module", "m", "--disk", "1M"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         *seen.lock().unwrap(),
@@ -290,7 +290,7 @@ fn a_domain_with_a_disk_starts_only_once_the_disk_is_attached() {
         let log = Arc::clone(&seen);
         move |id, req| match req {
             Req::List => vec![(id, Resp::List(heapless::Vec::new()))],
-            Req::CreateFromDisk { .. } => vec![(id, Resp::Created { domid: 6 })],
+            Req::Create { .. } => vec![(id, Resp::Created { domid: 6 })],
             Req::VbdAttach { .. } => {
                 let error = proto::DiskError::SizeMismatch { sectors: 2048 };
                 vec![(id, Resp::Error(Error::Disk { error, path: "" }))]
@@ -302,7 +302,7 @@ fn a_domain_with_a_disk_starts_only_once_the_disk_is_attached() {
             other => simple(id, other),
         }
     });
-    let out = hvctl(&path, &["create", "bad", "--kernel", "dom0:/k", "--disk", "2M"]);
+    let out = hvctl(&path, &["create", "bad", "--module", "m", "--disk", "2M"]);
     fails(&out, "the virtual disk exists with another size (1024 KiB)");
     assert_eq!(*seen.lock().unwrap(), ["destroy d6"], "a failed create leaves nothing");
 }
