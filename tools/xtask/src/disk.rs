@@ -7,11 +7,13 @@
 //! boot test gets a fresh image of its own in its run directory (two emulators must never
 //! share one writable image; QEMU even locks it).
 //!
-//! Layout: 520 cylinders of 16 heads and 63 sectors (524,160 sectors, 255.9 MiB; Bochs derives
-//! a flat image's geometry from its size, so the size is a whole number of cylinders), an MBR
-//! whose first entry is a FAT32 (LBA) partition from sector 2048 (1 MiB, where partitioning
-//! tools put it) to the end, formatted by `mformat` with 2 KiB clusters (130,000 of them: FAT32
-//! needs 65,525 at least). The file is sparse: it takes a few MiB on the host until filled.
+//! Layout: 1040 cylinders of 16 heads and 63 sectors (1,048,320 sectors, 511.9 MiB; Bochs
+//! derives a flat image's geometry from its size, so the size is a whole number of cylinders),
+//! an MBR with two entries: a FAT32 (LBA) partition from sector 2048 (1 MiB, where partitioning
+//! tools put it) to sector 524,160, formatted by `mformat` with 2 KiB clusters (130,000 of
+//! them: FAT32 needs 65,525 at least), and from there to the end (256 MiB) a partition of type
+//! 0xDA ("non-FS data"), all zeros, where dom0 keeps the domUs' virtual disks (`dom0-agent/src/
+//! vbd/pool.rs`). The file is sparse: it takes a few MiB on the host until filled.
 
 use anyhow::{Context, Result, bail, ensure};
 use std::io::{Seek, SeekFrom, Write};
@@ -22,16 +24,20 @@ use std::process::Command;
 const HEADS: u64 = 16;
 /// Sectors per track.
 const SPT: u64 = 63;
-/// Cylinders: 255.9 MiB.
-const CYLINDERS: u64 = 520;
+/// Cylinders: 511.9 MiB.
+const CYLINDERS: u64 = 1040;
 /// Sectors of the image.
 pub const SECTORS: u64 = CYLINDERS * HEADS * SPT;
+/// The first sector of the virtual disks' partition (the FAT32 partition's end): half-way.
+pub const POOL_START: u64 = SECTORS / 2;
 /// Bytes of a sector.
 const SECTOR: u64 = 512;
 /// The partition's first sector.
 pub const PARTITION_START: u64 = 2048;
 /// MBR partition type: FAT32 with LBA addressing.
 const TYPE_FAT32_LBA: u8 = 0x0c;
+/// MBR partition type of the virtual disks' region: "non-FS data".
+const TYPE_POOL: u8 = 0xda;
 /// The volume label mformat gives it.
 const LABEL: &str = "MICROHV";
 
@@ -61,17 +67,21 @@ fn mtools(tool: &str, img: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The MBR: no boot code, one FAT32 (LBA) partition from [`PARTITION_START`] to the end.
-/// The CHS fields say "beyond CHS" (0xFE / 0xFF / 0xFF), as for any partition read by LBA.
+/// The MBR: no boot code, a FAT32 (LBA) partition from [`PARTITION_START`] to
+/// [`POOL_START`], the virtual disks' partition from there to the end. The CHS fields say
+/// "beyond CHS" (0xFE / 0xFF / 0xFF), as for any partition read by LBA.
 pub fn mbr() -> [u8; 512] {
     let mut m = [0u8; 512];
-    let e = &mut m[446..462];
-    e[0] = 0x00; // not active: the disk is never booted from
-    e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
-    e[4] = TYPE_FAT32_LBA;
-    e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
-    e[8..12].copy_from_slice(&(PARTITION_START as u32).to_le_bytes());
-    e[12..16].copy_from_slice(&((SECTORS - PARTITION_START) as u32).to_le_bytes());
+    let parts = [(TYPE_FAT32_LBA, PARTITION_START, POOL_START), (TYPE_POOL, POOL_START, SECTORS)];
+    for (i, (kind, start, end)) in parts.into_iter().enumerate() {
+        let e = &mut m[446 + 16 * i..462 + 16 * i];
+        e[0] = 0x00; // not active: the disk is never booted from
+        e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        e[4] = kind;
+        e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+        e[8..12].copy_from_slice(&(start as u32).to_le_bytes());
+        e[12..16].copy_from_slice(&((end - start) as u32).to_le_bytes());
+    }
     m[510] = 0x55;
     m[511] = 0xaa;
     m
@@ -89,7 +99,7 @@ pub fn create(img: &Path) -> Result<()> {
     f.seek(SeekFrom::Start(0))?;
     f.write_all(&mbr())?;
     drop(f);
-    let sectors = (SECTORS - PARTITION_START).to_string();
+    let sectors = (POOL_START - PARTITION_START).to_string();
     let hidden = PARTITION_START.to_string();
     let (heads, spt) = (HEADS.to_string(), SPT.to_string());
     mtools(
@@ -105,7 +115,12 @@ pub fn kept() -> Result<PathBuf> {
     let img = path();
     if !img.exists() {
         create(&img)?;
-        eprintln!("xtask: made dom0's disk {} (FAT32, {} MiB)", img.display(), SECTORS / 2048);
+        eprintln!(
+            "xtask: made dom0's disk {} (FAT32 {} MiB, virtual disks {} MiB)",
+            img.display(),
+            (POOL_START - PARTITION_START) / 2048,
+            (SECTORS - POOL_START) / 2048
+        );
     }
     check(&img)?;
     Ok(img)
@@ -118,7 +133,10 @@ fn check(img: &Path) -> Result<()> {
     let mut mbr = [0u8; 512];
     std::io::Read::read_exact(&mut std::fs::File::open(img)?, &mut mbr)?;
     ensure!(
-        len == SECTORS * SECTOR && mbr[510..] == [0x55, 0xaa] && mbr[446 + 4] == TYPE_FAT32_LBA,
+        len == SECTORS * SECTOR
+            && mbr[510..] == [0x55, 0xaa]
+            && mbr[446 + 4] == TYPE_FAT32_LBA
+            && mbr[462 + 4] == TYPE_POOL,
         "{} is not a disk image made by `cargo xtask disk` ({len} bytes); remove it to get a new one",
         img.display()
     );
@@ -201,16 +219,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_mbr_has_one_fat32_partition_to_the_end_of_the_disk() {
+    fn the_mbr_has_a_fat32_partition_then_the_virtual_disks_to_the_end() {
         let m = mbr();
         assert_eq!(m[510..], [0x55, 0xaa]);
-        assert_eq!(m[446 + 4], 0x0c);
-        let start = u32::from_le_bytes(m[454..458].try_into().unwrap());
-        let len = u32::from_le_bytes(m[458..462].try_into().unwrap());
-        assert_eq!(u64::from(start) + u64::from(len), SECTORS);
-        assert_eq!(u64::from(start), PARTITION_START);
-        // The other three entries are empty, and there is no boot code.
-        assert!(m[462..510].iter().all(|&b| b == 0) && m[..446].iter().all(|&b| b == 0));
+        let field = |at: usize| u64::from(u32::from_le_bytes(m[at..at + 4].try_into().unwrap()));
+        assert_eq!((m[446 + 4], field(454), field(458)), (0x0c, PARTITION_START, 522_112));
+        assert_eq!((m[462 + 4], field(470), field(474)), (0xda, POOL_START, 524_160));
+        assert_eq!(field(470) + field(474), SECTORS);
+        // The other two entries are empty, and there is no boot code.
+        assert!(m[478..510].iter().all(|&b| b == 0) && m[..446].iter().all(|&b| b == 0));
         // A whole number of cylinders, as Bochs derives the geometry from the size.
         assert_eq!(SECTORS % (HEADS * SPT), 0);
     }

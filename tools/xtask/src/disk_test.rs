@@ -58,7 +58,7 @@ pub fn checks() -> Vec<Check> {
         Check::Status(StopStatus::Ok),
         Check::Contains("[d0] disk: ata0 master "),
         Check::Contains(
-            "524160 sectors (255 MiB), LBA48; FAT32 (partition type 0x0c), label MICROHV",
+            "1048320 sectors (511 MiB), LBA48; FAT32 (partition type 0x0c), label MICROHV",
         ),
         Check::Contains("create \"from-disk\" from disk \"/guests/hello\" (+0) -> d"),
         Check::Contains("[d0] ctl: built from dom0's disk: "),
