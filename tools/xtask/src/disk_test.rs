@@ -46,6 +46,7 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 pub fn spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     let mut s = boots::spec(name, emulator, images, "");
     s.modules.push(Module { path: images.guest("hello"), args: String::new() });
+    s.modules.push(Module { path: images.guest("vbd"), args: String::new() });
     let dir = crate::images::out_dir().join(name);
     s.control = Some(dir.join("dom0.sock"));
     s.disk = Some(dir.join("disk.img"));
@@ -244,6 +245,13 @@ pub fn drive(run: &mut Running, socket: &Path, images: &Images) -> Result<Vec<St
         hv.ok(&["destroy", d])?;
     }
     ensure!(hv.json(&["list"])?.as_array().map(Vec::len) == Some(1), "after destroy");
+
+    // Virtual disks: across destroys, between names, against hostile frontends, and (below)
+    // across a restart of the emulator on the same image.
+    crate::vbd_test::first_boot(&mut hv)?;
     hv.ok(&["poweroff"])?;
+    let spec = run.spec().clone();
+    let again = crate::vbd_test::second_boot(run, &spec, images, &bin)?;
+    hv.log.extend(again);
     Ok(hv.log)
 }

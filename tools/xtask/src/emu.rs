@@ -286,6 +286,25 @@ impl Running {
         }
     }
 
+    /// The boot's spec.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// Waits until the emulator exits (true), or `timeout` passes or Ctrl-C (false).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<bool> {
+        let start = Instant::now();
+        loop {
+            if self.pump()?.is_some() {
+                return Ok(true);
+            }
+            if start.elapsed() > timeout || INTERRUPTED.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the emulator now (a test gave up half-way); `finish` then returns at once.
     pub fn kill(&mut self) {
         kill(&mut self.child);
