@@ -5,7 +5,7 @@
 //! - [`types`]: the `#[repr(C)]` argument and result structures passed by guest-physical
 //!   address, laid out identically for every party (compile-time size and offset checks).
 //! - [`cpuid`]: the leaves from `0x4000_0000` through which a guest discovers microhv.
-//! - [`pv`]: the split drivers' agreements between dom0 and a domain: the configuration store
+//! - [`pv`]: (feature `pv`) the split drivers' agreements between dom0 and a domain: the configuration store
 //!   and the PV block ring.
 //! - [`pvh`]: the PVH boot ABI (start info, memory map, module list) domains are started with.
 //! - [`guest`]: guest-side hypercall wrappers (VMCALL or VMMCALL, chosen at run time).
@@ -28,6 +28,7 @@ pub mod hypercall;
 pub mod platform;
 #[cfg(feature = "proto")]
 pub mod proto;
+#[cfg(feature = "pv")]
 pub mod pv;
 pub mod pvh;
 #[cfg(any(test, feature = "testing"))]

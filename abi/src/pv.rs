@@ -12,9 +12,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// Bytes of a page: the store and the ring are one page each.
 pub const PAGE: usize = 4096;
 
-/// Where dom0 tells a PVH domain about its store: the last [`StoreInfo`]-sized bytes of the
-/// start page (`START_INFO_GPA` + this offset). `build_start_page` never writes there.
-pub const STORE_INFO_OFFSET: usize = PAGE - 64;
+pub use crate::pvh::STORE_INFO_OFFSET;
 
 /// [`StoreInfo::magic`]: "MHVSTORE" as a little-endian u64.
 pub const STORE_INFO_MAGIC: u64 = u64::from_le_bytes(*b"MHVSTORE");

@@ -260,6 +260,11 @@ pub fn memmap(mem_bytes: u64) -> [MemmapEntry; 5] {
     ]
 }
 
+/// Where dom0 tells a PVH domain about its configuration store (`pv::StoreInfo`): the start
+/// page's last 64 bytes (`START_INFO_GPA` + this offset), which [`build_start_page`] leaves
+/// zero.
+pub const STORE_INFO_OFFSET: usize = 4096 - 64;
+
 /// Builds the page placed at [`START_INFO_GPA`]: a [`StartInfo`], then the memory map, the
 /// module list and the NUL-terminated strings, every address in it guest-physical. The last
 /// 64 bytes stay zero: dom0 puts a domain's store descriptor there (`pv::StoreInfo`).
@@ -279,8 +284,8 @@ pub fn build_start_page(
     let mut text = modlist_off + modules.len() * size_of::<ModlistEntry>();
     let mut put_str = |page: &mut [u8; 4096], s: &str| -> Result<u64, StartPageError> {
         let end = text + s.len() + 1;
-        // The page's tail is the store descriptor's (`pv::STORE_INFO_OFFSET`).
-        if end > crate::pv::STORE_INFO_OFFSET {
+        // The page's tail is the store descriptor's.
+        if end > STORE_INFO_OFFSET {
             return Err(StartPageError::TooBig);
         }
         page[text..text + s.len()].copy_from_slice(s.as_bytes());
