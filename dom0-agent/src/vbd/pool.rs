@@ -145,7 +145,7 @@ fn valid_name(name: &[u8]) -> bool {
 impl<'d> Pool<'d> {
     /// Finds the pool partition in `disk`'s MBR. [`DiskError::NoPool`] if the MBR has no
     /// signature, its second entry is not of type [`POOL_TYPE`], or that partition is past
-    /// the disk's end or too small for its table.
+    /// the disk's end, too small for its table, or overlaps another partition.
     pub fn open(disk: &'d dyn Sectors) -> Result<Self, DiskError> {
         let mut mbr = [0u8; SECTOR];
         disk.read(0, &mut mbr)?;
@@ -158,7 +158,14 @@ impl<'d> Pool<'d> {
         };
         let (start, sectors) = (word(e + 8), word(e + 12));
         let fits = start.checked_add(sectors).is_some_and(|end| end <= disk.sectors());
-        if start == 0 || !fits || sectors <= TABLE_SECTORS {
+        // A pool over another partition (dom0's file system, which kernels are built from)
+        // would let a domU write it: such an MBR is refused whole.
+        let overlaps = (0..4).filter(|&i| i != POOL_MBR_ENTRY).any(|i| {
+            let o = 446 + 16 * i;
+            let (s, n) = (word(o + 8), word(o + 12));
+            mbr[o + 4] != 0 && n != 0 && s < start + sectors && start < s + n
+        });
+        if start == 0 || !fits || sectors <= TABLE_SECTORS || overlaps {
             return Err(DiskError::NoPool);
         }
         Ok(Self { disk, start, sectors })

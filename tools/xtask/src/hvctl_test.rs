@@ -74,6 +74,48 @@ impl<'a> Hv<'a> {
         Ok(stdout)
     }
 
+    /// Runs `hvctl console NAME` with `input` as what is typed, until the domain stops (then
+    /// hvctl ends by itself; killed after two minutes, a guard); what it printed.
+    pub(crate) fn typed(&mut self, name: &str, input: &[u8]) -> Result<String> {
+        use std::io::{Read, Write};
+        use std::process::Stdio;
+        let t = Instant::now();
+        let mut child = self
+            .cmd(&["console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running hvctl console")?;
+        // Dropping stdin ends hvctl's input, not its console.
+        child.stdin.take().context("hvctl's stdin")?.write_all(input)?;
+        let mut stdout = child.stdout.take().context("hvctl's stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = stdout.read_to_end(&mut out);
+            out
+        });
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                bail!("hvctl console {name} did not end: the domain did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        self.log.push(format!(
+            "hvctl console {name} < {:?} -> {} ({:.2} s)",
+            String::from_utf8_lossy(input),
+            status.code().unwrap_or(-1),
+            t.elapsed().as_secs_f64()
+        ));
+        ensure!(status.success(), "hvctl console {name} failed ({status}): {out}");
+        Ok(out)
+    }
+
     /// Runs hvctl with `--json`; what it printed.
     pub(crate) fn json(&mut self, args: &[&str]) -> Result<Value> {
         let mut a = vec!["--json"];

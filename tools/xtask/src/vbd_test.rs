@@ -31,6 +31,17 @@ fn start(hv: &mut Hv<'_>, name: &str, disk: &str, cmdline: &str) -> Result<()> {
 fn finish(hv: &mut Hv<'_>, name: &str, want: &str) -> Result<String> {
     let text = console_until(hv, name, want)?;
     let line = text.lines().find(|l| l.contains(want)).unwrap_or_default().trim().to_string();
+    stopped(hv, name, &text)?;
+    // Its verdict, and the figures and complaints before it.
+    for l in text.lines().filter(|l| l.contains("vbd: ") && !l.contains("vbd: connected")) {
+        hv.log.push(format!("{name}: {}", l.trim()));
+    }
+    Ok(line)
+}
+
+/// Waits for `name` to shut down with status 0 and destroys it (`text`: its console, for the
+/// error).
+fn stopped(hv: &mut Hv<'_>, name: &str, text: &str) -> Result<()> {
     let t = Instant::now();
     loop {
         let d = hv.json(&["list", name])?;
@@ -43,17 +54,22 @@ fn finish(hv: &mut Hv<'_>, name: &str, want: &str) -> Result<String> {
         std::thread::sleep(Duration::from_millis(200));
     }
     hv.ok(&["destroy", name])?;
-    // Its verdict, and the figures and complaints before it.
-    for l in text.lines().filter(|l| l.contains("vbd: ") && !l.contains("vbd: connected")) {
-        hv.log.push(format!("{name}: {}", l.trim()));
-    }
-    Ok(line)
+    Ok(())
+}
+
+/// The last `vbd: loop: round N` in `text` (0 if none).
+fn rounds(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split("vbd: loop: round ").nth(1))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 /// The steps on the first boot, before dom0 powers off.
 pub fn first_boot(hv: &mut Hv<'_>) -> Result<()> {
     let free = |hv: &mut Hv<'_>| -> Result<u64> { num(&hv.json(&["info"])?, "free_bytes") };
-    let before = free(hv)?;
+    let free_before = free(hv)?;
     // Written by one domain, read back by the next of its name.
     frontend(hv, "vbd-a", "1M", "write=11", "wrote 2048 sectors with pattern 11: ok")?;
     frontend(hv, "vbd-a", "1M", "read=11", "read 2048 sectors: pattern 11: ok")?;
@@ -72,17 +88,28 @@ pub fn first_boot(hv: &mut Hv<'_>) -> Result<()> {
         "a failed create left a domain"
     );
 
-    // Hostile frontends while a bystander keeps writing and checking its own disk.
-    start(hv, "bystander", "1M", "loop=30")?;
+    // Hostile frontends while a bystander keeps writing and checking its own disk: it must
+    // have got further by the time they are done (it runs until told to stop), then finish
+    // clean.
+    start(hv, "bystander", "1M", "loop")?;
+    let before = rounds(&console_until(hv, "bystander", "vbd: loop: round 4")?);
     frontend(hv, "evil", "1M", "hostile", "vbd: hostile: 17 checks passed, 0 failed")?;
     frontend(hv, "flood", "1M", "overflow", "vbd: disconnected: true (more requests than slots)")?;
     frontend(hv, "junk", "1M", "garbage", "vbd: disconnected: true (bad ring-ref)")?;
-    finish(hv, "bystander", "vbd: loop: 30 rounds of 128 sectors: ok")?;
+    let during = rounds(&hv.ok(&["console", "bystander", "--no-follow"])?);
+    ensure!(during > before, "the bystander made no progress beside the hostile frontends");
+    hv.log.push(format!("bystander: round {before} before the hostile frontends, {during} after"));
+    let text = hv.typed("bystander", b"q")?;
+    ensure!(text.contains(" rounds of 128 sectors: ok"), "bystander: {text:?}");
+    stopped(hv, "bystander", &text)?;
 
     // The figures: one request's round trip, and whole rings.
     frontend(hv, "bench", "2M", "bench", "vbd: bench: ok")?;
-    let after = free(hv)?;
-    ensure!(after == before, "free memory {before} before the virtual disks, {after} after");
+    let free_after = free(hv)?;
+    ensure!(
+        free_after == free_before,
+        "free memory {free_before} before the virtual disks, {free_after} after"
+    );
     Ok(())
 }
 

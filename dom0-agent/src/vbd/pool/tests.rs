@@ -130,6 +130,20 @@ fn without_a_pool_partition_there_is_no_pool() {
         "only a table"
     );
     assert_eq!(no_pool(vec![0; 4 * SECTOR]), Some(DiskError::NoPool), "a blank disk");
+    // A file system partition reaching into the pool, or lying inside it: the pool would
+    // hand its sectors to domUs.
+    for (first, sectors) in [(1, START + 1), (START + 100, 8), (START + 255, 1)] {
+        let mut over = pool_disk(256, POOL_TYPE);
+        over[446 + 4] = 0x0c;
+        over[446 + 8..446 + 12].copy_from_slice(&(first as u32).to_le_bytes());
+        over[446 + 12..446 + 16].copy_from_slice(&(sectors as u32).to_le_bytes());
+        assert_eq!(no_pool(over), Some(DiskError::NoPool), "overlap at {first}+{sectors}");
+    }
+    let mut beside = pool_disk(256, POOL_TYPE);
+    beside[446 + 4] = 0x0c;
+    beside[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+    beside[446 + 12..446 + 16].copy_from_slice(&((START - 1) as u32).to_le_bytes());
+    assert!(Pool::open(&MemDisk(RefCell::new(beside))).is_ok(), "a partition just before it");
     assert_eq!(no_pool(vec![]), Some(DiskError::OutOfRange), "not even an MBR");
 }
 

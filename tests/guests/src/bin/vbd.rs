@@ -5,8 +5,8 @@
 //! - `write=SEED`: writes the whole disk with SEED's pattern, then reads it back.
 //! - `read=SEED`: reads the whole disk and checks SEED's pattern (`read=0`: all zeros).
 //! - `bench`: the round trip of one request, then the throughput of full rings.
-//! - `loop=N`: N rounds of writing and checking the first 64 KiB (a bystander while other
-//!   frontends misbehave).
+//! - `loop`: rounds of writing and checking the first 64 KiB until a `q` arrives on COM1 (a
+//!   bystander while other frontends misbehave), with a line every 4 rounds.
 //! - `hostile`: requests the backend must refuse one by one, a ring it must not let go, a data
 //!   grant revoked under a request; then a good request must still work.
 //! - `overflow`: more requests than slots: the backend must close the device.
@@ -28,7 +28,7 @@ use abi::pvh::START_INFO_GPA;
 use core::fmt::Write;
 use core::sync::atomic::{Ordering, compiler_fence};
 use guest_rt::{println, rdtsc};
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromZeros, IntoBytes};
 
 rt::pvh_note!();
 
@@ -182,8 +182,12 @@ impl Vbd {
     /// Puts `req` in the next slot (not yet visible to the backend).
     fn put(&mut self, req: &BlkRequest) {
         let at = pv::blk_slot(self.req_prod);
-        // SAFETY: the slot lies in the ring page (`blk_slot` keeps it there).
-        unsafe { core::ptr::copy_nonoverlapping(req.as_bytes().as_ptr(), ring().add(at), 64) };
+        for (i, w) in req.as_bytes().chunks_exact(8).enumerate() {
+            let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+            // SAFETY: the slot lies in the ring page (`blk_slot` keeps it there), 8-aligned;
+            // dom0 reads the page concurrently, hence volatile word stores.
+            unsafe { core::ptr::write_volatile(ring().add(at).cast::<u64>().add(i), w) };
+        }
         self.req_prod = self.req_prod.wrapping_add(1);
     }
 
@@ -210,11 +214,13 @@ impl Vbd {
         compiler_fence(Ordering::SeqCst);
         while self.rsp_cons != self.rsp_prod() {
             let at = pv::blk_slot(self.rsp_cons);
-            // SAFETY: the slot lies in the ring page.
-            let bytes = unsafe { core::slice::from_raw_parts(ring().add(at), 64) };
-            if let Ok(r) = BlkResponse::read_from_bytes(bytes) {
-                f(&r);
+            let mut r = BlkResponse::new_zeroed();
+            for (i, w) in r.as_mut_bytes().chunks_exact_mut(8).enumerate() {
+                // SAFETY: as in `put`: a word of the slot, which dom0 may be writing.
+                let v = unsafe { core::ptr::read_volatile(ring().add(at).cast::<u64>().add(i)) };
+                w.copy_from_slice(&v.to_le_bytes());
             }
+            f(&r);
             self.rsp_cons = self.rsp_cons.wrapping_add(1);
         }
         self.rsp_cons == target
@@ -314,12 +320,28 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     } else if let Some(seed) = boot.option("read").and_then(|s| s.parse().ok()) {
         let done = v.stream(false, 0, v.sectors, seed);
         report(&format_args!("read {} sectors: pattern {seed}", v.sectors), done)
-    } else if let Some(n) = boot.option("loop").and_then(|s| s.parse::<u64>().ok()) {
+    } else if boot.has_flag("loop") {
+        // Until a `q` arrives on COM1 (`hvctl console`), saying how far it got every 4 rounds.
+        // SAFETY: COM1 is this domain's (microhv's model); nothing else reads it.
+        let com1 = unsafe { rt::uart::Uart::new(rt::uart::COM1) };
         let sectors = 128.min(v.sectors);
-        let done = (1..=n).try_for_each(|round| {
-            v.stream(true, 0, sectors, round).and_then(|()| v.stream(false, 0, sectors, round))
-        });
-        report(&format_args!("loop: {n} rounds of {sectors} sectors"), done)
+        let mut rounds = 0u64;
+        let done = loop {
+            if com1.try_read_byte() == Some(b'q') {
+                break Ok(());
+            }
+            rounds += 1;
+            let r = v
+                .stream(true, 0, sectors, rounds)
+                .and_then(|()| v.stream(false, 0, sectors, rounds));
+            if r.is_err() {
+                break r;
+            }
+            if rounds % 4 == 0 {
+                println!("vbd: loop: round {rounds}");
+            }
+        };
+        report(&format_args!("loop: {rounds} rounds of {sectors} sectors"), done)
     } else if boot.has_flag("bench") {
         bench(&mut v)
     } else if boot.has_flag("hostile") {
@@ -344,7 +366,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         ]);
         disconnected(&v)
     } else {
-        println!("vbd: nothing to do (write=, read=, loop=, bench, hostile, overflow, garbage)");
+        println!("vbd: nothing to do (write=, read=, loop, bench, hostile, overflow, garbage)");
         true
     };
     guest_rt::exit(if ok { 0 } else { 1 })
