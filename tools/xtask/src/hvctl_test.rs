@@ -74,6 +74,52 @@ impl<'a> Hv<'a> {
         Ok(stdout)
     }
 
+    /// Runs `hvctl console NAME` (following) with `input` on its standard input, as a person
+    /// typing would; what it printed once the domain stopped. Killed after `limit`.
+    pub(crate) fn console_typed(
+        &mut self,
+        name: &str,
+        input: &[u8],
+        limit: Duration,
+    ) -> Result<String> {
+        use std::process::Stdio;
+        let t = Instant::now();
+        let mut child = self
+            .cmd(&["console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running hvctl console")?;
+        // Written and closed at once: hvctl sends it as the domain takes it.
+        child.stdin.take().context("hvctl's stdin")?.write_all(input)?;
+        while child.try_wait()?.is_none() {
+            if t.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output()?;
+                bail!(
+                    "hvctl console {name} did not end in {limit:?}: {:?}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        self.log.push(format!(
+            "hvctl console {name} <<< {:?} -> {} ({:.2} s)",
+            String::from_utf8_lossy(input),
+            out.status.code().unwrap_or(-1),
+            t.elapsed().as_secs_f64()
+        ));
+        ensure!(
+            out.status.success(),
+            "hvctl console {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(stdout)
+    }
+
     /// Runs hvctl with `--json`; what it printed.
     pub(crate) fn json(&mut self, args: &[&str]) -> Result<Value> {
         let mut a = vec!["--json"];
