@@ -40,7 +40,7 @@ pub fn drive(run: &mut Running, hv: &mut Hv<'_>) -> Result<()> {
         "the long line did not arrive intact: {text:?}"
     );
     let hello = text.lines().find(|l| l.contains("hello through dom0")).unwrap_or_default();
-    hv.log.push(format!("pvcon: {}; the {LONG}-byte line intact", hello.trim()));
+    hv.log.push(format!("{}; the {LONG}-byte line intact", hello.trim()));
 
     // A hostile frontend meanwhile: `out_prod` far ahead. dom0 takes a ring's worth (zeros)
     // and goes on; the domain's next line arrives.
