@@ -1,5 +1,5 @@
 //! Split drivers served by dom0: the configuration store a frontend finds its backend through,
-//! and the PV block ring (`ABI.md`, "Split drivers"). Neither involves microhv beyond event
+//! the PV console ring and the PV block ring (`ABI.md`, "Split drivers"). Neither involves microhv beyond event
 //! channels and grants: these are the agreements between dom0 and a domain's kernel, kept here
 //! so that dom0, the test guests and any other guest read the same layout.
 //!
@@ -106,6 +106,14 @@ pub mod keys {
     pub const VBD_EVENT_CHANNEL: &str = "device/vbd/0/event-channel";
     /// Frontend half: the frontend's xenbus state. Written after the other frontend keys.
     pub const VBD_STATE: &str = "device/vbd/0/state";
+    /// Backend half: dom0's grant reference (of its own table) of the console page, granted
+    /// writable to the domain.
+    pub const CONSOLE_RING_REF: &str = "console/ring-ref";
+    /// Backend half: dom0's port for the console, unbound and offered to the domain.
+    pub const CONSOLE_PORT: &str = "console/port";
+    /// Frontend half: 4 (`Connected`) while the domain uses the PV console (it mapped the page
+    /// and bound the port); dom0 then puts console input into the page rather than COM1.
+    pub const CONSOLE_STATE: &str = "console/state";
 }
 
 fn entry(page: &[u8; PAGE], i: usize) -> (&[u8], &[u8]) {
@@ -206,6 +214,50 @@ pub unsafe fn publish(dst: *mut u8, page: &[u8; PAGE], half: Half) {
         unsafe { core::ptr::write_volatile(words.add(i), w) };
     }
 }
+
+/// Bytes of the console page's input ring (dom0 → domain): `xencons_interface.in`.
+pub const CONS_IN_SIZE: usize = 1024;
+/// Bytes of the console page's output ring (domain → dom0): `xencons_interface.out`.
+pub const CONS_OUT_SIZE: usize = 2048;
+/// Byte offset of the input ring in the console page.
+pub const CONS_IN: usize = 0;
+/// Byte offset of the output ring in the console page.
+pub const CONS_OUT: usize = CONS_IN + CONS_IN_SIZE;
+/// Byte offset of `in_cons` (u32, written by the domain).
+pub const CONS_IN_CONS: usize = CONS_OUT + CONS_OUT_SIZE;
+/// Byte offset of `in_prod` (u32, written by dom0).
+pub const CONS_IN_PROD: usize = CONS_IN_CONS + 4;
+/// Byte offset of `out_cons` (u32, written by dom0).
+pub const CONS_OUT_CONS: usize = CONS_IN_PROD + 4;
+/// Byte offset of `out_prod` (u32, written by the domain).
+pub const CONS_OUT_PROD: usize = CONS_OUT_CONS + 4;
+
+/// The console page's layout: Xen's `xencons_interface`. The indices run freely (wrapping);
+/// byte number `n` of a ring is at `n % size` of its array. A producer fills bytes, then raises
+/// its `*_prod` (after a fence) and sends an event; the consumer reads `prod - cons` bytes and
+/// raises its `*_cons`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ConsInterface {
+    /// Input, dom0 → domain.
+    pub input: [u8; CONS_IN_SIZE],
+    /// Output, domain → dom0.
+    pub output: [u8; CONS_OUT_SIZE],
+    /// Input bytes the domain has taken.
+    pub in_cons: u32,
+    /// Input bytes dom0 has put.
+    pub in_prod: u32,
+    /// Output bytes dom0 has taken.
+    pub out_cons: u32,
+    /// Output bytes the domain has put.
+    pub out_prod: u32,
+}
+const _: () = assert!(core::mem::offset_of!(ConsInterface, output) == CONS_OUT);
+const _: () = assert!(core::mem::offset_of!(ConsInterface, in_cons) == CONS_IN_CONS);
+const _: () = assert!(core::mem::offset_of!(ConsInterface, in_prod) == CONS_IN_PROD);
+const _: () = assert!(core::mem::offset_of!(ConsInterface, out_cons) == CONS_OUT_CONS);
+const _: () = assert!(core::mem::offset_of!(ConsInterface, out_prod) == CONS_OUT_PROD);
+const _: () = assert!(size_of::<ConsInterface>() <= PAGE);
 
 /// Slots of the block ring: at most this many requests are outstanding.
 pub const BLK_RING_SLOTS: u32 = 32;

@@ -245,6 +245,17 @@ pub fn build_from<H: Hypercalls>(
     src: &dyn Source,
     scratch: &mut [u8],
 ) -> Result<u32, BuildError> {
+    build_as(h, spec, src, scratch).map(|(domid, _)| domid)
+}
+
+/// As [`build_from`], and which format the image was: what the domain was given to boot with
+/// (only a PVH domain has a start page, and with it a place for its store's descriptor).
+pub fn build_as<H: Hypercalls>(
+    h: &H,
+    spec: &DomainSpec<'_>,
+    src: &dyn Source,
+    scratch: &mut [u8],
+) -> Result<(u32, Format), BuildError> {
     let name = name_field(spec.name).ok_or(BuildError::BadName)?;
     let plan = plan_source(src, spec.mem_bytes, scratch)?;
     let mut sources = core::iter::once(src).chain(spec.modules.iter().map(|m| m.data));
@@ -323,7 +334,7 @@ pub fn build_from<H: Hypercalls>(
         let _ = h.domain_destroy(domid);
         return Err(e);
     }
-    Ok(domid)
+    Ok((domid, plan.format))
 }
 
 /// Copies the bytes `range` of `src` (the image, or module `module`) to the domain's

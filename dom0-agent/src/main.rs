@@ -32,7 +32,7 @@ use dom0_agent::disk::fs::{Fs, ReadAhead};
 use dom0_agent::disk::{Disk, PrimaryChannel};
 use dom0_agent::dm;
 use dom0_agent::server::{Buffers, Channel, DiskAccess, Poll, Server};
-use dom0_agent::vbd::{self, Backend, MAX_VBDS, Memory, Page};
+use dom0_agent::vbd::{self, Backend, ConsoleLog, MAX_STORES, MAX_VBDS, Memory, Page};
 use guest_rt::{Boot, println, rdtsc};
 use rt::uart::{COM2, Uart};
 
@@ -58,8 +58,13 @@ static mut IMAGE: [u8; IMAGE_CAPACITY] = [0; IMAGE_CAPACITY];
 static mut DISK_CHUNK: [u8; MEM_WRITE_MAX as usize] = [0; MEM_WRITE_MAX as usize];
 /// The server's frame buffers (in .bss rather than on the 64 KiB stack).
 static mut BUFFERS: Buffers = Buffers::new();
-/// The virtual disks' store pages, one per slot, granted to the domains (`vbd`).
-static mut STORE_PAGES: [Page; MAX_VBDS] = [const { Page::zeroed() }; MAX_VBDS];
+/// The domains' store pages, one per slot, granted to the domains (`vbd`).
+static mut STORE_PAGES: [Page; MAX_STORES] = [const { Page::zeroed() }; MAX_STORES];
+/// The domains' PV console pages, one per store, granted to the domains (`vbd`).
+static mut CONSOLE_PAGES: [Page; MAX_STORES] = [const { Page::zeroed() }; MAX_STORES];
+/// The domains' PV console output until the tools read it (`vbd::console`; in .bss rather
+/// than on the stack).
+static mut CONSOLE_LOGS: [ConsoleLog; MAX_STORES] = [const { ConsoleLog::new() }; MAX_STORES];
 
 #[unsafe(no_mangle)]
 extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
@@ -160,17 +165,20 @@ fn serve(boot: &Boot) -> ! {
     // SAFETY: EVTCHN_PAGE is dom0's event-channel page from now on (as in `bench`), and only
     // the backend reads it.
     if let Err(e) = unsafe { hv.evtchn_set_callback(0, events) } {
-        println!("no event-channel page ({e}): virtual disks are never served");
+        println!("no event-channel page ({e}): PV consoles and virtual disks are never served");
     }
     let mem = Memory {
         store: &raw mut STORE_PAGES,
+        consoles: &raw mut CONSOLE_PAGES,
+        logs: &raw mut CONSOLE_LOGS,
         rings: vbd::ring_gpa(0) as *mut [Page; MAX_VBDS],
         events,
     };
     let sectors = disk.as_ref().map(|d| d as &dyn dom0_agent::disk::Sectors);
-    // SAFETY: the store pages and the event-channel page are used by nothing else from now on
-    // (`serve` never returns); dom0 is identity-mapped, so the ring window's guest-physical
-    // addresses are where it sees the rings it maps there, and the backend only maps there.
+    // SAFETY: the store and console pages, the console logs and the event-channel page are
+    // used by nothing else from now on (`serve` never returns); dom0 is identity-mapped, so
+    // the ring window's guest-physical addresses are where it sees the rings it maps there,
+    // and the backend only maps there.
     let backend = unsafe { Backend::new(mem, sectors) };
     let mut server =
         Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION")).with_vbds(backend);

@@ -11,12 +11,12 @@
 //! The hypercalls and the byte channel are traits ([`Control`], [`Channel`]) so that the host
 //! tests drive the same code with a fake hypervisor and random input.
 
-use crate::builder::{self, BuildError, DomainSpec, Hypercalls};
+use crate::builder::{self, BuildError, DomainSpec, Format, Hypercalls};
 use crate::disk::Sectors;
 use crate::disk::ata::Identity;
 use crate::disk::fs::{File, Fs, ReadAhead};
 use crate::image::Source;
-use crate::vbd::{AttachError, Backend, VbdHypercalls};
+use crate::vbd::{AttachError, Backend, NoStore, VbdHypercalls};
 use abi::Errno;
 use abi::hypercall::{CONSOLE_READ_MAX, MAX_DOMAINS, ShutdownReason};
 use abi::proto::{
@@ -201,7 +201,7 @@ struct State<'a> {
     greeted: bool,
     /// What the builder reads files from the disk through.
     scratch: &'a mut [u8],
-    /// The virtual disks dom0 serves, if it was given a backend.
+    /// The PV devices (stores, consoles, virtual disks) dom0 serves, if it was given a backend.
     vbds: Option<Backend<'a>>,
 }
 
@@ -262,16 +262,16 @@ impl<'a> Server<'a> {
         self
     }
 
-    /// Serves virtual disks through `vbds` (`VbdAttach`; without a backend it is
-    /// [`DiskError::NoDisk`]): the server attaches domains and tears their disks down when it
-    /// destroys them; [`Server::poll_vbds`] serves them.
+    /// Serves PV devices through `vbds`: a store and console for every PVH domain it builds,
+    /// virtual disks (`VbdAttach`; without a backend it is [`DiskError::NoDisk`]); the server
+    /// tears them down when it destroys the domain; [`Server::poll_vbds`] serves them.
     pub fn with_vbds(mut self, vbds: Backend<'a>) -> Self {
         self.state.vbds = Some(vbds);
         self
     }
 
-    /// Serves the virtual disks' stores and rings, if an event came in (cheap otherwise);
-    /// whether anything was done.
+    /// Serves the stores, consoles and virtual disks' rings, if an event came in (cheap
+    /// otherwise); whether anything was done.
     pub fn poll_vbds<H: VbdHypercalls>(&mut self, hv: &H) -> bool {
         self.state.vbds.as_mut().is_some_and(|b| b.poll(hv))
     }
@@ -459,13 +459,9 @@ fn handle<'r, H: Control + VbdHypercalls>(
             Resp::UploadProgress { received: 0 }
         }
         Req::UploadChunk { offset, data } => upload_chunk(st, offset, data),
-        Req::Create { config, image, start } => {
-            let resp = create(ctx, st, reason, &config, image, &[], start);
-            forget_vbd(hv, st, resp)
-        }
+        Req::Create { config, image, start } => create(ctx, st, reason, &config, image, &[], start),
         Req::CreateWithModules { config, image, modules, start } => {
-            let resp = create(ctx, st, reason, &config, image, &modules, start);
-            forget_vbd(hv, st, resp)
+            create(ctx, st, reason, &config, image, &modules, start)
         }
         Req::Destroy { domid } => {
             let destroyed = hv.domain_destroy(domid);
@@ -489,7 +485,11 @@ fn handle<'r, H: Control + VbdHypercalls>(
             let max = (max as usize).min(console.len());
             match hv.console_read(domid, &mut console[..max]) {
                 Ok(n) => {
-                    let n = usize::try_from(n).unwrap_or(max).min(max);
+                    let mut n = usize::try_from(n).unwrap_or(max).min(max);
+                    // Then the PV console's output, in what room is left (`ABI.md`).
+                    if let Some(b) = st.vbds.as_mut() {
+                        n += b.console_read(hv, domid, &mut console[n..max]);
+                    }
                     Resp::Console { data: &console[..n] }
                 }
                 Err(e) => hc(e),
@@ -504,27 +504,24 @@ fn handle<'r, H: Control + VbdHypercalls>(
                 .collect(),
         ),
         Req::Poweroff => Resp::Done,
-        Req::ConsoleInput { domid, data } => match hv.console_input(domid, data) {
-            Ok(n) => Resp::Accepted { bytes: u32::try_from(n).unwrap_or(0) },
-            Err(e) => hc(e),
-        },
+        Req::ConsoleInput { domid, data } => {
+            // A domain that uses its PV console reads its input there; others on their COM1.
+            match st.vbds.as_mut().and_then(|b| b.console_input(hv, domid, data)) {
+                // At most the request's 256 bytes.
+                Some(n) => Resp::Accepted { bytes: n as u32 },
+                None => match hv.console_input(domid, data) {
+                    Ok(n) => Resp::Accepted { bytes: u32::try_from(n).unwrap_or(0) },
+                    Err(e) => hc(e),
+                },
+            }
+        }
         Req::CreateFromDisk { config, kernel, modules, start } => {
-            let resp = create_from_disk(ctx, st, ahead, reason, &config, kernel, &modules, start);
-            forget_vbd(hv, st, resp)
+            create_from_disk(ctx, st, ahead, reason, &config, kernel, &modules, start)
         }
         Req::DiskList { path, skip } => disk_list(ctx, console, ahead, reason, path, skip),
         Req::DiskInfo => disk_info(ctx, console, ahead, reason),
         Req::VbdAttach { domid, bytes } => vbd_attach(hv, st, reason, domid, bytes),
     }
-}
-
-/// A new domain whose id a virtual disk still names (its predecessor was destroyed other
-/// than through this server): that disk is torn down, so nothing of it reaches the newcomer.
-fn forget_vbd<'r, H: VbdHypercalls>(hv: &H, st: &mut State<'_>, resp: Resp<'r>) -> Resp<'r> {
-    if let (Resp::Created { domid }, Some(vbds)) = (&resp, st.vbds.as_mut()) {
-        vbds.destroyed(hv, *domid);
-    }
-    resp
 }
 
 /// Gives `domid`, created and not yet started, a virtual disk of `bytes`. Not inlined: its
@@ -588,7 +585,7 @@ fn file_name(path: &str) -> &str {
 // stay off the path of every other request, on dom0's 64 KiB stack.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn create_from_disk<'r, H: Control>(
+fn create_from_disk<'r, H: Control + VbdHypercalls>(
     ctx: &Ctx<'_, 'r, H>,
     st: &mut State<'_>,
     ahead: &mut ReadAhead,
@@ -654,7 +651,7 @@ fn create_from_disk<'r, H: Control>(
         .map(|(&slot, p)| builder::Module { data: source(slot), cmdline: file_name(p) })
         .collect();
     let spec = spec_of(config, &modules);
-    let built = builder::build_from(ctx.hv, &spec, &image, st.scratch);
+    let built = builder::build_as(ctx.hv, &spec, &image, st.scratch);
     if let Err(BuildError::Read(which, e)) = built {
         let path = which.and_then(|i| module_paths.get(i)).copied().unwrap_or(kernel);
         return disk_err(reason, e, path);
@@ -670,7 +667,7 @@ fn create_from_disk<'r, H: Control>(
         );
         ctx.hv.log(&line);
     }
-    finish(ctx.hv, reason, built, start)
+    finish(ctx.hv, &mut st.vbds, reason, built, start)
 }
 
 /// A page of the directory at `path` from its `skip`th entry, the names held in `names`.
@@ -774,7 +771,7 @@ fn upload_chunk<'r>(st: &mut State<'_>, offset: u32, data: &[u8]) -> Resp<'r> {
     Resp::UploadProgress { received: st.upload.received }
 }
 
-fn create<'r, H: Control>(
+fn create<'r, H: Control + VbdHypercalls>(
     ctx: &Ctx<'_, 'r, H>,
     st: &mut State<'_>,
     reason: &'r mut heapless::String<REASON_MAX>,
@@ -815,7 +812,8 @@ fn create<'r, H: Control>(
             return Resp::Error(Error::BadRequest { reason: "too many modules" });
         }
     }
-    finish(ctx.hv, reason, builder::build(ctx.hv, &spec_of(config, &modules), image), start)
+    let built = builder::build_as(ctx.hv, &spec_of(config, &modules), &image, &mut []);
+    finish(ctx.hv, &mut st.vbds, reason, built, start)
 }
 
 /// What the builder needs of a request's domain configuration, with the kernel's modules.
@@ -831,15 +829,22 @@ fn spec_of<'a>(config: &DomainConfig<'a>, modules: &'a [builder::Module<'a>]) ->
     }
 }
 
-/// The response to a build: the new domain, started if asked, or why there is none.
-fn finish<'r, H: Control>(
+/// The response to a build: the new domain, with its store if it is PVH (before it runs),
+/// started if asked, or why there is none.
+fn finish<'r, H: Control + VbdHypercalls>(
     hv: &H,
+    backend: &mut Option<Backend<'_>>,
     reason: &'r mut heapless::String<REASON_MAX>,
-    built: Result<u32, BuildError>,
+    built: Result<(u32, Format), BuildError>,
     start: bool,
 ) -> Resp<'r> {
     let domid = match built {
-        Ok(d) => d,
+        Ok((d, format)) => {
+            if let Some(b) = backend.as_mut() {
+                add_store(hv, b, d, format);
+            }
+            d
+        }
         Err(BuildError::Hypercall(_, e)) => return hc(e),
         Err(BuildError::BadName) => {
             return Resp::Error(Error::BadRequest { reason: "bad domain name" });
@@ -854,10 +859,35 @@ fn finish<'r, H: Control>(
         }
     };
     if start && let Err(e) = hv.domain_unpause(domid) {
-        let _ = hv.domain_destroy(domid);
+        if hv.domain_destroy(domid).is_ok()
+            && let Some(b) = backend.as_mut()
+        {
+            b.destroyed(hv, domid);
+        }
         return hc(e);
     }
     Resp::Created { domid }
+}
+
+/// Gives the new domain `domid` its store and console if it is a PVH domain. A domain without
+/// one (a multiboot kernel, no store left, a hypercall that failed) is still created: it just
+/// has no PV devices, and dom0's log says why. Either way nothing of an earlier domain with
+/// this id (destroyed other than through this server) is left for it.
+fn add_store<H: Control + VbdHypercalls>(hv: &H, b: &mut Backend<'_>, domid: u32, format: Format) {
+    if format != Format::Pvh {
+        b.destroyed(hv, domid);
+        return;
+    }
+    let added = match hv.domain_info(domid) {
+        Ok(info) => b.add_store(hv, &info),
+        Err(e) => Err(NoStore::Hypercall("domain info", e)),
+    };
+    if let Err(why) = added {
+        b.destroyed(hv, domid);
+        let mut line = Line::new();
+        let _ = write!(line, "ctl: d{domid} has no store, hence no PV devices: {why}");
+        hv.log(&line);
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,12 @@ struct Fake {
     log: RefCell<Vec<String>>,
     /// The backend's teardown calls.
     vbd_calls: RefCell<Vec<&'static str>>,
+    /// dom0's grants and ports held: (grants, ports).
+    held: RefCell<(i64, i64)>,
+    /// Ports dom0 allocated so far (each allocation a new number).
+    next_port: RefCell<u32>,
+    /// Operations that fail (`ENOSPC`).
+    fail: RefCell<Vec<&'static str>>,
 }
 
 impl Fake {
@@ -77,7 +83,14 @@ impl Hypercalls for Fake {
 /// answers (the backend has its own tests against a stricter fake).
 impl crate::vbd::VbdHypercalls for Fake {
     fn evtchn_alloc_unbound(&self, remote: u32) -> Result<u32, Errno> {
-        self.with(remote, |_| 1)
+        self.with(remote, |_| ())?;
+        if self.fail.borrow().contains(&"alloc") {
+            return Err(Errno::ENOSPC);
+        }
+        self.held.borrow_mut().1 += 1;
+        let mut p = self.next_port.borrow_mut();
+        *p = *p % 63 + 1;
+        Ok(*p)
     }
     fn evtchn_bind_interdomain(&self, _: u32, _: u32) -> Result<u32, Errno> {
         Err(Errno::EINVAL)
@@ -87,13 +100,17 @@ impl crate::vbd::VbdHypercalls for Fake {
     }
     fn evtchn_close(&self, _: u32) -> Result<(), Errno> {
         self.vbd_calls.borrow_mut().push("close");
+        self.held.borrow_mut().1 -= 1;
         Ok(())
     }
     unsafe fn grant_set(&self, _: u32, peer: u32, _: u64, _: u64) -> Result<(), Errno> {
-        self.with(peer, |_| ())
+        self.with(peer, |_| ())?;
+        self.held.borrow_mut().0 += 1;
+        Ok(())
     }
     fn grant_revoke(&self, _: u32) -> Result<(), Errno> {
         self.vbd_calls.borrow_mut().push("revoke");
+        self.held.borrow_mut().0 -= 1;
         Ok(())
     }
     fn grant_map(&self, _: u32, _: u32, _: u64, _: u64) -> Result<(), Errno> {
@@ -608,17 +625,10 @@ fn without_a_disk_every_disk_request_says_so() {
 
 #[test]
 fn domains_get_virtual_disks_before_they_start() {
-    use crate::vbd::{Backend, MAX_VBDS, Memory, Page};
+    use crate::vbd::Backend;
     let mut rig = Rig::new(1024);
     let disk = crate::disk::MemDisk(RefCell::new(crate::vbd::pool::tests::pool_disk(4096, 0xda)));
-    let store = Box::leak(Box::new([const { Page::zeroed() }; MAX_VBDS]));
-    let rings = Box::leak(Box::new([const { Page::zeroed() }; MAX_VBDS]));
-    let events = Box::leak(Box::new(Page::zeroed()));
-    let mem = Memory {
-        store: store as *mut _,
-        rings: rings as *mut _,
-        events: (events as *mut Page).cast(),
-    };
+    let mem = crate::vbd::test_memory();
     let modules = [BootModule { name: "hello", bytes: &rig.module }];
     let identity = crate::disk::ata::Identity {
         model: "TEST DISK".try_into().unwrap(),
@@ -661,7 +671,11 @@ fn domains_get_virtual_disks_before_they_start() {
     assert!(b[5].starts_with("Error(BadRequest"), "{}", b[5]);
     assert!(b[7].contains("attach before the domain starts"), "{}", b[7]);
     assert_eq!(b[8], "Done");
-    assert_eq!(*rig.fake.vbd_calls.borrow(), ["close", "revoke"], "the disk went with d1");
+    assert_eq!(
+        *rig.fake.vbd_calls.borrow(),
+        ["close", "close", "revoke", "revoke"],
+        "the store, console and disk went with d1"
+    );
     assert_eq!(b[10], "Error(Disk { error: SizeMismatch { sectors: 2048 }, path: \"\" })");
     let log = rig.fake.log.borrow().clone();
     assert!(log.iter().any(|l| l.contains("vbd attach d1 1048576 -> ok")), "{log:?}");
@@ -674,6 +688,122 @@ fn domains_get_virtual_disks_before_they_start() {
         ],
     );
     assert_eq!(got[1].1, "Error(Disk { error: NoDisk, path: \"\" })");
+}
+
+/// A multiboot kernel the builder accepts: header with address fields at 0, loaded at 1 MiB.
+fn mb_image() -> Vec<u8> {
+    let flags = 0x0001_0002u32;
+    let magic = crate::multiboot::HEADER_MAGIC;
+    let mut v: Vec<u8> =
+        [magic, flags, 0u32.wrapping_sub(magic.wrapping_add(flags)), 0x10_0000, 0x10_0000, 0]
+            .iter()
+            .chain(&[0x10_3000, 0x10_0020])
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+    v.resize(8192, 0x90);
+    v
+}
+
+/// Sends `frames` to `server` and answers the responses' bodies.
+fn ask(server: &mut Server<'_>, hv: &Fake, frames: &[Vec<u8>]) -> Vec<String> {
+    let mut pipe = Pipe::default();
+    for f in frames {
+        pipe.input.extend(f);
+    }
+    drain(server, hv, &mut pipe);
+    responses(&pipe.output).into_iter().map(|(_, b)| b).collect()
+}
+
+#[test]
+fn pvh_domains_get_a_store_and_a_pv_console_and_leave_nothing_behind() {
+    use crate::vbd::Backend;
+    use abi::pv::{self, Half, keys};
+    let mut rig = Rig::new(1024);
+    let mb = mb_image();
+    let mem = crate::vbd::test_memory();
+    let modules =
+        [BootModule { name: "hello", bytes: &rig.module }, BootModule { name: "mb", bytes: &mb }];
+    // SAFETY: leaked pages nothing else uses.
+    let backend = unsafe { Backend::new(mem, None) };
+    let mut server =
+        Server::new(&modules, &mut rig.bufs, &mut rig.image, "test").with_vbds(backend);
+    let hv = &rig.fake;
+    let module = |name| ImageSource::Module(name);
+    let got = ask(
+        &mut server,
+        hv,
+        &[
+            frame(1, Req::Hello { version: PROTOCOL_VERSION }),
+            frame(2, Req::Create { config: config("pv"), image: module("hello"), start: true }),
+            frame(3, Req::Create { config: config("mb"), image: module("mb"), start: false }),
+            frame(4, Req::VbdAttach { domid: 2, bytes: 4096 }),
+        ],
+    );
+    assert_eq!(got[1..3], ["Created { domid: 1 }", "Created { domid: 2 }"]);
+    assert!(got[3].contains("the domain has no store (not a PVH kernel)"), "{}", got[3]);
+    assert_eq!(*hv.held.borrow(), (2, 2), "a store and a console for the PVH domain only");
+    // The domain connects its PV console and writes to it.
+    let store = mem.store.cast::<u8>();
+    let cons = mem.consoles.cast::<u8>();
+    // SAFETY: store 0's page, the test's frontend.
+    let mut page = unsafe { pv::snapshot(store) };
+    pv::set(&mut page, Half::Frontend, keys::CONSOLE_STATE, "4").unwrap();
+    // SAFETY: as above; then the console page's output ring and `out_prod`.
+    unsafe {
+        pv::publish(store, &page, Half::Frontend);
+        core::ptr::copy_nonoverlapping(b"pv!".as_ptr(), cons.add(pv::CONS_OUT), 3);
+        core::ptr::write_volatile(cons.add(pv::CONS_OUT_PROD).cast::<u32>(), 3);
+    }
+    let got = ask(
+        &mut server,
+        hv,
+        &[
+            frame(5, Req::ConsoleRead { domid: 1, max: 20 }),
+            frame(6, Req::ConsoleRead { domid: 1, max: 4096 }),
+            frame(7, Req::ConsoleInput { domid: 1, data: b"ping\n" }),
+            frame(8, Req::ConsoleInput { domid: 2, data: &[b'x'; 40] }),
+        ],
+    );
+    assert_eq!(got[0], std::format!("Console {{ data: {:?} }}", b"hello from domU 1\npv"));
+    assert_eq!(got[1], std::format!("Console {{ data: {:?} }}", b"!"));
+    assert_eq!(got[2], "Accepted { bytes: 5 }", "into the PV console");
+    assert_eq!(got[3], "Accepted { bytes: 16 }", "the multiboot domain's COM1");
+    // SAFETY: the console page's input ring and `in_prod`.
+    let (input, in_prod) = unsafe {
+        (
+            core::slice::from_raw_parts(cons.add(pv::CONS_IN), 5).to_vec(),
+            core::ptr::read_volatile(cons.add(pv::CONS_IN_PROD).cast::<u32>()),
+        )
+    };
+    assert_eq!((input.as_slice(), in_prod), (&b"ping\n"[..], 5));
+    // Destroyed: nothing left behind; created and destroyed again and again: still nothing.
+    let mut frames =
+        vec![frame(9, Req::Destroy { domid: 1 }), frame(10, Req::Destroy { domid: 2 })];
+    for i in 0..20 {
+        frames.push(frame(
+            11 + 2 * i,
+            Req::Create { config: config("again"), image: module("hello"), start: false },
+        ));
+        frames.push(frame(12 + 2 * i, Req::Destroy { domid: 1 }));
+    }
+    let got = ask(&mut server, hv, &frames);
+    assert!(got.iter().all(|r| r == "Done" || r == "Created { domid: 1 }"), "{got:?}");
+    assert_eq!(*hv.held.borrow(), (0, 0));
+    // A store dom0 cannot make: the domain is created without one, and the log says why.
+    hv.fail.replace(vec!["alloc"]);
+    let got = ask(
+        &mut server,
+        hv,
+        &[frame(60, Req::Create { config: config("bare"), image: module("hello"), start: true })],
+    );
+    assert_eq!(got[0], "Created { domid: 1 }");
+    assert_eq!(*hv.held.borrow(), (0, 0), "the grants made before the failure revoked");
+    let log = hv.log.borrow().clone();
+    assert!(
+        log.iter().any(|l| l.contains("d1 has no store, hence no PV devices: store port failed")),
+        "{log:?}"
+    );
+    hv.fail.replace(vec![]);
 }
 
 /// One piece of random input.

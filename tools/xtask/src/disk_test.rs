@@ -47,6 +47,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     let mut s = boots::spec(name, emulator, images, "");
     s.modules.push(Module { path: images.guest("hello"), args: String::new() });
     s.modules.push(Module { path: images.guest("vbd"), args: String::new() });
+    s.modules.push(Module { path: images.guest("pvcon"), args: String::new() });
     let dir = crate::images::out_dir().join(name);
     s.control = Some(dir.join("dom0.sock"));
     s.disk = Some(dir.join("disk.img"));
@@ -245,6 +246,9 @@ pub fn drive(run: &mut Running, socket: &Path, images: &Images) -> Result<Vec<St
         hv.ok(&["destroy", d])?;
     }
     ensure!(hv.json(&["list"])?.as_array().map(Vec::len) == Some(1), "after destroy");
+
+    // The PV console dom0 serves every PVH domain.
+    crate::pvcon_test::drive(run, &mut hv)?;
 
     // Virtual disks: across destroys, between names, against hostile frontends, and (below)
     // across a restart of the emulator on the same image.

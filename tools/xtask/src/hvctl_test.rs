@@ -74,9 +74,15 @@ impl<'a> Hv<'a> {
         Ok(stdout)
     }
 
-    /// Runs `hvctl console NAME` with `input` as what is typed, until the domain stops (then
-    /// hvctl ends by itself; killed after two minutes, a guard); what it printed.
-    pub(crate) fn typed(&mut self, name: &str, input: &[u8]) -> Result<String> {
+    /// Runs `hvctl console NAME` (following) with `input` on its standard input, as a person
+    /// typing would; what it printed once the domain stopped (hvctl then ends by itself).
+    /// Killed after `limit`, a guard.
+    pub(crate) fn console_typed(
+        &mut self,
+        name: &str,
+        input: &[u8],
+        limit: Duration,
+    ) -> Result<String> {
         use std::io::{Read, Write};
         use std::process::Stdio;
         let t = Instant::now();
@@ -84,35 +90,39 @@ impl<'a> Hv<'a> {
             .cmd(&["console", name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .context("running hvctl console")?;
-        // Dropping stdin ends hvctl's input, not its console.
+        // Written and closed at once: hvctl sends it as the domain takes it.
         child.stdin.take().context("hvctl's stdin")?.write_all(input)?;
-        let mut stdout = child.stdout.take().context("hvctl's stdout")?;
-        let reader = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = stdout.read_to_end(&mut out);
-            out
-        });
+        // Read while it runs, so that a full pipe never holds hvctl up.
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = r.read_to_end(&mut out);
+                String::from_utf8_lossy(&out).into_owned()
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().context("hvctl's stdout")?));
+        let stderr = drain(Box::new(child.stderr.take().context("hvctl's stderr")?));
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break s;
             }
-            if t.elapsed() > Duration::from_secs(120) {
+            if t.elapsed() > limit {
                 let _ = child.kill();
-                bail!("hvctl console {name} did not end: the domain did not stop");
+                bail!("hvctl console {name} did not end in {limit:?}: the domain did not stop");
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        let (out, err) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
         self.log.push(format!(
-            "hvctl console {name} < {:?} -> {} ({:.2} s)",
+            "hvctl console {name} <<< {:?} -> {} ({:.2} s)",
             String::from_utf8_lossy(input),
             status.code().unwrap_or(-1),
             t.elapsed().as_secs_f64()
         ));
-        ensure!(status.success(), "hvctl console {name} failed ({status}): {out}");
+        ensure!(status.success(), "hvctl console {name} failed ({status}): {}", err.trim());
         Ok(out)
     }
 

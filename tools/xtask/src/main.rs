@@ -19,6 +19,7 @@ mod hvctl_test;
 mod images;
 mod linux;
 mod loc;
+mod pvcon_test;
 mod vbd_test;
 
 use anyhow::{Context, Result, bail};

@@ -99,7 +99,7 @@ pub fn first_boot(hv: &mut Hv<'_>) -> Result<()> {
     let during = rounds(&hv.ok(&["console", "bystander", "--no-follow"])?);
     ensure!(during > before, "the bystander made no progress beside the hostile frontends");
     hv.log.push(format!("bystander: round {before} before the hostile frontends, {during} after"));
-    let text = hv.typed("bystander", b"q")?;
+    let text = hv.console_typed("bystander", b"q", Duration::from_secs(120))?;
     ensure!(text.contains(" rounds of 128 sectors: ok"), "bystander: {text:?}");
     stopped(hv, "bystander", &text)?;
 

@@ -12,7 +12,7 @@ use abi::pv::{
     BLK_OP_FLUSH, BLK_OP_READ, BLK_OP_WRITE, BLK_RSP_EOPNOTSUPP, BLK_RSP_ERROR, BLK_RSP_OKAY,
     BlkRequest, BlkResponse, STORE_VALUE, blk_slot,
 };
-use abi::types::{DomainCreate, EvtchnShared, VcpuState};
+use abi::types::{DomainCreate, VcpuState};
 use core::cell::RefCell;
 use std::collections::BTreeMap;
 use std::vec;
@@ -198,17 +198,7 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
-        // Leaked: the backend keeps raw pointers to them.
-        let store =
-            std::boxed::Box::leak(std::boxed::Box::new([const { Page::zeroed() }; MAX_VBDS]));
-        let rings =
-            std::boxed::Box::leak(std::boxed::Box::new([const { Page::zeroed() }; MAX_VBDS]));
-        let events = std::boxed::Box::leak(std::boxed::Box::new(Page::zeroed()));
-        let mem = Memory {
-            store: store as *mut _,
-            rings: rings as *mut _,
-            events: (events as *mut Page).cast::<EvtchnShared>(),
-        };
+        let mem = crate::vbd::test_memory();
         Rig { fake: Fake::default(), disk: MemDisk(RefCell::new(pool_disk(4096, 0xda))), mem }
     }
 
@@ -322,9 +312,20 @@ fn req(id: u64, op: u8, sector: u64, nr: u8, gref: u32) -> BlkRequest {
     BlkRequest { id, sector, gref, op, nr_sectors: nr, reserved: [0; 42] }
 }
 
-/// `bytes` of disk for a domain "d{domid}" created (not started) with instance `domid`.
-fn attach(rig: &Rig, b: &mut Backend<'_>, domid: u32, bytes: u64) -> Result<(), AttachError> {
+/// A domain "d{domid}" built (not started) with instance `domid`, and its store.
+fn domain(rig: &Rig, b: &mut Backend<'_>, domid: u32) -> Result<DomainInfo, NoStore> {
     let info = rig.fake.add_domain(domid, &std::format!("d{domid}"), DomainState::Created, domid);
+    b.add_store(&rig.fake, &info).map(|()| info)
+}
+
+/// `bytes` of disk for a domain "d{domid}" created (not started) with instance `domid`, given
+/// its store first unless it has one.
+fn attach(rig: &Rig, b: &mut Backend<'_>, domid: u32, bytes: u64) -> Result<(), AttachError> {
+    let info = if b.stores().any(|d| d == domid) {
+        rig.fake.add_domain(domid, &std::format!("d{domid}"), DomainState::Created, domid)
+    } else {
+        domain(rig, b, domid).expect("a store")
+    };
     b.attach(&rig.fake, &info, bytes)
 }
 
@@ -434,20 +435,20 @@ fn more_requests_than_slots_close_the_device_and_others_go_on() {
     rig.ring_write(0, 0, &(32u32 + 33).to_le_bytes());
     rig.push(1, &[req(1, BLK_OP_READ, 0, 1, 9)]);
     rig.kick(1);
-    assert_eq!(rig.fake.held(), (2, 4, 2));
+    assert_eq!(rig.fake.held(), (4, 6, 2));
     b.poll(&rig.fake);
     assert_eq!(rig.backend_state(0), Some(state::CLOSED));
     assert_eq!(rig.backend_key(0, keys::VBD_ERROR).as_deref(), Some("more requests than slots"));
     assert_eq!(rig.rsp_prod(0), 32, "nothing answered");
     assert!(!rig.fake.maps.borrow().contains_key(&ring_gpa(0)), "ring unmapped");
-    assert_eq!(rig.fake.held(), (2, 3, 1), "its ring port closed");
+    assert_eq!(rig.fake.held(), (4, 5, 1), "its ring port closed");
     // The other is served.
     assert_eq!(rig.response(1, 0).status, BLK_RSP_OKAY);
     // Closed for good: a new `Initialised` is not looked at.
     rig.connect(1, 0, 6, 8);
     b.poll(&rig.fake);
     assert_eq!(rig.backend_state(0), Some(state::CLOSED));
-    assert_eq!(rig.fake.held(), (2, 3, 1));
+    assert_eq!(rig.fake.held(), (4, 5, 1));
 }
 
 #[test]
@@ -465,12 +466,12 @@ fn a_closed_frontend_goes_back_to_init_wait_and_reconnects() {
     rig.kick(1);
     b.poll(&rig.fake);
     assert_eq!(rig.backend_state(0), Some(state::INIT_WAIT));
-    assert_eq!(rig.fake.held(), (1, 1, 0), "ring unmapped, its port closed");
+    assert_eq!(rig.fake.held(), (2, 2, 0), "ring unmapped, its port closed");
     // A new ring (the frontend could reuse the old grant: dom0 no longer maps it).
     rig.connect(3, 0, 5, 7);
     b.poll(&rig.fake);
     assert_eq!(rig.backend_state(0), Some(state::CONNECTED));
-    assert_eq!(rig.fake.held(), (1, 2, 1));
+    assert_eq!(rig.fake.held(), (2, 3, 1));
     rig.push(0, &[req(2, BLK_OP_FLUSH, 0, 0, 0)]);
     rig.kick(2);
     b.poll(&rig.fake);
@@ -496,7 +497,7 @@ fn garbage_in_the_store_closes_or_is_ignored_never_panics() {
         b.poll(&rig.fake);
         assert_eq!(rig.backend_state(0), Some(state::CLOSED), "{ring_ref:?} {port:?}");
         assert_eq!(rig.backend_key(0, keys::VBD_ERROR).as_deref(), Some(why));
-        assert_eq!(rig.fake.held(), (1, 1, 0), "nothing mapped or bound");
+        assert_eq!(rig.fake.held(), (2, 2, 0), "nothing mapped or bound");
     };
     closes("abc", "7", "bad ring-ref");
     closes("", "7", "bad ring-ref");
@@ -521,7 +522,7 @@ fn garbage_in_the_store_closes_or_is_ignored_never_panics() {
     rig.kick(1);
     b.poll(&rig.fake);
     assert_eq!(rig.backend_state(0), Some(state::INIT_WAIT));
-    assert_eq!(rig.fake.held(), (1, 1, 0));
+    assert_eq!(rig.fake.held(), (2, 2, 0));
 }
 
 #[test]
@@ -549,7 +550,7 @@ fn teardown_leaves_nothing_behind() {
     rig.fake.fe_ports.borrow_mut().retain(|p| p.0 != 3);
     b.poll(&rig.fake);
     assert_eq!(rig.backend_state(2), Some(state::CLOSED));
-    assert_eq!(rig.fake.held(), (3, 4, 1));
+    assert_eq!(rig.fake.held(), (6, 7, 1));
     rig.fake.grant_page(1, 9, vec![0x5a; PAGE]);
     rig.push(0, &[req(1, BLK_OP_WRITE, 0, 8, 9)]);
     rig.kick(1);
@@ -592,7 +593,7 @@ fn attach_refuses_what_it_cannot_serve_and_leaves_nothing() {
         attach(&rig, &mut b, d, 4096).unwrap();
     }
     assert_eq!(attach(&rig, &mut b, 9, 4096), bad(FULL));
-    assert_eq!(rig.fake.held(), (8, 8, 0));
+    assert_eq!(rig.fake.held(), (18, 18, 0), "nine stores, eight disks");
     rig.fake.domain_destroy(8).unwrap();
     b.destroyed(&rig.fake, 8);
     // The same name with another size.
@@ -600,22 +601,19 @@ fn attach_refuses_what_it_cannot_serve_and_leaves_nothing() {
         attach(&rig, &mut b, 8, 8192),
         Err(AttachError::Disk(DiskError::SizeMismatch { sectors: 8 }))
     );
-    // Each hypercall failing in turn undoes the ones before.
-    for op in ["grant_set", "alloc", "mem_write"] {
-        rig.fake.fail.replace(vec![op]);
-        assert_eq!(
-            attach(&rig, &mut b, 8, 4096),
-            Err(AttachError::Hypercall(Errno::ENOSPC)),
-            "{op}"
-        );
-        assert_eq!(rig.fake.held(), (7, 7, 0), "{op}");
-    }
-    rig.fake.fail.replace(vec![]);
     attach(&rig, &mut b, 8, 4096).unwrap();
+    // A domain without a store (a multiboot kernel, or none was left for it).
+    let info = rig.fake.add_domain(10, "d10", DomainState::Created, 10);
+    assert_eq!(b.attach(&rig.fake, &info, 4096), bad(NO_STORE));
+    // A store of an earlier domain with this id is not the newcomer's.
+    let info = rig.fake.add_domain(9, "d9", DomainState::Created, 99);
+    assert_eq!(b.attach(&rig.fake, &info, 4096), bad(NO_STORE));
     // Without a disk, or without a pool on it.
-    // SAFETY: the rig's pages; the other backend is not used again.
+    let rig = Rig::new();
+    // SAFETY: the rig's pages, for this backend alone.
     let mut no_disk = unsafe { Backend::new(rig.mem, None) };
     assert_eq!(attach(&rig, &mut no_disk, 10, 4096), Err(AttachError::Disk(DiskError::NoDisk)));
+    let rig = Rig::new();
     let plain = MemDisk(RefCell::new(pool_disk(4096, 0x83)));
     // SAFETY: as above.
     let mut no_pool = unsafe { Backend::new(rig.mem, Some(&plain)) };
@@ -632,7 +630,256 @@ fn a_successor_with_the_same_domid_replaces_a_forgotten_slot() {
     // d1 destroyed without the backend being told; a new d1 (instance 2) is created.
     rig.fake.domain_destroy(1).unwrap();
     let info = rig.fake.add_domain(1, "other", DomainState::Created, 2);
+    b.add_store(&rig.fake, &info).unwrap();
     b.attach(&rig.fake, &info, 8192).unwrap();
     assert_eq!(b.attached().collect::<Vec<_>>(), [(1, state::INIT_WAIT)]);
-    assert_eq!(rig.fake.held(), (1, 1, 0), "the old slot's grant, ports and mapping are gone");
+    assert_eq!(rig.fake.held(), (2, 2, 0), "the old slot's grants, ports and mapping are gone");
+}
+
+impl Rig {
+    /// Store slot `s`'s console page, as dom0 has it (and the domain maps it).
+    fn console(&self, s: usize) -> *mut u8 {
+        self.mem.consoles.cast::<Page>().wrapping_add(s).cast()
+    }
+
+    fn cons_u32(&self, s: usize, at: usize) -> u32 {
+        // SAFETY: an index word of a rig page.
+        unsafe { core::ptr::read_volatile(self.console(s).add(at).cast::<u32>()) }
+    }
+
+    fn set_cons_u32(&self, s: usize, at: usize, v: u32) {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(self.console(s).add(at).cast::<u32>(), v) }
+    }
+
+    /// The domain of store `s` writes `bytes` to its console as a frontend does (waiting for
+    /// nothing: the caller keeps within the ring) and kicks `port`.
+    fn cons_write(&self, s: usize, bytes: &[u8], port: u32) {
+        let mut prod = self.cons_u32(s, pv::CONS_OUT_PROD);
+        for &c in bytes {
+            let at = pv::CONS_OUT + prod as usize % pv::CONS_OUT_SIZE;
+            // SAFETY: inside the rig page's output array.
+            unsafe { *self.console(s).add(at) = c };
+            prod = prod.wrapping_add(1);
+        }
+        self.set_cons_u32(s, pv::CONS_OUT_PROD, prod);
+        self.kick(port);
+    }
+
+    /// What the domain of store `s` reads from its console input (advancing `in_cons`).
+    fn cons_read_input(&self, s: usize) -> Vec<u8> {
+        let (mut cons, prod) =
+            (self.cons_u32(s, pv::CONS_IN_CONS), self.cons_u32(s, pv::CONS_IN_PROD));
+        let mut out = Vec::new();
+        while cons != prod {
+            let at = pv::CONS_IN + cons as usize % pv::CONS_IN_SIZE;
+            // SAFETY: inside the rig page's input array.
+            out.push(unsafe { *self.console(s).add(at) });
+            cons = cons.wrapping_add(1);
+        }
+        self.set_cons_u32(s, pv::CONS_IN_CONS, cons);
+        out
+    }
+
+    /// dom0's console port for domain `domid` (from its store's keys, store slot `s`).
+    fn console_port(&self, s: usize) -> u32 {
+        pv::get_u64(&self.snap(s), Half::Backend, keys::CONSOLE_PORT).unwrap() as u32
+    }
+}
+
+/// What `ConsoleRead` would get of `domid`'s PV console.
+fn read_all(rig: &Rig, b: &mut Backend<'_>, domid: u32) -> Vec<u8> {
+    let mut out = vec![0u8; 8192];
+    let n = b.console_read(&rig.fake, domid, &mut out);
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn every_domain_gets_a_store_and_a_console_and_leaves_nothing_behind() {
+    let rig = Rig::new();
+    let mut b = rig.backend();
+    for d in 1..=MAX_STORES as u32 {
+        domain(&rig, &mut b, d).unwrap();
+    }
+    assert_eq!(domain(&rig, &mut b, 16), Err(NoStore::Full));
+    assert_eq!(rig.fake.held(), (30, 30, 0), "two grants and two ports a domain");
+    for s in 0..MAX_STORES {
+        let d = s as u32 + 1;
+        let info = store_info(&rig, d);
+        assert_eq!(info.gref, STORE_REF_BASE + s as u32);
+        let cref = rig.backend_key(s, keys::CONSOLE_RING_REF).unwrap();
+        assert_eq!(cref, std::format!("{}", CONSOLE_REF_BASE + s as u32));
+        assert_eq!(
+            rig.fake.grants.borrow()[&(CONSOLE_REF_BASE + s as u32)],
+            (d, rig.console(s) as u64)
+        );
+        let port = rig.console_port(s);
+        assert_eq!(rig.fake.ports.borrow()[&port], (d, None), "offered to the domain");
+        assert_ne!(port, info.port);
+        assert_eq!(rig.backend_key(s, keys::VBD_BACKEND_STATE), None, "no disk keys");
+    }
+    for d in 1..=MAX_STORES as u32 {
+        rig.fake.domain_destroy(d).unwrap();
+        b.destroyed(&rig.fake, d);
+    }
+    assert_eq!(rig.fake.held(), (0, 0, 0));
+    assert_eq!(b.stores().count(), 0);
+    // Many creates and destroys: still nothing left, the slots reused.
+    for round in 0..40u32 {
+        let d = round % 7 + 1;
+        domain(&rig, &mut b, d).unwrap();
+        attach(&rig, &mut b, d, 4096).unwrap();
+        rig.fake.domain_destroy(d).unwrap();
+        b.destroyed(&rig.fake, d);
+        assert_eq!(rig.fake.held(), (0, 0, 0), "round {round}");
+    }
+    // Each hypercall failing in turn undoes the ones before; the domain has no store.
+    for op in ["grant_set", "alloc", "mem_write"] {
+        rig.fake.fail.replace(vec![op]);
+        assert!(
+            matches!(domain(&rig, &mut b, 1), Err(NoStore::Hypercall(_, Errno::ENOSPC))),
+            "{op}"
+        );
+        assert_eq!(rig.fake.held(), (0, 0, 0), "{op}");
+        assert_eq!(b.stores().count(), 0, "{op}");
+    }
+    rig.fake.fail.replace(vec![]);
+    domain(&rig, &mut b, 1).unwrap();
+    // A new domain with the id of one dom0 was not told about replaces its store.
+    rig.fake.domain_destroy(1).unwrap();
+    domain(&rig, &mut b, 1).unwrap();
+    assert_eq!(rig.fake.held(), (2, 2, 0));
+}
+
+#[test]
+fn console_output_flows_through_wraps_and_waits_for_the_domain_to_say_so() {
+    let rig = Rig::new();
+    let mut b = rig.backend();
+    domain(&rig, &mut b, 1).unwrap();
+    let port = rig.console_port(0);
+    // Not connected yet: dom0 leaves the page alone.
+    rig.cons_write(0, b"early", port);
+    assert!(b.poll(&rig.fake));
+    assert_eq!(rig.cons_u32(0, pv::CONS_OUT_CONS), 0);
+    assert!(read_all(&rig, &mut b, 1).is_empty());
+    rig.front_set(0, keys::CONSOLE_STATE, "4");
+    rig.kick(store_port(&rig, 1));
+    b.poll(&rig.fake);
+    assert_eq!(read_all(&rig, &mut b, 1), b"early");
+    assert_eq!(rig.cons_u32(0, pv::CONS_OUT_CONS), 5);
+    assert_eq!(rig.fake.sent.borrow().last(), Some(&port), "room made: the domain is told");
+    // 3000 bytes in pieces of 700: the ring wraps; each piece read at its event.
+    let line: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut got = Vec::new();
+    for piece in line.chunks(700) {
+        rig.cons_write(0, piece, port);
+        b.poll(&rig.fake);
+        got.extend(read_all(&rig, &mut b, 1));
+    }
+    assert_eq!(got, line);
+    // Output whose event dom0 has not seen yet is read by `console_read` itself.
+    rig.cons_write(0, b"no event", port);
+    assert_eq!(read_all(&rig, &mut b, 1), b"no event");
+    // Another domain's events do not read this one's page.
+    domain(&rig, &mut b, 2).unwrap();
+    rig.cons_write(0, b"x", port);
+    // The rig's event page: forget the kick above, raise d2's console port instead.
+    let events = rig.mem.events;
+    // SAFETY: as above.
+    unsafe { (*events).pending = [0; abi::types::EVTCHN_WORDS] };
+    rig.kick(rig.console_port(1));
+    b.poll(&rig.fake);
+    assert_eq!(rig.cons_u32(0, pv::CONS_OUT_CONS), 5 + 3000 + 8);
+    assert!(read_all(&rig, &mut b, 2).is_empty());
+    assert!(read_all(&rig, &mut b, 9).is_empty(), "no such store: nothing");
+}
+
+#[test]
+fn a_bogus_out_prod_takes_a_ring_and_resynchronises_and_others_go_on() {
+    let rig = Rig::new();
+    let mut b = rig.backend();
+    for d in 1..=2 {
+        domain(&rig, &mut b, d).unwrap();
+        rig.front_set(d as usize - 1, keys::CONSOLE_STATE, "4");
+    }
+    for bogus in [u32::MAX, 1_000_000, 2049, 0x8000_0000] {
+        rig.set_cons_u32(0, pv::CONS_OUT_PROD, bogus);
+        rig.kick(rig.console_port(0));
+        rig.cons_write(1, b"bystander ", rig.console_port(1));
+        b.poll(&rig.fake);
+        assert_eq!(read_all(&rig, &mut b, 1).len(), pv::CONS_OUT_SIZE, "{bogus}");
+        assert_eq!(rig.cons_u32(0, pv::CONS_OUT_CONS), bogus, "resynchronised");
+        assert_eq!(read_all(&rig, &mut b, 2), b"bystander ");
+        // And it goes on from there.
+        rig.cons_write(0, b"sorry", rig.console_port(0));
+        b.poll(&rig.fake);
+        assert_eq!(read_all(&rig, &mut b, 1), b"sorry");
+    }
+    // A domain that writes dom0's own index changes nothing: dom0 keeps its count.
+    rig.set_cons_u32(0, pv::CONS_OUT_CONS, 12345);
+    rig.cons_write(0, b"ok", rig.console_port(0));
+    b.poll(&rig.fake);
+    assert_eq!(read_all(&rig, &mut b, 1), b"ok");
+}
+
+#[test]
+fn the_log_keeps_the_newest_bytes() {
+    let rig = Rig::new();
+    let mut b = rig.backend();
+    domain(&rig, &mut b, 1).unwrap();
+    rig.front_set(0, keys::CONSOLE_STATE, "4");
+    let port = rig.console_port(0);
+    let all: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
+    for piece in all.chunks(2000) {
+        rig.cons_write(0, piece, port);
+        b.poll(&rig.fake);
+    }
+    let got = read_all(&rig, &mut b, 1);
+    assert_eq!(got, all[6000 - crate::vbd::console::LOG_BYTES..], "the oldest bytes dropped");
+    // Read in small pieces, in order.
+    rig.cons_write(0, b"0123456789", port);
+    b.poll(&rig.fake);
+    let mut small = [0u8; 4];
+    assert_eq!(b.console_read(&rig.fake, 1, &mut small), 4);
+    assert_eq!(&small, b"0123");
+    assert_eq!(read_all(&rig, &mut b, 1), b"456789");
+    // A destroyed domain's output goes with it.
+    rig.cons_write(0, b"gone", port);
+    b.poll(&rig.fake);
+    rig.fake.domain_destroy(1).unwrap();
+    b.destroyed(&rig.fake, 1);
+    domain(&rig, &mut b, 1).unwrap();
+    assert!(read_all(&rig, &mut b, 1).is_empty());
+}
+
+#[test]
+fn console_input_goes_to_a_connected_console_as_far_as_it_has_room() {
+    let rig = Rig::new();
+    let mut b = rig.backend();
+    domain(&rig, &mut b, 1).unwrap();
+    assert_eq!(b.console_input(&rig.fake, 1, b"x"), None, "not connected: COM1's");
+    assert_eq!(b.console_input(&rig.fake, 5, b"x"), None, "no store: COM1's");
+    rig.front_set(0, keys::CONSOLE_STATE, "4");
+    let port = rig.console_port(0);
+    assert_eq!(b.console_input(&rig.fake, 1, b"ping\n"), Some(5));
+    assert_eq!(rig.fake.sent.borrow().last(), Some(&port));
+    assert_eq!(rig.cons_read_input(0), b"ping\n");
+    // Up to a ring's worth; then what the domain has taken makes room.
+    let big = vec![b'z'; 700];
+    assert_eq!(b.console_input(&rig.fake, 1, &big), Some(700));
+    assert_eq!(b.console_input(&rig.fake, 1, &big), Some(pv::CONS_IN_SIZE - 700));
+    assert_eq!(b.console_input(&rig.fake, 1, b"more"), Some(0));
+    assert_eq!(rig.cons_read_input(0).len(), pv::CONS_IN_SIZE);
+    assert_eq!(b.console_input(&rig.fake, 1, b"wrap"), Some(4));
+    assert_eq!(rig.cons_read_input(0), b"wrap");
+    // An `in_cons` ahead of dom0, or far behind: no room, no panic.
+    for bogus in [u32::MAX, 1_000_000, 5 + 1400 + 4 + 1] {
+        rig.set_cons_u32(0, pv::CONS_IN_CONS, bogus);
+        assert_eq!(b.console_input(&rig.fake, 1, b"x"), Some(0), "{bogus}");
+    }
+    // Garbage in the frontend half: as if not connected.
+    // SAFETY: the rig's store page; its frontend half.
+    unsafe { core::ptr::write_bytes(rig.store(0).add(PAGE / 2), 0xff, PAGE / 2) };
+    assert_eq!(b.console_input(&rig.fake, 1, b"x"), None);
 }

@@ -337,7 +337,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
             if r.is_err() {
                 break r;
             }
-            if rounds % 4 == 0 {
+            if rounds.is_multiple_of(4) {
                 println!("vbd: loop: round {rounds}");
             }
         };
