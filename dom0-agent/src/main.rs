@@ -164,8 +164,9 @@ fn serve(boot: &Boot) -> ! {
     let events = (&raw mut EVTCHN_PAGE).cast::<abi::types::EvtchnShared>();
     // SAFETY: EVTCHN_PAGE is dom0's event-channel page from now on (as in `bench`), and only
     // the backend reads it.
-    if let Err(e) = unsafe { hv.evtchn_set_callback(0, events) } {
-        println!("no event-channel page ({e}): PV consoles and virtual disks are never served");
+    let registered = unsafe { hv.evtchn_set_callback(0, events) };
+    if let Err(e) = registered {
+        println!("no event-channel page ({e}): no PV consoles or virtual disks");
     }
     let mem = Memory {
         store: &raw mut STORE_PAGES,
@@ -180,8 +181,12 @@ fn serve(boot: &Boot) -> ! {
     // the ring window's guest-physical addresses are where it sees the rings it maps there,
     // and the backend only maps there.
     let backend = unsafe { Backend::new(mem, sectors) };
-    let mut server =
-        Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION")).with_vbds(backend);
+    let mut server = Server::new(&modules, bufs, image, env!("CARGO_PKG_VERSION"));
+    // Without the page dom0 would never see an event: no store is handed out rather than
+    // devices that are never served.
+    if registered.is_ok() {
+        server = server.with_vbds(backend);
+    }
     if let Some(d) = &disk {
         server = server.with_disk(DiskAccess { sectors: d, identity: d.identity() }, chunk);
     }

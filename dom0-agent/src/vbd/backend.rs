@@ -469,6 +469,11 @@ impl<'d> Backend<'d> {
         if hv.grant_map(v.domid, ring_ref, ring_gpa(slot), 0).is_err() {
             return self.close(hv, v, slot, "ring map failed");
         }
+        // SAFETY: mapped just now at `ring(slot)`, as in `serve_ring`.
+        if !unsafe { ring::fresh(self.ring(slot)) } {
+            let _ = hv.grant_unmap(ring_gpa(slot));
+            return self.close(hv, v, slot, "ring not fresh");
+        }
         let port = match hv.evtchn_bind_interdomain(v.domid, remote_port) {
             Ok(p) => p,
             Err(_) => {

@@ -69,6 +69,23 @@ pub(super) unsafe fn serve<H: VbdHypercalls>(
     Round::Answered(waiting)
 }
 
+/// Whether the ring at `page`, just mapped, starts empty as `ABI.md` requires (`req_prod`
+/// 0); if so, sets its `rsp_prod` to 0 too, the count dom0 starts from. A frontend that
+/// connects again must not hand over a ring with old requests in it: dom0 would serve them.
+///
+/// # Safety
+/// As for [`serve`].
+pub(super) unsafe fn fresh(page: *mut u8) -> bool {
+    // SAFETY: offset 0 of the mapped page, aligned (the caller's promise).
+    let req_prod = unsafe { core::ptr::read_volatile(page.cast::<u32>()) };
+    if req_prod != 0 {
+        return false;
+    }
+    // SAFETY: offset 4 of the mapped page, aligned.
+    unsafe { core::ptr::write_volatile(page.add(RSP_PROD).cast::<u32>(), 0) };
+    true
+}
+
 /// A copy of the request in the slot at `at`.
 ///
 /// # Safety

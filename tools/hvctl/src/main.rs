@@ -152,7 +152,8 @@ enum Cmd {
         op: MmuOp,
     },
     /// Show a domain's console output and follow it until the domain stops, sending what is
-    /// typed on standard input to the domain's console (its COM1).
+    /// typed on standard input to the domain's console (its PV console once it uses one, else
+    /// its COM1).
     Console {
         /// Domain name or id.
         domain: String,
@@ -727,7 +728,12 @@ fn console(c: &mut Client, domain: &str, follow: bool, json: bool) -> Result<(),
                 let _ = out.write_all(&data);
                 let _ = out.flush();
             }
-            continue;
+            // Without following, what was buffered when asked: a read that did not fill its
+            // buffer emptied the ring, and what a busy domain writes after it is the next
+            // call's (reading on until a read comes back empty might never end).
+            if follow || data.len() >= CONSOLE_READ_MAX as usize {
+                continue;
+            }
         }
         if !follow {
             break;

@@ -479,6 +479,21 @@ fn a_closed_frontend_goes_back_to_init_wait_and_reconnects() {
 }
 
 #[test]
+fn a_ring_handed_over_with_requests_in_it_closes_the_device() {
+    let rig = Rig::new();
+    let mut b = rig.backend();
+    attach(&rig, &mut b, 3, 4096).unwrap();
+    rig.connect(3, 0, 5, 7);
+    // Old requests a reconnecting frontend left on its ring: dom0 must not replay them.
+    rig.ring_write(0, 0, &3u32.to_le_bytes());
+    rig.ring_write(0, 4, &9u32.to_le_bytes());
+    b.poll(&rig.fake);
+    assert_eq!(rig.backend_state(0), Some(state::CLOSED));
+    assert_eq!(rig.backend_key(0, keys::VBD_ERROR).as_deref(), Some("ring not fresh"));
+    assert_eq!(rig.fake.held().2, 0, "the ring is not kept mapped");
+}
+
+#[test]
 fn garbage_in_the_store_closes_or_is_ignored_never_panics() {
     let closes = |ring_ref: &str, port: &str, why: &str| {
         let rig = Rig::new();
