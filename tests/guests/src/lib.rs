@@ -1,11 +1,12 @@
-//! Shared by the test guests: command-line numbers and a #GP catcher for the hostile guest's
-//! probes.
+//! Shared by the test guests: command-line numbers, a #GP catcher for the hostile guest's
+//! probes, and what the PV frontends share (`pv`).
 #![no_std]
 
 #[cfg(not(image))]
 extern crate std;
 
 pub mod arch;
+pub mod pv;
 
 use guest_rt::Boot;
 

@@ -16,16 +16,13 @@
 extern crate std;
 rt::hosted_main!();
 
-use abi::hypercall::GRANT_WINDOW_GPA;
-use abi::pv::{self, Half, PAGE, StoreInfo, keys};
-use abi::pvh::START_INFO_GPA;
+use abi::pv::{self, PAGE, keys};
 use core::sync::atomic::{Ordering, compiler_fence};
-use guest_rt::{println, rdtsc};
+use guest_rt::println;
+use test_guests::pv::{STORE_PAGE, Store, wait};
 
 rt::pvh_note!();
 
-/// How long to wait for dom0 before giving up, in milliseconds (a guard, not a timing).
-const WAIT_MS: u64 = 60_000;
 /// Bytes of the long line (more than the output ring: it must wrap and wait).
 const LONG: usize = 3000;
 /// Bytes written at a time.
@@ -43,47 +40,18 @@ struct Console {
     in_cons: u32,
 }
 
-/// TSC ticks per millisecond (microhv's timing leaf).
-fn ticks_per_ms() -> u64 {
-    u64::from(core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax).max(1)
-}
-
-/// Yields until `done`, or false after [`WAIT_MS`].
-fn wait(mut done: impl FnMut() -> bool) -> bool {
-    let start = rdtsc();
-    while !done() {
-        if rdtsc() - start > WAIT_MS * ticks_per_ms() {
-            return false;
-        }
-        let _ = guest_rt::hv().yield_now();
-    }
-    true
-}
-
 impl Console {
     /// Finds the store, maps the console page and binds its port, and says so in the store.
     fn connect() -> Result<Self, &'static str> {
         let hv = guest_rt::hv();
-        let at = (START_INFO_GPA as usize + pv::STORE_INFO_OFFSET) as *const StoreInfo;
-        // SAFETY: the start page is RAM the builder wrote before the domain started.
-        let info = unsafe { core::ptr::read_volatile(at) };
-        if info.magic != pv::STORE_INFO_MAGIC || info.version != 1 {
-            return Err("no store descriptor in the start page");
-        }
-        // The store at the grant window's first page, the console at its second.
-        let store = GRANT_WINDOW_GPA as *mut u8;
-        let page = (GRANT_WINDOW_GPA + PAGE as u64) as *mut u8;
-        hv.grant_map(info.backend, info.gref, store as u64, 0).map_err(|_| "store map")?;
-        let store_port =
-            hv.evtchn_bind_interdomain(info.backend, info.port).map_err(|_| "store bind")?;
-        // SAFETY: the store page is mapped at `store` for the domain's life.
-        let mut snap = unsafe { pv::snapshot(store) };
-        let number =
-            |key| pv::get_u64(&snap, Half::Backend, key).and_then(|n| u32::try_from(n).ok());
+        let store = Store::connect()?;
+        // The console at the grant window's page after the store's.
+        let page = (STORE_PAGE + PAGE as u64) as *mut u8;
+        let number = |key| store.number(key).and_then(|n| u32::try_from(n).ok());
         let gref = number(keys::CONSOLE_RING_REF).ok_or("no console/ring-ref")?;
         let remote = number(keys::CONSOLE_PORT).ok_or("no console/port")?;
-        hv.grant_map(info.backend, gref, page as u64, 0).map_err(|_| "console map")?;
-        let port = hv.evtchn_bind_interdomain(info.backend, remote).map_err(|_| "console bind")?;
+        hv.grant_map(store.backend, gref, page as u64, 0).map_err(|_| "console map")?;
+        let port = hv.evtchn_bind_interdomain(store.backend, remote).map_err(|_| "console bind")?;
         // SAFETY: the console page, mapped just now: start where dom0's indices are.
         let (out_prod, in_cons) = unsafe {
             (
@@ -91,11 +59,8 @@ impl Console {
                 core::ptr::read_volatile(page.add(pv::CONS_IN_CONS).cast::<u32>()),
             )
         };
-        let _ = pv::set_u64(&mut snap, Half::Frontend, keys::CONSOLE_STATE, pv::state::CONNECTED);
-        // SAFETY: the frontend half of the store is this domain's to write.
-        unsafe { pv::publish(store, &snap, Half::Frontend) };
-        compiler_fence(Ordering::SeqCst);
-        let _ = hv.evtchn_send(store_port);
+        // 4: Connected (`pv::state::CONNECTED`): dom0 sends typed input to the page now.
+        store.publish(&[(keys::CONSOLE_STATE, "4")]);
         Ok(Console { page, port, out_prod, in_cons })
     }
 

@@ -21,13 +21,12 @@
 extern crate std;
 rt::hosted_main!();
 
-use abi::hypercall::{GRANT_READONLY, GRANT_WINDOW_GPA};
-use abi::pv::{self, Half, keys, state};
-use abi::pv::{BLK_RING_SLOTS, BlkRequest, BlkResponse, PAGE, StoreInfo};
-use abi::pvh::START_INFO_GPA;
+use abi::hypercall::GRANT_READONLY;
+use abi::pv::{self, BLK_RING_SLOTS, BlkRequest, BlkResponse, Half, PAGE, keys, state};
 use core::fmt::Write;
 use core::sync::atomic::{Ordering, compiler_fence};
 use guest_rt::{println, rdtsc};
+use test_guests::pv::{Store, ticks_per_ms, wait};
 use zerocopy::{FromZeros, IntoBytes};
 
 rt::pvh_note!();
@@ -37,9 +36,6 @@ const RING_REF: u32 = 0;
 const DATA_REF: u32 = 1;
 /// Sectors per request: a whole page.
 const PER_REQ: u64 = abi::pv::BLK_MAX_SECTORS as u64;
-/// How long to wait for dom0 before giving up, in milliseconds (a guard, not a timing).
-const WAIT_MS: u64 = 60_000;
-
 #[repr(C, align(4096))]
 struct Pages<const N: usize>([[u8; PAGE]; N]);
 /// The ring page, granted to dom0.
@@ -50,8 +46,7 @@ static mut DATA: Pages<{ BLK_RING_SLOTS as usize }> = Pages([[0; PAGE]; BLK_RING
 /// The connection to the backend.
 struct Vbd {
     backend: u32,
-    store: *mut u8,
-    store_port: u32,
+    store: Store,
     port: u32,
     sectors: u64,
     req_prod: u32,
@@ -67,90 +62,35 @@ fn data(i: usize) -> *mut u8 {
     unsafe { (&raw mut DATA).cast::<u8>().add(i * PAGE) }
 }
 
-/// TSC ticks per millisecond (microhv's timing leaf).
-fn ticks_per_ms() -> u64 {
-    u64::from(core::arch::x86_64::__cpuid(abi::cpuid::LEAF_TIMING).eax).max(1)
-}
-
-/// Yields until `done`, or false after [`WAIT_MS`].
-fn wait(mut done: impl FnMut() -> bool) -> bool {
-    let start = rdtsc();
-    while !done() {
-        if rdtsc() - start > WAIT_MS * ticks_per_ms() {
-            return false;
-        }
-        let _ = guest_rt::hv().yield_now();
-    }
-    true
-}
-
 /// The word at index `w` of sector `s` in `seed`'s pattern (all zeros for seed 0).
 fn pattern(seed: u64, s: u64, w: u64) -> u64 {
     if seed == 0 { 0 } else { seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (s << 16 | w) }
 }
 
 impl Vbd {
-    fn store_get(&self, key: &str) -> Option<u64> {
-        // SAFETY: the store page is mapped at `store` for the domain's life.
-        let snap = unsafe { pv::snapshot(self.store) };
-        pv::get_u64(&snap, Half::Backend, key)
-    }
-
     fn backend_state(&self) -> Option<u64> {
-        self.store_get(keys::VBD_BACKEND_STATE)
+        self.store.number(keys::VBD_BACKEND_STATE)
     }
 
     /// The backend's reason for closing, if it gave one.
     fn error(&self) -> heapless::String<24> {
-        // SAFETY: as in `store_get`.
-        let snap = unsafe { pv::snapshot(self.store) };
-        pv::get(&snap, Half::Backend, keys::VBD_ERROR)
-            .and_then(|e| e.try_into().ok())
-            .unwrap_or_default()
-    }
-
-    /// Writes the frontend's keys (state last) and tells the backend.
-    fn publish(&self, entries: &[(&str, &str)]) {
-        // SAFETY: as in `store_get`.
-        let mut page = unsafe { pv::snapshot(self.store) };
-        for (k, v) in entries {
-            let _ = pv::set(&mut page, Half::Frontend, k, v);
-            // SAFETY: as above; the frontend half is this domain's to write.
-            unsafe { pv::publish(self.store, &page, Half::Frontend) };
-            compiler_fence(Ordering::SeqCst);
-        }
-        let _ = guest_rt::hv().evtchn_send(self.store_port);
+        let snap = self.store.snapshot();
+        let e = pv::get(&snap, Half::Backend, keys::VBD_ERROR);
+        e.and_then(|e| e.try_into().ok()).unwrap_or_default()
     }
 
     /// Finds the store, waits for the backend, grants the ring and the data pages, offers a
     /// port and waits for `Connected`.
     fn connect() -> Result<Self, &'static str> {
         let hv = guest_rt::hv();
-        let at = (START_INFO_GPA as usize + pv::STORE_INFO_OFFSET) as *const StoreInfo;
-        // SAFETY: the start page is RAM the builder wrote before the domain started.
-        let info = unsafe { core::ptr::read_volatile(at) };
-        if info.magic != pv::STORE_INFO_MAGIC || info.version != 1 {
-            return Err("no store descriptor in the start page");
-        }
-        let store = GRANT_WINDOW_GPA;
-        hv.grant_map(info.backend, info.gref, store, 0).map_err(|_| "cannot map the store")?;
-        let store_port = hv
-            .evtchn_bind_interdomain(info.backend, info.port)
-            .map_err(|_| "cannot bind the store")?;
-        let mut v = Vbd {
-            backend: info.backend,
-            store: store as *mut u8,
-            store_port,
-            port: 0,
-            sectors: 0,
-            req_prod: 0,
-            rsp_cons: 0,
-        };
+        let store = Store::connect()?;
+        let mut v =
+            Vbd { backend: store.backend, store, port: 0, sectors: 0, req_prod: 0, rsp_cons: 0 };
         if !wait(|| v.backend_state() == Some(state::INIT_WAIT)) {
             return Err("the backend never reached InitWait");
         }
-        v.sectors = v.store_get(keys::VBD_SECTORS).ok_or("no sectors key")?;
-        let backend = v.store_get(keys::VBD_BACKEND_ID).ok_or("no backend-id key")?;
+        v.sectors = v.store.number(keys::VBD_SECTORS).ok_or("no sectors key")?;
+        let backend = v.store.number(keys::VBD_BACKEND_ID).ok_or("no backend-id key")?;
         v.backend = u32::try_from(backend).map_err(|_| "a backend-id out of range")?;
         // SAFETY: the ring page is this guest's, granted to dom0 from now on.
         unsafe {
@@ -164,7 +104,7 @@ impl Vbd {
         v.port = hv.evtchn_alloc_unbound(v.backend).map_err(|_| "no port")?;
         let (mut r, mut p) = (heapless::String::<24>::new(), heapless::String::<24>::new());
         let _ = (write!(r, "{RING_REF}"), write!(p, "{}", v.port));
-        v.publish(&[
+        v.store.publish(&[
             (keys::VBD_RING_REF, &r),
             (keys::VBD_EVENT_CHANNEL, &p),
             (keys::VBD_STATE, "3"),
@@ -357,9 +297,9 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         disconnected(&v)
     } else if boot.has_flag("garbage") {
         // Reconnect with keys that do not parse: dom0 may only refuse them.
-        v.publish(&[(keys::VBD_STATE, "6")]);
+        v.store.publish(&[(keys::VBD_STATE, "6")]);
         wait(|| v.backend_state() == Some(state::INIT_WAIT));
-        v.publish(&[
+        v.store.publish(&[
             (keys::VBD_RING_REF, "99999999999999999999999"),
             (keys::VBD_EVENT_CHANNEL, "-1"),
             (keys::VBD_STATE, "3"),
