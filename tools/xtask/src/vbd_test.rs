@@ -93,7 +93,7 @@ pub fn first_boot(hv: &mut Hv<'_>) -> Result<()> {
     // clean.
     start(hv, "bystander", "1M", "loop")?;
     let before = rounds(&console_until(hv, "bystander", "vbd: loop: round 4")?);
-    frontend(hv, "evil", "1M", "hostile", "vbd: hostile: 17 checks passed, 0 failed")?;
+    frontend(hv, "evil", "1M", "hostile", "vbd: hostile: 18 checks passed, 0 failed")?;
     frontend(hv, "flood", "1M", "overflow", "vbd: disconnected: true (more requests than slots)")?;
     frontend(hv, "junk", "1M", "garbage", "vbd: disconnected: true (bad ring-ref)")?;
     let during = rounds(&hv.ok(&["console", "bystander", "--no-follow"])?);

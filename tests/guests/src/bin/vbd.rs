@@ -8,7 +8,8 @@
 //! - `loop`: rounds of writing and checking the first 64 KiB until a `q` arrives on COM1 (a
 //!   bystander while other frontends misbehave), with a line every 4 rounds.
 //! - `hostile`: requests the backend must refuse one by one, a ring it must not let go, a data
-//!   grant revoked under a request; then a good request must still work.
+//!   grant revoked under a request, a ring full of random bytes; then a good request must
+//!   still work.
 //! - `overflow`: more requests than slots: the backend must close the device.
 //! - `garbage`: a ring reference and port that do not parse: the backend must close the device.
 //!
@@ -413,6 +414,28 @@ fn hostile(v: &mut Vbd) -> bool {
     let mut id = 0;
     let answered = v.collect(|r| id = r.id);
     expect("an id of all ones is echoed", Some(i32::from(answered && id == u64::MAX)), 1);
+    // A full ring of random bytes: every slot is answered, with its own id, and whatever a
+    // slot happened to ask of this domain's own disk is all it could reach.
+    let mut x = rdtsc() | 1;
+    let mut ids = [0u64; BLK_RING_SLOTS as usize];
+    for id in ids.iter_mut() {
+        let mut junk = BlkRequest::new_zeroed();
+        for w in junk.as_mut_bytes().chunks_exact_mut(8) {
+            (x ^= x << 13, x ^= x >> 7, x ^= x << 17);
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        *id = junk.id;
+        v.put(&junk);
+    }
+    v.push();
+    let mut k = 0;
+    let mut in_order = true;
+    let answered = v.collect(|r| {
+        in_order &= ids.get(k) == Some(&r.id) && (-2..=0).contains(&r.status);
+        k += 1;
+    });
+    let whole = answered && in_order && k == ids.len();
+    expect("a ring of random slots, each answered", Some(i32::from(whole)), 1);
     expect("then a good write", v.one(BLK_OP_WRITE, 0, 8, DATA_REF), pv::BLK_RSP_OKAY);
     expect("still connected", v.backend_state().map(|s| s as i32), state::CONNECTED as i32);
     println!("vbd: hostile: {passed} checks passed, {failed} failed");
