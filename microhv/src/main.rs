@@ -17,6 +17,7 @@ mod arch;
 mod bootinfo;
 mod fatal;
 mod logger;
+mod madt;
 mod phys;
 
 use arch::Arch;
@@ -92,6 +93,9 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         Ok(b) => b,
         Err(e) => fatal::stop(StopStatus::BootError, format_args!("boot information: {e}")),
     };
+    // Read now, while the loader's copy of the RSDP is certainly intact.
+    let bsp = arch::x86_64::cpu::cpuid(1, 0)[1] >> 24;
+    let cpus = madt::find_cpus(&boot, bsp);
     let (opts, bad) = Options::parse(&boot.cmdline);
     log::set_max_level(opts.log_level);
     if let Some(t) = opts.selftest {
@@ -133,6 +137,12 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         start_vmx(&mut hv, sel, &vendor);
     }
 
+    log::info!(
+        "{} CPU(s) found, {} left out (room for {})",
+        cpus.apic_ids.len(),
+        cpus.left_out,
+        microhv_core::cpus::MAX_CPUS
+    );
     start_dom0(&mut hv, &boot, &opts);
     let stop = hv.run();
     fatal::stop(stop.status, format_args!("{}", stop.reason))

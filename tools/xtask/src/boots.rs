@@ -46,6 +46,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
         name: name.into(),
         emulator,
         cpu: None,
+        cpus: 1,
         mem_mib: MACHINE_MIB,
         cmdline: String::new(),
         modules: vec![Module { path: images.dom0.clone(), args: dom0_args.into() }],
