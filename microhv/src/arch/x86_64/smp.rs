@@ -51,32 +51,26 @@ const FAILED: u32 = 4;
 const ABANDONED: u32 = 5;
 static STATE: AtomicU32 = AtomicU32::new(ABANDONED);
 
-/// What the AP being started reads, at fixed offsets (the trampoline's assembly reads the
-/// first five by address).
-#[repr(C)]
-struct ApBoot {
-    cr3: AtomicU64,
-    cr4: AtomicU64,
-    efer: AtomicU64,
-    cr0: AtomicU64,
-    stack_top: AtomicU64,
-    cpu: AtomicU64,
-    apic_id: AtomicU64,
-    frames: AtomicU64,
-    svm: AtomicU64,
+/// What the AP being started reads, indexed by the names below (the trampoline's assembly
+/// reads the first five by address: slot × 8).
+static AP_BOOT: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
+const CR3: usize = 0;
+const CR4: usize = 1;
+const EFER: usize = 2;
+const CR0: usize = 3;
+const STACK_TOP: usize = 4;
+const CPU: usize = 5;
+const APIC_ID: usize = 6;
+const FRAMES: usize = 7;
+const SVM: usize = 8;
+
+fn set(slot: usize, v: u64) {
+    AP_BOOT[slot].store(v, Ordering::Relaxed);
 }
 
-static AP_BOOT: ApBoot = ApBoot {
-    cr3: AtomicU64::new(0),
-    cr4: AtomicU64::new(0),
-    efer: AtomicU64::new(0),
-    cr0: AtomicU64::new(0),
-    stack_top: AtomicU64::new(0),
-    cpu: AtomicU64::new(0),
-    apic_id: AtomicU64::new(0),
-    frames: AtomicU64::new(0),
-    svm: AtomicU64::new(0),
-};
+fn get(slot: usize) -> u64 {
+    AP_BOOT[slot].load(Ordering::Relaxed)
+}
 
 global_asm!(
     r#"
@@ -180,13 +174,13 @@ pub fn start_aps<const W: usize>(
             end.offset_from(start) as usize,
         )
     };
-    AP_BOOT.cr3.store(cr3, Ordering::Relaxed);
-    AP_BOOT.cr4.store(cpu::cr4() & !CR4_CLEAR, Ordering::Relaxed);
+    set(CR3, cr3);
+    set(CR4, cpu::cr4() & !CR4_CLEAR);
     // SAFETY: EFER exists on every 64-bit CPU.
     let efer = unsafe { cpu::rdmsr(0xc000_0080) };
-    AP_BOOT.efer.store(efer & !(EFER_SVME | EFER_LMA), Ordering::Relaxed);
-    AP_BOOT.cr0.store(cpu::cr0(), Ordering::Relaxed);
-    AP_BOOT.svm.store(svm.into(), Ordering::Relaxed);
+    set(EFER, efer & !(EFER_SVME | EFER_LMA));
+    set(CR0, cpu::cr0());
+    set(SVM, svm.into());
     let apic = lapic::enable();
     let mut online = 1;
     for (n, &id) in cpus.apic_ids.iter().enumerate().skip(1) {
@@ -210,10 +204,10 @@ fn start_ap<const W: usize>(
     let base = frames.alloc_contiguous(AP_FRAMES, 1).ok_or("no frames for its stacks")?;
     // SAFETY: the last frame was just allocated: ours, identity-mapped, aliased by nothing.
     unsafe { cpu::zero_qwords(base + 3 * STACK_BYTES, FRAME_SIZE) };
-    AP_BOOT.stack_top.store(base + 3 * STACK_BYTES, Ordering::Relaxed);
-    AP_BOOT.cpu.store(n as u64, Ordering::Relaxed);
-    AP_BOOT.apic_id.store(id.into(), Ordering::Relaxed);
-    AP_BOOT.frames.store(base, Ordering::Relaxed);
+    set(STACK_TOP, base + 3 * STACK_BYTES);
+    set(CPU, n as u64);
+    set(APIC_ID, id.into());
+    set(FRAMES, base);
     STATE.store(WAITING, Ordering::Release);
     lapic::ipi(apic, dest, ICR_INIT)?;
     delay(khz, 10_000);
@@ -253,13 +247,13 @@ fn advance(from: u32, to: u32) -> bool {
 /// extension, its report; then it parks (no vCPU runs on an AP yet).
 extern "C" fn ap_main() -> ! {
     if advance(WAITING, ARRIVED) {
-        let n = AP_BOOT.cpu.load(Ordering::Relaxed) as usize;
-        let id = AP_BOOT.apic_id.load(Ordering::Relaxed);
-        let base = AP_BOOT.frames.load(Ordering::Relaxed);
+        let n = get(CPU) as usize;
+        let id = get(APIC_ID);
+        let base = get(FRAMES);
         let sel = gdt::init_cpu(n, [base + 2 * STACK_BYTES, base + STACK_BYTES]);
         idt::init(sel.code.0);
         let region = base + 3 * STACK_BYTES;
-        let (ext, r) = match AP_BOOT.svm.load(Ordering::Relaxed) {
+        let (ext, r) = match get(SVM) {
             0 => ("VMX", crate::arch::vmx::enter_ap(region)),
             _ => ("SVM", crate::arch::svm::enable_ap(region)),
         };
