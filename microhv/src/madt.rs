@@ -3,6 +3,7 @@
 //! microhv runs on the boot CPU alone and says why.
 
 use acpi::madt::{Madt, MadtEntry};
+use acpi::sdt::SdtHeader;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
 use microhv_core::boot::BootInfo;
@@ -17,19 +18,30 @@ struct Identity;
 
 impl AcpiHandler for Identity {
     unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> PhysicalMapping<Self, T> {
-        // A table header (36 bytes) is checked with the length it announces at offset 4, so a
-        // table that would run past the identity map reads as zeros: a bad signature, which
-        // the crate reports instead of faulting.
+        // A table header is checked with the length it announces (at offset 4), so a table
+        // shorter than its header (the crate would subtract unchecked), one that would run past
+        // the identity map, or a null pointer, reads as zeros: a bad signature, which the crate
+        // reports instead of faulting. (The RSDP has a header's size too: its bytes 4..8, "PTR ",
+        // read as a length of 542 MB, which fits below 4 GiB from where firmware and GRUB put it.)
         let within = |len: usize| {
             (pa as u64).checked_add(len as u64).is_some_and(|e| e <= rt::IDENTITY_MAP_BYTES)
         };
-        let ok = within(size.max(8))
-            // SAFETY: the first 8 bytes at `pa` are inside the identity map (just checked).
-            && (size != 36 || within(unsafe { (pa as *const u32).add(1).read_unaligned() } as usize));
-        let at =
-            if ok || size > core::mem::size_of_val(&ZEROS) { pa } else { ZEROS.as_ptr() as usize };
-        // SAFETY: `at` is non-null (ACPI structures do not start at 0; ZEROS is a static), and
-        // lies in the identity map, where physical and virtual addresses are equal.
+        let header = size == core::mem::size_of::<SdtHeader>();
+        let ok = pa != 0
+            && within(size.max(8))
+            && (!header || {
+                // SAFETY: the first 8 bytes at `pa` are inside the identity map (just checked).
+                let len = unsafe { (pa as *const u32).add(1).read_unaligned() } as usize;
+                len >= size && within(len)
+            });
+        let at = if ok || (pa != 0 && size > size_of_val(&ZEROS)) {
+            pa
+        } else {
+            ZEROS.as_ptr() as usize
+        };
+        // SAFETY: `at` is ZEROS, or an identity-mapped address (equal to its physical one): a
+        // checked one, or one of the larger regions the crate asks for, which are only a whole
+        // table whose header passed the check above and the BIOS areas below 1 MiB.
         unsafe { PhysicalMapping::new(pa, NonNull::new_unchecked(at as *mut T), size, size, Self) }
     }
 
@@ -60,12 +72,16 @@ fn read(boot: &BootInfo, bsp: u32) -> Result<CpuList, &'static str> {
         }
     }
     .map_err(|_| "no valid RSDP or root table")?;
+    let from = if boot.rsdp.is_some() { "the loader's copy" } else { "the BIOS areas" };
     let madt = tables.find_table::<Madt>().map_err(|_| "no valid MADT")?;
+    log::info!("ACPI: RSDP from {from}, MADT at {:#x}", madt.physical_start());
     let fixed = core::mem::size_of::<Madt>();
     let len = madt.get().header.length as usize;
     let start = madt.virtual_start().as_ptr() as *const u8;
     // SAFETY: the crate mapped (and checksummed) the whole table, `len` bytes from `start`.
-    let entries = unsafe { core::slice::from_raw_parts(start, len) }.get(fixed..).unwrap_or(&[]);
+    let table = unsafe { core::slice::from_raw_parts(start, len) };
+    // The crate subtracts the fixed part from the length unchecked.
+    let entries = table.get(fixed..).ok_or("MADT shorter than its fixed part")?;
     if !madt_entries_ok(entries) {
         return Err("malformed MADT entries");
     }

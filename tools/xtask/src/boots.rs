@@ -319,6 +319,9 @@ pub fn cases(images: &Images) -> Vec<Case> {
         let mut checks = vec![Status(StopStatus::Ok), Contains("[d0] dom0 ready")];
         checks.extend([ext, "cpu 2 (apic id 2) online", "cpu 3 (apic id 3) online"].map(Contains));
         checks.push(Contains("[hv] 4 CPU(s) online"));
+        if emu == Qemu {
+            checks.push(qemu_exit(StopStatus::Ok));
+        }
         Case { name, spec, checks, driver: None }
     };
     vec![
