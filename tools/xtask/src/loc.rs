@@ -22,10 +22,10 @@ use anyhow::Result;
 /// ABI's operations, limits and `GrantStatus`; 273 lines net (12,246 → 12,519).
 ///
 /// 12,950: #14's host SMP, first increment — every CPU brought up: the CPU list from the ACPI
-/// MADT (`microhv/src/madt.rs` over the `acpi` crate, 63 lines; the entry check and the list in
+/// MADT (`microhv/src/madt.rs` over the `acpi` crate, 75 lines; the entry check and the list in
 /// `microhv/core/src/cpus.rs`, 39), the application processors' start-up (`arch/x86_64/smp.rs`,
 /// 205: the real-mode trampoline and 32/64-bit entry, INIT-SIPI-SIPI, the hand-shake), per-CPU
-/// GDTs and TSSs, the IPI, VMX and SVM enabled per CPU; 367 lines net (12,551 → 12,918).
+/// GDTs and TSSs, the IPI, VMX and SVM enabled per CPU; 379 lines net (12,551 → 12,930).
 pub const BUDGET: usize = 12_950;
 use std::path::{Path, PathBuf};
 

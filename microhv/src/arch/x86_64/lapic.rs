@@ -75,7 +75,8 @@ pub fn enable() -> u64 {
 
 /// Sends the inter-processor interrupt `command` (the ICR's low word: vector, delivery mode,
 /// level) to the CPU with xAPIC id `dest`, through the APIC at `base` (from [`enable`]), and
-/// waits until the APIC reports it sent (SDM Vol. 3A, 11.6.1: delivery status, bit 12).
+/// waits until the APIC reports it sent (SDM Vol. 3A, "Interrupt Command Register (ICR)":
+/// delivery status, bit 12).
 pub fn ipi(base: u64, dest: u8, command: u32) -> Result<(), &'static str> {
     // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); writing the ICR's
     // high word then its low word sends one IPI, which is what the caller asked for.

@@ -1,13 +1,15 @@
 //! Bringing up the application processors (APs), one at a time, with INIT-SIPI-SIPI through the
-//! boot CPU's local APIC (SDM Vol. 3A, 9.4.4.1 "Typical BSP Initialization Sequence": INIT,
-//! 10 ms, STARTUP, 200 µs, STARTUP, 200 µs), the delays timed with the TSC.
+//! boot CPU's local APIC (Intel SDM Vol. 3A, "Typical BSP Initialization Sequence", 9.4.4.1 in
+//! the 2023 edition: INIT, 10 ms, STARTUP, 200 µs, STARTUP, 200 µs), the delays timed with the
+//! TSC.
 //!
-//! A STARTUP IPI starts an AP in real mode at CS = vector << 8, IP = 0 (SDM Vol. 3A, 9.4.4.2),
-//! so its first instructions must lie in a page below 1 MiB: [`TRAMPOLINE_PA`], which the frame
-//! allocator never hands out (it keeps the whole first MiB, `boot::LOW_MEMORY_RESERVED`) and
-//! nothing else of microhv uses once the loader's information is copied. The page holds 16-bit
-//! code only — load a GDT, set CR0.PE, far-jump into the image — so it runs with paging off
-//! and its no-execute mapping in microhv's tables does not matter. The image's 32-bit code
+//! A STARTUP IPI starts an AP in real mode at CS = vector << 8, IP = 0 (SDM Vol. 3A, "Interrupt
+//! Command Register (ICR)", delivery mode 110), so its first instructions must lie in a page
+//! below 1 MiB: [`TRAMPOLINE_PA`], which the frame allocator never hands out (it keeps the whole
+//! first MiB, `boot::LOW_MEMORY_RESERVED`) and nothing else of microhv uses once the loader's
+//! information is copied. The page holds 16-bit code only — load a GDT, set CR0.PE, far-jump
+//! into the image — so it runs with paging off and its no-execute mapping in microhv's tables
+//! does not matter. The image's 32-bit code
 //! loads the boot CPU's CR4, CR3, EFER (LME, and NXE: the tables use NX) and CR0 (PG), jumps to
 //! 64-bit code, takes the stack set aside for the AP and calls [`ap_main`], which loads the
 //! AP's own GDT and TSS and the shared IDT, enables VMX or SVM with its own region and parks.
@@ -30,7 +32,7 @@ pub const TRAMPOLINE_PA: u64 = 0x8000;
 const STACK_BYTES: u64 = 16 * 1024;
 /// Frames per AP: two IST stacks, the stack, the VMXON region or host save area.
 const AP_FRAMES: u64 = 3 * STACK_BYTES / FRAME_SIZE + 1;
-/// ICR: INIT, level assert (SDM Vol. 3A, 11.6.1).
+/// ICR: INIT, level assert (SDM Vol. 3A, "Interrupt Command Register (ICR)").
 const ICR_INIT: u32 = 0x4500;
 /// ICR: STARTUP with the trampoline's page number as vector.
 const ICR_STARTUP: u32 = 0x4600 | (TRAMPOLINE_PA >> 12) as u32;
@@ -109,20 +111,20 @@ microhv_ap_entry32:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
-    movl {boot}+8, %eax
+    movl {boot}+8, %eax               /* CR4: PAE, the SSE bits */
     movl %eax, %cr4
-    movl {boot}, %eax
+    movl {boot}, %eax                 /* CR3: microhv's tables, below 4 GiB */
     movl %eax, %cr3
-    movl $0xC0000080, %ecx
+    movl $0xC0000080, %ecx            /* EFER: LME, NXE */
     movl {boot}+16, %eax
     movl {boot}+20, %edx
     wrmsr
-    movl {boot}+24, %eax
+    movl {boot}+24, %eax              /* CR0: PG (long mode from here), WP, NE, MP */
     movl %eax, %cr0
     ljmpl $0x18, $microhv_ap_entry64
     .code64
 microhv_ap_entry64:
-    movq {boot}+32(%rip), %rsp
+    movq {boot}+32(%rip), %rsp        /* the AP's stack (16-byte aligned) */
     xorl %ebp, %ebp
     call {main}
     ud2
@@ -212,7 +214,8 @@ fn start_ap<const W: usize>(
     lapic::ipi(apic, dest, ICR_INIT)?;
     delay(khz, 10_000);
     for _ in 0..2 {
-        // An AP that already started ignores the second STARTUP (SDM Vol. 3A, 9.4.4.2).
+        // An AP that already started ignores the second STARTUP (SDM Vol. 3A, "MP
+        // Initialization Protocol Algorithm").
         lapic::ipi(apic, dest, ICR_STARTUP)?;
         delay(khz, 200);
     }
