@@ -142,12 +142,13 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         log::warn!("{} CPU(s) left out: microhv has room for {}", found.left_out, cpus::MAX_CPUS);
     }
     let trampoline = smp::TRAMPOLINE_PA;
-    hv.cpus = if boot.ram.iter().any(|r| r.start <= trampoline && trampoline + FRAME_SIZE <= r.end)
-    {
-        smp::start_aps(&found, &mut hv.frames, hwcaps::is_amd_vendor(&vendor), khz)
-    } else {
+    let low_ram =
+        boot.ram.iter().any(|r| r.start <= trampoline && trampoline + FRAME_SIZE <= r.end);
+    hv.cpus = if found.apic_ids.len() > 1 && !low_ram {
         log::warn!("the trampoline page {trampoline:#x} is not RAM: no AP started");
         1
+    } else {
+        smp::start_aps(&found, &mut hv.frames, hwcaps::is_amd_vendor(&vendor), khz)
     };
     log::info!("{} CPU(s) online", hv.cpus);
     start_dom0(&mut hv, &boot, &opts);

@@ -25,7 +25,7 @@ use anyhow::Result;
 /// MADT (`microhv/src/madt.rs` over the `acpi` crate, 75 lines; the entry check and the list in
 /// `microhv/core/src/cpus.rs`, 39), the application processors' start-up (`arch/x86_64/smp.rs`,
 /// 205: the real-mode trampoline and 32/64-bit entry, INIT-SIPI-SIPI, the hand-shake), per-CPU
-/// GDTs and TSSs, the IPI, VMX and SVM enabled per CPU; 379 lines net (12,551 → 12,930).
+/// GDTs and TSSs, the IPI, VMX and SVM enabled per CPU; 380 lines net (12,551 → 12,931).
 pub const BUDGET: usize = 12_950;
 use std::path::{Path, PathBuf};
 
