@@ -99,5 +99,10 @@ unsafe fn parse_v2(info: u32) -> Result<BootInfo, Error> {
             .map_err(Error::TooBig)?;
     }
     b.set_cmdline(mb.command_line_tag().and_then(|c| c.cmdline().ok()).unwrap_or(""));
+    // The loader's copy of the RSDP follows its tag's 8-byte header, inside the information
+    // structure (reserved from the allocator for good).
+    let v2 = mb.rsdp_v2_tag().map(|t| core::ptr::from_ref(t).addr());
+    let tag = v2.or_else(|| mb.rsdp_v1_tag().map(|t| core::ptr::from_ref(t).addr()));
+    b.rsdp = tag.map(|a| a as u64 + 8);
     Ok(b)
 }

@@ -17,11 +17,13 @@ mod arch;
 mod bootinfo;
 mod fatal;
 mod logger;
+mod madt;
 mod phys;
 
 use arch::Arch;
-use arch::x86_64::{gdt, idt};
+use arch::x86_64::{gdt, idt, smp};
 use microhv_core::boot::{self, BootInfo, Options, Range};
+use microhv_core::cpus;
 use microhv_core::frames::FRAME_SIZE;
 use microhv_core::hv::{Hv, ModuleRef};
 use microhv_core::hwcaps::{self, Unavailable};
@@ -92,6 +94,9 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         Ok(b) => b,
         Err(e) => fatal::stop(StopStatus::BootError, format_args!("boot information: {e}")),
     };
+    // Read now, while the loader's copy of the RSDP is certainly intact.
+    let bsp = arch::x86_64::cpu::cpuid(1, 0)[1] >> 24;
+    let found = madt::find_cpus(&boot, bsp);
     let (opts, bad) = Options::parse(&boot.cmdline);
     log::set_max_level(opts.log_level);
     if let Some(t) = opts.selftest {
@@ -133,6 +138,19 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         start_vmx(&mut hv, sel, &vendor);
     }
 
+    if found.left_out > 0 {
+        log::warn!("{} CPU(s) left out: microhv has room for {}", found.left_out, cpus::MAX_CPUS);
+    }
+    let trampoline = smp::TRAMPOLINE_PA;
+    let low_ram =
+        boot.ram.iter().any(|r| r.start <= trampoline && trampoline + FRAME_SIZE <= r.end);
+    hv.cpus = if found.apic_ids.len() > 1 && !low_ram {
+        log::warn!("the trampoline page {trampoline:#x} is not RAM: no AP started");
+        1
+    } else {
+        smp::start_aps(&found, &mut hv.frames, hwcaps::is_amd_vendor(&vendor), khz)
+    };
+    log::info!("{} CPU(s) online", hv.cpus);
     start_dom0(&mut hv, &boot, &opts);
     let stop = hv.run();
     fatal::stop(stop.status, format_args!("{}", stop.reason))

@@ -95,6 +95,8 @@ pub struct BootInfo {
     pub info_range: Range,
     /// Command lines longer than [`MAX_CMDLINE`] were cut.
     pub truncated_cmdline: bool,
+    /// The ACPI RSDP the loader passed a copy of (multiboot2), inside `info_range`.
+    pub rsdp: Option<u64>,
 }
 
 impl BootInfo {
@@ -107,6 +109,7 @@ impl BootInfo {
             cmdline: String::new(),
             info_range: Range { start: 0, end: 0 },
             truncated_cmdline: false,
+            rsdp: None,
         }
     }
 

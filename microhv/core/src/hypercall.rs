@@ -473,7 +473,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             free_bytes: self.frames.free_frames() * FRAME_SIZE,
             hv_bytes: self.hv_frames * FRAME_SIZE,
             mmu_pages_floor: mmu::MIN_MMU_PAGES,
-            cpus: 1,
+            cpus: self.cpus,
             domains: self.domains.iter().filter(|x| x.exists()).count() as u32,
             max_domains: MAX_DOMAINS,
             abi_version: abi::abi_version_word(),

@@ -14,6 +14,7 @@ extern crate std;
 pub mod boot;
 pub mod console;
 pub mod cpuid;
+pub mod cpus;
 pub mod dev;
 pub mod domain;
 pub mod evtchn;

@@ -46,6 +46,7 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
         name: name.into(),
         emulator,
         cpu: None,
+        cpus: 1,
         mem_mib: MACHINE_MIB,
         cmdline: String::new(),
         modules: vec![Module { path: images.dom0.clone(), args: dom0_args.into() }],
@@ -311,7 +312,21 @@ pub fn cases(images: &Images) -> Vec<Case> {
         let name = if emu == Bochs { "linux-bochs" } else { "linux-qemu" };
         Case { name, spec, checks: linux_checks(), driver: None }
     };
+    // Host SMP (#14): every CPU of a 4-CPU machine comes up (and parks); dom0 runs as before.
+    let smp = |name: &'static str, emu, ext: &'static str| {
+        let mut spec = spec(name, emu, images, "smoke");
+        spec.cpus = 4;
+        let mut checks = vec![Status(StopStatus::Ok), Contains("[d0] dom0 ready")];
+        checks.extend([ext, "cpu 2 (apic id 2) online", "cpu 3 (apic id 3) online"].map(Contains));
+        checks.push(Contains("[hv] 4 CPU(s) online"));
+        if emu == Qemu {
+            checks.push(qemu_exit(StopStatus::Ok));
+        }
+        Case { name, spec, checks, driver: None }
+    };
     vec![
+        smp("smp-bochs", Bochs, "cpu 1 (apic id 1) online, VMX on"),
+        smp("smp-qemu", Qemu, "cpu 1 (apic id 1) online, SVM on"),
         linux(Qemu),
         linux(Bochs),
         selftest("wx-write-text", Bochs, "write-text", "vector 14 (page fault) error code 0x3\n"),

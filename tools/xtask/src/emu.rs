@@ -30,6 +30,9 @@ pub struct Spec {
     pub emulator: Emulator,
     /// CPU model override (Bochs `cpu: model=`, QEMU `-cpu`).
     pub cpu: Option<String>,
+    /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`); 1 but for the SMP
+    /// tests, so the cost figures and every other boot stay those of one CPU.
+    pub cpus: u32,
     /// Guest RAM of the emulated machine, MiB.
     pub mem_mib: u32,
     /// microhv's command line.
@@ -117,7 +120,7 @@ fn bochs(
     };
     let rc = format!(
         "megs: {mem}\n\
-         cpu: model={model}, count=1, ips=50000000, reset_on_triple_fault=0\n\
+         cpu: model={model}, count={cpus}, ips=50000000, reset_on_triple_fault=0\n\
          romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
          vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
          ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n\
@@ -137,6 +140,7 @@ fn bochs(
          info: action=report\n\
          debug: action=ignore\n",
         mem = spec.mem_mib,
+        cpus = spec.cpus,
         iso = iso.display(),
         com1 = com1.display(),
         com2 = bochs_com2(com2_port),
@@ -154,7 +158,7 @@ fn bochs(
 fn qemu(spec: &Spec, images: &Images, com1: &std::path::Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     let cpu = spec.cpu.clone().unwrap_or_else(|| if spec.kvm { "host" } else { "max" }.into());
-    cmd.args(["-cpu", &cpu, "-m", &spec.mem_mib.to_string()]);
+    cmd.args(["-cpu", &cpu, "-m", &spec.mem_mib.to_string(), "-smp", &spec.cpus.to_string()]);
     if spec.kvm {
         cmd.arg("-enable-kvm");
     }

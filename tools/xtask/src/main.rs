@@ -50,6 +50,9 @@ enum Cmd {
         /// CPU model: Bochs `cpu: model=` (e.g. `ryzen` for the SVM path), QEMU `-cpu`.
         #[arg(long)]
         cpu: Option<String>,
+        /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`).
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
         /// microhv's command line (e.g. `dom0_mem=64M loglvl=debug`).
         #[arg(long, default_value = "")]
         cmdline: String,
@@ -75,6 +78,9 @@ enum Cmd {
         /// CPU model: Bochs `cpu: model=` (e.g. `ryzen` for the SVM path), QEMU `-cpu`.
         #[arg(long)]
         cpu: Option<String>,
+        /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`).
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
     },
     /// Cost figures under Bochs (TSC = retired instructions) on the VMX and SVM models, as one
     /// table, checked against `tools/xtask/budgets.txt`.
@@ -178,7 +184,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             println!("{}\n{}", i.microhv.display(), i.dom0.display());
             Ok(true)
         }
-        Cmd::Run { emulator, kvm, cpu, cmdline, dom0_args, guests, linux, no_disk } => {
+        Cmd::Run { emulator, kvm, cpu, cpus, cmdline, dom0_args, guests, linux, no_disk } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
             let dom0_args = if linux { format!("{dom0_args} linux") } else { dom0_args };
@@ -203,6 +209,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             }
             spec.kvm = kvm;
             spec.cpu = cpu;
+            spec.cpus = cpus;
             spec.echo = true;
             spec.timeout = Duration::MAX;
             let socket = images::control_socket();
@@ -222,7 +229,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             }
             Ok(out.stop().is_none_or(|(s, _)| s == StopStatus::Ok))
         }
-        Cmd::Smoke { emulator, cpu } => smoke(emulator, cpu),
+        Cmd::Smoke { emulator, cpu, cpus } => smoke(emulator, cpu, cpus),
         Cmd::Bench { cpu, emulator } => {
             deps::ensure(&needs(emulator))?;
             let images = images::build()?;
@@ -320,15 +327,19 @@ pub(crate) fn figure(log: &str, key: &str) -> Option<u64> {
     log[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-fn smoke(emulator: Emulator, cpu: Option<String>) -> Result<bool> {
+fn smoke(emulator: Emulator, cpu: Option<String>, cpus: u32) -> Result<bool> {
     deps::ensure(&needs(emulator))?;
     let images = images::build()?;
-    let name = match &cpu {
+    let mut name = match &cpu {
         Some(c) => format!("smoke-{emulator:?}-{c}"),
         None => format!("smoke-{emulator:?}"),
     };
+    if cpus != 1 {
+        name += &format!("-smp{cpus}");
+    }
     let mut spec = boots::spec(&name.to_lowercase(), emulator, &images, "smoke bench");
     spec.cpu = cpu;
+    spec.cpus = cpus;
     let out = emu::boot(&spec, &images)?;
     println!("--- {} (last lines) ---\n{}\n---", out.dir.join("com1.log").display(), out.tail(20));
     let ready = out.log.lines().find(|l| l.contains("dom0 ready"));

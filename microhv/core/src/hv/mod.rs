@@ -118,6 +118,8 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub hv_frames: u64,
     /// Host TSC ticks per millisecond (measured or reported at boot): microhv's real time.
     pub tsc_khz: u64,
+    /// Host CPUs online (the boot CPU and the application processors that came up).
+    pub cpus: u32,
     /// The earliest device deadline of any domain (0: to be recomputed).
     wake_at: u64,
     /// Last (domain, vCPU) run, where round-robin resumes.
@@ -162,6 +164,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             mmu_config,
             hv_frames: 0,
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
+            cpus: 1,
             wake_at: 0,
             cursor: (0, 0),
             slice_start: 0,

@@ -166,6 +166,26 @@ impl insn::Memory for IdentityRam {
     }
 }
 
+/// Sets EFER.SVME on this CPU with `hsave` as its host save area (APM Vol. 2, 15.4 and
+/// 15.30.4). `detect` must have found SVM usable on this CPU.
+fn enable(hsave: u64) {
+    // SAFETY: CPUID reported SVM and VM_CR allows it (checked by `detect`), so setting
+    // EFER.SVME is allowed; VM_HSAVE_PA then gets a page-aligned frame microhv never uses
+    // for anything else. Neither changes how microhv's own code runs.
+    unsafe {
+        wrmsr(msr::IA32_EFER, rdmsr(msr::IA32_EFER) | EFER_SVME);
+        wrmsr(MSR_VM_HSAVE_PA, hsave);
+    }
+}
+
+/// Enables SVM on an application processor: its own feature check (SVM offered, VM_CR) and
+/// `hsave`, a zeroed frame set aside for it.
+pub fn enable_ap(hsave: u64) -> Result<(), &'static str> {
+    detect().map_err(|_| "no usable SVM on this CPU")?;
+    enable(hsave);
+    Ok(())
+}
+
 impl Svm {
     /// The code segment's mode: real mode, or the CS.L / CS.D attribute bits (L only counts
     /// with EFER.LMA).
@@ -185,13 +205,7 @@ impl Svm {
         let host_vmcb = frames.alloc().ok_or("no frame for the host VMCB")?;
         frame_bytes(hsave, 1).fill(0);
         frame_bytes(host_vmcb, 1).fill(0);
-        // SAFETY: CPUID reported SVM and VM_CR allows it (checked by `detect`), so setting
-        // EFER.SVME is allowed; VM_HSAVE_PA then gets a page-aligned frame microhv never uses
-        // for anything else. Neither changes how microhv's own code runs.
-        unsafe {
-            wrmsr(msr::IA32_EFER, rdmsr(msr::IA32_EFER) | EFER_SVME);
-            wrmsr(MSR_VM_HSAVE_PA, hsave);
-        }
+        enable(hsave);
         fpu::capture_host_fx();
         let timer = SliceTimer::init(tsc_khz);
         // SAFETY: EFER.SVME is set; the frame is ours. The GDT and TSS were loaded before the

@@ -132,6 +132,27 @@ fn frame_bytes(pa: u64) -> &'static mut [u8; 4096] {
     unsafe { &mut *(pa as *mut [u8; 4096]) }
 }
 
+/// Enters VMX operation on this CPU with `vmxon`, a zeroed frame it keeps for good as its
+/// VMXON region (SDM Vol. 3C, 24.7 and 24.11.5).
+pub fn enter(features: &VmxFeatures, msrs: &VmxMsrs, vmxon: u64) -> Result<(), &'static str> {
+    // SAFETY: CR4.VMXE and the fixed bits are what VMXON requires; setting them does not
+    // disturb anything microhv relies on (they only add requirements satisfied here).
+    unsafe {
+        cpu::write_cr0((cpu::cr0() | msrs.cr0_fixed0) & msrs.cr0_fixed1);
+        cpu::write_cr4((cpu::cr4() | msrs.cr4_fixed0) & msrs.cr4_fixed1);
+    }
+    frame_bytes(vmxon)[..4].copy_from_slice(&features.revision.to_le_bytes());
+    // SAFETY: CR4.VMXE set, fixed bits honoured, the region is ours for good.
+    unsafe { vmcs::vmxon(vmxon) }.map_err(|_| "VMXON failed")
+}
+
+/// Enters VMX operation on an application processor: its own feature check (VMX offered,
+/// IA32_FEATURE_CONTROL) and `vmxon`, a zeroed frame set aside for it.
+pub fn enter_ap(vmxon: u64) -> Result<(), &'static str> {
+    let (features, msrs) = detect().map_err(|_| "no usable VMX on this CPU")?;
+    enter(&features, &msrs, vmxon)
+}
+
 impl Vmx {
     /// Enters VMX operation and builds the structures all vCPUs share.
     pub fn new(
@@ -220,16 +241,8 @@ impl Vmx {
         let cr0_mask = cr0_forced & 0xffff_ffff;
         let cr4_mask = (cr4_forced | !GUEST_CR4_ALLOWED) & 0xffff_ffff_ffff;
 
-        // SAFETY: CR4.VMXE and the fixed bits are what VMXON requires; setting them does not
-        // disturb anything microhv relies on (they only add requirements satisfied here).
-        unsafe {
-            cpu::write_cr0((cpu::cr0() | msrs.cr0_fixed0) & msrs.cr0_fixed1);
-            cpu::write_cr4((cpu::cr4() | msrs.cr4_fixed0) & msrs.cr4_fixed1);
-        }
         let vmxon = frames.alloc_zeroed().ok_or("no frame for the VMXON region")?;
-        frame_bytes(vmxon)[..4].copy_from_slice(&features.revision.to_le_bytes());
-        // SAFETY: CR4.VMXE set, fixed bits honoured, the region is ours for good.
-        unsafe { vmcs::vmxon(vmxon) }.map_err(|_| "VMXON failed")?;
+        enter(&features, &msrs, vmxon)?;
         fpu::capture_host_fx();
         // External interrupts exit, acknowledged: none is expected (the PICs are masked and
         // nothing programs the APIC), but one that came would otherwise stay pending and make

@@ -1,6 +1,10 @@
-//! microhv's GDT and TSS, with the IST stacks of the vectors that need a known-good stack (the
-//! host target's code assumes a red zone below RSP; see `idt` for which vectors use them).
+//! microhv's GDTs and TSSs, one pair per CPU, with the IST stacks of the vectors that need a
+//! known-good stack (the host target's code assumes a red zone below RSP; see `idt` for which
+//! vectors use them). The boot CPU's IST stacks are statics with guard pages; an application
+//! processor's come from the frame allocator (`smp`), without guard pages (the identity map
+//! outside the image is made of 2 MiB pages).
 
+use microhv_core::cpus::MAX_CPUS;
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -62,18 +66,26 @@ pub struct Selectors {
     pub tss: SegmentSelector,
 }
 
-static TSS: Once<TaskStateSegment> = Once::new();
-static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
+static TSS: [Once<TaskStateSegment>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+static GDT: [Once<(GlobalDescriptorTable, Selectors)>; MAX_CPUS] =
+    [const { Once::new() }; MAX_CPUS];
 
-/// Loads the GDT and TSS and reloads every segment register.
+/// Loads the boot CPU's GDT and TSS and reloads every segment register.
 pub fn init() -> Selectors {
-    let tss = TSS.call_once(|| {
+    init_cpu(0, [INTERRUPT_STACK.top().as_u64(), CRITICAL_STACK.top().as_u64()])
+}
+
+/// Loads CPU `cpu`'s GDT and TSS (built on first use, with the tops of its IST stacks for
+/// [`IST_INTERRUPT`] and [`IST_CRITICAL`]) and reloads every segment register. Every CPU's
+/// selectors are the same.
+pub fn init_cpu(cpu: usize, ist: [u64; 2]) -> Selectors {
+    let tss = TSS[cpu].call_once(|| {
         let mut t = TaskStateSegment::new();
-        t.interrupt_stack_table[usize::from(IST_INTERRUPT - 1)] = INTERRUPT_STACK.top();
-        t.interrupt_stack_table[usize::from(IST_CRITICAL - 1)] = CRITICAL_STACK.top();
+        t.interrupt_stack_table[usize::from(IST_INTERRUPT - 1)] = VirtAddr::new(ist[0]);
+        t.interrupt_stack_table[usize::from(IST_CRITICAL - 1)] = VirtAddr::new(ist[1]);
         t
     });
-    let (gdt, sel) = GDT.call_once(|| {
+    let (gdt, sel) = GDT[cpu].call_once(|| {
         let mut g = GlobalDescriptorTable::new();
         let code = g.append(Descriptor::kernel_code_segment());
         let data = g.append(Descriptor::kernel_data_segment());
@@ -92,7 +104,7 @@ pub fn init() -> Selectors {
     *sel
 }
 
-/// The TSS's address (the VMX host TR base).
+/// The boot CPU's TSS address (the VMX host TR base): vCPUs run only there so far.
 pub fn tss_base() -> u64 {
-    TSS.get().map_or(0, |t| t as *const TaskStateSegment as u64)
+    TSS[0].get().map_or(0, |t| t as *const TaskStateSegment as u64)
 }

@@ -16,6 +16,8 @@ const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
 const REG_EOI: u64 = 0xb0;
 const REG_SVR: u64 = 0xf0;
+const REG_ICR_LOW: u64 = 0x300;
+const REG_ICR_HIGH: u64 = 0x310;
 const REG_LVT_TIMER: u64 = 0x320;
 const REG_INITIAL: u64 = 0x380;
 const REG_CURRENT: u64 = 0x390;
@@ -69,6 +71,28 @@ pub fn enable() -> u64 {
     unsafe { reg(base, REG_SVR).write_volatile(0x100 | u32::from(SPURIOUS_VECTOR)) };
     EOI_ADDR.store(base + REG_EOI, Ordering::Relaxed);
     base
+}
+
+/// Sends the inter-processor interrupt `command` (the ICR's low word: vector, delivery mode,
+/// level) to the CPU with xAPIC id `dest`, through the APIC at `base` (from [`enable`]), and
+/// waits until the APIC reports it sent (SDM Vol. 3A, "Interrupt Command Register (ICR)":
+/// delivery status, bit 12).
+pub fn ipi(base: u64, dest: u8, command: u32) -> Result<(), &'static str> {
+    // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); writing the ICR's
+    // high word then its low word sends one IPI, which is what the caller asked for.
+    unsafe {
+        reg(base, REG_ICR_HIGH).write_volatile(u32::from(dest) << 24);
+        reg(base, REG_ICR_LOW).write_volatile(command);
+    }
+    // An APIC sends within microseconds; a hundred million reads is seconds of a stuck one.
+    for _ in 0..100_000_000u32 {
+        // SAFETY: as above; reading the ICR has no side effect.
+        if unsafe { reg(base, REG_ICR_LOW).read_volatile() } & (1 << 12) == 0 {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err("the local APIC did not send the IPI")
 }
 
 /// Signals the end of the interrupt in service (after [`enable`]).

@@ -6,5 +6,6 @@ pub mod idt;
 pub mod lapic;
 pub mod paging;
 pub mod power;
+pub mod smp;
 pub mod spec;
 pub mod tsc;
