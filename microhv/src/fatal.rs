@@ -1,12 +1,36 @@
 //! The ways microhv stops the machine: with a verdict line on COM1 and an exit status.
 
-use crate::arch::x86_64::{cpu, idt::ExceptionFrame, power};
+use crate::arch::x86_64::{cpu, idt::ExceptionFrame, lapic, power};
 use crate::logger;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicU32, Ordering};
 use microhv_core::status::{STOP_LINE_MARKER, StopStatus};
+
+/// The APIC id (plus one) of the first CPU on its way to stopping the machine, 0 before: any
+/// other CPU that fails meanwhile halts quietly instead of interleaving a second report (and a
+/// second verdict) with it; the reporting CPU itself goes on through a fault of its own.
+static STOPPING: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this CPU is the one that reports; another one got there first otherwise, and this
+/// one parks.
+fn first_to_stop() -> bool {
+    let me = lapic::current_id().wrapping_add(1);
+    match STOPPING.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => true,
+        Err(holder) => holder == me,
+    }
+}
 
 /// Prints the verdict line and ends the machine.
 pub fn stop(status: StopStatus, reason: core::fmt::Arguments<'_>) -> ! {
+    if !first_to_stop() {
+        cpu::halt_forever();
+    }
+    stop_reported(status, reason)
+}
+
+/// [`stop`] for a path that has claimed the report already (`first_to_stop`).
+fn stop_reported(status: StopStatus, reason: core::fmt::Arguments<'_>) -> ! {
     let mut u = logger::emergency();
     let _ = writeln!(u, "[hv] {STOP_LINE_MARKER}{} ({}): {reason}", status as u8, status.name());
     u.flush();
@@ -40,6 +64,9 @@ const EXCEPTION_NAMES: [&str; 22] = [
 
 /// Reports a CPU exception taken in ring 0 and stops.
 pub fn exception(f: &ExceptionFrame) -> ! {
+    if !first_to_stop() {
+        cpu::halt_forever();
+    }
     let mut u = logger::emergency();
     let name = EXCEPTION_NAMES.get(f.vector as usize).copied().unwrap_or("interrupt");
     let _ = writeln!(
@@ -56,13 +83,19 @@ pub fn exception(f: &ExceptionFrame) -> ! {
         cpu::cr2(),
         f.gprs.dump("\n[hv]   "),
     );
-    stop(StopStatus::Exception, format_args!("CPU exception {} ({name}) in ring 0", f.vector))
+    stop_reported(
+        StopStatus::Exception,
+        format_args!("CPU exception {} ({name}) in ring 0", f.vector),
+    )
 }
 
 #[cfg(image)]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    if !first_to_stop() {
+        cpu::halt_forever();
+    }
     let mut u = logger::emergency();
     let _ = writeln!(u, "[hv] ERROR: panic: {info}");
-    stop(StopStatus::Panic, format_args!("panic in ring 0"))
+    stop_reported(StopStatus::Panic, format_args!("panic in ring 0"))
 }

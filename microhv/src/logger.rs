@@ -134,11 +134,24 @@ pub fn init() {
     log::set_max_level(LevelFilter::Info);
 }
 
+/// How long [`emergency`] waits for another CPU to let go of the log's lock, in spins (a
+/// line takes far less; a CPU that faulted holding it never lets go).
+const EMERGENCY_SPINS: u32 = 10_000_000;
+
 /// A writer for the fatal paths, after everything buffered has been sent. It does not wait for
 /// the lock, because the fault being reported may have happened while the lock was held.
 pub fn emergency() -> Uart {
-    // SAFETY: only used on the way to stopping the machine, when nothing else will run again.
-    // If the lock was held (the fault came from inside the logger), the ring's indices may be
+    // Another CPU may hold the lock for a moment (logging a line): wait a bounded while for it
+    // before taking the lock by force.
+    for _ in 0..EMERGENCY_SPINS {
+        if !RING.is_locked() {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    // SAFETY: only used on the way to stopping the machine, by the one CPU that reports
+    // (`fatal`), when nothing else will run again. If the lock is still held (the fault came
+    // from inside the logger, or another CPU stopped while logging), the ring's indices may be
     // mid-update: `pop` keeps them in bounds whatever they are, and a garbled byte is
     // acceptable there.
     unsafe {

@@ -94,8 +94,14 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         Ok(b) => b,
         Err(e) => fatal::stop(StopStatus::BootError, format_args!("boot information: {e}")),
     };
+    // The boot CPU's APIC id as its APIC holds it now (firmware may have changed the initial
+    // one CPUID reports; in x2APIC mode, which microhv does not start APs in, that one).
+    let bsp = if arch::x86_64::lapic::x2apic_mode() {
+        arch::x86_64::cpu::cpuid(1, 0)[1] >> 24
+    } else {
+        arch::x86_64::lapic::id(arch::x86_64::lapic::enable())
+    };
     // Read now, while the loader's copy of the RSDP is certainly intact.
-    let bsp = arch::x86_64::cpu::cpuid(1, 0)[1] >> 24;
     let found = madt::find_cpus(&boot, bsp);
     let (opts, bad) = Options::parse(&boot.cmdline);
     log::set_max_level(opts.log_level);
@@ -141,14 +147,19 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     if found.left_out > 0 {
         log::warn!("{} CPU(s) left out: microhv has room for {}", found.left_out, cpus::MAX_CPUS);
     }
-    let trampoline = smp::TRAMPOLINE_PA;
-    let low_ram =
-        boot.ram.iter().any(|r| r.start <= trampoline && trampoline + FRAME_SIZE <= r.end);
-    hv.cpus = if found.apic_ids.len() > 1 && !low_ram {
-        log::warn!("the trampoline page {trampoline:#x} is not RAM: no AP started");
-        1
-    } else {
-        smp::start_aps(&found, &mut hv.frames, hwcaps::is_amd_vendor(&vendor), khz)
+    let modules: heapless::Vec<Range, { boot::MAX_MODULES }> =
+        boot.modules.iter().map(|m| m.range).collect();
+    let trampoline = cpus::trampoline_page(&boot.ram, &modules);
+    hv.cpus = match trampoline {
+        _ if found.apic_ids.len() < 2 => 1,
+        None => {
+            log::warn!("no free page of RAM below 0x9f000 for the APs' trampoline: no AP started");
+            1
+        }
+        Some(page) => {
+            let amd = hwcaps::is_amd_vendor(&vendor);
+            smp::start_aps(&found, page, &mut hv.frames, amd, khz)
+        }
     };
     log::info!("{} CPU(s) online", hv.cpus);
     start_dom0(&mut hv, &boot, &opts);

@@ -51,7 +51,7 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<String>,
         /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         cpus: u32,
         /// microhv's command line (e.g. `dom0_mem=64M loglvl=debug`).
         #[arg(long, default_value = "")]
@@ -79,7 +79,7 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<String>,
         /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         cpus: u32,
     },
     /// Cost figures under Bochs (TSC = retired instructions) on the VMX and SVM models, as one

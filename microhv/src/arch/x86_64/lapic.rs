@@ -14,6 +14,15 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
+/// IA32_APIC_BASE.EXTD: the APIC is in x2APIC mode (its MMIO page is then dead).
+const APIC_X2APIC_MODE: u64 = 1 << 10;
+/// IA32_APIC_BASE: the APIC page's physical address.
+const APIC_BASE_MASK: u64 = 0x000f_ffff_ffff_f000;
+const REG_ID: u64 = 0x20;
+/// Where an xAPIC id sits in the ID register and in the ICR's high word: bits 31:24.
+const ID_SHIFT: u32 = 24;
+/// ICR: delivery status, set while the IPI is being sent.
+const ICR_SEND_PENDING: u32 = 1 << 12;
 const REG_EOI: u64 = 0xb0;
 const REG_SVR: u64 = 0xf0;
 const REG_ICR_LOW: u64 = 0x300;
@@ -65,12 +74,36 @@ pub fn enable() -> u64 {
     let msr = unsafe { rdmsr(IA32_APIC_BASE) };
     // SAFETY: as above.
     unsafe { wrmsr(IA32_APIC_BASE, msr | APIC_GLOBAL_ENABLE) };
-    let base = msr & 0x000f_ffff_ffff_f000;
+    let base = msr & APIC_BASE_MASK;
     make_uncacheable(base);
     // SAFETY: `base` is the APIC's register page (uncached, identity-mapped).
     unsafe { reg(base, REG_SVR).write_volatile(0x100 | u32::from(SPURIOUS_VECTOR)) };
     EOI_ADDR.store(base + REG_EOI, Ordering::Relaxed);
     base
+}
+
+/// Whether the firmware left the local APIC in x2APIC mode, where microhv's xAPIC (MMIO)
+/// accesses go nowhere.
+pub fn x2apic_mode() -> bool {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; reading it has no side effect.
+    let msr = unsafe { rdmsr(IA32_APIC_BASE) };
+    msr & APIC_X2APIC_MODE != 0
+}
+
+/// This CPU's APIC id as its ID register holds it now (firmware may have changed it from the
+/// initial id CPUID reports), through the APIC at `base` (from [`enable`]).
+pub fn id(base: u64) -> u32 {
+    // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); reading the ID
+    // register has no side effect.
+    unsafe { reg(base, REG_ID).read_volatile() >> ID_SHIFT }
+}
+
+/// The APIC id of the CPU this runs on, from its ID register wherever IA32_APIC_BASE puts it
+/// (for the fatal path, which must tell CPUs apart without per-CPU data).
+pub fn current_id() -> u32 {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; reading it has no side effect.
+    let msr = unsafe { rdmsr(IA32_APIC_BASE) };
+    id(msr & APIC_BASE_MASK)
 }
 
 /// Sends the inter-processor interrupt `command` (the ICR's low word: vector, delivery mode,
@@ -81,13 +114,13 @@ pub fn ipi(base: u64, dest: u8, command: u32) -> Result<(), &'static str> {
     // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); writing the ICR's
     // high word then its low word sends one IPI, which is what the caller asked for.
     unsafe {
-        reg(base, REG_ICR_HIGH).write_volatile(u32::from(dest) << 24);
+        reg(base, REG_ICR_HIGH).write_volatile(u32::from(dest) << ID_SHIFT);
         reg(base, REG_ICR_LOW).write_volatile(command);
     }
     // An APIC sends within microseconds; a hundred million reads is seconds of a stuck one.
     for _ in 0..100_000_000u32 {
         // SAFETY: as above; reading the ICR has no side effect.
-        if unsafe { reg(base, REG_ICR_LOW).read_volatile() } & (1 << 12) == 0 {
+        if unsafe { reg(base, REG_ICR_LOW).read_volatile() } & ICR_SEND_PENDING == 0 {
             return Ok(());
         }
         core::hint::spin_loop();

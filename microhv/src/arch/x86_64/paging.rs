@@ -31,7 +31,8 @@ struct Tables {
 struct Cell(UnsafeCell<Tables>);
 
 // SAFETY: written once by `init` on the boot CPU before anything else runs; afterwards only the
-// CPU's page walker and `lapic::make_uncacheable` (boot, same CPU) touch it.
+// CPUs' page walkers and `lapic::make_uncacheable` (boot CPU, before any AP starts: it flushes
+// only its own TLB, so it must never run once APs share these tables) touch it.
 unsafe impl Sync for Cell {}
 
 static TABLES: Cell = Cell(UnsafeCell::new(Tables {

@@ -5,9 +5,10 @@
 //!
 //! A STARTUP IPI starts an AP in real mode at CS = vector << 8, IP = 0 (SDM Vol. 3A, "Interrupt
 //! Command Register (ICR)", delivery mode 110), so its first instructions must lie in a page
-//! below 1 MiB: [`TRAMPOLINE_PA`], which the frame allocator never hands out (it keeps the whole
-//! first MiB, `boot::LOW_MEMORY_RESERVED`) and nothing else of microhv uses once the loader's
-//! information is copied. The page holds 16-bit code only — load a GDT, set CR0.PE, far-jump
+//! below 1 MiB: the one `cpus::trampoline_page` picks (0x8000 unless a boot module lies there),
+//! which the frame allocator never hands out (it keeps the whole first MiB,
+//! `boot::LOW_MEMORY_RESERVED`) and nothing else of microhv uses once the loader's information
+//! is copied. The page holds 16-bit code only — load a GDT, set CR0.PE, far-jump
 //! into the image — so it runs with paging off and its no-execute mapping in microhv's tables
 //! does not matter. The image's 32-bit code
 //! loads the boot CPU's CR4, CR3, EFER (LME, and NXE: the tables use NX) and CR0 (PG), jumps to
@@ -21,30 +22,37 @@
 use super::cpu::{self, rdtsc};
 use super::{gdt, idt, lapic};
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use microhv_core::cpus::CpuList;
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::regs::{EFER_LMA, EFER_SVME};
 
-/// The page the APs start in (STARTUP vector 0x08).
-pub const TRAMPOLINE_PA: u64 = 0x8000;
 /// Bytes of each of an AP's three stacks.
 const STACK_BYTES: u64 = 16 * 1024;
 /// Frames per AP: two IST stacks, the stack, the VMXON region or host save area.
 const AP_FRAMES: u64 = 3 * STACK_BYTES / FRAME_SIZE + 1;
 /// ICR: INIT, level assert (SDM Vol. 3A, "Interrupt Command Register (ICR)").
 const ICR_INIT: u32 = 0x4500;
-/// ICR: STARTUP with the trampoline's page number as vector.
-const ICR_STARTUP: u32 = 0x4600 | (TRAMPOLINE_PA >> 12) as u32;
+/// ICR: STARTUP, to be or-ed with the trampoline's page number as vector.
+const ICR_STARTUP: u32 = 0x4600;
+/// The SDM's delays: after INIT, and after each STARTUP, in microseconds.
+const INIT_DELAY_US: u64 = 10_000;
+const STARTUP_DELAY_US: u64 = 200;
+/// An xAPIC destination of all ones is a broadcast, never one CPU.
+const XAPIC_BROADCAST: u32 = 0xff;
+const IA32_EFER: u32 = 0xc000_0080;
 /// How long an AP has to report, from the second STARTUP, before it is left out.
 const TIMEOUT_MS: u64 = 1000;
-/// CR4.VMXE and CR4.PCIDE: the AP sets the first itself; the second cannot be set outside
-/// long mode, where the trampoline loads CR4.
-const CR4_CLEAR: u64 = (1 << 13) | (1 << 17);
+/// The CR4 bits an AP takes from the boot CPU's CR4 in the trampoline (an allow-list: a bit the
+/// AP lacked would #GP there, before it has an IDT): PAE (long mode), PGE, and OSFXSR and
+/// OSXMMEXCPT (SSE, which compiled Rust uses). VMXE is the AP's own business later.
+const CR4_KEEP: u64 = (1 << 5) | (1 << 7) | (1 << 9) | (1 << 10);
 
-/// Where the AP being started is (`STATE`): the boot CPU sets `WAITING`; the AP moves it to
-/// `ARRIVED` (in Rust, on its stack), `REPORTING`, then `ONLINE` or `FAILED`; the boot CPU
-/// moves it from `WAITING` or `ARRIVED` to `ABANDONED` when its time is up.
+/// Where the AP being started is (`STATE`: the CPU number in bits 8 and up, one of these in
+/// bits 7:0): the boot CPU sets `WAITING`; the AP moves it to `ARRIVED` (in Rust, on its stack),
+/// `REPORTING`, then `ONLINE` or `FAILED`; the boot CPU moves it from `WAITING` or `ARRIVED` to
+/// `ABANDONED` when its time is up. The number makes an AP that was given up on, and wakes late,
+/// fail every step instead of taking the next AP's (CPU numbers are never reused).
 const WAITING: u32 = 0;
 const ARRIVED: u32 = 1;
 const REPORTING: u32 = 2;
@@ -52,6 +60,11 @@ const ONLINE: u32 = 3;
 const FAILED: u32 = 4;
 const ABANDONED: u32 = 5;
 static STATE: AtomicU32 = AtomicU32::new(ABANDONED);
+
+/// `STATE`'s value for CPU `n` in `phase`.
+const fn tagged(n: u64, phase: u32) -> u32 {
+    (n as u32) << 8 | phase
+}
 
 /// What the AP being started reads, indexed by the names below (the trampoline's assembly
 /// reads the first five by address: slot × 8).
@@ -76,7 +89,8 @@ fn get(slot: usize) -> u64 {
 
 global_asm!(
     r#"
-    /* Copied to TRAMPOLINE_PA and run there in real mode (CS = TRAMPOLINE_PA >> 4). */
+    /* Copied to the trampoline page and run there in real mode (CS = the page >> 4); only
+       CS-relative and absolute addresses, so any page below 1 MiB does. */
     .section .rodata.microhv_trampoline, "a"
     .code16
     .global microhv_trampoline
@@ -152,6 +166,7 @@ fn delay(khz: u64, us: u64) {
 /// CPUs are online, the boot CPU included. A CPU that does not come up is reported and left out.
 pub fn start_aps<const W: usize>(
     cpus: &CpuList,
+    trampoline: u64,
     frames: &mut FrameAllocator<W>,
     svm: bool,
     khz: u64,
@@ -164,29 +179,47 @@ pub fn start_aps<const W: usize>(
         log::warn!("CR3 {cr3:#x} is above 4 GiB, out of the trampoline's reach: no AP started");
         return 1;
     }
+    if lapic::x2apic_mode() {
+        log::warn!("the firmware left the local APIC in x2APIC mode: no AP started");
+        return 1;
+    }
     // Only the symbols' addresses are taken: they bound the trampoline's code.
-    let (start, end) = (&raw const microhv_trampoline, &raw const microhv_trampoline_end);
+    let (start, end) =
+        (&raw const microhv_trampoline as u64, &raw const microhv_trampoline_end as u64);
+    if end - start > FRAME_SIZE {
+        log::warn!("the AP trampoline is larger than its page: no AP started");
+        return 1;
+    }
     // SAFETY: the trampoline page is RAM below 1 MiB that nothing else uses (module docs),
-    // identity-mapped and writable; the code is a few dozen bytes (`end` follows `start` in the
-    // same section).
+    // identity-mapped and writable; the code between the two symbols (one section, a few dozen
+    // bytes, at most a page: checked above) is in the image's read-only data.
     unsafe {
         core::ptr::copy_nonoverlapping(
-            start,
-            TRAMPOLINE_PA as *mut u8,
-            end.offset_from(start) as usize,
+            start as *const u8,
+            trampoline as *mut u8,
+            (end - start) as usize,
         )
     };
     set(CR3, cr3);
-    set(CR4, cpu::cr4() & !CR4_CLEAR);
+    set(CR4, cpu::cr4() & CR4_KEEP);
     // SAFETY: EFER exists on every 64-bit CPU.
-    let efer = unsafe { cpu::rdmsr(0xc000_0080) };
+    let efer = unsafe { cpu::rdmsr(IA32_EFER) };
     set(EFER, efer & !(EFER_SVME | EFER_LMA));
     set(CR0, cpu::cr0());
     set(SVM, svm.into());
     let apic = lapic::enable();
+    // The live id, not CPUID's initial one: firmware may have changed it, and an INIT to
+    // ourselves would reset the boot CPU.
+    let me = lapic::id(apic);
+    let startup = ICR_STARTUP | (trampoline >> 12) as u32;
     let mut online = 1;
     for (n, &id) in cpus.apic_ids.iter().enumerate().skip(1) {
-        match start_ap(apic, n, id, frames, khz) {
+        let started = match id {
+            id if id == me => Err("it is the boot CPU's own APIC id"),
+            id if id >= XAPIC_BROADCAST => Err("an id beyond the xAPIC's reach"),
+            _ => start_ap(apic, startup, n as u64, id as u8, frames, khz),
+        };
+        match started {
             Ok(()) => online += 1,
             Err(why) => log::warn!("cpu {n} (apic id {id}) left out: {why}"),
         }
@@ -194,44 +227,51 @@ pub fn start_aps<const W: usize>(
     online
 }
 
-/// Starts CPU `n` (APIC id `id`) and waits for its report.
+/// Starts CPU `n` (xAPIC id `dest`) with the STARTUP command `startup` and waits for its
+/// report.
 fn start_ap<const W: usize>(
     apic: u64,
-    n: usize,
-    id: u32,
+    startup: u32,
+    n: u64,
+    dest: u8,
     frames: &mut FrameAllocator<W>,
     khz: u64,
 ) -> Result<(), &'static str> {
-    let dest = u8::try_from(id).map_err(|_| "an x2APIC id, beyond the xAPIC's reach")?;
     let base = frames.alloc_contiguous(AP_FRAMES, 1).ok_or("no frames for its stacks")?;
     // SAFETY: the last frame was just allocated: ours, identity-mapped, aliased by nothing.
     unsafe { cpu::zero_qwords(base + 3 * STACK_BYTES, FRAME_SIZE) };
     set(STACK_TOP, base + 3 * STACK_BYTES);
-    set(CPU, n as u64);
-    set(APIC_ID, id.into());
+    set(CPU, n);
+    set(APIC_ID, dest.into());
     set(FRAMES, base);
-    STATE.store(WAITING, Ordering::Release);
-    lapic::ipi(apic, dest, ICR_INIT)?;
-    delay(khz, 10_000);
-    for _ in 0..2 {
-        // An AP that already started ignores the second STARTUP (SDM Vol. 3A, "MP
-        // Initialization Protocol Algorithm").
-        lapic::ipi(apic, dest, ICR_STARTUP)?;
-        delay(khz, 200);
-    }
+    // The slots above are what the AP reads first, by address: visible before the IPI.
+    STATE.store(tagged(n, WAITING), Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    let sent =
+        lapic::ipi(apic, dest, ICR_INIT).map(|()| delay(khz, INIT_DELAY_US)).and_then(|()| {
+            // An AP that already started ignores the second STARTUP (SDM Vol. 3A, "MP
+            // Initialization Protocol Algorithm").
+            (0..2).try_for_each(|_| {
+                lapic::ipi(apic, dest, startup).map(|()| delay(khz, STARTUP_DELAY_US))
+            })
+        });
     let deadline = rdtsc() + khz * TIMEOUT_MS;
     loop {
-        match STATE.load(Ordering::Acquire) {
+        let s = STATE.load(Ordering::Acquire);
+        match s & 0xff {
             ONLINE => return Ok(()),
             FAILED => return Err("it could not enable virtualization (above)"),
-            s @ (WAITING | ARRIVED) if rdtsc() > deadline => {
-                if STATE.compare_exchange(s, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            phase @ (WAITING | ARRIVED) if sent.is_err() || rdtsc() > deadline => {
+                if STATE
+                    .compare_exchange(s, tagged(n, ABANDONED), Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
                 {
                     // Back to waiting for a STARTUP, so that it cannot run late on the next
                     // AP's stack (INIT is not blocked outside VMX operation).
                     let _ = lapic::ipi(apic, dest, ICR_INIT);
-                    return Err(match s {
-                        WAITING => "it did not answer the start-up IPIs",
+                    return Err(match (sent, phase) {
+                        (Err(e), _) => e,
+                        (_, WAITING) => "it did not answer the start-up IPIs",
                         _ => "it stopped during start-up",
                     });
                 }
@@ -241,16 +281,20 @@ fn start_ap<const W: usize>(
     }
 }
 
-/// Moves `STATE` from `from` to `to`; false if the boot CPU gave up on this AP first.
-fn advance(from: u32, to: u32) -> bool {
-    STATE.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+/// Moves `STATE` from CPU `n`'s `from` to its `to`; false if the boot CPU gave up on this AP
+/// first (or moved on to another).
+fn advance(n: u64, from: u32, to: u32) -> bool {
+    STATE
+        .compare_exchange(tagged(n, from), tagged(n, to), Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 /// An AP's first Rust code, on its own stack, interrupts off: its tables, its virtualization
 /// extension, its report; then it parks (no vCPU runs on an AP yet).
 extern "C" fn ap_main() -> ! {
-    if advance(WAITING, ARRIVED) {
-        let n = get(CPU) as usize;
+    let n = get(CPU);
+    if advance(n, WAITING, ARRIVED) {
+        let n = n as usize;
         let id = get(APIC_ID);
         let base = get(FRAMES);
         let sel = gdt::init_cpu(n, [base + 2 * STACK_BYTES, base + STACK_BYTES]);
@@ -260,12 +304,13 @@ extern "C" fn ap_main() -> ! {
             0 => ("VMX", crate::arch::vmx::enter_ap(region)),
             _ => ("SVM", crate::arch::svm::enable_ap(region)),
         };
-        if advance(ARRIVED, REPORTING) {
+        if advance(n as u64, ARRIVED, REPORTING) {
             match r {
                 Ok(()) => log::info!("cpu {n} (apic id {id}) online, {ext} on"),
                 Err(e) => log::warn!("cpu {n} (apic id {id}): {e}"),
             }
-            STATE.store(if r.is_ok() { ONLINE } else { FAILED }, Ordering::Release);
+            let phase = if r.is_ok() { ONLINE } else { FAILED };
+            STATE.store(tagged(n as u64, phase), Ordering::Release);
         }
     }
     cpu::halt_forever()
