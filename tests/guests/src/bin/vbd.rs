@@ -421,7 +421,9 @@ fn hostile(v: &mut Vbd) -> bool {
     for id in ids.iter_mut() {
         let mut junk = BlkRequest::new_zeroed();
         for w in junk.as_mut_bytes().chunks_exact_mut(8) {
-            (x ^= x << 13, x ^= x >> 7, x ^= x << 17);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
             w.copy_from_slice(&x.to_le_bytes());
         }
         *id = junk.id;
