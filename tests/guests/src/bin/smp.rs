@@ -17,7 +17,10 @@
 //! merges with it, as on hardware; so each vCPU sends its next IPI only once the previous one
 //! was taken, which makes "received = sent" an exact check. Every wait yields the CPU to
 //! microhv (the `Yield` hypercall, as a PV spinlock would): all vCPUs share microhv's one CPU,
-//! and one that spins keeps the CPU from the vCPU it waits for until its time slice ends.
+//! and one that spins keeps the CPU from the vCPU it waits for until its time slice ends
+//! (`spin` on the command line makes every wait spin instead, for comparison). The line
+//! before the verdict gives each vCPU's slowest IPI: TSC ticks from its ICR write until it saw
+//! the receiver's count go up.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -58,6 +61,11 @@ const CODE_SELECTOR: u64 = 0x08;
 const INTERRUPT_GATE: u64 = 0x8e;
 /// Not yet reported (`ARRIVED`).
 const NOBODY: usize = usize::MAX;
+/// xorshift64*'s multiplier (Vigna, "An experimental exploration of Marsaglia's xorshift
+/// generators, scrambled").
+const XORSHIFT_STAR: u64 = 0x2545_f491_4f6c_dd1d;
+/// Bytes of a page (the trampoline's).
+const PAGE_BYTES: u64 = 4096;
 
 /// IPIs taken, per APIC ID (the handler reads its own ID from the APIC page).
 static RECEIVED: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
@@ -85,6 +93,10 @@ static ARRIVED: AtomicUsize = AtomicUsize::new(NOBODY);
 static GO: AtomicBool = AtomicBool::new(false);
 /// The TSC after which every wait gives up.
 static DEADLINE: AtomicU64 = AtomicU64::new(0);
+/// The most TSC ticks an IPI took to be taken, per sending vCPU.
+static SLOWEST: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+/// Waits spin instead of yielding (`spin`).
+static SPIN: AtomicBool = AtomicBool::new(false);
 
 #[repr(C, align(16))]
 struct Stack([u8; AP_STACK_BYTES]);
@@ -163,9 +175,14 @@ fn load_idt() {
     unsafe { asm!("lidt [{}]", in(reg) &r, options(readonly, nostack)) };
 }
 
-/// Gives the CPU to microhv's other vCPUs while waiting.
+/// Gives the CPU to microhv's other vCPUs while waiting (or, with `spin`, only says so to the
+/// CPU).
 fn idle() {
-    let _ = guest_rt::hv().yield_now();
+    if SPIN.load(Ordering::Relaxed) {
+        core::hint::spin_loop();
+    } else {
+        let _ = guest_rt::hv().yield_now();
+    }
 }
 
 /// Waits until `done` holds or the TSC passes `deadline`; false on the deadline.
@@ -187,7 +204,7 @@ fn hash(mut h: u64, steps: u64) -> u64 {
         h ^= h >> 12;
         h ^= h << 25;
         h ^= h >> 27;
-        h = core::hint::black_box(h.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        h = core::hint::black_box(h.wrapping_mul(XORSHIFT_STAR));
     }
     h
 }
@@ -203,20 +220,21 @@ fn work(i: usize) {
     for _ in 0..ROUNDS.load(Ordering::Relaxed) {
         h = hash(h, HASH_STEPS);
         WORK[i].fetch_add(1, Ordering::Relaxed);
-        // The previous IPI to `next` must have been taken: this one would merge with it.
-        let sent = SENT[i].load(Ordering::Relaxed);
-        let taken = || RECEIVED[usize::from(next)].load(Ordering::Acquire) >= sent;
-        if !wait_until(deadline, taken) {
-            STUCK[i].store(true, Ordering::Relaxed);
-            break;
-        }
         // Counted before it is sent: the receiver may take it before `send` returns.
-        SENT[i].fetch_add(1, Ordering::Release);
+        let sent = SENT[i].fetch_add(1, Ordering::Release) + 1;
+        let t = rdtsc();
         if !lapic::send(next, lapic::ICR_FIXED | lapic::ICR_ASSERT | u32::from(IPI_VECTOR)) {
             SENT[i].fetch_sub(1, Ordering::Relaxed);
             STUCK[i].store(true, Ordering::Relaxed);
             break;
         }
+        // Taken before the next is sent, which would otherwise merge with it.
+        let taken = || RECEIVED[usize::from(next)].load(Ordering::Acquire) >= sent;
+        if !wait_until(deadline, taken) {
+            STUCK[i].store(true, Ordering::Relaxed);
+            break;
+        }
+        SLOWEST[i].fetch_max(rdtsc() - t, Ordering::Relaxed);
     }
     HASH[i].store(h, Ordering::Relaxed);
     DONE[i].store(true, Ordering::Release);
@@ -247,7 +265,7 @@ fn cpuid(leaf: u32) -> [u32; 4] {
 
 /// True if the trampoline page is RAM in the domain's memory map.
 fn trampoline_is_ram(boot: &guest_rt::Boot) -> bool {
-    let page = smp::TRAMPOLINE_PA..smp::TRAMPOLINE_PA + 4096;
+    let page = smp::TRAMPOLINE_PA..smp::TRAMPOLINE_PA + PAGE_BYTES;
     (0..u64::from(boot.info.memmap_entries)).any(|k| {
         let at = boot.info.memmap_paddr + k * size_of::<MemmapEntry>() as u64;
         // SAFETY: the memory map lies in the start page microhv built for this domain.
@@ -322,6 +340,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     }
     let rounds = test_guests::number(&boot, "rounds", DEFAULT_ROUNDS).max(1);
     ROUNDS.store(rounds, Ordering::Relaxed);
+    SPIN.store(boot.has_flag("spin"), Ordering::Relaxed);
     build_idt();
     load_idt();
     lapic::enable(SPURIOUS_VECTOR);
@@ -339,7 +358,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     DEADLINE.store(t0 + khz * WORKLOAD_MS, Ordering::Relaxed);
     GO.store(true, Ordering::Release);
     work(0);
-    // Every vCPU done and every IPI taken (each sender only checked its previous one).
+    // Every vCPU done and every IPI taken (each sender waited for its own; checked again).
     let finished = wait_until(DEADLINE.load(Ordering::Relaxed), || {
         (0..n).all(|i| {
             DONE[i].load(Ordering::Acquire)
@@ -351,7 +370,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     let get = |a: &[AtomicU64; MAX_VCPUS]| -> [u64; MAX_VCPUS] {
         core::array::from_fn(|i| a[i].load(Ordering::Acquire))
     };
-    let (work, sent) = (get(&WORK), get(&SENT));
+    let (work, sent, slowest) = (get(&WORK), get(&SENT), get(&SLOWEST));
     let ipis: [u64; MAX_VCPUS] =
         core::array::from_fn(|i| RECEIVED[usize::from(ids[i])].load(Ordering::Acquire));
     let seen: [u8; MAX_VCPUS] = core::array::from_fn(|i| SEEN_IDS[i].load(Ordering::Relaxed));
@@ -379,8 +398,10 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
         why = why.or(Some("timed out"));
     }
     let hashes = HASH.iter().fold(0, |a, h| a ^ h.load(Ordering::Relaxed));
+    // Two lines, each well within the console's line buffer, the verdict last.
+    println!("smp: slowest IPI per sender {:?} TSC ticks, hash {hashes:#x}", &slowest[..n]);
     println!(
-        "smp: {n} vCPUs: work {:?} ipis {:?} (sent {:?}; {ticks} ticks, hash {hashes:#x}): {}{}",
+        "smp: {n} vCPUs: work {:?} ipis {:?} (sent {:?}; {ticks} ticks): {}{}",
         &work[..n],
         &ipis[..n],
         &sent[..n],
