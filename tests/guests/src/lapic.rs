@@ -68,7 +68,8 @@ pub fn eoi() {
 
 /// Sends an IPI with ICR low half `low` to the APIC with ID `dest` (physical destination
 /// mode). Waits, boundedly, for the previous IPI's delivery status first; false if it never
-/// cleared (nothing is sent then).
+/// cleared (nothing is sent then). Not for interrupt handlers: one that sent between the two
+/// ICR writes of an interrupted `send` would change its destination.
 pub fn send(dest: u8, low: u32) -> bool {
     let mut reads = 0;
     while read(REG_ICR_LOW) & ICR_SEND_PENDING != 0 {
