@@ -11,6 +11,8 @@
 //!   reporting ready, so the tests can check microhv's crash report and clean stop.
 //! - `scenario=domus`: run the domU scenarios (`scenario.rs`) with the boot modules, then
 //!   power off with status 0 if all passed.
+//! - `scenario=smp`: run the `smp` guest (a boot module) with 4 and with 2 vCPUs, then power
+//!   off with status 0 if both runs passed.
 //!
 //! Without any of these, dom0 probes its disk (the primary ATA channel's master, passed through
 //! by microhv) and serves the control protocol on COM2 (`serve`) until a `Poweroff` request.
@@ -117,6 +119,7 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     match boot.option("scenario") {
         Some("domus") => guest_rt::exit(if scenario::run_all(&boot) { 0 } else { 1 }),
         Some("linux") => guest_rt::exit(if scenario::linux(&boot) { 0 } else { 1 }),
+        Some("smp") => guest_rt::exit(if scenario::smp(&boot) { 0 } else { 1 }),
         _ => {}
     }
     if boot.has_flag("smoke") {

@@ -483,6 +483,67 @@ pub fn run_all(boot: &Boot) -> bool {
     fail == 0
 }
 
+/// The `smp` guest's vCPU counts `scenario=smp` runs: every vCPU a domain can have, then two.
+const SMP_VCPUS: [u32; 2] = [abi::hypercall::MAX_VCPUS_PER_DOMAIN, 2];
+
+/// One run of the `smp` guest with `vcpus` vCPUs: it must shut down with status 0 and its
+/// verdict line must end in `: ok`; its `smp:` lines are echoed into dom0's console (microhv's
+/// log rate-limits a domU's own lines).
+fn smp_run(boot: &Boot, vcpus: u32) -> Result<(), &'static str> {
+    let mut cmdline: heapless::String<32> = heapless::String::new();
+    let _ = core::fmt::write(&mut cmdline, format_args!("vcpus={vcpus}"));
+    let s = DomainSpec { vcpus, ..spec("smp", 4, &cmdline) };
+    let started = rdtsc();
+    let d = start(boot, "smp", &s)?;
+    let mut con = Console::new();
+    let i = wait(d, &mut con, stopped)?;
+    let ticks = rdtsc() - started;
+    destroy(d)?;
+    let mut verdict = false;
+    for line in con.split(|&b| b == b'\n').filter_map(|l| core::str::from_utf8(l).ok()) {
+        if line.starts_with("smp:") {
+            println!("  {line}");
+            verdict |= line.starts_with("smp: ")
+                && line.contains(" vCPUs: work ")
+                && line.ends_with(": ok");
+        }
+    }
+    println!(
+        "  smp with {vcpus} vCPUs: state {}, status {}, {} exits, {ticks} ticks from build to stop",
+        i.state, i.shutdown_status, i.exits
+    );
+    if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 0 {
+        return Err("the smp guest did not shut down with status 0");
+    }
+    if !verdict {
+        return Err("no `: ok` verdict line from the smp guest");
+    }
+    Ok(())
+}
+
+/// `scenario=smp`: the `smp` guest (a parallel workload with IPIs between its vCPUs, started
+/// as an OS starts its CPUs) with each of [`SMP_VCPUS`]; each run prints `scenario smp-N: PASS`
+/// or `FAIL: why`, and must give back every frame when destroyed.
+pub fn smp(boot: &Boot) -> bool {
+    let mut ok = true;
+    for vcpus in SMP_VCPUS {
+        let before = free_bytes();
+        let r = smp_run(boot, vcpus);
+        destroy_leftovers();
+        let after = free_bytes();
+        let r =
+            if r.is_ok() && after != before { Err("free memory differs after destroy") } else { r };
+        match r {
+            Ok(()) => println!("scenario smp-{vcpus}: PASS"),
+            Err(why) => {
+                ok = false;
+                println!("scenario smp-{vcpus}: FAIL: {why}");
+            }
+        }
+    }
+    ok
+}
+
 /// The command dom0 types on the Linux domU's console.
 const TYPED: &[u8] = b"echo typed-on-the-console\n";
 /// The Linux domU's memory.

@@ -312,13 +312,21 @@ pub fn cases(images: &Images) -> Vec<Case> {
         let name = if emu == Bochs { "linux-bochs" } else { "linux-qemu" };
         Case { name, spec, checks: linux_checks(), driver: None }
     };
-    // Host SMP (#14): every CPU of a 4-CPU machine comes up (and parks); dom0 runs as before.
+    // Host SMP (#14): every CPU of a 4-CPU machine comes up (and parks); dom0 runs as before,
+    // and runs the `smp` guest's parallel workload with 4 and with 2 vCPUs (on the boot CPU).
     let smp = |name: &'static str, emu, ext: &'static str| {
-        let mut spec = spec(name, emu, images, "smoke");
+        let mut spec = spec(name, emu, images, "scenario=smp");
         spec.cpus = 4;
+        spec.modules.push(Module { path: images.guest("smp"), args: String::new() });
         let mut checks = vec![Status(StopStatus::Ok), Contains("[d0] dom0 ready")];
         checks.extend([ext, "cpu 2 (apic id 2) online", "cpu 3 (apic id 3) online"].map(Contains));
         checks.push(Contains("[hv] 4 CPU(s) online"));
+        checks.extend(
+            ["[d0]   smp: 4 vCPUs: work ", "[d0]   smp: 2 vCPUs: work "]
+                .into_iter()
+                .chain(["[d0] scenario smp-4: PASS", "[d0] scenario smp-2: PASS"])
+                .map(Contains),
+        );
         if emu == Qemu {
             checks.push(qemu_exit(StopStatus::Ok));
         }
