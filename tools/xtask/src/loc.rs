@@ -32,8 +32,11 @@ use anyhow::Result;
 /// structure sizes, table lengths: `cpus.rs`, `madt.rs`), the trampoline page chosen clear of
 /// boot modules, the start-up state tagged with the CPU's number against a late AP, the live
 /// APIC id and the broadcast id refused, x2APIC mode detected, and the fatal path reporting
-/// from one CPU while the others park; 148 lines (12,931 → 13,079).
-pub const BUDGET: usize = 13_100;
+/// from one CPU while the others park; 148 lines (12,931 → 13,079); then 80 fewer when the
+/// real-mode trampoline and 32/64-bit AP entry moved to `rt` (`rt::arch::x86_64::ap`), shared
+/// with the test guests' vCPUs — outside this count, as rt's entry of the boot CPU always was
+/// (12,999).
+pub const BUDGET: usize = 13_000;
 use std::path::{Path, PathBuf};
 
 /// Files and directories that are not ring-0 code (see the module documentation).

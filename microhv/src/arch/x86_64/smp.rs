@@ -3,17 +3,16 @@
 //! the 2023 edition: INIT, 10 ms, STARTUP, 200 µs, STARTUP, 200 µs), the delays timed with the
 //! TSC.
 //!
-//! A STARTUP IPI starts an AP in real mode at CS = vector << 8, IP = 0 (SDM Vol. 3A, "Interrupt
-//! Command Register (ICR)", delivery mode 110), so its first instructions must lie in a page
-//! below 1 MiB: the one `cpus::trampoline_page` picks (0x8000 unless a boot module lies there),
-//! which the frame allocator never hands out (it keeps the whole first MiB,
-//! `boot::LOW_MEMORY_RESERVED`) and nothing else of microhv uses once the loader's information
-//! is copied. The page holds 16-bit code only — load a GDT, set CR0.PE, far-jump
-//! into the image — so it runs with paging off and its no-execute mapping in microhv's tables
-//! does not matter. The image's 32-bit code
-//! loads the boot CPU's CR4, CR3, EFER (LME, and NXE: the tables use NX) and CR0 (PG), jumps to
-//! 64-bit code, takes the stack set aside for the AP and calls [`ap_main`], which loads the
-//! AP's own GDT and TSS and the shared IDT, enables VMX or SVM with its own region and parks.
+//! A STARTUP IPI starts an AP in real mode at CS = vector << 8, IP = 0, so its first
+//! instructions must lie in a page below 1 MiB: the one `cpus::trampoline_page` picks (0x8000
+//! unless a boot module lies there), which the frame allocator never hands out (it keeps the
+//! whole first MiB, `boot::LOW_MEMORY_RESERVED`) and nothing else of microhv uses once the
+//! loader's information is copied. The way from there to 64-bit mode is rt's (`rt::arch::
+//! x86_64::ap`, shared with the test guests' vCPUs): a 16-bit trampoline, then the image's
+//! 32-bit code loading the boot CPU's CR4 (an allow-list of its bits), CR3, EFER (LME, and NXE:
+//! the tables use NX) and CR0; it calls [`ap_main`] on the stack set aside for the AP, which
+//! loads the AP's own GDT and TSS and the shared IDT, enables VMX or SVM with its own region and
+//! parks.
 //!
 //! Each AP gets [`AP_FRAMES`] contiguous frames from the allocator: its two IST stacks, its
 //! stack, and its VMXON region or host save area. They have no guard pages (the identity map
@@ -21,8 +20,7 @@
 
 use super::cpu::{self, rdtsc};
 use super::{gdt, idt, lapic};
-use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use microhv_core::cpus::CpuList;
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::regs::{EFER_LMA, EFER_SVME};
@@ -66,91 +64,18 @@ const fn tagged(n: u64, phase: u32) -> u32 {
     (n as u32) << 8 | phase
 }
 
-/// What the AP being started reads, indexed by the names below (the trampoline's assembly
-/// reads the first five by address: slot × 8).
-static AP_BOOT: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
-const CR3: usize = 0;
-const CR4: usize = 1;
-const EFER: usize = 2;
-const CR0: usize = 3;
-const STACK_TOP: usize = 4;
-const CPU: usize = 5;
-const APIC_ID: usize = 6;
-const FRAMES: usize = 7;
-const SVM: usize = 8;
+/// What the AP being started reads beyond rt's slots, by the names below.
+static AP_DATA: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+const APIC_ID: usize = 0;
+const FRAMES: usize = 1;
+const SVM: usize = 2;
 
 fn set(slot: usize, v: u64) {
-    AP_BOOT[slot].store(v, Ordering::Relaxed);
+    AP_DATA[slot].store(v, Ordering::Relaxed);
 }
 
 fn get(slot: usize) -> u64 {
-    AP_BOOT[slot].load(Ordering::Relaxed)
-}
-
-global_asm!(
-    r#"
-    /* Copied to the trampoline page and run there in real mode (CS = the page >> 4); only
-       CS-relative and absolute addresses, so any page below 1 MiB does. */
-    .section .rodata.microhv_trampoline, "a"
-    .code16
-    .global microhv_trampoline
-microhv_trampoline:
-    cli
-    lgdtl %cs:microhv_trampoline_gdtr - microhv_trampoline
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    ljmpl $0x08, $microhv_ap_entry32
-    .balign 8
-microhv_trampoline_gdtr:
-    .short microhv_ap_gdt_end - microhv_ap_gdt - 1
-    .long microhv_ap_gdt
-    .global microhv_trampoline_end
-microhv_trampoline_end:
-
-    /* Accessed bits preset: the CPU never writes these read-only descriptors. */
-    .section .rodata.microhv_ap_gdt, "a"
-    .balign 16
-microhv_ap_gdt:
-    .quad 0
-    .quad 0x00CF9B000000FFFF          /* 0x08: 32-bit code */
-    .quad 0x00CF93000000FFFF          /* 0x10: data */
-    .quad 0x00AF9B000000FFFF          /* 0x18: 64-bit code */
-microhv_ap_gdt_end:
-
-    .section .text.microhv_ap_entry, "ax"
-    .code32
-microhv_ap_entry32:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movl {boot}+8, %eax               /* CR4: PAE, the SSE bits */
-    movl %eax, %cr4
-    movl {boot}, %eax                 /* CR3: microhv's tables, below 4 GiB */
-    movl %eax, %cr3
-    movl $0xC0000080, %ecx            /* EFER: LME, NXE */
-    movl {boot}+16, %eax
-    movl {boot}+20, %edx
-    wrmsr
-    movl {boot}+24, %eax              /* CR0: PG (long mode from here), WP, NE, MP */
-    movl %eax, %cr0
-    ljmpl $0x18, $microhv_ap_entry64
-    .code64
-microhv_ap_entry64:
-    movq {boot}+32(%rip), %rsp        /* the AP's stack (16-byte aligned) */
-    xorl %ebp, %ebp
-    call {main}
-    ud2
-"#,
-    boot = sym AP_BOOT,
-    main = sym ap_main,
-    options(att_syntax),
-);
-
-unsafe extern "C" {
-    static microhv_trampoline: u8;
-    static microhv_trampoline_end: u8;
+    AP_DATA[slot].load(Ordering::Relaxed)
 }
 
 /// Waits `us` microseconds on the TSC, of `khz` ticks per millisecond.
@@ -183,29 +108,16 @@ pub fn start_aps<const W: usize>(
         log::warn!("the firmware left the local APIC in x2APIC mode: no AP started");
         return 1;
     }
-    // Only the symbols' addresses are taken: they bound the trampoline's code.
-    let (start, end) =
-        (&raw const microhv_trampoline as u64, &raw const microhv_trampoline_end as u64);
-    if end - start > FRAME_SIZE {
-        log::warn!("the AP trampoline is larger than its page: no AP started");
+    // SAFETY: EFER exists on every 64-bit CPU.
+    let efer = unsafe { cpu::rdmsr(IA32_EFER) } & !(EFER_SVME | EFER_LMA);
+    // SAFETY: the trampoline page is RAM below 1 MiB that nothing else uses (module docs),
+    // identity-mapped and writable.
+    if !unsafe {
+        rt::arch::x86_64::ap::prepare(trampoline, cpu::cr0(), cr3, cpu::cr4() & CR4_KEEP, efer)
+    } {
+        log::warn!("the AP trampoline does not fit page {trampoline:#x}: no AP started");
         return 1;
     }
-    // SAFETY: the trampoline page is RAM below 1 MiB that nothing else uses (module docs),
-    // identity-mapped and writable; the code between the two symbols (one section, a few dozen
-    // bytes, at most a page: checked above) is in the image's read-only data.
-    unsafe {
-        core::ptr::copy_nonoverlapping(
-            start as *const u8,
-            trampoline as *mut u8,
-            (end - start) as usize,
-        )
-    };
-    set(CR3, cr3);
-    set(CR4, cpu::cr4() & CR4_KEEP);
-    // SAFETY: EFER exists on every 64-bit CPU.
-    let efer = unsafe { cpu::rdmsr(IA32_EFER) };
-    set(EFER, efer & !(EFER_SVME | EFER_LMA));
-    set(CR0, cpu::cr0());
     set(SVM, svm.into());
     let apic = lapic::enable();
     // The live id, not CPUID's initial one: firmware may have changed it, and an INIT to
@@ -240,13 +152,11 @@ fn start_ap<const W: usize>(
     let base = frames.alloc_contiguous(AP_FRAMES, 1).ok_or("no frames for its stacks")?;
     // SAFETY: the last frame was just allocated: ours, identity-mapped, aliased by nothing.
     unsafe { cpu::zero_qwords(base + 3 * STACK_BYTES, FRAME_SIZE) };
-    set(STACK_TOP, base + 3 * STACK_BYTES);
-    set(CPU, n);
     set(APIC_ID, dest.into());
     set(FRAMES, base);
-    // The slots above are what the AP reads first, by address: visible before the IPI.
     STATE.store(tagged(n, WAITING), Ordering::SeqCst);
-    fence(Ordering::SeqCst);
+    // Fenced: what the AP reads first is visible before the IPI.
+    rt::arch::x86_64::ap::set_next(base + 3 * STACK_BYTES, ap_main, n);
     let sent =
         lapic::ipi(apic, dest, ICR_INIT).map(|()| delay(khz, INIT_DELAY_US)).and_then(|()| {
             // An AP that already started ignores the second STARTUP (SDM Vol. 3A, "MP
@@ -291,8 +201,7 @@ fn advance(n: u64, from: u32, to: u32) -> bool {
 
 /// An AP's first Rust code, on its own stack, interrupts off: its tables, its virtualization
 /// extension, its report; then it parks (no vCPU runs on an AP yet).
-extern "C" fn ap_main() -> ! {
-    let n = get(CPU);
+extern "C" fn ap_main(n: u64) -> ! {
     if advance(n, WAITING, ARRIVED) {
         let n = n as usize;
         let id = get(APIC_ID);

@@ -1,4 +1,6 @@
-//! x86-64: the 32-bit entry, boot headers, port I/O and the C memory functions.
+//! x86-64: the 32-bit entry, the application processors' way in (`ap`), boot headers, port I/O
+//! and the C memory functions.
+pub mod ap;
 mod entry;
 pub use entry::entry_tsc;
 pub mod headers;

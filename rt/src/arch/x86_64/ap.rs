@@ -1,0 +1,135 @@
+//! The way into 64-bit mode for an application processor (AP) that a STARTUP IPI woke: shared
+//! by microhv (its host CPUs, `microhv/src/arch/x86_64/smp.rs`) and the test guests (their
+//! vCPUs, `tests/guests/src/smp.rs`), which each send the IPIs themselves.
+//!
+//! A STARTUP IPI starts the AP in real mode at CS = vector << 8, IP = 0 (Intel SDM Vol. 3A,
+//! "Interrupt Command Register (ICR)", delivery mode 110), so its first instructions must lie in
+//! a page below 1 MiB: the caller's, where [`prepare`] copies the 16-bit trampoline. That code
+//! uses only CS-relative and absolute addresses (so any such page does): it loads a GDT, sets
+//! CR0.PE and far-jumps into 32-bit code in the image (loaded at its link address, so it runs
+//! with paging off — where the image maps low memory no-execute, that mapping is not in force
+//! yet). The 32-bit code loads the CR4, CR3 (below 4 GiB), EFER and CR0 [`prepare`] was given,
+//! and enters 64-bit code with rt's selectors (code 0x08, data 0x10: an IDT whose gates were
+//! written for the boot CPU serves the APs too), which calls the entry [`set_next`] named, with
+//! its argument, on its stack. The descriptors have their accessed bits preset, so the CPU never
+//! writes them (they are read-only data).
+//!
+//! One AP starts at a time: they all read the same slots, so the next may be prepared only once
+//! the previous one's entry runs (which the caller learns from the entry itself).
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering, fence};
+
+/// What the AP being started reads, by the slot names below (the assembly reads them by
+/// address: slot × 8).
+static AP_BOOT: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+const CR3: usize = 0;
+const CR4: usize = 1;
+const EFER: usize = 2;
+const CR0: usize = 3;
+const STACK_TOP: usize = 4;
+const ENTRY: usize = 5;
+const ARG: usize = 6;
+
+/// Bytes of the page the trampoline is copied to.
+const PAGE: u64 = 4096;
+
+global_asm!(
+    r#"
+    .section .rodata.rt_ap_trampoline, "a"
+    .code16
+    .global rt_ap_trampoline
+rt_ap_trampoline:
+    cli
+    lgdtl %cs:rt_ap_gdtr - rt_ap_trampoline
+    movl %cr0, %eax
+    orl $1, %eax                      /* CR0.PE */
+    movl %eax, %cr0
+    ljmpl $0x18, $rt_ap_entry32
+    .balign 8
+rt_ap_gdtr:
+    .short rt_ap_gdt_end - rt_ap_gdt - 1
+    .long rt_ap_gdt
+    .global rt_ap_trampoline_end
+rt_ap_trampoline_end:
+
+    .section .rodata.rt_ap_gdt, "a"
+    .balign 16
+rt_ap_gdt:
+    .quad 0
+    .quad 0x00AF9B000000FFFF          /* 0x08: 64-bit code (rt's selector) */
+    .quad 0x00CF93000000FFFF          /* 0x10: data (rt's selector) */
+    .quad 0x00CF9B000000FFFF          /* 0x18: 32-bit code */
+rt_ap_gdt_end:
+
+    .section .text.rt_ap_entry, "ax"
+    .code32
+rt_ap_entry32:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl {boot}+8, %eax               /* CR4: PAE first (long mode needs it) */
+    movl %eax, %cr4
+    movl {boot}, %eax                 /* CR3, below 4 GiB */
+    movl %eax, %cr3
+    movl $0xC0000080, %ecx            /* EFER: LME, and NXE where the tables use NX */
+    movl {boot}+16, %eax
+    movl {boot}+20, %edx
+    wrmsr
+    movl {boot}+24, %eax              /* CR0: PG (long mode from here) */
+    movl %eax, %cr0
+    ljmpl $0x08, $rt_ap_entry64
+    .code64
+rt_ap_entry64:
+    xorl %eax, %eax
+    movw %ax, %fs
+    movw %ax, %gs
+    movq {boot}+32(%rip), %rsp        /* the AP's stack (16-byte aligned) */
+    movq {boot}+48(%rip), %rdi        /* the entry's argument */
+    xorl %ebp, %ebp
+    callq *{boot}+40(%rip)
+    ud2
+"#,
+    boot = sym AP_BOOT,
+    options(att_syntax),
+);
+
+unsafe extern "C" {
+    static rt_ap_trampoline: u8;
+    static rt_ap_trampoline_end: u8;
+}
+
+/// Copies the trampoline to the page at physical (identity-mapped) `page`, below 1 MiB, and
+/// records the control registers the APs load: `cr4` must have PAE, `efer` LME (not LMA, which
+/// only the CPU sets), `cr0` PG and PE, and `cr3` must be below 4 GiB. False, with nothing
+/// written, if `cr3` is not or the page is not a page below 1 MiB.
+///
+/// # Safety
+/// `page` must be RAM that nothing else uses while APs start, identity-mapped and writable.
+pub unsafe fn prepare(page: u64, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> bool {
+    // Only the symbols' addresses are taken: they bound the trampoline's code.
+    let start = &raw const rt_ap_trampoline as u64;
+    let len = &raw const rt_ap_trampoline_end as u64 - start;
+    let below_1m = page.checked_add(PAGE).is_some_and(|end| end <= 1 << 20);
+    if cr3 > u64::from(u32::MAX) || !page.is_multiple_of(PAGE) || !below_1m || len > PAGE {
+        return false;
+    }
+    // SAFETY: `page` is the caller's (this function's contract) and the code fits it (checked);
+    // the source is the image's read-only data between the two symbols of one section.
+    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, page as *mut u8, len as usize) };
+    for (slot, v) in [(CR0, cr0), (CR3, cr3), (CR4, cr4), (EFER, efer)] {
+        AP_BOOT[slot].store(v, Ordering::Relaxed);
+    }
+    true
+}
+
+/// Names what the next AP to start runs: `entry(arg)` on the stack whose top is `stack_top`
+/// (16-byte aligned). Call before its INIT; the stores are visible to it once the IPI is sent.
+pub fn set_next(stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u64) {
+    AP_BOOT[STACK_TOP].store(stack_top, Ordering::Relaxed);
+    AP_BOOT[ENTRY].store(entry as usize as u64, Ordering::Relaxed);
+    AP_BOOT[ARG].store(arg, Ordering::Relaxed);
+    // The AP reads the slots with plain loads after the IPI, which the caller sends next.
+    fence(Ordering::SeqCst);
+}
