@@ -860,7 +860,7 @@ impl CrashReason {
 
 impl ExitReason {
     /// Every reason, in index order.
-    pub const ALL: [ExitReason; 11] = [
+    pub const ALL: [ExitReason; 12] = [
         Self::Hypercall,
         Self::NestedPageFault,
         Self::Io,
@@ -872,6 +872,7 @@ impl ExitReason {
         Self::Interrupt,
         Self::TripleFault,
         Self::Other,
+        Self::Pause,
     ];
 
     /// Lower-case name, as the tools print it.
@@ -888,6 +889,7 @@ impl ExitReason {
             Self::Interrupt => "interrupt",
             Self::TripleFault => "triple-fault",
             Self::Other => "other",
+            Self::Pause => "pause",
         }
     }
 }

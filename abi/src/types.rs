@@ -317,6 +317,9 @@ pub enum ExitReason {
     TripleFault = 9,
     /// Anything else (counted, and the domain crashed with `UnhandledExit`).
     Other = 10,
+    /// A vCPU spinning on PAUSE (VMX PAUSE-loop exiting, SVM's PAUSE filter): it gave the CPU
+    /// away.
+    Pause = 11,
 }
 
 /// Entries in `DomainStats::exits_by_reason`.

@@ -483,21 +483,31 @@ pub fn run_all(boot: &Boot) -> bool {
     fail == 0
 }
 
-/// The `smp` guest's vCPU counts `scenario=smp` runs: every vCPU a domain can have, then two.
-const SMP_VCPUS: [u32; 2] = [abi::hypercall::MAX_VCPUS_PER_DOMAIN, 2];
+/// The `smp` guest's runs in `scenario=smp`: every vCPU a domain can have, then two, both
+/// yielding while they wait; then every vCPU spinning on PAUSE while it waits, as a lock does
+/// (PAUSE-loop exiting / the pause filter must hand the CPU to the vCPU waited for).
+const SMP_RUNS: [(u32, bool); 3] = [
+    (abi::hypercall::MAX_VCPUS_PER_DOMAIN, false),
+    (2, false),
+    (abi::hypercall::MAX_VCPUS_PER_DOMAIN, true),
+];
 
 /// One run of the `smp` guest with `vcpus` vCPUs: it must shut down with status 0 and its
 /// verdict line must end in `: ok`; its `smp:` lines are echoed into dom0's console (microhv's
 /// log rate-limits a domU's own lines).
-fn smp_run(boot: &Boot, vcpus: u32) -> Result<(), &'static str> {
+fn smp_run(boot: &Boot, vcpus: u32, spin: bool) -> Result<(), &'static str> {
     let mut cmdline: heapless::String<32> = heapless::String::new();
-    let _ = core::fmt::write(&mut cmdline, format_args!("vcpus={vcpus}"));
+    let spin = if spin { " spin" } else { "" };
+    let _ = core::fmt::write(&mut cmdline, format_args!("vcpus={vcpus}{spin}"));
     let s = DomainSpec { vcpus, ..spec("smp", 4, &cmdline) };
     let started = rdtsc();
     let d = start(boot, "smp", &s)?;
     let mut con = Console::new();
     let i = wait(d, &mut con, stopped)?;
     let ticks = rdtsc() - started;
+    let pauses = guest_rt::hv()
+        .stats(d)
+        .map_or(0, |s| s.exits_by_reason[abi::types::ExitReason::Pause as usize]);
     destroy(d)?;
     let mut verdict = false;
     for line in con.split(|&b| b == b'\n').filter_map(|l| core::str::from_utf8(l).ok()) {
@@ -509,8 +519,8 @@ fn smp_run(boot: &Boot, vcpus: u32) -> Result<(), &'static str> {
         }
     }
     println!(
-        "  smp with {vcpus} vCPUs: state {}, status {}, {} exits, {ticks} ticks from build to stop",
-        i.state, i.shutdown_status, i.exits
+        "  smp with {vcpus} vCPUs{spin}: state {}, status {}, {} exits ({} pause), {ticks} ticks from build to stop",
+        i.state, i.shutdown_status, i.exits, pauses
     );
     if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 0 {
         return Err("the smp guest did not shut down with status 0");
@@ -522,22 +532,22 @@ fn smp_run(boot: &Boot, vcpus: u32) -> Result<(), &'static str> {
 }
 
 /// `scenario=smp`: the `smp` guest (a parallel workload with IPIs between its vCPUs, started
-/// as an OS starts its CPUs) with each of [`SMP_VCPUS`]; each run prints `scenario smp-N: PASS`
-/// or `FAIL: why`, and must give back every frame when destroyed.
+/// as an OS starts its CPUs) in each of [`SMP_RUNS`]; each run prints `scenario smp-N: PASS`
+/// (`smp-N-spin`) or `FAIL: why`, and must give back every frame when destroyed.
 pub fn smp(boot: &Boot) -> bool {
     let mut ok = true;
-    for vcpus in SMP_VCPUS {
+    for (vcpus, spin) in SMP_RUNS {
         let before = free_bytes();
-        let r = smp_run(boot, vcpus);
+        let r = smp_run(boot, vcpus, spin);
         destroy_leftovers();
         let after = free_bytes();
         let r =
             if r.is_ok() && after != before { Err("free memory differs after destroy") } else { r };
         match r {
-            Ok(()) => println!("scenario smp-{vcpus}: PASS"),
+            Ok(()) => println!("scenario smp-{vcpus}{}: PASS", if spin { "-spin" } else { "" }),
             Err(why) => {
                 ok = false;
-                println!("scenario smp-{vcpus}: FAIL: {why}");
+                println!("scenario smp-{vcpus}{}: FAIL: {why}", if spin { "-spin" } else { "" });
             }
         }
     }

@@ -152,6 +152,10 @@ pub enum Exit {
     WrMsr,
     /// HLT.
     Hlt,
+    /// A PAUSE in a spin loop (VMX PAUSE-loop exiting, SVM's PAUSE filter): the vCPU waits on
+    /// another, which should run instead. The PAUSE has not executed; it is left to re-execute
+    /// (no side effect).
+    Pause,
     /// The time slice given to [`Backend::run`] ran out (or the next device deadline came).
     Timer,
     /// The guest can take an external interrupt now (the window [`Backend::set_interrupt_window`]
@@ -204,6 +208,7 @@ impl Exit {
             Exit::Cpuid => ExitReason::Cpuid,
             Exit::RdMsr | Exit::WrMsr => ExitReason::Msr,
             Exit::Hlt => ExitReason::Hlt,
+            Exit::Pause => ExitReason::Pause,
             Exit::Timer | Exit::InterruptWindow => ExitReason::Timer,
             Exit::CrWrite { .. } | Exit::CrRead { .. } => ExitReason::CrAccess,
             Exit::Interrupt => ExitReason::Interrupt,

@@ -1761,3 +1761,36 @@ fn an_unregistered_page_is_written_no_more() {
     assert_eq!(call(&mut hv, u, cb, [0, DOMU_PAGE + 0x1000, 0, 0, 0]), 0);
     assert_eq!(get::<EvtchnShared>(&hv, u, DOMU_PAGE + 0x1000).pending[0], 1 << up, "held");
 }
+
+/// A vCPU spinning on PAUSE (PAUSE-loop exiting, the pause filter) gives the CPU away at each
+/// such exit, without its PAUSE being skipped, and the exit is counted as `Pause`; without the
+/// yield it would keep the CPU for its whole slice while the one it waits for could not run.
+#[test]
+fn a_pause_loop_exit_gives_the_cpu_away() {
+    let mut hv = world();
+    let spinner = running(&mut hv, "spinner");
+    let holder = running(&mut hv, "holder");
+    const SPINS: usize = 20;
+    for _ in 0..SPINS {
+        push(&mut hv, spinner as u32, Exit::Pause, Gprs::default());
+    }
+    for _ in 0..1_000 {
+        push(&mut hv, holder as u32, Exit::Cpuid, Gprs::default());
+    }
+    let rip = |hv: &TestHv| {
+        hv.domains[spinner].vcpus[0].arch.as_ref().and_then(|a| a.regs.get("rip").copied())
+    };
+    let before = rip(&hv);
+    dom0_yields_then_powers_off(&mut hv, 40);
+    run_until_stop(&mut hv);
+    let order = &hv.backend.order;
+    let twice = order.windows(2).filter(|w| w == &[spinner as u32, spinner as u32]).count();
+    assert_eq!(twice, 0, "a spinner ran twice in a row: {order:?}");
+    // (Its script spent, the fake runs it once more: it then halts.)
+    let spun = order.iter().filter(|&&k| k == spinner as u32).count();
+    assert!(spun >= SPINS, "every PAUSE exit was taken: {spun}");
+    assert_eq!(rip(&hv), before, "the PAUSE re-executes: RIP stays");
+    assert_eq!(call(&mut hv, 0, Op::Stats as u64, [spinner as u64, SCRATCH, 0, 0, 0]), 0);
+    let s: DomainStats = get(&hv, 0, SCRATCH);
+    assert_eq!(s.exits_by_reason[abi::types::ExitReason::Pause as usize], SPINS as u64);
+}

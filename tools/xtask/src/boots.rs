@@ -324,7 +324,11 @@ pub fn cases(images: &Images) -> Vec<Case> {
         checks.extend(
             ["[d0]   smp: 4 vCPUs: work ", "[d0]   smp: 2 vCPUs: work "]
                 .into_iter()
-                .chain(["[d0] scenario smp-4: PASS", "[d0] scenario smp-2: PASS"])
+                .chain([
+                    "[d0] scenario smp-4: PASS",
+                    "[d0] scenario smp-2: PASS",
+                    "[d0] scenario smp-4-spin: PASS",
+                ])
                 .map(Contains),
         );
         if emu == Qemu {

@@ -36,7 +36,11 @@ use anyhow::Result;
 /// real-mode trampoline and 32/64-bit AP entry moved to `rt` (`rt::arch::x86_64::ap`), shared
 /// with the test guests' vCPUs — outside this count, as rt's entry of the boot CPU always was
 /// (12,999).
-pub const BUDGET: usize = 13_000;
+///
+/// 13,050: #14's PAUSE-loop exiting (VMX) and pause filter (SVM): a vCPU spinning on another
+/// yields (`Exit::Pause`, its `ExitReason`, the controls and the exit translations); 32 lines
+/// (12,999 → 13,031).
+pub const BUDGET: usize = 13_050;
 use std::path::{Path, PathBuf};
 
 /// Files and directories that are not ring-0 code (see the module documentation).

@@ -63,6 +63,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
                 None
             }
+            // Spinning on a lock or flag another vCPU holds: that one should run (Xen and KVM
+            // yield too; on one CPU any other vCPU is the one that can make progress).
+            Exit::Pause => {
+                self.yield_cpu();
+                None
+            }
             Exit::Hlt => {
                 self.skip(d, v, info.insn_len);
                 // It sleeps until an interrupt it can take arrives (the run loop wakes it).

@@ -72,6 +72,9 @@ use microhv_core::regs::{
     RFLAGS_IF, RFLAGS_RF, RFLAGS_TF,
 };
 /// VMCB INT_CTL: V_INTR_MASKING.
+/// PAUSEs the pause filter lets pass before the PAUSE intercept exits (AMD APM Vol. 2, "Pause
+/// Intercept Filtering"; KVM's default).
+const PAUSE_FILTER_COUNT: u16 = 3000;
 const V_INTR_MASKING: u32 = 1 << 24;
 /// VMCB INT_CTL: V_IRQ (a virtual interrupt is pending), with priority 15 (bits 19:16) and
 /// V_IGN_TPR (bit 20), so only RFLAGS.IF and the interrupt shadow hold it back: microhv uses it
@@ -301,8 +304,12 @@ impl Svm {
                 | misc1::IOIO_PROT
                 | misc1::MSR_PROT
                 | misc1::TASK_SWITCH
-                | misc1::SHUTDOWN,
+                | misc1::SHUTDOWN
+                | if self.features.pause_filter { misc1::PAUSE } else { 0 },
         );
+        // Only with the filter: without it every PAUSE would exit. A vCPU spinning this many
+        // PAUSEs on another gives the CPU to it (KVM's default count).
+        vm.w16(control::PAUSE_FILTER_COUNT, PAUSE_FILTER_COUNT);
         vm.w32(control::INTERCEPT_MISC2, self.misc2);
         vm.w32(control::INTERCEPT_MISC3, self.misc3);
         let iopm = if cfg.privileged { self.iopm_dom0 } else { self.iopm_domu };
@@ -474,6 +481,8 @@ impl Svm {
             exit::VMMCALL => self.with_len(vm, Exit::Hypercall, Expected::Vmmcall),
             exit::CPUID => self.with_len(vm, Exit::Cpuid, Expected::Cpuid),
             exit::HLT => self.with_len(vm, Exit::Hlt, Expected::Hlt),
+            // The PAUSE is left to re-execute: nothing to skip, nothing to decode.
+            exit::PAUSE => (Exit::Pause, 0),
             exit::MSR if info1 & 1 == 0 => self.with_len(vm, Exit::RdMsr, Expected::Rdmsr),
             exit::MSR => self.with_len(vm, Exit::WrMsr, Expected::Wrmsr),
             // EXITINFO2 is the next RIP with or without NRIP save.
@@ -734,6 +743,7 @@ impl Svm {
                 | Exit::Timer
                 | Exit::InterruptWindow
                 | Exit::Interrupt
+                | Exit::Pause
         );
         if !quick {
             info.rip = vm.r64(save::RIP);

@@ -23,6 +23,8 @@ pub mod control {
     pub const MSRPM_BASE_PA: usize = 0x048;
     /// u64 TSC offset.
     pub const TSC_OFFSET: usize = 0x050;
+    /// u16 PAUSEs the PAUSE intercept lets pass before it exits (with the pause filter).
+    pub const PAUSE_FILTER_COUNT: usize = 0x03e;
     /// u32 guest ASID.
     pub const GUEST_ASID: usize = 0x058;
     /// u8 TLB_CONTROL, see [`super::tlb`].
@@ -138,6 +140,8 @@ pub mod misc1 {
     pub const RDPMC: u32 = 1 << 15;
     /// INVD.
     pub const INVD: u32 = 1 << 22;
+    /// PAUSE (with the pause filter: after `PAUSE_FILTER_COUNT` of them).
+    pub const PAUSE: u32 = 1 << 23;
     /// HLT.
     pub const HLT: u32 = 1 << 24;
     /// INVLPGA.
@@ -222,6 +226,8 @@ pub mod exit {
     pub const RDPMC: u64 = 0x06f;
     /// INVD.
     pub const INVD: u64 = 0x076;
+    /// PAUSE (after the pause filter's count).
+    pub const PAUSE: u64 = 0x077;
     /// HLT.
     pub const HLT: u64 = 0x078;
     /// INVLPGA.

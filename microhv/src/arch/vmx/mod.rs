@@ -50,6 +50,12 @@ use microhv_core::regs::{
 };
 
 /// Guest interruptibility state: blocking by NMI (with virtual NMIs, virtual-NMI blocking).
+/// PAUSE-loop exiting (SDM Vol. 3C, "VM-Execution Controls"): PAUSEs at most this many TSC
+/// ticks apart are one loop, and a loop longer than `PLE_WINDOW` ticks exits. KVM's defaults:
+/// a lock spin is a few hundred ticks per PAUSE; a window of 4,096 lets short waits end by
+/// themselves.
+const PLE_GAP: u64 = 128;
+const PLE_WINDOW: u64 = 4096;
 const INTR_BLOCK_NMI: u64 = 1 << 3;
 
 /// A vCPU's state that stays in the hardware across VM exits because no VMCS field holds it:
@@ -197,10 +203,19 @@ impl Vmx {
             msrs.procbased,
         )
         .map_err(|_| "primary processor controls")?;
+        // PAUSE-loop exiting where the CPU has it: a vCPU spinning on another gives the CPU to
+        // it instead of waiting out its slice (`PLE_GAP`, `PLE_WINDOW`).
+        let ple = SecondaryControls::PAUSE_LOOP_EXITING;
+        let ple = if ple.bits() as u64 & (msrs.procbased2 >> 32) != 0 {
+            ple
+        } else {
+            SecondaryControls::empty()
+        };
         let proc2 = adjust_controls(
             (SecondaryControls::ENABLE_EPT
                 | SecondaryControls::ENABLE_VPID
-                | SecondaryControls::UNRESTRICTED_GUEST)
+                | SecondaryControls::UNRESTRICTED_GUEST
+                | ple)
                 .bits(),
             msrs.procbased2,
         )
@@ -352,6 +367,10 @@ impl Vmx {
         write(control::PINBASED_EXEC_CONTROLS, self.pin.into());
         write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, self.proc1.into());
         write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, self.proc2.into());
+        if self.proc2 & SecondaryControls::PAUSE_LOOP_EXITING.bits() != 0 {
+            write(control::PLE_GAP, PLE_GAP);
+            write(control::PLE_WINDOW, PLE_WINDOW);
+        }
         write(control::VMEXIT_CONTROLS, self.exit_ctl.into());
         write(control::VMENTRY_CONTROLS, self.entry_ctl.into());
         write(control::EXCEPTION_BITMAP, 0);
@@ -478,6 +497,7 @@ impl Vmx {
             9 => Exit::TaskSwitch,
             10 => Exit::Cpuid,
             12 => Exit::Hlt,
+            40 => Exit::Pause,
             13 => Exit::Invd,
             15 => Exit::Rdpmc,
             18 => Exit::Hypercall,
@@ -729,7 +749,7 @@ impl Vmx {
                 info.insn_len = vmcs::read(ro::VMEXIT_INSTRUCTION_LEN) as u8;
                 info.rflags = vmcs::read(guest::RFLAGS);
             }
-            Exit::Timer | Exit::InterruptWindow | Exit::Interrupt => {}
+            Exit::Timer | Exit::InterruptWindow | Exit::Interrupt | Exit::Pause => {}
             _ => {
                 let cr0 = self.guest_cr0();
                 info.rip = vmcs::read(guest::RIP);
