@@ -3,7 +3,7 @@
 use crate::arch::x86_64::{cpu, idt::ExceptionFrame, lapic, power};
 use crate::logger;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use microhv_core::status::{STOP_LINE_MARKER, StopStatus};
 
 /// The APIC id (plus one) of the first CPU on its way to stopping the machine, 0 before: any
@@ -17,9 +17,20 @@ fn first_to_stop() -> bool {
     let me = lapic::current_id().wrapping_add(1);
     match STOPPING.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => true,
-        Err(holder) => holder == me,
+        // A fault of the reporting CPU on its way: report once more (the first report may not
+        // have been written), but a fault in that report ends the machine without one.
+        Err(holder) if holder == me => {
+            if NESTED.swap(true, Ordering::AcqRel) {
+                power::exit_machine(StopStatus::Exception as u8);
+            }
+            true
+        }
+        Err(_) => false,
     }
 }
+
+/// The reporting CPU faulted once on its way to stopping (see [`first_to_stop`]).
+static NESTED: AtomicBool = AtomicBool::new(false);
 
 /// Prints the verdict line and ends the machine.
 pub fn stop(status: StopStatus, reason: core::fmt::Arguments<'_>) -> ! {

@@ -6,6 +6,7 @@ use acpi::madt::*;
 use acpi::sdt::SdtHeader;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 use microhv_core::boot::BootInfo;
 use microhv_core::cpus::{CpuList, madt_entries_ok, rsdp_len};
 
@@ -31,14 +32,12 @@ impl AcpiHandler for Identity {
         let within = |len: usize| {
             (pa as u64).checked_add(len as u64).is_some_and(|e| e <= rt::IDENTITY_MAP_BYTES)
         };
-        // SAFETY (of both reads): the first 8 bytes at `pa` are inside the identity map
-        // (`within(8)` holds where they are read).
-        let word = |at: usize| unsafe { (pa as *const u32).add(at).read_unaligned() };
         let header = size == core::mem::size_of::<SdtHeader>();
         let ok = pa != 0
             && within(size.max(8))
-            && (!header || (word(0), word(1)) == RSDP_SIGNATURE || {
-                let len = word(1) as usize;
+            && (!header || pa as u64 == RSDP.load(Ordering::Relaxed) || {
+                // SAFETY: bytes 4..8 at `pa` are inside the identity map (`within(8)` held).
+                let len = unsafe { (pa as *const u32).add(1).read_unaligned() } as usize;
                 len >= size && len <= MAX_TABLE_BYTES && within(len)
             });
         let at = if ok || (pa != 0 && size > size_of_val(&ZEROS)) {
@@ -55,8 +54,9 @@ impl AcpiHandler for Identity {
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
 
-/// "RSD PTR " as the two little-endian words the handler reads.
-const RSDP_SIGNATURE: (u32, u32) = (0x2044_5352, 0x2052_5450);
+/// The RSDP `find_rsdp` checked: the one header-sized mapping the handler does not read as a
+/// table header (its bytes 4..8 are "PTR ", not a length).
+static RSDP: AtomicU64 = AtomicU64::new(0);
 
 /// The 64 bytes at physical `pa` (identity-mapped, below 1 MiB or the loader's copy).
 fn bytes_at(pa: u64) -> Option<[u8; 64]> {
@@ -99,6 +99,7 @@ pub fn find_cpus(boot: &BootInfo, bsp: u32) -> CpuList {
 
 fn read(boot: &BootInfo, bsp: u32) -> Result<CpuList, &'static str> {
     let (rsdp, from) = find_rsdp(boot).ok_or("no valid RSDP")?;
+    RSDP.store(rsdp, Ordering::Relaxed);
     // SAFETY: `rsdp` is a valid RSDP in the identity map (checked above, its length bounded);
     // the handler keeps every table the crate maps inside the identity map.
     let tables = unsafe { AcpiTables::from_rsdp(Identity, rsdp as usize) }

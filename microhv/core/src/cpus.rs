@@ -61,7 +61,7 @@ const RSDP_V2_LEN: usize = 36;
 const RSDP_MAX_LEN: usize = 64;
 
 /// The length of the valid RSDP that `bytes` starts with (ACPI 6.5, 5.2.5.3): the signature
-/// "RSD PTR ", the checksum of its first 20 bytes, and from revision 2 on a `length` of 36 to
+/// "RSD PTR ", the checksum of its first 20 bytes, and from revision 1 on a `length` of 36 to
 /// 64 and the extended checksum over it. `bytes` holds at least 64 bytes from the candidate
 /// (where it has fewer, the RSDP cannot be that long). The `acpi` crate checksums as many bytes
 /// as `length` says, so a wild length must be refused before it sees the RSDP.
@@ -71,7 +71,9 @@ pub fn rsdp_len(bytes: &[u8]) -> Option<usize> {
     if &v1[..8] != b"RSD PTR " || sum(v1) != 0 {
         return None;
     }
-    if v1[15] < 2 {
+    // Revision 0 is ACPI 1.0; the `acpi` crate reads every later one (1 included, which no
+    // version of the spec defines) as the 36-byte form and checksums its `length`.
+    if v1[15] == 0 {
         return Some(RSDP_V1_LEN);
     }
     let len = u32::from_le_bytes(bytes.get(20..24)?.try_into().ok()?) as usize;
@@ -139,6 +141,8 @@ mod tests {
     fn rsdps() {
         assert_eq!(rsdp_len(&rsdp(0, 0)), Some(20));
         assert_eq!(rsdp_len(&rsdp(2, 36)), Some(36));
+        assert_eq!(rsdp_len(&rsdp(1, 36)), Some(36), "revision 1 is read as the long form");
+        assert_eq!(rsdp_len(&rsdp(1, u32::MAX)), None, "and its length checked");
         let mut bad = rsdp(2, 36);
         bad[9] ^= 1;
         assert_eq!(rsdp_len(&bad), None, "first checksum");

@@ -211,10 +211,13 @@ pub mod cpuid_bits {
     pub const NRIP_SAVE: u32 = 1 << 3;
     /// Leaf 0x8000_000A edx: TLB_CONTROL may flush a single ASID (values 3 and 7).
     pub const FLUSH_BY_ASID: u32 = 1 << 6;
-    /// Leaf 0x8000_000A edx: the PAUSE intercept honours the VMCB's pause filter count.
-    pub const PAUSE_FILTER: u32 = 1 << 10;
+
     /// Leaf 0x8000_000A edx: decode assists (EXITINFO1 names the GPR of a MOV-to-CR intercept).
     pub const DECODE_ASSISTS: u32 = 1 << 7;
+    /// Leaf 0x8000_000A edx: the PAUSE intercept honours the VMCB's pause filter count.
+    pub const PAUSE_FILTER: u32 = 1 << 10;
+    /// Leaf 0x8000_000A edx: the pause filter has a threshold.
+    pub const PAUSE_FILTER_THRESHOLD: u32 = 1 << 12;
 }
 
 /// The vendor string of CPUID leaf 0.
@@ -280,6 +283,8 @@ pub struct SvmFeatures {
     pub npt_1g: bool,
     /// The PAUSE intercept can wait for a count of PAUSEs (the PAUSE filter).
     pub pause_filter: bool,
+    /// The pause filter's count can be restarted by a gap between PAUSEs (its threshold).
+    pub pause_filter_threshold: bool,
 }
 
 /// Checks what microhv needs from a CPU that has SVM ([`SvmCpuid::has_svm`]): nested paging and
@@ -294,6 +299,7 @@ pub fn check_svm(c: &SvmCpuid) -> Result<SvmFeatures, Missing> {
         asids: ebx,
         nrip_save: edx & cpuid_bits::NRIP_SAVE != 0,
         pause_filter: edx & cpuid_bits::PAUSE_FILTER != 0,
+        pause_filter_threshold: edx & cpuid_bits::PAUSE_FILTER_THRESHOLD != 0,
         decode_assists: edx & cpuid_bits::DECODE_ASSISTS != 0,
         flush_by_asid: edx & cpuid_bits::FLUSH_BY_ASID != 0,
         npt_1g: c.ext1_edx & cpuid_bits::PAGE_1G != 0,

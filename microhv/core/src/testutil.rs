@@ -96,6 +96,8 @@ pub struct FakeBackend {
     pub runs: HashMap<(u32, u32), u64>,
     /// The domain of every run, in order.
     pub order: Vec<u32>,
+    /// The (domid, vCPU) of every run, in order.
+    pub order_vcpus: Vec<(u32, u32)>,
     /// A fake clock, advanced by every run.
     pub clock: std::cell::Cell<u64>,
     /// Port I/O exits produced, per (domid, vCPU).
@@ -179,6 +181,7 @@ impl Backend for FakeBackend {
         let key = (v.cfg.domid, v.cfg.index);
         *self.runs.entry(key).or_default() += 1;
         self.order.push(key.0);
+        self.order_vcpus.push(key);
         self.last_run = Some(key);
         v.pending_irq = None;
         self.clock.set(self.clock.get() + 1000);

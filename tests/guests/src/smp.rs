@@ -28,6 +28,8 @@ const STARTUP_DELAY_US: u64 = 200;
 /// EFER (MSR) and its long-mode enable bit, which the APs set.
 const MSR_EFER: u32 = 0xc000_0080;
 const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_SVME: u64 = 1 << 12;
 
 fn control_registers() -> (u64, u64, u64) {
     let (cr0, cr3, cr4): (u64, u64, u64);
@@ -59,8 +61,8 @@ pub fn prepare() -> bool {
     unsafe {
         asm!("rdmsr", in("ecx") MSR_EFER, out("eax") lo, out("edx") hi, options(nomem, nostack))
     };
-    // The APs get LME (and NXE if set), never LMA, which only the CPU sets.
-    let efer = (u64::from(hi) << 32 | u64::from(lo)) & !(1 << 10) | EFER_LME;
+    // The APs get LME (and NXE if set), never LMA, which only the CPU sets, nor SVME.
+    let efer = (u64::from(hi) << 32 | u64::from(lo)) & !(EFER_LMA | EFER_SVME) | EFER_LME;
     // SAFETY: the trampoline page is RAM of this domain that nothing else uses (see
     // `TRAMPOLINE_PA`), identity-mapped and writable.
     unsafe { rt::arch::x86_64::ap::prepare(TRAMPOLINE_PA, cr0, cr3, cr4, efer) }
@@ -71,7 +73,11 @@ pub fn prepare() -> bool {
 /// `entry(arg)` on the stack whose top is `stack_top` (16-byte aligned); whether it arrived is
 /// for `entry` to report. Start APs one at a time: each reads the same slots, so the next may
 /// start only once this one's `entry` runs. False if an IPI could not be sent.
-pub fn start_ap(
+///
+/// # Safety
+/// As `rt::arch::x86_64::ap::set_next`: the stack below `stack_top` is the AP's alone, and the
+/// AP started before reached its entry.
+pub unsafe fn start_ap(
     dest: u8,
     stack_top: u64,
     entry: extern "C" fn(u64) -> !,
@@ -79,7 +85,8 @@ pub fn start_ap(
     khz: u64,
     idle: &mut impl FnMut(),
 ) -> bool {
-    rt::arch::x86_64::ap::set_next(stack_top, entry, arg);
+    // SAFETY: the caller's promise, passed on.
+    unsafe { rt::arch::x86_64::ap::set_next(stack_top, entry, arg) };
     if !lapic::send(dest, lapic::ICR_INIT | lapic::ICR_ASSERT) {
         return false;
     }

@@ -63,10 +63,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
                 None
             }
-            // Spinning on a lock or flag another vCPU holds: that one should run (Xen and KVM
-            // yield too; on one CPU any other vCPU is the one that can make progress).
+            // Spinning on a lock or flag another vCPU of the domain holds: that one should run
+            // (KVM's `kvm_vcpu_on_spin` yields to a vCPU of the same VM too). With no sibling
+            // that could run, the spin is a timed wait (`udelay`) or on a device: it goes on.
             Exit::Pause => {
-                self.yield_cpu();
+                let now = self.backend.now();
+                let count = self.domains[d].vcpu_count as usize;
+                if (0..count).any(|s| s != v && self.can_run((d, s), now)) {
+                    self.yield_cpu();
+                }
                 None
             }
             Exit::Hlt => {

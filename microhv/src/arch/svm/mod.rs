@@ -72,10 +72,13 @@ use microhv_core::regs::{
     RFLAGS_IF, RFLAGS_RF, RFLAGS_TF,
 };
 /// VMCB INT_CTL: V_INTR_MASKING.
+const V_INTR_MASKING: u32 = 1 << 24;
 /// PAUSEs the pause filter lets pass before the PAUSE intercept exits (AMD APM Vol. 2, "Pause
 /// Intercept Filtering"; KVM's default).
 const PAUSE_FILTER_COUNT: u16 = 3000;
-const V_INTR_MASKING: u32 = 1 << 24;
+/// With the filter threshold: PAUSEs more than this many cycles apart start the count afresh,
+/// so only a tight loop exits (KVM's default).
+const PAUSE_FILTER_THRESHOLD: u16 = 128;
 /// VMCB INT_CTL: V_IRQ (a virtual interrupt is pending), with priority 15 (bits 19:16) and
 /// V_IGN_TPR (bit 20), so only RFLAGS.IF and the interrupt shadow hold it back: microhv uses it
 /// only to learn when the guest can take an interrupt (the VINTR intercept), never delivers it.
@@ -309,7 +312,12 @@ impl Svm {
         );
         // Only with the filter: without it every PAUSE would exit. A vCPU spinning this many
         // PAUSEs on another gives the CPU to it (KVM's default count).
-        vm.w16(control::PAUSE_FILTER_COUNT, PAUSE_FILTER_COUNT);
+        if self.features.pause_filter {
+            vm.w16(control::PAUSE_FILTER_COUNT, PAUSE_FILTER_COUNT);
+        }
+        if self.features.pause_filter_threshold {
+            vm.w16(control::PAUSE_FILTER_THRESHOLD, PAUSE_FILTER_THRESHOLD);
+        }
         vm.w32(control::INTERCEPT_MISC2, self.misc2);
         vm.w32(control::INTERCEPT_MISC3, self.misc3);
         let iopm = if cfg.privileged { self.iopm_dom0 } else { self.iopm_domu };

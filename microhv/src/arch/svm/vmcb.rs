@@ -23,6 +23,8 @@ pub mod control {
     pub const MSRPM_BASE_PA: usize = 0x048;
     /// u64 TSC offset.
     pub const TSC_OFFSET: usize = 0x050;
+    /// u16 cycles between two PAUSEs beyond which the pause filter's count starts afresh.
+    pub const PAUSE_FILTER_THRESHOLD: usize = 0x03c;
     /// u16 PAUSEs the PAUSE intercept lets pass before it exits (with the pause filter).
     pub const PAUSE_FILTER_COUNT: usize = 0x03e;
     /// u32 guest ASID.

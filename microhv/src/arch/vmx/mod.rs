@@ -50,13 +50,13 @@ use microhv_core::regs::{
 };
 
 /// Guest interruptibility state: blocking by NMI (with virtual NMIs, virtual-NMI blocking).
-/// PAUSE-loop exiting (SDM Vol. 3C, "VM-Execution Controls"): PAUSEs at most this many TSC
-/// ticks apart are one loop, and a loop longer than `PLE_WINDOW` ticks exits. KVM's defaults:
-/// a lock spin is a few hundred ticks per PAUSE; a window of 4,096 lets short waits end by
-/// themselves.
-const PLE_GAP: u64 = 128;
-const PLE_WINDOW: u64 = 4096;
 const INTR_BLOCK_NMI: u64 = 1 << 3;
+/// PAUSE-loop exiting (SDM Vol. 3C, "VM-Execution Controls"): PAUSEs at most this many TSC
+/// ticks apart are one loop (KVM's default).
+const PLE_GAP: u64 = 128;
+/// PAUSE-loop exiting: a loop longer than this many TSC ticks exits (KVM's default: a lock
+/// spin is a few hundred ticks per PAUSE, and short waits end by themselves).
+const PLE_WINDOW: u64 = 4096;
 
 /// A vCPU's state that stays in the hardware across VM exits because no VMCS field holds it:
 /// the syscall MSRs, DR0–DR3 and DR6, CR2 (its last page-fault address) and CR8. microhv never
@@ -723,7 +723,8 @@ impl Vmx {
         // Instruction exits (and the timer and window exits, which come between instructions)
         // cannot interrupt the delivery of an event: only the others need the IDT-vectoring
         // field looked at.
-        if raw >> 31 == 0 && !matches!(raw & 0xffff, 7 | 8 | 10 | 12 | 13 | 18 | 28 | 30..=32 | 52)
+        if raw >> 31 == 0
+            && !matches!(raw & 0xffff, 7 | 8 | 10 | 12 | 13 | 18 | 28 | 30..=32 | 40 | 52)
         {
             self.reinject_interrupted_event();
         }

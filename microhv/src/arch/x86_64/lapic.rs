@@ -19,6 +19,8 @@ const APIC_X2APIC_MODE: u64 = 1 << 10;
 /// IA32_APIC_BASE: the APIC page's physical address.
 const APIC_BASE_MASK: u64 = 0x000f_ffff_ffff_f000;
 const REG_ID: u64 = 0x20;
+/// The x2APIC ID register (MSR), in x2APIC mode.
+const X2APIC_ID: u32 = 0x802;
 /// Where an xAPIC id sits in the ID register and in the ICR's high word: bits 31:24.
 const ID_SHIFT: u32 = 24;
 /// ICR: delivery status, set while the IPI is being sent.
@@ -103,6 +105,10 @@ pub fn id(base: u64) -> u32 {
 pub fn current_id() -> u32 {
     // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; reading it has no side effect.
     let msr = unsafe { rdmsr(IA32_APIC_BASE) };
+    if msr & APIC_X2APIC_MODE != 0 {
+        // SAFETY: the x2APIC ID register exists in x2APIC mode; reading it has no side effect.
+        return unsafe { rdmsr(X2APIC_ID) } as u32;
+    }
     id(msr & APIC_BASE_MASK)
 }
 

@@ -155,8 +155,9 @@ fn start_ap<const W: usize>(
     set(APIC_ID, dest.into());
     set(FRAMES, base);
     STATE.store(tagged(n, WAITING), Ordering::SeqCst);
-    // Fenced: what the AP reads first is visible before the IPI.
-    rt::arch::x86_64::ap::set_next(base + 3 * STACK_BYTES, ap_main, n);
+    // SAFETY: the stack is in frames just allocated for this AP; the AP before it reached its
+    // entry or was given up on (and sent INIT). Fenced: visible before the IPI.
+    unsafe { rt::arch::x86_64::ap::set_next(base + 3 * STACK_BYTES, ap_main, n) };
     let sent =
         lapic::ipi(apic, dest, ICR_INIT).map(|()| delay(khz, INIT_DELAY_US)).and_then(|()| {
             // An AP that already started ignores the second STARTUP (SDM Vol. 3A, "MP

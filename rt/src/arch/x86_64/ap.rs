@@ -33,6 +33,8 @@ const ARG: usize = 6;
 
 /// Bytes of the page the trampoline is copied to.
 const PAGE: u64 = 4096;
+/// Where the legacy hole starts: the trampoline's page lies below it.
+const LEGACY_HOLE: u64 = 0xa_0000;
 
 global_asm!(
     r#"
@@ -100,10 +102,10 @@ unsafe extern "C" {
     static rt_ap_trampoline_end: u8;
 }
 
-/// Copies the trampoline to the page at physical (identity-mapped) `page`, below 1 MiB, and
+/// Copies the trampoline to the page at physical (identity-mapped) `page`, below 0xA0000, and
 /// records the control registers the APs load: `cr4` must have PAE, `efer` LME (not LMA, which
 /// only the CPU sets), `cr0` PG and PE, and `cr3` must be below 4 GiB. False, with nothing
-/// written, if `cr3` is not or the page is not a page below 1 MiB.
+/// written, if `cr3` is not or the page is not a page below 0xA0000.
 ///
 /// # Safety
 /// `page` must be RAM that nothing else uses while APs start, identity-mapped and writable.
@@ -111,8 +113,10 @@ pub unsafe fn prepare(page: u64, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> boo
     // Only the symbols' addresses are taken: they bound the trampoline's code.
     let start = &raw const rt_ap_trampoline as u64;
     let len = &raw const rt_ap_trampoline_end as u64 - start;
-    let below_1m = page.checked_add(PAGE).is_some_and(|end| end <= 1 << 20);
-    if cr3 > u64::from(u32::MAX) || !page.is_multiple_of(PAGE) || !below_1m || len > PAGE {
+    // STARTUP vectors 0xA0-0xBF are reserved (SDM Vol. 3A, "MP Initialization Protocol
+    // Algorithm"), and the legacy hole from 0xA0000 is no RAM anyway.
+    let low = page.checked_add(PAGE).is_some_and(|end| end <= LEGACY_HOLE);
+    if cr3 > u64::from(u32::MAX) || !page.is_multiple_of(PAGE) || !low || len > PAGE {
         return false;
     }
     // SAFETY: `page` is the caller's (this function's contract) and the code fits it (checked);
@@ -126,7 +130,11 @@ pub unsafe fn prepare(page: u64, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> boo
 
 /// Names what the next AP to start runs: `entry(arg)` on the stack whose top is `stack_top`
 /// (16-byte aligned). Call before its INIT; the stores are visible to it once the IPI is sent.
-pub fn set_next(stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u64) {
+///
+/// # Safety
+/// The stack below `stack_top` must be the AP's alone, identity-mapped and writable, and the
+/// AP started before must have reached its entry (it read these slots) or been given up on.
+pub unsafe fn set_next(stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u64) {
     AP_BOOT[STACK_TOP].store(stack_top, Ordering::Relaxed);
     AP_BOOT[ENTRY].store(entry as usize as u64, Ordering::Relaxed);
     AP_BOOT[ARG].store(arg, Ordering::Relaxed);

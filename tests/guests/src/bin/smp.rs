@@ -318,7 +318,9 @@ fn bring_up(boot: &guest_rt::Boot, khz: u64) -> (usize, [u64; MAX_VCPUS]) {
         // SAFETY: only the address is taken; AP `i` alone uses this stack.
         let top = unsafe { (&raw mut STACKS[i]).add(1) } as u64;
         let start = rdtsc();
-        if !smp::start_ap(id, top, ap_main, i as u64, khz, &mut idle) {
+        // SAFETY: the stack is AP `i`'s alone; the AP before it reported (or the guest failed
+        // and stopped) before this one starts.
+        if !unsafe { smp::start_ap(id, top, ap_main, i as u64, khz, &mut idle) } {
             fail("the ICR stayed busy");
         }
         let deadline = rdtsc() + khz * AP_REPORT_MS;
