@@ -169,19 +169,10 @@ pub fn set(page: &mut [u8; PAGE], half: Half, key: &str, value: &str) -> Result<
 
 /// Sets `key` to the decimal `value`.
 pub fn set_u64(page: &mut [u8; PAGE], half: Half, key: &str, value: u64) -> Result<(), StoreError> {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    let mut n = value;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    set(page, half, key, core::str::from_utf8(&buf[at..]).unwrap_or("0"))
+    // u64::MAX has 20 digits: the write cannot fail.
+    let mut digits: heapless::String<20> = heapless::String::new();
+    let _ = core::fmt::Write::write_fmt(&mut digits, format_args!("{value}"));
+    set(page, half, key, &digits)
 }
 
 /// Copies a page the other party may be writing, word by word with volatile reads: what the

@@ -52,9 +52,9 @@ pub fn delay(khz: u64, us: u64, idle: &mut impl FnMut()) {
 }
 
 /// Copies the trampoline to [`TRAMPOLINE_PA`] and records this CPU's (the BSP's) control
-/// registers for the APs; call once before [`start_ap`]. False if the BSP's CR3 is out of the
+/// registers for the APs; call once before [`start_ap`]. Fails if the BSP's CR3 is out of the
 /// 32-bit code's reach (rt's tables are in the image, so it never is).
-pub fn prepare() -> bool {
+pub fn prepare() -> Result<(), &'static str> {
     let (cr0, cr3, cr4) = control_registers();
     let (lo, hi): (u32, u32);
     // SAFETY: reading EFER has no side effects; it exists on every 64-bit CPU.

@@ -100,10 +100,6 @@ pub fn start_aps<const W: usize>(
     if cpus.apic_ids.len() < 2 {
         return 1;
     }
-    if cr3 > u64::from(u32::MAX) {
-        log::warn!("CR3 {cr3:#x} is above 4 GiB, out of the trampoline's reach: no AP started");
-        return 1;
-    }
     if lapic::x2apic_mode() {
         log::warn!("the firmware left the local APIC in x2APIC mode: no AP started");
         return 1;
@@ -112,10 +108,11 @@ pub fn start_aps<const W: usize>(
     let efer = unsafe { cpu::rdmsr(IA32_EFER) } & !(EFER_SVME | EFER_LMA);
     // SAFETY: the trampoline page is RAM below 1 MiB that nothing else uses (module docs),
     // identity-mapped and writable.
-    if !unsafe {
+    let prepared = unsafe {
         rt::arch::x86_64::ap::prepare(trampoline, cpu::cr0(), cr3, cpu::cr4() & CR4_KEEP, efer)
-    } {
-        log::warn!("the AP trampoline does not fit page {trampoline:#x}: no AP started");
+    };
+    if let Err(why) = prepared {
+        log::warn!("{why} (page {trampoline:#x}): no AP started");
         return 1;
     }
     set(SVM, svm.into());

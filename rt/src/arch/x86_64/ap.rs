@@ -104,20 +104,29 @@ unsafe extern "C" {
 
 /// Copies the trampoline to the page at physical (identity-mapped) `page`, below 0xA0000, and
 /// records the control registers the APs load: `cr4` must have PAE, `efer` LME (not LMA, which
-/// only the CPU sets), `cr0` PG and PE, and `cr3` must be below 4 GiB. False, with nothing
-/// written, if `cr3` is not or the page is not a page below 0xA0000.
+/// only the CPU sets), `cr0` PG and PE, and `cr3` must be below 4 GiB. Nothing is written, and
+/// the reason returned, if `cr3` is not or `page` is not a page below 0xA0000.
 ///
 /// # Safety
 /// `page` must be RAM that nothing else uses while APs start, identity-mapped and writable.
-pub unsafe fn prepare(page: u64, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> bool {
+pub unsafe fn prepare(
+    page: u64,
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+) -> Result<(), &'static str> {
     // Only the symbols' addresses are taken: they bound the trampoline's code.
     let start = &raw const rt_ap_trampoline as u64;
     let len = &raw const rt_ap_trampoline_end as u64 - start;
     // STARTUP vectors 0xA0-0xBF are reserved (SDM Vol. 3A, "MP Initialization Protocol
     // Algorithm"), and the legacy hole from 0xA0000 is no RAM anyway.
     let low = page.checked_add(PAGE).is_some_and(|end| end <= LEGACY_HOLE);
-    if cr3 > u64::from(u32::MAX) || !page.is_multiple_of(PAGE) || !low || len > PAGE {
-        return false;
+    if cr3 > u64::from(u32::MAX) {
+        return Err("CR3 is above 4 GiB, out of the 32-bit code's reach");
+    }
+    if !page.is_multiple_of(PAGE) || !low || len > PAGE {
+        return Err("the trampoline page is not a page below 0xA0000 that the code fits");
     }
     // SAFETY: `page` is the caller's (this function's contract) and the code fits it (checked);
     // the source is the image's read-only data between the two symbols of one section.
@@ -125,7 +134,7 @@ pub unsafe fn prepare(page: u64, cr0: u64, cr3: u64, cr4: u64, efer: u64) -> boo
     for (slot, v) in [(CR0, cr0), (CR3, cr3), (CR4, cr4), (EFER, efer)] {
         AP_BOOT[slot].store(v, Ordering::Relaxed);
     }
-    true
+    Ok(())
 }
 
 /// Names what the next AP to start runs: `entry(arg)` on the stack whose top is `stack_top`

@@ -311,8 +311,8 @@ fn bring_up(boot: &guest_rt::Boot, khz: u64) -> (usize, [u64; MAX_VCPUS]) {
     if !trampoline_is_ram(boot) {
         fail("the trampoline page is not RAM in the memory map");
     }
-    if !smp::prepare() {
-        fail("CR3 is above 4 GiB");
+    if let Err(why) = smp::prepare() {
+        fail(why);
     }
     for (i, &id) in ids.iter().enumerate().take(n).skip(1) {
         // SAFETY: only the address is taken; AP `i` alone uses this stack.
