@@ -123,8 +123,38 @@ impl FakeBackend {
     }
 }
 
+/// The fake backend runs on one CPU only: it has no runner.
+pub enum FakeRunner {}
+
+impl crate::exit::Runner for FakeRunner {
+    type Vcpu = FakeVcpu;
+
+    fn run(
+        &mut self,
+        _: &mut FakeVcpu,
+        _: &mut Gprs,
+        _: u64,
+        _: &mut dyn crate::exit::DemandFaults,
+    ) -> ExitInfo {
+        match *self {}
+    }
+}
+
 impl Backend for FakeBackend {
     type Vcpu = FakeVcpu;
+    type Runner = FakeRunner;
+
+    fn set_cpu(&mut self, _: usize) {}
+
+    fn runner(
+        &mut self,
+        _: usize,
+        _: &mut dyn FrameSource,
+    ) -> Result<FakeRunner, BackendError> {
+        Err(BackendError::Hardware(0))
+    }
+
+    fn load(&mut self, _: &mut FakeVcpu) {}
 
     fn hypercall_insn(&self) -> u32 {
         abi::cpuid::HYPERCALL_VMCALL
