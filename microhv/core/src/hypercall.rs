@@ -436,6 +436,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let vc = &mut self.domains[t].vcpus[vcpu as usize];
         if let Some(arch) = vc.arch.as_mut() {
             self.backend.reset_vcpu(arch, &init);
+            self.backend.unload(arch);
         }
         vc.gprs = init.gprs;
         vc.init = None;

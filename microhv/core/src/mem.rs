@@ -75,4 +75,8 @@ impl<P: PhysMem, const W: usize> mmu::Host for Machine<'_, P, W> {
         let mem = &mut *self.mem;
         self.frames.clean(hpa, len, |pa, n| mem.zero(pa, n));
     }
+
+    fn before_zap(&mut self) {
+        crate::smp::quiesce();
+    }
 }

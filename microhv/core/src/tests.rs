@@ -1800,3 +1800,37 @@ fn a_pause_loop_exit_gives_the_cpu_to_a_sibling() {
     assert!(spun > 0, "the spinner ran");
     assert_eq!(s.exits_by_reason[abi::types::ExitReason::Pause as usize], spun as u64);
 }
+
+#[test]
+fn each_cpu_runs_the_vcpus_placed_on_it_then_takes_the_others() {
+    use crate::hv::Next;
+    let mut hv = world();
+    hv.cpus = 2;
+    let d = create_with(&mut hv, &create_args("pair", 2 << 20, 2, 0)) as usize;
+    for v in 0..2 {
+        assert_eq!(set_state(&mut hv, d, v, &flat32(0x10_0000)), 0);
+    }
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    let home = |hv: &TestHv, v: usize| usize::from(hv.domains[d].vcpus[v].home);
+    let mut homes = [home(&hv, 0), home(&hv, 1)];
+    homes.sort();
+    assert_eq!(homes, [0, 1], "placed round-robin");
+    let on_1 = (0..2).find(|&v| home(&hv, v) == 1).unwrap();
+    hv.cpu = 1;
+    let Next::Run(d1, v1, _) = hv.next() else { panic!("CPU 1 has a vCPU") };
+    assert_eq!((d1, v1), (d, on_1), "CPU 1 runs its own vCPU first");
+    // Its own halted: CPU 1 takes one of CPU 0's instead, and that one moves.
+    hv.domains[d].vcpus[on_1].halted = true;
+    hv.domains[d].vcpus[on_1].halted_if = false;
+    let Next::Run(d2, v2, _) = hv.next() else { panic!("CPU 1 takes CPU 0's work") };
+    assert_ne!((d2, v2), (d, on_1));
+    assert_eq!(usize::from(hv.domains[d2].vcpus[v2].home), 1, "it moved to CPU 1");
+    // A vCPU another CPU runs (its hardware state away) is nobody else's to pick.
+    let away = hv.domains[d2].vcpus[v2].arch.take();
+    hv.domains[d2].vcpus[v2].on = Some(1);
+    hv.cpu = 0;
+    if let Next::Run(d3, v3, _) = hv.next() {
+        assert_ne!((d3, v3), (d2, v2));
+    }
+    hv.domains[d2].vcpus[v2].arch = away;
+}

@@ -80,7 +80,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let vc = &mut self.domains[d].vcpus[v];
                 vc.halted = true;
                 vc.halted_if = info.rflags & regs::RFLAGS_IF != 0;
-                self.yielded = true;
+                self.sched[self.cpu].yielded = true;
                 None
             }
             // CR8 is the local APIC's TPR (bits 7:4), as the SDM defines it in 64-bit mode; bits

@@ -15,13 +15,17 @@ mod grant;
 mod ioreq;
 mod memory;
 mod run;
+mod smp;
 mod startup;
 mod strio;
 
 pub use strio::STRING_IO_CHUNK;
+pub(crate) use run::Next;
+use run::Sched;
 
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
+use crate::cpus::MAX_CPUS;
 use crate::cpuid::Caller;
 use crate::dev::Clock;
 use crate::domain::{Domain, IoThen, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
@@ -122,25 +126,16 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub cpus: u32,
     /// The earliest device deadline of any domain (0: to be recomputed).
     wake_at: u64,
-    /// Last (domain, vCPU) run, where round-robin resumes.
-    cursor: (usize, usize),
-    /// TSC when the current vCPU's slice began.
-    slice_start: u64,
-    /// Length of the current slice: [`VCPU_SLICE`], or a boost's shorter quantum.
-    slice_len: u64,
-    /// A halted vCPU an interrupt woke, to run next (see `run.rs`, `woken`).
-    boost: Option<(usize, usize)>,
-    /// The running slice is a boost's.
-    boosting: bool,
-    /// The last vCPU picked in turn, where round-robin resumes after a boost.
-    in_turn: (usize, usize),
-    /// The running vCPU asked to give up the CPU.
-    yielded: bool,
+    /// Each CPU's scheduler (`run.rs`).
+    sched: [Sched; MAX_CPUS],
+    /// The CPU holding the hypervisor lock, whose scheduler and backend state the calls use.
+    pub(crate) cpu: usize,
+    /// The CPU the next vCPU created is placed on (round-robin over the CPUs online).
+    next_home: usize,
+    /// Set once a CPU has decided the machine stops: the others stop with it (`smp.rs`).
+    stopped: Option<Stop>,
     /// The last `IoReq::token` given out.
     ioreq_seq: u32,
-    /// A vCPU waiting for dom0 to serve its port access, with its slice (start, length): it
-    /// resumes when dom0 is done (`ioreq.rs`, `run.rs`).
-    detour: Option<((usize, usize), u64, u64)>,
     /// The last `IoReq::instance` given out.
     pub(crate) instances: u32,
 }
@@ -166,15 +161,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
             cpus: 1,
             wake_at: 0,
-            cursor: (0, 0),
-            slice_start: 0,
-            slice_len: VCPU_SLICE,
-            boost: None,
-            boosting: false,
-            in_turn: (0, 0),
-            yielded: false,
+            sched: [const { Sched::new() }; MAX_CPUS],
+            cpu: 0,
+            next_home: 0,
+            stopped: None,
             ioreq_seq: 0,
-            detour: None,
             instances: 0,
         }
     }
@@ -202,13 +193,18 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 root,
                 tsc_khz: u32::try_from(self.tsc_khz).unwrap_or(u32::MAX),
             };
-            let Ok(v) = self.backend.create_vcpu(&mut m, &cfg, &init) else {
+            let Ok(mut v) = self.backend.create_vcpu(&mut m, &cfg, &init) else {
                 let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                 let _ = self.domains[d].mmu.release_root(&mut m, i);
                 return Err(Errno::ENOMEM);
             };
+            // Made on this CPU, to run on any.
+            self.backend.unload(&mut v);
             let slot = &mut self.domains[d].vcpus[i];
             slot.arch = Some(v);
+            // Placed round-robin over the CPUs; an idle CPU takes it if its own is busy.
+            slot.home = (self.next_home % self.cpus.max(1) as usize) as u8;
+            self.next_home = self.next_home.wrapping_add(1);
             slot.gprs = init.gprs;
             slot.init = None;
         }
@@ -231,12 +227,20 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Frees everything domain `d` holds and empties its entry.
     pub(crate) fn destroy_domain(&mut self, d: usize) {
+        // Its vCPUs running on other CPUs stop using its tables and memory before any is freed.
+        crate::smp::quiesce();
         self.flush_console(d);
-        for i in 0..VCPUS {
+        for i in 0..self.domains[d].vcpu_count as usize {
+            let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+            let _ = self.domains[d].mmu.release_root(&mut m, i);
+            // One running on another CPU is that CPU's to free (`smp.rs`).
             if let Some(v) = self.domains[d].vcpus[i].arch.take() {
-                let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
-                let _ = self.domains[d].mmu.release_root(&mut m, i);
                 self.backend.destroy_vcpu(&mut m, v);
+            }
+        }
+        for s in &mut self.sched {
+            if s.cursor.0 == d {
+                s.holds = false;
             }
         }
         // Its grant mappings go first; releasing its RAM then leaves each frame another domain
@@ -364,7 +368,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Marks the calling vCPU as wanting to give up the CPU.
     pub(crate) fn yield_cpu(&mut self) {
-        self.yielded = true;
+        self.sched[self.cpu].yielded = true;
     }
 
     // ---- stopping domains -----------------------------------------------------------------------

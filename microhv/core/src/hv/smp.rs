@@ -1,0 +1,184 @@
+//! vCPUs on every CPU. Each CPU runs [`Hv::run_cpu`]: it takes the hypervisor lock, makes its
+//! scheduling decision (`run.rs`, its own run queue), loads the vCPU and prepares its entry,
+//! takes the vCPU's hardware state and registers out of the domain table, releases the lock,
+//! enters the guest through its own runner, and takes the lock again to put them back and
+//! handle the exit. Guests run concurrently; exits are handled one at a time.
+//!
+//! The rules that keep that sound (the README's "SMP" section has the whole protocol):
+//! - A vCPU is run by one CPU at a time: while it runs, its hardware state is that CPU's
+//!   (`Vcpu::on`), and no other CPU can pick it (`can_run` wants `arch`).
+//! - A vCPU's VMCS is active on at most one CPU: a CPU unloads the vCPU it leaves (switching,
+//!   or idle) and every vCPU it touched without running it.
+//! - A domain destroyed while one of its vCPUs runs elsewhere leaves that vCPU's hardware state
+//!   to the CPU running it, which frees it when it comes back (it finds `on` changed).
+//! - Second-level entries: `crate::smp`'s quiesce, from the `mmu`, before anything is freed.
+//! - The runner's demand faults take the lock with `try_lock`: one that cannot have it goes
+//!   back to this loop as an ordinary exit.
+
+use super::run::Next;
+use super::*;
+use crate::exit::{DemandFaults, Runner};
+use crate::smp;
+use mmu::FaultOutcome;
+use spin::mutex::TicketMutex;
+
+/// The MMU lent to a runner: a demand fault is fixed in place if the lock is free.
+struct Shared<'a, B: Backend, P: PhysMem, const W: usize> {
+    hv: &'a TicketMutex<Hv<B, P, W>>,
+    cpu: usize,
+    d: usize,
+    v: usize,
+    /// The domain's `instance` when the run began: a fault of a domain destroyed since is not
+    /// fixed.
+    instance: u32,
+    /// Decline every fault (as `fast::Faults::off`).
+    off: bool,
+    declined: Option<Result<FaultOutcome, mmu::Error>>,
+}
+
+impl<B: Backend, P: PhysMem, const W: usize> DemandFaults for Shared<'_, B, P, W> {
+    fn fix(&mut self, gpa: u64, access: mmu::Access) -> Option<bool> {
+        if self.off {
+            return None;
+        }
+        let mut g = self.hv.try_lock()?;
+        g.hold(self.cpu);
+        let h = &mut *g;
+        let dom = &mut h.domains[self.d];
+        if dom.instance != self.instance || dom.vcpus[self.v].on != Some(self.cpu as u8) {
+            return None;
+        }
+        let m = Machine { frames: &mut h.frames, mem: &mut h.mem };
+        let mut f =
+            crate::fast::Faults { mmu: &mut dom.mmu, m, vcpu: self.v, declined: None, off: false };
+        let r = f.fix(gpa, access);
+        self.declined = f.declined;
+        r
+    }
+}
+
+impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
+    /// CPU `cpu` holds the lock: the calls that follow act for it.
+    fn hold(&mut self, cpu: usize) {
+        self.cpu = cpu;
+        self.backend.set_cpu(cpu);
+        smp::hold(cpu);
+    }
+
+    /// Runs guests on CPU `cpu` (with its `runner`) until the machine must stop; `halt` waits
+    /// for a kick (every CPU but the boot CPU halts when it has nothing to run; the boot CPU
+    /// keeps the device models' time and scrubs).
+    pub fn run_cpu(
+        hv: &TicketMutex<Self>,
+        cpu: usize,
+        mut runner: B::Runner,
+        halt: fn(),
+    ) -> Stop {
+        let mut g = hv.lock();
+        loop {
+            g.hold(cpu);
+            if let Some(stop) = g.stopped.clone() {
+                return stop;
+            }
+            let (d, v, slice) = match g.next() {
+                Next::Stop(stop) => {
+                    g.stopped = Some(stop.clone());
+                    return stop;
+                }
+                Next::Idle => {
+                    g.release_cursor();
+                    if cpu == 0 {
+                        g.scrub_idle();
+                        drop(g);
+                        core::hint::spin_loop();
+                    } else {
+                        smp::going_idle(cpu);
+                        drop(g);
+                        halt();
+                        smp::awake(cpu);
+                    }
+                    g = hv.lock();
+                    continue;
+                }
+                Next::Run(d, v, slice) => (d, v, slice),
+            };
+            let h = &mut *g;
+            if let Some(a) = h.domains[d].vcpus[v].arch.as_mut() {
+                h.backend.load(a);
+            }
+            h.sched[cpu].holds = true;
+            if let Err(reason) = h.prepare_entry(d, v) {
+                if let Some(stop) = h.crash(d, v, reason, None) {
+                    h.stopped = Some(stop.clone());
+                    return stop;
+                }
+                continue;
+            }
+            let instance = h.domains[d].instance;
+            let vc = &mut h.domains[d].vcpus[v];
+            // Picked while halted: an interrupt woke it (`can_run`).
+            vc.halted = false;
+            let Some(mut arch) = vc.arch.take() else { continue };
+            let mut gprs = vc.gprs;
+            vc.on = Some(cpu as u8);
+            let off = vc.nmi_window;
+            smp::entering(cpu, d);
+            drop(g);
+
+            let mut faults = Shared { hv, cpu, d, v, instance, off, declined: None };
+            let mut info = runner.run(&mut arch, &mut gprs, slice, &mut faults);
+            smp::left(cpu);
+            info.mmu = faults.declined;
+
+            g = hv.lock();
+            g.hold(cpu);
+            let h = &mut *g;
+            let dom = &mut h.domains[d];
+            if dom.instance != instance || dom.vcpus[v].on != Some(cpu as u8) {
+                // Its domain was destroyed meanwhile: this is all that is left of it, and its
+                // VMCS is active here.
+                h.sched[cpu].holds = false;
+                h.backend.unload(&mut arch);
+                let mut m = Machine { frames: &mut h.frames, mem: &mut h.mem };
+                h.backend.destroy_vcpu(&mut m, arch);
+                continue;
+            }
+            let vc = &mut dom.vcpus[v];
+            (vc.arch, vc.gprs, vc.on) = (Some(arch), gprs, None);
+            // An INIT or start-up IPI that came while it ran.
+            h.startups(d);
+            if let Some(stop) = h.after_run(d, v, &info) {
+                h.stopped = Some(stop.clone());
+                return stop;
+            }
+            h.nudge();
+        }
+    }
+
+    /// With several CPUs: kicks each CPU whose vCPU has an interrupt to take or whose domain
+    /// stopped running, so that it comes back to be prepared or descheduled; and wakes an idle
+    /// CPU if a runnable vCPU waits that nobody runs.
+    pub(super) fn nudge(&mut self) {
+        if self.cpus < 2 {
+            return;
+        }
+        let now = self.backend.now();
+        let mine = self.sched[self.cpu].cursor;
+        let mut waiting = false;
+        for (d, dom) in self.domains.iter().enumerate().filter(|(_, dom)| dom.exists()) {
+            let search = dom.platform.as_ref().map_or(0, |p| p.search);
+            for (v, vc) in dom.vcpus.iter().enumerate().take(dom.vcpu_count as usize) {
+                match vc.on {
+                    Some(c) if !dom.runnable() || search & (1 << (v % 32)) != 0 => {
+                        smp::kick(c.into());
+                    }
+                    None if !waiting && (d, v) != mine => waiting = self.can_run((d, v), now),
+                    _ => {}
+                }
+            }
+        }
+        if waiting {
+            smp::wake_one();
+        }
+    }
+}
