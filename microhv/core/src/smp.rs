@@ -17,19 +17,140 @@
 //!   being waited for never waits for the lock while its mark is set: no deadlock.
 
 use crate::cpus::MAX_CPUS;
+#[cfg(not(loom))]
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-/// Per CPU: 0, or 1 + the domain whose vCPU it runs.
-static IN_GUEST: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
-/// The CPU holding the hypervisor lock: the one [`quiesce`] must not wait for.
-static HOLDER: AtomicUsize = AtomicUsize::new(0);
-/// CPUs halted until kicked, a bit each.
-static IDLE: AtomicU32 = AtomicU32::new(0);
+/// What every CPU can see of the others without the hypervisor lock.
+pub struct Presence {
+    /// Per CPU: 0, or 1 + the domain whose vCPU it runs.
+    in_guest: [AtomicU32; MAX_CPUS],
+    /// The CPU holding the hypervisor lock: the one [`Presence::quiesce`] must not wait for.
+    holder: AtomicUsize,
+    /// CPUs halted until kicked, a bit each.
+    idle: AtomicU32,
+    /// Quiesces that had to wait for at least one CPU, and kicks sent: figures for the README.
+    quiesces: AtomicU64,
+    kicks: AtomicU64,
+}
+
+impl Presence {
+    /// Nobody in a guest, nobody idle.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self {
+            in_guest: [const { AtomicU32::new(0) }; MAX_CPUS],
+            holder: AtomicUsize::new(0),
+            idle: AtomicU32::new(0),
+            quiesces: AtomicU64::new(0),
+            kicks: AtomicU64::new(0),
+        }
+    }
+
+    /// Nobody in a guest, nobody idle (loom's atomics are not `const`).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            in_guest: core::array::from_fn(|_| AtomicU32::new(0)),
+            holder: AtomicUsize::new(0),
+            idle: AtomicU32::new(0),
+            quiesces: AtomicU64::new(0),
+            kicks: AtomicU64::new(0),
+        }
+    }
+
+    /// CPU `cpu` now holds the hypervisor lock.
+    pub fn hold(&self, cpu: usize) {
+        self.holder.store(cpu, Ordering::Relaxed);
+    }
+
+    /// CPU `cpu` is about to enter a vCPU of domain `d` (called under the lock).
+    pub fn entering(&self, cpu: usize, d: usize) {
+        self.in_guest[cpu].store(d as u32 + 1, Ordering::SeqCst);
+    }
+
+    /// CPU `cpu`'s runner returned: it is out of the guest (called without the lock).
+    pub fn left(&self, cpu: usize) {
+        self.in_guest[cpu].store(0, Ordering::Release);
+    }
+
+    /// Brings every CPU but the lock holder out of its guest with `kick`, and waits until
+    /// each is out (called under the lock). Until the lock is released no CPU can enter a
+    /// guest again.
+    pub fn quiesce(&self, kick: impl Fn(usize)) {
+        let me = self.holder.load(Ordering::Relaxed);
+        let mut waited = false;
+        for (c, g) in self.in_guest.iter().enumerate() {
+            if c == me || g.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            self.kicks.fetch_add(1, Ordering::Relaxed);
+            kick(c);
+            while g.load(Ordering::Acquire) != 0 {
+                relax();
+            }
+            waited = true;
+        }
+        if waited {
+            self.quiesces.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// CPU `cpu` is about to halt until kicked (called under the lock, so that whoever makes
+    /// a vCPU runnable next sees it).
+    pub fn going_idle(&self, cpu: usize) {
+        self.idle.fetch_or(1 << cpu, Ordering::SeqCst);
+    }
+
+    /// CPU `cpu` is awake again.
+    pub fn awake(&self, cpu: usize) {
+        self.idle.fetch_and(!(1 << cpu), Ordering::SeqCst);
+    }
+
+    /// The lowest idle CPU, now marked awake, for the caller to kick.
+    pub fn take_idle(&self) -> Option<usize> {
+        let idle = self.idle.load(Ordering::SeqCst);
+        (idle != 0).then(|| {
+            let c = idle.trailing_zeros() as usize;
+            self.awake(c);
+            c
+        })
+    }
+
+    /// (quiesces that waited, kicks they sent) so far.
+    pub fn figures(&self) -> (u64, u64) {
+        (self.quiesces.load(Ordering::Relaxed), self.kicks.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(not(loom))]
+fn relax() {
+    core::hint::spin_loop();
+}
+
+#[cfg(loom)]
+fn relax() {
+    loom::thread::yield_now();
+}
+
+/// The machine's CPUs.
+#[cfg(not(loom))]
+static PRESENCE: Presence = Presence::new();
 /// How to kick a CPU: an IPI (installed by the ring-0 image; none in host tests).
 static KICK: spin::Once<fn(usize)> = spin::Once::new();
-/// Quiesces that had to wait for at least one CPU, and kicks sent: figures for the README.
-static QUIESCES: AtomicU64 = AtomicU64::new(0);
-static KICKS: AtomicU64 = AtomicU64::new(0);
+
+/// The machine's [`Presence`].
+#[cfg(not(loom))]
+pub fn presence() -> &'static Presence {
+    &PRESENCE
+}
+
+/// Under loom only [`Presence`] values made inside a model are used.
+#[cfg(loom)]
+pub fn presence() -> &'static Presence {
+    unreachable!("loom models make their own Presence")
+}
 
 /// Installs the kick (the ring-0 image, once, before any AP runs vCPUs).
 pub fn set_kick(f: fn(usize)) {
@@ -39,80 +160,90 @@ pub fn set_kick(f: fn(usize)) {
 /// Sends CPU `cpu` a kick: its guest exits, or its halt ends.
 pub fn kick(cpu: usize) {
     if let Some(f) = KICK.get() {
-        KICKS.fetch_add(1, Ordering::Relaxed);
         f(cpu);
     }
 }
 
-/// CPU `cpu` now holds the hypervisor lock.
-pub fn hold(cpu: usize) {
-    HOLDER.store(cpu, Ordering::Relaxed);
-}
-
-/// CPU `cpu` is about to enter a vCPU of domain `d` (called under the lock).
-pub fn entering(cpu: usize, d: usize) {
-    IN_GUEST[cpu].store(d as u32 + 1, Ordering::SeqCst);
-}
-
-/// CPU `cpu`'s runner returned: it is out of the guest (called without the lock).
-pub fn left(cpu: usize) {
-    IN_GUEST[cpu].store(0, Ordering::Release);
-}
-
-/// Whether CPU `cpu` runs a vCPU of domain `d`.
-pub fn in_guest_of(cpu: usize, d: usize) -> bool {
-    IN_GUEST[cpu].load(Ordering::Acquire) == d as u32 + 1
-}
-
-/// Brings every CPU but the lock holder out of its guest, and waits until each is out (called
-/// under the lock). Until the lock is released no CPU can enter a guest again.
+/// [`Presence::quiesce`] on the machine's CPUs.
 pub fn quiesce() {
-    let me = HOLDER.load(Ordering::Relaxed);
-    let mut waited = false;
-    for (c, g) in IN_GUEST.iter().enumerate() {
-        if c == me || g.load(Ordering::Acquire) == 0 {
-            continue;
-        }
+    presence().quiesce(kick);
+}
+
+/// Kicks one idle CPU, if any: a vCPU became runnable that no CPU runs.
+pub fn wake_one() {
+    if let Some(c) = presence().take_idle() {
         kick(c);
-        while g.load(Ordering::Acquire) != 0 {
-            core::hint::spin_loop();
-        }
-        waited = true;
-    }
-    if waited {
-        QUIESCES.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// CPU `cpu` is about to halt until kicked (called under the lock, so that whoever makes a
-/// vCPU runnable next sees it).
-pub fn going_idle(cpu: usize) {
-    IDLE.fetch_or(1 << cpu, Ordering::SeqCst);
-}
+/// Model checks of the quiesce protocol with loom (`cargo xtask test` runs them with
+/// `RUSTFLAGS=--cfg loom`): every interleaving of two CPUs, one running a vCPU twice, the
+/// other zapping the vCPU's only second-level entry and freeing its frame under the lock.
+#[cfg(all(test, loom))]
+mod model {
+    use super::Presence;
+    use loom::sync::atomic::{AtomicBool, Ordering};
+    use loom::sync::{Arc, Mutex};
 
-/// CPU `cpu` is awake again.
-pub fn awake(cpu: usize) {
-    IDLE.fetch_and(!(1 << cpu), Ordering::SeqCst);
-}
-
-/// Kicks one idle CPU, if any: a vCPU became runnable that no CPU runs. True if one was.
-pub fn wake_one() -> bool {
-    let idle = IDLE.load(Ordering::SeqCst);
-    if idle == 0 {
-        return false;
+    /// The two CPUs: `quiesce` says whether the zapping CPU quiesces (the protocol) or not (a
+    /// broken one, which the model must catch).
+    fn two_cpus(quiesce: bool) {
+        loom::model(move || {
+            let p = Arc::new(Presence::new());
+            // Under the hypervisor lock: the domain's flush generation.
+            let lock = Arc::new(Mutex::new(0u32));
+            // The second-level entry (walked by the guest without the lock) and its frame.
+            let present = Arc::new(AtomicBool::new(true));
+            let freed = Arc::new(AtomicBool::new(false));
+            let runner = {
+                let (p, lock, present, freed) =
+                    (p.clone(), lock.clone(), present.clone(), freed.clone());
+                loom::thread::spawn(move || {
+                    // CPU 1's cached translation (its TLB), and the generation it flushed at.
+                    let (mut tlb, mut seen) = (false, 0);
+                    for _ in 0..2 {
+                        {
+                            let flushes = lock.lock().unwrap();
+                            p.hold(1);
+                            // `Hv::prepare_entry` and `Backend::load`: a flush not yet seen.
+                            if *flushes != seen {
+                                (tlb, seen) = (false, *flushes);
+                            }
+                            p.entering(1, 0);
+                        }
+                        // The guest: a walk fills the TLB, an access uses it.
+                        tlb = tlb || present.load(Ordering::Acquire);
+                        if tlb {
+                            assert!(!freed.load(Ordering::Acquire), "a freed frame was used");
+                        }
+                        p.left(1);
+                    }
+                })
+            };
+            {
+                let mut flushes = lock.lock().unwrap();
+                p.hold(0);
+                present.store(false, Ordering::Release);
+                if quiesce {
+                    // `mmu::Host::before_zap`; the kick only hurries the guest out.
+                    p.quiesce(|_| {});
+                }
+                freed.store(true, Ordering::Release);
+                // The flush owed, taken by the next entry.
+                *flushes += 1;
+            }
+            runner.join().unwrap();
+        });
     }
-    let c = idle.trailing_zeros() as usize;
-    awake(c);
-    kick(c);
-    true
-}
 
-/// Whether some CPU is halted.
-pub fn any_idle() -> bool {
-    IDLE.load(Ordering::Relaxed) != 0
-}
+    #[test]
+    fn no_cpu_uses_a_frame_freed_after_a_quiesce() {
+        two_cpus(true);
+    }
 
-/// (quiesces that waited, kicks sent) so far.
-pub fn figures() -> (u64, u64) {
-    (QUIESCES.load(Ordering::Relaxed), KICKS.load(Ordering::Relaxed))
+    #[test]
+    #[should_panic(expected = "a freed frame was used")]
+    fn without_the_quiesce_a_freed_frame_is_used() {
+        two_cpus(false);
+    }
 }

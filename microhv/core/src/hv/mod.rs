@@ -20,6 +20,7 @@ mod startup;
 mod strio;
 
 pub use strio::STRING_IO_CHUNK;
+#[cfg(test)]
 pub(crate) use run::Next;
 use run::Sched;
 

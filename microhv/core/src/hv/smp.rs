@@ -62,7 +62,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     fn hold(&mut self, cpu: usize) {
         self.cpu = cpu;
         self.backend.set_cpu(cpu);
-        smp::hold(cpu);
+        smp::presence().hold(cpu);
     }
 
     /// Runs guests on CPU `cpu` (with its `runner`) until the machine must stop; `halt` waits
@@ -92,10 +92,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                         drop(g);
                         core::hint::spin_loop();
                     } else {
-                        smp::going_idle(cpu);
+                        smp::presence().going_idle(cpu);
                         drop(g);
                         halt();
-                        smp::awake(cpu);
+                        smp::presence().awake(cpu);
                     }
                     g = hv.lock();
                     continue;
@@ -122,12 +122,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let mut gprs = vc.gprs;
             vc.on = Some(cpu as u8);
             let off = vc.nmi_window;
-            smp::entering(cpu, d);
+            smp::presence().entering(cpu, d);
             drop(g);
 
             let mut faults = Shared { hv, cpu, d, v, instance, off, declined: None };
             let mut info = runner.run(&mut arch, &mut gprs, slice, &mut faults);
-            smp::left(cpu);
+            smp::presence().left(cpu);
             info.mmu = faults.declined;
 
             g = hv.lock();
