@@ -170,7 +170,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         let stop = hv.run();
         fatal::stop(stop.status, format_args!("{}", stop.reason))
     }
-    microhv_core::smp::set_kick(kick);
+    microhv_core::smp::set_hooks(kick, arch::x86_64::cpu::rdtsc);
     let runner = runner(&mut hv, 0);
     drop(hv);
     smp::release_aps();

@@ -30,9 +30,12 @@ pub struct Presence {
     holder: AtomicUsize,
     /// CPUs halted until kicked, a bit each.
     idle: AtomicU32,
-    /// Quiesces that had to wait for at least one CPU, and kicks sent: figures for the README.
+    /// Quiesces that had to wait for at least one CPU, the kicks they sent, and the TSC ticks
+    /// they waited in all (from a kick until its CPU was out of its guest): figures for the
+    /// README.
     quiesces: AtomicU64,
     kicks: AtomicU64,
+    waited: AtomicU64,
 }
 
 impl Presence {
@@ -45,6 +48,7 @@ impl Presence {
             idle: AtomicU32::new(0),
             quiesces: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
         }
     }
 
@@ -57,6 +61,7 @@ impl Presence {
             idle: AtomicU32::new(0),
             quiesces: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
         }
     }
 
@@ -78,22 +83,23 @@ impl Presence {
     /// Brings every CPU but the lock holder out of its guest with `kick`, and waits until
     /// each is out (called under the lock). Until the lock is released no CPU can enter a
     /// guest again.
-    pub fn quiesce(&self, kick: impl Fn(usize)) {
+    pub fn quiesce(&self, kick: impl Fn(usize), now: impl Fn() -> u64) {
         let me = self.holder.load(Ordering::Relaxed);
-        let mut waited = false;
+        let mut start = None;
         for (c, g) in self.in_guest.iter().enumerate() {
             if c == me || g.load(Ordering::Acquire) == 0 {
                 continue;
             }
+            start = start.or_else(|| Some(now()));
             self.kicks.fetch_add(1, Ordering::Relaxed);
             kick(c);
             while g.load(Ordering::Acquire) != 0 {
                 relax();
             }
-            waited = true;
         }
-        if waited {
+        if let Some(start) = start {
             self.quiesces.fetch_add(1, Ordering::Relaxed);
+            self.waited.fetch_add(now().wrapping_sub(start), Ordering::Relaxed);
         }
     }
 
@@ -118,9 +124,10 @@ impl Presence {
         })
     }
 
-    /// (quiesces that waited, kicks they sent) so far.
-    pub fn figures(&self) -> (u64, u64) {
-        (self.quiesces.load(Ordering::Relaxed), self.kicks.load(Ordering::Relaxed))
+    /// (quiesces that waited, kicks they sent, TSC ticks they waited) so far.
+    pub fn figures(&self) -> (u64, u64, u64) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (l(&self.quiesces), l(&self.kicks), l(&self.waited))
     }
 }
 
@@ -137,8 +144,9 @@ fn relax() {
 /// The machine's CPUs.
 #[cfg(not(loom))]
 static PRESENCE: Presence = Presence::new();
-/// How to kick a CPU: an IPI (installed by the ring-0 image; none in host tests).
-static KICK: spin::Once<fn(usize)> = spin::Once::new();
+/// How to kick a CPU (an IPI) and read the TSC: installed by the ring-0 image; none in host
+/// tests.
+static HOOKS: spin::Once<(fn(usize), fn() -> u64)> = spin::Once::new();
 
 /// The machine's [`Presence`].
 #[cfg(not(loom))]
@@ -152,21 +160,21 @@ pub fn presence() -> &'static Presence {
     unreachable!("loom models make their own Presence")
 }
 
-/// Installs the kick (the ring-0 image, once, before any AP runs vCPUs).
-pub fn set_kick(f: fn(usize)) {
-    KICK.call_once(|| f);
+/// Installs the kick and the clock (the ring-0 image, once, before any AP runs vCPUs).
+pub fn set_hooks(kick: fn(usize), now: fn() -> u64) {
+    HOOKS.call_once(|| (kick, now));
 }
 
 /// Sends CPU `cpu` a kick: its guest exits, or its halt ends.
 pub fn kick(cpu: usize) {
-    if let Some(f) = KICK.get() {
-        f(cpu);
+    if let Some((kick, _)) = HOOKS.get() {
+        kick(cpu);
     }
 }
 
 /// [`Presence::quiesce`] on the machine's CPUs.
 pub fn quiesce() {
-    presence().quiesce(kick);
+    presence().quiesce(kick, || HOOKS.get().map_or(0, |(_, now)| now()));
 }
 
 /// Kicks one idle CPU, if any: a vCPU became runnable that no CPU runs.
@@ -226,7 +234,7 @@ mod model {
                 present.store(false, Ordering::Release);
                 if quiesce {
                     // `mmu::Host::before_zap`; the kick only hurries the guest out.
-                    p.quiesce(|_| {});
+                    p.quiesce(|_| {}, || 0);
                 }
                 freed.store(true, Ordering::Release);
                 // The flush owed, taken by the next entry.

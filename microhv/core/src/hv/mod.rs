@@ -393,6 +393,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             st.pages_zapped,
             dom.counters.tlb_flushes,
         );
+        if self.cpus > 1 {
+            let (quiesces, kicks, waited) = crate::smp::presence().figures();
+            log::info!(
+                "smp so far: {quiesces} quiesces before a zap waited for {kicks} CPUs in all, \
+                 {waited} TSC ticks in all"
+            );
+        }
     }
 
     /// Records a shutdown.
