@@ -136,11 +136,13 @@ pub struct Counters {
     pub cpu_time: u64,
     /// Second-level TLB flushes executed for the domain.
     pub tlb_flushes: u64,
+    /// The host CPUs its vCPUs ran on, a bit each.
+    pub cpus: u32,
 }
 
 impl Counters {
     const fn new() -> Self {
-        Self { exits: [0; EXIT_REASONS], hypercalls: 0, cpu_time: 0, tlb_flushes: 0 }
+        Self { exits: [0; EXIT_REASONS], hypercalls: 0, cpu_time: 0, tlb_flushes: 0, cpus: 0 }
     }
 
     /// Counts an exit.

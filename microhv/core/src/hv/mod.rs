@@ -394,6 +394,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             dom.counters.tlb_flushes,
         );
         if self.cpus > 1 {
+            let on = dom.counters.cpus;
+            log::info!("d{d}: its vCPUs ran on {} CPUs (mask {on:#x})", on.count_ones());
             let (quiesces, kicks, waited) = crate::smp::presence().figures();
             log::info!(
                 "smp so far: {quiesces} quiesces before a zap waited for {kicks} CPUs in all, \

@@ -300,6 +300,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// Accounts for a run of vCPU `v` of domain `d` and handles its exit.
     pub(super) fn after_run(&mut self, d: usize, v: usize, info: &ExitInfo) -> Option<Stop> {
         let dom = &mut self.domains[d];
+        dom.counters.cpus |= 1 << self.cpu;
         dom.counters.cpu_time += info.ran_ticks;
         dom.counters.count_exit(info.exit.reason());
         if info.completed != [0; 3] {
