@@ -149,11 +149,7 @@ impl Backend for FakeBackend {
 
     fn set_cpu(&mut self, _: usize) {}
 
-    fn runner(
-        &mut self,
-        _: usize,
-        _: &mut dyn FrameSource,
-    ) -> Result<FakeRunner, BackendError> {
+    fn runner(&mut self, _: usize, _: &mut dyn FrameSource) -> Result<FakeRunner, BackendError> {
         Err(BackendError::Hardware(0))
     }
 

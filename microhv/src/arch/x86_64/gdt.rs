@@ -104,7 +104,12 @@ pub fn init_cpu(cpu: usize, ist: [u64; 2]) -> Selectors {
     *sel
 }
 
-/// The boot CPU's TSS address (the VMX host TR base): vCPUs run only there so far.
-pub fn tss_base() -> u64 {
-    TSS[0].get().map_or(0, |t| t as *const TaskStateSegment as u64)
+/// CPU `cpu`'s TSS address (the VMX host TR base), once [`init_cpu`] built it (0 before).
+pub fn tss_base(cpu: usize) -> u64 {
+    TSS.get(cpu).and_then(Once::get).map_or(0, |t| t as *const TaskStateSegment as u64)
+}
+
+/// CPU `cpu`'s GDT address (the VMX host GDTR base), once [`init_cpu`] built it (0 before).
+pub fn gdt_base(cpu: usize) -> u64 {
+    GDT.get(cpu).and_then(Once::get).map_or(0, |(g, _)| g.entries().as_ptr() as u64)
 }

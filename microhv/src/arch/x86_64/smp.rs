@@ -11,8 +11,8 @@
 //! x86_64::ap`, shared with the test guests' vCPUs): a 16-bit trampoline, then the image's
 //! 32-bit code loading the boot CPU's CR4 (an allow-list of its bits), CR3, EFER (LME, and NXE:
 //! the tables use NX) and CR0; it calls [`ap_main`] on the stack set aside for the AP, which
-//! loads the AP's own GDT and TSS and the shared IDT, enables VMX or SVM with its own region and
-//! parks.
+//! loads the AP's own GDT and TSS and the shared IDT, enables its local APIC (so that a kick
+//! reaches it) and VMX or SVM with its own region, records its APIC id ([`apic_id`]) and parks.
 //!
 //! Each AP gets [`AP_FRAMES`] contiguous frames from the allocator: its two IST stacks, its
 //! stack, and its VMXON region or host save area. They have no guard pages (the identity map
@@ -21,7 +21,7 @@
 use super::cpu::{self, rdtsc};
 use super::{gdt, idt, lapic};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use microhv_core::cpus::CpuList;
+use microhv_core::cpus::{CpuList, MAX_CPUS};
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::regs::{EFER_LMA, EFER_SVME};
 
@@ -58,6 +58,18 @@ const ONLINE: u32 = 3;
 const FAILED: u32 = 4;
 const ABANDONED: u32 = 5;
 static STATE: AtomicU32 = AtomicU32::new(ABANDONED);
+
+/// Each online CPU's xAPIC id, by CPU number (`NO_CPU`: not online).
+static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_CPU) }; MAX_CPUS];
+const NO_CPU: u32 = u32::MAX;
+
+/// The xAPIC id of CPU `cpu` (the boot CPU is 0), for [`lapic::kick`]: `Some` for every CPU
+/// online once [`start_aps`] started APs (without them there is nobody to kick).
+#[expect(dead_code, reason = "for the SMP run loop, which is not in yet")]
+pub fn apic_id(cpu: usize) -> Option<u32> {
+    let id = APIC_IDS.get(cpu)?.load(Ordering::Acquire);
+    (id != NO_CPU).then_some(id)
+}
 
 /// `STATE`'s value for CPU `n` in `phase`.
 const fn tagged(n: u64, phase: u32) -> u32 {
@@ -120,6 +132,7 @@ pub fn start_aps<const W: usize>(
     // The live id, not CPUID's initial one: firmware may have changed it, and an INIT to
     // ourselves would reset the boot CPU.
     let me = lapic::id(apic);
+    APIC_IDS[0].store(me, Ordering::Release);
     let startup = ICR_STARTUP | (trampoline >> 12) as u32;
     let mut online = 1;
     for (n, &id) in cpus.apic_ids.iter().enumerate().skip(1) {
@@ -206,17 +219,26 @@ extern "C" fn ap_main(n: u64) -> ! {
         let base = get(FRAMES);
         let sel = gdt::init_cpu(n, [base + 2 * STACK_BYTES, base + STACK_BYTES]);
         idt::init(sel.code.0);
+        // Software-enabled, or the fixed IPIs of kicks would not be accepted.
+        lapic::enable();
         let region = base + 3 * STACK_BYTES;
         let (ext, r) = match get(SVM) {
             0 => ("VMX", crate::arch::vmx::enter_ap(region)),
             _ => ("SVM", crate::arch::svm::enable_ap(region)),
         };
         if advance(n as u64, ARRIVED, REPORTING) {
-            match r {
-                Ok(()) => log::info!("cpu {n} (apic id {id}) online, {ext} on"),
-                Err(e) => log::warn!("cpu {n} (apic id {id}): {e}"),
-            }
-            let phase = if r.is_ok() { ONLINE } else { FAILED };
+            let phase = match r {
+                Ok(()) => {
+                    log::info!("cpu {n} (apic id {id}) online, {ext} on");
+                    // The id the start-up IPIs reached it by.
+                    APIC_IDS[n].store(id as u32, Ordering::Release);
+                    ONLINE
+                }
+                Err(e) => {
+                    log::warn!("cpu {n} (apic id {id}): {e}");
+                    FAILED
+                }
+            };
             STATE.store(tagged(n as u64, phase), Ordering::Release);
         }
     }
