@@ -177,10 +177,13 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     run_cpu(0, runner)
 }
 
-/// Kicks CPU `cpu` (`microhv_core::smp`).
+/// Kicks CPU `cpu` (`microhv_core::smp`). A kick the APIC could not send is not waited for
+/// in vain: the CPU's guest exits at the end of its slice anyway.
 fn kick(cpu: usize) {
-    if let Some(id) = smp::apic_id(cpu) {
-        arch::x86_64::lapic::kick(id);
+    if let Some(id) = smp::apic_id(cpu)
+        && let Err(e) = arch::x86_64::lapic::kick(id)
+    {
+        log::warn!("kick of cpu {cpu}: {e}");
     }
 }
 

@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// What every CPU can see of the others without the hypervisor lock.
+#[derive(Default)]
 pub struct Presence {
     /// Per CPU: 0, or 1 + the domain whose vCPU it runs.
     in_guest: [AtomicU32; MAX_CPUS],
@@ -144,9 +145,14 @@ fn relax() {
 /// The machine's CPUs.
 #[cfg(not(loom))]
 static PRESENCE: Presence = Presence::new();
-/// How to kick a CPU (an IPI) and read the TSC: installed by the ring-0 image; none in host
-/// tests.
-static HOOKS: spin::Once<(fn(usize), fn() -> u64)> = spin::Once::new();
+/// How to kick a CPU (an IPI) and read the TSC.
+struct Hooks {
+    kick: fn(usize),
+    now: fn() -> u64,
+}
+
+/// Installed by the ring-0 image; none in host tests.
+static HOOKS: spin::Once<Hooks> = spin::Once::new();
 
 /// The machine's [`Presence`].
 #[cfg(not(loom))]
@@ -162,19 +168,19 @@ pub fn presence() -> &'static Presence {
 
 /// Installs the kick and the clock (the ring-0 image, once, before any AP runs vCPUs).
 pub fn set_hooks(kick: fn(usize), now: fn() -> u64) {
-    HOOKS.call_once(|| (kick, now));
+    HOOKS.call_once(|| Hooks { kick, now });
 }
 
 /// Sends CPU `cpu` a kick: its guest exits, or its halt ends.
 pub fn kick(cpu: usize) {
-    if let Some((kick, _)) = HOOKS.get() {
-        kick(cpu);
+    if let Some(h) = HOOKS.get() {
+        (h.kick)(cpu);
     }
 }
 
 /// [`Presence::quiesce`] on the machine's CPUs.
 pub fn quiesce() {
-    presence().quiesce(kick, || HOOKS.get().map_or(0, |(_, now)| now()));
+    presence().quiesce(kick, || HOOKS.get().map_or(0, |h| (h.now)()));
 }
 
 /// Kicks one idle CPU, if any: a vCPU became runnable that no CPU runs.

@@ -97,7 +97,6 @@ pub fn halt_forever() -> ! {
 /// Waits, interrupts on, until an interrupt arrives (a kick, `lapic::kick`; or an NMI, so the
 /// caller checks why it woke), and returns with interrupts off again. One already pending when
 /// this is called ends the wait at once.
-#[expect(dead_code, reason = "for the SMP run loop, which is not in yet")]
 pub fn wait_for_kick() {
     // SAFETY: STI's one-instruction shadow covers HLT, so an interrupt pending at STI is taken
     // only once HLT has begun and wakes it: none is missed between the caller's check and the

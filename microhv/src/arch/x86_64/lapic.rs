@@ -153,7 +153,6 @@ fn sent(base: u64, reads: u32) -> bool {
 /// exit, or wakes it from [`super::cpu::wait_for_kick`]. Does not wait for the delivery (only,
 /// briefly, for a previous IPI of this CPU's to be sent, as the ICR must not be rewritten
 /// before): the caller may hold the hypervisor lock.
-#[expect(dead_code, reason = "for the SMP run loop, which is not in yet")]
 pub fn kick(apic_id: u32) -> Result<(), &'static str> {
     /// ICR: fixed delivery to a physical destination, level assert (SDM Vol. 3A, "Interrupt
     /// Command Register (ICR)"), to be or-ed with the vector.

@@ -20,7 +20,7 @@
 
 use super::cpu::{self, rdtsc};
 use super::{gdt, idt, lapic};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use microhv_core::cpus::{CpuList, MAX_CPUS};
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::regs::{EFER_LMA, EFER_SVME};
@@ -65,7 +65,6 @@ const NO_CPU: u32 = u32::MAX;
 
 /// The xAPIC id of CPU `cpu` (the boot CPU is 0), for [`lapic::kick`]: `Some` for every CPU
 /// online once [`start_aps`] started APs (without them there is nobody to kick).
-#[expect(dead_code, reason = "for the SMP run loop, which is not in yet")]
 pub fn apic_id(cpu: usize) -> Option<u32> {
     let id = APIC_IDS.get(cpu)?.load(Ordering::Acquire);
     (id != NO_CPU).then_some(id)
@@ -240,7 +239,29 @@ extern "C" fn ap_main(n: u64) -> ! {
                 }
             };
             STATE.store(tagged(n as u64, phase), Ordering::Release);
+            if phase == ONLINE {
+                // Halted (interrupts on, for the kick) until dom0 exists and vCPUs may run.
+                while !RELEASED.load(Ordering::Acquire) {
+                    cpu::wait_for_kick();
+                }
+                crate::ap_run(n);
+            }
         }
     }
     cpu::halt_forever()
+}
+
+/// Set by the boot CPU once dom0 is built: the APs run vCPUs.
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
+/// Lets every AP that came up run vCPUs (`crate::ap_run`).
+pub fn release_aps() {
+    RELEASED.store(true, Ordering::Release);
+    for cpu in 1..MAX_CPUS {
+        if let Some(id) = apic_id(cpu)
+            && let Err(e) = lapic::kick(id)
+        {
+            log::warn!("cpu {cpu} was not released ({e}): it stays halted");
+        }
+    }
 }
