@@ -504,11 +504,9 @@ const SMP_RUNS: [SmpRun; 4] = [
     SmpRun { vcpus: abi::hypercall::MAX_VCPUS_PER_DOMAIN, spin: true, touch: false },
     SmpRun { vcpus: abi::hypercall::MAX_VCPUS_PER_DOMAIN, spin: false, touch: true },
 ];
-/// MiB the `touch` run's vCPUs share.
-const TOUCH_MIB: u64 = 8;
-/// The `touch` run's low MMU page cap: room for every vCPU's walk and little more, so that
-/// lowering it to this zaps most of what the vCPUs use.
-const TOUCH_LOW_CAP: u64 = 64;
+/// MiB the `touch` run's vCPUs share: with 4 KiB mappings, 20 leaf tables, more than the
+/// floor the cap is lowered to (`PhysInfo::mmu_pages_floor`), so every lowering zaps.
+const TOUCH_MIB: u64 = 40;
 /// The `touch` run's high cap.
 const TOUCH_HIGH_CAP: u64 = 4096;
 
@@ -526,6 +524,7 @@ impl SmpRun {
 /// domU's own lines).
 fn smp_run(boot: &Boot, run: SmpRun) -> Result<(), &'static str> {
     let hv = guest_rt::hv();
+    let floor = hv.phys_info().map_err(|_| "physinfo")?.mmu_pages_floor;
     let mut cmdline: heapless::String<48> = heapless::String::new();
     let spin = if run.spin { " spin" } else { "" };
     let _ = core::fmt::write(&mut cmdline, format_args!("vcpus={}{spin}", run.vcpus));
@@ -533,6 +532,7 @@ fn smp_run(boot: &Boot, run: SmpRun) -> Result<(), &'static str> {
     if run.touch {
         let _ = core::fmt::write(&mut cmdline, format_args!(" rounds=4 touch={TOUCH_MIB}"));
         s.mem_bytes = (8 + TOUCH_MIB) << 20;
+        s.mmu_pages = TOUCH_HIGH_CAP;
         s.flags = DOMCREATE_SMALL_PAGES;
     }
     s.cmdline = &cmdline;
@@ -543,7 +543,7 @@ fn smp_run(boot: &Boot, run: SmpRun) -> Result<(), &'static str> {
     let mut cap_error = false;
     let i = wait(d, &mut con, |i, c| {
         if run.touch && !stopped(i, c) {
-            let low = hv.mmu_pages_set(d, TOUCH_LOW_CAP);
+            let low = hv.mmu_pages_set(d, floor);
             let high = hv.mmu_pages_set(d, TOUCH_HIGH_CAP);
             cap_error |= low.is_err() || high.is_err();
             cycles += 1;
@@ -573,7 +573,7 @@ fn smp_run(boot: &Boot, run: SmpRun) -> Result<(), &'static str> {
     );
     if run.touch {
         println!(
-            "  {}: the cap lowered to {TOUCH_LOW_CAP} and raised to {TOUCH_HIGH_CAP} {cycles} times; {} reclaims, {} pages zapped",
+            "  {}: the cap lowered to {floor} and raised to {TOUCH_HIGH_CAP} {cycles} times; {} reclaims, {} pages zapped",
             run.name(),
             stats.mmu_reclaims,
             stats.mmu_pages_zapped

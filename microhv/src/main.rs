@@ -124,6 +124,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     let (khz, source) = arch::x86_64::tsc::khz();
     hv.tsc_khz = khz;
     log::info!("TSC {khz} kHz ({source:?})");
+    arch::x86_64::lapic::init_idle_timer(khz);
     let free = boot::init_frames(&boot, image, &mut hv.frames);
     hv.hv_frames = (boot.ram_bytes() / FRAME_SIZE).saturating_sub(hv.frames.managed_frames());
     log::info!(
@@ -208,7 +209,7 @@ fn runner(
 /// stays halted.
 fn run_cpu(cpu: usize, runner: Option<<Arch as microhv_core::exit::Backend>::Runner>) -> ! {
     let Some(runner) = runner else { arch::x86_64::cpu::halt_forever() };
-    let stop = Hv::run_cpu(&HV, cpu, runner, arch::x86_64::cpu::wait_for_kick);
+    let stop = Hv::run_cpu(&HV, cpu, runner, arch::x86_64::lapic::halt_until);
     fatal::stop(stop.status, format_args!("{}", stop.reason))
 }
 

@@ -1460,7 +1460,7 @@ fn idle_time_scrubs_what_a_destroyed_domain_left_before_anyone_gets_it() {
     assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
     assert_eq!(hv.frames.dirty_free_frames(), dirty - 3 * crate::hv::SCRUB_BATCH);
     while hv.frames.dirty_free_frames() > 0 {
-        hv.scrub_idle();
+        let _ = hv.scrub_idle();
     }
     let mut host = [0xffu8; 16];
     crate::mem::PhysMem::read(&hv.mem, raw + 0x3000, &mut host);

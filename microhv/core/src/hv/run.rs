@@ -132,7 +132,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             match self.next() {
                 Next::Stop(stop) => return stop,
                 Next::Idle => {
-                    self.scrub_idle();
+                    let _ = self.scrub_idle();
                     core::hint::spin_loop();
                 }
                 Next::Run(d, v, slice) => {
@@ -221,7 +221,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 // dom0 polls rather than halts: its yield with nobody else to run is idle time.
                 let s = &mut self.sched[self.cpu];
                 if s.yielded && next == s.cursor {
-                    self.scrub_idle();
+                    let _ = self.scrub_idle();
                 }
                 let s = &mut self.sched[self.cpu];
                 if !(detour && boosted.is_some()) {

@@ -65,14 +65,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         smp::presence().hold(cpu);
     }
 
-    /// Runs guests on CPU `cpu` (with its `runner`) until the machine must stop; `halt` waits
-    /// for a kick (every CPU but the boot CPU halts when it has nothing to run; the boot CPU
-    /// keeps the device models' time and scrubs).
+    /// Runs guests on CPU `cpu` (with its `runner`) until the machine must stop. A CPU with
+    /// nothing to run scrubs a batch of free memory and calls `halt`, which waits for a kick or
+    /// the TSC deadline it is given (the next device deadline: whichever CPU wakes first fires
+    /// the device models and wakes others for the vCPUs that became runnable).
     pub fn run_cpu(
         hv: &TicketMutex<Self>,
         cpu: usize,
         mut runner: B::Runner,
-        halt: fn(),
+        halt: fn(u64),
     ) -> Stop {
         let mut g = hv.lock();
         loop {
@@ -87,16 +88,18 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 }
                 Next::Idle => {
                     g.release_cursor();
-                    if cpu == 0 {
-                        g.scrub_idle();
+                    // Memory left to scrub: a batch, and look again (the lock is released
+                    // between batches).
+                    if g.scrub_idle() != 0 {
                         drop(g);
-                        core::hint::spin_loop();
-                    } else {
-                        smp::presence().going_idle(cpu);
-                        drop(g);
-                        halt();
-                        smp::presence().awake(cpu);
+                        g = hv.lock();
+                        continue;
                     }
+                    let deadline = g.wake_at;
+                    smp::presence().going_idle(cpu);
+                    drop(g);
+                    halt(deadline);
+                    smp::presence().awake(cpu);
                     g = hv.lock();
                     continue;
                 }

@@ -275,6 +275,35 @@ impl SliceTimer {
     }
 }
 
+/// The boot CPU's timer, measured once (every CPU's APIC timer counts the same bus clock), for
+/// [`halt_until`] on any CPU.
+static IDLE_TIMER: spin::Once<SliceTimer> = spin::Once::new();
+
+/// Measures the local APIC timer for [`halt_until`] (the boot CPU, once the TSC is measured).
+pub fn init_idle_timer(tsc_khz: u64) {
+    IDLE_TIMER.call_once(|| SliceTimer::init(tsc_khz));
+}
+
+/// Halts this CPU until an interrupt (a kick) or until the TSC reaches `deadline` (`u64::MAX`:
+/// no deadline), with its APIC timer as the alarm; returns with interrupts off and the timer
+/// stopped.
+pub fn halt_until(deadline: u64) {
+    let timer = IDLE_TIMER.get().map(SliceTimer::for_this_cpu);
+    if let Some(t) = &timer
+        && deadline != u64::MAX
+    {
+        let now = rdtsc();
+        if now >= deadline {
+            return;
+        }
+        t.arm(deadline - now);
+    }
+    super::cpu::wait_for_kick();
+    if let Some(t) = timer {
+        t.disarm();
+    }
+}
+
 /// Masks every line of both legacy 8259 PICs, so no ISA interrupt can reach microhv's IDT
 /// (the firmware leaves the PIT's IRQ 0 on vector 8, #DF's).
 pub fn mask_legacy_pics() {
