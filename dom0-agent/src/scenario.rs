@@ -513,7 +513,13 @@ const TOUCH_HIGH_CAP: u64 = 4096;
 impl SmpRun {
     fn name(self) -> heapless::String<24> {
         let mut n = heapless::String::new();
-        let tail = if self.spin { "-spin" } else if self.touch { "-touch" } else { "" };
+        let tail = if self.spin {
+            "-spin"
+        } else if self.touch {
+            "-touch"
+        } else {
+            ""
+        };
         let _ = core::fmt::write(&mut n, format_args!("smp-{}{tail}", self.vcpus));
         n
     }

@@ -1834,3 +1834,30 @@ fn each_cpu_runs_the_vcpus_placed_on_it_then_takes_the_others() {
     }
     hv.domains[d2].vcpus[v2].arch = away;
 }
+
+#[test]
+fn a_domain_starts_its_own_waiting_vcpus() {
+    let mut hv = world();
+    let d = create_with(&mut hv, &create_args("pair", 2 << 20, 2, 0)) as usize;
+    assert_eq!(set_state(&mut hv, d, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    let at = 0x1000;
+    put(&mut hv, d, at, flat32(0x10_0200).as_bytes());
+    let up =
+        |hv: &mut TestHv, vcpu: u64, gpa: u64| call(hv, d, Op::VcpuUp as u64, [vcpu, gpa, 0, 0, 0]);
+    assert_eq!(up(&mut hv, 2, at), EINVAL, "no vCPU 2");
+    assert_eq!(up(&mut hv, u64::MAX, at), EINVAL);
+    assert_eq!(up(&mut hv, 0, at), EEXIST, "vCPU 0 runs");
+    assert_eq!(up(&mut hv, 1, 2 << 20), EFAULT, "beyond its RAM");
+    let mut bad = flat32(0x10_0200);
+    bad.mode = 2;
+    put(&mut hv, d, at + 0x100, bad.as_bytes());
+    assert_eq!(up(&mut hv, 1, at + 0x100), EINVAL);
+    assert!(!hv.can_run((d, 1), 0), "still waiting");
+    assert_eq!(up(&mut hv, 1, at), 0);
+    assert_eq!(hv.domains[d].vcpus[1].arch.as_ref().map(|v| v.rip), Some(0x10_0200));
+    assert!(hv.can_run((d, 1), 0), "started");
+    assert_eq!(up(&mut hv, 1, at), EEXIST, "once");
+    // Only its own: dom0's vCPU 0 runs, and it has no other.
+    assert_eq!(call(&mut hv, 0, Op::VcpuUp as u64, [1, SCRATCH, 0, 0, 0]), EINVAL);
+}

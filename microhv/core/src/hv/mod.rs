@@ -19,15 +19,15 @@ mod smp;
 mod startup;
 mod strio;
 
-pub use strio::STRING_IO_CHUNK;
 #[cfg(test)]
 pub(crate) use run::Next;
 use run::Sched;
+pub use strio::STRING_IO_CHUNK;
 
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
-use crate::cpus::MAX_CPUS;
 use crate::cpuid::Caller;
+use crate::cpus::MAX_CPUS;
 use crate::dev::Clock;
 use crate::domain::{Domain, IoThen, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::evtchn::EventChannels;

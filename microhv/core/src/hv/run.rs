@@ -74,14 +74,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     ) -> Option<(usize, usize)> {
         let total = DOMAINS * VCPUS;
         let start = after.0 * VCPUS + after.1 + 1;
-        (0..total)
-            .map(|k| (start + k) % total)
-            .map(|i| (i / VCPUS, i % VCPUS))
-            .find(|&(d, v)| {
-                (!mine || usize::from(self.domains[d].vcpus[v].home) == self.cpu)
-                    && self.can_run((d, v), now)
-                    && also(self, (d, v))
-            })
+        (0..total).map(|k| (start + k) % total).map(|i| (i / VCPUS, i % VCPUS)).find(|&(d, v)| {
+            (!mine || usize::from(self.domains[d].vcpus[v].home) == self.cpu)
+                && self.can_run((d, v), now)
+                && also(self, (d, v))
+        })
     }
 
     /// A halted vCPU an interrupt has made runnable (the first, round-robin from the cursor):
@@ -96,7 +93,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// True if vCPU `v` of domain `d` may run at `now`.
-    pub(super) fn can_run(&self, (d, v): (usize, usize), now: u64) -> bool {
+    pub(crate) fn can_run(&self, (d, v): (usize, usize), now: u64) -> bool {
         let dom = &self.domains[d];
         let vc = &dom.vcpus[v];
         dom.runnable()
