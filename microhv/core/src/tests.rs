@@ -143,7 +143,7 @@ fn console_input_reaches_a_domus_com1_only_from_dom0() {
 fn unknown_operations_are_enosys() {
     let mut hv = world();
     let d = running(&mut hv, "u");
-    for op in [0x04, 0x0f, 0x23, 0x2f, 0x100, 1 << 32, u64::MAX] {
+    for op in [0x05, 0x0f, 0x23, 0x2f, 0x100, 1 << 32, u64::MAX] {
         assert_eq!(call(&mut hv, 0, op, [0; 5]), ENOSYS, "op {op:#x} from dom0");
         assert_eq!(call(&mut hv, d, op, [0; 5]), ENOSYS, "op {op:#x} from a domU");
     }

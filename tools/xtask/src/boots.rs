@@ -159,6 +159,9 @@ pub fn conformance_spec(emulator: Emulator, images: &Images) -> Spec {
     // Timer rates are exact under Bochs, whose time counts instructions.
     let cmdline = if emulator == Emulator::Bochs { "strict=1" } else { "" };
     let mut s = spec(&name, emulator, images, cmdline);
+    // Four CPUs: the storm domU's 4 vCPUs hammer hypercalls concurrently while dom0's storm
+    // creates and destroys domains (#14).
+    s.cpus = 4;
     s.modules = ["conform-dom0", "conform-domu", "storm", "platform", "hostile", "evtchn", "grant"]
         .iter()
         .map(|g| Module { path: images.guest(g), args: String::new() })
@@ -175,6 +178,8 @@ pub fn conformance_checks() -> Vec<Check> {
         Check::Contains("conformance evtchn: "),
         Check::Contains("conformance grant: "),
         Check::Contains("conformance storm: "),
+        Check::Contains("[hv] 4 CPU(s) online"),
+        Check::Contains("calls on 4 vCPUs"),
         Check::Verdict,
     ]
 }
