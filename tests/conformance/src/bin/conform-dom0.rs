@@ -158,7 +158,7 @@ fn addresses(s: &mut Suite, boot: &Boot) {
         p.free_bytes <= p.total_bytes
             && p.max_domains == MAX_DOMAINS
             && p.abi_version == abi::abi_version_word()
-            && p.cpus == 1
+            && p.cpus >= 1
             && p.virt
                 == match guest_rt::hv().insn {
                     abi::guest::Insn::Vmcall => VIRT_VMX,
