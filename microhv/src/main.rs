@@ -124,7 +124,6 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     let (khz, source) = arch::x86_64::tsc::khz();
     hv.tsc_khz = khz;
     log::info!("TSC {khz} kHz ({source:?})");
-    arch::x86_64::lapic::init_idle_timer(khz);
     let free = boot::init_frames(&boot, image, &mut hv.frames);
     hv.hv_frames = (boot.ram_bytes() / FRAME_SIZE).saturating_sub(hv.frames.managed_frames());
     log::info!(
@@ -171,6 +170,7 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
         let stop = hv.run();
         fatal::stop(stop.status, format_args!("{}", stop.reason))
     }
+    arch::x86_64::lapic::init_idle_timer(khz);
     microhv_core::smp::set_hooks(kick, arch::x86_64::cpu::rdtsc);
     let runner = runner(&mut hv, 0);
     drop(hv);

@@ -298,6 +298,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     fn op_domain_destroy(&mut self, domid: u64) -> R {
         let t = self.target_domu(domid)?;
         log::info!("d{t} ({}) destroyed", self.domains[t].name_str());
+        if self.domains[t].runnable() {
+            self.report_vcpus(t);
+        }
         self.destroy_domain(t);
         self.virq(VIRQ_DOM_EXC);
         Ok(0)
@@ -306,6 +309,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     fn op_domain_pause(&mut self, domid: u64) -> R {
         let t = self.target_domu_in(domid, &[DomainState::Running])?;
         self.domains[t].state = Some(DomainState::Paused);
+        // Its vCPUs running on other CPUs are out of the guest before this returns (as Xen's
+        // `domain_pause` waits for them), and no CPU picks them again.
+        crate::smp::quiesce_domain(t);
         Ok(0)
     }
 

@@ -18,9 +18,9 @@
 
 use crate::cpus::MAX_CPUS;
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// What every CPU can see of the others without the hypervisor lock.
 #[derive(Default)]
@@ -31,6 +31,11 @@ pub struct Presence {
     holder: AtomicUsize,
     /// CPUs halted until kicked, a bit each.
     idle: AtomicU32,
+    /// Per CPU: a kick was sent since it last entered a guest (an SVM runner, which takes the
+    /// kick's interrupt in its exit window, looks here before it re-enters).
+    kicked: [AtomicBool; MAX_CPUS],
+    /// Per CPU: the TSC when it last entered a guest (for reports).
+    entered: [AtomicU64; MAX_CPUS],
     /// Quiesces that had to wait for at least one CPU, the kicks they sent, and the TSC ticks
     /// they waited in all (from a kick until its CPU was out of its guest): figures for the
     /// README.
@@ -47,6 +52,8 @@ impl Presence {
             in_guest: [const { AtomicU32::new(0) }; MAX_CPUS],
             holder: AtomicUsize::new(0),
             idle: AtomicU32::new(0),
+            kicked: [const { AtomicBool::new(false) }; MAX_CPUS],
+            entered: [const { AtomicU64::new(0) }; MAX_CPUS],
             quiesces: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             waited: AtomicU64::new(0),
@@ -60,6 +67,8 @@ impl Presence {
             in_guest: core::array::from_fn(|_| AtomicU32::new(0)),
             holder: AtomicUsize::new(0),
             idle: AtomicU32::new(0),
+            kicked: core::array::from_fn(|_| AtomicBool::new(false)),
+            entered: core::array::from_fn(|_| AtomicU64::new(0)),
             quiesces: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             waited: AtomicU64::new(0),
@@ -72,8 +81,28 @@ impl Presence {
     }
 
     /// CPU `cpu` is about to enter a vCPU of domain `d` (called under the lock).
-    pub fn entering(&self, cpu: usize, d: usize) {
+    pub fn entering(&self, cpu: usize, d: usize, now: u64) {
+        // A kick sent before this has its interrupt pending still, which ends the coming
+        // entry at once.
+        self.kicked[cpu].store(false, Ordering::Relaxed);
+        self.entered[cpu].store(now, Ordering::Relaxed);
         self.in_guest[cpu].store(d as u32 + 1, Ordering::SeqCst);
+    }
+
+    /// Where CPU `cpu` is: `Some((domain, TSC when it entered))` while in a guest.
+    pub fn in_guest(&self, cpu: usize) -> Option<(usize, u64)> {
+        let mark = self.in_guest[cpu].load(Ordering::Acquire);
+        (mark != 0).then(|| (mark as usize - 1, self.entered[cpu].load(Ordering::Relaxed)))
+    }
+
+    /// Records a kick of CPU `cpu` (before its IPI is sent).
+    pub fn mark_kicked(&self, cpu: usize) {
+        self.kicked[cpu].store(true, Ordering::SeqCst);
+    }
+
+    /// Whether CPU `cpu` was kicked since it last entered a guest.
+    pub fn was_kicked(&self, cpu: usize) -> bool {
+        self.kicked[cpu].load(Ordering::Acquire)
     }
 
     /// CPU `cpu`'s runner returned: it is out of the guest (called without the lock).
@@ -85,17 +114,41 @@ impl Presence {
     /// each is out (called under the lock). Until the lock is released no CPU can enter a
     /// guest again.
     pub fn quiesce(&self, kick: impl Fn(usize), now: impl Fn() -> u64) {
+        self.quiesce_where(|_| true, kick, now);
+    }
+
+    /// [`Presence::quiesce`] for the CPUs in a guest of domain `d` only.
+    pub fn quiesce_domain(&self, d: usize, kick: impl Fn(usize), now: impl Fn() -> u64) {
+        self.quiesce_where(|g| g == d as u32 + 1, kick, now);
+    }
+
+    /// Kicks every CPU but the holder whose in-guest mark `which` accepts, and waits until
+    /// each is out; a kick that went unanswered is sent again now and then (an IPI the APIC
+    /// could not send).
+    fn quiesce_where(
+        &self,
+        which: impl Fn(u32) -> bool,
+        kick: impl Fn(usize),
+        now: impl Fn() -> u64,
+    ) {
         let me = self.holder.load(Ordering::Relaxed);
         let mut start = None;
         for (c, g) in self.in_guest.iter().enumerate() {
-            if c == me || g.load(Ordering::Acquire) == 0 {
+            let mark = g.load(Ordering::Acquire);
+            if c == me || mark == 0 || !which(mark) {
                 continue;
             }
             start = start.or_else(|| Some(now()));
             self.kicks.fetch_add(1, Ordering::Relaxed);
+            self.mark_kicked(c);
             kick(c);
-            while g.load(Ordering::Acquire) != 0 {
+            let mut spins = 0u32;
+            while g.load(Ordering::Acquire) == mark {
                 relax();
+                spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(REKICK_SPINS) {
+                    kick(c);
+                }
             }
         }
         if let Some(start) = start {
@@ -131,6 +184,9 @@ impl Presence {
         (l(&self.quiesces), l(&self.kicks), l(&self.waited))
     }
 }
+
+/// Spins of a quiesce's wait between kicks of the same CPU.
+const REKICK_SPINS: u32 = 1 << 20;
 
 #[cfg(not(loom))]
 fn relax() {
@@ -174,8 +230,14 @@ pub fn set_hooks(kick: fn(usize), now: fn() -> u64) {
 /// Sends CPU `cpu` a kick: its guest exits, or its halt ends.
 pub fn kick(cpu: usize) {
     if let Some(h) = HOOKS.get() {
+        presence().mark_kicked(cpu);
         (h.kick)(cpu);
     }
+}
+
+/// [`Presence::quiesce_domain`] on the machine's CPUs.
+pub fn quiesce_domain(d: usize) {
+    presence().quiesce_domain(d, kick, || HOOKS.get().map_or(0, |h| (h.now)()));
 }
 
 /// [`Presence::quiesce`] on the machine's CPUs.
@@ -223,7 +285,7 @@ mod model {
                             if *flushes != seen {
                                 (tlb, seen) = (false, *flushes);
                             }
-                            p.entering(1, 0);
+                            p.entering(1, 0, 0);
                         }
                         // The guest: a walk fills the TLB, an access uses it.
                         tlb = tlb || present.load(Ordering::Acquire);

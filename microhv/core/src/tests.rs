@@ -1805,7 +1805,7 @@ fn a_pause_loop_exit_gives_the_cpu_to_a_sibling() {
 fn each_cpu_runs_the_vcpus_placed_on_it_then_takes_the_others() {
     use crate::hv::Next;
     let mut hv = world();
-    hv.cpus = 2;
+    (hv.cpus, hv.online) = (2, 0b11);
     let d = create_with(&mut hv, &create_args("pair", 2 << 20, 2, 0)) as usize;
     for v in 0..2 {
         assert_eq!(set_state(&mut hv, d, v, &flat32(0x10_0000)), 0);

@@ -133,6 +133,8 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub(crate) cpu: usize,
     /// The CPU the next vCPU created is placed on (round-robin over the CPUs online).
     next_home: usize,
+    /// The CPUs that run vCPUs (they entered [`Hv::run_cpu`]), a bit each.
+    pub(crate) online: u32,
     /// Set once a CPU has decided the machine stops: the others stop with it (`smp.rs`).
     stopped: Option<Stop>,
     /// The last `IoReq::token` given out.
@@ -165,6 +167,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             sched: [const { Sched::new() }; MAX_CPUS],
             cpu: 0,
             next_home: 0,
+            online: 0,
             stopped: None,
             ioreq_seq: 0,
             instances: 0,
@@ -201,11 +204,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             };
             // Made on this CPU, to run on any.
             self.backend.unload(&mut v);
+            let home = self.place();
             let slot = &mut self.domains[d].vcpus[i];
             slot.arch = Some(v);
-            // Placed round-robin over the CPUs; an idle CPU takes it if its own is busy.
-            slot.home = (self.next_home % self.cpus.max(1) as usize) as u8;
-            self.next_home = self.next_home.wrapping_add(1);
+            slot.home = home;
             slot.gprs = init.gprs;
             slot.init = None;
         }
@@ -214,6 +216,20 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.domains[d].platform = Some(Platform::new(&clock, count as usize));
         self.timers_changed();
         Ok(())
+    }
+
+    /// The CPU a new vCPU is placed on: round-robin over the CPUs that run vCPUs (the boot
+    /// CPU while none does yet); an idle CPU takes a vCPU whose own CPU is busy (`run.rs`).
+    fn place(&mut self) -> u8 {
+        let online = if self.online == 0 { 1 } else { self.online };
+        for _ in 0..MAX_CPUS {
+            let c = self.next_home % MAX_CPUS;
+            self.next_home = self.next_home.wrapping_add(1);
+            if online & (1 << c) != 0 {
+                return c as u8;
+            }
+        }
+        0
     }
 
     /// The host TSC now, as the device models take it.
@@ -231,7 +247,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         // Its vCPUs running on other CPUs stop using its tables and memory before any is freed.
         crate::smp::quiesce();
         self.flush_console(d);
-        for i in 0..self.domains[d].vcpu_count as usize {
+        // Every slot: a domain whose creation failed part-way has vCPUs beyond its count.
+        for i in 0..VCPUS {
             let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
             let _ = self.domains[d].mmu.release_root(&mut m, i);
             // One running on another CPU is that CPU's to free (`smp.rs`).
@@ -401,6 +418,33 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 "smp so far: {quiesces} quiesces before a zap waited for {kicks} CPUs in all, \
                  {waited} TSC ticks in all"
             );
+        }
+    }
+
+    /// Logs where each vCPU of domain `d` is (a domain destroyed while it runs: what it was
+    /// doing, when a tool gave up waiting for it).
+    pub(crate) fn report_vcpus(&self, d: usize) {
+        let now = self.backend.now();
+        let dom = &self.domains[d];
+        for (v, vc) in dom.vcpus.iter().enumerate().take(dom.vcpu_count as usize) {
+            log::info!(
+                "d{d}v{v}: on cpu {:?}, home cpu {}, runnable {}, halted {} (IF {}), waiting for its state {}, port access {:?}, rax {:#x}",
+                vc.on,
+                vc.home,
+                self.can_run((d, v), now),
+                vc.halted,
+                vc.halted_if,
+                vc.init.is_some(),
+                vc.io.map(|w| w.stage),
+                vc.gprs.rax,
+            );
+        }
+        for c in 0..MAX_CPUS {
+            if let Some((g, at)) = crate::smp::presence().in_guest(c) {
+                let kicked = crate::smp::presence().was_kicked(c);
+                let ticks = now.wrapping_sub(at);
+                log::info!("cpu {c}: in a guest of d{g} for {ticks} ticks, kicked {kicked}");
+            }
         }
     }
 

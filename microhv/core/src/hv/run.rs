@@ -75,10 +75,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let total = DOMAINS * VCPUS;
         let start = after.0 * VCPUS + after.1 + 1;
         (0..total).map(|k| (start + k) % total).map(|i| (i / VCPUS, i % VCPUS)).find(|&(d, v)| {
-            (!mine || usize::from(self.domains[d].vcpus[v].home) == self.cpu)
+            (!mine || self.mine(usize::from(self.domains[d].vcpus[v].home)))
                 && self.can_run((d, v), now)
                 && also(self, (d, v))
         })
+    }
+
+    /// Whether a vCPU placed on CPU `home` is this CPU's to run: placed here, or on a CPU that
+    /// runs no vCPUs (one that failed to come up, or any while only the boot CPU runs).
+    fn mine(&self, home: usize) -> bool {
+        home == self.cpu || self.online & (1 << home) == 0
     }
 
     /// A halted vCPU an interrupt has made runnable (the first, round-robin from the cursor):
@@ -122,8 +128,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.wake_at = next;
     }
 
-    /// Runs guests on this one CPU until the machine must stop (host tests; the ring-0 image
-    /// runs [`Hv::run_cpu`] on every CPU).
+    /// Runs guests on this one CPU until the machine must stop: host tests, and the ring-0
+    /// image on a machine of one CPU (with several, every CPU runs [`Hv::run_cpu`]).
     pub fn run(&mut self) -> Stop {
         loop {
             match self.next() {
@@ -163,7 +169,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let (cd, cv) = s.cursor;
             // (Still this CPU's: another may have taken it since.)
             let running = !s.yielded
-                && usize::from(self.domains[cd].vcpus[cv].home) == self.cpu
+                && self.mine(usize::from(self.domains[cd].vcpus[cv].home))
                 && self.can_run(s.cursor, now);
             // A pending boost waits until the running vCPU has had its quantum.
             let boost = s.boost.filter(|_| !running || used >= BOOST_QUANTUM - SLICE_SLACK);

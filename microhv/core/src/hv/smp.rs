@@ -55,6 +55,10 @@ impl<B: Backend, P: PhysMem, const W: usize> DemandFaults for Shared<'_, B, P, W
         self.declined = f.declined;
         r
     }
+
+    fn kicked(&self) -> bool {
+        smp::presence().was_kicked(self.cpu)
+    }
 }
 
 impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
@@ -76,6 +80,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         halt: fn(u64),
     ) -> Stop {
         let mut g = hv.lock();
+        g.online |= 1 << cpu;
         loop {
             g.hold(cpu);
             if let Some(stop) = g.stopped.clone() {
@@ -125,7 +130,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let mut gprs = vc.gprs;
             vc.on = Some(cpu as u8);
             let off = vc.nmi_window;
-            smp::presence().entering(cpu, d);
+            smp::presence().entering(cpu, d, h.backend.now());
             drop(g);
 
             let mut faults = Shared { hv, cpu, d, v, instance, off, declined: None };
@@ -158,9 +163,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    /// With several CPUs: kicks each CPU whose vCPU has an interrupt to take or whose domain
-    /// stopped running, so that it comes back to be prepared or descheduled; and wakes an idle
-    /// CPU if a runnable vCPU waits that nobody runs.
+    /// With several CPUs: kicks each CPU whose vCPU has an interrupt, an NMI or a start-up
+    /// IPI to take or whose domain stopped running, so that it comes back to be prepared or
+    /// descheduled; kicks the busy home CPU of a vCPU an interrupt woke, so that it boosts it
+    /// (`run.rs`); and wakes an idle CPU if a runnable vCPU waits that nobody runs.
     pub(super) fn nudge(&mut self) {
         if self.cpus < 2 {
             return;
@@ -169,13 +175,24 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let mine = self.sched[self.cpu].cursor;
         let mut waiting = false;
         for (d, dom) in self.domains.iter().enumerate().filter(|(_, dom)| dom.exists()) {
-            let search = dom.platform.as_ref().map_or(0, |p| p.search);
+            let p = dom.platform.as_ref();
             for (v, vc) in dom.vcpus.iter().enumerate().take(dom.vcpu_count as usize) {
+                let bit = 1u32 << (v % 32);
+                let wants = |p: &Platform| {
+                    p.search & bit != 0
+                        && (p.pending(v).is_some()
+                            || p.nmi_pending(v)
+                            || p.lapics.get(v).is_some_and(|l| l.startup_pending()))
+                };
                 match vc.on {
-                    Some(c) if !dom.runnable() || search & (1 << (v % 32)) != 0 => {
-                        smp::kick(c.into());
+                    Some(c) if !dom.runnable() || p.is_some_and(wants) => smp::kick(c.into()),
+                    None if (d, v) != mine && self.can_run((d, v), now) => {
+                        let home = usize::from(vc.home);
+                        if vc.halted && home != self.cpu {
+                            smp::kick(home);
+                        }
+                        waiting = true;
                     }
-                    None if !waiting && (d, v) != mine => waiting = self.can_run((d, v), now),
                     _ => {}
                 }
             }

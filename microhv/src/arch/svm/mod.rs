@@ -648,15 +648,17 @@ impl SvmRunner {
             vm.w8(control::TLB_CONTROL, tlb::NOTHING);
             let code = vm.r64(control::EXITCODE);
             // Past the slice's end the timer's interrupt may already have been taken in root
-            // mode (its stub only acknowledges it): the core decides then.
-            match self.timer.running().then(|| self.complete(v, code, gprs, faults)).flatten() {
+            // mode (its stub only acknowledges it): the core decides then. So may a kick's,
+            // which the core records (`DemandFaults::kicked`).
+            let go_on = self.timer.running() && !faults.kicked();
+            match go_on.then(|| self.complete(v, code, gprs, faults)).flatten() {
                 Some(i) => completed[i] += 1,
                 None => break code,
             }
         };
         vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
         // An interrupt exit before the slice ran out was another CPU's kick.
-        let kicked = code == exit::INTR && self.timer.running();
+        let kicked = (code == exit::INTR && self.timer.running()) || faults.kicked();
         self.timer.disarm();
         if NMI_COUNT.load(Ordering::Relaxed) != nmis {
             log::warn!("NMI while a guest ran; absorbed");
@@ -896,11 +898,13 @@ impl Svm {
         frames.free(v.vmcb.0);
     }
 
-    /// No CPU holds the debug registers of the vCPU in `slot` any more: its copy in memory
-    /// (reset, or freed) is what counts, and a new vCPU in its slot must load its own.
+    /// This CPU no longer holds the debug registers of the vCPU in `slot`: its copy in memory
+    /// (reset, or freed) is what counts, and a new vCPU in its slot must load its own. No other
+    /// CPU can hold them (as `Vmx::disown` explains).
     fn disown(&mut self, slot: u16) {
-        for c in self.cpus.iter_mut().filter(|c| c.dr_owner == slot + 1) {
-            c.dr_owner = 0;
+        let here = &mut self.cpus[self.cpu];
+        if here.dr_owner == slot + 1 {
+            here.dr_owner = 0;
         }
     }
 

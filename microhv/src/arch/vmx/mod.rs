@@ -554,13 +554,17 @@ impl VmxRunner {
                 }
             }
             1 => {
-                // Acknowledged on exit: the APIC has it in service until the EOI. Only a kick
-                // (another CPU wants this one back) is expected.
+                // Acknowledged on exit: the APIC has it in service until the EOI. Expected: a
+                // kick (another CPU wants this one back), and the APIC timer of an idle halt
+                // that woke on a kick first (`lapic::halt_until` stops it, but one that fired
+                // meanwhile stays pending).
                 let vector = vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) & 0xff;
                 if vector != u64::from(lapic::SPURIOUS_VECTOR) {
                     lapic::eoi();
                 }
-                if vector != u64::from(lapic::KICK_VECTOR) {
+                if vector != u64::from(lapic::KICK_VECTOR)
+                    && vector != u64::from(lapic::TIMER_VECTOR)
+                {
                     log::warn!("unexpected external interrupt, vector {vector:#x}, in a guest");
                 }
                 Exit::Interrupt
@@ -930,11 +934,16 @@ impl Vmx {
         frames.free(v.vmcs);
     }
 
-    /// No CPU holds the [`Owned`] state of the vCPU with `vpid` any more: its copy in memory
-    /// (reset, or freed) is what counts, and a later vCPU with its VPID must load its own.
+    /// This CPU no longer holds the [`Owned`] state of the vCPU with `vpid`: its copy in memory
+    /// (reset, or freed) is what counts, and a later vCPU with its VPID must load its own. No
+    /// other CPU can hold it: a CPU saves it when it lets the vCPU go (`unload`), and the core
+    /// resets or frees only vCPUs no other CPU holds. (A vCPU of a destroyed domain is freed by
+    /// the CPU that ran it, while its slot may already hold a new vCPU running elsewhere, whose
+    /// state that CPU's record is.)
     fn disown(&mut self, vpid: u16) {
-        for c in self.cpus.iter_mut().filter(|c| c.owned_by == vpid) {
-            c.owned_by = 0;
+        let here = &mut self.cpus[self.cpu];
+        if here.owned_by == vpid {
+            here.owned_by = 0;
         }
     }
 

@@ -216,6 +216,10 @@ impl SliceTimer {
     /// 0.1%, under the scheduler's slice slack of 1/256 (`hv::run`). It used to wait 4 M TSC
     /// ticks of its own: 3.5 M instructions of every boot under Bochs.
     pub fn init(tsc_khz: u64) -> Self {
+        if let Some(t) = IDLE_TIMER.get() {
+            // Measured once: every CPU's APIC timer counts the same bus clock.
+            return t.for_this_cpu();
+        }
         if COUNT_START.load(Ordering::Relaxed) == 0 {
             start_counting();
         }
@@ -240,7 +244,8 @@ impl SliceTimer {
         };
         program_slice_timer(base);
         let counted = u64::from(u32::MAX - left);
-        Self { base, counts_per_kticks: (counted * 1024 / elapsed.max(1)).max(1) }
+        let t = Self { base, counts_per_kticks: (counted * 1024 / elapsed.max(1)).max(1) };
+        *IDLE_TIMER.call_once(|| t)
     }
 
     /// The slice timer of the CPU this runs on, with this timer's calibration: every CPU's APIC
@@ -275,21 +280,31 @@ impl SliceTimer {
     }
 }
 
-/// The boot CPU's timer, measured once (every CPU's APIC timer counts the same bus clock), for
-/// [`halt_until`] on any CPU.
+/// The boot CPU's timer as [`SliceTimer::init`] measured it (every CPU's APIC timer counts the
+/// same bus clock, and every CPU's APIC is at the same address), for [`halt_until`] on any CPU.
 static IDLE_TIMER: spin::Once<SliceTimer> = spin::Once::new();
 
-/// Measures the local APIC timer for [`halt_until`] (the boot CPU, once the TSC is measured).
+/// Measures the local APIC timer for [`halt_until`] (the boot CPU, once the TSC is measured;
+/// nothing to do if the SVM backend's slice timer did).
 pub fn init_idle_timer(tsc_khz: u64) {
-    IDLE_TIMER.call_once(|| SliceTimer::init(tsc_khz));
+    SliceTimer::init(tsc_khz);
+}
+
+/// Programs this CPU's APIC timer as [`SliceTimer::init`] does (an AP, whose APIC
+/// [`enable`] enabled): one-shot on [`TIMER_VECTOR`], stopped.
+pub fn program_timer() {
+    let at = EOI_ADDR.load(Ordering::Relaxed);
+    if at != 0 {
+        program_slice_timer(at - REG_EOI);
+    }
 }
 
 /// Halts this CPU until an interrupt (a kick) or until the TSC reaches `deadline` (`u64::MAX`:
-/// no deadline), with its APIC timer as the alarm; returns with interrupts off and the timer
-/// stopped.
+/// no deadline), with its APIC timer (programmed at its start) as the alarm; returns with
+/// interrupts off and the timer stopped.
 pub fn halt_until(deadline: u64) {
-    let timer = IDLE_TIMER.get().map(SliceTimer::for_this_cpu);
-    if let Some(t) = &timer
+    let timer = IDLE_TIMER.get();
+    if let Some(t) = timer
         && deadline != u64::MAX
     {
         let now = rdtsc();

@@ -218,8 +218,10 @@ extern "C" fn ap_main(n: u64) -> ! {
         let base = get(FRAMES);
         let sel = gdt::init_cpu(n, [base + 2 * STACK_BYTES, base + STACK_BYTES]);
         idt::init(sel.code.0);
-        // Software-enabled, or the fixed IPIs of kicks would not be accepted.
+        // Software-enabled, or the fixed IPIs of kicks would not be accepted; its timer is the
+        // alarm of its idle halts.
         lapic::enable();
+        lapic::program_timer();
         let region = base + 3 * STACK_BYTES;
         let (ext, r) = match get(SVM) {
             0 => ("VMX", crate::arch::vmx::enter_ap(region)),

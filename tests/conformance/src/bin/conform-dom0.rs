@@ -1462,8 +1462,11 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64, spare: Option<u32>) {
             _ => owned.get(rng.below(owned.len() as u64) as usize).copied().unwrap_or(1),
         };
         // The domU storm running meanwhile is not a target (`DOMID_INVALID`: `ESRCH`).
-        let target =
-            if spare.is_some_and(|d| u64::from(d) == target) { DOMID_INVALID.into() } else { target };
+        let target = if spare.is_some_and(|d| u64::from(d) == target) {
+            DOMID_INVALID.into()
+        } else {
+            target
+        };
         let mut a = [0u64; 5];
         for x in a.iter_mut() {
             *x = match rng.below(7) {
