@@ -18,9 +18,9 @@
 
 use crate::cpus::MAX_CPUS;
 #[cfg(not(loom))]
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// What every CPU can see of the others without the hypervisor lock.
 #[derive(Default)]
@@ -36,6 +36,8 @@ pub struct Presence {
     kicked: [AtomicBool; MAX_CPUS],
     /// Per CPU: the TSC when it last entered a guest (for reports).
     entered: [AtomicU64; MAX_CPUS],
+    /// Per CPU: what it does (a [`Phase`], for reports).
+    phase: [AtomicU8; MAX_CPUS],
     /// Quiesces that had to wait for at least one CPU, the kicks they sent, and the TSC ticks
     /// they waited in all (from a kick until its CPU was out of its guest): figures for the
     /// README.
@@ -54,6 +56,7 @@ impl Presence {
             idle: AtomicU32::new(0),
             kicked: [const { AtomicBool::new(false) }; MAX_CPUS],
             entered: [const { AtomicU64::new(0) }; MAX_CPUS],
+            phase: [const { AtomicU8::new(0) }; MAX_CPUS],
             quiesces: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             waited: AtomicU64::new(0),
@@ -69,6 +72,7 @@ impl Presence {
             idle: AtomicU32::new(0),
             kicked: core::array::from_fn(|_| AtomicBool::new(false)),
             entered: core::array::from_fn(|_| AtomicU64::new(0)),
+            phase: core::array::from_fn(|_| AtomicU8::new(0)),
             quiesces: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             waited: AtomicU64::new(0),
@@ -87,6 +91,16 @@ impl Presence {
         self.kicked[cpu].store(false, Ordering::Relaxed);
         self.entered[cpu].store(now, Ordering::Relaxed);
         self.in_guest[cpu].store(d as u32 + 1, Ordering::SeqCst);
+    }
+
+    /// CPU `cpu` now does `p`.
+    pub fn set_phase(&self, cpu: usize, p: Phase) {
+        self.phase[cpu].store(p as u8, Ordering::Relaxed);
+    }
+
+    /// What CPU `cpu` does (as a [`Phase`] number).
+    pub fn phase(&self, cpu: usize) -> u8 {
+        self.phase[cpu].load(Ordering::Relaxed)
     }
 
     /// Where CPU `cpu` is: `Some((domain, TSC when it entered))` while in a guest.
@@ -187,6 +201,22 @@ impl Presence {
 
 /// Spins of a quiesce's wait between kicks of the same CPU.
 const REKICK_SPINS: u32 = 1 << 20;
+
+/// What a CPU does, for reports of a domain that did not make progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Not running vCPUs (yet).
+    Off = 0,
+    /// Waiting for the hypervisor lock.
+    Locking = 1,
+    /// Holding it.
+    Locked = 2,
+    /// Running a vCPU (its runner).
+    Running = 3,
+    /// Halted until kicked.
+    Halted = 4,
+}
 
 #[cfg(not(loom))]
 fn relax() {

@@ -439,11 +439,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 vc.gprs.rax,
             );
         }
-        for c in 0..MAX_CPUS {
-            if let Some((g, at)) = crate::smp::presence().in_guest(c) {
-                let kicked = crate::smp::presence().was_kicked(c);
-                let ticks = now.wrapping_sub(at);
-                log::info!("cpu {c}: in a guest of d{g} for {ticks} ticks, kicked {kicked}");
+        let p = crate::smp::presence();
+        for c in (0..MAX_CPUS).filter(|&c| self.online & (1 << c) != 0) {
+            let (kicked, phase) = (p.was_kicked(c), p.phase(c));
+            match p.in_guest(c) {
+                Some((g, at)) => log::info!(
+                    "cpu {c}: phase {phase}, in a guest of d{g} for {} ticks, kicked {kicked}",
+                    now.wrapping_sub(at)
+                ),
+                None => log::info!("cpu {c}: phase {phase}, kicked {kicked}"),
             }
         }
     }

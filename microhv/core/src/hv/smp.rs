@@ -79,7 +79,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         mut runner: B::Runner,
         halt: fn(u64),
     ) -> Stop {
-        let mut g = hv.lock();
+        let mut g = Self::lock(hv, cpu);
         g.online |= 1 << cpu;
         loop {
             g.hold(cpu);
@@ -97,15 +97,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     // between batches).
                     if g.scrub_idle() != 0 {
                         drop(g);
-                        g = hv.lock();
+                        g = Self::lock(hv, cpu);
                         continue;
                     }
                     let deadline = g.wake_at;
                     smp::presence().going_idle(cpu);
                     drop(g);
+                    smp::presence().set_phase(cpu, smp::Phase::Halted);
                     halt(deadline);
                     smp::presence().awake(cpu);
-                    g = hv.lock();
+                    g = Self::lock(hv, cpu);
                     continue;
                 }
                 Next::Run(d, v, slice) => (d, v, slice),
@@ -132,13 +133,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let off = vc.nmi_window;
             smp::presence().entering(cpu, d, h.backend.now());
             drop(g);
+            smp::presence().set_phase(cpu, smp::Phase::Running);
 
             let mut faults = Shared { hv, cpu, d, v, instance, off, declined: None };
             let mut info = runner.run(&mut arch, &mut gprs, slice, &mut faults);
             smp::presence().left(cpu);
             info.mmu = faults.declined;
 
-            g = hv.lock();
+            g = Self::lock(hv, cpu);
             g.hold(cpu);
             let h = &mut *g;
             let dom = &mut h.domains[d];
@@ -161,6 +163,14 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             }
             h.nudge();
         }
+    }
+
+    /// The hypervisor lock, for CPU `cpu` (its phase recorded for reports).
+    fn lock(hv: &TicketMutex<Self>, cpu: usize) -> spin::mutex::TicketMutexGuard<'_, Self> {
+        smp::presence().set_phase(cpu, smp::Phase::Locking);
+        let g = hv.lock();
+        smp::presence().set_phase(cpu, smp::Phase::Locked);
+        g
     }
 
     /// With several CPUs: kicks each CPU whose vCPU has an interrupt, an NMI or a start-up
