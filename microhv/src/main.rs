@@ -54,16 +54,21 @@ unsafe extern "C" {
 /// The image's layout for its W^X map: the linker script's boundaries and the stacks' guards.
 fn image_layout() -> microhv_core::hostmap::Layout {
     let image = image_range();
-    let [ist0, ist1] = gdt::ist_stacks();
-    let guard = core::ptr::addr_of!(rt_stack_guard) as u64;
+    let mut guards = [0; microhv_core::hostmap::MAX_GUARDS];
+    let all =
+        core::iter::once(core::ptr::addr_of!(rt_stack_guard) as u64).chain(gdt::guard_pages());
+    let mut n_guards = 0;
+    for (slot, g) in guards.iter_mut().zip(all) {
+        (*slot, n_guards) = (g, n_guards + 1);
+    }
     microhv_core::hostmap::Layout {
         start: image.start,
         // Only the addresses of the linker-script symbols are taken.
         text_end: core::ptr::addr_of!(__text_end) as u64,
         rodata_end: core::ptr::addr_of!(__rodata_end) as u64,
         end: image.end,
-        guards: [guard, ist0.guard(), ist1.guard(), 0],
-        n_guards: 3,
+        guards,
+        n_guards,
     }
 }
 

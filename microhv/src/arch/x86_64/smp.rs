@@ -12,11 +12,12 @@
 //! 32-bit code loading the boot CPU's CR4 (an allow-list of its bits), CR3, EFER (LME, and NXE:
 //! the tables use NX) and CR0; it calls [`ap_main`] on the stack set aside for the AP, which
 //! loads the AP's own GDT and TSS and the shared IDT, enables its local APIC (so that a kick
-//! reaches it) and VMX or SVM with its own region, records its APIC id ([`apic_id`]) and parks.
+//! reaches it) and VMX or SVM with its own region, records its APIC id ([`apic_id`]) and waits.
 //!
-//! Each AP gets [`AP_FRAMES`] contiguous frames from the allocator: its two IST stacks, its
-//! stack, and its VMXON region or host save area. They have no guard pages (the identity map
-//! outside the image is made of 2 MiB pages), and an AP that does not come up keeps them.
+//! Each AP's stacks are the image's (`gdt::ap_stacks`: two 16 KiB IST stacks and a stack as
+//! large as the boot CPU's, each above a guard page `paging` leaves unmapped); its VMXON region
+//! or host save area is a frame from the allocator, which an AP that does not come up keeps.
+//! Once dom0 is built, [`release_aps`] lets them run vCPUs (`crate::ap_run`).
 
 use super::cpu::{self, rdtsc};
 use super::{gdt, idt, lapic};
@@ -25,10 +26,6 @@ use microhv_core::cpus::{CpuList, MAX_CPUS};
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::regs::{EFER_LMA, EFER_SVME};
 
-/// Bytes of each of an AP's three stacks.
-const STACK_BYTES: u64 = 16 * 1024;
-/// Frames per AP: two IST stacks, the stack, the VMXON region or host save area.
-const AP_FRAMES: u64 = 3 * STACK_BYTES / FRAME_SIZE + 1;
 /// ICR: INIT, level assert (SDM Vol. 3A, "Interrupt Command Register (ICR)").
 const ICR_INIT: u32 = 0x4500;
 /// ICR: STARTUP, to be or-ed with the trampoline's page number as vector.
@@ -158,15 +155,16 @@ fn start_ap<const W: usize>(
     frames: &mut FrameAllocator<W>,
     khz: u64,
 ) -> Result<(), &'static str> {
-    let base = frames.alloc_contiguous(AP_FRAMES, 1).ok_or("no frames for its stacks")?;
-    // SAFETY: the last frame was just allocated: ours, identity-mapped, aliased by nothing.
-    unsafe { cpu::zero_qwords(base + 3 * STACK_BYTES, FRAME_SIZE) };
+    let (_, stack) = gdt::ap_stacks(n as usize).ok_or("no stacks for it")?;
+    let region = frames.alloc().ok_or("no frame for its VMXON region or host save area")?;
+    // SAFETY: the frame was just allocated: ours, identity-mapped, aliased by nothing.
+    unsafe { cpu::zero_qwords(region, FRAME_SIZE) };
     set(APIC_ID, dest.into());
-    set(FRAMES, base);
+    set(FRAMES, region);
     STATE.store(tagged(n, WAITING), Ordering::SeqCst);
     // SAFETY: the stack is in frames just allocated for this AP; the AP before it reached its
     // entry or was given up on (and sent INIT). Fenced: visible before the IPI.
-    unsafe { rt::arch::x86_64::ap::set_next(base + 3 * STACK_BYTES, ap_main, n) };
+    unsafe { rt::arch::x86_64::ap::set_next(stack, ap_main, n) };
     let sent =
         lapic::ipi(apic, dest, ICR_INIT).map(|()| delay(khz, INIT_DELAY_US)).and_then(|()| {
             // An AP that already started ignores the second STARTUP (SDM Vol. 3A, "MP
@@ -215,14 +213,14 @@ extern "C" fn ap_main(n: u64) -> ! {
     if advance(n, WAITING, ARRIVED) {
         let n = n as usize;
         let id = get(APIC_ID);
-        let base = get(FRAMES);
-        let sel = gdt::init_cpu(n, [base + 2 * STACK_BYTES, base + STACK_BYTES]);
+        let Some((ist, _)) = gdt::ap_stacks(n) else { cpu::halt_forever() };
+        let sel = gdt::init_cpu(n, ist);
         idt::init(sel.code.0);
         // Software-enabled, or the fixed IPIs of kicks would not be accepted; its timer is the
         // alarm of its idle halts.
         lapic::enable();
         lapic::program_timer();
-        let region = base + 3 * STACK_BYTES;
+        let region = get(FRAMES);
         let (ext, r) = match get(SVM) {
             0 => ("VMX", crate::arch::vmx::enter_ap(region)),
             _ => ("SVM", crate::arch::svm::enable_ap(region)),
