@@ -175,6 +175,8 @@ fn start_ap<const W: usize>(
         });
     let deadline = rdtsc() + khz * TIMEOUT_MS;
     loop {
+        // For the AP to set its TSC by (`sync_tsc`).
+        BSP_TSC.store(rdtsc(), Ordering::Release);
         let s = STATE.load(Ordering::Acquire);
         match s & 0xff {
             ONLINE => return Ok(()),
@@ -207,10 +209,37 @@ fn advance(n: u64, from: u32, to: u32) -> bool {
         .is_ok()
 }
 
+/// The boot CPU's TSC, published again and again while it waits for an AP's report.
+static BSP_TSC: AtomicU64 = AtomicU64::new(0);
+/// IA32_TIME_STAMP_COUNTER.
+const IA32_TSC: u32 = 0x10;
+
+/// Sets this AP's TSC to the boot CPU's, as it publishes it while it waits for this AP: a TSC
+/// that started counting when the AP was reset (QEMU TCG's) would otherwise lag by the whole
+/// boot, and microhv compares TSC deadlines across CPUs (the device models', the slices'). The
+/// value read is at most one of the boot CPU's loop iterations old: well under a microsecond.
+/// Returns how far behind (negative: ahead of) the boot CPU's the AP's TSC was, if it was set.
+fn sync_tsc() -> Option<i64> {
+    let bsp = BSP_TSC.load(Ordering::Acquire);
+    let mine = rdtsc();
+    if bsp == 0 || mine.abs_diff(bsp) <= TSC_SKEW_TOLERATED {
+        return None;
+    }
+    // SAFETY: the TSC MSR exists on every 64-bit CPU; writing it moves only this CPU's
+    // counter, which nothing on this CPU has read yet but the comparison above.
+    unsafe { cpu::wrmsr(IA32_TSC, bsp) };
+    Some(bsp.wrapping_sub(mine) as i64)
+}
+
+/// A TSC difference from the boot CPU's left alone (a synchronized TSC, as on hardware, is not
+/// written: a write would lose what it was ahead by). About 20 µs at 3 GHz.
+const TSC_SKEW_TOLERATED: u64 = 65_536;
+
 /// An AP's first Rust code, on its own stack, interrupts off: its tables, its virtualization
 /// extension, its report; then it parks (no vCPU runs on an AP yet).
 extern "C" fn ap_main(n: u64) -> ! {
     if advance(n, WAITING, ARRIVED) {
+        let skew = sync_tsc();
         let n = n as usize;
         let id = get(APIC_ID);
         let Some((ist, _)) = gdt::ap_stacks(n) else { cpu::halt_forever() };
@@ -229,6 +258,9 @@ extern "C" fn ap_main(n: u64) -> ! {
             let phase = match r {
                 Ok(()) => {
                     log::info!("cpu {n} (apic id {id}) online, {ext} on");
+                    if let Some(behind) = skew {
+                        log::info!("cpu {n}: TSC set to the boot CPU's ({behind} ticks behind)");
+                    }
                     // The id the start-up IPIs reached it by.
                     APIC_IDS[n].store(id as u32, Ordering::Release);
                     ONLINE
