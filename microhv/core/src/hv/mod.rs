@@ -135,6 +135,8 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     next_home: usize,
     /// The CPUs that run vCPUs (they entered [`Hv::run_cpu`]), a bit each.
     pub(crate) online: u32,
+    /// The latest TSC [`Hv::now`] gave.
+    latest: core::cell::Cell<u64>,
     /// Set once a CPU has decided the machine stops: the others stop with it (`smp.rs`).
     stopped: Option<Stop>,
     /// The last `IoReq::token` given out.
@@ -168,6 +170,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             cpu: 0,
             next_home: 0,
             online: 0,
+            latest: core::cell::Cell::new(0),
             stopped: None,
             ioreq_seq: 0,
             instances: 0,
@@ -232,9 +235,19 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         0
     }
 
+    /// The host TSC now, never less than a reading before (on any CPU): the CPUs' TSCs agree
+    /// only to within a few microseconds (`arch/x86_64/smp.rs` sets an AP's by the boot
+    /// CPU's), and the device models, the slices and the guests' TSCs must never see time go
+    /// back.
+    pub(crate) fn now(&self) -> u64 {
+        let now = self.backend.now().max(self.latest.get());
+        self.latest.set(now);
+        now
+    }
+
     /// The host TSC now, as the device models take it.
     pub(crate) fn clock(&self) -> Clock {
-        Clock { now: self.backend.now(), tsc_khz: self.tsc_khz }
+        Clock { now: self.now(), tsc_khz: self.tsc_khz }
     }
 
     /// A device deadline may have moved: the run loop recomputes the earliest.
@@ -424,7 +437,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// Logs where each vCPU of domain `d` is (a domain destroyed while it runs: what it was
     /// doing, when a tool gave up waiting for it).
     pub(crate) fn report_vcpus(&self, d: usize) {
-        let now = self.backend.now();
+        let now = self.now();
         let dom = &self.domains[d];
         for (v, vc) in dom.vcpus.iter().enumerate().take(dom.vcpu_count as usize) {
             log::info!(
@@ -438,6 +451,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 vc.io.map(|w| w.stage),
                 vc.gprs.rax,
             );
+        }
+        for (i, dom) in self.domains.iter().enumerate() {
+            if let Some(p) = dom.platform.as_ref() {
+                log::info!("d{i}: next device deadline in {}", p.deadline.wrapping_sub(now) as i64);
+            }
         }
         let p = crate::smp::presence();
         for c in (0..MAX_CPUS).filter(|&c| self.online & (1 << c) != 0) {
@@ -536,7 +554,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// Appends to domain `d`'s console; complete lines go to microhv's log, a domU's within
     /// its rate limit.
     pub(crate) fn console_write(&mut self, d: usize, bytes: &[u8]) {
-        let now = self.backend.now();
+        let now = self.now();
         let khz = self.tsc_khz;
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
@@ -547,7 +565,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     fn flush_console(&mut self, d: usize) {
-        let now = self.backend.now();
+        let now = self.now();
         let khz = self.tsc_khz;
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);

@@ -155,7 +155,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// it yields or halts, or its domain stops; a vCPU alone starts a new slice.
     pub(crate) fn next(&mut self) -> Next {
         loop {
-            let now = self.backend.now();
+            let now = self.now();
             if now >= self.wake_at {
                 self.fire_timers(now);
                 if self.sched[self.cpu].boost.is_none() {

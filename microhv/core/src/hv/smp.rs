@@ -131,7 +131,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let mut gprs = vc.gprs;
             vc.on = Some(cpu as u8);
             let off = vc.nmi_window;
-            smp::presence().entering(cpu, d, h.backend.now());
+            smp::presence().entering(cpu, d, h.now());
             drop(g);
             smp::presence().set_phase(cpu, smp::Phase::Running);
 
@@ -181,7 +181,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if self.cpus < 2 {
             return;
         }
-        let now = self.backend.now();
+        let now = self.now();
         let mine = self.sched[self.cpu].cursor;
         let mut waiting = false;
         for (d, dom) in self.domains.iter().enumerate().filter(|(_, dom)| dom.exists()) {
