@@ -454,7 +454,12 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
         for (i, dom) in self.domains.iter().enumerate() {
             if let Some(p) = dom.platform.as_ref() {
-                log::info!("d{i}: next device deadline in {}", p.deadline.wrapping_sub(now) as i64);
+                let clock = self.clock();
+                log::info!(
+                    "d{i}: next device deadline {:#x} (now {now:#x}); recomputed: {:?}",
+                    p.deadline,
+                    p.deadlines(&clock)
+                );
             }
         }
         let p = crate::smp::presence();
