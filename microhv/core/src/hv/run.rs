@@ -83,6 +83,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Whether a vCPU placed on CPU `home` is this CPU's to run: placed here, or on a CPU that
     /// runs no vCPUs (one that failed to come up, or any while only the boot CPU runs).
+    #[inline]
     fn mine(&self, home: usize) -> bool {
         home == self.cpu || self.online & (1 << home) == 0
     }
@@ -99,6 +100,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// True if vCPU `v` of domain `d` may run at `now`.
+    #[inline]
     pub(crate) fn can_run(&self, (d, v): (usize, usize), now: u64) -> bool {
         let dom = &self.domains[d];
         let vc = &dom.vcpus[v];
@@ -153,6 +155,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// is, over any runnable vCPU no CPU runs, which moves to this one): a vCPU keeps the CPU
     /// until its slice ([`VCPU_SLICE`], enforced with the backend's preemption timer) is used,
     /// it yields or halts, or its domain stops; a vCPU alone starts a new slice.
+    #[inline]
     pub(crate) fn next(&mut self) -> Next {
         loop {
             let now = self.now();
@@ -301,6 +304,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// Accounts for a run of vCPU `v` of domain `d` and handles its exit.
+    #[inline]
     pub(super) fn after_run(&mut self, d: usize, v: usize, info: &ExitInfo) -> Option<Stop> {
         let dom = &mut self.domains[d];
         dom.counters.cpus |= 1 << self.cpu;

@@ -785,6 +785,9 @@ impl VmxRunner {
     /// unblocking (qualification bit 12), which the core must undo or re-inject. Which kind it
     /// was (`ExitInfo::completed`'s index) and whether it took long (a fix that zeroed
     /// memory), or `None`: the core's.
+    // In line in the exit loop (both the boot CPU's `Vmx::run` and every runner expand it):
+    // called out of line it cost 21 instructions per completed exit under Bochs.
+    #[inline(always)]
     fn complete(
         &self,
         v: &VmxVcpu,
