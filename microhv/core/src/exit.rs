@@ -467,10 +467,11 @@ pub trait DemandFaults {
     /// `None`: the exit is the core's (with what the MMU said, if it was asked:
     /// [`ExitInfo::mmu`]); the backend must then return this very exit.
     fn fix(&mut self, gpa: u64, access: mmu::Access) -> Option<bool>;
-    /// Another CPU asked this one to leave the guest (a kick whose interrupt the backend may
-    /// have taken in root mode): the backend must not re-enter without returning.
-    fn kicked(&self) -> bool {
-        false
+    /// Where another CPU records that it asked this one to leave the guest (a kick, whose
+    /// interrupt the backend may have taken in root mode): once it is set the backend must not
+    /// re-enter without returning. Asked once per run (`None`: one CPU, nobody kicks).
+    fn kick_flag(&self) -> Option<&'static core::sync::atomic::AtomicBool> {
+        None
     }
 }
 

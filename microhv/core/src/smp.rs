@@ -119,6 +119,11 @@ impl Presence {
         self.kicked[cpu].load(Ordering::Acquire)
     }
 
+    /// CPU `cpu`'s kick flag, for its runner to look at between exits.
+    pub fn kick_flag(&self, cpu: usize) -> &AtomicBool {
+        &self.kicked[cpu]
+    }
+
     /// CPU `cpu`'s runner returned: it is out of the guest (called without the lock).
     pub fn left(&self, cpu: usize) {
         self.in_guest[cpu].store(0, Ordering::Release);

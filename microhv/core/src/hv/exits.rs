@@ -532,9 +532,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     }
                 }
             }
-            (TSC, None) => {
-                Some(self.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset))
-            }
+            (TSC, None) => Some(self.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset)),
             (TSC, Some(value)) => {
                 let guest = self.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset);
                 self.move_tsc(d, v, value.wrapping_sub(guest));

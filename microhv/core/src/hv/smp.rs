@@ -56,8 +56,9 @@ impl<B: Backend, P: PhysMem, const W: usize> DemandFaults for Shared<'_, B, P, W
         r
     }
 
-    fn kicked(&self) -> bool {
-        smp::presence().was_kicked(self.cpu)
+    #[cfg(not(loom))]
+    fn kick_flag(&self) -> Option<&'static core::sync::atomic::AtomicBool> {
+        Some(smp::presence().kick_flag(self.cpu))
     }
 }
 

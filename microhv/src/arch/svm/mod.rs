@@ -631,6 +631,7 @@ impl SvmRunner {
         let vm = v.vmcb;
         vm.w64(save::RAX, gprs.rax);
         self.timer.arm(slice);
+        let kick = faults.kick_flag();
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
         let start = cpu::rdtsc();
@@ -649,8 +650,8 @@ impl SvmRunner {
             let code = vm.r64(control::EXITCODE);
             // Past the slice's end the timer's interrupt may already have been taken in root
             // mode (its stub only acknowledges it): the core decides then. So may a kick's,
-            // which the core records (`DemandFaults::kicked`).
-            let go_on = self.timer.running() && !faults.kicked();
+            // which the kicker records (`DemandFaults::kick_flag`).
+            let go_on = self.timer.running() && !kick.is_some_and(|k| k.load(Ordering::Acquire));
             match go_on.then(|| self.complete(v, code, gprs, faults)).flatten() {
                 Some(i) => completed[i] += 1,
                 None => break code,
@@ -658,7 +659,8 @@ impl SvmRunner {
         };
         vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
         // An interrupt exit before the slice ran out was another CPU's kick.
-        let kicked = (code == exit::INTR && self.timer.running()) || faults.kicked();
+        let kicked = (code == exit::INTR && self.timer.running())
+            || kick.is_some_and(|k| k.load(Ordering::Acquire));
         self.timer.disarm();
         if NMI_COUNT.load(Ordering::Relaxed) != nmis {
             log::warn!("NMI while a guest ran; absorbed");
