@@ -31,6 +31,8 @@ pub struct Mitigations {
     ibpb: bool,
     l1d_flush: bool,
     verw: bool,
+    /// `l1d_flush || verw`: the one test the entry loop makes when neither applies.
+    entry_barrier: bool,
 }
 
 /// A data segment selector VERW checks (the GDT's ring-0 data segment).
@@ -50,10 +52,12 @@ impl Mitigations {
             0
         };
         let l1tf = arch_caps & (ARCH_CAP_RDCL_NO | ARCH_CAP_SKIP_L1DFL_VMENTRY) == 0;
+        let (l1d_flush, verw) = (edx7 & (1 << 28) != 0 && l1tf, edx7 & (1 << 10) != 0);
         let m = Self {
             ibpb: edx7 & (1 << 26) != 0 || ebx_e8 & (1 << 12) != 0,
-            l1d_flush: edx7 & (1 << 28) != 0 && l1tf,
-            verw: edx7 & (1 << 10) != 0,
+            l1d_flush,
+            verw,
+            entry_barrier: l1d_flush || verw,
         };
         log::info!(
             "speculation: IBPB on domain switch {}, L1D flush before entry {}, VERW before entry {}",
@@ -78,7 +82,16 @@ impl Mitigations {
     }
 
     /// Immediately before every VM entry: the flush.
+    #[inline(always)]
     pub fn before_entry(&self) {
+        if self.entry_barrier {
+            self.entry_flush();
+        }
+    }
+
+    /// The flush itself.
+    #[cold]
+    fn entry_flush(&self) {
         if self.l1d_flush {
             // SAFETY: CPUID enumerated L1D_FLUSH; the command only writes back and invalidates
             // the L1 data cache (it also clears the buffers VERW would).
