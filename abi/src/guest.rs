@@ -192,6 +192,11 @@ impl Hypervisor {
         self.op(Op::MemWrite, args)
     }
 
+    /// `VcpuUp`: starts the caller's vCPU `vcpu` in `state`.
+    pub fn vcpu_up(&self, vcpu: u32, state: &VcpuState) -> Result<(), Errno> {
+        self.op(Op::VcpuUp, [vcpu.into(), addr(state.as_bytes()), 0, 0, 0]).map(drop)
+    }
+
     /// `VcpuSetState`.
     pub fn vcpu_set_state(&self, domid: u32, vcpu: u32, state: &VcpuState) -> Result<(), Errno> {
         let args = [domid.into(), vcpu.into(), addr(state.as_bytes()), 0, 0];

@@ -103,6 +103,9 @@ ops! {
     Yield = 0x02, false;
     /// `(reason, status) -> does not return`: stop the calling domain.
     Shutdown = 0x03, false;
+    /// `(vcpu, state_gpa) -> 0`: start one of the caller's own vCPUs that waits for its
+    /// state, in the `VcpuState` given (Xen's `VCPUOP_initialise` and `VCPUOP_up` in one).
+    VcpuUp = 0x04, false;
     /// `(create_gpa) -> domid`: build a new domain (paused, state Created).
     DomainCreate = 0x10, true;
     /// `(domid) -> 0`: free every resource of a domain.

@@ -483,31 +483,82 @@ pub fn run_all(boot: &Boot) -> bool {
     fail == 0
 }
 
+/// One run of the `smp` guest.
+#[derive(Clone, Copy)]
+struct SmpRun {
+    vcpus: u32,
+    /// Every wait spins on PAUSE instead of yielding.
+    spin: bool,
+    /// Each vCPU writes and verifies its share of [`TOUCH_MIB`] while dom0 lowers and raises
+    /// the domain's MMU page cap over and over.
+    touch: bool,
+}
+
 /// The `smp` guest's runs in `scenario=smp`: every vCPU a domain can have, then two, both
 /// yielding while they wait; then every vCPU spinning on PAUSE while it waits, as a lock does
-/// (PAUSE-loop exiting / the pause filter must hand the CPU to the vCPU waited for).
-const SMP_RUNS: [(u32, bool); 3] = [
-    (abi::hypercall::MAX_VCPUS_PER_DOMAIN, false),
-    (2, false),
-    (abi::hypercall::MAX_VCPUS_PER_DOMAIN, true),
+/// (PAUSE-loop exiting / the pause filter must hand the CPU to the vCPU waited for); then every
+/// vCPU touching memory while its MMU pages are zapped from under it.
+const SMP_RUNS: [SmpRun; 4] = [
+    SmpRun { vcpus: abi::hypercall::MAX_VCPUS_PER_DOMAIN, spin: false, touch: false },
+    SmpRun { vcpus: 2, spin: false, touch: false },
+    SmpRun { vcpus: abi::hypercall::MAX_VCPUS_PER_DOMAIN, spin: true, touch: false },
+    SmpRun { vcpus: abi::hypercall::MAX_VCPUS_PER_DOMAIN, spin: false, touch: true },
 ];
+/// MiB the `touch` run's vCPUs share: with 4 KiB mappings, 20 leaf tables, more than the
+/// floor the cap is lowered to (`PhysInfo::mmu_pages_floor`), so every lowering zaps.
+const TOUCH_MIB: u64 = 40;
+/// The `touch` run's high cap.
+const TOUCH_HIGH_CAP: u64 = 4096;
 
-/// One run of the `smp` guest with `vcpus` vCPUs: it must shut down with status 0 and its
-/// verdict line must end in `: ok`; its `smp:` lines are echoed into dom0's console (microhv's
-/// log rate-limits a domU's own lines).
-fn smp_run(boot: &Boot, vcpus: u32, spin: bool) -> Result<(), &'static str> {
-    let mut cmdline: heapless::String<32> = heapless::String::new();
-    let spin = if spin { " spin" } else { "" };
-    let _ = core::fmt::write(&mut cmdline, format_args!("vcpus={vcpus}{spin}"));
-    let s = DomainSpec { vcpus, ..spec("smp", 4, &cmdline) };
+impl SmpRun {
+    fn name(self) -> heapless::String<24> {
+        let mut n = heapless::String::new();
+        let tail = if self.spin {
+            "-spin"
+        } else if self.touch {
+            "-touch"
+        } else {
+            ""
+        };
+        let _ = core::fmt::write(&mut n, format_args!("smp-{}{tail}", self.vcpus));
+        n
+    }
+}
+
+/// One run of the `smp` guest: it must shut down with status 0 and its verdict line must end
+/// in `: ok`; its `smp:` lines are echoed into dom0's console (microhv's log rate-limits a
+/// domU's own lines).
+fn smp_run(boot: &Boot, run: SmpRun) -> Result<(), &'static str> {
+    let hv = guest_rt::hv();
+    let floor = hv.phys_info().map_err(|_| "physinfo")?.mmu_pages_floor;
+    let mut cmdline: heapless::String<48> = heapless::String::new();
+    let spin = if run.spin { " spin" } else { "" };
+    let _ = core::fmt::write(&mut cmdline, format_args!("vcpus={}{spin}", run.vcpus));
+    let mut s = DomainSpec { vcpus: run.vcpus, ..spec("smp", 4, "") };
+    if run.touch {
+        let _ = core::fmt::write(&mut cmdline, format_args!(" rounds=4 touch={TOUCH_MIB}"));
+        s.mem_bytes = (8 + TOUCH_MIB) << 20;
+        s.mmu_pages = TOUCH_HIGH_CAP;
+        s.flags = DOMCREATE_SMALL_PAGES;
+    }
+    s.cmdline = &cmdline;
     let started = rdtsc();
     let d = start(boot, "smp", &s)?;
     let mut con = Console::new();
-    let i = wait(d, &mut con, stopped)?;
+    let mut cycles = 0u64;
+    let mut cap_error = false;
+    let i = wait(d, &mut con, |i, c| {
+        if run.touch && !stopped(i, c) {
+            let low = hv.mmu_pages_set(d, floor);
+            let high = hv.mmu_pages_set(d, TOUCH_HIGH_CAP);
+            cap_error |= low.is_err() || high.is_err();
+            cycles += 1;
+        }
+        stopped(i, c)
+    })?;
     let ticks = rdtsc() - started;
-    let pauses = guest_rt::hv()
-        .stats(d)
-        .map_or(0, |s| s.exits_by_reason[abi::types::ExitReason::Pause as usize]);
+    let stats = hv.stats(d).map_err(|_| "stats")?;
+    let pauses = stats.exits_by_reason[abi::types::ExitReason::Pause as usize];
     destroy(d)?;
     let mut verdict = false;
     for line in con.split(|&b| b == b'\n').filter_map(|l| core::str::from_utf8(l).ok()) {
@@ -519,9 +570,24 @@ fn smp_run(boot: &Boot, vcpus: u32, spin: bool) -> Result<(), &'static str> {
         }
     }
     println!(
-        "  smp with {vcpus} vCPUs{spin}: state {}, status {}, {} exits ({} pause), {ticks} ticks from build to stop",
-        i.state, i.shutdown_status, i.exits, pauses
+        "  {} with {} vCPUs: state {}, status {}, {} exits ({pauses} pause), {ticks} ticks from build to stop",
+        run.name(),
+        run.vcpus,
+        i.state,
+        i.shutdown_status,
+        i.exits
     );
+    if run.touch {
+        println!(
+            "  {}: the cap lowered to {floor} and raised to {TOUCH_HIGH_CAP} {cycles} times; {} reclaims, {} pages zapped",
+            run.name(),
+            stats.mmu_reclaims,
+            stats.mmu_pages_zapped
+        );
+        if cap_error || cycles == 0 || stats.mmu_pages_zapped == 0 {
+            return Err("the MMU page cap was not cycled while the guest ran");
+        }
+    }
     if i.state != DomainState::Shutdown as u32 || i.shutdown_status != 0 {
         return Err("the smp guest did not shut down with status 0");
     }
@@ -533,21 +599,22 @@ fn smp_run(boot: &Boot, vcpus: u32, spin: bool) -> Result<(), &'static str> {
 
 /// `scenario=smp`: the `smp` guest (a parallel workload with IPIs between its vCPUs, started
 /// as an OS starts its CPUs) in each of [`SMP_RUNS`]; each run prints `scenario smp-N: PASS`
-/// (`smp-N-spin`) or `FAIL: why`, and must give back every frame when destroyed.
+/// (`smp-N-spin`, `smp-N-touch`) or `FAIL: why`, and must give back every frame when
+/// destroyed.
 pub fn smp(boot: &Boot) -> bool {
     let mut ok = true;
-    for (vcpus, spin) in SMP_RUNS {
+    for run in SMP_RUNS {
         let before = free_bytes();
-        let r = smp_run(boot, vcpus, spin);
+        let r = smp_run(boot, run);
         destroy_leftovers();
         let after = free_bytes();
         let r =
             if r.is_ok() && after != before { Err("free memory differs after destroy") } else { r };
         match r {
-            Ok(()) => println!("scenario smp-{vcpus}{}: PASS", if spin { "-spin" } else { "" }),
+            Ok(()) => println!("scenario {}: PASS", run.name()),
             Err(why) => {
                 ok = false;
-                println!("scenario smp-{vcpus}{}: FAIL: {why}", if spin { "-spin" } else { "" });
+                println!("scenario {}: FAIL: {why}", run.name());
             }
         }
     }

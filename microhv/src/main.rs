@@ -29,13 +29,15 @@ use microhv_core::hv::{Hv, ModuleRef};
 use microhv_core::hwcaps::{self, Unavailable};
 use microhv_core::status::StopStatus;
 use phys::IdentityMem;
-use spin::Mutex;
+use spin::mutex::TicketMutex;
 
 rt::multiboot1_header!();
 rt::multiboot2_header!();
 
-/// The hypervisor: frames, domains, backend. Filled in by `rt_main`.
-static HV: Mutex<Hv<Arch, IdentityMem>> = Mutex::new(Hv::new(
+/// The hypervisor: frames, domains, backend. Filled in by `rt_main`. A ticket lock: with
+/// several CPUs, a CPU that waits for it gets it in its turn (a vCPU coming back from its guest
+/// is never starved by a CPU that keeps taking the lock).
+static HV: TicketMutex<Hv<Arch, IdentityMem>> = TicketMutex::new(Hv::new(
     Arch::None,
     IdentityMem,
     mmu::Config { format: mmu::Format::Ept, large_2m: false, large_1g: false },
@@ -52,16 +54,21 @@ unsafe extern "C" {
 /// The image's layout for its W^X map: the linker script's boundaries and the stacks' guards.
 fn image_layout() -> microhv_core::hostmap::Layout {
     let image = image_range();
-    let [ist0, ist1] = gdt::ist_stacks();
-    let guard = core::ptr::addr_of!(rt_stack_guard) as u64;
+    let mut guards = [0; microhv_core::hostmap::MAX_GUARDS];
+    let all =
+        core::iter::once(core::ptr::addr_of!(rt_stack_guard) as u64).chain(gdt::guard_pages());
+    let mut n_guards = 0;
+    for (slot, g) in guards.iter_mut().zip(all) {
+        (*slot, n_guards) = (g, n_guards + 1);
+    }
     microhv_core::hostmap::Layout {
         start: image.start,
         // Only the addresses of the linker-script symbols are taken.
         text_end: core::ptr::addr_of!(__text_end) as u64,
         rodata_end: core::ptr::addr_of!(__rodata_end) as u64,
         end: image.end,
-        guards: [guard, ist0.guard(), ist1.guard(), 0],
-        n_guards: 3,
+        guards,
+        n_guards,
     }
 }
 
@@ -163,8 +170,58 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     };
     log::info!("{} CPU(s) online", hv.cpus);
     start_dom0(&mut hv, &boot, &opts);
-    let stop = hv.run();
+    if hv.cpus == 1 {
+        // Nothing to share: the lock stays held while the guests run.
+        let stop = hv.run();
+        fatal::stop(stop.status, format_args!("{}", stop.reason))
+    }
+    arch::x86_64::lapic::init_idle_timer(khz);
+    microhv_core::smp::set_hooks(kick, arch::x86_64::cpu::rdtsc);
+    let runner = runner(&mut hv, 0);
+    drop(hv);
+    smp::release_aps();
+    run_cpu(0, runner)
+}
+
+/// Kicks CPU `cpu` (`microhv_core::smp`). A kick the APIC could not send is not waited for
+/// in vain: the CPU's guest exits at the end of its slice anyway.
+fn kick(cpu: usize) {
+    if let Some(id) = smp::apic_id(cpu)
+        && let Err(e) = arch::x86_64::lapic::kick(id)
+    {
+        log::warn!("kick of cpu {cpu}: {e}");
+    }
+}
+
+/// Builds CPU `cpu`'s runner, on that CPU.
+fn runner(
+    hv: &mut Hv<Arch, IdentityMem>,
+    cpu: usize,
+) -> Option<<Arch as microhv_core::exit::Backend>::Runner> {
+    use microhv_core::exit::Backend;
+    hv.backend.set_cpu(cpu);
+    let mut m = microhv_core::mem::Machine { frames: &mut hv.frames, mem: &mut hv.mem };
+    match hv.backend.runner(cpu, &mut m) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!("cpu {cpu} runs no vCPU: its runner failed ({e:?})");
+            None
+        }
+    }
+}
+
+/// Runs vCPUs on this CPU (number `cpu`) until the machine stops; a CPU without a runner
+/// stays halted.
+fn run_cpu(cpu: usize, runner: Option<<Arch as microhv_core::exit::Backend>::Runner>) -> ! {
+    let Some(runner) = runner else { arch::x86_64::cpu::halt_forever() };
+    let stop = Hv::run_cpu(&HV, cpu, runner, arch::x86_64::lapic::halt_until);
     fatal::stop(stop.status, format_args!("{}", stop.reason))
+}
+
+/// An AP's life once the boot CPU has released it (`smp::ap_main`).
+pub fn ap_run(cpu: usize) -> ! {
+    let runner = runner(&mut HV.lock(), cpu);
+    run_cpu(cpu, runner)
 }
 
 /// Does what microhv's mappings forbid; the page fault that follows ends the run (status 4).

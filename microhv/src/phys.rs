@@ -1,5 +1,6 @@
 //! Host physical memory through the entry code's identity map of the first 4 GiB.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use microhv_core::frames::MAX_PHYS_BYTES;
 use microhv_core::mem::PhysMem;
 
@@ -8,6 +9,18 @@ const _: () = assert!(MAX_PHYS_BYTES <= rt::IDENTITY_MAP_BYTES);
 
 /// [`PhysMem`] over the identity map.
 pub struct IdentityMem;
+
+/// The aligned word at `pa` as an atomic, for words a guest updates concurrently.
+fn atomic_word(pa: u64) -> &'static AtomicU64 {
+    assert!(
+        pa < rt::IDENTITY_MAP_BYTES && pa.is_multiple_of(8),
+        "pa {pa:#x} unmapped or unaligned"
+    );
+    // SAFETY: an aligned word inside the identity map (checked), of a frame the core owns for
+    // as long as it uses the reference (one operation); the guest only ever accesses it with
+    // atomic (locked) instructions or plain aligned loads and stores, never as Rust data.
+    unsafe { AtomicU64::from_ptr(pa as *mut u64) }
+}
 
 fn check(pa: u64, len: usize) {
     let end = pa.checked_add(len as u64);
@@ -46,6 +59,14 @@ impl PhysMem for IdentityMem {
         );
         // SAFETY: as in `read_u64`; the frame belongs to the caller.
         unsafe { (pa as *mut u64).write(val) }
+    }
+
+    fn fetch_or_u64(&mut self, pa: u64, bits: u64) -> u64 {
+        atomic_word(pa).fetch_or(bits, Ordering::SeqCst)
+    }
+
+    fn fetch_and_u64(&mut self, pa: u64, mask: u64) -> u64 {
+        atomic_word(pa).fetch_and(mask, Ordering::SeqCst)
     }
 
     fn zero(&mut self, pa: u64, len: u64) {

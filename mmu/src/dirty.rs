@@ -121,7 +121,7 @@ impl Mmu {
         debug_assert!(self.masks.is_present(e));
         if e & self.masks.writable != 0 {
             host.write_u64(spte, e & !self.masks.writable);
-            self.owe_flush();
+            self.owe_flush(host);
         }
     }
 }

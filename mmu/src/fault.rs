@@ -296,13 +296,13 @@ impl Mmu {
                 }
                 self.set_parent(host, child, 0);
                 self.orphans += 1;
-                self.owe_flush();
+                self.owe_flush(host);
             } else {
                 rmapped = true;
                 if old & ADDR_MASK != new & ADDR_MASK
                     || (self.masks.is_writable(old) && !self.masks.is_writable(new))
                 {
-                    self.owe_flush();
+                    self.owe_flush(host);
                 }
             }
         }
@@ -334,7 +334,7 @@ impl Mmu {
         self.rmap_clear(host, head, level, addr)?;
         host.write_u64(addr, 0);
         self.stats.leaves_zapped += 1;
-        self.owe_flush();
+        self.owe_flush(host);
         Ok(())
     }
 

@@ -28,4 +28,9 @@ pub trait Host {
     fn before_map(&mut self, hpa: u64, len: u64) {
         let _ = (hpa, len);
     }
+    /// A present entry has just been removed or replaced, and frames or table pages it led to
+    /// may be freed or reused next: a caller whose vCPUs run on other CPUs stops them first
+    /// (they might still walk the old entry). Called once per flush owed, before anything is
+    /// freed; until [`crate::Mmu::take_flush`] is called, no vCPU may enter again.
+    fn before_zap(&mut self) {}
 }

@@ -525,8 +525,9 @@ impl Mmu {
     }
 
     #[inline]
-    pub(crate) fn owe_flush(&mut self) {
+    pub(crate) fn owe_flush<H: Host>(&mut self, host: &mut H) {
         if !self.flush_owed {
+            host.before_zap();
             self.flush_owed = true;
             self.stats.flushes_owed += 1;
         }

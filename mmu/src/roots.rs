@@ -40,7 +40,7 @@ impl Mmu {
         }
         self.reload_mask &= !(1 << vcpu);
         self.root_table = sp.table;
-        self.owe_flush();
+        self.owe_flush(host);
         Ok(self.pointer(sp.table))
     }
 

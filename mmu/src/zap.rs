@@ -44,14 +44,14 @@ impl Mmu {
                 self.set_parent(host, child, 0);
                 self.orphans += 1;
                 host.write_u64(addr, 0);
-                self.owe_flush();
+                self.owe_flush(host);
             }
         }
         let parent = self.parent(host, i);
         if parent != 0 {
             host.write_u64(parent, 0);
             self.set_parent(host, i, 0);
-            self.owe_flush();
+            self.owe_flush(host);
         } else if sp.level < LEVELS {
             // An orphan, freed below (only roots are kept when zapped).
             self.orphans -= 1;
@@ -186,7 +186,7 @@ impl Mmu {
                     host.write_u64(spte, 0);
                     host.write_u64(a, 0);
                     self.stats.leaves_zapped += 1;
-                    self.owe_flush();
+                    self.owe_flush(host);
                 }
             }
         }

@@ -45,6 +45,10 @@ pub struct Vcpu<V> {
     /// A port access dom0 serves, from the exit that posted it until the instruction, executed
     /// again, takes the answer (`hv/ioreq.rs`).
     pub io: Option<IoWait>,
+    /// The CPU whose run queue it is on (`hv/run.rs`).
+    pub home: u8,
+    /// The CPU running it, which holds its hardware state meanwhile (`arch` is `None`).
+    pub on: Option<u8>,
 }
 
 /// A port access handed to dom0 (`IoreqNext` / `IoreqComplete`).
@@ -115,6 +119,8 @@ impl<V> Vcpu<V> {
             tsc_adjust: 0,
             misc_enable: crate::policy::MISC_ENABLE_VALUE,
             io: None,
+            home: 0,
+            on: None,
         }
     }
 }
@@ -130,11 +136,13 @@ pub struct Counters {
     pub cpu_time: u64,
     /// Second-level TLB flushes executed for the domain.
     pub tlb_flushes: u64,
+    /// The host CPUs its vCPUs ran on, a bit each.
+    pub cpus: u32,
 }
 
 impl Counters {
     const fn new() -> Self {
-        Self { exits: [0; EXIT_REASONS], hypercalls: 0, cpu_time: 0, tlb_flushes: 0 }
+        Self { exits: [0; EXIT_REASONS], hypercalls: 0, cpu_time: 0, tlb_flushes: 0, cpus: 0 }
     }
 
     /// Counts an exit.

@@ -467,12 +467,56 @@ pub trait DemandFaults {
     /// `None`: the exit is the core's (with what the MMU said, if it was asked:
     /// [`ExitInfo::mmu`]); the backend must then return this very exit.
     fn fix(&mut self, gpa: u64, access: mmu::Access) -> Option<bool>;
+    /// Where another CPU records that it asked this one to leave the guest (a kick, whose
+    /// interrupt the backend may have taken in root mode): once it is set the backend must not
+    /// re-enter without returning. Asked once per run (`None`: one CPU, nobody kicks).
+    fn kick_flag(&self) -> Option<&'static core::sync::atomic::AtomicBool> {
+        None
+    }
+}
+
+/// What enters a guest on one CPU while the hypervisor lock is released (`hv/smp.rs`): built
+/// once per CPU ([`Backend::runner`]), it holds only what never changes after boot and that
+/// CPU's own resources (SVM's host save area and slice timer), so CPUs run vCPUs concurrently.
+pub trait Runner {
+    /// The hardware state of one vCPU.
+    type Vcpu;
+    /// Runs a vCPU [`Backend::load`] made ready on this CPU, as [`Backend::run`] does.
+    fn run(
+        &mut self,
+        vcpu: &mut Self::Vcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo;
 }
 
 /// An arch backend: the only code that touches the VMCS / VMCB or enters a guest.
+///
+/// On several CPUs the backend is used by whichever CPU holds the hypervisor lock
+/// ([`Backend::set_cpu`] says which, for the state each CPU keeps: the VMX owned-register
+/// state, SVM's ASID users); guests are entered through each CPU's [`Runner`]. A vCPU's VMCS is
+/// active on at most one CPU: [`Backend::unload`] clears it, and the core unloads every vCPU a
+/// CPU leaves or touched without running it (a start-up IPI, a new vCPU).
 pub trait Backend {
     /// The hardware state of one vCPU.
     type Vcpu;
+    /// This backend's runner.
+    type Runner: Runner<Vcpu = Self::Vcpu>;
+
+    /// The calls that follow run on CPU `cpu` (it holds the hypervisor lock).
+    fn set_cpu(&mut self, cpu: usize);
+    /// Builds the runner of CPU `cpu`, on that CPU (its host save area, its slice timer).
+    fn runner(
+        &mut self,
+        cpu: usize,
+        frames: &mut dyn FrameSource,
+    ) -> Result<Self::Runner, BackendError>;
+    /// Makes the vCPU current on this CPU, with the state the hardware keeps outside its
+    /// control structure in place, and flushes what this CPU may have cached for it from an
+    /// earlier stay (VPID / ASID, and EPT after a flush it has not seen): what
+    /// [`Runner::run`] needs.
+    fn load(&mut self, vcpu: &mut Self::Vcpu);
 
     /// `abi::cpuid::HYPERCALL_*` for this backend.
     fn hypercall_insn(&self) -> u32;
@@ -498,8 +542,9 @@ pub trait Backend {
         slice: u64,
         faults: &mut dyn DemandFaults,
     ) -> ExitInfo;
-    /// The vCPU will not be the next to run: save whatever guest state the hardware still
-    /// holds for it outside its control structure.
+    /// The vCPU leaves this CPU: save whatever guest state the hardware still holds for it
+    /// outside its control structure, and make its control structure loadable on any CPU
+    /// (VMCLEAR).
     fn unload(&mut self, vcpu: &mut Self::Vcpu);
     /// Reads a guest register.
     fn read(&mut self, vcpu: &mut Self::Vcpu, reg: GuestReg) -> u64;

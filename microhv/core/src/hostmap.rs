@@ -17,8 +17,9 @@ pub enum Perm {
     ReadWrite,
 }
 
-/// Guard pages an image may have: the boot stack's and one per IST stack.
-pub const MAX_GUARDS: usize = 4;
+/// Guard pages an image may have: the boot stack's, and one under each of every CPU's IST
+/// stacks and every application processor's stack.
+pub const MAX_GUARDS: usize = 1 + 2 * crate::cpus::MAX_CPUS + (crate::cpus::MAX_CPUS - 1);
 
 /// The image's layout, from the linker script's page-aligned symbols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +65,7 @@ mod tests {
             text_end: 0x14_0000,
             rodata_end: 0x16_0000,
             end: 0x20_0000,
-            guards: [0x18_0000, 0x1a_0000, 0, 0],
+            guards: core::array::from_fn(|i| [0x18_0000, 0x1a_0000].get(i).copied().unwrap_or(0)),
             n_guards: 2,
         };
         assert_eq!(l.perm(0x10_0000), Perm::ReadExec);

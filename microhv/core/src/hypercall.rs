@@ -58,6 +58,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 Ok(()) => return Outcome::Stopped,
                 Err(e) => Err(e),
             },
+            Op::VcpuUp => self.op_vcpu_up(d, args[0], args[1]),
             Op::DomainCreate => self.op_domain_create(d, args[0]),
             Op::DomainDestroy => self.op_domain_destroy(args[0]),
             Op::DomainPause => self.op_domain_pause(args[0]),
@@ -297,6 +298,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     fn op_domain_destroy(&mut self, domid: u64) -> R {
         let t = self.target_domu(domid)?;
         log::info!("d{t} ({}) destroyed", self.domains[t].name_str());
+        if self.domains[t].runnable() {
+            self.report_vcpus(t);
+        }
         self.destroy_domain(t);
         self.virq(VIRQ_DOM_EXC);
         Ok(0)
@@ -305,6 +309,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     fn op_domain_pause(&mut self, domid: u64) -> R {
         let t = self.target_domu_in(domid, &[DomainState::Running])?;
         self.domains[t].state = Some(DomainState::Paused);
+        // Its vCPUs running on other CPUs are out of the guest before this returns (as Xen's
+        // `domain_pause` waits for them), and no CPU picks them again.
+        crate::smp::quiesce_domain(t);
         Ok(0)
     }
 
@@ -424,6 +431,23 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         if vcpu >= u64::from(self.domains[t].vcpu_count) {
             return Err(Errno::EINVAL);
         }
+        self.start_vcpu(d, t, vcpu as usize, gpa)
+    }
+
+    /// `VcpuUp`: the caller starts one of its own vCPUs that waits for its state.
+    fn op_vcpu_up(&mut self, d: usize, vcpu: u64, gpa: u64) -> R {
+        let vc = usize::try_from(vcpu)
+            .ok()
+            .filter(|&v| v < self.domains[d].vcpu_count as usize)
+            .ok_or(Errno::EINVAL)?;
+        if self.domains[d].vcpus[vc].init.is_none() {
+            return Err(Errno::EEXIST);
+        }
+        self.start_vcpu(d, d, vc, gpa)
+    }
+
+    /// Gives vCPU `vcpu` of domain `t` the `VcpuState` at `gpa` of the caller `d`'s memory.
+    fn start_vcpu(&mut self, d: usize, t: usize, vcpu: usize, gpa: u64) -> R {
         let s: VcpuState = self.read_struct(d, gpa)?;
         let regs = [s.rip, s.rsp, s.rax, s.rbx, s.rcx, s.rdx, s.rsi, s.rdi];
         let below_4g = regs.into_iter().all(|x| x <= u64::from(u32::MAX));
@@ -433,9 +457,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let mut init = VcpuInit { rip: s.rip, rsp: s.rsp, ..VcpuInit::default() };
         (init.gprs.rax, init.gprs.rbx, init.gprs.rcx) = (s.rax, s.rbx, s.rcx);
         (init.gprs.rdx, init.gprs.rsi, init.gprs.rdi) = (s.rdx, s.rsi, s.rdi);
-        let vc = &mut self.domains[t].vcpus[vcpu as usize];
+        let vc = &mut self.domains[t].vcpus[vcpu];
         if let Some(arch) = vc.arch.as_mut() {
             self.backend.reset_vcpu(arch, &init);
+            self.backend.unload(arch);
         }
         vc.gprs = init.gprs;
         vc.init = None;

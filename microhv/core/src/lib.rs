@@ -33,6 +33,7 @@ pub mod mtrr;
 pub mod platform;
 pub mod policy;
 pub mod regs;
+pub mod smp;
 pub mod walk;
 
 pub mod status;

@@ -26,6 +26,20 @@ pub trait PhysMem {
     fn write_u64(&mut self, pa: u64, val: u64) {
         self.write(pa, &val.to_le_bytes());
     }
+    /// Sets `bits` in the 8-aligned word at `pa` with one locked read-modify-write (a full
+    /// barrier), returning the old value: for words a guest updates with locked instructions
+    /// while its vCPUs run on other CPUs (the event-channel page).
+    fn fetch_or_u64(&mut self, pa: u64, bits: u64) -> u64 {
+        let old = self.read_u64(pa);
+        self.write_u64(pa, old | bits);
+        old
+    }
+    /// Keeps only `mask`'s bits of the 8-aligned word at `pa`, as [`PhysMem::fetch_or_u64`].
+    fn fetch_and_u64(&mut self, pa: u64, mask: u64) -> u64 {
+        let old = self.read_u64(pa);
+        self.write_u64(pa, old & mask);
+        old
+    }
 }
 
 /// The frame allocator and physical memory together: what the `mmu` crate and the backends
@@ -74,5 +88,9 @@ impl<P: PhysMem, const W: usize> mmu::Host for Machine<'_, P, W> {
     fn before_map(&mut self, hpa: u64, len: u64) {
         let mem = &mut *self.mem;
         self.frames.clean(hpa, len, |pa, n| mem.zero(pa, n));
+    }
+
+    fn before_zap(&mut self) {
+        crate::smp::quiesce();
     }
 }

@@ -143,7 +143,7 @@ fn console_input_reaches_a_domus_com1_only_from_dom0() {
 fn unknown_operations_are_enosys() {
     let mut hv = world();
     let d = running(&mut hv, "u");
-    for op in [0x04, 0x0f, 0x23, 0x2f, 0x100, 1 << 32, u64::MAX] {
+    for op in [0x05, 0x0f, 0x23, 0x2f, 0x100, 1 << 32, u64::MAX] {
         assert_eq!(call(&mut hv, 0, op, [0; 5]), ENOSYS, "op {op:#x} from dom0");
         assert_eq!(call(&mut hv, d, op, [0; 5]), ENOSYS, "op {op:#x} from a domU");
     }
@@ -1460,7 +1460,7 @@ fn idle_time_scrubs_what_a_destroyed_domain_left_before_anyone_gets_it() {
     assert_eq!(run_until_stop(&mut hv).status, StopStatus::Ok);
     assert_eq!(hv.frames.dirty_free_frames(), dirty - 3 * crate::hv::SCRUB_BATCH);
     while hv.frames.dirty_free_frames() > 0 {
-        hv.scrub_idle();
+        let _ = hv.scrub_idle();
     }
     let mut host = [0xffu8; 16];
     crate::mem::PhysMem::read(&hv.mem, raw + 0x3000, &mut host);
@@ -1799,4 +1799,65 @@ fn a_pause_loop_exit_gives_the_cpu_to_a_sibling() {
     let spun = order.iter().filter(|&&k| k == spinner).count().min(SPINS);
     assert!(spun > 0, "the spinner ran");
     assert_eq!(s.exits_by_reason[abi::types::ExitReason::Pause as usize], spun as u64);
+}
+
+#[test]
+fn each_cpu_runs_the_vcpus_placed_on_it_then_takes_the_others() {
+    use crate::hv::Next;
+    let mut hv = world();
+    (hv.cpus, hv.online) = (2, 0b11);
+    let d = create_with(&mut hv, &create_args("pair", 2 << 20, 2, 0)) as usize;
+    for v in 0..2 {
+        assert_eq!(set_state(&mut hv, d, v, &flat32(0x10_0000)), 0);
+    }
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    let home = |hv: &TestHv, v: usize| usize::from(hv.domains[d].vcpus[v].home);
+    let mut homes = [home(&hv, 0), home(&hv, 1)];
+    homes.sort();
+    assert_eq!(homes, [0, 1], "placed round-robin");
+    let on_1 = (0..2).find(|&v| home(&hv, v) == 1).unwrap();
+    hv.cpu = 1;
+    let Next::Run(d1, v1, _) = hv.next() else { panic!("CPU 1 has a vCPU") };
+    assert_eq!((d1, v1), (d, on_1), "CPU 1 runs its own vCPU first");
+    // Its own halted: CPU 1 takes one of CPU 0's instead, and that one moves.
+    hv.domains[d].vcpus[on_1].halted = true;
+    hv.domains[d].vcpus[on_1].halted_if = false;
+    let Next::Run(d2, v2, _) = hv.next() else { panic!("CPU 1 takes CPU 0's work") };
+    assert_ne!((d2, v2), (d, on_1));
+    assert_eq!(usize::from(hv.domains[d2].vcpus[v2].home), 1, "it moved to CPU 1");
+    // A vCPU another CPU runs (its hardware state away) is nobody else's to pick.
+    let away = hv.domains[d2].vcpus[v2].arch.take();
+    hv.domains[d2].vcpus[v2].on = Some(1);
+    hv.cpu = 0;
+    if let Next::Run(d3, v3, _) = hv.next() {
+        assert_ne!((d3, v3), (d2, v2));
+    }
+    hv.domains[d2].vcpus[v2].arch = away;
+}
+
+#[test]
+fn a_domain_starts_its_own_waiting_vcpus() {
+    let mut hv = world();
+    let d = create_with(&mut hv, &create_args("pair", 2 << 20, 2, 0)) as usize;
+    assert_eq!(set_state(&mut hv, d, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    let at = 0x1000;
+    put(&mut hv, d, at, flat32(0x10_0200).as_bytes());
+    let up =
+        |hv: &mut TestHv, vcpu: u64, gpa: u64| call(hv, d, Op::VcpuUp as u64, [vcpu, gpa, 0, 0, 0]);
+    assert_eq!(up(&mut hv, 2, at), EINVAL, "no vCPU 2");
+    assert_eq!(up(&mut hv, u64::MAX, at), EINVAL);
+    assert_eq!(up(&mut hv, 0, at), EEXIST, "vCPU 0 runs");
+    assert_eq!(up(&mut hv, 1, 2 << 20), EFAULT, "beyond its RAM");
+    let mut bad = flat32(0x10_0200);
+    bad.mode = 2;
+    put(&mut hv, d, at + 0x100, bad.as_bytes());
+    assert_eq!(up(&mut hv, 1, at + 0x100), EINVAL);
+    assert!(!hv.can_run((d, 1), 0), "still waiting");
+    assert_eq!(up(&mut hv, 1, at), 0);
+    assert_eq!(hv.domains[d].vcpus[1].arch.as_ref().map(|v| v.rip), Some(0x10_0200));
+    assert!(hv.can_run((d, 1), 0), "started");
+    assert_eq!(up(&mut hv, 1, at), EEXIST, "once");
+    // Only its own: dom0's vCPU 0 runs, and it has no other.
+    assert_eq!(call(&mut hv, 0, Op::VcpuUp as u64, [1, SCRATCH, 0, 0, 0]), EINVAL);
 }

@@ -112,7 +112,10 @@ pub struct FakeBackend {
     pub fast_faults: bool,
     /// The vCPU that ran last: the one a switch must unload.
     pub last_run: Option<(u32, u32)>,
-    /// Unloads of a vCPU other than the one that ran last (each a lost hardware state).
+    /// The vCPU whose state the hardware holds: the one that ran, was made or was reset last,
+    /// until it is unloaded.
+    pub loaded: Option<(u32, u32)>,
+    /// Unloads of a vCPU other than [`FakeBackend::loaded`] (each a lost hardware state).
     pub wrong_unloads: u32,
 }
 
@@ -123,8 +126,34 @@ impl FakeBackend {
     }
 }
 
+/// The fake backend runs on one CPU only: it has no runner.
+pub enum FakeRunner {}
+
+impl crate::exit::Runner for FakeRunner {
+    type Vcpu = FakeVcpu;
+
+    fn run(
+        &mut self,
+        _: &mut FakeVcpu,
+        _: &mut Gprs,
+        _: u64,
+        _: &mut dyn crate::exit::DemandFaults,
+    ) -> ExitInfo {
+        match *self {}
+    }
+}
+
 impl Backend for FakeBackend {
     type Vcpu = FakeVcpu;
+    type Runner = FakeRunner;
+
+    fn set_cpu(&mut self, _: usize) {}
+
+    fn runner(&mut self, _: usize, _: &mut dyn FrameSource) -> Result<FakeRunner, BackendError> {
+        Err(BackendError::Hardware(0))
+    }
+
+    fn load(&mut self, _: &mut FakeVcpu) {}
 
     fn hypercall_insn(&self) -> u32 {
         abi::cpuid::HYPERCALL_VMCALL
@@ -142,6 +171,7 @@ impl Backend for FakeBackend {
     ) -> Result<FakeVcpu, BackendError> {
         let frame = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
         self.live += 1;
+        self.loaded = Some((cfg.domid, cfg.index));
         Ok(FakeVcpu {
             frame,
             rip: init.rip,
@@ -158,6 +188,7 @@ impl Backend for FakeBackend {
     }
 
     fn reset_vcpu(&mut self, v: &mut FakeVcpu, init: &VcpuInit) {
+        self.loaded = Some((v.cfg.domid, v.cfg.index));
         v.rip = init.rip;
         v.rsp = init.rsp;
         // Real mode after a start-up IPI: CS at the start page.
@@ -183,6 +214,7 @@ impl Backend for FakeBackend {
         self.order.push(key.0);
         self.order_vcpus.push(key);
         self.last_run = Some(key);
+        self.loaded = Some(key);
         v.pending_irq = None;
         self.clock.set(self.clock.get() + 1000);
         let step = loop {
@@ -246,8 +278,9 @@ impl Backend for FakeBackend {
     }
 
     fn unload(&mut self, v: &mut FakeVcpu) {
-        // The vCPU whose state the hardware holds is the one that ran last.
-        if self.last_run != Some((v.cfg.domid, v.cfg.index)) {
+        // The vCPU whose state the hardware holds is the one that ran, was made or was reset
+        // last.
+        if self.loaded.take() != Some((v.cfg.domid, v.cfg.index)) {
             self.wrong_unloads += 1;
         }
     }

@@ -29,11 +29,15 @@ pub mod x86_64;
 
 use microhv_core::exit::{
     Backend, BackendError, DemandFaults, Event, Exit, ExitInfo, FrameSource, Gprs, GuestReg,
-    VcpuConfig, VcpuInit,
+    Runner, VcpuConfig, VcpuInit,
 };
 
 /// The backend chosen at boot. `None` only exists so the hypervisor's static storage can be
 /// initialized at compile time; no vCPU is ever created before a real backend is installed.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one, in a static: SVM's per-CPU ASID tables cost nothing on VMX but space"
+)]
 pub enum Arch {
     /// No backend yet.
     None,
@@ -51,25 +55,75 @@ pub enum ArchVcpu {
     Svm(svm::SvmVcpu),
 }
 
+/// The runner of one CPU, of whichever backend runs.
+pub enum ArchRunner {
+    /// A VMX runner.
+    Vmx(vmx::VmxRunner),
+    /// An SVM runner.
+    Svm(svm::SvmRunner),
+}
+
 /// What a vCPU of the wrong kind (impossible by construction) reports.
 fn mismatch() -> ExitInfo {
     ExitInfo::fast(Exit::EntryFailure, u64::MAX, 0, 0)
 }
 
-/// Calls backend method `$m` with the vCPU and `$arg`s, or gives `$none` for a vCPU of the other
-/// backend's kind (impossible by construction).
+/// Calls backend (or, after `$kind;`, runner) method `$m` with the vCPU and `$arg`s, or gives
+/// `$none` for a vCPU of the other backend's kind (impossible by construction).
 macro_rules! dispatch {
     ($b:expr, $v:expr, $m:ident($($arg:expr),*), $none:expr) => {
+        dispatch!(Arch; $b, $v, $m($($arg),*), $none)
+    };
+    ($kind:ident; $b:expr, $v:expr, $m:ident($($arg:expr),*), $none:expr) => {
         match ($b, $v) {
-            (Arch::Vmx(b), ArchVcpu::Vmx(v)) => b.$m(v $(, $arg)*),
-            (Arch::Svm(b), ArchVcpu::Svm(v)) => b.$m(v $(, $arg)*),
+            ($kind::Vmx(b), ArchVcpu::Vmx(v)) => b.$m(v $(, $arg)*),
+            ($kind::Svm(b), ArchVcpu::Svm(v)) => b.$m(v $(, $arg)*),
             _ => $none,
         }
     };
 }
 
+impl Runner for ArchRunner {
+    type Vcpu = ArchVcpu;
+
+    fn run(
+        &mut self,
+        vcpu: &mut ArchVcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo {
+        dispatch!(ArchRunner; self, vcpu, run(gprs, slice, faults), mismatch())
+    }
+}
+
 impl Backend for Arch {
     type Vcpu = ArchVcpu;
+    type Runner = ArchRunner;
+
+    fn set_cpu(&mut self, cpu: usize) {
+        match self {
+            Arch::Vmx(b) => b.set_cpu(cpu),
+            Arch::Svm(b) => b.set_cpu(cpu),
+            Arch::None => {}
+        }
+    }
+
+    fn runner(
+        &mut self,
+        cpu: usize,
+        frames: &mut dyn FrameSource,
+    ) -> Result<ArchRunner, BackendError> {
+        match self {
+            Arch::Vmx(b) => Ok(ArchRunner::Vmx(b.runner())),
+            Arch::Svm(b) => b.runner(cpu, frames).map(ArchRunner::Svm),
+            Arch::None => Err(BackendError::Hardware(0)),
+        }
+    }
+
+    fn load(&mut self, vcpu: &mut ArchVcpu) {
+        dispatch!(self, vcpu, load(), {})
+    }
 
     fn hypercall_insn(&self) -> u32 {
         match self {

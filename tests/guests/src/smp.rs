@@ -12,7 +12,6 @@
 //! calls the entry [`start_ap`] was given on the AP's own stack.
 
 use crate::lapic;
-use core::arch::asm;
 
 /// The page the APs start in: RAM in every domain's memory map (`[0x2000, 0xA0000)`,
 /// `abi::pvh::memmap`), below the image (1 MiB, its stacks in its .bss) and apart from what
@@ -25,22 +24,6 @@ const _: () = assert!(TRAMPOLINE_PA.is_multiple_of(4096) && STARTUP_VECTOR <= 0x
 const INIT_DELAY_US: u64 = 10_000;
 /// The SDM's wait after each STARTUP.
 const STARTUP_DELAY_US: u64 = 200;
-/// EFER (MSR) and its long-mode enable bit, which the APs set.
-const MSR_EFER: u32 = 0xc000_0080;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_SVME: u64 = 1 << 12;
-
-fn control_registers() -> (u64, u64, u64) {
-    let (cr0, cr3, cr4): (u64, u64, u64);
-    // SAFETY: reading control registers has no side effects.
-    unsafe {
-        asm!("mov {}, cr0", "mov {}, cr3", "mov {}, cr4", out(reg) cr0, out(reg) cr3,
-             out(reg) cr4, options(nomem, nostack))
-    };
-    (cr0, cr3, cr4)
-}
-
 /// Waits at least `us` microseconds on the TSC (`khz` ticks per millisecond), calling `idle`
 /// between reads (a vCPU that only spins keeps the CPU from the one it waits for until its
 /// time slice ends).
@@ -55,14 +38,7 @@ pub fn delay(khz: u64, us: u64, idle: &mut impl FnMut()) {
 /// registers for the APs; call once before [`start_ap`]. Fails if the BSP's CR3 is out of the
 /// 32-bit code's reach (rt's tables are in the image, so it never is).
 pub fn prepare() -> Result<(), &'static str> {
-    let (cr0, cr3, cr4) = control_registers();
-    let (lo, hi): (u32, u32);
-    // SAFETY: reading EFER has no side effects; it exists on every 64-bit CPU.
-    unsafe {
-        asm!("rdmsr", in("ecx") MSR_EFER, out("eax") lo, out("edx") hi, options(nomem, nostack))
-    };
-    // The APs get LME (and NXE if set), never LMA, which only the CPU sets, nor SVME.
-    let efer = (u64::from(hi) << 32 | u64::from(lo)) & !(EFER_LMA | EFER_SVME) | EFER_LME;
+    let (cr0, cr3, cr4, efer) = rt::arch::x86_64::ap::this_cpu_registers();
     // SAFETY: the trampoline page is RAM of this domain that nothing else uses (see
     // `TRAMPOLINE_PA`), identity-mapped and writable.
     unsafe { rt::arch::x86_64::ap::prepare(TRAMPOLINE_PA, cr0, cr3, cr4, efer) }

@@ -431,6 +431,15 @@ fn test() -> Result<bool> {
         )?;
     }
     step("cargo test", Command::new(cargo).args(["test", "--workspace", "--release"]))?;
+    // The cross-CPU protocols under the loom model checker (every interleaving), in a target
+    // directory of their own: `--cfg loom` rebuilds everything it touches.
+    step(
+        "cargo test (loom models)",
+        Command::new(cargo)
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", images::root().join("target/loom"))
+            .args(["test", "--release", "-p", "microhv-core", "--lib", "smp::model"]),
+    )?;
     let lines: usize = loc::count()?.iter().map(|f| f.1).sum();
     let small = lines <= loc::BUDGET;
     println!(

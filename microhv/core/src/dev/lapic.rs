@@ -495,6 +495,11 @@ impl Lapic {
         self.startup.take()
     }
 
+    /// Whether an INIT or start-up IPI waits to be acted on.
+    pub fn startup_pending(&self) -> bool {
+        self.startup.is_some()
+    }
+
     /// Whether an NMI waits to be injected.
     pub fn nmi_pending(&self) -> bool {
         self.nmi

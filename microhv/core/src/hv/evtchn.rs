@@ -4,8 +4,10 @@
 //! vCPU 0's local APIC: the shape of Xen's HVM callback vector, a fixed interrupt the guest
 //! EOIs, which wakes a halted vCPU as any interrupt does (`run.rs`, `can_run`).
 //!
-//! microhv writes the page while none of the domain's vCPUs runs (it has one physical CPU), so
-//! its read-modify-write of a bitmap word cannot race the guest's locked updates.
+//! The guest's vCPUs may run on other CPUs while microhv updates the page, so microhv changes
+//! a bitmap word only with a locked read-modify-write (`PhysMem::fetch_or_u64`), as the guest
+//! does; that is also a full barrier between setting a pending bit and reading the mask (the
+//! guest clears a mask bit, then reads pending: one side always sees the other's write).
 
 use super::*;
 use crate::evtchn::EVTCHN_PORTS;
@@ -33,8 +35,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     pub(crate) fn evtchn_close(&mut self, d: usize, port: u64) -> R {
         let p = self.evtchn.close(d, port)?;
         if let Some((_, hpa)) = self.evtchn_page(d) {
-            let pending = self.mem.read_u64(hpa);
-            self.mem.write_u64(hpa, pending & !(1 << p));
+            self.mem.fetch_and_u64(hpa, !(1 << p));
         }
         Ok(0)
     }
@@ -78,12 +79,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             self.evtchn.tables[d].held |= bit;
             return;
         };
-        let pending = self.mem.read_u64(hpa);
-        let new = (bit | core::mem::take(&mut self.evtchn.tables[d].held)) & !pending;
+        let raised = bit | core::mem::take(&mut self.evtchn.tables[d].held);
+        let new = raised & !self.mem.fetch_or_u64(hpa, raised);
         if new == 0 {
             return;
         }
-        self.mem.write_u64(hpa, pending | new);
         if vector == 0 || new & !self.mem.read_u64(hpa + MASK) == 0 {
             return;
         }

@@ -67,7 +67,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             // (KVM's `kvm_vcpu_on_spin` yields to a vCPU of the same VM too). With no sibling
             // that could run, the spin is a timed wait (`udelay`) or on a device: it goes on.
             Exit::Pause => {
-                let now = self.backend.now();
+                let now = self.now();
                 let count = self.domains[d].vcpu_count as usize;
                 if (0..count).any(|s| s != v && self.can_run((d, s), now)) {
                     self.yield_cpu();
@@ -80,7 +80,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 let vc = &mut self.domains[d].vcpus[v];
                 vc.halted = true;
                 vc.halted_if = info.rflags & regs::RFLAGS_IF != 0;
-                self.yielded = true;
+                self.sched[self.cpu].yielded = true;
                 None
             }
             // CR8 is the local APIC's TPR (bits 7:4), as the SDM defines it in 64-bit mode; bits
@@ -532,11 +532,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     }
                 }
             }
-            (TSC, None) => {
-                Some(self.backend.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset))
-            }
+            (TSC, None) => Some(self.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset)),
             (TSC, Some(value)) => {
-                let guest = self.backend.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset);
+                let guest = self.now().wrapping_add(self.domains[d].vcpus[v].tsc_offset);
                 self.move_tsc(d, v, value.wrapping_sub(guest));
                 Some(0)
             }

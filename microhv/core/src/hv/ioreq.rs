@@ -37,9 +37,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let token = self.ioreq_seq;
         let stage = IoStage::Posted;
         self.domains[d].vcpus[v].io = Some(IoWait { port, size, write, value, token, stage, then });
-        self.detour = self.detour.or(Some((self.cursor, self.slice_start, self.slice_len)));
-        self.boost = self.boost.or(Some((DOMID_DOM0 as usize, 0)));
-        self.yielded = true;
+        self.sched[self.cpu].detour = self.sched[self.cpu].detour.or(Some((
+            self.sched[self.cpu].cursor,
+            self.sched[self.cpu].slice_start,
+            self.sched[self.cpu].slice_len,
+        )));
+        self.sched[self.cpu].boost = self.sched[self.cpu].boost.or(Some((DOMID_DOM0 as usize, 0)));
+        self.sched[self.cpu].yielded = true;
     }
 
     /// `IoreqNext`: the first posted request (by domain, then vCPU), now taken.

@@ -122,9 +122,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Idle time (no vCPU but one that yielded wants the CPU): zeroes a batch of free frames an
     /// earlier owner left dirty, so that RAM handed out later is found clean.
-    pub(crate) fn scrub_idle(&mut self) {
+    pub(crate) fn scrub_idle(&mut self) -> u64 {
         let mem = &mut self.mem;
-        self.frames.scrub(SCRUB_BATCH, |pa| mem.zero(pa, FRAME_SIZE));
+        self.frames.scrub(SCRUB_BATCH, |pa| mem.zero(pa, FRAME_SIZE))
     }
 
     /// [`Hv::guest_hpa`], with the RAM in the range nobody has seen yet zeroed first (see

@@ -15,14 +15,19 @@ mod grant;
 mod ioreq;
 mod memory;
 mod run;
+mod smp;
 mod startup;
 mod strio;
 
+#[cfg(test)]
+pub(crate) use run::Next;
+use run::Sched;
 pub use strio::STRING_IO_CHUNK;
 
 use crate::boot::Range;
 use crate::console::{CONSOLE_LINE_BYTES, LogLimiter};
 use crate::cpuid::Caller;
+use crate::cpus::MAX_CPUS;
 use crate::dev::Clock;
 use crate::domain::{Domain, IoThen, MAX_RAM_SLOTS, MODULE_SLOT_BASE, VCPUS};
 use crate::evtchn::EventChannels;
@@ -122,25 +127,20 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     pub cpus: u32,
     /// The earliest device deadline of any domain (0: to be recomputed).
     wake_at: u64,
-    /// Last (domain, vCPU) run, where round-robin resumes.
-    cursor: (usize, usize),
-    /// TSC when the current vCPU's slice began.
-    slice_start: u64,
-    /// Length of the current slice: [`VCPU_SLICE`], or a boost's shorter quantum.
-    slice_len: u64,
-    /// A halted vCPU an interrupt woke, to run next (see `run.rs`, `woken`).
-    boost: Option<(usize, usize)>,
-    /// The running slice is a boost's.
-    boosting: bool,
-    /// The last vCPU picked in turn, where round-robin resumes after a boost.
-    in_turn: (usize, usize),
-    /// The running vCPU asked to give up the CPU.
-    yielded: bool,
+    /// Each CPU's scheduler (`run.rs`).
+    sched: [Sched; MAX_CPUS],
+    /// The CPU holding the hypervisor lock, whose scheduler and backend state the calls use.
+    pub(crate) cpu: usize,
+    /// The CPU the next vCPU created is placed on (round-robin over the CPUs online).
+    next_home: usize,
+    /// The CPUs that run vCPUs (they entered [`Hv::run_cpu`]), a bit each.
+    pub(crate) online: u32,
+    /// The latest TSC [`Hv::now`] gave.
+    latest: core::cell::Cell<u64>,
+    /// Set once a CPU has decided the machine stops: the others stop with it (`smp.rs`).
+    stopped: Option<Stop>,
     /// The last `IoReq::token` given out.
     ioreq_seq: u32,
-    /// A vCPU waiting for dom0 to serve its port access, with its slice (start, length): it
-    /// resumes when dom0 is done (`ioreq.rs`, `run.rs`).
-    detour: Option<((usize, usize), u64, u64)>,
     /// The last `IoReq::instance` given out.
     pub(crate) instances: u32,
 }
@@ -166,15 +166,13 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             tsc_khz: crate::console::DEFAULT_TSC_KHZ,
             cpus: 1,
             wake_at: 0,
-            cursor: (0, 0),
-            slice_start: 0,
-            slice_len: VCPU_SLICE,
-            boost: None,
-            boosting: false,
-            in_turn: (0, 0),
-            yielded: false,
+            sched: [const { Sched::new() }; MAX_CPUS],
+            cpu: 0,
+            next_home: 0,
+            online: 0,
+            latest: core::cell::Cell::new(0),
+            stopped: None,
             ioreq_seq: 0,
-            detour: None,
             instances: 0,
         }
     }
@@ -202,13 +200,17 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 root,
                 tsc_khz: u32::try_from(self.tsc_khz).unwrap_or(u32::MAX),
             };
-            let Ok(v) = self.backend.create_vcpu(&mut m, &cfg, &init) else {
+            let Ok(mut v) = self.backend.create_vcpu(&mut m, &cfg, &init) else {
                 let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
                 let _ = self.domains[d].mmu.release_root(&mut m, i);
                 return Err(Errno::ENOMEM);
             };
+            // Made on this CPU, to run on any.
+            self.backend.unload(&mut v);
+            let home = self.place();
             let slot = &mut self.domains[d].vcpus[i];
             slot.arch = Some(v);
+            slot.home = home;
             slot.gprs = init.gprs;
             slot.init = None;
         }
@@ -219,9 +221,33 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         Ok(())
     }
 
+    /// The CPU a new vCPU is placed on: round-robin over the CPUs that run vCPUs (the boot
+    /// CPU while none does yet); an idle CPU takes a vCPU whose own CPU is busy (`run.rs`).
+    fn place(&mut self) -> u8 {
+        let online = if self.online == 0 { 1 } else { self.online };
+        for _ in 0..MAX_CPUS {
+            let c = self.next_home % MAX_CPUS;
+            self.next_home = self.next_home.wrapping_add(1);
+            if online & (1 << c) != 0 {
+                return c as u8;
+            }
+        }
+        0
+    }
+
+    /// The host TSC now, never less than a reading before (on any CPU): the CPUs' TSCs agree
+    /// only to within a few microseconds (`arch/x86_64/smp.rs` sets an AP's by the boot
+    /// CPU's), and the device models, the slices and the guests' TSCs must never see time go
+    /// back.
+    pub(crate) fn now(&self) -> u64 {
+        let now = self.backend.now().max(self.latest.get());
+        self.latest.set(now);
+        now
+    }
+
     /// The host TSC now, as the device models take it.
     pub(crate) fn clock(&self) -> Clock {
-        Clock { now: self.backend.now(), tsc_khz: self.tsc_khz }
+        Clock { now: self.now(), tsc_khz: self.tsc_khz }
     }
 
     /// A device deadline may have moved: the run loop recomputes the earliest.
@@ -231,12 +257,21 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Frees everything domain `d` holds and empties its entry.
     pub(crate) fn destroy_domain(&mut self, d: usize) {
+        // Its vCPUs running on other CPUs stop using its tables and memory before any is freed.
+        crate::smp::quiesce();
         self.flush_console(d);
+        // Every slot: a domain whose creation failed part-way has vCPUs beyond its count.
         for i in 0..VCPUS {
+            let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+            let _ = self.domains[d].mmu.release_root(&mut m, i);
+            // One running on another CPU is that CPU's to free (`smp.rs`).
             if let Some(v) = self.domains[d].vcpus[i].arch.take() {
-                let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
-                let _ = self.domains[d].mmu.release_root(&mut m, i);
                 self.backend.destroy_vcpu(&mut m, v);
+            }
+        }
+        for s in &mut self.sched {
+            if s.cursor.0 == d {
+                s.holds = false;
             }
         }
         // Its grant mappings go first; releasing its RAM then leaves each frame another domain
@@ -364,7 +399,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
 
     /// Marks the calling vCPU as wanting to give up the CPU.
     pub(crate) fn yield_cpu(&mut self) {
-        self.yielded = true;
+        self.sched[self.cpu].yielded = true;
     }
 
     // ---- stopping domains -----------------------------------------------------------------------
@@ -388,6 +423,68 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             st.pages_zapped,
             dom.counters.tlb_flushes,
         );
+        if self.cpus > 1 {
+            let on = dom.counters.cpus;
+            log::info!("d{d}: its vCPUs ran on {} CPUs (mask {on:#x})", on.count_ones());
+            let (quiesces, kicks, waited) = crate::smp::presence().figures();
+            log::info!(
+                "smp so far: {quiesces} quiesces before a zap waited for {kicks} CPUs in all, \
+                 {waited} TSC ticks in all"
+            );
+        }
+    }
+
+    /// Logs where each vCPU of domain `d` is (a domain destroyed while it runs: what it was
+    /// doing, when a tool gave up waiting for it).
+    pub(crate) fn report_vcpus(&self, d: usize) {
+        let now = self.now();
+        let dom = &self.domains[d];
+        for (v, vc) in dom.vcpus.iter().enumerate().take(dom.vcpu_count as usize) {
+            log::info!(
+                "d{d}v{v}: on cpu {:?}, home cpu {}, runnable {}, halted {} (IF {}), waiting for its state {}, port access {:?}, rax {:#x}",
+                vc.on,
+                vc.home,
+                self.can_run((d, v), now),
+                vc.halted,
+                vc.halted_if,
+                vc.init.is_some(),
+                vc.io.map(|w| w.stage),
+                vc.gprs.rax,
+            );
+        }
+        for (i, dom) in self.domains.iter().enumerate() {
+            if let Some(p) = dom.platform.as_ref() {
+                let clock = self.clock();
+                log::info!(
+                    "d{i}: next device deadline {:#x} (now {now:#x}); recomputed: {:?}",
+                    p.deadline,
+                    p.deadlines(&clock)
+                );
+            }
+        }
+        let p = crate::smp::presence();
+        for c in (0..MAX_CPUS).filter(|&c| self.online & (1 << c) != 0) {
+            let (kicked, phase) = (p.was_kicked(c), p.phase(c));
+            let sc = &self.sched[c];
+            log::info!(
+                "cpu {c}: cursor {:?} (holds {}), slice {} of {} used, boost {:?} ({}), yielded {}, wake_at in {}",
+                sc.cursor,
+                sc.holds,
+                now.wrapping_sub(sc.slice_start) as i64,
+                sc.slice_len,
+                sc.boost,
+                sc.boosting,
+                sc.yielded,
+                self.wake_at.wrapping_sub(now) as i64,
+            );
+            match p.in_guest(c) {
+                Some((g, at)) => log::info!(
+                    "cpu {c}: phase {phase}, in a guest of d{g} for {} ticks, kicked {kicked}",
+                    now.wrapping_sub(at)
+                ),
+                None => log::info!("cpu {c}: phase {phase}, kicked {kicked}"),
+            }
+        }
     }
 
     /// Records a shutdown.
@@ -462,7 +559,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// Appends to domain `d`'s console; complete lines go to microhv's log, a domU's within
     /// its rate limit.
     pub(crate) fn console_write(&mut self, d: usize, bytes: &[u8]) {
-        let now = self.backend.now();
+        let now = self.now();
         let khz = self.tsc_khz;
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);
@@ -473,7 +570,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     fn flush_console(&mut self, d: usize) {
-        let now = self.backend.now();
+        let now = self.now();
         let khz = self.tsc_khz;
         let dom = &mut self.domains[d];
         let (limiter, privileged) = (&mut dom.log_limiter, dom.privileged);

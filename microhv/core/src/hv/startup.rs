@@ -17,6 +17,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         let dom = &mut self.domains[d];
         let (Some(p), true) = (dom.platform.as_mut(), dom.device_model) else { return };
         for (l, vc) in p.lapics.iter_mut().zip(dom.vcpus.iter_mut()).skip(1) {
+            // A vCPU running on another CPU takes its INIT or start-up IPI when it comes back.
+            if vc.on.is_some() {
+                continue;
+            }
             match l.take_startup() {
                 Some(Startup::Init) => {
                     l.init();
@@ -26,6 +30,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                     let init = VcpuInit { startup: Some(vector), ..VcpuInit::default() };
                     if let Some(arch) = vc.arch.as_mut() {
                         self.backend.reset_vcpu(arch, &init);
+                        self.backend.unload(arch);
                     }
                     (vc.gprs, vc.init) = (init.gprs, None);
                 }

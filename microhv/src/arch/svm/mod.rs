@@ -25,17 +25,24 @@
 //! - Every vCPU has an ASID of its own when the CPU has enough (otherwise vCPUs share them and
 //!   an ASID is flushed when its user changes). A flush the `mmu` owes is domain-wide, so it
 //!   flushes every vCPU of the domain, each at its next VMRUN.
+//! - Several CPUs: an ASID tags one CPU's TLB, so its users and the owner of the debug
+//!   registers are kept per CPU (`set_cpu` names the CPU). `load` makes a vCPU ready on a CPU:
+//!   its debug registers, and an ASID flush where another vCPU used the ASID there last, where
+//!   the vCPU was last loaded on another CPU (what this one cached for it may be from an earlier
+//!   stay), or where its domain was flushed since. Guests are entered through each CPU's
+//!   `SvmRunner`: its host VMCB and slice timer, and the configuration, which never changes.
 //! - Without NRIP save (QEMU TCG) the length of an intercepted instruction is decoded from the
 //!   guest's instruction bytes (`insn`), except for IN/OUT, whose EXITINFO2 is the next RIP;
 //!   without decode assists the source register of MOV to CR4 is decoded the same way.
-//! - The time slice: SVM has no preemption timer, so `run` arms the host's local APIC timer
+//! - The time slice: SVM has no preemption timer, so `run` arms the CPU's local APIC timer
 //!   (one-shot, `lapic::TIMER_VECTOR`) for the slice. The entry code sets RFLAGS.IF while GIF
 //!   is clear, so with V_INTR_MASKING the timer's interrupt makes the guest exit (INTR
 //!   intercept, translated to `Exit::Timer`), stays pending through the exit path, and is taken
 //!   at STGI by microhv's IDT, whose stub for that vector signals EOI and returns; IF is
 //!   cleared again right after. The legacy PICs are masked at boot, so nothing else arrives.
 //!   An NMI exits the same way and is taken at STGI too, by an IDT stub that counts it; `run`
-//!   reports it.
+//!   reports it. So does another CPU's kick (`lapic::KICK_VECTOR`), translated to
+//!   `Exit::Interrupt` (the slice timer is still running then).
 
 mod caps;
 mod entry;
@@ -48,12 +55,13 @@ use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
 use crate::arch::x86_64::idt::{DEBUG_IN_WINDOW, NMI_COUNT};
 use crate::arch::x86_64::lapic::SliceTimer;
-use crate::arch::x86_64::spec::Mitigations;
+use crate::arch::x86_64::spec::{Mitigations, NO_DOMAIN};
 use abi::hypercall::{MAX_DOMAINS, MAX_VCPUS_PER_DOMAIN};
 use core::sync::atomic::Ordering;
 use entry::svm_run;
 use insn::FetchError;
 use microhv_core::cpuid::Caller;
+use microhv_core::cpus::MAX_CPUS;
 use microhv_core::exit::{
     Access, BackendError, CpuMode, DemandFaults, Event, Exit, ExitInfo, FrameSource, Gprs,
     GuestReg, VcpuConfig, VcpuInit,
@@ -104,9 +112,8 @@ pub struct SvmVcpu {
     asid: u32,
     /// The domain's flush generation this vCPU's ASID was last flushed for.
     flushed: u64,
-    /// Flush the ASID at the next VMRUN whatever the generations say (new vCPU, new root,
-    /// paging-mode change made on the guest's behalf).
-    stale: bool,
+    /// The CPU it was last loaded on (`None`: none yet).
+    cpu: Option<usize>,
     fx: FxArea,
     /// DR0–DR3, which no VMCB field holds, while another vCPU has the hardware.
     debug: DebugRegs,
@@ -120,17 +127,37 @@ pub struct SvmVcpu {
     caller: Caller,
 }
 
-/// The SVM backend.
-pub struct Svm {
+/// What entering a guest takes on one CPU ([`Svm::runner`]): the configuration, fixed when
+/// the backend is built, and the CPU's own host VMCB and slice timer, so CPUs enter guests
+/// concurrently.
+#[derive(Clone, Copy)]
+pub struct SvmRunner {
     features: SvmFeatures,
-    /// The local APIC timer that enforces time slices.
-    timer: SliceTimer,
-    /// `slot + 1` of the vCPU whose DR0–DR3 are in the hardware (0: nobody's).
-    dr_owner: u16,
     /// Speculation barriers the CPU offers.
     spec: Mitigations,
-    /// The host's FS, GS, TR, LDTR and syscall MSRs, as VMSAVE stored them at boot.
+    /// The CPU's FS, GS, TR, LDTR and syscall MSRs, as VMSAVE stored them there.
     host_vmcb: u64,
+    /// The CPU's local APIC timer, which enforces time slices.
+    timer: SliceTimer,
+}
+
+/// What the SVM backend keeps for each CPU.
+#[derive(Clone, Copy)]
+struct PerCpu {
+    /// `slot + 1` of the vCPU whose DR0–DR3 are in the CPU's hardware (0: nobody's).
+    dr_owner: u16,
+    /// For each ASID, `slot + 1` of the vCPU whose translations it may still tag in the CPU's
+    /// TLB (0: none).
+    asid_user: [u16; VCPU_SLOTS + 1],
+    /// Domain of the vCPU loaded last, for the branch-prediction barrier.
+    last_domid: u32,
+}
+
+/// The SVM backend.
+pub struct Svm {
+    /// The boot CPU's runner, which [`Svm::run`] enters guests with; the rest of the backend
+    /// reads the features in it too.
+    boot: SvmRunner,
     /// I/O permission map for dom0.
     iopm_dom0: u64,
     /// I/O permission map for every other domain.
@@ -140,8 +167,9 @@ pub struct Svm {
     misc3: u32,
     /// ASIDs `1..=guest_asids` are used.
     guest_asids: u32,
-    /// For each ASID, `slot + 1` of the vCPU whose translations it may still tag (0: none).
-    asid_user: [u16; VCPU_SLOTS + 1],
+    /// The CPU the backend's calls run on ([`Svm::set_cpu`]).
+    cpu: usize,
+    cpus: [PerCpu; MAX_CPUS],
     /// Per domain: bumped by every flush the `mmu` asks for.
     flush_gen: [u64; DOMAINS],
 }
@@ -193,13 +221,6 @@ pub fn enable_ap(hsave: u64) -> Result<(), &'static str> {
 }
 
 impl Svm {
-    /// The code segment's mode: real mode, or the CS.L / CS.D attribute bits (L only counts
-    /// with EFER.LMA).
-    fn mode(vm: Vmcb) -> CpuMode {
-        let db = vm.r16(save::CS + seg::ATTRIB) & seg::ATTR_DB != 0;
-        CpuMode::of(vm.r64(save::CR0) & CR0_PE != 0, Self::code64(vm), db)
-    }
-
     /// Enables SVM and builds the structures all vCPUs share. `frames` gives the physically
     /// contiguous runs the permission maps need; `tsc_khz` times the slice timer's calibration.
     pub fn new<const W: usize>(
@@ -263,19 +284,17 @@ impl Svm {
         }
         let misc3 = if has(7, 1, 1 << 10) { misc3::INVPCID } else { 0 };
 
+        let cpu = PerCpu { dr_owner: 0, asid_user: [0; VCPU_SLOTS + 1], last_domid: NO_DOMAIN };
         Ok(Self {
             guest_asids: (features.asids - 1).min(VCPU_SLOTS as u32),
-            features,
-            timer,
-            dr_owner: 0,
-            spec: Mitigations::detect(),
-            host_vmcb,
+            boot: SvmRunner { features, spec: Mitigations::detect(), host_vmcb, timer },
             iopm_dom0,
             iopm_domu,
             msrpm,
             misc2,
             misc3,
-            asid_user: [0; VCPU_SLOTS + 1],
+            cpu: 0,
+            cpus: [cpu; MAX_CPUS],
             flush_gen: [0; DOMAINS],
         })
     }
@@ -308,14 +327,14 @@ impl Svm {
                 | misc1::MSR_PROT
                 | misc1::TASK_SWITCH
                 | misc1::SHUTDOWN
-                | if self.features.pause_filter { misc1::PAUSE } else { 0 },
+                | if self.boot.features.pause_filter { misc1::PAUSE } else { 0 },
         );
         // Only with the filter: without it every PAUSE would exit. A vCPU spinning this many
         // PAUSEs on another gives the CPU to it (KVM's default count).
-        if self.features.pause_filter {
+        if self.boot.features.pause_filter {
             vm.w16(control::PAUSE_FILTER_COUNT, PAUSE_FILTER_COUNT);
         }
-        if self.features.pause_filter_threshold {
+        if self.boot.features.pause_filter_threshold {
             vm.w16(control::PAUSE_FILTER_THRESHOLD, PAUSE_FILTER_THRESHOLD);
         }
         vm.w32(control::INTERCEPT_MISC2, self.misc2);
@@ -368,6 +387,43 @@ impl Svm {
         vm.w64(save::G_PAT, DEFAULT_PAT);
         vm.w64(control::INT_STATE, 0);
         vm.w64(control::EVENTINJ, 0);
+    }
+
+    fn write_cr0(&self, v: &mut SvmVcpu, value: u64) {
+        let vm = v.vmcb;
+        let old = vm.r64(save::CR0);
+        // ET is hardwired to 1 on every CPU with SVM.
+        vm.w64(save::CR0, value | CR0_ET);
+        // A CR0 write microhv completes on the guest's behalf does not get the CPU's long-mode
+        // transition: turning paging on with EFER.LME activates long mode (EFER.LMA), turning it
+        // off leaves it.
+        if (old ^ value) & CR0_PG != 0 {
+            let efer = vm.r64(save::EFER);
+            let long = value & CR0_PG != 0 && efer & EFER_LME != 0;
+            vm.w64(save::EFER, if long { efer | EFER_LMA } else { efer & !EFER_LMA });
+        }
+        // A MOV to CR0 the CPU executes flushes what the new paging mode no longer allows; this
+        // one was not executed, so flush the vCPU's ASID instead.
+        self.request_flush(vm);
+    }
+
+    /// Flushes the vCPU's ASID at its next VMRUN (new vCPU, new root, paging-mode change made
+    /// on the guest's behalf, domain-wide flush), on the CPU that runs it: should that not be
+    /// the CPU it ran on last, that CPU flushes when it next gives the ASID out (`load`).
+    fn request_flush(&self, vm: Vmcb) {
+        let ctl = if self.boot.features.flush_by_asid { tlb::FLUSH_ASID } else { tlb::FLUSH_ALL };
+        vm.w8(control::TLB_CONTROL, ctl);
+    }
+}
+
+/// The guest entry and exit, and the decoding of exits: the body of [`Svm::run`] and of every
+/// CPU's runner.
+impl SvmRunner {
+    /// The code segment's mode: real mode, or the CS.L / CS.D attribute bits (L only counts
+    /// with EFER.LMA).
+    fn mode(vm: Vmcb) -> CpuMode {
+        let db = vm.r16(save::CS + seg::ATTRIB) & seg::ATTR_DB != 0;
+        CpuMode::of(vm.r64(save::CR0) & CR0_PE != 0, Self::code64(vm), db)
     }
 
     /// Guest RIP as a linear address, and whether the guest runs 64-bit code.
@@ -447,7 +503,6 @@ impl Svm {
         (1..=microhv_core::insn::MAX_INSN_LEN as u64).contains(&len).then_some(len as u8)
     }
 
-    /// MOV to CR4: the value the guest wrote and the instruction's length.
     /// A CR-access intercept on control register `cr`: the general register involved
     /// (decode assists' EXITINFO1, else decoded from the guest's bytes) and the length.
     fn cr_access(
@@ -561,95 +616,7 @@ impl Svm {
         intinfo & 0xffff_ffff_8000_0fff
     }
 
-    fn write_cr0(v: &mut SvmVcpu, value: u64) {
-        let vm = v.vmcb;
-        let old = vm.r64(save::CR0);
-        // ET is hardwired to 1 on every CPU with SVM.
-        vm.w64(save::CR0, value | CR0_ET);
-        // A CR0 write microhv completes on the guest's behalf does not get the CPU's long-mode
-        // transition: turning paging on with EFER.LME activates long mode (EFER.LMA), turning it
-        // off leaves it.
-        if (old ^ value) & CR0_PG != 0 {
-            let efer = vm.r64(save::EFER);
-            let long = value & CR0_PG != 0 && efer & EFER_LME != 0;
-            vm.w64(save::EFER, if long { efer | EFER_LMA } else { efer & !EFER_LMA });
-        }
-        // A MOV to CR0 the CPU executes flushes what the new paging mode no longer allows; this
-        // one was not executed, so flush the vCPU's ASID instead.
-        v.stale = true;
-    }
-}
-
-/// The operations of [`Backend`](microhv_core::exit::Backend) on SVM:
-/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
-impl Svm {
-    /// See `Backend::create_vcpu`.
-    pub(super) fn create_vcpu(
-        &mut self,
-        frames: &mut dyn FrameSource,
-        cfg: &VcpuConfig,
-        init: &VcpuInit,
-    ) -> Result<SvmVcpu, BackendError> {
-        let slot = cfg
-            .domid
-            .checked_mul(MAX_VCPUS_PER_DOMAIN)
-            .and_then(|s| s.checked_add(cfg.index))
-            .filter(|&s| (s as usize) < VCPU_SLOTS)
-            .ok_or(BackendError::Hardware(u64::from(cfg.domid)))?;
-        let pa = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
-        // ASIDs are derived from the slot; when there are fewer than slots, vCPUs share them and
-        // `run` flushes an ASID whose user changed.
-        let asid = 1 + slot % self.guest_asids;
-        let vm = Vmcb(pa);
-        self.setup_vmcb(vm, cfg, asid);
-        let mut v = SvmVcpu {
-            vmcb: vm,
-            slot: slot as u16,
-            domid: cfg.domid,
-            asid,
-            flushed: 0,
-            // A reused slot must not inherit the translations its ASID still tags.
-            stale: true,
-            fx: FxArea::reset(),
-            debug: DebugRegs::default(),
-            nmi_blocked: false,
-            nmi_iret_rip: None,
-            caller: cfg.caller(abi::cpuid::HYPERCALL_VMMCALL),
-        };
-        self.reset_vcpu(&mut v, init);
-        Ok(v)
-    }
-
-    /// See `Backend::reset_vcpu`.
-    pub(super) fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
-        Self::write_start_state(v.vmcb, init);
-        v.fx = FxArea::reset();
-        v.debug = DebugRegs::default();
-        if self.dr_owner == v.slot + 1 {
-            self.dr_owner = 0;
-        }
-        v.stale = true;
-        v.nmi_blocked = false;
-        v.nmi_iret_rip = None;
-        let vm = v.vmcb;
-        vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) & !misc1::IRET);
-    }
-
-    /// See `Backend::destroy_vcpu`.
-    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
-        if let Some(u) = self.asid_user.get_mut(v.asid as usize)
-            && *u == v.slot + 1
-        {
-            *u = 0;
-        }
-        // A new vCPU in this slot must load its own (reset) debug registers.
-        if self.dr_owner == v.slot + 1 {
-            self.dr_owner = 0;
-        }
-        frames.free(v.vmcb.0);
-    }
-
-    /// See `Backend::run`.
+    /// See `Runner::run`: `v` was made ready on this CPU by [`Svm::load`].
     // Out of line: inlined into the core's run loop next to VMX's, it made the loop too large
     // to keep its own hot path inline (measured: +24 instructions per VMX hypercall round trip
     // under Bochs, 8 with this).
@@ -663,29 +630,8 @@ impl Svm {
     ) -> ExitInfo {
         let vm = v.vmcb;
         vm.w64(save::RAX, gprs.rax);
-        let dom = v.domid as usize % DOMAINS;
-        let me = v.slot + 1;
-        if self.dr_owner != me {
-            v.debug.load();
-            self.dr_owner = me;
-        }
-        let reused = match self.asid_user.get_mut(v.asid as usize) {
-            Some(user) => core::mem::replace(user, me) != me,
-            None => true,
-        };
-        let flush = v.stale || v.flushed != self.flush_gen[dom] || reused;
-        v.flushed = self.flush_gen[dom];
-        v.stale = false;
-        let tlb_control = match (flush, self.features.flush_by_asid) {
-            (false, _) => tlb::NOTHING,
-            (true, true) => tlb::FLUSH_ASID,
-            (true, false) => tlb::FLUSH_ALL,
-        };
-        vm.w8(control::TLB_CONTROL, tlb_control);
-        // No clean bits: the CPU reloads every VMCB field at every VMRUN, so no write above or
-        // in the core's handlers needs bookkeeping.
-        vm.w32(control::VMCB_CLEAN, 0);
         self.timer.arm(slice);
+        let kick = faults.kick_flag();
         let nmis = NMI_COUNT.load(Ordering::Relaxed);
         let dbs = DEBUG_IN_WINDOW.load(Ordering::Relaxed);
         let start = cpu::rdtsc();
@@ -693,22 +639,28 @@ impl Svm {
         // The exits `complete` finishes go straight back into the guest while the slice timer
         // runs; its interrupt, pending, ends the loop with the next VMRUN.
         let code = loop {
-            self.spec.before_entry(v.domid);
-            // SAFETY: EFER.SVME and VM_HSAVE_PA were set up in `new`; the VMCB is this vCPU's
-            // and fully initialized; `gprs` and `fx` are this vCPU's; the host VMCB holds the
-            // host's VMSAVE state; what can be pending after the run (the slice timer, a
-            // spurious interrupt, an NMI) has an IDT stub that returns.
+            self.spec.before_entry();
+            // SAFETY: EFER.SVME and VM_HSAVE_PA were set up on this CPU (`new`, `enable_ap`);
+            // the VMCB is this vCPU's and fully initialized; `gprs` and `fx` are this vCPU's;
+            // the host VMCB holds this CPU's VMSAVE state (`runner`); what can be pending after
+            // the run (the slice timer, a kick, a spurious interrupt, an NMI) has an IDT stub
+            // that returns.
             unsafe { svm_run(gprs, &mut v.fx, vm.0, self.host_vmcb) };
             vm.w8(control::TLB_CONTROL, tlb::NOTHING);
             let code = vm.r64(control::EXITCODE);
             // Past the slice's end the timer's interrupt may already have been taken in root
-            // mode (its stub only acknowledges it): the core decides then.
-            match self.timer.running().then(|| self.complete(v, code, gprs, faults)).flatten() {
+            // mode (its stub only acknowledges it): the core decides then. So may a kick's,
+            // which the kicker records (`DemandFaults::kick_flag`).
+            let go_on = self.timer.running() && !kick.is_some_and(|k| k.load(Ordering::Acquire));
+            match go_on.then(|| self.complete(v, code, gprs, faults)).flatten() {
                 Some(i) => completed[i] += 1,
                 None => break code,
             }
         };
         vm.w64(control::EVENTINJ, Self::reinjection(vm.r64(control::EXITINTINFO)));
+        // An interrupt exit before the slice ran out was another CPU's kick.
+        let kicked = (code == exit::INTR && self.timer.running())
+            || kick.is_some_and(|k| k.load(Ordering::Acquire));
         self.timer.disarm();
         if NMI_COUNT.load(Ordering::Relaxed) != nmis {
             log::warn!("NMI while a guest ran; absorbed");
@@ -720,6 +672,13 @@ impl Svm {
             );
         }
         let ran = cpu::rdtsc().wrapping_sub(start);
+        if ran > slice.saturating_mul(4) && ran > 100_000_000 {
+            log::warn!(
+                "d{}: a run of {ran} ticks for a slice of {slice} (exit {code:#x}, timer running {})",
+                v.domid,
+                self.timer.running()
+            );
+        }
         gprs.rax = vm.r64(save::RAX);
         let info1 = vm.r64(control::EXITINFO1);
         let info2 = vm.r64(control::EXITINFO2);
@@ -729,8 +688,8 @@ impl Svm {
             vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) & !misc1::IRET);
         }
         let (exit, insn_len) = match self.translate(vm, code, info1, info2, gprs) {
-            // The slice timer (no other interrupt source is unmasked).
-            (Exit::Interrupt, len) if code == exit::INTR => (Exit::Timer, len),
+            // The slice timer (the kick is the only other interrupt source unmasked).
+            (Exit::Interrupt, len) if code == exit::INTR && !kicked => (Exit::Timer, len),
             other => other,
         };
         let mut info = ExitInfo::fast(exit, code, info1, ran);
@@ -832,15 +791,153 @@ impl Svm {
         vm.w64(control::EVENTINJ, 0);
         Some(exit.index())
     }
+}
+
+/// The operations of [`Backend`](microhv_core::exit::Backend) on SVM:
+/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
+impl Svm {
+    /// See `Backend::set_cpu`.
+    pub(super) fn set_cpu(&mut self, cpu: usize) {
+        self.cpu = cpu;
+    }
+
+    /// See `Backend::runner`: on an AP, its own host VMCB (VMSAVE there captures its TR, FS,
+    /// GS and LDTR) and its slice timer, with the boot CPU's calibration; the boot CPU (0)
+    /// shares the backend's.
+    pub(super) fn runner(
+        &mut self,
+        cpu: usize,
+        frames: &mut dyn FrameSource,
+    ) -> Result<SvmRunner, BackendError> {
+        if cpu == 0 {
+            return Ok(self.boot);
+        }
+        let host_vmcb = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
+        // SAFETY: EFER.SVME is set on this CPU (`enable_ap`); the frame is ours. Its GDT and
+        // TSS were loaded at its start-up (`smp`), so this captures the TR (and FS/GS/LDTR) it
+        // runs with.
+        unsafe { vmcb::vmsave(host_vmcb) };
+        Ok(SvmRunner { host_vmcb, timer: self.boot.timer.for_this_cpu(), ..self.boot })
+    }
+
+    /// See `Backend::load`.
+    pub(super) fn load(&mut self, v: &mut SvmVcpu) {
+        let vm = v.vmcb;
+        let me = v.slot + 1;
+        let here = &mut self.cpus[self.cpu];
+        if here.dr_owner != me {
+            v.debug.load();
+            here.dr_owner = me;
+        }
+        let reused = match here.asid_user.get_mut(v.asid as usize) {
+            Some(user) => core::mem::replace(user, me) != me,
+            None => true,
+        };
+        self.boot.spec.switch_domain(&mut here.last_domid, v.domid);
+        let generation = self.flush_gen[v.domid as usize % DOMAINS];
+        if reused || v.flushed != generation || v.cpu != Some(self.cpu) {
+            self.request_flush(vm);
+        }
+        (v.flushed, v.cpu) = (generation, Some(self.cpu));
+        // No clean bits: the CPU reloads every VMCB field at every VMRUN, so no write in the
+        // core's handlers needs bookkeeping, and a VMCB that moves to another CPU has none to
+        // clear (APM Vol. 2, "VMCB Clean Bits").
+        vm.w32(control::VMCB_CLEAN, 0);
+    }
+
+    /// See `Backend::create_vcpu`.
+    pub(super) fn create_vcpu(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        cfg: &VcpuConfig,
+        init: &VcpuInit,
+    ) -> Result<SvmVcpu, BackendError> {
+        let slot = cfg
+            .domid
+            .checked_mul(MAX_VCPUS_PER_DOMAIN)
+            .and_then(|s| s.checked_add(cfg.index))
+            .filter(|&s| (s as usize) < VCPU_SLOTS)
+            .ok_or(BackendError::Hardware(u64::from(cfg.domid)))?;
+        let pa = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
+        // ASIDs are derived from the slot; when there are fewer than slots, vCPUs share them and
+        // `load` flushes an ASID whose user changed.
+        let asid = 1 + slot % self.guest_asids;
+        let vm = Vmcb(pa);
+        self.setup_vmcb(vm, cfg, asid);
+        let mut v = SvmVcpu {
+            vmcb: vm,
+            slot: slot as u16,
+            domid: cfg.domid,
+            asid,
+            flushed: 0,
+            cpu: None,
+            fx: FxArea::reset(),
+            debug: DebugRegs::default(),
+            nmi_blocked: false,
+            nmi_iret_rip: None,
+            caller: cfg.caller(abi::cpuid::HYPERCALL_VMMCALL),
+        };
+        self.reset_vcpu(&mut v, init);
+        Ok(v)
+    }
+
+    /// See `Backend::reset_vcpu`.
+    pub(super) fn reset_vcpu(&mut self, v: &mut SvmVcpu, init: &VcpuInit) {
+        Self::write_start_state(v.vmcb, init);
+        v.fx = FxArea::reset();
+        v.debug = DebugRegs::default();
+        self.disown(v.slot);
+        // A new vCPU or paging state: nothing its ASID tags may survive (a new vCPU in a reused
+        // slot would inherit its predecessor's translations).
+        self.request_flush(v.vmcb);
+        v.nmi_blocked = false;
+        v.nmi_iret_rip = None;
+        let vm = v.vmcb;
+        vm.w32(control::INTERCEPT_MISC1, vm.r32(control::INTERCEPT_MISC1) & !misc1::IRET);
+    }
+
+    /// See `Backend::destroy_vcpu`.
+    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: SvmVcpu) {
+        self.disown(v.slot);
+        for c in &mut self.cpus {
+            if let Some(u) = c.asid_user.get_mut(v.asid as usize).filter(|u| **u == v.slot + 1) {
+                *u = 0;
+            }
+        }
+        frames.free(v.vmcb.0);
+    }
+
+    /// This CPU no longer holds the debug registers of the vCPU in `slot`: its copy in memory
+    /// (reset, or freed) is what counts, and a new vCPU in its slot must load its own. No other
+    /// CPU can hold them (as `Vmx::disown` explains).
+    fn disown(&mut self, slot: u16) {
+        let here = &mut self.cpus[self.cpu];
+        if here.dr_owner == slot + 1 {
+            here.dr_owner = 0;
+        }
+    }
+
+    /// See `Backend::run`: loads `v` on this CPU and runs it with the boot CPU's runner.
+    pub(super) fn run(
+        &mut self,
+        v: &mut SvmVcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo {
+        self.load(v);
+        self.boot.run(v, gprs, slice, faults)
+    }
 
     /// See `Backend::unload`.
     pub(super) fn unload(&mut self, v: &mut SvmVcpu) {
         // Every #VMEXIT VMSAVEs the guest's FS, GS, TR, LDTR and syscall MSRs into its VMCB and
         // VMLOADs the host's (see `entry`); DR6, DR7 and CR2 are VMCB fields. Only DR0–DR3 stay
         // in the hardware.
-        if self.dr_owner == v.slot + 1 {
+        let here = &mut self.cpus[self.cpu];
+        if here.dr_owner == v.slot + 1 {
             v.debug = DebugRegs::save();
-            self.dr_owner = 0;
+            here.dr_owner = 0;
         }
     }
 
@@ -874,16 +971,16 @@ impl Svm {
             GuestReg::Rip => vm.w64(save::RIP, value),
             GuestReg::Rsp => vm.w64(save::RSP, value),
             GuestReg::Rflags => vm.w64(save::RFLAGS, value | RFLAGS_FIXED),
-            GuestReg::Cr0 => Self::write_cr0(v, value),
+            GuestReg::Cr0 => self.write_cr0(v, value),
             GuestReg::Cr4 => {
                 vm.w64(save::CR4, value);
                 // As for CR0: an executed MOV to CR4 would have flushed the TLB.
-                v.stale = true;
+                self.request_flush(vm);
             }
             GuestReg::Efer => {
                 let lma = vm.r64(save::EFER) & EFER_LMA;
                 vm.w64(save::EFER, (value & !EFER_LMA) | lma | EFER_SVME);
-                v.stale = true;
+                self.request_flush(vm);
             }
             GuestReg::FsBase => vm.w64(save::FS + seg::BASE, value),
             GuestReg::GsBase => vm.w64(save::GS + seg::BASE, value),
@@ -895,7 +992,7 @@ impl Svm {
     /// See `Backend::advance_rip`.
     pub(super) fn advance_rip(&mut self, v: &mut SvmVcpu, len: u8) -> bool {
         let vm = v.vmcb;
-        let Some(next) = Self::mode(vm).next_ip_checked(vm.r64(save::RIP), len) else {
+        let Some(next) = SvmRunner::mode(vm).next_ip_checked(vm.r64(save::RIP), len) else {
             return false;
         };
         vm.w64(save::RIP, next);
@@ -972,15 +1069,17 @@ impl Svm {
     /// See `Backend::set_root`.
     pub(super) fn set_root(&mut self, v: &mut SvmVcpu, root: u64) {
         v.vmcb.w64(control::N_CR3, root);
-        v.stale = true;
+        self.request_flush(v.vmcb);
     }
 
     /// See `Backend::flush`.
     pub(super) fn flush(&mut self, v: &mut SvmVcpu) {
-        // Domain-wide, like INVEPT single-context: the vCPU about to run flushes at this VMRUN,
-        // the domain's others at their next.
+        // Domain-wide, like INVEPT single-context: the vCPU about to run flushes at its next
+        // VMRUN, the domain's others at their next load.
         let g = &mut self.flush_gen[v.domid as usize % DOMAINS];
         *g = g.wrapping_add(1);
+        v.flushed = *g;
+        self.request_flush(v.vmcb);
     }
 }
 

@@ -15,6 +15,13 @@
 //!   DR0–DR3, DR6, CR2 and CR8 — stays in the hardware across exits and is swapped when another
 //!   vCPU takes the CPU (`Owned`).
 //! - Every vCPU has its own VPID (flushed when reused) and the EPTP of its domain.
+//! - Several CPUs: what a CPU holds for a vCPU — its VMCS, active and current (a VMCS must be
+//!   cleared before another CPU loads it: SDM Vol. 3C, "Software Use of Virtual-Machine Control
+//!   Structures"), its `Owned` state, its translations — is kept per CPU (`set_cpu` names it). `load` makes a vCPU ready on a
+//!   CPU: its VMCS current, the host state of that CPU in it, its VPID and EPT translations from
+//!   an earlier stay flushed (as KVM's `vmx_vcpu_load_vmcs` does), and an EPT flush of its
+//!   domain done elsewhere (`flush_gen`) made up; `unload` saves and clears it. Guests are
+//!   entered through each CPU's `VmxRunner`, which holds only what never changes.
 
 mod caps;
 mod entry;
@@ -24,11 +31,13 @@ pub use caps::detect;
 
 use crate::arch::x86_64::cpu::{self, DebugRegs, rdmsr, wrmsr};
 use crate::arch::x86_64::fpu::{self, FxArea};
-use crate::arch::x86_64::gdt::{Selectors, tss_base};
+use crate::arch::x86_64::gdt::{self, Selectors};
 use crate::arch::x86_64::lapic;
-use crate::arch::x86_64::spec::Mitigations;
+use crate::arch::x86_64::spec::{Mitigations, NO_DOMAIN};
+use abi::hypercall::MAX_DOMAINS;
 use entry::{microhv_vmx_exit, vmx_run};
 use microhv_core::cpuid::Caller;
+use microhv_core::cpus::MAX_CPUS;
 use microhv_core::exit::{
     Access, BackendError, CpuMode, DemandFaults, Event, Exit, ExitInfo, FrameSource, Gprs,
     GuestReg, VcpuConfig, VcpuInit,
@@ -57,6 +66,7 @@ const PLE_GAP: u64 = 128;
 /// PAUSE-loop exiting: a loop longer than this many TSC ticks exits (KVM's default: a lock
 /// spin is a few hundred ticks per PAUSE, and short waits end by themselves).
 const PLE_WINDOW: u64 = 4096;
+const DOMAINS: usize = MAX_DOMAINS as usize;
 
 /// A vCPU's state that stays in the hardware across VM exits because no VMCS field holds it:
 /// the syscall MSRs, DR0–DR3 and DR6, CR2 (its last page-fault address) and CR8. microhv never
@@ -103,33 +113,64 @@ pub struct VmxVcpu {
     owned: Owned,
     /// Who it is, for the CPUID exits `run` completes itself.
     caller: Caller,
+    /// The CPU its VMCS is active on (VMPTRLD, no VMCLEAR since): one at most (SDM Vol. 3C,
+    /// "Software Use of Virtual-Machine Control Structures").
+    active: Option<usize>,
+    /// The CPU it was last loaded on: its VMCS holds that CPU's host state, and that CPU's
+    /// translations for it were flushed when it arrived. `None` after it was built or reset:
+    /// the next load, wherever it is, flushes as after a move.
+    cpu: Option<usize>,
+    /// The flush generation of its domain that `cpu` last flushed it for.
+    seen_gen: u64,
+}
+
+/// What entering a guest takes, fixed when the backend is built: one per CPU
+/// ([`Vmx::runner`]), so CPUs enter guests concurrently. Nothing in it is per CPU — each vCPU's
+/// VMCS carries the host state of the CPU it is loaded on ([`Vmx::load`]).
+#[derive(Clone)]
+pub struct VmxRunner {
+    features: VmxFeatures,
+    pin: u32,
+    /// The VM-exit control "save VMX-preemption timer value" is on.
+    save_timer: bool,
+    cr0_mask: u64,
+    cr4_mask: u64,
+    /// Speculation barriers the CPU offers.
+    spec: Mitigations,
+}
+
+/// What the VMX backend keeps for each CPU.
+#[derive(Clone, Copy)]
+struct PerCpu {
+    /// The VMCS current on the CPU (0: none).
+    current: u64,
+    /// VPID of the vCPU whose [`Owned`] state is in the CPU's hardware (0: nobody's).
+    owned_by: u16,
+    /// Domain of the vCPU loaded last, for the branch-prediction barrier.
+    last_domid: u32,
 }
 
 /// The VMX backend.
 pub struct Vmx {
-    features: VmxFeatures,
+    /// The boot CPU's runner, which [`Vmx::run`] enters guests with; the rest of the backend
+    /// reads the configuration in it too.
+    boot: VmxRunner,
     msrs: VmxMsrs,
-    pin: u32,
     proc1: u32,
     proc2: u32,
     exit_ctl: u32,
-    /// The VM-exit control "save VMX-preemption timer value" is on.
-    save_timer: bool,
     entry_ctl: u32,
-    cr0_mask: u64,
-    cr4_mask: u64,
     /// I/O bitmaps A and B for dom0.
     io_dom0: (u64, u64),
     /// I/O bitmaps A and B for every other domain.
     io_domu: (u64, u64),
     msr_bitmap: u64,
     selectors: Selectors,
-    /// VMCS currently loaded (0: none).
-    current: u64,
-    /// VPID of the vCPU whose [`Owned`] state is in the hardware (0: nobody's).
-    owned_by: u16,
-    /// Speculation barriers the CPU offers.
-    spec: Mitigations,
+    /// The CPU the backend's calls run on ([`Vmx::set_cpu`]).
+    cpu: usize,
+    cpus: [PerCpu; MAX_CPUS],
+    /// Per domain: bumped by every EPT flush the `mmu` asks for.
+    flush_gen: [u64; DOMAINS],
 }
 
 fn frame_bytes(pa: u64) -> &'static mut [u8; 4096] {
@@ -259,9 +300,9 @@ impl Vmx {
         let vmxon = frames.alloc_zeroed().ok_or("no frame for the VMXON region")?;
         enter(&features, &msrs, vmxon)?;
         fpu::capture_host_fx();
-        // External interrupts exit, acknowledged: none is expected (the PICs are masked and
-        // nothing programs the APIC), but one that came would otherwise stay pending and make
-        // every entry exit again at once. Its EOI needs the APIC.
+        // External interrupts exit, acknowledged: only another CPU's kick is expected (the PICs
+        // are masked and nothing else programs the APIC), but one that came would otherwise
+        // stay pending and make every entry exit again at once. Its EOI needs the APIC.
         lapic::enable();
 
         let io_dom0 = Self::io_bitmap(frames, true)?;
@@ -278,23 +319,26 @@ impl Vmx {
         clear_bit(&mut bm[..1024], msr::IA32_TIME_STAMP_COUNTER as usize);
 
         Ok(Self {
-            features,
+            boot: VmxRunner {
+                features,
+                pin,
+                save_timer,
+                cr0_mask,
+                cr4_mask,
+                spec: Mitigations::detect(),
+            },
             msrs,
-            pin,
             proc1,
             proc2,
             exit_ctl,
-            save_timer,
             entry_ctl,
-            cr0_mask,
-            cr4_mask,
             io_dom0,
             io_domu,
             msr_bitmap,
             selectors,
-            current: 0,
-            owned_by: 0,
-            spec: Mitigations::detect(),
+            cpu: 0,
+            cpus: [PerCpu { current: 0, owned_by: 0, last_domid: NO_DOMAIN }; MAX_CPUS],
+            flush_gen: [0; DOMAINS],
         })
     }
 
@@ -308,13 +352,34 @@ impl Vmx {
         Ok((a, b))
     }
 
-    fn make_current(&mut self, v: &VmxVcpu) {
-        if self.current != v.vmcs {
-            // SAFETY: `v.vmcs` was initialized by `create_vcpu` and is still owned by `v`.
-            if unsafe { vmcs::load(v.vmcs) }.is_err() {
-                log::error!("VMPTRLD {:#x} failed", v.vmcs);
-            }
-            self.current = v.vmcs;
+    /// Makes `v`'s VMCS current on this CPU.
+    // The check in line (every backend operation begins with it), the load out of line.
+    #[inline(always)]
+    fn make_current(&mut self, v: &mut VmxVcpu) {
+        if self.cpus[self.cpu].current != v.vmcs {
+            self.load_vmcs(v);
+        }
+    }
+
+    /// VMPTRLD of `v`'s VMCS on this CPU.
+    #[cold]
+    fn load_vmcs(&mut self, v: &mut VmxVcpu) {
+        if let Some(cpu) = v.active.filter(|&c| c != self.cpu) {
+            log::error!("VMCS {:#x} loaded on cpu {} while active on cpu {cpu}", v.vmcs, self.cpu);
+        }
+        // SAFETY: `v.vmcs` was initialized by `create_vcpu` and is still owned by `v`.
+        if unsafe { vmcs::load(v.vmcs) }.is_err() {
+            log::error!("VMPTRLD {:#x} failed", v.vmcs);
+        }
+        self.cpus[self.cpu].current = v.vmcs;
+        v.active = Some(self.cpu);
+    }
+
+    /// A flush of `v`'s translations was just executed on this CPU only: if `v` was last
+    /// loaded on another, wherever it is loaded next must flush as after a move.
+    fn flushed_here(&self, v: &mut VmxVcpu) {
+        if v.cpu != Some(self.cpu) {
+            v.cpu = None;
         }
     }
 
@@ -345,26 +410,9 @@ impl Vmx {
         vmcs::write(control::CR4_READ_SHADOW, visible);
     }
 
-    fn virtual_nmis(&self) -> bool {
-        self.pin & PinbasedControls::VIRTUAL_NMIS.bits() != 0
-    }
-
-    /// CR0 as the guest sees it: the real register, with the read shadow's bits where
-    /// microhv owns them.
-    fn guest_cr0(&self) -> u64 {
-        let (real, shadow) = (vmcs::read(guest::CR0), vmcs::read(control::CR0_READ_SHADOW));
-        (real & !self.cr0_mask) | (shadow & self.cr0_mask)
-    }
-
-    /// CR4 as the guest sees it.
-    fn guest_cr4(&self) -> u64 {
-        let (real, shadow) = (vmcs::read(guest::CR4), vmcs::read(control::CR4_READ_SHADOW));
-        (real & !self.cr4_mask) | (shadow & self.cr4_mask)
-    }
-
     fn setup_vmcs(&self, cfg: &VcpuConfig, vpid: u16) {
         use vmcs::write;
-        write(control::PINBASED_EXEC_CONTROLS, self.pin.into());
+        write(control::PINBASED_EXEC_CONTROLS, self.boot.pin.into());
         write(control::PRIMARY_PROCBASED_EXEC_CONTROLS, self.proc1.into());
         write(control::SECONDARY_PROCBASED_EXEC_CONTROLS, self.proc2.into());
         if self.proc2 & SecondaryControls::PAUSE_LOOP_EXITING.bits() != 0 {
@@ -376,8 +424,8 @@ impl Vmx {
         write(control::EXCEPTION_BITMAP, 0);
         write(control::TSC_OFFSET_FULL, 0);
         write(control::CR3_TARGET_COUNT, 0);
-        write(control::CR0_GUEST_HOST_MASK, self.cr0_mask);
-        write(control::CR4_GUEST_HOST_MASK, self.cr4_mask);
+        write(control::CR0_GUEST_HOST_MASK, self.boot.cr0_mask);
+        write(control::CR4_GUEST_HOST_MASK, self.boot.cr4_mask);
         let io = if cfg.privileged { self.io_dom0 } else { self.io_domu };
         write(control::IO_BITMAP_A_ADDR_FULL, io.0);
         write(control::IO_BITMAP_B_ADDR_FULL, io.1);
@@ -386,11 +434,9 @@ impl Vmx {
         write(control::EPTP_FULL, cfg.root);
         write(guest::LINK_PTR_FULL, u64::MAX);
 
-        // Host state: what `vmx_run`'s caller runs with.
+        // Host state: what `vmx_run`'s caller runs with; the part that is the CPU's own is
+        // written by `load` (`write_cpu_host_state`).
         let sel = &self.selectors;
-        write(host::CR0, cpu::cr0());
-        write(host::CR3, cpu::cr3());
-        write(host::CR4, cpu::cr4());
         write(host::CS_SELECTOR, sel.code.0.into());
         for f in [host::SS_SELECTOR, host::DS_SELECTOR, host::ES_SELECTOR] {
             write(f, sel.data.0.into());
@@ -400,17 +446,28 @@ impl Vmx {
         write(host::TR_SELECTOR, sel.tss.0.into());
         write(host::FS_BASE, 0);
         write(host::GS_BASE, 0);
-        write(host::TR_BASE, tss_base());
-        write(host::GDTR_BASE, x86_64::instructions::tables::sgdt().base.as_u64());
-        write(host::IDTR_BASE, x86_64::instructions::tables::sidt().base.as_u64());
         write(host::IA32_SYSENTER_CS, 0);
         write(host::IA32_SYSENTER_ESP, 0);
         write(host::IA32_SYSENTER_EIP, 0);
+        write(host::RIP, core::ptr::addr_of!(microhv_vmx_exit) as u64);
+    }
+
+    /// The host state that is this CPU's own, into the current VMCS: its TSS and GDT, and the
+    /// control registers and MSRs as this CPU runs with them (an AP's need not be the boot
+    /// CPU's). The IDT is shared, but read here with the rest. (RSP is `vmx_run`'s.)
+    fn write_cpu_host_state(&self) {
+        use vmcs::write;
+        use x86_64::instructions::tables::sidt;
+        write(host::CR0, cpu::cr0());
+        write(host::CR3, cpu::cr3());
+        write(host::CR4, cpu::cr4());
+        write(host::TR_BASE, gdt::tss_base(self.cpu));
+        write(host::GDTR_BASE, gdt::gdt_base(self.cpu));
+        write(host::IDTR_BASE, sidt().base.as_u64());
         // SAFETY: EFER and PAT exist on every CPU with VMX.
         let (efer, pat) = unsafe { (rdmsr(msr::IA32_EFER), rdmsr(msr::IA32_PAT)) };
         write(host::IA32_EFER_FULL, efer);
         write(host::IA32_PAT_FULL, pat);
-        write(host::RIP, core::ptr::addr_of!(microhv_vmx_exit) as u64);
     }
 
     /// The PVH / multiboot entry state: flat 32-bit protected mode, paging off.
@@ -460,13 +517,25 @@ impl Vmx {
         write(guest::PENDING_DBG_EXCEPTIONS, 0);
         write(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
     }
+}
 
-    /// Puts this vCPU's [`Owned`] state into the hardware unless it is there already.
-    fn load_owned(&mut self, v: &VmxVcpu) {
-        if self.owned_by != v.vpid {
-            v.owned.load();
-            self.owned_by = v.vpid;
-        }
+/// The guest entry and exit: the body of [`Vmx::run`] and of every CPU's runner.
+impl VmxRunner {
+    fn virtual_nmis(&self) -> bool {
+        self.pin & PinbasedControls::VIRTUAL_NMIS.bits() != 0
+    }
+
+    /// CR0 as the guest sees it: the real register, with the read shadow's bits where
+    /// microhv owns them.
+    fn guest_cr0(&self) -> u64 {
+        let (real, shadow) = (vmcs::read(guest::CR0), vmcs::read(control::CR0_READ_SHADOW));
+        (real & !self.cr0_mask) | (shadow & self.cr0_mask)
+    }
+
+    /// CR4 as the guest sees it.
+    fn guest_cr4(&self) -> u64 {
+        let (real, shadow) = (vmcs::read(guest::CR4), vmcs::read(control::CR4_READ_SHADOW));
+        (real & !self.cr4_mask) | (shadow & self.cr4_mask)
     }
 
     fn translate(&self, reason: u64, qual: u64, gprs: &Gprs, visible_cr0: u64) -> Exit {
@@ -485,12 +554,19 @@ impl Vmx {
                 }
             }
             1 => {
-                // Acknowledged on exit: the APIC has it in service until the EOI.
+                // Acknowledged on exit: the APIC has it in service until the EOI. Expected: a
+                // kick (another CPU wants this one back), and the APIC timer of an idle halt
+                // that woke on a kick first (`lapic::halt_until` stops it, but one that fired
+                // meanwhile stays pending).
                 let vector = vmcs::read(ro::VMEXIT_INTERRUPTION_INFO) & 0xff;
                 if vector != u64::from(lapic::SPURIOUS_VECTOR) {
                     lapic::eoi();
                 }
-                log::warn!("unexpected external interrupt, vector {vector:#x}, while a guest ran");
+                if vector != u64::from(lapic::KICK_VECTOR)
+                    && vector != u64::from(lapic::TIMER_VECTOR)
+                {
+                    log::warn!("unexpected external interrupt, vector {vector:#x}, in a guest");
+                }
                 Exit::Interrupt
             }
             2 => Exit::TripleFault,
@@ -606,75 +682,11 @@ impl Vmx {
             _ => Exit::Unhandled,
         }
     }
-}
 
-/// The operations of [`Backend`](microhv_core::exit::Backend) on VMX:
-/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
-impl Vmx {
-    /// See `Backend::create_vcpu`.
-    pub(super) fn create_vcpu(
-        &mut self,
-        frames: &mut dyn FrameSource,
-        cfg: &VcpuConfig,
-        init: &VcpuInit,
-    ) -> Result<VmxVcpu, BackendError> {
-        let pa = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
-        frame_bytes(pa)[..4].copy_from_slice(&self.features.revision.to_le_bytes());
-        // SAFETY: a fresh frame with the revision identifier, owned by the new vCPU.
-        if let Err(e) = unsafe { vmcs::clear_and_load(pa) } {
-            frames.free(pa);
-            return Err(BackendError::Hardware(e as u64));
-        }
-        self.current = pa;
-        // VPIDs are derived from the slot, so a reused slot must not inherit stale entries.
-        let vpid = (1 + cfg.domid * abi::hypercall::MAX_VCPUS_PER_DOMAIN + cfg.index) as u16;
-        vmcs::invvpid_single(vpid);
-        self.setup_vmcs(cfg, vpid);
-        let mut v = VmxVcpu {
-            vmcs: pa,
-            launched: false,
-            domid: cfg.domid,
-            vpid,
-            eptp: cfg.root,
-            fx: FxArea::reset(),
-            owned: Owned::default(),
-            caller: cfg.caller(abi::cpuid::HYPERCALL_VMCALL),
-        };
-        self.reset_vcpu(&mut v, init);
-        vmcs::invept_single(cfg.root);
-        Ok(v)
-    }
-
-    /// See `Backend::reset_vcpu`.
-    pub(super) fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
-        self.make_current(v);
-        self.write_start_state(init);
-        // New paging state: nothing the vCPU cached before may survive (KVM flushes at INIT).
-        vmcs::invvpid_single(v.vpid);
-        v.fx = FxArea::reset();
-        v.owned = Owned::default();
-        if self.owned_by == v.vpid {
-            self.owned_by = 0;
-        }
-    }
-
-    /// See `Backend::destroy_vcpu`.
-    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: VmxVcpu) {
-        // SAFETY: the VMCS belongs to `v`, which is being dropped; VMCLEAR makes the frame
-        // ordinary memory again.
-        if unsafe { vmcs::clear(v.vmcs) }.is_err() {
-            log::error!("VMCLEAR {:#x} failed", v.vmcs);
-        }
-        if self.current == v.vmcs {
-            self.current = 0;
-        }
-        if self.owned_by == v.vpid {
-            self.owned_by = 0;
-        }
-        frames.free(v.vmcs);
-    }
-
-    /// See `Backend::run`.
+    /// See `Runner::run`: `v` was made ready on this CPU by [`Vmx::load`].
+    // In line, as when it was `Vmx::run`'s own body: the core's run loop keeps it there (its
+    // cost figures were measured so), although it now has two callers.
+    #[inline(always)]
     pub(super) fn run(
         &mut self,
         v: &mut VmxVcpu,
@@ -682,8 +694,6 @@ impl Vmx {
         slice: u64,
         faults: &mut dyn DemandFaults,
     ) -> ExitInfo {
-        self.make_current(v);
-        self.load_owned(v);
         let start = cpu::rdtsc();
         let end = start.saturating_add(slice);
         let (mut completed, mut now) = ([0u32; 3], Some(start));
@@ -695,7 +705,7 @@ impl Vmx {
                 let left = end.saturating_sub(now) >> self.features.preemption_timer_rate;
                 vmcs::write(guest::VMX_PREEMPTION_TIMER_VALUE, (left + 1).min(u32::MAX.into()));
             }
-            self.spec.before_entry(v.domid);
+            self.spec.before_entry();
             // SAFETY: the VMCS is current and initialized; `gprs` and `fx` are this vCPU's.
             if unsafe { vmx_run(gprs, &mut v.fx, u64::from(v.launched)) } != 0 {
                 // VMfail: report the VM-instruction error as an entry failure.
@@ -775,6 +785,9 @@ impl Vmx {
     /// unblocking (qualification bit 12), which the core must undo or re-inject. Which kind it
     /// was (`ExitInfo::completed`'s index) and whether it took long (a fix that zeroed
     /// memory), or `None`: the core's.
+    // In line in the exit loop (both the boot CPU's `Vmx::run` and every runner expand it):
+    // called out of line it cost 21 instructions per completed exit under Bochs.
+    #[inline(always)]
     fn complete(
         &self,
         v: &VmxVcpu,
@@ -811,12 +824,170 @@ impl Vmx {
         vmcs::write(guest::RIP, rip + len);
         Some((exit.index(), false))
     }
+}
+
+/// The operations of [`Backend`](microhv_core::exit::Backend) on VMX:
+/// [`crate::arch::Arch`], the core's only backend, dispatches to them.
+impl Vmx {
+    /// See `Backend::set_cpu`.
+    pub(super) fn set_cpu(&mut self, cpu: usize) {
+        self.cpu = cpu;
+    }
+
+    /// See `Backend::runner`. A copy of the boot CPU's: a CPU's own host state is in the VMCSs
+    /// loaded there, not in its runner.
+    pub(super) fn runner(&self) -> VmxRunner {
+        self.boot.clone()
+    }
+
+    /// See `Backend::load`.
+    pub(super) fn load(&mut self, v: &mut VmxVcpu) {
+        self.make_current(v);
+        let cpu = self.cpu;
+        let here = &mut self.cpus[cpu];
+        if here.owned_by != v.vpid {
+            v.owned.load();
+            here.owned_by = v.vpid;
+        }
+        self.boot.spec.switch_domain(&mut here.last_domid, v.domid);
+        let generation = self.flush_gen[v.domid as usize % DOMAINS];
+        if v.cpu != Some(cpu) {
+            self.arrive(v, generation);
+        } else if v.seen_gen != generation {
+            // Its domain's EPT was flushed on another CPU since.
+            vmcs::invept_single(v.eptp);
+            v.seen_gen = generation;
+        }
+    }
+
+    /// `v`, current, is new here (built, reset, or last loaded elsewhere): this CPU's host
+    /// state, and nothing this CPU may still cache for its VPID or EPTP from an earlier stay.
+    // Cold: kept out of the path of a vCPU that runs again where it ran.
+    #[cold]
+    fn arrive(&mut self, v: &mut VmxVcpu, generation: u64) {
+        self.write_cpu_host_state();
+        vmcs::invvpid_single(v.vpid);
+        vmcs::invept_single(v.eptp);
+        (v.cpu, v.seen_gen) = (Some(self.cpu), generation);
+    }
+
+    /// See `Backend::create_vcpu`.
+    pub(super) fn create_vcpu(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        cfg: &VcpuConfig,
+        init: &VcpuInit,
+    ) -> Result<VmxVcpu, BackendError> {
+        let pa = frames.alloc_zeroed().ok_or(BackendError::NoMemory)?;
+        frame_bytes(pa)[..4].copy_from_slice(&self.boot.features.revision.to_le_bytes());
+        // SAFETY: a fresh frame with the revision identifier, owned by the new vCPU.
+        if let Err(e) = unsafe { vmcs::clear_and_load(pa) } {
+            frames.free(pa);
+            return Err(BackendError::Hardware(e as u64));
+        }
+        self.cpus[self.cpu].current = pa;
+        // VPIDs are derived from the slot, so a reused slot must not inherit stale entries: the
+        // first load on each CPU flushes them (`cpu` is `None` until then).
+        let vpid = (1 + cfg.domid * abi::hypercall::MAX_VCPUS_PER_DOMAIN + cfg.index) as u16;
+        self.setup_vmcs(cfg, vpid);
+        let mut v = VmxVcpu {
+            vmcs: pa,
+            launched: false,
+            domid: cfg.domid,
+            vpid,
+            eptp: cfg.root,
+            fx: FxArea::reset(),
+            owned: Owned::default(),
+            caller: cfg.caller(abi::cpuid::HYPERCALL_VMCALL),
+            active: Some(self.cpu),
+            cpu: None,
+            seen_gen: 0,
+        };
+        self.reset_vcpu(&mut v, init);
+        Ok(v)
+    }
+
+    /// See `Backend::reset_vcpu`.
+    pub(super) fn reset_vcpu(&mut self, v: &mut VmxVcpu, init: &VcpuInit) {
+        self.make_current(v);
+        self.write_start_state(init);
+        // New paging state: nothing the vCPU cached before may survive on any CPU (KVM flushes
+        // at INIT): its next load flushes wherever it is.
+        v.cpu = None;
+        v.fx = FxArea::reset();
+        v.owned = Owned::default();
+        self.disown(v.vpid);
+    }
+
+    /// See `Backend::destroy_vcpu`.
+    pub(super) fn destroy_vcpu(&mut self, frames: &mut dyn FrameSource, v: VmxVcpu) {
+        if let Some(cpu) = v.active.filter(|&c| c != self.cpu) {
+            log::error!("VMCS {:#x} freed on cpu {} while active on cpu {cpu}", v.vmcs, self.cpu);
+        }
+        // SAFETY: the VMCS belongs to `v`, which is being dropped; VMCLEAR makes the frame
+        // ordinary memory again.
+        if unsafe { vmcs::clear(v.vmcs) }.is_err() {
+            log::error!("VMCLEAR {:#x} failed", v.vmcs);
+        }
+        self.disown(v.vpid);
+        // A later VMCS in this frame must be loaded (VMPTRLD) before it is used.
+        for c in self.cpus.iter_mut().filter(|c| c.current == v.vmcs) {
+            c.current = 0;
+        }
+        frames.free(v.vmcs);
+    }
+
+    /// This CPU no longer holds the [`Owned`] state of the vCPU with `vpid`: its copy in memory
+    /// (reset, or freed) is what counts, and a later vCPU with its VPID must load its own. No
+    /// other CPU can hold it: a CPU saves it when it lets the vCPU go (`unload`), and the core
+    /// resets or frees only vCPUs no other CPU holds. (A vCPU of a destroyed domain is freed by
+    /// the CPU that ran it, while its slot may already hold a new vCPU running elsewhere, whose
+    /// state that CPU's record is.)
+    fn disown(&mut self, vpid: u16) {
+        let here = &mut self.cpus[self.cpu];
+        if here.owned_by == vpid {
+            here.owned_by = 0;
+        }
+    }
+
+    /// See `Backend::run`: loads `v` on this CPU and runs it with the boot CPU's runner.
+    pub(super) fn run(
+        &mut self,
+        v: &mut VmxVcpu,
+        gprs: &mut Gprs,
+        slice: u64,
+        faults: &mut dyn DemandFaults,
+    ) -> ExitInfo {
+        self.load(v);
+        self.boot.run(v, gprs, slice, faults)
+    }
 
     /// See `Backend::unload`.
     pub(super) fn unload(&mut self, v: &mut VmxVcpu) {
-        if self.owned_by == v.vpid {
+        let here = &mut self.cpus[self.cpu];
+        if here.owned_by == v.vpid {
             v.owned = Owned::save();
-            self.owned_by = 0;
+            here.owned_by = 0;
+        }
+        match v.active {
+            Some(cpu) if cpu == self.cpu => {
+                // SAFETY: the VMCS belongs to `v` and is active on this CPU: VMCLEAR writes
+                // its state back to memory, so that any CPU may load it next.
+                if unsafe { vmcs::clear(v.vmcs) }.is_err() {
+                    log::error!("VMCLEAR {:#x} failed", v.vmcs);
+                }
+                // VMCLEAR of the current VMCS leaves this CPU without one (SDM Vol. 3C, VMCLEAR).
+                if here.current == v.vmcs {
+                    here.current = 0;
+                }
+                (v.active, v.launched) = (None, false);
+            }
+            Some(cpu) => log::error!(
+                "VMCS {:#x} unloaded on cpu {} but active on cpu {cpu}",
+                v.vmcs,
+                self.cpu
+            ),
+            None => {}
         }
     }
 
@@ -827,8 +998,8 @@ impl Vmx {
             GuestReg::Rip => vmcs::read(guest::RIP),
             GuestReg::Rsp => vmcs::read(guest::RSP),
             GuestReg::Rflags => vmcs::read(guest::RFLAGS),
-            GuestReg::Cr0 => self.guest_cr0(),
-            GuestReg::Cr4 => self.guest_cr4(),
+            GuestReg::Cr0 => self.boot.guest_cr0(),
+            GuestReg::Cr4 => self.boot.guest_cr4(),
             GuestReg::Efer => vmcs::read(guest::IA32_EFER_FULL),
             GuestReg::FsBase => vmcs::read(guest::FS_BASE),
             GuestReg::GsBase => vmcs::read(guest::GS_BASE),
@@ -854,10 +1025,12 @@ impl Vmx {
             GuestReg::Cr0 => {
                 self.write_cr0(value);
                 vmcs::invvpid_single(v.vpid);
+                self.flushed_here(v);
             }
             GuestReg::Cr4 => {
                 self.write_cr4(value);
                 vmcs::invvpid_single(v.vpid);
+                self.flushed_here(v);
             }
             GuestReg::Efer => {
                 let lma = vmcs::read(guest::IA32_EFER_FULL) & EFER_LMA;
@@ -876,7 +1049,8 @@ impl Vmx {
     pub(super) fn advance_rip(&mut self, v: &mut VmxVcpu, len: u8) -> bool {
         self.make_current(v);
         let rip = vmcs::read(guest::RIP);
-        let Some(next) = Self::mode(vmcs::read(guest::CR0)).next_ip_checked(rip, len) else {
+        let mode = VmxRunner::mode(vmcs::read(guest::CR0));
+        let Some(next) = mode.next_ip_checked(rip, len) else {
             return false;
         };
         vmcs::write(guest::RIP, next);
@@ -902,7 +1076,7 @@ impl Vmx {
         self.make_current(v);
         // No VMCS field holds CR2: it is the hardware's while this vCPU owns it.
         if let Event::PageFault { addr, .. } = event {
-            if self.owned_by == v.vpid {
+            if self.cpus[self.cpu].owned_by == v.vpid {
                 cpu::write_cr2(addr);
             } else {
                 v.owned.cr2 = addr;
@@ -920,7 +1094,7 @@ impl Vmx {
         self.make_current(v);
         // NMIs wait out the STI shadow too: some CPUs refuse the entry otherwise (SDM 26.3.1.5).
         let (open, blocking) = if nmi {
-            (self.virtual_nmis(), 3 | INTR_BLOCK_NMI)
+            (self.boot.virtual_nmis(), 3 | INTR_BLOCK_NMI)
         } else {
             (vmcs::read(guest::RFLAGS) & RFLAGS_IF != 0, 3)
         };
@@ -943,7 +1117,7 @@ impl Vmx {
             // armed: whether that shadow holds the exit back is the CPU's choice (SDM 26.7.6),
             // and one that exits would exit again before the guest ever runs the instruction
             // that ends the shadow. The NMI is then delivered at the next exit.
-            true if !self.virtual_nmis() => return,
+            true if !self.boot.virtual_nmis() => return,
             true if on && vmcs::read(guest::INTERRUPTIBILITY_STATE) & 1 != 0 => return,
             true => u64::from(PrimaryControls::NMI_WINDOW_EXITING.bits()),
             false => u64::from(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits()),
@@ -961,11 +1135,17 @@ impl Vmx {
         vmcs::write(control::EPTP_FULL, root);
         v.eptp = root;
         vmcs::invept_single(root);
+        self.flushed_here(v);
     }
 
-    /// See `Backend::flush`.
+    /// See `Backend::flush`: the flush the `mmu` owes is domain-wide, so every vCPU of the
+    /// domain makes it up at its next load on a CPU where it has not been done (`flush_gen`).
     pub(super) fn flush(&mut self, v: &mut VmxVcpu) {
+        let g = &mut self.flush_gen[v.domid as usize % DOMAINS];
+        *g = g.wrapping_add(1);
+        v.seen_gen = *g;
         vmcs::invept_single(v.eptp);
+        self.flushed_here(v);
     }
 }
 

@@ -94,6 +94,18 @@ pub fn halt_forever() -> ! {
     }
 }
 
+/// Waits, interrupts on, until an interrupt arrives (a kick, `lapic::kick`; or an NMI, so the
+/// caller checks why it woke), and returns with interrupts off again. One already pending when
+/// this is called ends the wait at once.
+pub fn wait_for_kick() {
+    // SAFETY: STI's one-instruction shadow covers HLT, so an interrupt pending at STI is taken
+    // only once HLT has begun and wakes it: none is missed between the caller's check and the
+    // halt. Every vector that can arrive in root mode (the kick, the slice timer, the spurious
+    // vector, NMI) has an IDT stub that returns; CLI restores microhv's interrupts-off state.
+    // Not `nomem`: the caller's looks at what other CPUs wrote must not move across the wait.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nostack)) };
+}
+
 /// CR2, the last page-fault address.
 pub fn cr2() -> u64 {
     // SAFETY: reading CR2 in ring 0 has no side effects.

@@ -20,21 +20,22 @@ pub const IST_CRITICAL: u16 = 2;
 const IST_STACK_BYTES: usize = 16 * 1024;
 const PAGE: usize = 4096;
 
-/// A stack with a guard page below it, which `paging` leaves unmapped: an overflow faults
-/// instead of running into whatever lies below.
+/// A stack of `N` bytes with a guard page below it, which `paging` leaves unmapped: an
+/// overflow faults instead of running into whatever lies below.
 #[repr(C, align(4096))]
-pub struct GuardedStack {
+pub struct GuardedStack<const N: usize> {
     guard: [u8; PAGE],
     // Written by the CPU: the cell keeps the static out of read-only data.
-    stack: core::cell::UnsafeCell<[u8; IST_STACK_BYTES]>,
+    stack: core::cell::UnsafeCell<[u8; N]>,
 }
 
-// SAFETY: only the CPU touches a stack's bytes (as the stack of the vectors that use it).
-unsafe impl Sync for GuardedStack {}
+// SAFETY: only the CPU touches a stack's bytes (as the stack of the code or vectors that use
+// it, on the one CPU it belongs to).
+unsafe impl<const N: usize> Sync for GuardedStack<N> {}
 
-impl GuardedStack {
+impl<const N: usize> GuardedStack<N> {
     const fn new() -> Self {
-        Self { guard: [0; PAGE], stack: core::cell::UnsafeCell::new([0; IST_STACK_BYTES]) }
+        Self { guard: [0; PAGE], stack: core::cell::UnsafeCell::new([0; N]) }
     }
 
     /// Address of the guard page.
@@ -42,17 +43,43 @@ impl GuardedStack {
         self.guard.as_ptr() as u64
     }
 
-    fn top(&'static self) -> VirtAddr {
-        VirtAddr::new(self.stack.get() as u64 + IST_STACK_BYTES as u64)
+    /// Address just above the stack (16-byte aligned: the stack is page-aligned and whole pages).
+    pub fn top(&'static self) -> u64 {
+        self.stack.get() as u64 + N as u64
     }
 }
 
-static INTERRUPT_STACK: GuardedStack = GuardedStack::new();
-static CRITICAL_STACK: GuardedStack = GuardedStack::new();
+/// An IST stack.
+type IstStack = GuardedStack<IST_STACK_BYTES>;
 
-/// The IST stacks, for `paging` to unmap their guard pages.
-pub fn ist_stacks() -> [&'static GuardedStack; 2] {
-    [&INTERRUPT_STACK, &CRITICAL_STACK]
+static INTERRUPT_STACK: IstStack = GuardedStack::new();
+static CRITICAL_STACK: IstStack = GuardedStack::new();
+
+/// An application processor's stacks, in the image (so that their guard pages can be unmapped:
+/// the identity map outside the image is made of 2 MiB pages): its two IST stacks, and its own
+/// stack, as large as the boot CPU's (the exit handlers run on it).
+struct ApStacks {
+    ist: [IstStack; 2],
+    main: GuardedStack<{ rt::BOOT_STACK_BYTES }>,
+}
+
+static AP_STACKS: [ApStacks; MAX_CPUS - 1] =
+    [const { ApStacks { ist: [const { GuardedStack::new() }; 2], main: GuardedStack::new() } };
+        MAX_CPUS - 1];
+
+/// AP `cpu`'s IST stack tops (for [`init_cpu`]) and its own stack's top; `None` for the boot
+/// CPU (0) and beyond `MAX_CPUS`.
+pub fn ap_stacks(cpu: usize) -> Option<([u64; 2], u64)> {
+    let s = AP_STACKS.get(cpu.checked_sub(1)?)?;
+    Some(([s.ist[0].top(), s.ist[1].top()], s.main.top()))
+}
+
+/// Every guard page of these stacks (the boot CPU's IST stacks', every AP's), for `paging` to
+/// leave unmapped.
+pub fn guard_pages() -> impl Iterator<Item = u64> {
+    [INTERRUPT_STACK.guard(), CRITICAL_STACK.guard()]
+        .into_iter()
+        .chain(AP_STACKS.iter().flat_map(|s| [s.ist[0].guard(), s.ist[1].guard(), s.main.guard()]))
 }
 
 /// The selectors the VMX host-state area needs.
@@ -72,7 +99,7 @@ static GDT: [Once<(GlobalDescriptorTable, Selectors)>; MAX_CPUS] =
 
 /// Loads the boot CPU's GDT and TSS and reloads every segment register.
 pub fn init() -> Selectors {
-    init_cpu(0, [INTERRUPT_STACK.top().as_u64(), CRITICAL_STACK.top().as_u64()])
+    init_cpu(0, [INTERRUPT_STACK.top(), CRITICAL_STACK.top()])
 }
 
 /// Loads CPU `cpu`'s GDT and TSS (built on first use, with the tops of its IST stacks for
@@ -104,7 +131,12 @@ pub fn init_cpu(cpu: usize, ist: [u64; 2]) -> Selectors {
     *sel
 }
 
-/// The boot CPU's TSS address (the VMX host TR base): vCPUs run only there so far.
-pub fn tss_base() -> u64 {
-    TSS[0].get().map_or(0, |t| t as *const TaskStateSegment as u64)
+/// CPU `cpu`'s TSS address (the VMX host TR base), once [`init_cpu`] built it (0 before).
+pub fn tss_base(cpu: usize) -> u64 {
+    TSS.get(cpu).and_then(Once::get).map_or(0, |t| t as *const TaskStateSegment as u64)
+}
+
+/// CPU `cpu`'s GDT address (the VMX host GDTR base), once [`init_cpu`] built it (0 before).
+pub fn gdt_base(cpu: usize) -> u64 {
+    GDT.get(cpu).and_then(Once::get).map_or(0, |(g, _)| g.entries().as_ptr() as u64)
 }

@@ -3,8 +3,9 @@
 //! prints everything and stops the machine. microhv runs with interrupts off in root mode, so
 //! any vector arriving here is a bug or a hardware event it cannot handle — except the SVM
 //! backend's slice timer and the APIC's spurious vector, taken in the interrupt window right
-//! after a guest exit, NMIs, which are counted, and a #DB in the SVM exit window (below): their
-//! stubs return.
+//! after a guest exit, the kick another CPU sends (taken there too, or by a CPU waiting for it
+//! in `cpu::wait_for_kick`), NMIs, which are counted, and a #DB in the SVM exit window (below):
+//! their stubs return.
 //!
 //! Stacks. A vector whose entry names an IST slot makes the CPU read its stack pointer from the
 //! TSS that TR points at — and between VMRUN and the host's VMLOAD that is the *guest's* TSS
@@ -45,9 +46,9 @@ microhv_idt_stubs:
     .set vec, vec + 1
     .endr
 
-    /* The slice timer (arch/x86_64/lapic.rs): signal EOI and return. */
-    .global microhv_timer_irq
-microhv_timer_irq:
+    /* The slice timer and the kick (arch/x86_64/lapic.rs): signal EOI and return. */
+    .global microhv_ack_irq
+microhv_ack_irq:
     pushq %rax
     movq {eoi}(%rip), %rax
     movl $0, (%rax)
@@ -131,7 +132,7 @@ unsafe extern "C" {
     static microhv_idt_stubs: u8;
     static microhv_debug: u8;
     static microhv_nmi: u8;
-    static microhv_timer_irq: u8;
+    static microhv_ack_irq: u8;
     static microhv_spurious_irq: u8;
 }
 
@@ -173,17 +174,17 @@ pub fn init(code: u16) {
         // Only the address of the stub block is taken; it is never read as data.
         let base = core::ptr::addr_of!(microhv_idt_stubs) as u64;
         let mut t = Idt([0; 512]);
-        let timer = core::ptr::addr_of!(microhv_timer_irq) as u64;
+        let ack = core::ptr::addr_of!(microhv_ack_irq) as u64;
         let spurious = core::ptr::addr_of!(microhv_spurious_irq) as u64;
         let nmi = core::ptr::addr_of!(microhv_nmi) as u64;
         let debug = core::ptr::addr_of!(microhv_debug) as u64;
         for v in 0..256u64 {
-            // Three vectors return: NMI, the slice timer and the APIC's spurious vector; #DB
-            // returns inside the SVM exit window. Every other one reports and stops.
+            // Four vectors return: NMI, the slice timer, the kick and the APIC's spurious
+            // vector; #DB returns inside the SVM exit window. Every other one reports and stops.
             let handler = match v as u8 {
                 1 => debug,
                 2 => nmi,
-                super::lapic::TIMER_VECTOR => timer,
+                super::lapic::TIMER_VECTOR | super::lapic::KICK_VECTOR => ack,
                 super::lapic::SPURIOUS_VECTOR => spurious,
                 _ => base + v * STUB_STRIDE,
             };

@@ -1,14 +1,19 @@
-//! The host's local APIC timer: the SVM backend's time slice (SVM has no preemption timer).
+//! The host's local APIC: the SVM backend's time slice (SVM has no preemption timer), the
+//! start-up IPIs, and the kick that makes another CPU leave its guest or wake.
 //!
-//! One-shot mode on [`TIMER_VECTOR`]; the interrupt makes the running guest exit (INTR
-//! intercept) and is then taken by microhv's IDT, whose handler for this vector only signals
-//! EOI. The APIC's page is made uncacheable in microhv's identity map before it is touched.
+//! The timer runs one-shot on [`TIMER_VECTOR`]; the interrupt makes the running guest exit
+//! (INTR intercept) and is then taken by microhv's IDT, whose handler for this vector only
+//! signals EOI. A kick ([`KICK_VECTOR`]) is handled the same way, and on VMX acknowledged by the
+//! guest's exit instead. The APIC's page is made uncacheable in microhv's identity map before
+//! it is touched.
 
 use super::cpu::{rdmsr, rdtsc, wrmsr};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Vector of the slice timer.
 pub const TIMER_VECTOR: u8 = 0xf0;
+/// Vector of the kick ([`kick`]).
+pub const KICK_VECTOR: u8 = 0xf2;
 /// Spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -117,21 +122,55 @@ pub fn current_id() -> u32 {
 /// waits until the APIC reports it sent (SDM Vol. 3A, "Interrupt Command Register (ICR)":
 /// delivery status, bit 12).
 pub fn ipi(base: u64, dest: u8, command: u32) -> Result<(), &'static str> {
+    send(base, dest, command);
+    // An APIC sends within microseconds; a hundred million reads is seconds of a stuck one.
+    if sent(base, 100_000_000) { Ok(()) } else { Err("the local APIC did not send the IPI") }
+}
+
+/// Writes the ICR: its high word (the destination), then its low word, which sends.
+fn send(base: u64, dest: u8, command: u32) {
     // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); writing the ICR's
     // high word then its low word sends one IPI, which is what the caller asked for.
     unsafe {
         reg(base, REG_ICR_HIGH).write_volatile(u32::from(dest) << ID_SHIFT);
         reg(base, REG_ICR_LOW).write_volatile(command);
     }
-    // An APIC sends within microseconds; a hundred million reads is seconds of a stuck one.
-    for _ in 0..100_000_000u32 {
-        // SAFETY: as above; reading the ICR has no side effect.
+}
+
+/// Whether the APIC at `base` reports its last IPI sent within `reads` reads of the ICR.
+fn sent(base: u64, reads: u32) -> bool {
+    for _ in 0..reads {
+        // SAFETY: `base` is the APIC's register page; reading the ICR has no side effect.
         if unsafe { reg(base, REG_ICR_LOW).read_volatile() } & ICR_SEND_PENDING == 0 {
-            return Ok(());
+            return true;
         }
         core::hint::spin_loop();
     }
-    Err("the local APIC did not send the IPI")
+    false
+}
+
+/// Kicks the CPU with xAPIC id `apic_id`: a fixed IPI on [`KICK_VECTOR`], which makes its guest
+/// exit, or wakes it from [`super::cpu::wait_for_kick`]. Does not wait for the delivery (only,
+/// briefly, for a previous IPI of this CPU's to be sent, as the ICR must not be rewritten
+/// before): the caller may hold the hypervisor lock.
+pub fn kick(apic_id: u32) -> Result<(), &'static str> {
+    /// ICR: fixed delivery to a physical destination, level assert (SDM Vol. 3A, "Interrupt
+    /// Command Register (ICR)"), to be or-ed with the vector.
+    const ICR_FIXED: u32 = 0x4000;
+    /// Reads of the ICR to wait, at most, for the APIC to finish sending the previous IPI.
+    const WAIT_READS: u32 = 10_000;
+    let at = EOI_ADDR.load(Ordering::Relaxed);
+    if at == 0 {
+        return Err("the local APIC is not enabled");
+    }
+    let base = at - REG_EOI;
+    let dest = u8::try_from(apic_id).ok().filter(|&d| d != u8::MAX);
+    let dest = dest.ok_or("an APIC id beyond the xAPIC's reach")?;
+    if !sent(base, WAIT_READS) {
+        return Err("the local APIC is still sending an IPI");
+    }
+    send(base, dest, ICR_FIXED | u32::from(KICK_VECTOR));
+    Ok(())
 }
 
 /// Signals the end of the interrupt in service (after [`enable`]).
@@ -140,6 +179,18 @@ pub fn eoi() {
     if at != 0 {
         // SAFETY: the EOI register of the APIC `enable` set up; writing 0 is the EOI.
         unsafe { (at as *mut u32).write_volatile(0) };
+    }
+}
+
+/// Programs the APIC at `base`'s timer for the slices: divide by 1, stopped (initial count 0),
+/// one-shot and unmasked on [`TIMER_VECTOR`].
+fn program_slice_timer(base: u64) {
+    // SAFETY: `base` is the APIC's register page (uncached, identity-mapped); these are its
+    // architectural timer registers, written with valid values; a zero initial count stops it.
+    unsafe {
+        reg(base, REG_DIVIDE).write_volatile(0xb);
+        reg(base, REG_INITIAL).write_volatile(0);
+        reg(base, REG_LVT_TIMER).write_volatile(u32::from(TIMER_VECTOR));
     }
 }
 
@@ -165,6 +216,10 @@ impl SliceTimer {
     /// 0.1%, under the scheduler's slice slack of 1/256 (`hv::run`). It used to wait 4 M TSC
     /// ticks of its own: 3.5 M instructions of every boot under Bochs.
     pub fn init(tsc_khz: u64) -> Self {
+        if let Some(t) = IDLE_TIMER.get() {
+            // Measured once: every CPU's APIC timer counts the same bus clock.
+            return t.for_this_cpu();
+        }
         if COUNT_START.load(Ordering::Relaxed) == 0 {
             start_counting();
         }
@@ -187,14 +242,19 @@ impl SliceTimer {
             }
             start_counting();
         };
-        // SAFETY: as above; a zero initial count stops the timer, and the LVT is unmasked for
-        // the slices.
-        unsafe {
-            reg(base, REG_INITIAL).write_volatile(0);
-            reg(base, REG_LVT_TIMER).write_volatile(u32::from(TIMER_VECTOR));
-        }
+        program_slice_timer(base);
         let counted = u64::from(u32::MAX - left);
-        Self { base, counts_per_kticks: (counted * 1024 / elapsed.max(1)).max(1) }
+        let t = Self { base, counts_per_kticks: (counted * 1024 / elapsed.max(1)).max(1) };
+        *IDLE_TIMER.call_once(|| t)
+    }
+
+    /// The slice timer of the CPU this runs on, with this timer's calibration: every CPU's APIC
+    /// timer counts the same bus clock, so it is measured once, on the boot CPU. Enables this
+    /// CPU's local APIC and programs its timer as [`SliceTimer::init`] does.
+    pub fn for_this_cpu(&self) -> Self {
+        let base = enable();
+        program_slice_timer(base);
+        Self { base, ..*self }
     }
 
     /// Fires [`TIMER_VECTOR`] once after about `tsc_ticks`.
@@ -217,6 +277,45 @@ impl SliceTimer {
     pub fn disarm(&self) {
         // SAFETY: as in `arm`; zero stops the count.
         unsafe { reg(self.base, REG_INITIAL).write_volatile(0) };
+    }
+}
+
+/// The boot CPU's timer as [`SliceTimer::init`] measured it (every CPU's APIC timer counts the
+/// same bus clock, and every CPU's APIC is at the same address), for [`halt_until`] on any CPU.
+static IDLE_TIMER: spin::Once<SliceTimer> = spin::Once::new();
+
+/// Measures the local APIC timer for [`halt_until`] (the boot CPU, once the TSC is measured;
+/// nothing to do if the SVM backend's slice timer did).
+pub fn init_idle_timer(tsc_khz: u64) {
+    SliceTimer::init(tsc_khz);
+}
+
+/// Programs this CPU's APIC timer as [`SliceTimer::init`] does (an AP, whose APIC
+/// [`enable`] enabled): one-shot on [`TIMER_VECTOR`], stopped.
+pub fn program_timer() {
+    let at = EOI_ADDR.load(Ordering::Relaxed);
+    if at != 0 {
+        program_slice_timer(at - REG_EOI);
+    }
+}
+
+/// Halts this CPU until an interrupt (a kick) or until the TSC reaches `deadline` (`u64::MAX`:
+/// no deadline), with its APIC timer (programmed at its start) as the alarm; returns with
+/// interrupts off and the timer stopped.
+pub fn halt_until(deadline: u64) {
+    let timer = IDLE_TIMER.get();
+    if let Some(t) = timer
+        && deadline != u64::MAX
+    {
+        let now = rdtsc();
+        if now >= deadline {
+            return;
+        }
+        t.arm(deadline - now);
+    }
+    super::cpu::wait_for_kick();
+    if let Some(t) = timer {
+        t.disarm();
     }
 }
 

@@ -11,24 +11,21 @@
 //! x86_64::ap`, shared with the test guests' vCPUs): a 16-bit trampoline, then the image's
 //! 32-bit code loading the boot CPU's CR4 (an allow-list of its bits), CR3, EFER (LME, and NXE:
 //! the tables use NX) and CR0; it calls [`ap_main`] on the stack set aside for the AP, which
-//! loads the AP's own GDT and TSS and the shared IDT, enables VMX or SVM with its own region and
-//! parks.
+//! loads the AP's own GDT and TSS and the shared IDT, enables its local APIC (so that a kick
+//! reaches it) and VMX or SVM with its own region, records its APIC id ([`apic_id`]) and waits.
 //!
-//! Each AP gets [`AP_FRAMES`] contiguous frames from the allocator: its two IST stacks, its
-//! stack, and its VMXON region or host save area. They have no guard pages (the identity map
-//! outside the image is made of 2 MiB pages), and an AP that does not come up keeps them.
+//! Each AP's stacks are the image's (`gdt::ap_stacks`: two 16 KiB IST stacks and a stack as
+//! large as the boot CPU's, each above a guard page `paging` leaves unmapped); its VMXON region
+//! or host save area is a frame from the allocator, which an AP that does not come up keeps.
+//! Once dom0 is built, [`release_aps`] lets them run vCPUs (`crate::ap_run`).
 
 use super::cpu::{self, rdtsc};
 use super::{gdt, idt, lapic};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use microhv_core::cpus::CpuList;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use microhv_core::cpus::{CpuList, MAX_CPUS};
 use microhv_core::frames::{FRAME_SIZE, FrameAllocator};
 use microhv_core::regs::{EFER_LMA, EFER_SVME};
 
-/// Bytes of each of an AP's three stacks.
-const STACK_BYTES: u64 = 16 * 1024;
-/// Frames per AP: two IST stacks, the stack, the VMXON region or host save area.
-const AP_FRAMES: u64 = 3 * STACK_BYTES / FRAME_SIZE + 1;
 /// ICR: INIT, level assert (SDM Vol. 3A, "Interrupt Command Register (ICR)").
 const ICR_INIT: u32 = 0x4500;
 /// ICR: STARTUP, to be or-ed with the trampoline's page number as vector.
@@ -58,6 +55,17 @@ const ONLINE: u32 = 3;
 const FAILED: u32 = 4;
 const ABANDONED: u32 = 5;
 static STATE: AtomicU32 = AtomicU32::new(ABANDONED);
+
+/// Each online CPU's xAPIC id, by CPU number (`NO_CPU`: not online).
+static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NO_CPU) }; MAX_CPUS];
+const NO_CPU: u32 = u32::MAX;
+
+/// The xAPIC id of CPU `cpu` (the boot CPU is 0), for [`lapic::kick`]: `Some` for every CPU
+/// online once [`start_aps`] started APs (without them there is nobody to kick).
+pub fn apic_id(cpu: usize) -> Option<u32> {
+    let id = APIC_IDS.get(cpu)?.load(Ordering::Acquire);
+    (id != NO_CPU).then_some(id)
+}
 
 /// `STATE`'s value for CPU `n` in `phase`.
 const fn tagged(n: u64, phase: u32) -> u32 {
@@ -120,6 +128,7 @@ pub fn start_aps<const W: usize>(
     // The live id, not CPUID's initial one: firmware may have changed it, and an INIT to
     // ourselves would reset the boot CPU.
     let me = lapic::id(apic);
+    APIC_IDS[0].store(me, Ordering::Release);
     let startup = ICR_STARTUP | (trampoline >> 12) as u32;
     let mut online = 1;
     for (n, &id) in cpus.apic_ids.iter().enumerate().skip(1) {
@@ -146,15 +155,16 @@ fn start_ap<const W: usize>(
     frames: &mut FrameAllocator<W>,
     khz: u64,
 ) -> Result<(), &'static str> {
-    let base = frames.alloc_contiguous(AP_FRAMES, 1).ok_or("no frames for its stacks")?;
-    // SAFETY: the last frame was just allocated: ours, identity-mapped, aliased by nothing.
-    unsafe { cpu::zero_qwords(base + 3 * STACK_BYTES, FRAME_SIZE) };
+    let (_, stack) = gdt::ap_stacks(n as usize).ok_or("no stacks for it")?;
+    let region = frames.alloc().ok_or("no frame for its VMXON region or host save area")?;
+    // SAFETY: the frame was just allocated: ours, identity-mapped, aliased by nothing.
+    unsafe { cpu::zero_qwords(region, FRAME_SIZE) };
     set(APIC_ID, dest.into());
-    set(FRAMES, base);
+    set(FRAMES, region);
     STATE.store(tagged(n, WAITING), Ordering::SeqCst);
     // SAFETY: the stack is in frames just allocated for this AP; the AP before it reached its
     // entry or was given up on (and sent INIT). Fenced: visible before the IPI.
-    unsafe { rt::arch::x86_64::ap::set_next(base + 3 * STACK_BYTES, ap_main, n) };
+    unsafe { rt::arch::x86_64::ap::set_next(stack, ap_main, n) };
     let sent =
         lapic::ipi(apic, dest, ICR_INIT).map(|()| delay(khz, INIT_DELAY_US)).and_then(|()| {
             // An AP that already started ignores the second STARTUP (SDM Vol. 3A, "MP
@@ -165,6 +175,8 @@ fn start_ap<const W: usize>(
         });
     let deadline = rdtsc() + khz * TIMEOUT_MS;
     loop {
+        // For the AP to set its TSC by (`sync_tsc`).
+        BSP_TSC.store(rdtsc(), Ordering::Release);
         let s = STATE.load(Ordering::Acquire);
         match s & 0xff {
             ONLINE => return Ok(()),
@@ -197,28 +209,91 @@ fn advance(n: u64, from: u32, to: u32) -> bool {
         .is_ok()
 }
 
+/// The boot CPU's TSC, published again and again while it waits for an AP's report.
+static BSP_TSC: AtomicU64 = AtomicU64::new(0);
+/// IA32_TIME_STAMP_COUNTER.
+const IA32_TSC: u32 = 0x10;
+
+/// Sets this AP's TSC to the boot CPU's, as it publishes it while it waits for this AP: a TSC
+/// that started counting when the AP was reset (QEMU TCG's) would otherwise lag by the whole
+/// boot, and microhv compares TSC deadlines across CPUs (the device models', the slices'). The
+/// value read is at most one of the boot CPU's loop iterations old: well under a microsecond.
+/// Returns how far behind (negative: ahead of) the boot CPU's the AP's TSC was, if it was set.
+fn sync_tsc() -> Option<i64> {
+    let bsp = BSP_TSC.load(Ordering::Acquire);
+    let mine = rdtsc();
+    if bsp == 0 || mine.abs_diff(bsp) <= TSC_SKEW_TOLERATED {
+        return None;
+    }
+    // SAFETY: the TSC MSR exists on every 64-bit CPU; writing it moves only this CPU's
+    // counter, which nothing on this CPU has read yet but the comparison above.
+    unsafe { cpu::wrmsr(IA32_TSC, bsp) };
+    Some(bsp.wrapping_sub(mine) as i64)
+}
+
+/// A TSC difference from the boot CPU's left alone (a synchronized TSC, as on hardware, is not
+/// written: a write would lose what it was ahead by). About 20 µs at 3 GHz.
+const TSC_SKEW_TOLERATED: u64 = 65_536;
+
 /// An AP's first Rust code, on its own stack, interrupts off: its tables, its virtualization
 /// extension, its report; then it parks (no vCPU runs on an AP yet).
 extern "C" fn ap_main(n: u64) -> ! {
     if advance(n, WAITING, ARRIVED) {
+        let skew = sync_tsc();
         let n = n as usize;
         let id = get(APIC_ID);
-        let base = get(FRAMES);
-        let sel = gdt::init_cpu(n, [base + 2 * STACK_BYTES, base + STACK_BYTES]);
+        let Some((ist, _)) = gdt::ap_stacks(n) else { cpu::halt_forever() };
+        let sel = gdt::init_cpu(n, ist);
         idt::init(sel.code.0);
-        let region = base + 3 * STACK_BYTES;
+        // Software-enabled, or the fixed IPIs of kicks would not be accepted; its timer is the
+        // alarm of its idle halts.
+        lapic::enable();
+        lapic::program_timer();
+        let region = get(FRAMES);
         let (ext, r) = match get(SVM) {
             0 => ("VMX", crate::arch::vmx::enter_ap(region)),
             _ => ("SVM", crate::arch::svm::enable_ap(region)),
         };
         if advance(n as u64, ARRIVED, REPORTING) {
-            match r {
-                Ok(()) => log::info!("cpu {n} (apic id {id}) online, {ext} on"),
-                Err(e) => log::warn!("cpu {n} (apic id {id}): {e}"),
-            }
-            let phase = if r.is_ok() { ONLINE } else { FAILED };
+            let phase = match r {
+                Ok(()) => {
+                    log::info!("cpu {n} (apic id {id}) online, {ext} on");
+                    if let Some(behind) = skew {
+                        log::info!("cpu {n}: TSC set to the boot CPU's ({behind} ticks behind)");
+                    }
+                    // The id the start-up IPIs reached it by.
+                    APIC_IDS[n].store(id as u32, Ordering::Release);
+                    ONLINE
+                }
+                Err(e) => {
+                    log::warn!("cpu {n} (apic id {id}): {e}");
+                    FAILED
+                }
+            };
             STATE.store(tagged(n as u64, phase), Ordering::Release);
+            if phase == ONLINE {
+                // Halted (interrupts on, for the kick) until dom0 exists and vCPUs may run.
+                while !RELEASED.load(Ordering::Acquire) {
+                    cpu::wait_for_kick();
+                }
+                crate::ap_run(n);
+            }
         }
     }
     cpu::halt_forever()
+}
+
+/// Set by the boot CPU once dom0 is built: the APs run vCPUs.
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
+/// Lets every AP that came up run vCPUs (`crate::ap_run`).
+pub fn release_aps() {
+    RELEASED.store(true, Ordering::Release);
+    for cpu in 1..MAX_CPUS {
+        if let Some(id) = apic_id(cpu)
+            && let Err(e) = lapic::kick(id)
+        {
+            log::warn!("cpu {cpu} was not released ({e}): it stays halted");
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! enumerates the means:
 //!
 //! - IBPB (an indirect-branch prediction barrier) when the CPU passes from a vCPU of one domain
-//!   to a vCPU of another, so one domain cannot train the branch predictor against another.
+//!   to a vCPU of another, so one domain cannot train the branch predictor against another. The
+//!   backends decide it when they make a vCPU ready on a CPU (`load`, before every run), each
+//!   CPU against the domain it last ran, so the entry loop pays nothing for it.
 //! - On Intel CPUs subject to L1TF: flush the L1 data cache before every VM entry
 //!   (IA32_FLUSH_CMD), unless IA32_ARCH_CAPABILITIES says the CPU needs no such flush.
 //!   Otherwise, on CPUs with MD_CLEAR: VERW before every entry to clear the CPU's buffers (MDS).
@@ -20,14 +22,17 @@ const ARCH_CAP_RDCL_NO: u64 = 1 << 0;
 /// IA32_ARCH_CAPABILITIES: the L1D need not be flushed on VM entry.
 const ARCH_CAP_SKIP_L1DFL_VMENTRY: u64 = 1 << 3;
 
-/// What the CPU offers, and which domain the last entry went to (for the barrier).
-#[derive(Debug)]
+/// A CPU's last domain before any ran there (see [`Mitigations::switch_domain`]).
+pub const NO_DOMAIN: u32 = u32::MAX;
+
+/// What the CPU offers (every CPU the same).
+#[derive(Debug, Clone, Copy)]
 pub struct Mitigations {
     ibpb: bool,
     l1d_flush: bool,
     verw: bool,
-    /// The domain whose vCPU ran last (`u32::MAX`: none yet).
-    last_domid: u32,
+    /// `l1d_flush || verw`: the one test the entry loop makes when neither applies.
+    entry_barrier: bool,
 }
 
 /// A data segment selector VERW checks (the GDT's ring-0 data segment).
@@ -47,11 +52,12 @@ impl Mitigations {
             0
         };
         let l1tf = arch_caps & (ARCH_CAP_RDCL_NO | ARCH_CAP_SKIP_L1DFL_VMENTRY) == 0;
+        let (l1d_flush, verw) = (edx7 & (1 << 28) != 0 && l1tf, edx7 & (1 << 10) != 0);
         let m = Self {
             ibpb: edx7 & (1 << 26) != 0 || ebx_e8 & (1 << 12) != 0,
-            l1d_flush: edx7 & (1 << 28) != 0 && l1tf,
-            verw: edx7 & (1 << 10) != 0,
-            last_domid: u32::MAX,
+            l1d_flush,
+            verw,
+            entry_barrier: l1d_flush || verw,
         };
         log::info!(
             "speculation: IBPB on domain switch {}, L1D flush before entry {}, VERW before entry {}",
@@ -62,14 +68,30 @@ impl Mitigations {
         m
     }
 
-    /// Immediately before a VM entry to a vCPU of domain `domid`: the barrier if the last entry
-    /// was to another domain's, then the flush.
-    pub fn before_entry(&mut self, domid: u32) {
-        if self.ibpb && self.last_domid != domid {
-            // SAFETY: CPUID enumerated IBPB; the barrier only discards predictions.
-            unsafe { wrmsr(IA32_PRED_CMD, 1) };
+    /// A vCPU of domain `domid` is about to run on a CPU whose last was of domain `*last`
+    /// ([`NO_DOMAIN`] at first): the barrier if they differ; `*last` becomes `domid` (only
+    /// looked at, so only kept, where the CPU has the barrier).
+    pub fn switch_domain(&self, last: &mut u32, domid: u32) {
+        if self.ibpb {
+            if *last != domid {
+                // SAFETY: CPUID enumerated IBPB; the barrier only discards predictions.
+                unsafe { wrmsr(IA32_PRED_CMD, 1) };
+            }
+            *last = domid;
         }
-        self.last_domid = domid;
+    }
+
+    /// Immediately before every VM entry: the flush.
+    #[inline(always)]
+    pub fn before_entry(&self) {
+        if self.entry_barrier {
+            self.entry_flush();
+        }
+    }
+
+    /// The flush itself.
+    #[cold]
+    fn entry_flush(&self) {
         if self.l1d_flush {
             // SAFETY: CPUID enumerated L1D_FLUSH; the command only writes back and invalidates
             // the L1 data cache (it also clears the buffers VERW would).

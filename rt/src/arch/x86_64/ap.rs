@@ -66,6 +66,13 @@ rt_ap_gdt_end:
 
     .section .text.rt_ap_entry, "ax"
     .code32
+    /* A vCPU a hypervisor started in flat 32-bit protected mode, paging off (microhv's
+       `VcpuUp`): the trampoline's GDT, then its way. */
+    .global rt_ap_flat32
+rt_ap_flat32:
+    cli
+    lgdtl rt_ap_gdtr
+    ljmpl $0x18, $rt_ap_entry32
 rt_ap_entry32:
     movw $0x10, %ax
     movw %ax, %ds
@@ -100,6 +107,52 @@ rt_ap_entry64:
 unsafe extern "C" {
     static rt_ap_trampoline: u8;
     static rt_ap_trampoline_end: u8;
+    static rt_ap_flat32: u8;
+}
+
+/// Where a vCPU started in flat 32-bit protected mode with paging off (microhv's `VcpuUp`)
+/// takes the trampoline's way from its 32-bit stage: [`prepare`] (or [`set_registers`]) and
+/// [`set_next`] as for a STARTUP IPI.
+pub fn flat32_entry() -> u64 {
+    // Only the symbol's address is taken.
+    &raw const rt_ap_flat32 as u64
+}
+
+/// IA32_EFER and the bits an AP's value must or must not have.
+const MSR_EFER: u32 = 0xc000_0080;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_SVME: u64 = 1 << 12;
+
+/// This CPU's CR0, CR3 and CR4, and the EFER an AP of the same kernel loads (this CPU's, with
+/// LME; never LMA, which only the CPU sets, nor SVME): what [`prepare`] takes, for a kernel
+/// whose APs run as its boot CPU does.
+pub fn this_cpu_registers() -> (u64, u64, u64, u64) {
+    let (cr0, cr3, cr4): (u64, u64, u64);
+    let (lo, hi): (u32, u32);
+    // SAFETY: reading the control registers and EFER (present on every 64-bit CPU) has no
+    // side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr0", "mov {}, cr3", "mov {}, cr4", out(reg) cr0,
+            out(reg) cr3, out(reg) cr4, options(nomem, nostack));
+        core::arch::asm!("rdmsr", in("ecx") MSR_EFER, out("eax") lo, out("edx") hi,
+            options(nomem, nostack));
+    }
+    let efer = (u64::from(hi) << 32 | u64::from(lo)) & !(EFER_LMA | EFER_SVME) | EFER_LME;
+    (cr0, cr3, cr4, efer)
+}
+
+/// Records the control registers the APs load, as [`prepare`] does, without a trampoline page:
+/// for APs that enter at [`flat32_entry`] only. The reason is returned, and nothing recorded,
+/// if `cr3` is above 4 GiB.
+pub fn set_registers(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> Result<(), &'static str> {
+    if cr3 > u64::from(u32::MAX) {
+        return Err("CR3 is above 4 GiB, out of the 32-bit code's reach");
+    }
+    for (slot, v) in [(CR0, cr0), (CR3, cr3), (CR4, cr4), (EFER, efer)] {
+        AP_BOOT[slot].store(v, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// Copies the trampoline to the page at physical (identity-mapped) `page`, below 0xA0000, and
@@ -122,18 +175,13 @@ pub unsafe fn prepare(
     // STARTUP vectors 0xA0-0xBF are reserved (SDM Vol. 3A, "MP Initialization Protocol
     // Algorithm"), and the legacy hole from 0xA0000 is no RAM anyway.
     let low = page.checked_add(PAGE).is_some_and(|end| end <= LEGACY_HOLE);
-    if cr3 > u64::from(u32::MAX) {
-        return Err("CR3 is above 4 GiB, out of the 32-bit code's reach");
-    }
     if !page.is_multiple_of(PAGE) || !low || len > PAGE {
         return Err("the trampoline page is not a page below 0xA0000 that the code fits");
     }
+    set_registers(cr0, cr3, cr4, efer)?;
     // SAFETY: `page` is the caller's (this function's contract) and the code fits it (checked);
     // the source is the image's read-only data between the two symbols of one section.
     unsafe { core::ptr::copy_nonoverlapping(start as *const u8, page as *mut u8, len as usize) };
-    for (slot, v) in [(CR0, cr0), (CR3, cr3), (CR4, cr4), (EFER, efer)] {
-        AP_BOOT[slot].store(v, Ordering::Relaxed);
-    }
     Ok(())
 }
 

@@ -76,11 +76,16 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
             s.expect_err(&name, call(*op as u64, [target, p, p, 16, 0]), EPERM);
         }
     }
-    for n in [0x04u64, 0x0f, 0x23, 0x2f, 0xffff, 1 << 32, u64::MAX] {
+    for n in [0x05u64, 0x0f, 0x23, 0x2f, 0xffff, 1 << 32, u64::MAX] {
         let mut name: heapless::String<48> = heapless::String::new();
         let _ = core::fmt::write(&mut name, format_args!("unknown-op-{n:#x}"));
         s.expect_err(&name, call(n, [0; 5]), ENOSYS);
     }
+    // `VcpuUp` on its one vCPU (running) and on vCPUs it does not have; the state is never read.
+    let up = Op::VcpuUp as u64;
+    s.expect_err("vcpu-up-running", call(up, [0, p, 0, 0, 0]), EEXIST);
+    s.expect_err("vcpu-up-beyond", call(up, [1, p, 0, 0, 0]), EINVAL);
+    s.expect_err("vcpu-up-huge-index", call(up, [u64::MAX, 0, 0, 0, 0]), EINVAL);
 
     let foreign = boot.option("foreign").and_then(|v| v.parse().ok()).unwrap_or(0);
     evtchn(&mut s, boot.ram_end(), foreign);

@@ -4,7 +4,10 @@
 //! documented error; a dom0-only operation must always be `EPERM`. It prints a summary line and
 //! shuts down with status 0 if all held, 1 otherwise. Event-channel operations are among them:
 //! ports it offers itself, binds, sends on and closes, its page registered and moved; so are the
-//! grant operations, whose writes land in its sink.
+//! grant operations, whose writes land in its sink. With `vcpus=N` (the domain built with N
+//! vCPUs), vCPU 0 first starts the others with `VcpuUp` (in flat 32-bit mode, into rt's way to
+//! 64-bit mode) and all N storm at once, each with its own seed and its share of the calls:
+//! with microhv on several CPUs, concurrently.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -12,9 +15,12 @@
 extern crate std;
 rt::hosted_main!();
 
+use abi::types::{VCPU_MODE_FLAT32, VcpuState};
 use abi::{Errno, Op};
 use conformance::{Rng, call};
-use guest_rt::println;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use guest_rt::{println, rdtsc};
+use zerocopy::FromZeros;
 
 rt::pvh_note!();
 
@@ -23,15 +29,32 @@ rt::pvh_note!();
 struct Sink([u8; 8192]);
 static mut SINK: Sink = Sink([0; 8192]);
 
-#[unsafe(no_mangle)]
-extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
-    let boot = guest_rt::start(ebx);
-    let calls: u64 = boot.option("calls").and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    let seed = boot
-        .option("seed")
-        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
-        .unwrap_or(1);
-    let ram = boot.ram_end();
+/// vCPUs a domain may have.
+const MAX_VCPUS: usize = abi::hypercall::MAX_VCPUS_PER_DOMAIN as usize;
+/// Bytes of each other vCPU's stack.
+const AP_STACK_BYTES: usize = 16 * 1024;
+/// TSC ticks a started vCPU has to report (a guard against a hang: generous).
+const AP_REPORT_TICKS: u64 = 1 << 36;
+
+#[repr(C, align(16))]
+struct Stack([u8; AP_STACK_BYTES]);
+/// The other vCPUs' stacks, by index (vCPU 0 runs on rt's).
+static mut STACKS: [Stack; MAX_VCPUS] = [const { Stack([0; AP_STACK_BYTES]) }; MAX_VCPUS];
+/// The last vCPU that reported in.
+static ARRIVED: AtomicUsize = AtomicUsize::new(0);
+/// What each vCPU's storm gave: calls that succeeded, were refused, gave an undefined
+/// result, and dom0-only calls not refused.
+static COUNTS: [[AtomicU64; 4]; MAX_VCPUS] =
+    [const { [const { AtomicU64::new(0) }; 4] }; MAX_VCPUS];
+/// Set when a vCPU's storm is over.
+static DONE: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
+/// Calls per vCPU, the seed, and the end of RAM, for the other vCPUs.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static SEED: AtomicU64 = AtomicU64::new(1);
+static RAM: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU `i`'s storm: `calls` random calls from `seed`; its counts go to [`COUNTS`].
+fn storm(i: usize, calls: u64, seed: u64, ram: u64) {
     let stack = [0u8; 256];
     let here = stack.as_ptr() as u64;
     let mut rng = Rng::new(seed);
@@ -96,8 +119,80 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
             privileged_leaks += 1;
         }
     }
+    for (c, v) in COUNTS[i].iter().zip([ok, refused, undefined, privileged_leaks]) {
+        c.store(v, Ordering::Relaxed);
+    }
+    DONE[i].store(true, Ordering::Release);
+}
+
+/// Another vCPU's first Rust code, on its own stack: its storm, then it halts.
+extern "C" fn ap_main(i: u64) -> ! {
+    let i = i as usize;
+    ARRIVED.store(i, Ordering::Release);
+    let calls = CALLS.load(Ordering::Relaxed);
+    storm(
+        i,
+        calls,
+        SEED.load(Ordering::Relaxed).wrapping_add(i as u64),
+        RAM.load(Ordering::Relaxed),
+    );
+    loop {
+        // SAFETY: halts with interrupts off: this vCPU has nothing left to do.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Starts vCPUs 1..`n` with `VcpuUp`, one at a time, each into [`ap_main`].
+fn start_vcpus(n: usize) -> Result<(), &'static str> {
+    let (cr0, cr3, cr4, efer) = rt::arch::x86_64::ap::this_cpu_registers();
+    rt::arch::x86_64::ap::set_registers(cr0, cr3, cr4, efer)?;
+    let hv = guest_rt::hv();
+    for i in 1..n {
+        // SAFETY: only the address is taken; vCPU `i` alone uses this stack.
+        let top = unsafe { (&raw mut STACKS).cast::<Stack>().add(i + 1) } as u64;
+        // SAFETY: the stack is vCPU `i`'s alone; the one before it reported (below).
+        unsafe { rt::arch::x86_64::ap::set_next(top, ap_main, i as u64) };
+        let mut state = VcpuState::new_zeroed();
+        (state.mode, state.rip) = (VCPU_MODE_FLAT32, rt::arch::x86_64::ap::flat32_entry());
+        hv.vcpu_up(i as u32, &state).map_err(|_| "VcpuUp failed")?;
+        let start = rdtsc();
+        while ARRIVED.load(Ordering::Acquire) != i {
+            if rdtsc() - start > AP_REPORT_TICKS {
+                return Err("a started vCPU did not report");
+            }
+            let _ = hv.yield_now();
+        }
+    }
+    Ok(())
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
+    let boot = guest_rt::start(ebx);
+    let calls: u64 = boot.option("calls").and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let seed = boot
+        .option("seed")
+        .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(1);
+    let n = boot.option("vcpus").and_then(|v| v.parse().ok()).unwrap_or(1usize).clamp(1, MAX_VCPUS);
+    let ram = boot.ram_end();
+    let share = calls / n as u64;
+    CALLS.store(share, Ordering::Relaxed);
+    SEED.store(seed, Ordering::Relaxed);
+    RAM.store(ram, Ordering::Relaxed);
+    if let Err(why) = start_vcpus(n) {
+        println!("storm domU: FAIL: {why}");
+        guest_rt::exit(1);
+    }
+    storm(0, calls - share * (n as u64 - 1), seed, ram);
+    let hv = guest_rt::hv();
+    while !DONE[..n].iter().all(|d| d.load(Ordering::Acquire)) {
+        let _ = hv.yield_now();
+    }
+    let sum = |k: usize| COUNTS[..n].iter().map(|c| c[k].load(Ordering::Relaxed)).sum::<u64>();
+    let (ok, refused, undefined, privileged_leaks) = (sum(0), sum(1), sum(2), sum(3));
     println!(
-        "storm domU: {calls} calls (seed {seed:#x}): {ok} succeeded, {refused} refused, {undefined} undefined, {privileged_leaks} dom0-only calls not refused"
+        "storm domU: {calls} calls on {n} vCPUs (seed {seed:#x}): {ok} succeeded, {refused} refused, {undefined} undefined, {privileged_leaks} dom0-only calls not refused"
     );
     guest_rt::exit(if undefined == 0 && privileged_leaks == 0 { 0 } else { 1 })
 }

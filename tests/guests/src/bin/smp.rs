@@ -20,7 +20,8 @@
 //! and one that spins keeps the CPU from the vCPU it waits for until its time slice ends
 //! (`spin` on the command line makes every wait spin instead, for comparison). The line
 //! before the verdict gives each vCPU's slowest IPI: TSC ticks from its ICR write until it saw
-//! the receiver's count go up.
+//! the receiver's count go up. With `touch=N`, each vCPU then writes and reads back its share
+//! of N MiB of memory (from 4 MiB up) three times, and a word read back wrong is a failure.
 #![no_std]
 #![cfg_attr(image, no_main)]
 
@@ -97,6 +98,15 @@ static DEADLINE: AtomicU64 = AtomicU64::new(0);
 static SLOWEST: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
 /// Waits spin instead of yielding (`spin`).
 static SPIN: AtomicBool = AtomicBool::new(false);
+/// MiB each vCPU writes and reads back after its rounds (`touch=N` in all, split evenly; 0:
+/// none).
+static TOUCH_MIB: AtomicU64 = AtomicU64::new(0);
+/// Words read back wrong, per vCPU.
+static BAD: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+/// Where the touched memory starts: above the image, its stacks and its page tables.
+const TOUCH_BASE: u64 = 4 << 20;
+/// Write-then-verify passes over the touched memory.
+const TOUCH_PASSES: u64 = 3;
 
 #[repr(C, align(16))]
 struct Stack([u8; AP_STACK_BYTES]);
@@ -237,7 +247,36 @@ fn work(i: usize) {
         SLOWEST[i].fetch_max(rdtsc() - t, Ordering::Relaxed);
     }
     HASH[i].store(h, Ordering::Relaxed);
+    touch(i, n);
     DONE[i].store(true, Ordering::Release);
+}
+
+/// The word vCPUs write at `addr` in pass `pass`.
+fn pattern(addr: u64, pass: u64) -> u64 {
+    addr.rotate_left(17) ^ pass.wrapping_mul(XORSHIFT_STAR)
+}
+
+/// vCPU `i` of `n` writes its share of the `touch` memory and reads it back, [`TOUCH_PASSES`]
+/// times, counting the words that differ: run while dom0 lowers and raises the domain's MMU
+/// page cap (`scenario::smp`), it catches a translation one CPU kept after another zapped it.
+fn touch(i: usize, n: usize) {
+    let share = (TOUCH_MIB.load(Ordering::Relaxed) << 20) / n as u64 / 8;
+    let base = TOUCH_BASE + i as u64 * share * 8;
+    for pass in 0..TOUCH_PASSES {
+        for w in 0..share {
+            let a = base + w * 8;
+            // SAFETY: [TOUCH_BASE, + touch MiB) is this domain's RAM (the scenario gives it
+            // enough; `rt_main` checks), identity-mapped, and this vCPU's share is its alone.
+            unsafe { core::ptr::write_volatile(a as *mut u64, pattern(a, pass)) };
+        }
+        for w in 0..share {
+            let a = base + w * 8;
+            // SAFETY: as above.
+            if unsafe { core::ptr::read_volatile(a as *const u64) } != pattern(a, pass) {
+                BAD[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// An AP's first Rust code (from the trampoline), interrupts off, on its own stack: its IDT
@@ -343,6 +382,11 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     let rounds = test_guests::number(&boot, "rounds", DEFAULT_ROUNDS).max(1);
     ROUNDS.store(rounds, Ordering::Relaxed);
     SPIN.store(boot.has_flag("spin"), Ordering::Relaxed);
+    let touch_mib = test_guests::number(&boot, "touch", 0);
+    if TOUCH_BASE + (touch_mib << 20) > boot.ram_end() {
+        fail("touch= goes beyond this domain's RAM");
+    }
+    TOUCH_MIB.store(touch_mib, Ordering::Relaxed);
     build_idt();
     load_idt();
     lapic::enable(SPURIOUS_VECTOR);
@@ -399,9 +443,16 @@ extern "C" fn rt_main(_eax: u32, ebx: u32) -> ! {
     if !finished {
         why = why.or(Some("timed out"));
     }
+    let bad: u64 = BAD.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+    if bad != 0 {
+        why = why.or(Some("touched memory read back wrong"));
+    }
     let hashes = HASH.iter().fold(0, |a, h| a ^ h.load(Ordering::Relaxed));
     // Two lines, each well within the console's line buffer, the verdict last.
     println!("smp: slowest IPI per sender {:?} TSC ticks, hash {hashes:#x}", &slowest[..n]);
+    if touch_mib != 0 {
+        println!("smp: touched {touch_mib} MiB x {TOUCH_PASSES} passes: {bad} words wrong");
+    }
     println!(
         "smp: {n} vCPUs: work {:?} ipis {:?} (sent {:?}; {ticks} ticks): {}{}",
         &work[..n],
