@@ -208,19 +208,6 @@ impl Platform {
         .unwrap_or(u64::MAX);
     }
 
-    /// Each device's next deadline: the PIT's (and whether IRQ 0's edges are seen), the PM
-    /// timer's, the HPET's, each local APIC's (for reports).
-    pub fn deadlines(&self, clock: &Clock) -> [Option<u64>; 6] {
-        let mut out = [None; 6];
-        out[0] = self.pit.next_deadline(clock);
-        out[1] = self.pm.next_deadline(clock);
-        out[2] = self.hpet.next_deadline(clock);
-        for (o, l) in out[3..].iter_mut().zip(&self.lapics[..self.vcpus]) {
-            *o = l.next_deadline(clock);
-        }
-        out
-    }
-
     /// Lets every device catch up with `clock` (raising the interrupts that came due).
     pub fn update(&mut self, clock: &Clock) {
         for l in &mut self.lapics[..self.vcpus] {

@@ -452,31 +452,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                 vc.gprs.rax,
             );
         }
-        for (i, dom) in self.domains.iter().enumerate() {
-            if let Some(p) = dom.platform.as_ref() {
-                let clock = self.clock();
-                log::info!(
-                    "d{i}: next device deadline {:#x} (now {now:#x}); recomputed: {:?}",
-                    p.deadline,
-                    p.deadlines(&clock)
-                );
-            }
-        }
         let p = crate::smp::presence();
         for c in (0..MAX_CPUS).filter(|&c| self.online & (1 << c) != 0) {
             let (kicked, phase) = (p.was_kicked(c), p.phase(c));
-            let sc = &self.sched[c];
-            log::info!(
-                "cpu {c}: cursor {:?} (holds {}), slice {} of {} used, boost {:?} ({}), yielded {}, wake_at in {}",
-                sc.cursor,
-                sc.holds,
-                now.wrapping_sub(sc.slice_start) as i64,
-                sc.slice_len,
-                sc.boost,
-                sc.boosting,
-                sc.yielded,
-                self.wake_at.wrapping_sub(now) as i64,
-            );
             match p.in_guest(c) {
                 Some((g, at)) => log::info!(
                     "cpu {c}: phase {phase}, in a guest of d{g} for {} ticks, kicked {kicked}",

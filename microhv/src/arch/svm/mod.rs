@@ -672,13 +672,6 @@ impl SvmRunner {
             );
         }
         let ran = cpu::rdtsc().wrapping_sub(start);
-        if ran > slice.saturating_mul(4) && ran > 100_000_000 {
-            log::warn!(
-                "d{}: a run of {ran} ticks for a slice of {slice} (exit {code:#x}, timer running {})",
-                v.domid,
-                self.timer.running()
-            );
-        }
         gprs.rax = vm.r64(save::RAX);
         let info1 = vm.r64(control::EXITINFO1);
         let info2 = vm.r64(control::EXITINFO2);
