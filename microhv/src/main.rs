@@ -51,6 +51,11 @@ unsafe extern "C" {
     static rt_stack_guard: u8;
 }
 
+// Every guard page fits the layout: the boot stack's, then `gdt::guard_pages` (two IST stacks
+// per CPU, and each AP's own stack).
+const _: () =
+    assert!(1 + 2 * cpus::MAX_CPUS + (cpus::MAX_CPUS - 1) <= microhv_core::hostmap::MAX_GUARDS);
+
 /// The image's layout for its W^X map: the linker script's boundaries and the stacks' guards.
 fn image_layout() -> microhv_core::hostmap::Layout {
     let image = image_range();
@@ -214,7 +219,7 @@ fn runner(
 /// stays halted.
 fn run_cpu(cpu: usize, runner: Option<<Arch as microhv_core::exit::Backend>::Runner>) -> ! {
     let Some(runner) = runner else { arch::x86_64::cpu::halt_forever() };
-    let stop = Hv::run_cpu(&HV, cpu, runner, arch::x86_64::lapic::halt_until);
+    let stop = Hv::run_cpu(&HV, cpu, runner, arch::x86_64::lapic::halt_for);
     fatal::stop(stop.status, format_args!("{}", stop.reason))
 }
 

@@ -298,7 +298,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     fn op_domain_destroy(&mut self, domid: u64) -> R {
         let t = self.target_domu(domid)?;
         log::info!("d{t} ({}) destroyed", self.domains[t].name_str());
-        if self.domains[t].runnable() {
+        if self.domains[t].runnable() && log::log_enabled!(log::Level::Debug) {
             self.report_vcpus(t);
         }
         self.destroy_domain(t);

@@ -4,7 +4,7 @@
 //! and a quiesce (every other CPU out of its guest before a second-level entry's old target is
 //! freed or reused).
 //!
-//! The protocol (`SMP.md` in the README's "SMP" section):
+//! The protocol (the README's "SMP" section):
 //! - A CPU marks itself in a guest ([`entering`]) under the lock, before it releases it, and
 //!   clears the mark ([`left`]) as soon as its runner returns, before it waits for the lock
 //!   again. So while a CPU holds the lock, a CPU whose mark is clear cannot be in a guest, and

@@ -139,7 +139,7 @@ pub fn ticks(ms: u64) -> u64 {
 pub fn poll(ms: u64, mut done: impl FnMut() -> bool) -> bool {
     let start = guest_rt::rdtsc();
     while !done() {
-        if guest_rt::rdtsc() - start > ticks(ms) {
+        if guest_rt::rdtsc().saturating_sub(start) > ticks(ms) {
             return false;
         }
         let _ = guest_rt::hv().yield_now();

@@ -24,7 +24,7 @@ pub fn ticks_per_ms() -> u64 {
 pub fn wait(mut done: impl FnMut() -> bool) -> bool {
     let start = rdtsc();
     while !done() {
-        if rdtsc() - start > WAIT_MS * ticks_per_ms() {
+        if rdtsc().saturating_sub(start) > WAIT_MS * ticks_per_ms() {
             return false;
         }
         let _ = guest_rt::hv().yield_now();

@@ -29,7 +29,7 @@ const STARTUP_DELAY_US: u64 = 200;
 /// time slice ends).
 pub fn delay(khz: u64, us: u64, idle: &mut impl FnMut()) {
     let start = guest_rt::rdtsc();
-    while guest_rt::rdtsc() - start < khz * us / 1000 {
+    while guest_rt::rdtsc().saturating_sub(start) < khz * us / 1000 {
         idle();
     }
 }

@@ -236,9 +236,10 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// The host TSC now, never less than a reading before (on any CPU): the CPUs' TSCs agree
-    /// only to within a few microseconds (`arch/x86_64/smp.rs` sets an AP's by the boot
-    /// CPU's), and the device models, the slices and the guests' TSCs must never see time go
-    /// back.
+    /// only to within the skew `arch/x86_64/smp.rs` tolerates when it sets an AP's by the boot
+    /// CPU's, and the device models and the slices must never see time go back. (A guest reads
+    /// its CPU's TSC directly, plus its offset; that skew is less than a move between CPUs
+    /// takes.)
     pub(crate) fn now(&self) -> u64 {
         let now = self.backend.now().max(self.latest.get());
         self.latest.set(now);
@@ -434,8 +435,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
-    /// Logs where each vCPU of domain `d` is (a domain destroyed while it runs: what it was
-    /// doing, when a tool gave up waiting for it).
+    /// Logs where each vCPU of domain `d` is, and each CPU (a domain destroyed while it runs,
+    /// with `loglvl=debug`: what it was doing when a tool gave up waiting for it).
     pub(crate) fn report_vcpus(&self, d: usize) {
         let now = self.now();
         let dom = &self.domains[d];

@@ -71,8 +71,8 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     }
 
     /// Runs guests on CPU `cpu` (with its `runner`) until the machine must stop. A CPU with
-    /// nothing to run scrubs a batch of free memory and calls `halt`, which waits for a kick or
-    /// the TSC deadline it is given (the next device deadline: whichever CPU wakes first fires
+    /// nothing to run scrubs free memory and calls `halt`, which waits for a kick or for the
+    /// TSC ticks it is given (until the next device deadline: whichever CPU wakes first fires
     /// the device models and wakes others for the vCPUs that became runnable).
     pub fn run_cpu(
         hv: &TicketMutex<Self>,
@@ -101,11 +101,16 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
                         g = Self::lock(hv, cpu);
                         continue;
                     }
-                    let deadline = g.wake_at;
+                    // A delay, not the deadline: this CPU's TSC may differ a little from the
+                    // one `now` was last read on.
+                    let delay = match g.wake_at {
+                        u64::MAX => u64::MAX,
+                        at => at.saturating_sub(g.now()),
+                    };
                     smp::presence().going_idle(cpu);
                     drop(g);
                     smp::presence().set_phase(cpu, smp::Phase::Halted);
-                    halt(deadline);
+                    halt(delay);
                     smp::presence().awake(cpu);
                     g = Self::lock(hv, cpu);
                     continue;

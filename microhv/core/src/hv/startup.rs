@@ -1,4 +1,4 @@
-//! vCPU start-up as a PC does it (guest SMP, on the one CPU microhv runs on): in a domain with
+//! vCPU start-up as a PC does it (guest SMP): in a domain with
 //! a PC (`DOMCREATE_DEVICE_MODEL`), the vCPUs dom0 did not start wait for a start-up IPI; INIT
 //! puts a vCPU back into that wait (and its local APIC to its power-up state); a start-up IPI
 //! to a waiting vCPU starts it in real mode at `vector << 12` (CS = `vector << 8`, IP 0), as a

@@ -299,19 +299,18 @@ pub fn program_timer() {
     }
 }
 
-/// Halts this CPU until an interrupt (a kick) or until the TSC reaches `deadline` (`u64::MAX`:
-/// no deadline), with its APIC timer (programmed at its start) as the alarm; returns with
+/// Halts this CPU until an interrupt (a kick) or for `ticks` of the TSC at most (`u64::MAX`:
+/// no limit), with its APIC timer (programmed at its start) as the alarm; returns with
 /// interrupts off and the timer stopped.
-pub fn halt_until(deadline: u64) {
+pub fn halt_for(ticks: u64) {
     let timer = IDLE_TIMER.get();
     if let Some(t) = timer
-        && deadline != u64::MAX
+        && ticks != u64::MAX
     {
-        let now = rdtsc();
-        if now >= deadline {
+        if ticks == 0 {
             return;
         }
-        t.arm(deadline - now);
+        t.arm(ticks);
     }
     super::cpu::wait_for_kick();
     if let Some(t) = timer {

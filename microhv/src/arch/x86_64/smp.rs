@@ -86,10 +86,16 @@ fn get(slot: usize) -> u64 {
     AP_DATA[slot].load(Ordering::Relaxed)
 }
 
-/// Waits `us` microseconds on the TSC, of `khz` ticks per millisecond.
+/// Waits `us` microseconds on the TSC, of `khz` ticks per millisecond, publishing the TSC all
+/// the while for an AP that has started to set its own by (`sync_tsc`).
 fn delay(khz: u64, us: u64) {
     let start = rdtsc();
-    while rdtsc() - start < khz * us / 1000 {
+    loop {
+        let now = rdtsc();
+        BSP_TSC.store(now, Ordering::Release);
+        if now - start >= khz * us / 1000 {
+            return;
+        }
         core::hint::spin_loop();
     }
 }
@@ -162,8 +168,8 @@ fn start_ap<const W: usize>(
     set(APIC_ID, dest.into());
     set(FRAMES, region);
     STATE.store(tagged(n, WAITING), Ordering::SeqCst);
-    // SAFETY: the stack is in frames just allocated for this AP; the AP before it reached its
-    // entry or was given up on (and sent INIT). Fenced: visible before the IPI.
+    // SAFETY: the stack is this AP's in the image (`gdt::ap_stacks`); the AP before it reached
+    // its entry or was given up on (and sent INIT). Fenced: visible before the IPI.
     unsafe { rt::arch::x86_64::ap::set_next(stack, ap_main, n) };
     let sent =
         lapic::ipi(apic, dest, ICR_INIT).map(|()| delay(khz, INIT_DELAY_US)).and_then(|()| {
@@ -214,15 +220,16 @@ static BSP_TSC: AtomicU64 = AtomicU64::new(0);
 /// IA32_TIME_STAMP_COUNTER.
 const IA32_TSC: u32 = 0x10;
 
-/// Sets this AP's TSC to the boot CPU's, as it publishes it while it waits for this AP: a TSC
-/// that started counting when the AP was reset (QEMU TCG's) would otherwise lag by the whole
-/// boot, and microhv compares TSC deadlines across CPUs (the device models', the slices'). The
-/// value read is at most one of the boot CPU's loop iterations old: well under a microsecond.
+/// Sets this AP's TSC to the boot CPU's, as it publishes it from the INIT on while it waits
+/// for this AP (`delay` and the report loop): a TSC that started counting when the AP was
+/// reset (QEMU TCG's) would otherwise lag by the whole boot, and guests' TSCs (a vCPU moves
+/// between CPUs, its TSC offset unchanged), the device models' deadlines and the slices are
+/// compared across CPUs. The value read is at most one of the boot CPU's loop iterations old.
 /// Returns how far behind (negative: ahead of) the boot CPU's the AP's TSC was, if it was set.
 fn sync_tsc() -> Option<i64> {
     let bsp = BSP_TSC.load(Ordering::Acquire);
     let mine = rdtsc();
-    if bsp == 0 || mine.abs_diff(bsp) <= TSC_SKEW_TOLERATED {
+    if mine.abs_diff(bsp) <= TSC_SKEW_TOLERATED {
         return None;
     }
     // SAFETY: the TSC MSR exists on every 64-bit CPU; writing it moves only this CPU's
@@ -231,20 +238,23 @@ fn sync_tsc() -> Option<i64> {
     Some(bsp.wrapping_sub(mine) as i64)
 }
 
-/// A TSC difference from the boot CPU's left alone (a synchronized TSC, as on hardware, is not
-/// written: a write would lose what it was ahead by). About 20 µs at 3 GHz.
-const TSC_SKEW_TOLERATED: u64 = 65_536;
+/// A TSC difference from the boot CPU's left alone: more than the published value's age (one
+/// iteration of the boot CPU's loop), less than a vCPU's move from one CPU to another takes
+/// (an exit, the lock, an entry), so that a synchronized TSC, as on hardware, is not written
+/// and a guest never sees its TSC go back when it moves. About 1.4 µs at 3 GHz.
+const TSC_SKEW_TOLERATED: u64 = 4096;
 
-/// An AP's first Rust code, on its own stack, interrupts off: its tables, its virtualization
-/// extension, its report; then it parks (no vCPU runs on an AP yet).
+/// An AP's first Rust code, on its own stack, interrupts off: its tables, its TSC, its
+/// virtualization extension, its report; then it waits for dom0 and runs vCPUs.
 extern "C" fn ap_main(n: u64) -> ! {
     if advance(n, WAITING, ARRIVED) {
-        let skew = sync_tsc();
         let n = n as usize;
         let id = get(APIC_ID);
         let Some((ist, _)) = gdt::ap_stacks(n) else { cpu::halt_forever() };
         let sel = gdt::init_cpu(n, ist);
         idt::init(sel.code.0);
+        // With an IDT: a TSC write refused (#GP) is reported, not a triple fault.
+        let skew = sync_tsc();
         // Software-enabled, or the fixed IPIs of kicks would not be accepted; its timer is the
         // alarm of its idle halts.
         lapic::enable();

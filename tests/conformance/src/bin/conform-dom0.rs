@@ -778,7 +778,7 @@ fn watch<const N: usize>(
             }
             done[i] = stopped;
         }
-        if rdtsc() - start > 20_000_000_000 {
+        if rdtsc().saturating_sub(start) > 20_000_000_000 {
             println!("evtchn: domains {doms:?} timed out (no progress)");
             return None;
         }
@@ -1102,7 +1102,7 @@ fn wait_line(d: u32, prefix: &[u8]) -> bool {
     let mut line: heapless::Vec<u8, 256> = heapless::Vec::new();
     let mut buf = [0u8; 256];
     let mut start = rdtsc();
-    while rdtsc() - start < 20_000_000_000 {
+    while rdtsc().saturating_sub(start) < 20_000_000_000 {
         while let Ok(n @ 1..) = hv.console_read(d, &mut buf) {
             start = rdtsc();
             for &b in &buf[..n as usize] {
@@ -1354,7 +1354,7 @@ fn finish_domu(d: u32, module: &str) -> Option<(&'static [u8], DomainInfo)> {
             }
             break i;
         }
-        if rdtsc() - start > 20_000_000_000 {
+        if rdtsc().saturating_sub(start) > 20_000_000_000 {
             println!("{module}: timed out (no progress)");
             break i;
         }

@@ -94,7 +94,8 @@ fn storm(i: usize, calls: u64, seed: u64, ram: u64) {
         }
         // The same for the grant operations: a copy's destination, a query's result, and the
         // page a grant offers (which a copy to the grant, its own included, may write).
-        let sink = |x: u64| if x < ram { (&raw const SINK) as u64 + x % 8192 } else { x };
+        // (Within the sink's first half: a copy writes up to a page.)
+        let sink = |x: u64| if x < ram { (&raw const SINK) as u64 + x % 4096 } else { x };
         if op == Op::GrantQuery as u64 {
             a[1] = sink(a[1]);
         } else if op == Op::GrantCopyFrom as u64 {
@@ -157,7 +158,7 @@ fn start_vcpus(n: usize) -> Result<(), &'static str> {
         hv.vcpu_up(i as u32, &state).map_err(|_| "VcpuUp failed")?;
         let start = rdtsc();
         while ARRIVED.load(Ordering::Acquire) != i {
-            if rdtsc() - start > AP_REPORT_TICKS {
+            if rdtsc().saturating_sub(start) > AP_REPORT_TICKS {
                 return Err("a started vCPU did not report");
             }
             let _ = hv.yield_now();
