@@ -477,7 +477,8 @@ pub trait DemandFaults {
 
 /// What enters a guest on one CPU while the hypervisor lock is released (`hv/smp.rs`): built
 /// once per CPU ([`Backend::runner`]), it holds only what never changes after boot and that
-/// CPU's own resources (SVM's host save area and slice timer), so CPUs run vCPUs concurrently.
+/// CPU's own resources (SVM's host VMCB, its VMSAVE area, and slice timer), so CPUs run vCPUs
+/// concurrently.
 pub trait Runner {
     /// The hardware state of one vCPU.
     type Vcpu;
