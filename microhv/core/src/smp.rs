@@ -141,28 +141,28 @@ impl Presence {
         self.quiesce_where(|g| g == d as u32 + 1, kick, now);
     }
 
-    /// Kicks every CPU but the holder whose in-guest mark `which` accepts, and waits until
-    /// each is out; a kick that went unanswered is sent again now and then (an IPI the APIC
-    /// could not send).
-    fn quiesce_where(
-        &self,
-        which: impl Fn(u32) -> bool,
-        kick: impl Fn(usize),
-        now: impl Fn() -> u64,
-    ) {
+    /// Kicks every CPU but the holder whose in-guest mark `which` accepts, all first, then
+    /// waits until each is out (the wait is the slowest CPU's, not the sum); a kick that went
+    /// unanswered is sent again now and then (an IPI the APIC could not send).
+    fn quiesce_where(&self, which: impl Fn(u32) -> bool, kick: impl Fn(usize), now: impl Fn() -> u64) {
         let me = self.holder.load(Ordering::Relaxed);
+        let mut marks = [0u32; MAX_CPUS];
         let mut start = None;
-        for (c, g) in self.in_guest.iter().enumerate() {
-            let mark = g.load(Ordering::Acquire);
-            if c == me || mark == 0 || !which(mark) {
+        for (c, (g, mark)) in self.in_guest.iter().zip(marks.iter_mut()).enumerate() {
+            let m = g.load(Ordering::Acquire);
+            if c == me || m == 0 || !which(m) {
                 continue;
             }
             start = start.or_else(|| Some(now()));
+            *mark = m;
             self.kicks.fetch_add(1, Ordering::Relaxed);
             self.mark_kicked(c);
             kick(c);
+        }
+        let Some(start) = start else { return };
+        for (c, (g, &mark)) in self.in_guest.iter().zip(marks.iter()).enumerate() {
             let mut spins = 0u32;
-            while g.load(Ordering::Acquire) == mark {
+            while mark != 0 && g.load(Ordering::Acquire) == mark {
                 relax();
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(REKICK_SPINS) {
@@ -170,10 +170,8 @@ impl Presence {
                 }
             }
         }
-        if let Some(start) = start {
-            self.quiesces.fetch_add(1, Ordering::Relaxed);
-            self.waited.fetch_add(now().wrapping_sub(start), Ordering::Relaxed);
-        }
+        self.quiesces.fetch_add(1, Ordering::Relaxed);
+        self.waited.fetch_add(now().wrapping_sub(start), Ordering::Relaxed);
     }
 
     /// CPU `cpu` is about to halt until kicked (called under the lock, so that whoever makes

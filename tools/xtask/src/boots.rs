@@ -518,10 +518,15 @@ pub fn verify(out: &Outcome, checks: &[Check]) -> Vec<String> {
     failures
 }
 
-/// Runs the boot tests whose name contains `filter` (all if empty); true if all passed.
-pub fn run_all(images: &Images, filter: &str) -> Result<bool> {
+/// Runs the boot tests whose name contains `filter` (all if empty), each with `cpus` CPUs
+/// unless it needs a count of its own (a spec asking for more than one); true if all passed.
+pub fn run_all(images: &Images, filter: &str, cpus: u32) -> Result<bool> {
     let mut ok = true;
-    let cases: Vec<Case> = cases(images).into_iter().filter(|c| c.name.contains(filter)).collect();
+    let mut cases: Vec<Case> =
+        cases(images).into_iter().filter(|c| c.name.contains(filter)).collect();
+    for c in cases.iter_mut().filter(|c| c.spec.cpus == 1) {
+        c.spec.cpus = cpus;
+    }
     if cases.iter().any(|c| c.name.starts_with("linux")) {
         crate::linux::kit()?;
     }

@@ -37,6 +37,9 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// CPUs of an emulated machine unless told otherwise: microhv runs vCPUs on every CPU (#14).
+const DEFAULT_CPUS: u32 = 2;
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot microhv with dom0 and show its console until interrupted (Ctrl-C).
@@ -51,7 +54,7 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<String>,
         /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u32).range(1..=64))]
         cpus: u32,
         /// microhv's command line (e.g. `dom0_mem=64M loglvl=debug`).
         #[arg(long, default_value = "")]
@@ -79,7 +82,7 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<String>,
         /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u32).range(1..=64))]
         cpus: u32,
     },
     /// Cost figures under Bochs (TSC = retired instructions) on the VMX and SVM models, as one
@@ -97,7 +100,12 @@ enum Cmd {
     /// excluded), with the largest files.
     Loc,
     /// Every test: formatting, clippy, host tests, boot tests.
-    Test,
+    Test {
+        /// CPUs of the emulated machine for every boot test that does not need a count of its
+        /// own (the SMP, conformance and Linux boots; the cost figures keep one).
+        #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u32).range(1..=64))]
+        cpus: u32,
+    },
     /// The hypercall ABI conformance suite and robustness storms against a live microhv.
     Conformance {
         /// Emulator to boot under.
@@ -108,6 +116,9 @@ enum Cmd {
     Boot {
         /// Part of a boot test's name.
         filter: Option<String>,
+        /// CPUs for the boot tests that do not need a count of their own (as `test --cpus`).
+        #[arg(long, default_value_t = DEFAULT_CPUS, value_parser = clap::value_parser!(u32).range(1..=64))]
+        cpus: u32,
     },
     /// Boot Debian's Linux kernel as a domU (the Linux kit) and check it reaches userspace and
     /// powers off.
@@ -254,7 +265,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             );
             Ok(true)
         }
-        Cmd::Test => test(),
+        Cmd::Test { cpus } => test(cpus),
         Cmd::Conformance { emulator } => {
             deps::ensure(&needs(emulator))?;
             conformance(emulator, &images::build()?)
@@ -278,9 +289,9 @@ fn run(cmd: Cmd) -> Result<bool> {
             }
             Ok(true)
         }
-        Cmd::Boot { filter } => {
+        Cmd::Boot { filter, cpus } => {
             deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
-            boots::run_all(&images::build()?, filter.as_deref().unwrap_or(""))
+            boots::run_all(&images::build()?, filter.as_deref().unwrap_or(""), cpus)
         }
     }
 }
@@ -404,7 +415,7 @@ fn step(name: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<bool> {
+fn test(cpus: u32) -> Result<bool> {
     let start = Instant::now();
     deps::ensure(&[deps::BOCHS, deps::ISO, deps::QEMU])?;
     let cargo = env!("CARGO");
@@ -449,7 +460,7 @@ fn test() -> Result<bool> {
     );
     println!("== boot tests");
     let images = images::build()?;
-    let mut ok = boots::run_all(&images, "")?;
+    let mut ok = boots::run_all(&images, "", cpus)?;
     println!("== cost budgets (tools/xtask/budgets.txt), under Bochs");
     let within = bench::bench_and_check(&images)?;
     println!("== cost budgets: {}", if within { "ok" } else { "EXCEEDED" });

@@ -38,14 +38,18 @@ impl<const N: usize> GuardedStack<N> {
         Self { guard: [0; PAGE], stack: core::cell::UnsafeCell::new([0; N]) }
     }
 
-    /// Address of the guard page.
-    pub fn guard(&'static self) -> u64 {
-        self.guard.as_ptr() as u64
+    // The stacks are only ever named by address (`&raw const`), never by reference: a
+    // reference to one would claim its guard page readable, which `paging` unmaps.
+
+    /// Address of the guard page of the stack at `s` (`repr(C)`: it comes first).
+    fn guard(s: *const Self) -> u64 {
+        s as u64
     }
 
-    /// Address just above the stack (16-byte aligned: the stack is page-aligned and whole pages).
-    pub fn top(&'static self) -> u64 {
-        self.stack.get() as u64 + N as u64
+    /// Address just above the stack at `s` (16-byte aligned: the stack is page-aligned and
+    /// whole pages).
+    fn top(s: *const Self) -> u64 {
+        s as u64 + (PAGE + N) as u64
     }
 }
 
@@ -58,9 +62,27 @@ static CRITICAL_STACK: IstStack = GuardedStack::new();
 /// An application processor's stacks, in the image (so that their guard pages can be unmapped:
 /// the identity map outside the image is made of 2 MiB pages): its two IST stacks, and its own
 /// stack, as large as the boot CPU's (the exit handlers run on it).
+#[repr(C)]
 struct ApStacks {
     ist: [IstStack; 2],
     main: GuardedStack<{ rt::BOOT_STACK_BYTES }>,
+}
+
+/// AP `i`'s stacks (`i` + 1 is its CPU number): their guard pages' addresses and their tops,
+/// `None` beyond the array.
+fn ap(i: usize) -> Option<([u64; 3], [u64; 3])> {
+    if i >= MAX_CPUS - 1 {
+        return None;
+    }
+    let p = (&raw const AP_STACKS).cast::<ApStacks>().wrapping_add(i);
+    // SAFETY: `p` points at element `i` of the static (in bounds, checked); the projections
+    // compute field addresses without reading anything or making a reference.
+    let (a, b, c) =
+        unsafe { (&raw const (*p).ist[0], &raw const (*p).ist[1], &raw const (*p).main) };
+    Some((
+        [GuardedStack::guard(a), GuardedStack::guard(b), GuardedStack::guard(c)],
+        [GuardedStack::top(a), GuardedStack::top(b), GuardedStack::top(c)],
+    ))
 }
 
 static AP_STACKS: [ApStacks; MAX_CPUS - 1] =
@@ -70,16 +92,19 @@ static AP_STACKS: [ApStacks; MAX_CPUS - 1] =
 /// AP `cpu`'s IST stack tops (for [`init_cpu`]) and its own stack's top; `None` for the boot
 /// CPU (0) and beyond `MAX_CPUS`.
 pub fn ap_stacks(cpu: usize) -> Option<([u64; 2], u64)> {
-    let s = AP_STACKS.get(cpu.checked_sub(1)?)?;
-    Some(([s.ist[0].top(), s.ist[1].top()], s.main.top()))
+    let (_, [ist0, ist1, main]) = ap(cpu.checked_sub(1)?)?;
+    Some(([ist0, ist1], main))
 }
 
 /// Every guard page of these stacks (the boot CPU's IST stacks', every AP's), for `paging` to
 /// leave unmapped.
 pub fn guard_pages() -> impl Iterator<Item = u64> {
-    [INTERRUPT_STACK.guard(), CRITICAL_STACK.guard()]
-        .into_iter()
-        .chain(AP_STACKS.iter().flat_map(|s| [s.ist[0].guard(), s.ist[1].guard(), s.main.guard()]))
+    [
+        GuardedStack::guard(&raw const INTERRUPT_STACK),
+        GuardedStack::guard(&raw const CRITICAL_STACK),
+    ]
+    .into_iter()
+    .chain((0..MAX_CPUS - 1).filter_map(ap).flat_map(|(guards, _)| guards))
 }
 
 /// The selectors the VMX host-state area needs.
@@ -99,7 +124,13 @@ static GDT: [Once<(GlobalDescriptorTable, Selectors)>; MAX_CPUS] =
 
 /// Loads the boot CPU's GDT and TSS and reloads every segment register.
 pub fn init() -> Selectors {
-    init_cpu(0, [INTERRUPT_STACK.top(), CRITICAL_STACK.top()])
+    init_cpu(
+        0,
+        [
+            GuardedStack::top(&raw const INTERRUPT_STACK),
+            GuardedStack::top(&raw const CRITICAL_STACK),
+        ],
+    )
 }
 
 /// Loads CPU `cpu`'s GDT and TSS (built on first use, with the tops of its IST stacks for
