@@ -144,7 +144,12 @@ impl Presence {
     /// Kicks every CPU but the holder whose in-guest mark `which` accepts, all first, then
     /// waits until each is out (the wait is the slowest CPU's, not the sum); a kick that went
     /// unanswered is sent again now and then (an IPI the APIC could not send).
-    fn quiesce_where(&self, which: impl Fn(u32) -> bool, kick: impl Fn(usize), now: impl Fn() -> u64) {
+    fn quiesce_where(
+        &self,
+        which: impl Fn(u32) -> bool,
+        kick: impl Fn(usize),
+        now: impl Fn() -> u64,
+    ) {
         let me = self.holder.load(Ordering::Relaxed);
         let mut marks = [0u32; MAX_CPUS];
         let mut start = None;
