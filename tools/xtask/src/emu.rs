@@ -30,8 +30,8 @@ pub struct Spec {
     pub emulator: Emulator,
     /// CPU model override (Bochs `cpu: model=`, QEMU `-cpu`).
     pub cpu: Option<String>,
-    /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`); 1 but for the SMP
-    /// tests, so the cost figures and every other boot stay those of one CPU.
+    /// CPUs of the emulated machine (Bochs `cpu: count=`, QEMU `-smp`); 0: the run's default
+    /// (`--cpus`, one for the cost figures).
     pub cpus: u32,
     /// Guest RAM of the emulated machine, MiB.
     pub mem_mib: u32,
@@ -140,7 +140,7 @@ fn bochs(
          info: action=report\n\
          debug: action=ignore\n",
         mem = spec.mem_mib,
-        cpus = spec.cpus,
+        cpus = spec.cpus.max(1),
         iso = iso.display(),
         com1 = com1.display(),
         com2 = bochs_com2(com2_port),
@@ -158,7 +158,14 @@ fn bochs(
 fn qemu(spec: &Spec, images: &Images, com1: &std::path::Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     let cpu = spec.cpu.clone().unwrap_or_else(|| if spec.kvm { "host" } else { "max" }.into());
-    cmd.args(["-cpu", &cpu, "-m", &spec.mem_mib.to_string(), "-smp", &spec.cpus.to_string()]);
+    cmd.args([
+        "-cpu",
+        &cpu,
+        "-m",
+        &spec.mem_mib.to_string(),
+        "-smp",
+        &spec.cpus.max(1).to_string(),
+    ]);
     if spec.kvm {
         cmd.arg("-enable-kvm");
     }
