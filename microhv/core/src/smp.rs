@@ -290,9 +290,10 @@ pub fn wake_one() {
     }
 }
 
-/// Model checks of the quiesce protocol with loom (`cargo xtask test` runs them with
-/// `RUSTFLAGS=--cfg loom`): every interleaving of two CPUs, one running a vCPU twice, the
-/// other zapping the vCPU's only second-level entry and freeing its frame under the lock.
+/// Model checks of the cross-CPU protocols with loom (`cargo xtask test` runs them with
+/// `RUSTFLAGS=--cfg loom`), every interleaving of two CPUs: one running a vCPU twice while the
+/// other zaps the vCPU's only second-level entry and frees its frame under the lock; and a
+/// domain destroyed while its vCPU runs on the other CPU.
 #[cfg(all(test, loom))]
 mod model {
     use super::Presence;
@@ -347,6 +348,60 @@ mod model {
                 *flushes += 1;
             }
             runner.join().unwrap();
+        });
+    }
+
+    /// A domain destroyed while its vCPU runs on another CPU (`Hv::run_cpu`,
+    /// `Hv::destroy_domain`): the destroying CPU quiesces, frees the domain's memory and clears
+    /// its slot; the running CPU, back under the lock, finds the slot changed and frees the
+    /// vCPU's hardware state itself. The guest never touches freed memory, and the hardware
+    /// state is freed exactly once, by whichever CPU holds it.
+    #[test]
+    fn a_domain_destroyed_while_its_vcpu_runs_elsewhere() {
+        loom::model(|| {
+            let p = Arc::new(Presence::new());
+            // Under the lock: the vCPU's hardware state when at home, and the domain's instance
+            // (0: destroyed).
+            let table = Arc::new(Mutex::new((Some(()), 1u32)));
+            let freed = Arc::new(AtomicBool::new(false));
+            let hw_frees = Arc::new(loom::sync::atomic::AtomicU32::new(0));
+            let runner = {
+                let (p, table, freed, hw_frees) =
+                    (p.clone(), table.clone(), freed.clone(), hw_frees.clone());
+                loom::thread::spawn(move || {
+                    let (hw, instance) = {
+                        let mut t = table.lock().unwrap();
+                        p.hold(1);
+                        let Some(hw) = t.0.take() else { return };
+                        p.entering(1, 0, 0);
+                        (hw, t.1)
+                    };
+                    // The guest uses its memory.
+                    assert!(!freed.load(Ordering::Acquire), "a destroyed domain's memory was used");
+                    p.left(1);
+                    let mut t = table.lock().unwrap();
+                    p.hold(1);
+                    if t.1 != instance {
+                        // Orphaned: its hardware state is this CPU's to free.
+                        let () = hw;
+                        hw_frees.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        t.0 = Some(hw);
+                    }
+                })
+            };
+            {
+                let mut t = table.lock().unwrap();
+                p.hold(0);
+                p.quiesce(|_| {}, || 0);
+                freed.store(true, Ordering::Release);
+                if t.0.take().is_some() {
+                    hw_frees.fetch_add(1, Ordering::Relaxed);
+                }
+                t.1 = 0;
+            }
+            runner.join().unwrap();
+            assert_eq!(hw_frees.load(Ordering::Relaxed), 1, "freed once");
         });
     }
 
