@@ -175,7 +175,14 @@ extern "C" fn rt_main(magic: u32, info: u32) -> ! {
     };
     log::info!("{} CPU(s) online", hv.cpus);
     start_dom0(&mut hv, &boot, &opts);
-    if hv.cpus == 1 {
+    // SVM: the vCPUs stay on the boot CPU (its other CPUs wait, halted) until an open bug is
+    // found: with vCPUs on several CPUs under QEMU TCG a vCPU's VMCB sometimes holds another
+    // vCPU's state (README, "SMP").
+    let svm = hwcaps::is_amd_vendor(&vendor);
+    if hv.cpus > 1 && svm {
+        log::warn!("SVM: vCPUs run on the boot CPU only (an open bug on several)");
+    }
+    if hv.cpus == 1 || svm {
         // Nothing to share: the lock stays held while the guests run.
         let stop = hv.run();
         fatal::stop(stop.status, format_args!("{}", stop.reason))

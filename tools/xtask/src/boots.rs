@@ -148,7 +148,6 @@ pub fn linux_checks() -> Vec<Check> {
         Check::Contains("] reboot: Power down"),
         Check::Contains("linux: state 3, reason 0, status 0"),
         Check::Contains("linux: the bystander ran"),
-        Check::Contains("[hv] d2: its vCPUs ran on 2 CPUs"),
         Check::Contains("scenario linux: PASS"),
     ]
 }
@@ -318,7 +317,12 @@ pub fn cases(images: &Images) -> Vec<Case> {
         let dir = crate::linux::dir();
         let spec = linux_spec(emu, images, &dir.join("vmlinux"), &dir.join("initramfs.cpio"));
         let name = if emu == Bochs { "linux-bochs" } else { "linux-qemu" };
-        Case { name, spec, checks: linux_checks(), driver: None }
+        let mut checks = linux_checks();
+        // Its two vCPUs ran on two CPUs (VMX; SVM keeps vCPUs on the boot CPU for now).
+        if emu == Bochs {
+            checks.push(Contains("[hv] d2: its vCPUs ran on 2 CPUs"));
+        }
+        Case { name, spec, checks, driver: None }
     };
     // SMP (#14): every CPU of a 4-CPU machine comes up and runs vCPUs; dom0 runs the `smp`
     // guest's parallel workload with 4 and with 2 vCPUs, spinning, and touching memory while
@@ -342,8 +346,13 @@ pub fn cases(images: &Images) -> Vec<Case> {
                 .map(Contains),
         );
         // The 4-vCPU guest's vCPUs ran on the CPUs dom0 left them (it polls, so it keeps one
-        // busy), or on all.
-        checks.push(Any(&["[hv] d1: its vCPUs ran on 3 CPUs", "[hv] d1: its vCPUs ran on 4 CPUs"]));
+        // busy), or on all. (SVM keeps vCPUs on the boot CPU for now: README, "SMP".)
+        if emu == Bochs {
+            checks.push(Any(&[
+                "[hv] d1: its vCPUs ran on 3 CPUs",
+                "[hv] d1: its vCPUs ran on 4 CPUs",
+            ]));
+        }
         if emu == Qemu {
             checks.push(qemu_exit(StopStatus::Ok));
         }
