@@ -5,8 +5,8 @@
 //! freed or reused).
 //!
 //! The protocol (the README's "SMP" section):
-//! - A CPU marks itself in a guest ([`entering`]) under the lock, before it releases it, and
-//!   clears the mark ([`left`]) as soon as its runner returns, before it waits for the lock
+//! - A CPU marks itself in a guest ([`Presence::entering`]) under the lock, before it releases it, and
+//!   clears the mark ([`Presence::left`]) as soon as its runner returns, before it waits for the lock
 //!   again. So while a CPU holds the lock, a CPU whose mark is clear cannot be in a guest, and
 //!   cannot enter one before it has the lock in its turn.
 //! - The `mmu` calls [`quiesce`] (through `mmu::Host::before_zap`) when it first removes or
