@@ -110,8 +110,6 @@ pub struct FakeBackend {
     /// Scripted nested page faults go to the core's `DemandFaults` first, as the arch
     /// backends' exit loops do; each it fixes is counted and the next step taken.
     pub fast_faults: bool,
-    /// The vCPU that ran last: the one a switch must unload.
-    pub last_run: Option<(u32, u32)>,
     /// The vCPU whose state the hardware holds: the one that ran, was made or was reset last,
     /// until it is unloaded.
     pub loaded: Option<(u32, u32)>,
@@ -213,7 +211,6 @@ impl Backend for FakeBackend {
         *self.runs.entry(key).or_default() += 1;
         self.order.push(key.0);
         self.order_vcpus.push(key);
-        self.last_run = Some(key);
         self.loaded = Some(key);
         v.pending_irq = None;
         self.clock.set(self.clock.get() + 1000);
