@@ -15,6 +15,7 @@ pub mod builder;
 pub mod disk;
 pub mod dm;
 pub mod image;
+pub mod memory;
 pub mod multiboot;
 pub mod server;
 pub mod vbd;

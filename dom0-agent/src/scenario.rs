@@ -7,6 +7,7 @@ use abi::hypercall::CONSOLE_READ_MAX;
 use abi::types::{CrashReason, DOMCREATE_SMALL_PAGES, DomainInfo, DomainState};
 use dom0_agent::builder::{self, DomainSpec};
 use dom0_agent::dm;
+use dom0_agent::memory::free_bytes;
 use guest_rt::{Boot, println, rdtsc};
 use zerocopy::FromZeros;
 
@@ -20,15 +21,6 @@ type Console = heapless::Vec<u8, CONSOLE_KEEP>;
 
 fn info(domid: u32) -> Result<DomainInfo, Errno> {
     guest_rt::hv().domain_info(domid)
-}
-
-/// Free host memory plus what dom0's own MMU holds: dom0's page tables grow as it touches new
-/// memory (module images, buffers), so only this sum must come back exactly after a domU is
-/// destroyed.
-fn free_bytes() -> u64 {
-    let hv = guest_rt::hv();
-    let free = hv.phys_info().map_or(0, |p| p.free_bytes);
-    free + hv.stats(0).map_or(0, |s| s.mmu_frames * 4096)
 }
 
 /// Destroys every domU left by a scenario that failed half-way.

@@ -49,6 +49,10 @@ pub struct Vcpu<V> {
     pub home: u8,
     /// The CPU running it, which holds its hardware state meanwhile (`arch` is `None`).
     pub on: Option<u8>,
+    /// It destroyed a domain whose vCPUs other CPUs were running: it runs again once those
+    /// CPUs have freed their hardware state (`Hv::orphans` back to 0), so the memory its
+    /// `DomainDestroy` freed is all free when the call returns to it.
+    pub reaps: bool,
 }
 
 /// A port access handed to dom0 (`IoreqNext` / `IoreqComplete`).
@@ -121,6 +125,7 @@ impl<V> Vcpu<V> {
             io: None,
             home: 0,
             on: None,
+            reaps: false,
         }
     }
 }

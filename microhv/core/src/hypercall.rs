@@ -60,7 +60,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             },
             Op::VcpuUp => self.op_vcpu_up(d, args[0], args[1]),
             Op::DomainCreate => self.op_domain_create(d, args[0]),
-            Op::DomainDestroy => self.op_domain_destroy(args[0]),
+            Op::DomainDestroy => self.op_domain_destroy(d, v, args[0]),
             Op::DomainPause => self.op_domain_pause(args[0]),
             Op::DomainUnpause => self.op_domain_unpause(args[0]),
             Op::DomainGetInfo => self.op_domain_getinfo(d, args[0], args[1]),
@@ -295,13 +295,15 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         Ok(t as u64)
     }
 
-    fn op_domain_destroy(&mut self, domid: u64) -> R {
+    fn op_domain_destroy(&mut self, d: usize, v: usize, domid: u64) -> R {
         let t = self.target_domu(domid)?;
         log::info!("d{t} ({}) destroyed", self.domains[t].name_str());
         if self.domains[t].runnable() && log::log_enabled!(log::Level::Debug) {
             self.report_vcpus(t);
         }
         self.destroy_domain(t);
+        // A vCPU of it still running elsewhere: the caller goes on once that CPU freed it.
+        self.domains[d].vcpus[v].reaps = self.orphans > 0;
         self.virq(VIRQ_DOM_EXC);
         Ok(0)
     }

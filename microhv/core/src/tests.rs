@@ -1836,6 +1836,37 @@ fn each_cpu_runs_the_vcpus_placed_on_it_then_takes_the_others() {
 }
 
 #[test]
+fn the_destroyer_waits_for_the_state_of_a_vcpu_running_elsewhere() {
+    let mut hv = world();
+    (hv.cpus, hv.online) = (2, 0b11);
+    let free = hv.frames.free_frames();
+    let d = create_with(&mut hv, &create_args("away", 2 << 20, 1, 0)) as usize;
+    assert_eq!(set_state(&mut hv, d, 0, &flat32(0x10_0000)), 0);
+    assert_eq!(call(&mut hv, 0, Op::DomainUnpause as u64, [d as u64, 0, 0, 0, 0]), 0);
+    // CPU 1 runs it: its hardware state is CPU 1's.
+    let away = hv.domains[d].vcpus[0].arch.take().expect("a vCPU state");
+    hv.domains[d].vcpus[0].on = Some(1);
+    assert!(hv.can_run((0, 0), 0));
+    assert_eq!(call(&mut hv, 0, Op::DomainDestroy as u64, [d as u64, 0, 0, 0, 0]), 0);
+    assert_eq!(hv.orphans, 1);
+    assert!(!hv.can_run((0, 0), 0), "dom0 waits until CPU 1 freed it");
+    assert!(hv.frames.free_frames() < free, "CPU 1 still holds it");
+    // CPU 1 comes back and frees it.
+    hv.cpu = 1;
+    hv.reap(away);
+    hv.cpu = 0;
+    assert_eq!(hv.orphans, 0);
+    assert!(hv.can_run((0, 0), 0), "dom0 goes on");
+    assert!(!hv.domains[0].vcpus[0].reaps);
+    assert_eq!(hv.frames.free_frames(), free, "every frame back");
+    // Nothing ran elsewhere: the destroyer goes straight on.
+    let d = create_with(&mut hv, &create_args("here", 2 << 20, 1, 0)) as usize;
+    assert_eq!(call(&mut hv, 0, Op::DomainDestroy as u64, [d as u64, 0, 0, 0, 0]), 0);
+    assert!(hv.can_run((0, 0), 0));
+    assert_eq!(hv.frames.free_frames(), free);
+}
+
+#[test]
 fn a_domain_starts_its_own_waiting_vcpus() {
     let mut hv = world();
     let d = create_with(&mut hv, &create_args("pair", 2 << 20, 2, 0)) as usize;

@@ -135,6 +135,9 @@ pub struct Hv<B: Backend, P: PhysMem, const W: usize = HOST_BITMAP_WORDS> {
     next_home: usize,
     /// The CPUs that run vCPUs (they entered [`Hv::run_cpu`]), a bit each.
     pub(crate) online: u32,
+    /// vCPUs of destroyed domains whose hardware state the CPUs running them still hold; each
+    /// CPU frees its own when it comes back (`smp.rs`).
+    pub(crate) orphans: u32,
     /// The latest TSC [`Hv::now`] gave.
     latest: core::cell::Cell<u64>,
     /// Set once a CPU has decided the machine stops: the others stop with it (`smp.rs`).
@@ -170,6 +173,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             cpu: 0,
             next_home: 0,
             online: 0,
+            orphans: 0,
             latest: core::cell::Cell::new(0),
             stopped: None,
             ioreq_seq: 0,
@@ -266,8 +270,11 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
             let _ = self.domains[d].mmu.release_root(&mut m, i);
             // One running on another CPU is that CPU's to free (`smp.rs`).
-            if let Some(v) = self.domains[d].vcpus[i].arch.take() {
-                self.backend.destroy_vcpu(&mut m, v);
+            let vc = &mut self.domains[d].vcpus[i];
+            match vc.arch.take() {
+                Some(v) => self.backend.destroy_vcpu(&mut m, v),
+                None if vc.on.is_some() => self.orphans += 1,
+                None => {}
             }
         }
         for s in &mut self.sched {

@@ -107,6 +107,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         dom.runnable()
             && vc.arch.is_some()
             && vc.init.is_none()
+            && (!vc.reaps || self.orphans == 0)
             && vc.blocked_until <= now
             && vc.io.is_none_or(|w| w.stage == IoStage::Answered)
             && (!vc.halted

@@ -20,11 +20,11 @@ use super::*;
 use crate::exit::{DemandFaults, Runner};
 use crate::smp;
 use mmu::FaultOutcome;
-use spin::mutex::TicketMutex;
+use spin::mutex::SpinMutex;
 
 /// The MMU lent to a runner: a demand fault is fixed in place if the lock is free.
 struct Shared<'a, B: Backend, P: PhysMem, const W: usize> {
-    hv: &'a TicketMutex<Hv<B, P, W>>,
+    hv: &'a SpinMutex<Hv<B, P, W>>,
     cpu: usize,
     d: usize,
     v: usize,
@@ -74,12 +74,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
     /// nothing to run scrubs free memory and calls `halt`, which waits for a kick or for the
     /// TSC ticks it is given (until the next device deadline: whichever CPU wakes first fires
     /// the device models and wakes others for the vCPUs that became runnable).
-    pub fn run_cpu(
-        hv: &TicketMutex<Self>,
-        cpu: usize,
-        mut runner: B::Runner,
-        halt: fn(u64),
-    ) -> Stop {
+    pub fn run_cpu(hv: &SpinMutex<Self>, cpu: usize, mut runner: B::Runner, halt: fn(u64)) -> Stop {
         let mut g = Self::lock(hv, cpu);
         g.online |= 1 << cpu;
         loop {
@@ -151,12 +146,9 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
             let h = &mut *g;
             let dom = &mut h.domains[d];
             if dom.instance != instance || dom.vcpus[v].on != Some(cpu as u8) {
-                // Its domain was destroyed meanwhile: this is all that is left of it, and its
-                // VMCS is active here.
                 h.sched[cpu].holds = false;
-                h.backend.unload(&mut arch);
-                let mut m = Machine { frames: &mut h.frames, mem: &mut h.mem };
-                h.backend.destroy_vcpu(&mut m, arch);
+                h.reap(arch);
+                h.nudge();
                 continue;
             }
             let vc = &mut dom.vcpus[v];
@@ -171,8 +163,23 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         }
     }
 
+    /// Frees the hardware state of a vCPU whose domain was destroyed while this CPU ran it:
+    /// all that is left of it, with its VMCS active here. The last one lets the vCPUs that
+    /// destroyed such domains run again.
+    pub(crate) fn reap(&mut self, mut arch: B::Vcpu) {
+        self.backend.unload(&mut arch);
+        let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
+        self.backend.destroy_vcpu(&mut m, arch);
+        self.orphans = self.orphans.saturating_sub(1);
+        if self.orphans == 0 {
+            for vc in self.domains.iter_mut().flat_map(|dom| dom.vcpus.iter_mut()) {
+                vc.reaps = false;
+            }
+        }
+    }
+
     /// The hypervisor lock, for CPU `cpu` (its phase recorded for reports).
-    fn lock(hv: &TicketMutex<Self>, cpu: usize) -> spin::mutex::TicketMutexGuard<'_, Self> {
+    fn lock(hv: &SpinMutex<Self>, cpu: usize) -> spin::mutex::SpinMutexGuard<'_, Self> {
         smp::presence().set_phase(cpu, smp::Phase::Locking);
         let g = hv.lock();
         smp::presence().set_phase(cpu, smp::Phase::Locked);

@@ -56,9 +56,13 @@ pub fn fetch(
     linear: u64,
     wide: bool,
 ) -> ([u8; MAX_LEN], usize, Option<FetchError>) {
-    // The guest's tables are read through the nested ones, as the CPU reads them.
+    // The guest's tables are read through the nested ones, as the CPU reads them. A table page
+    // they no longer map (another CPU's reclaim zapped it since the CPU's own walk) is
+    // reported as such, like the instruction's own page: the core maps it again.
+    let unmapped = core::cell::Cell::new(None);
     let guest_entry = |gpa: u64, width: u8| -> Option<u64> {
-        let q = mem.read_u64(nested(mem, ncr3, gpa & !7).ok()?)?;
+        let hpa = nested(mem, ncr3, gpa & !7).map_err(|e| unmapped.set(Some(e))).ok()?;
+        let q = mem.read_u64(hpa)?;
         Some(if width == 4 { (q >> ((gpa & 4) * 8)) & 0xffff_ffff } else { q })
     };
     let mut buf = [0u8; MAX_LEN];
@@ -68,7 +72,8 @@ pub fn fetch(
         if !wide {
             at &= 0xffff_ffff;
         }
-        let gpa = linear_to_phys(p, at, guest_entry).ok_or(FetchError::Unreadable);
+        let gpa = linear_to_phys(p, at, guest_entry)
+            .ok_or_else(|| unmapped.take().unwrap_or(FetchError::Unreadable));
         let hpa = match gpa.and_then(|gpa| nested(mem, ncr3, gpa)) {
             Ok(h) => h,
             Err(e) => return (buf, n, Some(e)),

@@ -36,6 +36,7 @@ use abi::types::*;
 use conformance::grant::{self, Pages, window};
 use conformance::{Rng, Suite, arch, call, parse_verdict, upcall};
 use dom0_agent::builder::{self, DomainSpec};
+use dom0_agent::memory::free_bytes;
 use guest_rt::{Boot, println, rdtsc};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -118,17 +119,6 @@ fn throwaway(name: &str) -> u64 {
     let _ = guest_rt::hv().mem_write(d as u32, 0x10_0000, &HALT_LOOP);
     let _ = call(Op::VcpuSetState as u64, [d, 0, arg(&flat32(0x10_0000)), 0, 0]);
     d
-}
-
-fn free_bytes() -> u64 {
-    let p = call(Op::PhysInfo as u64, [scratch_addr(), 0, 0, 0, 0]);
-    if p != 0 {
-        return 0;
-    }
-    let free = out::<PhysInfo>().free_bytes;
-    // dom0's own page tables grow as it touches memory; count them as free.
-    let st = call(Op::Stats as u64, [0, scratch_addr(), 0, 0, 0]);
-    free + if st == 0 { out::<DomainStats>().mmu_frames * 4096 } else { 0 }
 }
 
 fn name(args: core::fmt::Arguments<'_>) -> heapless::String<64> {
@@ -293,11 +283,8 @@ fn create_cases(s: &mut Suite) {
     for d in made {
         s.expect(&name(format_args!("destroy-d{d}")), op1(Op::DomainDestroy, d), 0);
     }
-    s.check(
-        "destroy-returns-every-frame",
-        free_bytes() == before,
-        format_args!("{before} -> {}", free_bytes()),
-    );
+    let after = free_bytes();
+    s.check("destroy-returns-every-frame", after == before, format_args!("{before} -> {after}"));
 }
 
 /// `repeat` for ASCII text into a fixed string.
@@ -1543,7 +1530,6 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64, spare: Option<u32>) {
             }
         }
     }
-    let after = free_bytes();
     println!(
         "storm dom0: {calls} calls (seed {seed:#x}), {ok} succeeded, {undefined} undefined results, {maps} grant mappings left to unmap"
     );
@@ -1551,6 +1537,7 @@ fn dom0_storm(s: &mut Suite, calls: u64, seed: u64, spare: Option<u32>) {
     // With the domU storm running, its faults take frames meanwhile: the caller checks the
     // two storms together once it is gone.
     if spare.is_none() {
+        let after = free_bytes();
         s.check(
             "dom0-storm-leaks-nothing",
             after == before,
