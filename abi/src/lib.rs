@@ -40,7 +40,7 @@ pub use hypercall::{Errno, Op};
 /// ABI major version: a guest refuses a major it does not know.
 pub const ABI_VERSION_MAJOR: u16 = 3;
 /// ABI minor version: additions that keep every existing call meaning the same.
-pub const ABI_VERSION_MINOR: u16 = 6;
+pub const ABI_VERSION_MINOR: u16 = 7;
 
 /// The version as the `version` hypercall and CPUID leaf `0x4000_0001` report it:
 /// `major << 16 | minor`.

@@ -202,6 +202,20 @@ fn kick(cpu: usize) {
     }
 }
 
+/// What an AP's runner is built from: the frame set aside for it at its start-up
+/// (`smp::runner_frame`), not the allocator, whose free memory dom0 may already be counting.
+struct SetAside(Option<u64>);
+
+impl microhv_core::exit::FrameSource for SetAside {
+    fn alloc_zeroed(&mut self) -> Option<u64> {
+        self.0.take()
+    }
+
+    fn free(&mut self, pa: u64) {
+        self.0 = Some(pa);
+    }
+}
+
 /// Builds CPU `cpu`'s runner, on that CPU.
 fn runner(
     hv: &mut Hv<Arch, IdentityMem>,
@@ -209,8 +223,19 @@ fn runner(
 ) -> Option<<Arch as microhv_core::exit::Backend>::Runner> {
     use microhv_core::exit::Backend;
     hv.backend.set_cpu(cpu);
-    let mut m = microhv_core::mem::Machine { frames: &mut hv.frames, mem: &mut hv.mem };
-    match hv.backend.runner(cpu, &mut m) {
+    let built = if cpu == 0 {
+        let mut m = microhv_core::mem::Machine { frames: &mut hv.frames, mem: &mut hv.mem };
+        hv.backend.runner(cpu, &mut m)
+    } else {
+        let mut aside = SetAside(smp::runner_frame(cpu));
+        let r = hv.backend.runner(cpu, &mut aside);
+        // Left over (nothing taken, or given back): the allocator's again.
+        if let Some(f) = aside.0 {
+            let _ = hv.frames.free(f);
+        }
+        r
+    };
+    match built {
         Ok(r) => Some(r),
         Err(e) => {
             log::warn!("cpu {cpu} runs no vCPU: its runner failed ({e:?})");
@@ -230,7 +255,6 @@ fn run_cpu(cpu: usize, runner: Option<<Arch as microhv_core::exit::Backend>::Run
 /// An AP's life once the boot CPU has released it (`smp::ap_main`).
 pub fn ap_run(cpu: usize) -> ! {
     let runner = runner(&mut HV.lock(), cpu);
-    smp::ap_ready();
     run_cpu(cpu, runner)
 }
 

@@ -352,17 +352,19 @@ mod model {
     }
 
     /// A domain destroyed while its vCPU runs on another CPU (`Hv::run_cpu`,
-    /// `Hv::destroy_domain`): the destroying CPU quiesces, frees the domain's memory and clears
-    /// its slot; the running CPU, back under the lock, finds the slot changed and frees the
-    /// vCPU's hardware state itself. The guest never touches freed memory, and the hardware
-    /// state is freed exactly once, by whichever CPU holds it.
+    /// `Hv::destroy_domain`, `Hv::reap`): the destroying CPU quiesces, frees the domain's
+    /// memory, counts the vCPU it could not free (`Hv::orphans`) and clears its slot; the
+    /// running CPU, back under the lock, finds the slot changed, frees the vCPU's hardware
+    /// state itself and uncounts it; the destroyer's caller goes on only once the count is 0
+    /// (`Vcpu::reaps`). The guest never touches freed memory, the hardware state is freed
+    /// exactly once, by whichever CPU holds it, and it is freed when the caller goes on.
     #[test]
     fn a_domain_destroyed_while_its_vcpu_runs_elsewhere() {
         loom::model(|| {
             let p = Arc::new(Presence::new());
-            // Under the lock: the vCPU's hardware state when at home, and the domain's instance
-            // (0: destroyed).
-            let table = Arc::new(Mutex::new((Some(()), 1u32)));
+            // Under the lock: the vCPU's hardware state when at home, the domain's instance
+            // (0: destroyed), and the states other CPUs still have to free.
+            let table = Arc::new(Mutex::new((Some(()), 1u32, 0u32)));
             let freed = Arc::new(AtomicBool::new(false));
             let hw_frees = Arc::new(loom::sync::atomic::AtomicU32::new(0));
             let runner = {
@@ -385,6 +387,7 @@ mod model {
                         // Orphaned: its hardware state is this CPU's to free.
                         let () = hw;
                         hw_frees.fetch_add(1, Ordering::Relaxed);
+                        t.2 -= 1;
                     } else {
                         t.0 = Some(hw);
                     }
@@ -395,10 +398,25 @@ mod model {
                 p.hold(0);
                 p.quiesce(|_| {}, || 0);
                 freed.store(true, Ordering::Release);
-                if t.0.take().is_some() {
-                    hw_frees.fetch_add(1, Ordering::Relaxed);
+                match t.0.take() {
+                    Some(()) => {
+                        hw_frees.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => t.2 += 1,
                 }
                 t.1 = 0;
+            }
+            // The caller is not run again until the count is 0.
+            loop {
+                if table.lock().unwrap().2 == 0 {
+                    assert_eq!(
+                        hw_frees.load(Ordering::Relaxed),
+                        1,
+                        "freed when the caller goes on"
+                    );
+                    break;
+                }
+                loom::thread::yield_now();
             }
             runner.join().unwrap();
             assert_eq!(hw_frees.load(Ordering::Relaxed), 1, "freed once");

@@ -171,14 +171,17 @@ fn qemu(spec: &Spec, images: &Images, com1: &std::path::Path) -> Command {
     }
     cmd.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
     if !spec.kvm && spec.cpus > 1 {
-        // One host thread for all the CPUs. QEMU 7.2's multi-threaded TCG sometimes leaves a
-        // CPU that just took a #VMEXIT walking its own (host) page tables through the guest's
+        // One host thread for all the CPUs. Under QEMU 7.2's multi-threaded TCG a CPU that
+        // just took a #VMEXIT was seen walking its own (host) page tables through the guest's
         // nested ones: the walk faults, QEMU raises a second #VMEXIT in host mode and writes
         // the host's registers into the VMCB of the vCPU that had exited, which later runs
         // them and triple-faults (README, "SMP"). Seen in about one conformance run in four
         // with threads, never in 17 runs without; a PAUSE hands the thread to the next CPU,
-        // so spinning CPUs cost little.
-        cmd.args(["-accel", "tcg,thread=single"]);
+        // so spinning CPUs cost little. `MICROHV_QEMU_THREADS=multi` keeps the threads, for
+        // a stress run of the SVM backend's cross-CPU paths.
+        if std::env::var("MICROHV_QEMU_THREADS").as_deref() != Ok("multi") {
+            cmd.args(["-accel", "tcg,thread=single"]);
+        }
     }
     cmd.arg("-serial").arg(format!("file:{}", com1.display()));
     if let Some(path) = &spec.control {

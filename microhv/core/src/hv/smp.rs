@@ -170,6 +170,7 @@ impl<B: Backend, P: PhysMem, const W: usize> Hv<B, P, W> {
         self.backend.unload(&mut arch);
         let mut m = Machine { frames: &mut self.frames, mem: &mut self.mem };
         self.backend.destroy_vcpu(&mut m, arch);
+        debug_assert!(self.orphans > 0, "a reaped vCPU was not counted");
         self.orphans = self.orphans.saturating_sub(1);
         if self.orphans == 0 {
             for vc in self.domains.iter_mut().flat_map(|dom| dom.vcpus.iter_mut()) {

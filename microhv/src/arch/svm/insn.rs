@@ -24,6 +24,8 @@ pub trait Memory {
 pub enum FetchError {
     /// The nested page tables do not map this guest-physical address (yet).
     NotMapped(u64),
+    /// Nor this one, a page of the guest's own page tables.
+    TableNotMapped(u64),
     /// The guest's page tables do not map the linear address, or point outside RAM.
     Unreadable,
 }
@@ -61,7 +63,15 @@ pub fn fetch(
     // reported as such, like the instruction's own page: the core maps it again.
     let unmapped = core::cell::Cell::new(None);
     let guest_entry = |gpa: u64, width: u8| -> Option<u64> {
-        let hpa = nested(mem, ncr3, gpa & !7).map_err(|e| unmapped.set(Some(e))).ok()?;
+        let hpa = nested(mem, ncr3, gpa & !7)
+            .map_err(|e| {
+                let e = match e {
+                    FetchError::NotMapped(g) => FetchError::TableNotMapped(g),
+                    other => other,
+                };
+                unmapped.set(Some(e));
+            })
+            .ok()?;
         let q = mem.read_u64(hpa)?;
         Some(if width == 4 { (q >> ((gpa & 4) * 8)) & 0xffff_ffff } else { q })
     };

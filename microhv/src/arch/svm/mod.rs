@@ -460,6 +460,12 @@ impl SvmRunner {
                     gpa,
                     access: Access { read: true, ..Access::default() },
                 }),
+                // The same for a page of its page tables (another CPU's reclaim zapped it
+                // since the CPU's own walk): a read by the walk.
+                Some(FetchError::TableNotMapped(gpa)) => Err(Exit::NestedPageFault {
+                    gpa,
+                    access: Access { read: true, walk: true, ..Access::default() },
+                }),
                 _ => {
                     log::warn!("cannot read the guest's {expected:?} instruction at {linear:#x}");
                     Err(Exit::Unhandled)

@@ -290,7 +290,8 @@ impl Vmcb {
     pub fn r64(self, off: usize) -> u64 {
         // SAFETY: the frame is a VMCB this backend allocated and owns, identity-mapped; `off`
         // is one of the aligned offsets above, inside the frame. The CPU only writes the VMCB
-        // during VMRUN, which never overlaps this access (one CPU).
+        // during VMRUN on the CPU that runs the vCPU, which is the only one touching its VMCB
+        // (it holds the vCPU: `Vcpu::on`, or the lock), so never during this access.
         unsafe { self.ptr::<u64>(off).read_volatile() }
     }
 

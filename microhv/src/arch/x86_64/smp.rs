@@ -165,6 +165,12 @@ fn start_ap<const W: usize>(
     let region = frames.alloc().ok_or("no frame for its VMXON region or host save area")?;
     // SAFETY: the frame was just allocated: ours, identity-mapped, aliased by nothing.
     unsafe { cpu::zero_qwords(region, FRAME_SIZE) };
+    if get(SVM) != 0 {
+        let host = frames.alloc().ok_or("no frame for its host VMCB")?;
+        // SAFETY: as for `region`.
+        unsafe { cpu::zero_qwords(host, FRAME_SIZE) };
+        RUNNER_FRAMES[n as usize].store(host, Ordering::Release);
+    }
     set(APIC_ID, dest.into());
     set(FRAMES, region);
     STATE.store(tagged(n, WAITING), Ordering::SeqCst);
@@ -296,38 +302,25 @@ extern "C" fn ap_main(n: u64) -> ! {
 /// Set by the boot CPU once dom0 is built: the APs run vCPUs.
 static RELEASED: AtomicBool = AtomicBool::new(false);
 
-/// APs released that have built their runner, or given up on it (`ap_ready`).
-static READY: AtomicU32 = AtomicU32::new(0);
-/// Set once every released AP is `READY`: vCPUs may run.
-static ALL_READY: AtomicBool = AtomicBool::new(false);
-
-/// Lets every AP that came up build its runner (`crate::ap_run`), and returns once each has,
-/// letting them all run vCPUs: the frames the runners take are gone from the allocator before
-/// any vCPU runs, so the free memory dom0 reads at its start does not shrink behind it.
+/// Lets every AP that came up run vCPUs (`crate::ap_run`).
 pub fn release_aps() {
     RELEASED.store(true, Ordering::Release);
-    let mut released = 0;
     for cpu in 1..MAX_CPUS {
-        if let Some(id) = apic_id(cpu) {
-            match lapic::kick(id) {
-                Ok(()) => released += 1,
-                Err(e) => log::warn!("cpu {cpu} was not released ({e}): it stays halted"),
-            }
+        if let Some(id) = apic_id(cpu)
+            && let Err(e) = lapic::kick(id)
+        {
+            log::warn!("cpu {cpu} was not released ({e}): it stays halted");
         }
     }
-    // An AP that came up answers: building a runner takes the lock, which the boot CPU does
-    // not hold here, a frame and a VMSAVE.
-    while READY.load(Ordering::Acquire) < released {
-        core::hint::spin_loop();
-    }
-    ALL_READY.store(true, Ordering::Release);
 }
 
-/// Called by each released AP once its runner is built (or failed); returns when every AP's
-/// is.
-pub fn ap_ready() {
-    READY.fetch_add(1, Ordering::Release);
-    while !ALL_READY.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
+/// For each AP (SVM only): a zeroed frame for its runner's host VMCB, taken from the allocator
+/// with its other frames at its start-up. An AP builds its runner only once released, when
+/// dom0 may already run and read the free memory, which must not shrink behind it.
+static RUNNER_FRAMES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// The frame set aside for CPU `cpu`'s runner, once.
+pub fn runner_frame(cpu: usize) -> Option<u64> {
+    let f = RUNNER_FRAMES.get(cpu)?.swap(0, Ordering::AcqRel);
+    (f != 0).then_some(f)
 }
