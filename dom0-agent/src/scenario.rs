@@ -194,6 +194,49 @@ fn two_domus(boot: &Boot) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The most spinners [`crowd`] starts.
+const CROWD_MAX: usize = 9;
+
+/// More runnable vCPUs than CPUs (#14): one spinner more than microhv has CPUs, next to dom0,
+/// which keeps working meanwhile. Every spinner must get several time slices of CPU time (the
+/// guard is only against a hang) and still be running.
+fn crowd(boot: &Boot) -> Result<(), &'static str> {
+    let hv = guest_rt::hv();
+    let p = hv.phys_info().map_err(|_| "physinfo")?;
+    let slice = u64::from(p.time_slice);
+    let n = (p.cpus as usize + 1).clamp(2, CROWD_MAX);
+    let mut doms: heapless::Vec<u32, CROWD_MAX> = heapless::Vec::new();
+    for i in 0..n {
+        let mut name: heapless::String<16> = heapless::String::new();
+        let _ = core::fmt::write(&mut name, format_args!("crowd-{i}"));
+        // A failure leaves the ones started to `destroy_leftovers`.
+        let _ = doms.push(start(boot, "spinner", &spec(&name, 4, ""))?);
+    }
+    let (start, mut rounds) = (rdtsc(), 0u64);
+    let times = loop {
+        rounds += 1;
+        let times: heapless::Vec<u64, CROWD_MAX> = doms.iter().map(|&d| hv_cpu_time(d)).collect();
+        if times.iter().all(|&t| t > 3 * slice) {
+            break times;
+        }
+        if rdtsc().saturating_sub(start) > TIMEOUT {
+            println!("  crowd: cpu time {times:?} ticks after {rounds} rounds");
+            return Err("a spinner got no CPU time");
+        }
+        dm::idle(hv);
+    };
+    let running =
+        doms.iter().all(|&d| info(d).is_ok_and(|i| i.state == DomainState::Running as u32));
+    for &d in &doms {
+        destroy(d)?;
+    }
+    println!(
+        "  crowd: {n} spinners on {} CPU(s) next to dom0: cpu time {times:?} ticks; dom0 served {rounds} rounds",
+        p.cpus
+    );
+    if running { Ok(()) } else { Err("every spinner should still be running") }
+}
+
 fn toucher(boot: &Boot) -> Result<(), &'static str> {
     let hv = guest_rt::hv();
     let floor = hv.phys_info().map_err(|_| "physinfo")?.mmu_pages_floor;
@@ -441,9 +484,10 @@ fn multiboot(boot: &Boot) -> Result<(), &'static str> {
 /// Runs every scenario; true if all passed.
 pub fn run_all(boot: &Boot) -> bool {
     type Scenario = fn(&Boot) -> Result<(), &'static str>;
-    let all: [(&str, Scenario); 6] = [
+    let all: [(&str, Scenario); 7] = [
         ("hello", hello),
         ("two-domus", two_domus),
+        ("crowd", crowd),
         ("toucher", toucher),
         ("hostile", hostile),
         ("multiboot", multiboot),

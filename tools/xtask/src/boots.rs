@@ -85,6 +85,61 @@ pub fn domus_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     s
 }
 
+/// What every run of dom0's `scenario=domus` must show (`domus-*`, `domus-smp-*`).
+fn domus_checks() -> Vec<Check> {
+    use Check::*;
+    vec![
+        Status(StopStatus::Ok),
+        Contains("scenario hello: PASS"),
+        Contains("scenario two-domus: PASS"),
+        Contains("scenario crowd: PASS"),
+        Contains("scenario toucher: PASS"),
+        Contains("scenario hostile: PASS"),
+        Contains("scenario multiboot: PASS"),
+        Contains("scenario platform: PASS"),
+        Contains("scenarios: 7 passed, 0 failed"),
+        Contains("platform: 22 passed, 0 failed"),
+        Contains("platform: tpr-cr8: PASS"),
+        Contains("platform: ram-zeroed: PASS"),
+        Contains("platform: nmi-ipi: PASS"),
+        Contains("platform: tsc-deadline: PASS"),
+        Contains("platform: x2apic: PASS"),
+        Contains("platform: fw-cfg: PASS"),
+        Contains("platform: acpi-tables: PASS"),
+        Contains("platform: absent-devices: PASS"),
+        Contains("mbkernel: 2 module(s)"),
+        Contains("modes: state 3, failure mask 0x0"),
+        Contains("hostile: read 0xffffffffffffffff outside my memory"),
+        Contains("hostile: wrote outside my memory, read back 0xffffffffffffffff"),
+        Contains("Absent access at 0x40000000 not emulated: instruction fetch from a device page"),
+        Contains(
+            "platform: absent: memory at 0x30000000, 0x3ffffff8, 0xc0000000 reads all ones: true",
+        ),
+        Contains("crashed: triple fault"),
+        Contains("[d1] hello from domU 1"),
+        // The hostile regression cases (each also counted by "scenario hostile: PASS").
+        Contains("debug-window: contained (refused, shut down cleanly)"),
+        Contains("noncanonical: contained (refused, shut down cleanly)"),
+        Contains("hostile: hypercall at 0x7ffffffffffd: #GP at 0x7ffffffffffd (ok)"),
+        Contains("Lapic access at 0xfee00000 not emulated: the guest's page-table walk reached it"),
+        Contains("apic-walk: contained (unsupported mmio access)"),
+        Contains("invd-rdpmc: contained (refused, shut down cleanly)"),
+        Contains("hostile: RDPMC: #GP (RF in the pushed RFLAGS: true)"),
+        Contains("hostile: CLFLUSH of the APIC page completed"),
+        Contains("console-flood: contained (refused, shut down cleanly)"),
+        Contains("lines not logged: rate limit; all are in its console ring"),
+    ]
+}
+
+/// The `domus` scenarios on 4 CPUs, without Bochs's exact timer rates (each of its CPUs counts
+/// its own instructions as its TSC).
+pub fn domus_smp_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
+    let mut s = domus_spec(name, emulator, images);
+    s.cpus = 4;
+    s.modules[0].args = s.modules[0].args.replace(" strict-timing", "");
+    s
+}
+
 /// A boot of microhv with dom0 serving the control protocol, the test guests as boot
 /// modules, and COM2 on a socket in the run's directory.
 pub fn hvctl_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
@@ -229,50 +284,20 @@ pub fn cases(images: &Images) -> Vec<Case> {
     let domus = |name: &'static str, emu| Case {
         name,
         spec: domus_spec(name, emu, images),
-        checks: vec![
-            Status(StopStatus::Ok),
-            Contains("scenario hello: PASS"),
-            Contains("scenario two-domus: PASS"),
-            Contains("scenario toucher: PASS"),
-            Contains("scenario hostile: PASS"),
-            Contains("scenario multiboot: PASS"),
-            Contains("scenario platform: PASS"),
-            Contains("scenarios: 6 passed, 0 failed"),
-            Contains("platform: 22 passed, 0 failed"),
-            Contains("platform: tpr-cr8: PASS"),
-            Contains("platform: ram-zeroed: PASS"),
-            Contains("platform: nmi-ipi: PASS"),
-            Contains("platform: tsc-deadline: PASS"),
-            Contains("platform: x2apic: PASS"),
-            Contains("platform: fw-cfg: PASS"),
-            Contains("platform: acpi-tables: PASS"),
-            Contains("platform: absent-devices: PASS"),
-            Contains("mbkernel: 2 module(s)"),
-            Contains("modes: state 3, failure mask 0x0"),
-            Contains("hostile: read 0xffffffffffffffff outside my memory"),
-            Contains("hostile: wrote outside my memory, read back 0xffffffffffffffff"),
-            Contains(
-                "Absent access at 0x40000000 not emulated: instruction fetch from a device page",
-            ),
-            Contains(
-                "platform: absent: memory at 0x30000000, 0x3ffffff8, 0xc0000000 reads all ones: true",
-            ),
-            Contains("crashed: triple fault"),
-            Contains("[d1] hello from domU 1"),
-            // The hostile regression cases (each also counted by "scenario hostile: PASS").
-            Contains("debug-window: contained (refused, shut down cleanly)"),
-            Contains("noncanonical: contained (refused, shut down cleanly)"),
-            Contains("hostile: hypercall at 0x7ffffffffffd: #GP at 0x7ffffffffffd (ok)"),
-            Contains(
-                "Lapic access at 0xfee00000 not emulated: the guest's page-table walk reached it",
-            ),
-            Contains("apic-walk: contained (unsupported mmio access)"),
-            Contains("invd-rdpmc: contained (refused, shut down cleanly)"),
-            Contains("hostile: RDPMC: #GP (RF in the pushed RFLAGS: true)"),
-            Contains("hostile: CLFLUSH of the APIC page completed"),
-            Contains("console-flood: contained (refused, shut down cleanly)"),
-            Contains("lines not logged: rate limit; all are in its console ring"),
-        ],
+        checks: domus_checks(),
+        driver: None,
+    };
+    // The same scenarios on 4 CPUs (#14): `crowd` runs 5 spinners next to dom0, more runnable
+    // vCPUs than CPUs.
+    let domus_smp = |name: &'static str, emu| Case {
+        name,
+        spec: domus_smp_spec(name, emu, images),
+        checks: {
+            let mut c = domus_checks();
+            c.push(Contains("[hv] 4 CPU(s) online"));
+            c.push(Contains("crowd: 5 spinners on 4 CPU(s) next to dom0"));
+            c
+        },
         driver: None,
     };
     let hvctl = |name: &'static str, emu| Case {
@@ -393,6 +418,8 @@ pub fn cases(images: &Images) -> Vec<Case> {
         },
         domus("domus-bochs", Bochs),
         domus("domus-qemu", Qemu),
+        domus_smp("domus-smp-bochs", Bochs),
+        domus_smp("domus-smp-qemu", Qemu),
         {
             // Bochs's AMD model panics on a guest triple fault (see shared/platform-notes.md):
             // the hostile scenario leaves that attack out there.
