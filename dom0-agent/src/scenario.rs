@@ -132,7 +132,8 @@ fn hello(boot: &Boot) -> Result<(), &'static str> {
 
 fn two_domus(boot: &Boot) -> Result<(), &'static str> {
     let hv = guest_rt::hv();
-    let slice = u64::from(hv.phys_info().map_err(|_| "physinfo")?.time_slice);
+    let p = hv.phys_info().map_err(|_| "physinfo")?;
+    let slice = u64::from(p.time_slice);
     let a = start(boot, "spinner", &spec("spin-a", 4, ""))?;
     // B executes CPUID in its loop: exits its backend completes itself, which must not let it
     // keep the CPU past its slice.
@@ -150,7 +151,8 @@ fn two_domus(boot: &Boot) -> Result<(), &'static str> {
     let (ia, ib) = loop {
         let (ia, ib) = (info(a).map_err(|_| "info")?, info(b).map_err(|_| "info")?);
         let now = rdtsc();
-        worst = worst.max(now - last);
+        // dom0's vCPU may move to a CPU whose TSC is a little behind.
+        worst = worst.max(now.saturating_sub(last));
         last = now;
         // Counted once both have started (their first slices include their start-up exits).
         // Only time-slice exits count: each one hands the CPU on (other exits, such as a
@@ -170,7 +172,7 @@ fn two_domus(boot: &Boot) -> Result<(), &'static str> {
         if ia.cpu_time > 3 * slice && ib.cpu_time > 3 * slice {
             break (ia, ib);
         }
-        if now - start > TIMEOUT {
+        if now.saturating_sub(start) > TIMEOUT {
             return Err("the spinners did not both get CPU time");
         }
         dm::idle(hv);
@@ -187,8 +189,10 @@ fn two_domus(boot: &Boot) -> Result<(), &'static str> {
         return Err("both spinners should still be running");
     }
     // dom0 waits for the two other vCPUs' slices, never for ever: at most one slice each
-    // (each may also exit once more for a device deadline inside its slice).
-    if worst_exits > 4 {
+    // (each may also exit once more for a device deadline inside its slice). That is the
+    // scheduler's fairness on one shared CPU; with several, the spinners' slices on other CPUs
+    // go on while dom0 waits for its own, and `crowd` checks progress instead.
+    if p.cpus == 1 && worst_exits > 4 {
         return Err("dom0 waited for more than the two other vCPUs' slices");
     }
     Ok(())
@@ -215,13 +219,16 @@ fn crowd(boot: &Boot) -> Result<(), &'static str> {
     let (start, mut rounds) = (rdtsc(), 0u64);
     let times = loop {
         rounds += 1;
-        let times: heapless::Vec<u64, CROWD_MAX> = doms.iter().map(|&d| hv_cpu_time(d)).collect();
+        let mut times: heapless::Vec<u64, CROWD_MAX> = heapless::Vec::new();
+        for &d in &doms {
+            let _ = times.push(hv.stats(d).map_err(|_| "a spinner vanished")?.cpu_time);
+        }
         if times.iter().all(|&t| t > 3 * slice) {
             break times;
         }
         if rdtsc().saturating_sub(start) > TIMEOUT {
             println!("  crowd: cpu time {times:?} ticks after {rounds} rounds");
-            return Err("a spinner got no CPU time");
+            return Err("a spinner got no more than 3 slices of CPU time");
         }
         dm::idle(hv);
     };
@@ -318,7 +325,7 @@ fn hostile(boot: &Boot) -> Result<(), &'static str> {
         let (mut worst, mut last) = (0, rdtsc());
         let i = wait(d, &mut con, |i, c| {
             let now = rdtsc();
-            worst = worst.max(now - last);
+            worst = worst.max(now.saturating_sub(last));
             last = now;
             stopped(i, c)
         })?;

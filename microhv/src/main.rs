@@ -212,6 +212,7 @@ impl microhv_core::exit::FrameSource for SetAside {
     }
 
     fn free(&mut self, pa: u64) {
+        debug_assert!(self.0.is_none(), "the set-aside frame is one");
         self.0 = Some(pa);
     }
 }
@@ -229,7 +230,8 @@ fn runner(
     } else {
         let mut aside = SetAside(smp::runner_frame(cpu));
         let r = hv.backend.runner(cpu, &mut aside);
-        // Left over (nothing taken, or given back): the allocator's again.
+        // Left over (nothing taken, or given back; neither backend does today): the
+        // allocator's again.
         if let Some(f) = aside.0 {
             let _ = hv.frames.free(f);
         }

@@ -360,7 +360,18 @@ mod model {
     /// exactly once, by whichever CPU holds it, and it is freed when the caller goes on.
     #[test]
     fn a_domain_destroyed_while_its_vcpu_runs_elsewhere() {
-        loom::model(|| {
+        destroy_while_running(true);
+    }
+
+    #[test]
+    #[should_panic(expected = "freed when the caller goes on")]
+    fn without_the_count_the_caller_goes_on_too_early() {
+        destroy_while_running(false);
+    }
+
+    /// The model above; `count`: the destroyer counts the vCPU it leaves to the other CPU.
+    fn destroy_while_running(count: bool) {
+        loom::model(move || {
             let p = Arc::new(Presence::new());
             // Under the lock: the vCPU's hardware state when at home, the domain's instance
             // (0: destroyed), and the states other CPUs still have to free.
@@ -387,7 +398,7 @@ mod model {
                         // Orphaned: its hardware state is this CPU's to free.
                         let () = hw;
                         hw_frees.fetch_add(1, Ordering::Relaxed);
-                        t.2 -= 1;
+                        t.2 = t.2.saturating_sub(1);
                     } else {
                         t.0 = Some(hw);
                     }
@@ -402,7 +413,7 @@ mod model {
                     Some(()) => {
                         hw_frees.fetch_add(1, Ordering::Relaxed);
                     }
-                    None => t.2 += 1,
+                    None => t.2 += u32::from(count),
                 }
                 t.1 = 0;
             }

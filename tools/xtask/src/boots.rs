@@ -137,6 +137,7 @@ pub fn domus_smp_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
     let mut s = domus_spec(name, emulator, images);
     s.cpus = 4;
     s.modules[0].args = s.modules[0].args.replace(" strict-timing", "");
+    assert!(!s.modules[0].args.contains("strict"), "{}", s.modules[0].args);
     s
 }
 

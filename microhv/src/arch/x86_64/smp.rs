@@ -16,8 +16,10 @@
 //!
 //! Each AP's stacks are the image's (`gdt::ap_stacks`: two 16 KiB IST stacks and a stack as
 //! large as the boot CPU's, each above a guard page `paging` leaves unmapped); its VMXON region
-//! or host save area is a frame from the allocator, which an AP that does not come up keeps.
-//! Once dom0 is built, [`release_aps`] lets them run vCPUs (`crate::ap_run`).
+//! or host save area is a frame from the allocator, which an AP that does not come up keeps
+//! (it may still wake and use it), and on SVM a second frame for its runner's host VMCB
+//! ([`runner_frame`]), which goes back to the allocator if it does not come up. Once dom0 is
+//! built, [`release_aps`] lets them run vCPUs (`crate::ap_run`).
 
 use super::cpu::{self, rdtsc};
 use super::{gdt, idt, lapic};
@@ -145,7 +147,13 @@ pub fn start_aps<const W: usize>(
         };
         match started {
             Ok(()) => online += 1,
-            Err(why) => log::warn!("cpu {n} (apic id {id}) left out: {why}"),
+            Err(why) => {
+                log::warn!("cpu {n} (apic id {id}) left out: {why}");
+                // Only an AP that came up builds a runner (`crate::ap_run`).
+                if let Some(f) = runner_frame(n) {
+                    let _ = frames.free(f);
+                }
+            }
         }
     }
     online
@@ -162,15 +170,15 @@ fn start_ap<const W: usize>(
     khz: u64,
 ) -> Result<(), &'static str> {
     let (_, stack) = gdt::ap_stacks(n as usize).ok_or("no stacks for it")?;
-    let region = frames.alloc().ok_or("no frame for its VMXON region or host save area")?;
-    // SAFETY: the frame was just allocated: ours, identity-mapped, aliased by nothing.
-    unsafe { cpu::zero_qwords(region, FRAME_SIZE) };
     if get(SVM) != 0 {
         let host = frames.alloc().ok_or("no frame for its host VMCB")?;
-        // SAFETY: as for `region`.
+        // SAFETY: the frame was just allocated: ours, identity-mapped, aliased by nothing.
         unsafe { cpu::zero_qwords(host, FRAME_SIZE) };
         RUNNER_FRAMES[n as usize].store(host, Ordering::Release);
     }
+    let region = frames.alloc().ok_or("no frame for its VMXON region or host save area")?;
+    // SAFETY: as for the host VMCB's.
+    unsafe { cpu::zero_qwords(region, FRAME_SIZE) };
     set(APIC_ID, dest.into());
     set(FRAMES, region);
     STATE.store(tagged(n, WAITING), Ordering::SeqCst);
