@@ -57,12 +57,14 @@ use anyhow::Result;
 /// reference over their unmapped guard pages), quiesce kicking every CPU before waiting, the
 /// SVM runner's kick flag looked up once per run, and SVM keeping vCPUs on the boot CPU.
 ///
-/// 14,260: SVM on every CPU again, 71 lines (14,167 → 14,238): an AP's host-VMCB frame set
+/// 14,260: SVM on every CPU again, 85 lines (14,167 → 14,252): an AP's host-VMCB frame set
 /// aside at its start-up, so that no frame leaves the allocator once dom0 runs; the vCPU that
 /// destroyed a domain held until the CPUs that were running its vCPUs have freed their state
 /// (`Hv::orphans`, `Vcpu::reaps`, `Hv::reap`), so `DomainDestroy` returns with every frame
 /// free; the SVM length decode mapping a guest page-table page another CPU's reclaim zapped
-/// (the guest crashed on it before); less the boot-CPU-only path.
+/// (the guest crashed on it before), and the review's fixes to these (a left-out AP's frame
+/// given back, the walk flag of that fault, an assertion of the orphan count); less the
+/// boot-CPU-only path.
 pub const BUDGET: usize = 14_260;
 use std::path::{Path, PathBuf};
 
