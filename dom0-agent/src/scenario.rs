@@ -675,6 +675,9 @@ pub fn smp(boot: &Boot) -> bool {
 
 /// The command dom0 types on the Linux domU's console.
 const TYPED: &[u8] = b"echo typed-on-the-console\n";
+/// The longest the Linux domU may stay silent, in milliseconds of real time (at least
+/// `TIMEOUT`'s ticks).
+const LINUX_QUIET_MS: u64 = 60_000;
 /// The Linux domU's memory.
 const LINUX_MIB: u64 = 256;
 /// The Linux domU's vCPUs unless `linux-vcpus=N` says otherwise: the second starts through
@@ -750,6 +753,9 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
     let mut marks: heapless::Vec<u8, 4096> = heapless::Vec::new();
     let mut buf = [0u8; CONSOLE_READ_MAX as usize];
     let mut last_progress = rdtsc();
+    // Only a guard against a hang: Linux is silent while it unpacks its initramfs, which took
+    // more than 7 s of wall time under QEMU's single-threaded TCG (beyond `TIMEOUT` there).
+    let quiet = TIMEOUT.max(dm::tsc_khz().saturating_mul(LINUX_QUIET_MS));
     // What dom0 types on the domain's console once init asks for a command.
     let mut typing: &[u8] = b"";
     let i = loop {
@@ -785,7 +791,7 @@ fn linux_run(boot: &Boot) -> Result<(), &'static str> {
         if stopped(&i, &Console::new()) {
             break i;
         }
-        if rdtsc().saturating_sub(last_progress) > TIMEOUT {
+        if rdtsc().saturating_sub(last_progress) > quiet {
             return Err("no console output for too long");
         }
         dm::idle(hv);
