@@ -202,8 +202,9 @@ fn kick(cpu: usize) {
     }
 }
 
-/// What an AP's runner is built from: the frame set aside for it at its start-up
-/// (`smp::runner_frame`), not the allocator, whose free memory dom0 may already be counting.
+/// What a runner is built from: the frame set aside for an AP at its start-up
+/// (`smp::runner_frame`; none for the boot CPU, whose runner is the backend's own), never the
+/// allocator, whose free memory dom0 may already be counting.
 struct SetAside(Option<u64>);
 
 impl microhv_core::exit::FrameSource for SetAside {
@@ -224,19 +225,9 @@ fn runner(
 ) -> Option<<Arch as microhv_core::exit::Backend>::Runner> {
     use microhv_core::exit::Backend;
     hv.backend.set_cpu(cpu);
-    let built = if cpu == 0 {
-        let mut m = microhv_core::mem::Machine { frames: &mut hv.frames, mem: &mut hv.mem };
-        hv.backend.runner(cpu, &mut m)
-    } else {
-        let mut aside = SetAside(smp::runner_frame(cpu));
-        let r = hv.backend.runner(cpu, &mut aside);
-        // Left over (nothing taken, or given back; neither backend does today): the
-        // allocator's again.
-        if let Some(f) = aside.0 {
-            let _ = hv.frames.free(f);
-        }
-        r
-    };
+    let mut aside = SetAside(smp::runner_frame(cpu));
+    let built = hv.backend.runner(cpu, &mut aside);
+    debug_assert!(aside.0.is_none(), "cpu {cpu}'s runner left its frame");
     match built {
         Ok(r) => Some(r),
         Err(e) => {

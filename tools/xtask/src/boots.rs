@@ -64,21 +64,27 @@ pub fn spec(name: &str, emulator: Emulator, images: &Images, dom0_args: &str) ->
 pub const SCENARIO_GUESTS: &[&str] =
     &["hello", "spinner", "toucher", "hostile", "mbkernel", "platform", "modes"];
 
-/// A boot of microhv with dom0 running the domU scenarios over the test guests.
+/// A boot of microhv with dom0 running the domU scenarios over the test guests, on one CPU:
+/// the scenarios check the scheduler's fairness between guests that share a CPU (boost-hog,
+/// two-domus), and under Bochs the timers' exact rates, which hold only where one CPU counts
+/// the instructions (Bochs keeps a TSC per CPU).
 pub fn domus_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
+    domus_spec_on(name, emulator, images, 1)
+}
+
+/// The domU scenarios on `cpus` CPUs; the exact timer rates are asked for only under Bochs on
+/// one.
+fn domus_spec_on(name: &str, emulator: Emulator, images: &Images, cpus: u32) -> Spec {
     // The exit-window attack aims at microhv's exit path and at its hypervisor state.
-    // Bochs's time counts instructions: timer rates can be checked exactly there.
+    let strict = emulator == Emulator::Bochs && cpus == 1;
     let args = format!(
         "scenario=domus hv-window={:#x} hv-tss={:#x}{}",
         images.microhv_symbol("microhv_svm_window_start"),
         images.microhv_symbol("microhv2HV"),
-        if emulator == Emulator::Bochs { " strict-timing" } else { "" },
+        if strict { " strict-timing" } else { "" },
     );
     let mut s = spec(name, emulator, images, &args);
-    // One CPU: the scenarios check the scheduler's fairness between guests that share a CPU
-    // (boost-hog, two-domus), and under Bochs the timers' exact rates, which hold only where
-    // one CPU counts the instructions (Bochs keeps a TSC per CPU).
-    s.cpus = 1;
+    s.cpus = cpus;
     for g in SCENARIO_GUESTS {
         s.modules.push(Module { path: images.guest(g), args: String::new() });
     }
@@ -129,16 +135,6 @@ fn domus_checks() -> Vec<Check> {
         Contains("console-flood: contained (refused, shut down cleanly)"),
         Contains("lines not logged: rate limit; all are in its console ring"),
     ]
-}
-
-/// The `domus` scenarios on 4 CPUs, without Bochs's exact timer rates (each of its CPUs counts
-/// its own instructions as its TSC).
-pub fn domus_smp_spec(name: &str, emulator: Emulator, images: &Images) -> Spec {
-    let mut s = domus_spec(name, emulator, images);
-    s.cpus = 4;
-    s.modules[0].args = s.modules[0].args.replace(" strict-timing", "");
-    assert!(!s.modules[0].args.contains("strict"), "{}", s.modules[0].args);
-    s
 }
 
 /// A boot of microhv with dom0 serving the control protocol, the test guests as boot
@@ -292,7 +288,7 @@ pub fn cases(images: &Images) -> Vec<Case> {
     // vCPUs than CPUs.
     let domus_smp = |name: &'static str, emu| Case {
         name,
-        spec: domus_smp_spec(name, emu, images),
+        spec: domus_spec_on(name, emu, images, 4),
         checks: {
             let mut c = domus_checks();
             c.push(Contains("[hv] 4 CPU(s) online"));

@@ -57,7 +57,7 @@ use anyhow::Result;
 /// reference over their unmapped guard pages), quiesce kicking every CPU before waiting, the
 /// SVM runner's kick flag looked up once per run, and SVM keeping vCPUs on the boot CPU.
 ///
-/// 14,260: SVM on every CPU again, 85 lines (14,167 → 14,252): an AP's host-VMCB frame set
+/// 14,260: SVM on every CPU again, 78 lines (14,167 → 14,245): an AP's host-VMCB frame set
 /// aside at its start-up, so that no frame leaves the allocator once dom0 runs; the vCPU that
 /// destroyed a domain held until the CPUs that were running its vCPUs have freed their state
 /// (`Hv::orphans`, `Vcpu::reaps`, `Hv::reap`), so `DomainDestroy` returns with every frame

@@ -63,15 +63,16 @@ pub fn fetch(
     // reported as such, like the instruction's own page: the core maps it again.
     let unmapped = core::cell::Cell::new(None);
     let guest_entry = |gpa: u64, width: u8| -> Option<u64> {
-        let hpa = nested(mem, ncr3, gpa & !7)
-            .map_err(|e| {
-                let e = match e {
+        let hpa = match nested(mem, ncr3, gpa & !7) {
+            Ok(hpa) => hpa,
+            Err(e) => {
+                unmapped.set(Some(match e {
                     FetchError::NotMapped(g) => FetchError::TableNotMapped(g),
                     other => other,
-                };
-                unmapped.set(Some(e));
-            })
-            .ok()?;
+                }));
+                return None;
+            }
+        };
         let q = mem.read_u64(hpa)?;
         Some(if width == 4 { (q >> ((gpa & 4) * 8)) & 0xffff_ffff } else { q })
     };
